@@ -1,0 +1,135 @@
+//! The third step: make the maps hold exactly `MapContents`, touching only entries that differ, in
+//! an order that never lets a reader see a header promising more slots than exist, or a slot
+//! naming a backend that is not there yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{MapError, PerCpuValues};
+use meshpath_common::{ServiceKey, ServiceStats, ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICES, MAP_SVC_NAMES, MAP_SVC_STATS};
+
+use crate::compile::MapContents;
+use crate::datapath::DatapathMaps;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("map {map}: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("counting possible CPUs for per-CPU map {map}")]
+    Cpus {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What one apply changed, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub upserts: usize,
+    pub deletes: usize,
+    pub affinity_purged: usize,
+}
+
+fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> ApplyError {
+    move |source| ApplyError::Map { map, op, source }
+}
+
+pub fn apply(maps: &mut DatapathMaps, desired: &MapContents) -> Result<ApplyStats, ApplyError> {
+    let mut stats = ApplyStats::default();
+    let current_services: BTreeMap<ServiceKey, ServiceValue> =
+        maps.services.iter().collect::<Result<_, _>>().map_err(err(MAP_SERVICES, "iterate"))?;
+    let current_backends: BTreeMap<u32, meshpath_common::Backend> =
+        maps.backends.iter().collect::<Result<_, _>>().map_err(err(MAP_BACKENDS, "iterate"))?;
+
+    // 1. Backends first: slots written below may name them.
+    for (id, b) in &desired.backends {
+        if current_backends.get(id) != Some(b) {
+            maps.backends.insert(id, b, 0).map_err(err(MAP_BACKENDS, "insert"))?;
+            stats.upserts += 1;
+        }
+    }
+
+    // 2. Per frontend: slots, then the header, then slots beyond the new count.
+    let current_ids: BTreeSet<u32> =
+        current_services.iter().filter(|(k, _)| k.slot == 0).map(|(_, v)| v.svc_id).collect();
+    for (key, value) in desired.services.iter().filter(|(k, _)| k.slot != 0) {
+        if current_services.get(key) != Some(value) {
+            maps.services.insert(key, value, 0).map_err(err(MAP_SERVICES, "insert"))?;
+            stats.upserts += 1;
+        }
+    }
+    for (key, value) in desired.services.iter().filter(|(k, _)| k.slot == 0) {
+        if current_services.get(key) == Some(value) {
+            continue;
+        }
+        if !current_ids.contains(&value.svc_id) {
+            // A service id new to the maps may have been used by a frontend removed earlier.
+            reset_service_stats(maps, value.svc_id)?;
+        }
+        maps.services.insert(key, value, 0).map_err(err(MAP_SERVICES, "insert"))?;
+        stats.upserts += 1;
+    }
+    // 3. Stale entries: headers before their slots, so a reader sees "no service" or a full one.
+    let mut stale: Vec<&ServiceKey> = current_services.keys().filter(|k| !desired.services.contains_key(k)).collect();
+    stale.sort_by_key(|k| k.slot != 0);
+    for key in stale {
+        maps.services.remove(key).map_err(err(MAP_SERVICES, "remove"))?;
+        stats.deletes += 1;
+    }
+    // 4. Backends no slot names any more.
+    for id in current_backends.keys().filter(|id| !desired.backends.contains_key(id)) {
+        maps.backends.remove(id).map_err(err(MAP_BACKENDS, "remove"))?;
+        stats.deletes += 1;
+    }
+    // 5. Names, for `meshpath status`.
+    let current_names: BTreeMap<u32, meshpath_common::ServiceName> =
+        maps.names.iter().collect::<Result<_, _>>().map_err(err(MAP_SVC_NAMES, "iterate"))?;
+    for (id, name) in &desired.names {
+        if current_names.get(id) != Some(name) {
+            maps.names.insert(id, name, 0).map_err(err(MAP_SVC_NAMES, "insert"))?;
+        }
+    }
+    for id in current_names.keys().filter(|id| !desired.names.contains_key(id)) {
+        maps.names.remove(id).map_err(err(MAP_SVC_NAMES, "remove"))?;
+    }
+    stats.affinity_purged = purge_affinity(maps, desired)?;
+    Ok(stats)
+}
+
+/// Affinity entries whose service is gone or whose backend left the service would send a client
+/// to a backend that no longer serves it: remove them, so the next connect picks afresh.
+fn purge_affinity(maps: &mut DatapathMaps, desired: &MapContents) -> Result<usize, ApplyError> {
+    let valid: BTreeSet<(u32, u32)> = desired
+        .services
+        .iter()
+        .filter(|(k, _)| k.slot != 0)
+        .map(|(_, v)| (v.svc_id, v.backend_id))
+        .collect();
+    let stale: Vec<_> = maps
+        .affinity
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .filter(|(k, v)| !valid.contains(&(k.svc_id, v.backend_id)))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &stale {
+        match maps.affinity.remove(key) {
+            // An LRU entry may have been evicted meanwhile.
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(err(MAP_AFFINITY, "remove")(e)),
+        }
+    }
+    Ok(stale.len())
+}
+
+fn reset_service_stats(maps: &mut DatapathMaps, svc_id: u32) -> Result<(), ApplyError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| ApplyError::Cpus { map: MAP_SVC_STATS, source })?;
+    let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
+        .map_err(|source| ApplyError::Cpus { map: MAP_SVC_STATS, source })?;
+    maps.svc_stats.set(svc_id, zeros, 0).map_err(err(MAP_SVC_STATS, "reset"))
+}

@@ -1,0 +1,104 @@
+//! Stable allocation of service ids, backend ids and ClusterIPs: what had an id or address in the
+//! previous result keeps it, so map entries and connection state survive unrelated edits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::{CompileError, CompileOptions, Compiled};
+use crate::model::{ClusterModel, ObjectRef};
+
+/// Dense ids in `1..=max`, lowest free first.
+pub struct IdAllocator<K> {
+    by_key: BTreeMap<K, u32>,
+    used: BTreeSet<u32>,
+    max: u32,
+}
+
+impl<K: Ord + Copy> IdAllocator<K> {
+    pub fn new(existing: impl IntoIterator<Item = (K, u32)>, max: u32) -> Self {
+        let mut a = Self { by_key: BTreeMap::new(), used: BTreeSet::new(), max };
+        for (k, id) in existing {
+            a.reserve(k, id);
+        }
+        a
+    }
+
+    pub fn reserve(&mut self, key: K, id: u32) {
+        self.by_key.insert(key, id);
+        self.used.insert(id);
+    }
+
+    pub fn get_or_allocate(&mut self, key: K) -> Option<u32> {
+        if let Some(id) = self.by_key.get(&key) {
+            return Some(*id);
+        }
+        let id = (1..=self.max).find(|id| !self.used.contains(id))?;
+        self.reserve(key, id);
+        Some(id)
+    }
+}
+
+/// The ClusterIP of every service: its own, or one allocated from the service CIDR (as the API
+/// server would), stable across compilations.
+pub fn cluster_ips(
+    model: &ClusterModel,
+    opts: &CompileOptions,
+    previous: &Compiled,
+    errors: &mut Vec<CompileError>,
+) -> BTreeMap<ObjectRef, Ipv4Addr> {
+    let mut out = BTreeMap::new();
+    let mut taken: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for (id, svc) in &model.services {
+        if let Some(ip) = svc.cluster_ip {
+            out.insert(id.clone(), ip);
+            taken.insert(ip);
+        }
+    }
+    let (base, prefix) = opts.service_cidr;
+    let size: u64 = 1u64 << (32 - u32::from(prefix.min(32)));
+    let network = u32::from(base) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
+    let in_range = |ip: Ipv4Addr| {
+        let off = u64::from(u32::from(ip).wrapping_sub(network));
+        off > 1 && off < size.saturating_sub(1)
+    };
+
+    let unallocated: Vec<&ObjectRef> =
+        model.services.iter().filter(|(_, s)| s.cluster_ip.is_none()).map(|(id, _)| id).collect();
+    // Keep earlier allocations first, so a new service never steals an address in use.
+    let mut pending = Vec::new();
+    for id in unallocated {
+        match previous.allocated_ips.get(id) {
+            Some(ip) if in_range(*ip) && !taken.contains(ip) => {
+                taken.insert(*ip);
+                out.insert(id.clone(), *ip);
+            }
+            _ => pending.push(id),
+        }
+    }
+    for id in pending {
+        // Offsets 0 and 1 (network, gateway) and the broadcast address are never handed out.
+        let usable = size.saturating_sub(3);
+        if usable == 0 {
+            errors.push(CompileError::ServiceCidrExhausted { service: id.clone() });
+            continue;
+        }
+        let start = fnv1a(id.to_string().as_bytes()) % usable;
+        let found = (0..usable).map(|i| (start + i) % usable + 2).find_map(|off| {
+            let ip = Ipv4Addr::from(network.wrapping_add(off as u32));
+            (!taken.contains(&ip)).then_some(ip)
+        });
+        match found {
+            Some(ip) => {
+                taken.insert(ip);
+                out.insert(id.clone(), ip);
+            }
+            None => errors.push(CompileError::ServiceCidrExhausted { service: id.clone() }),
+        }
+    }
+    out
+}
+
+/// FNV-1a: a fixed, dependency-free hash so allocations are the same on every run and machine.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}

@@ -1,0 +1,183 @@
+//! The agent's configuration, in one place: clap derive (doc comments are the `--help`), the
+//! environment variable names beside their defaults, and parsing in a pure function.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::compile::CompileOptions;
+use crate::datapath::Features;
+use crate::model::LbPolicy;
+
+pub const ENV_PIN_DIR: &str = "MESHPATH_PIN_DIR";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshpath";
+pub const ENV_CGROUP: &str = "MESHPATH_CGROUP";
+pub const ENV_MANIFESTS: &str = "MESHPATH_MANIFESTS";
+pub const ENV_BPF_OBJECT: &str = "MESHPATH_BPF_OBJECT";
+pub const ENV_CONNECT_LB: &str = "MESHPATH_CONNECT_LB";
+pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
+pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
+pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const ENV_LOG: &str = "MESHPATH_LOG";
+
+#[derive(Debug, Parser)]
+#[command(name = "meshpath", version, about = "meshpath: a service mesh whose data path lives in the Linux kernel")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: load the eBPF programs, attach them to a cgroup, and keep the maps in
+    /// sync with the cluster state.
+    Agent(AgentArgs),
+    /// Print the programmed services, their backends and the counters, read from the pinned maps
+    /// (works while the agent runs and after it stopped).
+    Status(StatusArgs),
+    /// Detach meshpath's programs and remove its pinned maps.
+    Cleanup(PinDirArg),
+}
+
+#[derive(Debug, Args)]
+pub struct PinDirArg {
+    /// bpffs directory where the maps and program links are pinned.
+    #[arg(long, env = ENV_PIN_DIR, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Directory of Kubernetes YAML manifests (Service, EndpointSlice, Pod); watched for changes.
+    #[arg(long, env = ENV_MANIFESTS)]
+    pub manifests: PathBuf,
+    /// cgroup v2 directory whose sockets (and its descendants') meshpath manages.
+    #[arg(long, env = ENV_CGROUP)]
+    pub cgroup: PathBuf,
+    #[command(flatten)]
+    pub pin: PinDirArg,
+    /// eBPF object to load instead of the one embedded at build time.
+    #[arg(long, env = ENV_BPF_OBJECT)]
+    pub bpf_object: Option<PathBuf>,
+    /// Translate connect() to a ClusterIP in the kernel (connect4 + getpeername4). Off: not attached.
+    #[arg(long, env = ENV_CONNECT_LB, default_value_t = true, action = clap::ArgAction::Set)]
+    pub connect_lb: bool,
+    /// Translate unconnected UDP datagrams (sendmsg4 + recvmsg4). Off: not attached.
+    #[arg(long, env = ENV_UDP_DATAGRAM_LB, default_value_t = true, action = clap::ArgAction::Set)]
+    pub udp_datagram_lb: bool,
+    /// Load-balancing policy for services without a `meshpath.io/lb-policy` annotation.
+    #[arg(long, env = ENV_DEFAULT_LB_POLICY, value_enum, default_value_t = PolicyArg::Random)]
+    pub default_lb_policy: PolicyArg,
+    /// CIDR to allocate ClusterIPs from for Services whose manifest has no `spec.clusterIP`.
+    #[arg(long, env = ENV_SERVICE_CIDR, default_value = DEFAULT_SERVICE_CIDR, value_parser = parse_cidr)]
+    pub service_cidr: (Ipv4Addr, u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    Random,
+    RoundRobin,
+}
+
+/// What the agent runs with, derived from the arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub manifests: PathBuf,
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    pub bpf_object: Option<PathBuf>,
+    pub features: Features,
+    pub compile: CompileOptions,
+}
+
+impl From<&AgentArgs> for AgentConfig {
+    fn from(a: &AgentArgs) -> Self {
+        Self {
+            manifests: a.manifests.clone(),
+            cgroup: a.cgroup.clone(),
+            pin_dir: a.pin.pin_dir.clone(),
+            bpf_object: a.bpf_object.clone(),
+            features: Features { connect_lb: a.connect_lb, udp_datagram_lb: a.udp_datagram_lb },
+            compile: CompileOptions {
+                default_lb_policy: match a.default_lb_policy {
+                    PolicyArg::Random => LbPolicy::Random,
+                    PolicyArg::RoundRobin => LbPolicy::RoundRobin,
+                },
+                service_cidr: a.service_cidr,
+            },
+        }
+    }
+}
+
+/// Parses the command line (pure apart from reading the environment variables clap knows).
+pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
+/// `10.96.0.0/12` → (10.96.0.0, 12).
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.96.0.0/12"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: address: {e}"))?;
+    let len: u8 = len.parse().map_err(|e| format!("{s:?}: prefix length: {e}"))?;
+    if !(8..=30).contains(&len) {
+        return Err(format!("{s:?}: prefix length must be between 8 and 30"));
+    }
+    Ok((ip, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(extra: &[&str]) -> AgentConfig {
+        let mut args = vec!["meshpath", "agent", "--manifests", "/m", "--cgroup", "/sys/fs/cgroup/unified/x"];
+        args.extend_from_slice(extra);
+        match parse_args(args).expect("parses").command {
+            Command::Agent(a) => AgentConfig::from(&a),
+            other => panic!("not agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = agent(&[]);
+        assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(c.features, Features { connect_lb: true, udp_datagram_lb: true });
+        assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
+        assert_eq!(c.compile.service_cidr, (Ipv4Addr::new(10, 96, 0, 0), 12));
+    }
+
+    #[test]
+    fn off_switches_and_policy() {
+        let c = agent(&["--connect-lb", "false", "--udp-datagram-lb=false", "--default-lb-policy", "round-robin"]);
+        assert_eq!(c.features, Features { connect_lb: false, udp_datagram_lb: false });
+        assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);
+    }
+
+    #[test]
+    fn cidr_errors_say_what_is_wrong() {
+        assert!(parse_cidr("10.96.0.0").unwrap_err().contains("ADDRESS/PREFIX"));
+        assert!(parse_cidr("10.96.0.300/12").unwrap_err().contains("address"));
+        assert!(parse_cidr("10.96.0.0/2").unwrap_err().contains("between 8 and 30"));
+    }
+
+    #[test]
+    fn cgroup_is_required() {
+        assert!(parse_args(["meshpath", "agent", "--manifests", "/m"]).is_err());
+    }
+}

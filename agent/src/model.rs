@@ -1,0 +1,158 @@
+//! The in-memory model of the cluster that every source (manifests directory today, the Kubernetes
+//! API later) produces. Sources validate while they convert, so everything here is well-formed:
+//! addresses parsed, ports in range, names present. Cross-object questions (which EndpointSlice
+//! port does a named targetPort resolve to?) are answered by `compile`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// namespace/name of an object; namespace defaults to `default` as in Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// How a frontend picks among its ready backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum LbPolicy {
+    #[default]
+    Random,
+    RoundRobin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    /// `targetPort`; Kubernetes defaults it to `port` when absent, and so do sources.
+    pub target_port: TargetPort,
+    pub protocol: Protocol,
+}
+
+/// `sessionAffinity: ClientIP`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionAffinity {
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800 as in Kubernetes.
+    pub timeout_seconds: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub id: ObjectRef,
+    /// `spec.clusterIP`; `None` when the manifest leaves it out (the API server would allocate
+    /// one; `compile` allocates it from the service CIDR instead).
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    pub selector: BTreeMap<String, String>,
+    pub session_affinity: Option<SessionAffinity>,
+    /// From the `meshpath.io/lb-policy` annotation; `None` means the agent's default.
+    pub lb_policy: Option<LbPolicy>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPort {
+    /// Kubernetes names EndpointSlice ports after the Service port they serve.
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Kubernetes treats an absent condition as true for `ready` and `serving`, false for `terminating`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointConditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Default for EndpointConditions {
+    fn default() -> Self {
+        Self { ready: true, serving: true, terminating: false }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addresses: Vec<Ipv4Addr>,
+    pub conditions: EndpointConditions,
+    /// `targetRef.name` when it refers to a Pod.
+    pub pod_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub id: ObjectRef,
+    /// The `kubernetes.io/service-name` label: the Service (same namespace) this slice serves.
+    pub service_name: String,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub id: ObjectRef,
+    pub labels: BTreeMap<String, String>,
+    /// `status.podIP`.
+    pub ip: Option<Ipv4Addr>,
+    pub container_ports: Vec<ContainerPort>,
+}
+
+/// One snapshot of everything a source knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterModel {
+    pub services: BTreeMap<ObjectRef, Service>,
+    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    pub pods: BTreeMap<ObjectRef, Pod>,
+}
+
+impl ClusterModel {
+    /// The EndpointSlices that serve `service`, in name order.
+    pub fn slices_for<'a>(&'a self, service: &'a ObjectRef) -> impl Iterator<Item = &'a EndpointSlice> {
+        self.endpoint_slices
+            .values()
+            .filter(move |s| s.id.namespace == service.namespace && s.service_name == service.name)
+    }
+}

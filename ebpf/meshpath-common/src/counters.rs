@@ -1,0 +1,120 @@
+//! Counter indexes of the per-CPU `MP_COUNTERS` array and the per-service stats record.
+
+/// Why a program did what it did. Each value indexes one slot of the per-CPU counters array;
+/// every failure path in the eBPF programs bumps exactly one of them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// connect() to a frontend was rewritten to a backend.
+    ConnectTranslated = 0,
+    /// sendmsg() on an unconnected UDP socket was rewritten to a backend.
+    SendmsgTranslated = 1,
+    /// recvmsg() source shown as the frontend again.
+    RecvmsgReversed = 2,
+    /// getpeername() answered with the frontend.
+    GetpeernameReversed = 3,
+    /// A frontend with no ready backend: refused with ECONNREFUSED.
+    NoBackend = 4,
+    /// Slot 0 said N backends but a slot in 1..=N was absent (a concurrent update).
+    SlotMissing = 5,
+    /// A slot named a backend id absent from the backends map.
+    BackendMissing = 6,
+    /// The reverse translation entry could not be written (map full or error).
+    RevNatUpdateFailed = 7,
+    /// The affinity entry could not be written.
+    AffinityUpdateFailed = 8,
+    /// An existing, fresh affinity entry chose the backend.
+    AffinityHit = 9,
+    /// An affinity entry was found but had expired (a new backend was chosen).
+    AffinityExpired = 10,
+    /// The round-robin state slot for the service id was absent.
+    RoundRobinStateMissing = 11,
+    /// The per-service stats slot for the service id was absent.
+    ServiceStatsMissing = 12,
+    /// setting the ECONNREFUSED return value failed (kernel without bpf_set_retval).
+    SetRetvalFailed = 13,
+}
+
+/// Number of [`Reason`] slots; the counters array has exactly this many entries.
+pub const REASON_COUNT: u32 = 14;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::ConnectTranslated,
+        Reason::SendmsgTranslated,
+        Reason::RecvmsgReversed,
+        Reason::GetpeernameReversed,
+        Reason::NoBackend,
+        Reason::SlotMissing,
+        Reason::BackendMissing,
+        Reason::RevNatUpdateFailed,
+        Reason::AffinityUpdateFailed,
+        Reason::AffinityHit,
+        Reason::AffinityExpired,
+        Reason::RoundRobinStateMissing,
+        Reason::ServiceStatsMissing,
+        Reason::SetRetvalFailed,
+    ];
+
+    /// Stable snake_case name, used as a metric label and in `meshpath status`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::ConnectTranslated => "connect_translated",
+            Reason::SendmsgTranslated => "sendmsg_translated",
+            Reason::RecvmsgReversed => "recvmsg_reversed",
+            Reason::GetpeernameReversed => "getpeername_reversed",
+            Reason::NoBackend => "no_backend",
+            Reason::SlotMissing => "slot_missing",
+            Reason::BackendMissing => "backend_missing",
+            Reason::RevNatUpdateFailed => "revnat_update_failed",
+            Reason::AffinityUpdateFailed => "affinity_update_failed",
+            Reason::AffinityHit => "affinity_hit",
+            Reason::AffinityExpired => "affinity_expired",
+            Reason::RoundRobinStateMissing => "round_robin_state_missing",
+            Reason::ServiceStatsMissing => "service_stats_missing",
+            Reason::SetRetvalFailed => "set_retval_failed",
+        }
+    }
+
+    /// Whether the reason is a failure (as opposed to a normal outcome).
+    pub const fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            Reason::ConnectTranslated
+                | Reason::SendmsgTranslated
+                | Reason::RecvmsgReversed
+                | Reason::GetpeernameReversed
+                | Reason::AffinityHit
+                | Reason::AffinityExpired
+        )
+    }
+}
+
+/// Per-service, per-CPU counters, in an array indexed by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceStats {
+    /// Connects (TCP, connected UDP) translated to a backend.
+    pub connects: u64,
+    /// Unconnected UDP datagrams translated to a backend.
+    pub datagrams: u64,
+    /// Connects or datagrams refused because no backend was ready.
+    pub no_backend: u64,
+    /// Backend chosen by an existing affinity entry.
+    pub affinity_hits: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_once_in_index_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{}", r.name());
+        }
+    }
+}

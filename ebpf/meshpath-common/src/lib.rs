@@ -1,0 +1,252 @@
+//! Every BPF map key and value, capacity, name and flag that meshpath's eBPF programs and its agent
+//! share. `no_std` so the eBPF crate can use it; `aya::Pod` impls only behind the `user` feature.
+//!
+//! Rules for the types here: `#[repr(C)]`, `Copy`, explicit padding fields (the kernel compares keys
+//! byte by byte, so implicit padding would make equal keys differ), byte order in field names
+//! (`_be` = network order, as the kernel hands it to sock_addr programs), and a compile-time size
+//! assertion per type so both sides fail to build if a layout drifts.
+#![no_std]
+
+pub mod counters;
+
+pub use counters::{Reason, ServiceStats, REASON_COUNT};
+
+/// IP protocol numbers as stored in [`ServiceKey::proto`] and [`Backend::proto`].
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Capacity of [`MAP_SERVICES`]: frontends times (slots + 1).
+pub const MAX_SERVICE_ENTRIES: u32 = 65_536;
+/// Service ids are indexes into array maps (round-robin state, per-service stats), so they are
+/// dense and bounded: `1..MAX_SERVICE_IDS` (0 means "none").
+pub const MAX_SERVICE_IDS: u32 = 4_096;
+/// Capacity of [`MAP_BACKENDS`]; backend ids are `1..=MAX_BACKENDS`.
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Most backends one frontend may carry (slots `1..=MAX_SLOTS`).
+pub const MAX_SLOTS: u16 = 1_024;
+/// LRU capacity for session affinity entries.
+pub const MAX_AFFINITY: u32 = 65_536;
+/// LRU capacity for reverse translation entries (one per translated socket and backend).
+pub const MAX_REVNAT: u32 = 262_144;
+
+/// Map names: the ELF symbol names in the eBPF object and the file names under the pin directory.
+/// The kernel keeps at most 15 characters of a map name, so they stay short.
+pub const MAP_SERVICES: &str = "MP_SERVICES";
+pub const MAP_BACKENDS: &str = "MP_BACKENDS";
+pub const MAP_RR: &str = "MP_RR";
+pub const MAP_AFFINITY: &str = "MP_AFFINITY";
+pub const MAP_REVNAT: &str = "MP_REVNAT";
+pub const MAP_COUNTERS: &str = "MP_COUNTERS";
+pub const MAP_SVC_STATS: &str = "MP_SVC_STATS";
+pub const MAP_SVC_NAMES: &str = "MP_SVC_NAMES";
+
+/// Program names (the Rust function names in the eBPF crate).
+pub const PROG_CONNECT4: &str = "mp_connect4";
+pub const PROG_SENDMSG4: &str = "mp_sendmsg4";
+pub const PROG_RECVMSG4: &str = "mp_recvmsg4";
+pub const PROG_GETPEERNAME4: &str = "mp_getpeername4";
+
+/// [`ServiceValue::flags`]: pick backends in turn instead of at random.
+pub const SVC_FLAG_ROUND_ROBIN: u8 = 1 << 0;
+/// [`ServiceValue::flags`]: `sessionAffinity: ClientIP`, keyed by network-namespace cookie.
+pub const SVC_FLAG_AFFINITY: u8 = 1 << 1;
+
+/// A frontend (ClusterIP, port, protocol) and a slot. Slot 0 is the frontend's header (backend
+/// count, flags, service id); slots `1..=count` each name one backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad0: u8,
+    pub slot: u16,
+    pub _pad1: u16,
+}
+
+/// In slot 0: `count`, `flags`, `svc_id`, `affinity_timeout_sec`; in slots `1..=count`: `backend_id`
+/// (the other fields repeat the header so a reader never needs two lookups for the service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    pub count: u16,
+    pub flags: u8,
+    pub _pad0: u8,
+    pub svc_id: u32,
+    pub affinity_timeout_sec: u32,
+}
+
+/// A backend, by id: where translated sockets go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad0: u8,
+}
+
+/// Session affinity: which backend a client (network namespace) was given for a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub svc_id: u32,
+    pub _pad0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad0: u32,
+    /// `bpf_ktime_get_ns()` of the last connection that used this entry.
+    pub last_used_ns: u64,
+}
+
+/// Reverse translation: a translated socket (by cookie) talking to a backend address, so
+/// `getpeername()` and `recvmsg()` can show the ClusterIP the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    pub socket_cookie: u64,
+    pub backend_ip_be: u32,
+    pub backend_port_be: u16,
+    pub _pad0: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatValue {
+    pub vip_be: u32,
+    pub vip_port_be: u16,
+    pub _pad0: u16,
+    pub svc_id: u32,
+    pub _pad1: u32,
+}
+
+/// Per-service round-robin cursor, in an array indexed by service id. 64 bits because the BPF
+/// target's `core` only offers 64-bit atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RoundRobinState {
+    pub next: u64,
+}
+
+/// `namespace/name:port` of a frontend, by service id. No program reads it: it lives in a pinned
+/// map so `meshpath status` can name what it prints from the maps alone, agent running or not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    /// UTF-8, NUL-padded; longer names are cut at a character boundary.
+    pub bytes: [u8; SERVICE_NAME_LEN],
+}
+
+pub const SERVICE_NAME_LEN: usize = 128;
+
+impl ServiceName {
+    pub fn new(name: &str) -> Self {
+        let mut bytes = [0u8; SERVICE_NAME_LEN];
+        let mut end = name.len().min(SERVICE_NAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        Self { bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        let len = self.bytes.iter().position(|b| *b == 0).unwrap_or(SERVICE_NAME_LEN);
+        core::str::from_utf8(&self.bytes[..len]).unwrap_or("<invalid utf-8>")
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+const _: () = assert!(core::mem::size_of::<ServiceName>() == SERVICE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+const _: () = assert!(core::mem::size_of::<RevNatKey>() == 16);
+const _: () = assert!(core::mem::size_of::<RevNatValue>() == 16);
+const _: () = assert!(core::mem::size_of::<RoundRobinState>() == 8);
+
+impl ServiceKey {
+    pub const fn new(vip_be: u32, port_be: u16, proto: u8, slot: u16) -> Self {
+        Self { vip_be, port_be, proto, _pad0: 0, slot, _pad1: 0 }
+    }
+
+    /// The same frontend at another slot.
+    pub const fn with_slot(self, slot: u16) -> Self {
+        Self { slot, ..self }
+    }
+}
+
+/// An IPv4 address as the kernel stores it in `user_ip4` (network order, read as a native u32).
+pub const fn ipv4_be(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The octets of an address stored by [`ipv4_be`].
+pub const fn ipv4_octets(ip_be: u32) -> [u8; 4] {
+    ip_be.to_ne_bytes()
+}
+
+/// A port in network order, as the low 16 bits of `user_port` hold it.
+pub const fn port_be(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// The host-order port of a [`port_be`] value.
+pub const fn port_host(port_be: u16) -> u16 {
+    u16::from_be(port_be)
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+
+    // SAFETY: every type is repr(C), Copy, made only of integers, with all padding explicit, so any
+    // bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for RevNatValue {}
+    unsafe impl aya::Pod for RoundRobinState {}
+    unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for ServiceName {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_order_helpers_match_the_kernel_layout() {
+        // 10.96.0.1:80 as the kernel's sock_addr context holds it: bytes in wire order.
+        let ip = ipv4_be([10, 96, 0, 1]);
+        assert_eq!(ip.to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(ipv4_octets(ip), [10, 96, 0, 1]);
+        assert_eq!(port_be(80).to_ne_bytes(), [0, 80]);
+        assert_eq!(port_host(port_be(8080)), 8080);
+    }
+
+    #[test]
+    fn service_names_round_trip_and_cut_at_char_boundaries() {
+        assert_eq!(ServiceName::new("default/web:http").as_str(), "default/web:http");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = ServiceName::new(&long);
+        assert_eq!(cut.as_str().len(), 128);
+        assert!(cut.as_str().chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn with_slot_keeps_the_frontend() {
+        let k = ServiceKey::new(1, 2, PROTO_TCP, 0).with_slot(7);
+        assert_eq!((k.vip_be, k.port_be, k.proto, k.slot), (1, 2, PROTO_TCP, 7));
+    }
+}

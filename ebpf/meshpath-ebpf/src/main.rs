@@ -1,0 +1,156 @@
+//! meshpath's kernel programs. Entry points are thin: each calls a `try_` function whose `Ok` and
+//! `Err` both carry the program's return value, and every failure path bumps a counter.
+#![no_std]
+#![no_main]
+// Atomic fetch-add for the round-robin cursor (the BPF target's `core` lacks AtomicU64::fetch_add).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod counters;
+mod lb;
+mod maps;
+
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use meshpath_common::{Reason, RevNatKey, RevNatValue, PROTO_TCP, PROTO_UDP};
+
+use counters::{bump, bump_service, ServiceCounter};
+use maps::MP_REVNAT;
+
+/// sock_addr return values: let the syscall proceed, or fail it (with the retval we set).
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// connect() of TCP and UDP sockets: ClusterIP:port → a backend's IP:targetPort.
+#[cgroup_sock_addr(connect4)]
+pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
+    match try_translate(&ctx, ServiceCounter::Connects, Reason::ConnectTranslated) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// sendmsg() with a destination on unconnected UDP sockets: the same translation per datagram.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn mp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    match try_translate(&ctx, ServiceCounter::Datagrams, Reason::SendmsgTranslated) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// recvmsg() on UDP sockets: a reply from a backend shows the ClusterIP as its source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn mp_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Reason::RecvmsgReversed);
+    // recvmsg4 and getpeername4 programs must return 1.
+    ALLOW
+}
+
+/// getpeername(): a translated socket reports the ClusterIP:port it asked for, as with kube-proxy.
+#[cgroup_sock_addr(getpeername4)]
+pub fn mp_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Reason::GetpeernameReversed);
+    ALLOW
+}
+
+// Inlined into each entry point: returned through the stack from a BPF subprogram, the verifier
+// loses the value's range and rejects the program ("R0 should have been in [0, 1]").
+#[inline(always)]
+fn try_translate(
+    ctx: &SockAddrContext,
+    per_service: ServiceCounter,
+    translated: Reason,
+) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    let (proto, vip_be, port_be) =
+        unsafe { ((*sa).protocol as u8, (*sa).user_ip4, (*sa).user_port as u16) };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(ALLOW);
+    }
+    let Some((key, svc)) = lb::lookup_frontend(vip_be, port_be, proto) else {
+        return Ok(ALLOW);
+    };
+    // SAFETY: the context pointer is valid for the helper.
+    let netns_cookie = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let backend = match lb::select_backend(&key, &svc, netns_cookie) {
+        Ok(b) => b,
+        Err(reason) => {
+            bump(reason);
+            if reason == Reason::NoBackend {
+                bump_service(svc.svc_id, ServiceCounter::NoBackend);
+            }
+            return Err(refuse());
+        }
+    };
+
+    // SAFETY: the context pointer is valid for the helper.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let rev_key = RevNatKey {
+        socket_cookie,
+        backend_ip_be: backend.ip_be,
+        backend_port_be: backend.port_be,
+        _pad0: 0,
+    };
+    let rev = RevNatValue { vip_be, vip_port_be: port_be, _pad0: 0, svc_id: svc.svc_id, _pad1: 0 };
+    if MP_REVNAT.insert(&rev_key, &rev, 0).is_err() {
+        // The connection still works; only getpeername()/recvmsg() will show the backend.
+        bump(Reason::RevNatUpdateFailed);
+    }
+    // SAFETY: connect4/sendmsg4 may write user_ip4 and user_port (4-byte writes).
+    unsafe {
+        (*sa).user_ip4 = backend.ip_be;
+        (*sa).user_port = backend.port_be as u32;
+    }
+    bump(translated);
+    bump_service(svc.svc_id, per_service);
+    Ok(ALLOW)
+}
+
+/// Fails the syscall with ECONNREFUSED, at once, as a port with no listener would.
+#[inline(always)]
+fn refuse() -> i32 {
+    // SAFETY: bpf_set_retval is allowed in connect4/sendmsg4 (kernel ≥ 5.18).
+    if unsafe { bpf_set_retval(-ECONNREFUSED) } != 0 {
+        bump(Reason::SetRetvalFailed);
+    }
+    REJECT
+}
+
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext, reason: Reason) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for the helper and for reads of user_ip4/user_port.
+    let key = unsafe {
+        RevNatKey {
+            socket_cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+            backend_ip_be: (*sa).user_ip4,
+            backend_port_be: (*sa).user_port as u16,
+            _pad0: 0,
+        }
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(rev) = (unsafe { MP_REVNAT.get(&key) }).copied() else {
+        return;
+    };
+    // SAFETY: recvmsg4/getpeername4 may write user_ip4 and user_port.
+    unsafe {
+        (*sa).user_ip4 = rev.vip_be;
+        (*sa).user_port = rev.vip_port_be as u32;
+    }
+    bump(reason);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,46 @@
+//! The maps, all pinned by name so a restarted agent finds them and traffic keeps flowing.
+//! Keys, values and capacities come from `meshpath-common`, shared with the agent.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use meshpath_common::{
+    AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
+    ServiceName, ServiceStats, ServiceValue, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES,
+    MAX_SERVICE_IDS, REASON_COUNT,
+};
+
+/// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
+#[map]
+pub static MP_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(MAX_SERVICE_ENTRIES, 0);
+
+/// backend id → address.
+#[map]
+pub static MP_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// service id → round-robin cursor.
+#[map]
+pub static MP_RR: Array<RoundRobinState> = Array::pinned(MAX_SERVICE_IDS, 0);
+
+/// {netns cookie, service id} → backend chosen for that client, for `sessionAffinity: ClientIP`.
+#[map]
+pub static MP_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// {socket cookie, backend address} → the frontend the application asked for.
+#[map]
+pub static MP_REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(MAX_REVNAT, 0);
+
+/// Reason → count, per CPU.
+#[map]
+pub static MP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_COUNT, 0);
+
+/// service id → counters, per CPU.
+#[map]
+pub static MP_SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(MAX_SERVICE_IDS, 0);
+
+/// service id → "namespace/name:port", for `meshpath status`; no program reads it.
+#[map]
+pub static MP_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(MAX_SERVICE_IDS, 0);

@@ -1,0 +1,43 @@
+//! `cargo xtask <command>`: builds the eBPF object with Debian's BPF-capable rustc, runs the tests
+//! and the demo. Everything a newcomer types goes through here or through scripts/.
+
+mod build_ebpf;
+mod demo;
+mod paths;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "meshpath build, test and demo driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF object (release, with BTF) into target/bpf/meshpath.bpf.o.
+    BuildEbpf,
+    /// Build everything and run every test: unit, in-process and privileged netns tests (root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Run the demo: a netns node with sample services, the agent on a manifests directory, and a
+    /// request loop against a ClusterIP that shows the backends taking turns (root).
+    Demo {
+        /// How many requests the loop sends.
+        #[arg(long, default_value_t = 12)]
+        requests: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf => build_ebpf::run(),
+        Command::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Command::Demo { requests } => demo::run(requests),
+    }
+}

@@ -10,7 +10,8 @@ fn main() {
     let object = match std::env::var_os("MESHPATH_BPF_OBJECT") {
         Some(p) => PathBuf::from(p),
         None => {
-            let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+            let manifest_dir =
+                PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
             manifest_dir.join("../target/bpf/meshpath.bpf.o")
         }
     };

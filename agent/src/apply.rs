@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
-use meshpath_common::{ServiceKey, ServiceStats, ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICES, MAP_SVC_NAMES, MAP_SVC_STATS};
+use meshpath_common::{
+    ServiceKey, ServiceStats, ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICES,
+    MAP_SVC_NAMES, MAP_SVC_STATS,
+};
 
 use crate::compile::MapContents;
 use crate::datapath::DatapathMaps;
@@ -41,25 +44,38 @@ fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> ApplyErr
 
 pub fn apply(maps: &mut DatapathMaps, desired: &MapContents) -> Result<ApplyStats, ApplyError> {
     let mut stats = ApplyStats::default();
-    let current_services: BTreeMap<ServiceKey, ServiceValue> =
-        maps.services.iter().collect::<Result<_, _>>().map_err(err(MAP_SERVICES, "iterate"))?;
-    let current_backends: BTreeMap<u32, meshpath_common::Backend> =
-        maps.backends.iter().collect::<Result<_, _>>().map_err(err(MAP_BACKENDS, "iterate"))?;
+    let current_services: BTreeMap<ServiceKey, ServiceValue> = maps
+        .services
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(err(MAP_SERVICES, "iterate"))?;
+    let current_backends: BTreeMap<u32, meshpath_common::Backend> = maps
+        .backends
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(err(MAP_BACKENDS, "iterate"))?;
 
     // 1. Backends first: slots written below may name them.
     for (id, b) in &desired.backends {
         if current_backends.get(id) != Some(b) {
-            maps.backends.insert(id, b, 0).map_err(err(MAP_BACKENDS, "insert"))?;
+            maps.backends
+                .insert(id, b, 0)
+                .map_err(err(MAP_BACKENDS, "insert"))?;
             stats.upserts += 1;
         }
     }
 
     // 2. Per frontend: slots, then the header, then slots beyond the new count.
-    let current_ids: BTreeSet<u32> =
-        current_services.iter().filter(|(k, _)| k.slot == 0).map(|(_, v)| v.svc_id).collect();
+    let current_ids: BTreeSet<u32> = current_services
+        .iter()
+        .filter(|(k, _)| k.slot == 0)
+        .map(|(_, v)| v.svc_id)
+        .collect();
     for (key, value) in desired.services.iter().filter(|(k, _)| k.slot != 0) {
         if current_services.get(key) != Some(value) {
-            maps.services.insert(key, value, 0).map_err(err(MAP_SERVICES, "insert"))?;
+            maps.services
+                .insert(key, value, 0)
+                .map_err(err(MAP_SERVICES, "insert"))?;
             stats.upserts += 1;
         }
     }
@@ -71,31 +87,53 @@ pub fn apply(maps: &mut DatapathMaps, desired: &MapContents) -> Result<ApplyStat
             // A service id new to the maps may have been used by a frontend removed earlier.
             reset_service_stats(maps, value.svc_id)?;
         }
-        maps.services.insert(key, value, 0).map_err(err(MAP_SERVICES, "insert"))?;
+        maps.services
+            .insert(key, value, 0)
+            .map_err(err(MAP_SERVICES, "insert"))?;
         stats.upserts += 1;
     }
     // 3. Stale entries: headers before their slots, so a reader sees "no service" or a full one.
-    let mut stale: Vec<&ServiceKey> = current_services.keys().filter(|k| !desired.services.contains_key(k)).collect();
+    let mut stale: Vec<&ServiceKey> = current_services
+        .keys()
+        .filter(|k| !desired.services.contains_key(k))
+        .collect();
     stale.sort_by_key(|k| k.slot != 0);
     for key in stale {
-        maps.services.remove(key).map_err(err(MAP_SERVICES, "remove"))?;
+        maps.services
+            .remove(key)
+            .map_err(err(MAP_SERVICES, "remove"))?;
         stats.deletes += 1;
     }
     // 4. Backends no slot names any more.
-    for id in current_backends.keys().filter(|id| !desired.backends.contains_key(id)) {
-        maps.backends.remove(id).map_err(err(MAP_BACKENDS, "remove"))?;
+    for id in current_backends
+        .keys()
+        .filter(|id| !desired.backends.contains_key(id))
+    {
+        maps.backends
+            .remove(id)
+            .map_err(err(MAP_BACKENDS, "remove"))?;
         stats.deletes += 1;
     }
     // 5. Names, for `meshpath status`.
-    let current_names: BTreeMap<u32, meshpath_common::ServiceName> =
-        maps.names.iter().collect::<Result<_, _>>().map_err(err(MAP_SVC_NAMES, "iterate"))?;
+    let current_names: BTreeMap<u32, meshpath_common::ServiceName> = maps
+        .names
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(err(MAP_SVC_NAMES, "iterate"))?;
     for (id, name) in &desired.names {
         if current_names.get(id) != Some(name) {
-            maps.names.insert(id, name, 0).map_err(err(MAP_SVC_NAMES, "insert"))?;
+            maps.names
+                .insert(id, name, 0)
+                .map_err(err(MAP_SVC_NAMES, "insert"))?;
         }
     }
-    for id in current_names.keys().filter(|id| !desired.names.contains_key(id)) {
-        maps.names.remove(id).map_err(err(MAP_SVC_NAMES, "remove"))?;
+    for id in current_names
+        .keys()
+        .filter(|id| !desired.names.contains_key(id))
+    {
+        maps.names
+            .remove(id)
+            .map_err(err(MAP_SVC_NAMES, "remove"))?;
     }
     stats.affinity_purged = purge_affinity(maps, desired)?;
     Ok(stats)
@@ -128,8 +166,17 @@ fn purge_affinity(maps: &mut DatapathMaps, desired: &MapContents) -> Result<usiz
 }
 
 fn reset_service_stats(maps: &mut DatapathMaps, svc_id: u32) -> Result<(), ApplyError> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, source)| ApplyError::Cpus { map: MAP_SVC_STATS, source })?;
-    let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
-        .map_err(|source| ApplyError::Cpus { map: MAP_SVC_STATS, source })?;
-    maps.svc_stats.set(svc_id, zeros, 0).map_err(err(MAP_SVC_STATS, "reset"))
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| ApplyError::Cpus {
+        map: MAP_SVC_STATS,
+        source,
+    })?;
+    let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus]).map_err(|source| {
+        ApplyError::Cpus {
+            map: MAP_SVC_STATS,
+            source,
+        }
+    })?;
+    maps.svc_stats
+        .set(svc_id, zeros, 0)
+        .map_err(err(MAP_SVC_STATS, "reset"))
 }

@@ -23,7 +23,11 @@ pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const ENV_LOG: &str = "MESHPATH_LOG";
 
 #[derive(Debug, Parser)]
-#[command(name = "meshpath", version, about = "meshpath: a service mesh whose data path lives in the Linux kernel")]
+#[command(
+    name = "meshpath",
+    version,
+    about = "meshpath: a service mesh whose data path lives in the Linux kernel"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -108,7 +112,10 @@ impl From<&AgentArgs> for AgentConfig {
             cgroup: a.cgroup.clone(),
             pin_dir: a.pin.pin_dir.clone(),
             bpf_object: a.bpf_object.clone(),
-            features: Features { connect_lb: a.connect_lb, udp_datagram_lb: a.udp_datagram_lb },
+            features: Features {
+                connect_lb: a.connect_lb,
+                udp_datagram_lb: a.udp_datagram_lb,
+            },
             compile: CompileOptions {
                 default_lb_policy: match a.default_lb_policy {
                     PolicyArg::Random => LbPolicy::Random,
@@ -131,9 +138,13 @@ where
 
 /// `10.96.0.0/12` → (10.96.0.0, 12).
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.96.0.0/12"))?;
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.96.0.0/12"))?;
     let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: address: {e}"))?;
-    let len: u8 = len.parse().map_err(|e| format!("{s:?}: prefix length: {e}"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|e| format!("{s:?}: prefix length: {e}"))?;
     if !(8..=30).contains(&len) {
         return Err(format!("{s:?}: prefix length must be between 8 and 30"));
     }
@@ -145,7 +156,14 @@ mod tests {
     use super::*;
 
     fn agent(extra: &[&str]) -> AgentConfig {
-        let mut args = vec!["meshpath", "agent", "--manifests", "/m", "--cgroup", "/sys/fs/cgroup/unified/x"];
+        let mut args = vec![
+            "meshpath",
+            "agent",
+            "--manifests",
+            "/m",
+            "--cgroup",
+            "/sys/fs/cgroup/unified/x",
+        ];
         args.extend_from_slice(extra);
         match parse_args(args).expect("parses").command {
             Command::Agent(a) => AgentConfig::from(&a),
@@ -157,23 +175,47 @@ mod tests {
     fn defaults() {
         let c = agent(&[]);
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
-        assert_eq!(c.features, Features { connect_lb: true, udp_datagram_lb: true });
+        assert_eq!(
+            c.features,
+            Features {
+                connect_lb: true,
+                udp_datagram_lb: true
+            }
+        );
         assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
         assert_eq!(c.compile.service_cidr, (Ipv4Addr::new(10, 96, 0, 0), 12));
     }
 
     #[test]
     fn off_switches_and_policy() {
-        let c = agent(&["--connect-lb", "false", "--udp-datagram-lb=false", "--default-lb-policy", "round-robin"]);
-        assert_eq!(c.features, Features { connect_lb: false, udp_datagram_lb: false });
+        let c = agent(&[
+            "--connect-lb",
+            "false",
+            "--udp-datagram-lb=false",
+            "--default-lb-policy",
+            "round-robin",
+        ]);
+        assert_eq!(
+            c.features,
+            Features {
+                connect_lb: false,
+                udp_datagram_lb: false
+            }
+        );
         assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);
     }
 
     #[test]
     fn cidr_errors_say_what_is_wrong() {
-        assert!(parse_cidr("10.96.0.0").unwrap_err().contains("ADDRESS/PREFIX"));
-        assert!(parse_cidr("10.96.0.300/12").unwrap_err().contains("address"));
-        assert!(parse_cidr("10.96.0.0/2").unwrap_err().contains("between 8 and 30"));
+        assert!(parse_cidr("10.96.0.0")
+            .unwrap_err()
+            .contains("ADDRESS/PREFIX"));
+        assert!(parse_cidr("10.96.0.300/12")
+            .unwrap_err()
+            .contains("address"));
+        assert!(parse_cidr("10.96.0.0/2")
+            .unwrap_err()
+            .contains("between 8 and 30"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ mod run;
 mod source;
 mod status;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
@@ -17,18 +19,28 @@ use config::{Command, ENV_LOG};
 fn main() -> anyhow::Result<()> {
     let cli = config::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     match cli.command {
         Command::Agent(args) => {
             let cfg = config::AgentConfig::from(&args);
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(run::run(cfg)).context("meshpath agent")?;
         }
         Command::Status(args) => {
             let status = status::read(&args.pin.pin_dir).context("meshpath status")?;
-            let text = if args.json { serde_json::to_string_pretty(&status)? + "\n" } else { status::render(&status) };
+            let text = if args.json {
+                serde_json::to_string_pretty(&status)? + "\n"
+            } else {
+                status::render(&status)
+            };
             #[allow(clippy::print_stdout)] // CLI output
             {
                 print!("{text}");

@@ -16,7 +16,10 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -83,6 +86,9 @@ pub struct Service {
     /// From the `meshpath.io/lb-policy` annotation; `None` means the agent's default.
     pub lb_policy: Option<LbPolicy>,
     pub labels: BTreeMap<String, String>,
+    /// Where the object came from (a manifest file, the API server), so errors found later, when
+    /// compiling, can name it too. Set by the source that assembles the model.
+    pub origin: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +109,11 @@ pub struct EndpointConditions {
 
 impl Default for EndpointConditions {
     fn default() -> Self {
-        Self { ready: true, serving: true, terminating: false }
+        Self {
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
     }
 }
 
@@ -150,7 +160,10 @@ pub struct ClusterModel {
 
 impl ClusterModel {
     /// The EndpointSlices that serve `service`, in name order.
-    pub fn slices_for<'a>(&'a self, service: &'a ObjectRef) -> impl Iterator<Item = &'a EndpointSlice> {
+    pub fn slices_for<'a>(
+        &'a self,
+        service: &'a ObjectRef,
+    ) -> impl Iterator<Item = &'a EndpointSlice> {
         self.endpoint_slices
             .values()
             .filter(move |s| s.id.namespace == service.namespace && s.service_name == service.name)

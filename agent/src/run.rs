@@ -41,7 +41,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let owned;
     let object: &[u8] = match &cfg.bpf_object {
         Some(path) => {
-            owned = std::fs::read(path).map_err(|source| AgentError::ReadObject { path: path.clone(), source })?;
+            owned = std::fs::read(path).map_err(|source| AgentError::ReadObject {
+                path: path.clone(),
+                source,
+            })?;
             &owned
         }
         None => EMBEDDED_OBJECT.ok_or(AgentError::NoObject)?,
@@ -77,7 +80,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 compiled = next;
             }
             // The next change retries; apply diffs against what the maps really hold.
-            Err(e) => error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed"),
+            Err(e) => {
+                error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed")
+            }
         }
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() {

@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
-use meshpath_common::{ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN};
+use meshpath_common::{
+    ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY,
+    SVC_FLAG_ROUND_ROBIN,
+};
 use serde::Serialize;
 
 use crate::datapath::{DatapathError, DatapathMaps};
@@ -56,19 +59,40 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
     let mut services = Vec::new();
     for (key, header) in entries.iter().filter(|(k, _)| k.slot == 0) {
         let backends = (1..=header.count)
-            .map(|slot| match entries.get(&key.with_slot(slot)).and_then(|v| backends.get(&v.backend_id)) {
-                Some(b) => SocketAddrV4::new(Ipv4Addr::from(ipv4_octets(b.ip_be)), port_host(b.port_be)).to_string(),
-                None => format!("<slot {slot} missing>"),
+            .map(|slot| {
+                match entries
+                    .get(&key.with_slot(slot))
+                    .and_then(|v| backends.get(&v.backend_id))
+                {
+                    Some(b) => SocketAddrV4::new(
+                        Ipv4Addr::from(ipv4_octets(b.ip_be)),
+                        port_host(b.port_be),
+                    )
+                    .to_string(),
+                    None => format!("<slot {slot} missing>"),
+                }
             })
             .collect();
         let stats = maps.service_stats(header.svc_id)?;
         services.push(ServiceStatus {
-            name: names.get(&header.svc_id).map(|n| n.as_str().to_string()).unwrap_or_else(|| "<unnamed>".into()),
+            name: names
+                .get(&header.svc_id)
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_else(|| "<unnamed>".into()),
             svc_id: header.svc_id,
-            frontend: SocketAddrV4::new(Ipv4Addr::from(ipv4_octets(key.vip_be)), port_host(key.port_be)).to_string(),
+            frontend: SocketAddrV4::new(
+                Ipv4Addr::from(ipv4_octets(key.vip_be)),
+                port_host(key.port_be),
+            )
+            .to_string(),
             protocol: if key.proto == PROTO_TCP { "TCP" } else { "UDP" },
-            policy: if header.flags & SVC_FLAG_ROUND_ROBIN != 0 { "round-robin" } else { "random" },
-            affinity_timeout_sec: (header.flags & SVC_FLAG_AFFINITY != 0).then_some(header.affinity_timeout_sec),
+            policy: if header.flags & SVC_FLAG_ROUND_ROBIN != 0 {
+                "round-robin"
+            } else {
+                "random"
+            },
+            affinity_timeout_sec: (header.flags & SVC_FLAG_AFFINITY != 0)
+                .then_some(header.affinity_timeout_sec),
             backends,
             connects: stats.connects,
             datagrams: stats.datagrams,
@@ -77,8 +101,16 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
         });
     }
     services.sort_by(|a, b| (&a.name, &a.frontend).cmp(&(&b.name, &b.frontend)));
-    let counters = maps.reason_counts()?.into_iter().map(|(r, n)| (r.name(), n)).collect();
-    Ok(Status { pin_dir: pin_dir.display().to_string(), services, counters })
+    let counters = maps
+        .reason_counts()?
+        .into_iter()
+        .map(|(r, n)| (r.name(), n))
+        .collect();
+    Ok(Status {
+        pin_dir: pin_dir.display().to_string(),
+        services,
+        counters,
+    })
 }
 
 /// The human-readable form: one block per service, then the non-zero counters.

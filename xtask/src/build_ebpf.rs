@@ -20,7 +20,10 @@ pub fn run() -> anyhow::Result<()> {
     for (path, what) in [
         (DEBIAN_RUSTC, "Debian's rustc (package rustc-web)"),
         (DEBIAN_CARGO, "Debian's cargo (package cargo-web)"),
-        (BPF_CORE_DIR, "the prebuilt BPF core (package libstd-rust-web-dev-bpf)"),
+        (
+            BPF_CORE_DIR,
+            "the prebuilt BPF core (package libstd-rust-web-dev-bpf)",
+        ),
         (LLVM_BIN, "LLVM 22 (package llvm-22-dev)"),
     ] {
         if !Path::new(path).exists() {
@@ -49,12 +52,17 @@ pub fn run() -> anyhow::Result<()> {
             cmd.env_remove(&key);
         }
     }
-    let status = cmd.status().with_context(|| format!("running {DEBIAN_CARGO}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {DEBIAN_CARGO}"))?;
     if !status.success() {
         bail!("building the eBPF crate failed ({status})");
     }
 
-    let built = crate_dir.join("target").join(TARGET).join("release/meshpath-ebpf");
+    let built = crate_dir
+        .join("target")
+        .join(TARGET)
+        .join("release/meshpath-ebpf");
     let out = bpf_object();
     std::fs::create_dir_all(out.parent().expect("object path has a parent"))?;
     std::fs::copy(&built, &out)

@@ -1,1 +1,3 @@
-pub fn run(_r: u32) -> anyhow::Result<()> { Ok(()) }
+pub fn run(_r: u32) -> anyhow::Result<()> {
+    Ok(())
+}

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 pub fn workspace_root() -> PathBuf {
     // xtask/ is one level below the workspace root.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent dir").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent dir")
+        .to_path_buf()
 }
 
 /// The eBPF object the agent embeds at build time (see agent/build.rs).

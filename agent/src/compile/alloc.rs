@@ -16,7 +16,11 @@ pub struct IdAllocator<K> {
 
 impl<K: Ord + Copy> IdAllocator<K> {
     pub fn new(existing: impl IntoIterator<Item = (K, u32)>, max: u32) -> Self {
-        let mut a = Self { by_key: BTreeMap::new(), used: BTreeSet::new(), max };
+        let mut a = Self {
+            by_key: BTreeMap::new(),
+            used: BTreeSet::new(),
+            max,
+        };
         for (k, id) in existing {
             a.reserve(k, id);
         }
@@ -62,8 +66,20 @@ pub fn cluster_ips(
         off > 1 && off < size.saturating_sub(1)
     };
 
-    let unallocated: Vec<&ObjectRef> =
-        model.services.iter().filter(|(_, s)| s.cluster_ip.is_none()).map(|(id, _)| id).collect();
+    let unallocated: Vec<&ObjectRef> = model
+        .services
+        .iter()
+        .filter(|(_, s)| s.cluster_ip.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    let exhausted = |id: &ObjectRef| CompileError::ServiceCidrExhausted {
+        origin: model
+            .services
+            .get(id)
+            .map(super::error::origin_of)
+            .unwrap_or_default(),
+        service: id.clone(),
+    };
     // Keep earlier allocations first, so a new service never steals an address in use.
     let mut pending = Vec::new();
     for id in unallocated {
@@ -79,20 +95,22 @@ pub fn cluster_ips(
         // Offsets 0 and 1 (network, gateway) and the broadcast address are never handed out.
         let usable = size.saturating_sub(3);
         if usable == 0 {
-            errors.push(CompileError::ServiceCidrExhausted { service: id.clone() });
+            errors.push(exhausted(id));
             continue;
         }
         let start = fnv1a(id.to_string().as_bytes()) % usable;
-        let found = (0..usable).map(|i| (start + i) % usable + 2).find_map(|off| {
-            let ip = Ipv4Addr::from(network.wrapping_add(off as u32));
-            (!taken.contains(&ip)).then_some(ip)
-        });
+        let found = (0..usable)
+            .map(|i| (start + i) % usable + 2)
+            .find_map(|off| {
+                let ip = Ipv4Addr::from(network.wrapping_add(off as u32));
+                (!taken.contains(&ip)).then_some(ip)
+            });
         match found {
             Some(ip) => {
                 taken.insert(ip);
                 out.insert(id.clone(), ip);
             }
-            None => errors.push(CompileError::ServiceCidrExhausted { service: id.clone() }),
+            None => errors.push(exhausted(id)),
         }
     }
     out
@@ -100,5 +118,7 @@ pub fn cluster_ips(
 
 /// FNV-1a: a fixed, dependency-free hash so allocations are the same on every run and machine.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

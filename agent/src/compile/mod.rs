@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use meshpath_common::{
-    ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, MAX_SLOTS, PROTO_TCP, PROTO_UDP,
-    SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN,
+    ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, MAX_SLOTS, PROTO_TCP,
+    PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN,
 };
 
 use crate::model::{ClusterModel, LbPolicy, ObjectRef, Protocol, Service};
@@ -35,7 +35,10 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        Self { default_lb_policy: LbPolicy::Random, service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12) }
+        Self {
+            default_lb_policy: LbPolicy::Random,
+            service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
+        }
     }
 }
 
@@ -110,12 +113,15 @@ pub fn compile(
 
     let mut frontends: BTreeMap<FrontendAddr, Frontend> = BTreeMap::new();
     for (id, svc) in &model.services {
-        let Some(&ip) = cluster_ips.get(id) else { continue };
+        let Some(&ip) = cluster_ips.get(id) else {
+            continue;
+        };
         match compile_service(model, opts, svc, ip) {
             Ok(compiled) => {
                 for (addr, mut fe) in compiled {
                     if let Some(owner) = frontends.get(&addr) {
                         errors.push(CompileError::FrontendConflict {
+                            origin: error::origin_of(svc),
                             service: id.clone(),
                             other: owner.service.clone(),
                             ip: addr.ip,
@@ -127,7 +133,10 @@ pub fn compile(
                     match svc_ids.get_or_allocate(addr) {
                         Some(svc_id) => fe.svc_id = svc_id,
                         None => {
-                            errors.push(CompileError::OutOfServiceIds { service: id.clone() });
+                            errors.push(CompileError::OutOfServiceIds {
+                                origin: error::origin_of(svc),
+                                service: id.clone(),
+                            });
                             continue;
                         }
                     }
@@ -135,7 +144,7 @@ pub fn compile(
                 }
             }
             Err(err) => {
-                errors.push(err);
+                errors.push(*err);
                 // Last good: keep what this service had before, unless its address is taken now.
                 for (addr, fe) in previous.frontends.iter().filter(|(_, f)| &f.service == id) {
                     frontends.entry(*addr).or_insert_with(|| fe.clone());
@@ -145,10 +154,16 @@ pub fn compile(
         }
     }
 
-    let used: BTreeSet<BackendAddr> =
-        frontends.values().flat_map(|f| f.backends.iter().copied()).collect();
+    let used: BTreeSet<BackendAddr> = frontends
+        .values()
+        .flat_map(|f| f.backends.iter().copied())
+        .collect();
     let mut backend_alloc = alloc::IdAllocator::new(
-        previous.backend_ids.iter().filter(|(addr, _)| used.contains(addr)).map(|(a, id)| (*a, *id)),
+        previous
+            .backend_ids
+            .iter()
+            .filter(|(addr, _)| used.contains(addr))
+            .map(|(a, id)| (*a, *id)),
         meshpath_common::MAX_BACKENDS,
     );
     let mut backend_ids = BTreeMap::new();
@@ -157,7 +172,10 @@ pub fn compile(
             Some(id) => {
                 backend_ids.insert(addr, id);
             }
-            None => errors.push(CompileError::OutOfBackendIds { ip: addr.ip, port: addr.port }),
+            None => errors.push(CompileError::OutOfBackendIds {
+                ip: addr.ip,
+                port: addr.port,
+            }),
         }
     }
     // A frontend whose backend got no id (table full) would point at nothing: drop those backends.
@@ -171,7 +189,14 @@ pub fn compile(
         .filter(|(_, s)| s.cluster_ip.is_none())
         .filter_map(|(id, _)| cluster_ips.get(id).map(|ip| (id.clone(), *ip)))
         .collect();
-    (Compiled { frontends, backend_ids, allocated_ips }, errors)
+    (
+        Compiled {
+            frontends,
+            backend_ids,
+            allocated_ips,
+        },
+        errors,
+    )
 }
 
 fn compile_service(
@@ -179,19 +204,24 @@ fn compile_service(
     opts: &CompileOptions,
     svc: &Service,
     ip: Ipv4Addr,
-) -> Result<Vec<(FrontendAddr, Frontend)>, CompileError> {
+) -> Result<Vec<(FrontendAddr, Frontend)>, Box<CompileError>> {
     let mut out = Vec::with_capacity(svc.ports.len());
     for (index, port) in svc.ports.iter().enumerate() {
         let backends = resolve::backends_for_port(model, svc, index, port)?;
         if backends.len() > MAX_SLOTS as usize {
-            return Err(CompileError::TooManyBackends {
+            return Err(Box::new(CompileError::TooManyBackends {
+                origin: error::origin_of(svc),
                 service: svc.id.clone(),
                 port_index: index,
                 count: backends.len(),
                 max: MAX_SLOTS as usize,
-            });
+            }));
         }
-        let addr = FrontendAddr { ip, port: port.port, protocol: port.protocol };
+        let addr = FrontendAddr {
+            ip,
+            port: port.port,
+            protocol: port.protocol,
+        };
         out.push((
             addr,
             Frontend {
@@ -221,7 +251,12 @@ impl Compiled {
         let mut names = BTreeMap::new();
         for (addr, fe) in &self.frontends {
             names.insert(fe.svc_id, ServiceName::new(&fe.display_name(addr)));
-            let base = ServiceKey::new(ipv4_be(addr.ip.octets()), port_be(addr.port), proto_number(addr.protocol), 0);
+            let base = ServiceKey::new(
+                ipv4_be(addr.ip.octets()),
+                port_be(addr.port),
+                proto_number(addr.protocol),
+                0,
+            );
             let mut flags = 0;
             if fe.lb_policy == LbPolicy::RoundRobin {
                 flags |= SVC_FLAG_ROUND_ROBIN;
@@ -240,7 +275,13 @@ impl Compiled {
             services.insert(base, header);
             for (i, b) in fe.backends.iter().enumerate() {
                 let backend_id = self.backend_ids[b];
-                services.insert(base.with_slot(i as u16 + 1), ServiceValue { backend_id, ..header });
+                services.insert(
+                    base.with_slot(i as u16 + 1),
+                    ServiceValue {
+                        backend_id,
+                        ..header
+                    },
+                );
             }
         }
         let backends = self
@@ -256,6 +297,10 @@ impl Compiled {
                 (*id, b)
             })
             .collect();
-        MapContents { services, backends, names }
+        MapContents {
+            services,
+            backends,
+            names,
+        }
     }
 }

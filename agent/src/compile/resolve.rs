@@ -5,14 +5,16 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use super::{BackendAddr, CompileError};
-use crate::model::{ClusterModel, Endpoint, EndpointSlice, ObjectRef, Service, ServicePort, TargetPort};
+use crate::model::{
+    ClusterModel, Endpoint, EndpointSlice, ObjectRef, Service, ServicePort, TargetPort,
+};
 
 pub fn backends_for_port(
     model: &ClusterModel,
     svc: &Service,
     port_index: usize,
     port: &ServicePort,
-) -> Result<Vec<BackendAddr>, CompileError> {
+) -> Result<Vec<BackendAddr>, Box<CompileError>> {
     // (address, target port, usable-while-terminating only)
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
@@ -53,12 +55,17 @@ pub fn backends_for_port(
                 .into_iter()
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(CompileError::UnresolvedTargetPort {
+            return Err(Box::new(CompileError::UnresolvedTargetPort {
+                origin: super::error::origin_of(svc),
                 service: svc.id.clone(),
                 port_index,
                 target_port: name.clone(),
-                slice_ports: if slice_ports.is_empty() { "none".into() } else { slice_ports },
-            });
+                slice_ports: if slice_ports.is_empty() {
+                    "none".into()
+                } else {
+                    slice_ports
+                },
+            }));
         }
     }
     // Like kube-proxy: terminating-but-serving endpoints only when nothing is ready.
@@ -76,7 +83,9 @@ fn slice_port_for(slice: &EndpointSlice, port: &ServicePort) -> Option<u16> {
         return Some(p.port);
     }
     match &port.target_port {
-        TargetPort::Name(n) => same_proto().find(|p| p.name.as_deref() == Some(n)).map(|p| p.port),
+        TargetPort::Name(n) => same_proto()
+            .find(|p| p.name.as_deref() == Some(n))
+            .map(|p| p.port),
         TargetPort::Number(n) => Some(*n),
     }
 }
@@ -88,8 +97,12 @@ fn target_port_from_pod(
     ep: &Endpoint,
     port: &ServicePort,
 ) -> Option<u16> {
-    let TargetPort::Name(name) = &port.target_port else { return None };
-    let pod = model.pods.get(&ObjectRef::new(&svc.namespace, ep.pod_name.as_deref()?))?;
+    let TargetPort::Name(name) = &port.target_port else {
+        return None;
+    };
+    let pod = model
+        .pods
+        .get(&ObjectRef::new(&svc.namespace, ep.pod_name.as_deref()?))?;
     pod.container_ports
         .iter()
         .find(|c| c.protocol == port.protocol && c.name.as_deref() == Some(name))

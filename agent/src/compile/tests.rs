@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use meshpath_common::{ipv4_be, port_be, ServiceKey, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN};
+use meshpath_common::{
+    ipv4_be, port_be, ServiceKey, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN,
+};
 
 use super::*;
 use crate::model::*;
@@ -10,18 +12,28 @@ fn svc(name: &str, ip: Option<[u8; 4]>, port: u16, target: TargetPort) -> Servic
     Service {
         id: ObjectRef::new("default", name),
         cluster_ip: ip.map(Ipv4Addr::from),
-        ports: vec![ServicePort { name: Some("http".into()), port, target_port: target, protocol: Protocol::Tcp }],
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port,
+            target_port: target,
+            protocol: Protocol::Tcp,
+        }],
         selector: BTreeMap::new(),
         session_affinity: None,
         lb_policy: None,
         labels: BTreeMap::new(),
+        origin: Some("manifests/web.yaml".into()),
     }
 }
 
 fn ep(ip: [u8; 4], ready: bool, terminating: bool) -> Endpoint {
     Endpoint {
         addresses: vec![Ipv4Addr::from(ip)],
-        conditions: EndpointConditions { ready, serving: ready || terminating, terminating },
+        conditions: EndpointConditions {
+            ready,
+            serving: ready || terminating,
+            terminating,
+        },
         pod_name: None,
     }
 }
@@ -30,7 +42,11 @@ fn slice(service: &str, port_name: &str, port: u16, endpoints: Vec<Endpoint>) ->
     EndpointSlice {
         id: ObjectRef::new("default", format!("{service}-abc")),
         service_name: service.into(),
-        ports: vec![EndpointPort { name: Some(port_name.into()), port, protocol: Protocol::Tcp }],
+        ports: vec![EndpointPort {
+            name: Some(port_name.into()),
+            port,
+            protocol: Protocol::Tcp,
+        }],
         endpoints,
     }
 }
@@ -44,7 +60,11 @@ fn model(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterModel {
 }
 
 fn frontend(c: &Compiled, ip: [u8; 4], port: u16) -> &Frontend {
-    &c.frontends[&FrontendAddr { ip: Ipv4Addr::from(ip), port, protocol: Protocol::Tcp }]
+    &c.frontends[&FrontendAddr {
+        ip: Ipv4Addr::from(ip),
+        port,
+        protocol: Protocol::Tcp,
+    }]
 }
 
 fn ips(fe: &Frontend) -> Vec<(Ipv4Addr, u16)> {
@@ -54,18 +74,41 @@ fn ips(fe: &Frontend) -> Vec<(Ipv4Addr, u16)> {
 #[test]
 fn ready_endpoints_become_slots_behind_a_header() {
     let m = model(
-        vec![svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Number(8080))],
-        vec![slice("web", "http", 8080, vec![ep([10, 244, 0, 11], true, false), ep([10, 244, 0, 12], true, false), ep([10, 244, 0, 13], false, false)])],
+        vec![svc(
+            "web",
+            Some([10, 96, 0, 10]),
+            80,
+            TargetPort::Number(8080),
+        )],
+        vec![slice(
+            "web",
+            "http",
+            8080,
+            vec![
+                ep([10, 244, 0, 11], true, false),
+                ep([10, 244, 0, 12], true, false),
+                ep([10, 244, 0, 13], false, false),
+            ],
+        )],
     );
     let (c, errors) = compile(&m, &CompileOptions::default(), &Compiled::default());
     assert!(errors.is_empty(), "{errors:?}");
     let fe = frontend(&c, [10, 96, 0, 10], 80);
-    assert_eq!(ips(fe), vec![(Ipv4Addr::new(10, 244, 0, 11), 8080), (Ipv4Addr::new(10, 244, 0, 12), 8080)]);
+    assert_eq!(
+        ips(fe),
+        vec![
+            (Ipv4Addr::new(10, 244, 0, 11), 8080),
+            (Ipv4Addr::new(10, 244, 0, 12), 8080)
+        ]
+    );
 
     let maps = c.map_contents();
     let key = ServiceKey::new(ipv4_be([10, 96, 0, 10]), port_be(80), PROTO_TCP, 0);
     let header = maps.services[&key];
-    assert_eq!((header.count, header.flags, header.svc_id), (2, 0, fe.svc_id));
+    assert_eq!(
+        (header.count, header.flags, header.svc_id),
+        (2, 0, fe.svc_id)
+    );
     for slot in 1..=2 {
         let v = maps.services[&key.with_slot(slot)];
         assert_eq!(maps.backends[&v.backend_id].port_be, port_be(8080));
@@ -77,29 +120,65 @@ fn ready_endpoints_become_slots_behind_a_header() {
 #[test]
 fn named_target_port_resolves_through_the_slice_port_named_after_the_service_port() {
     let m = model(
-        vec![svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Name("web-port".into()))],
-        vec![slice("web", "http", 9090, vec![ep([10, 244, 0, 11], true, false)])],
+        vec![svc(
+            "web",
+            Some([10, 96, 0, 10]),
+            80,
+            TargetPort::Name("web-port".into()),
+        )],
+        vec![slice(
+            "web",
+            "http",
+            9090,
+            vec![ep([10, 244, 0, 11], true, false)],
+        )],
     );
     let (c, errors) = compile(&m, &CompileOptions::default(), &Compiled::default());
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(ips(frontend(&c, [10, 96, 0, 10], 80)), vec![(Ipv4Addr::new(10, 244, 0, 11), 9090)]);
+    assert_eq!(
+        ips(frontend(&c, [10, 96, 0, 10], 80)),
+        vec![(Ipv4Addr::new(10, 244, 0, 11), 9090)]
+    );
 }
 
 #[test]
 fn unresolvable_named_target_port_is_an_error_and_keeps_the_previous_backends() {
     let good = model(
-        vec![svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Name("web-port".into()))],
-        vec![slice("web", "http", 9090, vec![ep([10, 244, 0, 11], true, false)])],
+        vec![svc(
+            "web",
+            Some([10, 96, 0, 10]),
+            80,
+            TargetPort::Name("web-port".into()),
+        )],
+        vec![slice(
+            "web",
+            "http",
+            9090,
+            vec![ep([10, 244, 0, 11], true, false)],
+        )],
     );
     let (before, _) = compile(&good, &CompileOptions::default(), &Compiled::default());
     let bad = model(
-        vec![svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Name("web-port".into()))],
-        vec![slice("web", "metrics", 9100, vec![ep([10, 244, 0, 12], true, false)])],
+        vec![svc(
+            "web",
+            Some([10, 96, 0, 10]),
+            80,
+            TargetPort::Name("web-port".into()),
+        )],
+        vec![slice(
+            "web",
+            "metrics",
+            9100,
+            vec![ep([10, 244, 0, 12], true, false)],
+        )],
     );
     let (after, errors) = compile(&bad, &CompileOptions::default(), &before);
     assert_eq!(errors.len(), 1);
     let msg = errors[0].to_string();
-    assert!(msg.contains("Service default/web"), "{msg}");
+    assert!(
+        msg.starts_with("manifests/web.yaml: Service default/web"),
+        "{msg}"
+    );
     assert!(msg.contains("spec.ports[0].targetPort"), "{msg}");
     assert!(msg.contains("\"web-port\""), "{msg}");
     assert_eq!(after.frontends, before.frontends);
@@ -109,16 +188,40 @@ fn unresolvable_named_target_port_is_an_error_and_keeps_the_previous_backends() 
 #[test]
 fn terminating_serving_endpoints_are_used_only_when_none_is_ready() {
     let m = model(
-        vec![svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Number(8080))],
-        vec![slice("web", "http", 8080, vec![ep([10, 244, 0, 11], false, true), ep([10, 244, 0, 12], false, false)])],
+        vec![svc(
+            "web",
+            Some([10, 96, 0, 10]),
+            80,
+            TargetPort::Number(8080),
+        )],
+        vec![slice(
+            "web",
+            "http",
+            8080,
+            vec![
+                ep([10, 244, 0, 11], false, true),
+                ep([10, 244, 0, 12], false, false),
+            ],
+        )],
     );
     let (c, _) = compile(&m, &CompileOptions::default(), &Compiled::default());
-    assert_eq!(ips(frontend(&c, [10, 96, 0, 10], 80)), vec![(Ipv4Addr::new(10, 244, 0, 11), 8080)]);
+    assert_eq!(
+        ips(frontend(&c, [10, 96, 0, 10], 80)),
+        vec![(Ipv4Addr::new(10, 244, 0, 11), 8080)]
+    );
 }
 
 #[test]
 fn no_slice_means_a_frontend_with_no_backend() {
-    let m = model(vec![svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Number(8080))], vec![]);
+    let m = model(
+        vec![svc(
+            "web",
+            Some([10, 96, 0, 10]),
+            80,
+            TargetPort::Number(8080),
+        )],
+        vec![],
+    );
     let (c, errors) = compile(&m, &CompileOptions::default(), &Compiled::default());
     assert!(errors.is_empty());
     assert!(frontend(&c, [10, 96, 0, 10], 80).backends.is_empty());
@@ -130,17 +233,48 @@ fn no_slice_means_a_frontend_with_no_backend() {
 fn ids_stay_stable_across_unrelated_changes() {
     let a = svc("a", Some([10, 96, 0, 10]), 80, TargetPort::Number(8080));
     let b = svc("b", Some([10, 96, 0, 11]), 80, TargetPort::Number(8080));
-    let sa = slice("a", "http", 8080, vec![ep([10, 244, 0, 11], true, false), ep([10, 244, 0, 12], true, false)]);
-    let (first, _) = compile(&model(vec![b.clone()], vec![sa.clone()]), &CompileOptions::default(), &Compiled::default());
-    let (second, _) = compile(&model(vec![a, b], vec![sa]), &CompileOptions::default(), &first);
-    assert_eq!(frontend(&first, [10, 96, 0, 11], 80).svc_id, frontend(&second, [10, 96, 0, 11], 80).svc_id);
-    assert_ne!(frontend(&second, [10, 96, 0, 10], 80).svc_id, frontend(&second, [10, 96, 0, 11], 80).svc_id);
+    let sa = slice(
+        "a",
+        "http",
+        8080,
+        vec![
+            ep([10, 244, 0, 11], true, false),
+            ep([10, 244, 0, 12], true, false),
+        ],
+    );
+    let (first, _) = compile(
+        &model(vec![b.clone()], vec![sa.clone()]),
+        &CompileOptions::default(),
+        &Compiled::default(),
+    );
+    let (second, _) = compile(
+        &model(vec![a, b], vec![sa]),
+        &CompileOptions::default(),
+        &first,
+    );
+    assert_eq!(
+        frontend(&first, [10, 96, 0, 11], 80).svc_id,
+        frontend(&second, [10, 96, 0, 11], 80).svc_id
+    );
+    assert_ne!(
+        frontend(&second, [10, 96, 0, 10], 80).svc_id,
+        frontend(&second, [10, 96, 0, 11], 80).svc_id
+    );
 }
 
 #[test]
 fn cluster_ips_are_allocated_from_the_cidr_and_kept() {
-    let opts = CompileOptions { service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 24), ..Default::default() };
-    let m = model(vec![svc("gw", None, 8080, TargetPort::Number(8080)), svc("x", None, 80, TargetPort::Number(80))], vec![]);
+    let opts = CompileOptions {
+        service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 24),
+        ..Default::default()
+    };
+    let m = model(
+        vec![
+            svc("gw", None, 8080, TargetPort::Number(8080)),
+            svc("x", None, 80, TargetPort::Number(80)),
+        ],
+        vec![],
+    );
     let (c, errors) = compile(&m, &opts, &Compiled::default());
     assert!(errors.is_empty());
     let gw = c.allocated_ips[&ObjectRef::new("default", "gw")];
@@ -157,12 +291,18 @@ fn cluster_ips_are_allocated_from_the_cidr_and_kept() {
 #[test]
 fn two_services_on_one_frontend_conflict_and_the_first_keeps_it() {
     let m = model(
-        vec![svc("a", Some([10, 96, 0, 10]), 80, TargetPort::Number(1)), svc("b", Some([10, 96, 0, 10]), 80, TargetPort::Number(2))],
+        vec![
+            svc("a", Some([10, 96, 0, 10]), 80, TargetPort::Number(1)),
+            svc("b", Some([10, 96, 0, 10]), 80, TargetPort::Number(2)),
+        ],
         vec![],
     );
     let (c, errors) = compile(&m, &CompileOptions::default(), &Compiled::default());
     assert_eq!(frontend(&c, [10, 96, 0, 10], 80).service.name, "a");
-    assert!(matches!(&errors[..], [CompileError::FrontendConflict { .. }]), "{errors:?}");
+    assert!(
+        matches!(&errors[..], [CompileError::FrontendConflict { .. }]),
+        "{errors:?}"
+    );
     assert!(errors[0].to_string().contains("Service default/b"));
 }
 
@@ -170,8 +310,14 @@ fn two_services_on_one_frontend_conflict_and_the_first_keeps_it() {
 fn policy_and_affinity_become_flags() {
     let mut s = svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Number(8080));
     s.lb_policy = Some(LbPolicy::RoundRobin);
-    s.session_affinity = Some(SessionAffinity { timeout_seconds: 30 });
-    let (c, _) = compile(&model(vec![s], vec![]), &CompileOptions::default(), &Compiled::default());
+    s.session_affinity = Some(SessionAffinity {
+        timeout_seconds: 30,
+    });
+    let (c, _) = compile(
+        &model(vec![s], vec![]),
+        &CompileOptions::default(),
+        &Compiled::default(),
+    );
     let key = ServiceKey::new(ipv4_be([10, 96, 0, 10]), port_be(80), PROTO_TCP, 0);
     let header = c.map_contents().services[&key];
     assert_eq!(header.flags, SVC_FLAG_ROUND_ROBIN | SVC_FLAG_AFFINITY);

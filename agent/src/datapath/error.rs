@@ -49,7 +49,10 @@ pub enum DatapathError {
         source: aya::maps::MapError,
     },
     #[error("map {name} is missing from the eBPF object or the pin directory {}", pin_dir.display())]
-    MissingMap { name: &'static str, pin_dir: PathBuf },
+    MissingMap {
+        name: &'static str,
+        pin_dir: PathBuf,
+    },
     #[error("{}", path.display())]
     Io {
         path: PathBuf,

@@ -34,8 +34,14 @@ pub fn attach_replacing(
         .map_err(|source| DatapathError::Link { name, source })?;
     detach_pinned(pin)?;
     let dir = pin.parent().expect("link pin path has a parent");
-    std::fs::create_dir_all(dir).map_err(|source| DatapathError::Io { path: dir.to_path_buf(), source })?;
-    link.pin(pin).map_err(|source| DatapathError::Pin { path: pin.to_path_buf(), source })
+    std::fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    link.pin(pin).map_err(|source| DatapathError::Pin {
+        path: pin.to_path_buf(),
+        source,
+    })
 }
 
 /// Detaches the program behind a pinned link, if there is one.
@@ -43,8 +49,14 @@ pub fn detach_pinned(pin: &Path) -> Result<(), DatapathError> {
     if !pin.exists() {
         return Ok(());
     }
-    let old = PinnedLink::from_pin(pin).map_err(|source| DatapathError::OpenLink { path: pin.to_path_buf(), source })?;
+    let old = PinnedLink::from_pin(pin).map_err(|source| DatapathError::OpenLink {
+        path: pin.to_path_buf(),
+        source,
+    })?;
     // Unpinning removes the last reference but the fd we hold; dropping it detaches.
-    drop(old.unpin().map_err(|source| DatapathError::Io { path: pin.to_path_buf(), source })?);
+    drop(old.unpin().map_err(|source| DatapathError::Io {
+        path: pin.to_path_buf(),
+        source,
+    })?);
     Ok(())
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
-    ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_SERVICES, MAP_SVC_NAMES, MAP_SVC_STATS,
+    ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_SERVICES, MAP_SVC_NAMES,
+    MAP_SVC_STATS,
 };
 
 use super::DatapathError;
@@ -23,7 +24,10 @@ pub struct DatapathMaps {
 impl DatapathMaps {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
         let mut take = |name: &'static str| {
-            ebpf.take_map(name).ok_or(DatapathError::MissingMap { name, pin_dir: PathBuf::new() })
+            ebpf.take_map(name).ok_or(DatapathError::MissingMap {
+                name,
+                pin_dir: PathBuf::new(),
+            })
         };
         Self::from_maps(
             take(MAP_SERVICES)?,
@@ -39,9 +43,13 @@ impl DatapathMaps {
         let open = |name: &'static str| {
             let path = pin_dir.join(name);
             if !path.exists() {
-                return Err(DatapathError::MissingMap { name, pin_dir: pin_dir.to_path_buf() });
+                return Err(DatapathError::MissingMap {
+                    name,
+                    pin_dir: pin_dir.to_path_buf(),
+                });
             }
-            let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
+            let data =
+                MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
             Map::from_map_data(data).map_err(|source| DatapathError::Map { name, source })
         };
         Self::from_maps(
@@ -78,10 +86,13 @@ impl DatapathMaps {
         Reason::ALL
             .iter()
             .map(|r| {
-                let per_cpu = self
-                    .counters
-                    .get(&(*r as u32), 0)
-                    .map_err(|source| DatapathError::Map { name: MAP_COUNTERS, source })?;
+                let per_cpu =
+                    self.counters
+                        .get(&(*r as u32), 0)
+                        .map_err(|source| DatapathError::Map {
+                            name: MAP_COUNTERS,
+                            source,
+                        })?;
                 Ok((*r, per_cpu.iter().sum()))
             })
             .collect()
@@ -92,7 +103,10 @@ impl DatapathMaps {
         let per_cpu = self
             .svc_stats
             .get(&svc_id, 0)
-            .map_err(|source| DatapathError::Map { name: MAP_SVC_STATS, source })?;
+            .map_err(|source| DatapathError::Map {
+                name: MAP_SVC_STATS,
+                source,
+            })?;
         Ok(per_cpu.iter().fold(ServiceStats::default(), |mut acc, s| {
             acc.connects += s.connects;
             acc.datagrams += s.datagrams;

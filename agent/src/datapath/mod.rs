@@ -18,7 +18,8 @@ pub use maps::DatapathMaps;
 
 /// The object built by `cargo xtask build-ebpf`, embedded when it existed at build time.
 #[cfg(meshpath_embedded_bpf)]
-pub static EMBEDDED_OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(env!("MESHPATH_BPF_OBJECT")));
+pub static EMBEDDED_OBJECT: Option<&[u8]> =
+    Some(aya::include_bytes_aligned!(env!("MESHPATH_BPF_OBJECT")));
 #[cfg(not(meshpath_embedded_bpf))]
 pub static EMBEDDED_OBJECT: Option<&[u8]> = None;
 
@@ -52,13 +53,24 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    pub fn load(object: &[u8], pin_dir: &Path, cgroup: &Path, features: Features) -> Result<Self, DatapathError> {
+    pub fn load(
+        object: &[u8],
+        pin_dir: &Path,
+        cgroup: &Path,
+        features: Features,
+    ) -> Result<Self, DatapathError> {
         ensure_bpffs_dir(pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(object)
-            .map_err(|source| DatapathError::Load { pin_dir: pin_dir.to_path_buf(), source: Box::new(source) })?;
-        let cgroup_file = File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_path_buf(), source })?;
+            .map_err(|source| DatapathError::Load {
+                pin_dir: pin_dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        let cgroup_file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
 
         let mut links = Vec::new();
         for (name, enabled) in features.programs() {
@@ -73,12 +85,17 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
             links.push(links::attach_replacing(prog, name, &cgroup_file, &pin)?);
             info!(program = name, cgroup = %cgroup.display(), "attached");
         }
         let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
-        Ok(Self { _ebpf: ebpf, maps, _links: links })
+        Ok(Self {
+            _ebpf: ebpf,
+            maps,
+            _links: links,
+        })
     }
 }
 
@@ -107,14 +124,22 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), DatapathError> {
 /// Maps can only be pinned on a bpffs; say so instead of failing with EPERM deep inside aya.
 fn ensure_bpffs_dir(pin_dir: &Path) -> Result<(), DatapathError> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io { path: pin_dir.to_path_buf(), source })?;
-    let c_path = std::ffi::CString::new(pin_dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| DatapathError::NotBpffs { path: pin_dir.to_path_buf() })?;
+    std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    let c_path = std::ffi::CString::new(pin_dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+        DatapathError::NotBpffs {
+            path: pin_dir.to_path_buf(),
+        }
+    })?;
     // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
     if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
-        return Err(DatapathError::NotBpffs { path: pin_dir.to_path_buf() });
+        return Err(DatapathError::NotBpffs {
+            path: pin_dir.to_path_buf(),
+        });
     }
     Ok(())
 }

@@ -109,7 +109,8 @@ pub struct ConvertError {
     pub object: ObjectKey,
     /// Field path in the object as written in YAML/JSON, e.g. `spec.ports[0].targetPort`.
     pub field: String,
-    pub problem: Invalid,
+    /// Boxed to keep `Result<_, ConvertError>` small.
+    pub problem: Box<Invalid>,
 }
 
 /// Everything that can go wrong reading a source. Each variant names the file; those that concern
@@ -143,8 +144,9 @@ pub enum SourceError {
         file: PathBuf,
         line: Option<u64>,
         column: Option<u64>,
+        /// Boxed: it is large, and `SourceError` travels in `Result`s.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     /// A YAML document that is not a Kubernetes object (not a mapping, no `apiVersion`/`kind`).
     #[error("{}: document at line {line}: {field}: {problem}", file.display())]
@@ -236,7 +238,7 @@ impl SourceError {
             file,
             line: location.map(|l| l.line()),
             column: location.map(|l| l.column()),
-            source,
+            source: Box::new(source),
         }
     }
 }

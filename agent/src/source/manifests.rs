@@ -11,7 +11,7 @@ mod state;
 mod watch;
 
 pub use parse::{parse_file, ParsedObject};
-#[allow(unused_imports)]
+#[allow(unused_imports)] // API for tests and other callers; the binary uses only the watcher.
 pub use state::{is_manifest_name, load_dir, Load, ManifestState};
 #[allow(unused_imports)]
 pub use watch::{ManifestWatcher, DEBOUNCE, MAX_DELAY};

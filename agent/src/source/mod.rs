@@ -9,13 +9,11 @@
 //! Sources publish through `tokio::sync::watch` channels: a `watch::Sender<Arc<ClusterModel>>`
 //! holding the latest model and a `watch::Sender<Arc<SourceStatus>>` holding its errors.
 
-// Until `meshpath agent --manifests` is wired up in main.rs, most of this is used by tests only.
-#![allow(dead_code)]
-
 pub mod convert;
 pub mod error;
 pub mod manifests;
 
+// The API of this module; not all of it is used by the binary yet (tests use the rest).
 #[allow(unused_imports)]
 pub use error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
 #[allow(unused_imports)]
@@ -45,9 +43,5 @@ impl SourceStatus {
                 .iter()
                 .zip(&other.errors)
                 .all(|(a, b)| a.to_string() == b.to_string())
-    }
-
-    pub fn is_ok(&self) -> bool {
-        self.errors.is_empty()
     }
 }

@@ -157,7 +157,11 @@ impl ServiceName {
     }
 
     pub fn as_str(&self) -> &str {
-        let len = self.bytes.iter().position(|b| *b == 0).unwrap_or(SERVICE_NAME_LEN);
+        let len = self
+            .bytes
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(SERVICE_NAME_LEN);
         core::str::from_utf8(&self.bytes[..len]).unwrap_or("<invalid utf-8>")
     }
 }
@@ -174,7 +178,14 @@ const _: () = assert!(core::mem::size_of::<RoundRobinState>() == 8);
 
 impl ServiceKey {
     pub const fn new(vip_be: u32, port_be: u16, proto: u8, slot: u16) -> Self {
-        Self { vip_be, port_be, proto, _pad0: 0, slot, _pad1: 0 }
+        Self {
+            vip_be,
+            port_be,
+            proto,
+            _pad0: 0,
+            slot,
+            _pad1: 0,
+        }
     }
 
     /// The same frontend at another slot.
@@ -237,7 +248,10 @@ mod tests {
 
     #[test]
     fn service_names_round_trip_and_cut_at_char_boundaries() {
-        assert_eq!(ServiceName::new("default/web:http").as_str(), "default/web:http");
+        assert_eq!(
+            ServiceName::new("default/web:http").as_str(),
+            "default/web:http"
+        );
         let long = "é".repeat(100); // 200 bytes
         let cut = ServiceName::new(&long);
         assert_eq!(cut.as_str().len(), 128);

@@ -22,6 +22,7 @@ pub struct ManifestState {
 
 impl ManifestState {
     /// The last good objects of `file`, if it ever was good.
+    #[cfg(test)]
     pub fn file_objects(&self, file: &Path) -> Option<&[ParsedObject]> {
         self.files.get(file).map(|objects| objects.as_slice())
     }
@@ -182,7 +183,8 @@ fn build(
                 continue;
             }
             match object.clone() {
-                ParsedObject::Service(s) => {
+                ParsedObject::Service(mut s) => {
+                    s.origin = Some(file.display().to_string());
                     model.services.insert(s.id.clone(), s);
                 }
                 ParsedObject::EndpointSlice(s) => {

@@ -1,7 +1,7 @@
 //! Watching the manifests directory and publishing snapshots.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,7 +37,6 @@ enum Msg {
 ///
 /// The watcher runs on a thread of its own, so `start` does not need a tokio runtime.
 pub struct ManifestWatcher {
-    dir: PathBuf,
     watcher: Option<notify::RecommendedWatcher>,
     stop: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
@@ -80,15 +79,10 @@ impl ManifestWatcher {
                 source: notify::Error::io(e),
             })?;
         Ok(Self {
-            dir,
             watcher: Some(watcher),
             stop: tx,
             thread: Some(thread),
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

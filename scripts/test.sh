@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs what this machine lacks (idempotent), then runs every meshpath test: unit tests,
+# in-process tests and the privileged tests that load real eBPF programs into per-run cgroups and
+# network namespaces. Run as root. Extra arguments go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+exec cargo xtask test "$@"

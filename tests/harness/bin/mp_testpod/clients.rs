@@ -1,0 +1,297 @@
+//! Client modes. Each does `count` attempts and prints one JSON report:
+//! `counts` (answers by server name), `errors` (by errno name), plus mode-specific fields.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::args::Args;
+use crate::emit;
+
+/// Options shared by all client modes.
+pub(crate) struct Common {
+    pub(crate) addr: SocketAddr,
+    pub(crate) count: u64,
+    pub(crate) timeout: Duration,
+}
+
+impl Common {
+    pub(crate) fn from_args(cmd: &str, a: &Args) -> Result<Common, String> {
+        // TCP connects get more slack than a UDP reply; both are far below the harness's
+        // per-client deadline.
+        let default_ms = match cmd {
+            "udp-connected" | "udp-unconnected" => 1000,
+            "hold" => 5000,
+            _ => 2000,
+        };
+        let timeout_ms: u64 = a.get("timeout-ms")?.unwrap_or(default_ms);
+        if timeout_ms == 0 {
+            return Err("--timeout-ms must be > 0".into());
+        }
+        Ok(Common {
+            addr: a.require("addr")?,
+            count: a.get("count")?.unwrap_or(1),
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+}
+
+/// Name of an errno as the tests expect it (`ECONNREFUSED`, ...), `errno_N` for the rest.
+pub(crate) fn errno_name(e: &io::Error) -> String {
+    let Some(n) = e.raw_os_error() else {
+        // std's connect_timeout reports its own timeout without an errno.
+        return match e.kind() {
+            ErrorKind::TimedOut => "ETIMEDOUT".into(),
+            ErrorKind::UnexpectedEof => "eof".into(),
+            k => format!("{k:?}"),
+        };
+    };
+    let name = match n {
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EPIPE => "EPIPE",
+        libc::EINVAL => "EINVAL",
+        libc::EAGAIN => "EAGAIN",
+        _ => return format!("errno_{n}"),
+    };
+    name.into()
+}
+
+/// Like [`errno_name`], but for reads with SO_RCVTIMEO, where EAGAIN means "no answer in time".
+fn recv_error_name(e: &io::Error) -> String {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => "timeout".into(),
+        _ => errno_name(e),
+    }
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: String) {
+    *map.entry(key).or_insert(0) += 1;
+}
+
+/// A UDP socket that is NOT bound: the kernel binds it on connect()/first send, as ordinary
+/// clients do (std's UdpSocket::bind would bind explicitly first, which is a different path
+/// through the cgroup bind/connect hooks).
+fn unbound_udp() -> io::Result<UdpSocket> {
+    // SAFETY: plain socket(2); the returned fd is checked and then owned exactly once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor owned by nobody else.
+    Ok(UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `tcp`: sequential connects, each reading the identity line. Connect durations time the
+/// connect() call alone (not the read), over all attempts including failed ones.
+pub(crate) fn tcp(c: &Common) -> ExitCode {
+    let (mut counts, mut errors) = (BTreeMap::new(), BTreeMap::new());
+    let mut first_peer: Option<String> = None;
+    let (mut first_us, mut max_us): (Option<u64>, u64) = (None, 0);
+    for _ in 0..c.count {
+        let t0 = Instant::now();
+        let res = TcpStream::connect_timeout(&c.addr, c.timeout);
+        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        first_us.get_or_insert(us);
+        max_us = max_us.max(us);
+        let s = match res {
+            Ok(s) => s,
+            Err(e) => {
+                bump(&mut errors, errno_name(&e));
+                continue;
+            }
+        };
+        if first_peer.is_none() {
+            first_peer = Some(match s.peer_addr() {
+                Ok(p) => p.to_string(),
+                Err(e) => format!("getpeername: {}", errno_name(&e)),
+            });
+        }
+        match read_identity(&s, c.timeout) {
+            Ok(name) => bump(&mut counts, name),
+            Err(e) => bump(&mut errors, recv_error_name(&e)),
+        }
+    }
+    emit(&json!({
+        "counts": counts,
+        "errors": errors,
+        "first_peer": first_peer,
+        "first_connect_us": first_us.unwrap_or(0),
+        "max_connect_us": max_us,
+    }));
+    ExitCode::SUCCESS
+}
+
+/// Read the server's `NAME\n` line.
+pub(crate) fn read_identity(s: &TcpStream, timeout: Duration) -> io::Result<String> {
+    s.set_read_timeout(Some(timeout))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    if !line.ends_with('\n') {
+        return Err(io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "eof before identity line",
+        ));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+/// `udp-connected`: per attempt a fresh socket, connect(), send, recv.
+pub(crate) fn udp_connected(c: &Common) -> ExitCode {
+    let (mut counts, mut errors) = (BTreeMap::new(), BTreeMap::new());
+    let mut first_peer: Option<String> = None;
+    for _ in 0..c.count {
+        match udp_connected_once(c) {
+            Ok((name, peer)) => {
+                if first_peer.is_none() {
+                    first_peer = peer;
+                }
+                bump(&mut counts, name);
+            }
+            Err(e) => bump(&mut errors, e),
+        }
+    }
+    emit(&json!({ "counts": counts, "errors": errors, "first_peer": first_peer }));
+    ExitCode::SUCCESS
+}
+
+/// One udp-connected attempt: (reply name, getpeername) or the error name.
+fn udp_connected_once(c: &Common) -> Result<(String, Option<String>), String> {
+    let s = unbound_udp().map_err(|e| errno_name(&e))?;
+    s.connect(c.addr).map_err(|e| errno_name(&e))?;
+    let peer = s.peer_addr().map(|p| p.to_string()).ok();
+    s.set_read_timeout(Some(c.timeout))
+        .map_err(|e| errno_name(&e))?;
+    s.send(b"ping").map_err(|e| errno_name(&e))?;
+    let mut buf = [0u8; 2048];
+    let n = s.recv(&mut buf).map_err(|e| recv_error_name(&e))?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), peer))
+}
+
+/// `udp-unconnected`: one socket (bound implicitly by the first sendto), sendto/recvfrom.
+/// `sources` records what recvfrom reported as the sender of each reply.
+pub(crate) fn udp_unconnected(c: &Common) -> ExitCode {
+    let (mut counts, mut errors, mut sources) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let s = match unbound_udp().and_then(|s| s.set_read_timeout(Some(c.timeout)).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            emit(&json!({ "error": format!("socket: {}", errno_name(&e)) }));
+            return ExitCode::from(1);
+        }
+    };
+    let mut buf = [0u8; 2048];
+    for _ in 0..c.count {
+        if let Err(e) = s.send_to(b"ping", c.addr) {
+            bump(&mut errors, errno_name(&e));
+            continue;
+        }
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                bump(&mut counts, String::from_utf8_lossy(&buf[..n]).into_owned());
+                bump(&mut sources, from.to_string());
+            }
+            Err(e) => bump(&mut errors, recv_error_name(&e)),
+        }
+    }
+    emit(&json!({ "counts": counts, "errors": errors, "sources": sources }));
+    ExitCode::SUCCESS
+}
+
+/// `http`: GET / repeatedly over a keep-alive connection (reconnecting after errors or
+/// `connection: close`); counts by response body, non-200 statuses as `http_<code>`.
+pub(crate) fn http(c: &Common) -> ExitCode {
+    let (mut counts, mut errors) = (BTreeMap::new(), BTreeMap::new());
+    let mut first_peer: Option<String> = None;
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    for _ in 0..c.count {
+        let r = match conn.take() {
+            Some(r) => r,
+            None => match TcpStream::connect_timeout(&c.addr, c.timeout) {
+                Ok(s) => {
+                    if first_peer.is_none() {
+                        first_peer = s.peer_addr().map(|p| p.to_string()).ok();
+                    }
+                    let _ = s.set_read_timeout(Some(c.timeout));
+                    BufReader::new(s)
+                }
+                Err(e) => {
+                    bump(&mut errors, errno_name(&e));
+                    continue;
+                }
+            },
+        };
+        let mut r = r;
+        match http_request(&mut r, c.addr) {
+            Ok((status, body, keep)) => {
+                if status == 200 {
+                    bump(&mut counts, body);
+                } else {
+                    bump(&mut errors, format!("http_{status}"));
+                }
+                if keep {
+                    conn = Some(r);
+                }
+            }
+            Err(e) => bump(&mut errors, recv_error_name(&e)),
+        }
+    }
+    emit(&json!({ "counts": counts, "errors": errors, "first_peer": first_peer }));
+    ExitCode::SUCCESS
+}
+
+/// One request/response; returns (status, body, connection reusable).
+fn http_request(r: &mut BufReader<TcpStream>, addr: SocketAddr) -> io::Result<(u16, String, bool)> {
+    let req = format!("GET / HTTP/1.1\r\nhost: {addr}\r\nuser-agent: mp-testpod\r\n\r\n");
+    r.get_mut().write_all(req.as_bytes())?;
+    let bad = |m: &str| io::Error::new(ErrorKind::InvalidData, m.to_owned());
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "eof before status line",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let (mut len, mut keep) = (None, true);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(ErrorKind::UnexpectedEof, "eof in headers"));
+        }
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => len = v.parse::<u64>().ok(),
+                "connection" if v == "close" => keep = false,
+                _ => {}
+            }
+        }
+    }
+    let len = len.ok_or_else(|| bad("response without content-length"))?;
+    let mut body = Vec::new();
+    r.take(len).read_to_end(&mut body)?;
+    if body.len() as u64 != len {
+        return Err(io::Error::new(ErrorKind::UnexpectedEof, "short body"));
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned(), keep))
+}

@@ -1,0 +1,39 @@
+//! Privileged test harness for meshpath.
+//!
+//! A [`Node`] is a miniature Kubernetes node built from real kernel objects: a node network
+//! namespace with a bridge, one network namespace per pod wired to that bridge by a veth pair, a
+//! cgroup v2 subtree the agent under test attaches its eBPF programs to, an *unmanaged* sibling
+//! cgroup for traffic that must not be touched by those programs, a bpffs pin directory and a
+//! scratch directory. Workloads inside the pods are instances of the `mp-testpod` helper binary
+//! (see `harness/bin/mp_testpod.rs`).
+//!
+//! The machine is shared (other test runs, other developers), so every kernel object carries a
+//! per-run id (see [`RunId`]) and is removed again when the `Node` is dropped, including while a
+//! failing test unwinds. Leftovers of runs whose process died without unwinding are removed the
+//! next time any `Node` is created.
+//!
+//! Everything here needs root.
+
+pub mod agent;
+mod cgroup;
+mod children;
+mod client;
+mod hold;
+pub mod manifests;
+mod net;
+mod node;
+mod pod;
+mod runid;
+mod stale;
+mod sys;
+
+pub use client::{testpod_bin, ClientReport};
+pub use hold::Hold;
+pub use node::Node;
+pub use pod::{Pod, Target};
+pub use runid::RunId;
+pub use sys::{bpffs_root, cgroup2_root};
+
+/// Prefix of every name (netns, cgroup, pin dir, temp dir) the harness creates. Stale-run cleanup
+/// only ever looks at names with this prefix.
+pub const NAME_PREFIX: &str = "mpt-";

@@ -1,0 +1,112 @@
+//! Pods: a network namespace plus a cgroup, and how to start processes inside both.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::children::Children;
+use crate::net::netns_path;
+
+/// Where to run a client: in pod `i`, or in the [`crate::Node::outside`] pseudo-pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Pod(usize),
+    Outside,
+}
+
+impl From<usize> for Target {
+    fn from(i: usize) -> Target {
+        Target::Pod(i)
+    }
+}
+
+/// One pod: a network namespace (with `eth0` on the node bridge) and a cgroup. The `outside`
+/// pseudo-pod shares pod 0's namespace but sits in the unmanaged cgroup.
+pub struct Pod {
+    pub(crate) label: String,
+    pub(crate) netns: String,
+    pub(crate) cgroup: PathBuf,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) children: Arc<Children>,
+}
+
+impl Pod {
+    /// The pod's address on the node bridge.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// Name of the pod's network namespace (as in `ip netns list`).
+    pub fn netns_name(&self) -> &str {
+        &self.netns
+    }
+
+    /// The pod's cgroup v2 directory.
+    pub fn cgroup_path(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// `p<i>` or `outside`; used in log file names and messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// A `Command` whose process runs inside this pod: before exec, the child moves itself into
+    /// the pod's cgroup and then enters the pod's network namespace.
+    ///
+    /// The cgroup is joined FIRST and directly (not through `ip netns exec`): `ip netns exec`
+    /// gives its command a private mount namespace with a fresh /sys in which the cgroup v2 tree
+    /// is not mounted, so nothing started that way could join a cgroup. Children of the process
+    /// inherit both cgroup and namespace.
+    ///
+    /// Processes spawned from this `Command` directly are still killed by the node's Drop (it
+    /// kills whatever is left in its cgroups), but are not reaped; prefer [`Pod::spawn`].
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Result<Command> {
+        // Both files are opened before fork: pre_exec may only make async-signal-safe calls,
+        // and open()/allocation are not among them in a multi-threaded process.
+        let procs_path = self.cgroup.join("cgroup.procs");
+        let procs: OwnedFd = OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .with_context(|| format!("opening {}", procs_path.display()))?
+            .into();
+        let ns_path = netns_path(&self.netns);
+        let ns: OwnedFd = File::open(&ns_path)
+            .with_context(|| format!("opening {}", ns_path.display()))?
+            .into();
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure only calls write(2) and setns(2) on fds that stay open for the
+        // Command's lifetime (the closure owns them) and builds io::Errors from errno, which
+        // does not allocate. Both fds are O_CLOEXEC (std's default), so they close at exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Writing "0" moves the writing process itself.
+                let n = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Spawn `cmd` (built with [`Pod::command`]) and register it with the node, whose Drop kills
+    /// (SIGKILL) and reaps it. Returns the pid.
+    pub fn spawn(&self, mut cmd: Command) -> Result<u32> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {:?} in {}", cmd.get_program(), self.label))?;
+        Ok(self.children.add(self.label.clone(), child, None))
+    }
+}

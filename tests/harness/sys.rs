@@ -1,0 +1,130 @@
+//! Small system helpers: running `ip`, finding the cgroup v2 and bpffs mounts, signalling pids.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+
+/// Serialises `ip netns add` within this process: the first `ip netns add` on a machine
+/// bind-mounts /run/netns onto itself, and two of those racing could stack mounts. Parallel tests
+/// of one `cargo test` process are serialised here; separate processes could only race on the
+/// machine's very first named namespace, which is accepted.
+pub(crate) static NETNS_ADD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Run `ip <args>` and fail with its stderr if it does not succeed.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Mount points from /proc/self/mounts as (fstype, mountpoint).
+fn mounts() -> Result<Vec<(String, PathBuf)>> {
+    let text = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let _src = f.next()?;
+            let mnt = f.next()?;
+            let fstype = f.next()?;
+            Some((fstype.to_owned(), PathBuf::from(mnt)))
+        })
+        .collect())
+}
+
+/// The cgroup v2 mount point. On the project machines this is `/sys/fs/cgroup/unified` (hybrid
+/// hierarchy); on pure-v2 machines it is `/sys/fs/cgroup`. The harness only ever creates
+/// directories below it and never attaches anything to it directly.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let preferred = Path::new("/sys/fs/cgroup/unified");
+    let all = mounts()?;
+    let v2: Vec<PathBuf> = all
+        .into_iter()
+        .filter(|(t, _)| t == "cgroup2")
+        .map(|(_, p)| p)
+        .collect();
+    if v2.iter().any(|p| p == preferred) {
+        return Ok(preferred.to_owned());
+    }
+    v2.into_iter()
+        .next()
+        .context("no cgroup2 filesystem is mounted (expected /sys/fs/cgroup/unified)")
+}
+
+/// The bpffs mount point, mounting bpffs at /sys/fs/bpf first if it is not mounted yet (it is not
+/// mounted at boot on the project VMs).
+pub fn bpffs_root() -> Result<PathBuf> {
+    static MOUNT_LOCK: Mutex<()> = Mutex::new(());
+    let root = PathBuf::from("/sys/fs/bpf");
+    let _g = MOUNT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if mounts()?.iter().any(|(t, p)| t == "bpf" && *p == root) {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let c = |s: &str| CString::new(s).expect("no NUL in literal");
+    let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; data is NULL.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        // Another process may have mounted it between our check and our mount.
+        if !mounts()?.iter().any(|(t, p)| t == "bpf" && *p == root) {
+            return Err(err).context("mount -t bpf bpf /sys/fs/bpf");
+        }
+    }
+    Ok(root)
+}
+
+/// Whether a process with this pid exists (in our pid namespace). EPERM also means "exists".
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if p <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence; no signal is delivered.
+    let rc = unsafe { libc::kill(p, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// SIGKILL one pid. Only called with pids the harness started, or pids found inside one of the
+/// harness's own cgroups (which can only hold processes the harness started and their children).
+pub(crate) fn kill_pid(pid: u32) {
+    if let Ok(p) = libc::pid_t::try_from(pid) {
+        if p > 0 {
+            // SAFETY: plain syscall; a stale pid just yields ESRCH.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Ensure we run as root with a clear message, rather than failing later on some EPERM.
+pub(crate) fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the meshpath test harness needs root (network namespaces, cgroups, bpffs)");
+    }
+    Ok(())
+}

@@ -16,7 +16,10 @@ pub fn meshpath_bin() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/meshpath
-    let candidate = exe.parent().and_then(Path::parent).map(|d| d.join("meshpath"));
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("meshpath"));
     match candidate {
         Some(p) if p.is_file() => Ok(p),
         _ => bail!("meshpath binary not found: run the tests through `cargo xtask test` (or set MESHPATH_BIN)"),
@@ -33,7 +36,13 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent on `manifests`, attached to `cgroup`, maps pinned in `pin_dir`, and waits
     /// until it has programmed its first snapshot (status readable and `programmed` logged).
-    pub fn start(manifests: &Path, cgroup: &Path, pin_dir: &Path, log: &Path, extra: &[&str]) -> anyhow::Result<Agent> {
+    pub fn start(
+        manifests: &Path,
+        cgroup: &Path,
+        pin_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(meshpath_bin()?)
             .arg("agent")
@@ -51,7 +60,11 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .context("starting meshpath agent")?;
-        let mut agent = Agent { child: Some(child), pin_dir: pin_dir.to_path_buf(), log: log.to_path_buf() };
+        let mut agent = Agent {
+            child: Some(child),
+            pin_dir: pin_dir.to_path_buf(),
+            log: log.to_path_buf(),
+        };
         agent.wait_log("programmed", Duration::from_secs(10))?;
         Ok(agent)
     }
@@ -69,11 +82,17 @@ impl Agent {
             }
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("meshpath agent exited ({status}) before logging {needle:?}; log:\n{}", self.log());
+                    bail!(
+                        "meshpath agent exited ({status}) before logging {needle:?}; log:\n{}",
+                        self.log()
+                    );
                 }
             }
             if start.elapsed() > timeout {
-                bail!("meshpath agent did not log {needle:?} within {timeout:?}; log:\n{}", self.log());
+                bail!(
+                    "meshpath agent did not log {needle:?} within {timeout:?}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -117,12 +136,18 @@ pub fn status(pin_dir: &Path) -> anyhow::Result<Value> {
         .output()
         .context("running meshpath status")?;
     if !out.status.success() {
-        bail!("meshpath status failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "meshpath status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("parsing meshpath status --json")
 }
 
 /// The status entry of the service whose name starts with `name` (e.g. "default/web:").
 pub fn service<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["services"].as_array()?.iter().find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)))
+    status["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)))
 }

@@ -15,15 +15,32 @@ pub struct Ep {
 
 impl Ep {
     pub fn ready(ip: Ipv4Addr) -> Ep {
-        Ep { ip, ready: true, serving: true, terminating: false }
+        Ep {
+            ip,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
     }
     pub fn not_ready(ip: Ipv4Addr) -> Ep {
-        Ep { ip, ready: false, serving: false, terminating: false }
+        Ep {
+            ip,
+            ready: false,
+            serving: false,
+            terminating: false,
+        }
     }
 }
 
 /// A ClusterIP Service with one port (`name`, `port` → `target_port`, `protocol`).
-pub fn service(name: &str, cluster_ip: &str, port: u16, target_port: &str, protocol: &str, extra_spec: &str) -> String {
+pub fn service(
+    name: &str,
+    cluster_ip: &str,
+    port: u16,
+    target_port: &str,
+    protocol: &str,
+    extra_spec: &str,
+) -> String {
     let mut y = String::new();
     let _ = write!(
         y,

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test, including the privileged ones that load real eBPF programs into
 //! per-run cgroups and network namespaces.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -17,17 +18,60 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         args.push("--".into());
         args.extend(extra.iter().cloned());
     }
-    let status = Command::new(cargo_bin())
+    let mut child = Command::new(cargo_bin())
         .current_dir(workspace_root())
         .args(&args)
         .env("MESHPATH_BIN", debug_bin("meshpath"))
         .env("MP_TESTPOD_BIN", debug_bin("mp-testpod"))
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running cargo test")?;
+    // Echo cargo test's output and add up its per-binary results, so the run ends with one total
+    // line instead of the last binary's (often a doc-test binary with 0 tests).
+    let mut total = Totals::default();
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        total.add(&line);
+    }
+    let status = child.wait()?;
+    println!(
+        "meshpath: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.ignored
+    );
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds one `test result: ok. 5 passed; 0 failed; 1 ignored; ...` line.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().skip_while(|w| w.ends_with('.'));
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
@@ -53,4 +97,18 @@ pub fn require_root(why: &str) -> anyhow::Result<()> {
         bail!("run as root: {why}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_add_up_cargo_test_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 51 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.70s");
+        t.add("test result: FAILED. 2 passed; 1 failed; 3 ignored; 0 measured; 0 filtered out; finished in 2.55s");
+        t.add("running 3 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (53, 1, 3));
+    }
 }

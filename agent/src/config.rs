@@ -17,6 +17,7 @@ pub const ENV_MANIFESTS: &str = "MESHPATH_MANIFESTS";
 pub const ENV_BPF_OBJECT: &str = "MESHPATH_BPF_OBJECT";
 pub const ENV_CONNECT_LB: &str = "MESHPATH_CONNECT_LB";
 pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
+pub const ENV_SOCKET_REDIRECT: &str = "MESHPATH_SOCKET_REDIRECT";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
 pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -43,6 +44,23 @@ pub enum Command {
     Status(StatusArgs),
     /// Detach meshpath's programs and remove its pinned maps.
     Cleanup(PinDirArg),
+    /// Switch same-node socket redirection on or off at run time, for new connections (the agent
+    /// must have been started with `--socket-redirect true` for `on` to have an effect).
+    Redirect(RedirectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RedirectArgs {
+    #[arg(value_enum)]
+    pub state: OnOff,
+    #[command(flatten)]
+    pub pin: PinDirArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +98,10 @@ pub struct AgentArgs {
     /// Translate unconnected UDP datagrams (sendmsg4 + recvmsg4). Off: not attached.
     #[arg(long, env = ENV_UDP_DATAGRAM_LB, default_value_t = true, action = clap::ArgAction::Set)]
     pub udp_datagram_lb: bool,
+    /// Hand bytes between two sockets of the managed cgroups on this node directly (sock_ops +
+    /// sk_msg), skipping TCP/IP. Off: the programs are not attached.
+    #[arg(long, env = ENV_SOCKET_REDIRECT, default_value_t = false, action = clap::ArgAction::Set)]
+    pub socket_redirect: bool,
     /// Load-balancing policy for services without a `meshpath.io/lb-policy` annotation.
     #[arg(long, env = ENV_DEFAULT_LB_POLICY, value_enum, default_value_t = PolicyArg::Random)]
     pub default_lb_policy: PolicyArg,
@@ -115,6 +137,7 @@ impl From<&AgentArgs> for AgentConfig {
             features: Features {
                 connect_lb: a.connect_lb,
                 udp_datagram_lb: a.udp_datagram_lb,
+                socket_redirect: a.socket_redirect,
             },
             compile: CompileOptions {
                 default_lb_policy: match a.default_lb_policy {
@@ -177,10 +200,7 @@ mod tests {
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!(
             c.features,
-            Features {
-                connect_lb: true,
-                udp_datagram_lb: true
-            }
+            Features { connect_lb: true, udp_datagram_lb: true, socket_redirect: false }
         );
         assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
         assert_eq!(c.compile.service_cidr, (Ipv4Addr::new(10, 96, 0, 0), 12));
@@ -192,15 +212,14 @@ mod tests {
             "--connect-lb",
             "false",
             "--udp-datagram-lb=false",
+            "--socket-redirect",
+            "true",
             "--default-lb-policy",
             "round-robin",
         ]);
         assert_eq!(
             c.features,
-            Features {
-                connect_lb: false,
-                udp_datagram_lb: false
-            }
+            Features { connect_lb: false, udp_datagram_lb: false, socket_redirect: true }
         );
         assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);
     }
@@ -216,6 +235,14 @@ mod tests {
         assert!(parse_cidr("10.96.0.0/2")
             .unwrap_err()
             .contains("between 8 and 30"));
+    }
+
+    #[test]
+    fn redirect_switch_parses() {
+        match parse_args(["meshpath", "redirect", "off", "--pin-dir", "/sys/fs/bpf/x"]).expect("parses").command {
+            Command::Redirect(r) => assert_eq!((r.state, r.pin.pin_dir), (OnOff::Off, PathBuf::from("/sys/fs/bpf/x"))),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

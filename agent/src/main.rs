@@ -46,6 +46,12 @@ fn main() -> anyhow::Result<()> {
                 print!("{text}");
             }
         }
+        Command::Redirect(args) => {
+            let on = args.state == config::OnOff::On;
+            let mut maps = datapath::DatapathMaps::open_pinned(&args.pin.pin_dir).context("meshpath redirect")?;
+            datapath::redirect::set_enabled(&mut maps.config, on).context("meshpath redirect")?;
+            tracing::info!(pin_dir = %args.pin.pin_dir.display(), on, "socket redirection switched for new connections");
+        }
         Command::Cleanup(args) => {
             datapath::cleanup(&args.pin_dir).context("meshpath cleanup")?;
             tracing::info!(pin_dir = %args.pin_dir.display(), "programs detached, maps unpinned");

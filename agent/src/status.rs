@@ -20,6 +20,15 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Reason name → count summed over CPUs.
     pub counters: BTreeMap<&'static str, u64>,
+    pub socket_redirect: RedirectStatus,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RedirectStatus {
+    /// Whether new same-node connections are put in the SOCKHASH (`meshpath redirect on|off`).
+    pub new_connections: bool,
+    /// Sockets in the SOCKHASH now (both ends of each redirected connection).
+    pub sockhash_entries: usize,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -106,11 +115,15 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
         .into_iter()
         .map(|(r, n)| (r.name(), n))
         .collect();
-    Ok(Status {
-        pin_dir: pin_dir.display().to_string(),
-        services,
-        counters,
-    })
+    let socket_redirect = RedirectStatus {
+        new_connections: maps
+            .config
+            .get(&meshpath_common::CONFIG_REDIRECT, 0)
+            .map_err(map_err(meshpath_common::MAP_CONFIG))?
+            == 1,
+        sockhash_entries: maps.socks.keys().filter(Result::is_ok).count(),
+    };
+    Ok(Status { pin_dir: pin_dir.display().to_string(), services, counters, socket_redirect })
 }
 
 /// The human-readable form: one block per service, then the non-zero counters.
@@ -134,6 +147,13 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(out, "    -> {b}");
         }
     }
+    let r = &status.socket_redirect;
+    let _ = writeln!(
+        out,
+        "socket redirection: {} for new connections, {} sockets in the sockhash",
+        if r.new_connections { "on" } else { "off" },
+        r.sockhash_entries
+    );
     let _ = writeln!(out, "counters:");
     let nonzero: Vec<_> = status.counters.iter().filter(|(_, n)| **n > 0).collect();
     if nonzero.is_empty() {

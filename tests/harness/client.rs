@@ -157,19 +157,33 @@ impl Node {
         udp_ports: &[u16],
         http_ports: &[u16],
     ) -> Result<u32> {
-        let pod = self.target(at.into());
-        let log = self.work_dir().join(format!("{}-{name}.log", pod.label()));
-        let mut cmd = pod.command(testpod_bin()?)?;
-        cmd.args(["serve", "--name", name]);
+        let mut args = vec!["serve".to_string(), "--name".to_string(), name.to_string()];
         for (flag, ports) in [
             ("--tcp", tcp_ports),
             ("--udp", udp_ports),
             ("--http", http_ports),
         ] {
             for p in ports {
-                cmd.arg(flag).arg(p.to_string());
+                args.push(flag.to_string());
+                args.push(p.to_string());
             }
         }
+        self.spawn_ready(at, name, &args)
+    }
+
+    /// Start `mp-testpod xfer --listen PORT` (the byte-exactness peer) in `at`; see
+    /// [`Node::spawn_server`] for readiness, logs and cleanup.
+    pub fn spawn_xfer_server(&self, at: impl Into<Target>, port: u16) -> Result<u32> {
+        let args = ["xfer".to_string(), "--listen".to_string(), port.to_string()];
+        self.spawn_ready(at, &format!("xfer-{port}"), &args)
+    }
+
+    /// Start `mp-testpod ARGS` in `at` and wait (up to 5 s) until it printed `ready`.
+    pub fn spawn_ready(&self, at: impl Into<Target>, name: &str, args: &[String]) -> Result<u32> {
+        let pod = self.target(at.into());
+        let log = self.work_dir().join(format!("{}-{name}.log", pod.label()));
+        let mut cmd = pod.command(testpod_bin()?)?;
+        cmd.args(args);
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

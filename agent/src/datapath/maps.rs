@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
-    ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_COUNTERS, MAP_SERVICES, MAP_SVC_NAMES,
-    MAP_SVC_STATS,
+    ServiceValue, SockKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_COUNTERS, MAP_SERVICES,
+    MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 use super::DatapathError;
@@ -19,65 +19,44 @@ pub struct DatapathMaps {
     pub counters: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, ServiceStats>,
     pub names: HashMap<MapData, u32, ServiceName>,
+    pub socks: SockHash<MapData, SockKey>,
+    pub config: Array<MapData, u32>,
 }
 
 impl DatapathMaps {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name).ok_or(DatapathError::MissingMap {
-                name,
-                pin_dir: PathBuf::new(),
-            })
-        };
-        Self::from_maps(
-            take(MAP_SERVICES)?,
-            take(MAP_BACKENDS)?,
-            take(MAP_AFFINITY)?,
-            take(MAP_COUNTERS)?,
-            take(MAP_SVC_STATS)?,
-            take(MAP_SVC_NAMES)?,
-        )
+        Self::from_maps(|name| {
+            ebpf.take_map(name).ok_or(DatapathError::MissingMap { name, pin_dir: PathBuf::new() })
+        })
     }
 
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let open = |name: &'static str| {
+        Self::from_maps(|name| {
             let path = pin_dir.join(name);
             if !path.exists() {
-                return Err(DatapathError::MissingMap {
-                    name,
-                    pin_dir: pin_dir.to_path_buf(),
-                });
+                return Err(DatapathError::MissingMap { name, pin_dir: pin_dir.to_path_buf() });
             }
-            let data =
-                MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
+            let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
             Map::from_map_data(data).map_err(|source| DatapathError::Map { name, source })
-        };
-        Self::from_maps(
-            open(MAP_SERVICES)?,
-            open(MAP_BACKENDS)?,
-            open(MAP_AFFINITY)?,
-            open(MAP_COUNTERS)?,
-            open(MAP_SVC_STATS)?,
-            open(MAP_SVC_NAMES)?,
-        )
+        })
     }
 
-    fn from_maps(
-        services: Map,
-        backends: Map,
-        affinity: Map,
-        counters: Map,
-        svc_stats: Map,
-        names: Map,
-    ) -> Result<Self, DatapathError> {
-        let typed = |name: &'static str| move |source| DatapathError::Map { name, source };
+    fn from_maps(mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>) -> Result<Self, DatapathError> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            name: &'static str,
+            map: Result<Map, DatapathError>,
+        ) -> Result<T, DatapathError> {
+            map?.try_into().map_err(|source| DatapathError::Map { name, source })
+        }
         Ok(Self {
-            services: services.try_into().map_err(typed(MAP_SERVICES))?,
-            backends: backends.try_into().map_err(typed(MAP_BACKENDS))?,
-            affinity: affinity.try_into().map_err(typed(MAP_AFFINITY))?,
-            counters: counters.try_into().map_err(typed(MAP_COUNTERS))?,
-            svc_stats: svc_stats.try_into().map_err(typed(MAP_SVC_STATS))?,
-            names: names.try_into().map_err(typed(MAP_SVC_NAMES))?,
+            services: typed(MAP_SERVICES, get(MAP_SERVICES))?,
+            backends: typed(MAP_BACKENDS, get(MAP_BACKENDS))?,
+            affinity: typed(MAP_AFFINITY, get(MAP_AFFINITY))?,
+            counters: typed(MAP_COUNTERS, get(MAP_COUNTERS))?,
+            svc_stats: typed(MAP_SVC_STATS, get(MAP_SVC_STATS))?,
+            names: typed(MAP_SVC_NAMES, get(MAP_SVC_NAMES))?,
+            socks: typed(MAP_SOCKS, get(MAP_SOCKS))?,
+            config: typed(MAP_CONFIG, get(MAP_CONFIG))?,
         })
     }
 

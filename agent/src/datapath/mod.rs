@@ -4,6 +4,7 @@
 mod error;
 mod links;
 pub mod maps;
+pub mod redirect;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ pub struct Features {
     pub connect_lb: bool,
     /// sendmsg4 + recvmsg4: translation per datagram for unconnected UDP.
     pub udp_datagram_lb: bool,
+    /// sock_ops + sk_msg: same-node socket redirection.
+    pub socket_redirect: bool,
 }
 
 impl Features {
@@ -90,7 +93,8 @@ impl Datapath {
             links.push(links::attach_replacing(prog, name, &cgroup_file, &pin)?);
             info!(program = name, cgroup = %cgroup.display(), "attached");
         }
-        let maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features.socket_redirect)?;
         Ok(Self {
             _ebpf: ebpf,
             maps,

@@ -33,10 +33,28 @@ pub enum Reason {
     ServiceStatsMissing = 12,
     /// setting the ECONNREFUSED return value failed (kernel without bpf_set_retval).
     SetRetvalFailed = 13,
+    /// sock_ops put an established socket into the redirection SOCKHASH.
+    SockInserted = 14,
+    /// ... and could not (map full, or an error).
+    SockInsertFailed = 15,
+    /// A socket in the SOCKHASH reached TCP_CLOSE (the kernel drops it from the map when its
+    /// owner closes it; meshpath does not, see the sock_ops program).
+    SockClosed = 16,
+    /// sk_msg handed a message straight to the peer socket.
+    MsgRedirected = 17,
+    /// Bytes in those messages.
+    MsgRedirectedBytes = 18,
+    /// sk_msg found no peer socket (peer on another node or outside the managed cgroups, or
+    /// not yet established): the message took the TCP path, and so will the rest of the stream.
+    MsgFallbackNoPeer = 19,
+    /// A message of a stream that once took the TCP path, kept on it to keep bytes in order.
+    MsgFallbackSticky = 20,
+    /// Redirection switched off at run time (`meshpath redirect off`): connection not inserted.
+    SockRedirectDisabled = 21,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -54,6 +72,14 @@ impl Reason {
         Reason::RoundRobinStateMissing,
         Reason::ServiceStatsMissing,
         Reason::SetRetvalFailed,
+        Reason::SockInserted,
+        Reason::SockInsertFailed,
+        Reason::SockClosed,
+        Reason::MsgRedirected,
+        Reason::MsgRedirectedBytes,
+        Reason::MsgFallbackNoPeer,
+        Reason::MsgFallbackSticky,
+        Reason::SockRedirectDisabled,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -73,6 +99,14 @@ impl Reason {
             Reason::RoundRobinStateMissing => "round_robin_state_missing",
             Reason::ServiceStatsMissing => "service_stats_missing",
             Reason::SetRetvalFailed => "set_retval_failed",
+            Reason::SockInserted => "sock_inserted",
+            Reason::SockInsertFailed => "sock_insert_failed",
+            Reason::SockClosed => "sock_closed",
+            Reason::MsgRedirected => "msg_redirected",
+            Reason::MsgRedirectedBytes => "msg_redirected_bytes",
+            Reason::MsgFallbackNoPeer => "msg_fallback_no_peer",
+            Reason::MsgFallbackSticky => "msg_fallback_sticky",
+            Reason::SockRedirectDisabled => "sock_redirect_disabled",
         }
     }
 
@@ -86,6 +120,13 @@ impl Reason {
                 | Reason::GetpeernameReversed
                 | Reason::AffinityHit
                 | Reason::AffinityExpired
+                | Reason::SockInserted
+                | Reason::SockClosed
+                | Reason::MsgRedirected
+                | Reason::MsgRedirectedBytes
+                | Reason::MsgFallbackNoPeer
+                | Reason::MsgFallbackSticky
+                | Reason::SockRedirectDisabled
         )
     }
 }

@@ -39,12 +39,29 @@ pub const MAP_REVNAT: &str = "MP_REVNAT";
 pub const MAP_COUNTERS: &str = "MP_COUNTERS";
 pub const MAP_SVC_STATS: &str = "MP_SVC_STATS";
 pub const MAP_SVC_NAMES: &str = "MP_SVC_NAMES";
+pub const MAP_SOCKS: &str = "MP_SOCKS";
+pub const MAP_SOCK_FALLBACK: &str = "MP_SOCK_FALLBK";
+pub const MAP_CONFIG: &str = "MP_CONFIG";
 
 /// Program names (the Rust function names in the eBPF crate).
 pub const PROG_CONNECT4: &str = "mp_connect4";
 pub const PROG_SENDMSG4: &str = "mp_sendmsg4";
 pub const PROG_RECVMSG4: &str = "mp_recvmsg4";
 pub const PROG_GETPEERNAME4: &str = "mp_getpeername4";
+pub const PROG_SOCKOPS: &str = "mp_sockops";
+pub const PROG_SKMSG: &str = "mp_skmsg";
+
+/// Capacity of the socket-redirection SOCKHASH (both ends of every same-node connection).
+pub const MAX_SOCKS: u32 = 65_536;
+/// Capacity of the LRU set of sockets that must never be redirected (see [`MAP_SOCK_FALLBACK`]).
+pub const MAX_SOCK_FALLBACK: u32 = 65_536;
+
+/// Slots of the `MP_CONFIG` array (u32 each), written by the agent and `meshpath redirect`.
+pub const CONFIG_SLOTS: u32 = 4;
+/// `MP_CONFIG[CONFIG_REDIRECT]`: 1 = new same-node connections are redirected, 0 = not. A
+/// per-connection switch (read when a connection is established), never per message: switching a
+/// live connection between the TCP path and the redirect path could reorder its bytes.
+pub const CONFIG_REDIRECT: u32 = 0;
 
 /// [`ServiceValue::flags`]: pick backends in turn instead of at random.
 pub const SVC_FLAG_ROUND_ROBIN: u8 = 1 << 0;
@@ -126,6 +143,30 @@ pub struct RevNatValue {
     pub _pad1: u32,
 }
 
+/// One end of a TCP connection, as sock_ops and sk_msg see it: addresses in network order,
+/// ports in host order (the two contexts encode ports differently; both are normalised to this).
+/// The peer of `{l, r, lp, rp}` is `{r, l, rp, lp}`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub local_ip_be: u32,
+    pub remote_ip_be: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+impl SockKey {
+    /// The key under which the other end of this connection is stored.
+    pub const fn peer(self) -> Self {
+        Self {
+            local_ip_be: self.remote_ip_be,
+            remote_ip_be: self.local_ip_be,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+}
+
 /// Per-service round-robin cursor, in an array indexed by service id. 64 bits because the BPF
 /// target's `core` only offers 64-bit atomics.
 #[repr(C)]
@@ -175,6 +216,7 @@ const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<RevNatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<RevNatValue>() == 16);
 const _: () = assert!(core::mem::size_of::<RoundRobinState>() == 8);
+const _: () = assert!(core::mem::size_of::<SockKey>() == 12);
 
 impl ServiceKey {
     pub const fn new(vip_be: u32, port_be: u16, proto: u8, slot: u16) -> Self {
@@ -230,6 +272,7 @@ mod pod_impls {
     unsafe impl aya::Pod for RoundRobinState {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for SockKey {}
 }
 
 #[cfg(test)]

@@ -6,10 +6,15 @@ use crate::maps::{MP_COUNTERS, MP_SVC_STATS};
 
 #[inline(always)]
 pub fn bump(reason: Reason) {
+    add(reason, 1);
+}
+
+#[inline(always)]
+pub fn add(reason: Reason, n: u64) {
     if let Some(p) = MP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: a per-CPU slot is only written by this CPU, and programs do not preempt each
         // other on one CPU, so a plain increment is race-free.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }
 

@@ -9,11 +9,12 @@
 mod counters;
 mod lb;
 mod maps;
+mod redirect;
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    macros::{cgroup_sock_addr, sk_msg, sock_ops},
+    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use meshpath_common::{Reason, RevNatKey, RevNatValue, PROTO_TCP, PROTO_UDP};
@@ -55,6 +56,22 @@ pub fn mp_recvmsg4(ctx: SockAddrContext) -> i32 {
 pub fn mp_getpeername4(ctx: SockAddrContext) -> i32 {
     reverse(&ctx, Reason::GetpeernameReversed);
     ALLOW
+}
+
+/// Established and closing TCP sockets of the managed cgroups: fills the redirection SOCKHASH.
+#[sock_ops]
+pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
+    match redirect::try_sockops(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Every sendmsg() on a socket in the SOCKHASH: to the peer's receive queue when it is local.
+#[sk_msg]
+pub fn mp_skmsg(ctx: SkMsgContext) -> u32 {
+    match redirect::try_skmsg(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
 }
 
 // Inlined into each entry point: returned through the stack from a BPF subprogram, the verifier

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES,
+    ServiceName, ServiceStats, ServiceValue, SockKey, CONFIG_SLOTS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES,
     MAX_SERVICE_IDS, REASON_COUNT,
 };
 
@@ -44,3 +44,15 @@ pub static MP_SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(MAX_SER
 /// service id → "namespace/name:port", for `meshpath status`; no program reads it.
 #[map]
 pub static MP_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(MAX_SERVICE_IDS, 0);
+
+/// Both ends of every same-node connection in the managed cgroups, by their own 4-tuple.
+#[map]
+pub static MP_SOCKS: SockHash<SockKey> = SockHash::pinned(MAX_SOCKS, 0);
+
+/// Sockets one of whose messages took the TCP path: the rest of their stream must too.
+#[map]
+pub static MP_SOCK_FALLBK: LruHashMap<SockKey, u32> = LruHashMap::pinned(MAX_SOCK_FALLBACK, 0);
+
+/// Run-time switches (see `meshpath_common::CONFIG_*`).
+#[map]
+pub static MP_CONFIG: Array<u32> = Array::pinned(CONFIG_SLOTS, 0);

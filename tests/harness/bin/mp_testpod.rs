@@ -8,6 +8,9 @@
 //! mp-testpod udp-unconnected --addr IP:PORT [--count N] [--timeout-ms T]
 //! mp-testpod http            --addr IP:PORT [--count N] [--timeout-ms T]
 //! mp-testpod hold            --addr IP:PORT [--timeout-ms T]
+//! mp-testpod stream          --listen PORT
+//! mp-testpod stream          --addr IP:PORT [--seconds S] [--bytes N] [--chunk-kib K]
+//! mp-testpod xfer            --listen PORT | --addr IP:PORT --mode sink|pingpong|rst [...]
 //! ```
 //!
 //! Clients print exactly one JSON object on stdout (hold: one per line) and exit 0 even when
@@ -21,6 +24,10 @@ mod clients;
 mod hold;
 #[path = "mp_testpod/serve.rs"]
 mod serve;
+#[path = "mp_testpod/stream.rs"]
+mod stream;
+#[path = "mp_testpod/xfer.rs"]
+mod xfer;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,7 +37,11 @@ use args::Args;
 const USAGE: &str = "usage:
   mp-testpod serve --name NAME [--tcp PORT]... [--udp PORT]... [--http PORT]...
   mp-testpod tcp|udp-connected|udp-unconnected|http --addr IP:PORT [--count N] [--timeout-ms T]
-  mp-testpod hold --addr IP:PORT [--timeout-ms T]";
+  mp-testpod hold --addr IP:PORT [--timeout-ms T]
+  mp-testpod stream --listen PORT
+  mp-testpod stream --addr IP:PORT [--seconds S] [--bytes N] [--chunk-kib K]
+  mp-testpod xfer --listen PORT
+  mp-testpod xfer --addr IP:PORT --mode sink|pingpong|rst [--bytes N] [--reply-bytes M] [--size S] [--rounds R] [--small-writes 1] [--conns C]";
 
 /// Print one JSON value as a line on stdout and flush (the harness reads line by line, and a
 /// process killed later must not lose buffered output).
@@ -59,6 +70,10 @@ fn main() -> ExitCode {
                     _ => hold::run(&c),
                 })
         }
+        // Bulk throughput for `cargo xtask bench`: server with --listen, client with --addr.
+        "stream" => Args::parse(rest, stream::KEYS, &[]).and_then(|a| stream::run(&a)),
+        // Byte-exactness checks for socket redirection (see xfer.rs).
+        "xfer" => Args::parse(rest, xfer::KEYS, &[]).and_then(|a| xfer::run(&a)),
         "-h" | "--help" | "help" => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,0 +1,93 @@
+//! Same-node socket redirection: sock_ops puts both ends of an established connection into a
+//! SOCKHASH; sk_msg hands each message straight to the peer's receive queue (BPF_F_INGRESS),
+//! skipping the TCP/IP stack twice.
+//!
+//! Ordering rule: a stream is either redirected from its first message or never. If a message
+//! finds no peer (peer elsewhere, or its socket not established yet), it takes the TCP path and the
+//! socket is marked so later messages do too; otherwise a later redirected message could overtake
+//! TCP bytes still in flight and the receiver, which reads its redirect queue first, would see them
+//! out of order.
+
+use aya_ebpf::bindings::{
+    sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+    BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+};
+use aya_ebpf::programs::{SkMsgContext, SockOpsContext};
+use meshpath_common::{Reason, SockKey, CONFIG_REDIRECT};
+
+use crate::counters::{add, bump};
+use crate::maps::{MP_CONFIG, MP_SOCKS, MP_SOCK_FALLBK};
+
+const AF_INET: u32 = 2;
+const BPF_TCP_CLOSE: u32 = 7;
+
+/// sock_ops and sk_msg encode the remote port as the network-order u16 in the upper half of a
+/// u32 (on little-endian), the local port in host order.
+#[inline(always)]
+fn key(local_ip_be: u32, remote_ip_be: u32, local_port: u32, remote_port_raw: u32) -> SockKey {
+    SockKey {
+        local_ip_be,
+        remote_ip_be,
+        local_port: local_port as u16,
+        remote_port: u16::from_be((remote_port_raw >> 16) as u16),
+    }
+}
+
+pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
+    if ctx.family() != AF_INET {
+        return Ok(0);
+    }
+    let k = key(ctx.local_ip4(), ctx.remote_ip4(), ctx.local_port(), ctx.remote_port());
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            if MP_CONFIG.get(CONFIG_REDIRECT).copied() != Some(1) {
+                bump(Reason::SockRedirectDisabled);
+                return Ok(0);
+            }
+            let mut k = k;
+            // SAFETY: sock_ops hands a valid context; the helper only reads the socket from it.
+            match MP_SOCKS.update(&mut k, unsafe { &mut *ctx.ops }, 0) {
+                Ok(()) => {
+                    bump(Reason::SockInserted);
+                    // Ask for state callbacks so the entry is removed when the socket closes.
+                    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+                    let _ = ctx.set_cb_flags(flags as i32);
+                }
+                Err(_) => bump(Reason::SockInsertFailed),
+            }
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // Deliberately NOT deleted from the SOCKHASH here. TCP_CLOSE is reached while the
+            // application may still have unread redirected bytes (e.g. a half-closed client whose
+            // peer's FIN moves it to TIME_WAIT); deleting the entry drops the socket's psock and
+            // with it those bytes (seen in the byte-exactness tests: replies cut short). The
+            // kernel removes the socket from the map itself when its owner closes it, which the
+            // tests check ("sockhash drains"). Only our own per-tuple mark is cleared.
+            let _ = MP_SOCK_FALLBK.remove(&k);
+            bump(Reason::SockClosed);
+        }
+        _ => {}
+    }
+    Ok(0)
+}
+
+pub fn try_skmsg(ctx: &SkMsgContext) -> Result<u32, u32> {
+    // SAFETY: sk_msg hands a valid context.
+    let md = unsafe { &*ctx.msg };
+    let own = key(md.local_ip4, md.remote_ip4, md.local_port, md.remote_port);
+    // SAFETY: values are not dereferenced; only presence matters.
+    if unsafe { MP_SOCK_FALLBK.get(&own) }.is_some() {
+        bump(Reason::MsgFallbackSticky);
+        return Ok(SK_PASS);
+    }
+    let size = ctx.size();
+    if MP_SOCKS.redirect_msg(ctx, own.peer(), BPF_F_INGRESS as u64) == SK_PASS as i64 {
+        bump(Reason::MsgRedirected);
+        add(Reason::MsgRedirectedBytes, u64::from(size));
+    } else {
+        // No peer: this message goes the TCP way, and so must the rest of the stream.
+        let _ = MP_SOCK_FALLBK.insert(&own, &1, 0);
+        bump(Reason::MsgFallbackNoPeer);
+    }
+    Ok(SK_PASS)
+}

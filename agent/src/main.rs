@@ -4,6 +4,7 @@ mod apply;
 mod compile;
 mod config;
 mod datapath;
+mod l7;
 mod model;
 mod run;
 mod source;

@@ -237,6 +237,15 @@ fn compile_service(
     Ok(out)
 }
 
+fn backend_value(addr: &BackendAddr) -> Backend {
+    Backend {
+        ip_be: ipv4_be(addr.ip.octets()),
+        port_be: port_be(addr.port),
+        proto: proto_number(addr.protocol),
+        _pad0: 0,
+    }
+}
+
 pub fn proto_number(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => PROTO_TCP,
@@ -247,10 +256,31 @@ pub fn proto_number(p: Protocol) -> u8 {
 impl Compiled {
     /// Renders the result into map entries: slot 0 per frontend, one slot per backend.
     pub fn map_contents(&self) -> MapContents {
+        self.map_contents_steered(&BTreeMap::new())
+    }
+
+    /// As [`Compiled::map_contents`], but each frontend in `steer` gets the given address (a node
+    /// proxy listener) as its only backend, with the proxy doing the balancing (no affinity).
+    pub fn map_contents_steered(
+        &self,
+        steer: &BTreeMap<FrontendAddr, std::net::SocketAddrV4>,
+    ) -> MapContents {
         let mut services = BTreeMap::new();
         let mut names = BTreeMap::new();
+        let mut proxy_backends = BTreeMap::new();
         for (addr, fe) in &self.frontends {
             names.insert(fe.svc_id, ServiceName::new(&fe.display_name(addr)));
+            if let Some(target) = steer.get(addr) {
+                let proxy = BackendAddr { ip: *target.ip(), port: target.port(), protocol: addr.protocol };
+                // Proxy backends get ids above every real backend id, so they never collide.
+                let next = self.backend_ids.values().max().copied().unwrap_or(0) + 1 + proxy_backends.len() as u32;
+                let id = *proxy_backends.entry(proxy).or_insert(next);
+                let base = ServiceKey::new(ipv4_be(addr.ip.octets()), port_be(addr.port), proto_number(addr.protocol), 0);
+                let header = ServiceValue { backend_id: 0, count: 1, flags: 0, _pad0: 0, svc_id: fe.svc_id, affinity_timeout_sec: 0 };
+                services.insert(base, header);
+                services.insert(base.with_slot(1), ServiceValue { backend_id: id, ..header });
+                continue;
+            }
             let base = ServiceKey::new(
                 ipv4_be(addr.ip.octets()),
                 port_be(addr.port),
@@ -284,23 +314,12 @@ impl Compiled {
                 );
             }
         }
-        let backends = self
+        let mut backends: BTreeMap<u32, Backend> = self
             .backend_ids
             .iter()
-            .map(|(addr, id)| {
-                let b = Backend {
-                    ip_be: ipv4_be(addr.ip.octets()),
-                    port_be: port_be(addr.port),
-                    proto: proto_number(addr.protocol),
-                    _pad0: 0,
-                };
-                (*id, b)
-            })
+            .map(|(addr, id)| (*id, backend_value(addr)))
             .collect();
-        MapContents {
-            services,
-            backends,
-            names,
-        }
+        backends.extend(proxy_backends.iter().map(|(addr, id)| (*id, backend_value(addr))));
+        MapContents { services, backends, names }
     }
 }

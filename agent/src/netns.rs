@@ -1,0 +1,67 @@
+//! Opening listening sockets inside another network namespace. A socket stays in the namespace it
+//! was created in, so a short-lived thread enters the namespace (setns is per thread), binds, and
+//! hands the socket back; the rest of the agent never leaves its own namespace. This is how the
+//! node proxy listens where pods can reach it (e.g. on the pods' gateway address) while the agent
+//! itself runs elsewhere, like ztunnel's in-pod mode opens sockets in pod namespaces.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("opening network namespace {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("entering network namespace {}", path.display())]
+    Enter {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds a TCP listener on `addr`, inside `netns` (a path like `/var/run/netns/NAME`) when given.
+pub fn bind_tcp(netns: Option<&Path>, addr: SocketAddr) -> Result<TcpListener, NetnsError> {
+    let bind = move || TcpListener::bind(addr).map_err(|source| NetnsError::Bind { addr, source });
+    let Some(path) = netns else { return bind() };
+    let file = std::fs::File::open(path).map_err(|source| NetnsError::Open { path: path.to_path_buf(), source })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a namespace fd we own; it only changes this (short-lived) thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(NetnsError::Enter { path: path.to_path_buf(), source: std::io::Error::last_os_error() });
+            }
+            bind()
+        })
+        .join()
+        .expect("bind thread does not panic")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_in_the_current_namespace_without_a_path() {
+        let l = bind_tcp(None, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        assert!(l.local_addr().expect("addr").port() > 0);
+    }
+
+    #[test]
+    fn a_missing_namespace_is_named_in_the_error() {
+        let err = bind_tcp(Some(Path::new("/var/run/netns/does-not-exist-mp")), "127.0.0.1:0".parse().expect("addr"))
+            .expect_err("no such netns");
+        assert!(err.to_string().contains("does-not-exist-mp"), "{err}");
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use meshpath_common::{
-    ServiceKey, ServiceStats, ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICES,
+    ServiceKey, ServiceStats, ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_CONN_MAX, MAP_SERVICES,
     MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
@@ -134,6 +134,24 @@ pub fn apply(maps: &mut DatapathMaps, desired: &MapContents) -> Result<ApplyStat
         maps.names
             .remove(id)
             .map_err(err(MAP_SVC_NAMES, "remove"))?;
+    }
+    // 6. Kernel connection limits, for every service id in the maps now or before.
+    let ids: BTreeSet<u32> = current_ids
+        .iter()
+        .copied()
+        .chain(desired.names.keys().copied())
+        .collect();
+    for id in ids {
+        let max = desired.conn_limits.get(&id).copied().unwrap_or(0);
+        let now = maps
+            .conn_max
+            .get(&id, 0)
+            .map_err(err(MAP_CONN_MAX, "get"))?;
+        if now != max {
+            maps.conn_max
+                .set(id, max, 0)
+                .map_err(err(MAP_CONN_MAX, "set"))?;
+        }
     }
     stats.affinity_purged = purge_affinity(maps, desired)?;
     Ok(stats)

@@ -18,10 +18,15 @@ pub const ENV_BPF_OBJECT: &str = "MESHPATH_BPF_OBJECT";
 pub const ENV_CONNECT_LB: &str = "MESHPATH_CONNECT_LB";
 pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
 pub const ENV_SOCKET_REDIRECT: &str = "MESHPATH_SOCKET_REDIRECT";
+pub const ENV_CONNECTION_LIMITS: &str = "MESHPATH_CONNECTION_LIMITS";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
 pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const ENV_LOG: &str = "MESHPATH_LOG";
+pub const ENV_PROXY_IP: &str = "MESHPATH_PROXY_IP";
+pub const ENV_PROXY_NETNS: &str = "MESHPATH_PROXY_NETNS";
+pub const ENV_PROXY_PORTS: &str = "MESHPATH_PROXY_PORTS";
+pub const DEFAULT_PROXY_PORTS: &str = "15100-15999";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +52,19 @@ pub enum Command {
     /// Switch same-node socket redirection on or off at run time, for new connections (the agent
     /// must have been started with `--socket-redirect true` for `on` to have an effect).
     Redirect(RedirectArgs),
+    /// Check manifests (Kubernetes and Istio VirtualService/DestinationRule YAML) the way the agent
+    /// would, without loading anything: one line per problem on stdout (file, line, object, field,
+    /// reason), exit status 1 if there is any.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Manifest files, or directories whose `*.yaml`/`*.yml` files are read (not recursively).
+    /// Give everything that belongs together: routes are checked against the Services and
+    /// DestinationRules they name.
+    #[arg(required = true, value_name = "FILE|DIR")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -102,9 +120,26 @@ pub struct AgentArgs {
     /// sk_msg), skipping TCP/IP. Off: the programs are not attached.
     #[arg(long, env = ENV_SOCKET_REDIRECT, default_value_t = false, action = clap::ArgAction::Set)]
     pub socket_redirect: bool,
+    /// Enforce DestinationRule `connectionPool.tcp.maxConnections` in the kernel for services on
+    /// the pure kernel path (connect4 counts, sock_ops releases). Off: no limit, sock_ops not
+    /// attached for it.
+    #[arg(long, env = ENV_CONNECTION_LIMITS, default_value_t = true, action = clap::ArgAction::Set)]
+    pub connection_limits: bool,
     /// Load-balancing policy for services without a `meshpath.io/lb-policy` annotation.
     #[arg(long, env = ENV_DEFAULT_LB_POLICY, value_enum, default_value_t = PolicyArg::Random)]
     pub default_lb_policy: PolicyArg,
+    /// Address pods reach the node proxy at (e.g. the node IP, or the pods' gateway). Services
+    /// with L7 rules (VirtualService http routes, L7-only DestinationRule policies) are steered
+    /// to it; without it every service stays on the kernel path.
+    #[arg(long, env = ENV_PROXY_IP)]
+    pub proxy_ip: Option<Ipv4Addr>,
+    /// Network namespace (e.g. /var/run/netns/NAME) to open the proxy's listeners in, when pods
+    /// reach the proxy address there rather than in the agent's own namespace.
+    #[arg(long, env = ENV_PROXY_NETNS)]
+    pub proxy_netns: Option<PathBuf>,
+    /// Port range for the proxy's listeners, one per steered ClusterIP:port.
+    #[arg(long, env = ENV_PROXY_PORTS, default_value = DEFAULT_PROXY_PORTS, value_parser = parse_port_range)]
+    pub proxy_ports: (u16, u16),
     /// CIDR to allocate ClusterIPs from for Services whose manifest has no `spec.clusterIP`.
     #[arg(long, env = ENV_SERVICE_CIDR, default_value = DEFAULT_SERVICE_CIDR, value_parser = parse_cidr)]
     pub service_cidr: (Ipv4Addr, u8),
@@ -125,6 +160,14 @@ pub struct AgentConfig {
     pub bpf_object: Option<PathBuf>,
     pub features: Features,
     pub compile: CompileOptions,
+    pub proxy: Option<ProxyConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub ip: Ipv4Addr,
+    pub netns: Option<PathBuf>,
+    pub ports: (u16, u16),
 }
 
 impl From<&AgentArgs> for AgentConfig {
@@ -138,7 +181,13 @@ impl From<&AgentArgs> for AgentConfig {
                 connect_lb: a.connect_lb,
                 udp_datagram_lb: a.udp_datagram_lb,
                 socket_redirect: a.socket_redirect,
+                connection_limits: a.connection_limits,
             },
+            proxy: a.proxy_ip.map(|ip| ProxyConfig {
+                ip,
+                netns: a.proxy_netns.clone(),
+                ports: a.proxy_ports,
+            }),
             compile: CompileOptions {
                 default_lb_policy: match a.default_lb_policy {
                     PolicyArg::Random => LbPolicy::Random,
@@ -157,6 +206,19 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     Cli::try_parse_from(args)
+}
+
+/// `15100-15999` → (15100, 15999).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 15100-15999"))?;
+    let a: u16 = a.parse().map_err(|e| format!("{s:?}: first port: {e}"))?;
+    let b: u16 = b.parse().map_err(|e| format!("{s:?}: last port: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 1 <= FIRST <= LAST"));
+    }
+    Ok((a, b))
 }
 
 /// `10.96.0.0/12` → (10.96.0.0, 12).
@@ -200,7 +262,12 @@ mod tests {
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!(
             c.features,
-            Features { connect_lb: true, udp_datagram_lb: true, socket_redirect: false }
+            Features {
+                connect_lb: true,
+                udp_datagram_lb: true,
+                socket_redirect: false,
+                connection_limits: true
+            }
         );
         assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
         assert_eq!(c.compile.service_cidr, (Ipv4Addr::new(10, 96, 0, 0), 12));
@@ -214,14 +281,37 @@ mod tests {
             "--udp-datagram-lb=false",
             "--socket-redirect",
             "true",
+            "--connection-limits=false",
             "--default-lb-policy",
             "round-robin",
         ]);
         assert_eq!(
             c.features,
-            Features { connect_lb: false, udp_datagram_lb: false, socket_redirect: true }
+            Features {
+                connect_lb: false,
+                udp_datagram_lb: false,
+                socket_redirect: true,
+                connection_limits: false
+            }
         );
         assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);
+    }
+
+    #[test]
+    fn proxy_settings() {
+        assert_eq!(agent(&[]).proxy, None);
+        let c = agent(&["--proxy-ip", "10.244.0.1", "--proxy-ports", "20000-20010"]);
+        assert_eq!(
+            c.proxy,
+            Some(ProxyConfig {
+                ip: Ipv4Addr::new(10, 244, 0, 1),
+                netns: None,
+                ports: (20000, 20010)
+            })
+        );
+        assert!(parse_port_range("9-1")
+            .unwrap_err()
+            .contains("FIRST <= LAST"));
     }
 
     #[test]
@@ -239,10 +329,31 @@ mod tests {
 
     #[test]
     fn redirect_switch_parses() {
-        match parse_args(["meshpath", "redirect", "off", "--pin-dir", "/sys/fs/bpf/x"]).expect("parses").command {
-            Command::Redirect(r) => assert_eq!((r.state, r.pin.pin_dir), (OnOff::Off, PathBuf::from("/sys/fs/bpf/x"))),
+        match parse_args(["meshpath", "redirect", "off", "--pin-dir", "/sys/fs/bpf/x"])
+            .expect("parses")
+            .command
+        {
+            Command::Redirect(r) => assert_eq!(
+                (r.state, r.pin.pin_dir),
+                (OnOff::Off, PathBuf::from("/sys/fs/bpf/x"))
+            ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn validate_takes_files_and_directories() {
+        match parse_args(["meshpath", "validate", "a.yaml", "manifests/"])
+            .expect("parses")
+            .command
+        {
+            Command::Validate(v) => assert_eq!(
+                v.paths,
+                [PathBuf::from("a.yaml"), PathBuf::from("manifests/")]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_args(["meshpath", "validate"]).is_err());
     }
 
     #[test]

@@ -100,7 +100,10 @@ pub enum RouteAction {
     /// Weighted destinations; weights sum to 100 (or a single destination with weight 100).
     Route(Vec<WeightedCluster>),
     Redirect(Redirect),
-    DirectResponse { status: u16, body: Option<String> },
+    DirectResponse {
+        status: u16,
+        body: Option<String>,
+    },
 }
 
 impl Default for RouteAction {
@@ -187,14 +190,21 @@ pub enum LoadBalancer {
     Random,
     /// Forward to the original destination address, no balancing.
     Passthrough,
-    ConsistentHash { key: HashKey, algorithm: HashAlgorithm },
+    ConsistentHash {
+        key: HashKey,
+        algorithm: HashAlgorithm,
+    },
 }
 
 #[derive(Clone, Debug)]
 pub enum HashKey {
     Header(String),
     /// Cookie name, path, ttl; a ttl makes the proxy issue the cookie when absent.
-    Cookie { name: String, path: Option<String>, ttl: Option<Duration> },
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<Duration>,
+    },
     SourceIp,
     QueryParameter(String),
 }

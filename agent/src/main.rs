@@ -4,11 +4,18 @@ mod apply;
 mod compile;
 mod config;
 mod datapath;
+mod istio;
 mod l7;
 mod model;
+mod netns;
+mod proxy;
+mod proxy_listeners;
+mod reconcile;
 mod run;
 mod source;
 mod status;
+mod steer;
+mod validate;
 
 use std::io::IsTerminal;
 
@@ -49,9 +56,25 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Redirect(args) => {
             let on = args.state == config::OnOff::On;
-            let mut maps = datapath::DatapathMaps::open_pinned(&args.pin.pin_dir).context("meshpath redirect")?;
+            let mut maps = datapath::DatapathMaps::open_pinned(&args.pin.pin_dir)
+                .context("meshpath redirect")?;
             datapath::redirect::set_enabled(&mut maps.config, on).context("meshpath redirect")?;
             tracing::info!(pin_dir = %args.pin.pin_dir.display(), on, "socket redirection switched for new connections");
+        }
+        Command::Validate(args) => {
+            let report = validate::validate(&args.paths);
+            #[allow(clippy::print_stdout)] // CLI output
+            for problem in &report.problems {
+                println!("{problem}");
+            }
+            if !report.problems.is_empty() {
+                std::process::exit(1);
+            }
+            tracing::info!(
+                files = report.files,
+                objects = report.objects,
+                "no problems found"
+            );
         }
         Command::Cleanup(args) => {
             datapath::cleanup(&args.pin_dir).context("meshpath cleanup")?;

@@ -156,6 +156,9 @@ pub struct ClusterModel {
     pub services: BTreeMap<ObjectRef, Service>,
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
     pub pods: BTreeMap<ObjectRef, Pod>,
+    /// Istio objects, validated on their own; their hosts are resolved by `compile::l7`.
+    pub virtual_services: BTreeMap<ObjectRef, crate::istio::VirtualService>,
+    pub destination_rules: BTreeMap<ObjectRef, crate::istio::DestinationRule>,
 }
 
 impl ClusterModel {

@@ -22,6 +22,11 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("building the proxy runtime")]
+    Runtime {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding {addr}")]
     Bind {
         addr: SocketAddr,
@@ -34,17 +39,63 @@ pub enum NetnsError {
 pub fn bind_tcp(netns: Option<&Path>, addr: SocketAddr) -> Result<TcpListener, NetnsError> {
     let bind = move || TcpListener::bind(addr).map_err(|source| NetnsError::Bind { addr, source });
     let Some(path) = netns else { return bind() };
-    let file = std::fs::File::open(path).map_err(|source| NetnsError::Open { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on a namespace fd we own; it only changes this (short-lived) thread.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(NetnsError::Enter { path: path.to_path_buf(), source: std::io::Error::last_os_error() });
+                return Err(NetnsError::Enter {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::last_os_error(),
+                });
             }
             bind()
         })
         .join()
         .expect("bind thread does not panic")
+    })
+}
+
+/// A tokio runtime whose threads all live in `netns` (when given): new threads inherit the network
+/// namespace of the thread that creates them, so the runtime is built on a thread that entered it
+/// first. The node proxy runs there, so its upstream connections to pods are made from where the
+/// pods are reachable, not from the agent's namespace.
+pub fn runtime_in(netns: Option<&Path>, name: &str) -> Result<tokio::runtime::Runtime, NetnsError> {
+    let file = match netns {
+        Some(path) => Some((
+            path.to_path_buf(),
+            std::fs::File::open(path).map_err(|source| NetnsError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
+    let name = name.to_string();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            if let Some((path, file)) = &file {
+                // SAFETY: setns on a namespace fd we own; it changes only this builder thread,
+                // whose children (the runtime's workers) inherit it.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(NetnsError::Enter {
+                        path: path.clone(),
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name(name)
+                .enable_all()
+                .build()
+                .map_err(|source| NetnsError::Runtime { source })
+        })
+        .join()
+        .expect("runtime builder thread does not panic")
     })
 }
 
@@ -60,8 +111,11 @@ mod tests {
 
     #[test]
     fn a_missing_namespace_is_named_in_the_error() {
-        let err = bind_tcp(Some(Path::new("/var/run/netns/does-not-exist-mp")), "127.0.0.1:0".parse().expect("addr"))
-            .expect_err("no such netns");
+        let err = bind_tcp(
+            Some(Path::new("/var/run/netns/does-not-exist-mp")),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect_err("no such netns");
         assert!(err.to_string().contains("does-not-exist-mp"), "{err}");
     }
 }

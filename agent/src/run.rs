@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::apply::apply;
-use crate::compile::{compile, Compiled};
 use crate::config::AgentConfig;
 use crate::datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
+use crate::l7::L7Config;
 use crate::model::ClusterModel;
+use crate::proxy::Proxy;
+use crate::proxy_listeners::ProxyListeners;
+use crate::reconcile::{ProxySetup, Reconciler};
 use crate::source::{ManifestWatcher, SourceError, SourceStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Proxy(#[from] crate::netns::NetnsError),
     #[error("installing the signal handler")]
     Signal(#[source] std::io::Error),
 }
@@ -59,31 +63,19 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    let mut compiled = Compiled::default();
+    let (l7_tx, l7_rx) = watch::channel(Arc::new(L7Config::default()));
+    let proxy = match &cfg.proxy {
+        Some(p) => Some(ProxySetup {
+            ip: p.ip,
+            ports: p.ports,
+            listeners: ProxyListeners::new(p.ip, p.netns.clone(), Proxy::new(l7_rx.clone()))?,
+        }),
+        None => None,
+    };
+    let mut reconciler = Reconciler::new(cfg.compile.clone(), proxy, l7_tx);
     loop {
         let model = model_rx.borrow_and_update().clone();
-        let (next, errors) = compile(&model, &cfg.compile, &compiled);
-        for e in &errors {
-            error!(error = %e, "service not (re)programmed; its last good state stays live");
-        }
-        let contents = next.map_contents();
-        match apply(&mut datapath.maps, &contents) {
-            Ok(stats) => {
-                info!(
-                    frontends = next.frontends.len(),
-                    backends = contents.backends.len(),
-                    upserts = stats.upserts,
-                    deletes = stats.deletes,
-                    affinity_purged = stats.affinity_purged,
-                    "programmed"
-                );
-                compiled = next;
-            }
-            // The next change retries; apply diffs against what the maps really hold.
-            Err(e) => {
-                error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed")
-            }
-        }
+        reconciler.reconcile(&model, &mut datapath.maps);
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() {
                 warn!("manifest watcher stopped");

@@ -44,6 +44,10 @@ pub struct ServiceStatus {
     pub datagrams: u64,
     pub no_backend: u64,
     pub affinity_hits: u64,
+    /// Kernel connection limit (`maxConnections`), if any, and the connections it counts now.
+    pub max_connections: Option<u32>,
+    pub active_connections: u64,
+    pub conn_limit_refused: u64,
 }
 
 pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
@@ -107,6 +111,12 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
             datagrams: stats.datagrams,
             no_backend: stats.no_backend,
             affinity_hits: stats.affinity_hits,
+            max_connections: match maps.conn_max.get(&header.svc_id, 0) {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(n),
+            },
+            active_connections: maps.conn_active.get(&header.svc_id, 0).unwrap_or(0),
+            conn_limit_refused: stats.conn_limit_refused,
         });
     }
     services.sort_by(|a, b| (&a.name, &a.frontend).cmp(&(&b.name, &b.frontend)));
@@ -123,7 +133,12 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
             == 1,
         sockhash_entries: maps.socks.keys().filter(Result::is_ok).count(),
     };
-    Ok(Status { pin_dir: pin_dir.display().to_string(), services, counters, socket_redirect })
+    Ok(Status {
+        pin_dir: pin_dir.display().to_string(),
+        services,
+        counters,
+        socket_redirect,
+    })
 }
 
 /// The human-readable form: one block per service, then the non-zero counters.
@@ -143,6 +158,13 @@ pub fn render(status: &Status) -> String {
             "{} {}/{} [{}{affinity}] backends={} connects={} datagrams={} no_backend={} affinity_hits={}",
             s.name, s.frontend, s.protocol, s.policy, s.backends.len(), s.connects, s.datagrams, s.no_backend, s.affinity_hits
         );
+        if let Some(max) = s.max_connections {
+            let _ = writeln!(
+                out,
+                "    maxConnections {max}: {} active, {} refused",
+                s.active_connections, s.conn_limit_refused
+            );
+        }
         for b in &s.backends {
             let _ = writeln!(out, "    -> {b}");
         }

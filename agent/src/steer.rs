@@ -26,9 +26,17 @@ pub struct OutOfProxyPorts {
 
 impl ProxyPorts {
     /// Ports for exactly `steered`, keeping the ones `self` already gave out.
-    pub fn assign(&self, steered: &BTreeSet<FrontendAddr>, range: (u16, u16)) -> (ProxyPorts, Vec<OutOfProxyPorts>) {
-        let mut by_frontend: BTreeMap<FrontendAddr, u16> =
-            self.by_frontend.iter().filter(|(f, _)| steered.contains(f)).map(|(f, p)| (*f, *p)).collect();
+    pub fn assign(
+        &self,
+        steered: &BTreeSet<FrontendAddr>,
+        range: (u16, u16),
+    ) -> (ProxyPorts, Vec<OutOfProxyPorts>) {
+        let mut by_frontend: BTreeMap<FrontendAddr, u16> = self
+            .by_frontend
+            .iter()
+            .filter(|(f, _)| steered.contains(f))
+            .map(|(f, p)| (*f, *p))
+            .collect();
         let mut used: BTreeSet<u16> = by_frontend.values().copied().collect();
         let mut errors = Vec::new();
         for f in steered {
@@ -40,7 +48,12 @@ impl ProxyPorts {
                     used.insert(p);
                     by_frontend.insert(*f, p);
                 }
-                None => errors.push(OutOfProxyPorts { ip: f.ip, port: f.port, first: range.0, last: range.1 }),
+                None => errors.push(OutOfProxyPorts {
+                    ip: f.ip,
+                    port: f.port,
+                    first: range.0,
+                    last: range.1,
+                }),
             }
         }
         (ProxyPorts { by_frontend }, errors)
@@ -48,7 +61,10 @@ impl ProxyPorts {
 
     /// The proxy address each steered frontend's connections are rewritten to.
     pub fn targets(&self, proxy_ip: Ipv4Addr) -> BTreeMap<FrontendAddr, SocketAddrV4> {
-        self.by_frontend.iter().map(|(f, p)| (*f, SocketAddrV4::new(proxy_ip, *p))).collect()
+        self.by_frontend
+            .iter()
+            .map(|(f, p)| (*f, SocketAddrV4::new(proxy_ip, *p)))
+            .collect()
     }
 }
 
@@ -58,7 +74,11 @@ mod tests {
     use crate::model::Protocol;
 
     fn fe(last: u8) -> FrontendAddr {
-        FrontendAddr { ip: Ipv4Addr::new(10, 96, 0, last), port: 80, protocol: Protocol::Tcp }
+        FrontendAddr {
+            ip: Ipv4Addr::new(10, 96, 0, last),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }
     }
 
     #[test]

@@ -18,8 +18,16 @@ fn start(agent_args: &[&str]) -> Cluster {
     let c = Cluster::start(3, &[], agent_args);
     c.node.spawn_xfer_server(1, PORT).expect("xfer server");
     let ep = Ep::ready(c.node.pod(1).ip());
-    c.write("xfer.yaml", &docs(&[service("xfer", VIP, PORT, "9000", "TCP", ""), endpoint_slice("xfer", PORT, "TCP", &[ep])]));
-    c.wait_status("xfer programmed", Duration::from_secs(5), |s| meshpath_tests::agent::service(s, "default/xfer:").is_some());
+    c.write(
+        "xfer.yaml",
+        &docs(&[
+            service("xfer", VIP, PORT, "9000", "TCP", ""),
+            endpoint_slice("xfer", PORT, "TCP", &[ep]),
+        ]),
+    );
+    c.wait_status("xfer programmed", Duration::from_secs(5), |s| {
+        meshpath_tests::agent::service(s, "default/xfer:").is_some()
+    });
     c
 }
 
@@ -36,22 +44,44 @@ fn xfer(c: &Cluster, at: impl Into<Target>, target: &str, args: &[&str]) -> Valu
     let mut full = vec!["xfer", "--addr", target];
     full.extend_from_slice(args);
     let r = c.node.run_client(at, &full).expect("xfer client");
-    assert_eq!(r["ok"], r["conns"], "not every connection was byte-exact: {r:#}\nagent log:\n{}", c.agent.log());
+    assert_eq!(
+        r["ok"],
+        r["conns"],
+        "not every connection was byte-exact: {r:#}\nagent log:\n{}",
+        c.agent.log()
+    );
     r
 }
 
 /// Waits until every socket left the SOCKHASH (the map must not leak entries).
 fn assert_sockhash_drains(c: &Cluster) {
-    c.wait_status("sockhash empty", Duration::from_secs(5), |s| s["socket_redirect"]["sockhash_entries"] == 0);
+    c.wait_status("sockhash empty", Duration::from_secs(5), |s| {
+        s["socket_redirect"]["sockhash_entries"] == 0
+    });
 }
 
 #[test]
 fn one_mebibyte_each_way_is_byte_exact_and_redirected() {
     let c = redirect_on();
-    xfer(&c, 0, &pod1(&c), &["--mode", "sink", "--bytes", "1048576", "--reply-bytes", "1048576"]);
+    xfer(
+        &c,
+        0,
+        &pod1(&c),
+        &[
+            "--mode",
+            "sink",
+            "--bytes",
+            "1048576",
+            "--reply-bytes",
+            "1048576",
+        ],
+    );
     let s = c.status();
     assert!(counter(&s, "sock_inserted") >= 2, "{s:#}");
-    assert!(counter(&s, "msg_redirected_bytes") >= 2 << 20, "both directions must be redirected: {s:#}");
+    assert!(
+        counter(&s, "msg_redirected_bytes") >= 2 << 20,
+        "both directions must be redirected: {s:#}"
+    );
     assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
     assert_sockhash_drains(&c);
 }
@@ -61,7 +91,12 @@ fn one_gibibyte_each_way_through_the_cluster_ip_is_byte_exact() {
     let c = redirect_on();
     let gib = (1u64 << 30).to_string();
     let started = Instant::now();
-    xfer(&c, 0, &format!("{VIP}:{PORT}"), &["--mode", "sink", "--bytes", &gib, "--reply-bytes", &gib]);
+    xfer(
+        &c,
+        0,
+        &format!("{VIP}:{PORT}"),
+        &["--mode", "sink", "--bytes", &gib, "--reply-bytes", &gib],
+    );
     eprintln!("2 GiB redirected and checked in {:?}", started.elapsed());
     let s = c.status();
     assert!(counter(&s, "msg_redirected_bytes") >= 2 << 30, "{s:#}");
@@ -71,17 +106,42 @@ fn one_gibibyte_each_way_through_the_cluster_ip_is_byte_exact() {
 #[test]
 fn many_small_writes_are_byte_exact() {
     let c = redirect_on();
-    xfer(&c, 0, &pod1(&c), &["--mode", "sink", "--bytes", "4194304", "--small-writes", "1", "--reply-bytes", "65536"]);
+    xfer(
+        &c,
+        0,
+        &pod1(&c),
+        &[
+            "--mode",
+            "sink",
+            "--bytes",
+            "4194304",
+            "--small-writes",
+            "1",
+            "--reply-bytes",
+            "65536",
+        ],
+    );
     let s = c.status();
-    assert!(counter(&s, "msg_redirected") > 100_000, "each small write is one message: {s:#}");
+    assert!(
+        counter(&s, "msg_redirected") > 100_000,
+        "each small write is one message: {s:#}"
+    );
     assert_sockhash_drains(&c);
 }
 
 #[test]
 fn request_response_ping_pong_is_exact() {
     let c = redirect_on();
-    let r = xfer(&c, 0, &pod1(&c), &["--mode", "pingpong", "--rounds", "20000", "--size", "64"]);
-    eprintln!("ping-pong with redirect: mean round trip {} µs", r["first"]["mean_rtt_us"]);
+    let r = xfer(
+        &c,
+        0,
+        &pod1(&c),
+        &["--mode", "pingpong", "--rounds", "20000", "--size", "64"],
+    );
+    eprintln!(
+        "ping-pong with redirect: mean round trip {} µs",
+        r["first"]["mean_rtt_us"]
+    );
     assert!(counter(&c.status(), "msg_redirected") >= 40_000);
     assert_sockhash_drains(&c);
 }
@@ -91,7 +151,19 @@ fn half_close_delivers_eof_while_the_other_side_keeps_sending() {
     // sink: the client shuts its write side after 256 KiB; the server must see EOF after exactly
     // those bytes and then still send 4 MiB that the client receives.
     let c = redirect_on();
-    let r = xfer(&c, 0, &pod1(&c), &["--mode", "sink", "--bytes", "262144", "--reply-bytes", "4194304"]);
+    let r = xfer(
+        &c,
+        0,
+        &pod1(&c),
+        &[
+            "--mode",
+            "sink",
+            "--bytes",
+            "262144",
+            "--reply-bytes",
+            "4194304",
+        ],
+    );
     assert_eq!(r["first"]["server_count"], 262_144);
     assert_eq!(r["first"]["reply_received"], 4_194_304);
     assert_sockhash_drains(&c);
@@ -108,18 +180,47 @@ fn reset_reaches_the_other_side() {
 #[test]
 fn a_thousand_concurrent_connections_with_data_on_all() {
     let c = redirect_on();
-    let r = xfer(&c, 0, &pod1(&c), &["--mode", "sink", "--conns", "1000", "--bytes", "65536", "--reply-bytes", "65536"]);
+    let r = xfer(
+        &c,
+        0,
+        &pod1(&c),
+        &[
+            "--mode",
+            "sink",
+            "--conns",
+            "1000",
+            "--bytes",
+            "65536",
+            "--reply-bytes",
+            "65536",
+        ],
+    );
     assert_eq!(r["ok"], 1000);
     let s = c.status();
     assert!(counter(&s, "sock_inserted") >= 2000, "{s:#}");
-    assert!(counter(&s, "msg_redirected_bytes") >= 2 * 1000 * 65536, "{s:#}");
+    assert!(
+        counter(&s, "msg_redirected_bytes") >= 2 * 1000 * 65536,
+        "{s:#}"
+    );
     assert_sockhash_drains(&c);
 }
 
 #[test]
 fn a_peer_outside_the_managed_cgroups_is_not_redirected_and_still_works() {
     let c = redirect_on();
-    xfer(&c, Target::Outside, &pod1(&c), &["--mode", "sink", "--bytes", "1048576", "--reply-bytes", "1048576"]);
+    xfer(
+        &c,
+        Target::Outside,
+        &pod1(&c),
+        &[
+            "--mode",
+            "sink",
+            "--bytes",
+            "1048576",
+            "--reply-bytes",
+            "1048576",
+        ],
+    );
     let s = c.status();
     // Only the server's end is in the SOCKHASH; its replies find no peer and take the TCP path.
     assert_eq!(counter(&s, "msg_redirected"), 0, "{s:#}");
@@ -130,9 +231,25 @@ fn a_peer_outside_the_managed_cgroups_is_not_redirected_and_still_works() {
 #[test]
 fn switched_off_by_flag_nothing_is_attached_and_transfers_are_exact() {
     let c = start(&[]);
-    xfer(&c, 0, &pod1(&c), &["--mode", "sink", "--bytes", "1048576", "--reply-bytes", "1048576"]);
+    xfer(
+        &c,
+        0,
+        &pod1(&c),
+        &[
+            "--mode",
+            "sink",
+            "--bytes",
+            "1048576",
+            "--reply-bytes",
+            "1048576",
+        ],
+    );
     let s = c.status();
-    assert_eq!(counter(&s, "sock_inserted") + counter(&s, "sock_redirect_disabled"), 0, "sock_ops must not run: {s:#}");
+    assert_eq!(
+        counter(&s, "sock_inserted") + counter(&s, "sock_redirect_disabled"),
+        0,
+        "sock_ops must not run: {s:#}"
+    );
     assert_eq!(s["socket_redirect"]["new_connections"], false);
 }
 
@@ -144,8 +261,24 @@ fn switched_off_at_run_time_new_connections_take_the_tcp_path() {
         .arg(c.node.pin_dir())
         .output()
         .expect("meshpath redirect off");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    xfer(&c, 0, &pod1(&c), &["--mode", "sink", "--bytes", "1048576", "--reply-bytes", "1048576"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    xfer(
+        &c,
+        0,
+        &pod1(&c),
+        &[
+            "--mode",
+            "sink",
+            "--bytes",
+            "1048576",
+            "--reply-bytes",
+            "1048576",
+        ],
+    );
     let s = c.status();
     assert_eq!(counter(&s, "msg_redirected"), 0, "{s:#}");
     assert!(counter(&s, "sock_redirect_disabled") >= 2, "{s:#}");
@@ -159,14 +292,31 @@ fn blocking_sockets_stay_byte_exact_and_the_eagain_sharp_edge_is_measured() {
     // EAGAIN instead of waiting on (tcp_bpf_recvmsg). Poll-driven runtimes (Go, Java NIO, Node,
     // tokio) retry as they always do; plain blocking code sees an error. The client here counts
     // and retries, so the bytes are still checked; without redirection there must be none.
-    let args = ["--mode", "sink", "--io", "blocking", "--conns", "50", "--bytes", "262144", "--reply-bytes", "262144"];
+    let args = [
+        "--mode",
+        "sink",
+        "--io",
+        "blocking",
+        "--conns",
+        "50",
+        "--bytes",
+        "262144",
+        "--reply-bytes",
+        "262144",
+    ];
     let off = start(&[]);
     let r = xfer(&off, 0, &pod1(&off), &args);
-    assert_eq!(r["eagain_on_blocking"], 0, "plain TCP returned EAGAIN on a blocking socket: {r:#}");
+    assert_eq!(
+        r["eagain_on_blocking"], 0,
+        "plain TCP returned EAGAIN on a blocking socket: {r:#}"
+    );
     drop(off);
     let on = redirect_on();
     let r = xfer(&on, 0, &pod1(&on), &args);
-    eprintln!("redirect on: {} EAGAINs from blocking recv() over 50 half-closed connections", r["eagain_on_blocking"]);
+    eprintln!(
+        "redirect on: {} EAGAINs from blocking recv() over 50 half-closed connections",
+        r["eagain_on_blocking"]
+    );
 }
 
 #[test]
@@ -174,8 +324,16 @@ fn ping_pong_latency_with_and_without_redirect() {
     // Not a benchmark (see `cargo xtask bench`): both paths must work; the numbers are printed.
     for args in [&[][..], &["--socket-redirect", "true"][..]] {
         let c = start(args);
-        let r = xfer(&c, 0, &pod1(&c), &["--mode", "pingpong", "--rounds", "5000", "--size", "64"]);
-        eprintln!("agent {args:?}: mean round trip {} µs", r["first"]["mean_rtt_us"]);
+        let r = xfer(
+            &c,
+            0,
+            &pod1(&c),
+            &["--mode", "pingpong", "--rounds", "5000", "--size", "64"],
+        );
+        eprintln!(
+            "agent {args:?}: mean round trip {} µs",
+            r["first"]["mean_rtt_us"]
+        );
         let _ = addr(VIP, PORT);
     }
 }

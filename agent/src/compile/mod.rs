@@ -8,6 +8,7 @@
 
 mod alloc;
 mod error;
+pub mod l7;
 mod resolve;
 #[cfg(test)]
 mod tests;
@@ -66,6 +67,9 @@ pub struct Frontend {
     pub lb_policy: LbPolicy,
     /// `Some(timeout)` for `sessionAffinity: ClientIP`.
     pub affinity_timeout_sec: Option<u32>,
+    /// DestinationRule `connectionPool.tcp.maxConnections`, enforced in the kernel when the
+    /// frontend stays on the kernel path.
+    pub max_connections: Option<u32>,
     /// Sorted, without duplicates.
     pub backends: Vec<BackendAddr>,
 }
@@ -97,6 +101,8 @@ pub struct MapContents {
     pub backends: BTreeMap<u32, Backend>,
     /// service id → "namespace/name:port" for `meshpath status`.
     pub names: BTreeMap<u32, ServiceName>,
+    /// service id → kernel connection limit, for frontends that have one.
+    pub conn_limits: BTreeMap<u32, u32>,
 }
 
 pub fn compile(
@@ -230,6 +236,7 @@ fn compile_service(
                 port_name: port.name.clone(),
                 lb_policy: svc.lb_policy.unwrap_or(opts.default_lb_policy),
                 affinity_timeout_sec: svc.session_affinity.map(|a| a.timeout_seconds),
+                max_connections: None,
                 backends,
             },
         ));
@@ -268,17 +275,45 @@ impl Compiled {
         let mut services = BTreeMap::new();
         let mut names = BTreeMap::new();
         let mut proxy_backends = BTreeMap::new();
+        let mut conn_limits = BTreeMap::new();
         for (addr, fe) in &self.frontends {
             names.insert(fe.svc_id, ServiceName::new(&fe.display_name(addr)));
+            if let (Some(max), false) = (fe.max_connections, steer.contains_key(addr)) {
+                conn_limits.insert(fe.svc_id, max);
+            }
             if let Some(target) = steer.get(addr) {
-                let proxy = BackendAddr { ip: *target.ip(), port: target.port(), protocol: addr.protocol };
+                let proxy = BackendAddr {
+                    ip: *target.ip(),
+                    port: target.port(),
+                    protocol: addr.protocol,
+                };
                 // Proxy backends get ids above every real backend id, so they never collide.
-                let next = self.backend_ids.values().max().copied().unwrap_or(0) + 1 + proxy_backends.len() as u32;
+                let next = self.backend_ids.values().max().copied().unwrap_or(0)
+                    + 1
+                    + proxy_backends.len() as u32;
                 let id = *proxy_backends.entry(proxy).or_insert(next);
-                let base = ServiceKey::new(ipv4_be(addr.ip.octets()), port_be(addr.port), proto_number(addr.protocol), 0);
-                let header = ServiceValue { backend_id: 0, count: 1, flags: 0, _pad0: 0, svc_id: fe.svc_id, affinity_timeout_sec: 0 };
+                let base = ServiceKey::new(
+                    ipv4_be(addr.ip.octets()),
+                    port_be(addr.port),
+                    proto_number(addr.protocol),
+                    0,
+                );
+                let header = ServiceValue {
+                    backend_id: 0,
+                    count: 1,
+                    flags: 0,
+                    _pad0: 0,
+                    svc_id: fe.svc_id,
+                    affinity_timeout_sec: 0,
+                };
                 services.insert(base, header);
-                services.insert(base.with_slot(1), ServiceValue { backend_id: id, ..header });
+                services.insert(
+                    base.with_slot(1),
+                    ServiceValue {
+                        backend_id: id,
+                        ..header
+                    },
+                );
                 continue;
             }
             let base = ServiceKey::new(
@@ -319,7 +354,16 @@ impl Compiled {
             .iter()
             .map(|(addr, id)| (*id, backend_value(addr)))
             .collect();
-        backends.extend(proxy_backends.iter().map(|(addr, id)| (*id, backend_value(addr))));
-        MapContents { services, backends, names }
+        backends.extend(
+            proxy_backends
+                .iter()
+                .map(|(addr, id)| (*id, backend_value(addr))),
+        );
+        MapContents {
+            services,
+            backends,
+            names,
+            conn_limits,
+        }
     }
 }

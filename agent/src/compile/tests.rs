@@ -56,6 +56,7 @@ fn model(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterModel {
         services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
         endpoint_slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
         pods: BTreeMap::new(),
+        ..ClusterModel::default()
     }
 }
 
@@ -327,14 +328,29 @@ fn policy_and_affinity_become_flags() {
 #[test]
 fn steered_frontends_point_at_the_proxy_and_keep_their_real_backends_in_compiled() {
     let m = model(
-        vec![svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Number(8080)), svc("api", Some([10, 96, 0, 11]), 80, TargetPort::Number(8080))],
         vec![
-            slice("web", "http", 8080, vec![ep([10, 244, 0, 11], true, false), ep([10, 244, 0, 12], true, false)]),
+            svc("web", Some([10, 96, 0, 10]), 80, TargetPort::Number(8080)),
+            svc("api", Some([10, 96, 0, 11]), 80, TargetPort::Number(8080)),
+        ],
+        vec![
+            slice(
+                "web",
+                "http",
+                8080,
+                vec![
+                    ep([10, 244, 0, 11], true, false),
+                    ep([10, 244, 0, 12], true, false),
+                ],
+            ),
             slice("api", "http", 8080, vec![ep([10, 244, 0, 13], true, false)]),
         ],
     );
     let (c, _) = compile(&m, &CompileOptions::default(), &Compiled::default());
-    let web = FrontendAddr { ip: Ipv4Addr::new(10, 96, 0, 10), port: 80, protocol: Protocol::Tcp };
+    let web = FrontendAddr {
+        ip: Ipv4Addr::new(10, 96, 0, 10),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
     let proxy = std::net::SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 1), 15100);
     let maps = c.map_contents_steered(&[(web, proxy)].into());
 
@@ -343,7 +359,10 @@ fn steered_frontends_point_at_the_proxy_and_keep_their_real_backends_in_compiled
     let proxy_id = maps.services[&key.with_slot(1)].backend_id;
     assert_eq!(maps.backends[&proxy_id].ip_be, ipv4_be([10, 244, 0, 1]));
     assert_eq!(maps.backends[&proxy_id].port_be, port_be(15100));
-    assert!(!c.backend_ids.values().any(|id| *id == proxy_id), "proxy id must not collide");
+    assert!(
+        !c.backend_ids.values().any(|id| *id == proxy_id),
+        "proxy id must not collide"
+    );
     // The unsteered service is untouched, and `compile` still knows web's real backends.
     let api = ServiceKey::new(ipv4_be([10, 96, 0, 11]), port_be(80), PROTO_TCP, 0);
     assert_eq!(maps.services[&api], c.map_contents().services[&api]);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
-    ServiceValue, SockKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_COUNTERS, MAP_SERVICES,
-    MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
+    ServiceValue, SockKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONN_ACTIVE, MAP_CONN_MAX,
+    MAP_COUNTERS, MAP_SERVICES, MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 use super::DatapathError;
@@ -21,12 +21,19 @@ pub struct DatapathMaps {
     pub names: HashMap<MapData, u32, ServiceName>,
     pub socks: SockHash<MapData, SockKey>,
     pub config: Array<MapData, u32>,
+    /// service id → `maxConnections` (0 = none), written by `apply`.
+    pub conn_max: Array<MapData, u32>,
+    /// service id → active connections under a limit, kept by the programs.
+    pub conn_active: Array<MapData, u64>,
 }
 
 impl DatapathMaps {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
         Self::from_maps(|name| {
-            ebpf.take_map(name).ok_or(DatapathError::MissingMap { name, pin_dir: PathBuf::new() })
+            ebpf.take_map(name).ok_or(DatapathError::MissingMap {
+                name,
+                pin_dir: PathBuf::new(),
+            })
         })
     }
 
@@ -34,19 +41,26 @@ impl DatapathMaps {
         Self::from_maps(|name| {
             let path = pin_dir.join(name);
             if !path.exists() {
-                return Err(DatapathError::MissingMap { name, pin_dir: pin_dir.to_path_buf() });
+                return Err(DatapathError::MissingMap {
+                    name,
+                    pin_dir: pin_dir.to_path_buf(),
+                });
             }
-            let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
+            let data =
+                MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
             Map::from_map_data(data).map_err(|source| DatapathError::Map { name, source })
         })
     }
 
-    fn from_maps(mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>) -> Result<Self, DatapathError> {
+    fn from_maps(
+        mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
+    ) -> Result<Self, DatapathError> {
         fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
             name: &'static str,
             map: Result<Map, DatapathError>,
         ) -> Result<T, DatapathError> {
-            map?.try_into().map_err(|source| DatapathError::Map { name, source })
+            map?.try_into()
+                .map_err(|source| DatapathError::Map { name, source })
         }
         Ok(Self {
             services: typed(MAP_SERVICES, get(MAP_SERVICES))?,
@@ -57,6 +71,8 @@ impl DatapathMaps {
             names: typed(MAP_SVC_NAMES, get(MAP_SVC_NAMES))?,
             socks: typed(MAP_SOCKS, get(MAP_SOCKS))?,
             config: typed(MAP_CONFIG, get(MAP_CONFIG))?,
+            conn_max: typed(MAP_CONN_MAX, get(MAP_CONN_MAX))?,
+            conn_active: typed(MAP_CONN_ACTIVE, get(MAP_CONN_ACTIVE))?,
         })
     }
 
@@ -91,6 +107,7 @@ impl DatapathMaps {
             acc.datagrams += s.datagrams;
             acc.no_backend += s.no_backend;
             acc.affinity_hits += s.affinity_hits;
+            acc.conn_limit_refused += s.conn_limit_refused;
             acc
         }))
     }

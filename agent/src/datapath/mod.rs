@@ -33,6 +33,8 @@ pub struct Features {
     pub udp_datagram_lb: bool,
     /// sock_ops + sk_msg: same-node socket redirection.
     pub socket_redirect: bool,
+    /// connect4 + sock_ops: `connectionPool.tcp.maxConnections` enforced in the kernel.
+    pub connection_limits: bool,
 }
 
 impl Features {
@@ -94,7 +96,7 @@ impl Datapath {
             info!(program = name, cgroup = %cgroup.display(), "attached");
         }
         let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
-        redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features.socket_redirect)?;
+        redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
         Ok(Self {
             _ebpf: ebpf,
             maps,

@@ -1,12 +1,14 @@
-//! Same-node socket redirection (sock_ops + sk_msg), behind its own switches:
-//! - `--socket-redirect false`: neither program is loaded or attached;
-//! - `meshpath redirect off` at run time: the programs stay, but sock_ops stops inserting new
-//!   connections (`MP_CONFIG[CONFIG_REDIRECT] = 0`). Connections already redirected stay so until
-//!   they close: moving a live stream between paths could reorder its bytes.
+//! The socket programs: sock_ops (attached to the managed cgroup) and sk_msg (attached to the
+//! SOCKHASH). sock_ops serves two features, each with its own switch:
+//! - socket redirection (`--socket-redirect`): sk_msg is attached and sock_ops fills the SOCKHASH;
+//!   `meshpath redirect off|on` pauses/resumes it at run time, for new connections only
+//!   (`MP_CONFIG[CONFIG_REDIRECT]`): moving a live stream between paths could reorder its bytes;
+//! - the kernel connection limit (`--connection-limits`): sock_ops releases a connection's slot
+//!   when its socket closes.
 //!
-//! Unlike the sock_addr programs these links are not pinned: redirection needs a running agent.
-//! If the agent exits, new connections take the normal path again, while established ones keep
-//! their redirection (the kernel keeps the program with each socket).
+//! With both off, neither program is loaded. Unlike the sock_addr programs these links are not
+//! pinned: both features need a running agent (the limit's counts would drift without sock_ops,
+//! so connect4 only enforces limits the agent has written while it runs).
 
 use std::fs::File;
 use std::path::Path;
@@ -15,40 +17,108 @@ use aya::maps::{Array, MapData};
 use aya::programs::links::CgroupAttachMode;
 use aya::programs::{SkMsg, SockOps};
 use aya::Ebpf;
-use meshpath_common::{CONFIG_REDIRECT, MAP_CONFIG, PROG_SKMSG, PROG_SOCKOPS};
+use meshpath_common::{
+    CONFIG_REDIRECT, MAP_CONFIG, PROG_SKMSG, PROG_SOCKOPS, REDIRECT_OFF, REDIRECT_ON,
+    REDIRECT_PAUSED,
+};
 use tracing::info;
 
-use super::{DatapathError, DatapathMaps};
+use super::{DatapathError, DatapathMaps, Features};
 
-pub fn setup(ebpf: &mut Ebpf, maps: &mut DatapathMaps, cgroup: &File, cgroup_path: &Path, enabled: bool) -> Result<(), DatapathError> {
-    set_enabled(&mut maps.config, enabled)?;
-    if !enabled {
-        info!("socket redirection off: sock_ops and sk_msg not attached");
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectSwitchError {
+    #[error("socket redirection is off in the running datapath (agent started without --socket-redirect true); nothing to switch")]
+    FeatureOff,
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+pub fn setup(
+    ebpf: &mut Ebpf,
+    maps: &mut DatapathMaps,
+    cgroup: &File,
+    cgroup_path: &Path,
+    features: Features,
+) -> Result<(), DatapathError> {
+    write_mode(
+        &mut maps.config,
+        if features.socket_redirect {
+            REDIRECT_ON
+        } else {
+            REDIRECT_OFF
+        },
+    )?;
+    if features.socket_redirect {
+        let prog: &mut SkMsg = ebpf
+            .program_mut(PROG_SKMSG)
+            .ok_or(DatapathError::MissingProgram { name: PROG_SKMSG })?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                name: PROG_SKMSG,
+                source,
+            })?;
+        prog.load().map_err(|source| DatapathError::Program {
+            name: PROG_SKMSG,
+            source,
+        })?;
+        prog.attach(maps.socks.fd())
+            .map_err(|source| DatapathError::Program {
+                name: PROG_SKMSG,
+                source,
+            })?;
+    }
+    if !(features.socket_redirect || features.connection_limits) {
+        info!("socket redirection and connection limits off: sock_ops and sk_msg not attached");
         return Ok(());
     }
-    let prog: &mut SkMsg = ebpf
-        .program_mut(PROG_SKMSG)
-        .ok_or(DatapathError::MissingProgram { name: PROG_SKMSG })?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name: PROG_SKMSG, source })?;
-    prog.load().map_err(|source| DatapathError::Program { name: PROG_SKMSG, source })?;
-    prog.attach(maps.socks.fd()).map_err(|source| DatapathError::Program { name: PROG_SKMSG, source })?;
-
     let prog: &mut SockOps = ebpf
         .program_mut(PROG_SOCKOPS)
         .ok_or(DatapathError::MissingProgram { name: PROG_SOCKOPS })?
         .try_into()
-        .map_err(|source| DatapathError::Program { name: PROG_SOCKOPS, source })?;
-    prog.load().map_err(|source| DatapathError::Program { name: PROG_SOCKOPS, source })?;
+        .map_err(|source| DatapathError::Program {
+            name: PROG_SOCKOPS,
+            source,
+        })?;
+    prog.load().map_err(|source| DatapathError::Program {
+        name: PROG_SOCKOPS,
+        source,
+    })?;
     prog.attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|source| DatapathError::Program { name: PROG_SOCKOPS, source })?;
-    info!(cgroup = %cgroup_path.display(), "socket redirection on: sock_ops and sk_msg attached");
+        .map_err(|source| DatapathError::Program {
+            name: PROG_SOCKOPS,
+            source,
+        })?;
+    info!(
+        cgroup = %cgroup_path.display(),
+        socket_redirect = features.socket_redirect,
+        connection_limits = features.connection_limits,
+        "sock_ops attached"
+    );
     Ok(())
 }
 
-/// The run-time switch, for new connections only.
-pub fn set_enabled(config: &mut Array<MapData, u32>, enabled: bool) -> Result<(), DatapathError> {
+fn write_mode(config: &mut Array<MapData, u32>, mode: u32) -> Result<(), DatapathError> {
     config
-        .set(CONFIG_REDIRECT, u32::from(enabled), 0)
-        .map_err(|source| DatapathError::Map { name: MAP_CONFIG, source })
+        .set(CONFIG_REDIRECT, mode, 0)
+        .map_err(|source| DatapathError::Map {
+            name: MAP_CONFIG,
+            source,
+        })
+}
+
+/// The run-time switch (`meshpath redirect on|off`), for new connections only.
+pub fn set_enabled(config: &mut Array<MapData, u32>, on: bool) -> Result<(), RedirectSwitchError> {
+    let current = config
+        .get(&CONFIG_REDIRECT, 0)
+        .map_err(|source| DatapathError::Map {
+            name: MAP_CONFIG,
+            source,
+        })?;
+    if current == REDIRECT_OFF {
+        return Err(RedirectSwitchError::FeatureOff);
+    }
+    Ok(write_mode(
+        config,
+        if on { REDIRECT_ON } else { REDIRECT_PAUSED },
+    )?)
 }

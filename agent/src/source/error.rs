@@ -16,6 +16,8 @@ pub enum ObjectKind {
     Service,
     EndpointSlice,
     Pod,
+    VirtualService,
+    DestinationRule,
 }
 
 impl ObjectKind {
@@ -24,6 +26,8 @@ impl ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Pod => "Pod",
+            ObjectKind::VirtualService => "VirtualService",
+            ObjectKind::DestinationRule => "DestinationRule",
         }
     }
 }
@@ -99,6 +103,9 @@ pub enum Invalid {
     Duplicate { value: String, first: String },
     #[error("{value:?} does not match spec.clusterIP {cluster_ip:?}")]
     ClusterIpsMismatch { value: String, cluster_ip: String },
+    /// Problems only Istio objects have (durations, regexes, weights, ...).
+    #[error(transparent)]
+    Istio(crate::istio::IstioInvalid),
 }
 
 /// A k8s-openapi object that cannot become a model object. Display:

@@ -12,6 +12,6 @@ mod watch;
 
 pub use parse::{parse_file, ParsedObject};
 #[allow(unused_imports)] // API for tests and other callers; the binary uses only the watcher.
-pub use state::{is_manifest_name, load_dir, Load, ManifestState};
+pub use state::{is_manifest_name, load_dir, load_paths, Load, ManifestState};
 #[allow(unused_imports)]
 pub use watch::{ManifestWatcher, DEBOUNCE, MAX_DELAY};

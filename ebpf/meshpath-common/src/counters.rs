@@ -51,10 +51,16 @@ pub enum Reason {
     MsgFallbackSticky = 20,
     /// Redirection switched off at run time (`meshpath redirect off`): connection not inserted.
     SockRedirectDisabled = 21,
+    /// A connect refused because its service had `maxConnections` active connections.
+    ConnLimitRefused = 22,
+    /// A connect admitted under a limit could not be tracked (table full): admitted uncounted.
+    ConnTrackFull = 23,
+    /// A tracked connection closed and its service's active count went down.
+    ConnReleased = 24,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 25;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -80,6 +86,9 @@ impl Reason {
         Reason::MsgFallbackNoPeer,
         Reason::MsgFallbackSticky,
         Reason::SockRedirectDisabled,
+        Reason::ConnLimitRefused,
+        Reason::ConnTrackFull,
+        Reason::ConnReleased,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -107,6 +116,9 @@ impl Reason {
             Reason::MsgFallbackNoPeer => "msg_fallback_no_peer",
             Reason::MsgFallbackSticky => "msg_fallback_sticky",
             Reason::SockRedirectDisabled => "sock_redirect_disabled",
+            Reason::ConnLimitRefused => "conn_limit_refused",
+            Reason::ConnTrackFull => "conn_track_full",
+            Reason::ConnReleased => "conn_released",
         }
     }
 
@@ -127,6 +139,7 @@ impl Reason {
                 | Reason::MsgFallbackNoPeer
                 | Reason::MsgFallbackSticky
                 | Reason::SockRedirectDisabled
+                | Reason::ConnReleased
         )
     }
 }
@@ -143,9 +156,11 @@ pub struct ServiceStats {
     pub no_backend: u64,
     /// Backend chosen by an existing affinity entry.
     pub affinity_hits: u64,
+    /// Connects refused by the service's `maxConnections`.
+    pub conn_limit_refused: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 40);
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);
 
 #[cfg(test)]

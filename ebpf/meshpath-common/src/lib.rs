@@ -42,6 +42,9 @@ pub const MAP_SVC_NAMES: &str = "MP_SVC_NAMES";
 pub const MAP_SOCKS: &str = "MP_SOCKS";
 pub const MAP_SOCK_FALLBACK: &str = "MP_SOCK_FALLBK";
 pub const MAP_CONFIG: &str = "MP_CONFIG";
+pub const MAP_CONN_MAX: &str = "MP_CONN_MAX";
+pub const MAP_CONN_ACTIVE: &str = "MP_CONN_ACTIVE";
+pub const MAP_SOCK_SVC: &str = "MP_SOCK_SVC";
 
 /// Program names (the Rust function names in the eBPF crate).
 pub const PROG_CONNECT4: &str = "mp_connect4";
@@ -58,10 +61,18 @@ pub const MAX_SOCK_FALLBACK: u32 = 65_536;
 
 /// Slots of the `MP_CONFIG` array (u32 each), written by the agent and `meshpath redirect`.
 pub const CONFIG_SLOTS: u32 = 4;
-/// `MP_CONFIG[CONFIG_REDIRECT]`: 1 = new same-node connections are redirected, 0 = not. A
+/// `MP_CONFIG[CONFIG_REDIRECT]`: whether new same-node connections are redirected. A
 /// per-connection switch (read when a connection is established), never per message: switching a
 /// live connection between the TCP path and the redirect path could reorder its bytes.
 pub const CONFIG_REDIRECT: u32 = 0;
+/// [`CONFIG_REDIRECT`] values: the feature is off (agent flag), on, or paused at run time.
+pub const REDIRECT_OFF: u32 = 0;
+pub const REDIRECT_ON: u32 = 1;
+pub const REDIRECT_PAUSED: u32 = 2;
+
+/// Capacity of the socket → service table of the kernel connection limit (TCP sockets of limited
+/// services only). A regular hash, not LRU: an evicted entry would never be decremented.
+pub const MAX_TRACKED_SOCKS: u32 = 262_144;
 
 /// [`ServiceValue::flags`]: pick backends in turn instead of at random.
 pub const SVC_FLAG_ROUND_ROBIN: u8 = 1 << 0;

@@ -26,6 +26,7 @@ pub enum ServiceCounter {
     Datagrams,
     NoBackend,
     AffinityHits,
+    ConnLimitRefused,
 }
 
 #[inline(always)]
@@ -42,6 +43,7 @@ pub fn bump_service(svc_id: u32, counter: ServiceCounter) {
             ServiceCounter::Datagrams => stats.datagrams += 1,
             ServiceCounter::NoBackend => stats.no_backend += 1,
             ServiceCounter::AffinityHits => stats.affinity_hits += 1,
+            ServiceCounter::ConnLimitRefused => stats.conn_limit_refused += 1,
         }
     }
 }

@@ -6,6 +6,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod connlimit;
 mod counters;
 mod lb;
 mod maps;
@@ -58,9 +59,11 @@ pub fn mp_getpeername4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Established and closing TCP sockets of the managed cgroups: fills the redirection SOCKHASH.
+/// TCP socket events of the managed cgroups: releases connection-limit slots and fills the
+/// redirection SOCKHASH.
 #[sock_ops]
 pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
+    connlimit::on_sockops(&ctx);
     match redirect::try_sockops(&ctx) {
         Ok(v) | Err(v) => v,
     }
@@ -107,6 +110,11 @@ fn try_translate(
 
     // SAFETY: the context pointer is valid for the helper.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if proto == PROTO_TCP {
+        if let connlimit::Admission::Refused = connlimit::admit(svc.svc_id, socket_cookie) {
+            return Err(refuse());
+        }
+    }
     let rev_key = RevNatKey {
         socket_cookie,
         backend_ip_be: backend.ip_be,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue, SockKey, CONFIG_SLOTS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES,
+    ServiceName, ServiceStats, ServiceValue, SockKey, CONFIG_SLOTS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TRACKED_SOCKS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES,
     MAX_SERVICE_IDS, REASON_COUNT,
 };
 
@@ -56,3 +56,15 @@ pub static MP_SOCK_FALLBK: LruHashMap<SockKey, u32> = LruHashMap::pinned(MAX_SOC
 /// Run-time switches (see `meshpath_common::CONFIG_*`).
 #[map]
 pub static MP_CONFIG: Array<u32> = Array::pinned(CONFIG_SLOTS, 0);
+
+/// service id → `connectionPool.tcp.maxConnections` (0: no limit). Written by the agent.
+#[map]
+pub static MP_CONN_MAX: Array<u32> = Array::pinned(MAX_SERVICE_IDS, 0);
+
+/// service id → connections admitted and not yet closed. Written only by the programs.
+#[map]
+pub static MP_CONN_ACTIVE: Array<u64> = Array::pinned(MAX_SERVICE_IDS, 0);
+
+/// socket cookie → service id, for connections counted in `MP_CONN_ACTIVE`.
+#[map]
+pub static MP_SOCK_SVC: HashMap<u64, u32> = HashMap::pinned(MAX_TRACKED_SOCKS, 0);

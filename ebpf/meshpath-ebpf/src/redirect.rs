@@ -13,7 +13,7 @@ use aya_ebpf::bindings::{
     BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
 };
 use aya_ebpf::programs::{SkMsgContext, SockOpsContext};
-use meshpath_common::{Reason, SockKey, CONFIG_REDIRECT};
+use meshpath_common::{Reason, SockKey, CONFIG_REDIRECT, REDIRECT_ON, REDIRECT_PAUSED};
 
 use crate::counters::{add, bump};
 use crate::maps::{MP_CONFIG, MP_SOCKS, MP_SOCK_FALLBK};
@@ -40,9 +40,14 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
     let k = key(ctx.local_ip4(), ctx.remote_ip4(), ctx.local_port(), ctx.remote_port());
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-            if MP_CONFIG.get(CONFIG_REDIRECT).copied() != Some(1) {
-                bump(Reason::SockRedirectDisabled);
-                return Ok(0);
+            // sock_ops also runs for the connection limit; redirection may be off or paused.
+            match MP_CONFIG.get(CONFIG_REDIRECT).copied() {
+                Some(REDIRECT_ON) => {}
+                Some(REDIRECT_PAUSED) => {
+                    bump(Reason::SockRedirectDisabled);
+                    return Ok(0);
+                }
+                _ => return Ok(0),
             }
             let mut k = k;
             // SAFETY: sock_ops hands a valid context; the helper only reads the socket from it.
@@ -64,7 +69,9 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
             // kernel removes the socket from the map itself when its owner closes it, which the
             // tests check ("sockhash drains"). Only our own per-tuple mark is cleared.
             let _ = MP_SOCK_FALLBK.remove(&k);
-            bump(Reason::SockClosed);
+            if MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0) != 0 {
+                bump(Reason::SockClosed);
+            }
         }
         _ => {}
     }

@@ -36,7 +36,7 @@ use args::Args;
 
 const USAGE: &str = "usage:
   mp-testpod serve --name NAME [--tcp PORT]... [--udp PORT]... [--http PORT]...
-  mp-testpod tcp|udp-connected|udp-unconnected|http --addr IP:PORT [--count N] [--timeout-ms T]
+  mp-testpod tcp|udp-connected|udp-unconnected|http --addr IP:PORT [--count N] [--timeout-ms T] [--header NAME:VALUE]...
   mp-testpod hold --addr IP:PORT [--timeout-ms T]
   mp-testpod stream --listen PORT
   mp-testpod stream --addr IP:PORT [--seconds S] [--bytes N] [--chunk-kib K]
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "serve" => Args::parse(rest, &["name"], &["tcp", "udp", "http"]).and_then(serve::run),
         "tcp" | "udp-connected" | "udp-unconnected" | "http" | "hold" => {
-            Args::parse(rest, &["addr", "count", "timeout-ms"], &[])
+            Args::parse(rest, &["addr", "count", "timeout-ms"], &["header"])
                 .and_then(|a| clients::Common::from_args(cmd, &a))
                 .map(|c| match cmd.as_str() {
                     "tcp" => clients::tcp(&c),

@@ -19,14 +19,30 @@ pub struct Cluster {
 impl Cluster {
     /// A node with `pods` pods, `files` written into its manifests dir, and the agent started on it.
     pub fn start(pods: usize, files: &[(&str, String)], agent_args: &[&str]) -> Cluster {
+        let args: Vec<String> = agent_args.iter().map(|a| a.to_string()).collect();
+        Self::start_inner(pods, files, move |_| args)
+    }
+
+    /// As [`Cluster::start`], with agent arguments that depend on the node (its netns names).
+    pub fn start_with(pods: usize, agent_args: impl FnOnce(&Node) -> Vec<String>) -> Cluster {
+        Self::start_inner(pods, &[], agent_args)
+    }
+
+    fn start_inner(
+        pods: usize,
+        files: &[(&str, String)],
+        agent_args: impl FnOnce(&Node) -> Vec<String>,
+    ) -> Cluster {
         let node = Node::new(pods).expect("building the test node");
+        let agent_args = agent_args(&node);
+        let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
         let dir = node.work_dir().join("manifests");
         std::fs::create_dir_all(&dir).expect("manifests dir");
         for (name, content) in files {
             manifests::write(&dir, name, content).expect("writing manifest");
         }
         let log = node.work_dir().join("agent.log");
-        let agent = Agent::start(&dir, node.cgroup_path(), node.pin_dir(), &log, agent_args)
+        let agent = Agent::start(&dir, node.cgroup_path(), node.pin_dir(), &log, &agent_args)
             .expect("starting meshpath agent");
         Cluster {
             agent,

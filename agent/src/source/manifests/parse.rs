@@ -8,6 +8,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::istio;
 use crate::model::{EndpointSlice, ObjectRef, Pod, Service};
 use crate::source::convert::{self, Converted, SkipReason};
 use crate::source::error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
@@ -18,6 +19,8 @@ pub enum ParsedObject {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Pod(Pod),
+    VirtualService(istio::VirtualService),
+    DestinationRule(istio::DestinationRule),
 }
 
 impl ParsedObject {
@@ -28,14 +31,22 @@ impl ParsedObject {
                 ObjectKey::new(ObjectKind::EndpointSlice, s.id.clone())
             }
             ParsedObject::Pod(p) => ObjectKey::new(ObjectKind::Pod, p.id.clone()),
+            ParsedObject::VirtualService(v) => {
+                ObjectKey::new(ObjectKind::VirtualService, v.id.clone())
+            }
+            ParsedObject::DestinationRule(d) => {
+                ObjectKey::new(ObjectKind::DestinationRule, d.id.clone())
+            }
         }
     }
 }
 
 /// Parses every YAML document of `text` (the contents of `file`, which is only used in errors and
 /// logs). Empty documents are skipped; so are kinds other than `v1/Service`,
-/// `discovery.k8s.io/v1/EndpointSlice` and `v1/Pod` (logged at debug), and the items of a `v1/List`
-/// are read as documents. Duplicate mapping keys are a YAML error.
+/// `discovery.k8s.io/v1/EndpointSlice`, `v1/Pod` and `networking.istio.io/{v1alpha3,v1beta1,v1}`
+/// `VirtualService`/`DestinationRule` (logged at debug), and the items of a `v1/List` are read as
+/// documents. Duplicate mapping keys are a YAML error. Istio fields meshpath ignores are logged as
+/// warnings.
 ///
 /// All or nothing: any error means `Err` with every error found (a YAML syntax error stops at
 /// the first, since nothing after it can be trusted).
@@ -143,6 +154,22 @@ impl Parser<'_> {
                     self.converted(line, &key, result, ParsedObject::Pod);
                 }
             }
+            (v, "VirtualService") if istio::is_supported_api_version(v) => {
+                let key = object_key(ObjectKind::VirtualService, &value);
+                let result = istio::virtual_service(value);
+                self.istio(line, &key, result, |mut vs, origin| {
+                    vs.origin = Some(origin);
+                    ParsedObject::VirtualService(vs)
+                });
+            }
+            (v, "DestinationRule") if istio::is_supported_api_version(v) => {
+                let key = object_key(ObjectKind::DestinationRule, &value);
+                let result = istio::destination_rule(value);
+                self.istio(line, &key, result, |mut dr, origin| {
+                    dr.origin = Some(origin);
+                    ParsedObject::DestinationRule(dr)
+                });
+            }
             ("v1", "List") if lists_allowed => {
                 let Some(Value::Array(items)) = value.get("items") else {
                     return self.errors.push(not_an_object("items", Invalid::Required));
@@ -158,6 +185,15 @@ impl Parser<'_> {
                 name = name_of(&value),
                 "skipping object: unsupported apiVersion (want v1, or discovery.k8s.io/v1 for EndpointSlice)"
             ),
+            (v, "VirtualService" | "DestinationRule") if v.starts_with(istio::GROUP) => {
+                tracing::warn!(
+                    file = %self.file.display(),
+                    api_version,
+                    kind,
+                    name = name_of(&value),
+                    "skipping object: unsupported apiVersion (want networking.istio.io/v1alpha3, v1beta1 or v1)"
+                )
+            }
             _ => tracing::debug!(
                 file = %self.file.display(),
                 api_version,
@@ -190,6 +226,39 @@ impl Parser<'_> {
                 });
                 None
             }
+        }
+    }
+
+    /// An Istio object: its warnings logged with the file, its errors in the file's errors.
+    /// `origin` (`file:line`) is stored in the object so that errors found when compiling can
+    /// point at it.
+    fn istio<T>(
+        &mut self,
+        line: u64,
+        object: &ObjectKey,
+        result: Result<(T, Vec<istio::Warning>), istio::Error>,
+        wrap: impl FnOnce(T, String) -> ParsedObject,
+    ) {
+        match result {
+            Ok((converted, warnings)) => {
+                for warning in &warnings {
+                    tracing::warn!(file = %self.file.display(), line, %object, "{object}: {warning}");
+                }
+                let origin = format!("{}:{line}", self.file.display());
+                self.objects.push(wrap(converted, origin));
+            }
+            Err(istio::Error::Decode(e)) => self.errors.push(SourceError::Decode {
+                file: self.file.to_owned(),
+                line,
+                object: object.clone(),
+                path: e.path,
+                source: e.source,
+            }),
+            Err(istio::Error::Invalid(source)) => self.errors.push(SourceError::Invalid {
+                file: self.file.to_owned(),
+                line,
+                source,
+            }),
         }
     }
 

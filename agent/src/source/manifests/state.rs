@@ -78,7 +78,13 @@ pub fn load_dir(dir: &Path, previous: &ManifestState) -> Load {
             };
         }
     };
+    load_paths(paths, previous)
+}
 
+/// [`load_dir`] for a given list of files (`meshpath validate` names them itself). A file that is
+/// gone by the time it is read counts as not listed.
+pub fn load_paths(paths: Vec<PathBuf>, previous: &ManifestState) -> Load {
+    let mut errors = Vec::new();
     let mut files = BTreeMap::new();
     let mut seen = 0;
     for path in paths {
@@ -192,6 +198,13 @@ fn build(
                 }
                 ParsedObject::Pod(p) => {
                     model.pods.insert(p.id.clone(), p);
+                }
+                // Their origin (file:line) was set when parsing.
+                ParsedObject::VirtualService(v) => {
+                    model.virtual_services.insert(v.id.clone(), v);
+                }
+                ParsedObject::DestinationRule(d) => {
+                    model.destination_rules.insert(d.id.clone(), d);
                 }
             }
         }

@@ -174,7 +174,11 @@ impl Publisher {
         }
         self.reported = rendered.into_iter().collect();
 
-        let objects = model.services.len() + model.endpoint_slices.len() + model.pods.len();
+        let objects = model.services.len()
+            + model.endpoint_slices.len()
+            + model.pods.len()
+            + model.virtual_services.len()
+            + model.destination_rules.len();
         let model_changed = self.model.send_if_modified(|current| {
             if **current == model {
                 return initial;

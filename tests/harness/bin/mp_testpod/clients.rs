@@ -18,6 +18,8 @@ pub(crate) struct Common {
     pub(crate) addr: SocketAddr,
     pub(crate) count: u64,
     pub(crate) timeout: Duration,
+    /// Extra request headers for `http` (`--header "name: value"`, repeatable).
+    pub(crate) headers: Vec<String>,
 }
 
 impl Common {
@@ -37,6 +39,7 @@ impl Common {
             addr: a.require("addr")?,
             count: a.get("count")?.unwrap_or(1),
             timeout: Duration::from_millis(timeout_ms),
+            headers: a.all("header")?,
         })
     }
 }
@@ -233,7 +236,7 @@ pub(crate) fn http(c: &Common) -> ExitCode {
             },
         };
         let mut r = r;
-        match http_request(&mut r, c.addr) {
+        match http_request(&mut r, c.addr, &c.headers) {
             Ok((status, body, keep)) => {
                 if status == 200 {
                     bump(&mut counts, body);
@@ -252,8 +255,13 @@ pub(crate) fn http(c: &Common) -> ExitCode {
 }
 
 /// One request/response; returns (status, body, connection reusable).
-fn http_request(r: &mut BufReader<TcpStream>, addr: SocketAddr) -> io::Result<(u16, String, bool)> {
-    let req = format!("GET / HTTP/1.1\r\nhost: {addr}\r\nuser-agent: mp-testpod\r\n\r\n");
+fn http_request(
+    r: &mut BufReader<TcpStream>,
+    addr: SocketAddr,
+    headers: &[String],
+) -> io::Result<(u16, String, bool)> {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let req = format!("GET / HTTP/1.1\r\nhost: {addr}\r\nuser-agent: mp-testpod\r\n{extra}\r\n");
     r.get_mut().write_all(req.as_bytes())?;
     let bad = |m: &str| io::Error::new(ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();

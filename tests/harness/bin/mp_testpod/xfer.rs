@@ -32,8 +32,19 @@ use crate::args::Args;
 use crate::clients::errno_name;
 use crate::emit;
 
-pub(crate) const KEYS: &[&str] =
-    &["listen", "addr", "mode", "bytes", "reply-bytes", "size", "rounds", "small-writes", "conns", "seed", "io"];
+pub(crate) const KEYS: &[&str] = &[
+    "listen",
+    "addr",
+    "mode",
+    "bytes",
+    "reply-bytes",
+    "size",
+    "rounds",
+    "small-writes",
+    "conns",
+    "seed",
+    "io",
+];
 
 const MAGIC: u32 = 0x4d50_5846; // "MPXF"
 const HEADER_LEN: usize = 40;
@@ -53,7 +64,11 @@ struct Stream {
 
 impl Stream {
     fn new(seed: u64) -> Stream {
-        Stream { state: seed | 1, word: [0; 8], used: 8 }
+        Stream {
+            state: seed | 1,
+            word: [0; 8],
+            used: 8,
+        }
     }
 
     fn fill(&mut self, buf: &mut [u8]) {
@@ -82,7 +97,13 @@ struct Checker {
 
 impl Checker {
     fn new(seed: u64) -> Checker {
-        Checker { expected: Stream::new(seed), scratch: vec![0; 64 * 1024], count: 0, first_mismatch: NO_MISMATCH, hash: 0xcbf2_9ce4_8422_2325 }
+        Checker {
+            expected: Stream::new(seed),
+            scratch: vec![0; 64 * 1024],
+            count: 0,
+            first_mismatch: NO_MISMATCH,
+            hash: 0xcbf2_9ce4_8422_2325,
+        }
     }
 
     fn feed(&mut self, got: &[u8]) {
@@ -90,7 +111,11 @@ impl Checker {
             let want = &mut self.scratch[..chunk.len()];
             self.expected.fill(want);
             if self.first_mismatch == NO_MISMATCH && chunk != want {
-                let at = chunk.iter().zip(want.iter()).position(|(a, b)| a != b).unwrap_or(0);
+                let at = chunk
+                    .iter()
+                    .zip(want.iter())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
                 self.first_mismatch = self.count + at as u64;
             }
             for b in chunk {
@@ -111,15 +136,26 @@ struct Conn {
 impl Conn {
     fn new(s: TcpStream, poll: bool) -> io::Result<Conn> {
         s.set_nonblocking(poll)?;
-        Ok(Conn { s, poll, eagain_on_blocking: 0 })
+        Ok(Conn {
+            s,
+            poll,
+            eagain_on_blocking: 0,
+        })
     }
 
     fn wait(&self, events: i16) -> io::Result<()> {
-        let mut pfd = libc::pollfd { fd: self.s.as_raw_fd(), events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.s.as_raw_fd(),
+            events,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd; 30 s so a stuck peer fails the test instead of hanging it.
         let n = unsafe { libc::poll(&mut pfd, 1, 30_000) };
         match n {
-            0 => Err(io::Error::new(io::ErrorKind::TimedOut, "poll timed out after 30 s")),
+            0 => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "poll timed out after 30 s",
+            )),
             n if n < 0 => Err(io::Error::last_os_error()),
             _ => Ok(()),
         }
@@ -155,7 +191,9 @@ impl Conn {
         while !buf.is_empty() {
             match self.s.write(buf) {
                 Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.poll => self.wait(libc::POLLOUT)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.poll => {
+                    self.wait(libc::POLLOUT)?
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -194,9 +232,19 @@ impl Header {
         let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
         if u32_at(0) != MAGIC {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad xfer header"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad xfer header",
+            ));
         }
-        Ok(Header { mode: u32_at(4), seed: u64_at(8), bytes: u64_at(16), reply_bytes: u64_at(24), size: u32_at(32), rounds: u64::from(u32_at(36)) })
+        Ok(Header {
+            mode: u32_at(4),
+            seed: u64_at(8),
+            bytes: u64_at(16),
+            reply_bytes: u64_at(24),
+            size: u32_at(32),
+            rounds: u64::from(u32_at(36)),
+        })
     }
 }
 
@@ -234,7 +282,9 @@ pub(crate) fn run(a: &Args) -> Result<ExitCode, String> {
         match TcpStream::connect(addr) {
             Ok(s) => streams.push(s),
             Err(e) => {
-                emit(&json!({"error": format!("connect {addr}: {}", errno_name(&e)), "connected": streams.len()}));
+                emit(
+                    &json!({"error": format!("connect {addr}: {}", errno_name(&e)), "connected": streams.len()}),
+                );
                 return Ok(ExitCode::from(1));
             }
         }
@@ -243,15 +293,32 @@ pub(crate) fn run(a: &Args) -> Result<ExitCode, String> {
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            let o = ClientOpts { seed: opts.seed.wrapping_add(i as u64 * 2), ..opts };
-            std::thread::Builder::new().stack_size(THREAD_STACK).spawn(move || client(s, &o)).expect("spawn")
+            let o = ClientOpts {
+                seed: opts.seed.wrapping_add(i as u64 * 2),
+                ..opts
+            };
+            std::thread::Builder::new()
+                .stack_size(THREAD_STACK)
+                .spawn(move || client(s, &o))
+                .expect("spawn")
         })
         .collect();
-    let results: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap_or_else(|_| json!({"ok": false, "error": "panic"}))).collect();
+    let results: Vec<Value> = handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| json!({"ok": false, "error": "panic"}))
+        })
+        .collect();
     let ok = results.iter().filter(|r| r["ok"] == true).count();
     let failures: Vec<&Value> = results.iter().filter(|r| r["ok"] != true).take(5).collect();
-    let eagain: u64 = results.iter().filter_map(|r| r["eagain_on_blocking"].as_u64()).sum();
-    emit(&json!({"conns": conns, "ok": ok, "failures": failures, "first": results.first(), "eagain_on_blocking": eagain, "elapsed_ms": started.elapsed().as_millis() as u64}));
+    let eagain: u64 = results
+        .iter()
+        .filter_map(|r| r["eagain_on_blocking"].as_u64())
+        .sum();
+    emit(
+        &json!({"conns": conns, "ok": ok, "failures": failures, "first": results.first(), "eagain_on_blocking": eagain, "elapsed_ms": started.elapsed().as_millis() as u64}),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -270,7 +337,14 @@ struct ClientOpts {
 fn client(s: TcpStream, o: &ClientOpts) -> Value {
     let result = (|| -> io::Result<Value> {
         let mut c = Conn::new(s, o.poll)?;
-        let h = Header { mode: o.mode, size: o.size, seed: o.seed, bytes: o.bytes, reply_bytes: o.reply_bytes, rounds: o.rounds };
+        let h = Header {
+            mode: o.mode,
+            size: o.size,
+            seed: o.seed,
+            bytes: o.bytes,
+            reply_bytes: o.reply_bytes,
+            rounds: o.rounds,
+        };
         c.write_all(&h.encode())?;
         let mut v = match o.mode {
             MODE_SINK => sink_client(&mut c, o),
@@ -329,7 +403,10 @@ fn sink_client(s: &mut Conn, o: &ClientOpts) -> io::Result<Value> {
         reply.feed(&buf[..n]);
     }
     let mut sent = Checker::new(o.seed);
-    let ok = server_count == o.bytes && server_mismatch == NO_MISMATCH && reply.count == o.reply_bytes && reply.first_mismatch == NO_MISMATCH;
+    let ok = server_count == o.bytes
+        && server_mismatch == NO_MISMATCH
+        && reply.count == o.reply_bytes
+        && reply.first_mismatch == NO_MISMATCH;
     if o.bytes <= 64 << 20 {
         // The sender's own hash of what it sent, for the report (cheap for small transfers).
         let mut regen = vec![0u8; o.bytes as usize];
@@ -361,7 +438,9 @@ fn pingpong_client(s: &mut Conn, o: &ClientOpts) -> io::Result<Value> {
     let mean_rtt_us = started.elapsed().as_secs_f64() * 1e6 / o.rounds.max(1) as f64;
     s.shutdown_write()?;
     let eof = s.read(&mut back)? == 0;
-    Ok(json!({"ok": mismatches == 0 && eof, "rounds": o.rounds, "mismatches": mismatches, "mean_rtt_us": mean_rtt_us}))
+    Ok(
+        json!({"ok": mismatches == 0 && eof, "rounds": o.rounds, "mismatches": mismatches, "mean_rtt_us": mean_rtt_us}),
+    )
 }
 
 fn rst_client(s: &mut Conn, o: &ClientOpts) -> io::Result<Value> {
@@ -379,7 +458,8 @@ fn rst_client(s: &mut Conn, o: &ClientOpts) -> io::Result<Value> {
 }
 
 fn serve(port: u16) -> Result<ExitCode, String> {
-    let l = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind tcp 0.0.0.0:{port}: {e}"))?;
+    let l = TcpListener::bind(("0.0.0.0", port))
+        .map_err(|e| format!("bind tcp 0.0.0.0:{port}: {e}"))?;
     {
         let mut out = io::stdout().lock();
         let _ = writeln!(out, "ready");
@@ -387,11 +467,13 @@ fn serve(port: u16) -> Result<ExitCode, String> {
     }
     for conn in l.incoming() {
         let Ok(s) = conn else { continue };
-        let _ = std::thread::Builder::new().stack_size(THREAD_STACK).spawn(move || {
-            if let Err(e) = serve_one(s) {
-                eprintln!("mp-testpod xfer: {}", errno_name(&e));
-            }
-        });
+        let _ = std::thread::Builder::new()
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                if let Err(e) = serve_one(s) {
+                    eprintln!("mp-testpod xfer: {}", errno_name(&e));
+                }
+            });
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -439,7 +521,10 @@ fn serve_one(s: TcpStream) -> io::Result<()> {
                 }
                 left -= n as u64;
             }
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
             // SAFETY: setsockopt on our own socket with a correctly sized linger struct.
             unsafe {
                 libc::setsockopt(
@@ -453,13 +538,19 @@ fn serve_one(s: TcpStream) -> io::Result<()> {
             drop(s); // close with linger 0: RST
             Ok(())
         }
-        other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("mode {other}"))),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("mode {other}"),
+        )),
     }
 }
 
 /// 1000 connections need more than the default 1024 descriptors on some systems.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: get/setrlimit with a valid struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {

@@ -29,13 +29,14 @@ fn errors(text: &str) -> Vec<String> {
 #[test]
 fn seed_multi_document_file() {
     let objects = parse_file(Path::new("seed.yaml"), SEED).expect("seed parses");
-    // ExternalName Service, ConfigMap, Deployment and VirtualService are skipped.
+    // ExternalName Service, ConfigMap and Deployment are skipped.
     let keys: Vec<String> = objects.iter().map(|o| o.key().to_string()).collect();
     assert_eq!(
         keys,
         [
             "Service default/golang-app-gateway-svc",
             "Pod default/secret-pod",
+            "VirtualService default/springboot-app-svc",
             "EndpointSlice default/golang-app-gateway-svc-x7k2p",
             "Pod default/golang-app-gateway-v1-68db4b469b-jql8h",
         ]
@@ -51,7 +52,7 @@ fn seed_multi_document_file() {
     assert_eq!(svc.selector["app"], "golang-app-gateway");
     assert_eq!(svc.labels["service"], "golang-app-gateway");
 
-    let ParsedObject::EndpointSlice(slice) = &objects[2] else {
+    let ParsedObject::EndpointSlice(slice) = &objects[3] else {
         panic!("not an EndpointSlice")
     };
     assert_eq!(slice.service_name, "golang-app-gateway-svc");
@@ -65,7 +66,7 @@ fn seed_multi_document_file() {
         vec![Ipv4Addr::new(10, 244, 0, 13)]
     );
 
-    let ParsedObject::Pod(pod) = &objects[3] else {
+    let ParsedObject::Pod(pod) = &objects[4] else {
         panic!("not a Pod")
     };
     assert_eq!(pod.ip, Some(Ipv4Addr::new(10, 244, 0, 12)));

@@ -1,0 +1,313 @@
+//! Sending a routed request upstream: endpoint choice per attempt, retries with Envoy's
+//! jittered back-off, per-try and route timeouts, and the request body kept replayable when a
+//! retry or a mirror may need it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::body::{local_reply, ActiveGuard, ProxyBody, UpBody};
+use super::lb;
+use super::snapshot::{cluster_name, ClusterRt};
+use super::upstream::{self, Endpoint, Proto, SendOpts, UpstreamError};
+use crate::l7::{RetryOn, RetryPolicy};
+
+static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
+pub(crate) const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
+pub(crate) const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
+const CONNECT_FAILURE: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+const RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+
+const ON_5XX: u8 = 1;
+const ON_GATEWAY: u8 = 2;
+const ON_CONNECT: u8 = 4;
+const ON_RESET: u8 = 8;
+const ON_409: u8 = 16;
+/// Istio's default `retriable-status-codes` (503).
+const ON_503: u8 = 32;
+
+/// A route's retry policy, compiled.
+#[derive(Clone, Debug)]
+pub(crate) struct RetryRt {
+    /// Retries after the first attempt (Istio's `attempts`).
+    pub retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    on: u8,
+}
+
+impl RetryRt {
+    /// `None` is Istio's mesh default (`attempts: 2`, `connect-failure,refused-stream,
+    /// retriable-status-codes=503`); an empty `retry_on` gets Istio's default conditions.
+    pub(crate) fn from_policy(p: Option<&RetryPolicy>) -> RetryRt {
+        let Some(p) = p else {
+            return RetryRt::istio_default();
+        };
+        let mut on = 0;
+        for r in &p.retry_on {
+            on |= match r {
+                RetryOn::FiveXx => ON_5XX,
+                RetryOn::GatewayError => ON_GATEWAY,
+                RetryOn::ConnectFailure => ON_CONNECT,
+                RetryOn::Reset => ON_RESET,
+                RetryOn::RetriableStatus4xx => ON_409,
+            };
+        }
+        if p.retry_on.is_empty() {
+            on = ON_CONNECT | ON_503;
+        }
+        RetryRt {
+            retries: p.attempts,
+            per_try_timeout: p.per_try_timeout.filter(|d| !d.is_zero()),
+            on,
+        }
+    }
+
+    pub(crate) fn istio_default() -> RetryRt {
+        RetryRt {
+            retries: 2,
+            per_try_timeout: None,
+            on: ON_CONNECT | ON_503,
+        }
+    }
+
+    pub(crate) fn none() -> RetryRt {
+        RetryRt {
+            retries: 0,
+            per_try_timeout: None,
+            on: 0,
+        }
+    }
+
+    fn on_status(&self, s: u16) -> bool {
+        (self.on & ON_5XX != 0 && s >= 500)
+            || (self.on & ON_GATEWAY != 0 && matches!(s, 502..=504))
+            || (self.on & ON_409 != 0 && s == 409)
+            || (self.on & ON_503 != 0 && s == 503)
+    }
+
+    /// Envoy: `5xx`, `gateway-error` and `reset` retry any reset (connect failures included),
+    /// `connect-failure` only those.
+    fn on_error(&self, e: &UpstreamError) -> bool {
+        self.on & (ON_5XX | ON_GATEWAY | ON_RESET) != 0
+            || (self.on & ON_CONNECT != 0 && e.is_connect_failure())
+    }
+
+    /// A per-try timeout counts as a 504 / a reset.
+    fn on_timeout(&self) -> bool {
+        self.on & (ON_5XX | ON_GATEWAY | ON_RESET) != 0
+    }
+}
+
+/// The request body, buffered when a retry or mirror may replay it (and small enough).
+pub(crate) enum ReqBody {
+    Replay(Option<Bytes>),
+    /// Streamed; `None` once handed to a connection.
+    Stream(Option<Incoming>),
+}
+
+impl ReqBody {
+    pub(crate) async fn new(
+        body: Incoming,
+        replay: bool,
+        max_buffered: usize,
+    ) -> Result<ReqBody, hyper::Error> {
+        use http_body::Body as _;
+        if body.is_end_stream() {
+            return Ok(ReqBody::Replay(None));
+        }
+        // Like Envoy, buffering is bounded; a larger (or unsized) body streams and can be
+        // retried only while it has not been sent.
+        if replay
+            && body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= max_buffered as u64)
+        {
+            let bytes = body.collect().await?.to_bytes();
+            return Ok(ReqBody::Replay((!bytes.is_empty()).then_some(bytes)));
+        }
+        Ok(ReqBody::Stream(Some(body)))
+    }
+
+    pub(crate) fn replay_bytes(&self) -> Option<Option<Bytes>> {
+        match self {
+            ReqBody::Replay(b) => Some(b.clone()),
+            ReqBody::Stream(_) => None,
+        }
+    }
+
+    fn take(&mut self) -> Option<UpBody> {
+        match self {
+            ReqBody::Replay(b) => Some(UpBody::Full(b.clone())),
+            ReqBody::Stream(s) => s.take().map(UpBody::Stream),
+        }
+    }
+
+    fn put_back(&mut self, b: UpBody) {
+        if let (ReqBody::Stream(slot), UpBody::Stream(inc)) = (self, b) {
+            *slot = Some(inc);
+        }
+    }
+
+    fn available(&self) -> bool {
+        !matches!(self, ReqBody::Stream(None))
+    }
+}
+
+/// Where the attempts go.
+pub(crate) enum Target {
+    Cluster(Arc<ClusterRt>),
+    /// The original destination itself (Istio's PassthroughCluster, or a `Passthrough` policy).
+    Passthrough(Arc<Endpoint>, Duration),
+}
+
+pub(crate) struct Forward<'a> {
+    pub target: Target,
+    pub head: Parts,
+    pub body: ReqBody,
+    pub proto: Proto,
+    pub retry: &'a RetryRt,
+    pub timeout: Option<Duration>,
+    pub hash: Option<u64>,
+    pub max_idle: usize,
+}
+
+/// The response, and the endpoint that produced it (for spans and logs).
+pub(crate) async fn forward(mut f: Forward<'_>) -> (Response<ProxyBody>, Option<SocketAddr>) {
+    let Some(timeout) = f.timeout.filter(|t| !t.is_zero()) else {
+        return attempts(&mut f, None).await;
+    };
+    let deadline = Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, attempts(&mut f, Some(deadline))).await {
+        Ok(r) => r,
+        Err(_) => (
+            local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+            None,
+        ),
+    }
+}
+
+enum Outcome {
+    Sent(upstream::Sent),
+    Failed(UpstreamError),
+    TimedOut,
+}
+
+async fn attempts(
+    f: &mut Forward<'_>,
+    deadline: Option<Instant>,
+) -> (Response<ProxyBody>, Option<SocketAddr>) {
+    // Allocated only when a retry happens.
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let (ep, idx, connect_timeout) = match &f.target {
+            Target::Passthrough(ep, t) => (ep.clone(), 0, *t),
+            Target::Cluster(c) => match lb::pick(c, f.hash, &tried) {
+                Some(i) => (c.endpoints[i].clone(), i, c.connect_timeout),
+                None => {
+                    debug!(cluster = %cluster_name(&c.key), "no healthy upstream");
+                    return (
+                        local_reply(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_UPSTREAM),
+                        None,
+                    );
+                }
+            },
+        };
+        let more = attempt <= f.retry.retries;
+        let Some(body) = f.body.take() else {
+            // Unreachable: a consumed streaming body ends the loop below.
+            return (local_reply(StatusCode::SERVICE_UNAVAILABLE, RESET), None);
+        };
+        let mut head = if more {
+            f.head.clone()
+        } else {
+            std::mem::replace(&mut f.head, Request::new(()).into_parts().0)
+        };
+        head.headers
+            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        let req = Request::from_parts(head, body);
+        let guard = ActiveGuard::new(ep.clone());
+        let started = Instant::now();
+        let opts = SendOpts {
+            proto: f.proto,
+            connect_timeout,
+            max_idle: f.max_idle,
+        };
+        let send = upstream::send(&ep, req, opts);
+        let outcome = match f.retry.per_try_timeout {
+            Some(t) => match tokio::time::timeout(t, send).await {
+                Ok(r) => r.map_or_else(|(e, unsent)| failed(f, e, unsent), Outcome::Sent),
+                Err(_) => Outcome::TimedOut,
+            },
+            None => send
+                .await
+                .map_or_else(|(e, unsent)| failed(f, e, unsent), Outcome::Sent),
+        };
+        let retry = more
+            && f.body.available()
+            && match &outcome {
+                Outcome::Sent(s) => f.retry.on_status(s.resp.status().as_u16()),
+                Outcome::Failed(e) => f.retry.on_error(e),
+                Outcome::TimedOut => f.retry.on_timeout(),
+            };
+        if retry {
+            debug!(endpoint = %ep.addr, attempt, "retrying upstream request");
+            drop(outcome); // a retried response is discarded (its connection closes)
+            tried.push(idx);
+            tokio::time::sleep(backoff(attempt)).await;
+            continue;
+        }
+        let resp = match outcome {
+            Outcome::Sent(sent) => {
+                let ms = started.elapsed().as_millis() as u64;
+                let (mut parts, inc) = sent.resp.into_parts();
+                parts
+                    .headers
+                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(ms));
+                Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(inc, sent.give_back, Some(guard), deadline),
+                )
+            }
+            Outcome::Failed(e) => {
+                debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
+                let body = if e.is_connect_failure() {
+                    CONNECT_FAILURE
+                } else {
+                    RESET
+                };
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, body)
+            }
+            Outcome::TimedOut => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+        };
+        return (resp, Some(ep.addr));
+    }
+}
+
+fn failed(f: &mut Forward<'_>, e: UpstreamError, unsent: Option<Request<UpBody>>) -> Outcome {
+    if let Some(req) = unsent {
+        f.body.put_back(req.into_body());
+    }
+    Outcome::Failed(e)
+}
+
+/// Envoy's fully jittered exponential back-off: base 25 ms, at most 250 ms.
+fn backoff(retry: u32) -> Duration {
+    let cap_ms = (25u64 * ((1u64 << retry.min(10)) - 1)).min(250);
+    Duration::from_millis(fastrand::u64(..=cap_ms))
+}

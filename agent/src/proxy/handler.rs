@@ -1,0 +1,330 @@
+//! One request through the proxy, in Envoy's filter order for an Istio sidecar: request id
+//! and trace headers, route selection, fault injection, then the router (redirect, direct
+//! response, or upstream with rewrite, header operations, mirror, retries and timeouts).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, SET_COOKIE};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::body::{local_reply, ProxyBody};
+use super::forward::{forward, Forward, ReqBody, RetryRt, Target};
+use super::hashkey::{request_hash, RequestHash};
+use super::headers::{self, finalize_head, strip_hop_by_hop};
+use super::matching::{Matcher, RequestView};
+use super::snapshot::{cluster_name, ClusterRt, RouteRt, Snapshot};
+use super::trace::{self, Span};
+use super::upstream::Proto;
+use super::{mirror, redirect, upgrade, Proxy};
+use crate::l7::{ClusterKey, LoadBalancer, RouteAction};
+
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// One downstream connection, shared by its requests.
+pub(crate) struct ConnCtx {
+    pub proxy: Arc<Proxy>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub original_dst: Option<SocketAddr>,
+    pub source_labels: BTreeMap<String, String>,
+}
+
+/// What routing decided, for the span (borrowed from the snapshot: no copy unless exported).
+#[derive(Default)]
+struct Routed<'a> {
+    cluster: Option<&'a ClusterKey>,
+    upstream: Option<SocketAddr>,
+}
+
+pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
+    let proxy = &*conn.proxy;
+    let (mut head, body) = req.into_parts();
+    let ids = trace::ensure_headers(&mut head.headers, proxy.opts.trace_sampling);
+    // Span fields are copied only when a span will actually be exported.
+    let span = match &proxy.exporter {
+        Some(_) if ids.sampled => Some((
+            SystemTime::now(),
+            Instant::now(),
+            head.method.to_string(),
+            head.uri.path().to_owned(),
+            trace::value_string(&headers::authority(&head)),
+            head.headers
+                .get(&trace::X_REQUEST_ID)
+                .map(trace::value_string),
+        )),
+        _ => None,
+    };
+    let snap = proxy.snapshot();
+    let mut routed = Routed::default();
+    let resp = route(conn, &snap, head, body, &mut routed).await;
+    if let (Some((start, t0, method, path, authority, request_id)), Some(exporter)) =
+        (span, &proxy.exporter)
+    {
+        exporter.export(Span {
+            trace_id: trace::value_string(&ids.trace_id),
+            span_id: trace::value_string(&ids.span_id),
+            parent_span_id: ids.parent_span_id.as_ref().map(trace::value_string),
+            request_id,
+            start,
+            duration: t0.elapsed(),
+            method,
+            authority,
+            path,
+            status: resp.status().as_u16(),
+            upstream_cluster: routed.cluster.map(cluster_name),
+            upstream_addr: routed.upstream,
+        });
+    }
+    resp
+}
+
+async fn route<'a>(
+    conn: &ConnCtx,
+    snap: &'a Snapshot,
+    head: Parts,
+    body: Incoming,
+    routed: &mut Routed<'a>,
+) -> Response<ProxyBody> {
+    let proxy = &*conn.proxy;
+    // Without an original destination there is nothing to route on: Envoy's "no route" (404).
+    let Some(orig) = conn.original_dst else {
+        return local_reply(StatusCode::NOT_FOUND, "");
+    };
+    let authority = headers::authority(&head);
+    let Some(listener) = snap.listeners.get(&orig) else {
+        // Not (or not yet) a service with L7 config: Istio's PassthroughCluster forwards to the
+        // original destination. A client that connected to the proxy itself would loop.
+        if orig == conn.local {
+            return local_reply(StatusCode::NOT_FOUND, "");
+        }
+        let ep = proxy.passthrough_endpoint(orig);
+        let target = Target::Passthrough(ep, super::snapshot::DEFAULT_CONNECT_TIMEOUT);
+        return send(
+            conn,
+            &proxy.passthrough_route,
+            None,
+            target,
+            head,
+            body,
+            authority,
+            routed,
+        )
+        .await;
+    };
+    let found = {
+        let view = RequestView {
+            path: head.uri.path(),
+            query: head.uri.query(),
+            method: head.method.as_str(),
+            authority: std::str::from_utf8(authority.as_bytes()).unwrap_or(""),
+            scheme: head.uri.scheme_str().unwrap_or("http"),
+            headers: &head.headers,
+            source_labels: &conn.source_labels,
+        };
+        if listener.routes.is_empty() {
+            Some((&listener.default_route, None))
+        } else {
+            listener.routes.iter().find_map(|r| {
+                if r.matchers.is_empty() {
+                    return Some((r, None));
+                }
+                r.matchers
+                    .iter()
+                    .find(|m| m.matches(&view))
+                    .map(|m| (r, Some(m)))
+            })
+        }
+    };
+    // A VirtualService whose routes all miss: Envoy has no route for the request (Istio adds
+    // no fallback to the service), so 404.
+    let Some((route, matcher)) = found else {
+        return local_reply(StatusCode::NOT_FOUND, "");
+    };
+
+    if let Some(fault) = &route.route.fault {
+        if let Some((delay, pct)) = fault.delay {
+            if roll(pct) {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if let Some((status, pct)) = fault.abort {
+            if roll(pct) {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return local_reply(status, "fault filter abort");
+            }
+        }
+    }
+    let mut resp = match &route.route.action {
+        RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
+        RouteAction::DirectResponse { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            local_reply(status, body.clone().map(Bytes::from).unwrap_or_default())
+        }
+        RouteAction::Route(_) => {
+            let Some(dest) = route.choose() else {
+                return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+            };
+            routed.cluster = Some(&dest.key);
+            // A destination the config does not define: Envoy's cluster-not-found, 503.
+            let Some(cluster) = dest.cluster.clone() else {
+                return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+            };
+            let target = match cluster.policy.load_balancer {
+                LoadBalancer::Passthrough => {
+                    Target::Passthrough(proxy.passthrough_endpoint(orig), cluster.connect_timeout)
+                }
+                _ => Target::Cluster(cluster),
+            };
+            return send(conn, route, matcher, target, head, body, authority, routed).await;
+        }
+    };
+    route.resp_ops.apply(resp.headers_mut());
+    resp
+}
+
+#[allow(clippy::too_many_arguments)] // one call site per kind of target; a struct would only rename these
+async fn send(
+    conn: &ConnCtx,
+    route: &RouteRt,
+    matcher: Option<&Matcher>,
+    target: Target,
+    mut head: Parts,
+    body: Incoming,
+    mut authority: HeaderValue,
+    routed: &mut Routed<'_>,
+) -> Response<ProxyBody> {
+    let proxy = &*conn.proxy;
+    if let Some(rw) = &route.route.rewrite {
+        if let Some(prefix) = &rw.uri {
+            let path = head.uri.path();
+            let keep = matcher.map_or(usize::from(path.starts_with('/')), |m| m.rewrite_len(path));
+            let mut pq = String::with_capacity(
+                prefix.len() + head.uri.path_and_query().map_or(0, |p| p.as_str().len()),
+            );
+            pq.push_str(prefix);
+            pq.push_str(&path[keep..]);
+            if pq.is_empty() {
+                pq.push('/');
+            }
+            if let Some(q) = head.uri.query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            headers::set_path_and_query(&mut head.uri, &pq);
+        }
+        if let Some(a) = rw
+            .authority
+            .as_deref()
+            .and_then(|a| HeaderValue::try_from(a).ok())
+        {
+            authority = a;
+        }
+    }
+    if let Some(a) = &route.req_ops.authority {
+        authority = a.clone();
+    }
+    let upgrade = upgrade::is_upgrade(&head);
+    strip_hop_by_hop(&mut head.headers, upgrade);
+    route.req_ops.apply(&mut head.headers);
+    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+        head.headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    let hash = match &target {
+        Target::Cluster(c) => cluster_hash(c, &head, conn.peer),
+        Target::Passthrough(..) => RequestHash {
+            hash: None,
+            set_cookie: None,
+        },
+    };
+    let proto = if head.version == Version::HTTP_2 {
+        Proto::Http2
+    } else {
+        Proto::Http1
+    };
+    finalize_head(&mut head, &authority, proto);
+    let downstream_upgrade = if upgrade {
+        head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+
+    let mirror = route
+        .mirror
+        .as_ref()
+        .filter(|(_, pct)| !upgrade && roll(*pct));
+    let replay = !upgrade && (route.retry.retries > 0 || mirror.is_some());
+    let body = match ReqBody::new(body, replay, proxy.opts.max_buffered_body).await {
+        Ok(b) => b,
+        Err(error) => {
+            debug!(%error, "client request body failed");
+            return local_reply(StatusCode::BAD_REQUEST, "");
+        }
+    };
+    if let Some((dest, _)) = mirror {
+        match (dest.cluster.clone(), body.replay_bytes()) {
+            (Some(cluster), Some(bytes)) => mirror::spawn_shadow(
+                proxy,
+                cluster,
+                &head,
+                &authority,
+                bytes,
+                hash.hash,
+                proto,
+                route.route.timeout,
+            ),
+            _ => {
+                debug!(cluster = %cluster_name(&dest.key), "request not mirrored: cluster unknown or body too large to copy")
+            }
+        }
+    }
+    // A WebSocket handshake is never retried: its request is the start of a stream.
+    let no_retry = RetryRt::none();
+    let (mut resp, upstream) = forward(Forward {
+        target,
+        head,
+        body,
+        proto,
+        retry: if upgrade { &no_retry } else { &route.retry },
+        timeout: route.route.timeout,
+        hash: hash.hash,
+        max_idle: proxy.opts.max_idle_per_endpoint,
+    })
+    .await;
+    routed.upstream = upstream;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), upgrade && switching);
+    if let (true, Some(down)) = (switching, downstream_upgrade) {
+        upgrade::tunnel(down, &mut resp);
+    }
+    route.resp_ops.apply(resp.headers_mut());
+    if let Some(cookie) = hash.set_cookie {
+        resp.headers_mut().append(SET_COOKIE, cookie);
+    }
+    resp
+}
+
+fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
+    match &c.policy.load_balancer {
+        LoadBalancer::ConsistentHash { key, .. } => {
+            request_hash(key, &head.headers, head.uri.query(), peer)
+        }
+        _ => RequestHash {
+            hash: None,
+            set_cookie: None,
+        },
+    }
+}
+
+fn roll(pct: f64) -> bool {
+    pct >= 100.0 || (pct > 0.0 && fastrand::f64() * 100.0 < pct)
+}

@@ -1,0 +1,182 @@
+//! The node's L7 proxy: the kernel steers connections that need L7 decisions (Istio
+//! VirtualService / DestinationRule features) to this one userspace proxy, which behaves like
+//! Istio's Envoy sidecar for them. It executes an [`L7Config`] (see `crate::l7`).
+//!
+//! Wiring (see [`serve`]): bind a `TcpListener`, implement [`OriginalDst`] from the kernel's
+//! record of where each client connected, and feed configs through a `watch` channel:
+//!
+//! ```ignore
+//! let (tx, rx) = tokio::sync::watch::channel(Arc::new(L7Config::default()));
+//! let proxy = Proxy::new(rx);
+//! tokio::spawn(proxy::serve(listener, Arc::new(BpfOriginalDst::new(..)), proxy));
+//! tx.send(Arc::new(compiled_l7_config))?; // atomic swap; in-flight requests keep the old one
+//! ```
+//!
+//! Behaviour where Envoy/Istio leave a choice:
+//! - no original destination for a connection: every request gets 404 (Envoy's "no route");
+//! - an original destination with no `listeners` entry: passthrough to that address (Istio's
+//!   `PassthroughCluster`, `outboundTrafficPolicy: ALLOW_ANY`), unless it is the proxy's own
+//!   address (404). The proxy's own upstream connections must therefore NOT be steered back
+//!   to it by the kernel;
+//! - routes present but none matches: 404, empty body (Istio adds no fallback route to a
+//!   service that has a VirtualService); no routes at all: everything to `default_cluster`;
+//! - `retries: None` is Istio's mesh default (2 retries on connect-failure and 503); an empty
+//!   `retry_on` gets those default conditions; `timeout: None` is no timeout (Istio's 0s);
+//! - the upstream protocol follows the client's (HTTP/1.1, or h2c for HTTP/2 clients);
+//! - request bodies are buffered for retries and mirrors only up to `max_buffered_body` and
+//!   when their length is known; larger ones stream and are retried only before being sent.
+
+// Until `run` starts the proxy (the integrator's step), only the tests use it.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
+
+mod body;
+mod forward;
+mod handler;
+mod hash;
+mod hashkey;
+mod headers;
+mod lb;
+mod matching;
+mod mirror;
+mod redirect;
+mod server;
+mod snapshot;
+mod trace;
+mod upgrade;
+mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::l7::{HttpRoute, L7Config};
+
+pub use server::serve;
+pub use trace::{Span, SpanExporter};
+
+/// Where a steered connection was originally going, and who opened it.
+pub trait OriginalDst: Send + Sync {
+    /// The ClusterIP:port the client connected to (recorded by the kernel when it redirected
+    /// the connect to the proxy), `None` if unknown. Called once per accepted connection.
+    fn original_dst(&self, stream: &TcpStream, peer: SocketAddr) -> Option<SocketAddr>;
+
+    /// Labels of the pod at `peer`, for `sourceLabels` matches. Called once per connection.
+    fn source_labels(&self, _peer: SocketAddr) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Percentage of new traces sampled (Istio's default `sampling` is 1%).
+    pub trace_sampling: f64,
+    /// Largest request body kept in memory so a retry or a mirror can replay it (Envoy's
+    /// default buffer limit, 1 MiB).
+    pub max_buffered_body: usize,
+    /// Idle HTTP/1 connections kept per endpoint; more are closed when they come back.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            trace_sampling: 1.0,
+            max_buffered_body: 1 << 20,
+            max_idle_per_endpoint: 32,
+        }
+    }
+}
+
+/// The proxy: routing state shared by all connections.
+pub struct Proxy {
+    config: watch::Receiver<Arc<L7Config>>,
+    /// The runtime form of the config `config` held when it was last looked at.
+    current: RwLock<Arc<snapshot::Snapshot>>,
+    registry: Mutex<snapshot::Registry>,
+    /// Strong references for passthrough destinations, which no snapshot lists: keeps their
+    /// connection pools alive between requests.
+    passthrough: Mutex<HashMap<SocketAddr, Arc<upstream::Endpoint>>>,
+    passthrough_route: snapshot::RouteRt,
+    opts: ProxyOptions,
+    exporter: Option<Arc<dyn SpanExporter>>,
+}
+
+/// Bound on remembered passthrough destinations (each holds an idle pool).
+const MAX_PASSTHROUGH: usize = 1024;
+
+impl Proxy {
+    pub fn new(config: watch::Receiver<Arc<L7Config>>) -> Arc<Proxy> {
+        Proxy::with_options(config, ProxyOptions::default(), None)
+    }
+
+    pub fn with_options(
+        config: watch::Receiver<Arc<L7Config>>,
+        opts: ProxyOptions,
+        exporter: Option<Arc<dyn SpanExporter>>,
+    ) -> Arc<Proxy> {
+        let mut registry = snapshot::Registry::new();
+        let first = snapshot::build(config.borrow().clone(), &mut registry);
+        let none = |k: &crate::l7::ClusterKey| snapshot::Dest {
+            key: k.clone(),
+            cluster: None,
+        };
+        Arc::new(Proxy {
+            config,
+            current: RwLock::new(Arc::new(first)),
+            registry: Mutex::new(registry),
+            passthrough: Mutex::new(HashMap::new()),
+            passthrough_route: snapshot::route_rt(&HttpRoute::default(), &none),
+            opts,
+            exporter,
+        })
+    }
+
+    /// The snapshot for a new request: rebuilt here, once, when the channel holds a newer
+    /// config. Locks are held only for pointer copies (and the rebuild itself), never across
+    /// an await.
+    fn snapshot(&self) -> Arc<snapshot::Snapshot> {
+        let snap = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let latest = self.config.borrow().clone();
+        if Arc::ptr_eq(&snap.config, &latest) {
+            return snap;
+        }
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&cur.config, &latest) {
+            let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            let next = snapshot::build(latest, &mut registry);
+            tracing::info!(
+                listeners = next.listeners.len(),
+                clusters = next.config.clusters.len(),
+                "proxy config applied"
+            );
+            *cur = Arc::new(next);
+        }
+        cur.clone()
+    }
+
+    fn passthrough_endpoint(&self, addr: SocketAddr) -> Arc<upstream::Endpoint> {
+        let mut map = self.passthrough.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ep) = map.get(&addr) {
+            return ep.clone();
+        }
+        if map.len() >= MAX_PASSTHROUGH {
+            map.clear();
+        }
+        let ep = snapshot::endpoint(
+            &mut self.registry.lock().unwrap_or_else(|p| p.into_inner()),
+            addr,
+        );
+        map.insert(addr, ep.clone());
+        ep
+    }
+}

@@ -1,0 +1,180 @@
+//! The runtime form of one `L7Config`: routes with compiled matchers, destinations resolved to
+//! shared cluster state (endpoints with their pools, balancer tables). Built once per config
+//! change; every request holds the `Arc<Snapshot>` it started with, so a swap never disturbs
+//! requests in flight.
+//!
+//! A per-cluster circuit breaker (`ConnectionPool` limits: pending/active requests, retries)
+//! belongs in [`ClusterRt`], next to `lb`: counters checked in `forward` before an attempt
+//! and carried across snapshots by cluster key like endpoints are by address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::forward::RetryRt;
+use super::headers::CompiledOps;
+use super::lb::LbState;
+use super::matching::Matcher;
+use super::upstream::Endpoint;
+use crate::l7::{
+    ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
+};
+
+/// Istio's default `connectTimeout`.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Snapshot {
+    pub config: Arc<L7Config>,
+    pub listeners: HashMap<SocketAddr, ListenerRt>,
+}
+
+pub(crate) struct ListenerRt {
+    /// The VirtualService routes, in order.
+    pub routes: Vec<RouteRt>,
+    /// Used when `routes` is empty: everything to `default_cluster`.
+    pub default_route: RouteRt,
+}
+
+/// A route's destination; `cluster` is `None` when the config names a cluster it does not
+/// define (Envoy: 503, cluster not found).
+#[derive(Clone)]
+pub(crate) struct Dest {
+    pub key: ClusterKey,
+    pub cluster: Option<Arc<ClusterRt>>,
+}
+
+pub(crate) struct RouteRt {
+    pub route: HttpRoute,
+    /// One per `route.matches`, same order.
+    pub matchers: Vec<Matcher>,
+    /// Destinations with weight > 0 and their cumulative weights.
+    pub dests: Vec<(Dest, u32)>,
+    pub total_weight: u32,
+    pub mirror: Option<(Dest, f64)>,
+    pub retry: RetryRt,
+    pub req_ops: CompiledOps,
+    pub resp_ops: CompiledOps,
+}
+
+impl RouteRt {
+    /// A destination drawn by weight.
+    pub(crate) fn choose(&self) -> Option<&Dest> {
+        match self.dests.len() {
+            0 => None,
+            1 => Some(&self.dests[0].0),
+            _ => {
+                let r = fastrand::u32(..self.total_weight);
+                self.dests.iter().find(|(_, cum)| r < *cum).map(|(d, _)| d)
+            }
+        }
+    }
+}
+
+pub(crate) struct ClusterRt {
+    pub key: ClusterKey,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub policy: TrafficPolicy,
+    pub lb: LbState,
+    pub connect_timeout: Duration,
+}
+
+pub(crate) fn cluster_name(key: &ClusterKey) -> String {
+    match &key.subset {
+        Some(s) => format!("{}:{}/{}", key.service, key.port, s),
+        None => format!("{}:{}", key.service, key.port),
+    }
+}
+
+/// Endpoint state by address, weakly held so that it lives exactly as long as some snapshot
+/// lists the address: a config swap keeps pools and in-flight counts.
+pub(crate) type Registry = HashMap<SocketAddr, Weak<Endpoint>>;
+
+pub(crate) fn endpoint(registry: &mut Registry, addr: SocketAddr) -> Arc<Endpoint> {
+    if let Some(ep) = registry.get(&addr).and_then(Weak::upgrade) {
+        return ep;
+    }
+    let ep = Arc::new(Endpoint::new(addr));
+    registry.insert(addr, Arc::downgrade(&ep));
+    ep
+}
+
+pub(crate) fn build(config: Arc<L7Config>, registry: &mut Registry) -> Snapshot {
+    registry.retain(|_, w| w.strong_count() > 0);
+    let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
+        HashMap::with_capacity(config.clusters.len());
+    for (key, c) in &config.clusters {
+        let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
+        let endpoints = addrs.iter().map(|a| endpoint(registry, *a)).collect();
+        let rt = ClusterRt {
+            key: key.clone(),
+            endpoints,
+            lb: LbState::build(&c.policy.load_balancer, &addrs),
+            connect_timeout: c
+                .policy
+                .connection_pool
+                .connect_timeout
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            policy: c.policy.clone(),
+        };
+        clusters.insert(key, Arc::new(rt));
+    }
+    let dest = |key: &ClusterKey| Dest {
+        key: key.clone(),
+        cluster: clusters.get(key).cloned(),
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|(addr, sr)| (*addr, listener(sr, &dest)))
+        .collect();
+    Snapshot {
+        config: config.clone(),
+        listeners,
+    }
+}
+
+fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> ListenerRt {
+    // A service without routes is plain forwarding to itself: one catch-all route, so it gets
+    // the same defaults (Istio's retry policy, no timeout) as any route.
+    let default = HttpRoute {
+        name: Some("default".into()),
+        action: RouteAction::Route(vec![WeightedCluster {
+            cluster: sr.default_cluster.clone(),
+            weight: 100,
+        }]),
+        ..HttpRoute::default()
+    };
+    ListenerRt {
+        routes: sr.http.iter().map(|r| route_rt(r, dest)).collect(),
+        default_route: route_rt(&default, dest),
+    }
+}
+
+pub(crate) fn route_rt(r: &HttpRoute, dest: &impl Fn(&ClusterKey) -> Dest) -> RouteRt {
+    let mut dests = Vec::new();
+    let mut total = 0u32;
+    if let RouteAction::Route(wcs) = &r.action {
+        // Istio drops zero weights when there are several destinations, and a lone
+        // destination gets all traffic whatever its weight.
+        let lone = wcs.len() == 1;
+        for wc in wcs.iter().filter(|wc| lone || wc.weight > 0) {
+            total = total.saturating_add(if lone { 1 } else { wc.weight });
+            dests.push((dest(&wc.cluster), total));
+        }
+    }
+    RouteRt {
+        matchers: r.matches.iter().map(Matcher::compile).collect(),
+        dests,
+        total_weight: total,
+        mirror: r
+            .mirror
+            .as_ref()
+            .filter(|m| m.percentage > 0.0)
+            .map(|m| (dest(&m.cluster), m.percentage)),
+        retry: RetryRt::from_policy(r.retries.as_ref()),
+        req_ops: CompiledOps::compile(&r.request_headers),
+        resp_ops: CompiledOps::compile(&r.response_headers),
+        route: r.clone(),
+    }
+}

@@ -1,0 +1,305 @@
+//! Upstream connections: one keep-alive pool per endpoint address, shared by every cluster
+//! and config snapshot that lists the address (a config swap keeps warm connections).
+//!
+//! HTTP/1.1 connections are checked out exclusively and given back when the response body
+//! ends; an HTTP/2 connection (h2c, prior knowledge) is shared by all requests to the
+//! endpoint. The upstream protocol follows the downstream one, like Istio's
+//! `useClientProtocol`: gRPC and other h2 traffic stays h2 end to end.
+//!
+//! Locks here guard plain `Vec`/`Option` pushes and pops and are never held across an await.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::body::UpBody;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("connecting to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("HTTP handshake with {addr}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("request to {addr} reset before the response headers")]
+    Reset {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Envoy's `connect-failure`: the TCP (or HTTP) connection could not be set up.
+    pub(crate) fn is_connect_failure(&self) -> bool {
+        !matches!(self, UpstreamError::Reset { .. })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proto {
+    Http1,
+    Http2,
+}
+
+/// One upstream address: its in-flight request count (least-request balancing) and pool.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub addr: SocketAddr,
+    /// Requests sent and not yet finished (response body ended or dropped).
+    pub active: AtomicU32,
+    idle_h1: Mutex<Vec<http1::SendRequest<UpBody>>>,
+    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            active: AtomicU32::new(0),
+            idle_h1: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    fn pop_idle(&self) -> Option<http1::SendRequest<UpBody>> {
+        self.idle_h1.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_idle(&self, sender: http1::SendRequest<UpBody>, max_idle: usize) {
+        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < max_idle {
+            idle.push(sender);
+        }
+        // Over the limit the sender drops here, which closes that connection.
+    }
+}
+
+/// Per-send settings from the cluster's policy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SendOpts {
+    pub proto: Proto,
+    pub connect_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// An HTTP/1 connection lent to one response; back to the pool when its body ends.
+pub(crate) struct PoolReturn {
+    sender: http1::SendRequest<UpBody>,
+    ep: Arc<Endpoint>,
+    max_idle: usize,
+}
+
+impl PoolReturn {
+    pub(crate) fn give_back(self) {
+        let PoolReturn {
+            mut sender,
+            ep,
+            max_idle,
+        } = self;
+        if sender.is_ready() {
+            ep.put_idle(sender, max_idle);
+        } else if !sender.is_closed() {
+            // The connection task has not yet seen the end of the response (it runs on its own
+            // task): wait for it rather than lose a warm connection.
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    ep.put_idle(sender, max_idle);
+                }
+            });
+        }
+    }
+}
+
+pub(crate) struct Sent {
+    pub resp: Response<Incoming>,
+    pub give_back: Option<PoolReturn>,
+}
+
+/// A failed send, with the request when it never reached a connection (so it can be retried
+/// even if its body streams).
+pub(crate) type SendFailure = (UpstreamError, Option<Request<UpBody>>);
+
+pub(crate) async fn send(
+    ep: &Arc<Endpoint>,
+    req: Request<UpBody>,
+    opts: SendOpts,
+) -> Result<Sent, SendFailure> {
+    match opts.proto {
+        Proto::Http1 => send_h1(ep, req, opts).await,
+        Proto::Http2 => send_h2(ep, req, opts).await,
+    }
+}
+
+async fn send_h1(
+    ep: &Arc<Endpoint>,
+    mut req: Request<UpBody>,
+    opts: SendOpts,
+) -> Result<Sent, SendFailure> {
+    while let Some(mut sender) = ep.pop_idle() {
+        if !sender.is_ready() {
+            continue; // closed by the peer while idle
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(sent_h1(resp, sender, ep, opts)),
+            Err(mut e) => match e.take_message() {
+                // Never written: the idle connection was stale. Try the next one.
+                Some(r) => req = r,
+                None => {
+                    return Err((
+                        UpstreamError::Reset {
+                            addr: ep.addr,
+                            source: e.into_error(),
+                        },
+                        None,
+                    ))
+                }
+            },
+        }
+    }
+    let mut sender = match connect_h1(ep.addr, opts.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Err((e, Some(req))),
+    };
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok(sent_h1(resp, sender, ep, opts)),
+        Err(mut e) => {
+            let req = e.take_message();
+            Err((
+                UpstreamError::Reset {
+                    addr: ep.addr,
+                    source: e.into_error(),
+                },
+                req,
+            ))
+        }
+    }
+}
+
+fn sent_h1(
+    resp: Response<Incoming>,
+    sender: http1::SendRequest<UpBody>,
+    ep: &Arc<Endpoint>,
+    opts: SendOpts,
+) -> Sent {
+    let give_back = PoolReturn {
+        sender,
+        ep: ep.clone(),
+        max_idle: opts.max_idle,
+    };
+    Sent {
+        resp,
+        give_back: Some(give_back),
+    }
+}
+
+async fn send_h2(
+    ep: &Arc<Endpoint>,
+    req: Request<UpBody>,
+    opts: SendOpts,
+) -> Result<Sent, SendFailure> {
+    let shared = {
+        let slot = ep.h2.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().filter(|s| !s.is_closed()).cloned()
+    };
+    let mut sender = match shared {
+        Some(s) => s,
+        None => match connect_h2(ep.addr, opts.connect_timeout).await {
+            Ok(s) => {
+                *ep.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+                s
+            }
+            Err(e) => return Err((e, Some(req))),
+        },
+    };
+    if let Err(source) = sender.ready().await {
+        return Err((
+            UpstreamError::Reset {
+                addr: ep.addr,
+                source,
+            },
+            Some(req),
+        ));
+    }
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok(Sent {
+            resp,
+            give_back: None,
+        }),
+        Err(mut e) => {
+            let req = e.take_message();
+            Err((
+                UpstreamError::Reset {
+                    addr: ep.addr,
+                    source: e.into_error(),
+                },
+                req,
+            ))
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            // Requests are small writes answered by the peer: Nagle would only add latency.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(source)) => Err(UpstreamError::Connect { addr, source }),
+        Err(_) => Err(UpstreamError::ConnectTimeout { addr, timeout }),
+    }
+}
+
+async fn connect_h1(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
+    let stream = connect(addr, timeout).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        // `with_upgrades`: a 101 answer (WebSocket) hands the socket over to the tunnel.
+        if let Err(error) = conn.with_upgrades().await {
+            debug!(%addr, %error, "upstream HTTP/1 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn connect_h2(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http2::SendRequest<UpBody>, UpstreamError> {
+    let stream = connect(addr, timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            debug!(%addr, %error, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,115 @@
+//! One pass of the agent: model → `compile` (frontends, backends) → `compile_l7` (proxy routing
+//! table) → steering (which frontends go to the proxy, on which listener) → `apply` (maps). The
+//! proxy's listeners open before the maps point at them and close after the maps moved away.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::apply::apply;
+use crate::compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
+use crate::compile::{compile, CompileOptions, Compiled};
+use crate::datapath::DatapathMaps;
+use crate::l7::L7Config;
+use crate::model::ClusterModel;
+use crate::proxy_listeners::{pod_labels, ProxyListeners};
+use crate::steer::ProxyPorts;
+
+/// Where the node proxy listens; `None` keeps every service on the kernel path.
+pub struct ProxySetup {
+    pub ip: Ipv4Addr,
+    pub ports: (u16, u16),
+    pub listeners: ProxyListeners,
+}
+
+pub struct Reconciler {
+    opts: CompileOptions,
+    proxy: Option<ProxySetup>,
+    l7_tx: watch::Sender<Arc<L7Config>>,
+    compiled: Compiled,
+    l7: L7Compiled,
+    ports: ProxyPorts,
+}
+
+impl Reconciler {
+    pub fn new(
+        opts: CompileOptions,
+        proxy: Option<ProxySetup>,
+        l7_tx: watch::Sender<Arc<L7Config>>,
+    ) -> Self {
+        Self {
+            opts,
+            proxy,
+            l7_tx,
+            compiled: Compiled::default(),
+            l7: L7Compiled::default(),
+            ports: ProxyPorts::default(),
+        }
+    }
+
+    pub fn reconcile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
+        let (mut next, errors) = compile(model, &self.opts, &self.compiled);
+        for e in &errors {
+            error!(error = %e, "service not (re)programmed; its last good state stays live");
+        }
+        let limits = kernel_connection_limits(model, &next);
+        for fe in next.frontends.values_mut() {
+            fe.max_connections = limits.get(&fe.service).copied();
+        }
+        let (l7, l7_errors) = compile_l7(model, &next, &self.l7);
+        for e in &l7_errors {
+            error!(error = %e, "routing not (re)applied; its last good state stays live");
+        }
+
+        let steered = needs_proxy(&l7.config);
+        let ports = match self.proxy.as_mut() {
+            Some(p) => {
+                let (assigned, out_of_ports) = self.ports.assign(&steered, p.ports);
+                for e in &out_of_ports {
+                    warn!(error = %e, "frontend not steered to the proxy");
+                }
+                p.listeners.set_pod_labels(pod_labels(model));
+                // The proxy serves the new table before any connection can be steered to it.
+                self.l7_tx.send_replace(Arc::new(l7.config.clone()));
+                p.listeners.open_missing(&assigned).0
+            }
+            None => {
+                if !steered.is_empty() {
+                    warn!(frontends = steered.len(), "L7 rules present but no --proxy-ip: those services stay on the kernel path");
+                }
+                ProxyPorts::default()
+            }
+        };
+        let targets = self
+            .proxy
+            .as_ref()
+            .map(|p| ports.targets(p.ip))
+            .unwrap_or_default();
+        let contents = next.map_contents_steered(&targets);
+        match apply(maps, &contents) {
+            Ok(stats) => {
+                info!(
+                    frontends = next.frontends.len(),
+                    backends = contents.backends.len(),
+                    steered = targets.len(),
+                    upserts = stats.upserts,
+                    deletes = stats.deletes,
+                    affinity_purged = stats.affinity_purged,
+                    "programmed"
+                );
+                if let Some(p) = self.proxy.as_mut() {
+                    p.listeners.close_unused(&ports);
+                }
+                self.compiled = next;
+                self.l7 = l7;
+                self.ports = ports;
+            }
+            // The next change retries; apply diffs against what the maps really hold.
+            Err(e) => {
+                error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed")
+            }
+        }
+    }
+}

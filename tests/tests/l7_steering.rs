@@ -1,0 +1,153 @@
+//! The seed's Istio YAML against the real kernel and the real node proxy: a service with
+//! VirtualService routes is steered to the proxy, which routes by header and weight; a service
+//! without L7 rules keeps the pure kernel path.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{backends, Cluster};
+use meshpath_tests::manifests::docs;
+
+const REVIEWS: &str = "10.96.0.30";
+const RATINGS: &str = "10.96.0.31";
+
+fn pod(name: &str, version: &str, ip: std::net::Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: reviews\n    version: {version}\nspec:\n  containers:\n  - name: c\n    image: x\nstatus:\n  podIP: {ip}\n"
+    )
+}
+
+/// Pods 1-3 run reviews v1..v3 (HTTP on 9080), pod 4 runs ratings; pod 0 is the client.
+fn start() -> Cluster {
+    // The node proxy listens on the pods' gateway (the bridge in the node namespace).
+    Cluster::start_with(5, |node| {
+        vec![
+            "--proxy-ip".into(),
+            "10.244.0.1".into(),
+            "--proxy-netns".into(),
+            format!("/var/run/netns/{}", node.node_netns_name()),
+        ]
+    })
+}
+
+fn cluster_yaml(c: &Cluster) -> String {
+    let ip = |i: usize| c.node.pod(i).ip();
+    let mut parts = vec![
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: reviews\nspec:\n  clusterIP: {REVIEWS}\n  ports:\n  - name: http\n    port: 9080\n  selector:\n    app: reviews\n"),
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: ratings\nspec:\n  clusterIP: {RATINGS}\n  ports:\n  - name: http\n    port: 9080\n"),
+    ];
+    let mut eps = String::new();
+    for (i, v) in [(1, "v1"), (2, "v2"), (3, "v3")] {
+        parts.push(pod(&format!("reviews-{v}"), v, ip(i)));
+        eps.push_str(&format!(
+            "- addresses: [\"{}\"]\n  targetRef: {{kind: Pod, name: reviews-{v}}}\n",
+            ip(i)
+        ));
+    }
+    parts.push(format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: reviews-1\n  labels:\n    kubernetes.io/service-name: reviews\naddressType: IPv4\nports:\n- name: http\n  port: 9080\nendpoints:\n{eps}"));
+    parts.push(format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: ratings-1\n  labels:\n    kubernetes.io/service-name: ratings\naddressType: IPv4\nports:\n- name: http\n  port: 9080\nendpoints:\n- addresses: [\"{}\"]\n", ip(4)));
+    // Subsets by version, as in the seed's DestinationRule examples.
+    parts.push("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n".into());
+    docs(&parts)
+}
+
+/// The seed's header-match VirtualService, verbatim.
+const JASON_VS: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - match:
+    - headers:                 # 根据7层头内容进行路由负载
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: reviews
+        subset: v2
+  - route:
+    - destination:
+        host: reviews
+        subset: v3
+";
+
+fn http(c: &Cluster, vip: &str, count: u32, header: Option<&str>) -> meshpath_tests::ClientReport {
+    let a = format!("{vip}:9080");
+    let n = count.to_string();
+    let mut args = vec!["http", "--addr", &a, "--count", &n];
+    if let Some(h) = header {
+        args.extend_from_slice(&["--header", h]);
+    }
+    serde_json::from_value(c.node.run_client(0, &args).expect("http client")).expect("report")
+}
+
+#[test]
+fn header_match_and_weights_route_through_the_proxy_and_plain_services_stay_in_the_kernel() {
+    let c = start();
+    for (i, name) in [
+        (1, "reviews-v1"),
+        (2, "reviews-v2"),
+        (3, "reviews-v3"),
+        (4, "ratings"),
+    ] {
+        c.node
+            .spawn_server(i, name, &[], &[], &[9080])
+            .expect("server");
+    }
+    c.write("cluster.yaml", &cluster_yaml(&c));
+    c.write("reviews-vs.yaml", JASON_VS);
+    c.wait_status(
+        "reviews steered to the proxy",
+        Duration::from_secs(5),
+        |s| {
+            meshpath_tests::agent::service(s, "default/reviews:").is_some_and(|r| {
+                r["backends"].as_array().is_some_and(|b| {
+                    b.iter()
+                        .any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))
+                })
+            })
+        },
+    );
+
+    let jason = http(&c, REVIEWS, 50, Some("end-user: jason"));
+    assert_eq!(
+        jason.count("reviews-v2"),
+        50,
+        "{jason:?}\n{}",
+        c.agent.log()
+    );
+    let others = http(&c, REVIEWS, 50, None);
+    assert_eq!(others.count("reviews-v3"), 50, "{others:?}");
+
+    // ratings has no L7 rule: its ClusterIP maps straight to the pod, not to the proxy.
+    let s = c.status();
+    assert_eq!(
+        backends(&s, "default/ratings:"),
+        vec![format!("{}:9080", c.node.pod(4).ip())]
+    );
+    assert_eq!(http(&c, RATINGS, 10, None).count("ratings"), 10);
+
+    // Rewritten while traffic runs: the seed's 20/80 weights (by subset), per request.
+    c.write("reviews-vs.yaml", &JASON_VS.replace(
+        "  http:\n  - match:\n    - headers:                 # 根据7层头内容进行路由负载\n        end-user:\n          exact: jason\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n  - route:\n    - destination:\n        host: reviews\n        subset: v3\n",
+        "  http:\n  - route:\n    - destination:\n        host: reviews.default.svc.cluster.local\n        subset: v1\n      weight: 20\n    - destination:\n        host: reviews.default.svc.cluster.local\n        subset: v2\n      weight: 80\n",
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let weighted = loop {
+        let r = http(&c, REVIEWS, 2000, None);
+        if r.count("reviews-v3") == 0 || std::time::Instant::now() > deadline {
+            break r;
+        }
+    };
+    // Binomial(2000, 0.2): mean 400, sd 17.9; ±90 is 5 sd.
+    let v1 = weighted.count("reviews-v1");
+    assert!(
+        (310..=490).contains(&v1),
+        "v1 got {v1} of 2000: {weighted:?}"
+    );
+    assert_eq!(v1 + weighted.count("reviews-v2"), 2000, "{weighted:?}");
+}

@@ -12,6 +12,8 @@ MESHPATH_DEB_PACKAGES=(
 )
 BPF_LINKER_VERSION=0.13.0
 BPFFS=/sys/fs/bpf
+FORTIO_VERSION=1.66.5
+FORTIO_BIN=/usr/local/bin/fortio
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -50,6 +52,31 @@ if [ -z "$have_linker" ]; then
     --no-default-features --features llvm-22 >/dev/null
 else
   log "bpf-linker $BPF_LINKER_VERSION present"
+fi
+
+# fortio drives `cargo xtask bench`. Pinned: v1.69+ needs grol.io/grol, which the Go module proxy
+# refuses here (403), and v1.72's checksum is missing from the sum database; v1.66.5 builds.
+if [ "$("$FORTIO_BIN" version 2>/dev/null)" = "$FORTIO_VERSION" ]; then
+  log "fortio $FORTIO_VERSION present"
+else
+  go_bin=$(command -v go || true)
+  [ -z "$go_bin" ] && [ -x /usr/local/go/bin/go ] && go_bin=/usr/local/go/bin/go
+  if [ -z "$go_bin" ]; then
+    log "installing Debian's golang-go to build fortio"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends golang-go >/dev/null
+    go_bin=/usr/bin/go
+  fi
+  # fortio's go.mod says go 1.21; older Go cannot fetch a newer toolchain by itself.
+  go_minor=$("$go_bin" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+  if [ "${go_minor:-0}" -lt 21 ]; then
+    echo "setup: $("$go_bin" version) is too old to build fortio $FORTIO_VERSION (needs Go >= 1.21);" \
+      "install a newer Go (e.g. into /usr/local/go) and run setup again" >&2
+    exit 1
+  fi
+  log "installing fortio $FORTIO_VERSION into $(dirname "$FORTIO_BIN") (go install)"
+  GOBIN=$(dirname "$FORTIO_BIN") "$go_bin" install "fortio.org/fortio@v$FORTIO_VERSION"
 fi
 
 if ! mountpoint -q "$BPFFS"; then

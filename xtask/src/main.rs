@@ -4,6 +4,7 @@
 // xtask is a CLI: what it prints to stdout is its output.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod paths;
@@ -35,6 +36,9 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         requests: u32,
     },
+    /// Benchmark meshpath against the direct pod path and kube-proxy-style iptables with fortio:
+    /// medians, ratios, results in bench-results/<UTC time>/ (root; release build).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => build_ebpf::run(),
         Command::Test { cargo_test_args } => test::run(&cargo_test_args),
         Command::Demo { requests } => demo::run(requests),
+        Command::Bench(args) => bench::run(args),
     }
 }

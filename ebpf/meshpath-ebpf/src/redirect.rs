@@ -19,6 +19,25 @@ use crate::counters::{add, bump};
 use crate::maps::{MP_CONFIG, MP_SOCKS, MP_SOCK_FALLBK};
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// `::ffff:0:0/96` as the third 32-bit word of an IPv6 address read natively (bytes 00 00 ff ff).
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// IPv4 connections of dual-stack sockets (a Go or Java server listening on `[::]` accepts
+/// IPv4 clients on AF_INET6 sockets with v4-mapped addresses) are IPv4 connections too: the
+/// kernel fills the IPv4 address fields of such sockets, so they get the same keys.
+#[inline(always)]
+fn is_ipv4(ctx: &SockOpsContext) -> bool {
+    match ctx.family() {
+        AF_INET => true,
+        AF_INET6 => {
+            let (l, r) = (ctx.local_ip6(), ctx.remote_ip6());
+            l[0] == 0 && l[1] == 0 && l[2] == V4_MAPPED_WORD && r[0] == 0 && r[1] == 0 && r[2] == V4_MAPPED_WORD
+        }
+        _ => false,
+    }
+}
 const BPF_TCP_CLOSE: u32 = 7;
 
 /// sock_ops and sk_msg encode the remote port as the network-order u16 in the upper half of a
@@ -34,7 +53,7 @@ fn key(local_ip_be: u32, remote_ip_be: u32, local_port: u32, remote_port_raw: u3
 }
 
 pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
-    if ctx.family() != AF_INET {
+    if !is_ipv4(ctx) {
         return Ok(0);
     }
     let k = key(ctx.local_ip4(), ctx.remote_ip4(), ctx.local_port(), ctx.remote_port());

@@ -10,7 +10,7 @@
 //! server's count. The clock starts after connect() and stops when the count arrives, so the
 //! time includes draining the buffers and the rate is `received / elapsed`.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
@@ -70,6 +70,29 @@ fn serve(port: u16) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Errors a blocking socket may report without anything being wrong: EINTR, and EAGAIN, which
+/// TCP never returns on a blocking socket but the kernel's sockmap receive path (socket
+/// redirection, scenario (d)) can after a wakeup without data.
+fn retryable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
+}
+
+/// `write_all` that also retries EAGAIN (see [`retryable`]).
+fn write_fully(s: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match s.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if retryable(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn count_and_ack(mut s: TcpStream) -> io::Result<()> {
     // Large reads keep the receiver's syscall count (and so its CPU share on a 2-core machine)
     // low, so the measurement is dominated by the data path rather than by this loop.
@@ -79,12 +102,11 @@ fn count_and_ack(mut s: TcpStream) -> io::Result<()> {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => total += n as u64,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if retryable(&e) => {}
             Err(e) => return Err(e),
         }
     }
-    s.write_all(format!("{total}\n").as_bytes())?;
-    s.flush()
+    write_fully(&mut s, format!("{total}\n").as_bytes())
 }
 
 fn client(addr: SocketAddr, limit: Duration, max_bytes: u64, chunk: usize) -> ExitCode {
@@ -105,7 +127,7 @@ fn client(addr: SocketAddr, limit: Duration, max_bytes: u64, chunk: usize) -> Ex
     let mut sent: u64 = 0;
     while sent < max_bytes && start.elapsed() < limit {
         let n = usize::try_from((max_bytes - sent).min(chunk as u64)).unwrap_or(chunk);
-        if let Err(e) = s.write_all(&buf[..n]) {
+        if let Err(e) = write_fully(&mut s, &buf[..n]) {
             return fail("write", &e);
         }
         sent += n as u64;
@@ -113,14 +135,19 @@ fn client(addr: SocketAddr, limit: Duration, max_bytes: u64, chunk: usize) -> Ex
     if let Err(e) = s.shutdown(Shutdown::Write) {
         return fail("shutdown", &e);
     }
-    // Draining a few hundred MB of socket buffers takes well under this.
-    if let Err(e) = s.set_read_timeout(Some(Duration::from_secs(30))) {
-        return fail("set_read_timeout", &e);
+    // No read timeout: a timeout would be indistinguishable from a spurious EAGAIN; the caller
+    // (cargo xtask bench) kills a client that hangs.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.last() != Some(&b'\n') {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if retryable(&e) => {}
+            Err(e) => return fail("reading the server's count", &e),
+        }
     }
-    let mut line = String::new();
-    if let Err(e) = BufReader::new(&s).read_line(&mut line) {
-        return fail("reading the server's count", &e);
-    }
+    let line = String::from_utf8_lossy(&line);
     let elapsed = start.elapsed().as_secs_f64();
     let Ok(received) = line.trim().parse::<u64>() else {
         emit(&json!({ "error": format!("server answered {line:?} instead of a byte count") }));

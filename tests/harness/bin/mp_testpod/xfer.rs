@@ -44,6 +44,7 @@ pub(crate) const KEYS: &[&str] = &[
     "conns",
     "seed",
     "io",
+    "dual-stack",
 ];
 
 const MAGIC: u32 = 0x4d50_5846; // "MPXF"
@@ -251,7 +252,10 @@ impl Header {
 pub(crate) fn run(a: &Args) -> Result<ExitCode, String> {
     raise_fd_limit();
     if let Some(port) = a.get::<u16>("listen")? {
-        return serve(port);
+        // `--dual-stack 1`: listen on [::] like Go and Java servers do; IPv4 clients then arrive
+        // on AF_INET6 sockets with v4-mapped addresses.
+        let host = if a.get::<u8>("dual-stack")?.unwrap_or(0) == 1 { "::" } else { "0.0.0.0" };
+        return serve(host, port);
     }
     let addr: SocketAddr = a.require("addr")?;
     let mode = match a.get::<String>("mode")?.as_deref().unwrap_or("sink") {
@@ -457,9 +461,8 @@ fn rst_client(s: &mut Conn, o: &ClientOpts) -> io::Result<Value> {
     Ok(json!({"ok": reset, "outcome": outcome, "detect_ms": started.elapsed().as_millis() as u64}))
 }
 
-fn serve(port: u16) -> Result<ExitCode, String> {
-    let l = TcpListener::bind(("0.0.0.0", port))
-        .map_err(|e| format!("bind tcp 0.0.0.0:{port}: {e}"))?;
+fn serve(host: &str, port: u16) -> Result<ExitCode, String> {
+    let l = TcpListener::bind((host, port)).map_err(|e| format!("bind tcp {host}:{port}: {e}"))?;
     {
         let mut out = io::stdout().lock();
         let _ = writeln!(out, "ready");

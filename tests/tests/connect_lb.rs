@@ -161,3 +161,16 @@ fn sockets_outside_the_managed_cgroup_are_not_translated() {
         .expect("direct");
     assert_eq!(direct.count("web-1"), 1, "{direct:?}");
 }
+
+#[test]
+fn dual_stack_sockets_reaching_an_ipv4_cluster_ip_are_translated_too() {
+    // Java and other runtimes open AF_INET6 sockets by default and reach IPv4 services through
+    // v4-mapped addresses (connect6). (The test clients' UDP sockets are AF_INET only, so the
+    // sendmsg6/recvmsg6 path is not exercised here.)
+    let c = cluster();
+    let tcp: std::net::SocketAddr = "[::ffff:10.96.0.10]:80".parse().expect("addr");
+    let r = c.node.tcp(0, tcp, 30).expect("tcp client");
+    assert_eq!(r.ok(), 30, "{r:?}");
+    assert_eq!(r.first_peer.as_deref(), Some("[::ffff:10.96.0.10]:80"));
+    assert_eq!(svc(&c.status(), "default/web:")["connects"], 30);
+}

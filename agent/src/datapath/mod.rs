@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::CgroupSockAddr;
 use aya::{Ebpf, EbpfLoader};
-use meshpath_common::{PROG_CONNECT4, PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4};
+use meshpath_common::{
+    PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_RECVMSG4,
+    PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6,
+};
 use tracing::info;
 
 pub use error::DatapathError;
@@ -39,12 +42,18 @@ pub struct Features {
 
 impl Features {
     /// Each program and whether it should be attached.
-    fn programs(self) -> [(&'static str, bool); 4] {
+    /// The `*6` programs serve IPv4 ClusterIPs reached through dual-stack AF_INET6 sockets.
+    fn programs(self) -> [(&'static str, bool); 8] {
+        let reverse = self.connect_lb || self.udp_datagram_lb;
         [
             (PROG_CONNECT4, self.connect_lb),
-            (PROG_GETPEERNAME4, self.connect_lb || self.udp_datagram_lb),
+            (PROG_GETPEERNAME4, reverse),
             (PROG_SENDMSG4, self.udp_datagram_lb),
             (PROG_RECVMSG4, self.udp_datagram_lb),
+            (PROG_CONNECT6, self.connect_lb),
+            (PROG_GETPEERNAME6, reverse),
+            (PROG_SENDMSG6, self.udp_datagram_lb),
+            (PROG_RECVMSG6, self.udp_datagram_lb),
         ]
     }
 }

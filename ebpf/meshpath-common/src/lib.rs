@@ -51,6 +51,10 @@ pub const PROG_CONNECT4: &str = "mp_connect4";
 pub const PROG_SENDMSG4: &str = "mp_sendmsg4";
 pub const PROG_RECVMSG4: &str = "mp_recvmsg4";
 pub const PROG_GETPEERNAME4: &str = "mp_getpeername4";
+pub const PROG_CONNECT6: &str = "mp_connect6";
+pub const PROG_SENDMSG6: &str = "mp_sendmsg6";
+pub const PROG_RECVMSG6: &str = "mp_recvmsg6";
+pub const PROG_GETPEERNAME6: &str = "mp_getpeername6";
 pub const PROG_SOCKOPS: &str = "mp_sockops";
 pub const PROG_SKMSG: &str = "mp_skmsg";
 

@@ -6,6 +6,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod addr;
 mod connlimit;
 mod counters;
 mod lb;
@@ -20,6 +21,7 @@ use aya_ebpf::{
 };
 use meshpath_common::{Reason, RevNatKey, RevNatValue, PROTO_TCP, PROTO_UDP};
 
+use addr::Family;
 use counters::{bump, bump_service, ServiceCounter};
 use maps::MP_REVNAT;
 
@@ -31,7 +33,7 @@ const ECONNREFUSED: i32 = 111;
 /// connect() of TCP and UDP sockets: ClusterIP:port → a backend's IP:targetPort.
 #[cgroup_sock_addr(connect4)]
 pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
-    match try_translate(&ctx, ServiceCounter::Connects, Reason::ConnectTranslated) {
+    match try_translate(&ctx, Family::V4, ServiceCounter::Connects, Reason::ConnectTranslated) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -39,7 +41,7 @@ pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
 /// sendmsg() with a destination on unconnected UDP sockets: the same translation per datagram.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn mp_sendmsg4(ctx: SockAddrContext) -> i32 {
-    match try_translate(&ctx, ServiceCounter::Datagrams, Reason::SendmsgTranslated) {
+    match try_translate(&ctx, Family::V4, ServiceCounter::Datagrams, Reason::SendmsgTranslated) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -47,15 +49,42 @@ pub fn mp_sendmsg4(ctx: SockAddrContext) -> i32 {
 /// recvmsg() on UDP sockets: a reply from a backend shows the ClusterIP as its source.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn mp_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Reason::RecvmsgReversed);
-    // recvmsg4 and getpeername4 programs must return 1.
+    reverse(&ctx, Family::V4, Reason::RecvmsgReversed);
+    // recvmsg and getpeername programs must return 1.
     ALLOW
 }
 
 /// getpeername(): a translated socket reports the ClusterIP:port it asked for, as with kube-proxy.
 #[cgroup_sock_addr(getpeername4)]
 pub fn mp_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Reason::GetpeernameReversed);
+    reverse(&ctx, Family::V4, Reason::GetpeernameReversed);
+    ALLOW
+}
+
+/// The same four for dual-stack AF_INET6 sockets reaching IPv4 ClusterIPs (`::ffff:a.b.c.d`).
+#[cgroup_sock_addr(connect6)]
+pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
+    match try_translate(&ctx, Family::V4MappedV6, ServiceCounter::Connects, Reason::ConnectTranslated) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn mp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    match try_translate(&ctx, Family::V4MappedV6, ServiceCounter::Datagrams, Reason::SendmsgTranslated) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn mp_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Family::V4MappedV6, Reason::RecvmsgReversed);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn mp_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Family::V4MappedV6, Reason::GetpeernameReversed);
     ALLOW
 }
 
@@ -82,13 +111,16 @@ pub fn mp_skmsg(ctx: SkMsgContext) -> u32 {
 #[inline(always)]
 fn try_translate(
     ctx: &SockAddrContext,
+    family: Family,
     per_service: ServiceCounter,
     translated: Reason,
 ) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
+    let Some(vip_be) = addr::read_ip(sa, family) else {
+        return Ok(ALLOW); // a real IPv6 destination: not a (IPv4) service
+    };
     // SAFETY: the kernel hands every sock_addr program a valid context.
-    let (proto, vip_be, port_be) =
-        unsafe { ((*sa).protocol as u8, (*sa).user_ip4, (*sa).user_port as u16) };
+    let (proto, port_be) = unsafe { ((*sa).protocol as u8, (*sa).user_port as u16) };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(ALLOW);
     }
@@ -126,11 +158,9 @@ fn try_translate(
         // The connection still works; only getpeername()/recvmsg() will show the backend.
         bump(Reason::RevNatUpdateFailed);
     }
-    // SAFETY: connect4/sendmsg4 may write user_ip4 and user_port (4-byte writes).
-    unsafe {
-        (*sa).user_ip4 = backend.ip_be;
-        (*sa).user_port = backend.port_be as u32;
-    }
+    addr::write_ip(sa, family, backend.ip_be);
+    // SAFETY: connect/sendmsg programs may write user_port (4-byte write).
+    unsafe { (*sa).user_port = backend.port_be as u32 };
     bump(translated);
     bump_service(svc.svc_id, per_service);
     Ok(ALLOW)
@@ -147,13 +177,14 @@ fn refuse() -> i32 {
 }
 
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext, reason: Reason) {
+fn reverse(ctx: &SockAddrContext, family: Family, reason: Reason) {
     let sa = ctx.sock_addr;
-    // SAFETY: the context pointer is valid for the helper and for reads of user_ip4/user_port.
+    let Some(backend_ip_be) = addr::read_ip(sa, family) else { return };
+    // SAFETY: the context pointer is valid for the helper and for reads of user_port.
     let key = unsafe {
         RevNatKey {
             socket_cookie: bpf_get_socket_cookie(ctx.as_ptr()),
-            backend_ip_be: (*sa).user_ip4,
+            backend_ip_be,
             backend_port_be: (*sa).user_port as u16,
             _pad0: 0,
         }
@@ -162,11 +193,9 @@ fn reverse(ctx: &SockAddrContext, reason: Reason) {
     let Some(rev) = (unsafe { MP_REVNAT.get(&key) }).copied() else {
         return;
     };
-    // SAFETY: recvmsg4/getpeername4 may write user_ip4 and user_port.
-    unsafe {
-        (*sa).user_ip4 = rev.vip_be;
-        (*sa).user_port = rev.vip_port_be as u32;
-    }
+    addr::write_ip(sa, family, rev.vip_be);
+    // SAFETY: recvmsg/getpeername programs may write user_port.
+    unsafe { (*sa).user_port = rev.vip_port_be as u32 };
     bump(reason);
 }
 

@@ -94,11 +94,7 @@ impl Datapath {
                 info!(program = name, "feature off: program not attached");
                 continue;
             }
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
             links.push(links::attach_replacing(prog, name, &cgroup_file, &pin)?);
@@ -112,6 +108,17 @@ impl Datapath {
             _links: links,
         })
     }
+}
+
+/// The program `name` of the object, as its concrete type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
 }
 
 /// Removes everything `load` left behind: detaches the programs (unpins their links) and unpins

@@ -49,14 +49,7 @@ pub fn setup(
         },
     )?;
     if features.socket_redirect {
-        let prog: &mut SkMsg = ebpf
-            .program_mut(PROG_SKMSG)
-            .ok_or(DatapathError::MissingProgram { name: PROG_SKMSG })?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                name: PROG_SKMSG,
-                source,
-            })?;
+        let prog: &mut SkMsg = super::program(ebpf, PROG_SKMSG)?;
         prog.load().map_err(|source| DatapathError::Program {
             name: PROG_SKMSG,
             source,
@@ -71,14 +64,7 @@ pub fn setup(
         info!("socket redirection and connection limits off: sock_ops and sk_msg not attached");
         return Ok(());
     }
-    let prog: &mut SockOps = ebpf
-        .program_mut(PROG_SOCKOPS)
-        .ok_or(DatapathError::MissingProgram { name: PROG_SOCKOPS })?
-        .try_into()
-        .map_err(|source| DatapathError::Program {
-            name: PROG_SOCKOPS,
-            source,
-        })?;
+    let prog: &mut SockOps = super::program(ebpf, PROG_SOCKOPS)?;
     prog.load().map_err(|source| DatapathError::Program {
         name: PROG_SOCKOPS,
         source,

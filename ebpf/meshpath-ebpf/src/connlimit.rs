@@ -6,7 +6,9 @@
 
 use core::intrinsics::AtomicOrdering;
 
-use aya_ebpf::bindings::{BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB};
+use aya_ebpf::bindings::{
+    BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+};
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use aya_ebpf::programs::SockOpsContext;
 use aya_ebpf::EbpfContext;
@@ -43,7 +45,8 @@ pub fn admit(svc_id: u32, cookie: u64) -> Admission {
     };
     // SAFETY: array values live as long as the map and are 8-byte aligned; the count is shared
     // by all CPUs, hence atomic. SeqCst for the reason given in lb.rs (LLVM 22 BPF lowering).
-    let before = unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
+    let before =
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
     if before >= u64::from(max) {
         // Over the limit (possibly lost a race with another CPU): give the slot back.
         // SAFETY: as above.
@@ -66,13 +69,17 @@ pub fn admit(svc_id: u32, cookie: u64) -> Admission {
 #[inline(always)]
 pub fn on_sockops(ctx: &SockOpsContext) {
     let op = ctx.op();
-    if op != BPF_SOCK_OPS_TCP_CONNECT_CB && !(op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE) {
+    if op != BPF_SOCK_OPS_TCP_CONNECT_CB
+        && !(op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE)
+    {
         return;
     }
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
-    let Some(svc_id) = (unsafe { MP_SOCK_SVC.get(cookie) }).copied() else { return };
+    let Some(svc_id) = (unsafe { MP_SOCK_SVC.get(cookie) }).copied() else {
+        return;
+    };
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
         return;
@@ -80,7 +87,9 @@ pub fn on_sockops(ctx: &SockOpsContext) {
     if MP_SOCK_SVC.remove(cookie).is_ok() {
         if let Some(active) = MP_CONN_ACTIVE.get_ptr_mut(svc_id) {
             // SAFETY: as in `admit`.
-            unsafe { core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
+            unsafe {
+                core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1)
+            };
         }
         bump(Reason::ConnReleased);
     }

@@ -38,7 +38,11 @@ pub fn select_backend(
         return Ok(backend_in_slot(key, pick_slot(svc, count)?)?.1);
     }
 
-    let aff_key = AffinityKey { netns_cookie: netns_cookie(), svc_id: svc.svc_id, _pad0: 0 };
+    let aff_key = AffinityKey {
+        netns_cookie: netns_cookie(),
+        svc_id: svc.svc_id,
+        _pad0: 0,
+    };
     // SAFETY: `bpf_ktime_get_ns` has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the value is copied out at once.
@@ -99,7 +103,11 @@ fn backend_in_slot(key: &ServiceKey, slot: u16) -> Result<(u32, Backend), Reason
 
 #[inline(always)]
 fn remember(key: &AffinityKey, backend_id: u32, now: u64) {
-    let value = AffinityValue { backend_id, _pad0: 0, last_used_ns: now };
+    let value = AffinityValue {
+        backend_id,
+        _pad0: 0,
+        last_used_ns: now,
+    };
     if MP_AFFINITY.insert(key, &value, 0).is_err() {
         bump(Reason::AffinityUpdateFailed);
     }

@@ -33,7 +33,12 @@ const ECONNREFUSED: i32 = 111;
 /// connect() of TCP and UDP sockets: ClusterIP:port → a backend's IP:targetPort.
 #[cgroup_sock_addr(connect4)]
 pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
-    match try_translate(&ctx, Family::V4, ServiceCounter::Connects, Reason::ConnectTranslated) {
+    match try_translate(
+        &ctx,
+        Family::V4,
+        ServiceCounter::Connects,
+        Reason::ConnectTranslated,
+    ) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -41,7 +46,12 @@ pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
 /// sendmsg() with a destination on unconnected UDP sockets: the same translation per datagram.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn mp_sendmsg4(ctx: SockAddrContext) -> i32 {
-    match try_translate(&ctx, Family::V4, ServiceCounter::Datagrams, Reason::SendmsgTranslated) {
+    match try_translate(
+        &ctx,
+        Family::V4,
+        ServiceCounter::Datagrams,
+        Reason::SendmsgTranslated,
+    ) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -64,14 +74,24 @@ pub fn mp_getpeername4(ctx: SockAddrContext) -> i32 {
 /// The same four for dual-stack AF_INET6 sockets reaching IPv4 ClusterIPs (`::ffff:a.b.c.d`).
 #[cgroup_sock_addr(connect6)]
 pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
-    match try_translate(&ctx, Family::V4MappedV6, ServiceCounter::Connects, Reason::ConnectTranslated) {
+    match try_translate(
+        &ctx,
+        Family::V4MappedV6,
+        ServiceCounter::Connects,
+        Reason::ConnectTranslated,
+    ) {
         Ok(v) | Err(v) => v,
     }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn mp_sendmsg6(ctx: SockAddrContext) -> i32 {
-    match try_translate(&ctx, Family::V4MappedV6, ServiceCounter::Datagrams, Reason::SendmsgTranslated) {
+    match try_translate(
+        &ctx,
+        Family::V4MappedV6,
+        ServiceCounter::Datagrams,
+        Reason::SendmsgTranslated,
+    ) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -153,7 +173,13 @@ fn try_translate(
         backend_port_be: backend.port_be,
         _pad0: 0,
     };
-    let rev = RevNatValue { vip_be, vip_port_be: port_be, _pad0: 0, svc_id: svc.svc_id, _pad1: 0 };
+    let rev = RevNatValue {
+        vip_be,
+        vip_port_be: port_be,
+        _pad0: 0,
+        svc_id: svc.svc_id,
+        _pad1: 0,
+    };
     if MP_REVNAT.insert(&rev_key, &rev, 0).is_err() {
         // The connection still works; only getpeername()/recvmsg() will show the backend.
         bump(Reason::RevNatUpdateFailed);
@@ -179,7 +205,9 @@ fn refuse() -> i32 {
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext, family: Family, reason: Reason) {
     let sa = ctx.sock_addr;
-    let Some(backend_ip_be) = addr::read_ip(sa, family) else { return };
+    let Some(backend_ip_be) = addr::read_ip(sa, family) else {
+        return;
+    };
     // SAFETY: the context pointer is valid for the helper and for reads of user_port.
     let key = unsafe {
         RevNatKey {

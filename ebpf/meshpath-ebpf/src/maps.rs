@@ -7,14 +7,14 @@ use aya_ebpf::{
 };
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue, SockKey, CONFIG_SLOTS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TRACKED_SOCKS, MAX_AFFINITY, MAX_BACKENDS, MAX_REVNAT, MAX_SERVICE_ENTRIES,
-    MAX_SERVICE_IDS, REASON_COUNT,
+    ServiceName, ServiceStats, ServiceValue, SockKey, CONFIG_SLOTS, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS, MAX_SOCKS, MAX_SOCK_FALLBACK,
+    MAX_TRACKED_SOCKS, REASON_COUNT,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
 #[map]
-pub static MP_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(MAX_SERVICE_ENTRIES, 0);
+pub static MP_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICE_ENTRIES, 0);
 
 /// backend id → address.
 #[map]

@@ -33,7 +33,12 @@ fn is_ipv4(ctx: &SockOpsContext) -> bool {
         AF_INET => true,
         AF_INET6 => {
             let (l, r) = (ctx.local_ip6(), ctx.remote_ip6());
-            l[0] == 0 && l[1] == 0 && l[2] == V4_MAPPED_WORD && r[0] == 0 && r[1] == 0 && r[2] == V4_MAPPED_WORD
+            l[0] == 0
+                && l[1] == 0
+                && l[2] == V4_MAPPED_WORD
+                && r[0] == 0
+                && r[1] == 0
+                && r[2] == V4_MAPPED_WORD
         }
         _ => false,
     }
@@ -56,7 +61,12 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
     if !is_ipv4(ctx) {
         return Ok(0);
     }
-    let k = key(ctx.local_ip4(), ctx.remote_ip4(), ctx.local_port(), ctx.remote_port());
+    let k = key(
+        ctx.local_ip4(),
+        ctx.remote_ip4(),
+        ctx.local_port(),
+        ctx.remote_port(),
+    );
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             // sock_ops also runs for the connection limit; redirection may be off or paused.

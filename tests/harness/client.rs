@@ -66,6 +66,29 @@ pub struct ClientReport {
     pub max_connect_us: Option<u64>,
     /// Source addresses reported by recv_from (udp-unconnected).
     pub sources: BTreeMap<String, u64>,
+    /// Non-200 answers by `CODE BODY` (http).
+    pub answers: BTreeMap<String, u64>,
+    /// Response headers asked for with `--show-header`, by `name: value` (http).
+    pub resp_headers: BTreeMap<String, u64>,
+    /// Fastest and slowest answered request in µs, connect included (http).
+    pub min_us: Option<u64>,
+    pub max_us: Option<u64>,
+    /// Every attempt in order, with `--per-request 1` (http).
+    pub requests: Vec<RequestRecord>,
+}
+
+/// One attempt of the http client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestRecord {
+    /// When the answer (or failure) was complete, µs since the Unix epoch.
+    pub at_us: u64,
+    /// Request duration in µs.
+    pub us: u64,
+    /// HTTP status, 0 when no answer came.
+    pub status: u16,
+    /// The response body, or the error name when `status` is 0.
+    pub body: String,
 }
 
 impl ClientReport {

@@ -27,7 +27,7 @@ mod runid;
 mod stale;
 mod sys;
 
-pub use client::{testpod_bin, ClientReport};
+pub use client::{testpod_bin, ClientReport, RequestRecord};
 pub use hold::Hold;
 pub use node::Node;
 pub use pod::{Pod, Target};

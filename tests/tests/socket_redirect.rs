@@ -107,12 +107,35 @@ fn one_gibibyte_each_way_through_the_cluster_ip_is_byte_exact() {
 fn a_dual_stack_server_is_redirected_too() {
     // Go and Java servers listen on [::]; their IPv4 connections live on AF_INET6 sockets.
     let c = redirect_on();
-    let args = ["xfer".to_string(), "--listen".into(), "9001".into(), "--dual-stack".into(), "1".into()];
-    c.node.spawn_ready(2, "xfer6", &args).expect("dual-stack server");
+    let args = [
+        "xfer".to_string(),
+        "--listen".into(),
+        "9001".into(),
+        "--dual-stack".into(),
+        "1".into(),
+    ];
+    c.node
+        .spawn_ready(2, "xfer6", &args)
+        .expect("dual-stack server");
     let target = format!("{}:9001", c.node.pod(2).ip());
-    xfer(&c, 0, &target, &["--mode", "sink", "--bytes", "1048576", "--reply-bytes", "1048576"]);
+    xfer(
+        &c,
+        0,
+        &target,
+        &[
+            "--mode",
+            "sink",
+            "--bytes",
+            "1048576",
+            "--reply-bytes",
+            "1048576",
+        ],
+    );
     let s = c.status();
-    assert!(counter(&s, "msg_redirected_bytes") >= 2 << 20, "both directions must be redirected: {s:#}");
+    assert!(
+        counter(&s, "msg_redirected_bytes") >= 2 << 20,
+        "both directions must be redirected: {s:#}"
+    );
     assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
     assert_sockhash_drains(&c);
 }

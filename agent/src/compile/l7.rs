@@ -37,14 +37,23 @@ pub struct L7Compiled {
     pub tcp_routes: BTreeMap<FrontendAddr, Vec<(ClusterKey, u32)>>,
 }
 
-/// The frontends whose connections the kernel must hand to the proxy: every listener of the
-/// routing table (an `http:` route or a policy only the proxy can enforce).
-#[allow(dead_code)] // For the run loop's steering (`steer`), which is wired separately.
+/// The frontends whose connections the kernel must hand to the proxy: listeners with `http:`
+/// routes, or whose service policy only the proxy can enforce. The routing table also holds a
+/// plain forwarding entry for every other HTTP frontend, so connections the proxy already holds
+/// keep being served (through the service's endpoints) after their service stops being steered,
+/// e.g. when its VirtualService is deleted.
 pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
     config
         .listeners
-        .keys()
-        .filter_map(|addr| match addr.ip() {
+        .iter()
+        .filter(|(_, routes)| {
+            !routes.http.is_empty()
+                || config
+                    .clusters
+                    .get(&routes.default_cluster)
+                    .is_some_and(|c| policy_needs_proxy(&c.policy))
+        })
+        .filter_map(|(addr, _)| match addr.ip() {
             IpAddr::V4(ip) => Some(FrontendAddr {
                 ip,
                 port: addr.port(),
@@ -53,6 +62,19 @@ pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
             IpAddr::V6(_) => None,
         })
         .collect()
+}
+
+/// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
+fn policy_needs_proxy(p: &crate::l7::TrafficPolicy) -> bool {
+    use crate::l7::LoadBalancer as Lb;
+    let lb = matches!(p.load_balancer, Lb::LeastRequest | Lb::ConsistentHash { .. });
+    let pool = &p.connection_pool;
+    let http_pool = pool.http1_max_pending_requests.is_some()
+        || pool.http2_max_requests.is_some()
+        || pool.max_requests_per_connection.is_some()
+        || pool.max_retries.is_some()
+        || pool.idle_timeout.is_some();
+    lb || http_pool || p.outlier_detection.is_some()
 }
 
 /// A VirtualService that cannot be compiled against the other objects. Each names the file
@@ -186,6 +208,17 @@ pub fn compile_l7(
                     http: Vec::new(),
                     default_cluster,
                 }
+            });
+        }
+    }
+
+    // Plain forwarding for every other HTTP frontend (not steered; see `needs_proxy`).
+    for service in model.services.keys() {
+        for (addr, _) in ctx.http_frontends(service) {
+            let default_cluster = ClusterKey { service: service.clone(), port: addr.port, subset: None };
+            out.config.listeners.entry(socket(addr)).or_insert_with(|| {
+                keys.insert(default_cluster.clone());
+                ServiceRoutes { service: service.clone(), port: addr.port, http: Vec::new(), default_cluster }
             });
         }
     }

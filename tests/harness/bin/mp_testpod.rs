@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! mp-testpod serve --name NAME [--tcp PORT]... [--udp PORT]... [--http PORT]...
+//!                  [--http-status CODE] [--http-delay-ms MS] [--http-log FILE]
 //! mp-testpod tcp             --addr IP:PORT [--count N] [--timeout-ms T]
 //! mp-testpod udp-connected   --addr IP:PORT [--count N] [--timeout-ms T]
 //! mp-testpod udp-unconnected --addr IP:PORT [--count N] [--timeout-ms T]
-//! mp-testpod http            --addr IP:PORT [--count N] [--timeout-ms T]
+//! mp-testpod http            --addr IP:PORT [--count N] [--timeout-ms T] [--header NAME:VALUE]...
+//!                            [--show-header NAME]... [--duration-ms D] [--interval-ms I]
+//!                            [--per-request 1]
 //! mp-testpod hold            --addr IP:PORT [--timeout-ms T]
 //! mp-testpod stream          --listen PORT
 //! mp-testpod stream          --addr IP:PORT [--seconds S] [--bytes N] [--chunk-kib K]
@@ -35,8 +38,9 @@ use std::process::ExitCode;
 use args::Args;
 
 const USAGE: &str = "usage:
-  mp-testpod serve --name NAME [--tcp PORT]... [--udp PORT]... [--http PORT]...
+  mp-testpod serve --name NAME [--tcp PORT]... [--udp PORT]... [--http PORT]... [--http-status CODE] [--http-delay-ms MS] [--http-log FILE]
   mp-testpod tcp|udp-connected|udp-unconnected|http --addr IP:PORT [--count N] [--timeout-ms T] [--header NAME:VALUE]...
+  mp-testpod http ... [--show-header NAME]... [--duration-ms D] [--interval-ms I] [--per-request 1]
   mp-testpod hold --addr IP:PORT [--timeout-ms T]
   mp-testpod stream --listen PORT
   mp-testpod stream --addr IP:PORT [--seconds S] [--bytes N] [--chunk-kib K]
@@ -58,9 +62,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match cmd.as_str() {
-        "serve" => Args::parse(rest, &["name"], &["tcp", "udp", "http"]).and_then(serve::run),
+        "serve" => Args::parse(rest, serve::KEYS, &["tcp", "udp", "http"]).and_then(serve::run),
         "tcp" | "udp-connected" | "udp-unconnected" | "http" | "hold" => {
-            Args::parse(rest, &["addr", "count", "timeout-ms"], &["header"])
+            Args::parse(rest, clients::KEYS, &["header", "show-header"])
                 .and_then(|a| clients::Common::from_args(cmd, &a))
                 .map(|c| match cmd.as_str() {
                     "tcp" => clients::tcp(&c),

@@ -234,7 +234,7 @@ fn seed_load_balancing_subsets_merge_their_policy_over_the_rule() {
 
     // RANDOM alone is the kernel's own balancing: the rule by itself steers nothing.
     let out = ok(&[("cluster.yaml", CLUSTER), ("lb.yaml", LOAD_BALANCING)]);
-    assert!(out.config.listeners.is_empty());
+    assert!(steered(&out).is_empty());
 }
 
 #[test]
@@ -253,4 +253,9 @@ fn circuit_breaking_rule_steers_its_service_without_routes() {
         (Some(1), Duration::from_secs(1))
     );
     assert_eq!(policy.connection_pool.http1_max_pending_requests, Some(1));
+}
+
+/// The listeners the kernel steers to the proxy (the table also holds plain forwarding entries).
+pub(super) fn steered(out: &L7Compiled) -> Vec<std::net::SocketAddr> {
+    super::needs_proxy(&out.config).iter().map(|f| std::net::SocketAddr::new(f.ip.into(), f.port)).collect()
 }

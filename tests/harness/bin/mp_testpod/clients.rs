@@ -6,20 +6,39 @@ use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
 use crate::args::Args;
 use crate::emit;
 
+/// Single-valued options of the client modes.
+pub(crate) const KEYS: &[&str] = &[
+    "addr",
+    "count",
+    "timeout-ms",
+    "duration-ms",
+    "interval-ms",
+    "per-request",
+];
+
 /// Options shared by all client modes.
 pub(crate) struct Common {
     pub(crate) addr: SocketAddr,
     pub(crate) count: u64,
     pub(crate) timeout: Duration,
-    /// Extra request headers for `http` (`--header "name: value"`, repeatable).
+    /// Extra request headers for `http` (`--header "name: value"`, repeatable). A `host` header
+    /// replaces the default one (the dialled address).
     pub(crate) headers: Vec<String>,
+    /// `http`: response headers to count by `name: value` (`--show-header`, repeatable).
+    pub(crate) show_headers: Vec<String>,
+    /// `http`: keep sending until this much time passed (instead of `count` requests).
+    pub(crate) duration: Option<Duration>,
+    /// `http`: pause between requests.
+    pub(crate) interval: Duration,
+    /// `http`: report every request (`requests`), not only the totals.
+    pub(crate) per_request: bool,
 }
 
 impl Common {
@@ -40,6 +59,14 @@ impl Common {
             count: a.get("count")?.unwrap_or(1),
             timeout: Duration::from_millis(timeout_ms),
             headers: a.all("header")?,
+            show_headers: a
+                .all::<String>("show-header")?
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            duration: a.get("duration-ms")?.map(Duration::from_millis),
+            interval: Duration::from_millis(a.get("interval-ms")?.unwrap_or(0)),
+            per_request: a.get::<u8>("per-request")?.unwrap_or(0) != 0,
         })
     }
 }
@@ -213,55 +240,120 @@ pub(crate) fn udp_unconnected(c: &Common) -> ExitCode {
 }
 
 /// `http`: GET / repeatedly over a keep-alive connection (reconnecting after errors or
-/// `connection: close`); counts by response body, non-200 statuses as `http_<code>`.
+/// `connection: close`); counts by response body, non-200 statuses as `http_<code>` in `errors`
+/// and as `CODE BODY` in `answers`. `min_us`/`max_us` time each answered request (including a
+/// connect it needed); `requests` (with `--per-request 1`) lists every attempt with the Unix time
+/// it ended, so a test can line answers up with its own clock.
 pub(crate) fn http(c: &Common) -> ExitCode {
-    let (mut counts, mut errors) = (BTreeMap::new(), BTreeMap::new());
+    let (mut counts, mut errors, mut answers) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut resp_headers = BTreeMap::new();
+    let (mut min_us, mut max_us): (Option<u64>, Option<u64>) = (None, None);
+    let mut requests = Vec::new();
     let mut first_peer: Option<String> = None;
     let mut conn: Option<BufReader<TcpStream>> = None;
-    for _ in 0..c.count {
-        let r = match conn.take() {
-            Some(r) => r,
-            None => match TcpStream::connect_timeout(&c.addr, c.timeout) {
-                Ok(s) => {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while match c.duration {
+        Some(d) => start.elapsed() < d,
+        None => sent < c.count,
+    } {
+        if sent > 0 && !c.interval.is_zero() {
+            std::thread::sleep(c.interval);
+        }
+        sent += 1;
+        let t0 = Instant::now();
+        let res = match conn.take() {
+            Some(r) => Ok(r),
+            None => TcpStream::connect_timeout(&c.addr, c.timeout)
+                .map(|s| {
                     if first_peer.is_none() {
                         first_peer = s.peer_addr().map(|p| p.to_string()).ok();
                     }
                     let _ = s.set_read_timeout(Some(c.timeout));
                     BufReader::new(s)
+                })
+                .map_err(|e| errno_name(&e)),
+        }
+        .and_then(|mut r| {
+            http_request(&mut r, c.addr, &c.headers, &c.show_headers)
+                .map(|a| (r, a))
+                .map_err(|e| recv_error_name(&e))
+        });
+        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (status, what) = match res {
+            Ok((r, a)) => {
+                min_us = Some(min_us.map_or(us, |m| m.min(us)));
+                max_us = Some(max_us.map_or(us, |m| m.max(us)));
+                for h in a.shown {
+                    bump(&mut resp_headers, h);
                 }
-                Err(e) => {
-                    bump(&mut errors, errno_name(&e));
-                    continue;
-                }
-            },
-        };
-        let mut r = r;
-        match http_request(&mut r, c.addr, &c.headers) {
-            Ok((status, body, keep)) => {
-                if status == 200 {
-                    bump(&mut counts, body);
+                if a.status == 200 {
+                    bump(&mut counts, a.body.clone());
                 } else {
-                    bump(&mut errors, format!("http_{status}"));
+                    bump(&mut errors, format!("http_{}", a.status));
+                    bump(&mut answers, format!("{} {}", a.status, a.body));
                 }
-                if keep {
+                if a.keep {
                     conn = Some(r);
                 }
+                (a.status, a.body)
             }
-            Err(e) => bump(&mut errors, recv_error_name(&e)),
+            Err(e) => {
+                bump(&mut errors, e.clone());
+                (0, e)
+            }
+        };
+        if c.per_request {
+            let at_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            requests.push(json!({ "at_us": at_us, "us": us, "status": status, "body": what }));
         }
     }
-    emit(&json!({ "counts": counts, "errors": errors, "first_peer": first_peer }));
+    let mut report = json!({
+        "counts": counts,
+        "errors": errors,
+        "first_peer": first_peer,
+        "answers": answers,
+        "resp_headers": resp_headers,
+        "min_us": min_us,
+        "max_us": max_us,
+    });
+    if c.per_request {
+        report["requests"] = requests.into();
+    }
+    emit(&report);
     ExitCode::SUCCESS
 }
 
-/// One request/response; returns (status, body, connection reusable).
+/// One HTTP answer.
+struct Answer {
+    status: u16,
+    body: String,
+    /// The connection can carry the next request.
+    keep: bool,
+    /// `name: value` of the response headers asked for (names lowercase).
+    shown: Vec<String>,
+}
+
+/// One request/response.
 fn http_request(
     r: &mut BufReader<TcpStream>,
     addr: SocketAddr,
     headers: &[String],
-) -> io::Result<(u16, String, bool)> {
+    show: &[String],
+) -> io::Result<Answer> {
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    let req = format!("GET / HTTP/1.1\r\nhost: {addr}\r\nuser-agent: mp-testpod\r\n{extra}\r\n");
+    let has_host = headers.iter().any(|h| {
+        h.split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+    });
+    let host = if has_host {
+        String::new()
+    } else {
+        format!("host: {addr}\r\n")
+    };
+    let req = format!("GET / HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
     r.get_mut().write_all(req.as_bytes())?;
     let bad = |m: &str| io::Error::new(ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();
@@ -276,7 +368,7 @@ fn http_request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("bad status line"))?;
-    let (mut len, mut keep) = (None, true);
+    let (mut len, mut keep, mut shown) = (None, true, Vec::new());
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
@@ -287,7 +379,11 @@ fn http_request(
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            let k = k.trim().to_ascii_lowercase();
+            if show.contains(&k) {
+                shown.push(format!("{k}: {}", v.trim()));
+            }
+            let v = v.trim().to_ascii_lowercase();
             match k.as_str() {
                 "content-length" => len = v.parse::<u64>().ok(),
                 "connection" if v == "close" => keep = false,
@@ -301,5 +397,10 @@ fn http_request(
     if body.len() as u64 != len {
         return Err(io::Error::new(ErrorKind::UnexpectedEof, "short body"));
     }
-    Ok((status, String::from_utf8_lossy(&body).into_owned(), keep))
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        keep,
+        shown,
+    })
 }

@@ -1,13 +1,18 @@
 //! `mp-testpod serve`: identity servers. Every reply carries the server's NAME so a client can
 //! tell which backend (pod) actually answered, whatever address it dialled.
 
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use crate::args::Args;
+
+/// Single-valued options of `serve`.
+pub(crate) const KEYS: &[&str] = &["name", "http-status", "http-delay-ms", "http-log"];
 
 pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
     let name: String = args.require("name")?;
@@ -18,6 +23,17 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         return Err("serve needs at least one --tcp, --udp or --http port".into());
     }
     let name: Arc<str> = name.into();
+    let http_opts = Arc::new(HttpOpts {
+        name: Arc::clone(&name),
+        status: args.get("http-status")?.unwrap_or(200),
+        delay: Duration::from_millis(args.get("http-delay-ms")?.unwrap_or(0)),
+        log: match args.get::<String>("http-log")? {
+            Some(p) => Some(Mutex::new(
+                File::create(&p).map_err(|e| format!("creating {p}: {e}"))?,
+            )),
+            None => None,
+        },
+    });
 
     // Bind everything before printing `ready`, so a client started after `ready` can connect.
     let bind_tcp = |p: u16| {
@@ -42,8 +58,8 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
         threads.push(thread::spawn(move || accept_loop(l, name, echo_conn)));
     }
     for l in http_l {
-        let name = Arc::clone(&name);
-        threads.push(thread::spawn(move || accept_loop(l, name, http_conn)));
+        let o = Arc::clone(&http_opts);
+        threads.push(thread::spawn(move || accept_loop(l, o, http_conn)));
     }
     for s in udp_s {
         let name = Arc::clone(&name);
@@ -63,13 +79,17 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, String> {
 
 /// Accept forever, one thread per connection (tests open few connections, and a long-lived
 /// `hold` connection must not block others).
-fn accept_loop(l: TcpListener, name: Arc<str>, handler: fn(TcpStream, &str) -> io::Result<()>) {
+fn accept_loop<T: ?Sized + Send + Sync + 'static>(
+    l: TcpListener,
+    ctx: Arc<T>,
+    handler: fn(TcpStream, &T) -> io::Result<()>,
+) {
     for conn in l.incoming() {
         match conn {
             Ok(s) => {
-                let name = Arc::clone(&name);
+                let ctx = Arc::clone(&ctx);
                 thread::spawn(move || {
-                    if let Err(e) = handler(s, &name) {
+                    if let Err(e) = handler(s, &ctx) {
                         eprintln!("mp-testpod serve: connection: {e}");
                     }
                 });
@@ -107,10 +127,22 @@ fn udp_loop(s: UdpSocket, name: &str) {
     }
 }
 
-/// Minimal HTTP/1.1 with keep-alive: any request gets `200 text/plain NAME`. Request bodies with
-/// content-length are read and discarded; chunked bodies are not supported (the connection is
-/// closed after answering such a request).
-fn http_conn(s: TcpStream, name: &str) -> io::Result<()> {
+/// How the HTTP server answers (`--http-status`, `--http-delay-ms`) and where it records the
+/// requests it saw (`--http-log`), so tests can see traffic the client never sees (mirrors).
+struct HttpOpts {
+    name: Arc<str>,
+    status: u16,
+    delay: Duration,
+    /// One JSON line per request (`{"host": ...}`), written when the request head is read,
+    /// before any delay: a slow server still shows the request at once.
+    log: Option<Mutex<File>>,
+}
+
+/// Minimal HTTP/1.1 with keep-alive: any request gets `STATUS text/plain NAME` (200 unless
+/// `--http-status`). Request bodies with content-length are read and discarded; chunked bodies
+/// are not supported (the connection is closed after answering such a request).
+fn http_conn(s: TcpStream, o: &HttpOpts) -> io::Result<()> {
+    let name = &*o.name;
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     let mut line = String::new();
@@ -124,6 +156,7 @@ fn http_conn(s: TcpStream, name: &str) -> io::Result<()> {
         }
         let mut close = line.trim_end().ends_with("HTTP/1.0");
         let mut body_len: u64 = 0;
+        let mut host = None;
         loop {
             line.clear();
             if r.read_line(&mut line)? == 0 {
@@ -136,6 +169,9 @@ fn http_conn(s: TcpStream, name: &str) -> io::Result<()> {
             let Some((k, v)) = h.split_once(':') else {
                 continue;
             };
+            if k.trim().eq_ignore_ascii_case("host") {
+                host = Some(v.trim().to_owned());
+            }
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
             match k.as_str() {
                 "content-length" => body_len = v.parse().unwrap_or(0),
@@ -146,9 +182,19 @@ fn http_conn(s: TcpStream, name: &str) -> io::Result<()> {
             }
         }
         io::copy(&mut (&mut r).take(body_len), &mut io::sink())?;
+        if let Some(log) = &o.log {
+            let line = format!("{}\n", serde_json::json!({ "host": host }));
+            let _ = log.lock().map(|mut f| f.write_all(line.as_bytes()));
+        }
+        if !o.delay.is_zero() {
+            thread::sleep(o.delay);
+        }
         let conn_hdr = if close { "connection: close\r\n" } else { "" };
+        // Clients go by the code; the reason phrase is informational (RFC 9112 §4).
+        let reason = if o.status == 200 { "OK" } else { "Test" };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{conn_hdr}\r\n{name}",
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{conn_hdr}\r\n{name}",
+            o.status,
             name.len()
         );
         w.write_all(resp.as_bytes())?;

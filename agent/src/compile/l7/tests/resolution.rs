@@ -36,7 +36,7 @@ fn hosts_resolve_in_the_objects_namespace_and_in_every_dns_form() {
         ("cluster.yaml", CLUSTER),
         ("vs.yaml", &vs("b", "reviews", "reviews.default")),
     ]);
-    assert!(out.config.listeners.is_empty());
+    assert!(super::steered(&out).is_empty());
     let (_, errors) = run(
         &model(&[
             ("cluster.yaml", CLUSTER),
@@ -78,11 +78,9 @@ fn unknown_subset_keeps_the_last_good_routes() {
         ("weighted.yaml", WEIGHTED),
     ]);
     let (out, _) = run(&both, &L7Compiled::default());
-    assert!(out.config.listeners.contains_key(&addr(SPRINGBOOT, 8080)));
+    assert!(super::steered(&out).contains(&addr(SPRINGBOOT, 8080)));
     assert!(
-        !out.config
-            .listeners
-            .contains_key(&addr([10, 96, 0, 20], 9080)),
+        !super::steered(&out).contains(&addr([10, 96, 0, 20], 9080)),
         "never good: nothing to keep"
     );
 }
@@ -101,7 +99,7 @@ fn destination_ports_must_exist_or_be_implied() {
         ("svc.yaml", svc),
         ("vs.yaml", &vs("{host: reviews, port: {number: 9080}}")),
     ]);
-    let ports: Vec<u16> = out.config.listeners.keys().map(SocketAddr::port).collect();
+    let ports: Vec<u16> = super::steered(&out).iter().map(SocketAddr::port).collect();
     assert_eq!(ports, [9090]);
     let out = ok(&[("svc.yaml", svc), ("vs.yaml", &vs("{host: two}"))]);
     let routes = &out.config.listeners[&addr([10, 96, 0, 50], 9090)];
@@ -136,11 +134,7 @@ fn destination_ports_must_exist_or_be_implied() {
         ),
     ]);
     assert!(
-        run(&m, &L7Compiled::default())
-            .0
-            .config
-            .listeners
-            .is_empty(),
+        super::steered(&run(&m, &L7Compiled::default()).0).is_empty(),
         "tcp-* ports are not HTTP"
     );
 }

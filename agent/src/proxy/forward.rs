@@ -3,13 +3,13 @@
 //! retry or a mirror may need it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -213,6 +213,11 @@ async fn attempts(
     // Allocated only when a retry happens.
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt: u32 = 0;
+    let idempotent = matches!(
+        f.head.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let mut stale_retried = false;
     loop {
         attempt += 1;
         let (ep, idx, connect_timeout) = match &f.target {
@@ -233,13 +238,15 @@ async fn attempts(
             // Unreachable: a consumed streaming body ends the loop below.
             return (local_reply(StatusCode::SERVICE_UNAVAILABLE, RESET), None);
         };
-        let mut head = if more {
+        // Set before the copy, which then has room for it.
+        f.head
+            .headers
+            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), number(attempt.into()));
+        let head = if more {
             f.head.clone()
         } else {
             std::mem::replace(&mut f.head, Request::new(()).into_parts().0)
         };
-        head.headers
-            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         let req = Request::from_parts(head, body);
         let guard = ActiveGuard::new(ep.clone());
         let started = Instant::now();
@@ -265,6 +272,16 @@ async fn attempts(
                 Outcome::Failed(e) => f.retry.on_error(e),
                 Outcome::TimedOut => f.retry.on_timeout(),
             };
+        // A keep-alive connection the peer closed as the request went out (Node's 5 s
+        // keepAliveTimeout and the like): resend once on a fresh connection, uncounted, when
+        // the request is idempotent and can be rebuilt (as Go's HTTP client does).
+        let stale = matches!(&outcome, Outcome::Failed(e) if e.is_stale_connection());
+        if !retry && stale && more && idempotent && !stale_retried && f.body.available() {
+            debug!(endpoint = %ep.addr, "pooled connection was closed by the peer; resending");
+            stale_retried = true;
+            attempt -= 1;
+            continue;
+        }
         if retry {
             debug!(endpoint = %ep.addr, attempt, "retrying upstream request");
             drop(outcome); // a retried response is discarded (its connection closes)
@@ -278,7 +295,7 @@ async fn attempts(
                 let (mut parts, inc) = sent.resp.into_parts();
                 parts
                     .headers
-                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(ms));
+                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), number(ms));
                 Response::from_parts(
                     parts,
                     ProxyBody::upstream(inc, sent.give_back, Some(guard), deadline),
@@ -304,6 +321,17 @@ fn failed(f: &mut Forward<'_>, e: UpstreamError, unsent: Option<Request<UpBody>>
         f.body.put_back(req.into_body());
     }
     Outcome::Failed(e)
+}
+
+/// Small numbers as header values, formatted once: cloning one shares its bytes, so the
+/// attempt count and service time cost no allocation per request.
+fn number(n: u64) -> HeaderValue {
+    static SMALL: LazyLock<Vec<HeaderValue>> =
+        LazyLock::new(|| (0..1024u64).map(HeaderValue::from).collect());
+    match SMALL.get(n as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
+    }
 }
 
 /// Envoy's fully jittered exponential back-off: base 25 ms, at most 250 ms.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, SET_COOKIE};
@@ -47,41 +47,39 @@ struct Routed<'a> {
 pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
     let (mut head, body) = req.into_parts();
-    let ids = trace::ensure_headers(&mut head.headers, proxy.opts.trace_sampling);
+    let sampled = trace::ensure_headers(&mut head.headers, proxy.opts.trace_sampling);
     // Span fields are copied only when a span will actually be exported.
     let span = match &proxy.exporter {
-        Some(_) if ids.sampled => Some((
-            SystemTime::now(),
-            Instant::now(),
-            head.method.to_string(),
-            head.uri.path().to_owned(),
-            trace::value_string(&headers::authority(&head)),
-            head.headers
-                .get(&trace::X_REQUEST_ID)
-                .map(trace::value_string),
-        )),
+        Some(_) if sampled => {
+            let h =
+                |name: &http::header::HeaderName| head.headers.get(name).map(trace::value_string);
+            Some(Span {
+                trace_id: h(&trace::X_B3_TRACEID).unwrap_or_default(),
+                span_id: h(&trace::X_B3_SPANID).unwrap_or_default(),
+                parent_span_id: h(&trace::X_B3_PARENTSPANID),
+                request_id: h(&trace::X_REQUEST_ID),
+                start: SystemTime::now(),
+                duration: Duration::ZERO,
+                method: head.method.to_string(),
+                authority: trace::value_string(&headers::authority(&head)),
+                path: head.uri.path().to_owned(),
+                status: 0,
+                upstream_cluster: None,
+                upstream_addr: None,
+            })
+        }
         _ => None,
     };
+    let t0 = Instant::now();
     let snap = proxy.snapshot();
     let mut routed = Routed::default();
     let resp = route(conn, &snap, head, body, &mut routed).await;
-    if let (Some((start, t0, method, path, authority, request_id)), Some(exporter)) =
-        (span, &proxy.exporter)
-    {
-        exporter.export(Span {
-            trace_id: trace::value_string(&ids.trace_id),
-            span_id: trace::value_string(&ids.span_id),
-            parent_span_id: ids.parent_span_id.as_ref().map(trace::value_string),
-            request_id,
-            start,
-            duration: t0.elapsed(),
-            method,
-            authority,
-            path,
-            status: resp.status().as_u16(),
-            upstream_cluster: routed.cluster.map(cluster_name),
-            upstream_addr: routed.upstream,
-        });
+    if let (Some(mut span), Some(exporter)) = (span, &proxy.exporter) {
+        span.duration = t0.elapsed();
+        span.status = resp.status().as_u16();
+        span.upstream_cluster = routed.cluster.map(cluster_name);
+        span.upstream_addr = routed.upstream;
+        exporter.export(span);
     }
     resp
 }

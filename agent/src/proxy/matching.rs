@@ -31,8 +31,9 @@ impl Str {
         match m {
             StringMatch::Exact(s) => Str::Exact(s.as_str().into()),
             StringMatch::Prefix(s) => Str::Prefix(s.as_str().into()),
-            // Re-anchored here so a pattern written without anchors still needs a full match;
-            // the original compiled, so the wrapped one does too.
+            // Envoy regexes are full matches. `istio::convert` already anchors its patterns,
+            // but re-wrapping is always correct (a pattern like `^a|b$` only looks anchored) and
+            // costs one compile per config change.
             StringMatch::Regex(re) => Str::Regex(
                 Regex::new(&format!("^(?:{})$", re.as_str()))
                     .unwrap_or_else(|_| re.as_ref().clone()),

@@ -21,8 +21,13 @@ use super::{OriginalDst, Proxy};
 /// config current when the request arrives.
 pub async fn serve(listener: TcpListener, original_dst: Arc<dyn OriginalDst>, proxy: Arc<Proxy>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The timer lets hyper enforce its header-read timeout on slow or idle HTTP/1 clients.
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    // No header-read timeout, like Envoy's default `request_headers_timeout: 0` (hyper's would
+    // also cost a timer allocation per request).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {

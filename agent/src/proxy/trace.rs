@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -19,6 +20,8 @@ pub(crate) static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-
 pub(crate) static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 
 /// One finished proxy span, handed to the exporter when the response headers are sent.
+// Its fields are read by exporters, which the agent does not have yet.
+#[allow(dead_code)]
 #[derive(Clone, Debug)]
 pub struct Span {
     pub trace_id: String,
@@ -43,114 +46,124 @@ pub trait SpanExporter: Send + Sync {
     fn export(&self, span: Span);
 }
 
-/// The trace identity of one request after [`ensure_headers`]: cheap clones of the header
-/// values, so building a [`Span`] later needs no parsing.
-#[derive(Debug)]
-pub(crate) struct TraceIds {
-    pub sampled: bool,
-    pub trace_id: HeaderValue,
-    pub span_id: HeaderValue,
-    pub parent_span_id: Option<HeaderValue>,
-}
-
-/// Fills in the request id and B3 headers. `sampling` is the percentage of NEW traces
-/// sampled; a continued trace keeps the caller's decision.
-pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> TraceIds {
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), uuid_v4());
+/// Fills in the request id and B3 headers and tells whether the request is sampled.
+/// `sampling` is the percentage of NEW traces sampled; a continued trace keeps the caller's
+/// decision.
+pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> bool {
+    // Room for what this and the router add, so the map grows once instead of per insert.
+    headers.reserve(8);
+    let continuing = headers.contains_key(&X_B3_TRACEID);
+    let fresh = Fresh::new(!headers.contains_key(&X_REQUEST_ID), !continuing);
+    if let Some(rid) = fresh.request_id {
+        headers.insert(X_REQUEST_ID.clone(), rid);
     }
-    let span_id = hex_value(&fastrand::u64(..).to_be_bytes());
-    if let Some(trace_id) = headers.get(&X_B3_TRACEID).cloned() {
+    if continuing {
         // Continue the caller's trace: its span is our parent.
-        let parent = headers.get(&X_B3_SPANID).cloned();
-        match &parent {
-            Some(p) => {
-                headers.insert(X_B3_PARENTSPANID.clone(), p.clone());
-            }
-            None => {
-                headers.remove(&X_B3_PARENTSPANID);
-            }
-        }
-        headers.insert(X_B3_SPANID.clone(), span_id.clone());
-        let sampled = match headers.get(&X_B3_SAMPLED) {
-            Some(v) => v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"),
-            None => {
-                let s = decide(sampling);
-                headers.insert(X_B3_SAMPLED.clone(), sampled_value(s));
-                s
-            }
+        match headers.get(&X_B3_SPANID).cloned() {
+            Some(parent) => headers.insert(X_B3_PARENTSPANID.clone(), parent),
+            None => headers.remove(&X_B3_PARENTSPANID),
         };
-        TraceIds {
-            sampled,
-            trace_id,
-            span_id,
-            parent_span_id: parent,
-        }
     } else {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&fastrand::u64(..).to_be_bytes());
-        id[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
-        let trace_id = hex_value(&id);
         // A stale parent without a trace id means nothing: drop it.
         headers.remove(&X_B3_PARENTSPANID);
-        headers.insert(X_B3_TRACEID.clone(), trace_id.clone());
-        headers.insert(X_B3_SPANID.clone(), span_id.clone());
-        let sampled = match headers.get(&X_B3_SAMPLED) {
-            Some(v) => v.as_bytes() == b"1",
-            None => {
-                let s = decide(sampling);
-                headers.insert(X_B3_SAMPLED.clone(), sampled_value(s));
-                s
-            }
-        };
-        TraceIds {
-            sampled,
-            trace_id,
-            span_id,
-            parent_span_id: None,
+        if let Some(trace_id) = fresh.trace_id {
+            headers.insert(X_B3_TRACEID.clone(), trace_id);
         }
     }
+    headers.insert(X_B3_SPANID.clone(), fresh.span_id);
+    match headers.get(&X_B3_SAMPLED) {
+        Some(v) => v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"),
+        None => {
+            let s = decide(sampling);
+            headers.insert(
+                X_B3_SAMPLED.clone(),
+                HeaderValue::from_static(if s { "1" } else { "0" }),
+            );
+            s
+        }
+    }
+}
+
+/// New ids for one request, formatted into one shared buffer (one allocation, not three).
+struct Fresh {
+    request_id: Option<HeaderValue>,
+    trace_id: Option<HeaderValue>,
+    span_id: HeaderValue,
+}
+
+impl Fresh {
+    fn new(request_id: bool, trace_id: bool) -> Fresh {
+        let mut buf = [0u8; 36 + 32 + 16];
+        let mut len = 0;
+        if request_id {
+            uuid_v4(&mut buf[..36]);
+            len = 36;
+        }
+        if trace_id {
+            hex(&random_bytes::<16>(), &mut buf[len..len + 32]);
+            len += 32;
+        }
+        hex(&random_bytes::<8>(), &mut buf[len..len + 16]);
+        len += 16;
+        let all = Bytes::copy_from_slice(&buf[..len]);
+        let value = |r: std::ops::Range<usize>| {
+            let b = if r.len() == all.len() {
+                all.clone()
+            } else {
+                all.slice(r)
+            };
+            HeaderValue::from_maybe_shared(b)
+                .expect("hex digits and dashes are a valid header value")
+        };
+        let mut at = 0;
+        let mut take = |n: usize| {
+            at += n;
+            value(at - n..at)
+        };
+        Fresh {
+            request_id: request_id.then(|| take(36)),
+            trace_id: trace_id.then(|| take(32)),
+            span_id: take(16),
+        }
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    for chunk in b.chunks_mut(8) {
+        chunk.copy_from_slice(&fastrand::u64(..).to_be_bytes()[..chunk.len()]);
+    }
+    b
 }
 
 fn decide(sampling: f64) -> bool {
     sampling >= 100.0 || (sampling > 0.0 && fastrand::f64() * 100.0 < sampling)
 }
 
-fn sampled_value(s: bool) -> HeaderValue {
-    HeaderValue::from_static(if s { "1" } else { "0" })
-}
-
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Lower-case hex of up to 16 bytes, formatted on the stack.
-fn hex_value(bytes: &[u8]) -> HeaderValue {
-    let mut buf = [0u8; 32];
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex(bytes: &[u8], out: &mut [u8]) {
     for (i, b) in bytes.iter().enumerate() {
-        buf[2 * i] = HEX[usize::from(b >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
-    HeaderValue::from_bytes(&buf[..2 * bytes.len()]).expect("hex digits are a valid header value")
 }
 
-/// A random (version 4, RFC 4122 variant) UUID, `8-4-4-4-12` lower-case hex.
-pub(crate) fn uuid_v4() -> HeaderValue {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&fastrand::u64(..).to_be_bytes());
-    b[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+/// A random (version 4, RFC 4122 variant) UUID, `8-4-4-4-12` lower-case hex, into `out`.
+fn uuid_v4(out: &mut [u8]) {
+    let mut b = random_bytes::<16>();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = [0u8; 36];
     let mut o = 0;
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
             out[o] = b'-';
             o += 1;
         }
-        out[o] = HEX[usize::from(byte >> 4)];
-        out[o + 1] = HEX[usize::from(byte & 0xf)];
+        hex(&[*byte], &mut out[o..o + 2]);
         o += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
 }
 
 pub(crate) fn value_string(v: &HeaderValue) -> String {

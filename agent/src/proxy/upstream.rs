@@ -41,6 +41,8 @@ pub(crate) enum UpstreamError {
     #[error("request to {addr} reset before the response headers")]
     Reset {
         addr: SocketAddr,
+        /// Sent on a pooled keep-alive connection (not a fresh one).
+        reused: bool,
         #[source]
         source: hyper::Error,
     },
@@ -50,6 +52,12 @@ impl UpstreamError {
     /// Envoy's `connect-failure`: the TCP (or HTTP) connection could not be set up.
     pub(crate) fn is_connect_failure(&self) -> bool {
         !matches!(self, UpstreamError::Reset { .. })
+    }
+
+    /// The peer closed an idle keep-alive connection just as the request went out on it
+    /// (nothing came back): the request most likely never reached the application.
+    pub(crate) fn is_stale_connection(&self) -> bool {
+        matches!(self, UpstreamError::Reset { reused: true, source, .. } if source.is_incomplete_message())
     }
 }
 
@@ -166,6 +174,7 @@ async fn send_h1(
                     return Err((
                         UpstreamError::Reset {
                             addr: ep.addr,
+                            reused: true,
                             source: e.into_error(),
                         },
                         None,
@@ -185,6 +194,7 @@ async fn send_h1(
             Err((
                 UpstreamError::Reset {
                     addr: ep.addr,
+                    reused: false,
                     source: e.into_error(),
                 },
                 req,
@@ -219,6 +229,7 @@ async fn send_h2(
         let slot = ep.h2.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().filter(|s| !s.is_closed()).cloned()
     };
+    let reused = shared.is_some();
     let mut sender = match shared {
         Some(s) => s,
         None => match connect_h2(ep.addr, opts.connect_timeout).await {
@@ -233,6 +244,7 @@ async fn send_h2(
         return Err((
             UpstreamError::Reset {
                 addr: ep.addr,
+                reused,
                 source,
             },
             Some(req),
@@ -248,6 +260,7 @@ async fn send_h2(
             Err((
                 UpstreamError::Reset {
                     addr: ep.addr,
+                    reused,
                     source: e.into_error(),
                 },
                 req,

@@ -146,17 +146,76 @@ async fn max_throughput() {
     ))
     .await;
     let rss0 = rss_kib();
-    let direct = saturate(backend, 32, 3).await;
-    let proxied = saturate(h.addr, 32, 3).await;
-    eprintln!("direct {direct:.0} req/s, proxied {proxied:.0} req/s");
     // `MP_BENCH_EXTERNAL`: another proxy in front of the same backend, for comparison.
-    if let Ok(other) = std::env::var("MP_BENCH_EXTERNAL") {
-        let other = saturate(other.parse().unwrap(), 32, 3).await;
-        eprintln!("external proxy {other:.0} req/s");
+    let other: Option<SocketAddr> = std::env::var("MP_BENCH_EXTERNAL")
+        .ok()
+        .map(|a| a.parse().unwrap());
+    for round in 0..3 {
+        let direct = saturate(backend, 32, 3).await;
+        let proxied = saturate(h.addr, 32, 3).await;
+        eprintln!("round {round}: direct {direct:.0} req/s, proxied {proxied:.0} req/s");
+        if let Some(other) = other {
+            eprintln!(
+                "round {round}: external proxy {:.0} req/s",
+                saturate(other, 32, 3).await
+            );
+        }
     }
     eprintln!(
         "process RSS {} KiB before, {} KiB after (client, proxy and backend)",
         rss0,
         rss_kib()
+    );
+}
+
+/// Counts heap allocations in this test binary, to see what one proxied request costs.
+struct Counting;
+
+static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn allocations_per_request() {
+    let (backend, _b) = plain_backend().await;
+    let h = start(config(
+        vec![],
+        vec![(key("svc"), cluster(&[backend], RoundRobin))],
+    ))
+    .await;
+    let count = |addr| async move {
+        let mut sender = connection(addr).await;
+        one(&mut sender).await;
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..10_000 {
+            one(&mut sender).await;
+        }
+        (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 10_000.0
+    };
+    let direct = count(backend).await;
+    let proxied = count(h.addr).await;
+    eprintln!(
+        "allocations per request: direct {direct:.1}, proxied {proxied:.1}, proxy's share {:.1}",
+        proxied - direct
     );
 }

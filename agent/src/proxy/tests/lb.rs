@@ -68,7 +68,7 @@ async fn least_request_avoids_the_busy_endpoint() {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert!(
-        slow.count() <= 5,
+        slow.count() <= 10,
         "the busy endpoint got {} of 50",
         slow.count()
     );

@@ -29,7 +29,7 @@ fn start() -> Cluster {
         "limits.yaml",
         &docs(&[
             service("web", "10.96.0.40", 80, "8080", "TCP", ""),
-            endpoint_slice("web", 8080, "TCP", &[p1.clone()]),
+            endpoint_slice("web", 8080, "TCP", std::slice::from_ref(&p1)),
             dr("web", 2),
             service("cycle", "10.96.0.41", 80, "8080", "TCP", ""),
             endpoint_slice("cycle", 8080, "TCP", &[p2]),

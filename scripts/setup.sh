@@ -35,6 +35,38 @@ else
   log "Debian packages present"
 fi
 
+# nginx and HAProxy for the L7 rows of `cargo xtask bench`: the bench runs their binaries itself,
+# inside its per-run network namespaces; their system services must neither start nor be enabled.
+BENCH_DEB_PACKAGES=(nginx haproxy)
+missing=()
+for p in "${BENCH_DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages for the L7 benchmark (services not started): ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # policy-rc.d exiting 101 makes invoke-rc.d skip starting the packages' services.
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
+  # The packages enable their units for the next boot; undo that where systemd runs.
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --quiet "${missing[@]}" 2>/dev/null || true
+  fi
+else
+  log "nginx and haproxy present (for the L7 benchmark)"
+fi
+
 # rustup's cargo for the userspace workspace; without rustup, Debian's cargo is used.
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"

@@ -4,14 +4,19 @@
 
 mod fortio;
 mod iptables;
+mod l7;
+mod l7checks;
+mod l7report;
 mod model;
 mod proc;
 mod report;
+mod revproxy;
 mod scenario;
 mod stats;
 mod stream;
 mod svg;
 mod sysinfo;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,21 +26,24 @@ use anyhow::{bail, Context, Result};
 
 use crate::paths::workspace_root;
 use crate::test::{cargo, require_root};
-use model::{Scenario, LATENCY_CONNS, MAXQPS_CONNS};
+use model::{Scenario, CORE, L7, LATENCY_CONNS, MAXQPS_CONNS};
 use scenario::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Repeats of the scenario sequence (a, b, c, d); the table shows medians over them.
+    /// Repeats of the scenario sequence (a, b, c, d, then the L7 ones); the tables show medians
+    /// over them.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: u32,
     /// Length of every fortio run and of the bulk stream, e.g. 5s, 1500ms, 1m.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Scenarios to run, comma-separated: a (direct), b (iptables), c (meshpath LB),
-    /// d (meshpath LB + socket redirection). Ratios need a.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "a,b,c,d")]
-    pub scenarios: Vec<Scenario>,
+    /// d (meshpath LB + socket redirection); the L7 hop: l7-direct, l7-meshpath (meshpath's node
+    /// proxy), l7-nginx, l7-haproxy (the "L7 hop" section; its ratios and added latency are
+    /// against l7-direct). Groups: core = a,b,c,d; l7 = the four L7 ones; all. Ratios need a.
+    #[arg(long, value_delimiter = ',', default_value = "core,l7", value_parser = model::parse_picks)]
+    pub scenarios: Vec<model::Picks>,
     /// How the fortio echo server listens: `wildcard` is fortio's (Go's) default dual-stack
     /// `[::]` socket, on which IPv4 connections are AF_INET6 sockets with v4-mapped addresses;
     /// `pod-ip` binds an AF_INET socket to the backend pod's address.
@@ -76,7 +84,7 @@ const OVERHEAD_PER_SCENARIO_S: f64 = 2.5;
 
 pub fn run(args: BenchArgs) -> Result<()> {
     require_root("the benchmark creates network namespaces, cgroups and iptables rules inside them, and loads eBPF programs")?;
-    let mut scenarios = args.scenarios.clone();
+    let mut scenarios: Vec<Scenario> = args.scenarios.iter().flat_map(|p| p.0.clone()).collect();
     scenarios.sort();
     scenarios.dedup();
     let fortio = fortio::find()?;
@@ -129,20 +137,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
         iptables_version: sysinfo::iptables_version(),
         fortio_server_listen: args.fortio_listen.describe(),
     };
-    let runs_per_scenario = (LATENCY_CONNS.len() + MAXQPS_CONNS.len() + 1) as f64;
+    // Core scenarios add the bulk stream to the fortio runs; the L7 ones do not.
+    let fortio_runs = (LATENCY_CONNS.len() + MAXQPS_CONNS.len()) as f64;
+    let runs_per_repeat: f64 = scenarios
+        .iter()
+        .map(|s| {
+            if s.is_l7() {
+                fortio_runs
+            } else {
+                fortio_runs + 1.0
+            }
+        })
+        .sum();
     let estimate = f64::from(args.repeats)
-        * scenarios.len() as f64
-        * (runs_per_scenario * args.duration.as_secs_f64() + OVERHEAD_PER_SCENARIO_S);
+        * (runs_per_repeat * args.duration.as_secs_f64()
+            + scenarios.len() as f64 * OVERHEAD_PER_SCENARIO_S);
     eprintln!(
-        "bench: {} repeats × scenarios {} × {} runs of {:.1} s; estimated {:.0} min {:.0} s \
-         (release build; kernel {}, {} cores)",
+        "bench: {} repeats × scenarios {} ({:.0} runs of {:.1} s per repeat); estimated {:.0} min \
+         {:.0} s (release build; kernel {}, {} cores)",
         args.repeats,
         scenarios
             .iter()
             .map(|s| s.key())
             .collect::<Vec<_>>()
             .join(","),
-        runs_per_scenario,
+        runs_per_repeat,
         args.duration.as_secs_f64(),
         (estimate / 60.0).floor(),
         estimate % 60.0,
@@ -164,6 +183,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut evidence = Vec::new();
     let mut problems = Vec::new();
     let mut missing: BTreeMap<Scenario, String> = BTreeMap::new();
+    // nginx / HAProxy missing: those scenarios are not available (the others still run).
+    let l7_versions = revproxy::versions(&scenarios, &mut missing);
     let t0 = std::time::Instant::now();
     'repeats: for repeat in 1..=args.repeats {
         for &sc in &scenarios {
@@ -184,7 +205,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 sc.key(),
                 sc.describe()
             );
-            match scenario::run(sc, repeat, &cfg) {
+            let result = if sc.is_l7() {
+                l7::run(sc, repeat, &cfg)
+            } else {
+                scenario::run(sc, repeat, &cfg)
+            };
+            match result {
                 Ok(run) => {
                     for r in run.records.iter().filter(|r| r.error.is_some()) {
                         eprintln!(
@@ -214,7 +240,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    for sc in [Scenario::A, Scenario::B, Scenario::C, Scenario::D] {
+    for sc in CORE.into_iter().chain(L7) {
         if !scenarios.contains(&sc) {
             missing.insert(sc, "not run (not in --scenarios)".into());
         }
@@ -230,12 +256,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let notes = redirect_notes(&evidence, args.fortio_listen);
+    let (l7_evidence, evidence): (Vec<_>, Vec<_>) =
+        evidence.into_iter().partition(|(_, ev)| ev["l7"] == true);
+    let (l7_scenarios, core): (Vec<Scenario>, Vec<Scenario>) =
+        scenarios.iter().partition(|s| s.is_l7());
+    let l7_section = (!l7_scenarios.is_empty()).then(|| {
+        let l7_missing = missing
+            .iter()
+            .filter(|(s, _)| l7_scenarios.contains(s))
+            .map(|(s, w)| (*s, w.clone()))
+            .collect();
+        l7report::L7Section::build(&records, l7_scenarios, l7_missing, l7_evidence, l7_versions)
+    });
     let rows = stats::rows();
-    let table = stats::summarize(&rows, &records, &scenarios);
-    let checks = stats::targets(&rows, &table, &missing);
+    let table = stats::summarize(&rows, &records, &core);
+    let checks = if core.is_empty() {
+        Vec::new()
+    } else {
+        stats::targets(&rows, &table, &missing)
+    };
     let rep = report::Report {
         meta: &meta,
-        scenarios: &scenarios,
+        scenarios: &core,
+        l7: l7_section.as_ref(),
         missing: &missing,
         rows: &rows,
         table: &table,
@@ -262,14 +305,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         meta.started_utc, meta.kernel, meta.cpu_model, meta.cores, meta.fortio_version,
         meta.fortio_server_listen, meta.meshpath_commit, meta.repeats, meta.duration_s
     ));
-    summary.push_str(&rep.table_md());
-    for (sc, why) in &missing {
+    if !core.is_empty() {
+        summary.push_str(&rep.table_md());
+    }
+    for (sc, why) in missing.iter().filter(|(s, _)| scenarios.contains(s)) {
         summary.push_str(&format!("\n({}) {why}", sc.key()));
     }
-    summary.push_str("\n\nTargets:\n");
-    for c in &checks {
-        summary.push_str(&c.line());
-        summary.push('\n');
+    if !core.is_empty() {
+        summary.push_str("\n\nTargets:\n");
+        for c in &checks {
+            summary.push_str(&c.line());
+            summary.push('\n');
+        }
+    }
+    if let Some(l7) = &l7_section {
+        summary.push_str(&l7.summary());
     }
     for n in &notes {
         summary.push_str(&format!("NOTE  {n}\n"));
@@ -283,8 +333,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         format!(" (copied to {})", out_root.join("latest.md").display())
     };
     summary.push_str(&format!(
-        "\nresults: {}: results.md{latest}, results.json, latency.svg; took {:.0} s\n",
+        "\nresults: {}: results.md{latest}, results.json, {}; took {:.0} s\n",
         dir.display(),
+        match (core.is_empty(), l7_section.is_none()) {
+            (false, true) => "latency.svg",
+            (true, false) => "latency-l7.svg",
+            _ => "latency.svg, latency-l7.svg",
+        },
         t0.elapsed().as_secs_f64()
     ));
     #[allow(clippy::print_stdout)] // the table is the command's output

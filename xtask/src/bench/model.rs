@@ -15,7 +15,34 @@ pub enum Scenario {
     C,
     /// The same with sock_ops + sk_msg socket redirection on.
     D,
+    /// L7 rows' baseline: direct pod IP, no proxy, nothing loaded (interleaved with the three
+    /// L7 hops, so its numbers come from the same stretch of time as theirs).
+    #[value(name = "l7-direct")]
+    #[serde(rename = "l7-direct")]
+    L7Direct,
+    /// One L7 hop through meshpath's node proxy: ClusterIP steered by the kernel to the proxy.
+    #[value(name = "l7-meshpath")]
+    #[serde(rename = "l7-meshpath")]
+    L7Meshpath,
+    /// One L7 hop through nginx as a keep-alive reverse proxy in the node netns.
+    #[value(name = "l7-nginx")]
+    #[serde(rename = "l7-nginx")]
+    L7Nginx,
+    /// One L7 hop through HAProxy as a keep-alive reverse proxy in the node netns.
+    #[value(name = "l7-haproxy")]
+    #[serde(rename = "l7-haproxy")]
+    L7Haproxy,
 }
+
+/// The kernel-path comparison (the main table).
+pub const CORE: [Scenario; 4] = [Scenario::A, Scenario::B, Scenario::C, Scenario::D];
+/// The L7-hop comparison (its own section, ratios against [`Scenario::L7Direct`]).
+pub const L7: [Scenario; 4] = [
+    Scenario::L7Direct,
+    Scenario::L7Meshpath,
+    Scenario::L7Nginx,
+    Scenario::L7Haproxy,
+];
 
 impl Scenario {
     pub fn key(self) -> &'static str {
@@ -24,7 +51,15 @@ impl Scenario {
             Scenario::B => "b",
             Scenario::C => "c",
             Scenario::D => "d",
+            Scenario::L7Direct => "l7-direct",
+            Scenario::L7Meshpath => "l7-meshpath",
+            Scenario::L7Nginx => "l7-nginx",
+            Scenario::L7Haproxy => "l7-haproxy",
         }
+    }
+
+    pub fn is_l7(self) -> bool {
+        L7.contains(&self)
     }
 
     /// Short column header.
@@ -34,6 +69,10 @@ impl Scenario {
             Scenario::B => "(b) iptables",
             Scenario::C => "(c) meshpath LB",
             Scenario::D => "(d) meshpath LB+redirect",
+            Scenario::L7Direct => "direct",
+            Scenario::L7Meshpath => "meshpath proxy",
+            Scenario::L7Nginx => "nginx",
+            Scenario::L7Haproxy => "HAProxy",
         }
     }
 
@@ -51,8 +90,44 @@ impl Scenario {
                 "ClusterIP via meshpath connect-time LB with sock_ops + sk_msg socket redirection \
                  (--socket-redirect true)"
             }
+            Scenario::L7Direct => {
+                "direct pod IP, no proxy, meshpath not loaded (the L7 rows' baseline)"
+            }
+            Scenario::L7Meshpath => {
+                "ClusterIP of a Service with a VirtualService http route: the kernel steers the \
+                 connect to meshpath's node proxy on 10.244.0.1:151xx (node netns; 2 worker \
+                 threads), which forwards over keep-alive upstream connections"
+            }
+            Scenario::L7Nginx => {
+                "nginx reverse proxy on 10.244.0.1 in the node netns (worker_processes 2, \
+                 upstream keepalive 64, HTTP/1.1 upstream), meshpath not loaded"
+            }
+            Scenario::L7Haproxy => {
+                "HAProxy reverse proxy on 10.244.0.1 in the node netns (mode http, nbthread 2, \
+                 http-reuse always), meshpath not loaded"
+            }
         }
     }
+}
+
+/// Scenarios named by one `--scenarios` item (a group names several).
+#[derive(Clone, Debug)]
+pub struct Picks(pub Vec<Scenario>);
+
+pub fn parse_picks(s: &str) -> Result<Picks, String> {
+    use clap::ValueEnum;
+    let v = match s.trim() {
+        "core" => CORE.to_vec(),
+        "l7" => L7.to_vec(),
+        "all" => CORE.iter().chain(&L7).copied().collect(),
+        one => vec![Scenario::from_str(one, true).map_err(|_| {
+            format!(
+                "unknown scenario {one:?} (a, b, c, d, l7-direct, l7-meshpath, l7-nginx, \
+                 l7-haproxy, or a group: core, l7, all)"
+            )
+        })?],
+    };
+    Ok(Picks(v))
 }
 
 /// The kinds of measurement run in every scenario.
@@ -94,6 +169,25 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// The tool's own JSON output (fortio's minus its payload; mp-testpod stream's report).
     pub raw: serde_json::Value,
+    /// L7 hops: the proxy process's CPU and memory during this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUsage>,
+}
+
+/// What the proxy process(es) of an L7 hop used during one fortio run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyUsage {
+    /// utime + stime over the run, all of the proxy's processes and threads, in seconds.
+    pub cpu_s: f64,
+    /// Requests fortio made in the run (the CPU is divided by these).
+    pub requests: u64,
+    /// CPU per request × 1000 × 100: % of one core at 1000 requests/s.
+    pub cpu_pct_per_1000_rps: Option<f64>,
+    /// Largest VmRSS (sum over the proxy's processes) sampled during the run, KiB.
+    pub rss_peak_kib: u64,
+    /// TCP connections the backend pod accepted during the run: the proxy's new upstream
+    /// connections (keep-alive working: few; None if unreadable).
+    pub upstream_opens: Option<u64>,
 }
 
 impl RunRecord {
@@ -112,6 +206,7 @@ impl RunRecord {
             failed_requests: 0,
             error: None,
             raw: serde_json::Value::Null,
+            proxy: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use super::fortio::PAYLOAD_BYTES;
+use super::l7report::L7Section;
 use super::model::{RunRecord, Scenario};
 use super::stats::{Better, Check, Row, Table};
 use super::svg;
@@ -16,7 +17,10 @@ use super::sysinfo::Meta;
 
 pub struct Report<'a> {
     pub meta: &'a Meta,
+    /// The kernel-path scenarios (a)–(d) that were selected; may be empty (L7 only).
     pub scenarios: &'a [Scenario],
+    /// The "L7 hop" section, when any L7 scenario was selected.
+    pub l7: Option<&'a L7Section>,
     /// Scenarios without results and why ("not available: ...", "failed: ...").
     pub missing: &'a BTreeMap<Scenario, String>,
     pub rows: &'a [Row],
@@ -130,6 +134,26 @@ impl Report<'_> {
             "- repeats: {}, duration per run: {} s, payload: {}\n",
             m.repeats, m.duration_s, m.payload
         );
+        if !self.scenarios.is_empty() {
+            self.core_markdown(&mut s);
+        }
+        if let Some(l7) = self.l7 {
+            s.push_str(&l7.markdown());
+        }
+        if !self.problems.is_empty() {
+            s.push_str("\n## Problems\n\n");
+            for p in self.problems {
+                let _ = writeln!(s, "- {p}");
+            }
+        }
+        if !self.scenarios.is_empty() {
+            s.push_str(METHOD);
+        }
+        s
+    }
+
+    /// Scenarios (a)–(d): table, targets, notes, spread, evidence.
+    fn core_markdown(&self, s: &mut String) {
         s.push_str("## Scenarios\n\n");
         for sc in self.scenarios {
             let status = match self.missing.get(sc) {
@@ -179,14 +203,6 @@ impl Report<'_> {
                 load[1]
             );
         }
-        if !self.problems.is_empty() {
-            s.push_str("\n## Problems\n\n");
-            for p in self.problems {
-                let _ = writeln!(s, "- {p}");
-            }
-        }
-        s.push_str(METHOD);
-        s
     }
 
     pub fn json(&self) -> Value {
@@ -228,6 +244,7 @@ impl Report<'_> {
             "evidence": evidence,
             "problems": self.problems,
             "notes": self.notes,
+            "l7": self.l7.map(L7Section::json),
             "runs": self.records,
         })
     }
@@ -255,10 +272,23 @@ impl Report<'_> {
             self.meta.repeats,
             self.meta.duration_s
         );
-        put(
-            "latency.svg",
-            &svg::render(self.rows, self.table, self.scenarios, &subtitle),
-        )?;
+        if !self.scenarios.is_empty() {
+            put(
+                "latency.svg",
+                &svg::render(self.rows, self.table, self.scenarios, &subtitle),
+            )?;
+        }
+        if let Some(l7) = self.l7 {
+            put(
+                "latency-l7.svg",
+                &svg::render(
+                    &l7.rows,
+                    &l7.table,
+                    &l7.scenarios,
+                    &format!("L7 hop; {subtitle}"),
+                ),
+            )?;
+        }
         if let Some(parent) = dir.parent().filter(|_| update_latest) {
             let latest = parent.join("latest.md");
             std::fs::write(&latest, &md)

@@ -209,6 +209,12 @@ fn set_up_path(
     cfg: &Config,
 ) -> Result<DataPath, Failure> {
     match sc {
+        Scenario::L7Direct | Scenario::L7Meshpath | Scenario::L7Nginx | Scenario::L7Haproxy => {
+            Err(Failure::Failed(anyhow::anyhow!(
+                "({}) is an L7 scenario: run by l7.rs",
+                sc.key()
+            )))
+        }
         Scenario::A => Ok(DataPath::Direct),
         Scenario::B => {
             let svc = |name: &str, ip, port, target| iptables::Service {
@@ -307,7 +313,7 @@ fn path_counters(path: &DataPath) -> Result<Map<String, Value>> {
 }
 
 /// The 1-minute load average (0 if unreadable).
-fn loadavg() -> f64 {
+pub(super) fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())

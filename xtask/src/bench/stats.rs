@@ -99,7 +99,8 @@ pub struct Cell {
     pub median: Option<f64>,
     pub min: Option<f64>,
     pub max: Option<f64>,
-    /// median / median of (a), for every direction of "better".
+    /// median / median of the baseline ((a); l7-direct for the L7 rows), for every direction
+    /// of "better".
     pub ratio_vs_a: Option<f64>,
     /// Runs of this metric that failed outright.
     pub failed_runs: usize,
@@ -128,6 +129,16 @@ pub fn median(v: &[f64]) -> Option<f64> {
 pub type Table = BTreeMap<(usize, Scenario), Cell>;
 
 pub fn summarize(rows: &[Row], records: &[RunRecord], scenarios: &[Scenario]) -> Table {
+    summarize_vs(rows, records, scenarios, Scenario::A)
+}
+
+/// As [`summarize`], with the ratios against `base` (the L7 rows use their own direct runs).
+pub fn summarize_vs(
+    rows: &[Row],
+    records: &[RunRecord],
+    scenarios: &[Scenario],
+    base: Scenario,
+) -> Table {
     let mut t = Table::new();
     for (i, row) in rows.iter().enumerate() {
         for &sc in scenarios {
@@ -155,9 +166,9 @@ pub fn summarize(rows: &[Row], records: &[RunRecord], scenarios: &[Scenario]) ->
             };
             t.insert((i, sc), cell);
         }
-        let base = t.get(&(i, Scenario::A)).and_then(|c| c.median);
+        let base_median = t.get(&(i, base)).and_then(|c| c.median);
         for &sc in scenarios {
-            if let (Some(b), Some(cell)) = (base, t.get_mut(&(i, sc))) {
+            if let (Some(b), Some(cell)) = (base_median, t.get_mut(&(i, sc))) {
                 cell.ratio_vs_a = cell.median.map(|m| m / b);
             }
         }

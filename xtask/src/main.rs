@@ -36,8 +36,9 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         requests: u32,
     },
-    /// Benchmark meshpath against the direct pod path and kube-proxy-style iptables with fortio:
-    /// medians, ratios, results in bench-results/<UTC time>/ (root; release build).
+    /// Benchmark with fortio: meshpath's kernel path against the direct pod path and
+    /// kube-proxy-style iptables, and its L7 proxy hop against nginx and HAProxy; medians,
+    /// ratios, results in bench-results/<UTC time>/ (root; release build).
     Bench(bench::BenchArgs),
 }
 

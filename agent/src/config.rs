@@ -1,7 +1,7 @@
 //! The agent's configuration, in one place: clap derive (doc comments are the `--help`), the
 //! environment variable names beside their defaults, and parsing in a pure function.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -27,6 +27,8 @@ pub const ENV_PROXY_IP: &str = "MESHPATH_PROXY_IP";
 pub const ENV_PROXY_NETNS: &str = "MESHPATH_PROXY_NETNS";
 pub const ENV_PROXY_PORTS: &str = "MESHPATH_PROXY_PORTS";
 pub const DEFAULT_PROXY_PORTS: &str = "15100-15999";
+pub const ENV_ADMIN_ADDR: &str = "MESHPATH_ADMIN_ADDR";
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +58,24 @@ pub enum Command {
     /// would, without loading anything: one line per problem on stdout (file, line, object, field,
     /// reason), exit status 1 if there is any.
     Validate(ValidateArgs),
+    /// Print a running agent's stats (Envoy's `/stats` text from its admin listener), only the
+    /// lines containing FILTER when given, e.g. `meshpath stats upstream_rq_pending_overflow`.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print only the lines containing this text.
+    pub filter: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminAddrArg,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminAddrArg {
+    /// Address of the agent's admin listener (`/stats`, `/metrics`, `/ready`).
+    #[arg(long, env = ENV_ADMIN_ADDR, default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +163,8 @@ pub struct AgentArgs {
     /// CIDR to allocate ClusterIPs from for Services whose manifest has no `spec.clusterIP`.
     #[arg(long, env = ENV_SERVICE_CIDR, default_value = DEFAULT_SERVICE_CIDR, value_parser = parse_cidr)]
     pub service_cidr: (Ipv4Addr, u8),
+    #[command(flatten)]
+    pub admin: AdminAddrArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -161,6 +183,7 @@ pub struct AgentConfig {
     pub features: Features,
     pub compile: CompileOptions,
     pub proxy: Option<ProxyConfig>,
+    pub admin_addr: SocketAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,6 +200,7 @@ impl From<&AgentArgs> for AgentConfig {
             cgroup: a.cgroup.clone(),
             pin_dir: a.pin.pin_dir.clone(),
             bpf_object: a.bpf_object.clone(),
+            admin_addr: a.admin.admin_addr,
             features: Features {
                 connect_lb: a.connect_lb,
                 udp_datagram_lb: a.udp_datagram_lb,

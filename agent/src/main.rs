@@ -1,5 +1,6 @@
 //! `meshpath`: the node agent and its CLI.
 
+mod admin;
 mod apply;
 mod compile;
 mod config;
@@ -75,6 +76,18 @@ fn main() -> anyhow::Result<()> {
                 objects = report.objects,
                 "no problems found"
             );
+        }
+        Command::Stats(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let stats = rt
+                .block_on(admin::fetch_stats(args.admin.admin_addr))
+                .context("meshpath stats")?;
+            #[allow(clippy::print_stdout)] // CLI output
+            {
+                print!("{}", admin::filter_lines(&stats, args.filter.as_deref()));
+            }
         }
         Command::Cleanup(args) => {
             datapath::cleanup(&args.pin_dir).context("meshpath cleanup")?;

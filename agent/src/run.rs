@@ -64,14 +64,29 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let (l7_tx, l7_rx) = watch::channel(Arc::new(L7Config::default()));
+    let mut proxy_stats = None;
     let proxy = match &cfg.proxy {
         Some(p) => Some(ProxySetup {
             ip: p.ip,
             ports: p.ports,
-            listeners: ProxyListeners::new(p.ip, p.netns.clone(), Proxy::new(l7_rx.clone()))?,
+            listeners: {
+                let proxy = Proxy::new(l7_rx.clone());
+                proxy_stats = Some(proxy.stats());
+                ProxyListeners::new(p.ip, p.netns.clone(), proxy)?
+            },
         }),
         None => None,
     };
+    let admin = crate::admin::AdminState {
+        proxy: proxy_stats,
+        pin_dir: cfg.pin_dir.clone(),
+    };
+    // Not fatal: traffic matters more than stats, and several agents (tests, a restart
+    // overlapping the old process) may contend for the default port.
+    if let Err(e) = crate::admin::start(cfg.admin_addr, admin).await {
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        warn!(error = %e, cause = cause.as_deref().unwrap_or(""), "admin listener not started");
+    }
     let mut reconciler = Reconciler::new(cfg.compile.clone(), proxy, l7_tx);
     loop {
         let model = model_rx.borrow_and_update().clone();

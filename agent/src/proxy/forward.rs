@@ -29,6 +29,10 @@ pub(crate) const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub(crate) const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 const CONNECT_FAILURE: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+/// Envoy's answer when the cluster's pending-request limit is reached.
+pub(crate) const OVERFLOW: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 const RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 
 const ON_5XX: u8 = 1;
@@ -220,10 +224,41 @@ async fn attempts(
     let mut stale_retried = false;
     loop {
         attempt += 1;
-        let (ep, idx, connect_timeout) = match &f.target {
-            Target::Passthrough(ep, t) => (ep.clone(), 0, *t),
+        // The circuit breaker is checked before each attempt, as Envoy's router asks the
+        // connection pool for every try; an overflow is answered at once, never retried.
+        // HTTP/2 upstreams multiplex one connection per endpoint (Envoy's `http2MaxRequests`
+        // governs them, not pending requests), so the HTTP/1 breaker does not apply to them.
+        let slot = match &f.target {
+            Target::Cluster(c) if f.proto == Proto::Http1 => match c.breaker.admit().await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    debug!(cluster = %cluster_name(&c.key), "pending requests overflow");
+                    let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW);
+                    resp.headers_mut()
+                        .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+                    return (resp, None);
+                }
+            },
+            _ => None,
+        };
+        let (ep, idx, opts, siblings) = match &f.target {
+            Target::Passthrough(ep, t) => {
+                let opts = SendOpts {
+                    proto: f.proto,
+                    connect_timeout: *t,
+                    max_idle: f.max_idle,
+                    max_requests_per_connection: 0,
+                    max_connections: u32::MAX,
+                };
+                (ep.clone(), 0, opts, &[][..])
+            }
             Target::Cluster(c) => match lb::pick(c, f.hash, &tried) {
-                Some(i) => (c.endpoints[i].clone(), i, c.connect_timeout),
+                Some(i) => (
+                    c.endpoints[i].clone(),
+                    i,
+                    c.send_opts(f.proto, f.max_idle),
+                    &c.endpoints[..],
+                ),
                 None => {
                     debug!(cluster = %cluster_name(&c.key), "no healthy upstream");
                     return (
@@ -250,12 +285,7 @@ async fn attempts(
         let req = Request::from_parts(head, body);
         let guard = ActiveGuard::new(ep.clone());
         let started = Instant::now();
-        let opts = SendOpts {
-            proto: f.proto,
-            connect_timeout,
-            max_idle: f.max_idle,
-        };
-        let send = upstream::send(&ep, req, opts);
+        let send = upstream::send(&ep, req, opts, slot, siblings);
         let outcome = match f.retry.per_try_timeout {
             Some(t) => match tokio::time::timeout(t, send).await {
                 Ok(r) => r.map_or_else(|(e, unsent)| failed(f, e, unsent), Outcome::Sent),

@@ -14,7 +14,7 @@ use tracing::debug;
 use super::body::{ActiveGuard, ProxyBody, UpBody};
 use super::headers::{finalize_head, shadow_authority};
 use super::snapshot::ClusterRt;
-use super::upstream::{self, Proto, SendOpts};
+use super::upstream::{self, Proto};
 use super::{lb, Proxy};
 
 /// Sends a copy to the mirror cluster and forgets it: the copy's answer and failures never
@@ -38,14 +38,12 @@ pub(crate) fn spawn_shadow(
             return;
         };
         let ep = cluster.endpoints[i].clone();
-        let opts = SendOpts {
-            proto,
-            connect_timeout: cluster.connect_timeout,
-            max_idle,
-        };
+        let opts = cluster.send_opts(proto, max_idle);
         let shadow = async {
             let _active = ActiveGuard::new(ep.clone());
-            match upstream::send(&ep, Request::from_parts(head, UpBody::Full(body)), opts).await {
+            let req = Request::from_parts(head, UpBody::Full(body));
+            // No breaker slot: Envoy's shadows bypass the mirror cluster's pending queue.
+            match upstream::send(&ep, req, opts, None, &[]).await {
                 Ok(sent) => {
                     // Read the answer through so the connection goes back to the pool.
                     let (_, inc) = sent.resp.into_parts();

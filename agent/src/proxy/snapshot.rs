@@ -12,11 +12,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use super::breaker::{self, Breaker, StatsMap};
 use super::forward::RetryRt;
 use super::headers::CompiledOps;
 use super::lb::LbState;
 use super::matching::Matcher;
-use super::upstream::Endpoint;
+use super::upstream::{Endpoint, Proto, SendOpts};
 use crate::l7::{
     ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
 };
@@ -77,6 +78,22 @@ pub(crate) struct ClusterRt {
     pub policy: TrafficPolicy,
     pub lb: LbState,
     pub connect_timeout: Duration,
+    /// `connectionPool` limits and the cluster's stats.
+    pub breaker: Breaker,
+}
+
+impl ClusterRt {
+    /// Send settings for this cluster's connections.
+    pub(crate) fn send_opts(&self, proto: Proto, max_idle: usize) -> SendOpts {
+        let pool = &self.policy.connection_pool;
+        SendOpts {
+            proto,
+            connect_timeout: self.connect_timeout,
+            max_idle,
+            max_requests_per_connection: pool.max_requests_per_connection.unwrap_or(0),
+            max_connections: pool.max_connections.unwrap_or(u32::MAX),
+        }
+    }
 }
 
 pub(crate) fn cluster_name(key: &ClusterKey) -> String {
@@ -86,26 +103,45 @@ pub(crate) fn cluster_name(key: &ClusterKey) -> String {
     }
 }
 
-/// Endpoint state by address, weakly held so that it lives exactly as long as some snapshot
-/// lists the address: a config swap keeps pools and in-flight counts.
-pub(crate) type Registry = HashMap<SocketAddr, Weak<Endpoint>>;
+/// Endpoint state by cluster and address, weakly held so that it lives exactly as long as some
+/// snapshot lists it: a config swap keeps pools and in-flight counts. Each cluster has its own
+/// pools (as Envoy's), so its connections can be counted and capped (`maxConnections`);
+/// passthrough destinations use cluster `None`.
+pub(crate) type Registry = HashMap<(Option<ClusterKey>, SocketAddr), Weak<Endpoint>>;
 
 pub(crate) fn endpoint(registry: &mut Registry, addr: SocketAddr) -> Arc<Endpoint> {
-    if let Some(ep) = registry.get(&addr).and_then(Weak::upgrade) {
+    cluster_endpoint(registry, None, addr)
+}
+
+fn cluster_endpoint(
+    registry: &mut Registry,
+    cluster: Option<(&ClusterKey, &Arc<breaker::ClusterStats>)>,
+    addr: SocketAddr,
+) -> Arc<Endpoint> {
+    let key = (cluster.map(|(k, _)| k.clone()), addr);
+    if let Some(ep) = registry.get(&key).and_then(Weak::upgrade) {
         return ep;
     }
-    let ep = Arc::new(Endpoint::new(addr));
-    registry.insert(addr, Arc::downgrade(&ep));
+    let ep = Arc::new(Endpoint::new(addr, cluster.map(|(_, s)| s.clone())));
+    registry.insert(key, Arc::downgrade(&ep));
     ep
 }
 
-pub(crate) fn build(config: Arc<L7Config>, registry: &mut Registry) -> Snapshot {
+pub(crate) fn build(
+    config: Arc<L7Config>,
+    registry: &mut Registry,
+    stats: &mut StatsMap,
+) -> Snapshot {
     registry.retain(|_, w| w.strong_count() > 0);
     let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
         HashMap::with_capacity(config.clusters.len());
     for (key, c) in &config.clusters {
         let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
-        let endpoints = addrs.iter().map(|a| endpoint(registry, *a)).collect();
+        let st = breaker::stats_for(stats, key);
+        let endpoints = addrs
+            .iter()
+            .map(|a| cluster_endpoint(registry, Some((key, &st)), *a))
+            .collect();
         let rt = ClusterRt {
             key: key.clone(),
             endpoints,
@@ -115,6 +151,7 @@ pub(crate) fn build(config: Arc<L7Config>, registry: &mut Registry) -> Snapshot 
                 .connection_pool
                 .connect_timeout
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            breaker: Breaker::new(st, &c.policy.connection_pool),
             policy: c.policy.clone(),
         };
         clusters.insert(key, Arc::new(rt));

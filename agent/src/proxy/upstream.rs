@@ -9,7 +9,7 @@
 //! Locks here guard plain `Vec`/`Option` pushes and pops and are never held across an await.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,9 +18,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
 use super::body::UpBody;
+use super::breaker::{ClusterStats, CxGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
@@ -73,28 +75,32 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     /// Requests sent and not yet finished (response body ended or dropped).
     pub active: AtomicU32,
-    idle_h1: Mutex<Vec<http1::SendRequest<UpBody>>>,
+    /// Idle connections and the requests each has carried (`maxRequestsPerConnection`).
+    idle_h1: Mutex<Vec<(http1::SendRequest<UpBody>, u32)>>,
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+    /// The owning cluster's stats (`None` for passthrough): connections are counted there.
+    stats: Option<Arc<ClusterStats>>,
 }
 
 impl Endpoint {
-    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
+    pub(crate) fn new(addr: SocketAddr, stats: Option<Arc<ClusterStats>>) -> Endpoint {
         Endpoint {
             addr,
             active: AtomicU32::new(0),
             idle_h1: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            stats,
         }
     }
 
-    fn pop_idle(&self) -> Option<http1::SendRequest<UpBody>> {
+    fn pop_idle(&self) -> Option<(http1::SendRequest<UpBody>, u32)> {
         self.idle_h1.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<UpBody>, max_idle: usize) {
+    fn put_idle(&self, sender: http1::SendRequest<UpBody>, uses: u32, max_idle: usize) {
         let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < max_idle {
-            idle.push(sender);
+            idle.push((sender, uses));
         }
         // Over the limit the sender drops here, which closes that connection.
     }
@@ -106,31 +112,53 @@ pub(crate) struct SendOpts {
     pub proto: Proto,
     pub connect_timeout: Duration,
     pub max_idle: usize,
+    /// `maxRequestsPerConnection`; 0 is unlimited.
+    pub max_requests_per_connection: u32,
+    /// `maxConnections` of the cluster; `u32::MAX` is unlimited.
+    pub max_connections: u32,
 }
 
 /// An HTTP/1 connection lent to one response; back to the pool when its body ends.
 pub(crate) struct PoolReturn {
     sender: http1::SendRequest<UpBody>,
+    /// Requests this connection has carried, this one included.
+    uses: u32,
     ep: Arc<Endpoint>,
-    max_idle: usize,
+    opts: SendOpts,
+    /// The cluster's request slot (`maxConnections`): released only once the connection is
+    /// back in the pool or closed, so a waiting request finds it there.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl PoolReturn {
     pub(crate) fn give_back(self) {
         let PoolReturn {
             mut sender,
+            uses,
             ep,
-            max_idle,
+            opts,
+            _slot,
         } = self;
+        let max_idle = opts.max_idle;
+        let max_rq = opts.max_requests_per_connection;
+        if max_rq > 0 && uses >= max_rq {
+            // Dropping the last sender closes the connection (Envoy's `upstream_cx_max_requests`).
+            if let Some(st) = &ep.stats {
+                st.upstream_cx_max_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            debug!(endpoint = %ep.addr, uses, "closing upstream connection: maxRequestsPerConnection");
+            return;
+        }
         if sender.is_ready() {
-            ep.put_idle(sender, max_idle);
+            ep.put_idle(sender, uses, max_idle);
         } else if !sender.is_closed() {
             // The connection task has not yet seen the end of the response (it runs on its own
             // task): wait for it rather than lose a warm connection.
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    ep.put_idle(sender, max_idle);
+                    ep.put_idle(sender, uses, max_idle);
                 }
+                drop(_slot);
             });
         }
     }
@@ -145,13 +173,17 @@ pub(crate) struct Sent {
 /// even if its body streams).
 pub(crate) type SendFailure = (UpstreamError, Option<Request<UpBody>>);
 
+/// `slot` is the cluster's circuit-breaker permit and `siblings` the cluster's endpoints (idle
+/// connections there may be closed to stay within `maxConnections`).
 pub(crate) async fn send(
     ep: &Arc<Endpoint>,
     req: Request<UpBody>,
     opts: SendOpts,
+    slot: Option<OwnedSemaphorePermit>,
+    siblings: &[Arc<Endpoint>],
 ) -> Result<Sent, SendFailure> {
     match opts.proto {
-        Proto::Http1 => send_h1(ep, req, opts).await,
+        Proto::Http1 => send_h1(ep, req, opts, slot, siblings).await,
         Proto::Http2 => send_h2(ep, req, opts).await,
     }
 }
@@ -160,13 +192,15 @@ async fn send_h1(
     ep: &Arc<Endpoint>,
     mut req: Request<UpBody>,
     opts: SendOpts,
+    slot: Option<OwnedSemaphorePermit>,
+    siblings: &[Arc<Endpoint>],
 ) -> Result<Sent, SendFailure> {
-    while let Some(mut sender) = ep.pop_idle() {
+    while let Some((mut sender, uses)) = ep.pop_idle() {
         if !sender.is_ready() {
             continue; // closed by the peer while idle
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(sent_h1(resp, sender, ep, opts)),
+            Ok(resp) => return Ok(sent_h1(resp, sender, uses + 1, ep, opts, slot)),
             Err(mut e) => match e.take_message() {
                 // Never written: the idle connection was stale. Try the next one.
                 Some(r) => req = r,
@@ -183,12 +217,13 @@ async fn send_h1(
             },
         }
     }
-    let mut sender = match connect_h1(ep.addr, opts.connect_timeout).await {
+    make_room(ep, siblings, opts.max_connections);
+    let mut sender = match connect_h1(ep, opts.connect_timeout).await {
         Ok(s) => s,
         Err(e) => return Err((e, Some(req))),
     };
     match sender.try_send_request(req).await {
-        Ok(resp) => Ok(sent_h1(resp, sender, ep, opts)),
+        Ok(resp) => Ok(sent_h1(resp, sender, 1, ep, opts, slot)),
         Err(mut e) => {
             let req = e.take_message();
             Err((
@@ -203,16 +238,34 @@ async fn send_h1(
     }
 }
 
+/// At the cluster's connection limit, a new connection first closes an idle one of another
+/// endpoint: requests in flight are already bounded by the slots, so idle ones are the excess.
+fn make_room(ep: &Arc<Endpoint>, siblings: &[Arc<Endpoint>], max_connections: u32) {
+    let Some(st) = &ep.stats else { return };
+    if st.upstream_cx_active.load(Ordering::Relaxed) < u64::from(max_connections) {
+        return;
+    }
+    for s in siblings.iter().filter(|s| !Arc::ptr_eq(s, ep)) {
+        if s.pop_idle().is_some() {
+            return; // dropped: that connection closes
+        }
+    }
+}
+
 fn sent_h1(
     resp: Response<Incoming>,
     sender: http1::SendRequest<UpBody>,
+    uses: u32,
     ep: &Arc<Endpoint>,
     opts: SendOpts,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> Sent {
     let give_back = PoolReturn {
         sender,
+        uses,
         ep: ep.clone(),
-        max_idle: opts.max_idle,
+        opts,
+        _slot: slot,
     };
     Sent {
         resp,
@@ -232,7 +285,7 @@ async fn send_h2(
     let reused = shared.is_some();
     let mut sender = match shared {
         Some(s) => s,
-        None => match connect_h2(ep.addr, opts.connect_timeout).await {
+        None => match connect_h2(ep, opts.connect_timeout).await {
             Ok(s) => {
                 *ep.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
                 s
@@ -282,15 +335,19 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Upstr
 }
 
 async fn connect_h1(
-    addr: SocketAddr,
+    ep: &Endpoint,
     timeout: Duration,
 ) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
+    let addr = ep.addr;
     let stream = connect(addr, timeout).await?;
+    let cx = ep.stats.clone().map(CxGuard::new);
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| UpstreamError::Handshake { addr, source })?;
     tokio::spawn(async move {
+        // The connection counts as open (per cluster) while this task runs.
+        let _cx = cx;
         // `with_upgrades`: a 101 answer (WebSocket) hands the socket over to the tunnel.
         if let Err(error) = conn.with_upgrades().await {
             debug!(%addr, %error, "upstream HTTP/1 connection ended with an error");
@@ -300,16 +357,19 @@ async fn connect_h1(
 }
 
 async fn connect_h2(
-    addr: SocketAddr,
+    ep: &Endpoint,
     timeout: Duration,
 ) -> Result<http2::SendRequest<UpBody>, UpstreamError> {
+    let addr = ep.addr;
     let stream = connect(addr, timeout).await?;
+    let cx = ep.stats.clone().map(CxGuard::new);
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| UpstreamError::Handshake { addr, source })?;
     tokio::spawn(async move {
+        let _cx = cx;
         if let Err(error) = conn.await {
             debug!(%addr, %error, "upstream HTTP/2 connection ended with an error");
         }

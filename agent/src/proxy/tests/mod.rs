@@ -3,6 +3,7 @@
 
 mod actions;
 mod bench;
+mod circuit_breaking;
 mod faults;
 mod lb;
 mod matching;

@@ -1,0 +1,313 @@
+//! The agent's admin HTTP listener, modelled on Envoy's admin interface so Istio's tooling
+//! habits carry over: `/stats` (Envoy's text form, `cluster.<name>.<stat>: <value>`, plus
+//! kernel counters under `meshpath.`), `/metrics` (Prometheus text) and `/ready` (probes).
+//! `meshpath stats` reads `/stats` through [`fetch_stats`].
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::proxy::ProxyStats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("binding the admin listener on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fetching http://{addr}/stats")]
+    Fetch {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http://{addr}/stats answered {status}")]
+    Status { addr: SocketAddr, status: String },
+}
+
+/// What the admin endpoints report.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The node proxy's cluster stats, when the proxy runs.
+    pub proxy: Option<ProxyStats>,
+    /// bpffs directory of the pinned maps, for the kernel counters.
+    pub pin_dir: PathBuf,
+}
+
+/// Binds `addr` and serves until the task is dropped.
+pub async fn start(addr: SocketAddr, state: AdminState) -> Result<(), AdminError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    info!(%addr, "admin listener ready");
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(error) => {
+                    warn!(%error, "admin accept failed");
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&req, &state).await) }
+                });
+                if let Err(error) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    debug!(%peer, %error, "admin connection ended with an error");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let (ctype, body) = match req.uri().path() {
+        "/ready" => ("text/plain", "LIVE\n".to_owned()),
+        "/stats" => ("text/plain", envoy_stats(state).await),
+        "/metrics" => (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics(state),
+        ),
+        _ => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            return r;
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+async fn envoy_stats(state: &AdminState) -> String {
+    let mut out = state
+        .proxy
+        .as_ref()
+        .map(ProxyStats::envoy_text)
+        .unwrap_or_default();
+    // Map reads are syscalls: off the async workers.
+    let pin_dir = state.pin_dir.clone();
+    let kernel = tokio::task::spawn_blocking(move || kernel_stats(&pin_dir))
+        .await
+        .unwrap_or_default();
+    out.push_str(&kernel);
+    out
+}
+
+/// Kernel-side counters from the pinned maps (empty when they cannot be read).
+fn kernel_stats(pin_dir: &std::path::Path) -> String {
+    let status = match crate::status::read(pin_dir) {
+        Ok(s) => s,
+        Err(error) => {
+            debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
+            return String::new();
+        }
+    };
+    let mut out = String::new();
+    for (name, v) in &status.counters {
+        let _ = writeln!(out, "meshpath.{name}: {v}");
+    }
+    for s in &status.services {
+        let svc = format!("meshpath.service.{}|{}", s.name, s.frontend);
+        for (stat, v) in [
+            ("connects", s.connects),
+            ("no_backend", s.no_backend),
+            ("active_connections", s.active_connections),
+            ("conn_limit_refused", s.conn_limit_refused),
+        ] {
+            let _ = writeln!(out, "{svc}.{stat}: {v}");
+        }
+    }
+    out
+}
+
+/// Prometheus text: one family per Envoy stat, labelled by cluster (Istio's
+/// `envoy_cluster_<stat>{cluster_name=...}`).
+fn metrics(state: &AdminState) -> String {
+    type Labels = Vec<(String, String)>;
+    let mut registry = Registry::default();
+    let mut counters: std::collections::BTreeMap<String, Family<Labels, Counter>> =
+        Default::default();
+    let mut gauges: std::collections::BTreeMap<String, Family<Labels, Gauge<u64, AtomicU64>>> =
+        Default::default();
+    for (cluster, stat, v, is_counter) in state.proxy.iter().flat_map(ProxyStats::values) {
+        // The encoder appends `_total` to counters: strip Envoy's own so it is not doubled.
+        let stat = if is_counter {
+            stat.strip_suffix("_total").unwrap_or(stat)
+        } else {
+            stat
+        };
+        let name = format!("envoy_cluster_{}", stat.replace('.', "_"));
+        let labels = vec![("cluster_name".to_owned(), cluster)];
+        if is_counter {
+            counters
+                .entry(name)
+                .or_default()
+                .get_or_create(&labels)
+                .inc_by(v);
+        } else {
+            gauges
+                .entry(name)
+                .or_default()
+                .get_or_create(&labels)
+                .set(v);
+        }
+    }
+    for (name, f) in counters {
+        registry.register(name.clone(), name, f);
+    }
+    for (name, f) in gauges {
+        registry.register(name.clone(), name, f);
+    }
+    let mut out = String::new();
+    if let Err(error) = encode(&mut out, &registry) {
+        warn!(%error, "encoding metrics");
+    }
+    out
+}
+
+/// `GET /stats` from a running agent (plain HTTP/1.0, so no client stack is needed).
+pub async fn fetch_stats(addr: SocketAddr) -> Result<String, AdminError> {
+    let io = |source| AdminError::Fetch { addr, source };
+    let mut s = TcpStream::connect(addr).await.map_err(io)?;
+    s.write_all(b"GET /stats HTTP/1.0\r\nHost: meshpath\r\n\r\n")
+        .await
+        .map_err(io)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.map_err(io)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        return Err(AdminError::Status {
+            addr,
+            status: status.to_owned(),
+        });
+    }
+    Ok(body.to_owned())
+}
+
+/// The lines of `stats` containing `filter` (all without one).
+pub fn filter_lines(stats: &str, filter: Option<&str>) -> String {
+    stats
+        .lines()
+        .filter(|l| filter.is_none_or(|f| l.contains(f)))
+        .fold(String::new(), |mut out, l| {
+            out.push_str(l);
+            out.push('\n');
+            out
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_ready_stats_and_metrics() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let state = AdminState {
+            proxy: None,
+            pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
+        };
+        start(addr, state).await.unwrap();
+        // No proxy, no pinned maps: an empty (but successful) report.
+        assert_eq!(fetch_stats(addr).await.unwrap(), "");
+        let ready = raw_get(addr, "/ready").await;
+        assert!(
+            ready.starts_with("HTTP/1.0 200") && ready.ends_with("LIVE\n"),
+            "{ready}"
+        );
+        let metrics = raw_get(addr, "/metrics").await;
+        assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+        assert!(raw_get(addr, "/nope").await.starts_with("HTTP/1.0 404"));
+    }
+
+    async fn raw_get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[test]
+    fn metrics_name_clusters_like_istio() {
+        use crate::l7::{Cluster, ClusterKey, L7Config};
+        let key = ClusterKey {
+            service: crate::model::ObjectRef::new("default", "web"),
+            port: 8080,
+            subset: Some("v1".into()),
+        };
+        let cfg = L7Config {
+            clusters: [(
+                key,
+                Cluster {
+                    endpoints: vec![],
+                    policy: Default::default(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..L7Config::default()
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
+        let state = AdminState {
+            proxy: Some(crate::proxy::Proxy::new(rx).stats()),
+            pin_dir: PathBuf::from("/nonexistent"),
+        };
+        let text = metrics(&state);
+        let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;
+        for line in [
+            format!("envoy_cluster_upstream_rq_total{label} 0"),
+            format!("envoy_cluster_upstream_rq_pending_overflow_total{label} 0"),
+            format!("envoy_cluster_circuit_breakers_default_remaining_pending{label} 4294967295"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn filters_lines() {
+        let s = "cluster.a.upstream_rq_total: 1\ncluster.b.upstream_rq_total: 2\n";
+        assert_eq!(
+            filter_lines(s, Some("cluster.b")),
+            "cluster.b.upstream_rq_total: 2\n"
+        );
+        assert_eq!(filter_lines(s, None), s);
+    }
+}

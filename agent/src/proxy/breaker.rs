@@ -1,0 +1,222 @@
+//! Per-cluster circuit breaking with Envoy's HTTP/1 connection-pool semantics, as Istio
+//! documents `connectionPool`:
+//! - `tcp.maxConnections`: upstream connections of the cluster. An HTTP/1 connection carries
+//!   one request at a time, so it also bounds requests in flight; a request that finds them all
+//!   busy waits as *pending* (and counts `upstream_cx_overflow`);
+//! - `http.http1MaxPendingRequests`: requests allowed to wait; one more is answered 503 at once
+//!   with `x-envoy-overloaded: true` (`upstream_rq_pending_overflow`);
+//! - `http.maxRequestsPerConnection`: enforced when a connection comes back (`upstream.rs`).
+//!
+//! Stats live in [`ClusterStats`], one per cluster key for the proxy's lifetime, so config
+//! swaps keep counters, gauges and the slot semaphore (when the limit is unchanged).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::l7::{ClusterKey, ConnectionPool};
+
+/// Envoy's default for every circuit-breaker threshold Istio leaves unset (2^32 - 1).
+const UNLIMITED: u64 = u32::MAX as u64;
+
+/// Counters and gauges of one cluster, named as Envoy's.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterStats {
+    pub upstream_rq_total: AtomicU64,
+    pub upstream_rq_pending_total: AtomicU64,
+    pub upstream_rq_pending_overflow: AtomicU64,
+    pub upstream_rq_pending_active: AtomicU64,
+    pub upstream_cx_total: AtomicU64,
+    pub upstream_cx_active: AtomicU64,
+    pub upstream_cx_overflow: AtomicU64,
+    pub upstream_cx_max_requests: AtomicU64,
+    /// Current thresholds, for the `circuit_breakers.default.*` gauges.
+    max_connections: AtomicU64,
+    max_pending: AtomicU64,
+    /// The request-slot semaphore and the limit it was made for.
+    slots: Mutex<Option<(u32, Arc<Semaphore>)>>,
+}
+
+/// Stats of every cluster the proxy has known, by key.
+pub(crate) type StatsMap = BTreeMap<ClusterKey, Arc<ClusterStats>>;
+
+/// The stats of `key`, created on first use.
+pub(crate) fn stats_for(map: &mut StatsMap, key: &ClusterKey) -> Arc<ClusterStats> {
+    map.entry(key.clone()).or_default().clone()
+}
+
+/// An overflowing request: answer 503 `x-envoy-overloaded`.
+#[derive(Debug)]
+pub(crate) struct Overflow;
+
+/// A cluster's limits, built with each snapshot.
+pub(crate) struct Breaker {
+    pub stats: Arc<ClusterStats>,
+    slots: Option<Arc<Semaphore>>,
+    max_pending: u64,
+}
+
+impl Breaker {
+    pub(crate) fn new(stats: Arc<ClusterStats>, pool: &ConnectionPool) -> Breaker {
+        let max_pending = pool.http1_max_pending_requests.map_or(UNLIMITED, u64::from);
+        stats.max_connections.store(
+            pool.max_connections.map_or(UNLIMITED, u64::from),
+            Ordering::Relaxed,
+        );
+        stats.max_pending.store(max_pending, Ordering::Relaxed);
+        let slots = pool.max_connections.map(|n| {
+            let mut cur = stats.slots.lock().unwrap_or_else(|p| p.into_inner());
+            match &*cur {
+                // Same limit: keep the semaphore so permits held by requests in flight on the
+                // old snapshot still count.
+                Some((m, s)) if *m == n => s.clone(),
+                _ => {
+                    let s = Arc::new(Semaphore::new(n as usize));
+                    *cur = Some((n, s.clone()));
+                    s
+                }
+            }
+        });
+        Breaker {
+            stats,
+            slots,
+            max_pending,
+        }
+    }
+
+    /// Admission of one upstream attempt: a slot (held until its connection is back in the
+    /// pool or closed), after waiting as pending if all are taken, or [`Overflow`].
+    pub(crate) async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, Overflow> {
+        let st = &self.stats;
+        let Some(slots) = &self.slots else {
+            st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        if let Ok(p) = slots.clone().try_acquire_owned() {
+            st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(p));
+        }
+        st.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
+        let before = st
+            .upstream_rq_pending_active
+            .fetch_add(1, Ordering::Relaxed);
+        if before >= self.max_pending {
+            st.upstream_rq_pending_active
+                .fetch_sub(1, Ordering::Relaxed);
+            st.upstream_rq_pending_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Overflow);
+        }
+        st.upstream_rq_pending_total.fetch_add(1, Ordering::Relaxed);
+        // Decrements on drop too: a request cancelled (route timeout, client gone) while
+        // pending must not stay counted.
+        let _pending = PendingGuard(st);
+        let permit = slots.clone().acquire_owned().await.map_err(|_| Overflow)?;
+        st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(permit))
+    }
+}
+
+struct PendingGuard<'a>(&'a ClusterStats);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .upstream_rq_pending_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one open upstream connection of a cluster; lives in the connection's task.
+pub(crate) struct CxGuard(Arc<ClusterStats>);
+
+impl CxGuard {
+    pub(crate) fn new(stats: Arc<ClusterStats>) -> CxGuard {
+        stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        stats.upstream_cx_active.fetch_add(1, Ordering::Relaxed);
+        CxGuard(stats)
+    }
+}
+
+impl Drop for CxGuard {
+    fn drop(&mut self) {
+        self.0.upstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Istio's name for a cluster: `outbound|<port>|<subset>|<host>`.
+pub(crate) fn envoy_cluster_name(key: &ClusterKey) -> String {
+    format!(
+        "outbound|{}|{}|{}.{}.svc.cluster.local",
+        key.port,
+        key.subset.as_deref().unwrap_or(""),
+        key.service.name,
+        key.service.namespace
+    )
+}
+
+impl ClusterStats {
+    /// `(stat, value, is_counter)` in Envoy's names.
+    pub(crate) fn values(&self) -> Vec<(&'static str, u64, bool)> {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (pending, max_pending) = (l(&self.upstream_rq_pending_active), l(&self.max_pending));
+        let (cx, max_cx) = (l(&self.upstream_cx_active), l(&self.max_connections));
+        vec![
+            (
+                "circuit_breakers.default.cx_open",
+                u64::from(cx >= max_cx),
+                false,
+            ),
+            (
+                "circuit_breakers.default.remaining_cx",
+                max_cx.saturating_sub(cx),
+                false,
+            ),
+            (
+                "circuit_breakers.default.remaining_pending",
+                max_pending.saturating_sub(pending),
+                false,
+            ),
+            (
+                "circuit_breakers.default.rq_pending_open",
+                u64::from(pending >= max_pending),
+                false,
+            ),
+            ("upstream_cx_active", cx, false),
+            (
+                "upstream_cx_max_requests",
+                l(&self.upstream_cx_max_requests),
+                true,
+            ),
+            ("upstream_cx_overflow", l(&self.upstream_cx_overflow), true),
+            ("upstream_cx_total", l(&self.upstream_cx_total), true),
+            ("upstream_rq_pending_active", pending, false),
+            (
+                "upstream_rq_pending_overflow",
+                l(&self.upstream_rq_pending_overflow),
+                true,
+            ),
+            (
+                "upstream_rq_pending_total",
+                l(&self.upstream_rq_pending_total),
+                true,
+            ),
+            ("upstream_rq_total", l(&self.upstream_rq_total), true),
+        ]
+    }
+}
+
+/// Envoy's `/stats` text: `cluster.<name>.<stat>: <value>`, one per line, sorted.
+pub(crate) fn render_envoy(map: &StatsMap) -> String {
+    let mut out = String::new();
+    for (key, st) in map {
+        let name = envoy_cluster_name(key);
+        for (stat, v, _) in st.values() {
+            let _ = writeln!(out, "cluster.{name}.{stat}: {v}");
+        }
+    }
+    out
+}

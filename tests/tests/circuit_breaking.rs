@@ -79,6 +79,8 @@ fn fortio(c: &Cluster, args: &[&str], url: &str) -> BTreeMap<String, u64> {
         "fortio: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // fortio's own report (shown with --nocapture; the README quotes one).
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fortio JSON");
     report["RetCodes"]
         .as_object()
@@ -139,6 +141,14 @@ fn seed_destination_rule_trips_the_breaker_and_counts_every_overflow() {
     assert!(ok > 0 && overflow > 0, "{codes:?}\n{}", c.agent.log());
     assert_eq!(stat(&admin, OVERFLOW_STAT), overflow, "{codes:?}");
     eprintln!("fortio: {codes:?}");
+    eprintln!(
+        "$ meshpath stats golang-app-gateway | grep pending\n{}",
+        stats(&admin, "golang-app-gateway")
+            .lines()
+            .filter(|l| l.contains("pending"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // The kernel's counters ride along under `meshpath.`.
     let kernel = stats(&admin, "meshpath.service.");
     assert!(kernel.contains(".conn_limit_refused: "), "{kernel}");

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::apply::apply;
 use crate::compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
-use crate::compile::{compile, CompileOptions, Compiled};
+use crate::compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
 use crate::datapath::DatapathMaps;
 use crate::l7::L7Config;
 use crate::model::ClusterModel;
@@ -87,7 +87,8 @@ impl Reconciler {
             .as_ref()
             .map(|p| ports.targets(p.ip))
             .unwrap_or_default();
-        let contents = next.map_contents_steered(&targets);
+        let weighted = tcp_weights(&l7, &next);
+        let contents = next.map_contents_steered(&targets, &weighted);
         match apply(maps, &contents) {
             Ok(stats) => {
                 info!(
@@ -112,4 +113,36 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
+/// applied per connection, never through the proxy).
+fn tcp_weights(l7: &L7Compiled, compiled: &Compiled) -> std::collections::BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>> {
+    l7.tcp_routes
+        .iter()
+        .filter(|(addr, _)| compiled.frontends.contains_key(addr))
+        .map(|(addr, routes)| {
+            let weights = routes
+                .iter()
+                .map(|(cluster, weight)| {
+                    let endpoints = l7
+                        .config
+                        .clusters
+                        .get(cluster)
+                        .map(|c| {
+                            c.endpoints
+                                .iter()
+                                .filter_map(|e| match e.addr {
+                                    std::net::SocketAddr::V4(a) => Some(BackendAddr { ip: *a.ip(), port: a.port(), protocol: crate::model::Protocol::Tcp }),
+                                    std::net::SocketAddr::V6(_) => None,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (endpoints, *weight)
+                })
+                .collect();
+            (*addr, weights)
+        })
+        .collect()
 }

@@ -151,3 +151,36 @@ fn header_match_and_weights_route_through_the_proxy_and_plain_services_stay_in_t
     );
     assert_eq!(v1 + weighted.count("reviews-v2"), 2000, "{weighted:?}");
 }
+
+/// A VirtualService `tcp:` route with weights is an L4 rule: the kernel applies it per
+/// connection (weighted slots), without the proxy.
+#[test]
+fn tcp_route_weights_are_applied_per_connection_in_the_kernel() {
+    let c = start();
+    let ip = |i: usize| c.node.pod(i).ip();
+    let mut parts = vec![format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: 10.96.0.35\n  ports:\n  - name: tcp-db\n    port: 5432\n"
+    )];
+    let mut eps = String::new();
+    for (i, v) in [(1, "v1"), (2, "v2"), (3, "v2")] {
+        parts.push(pod(&format!("db-{i}"), v, ip(i)).replace("app: reviews", "app: db"));
+        eps.push_str(&format!("- addresses: [\"{}\"]\n  targetRef: {{kind: Pod, name: db-{i}}}\n", ip(i)));
+        c.node.spawn_server(i, &format!("db-{i}"), &[5432], &[], &[]).expect("server");
+    }
+    parts.push(format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-1\n  labels:\n    kubernetes.io/service-name: db\naddressType: IPv4\nports:\n- name: tcp-db\n  port: 5432\nendpoints:\n{eps}"));
+    parts.push("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: db\nspec:\n  host: db\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n".into());
+    parts.push("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: db\nspec:\n  hosts:\n  - db\n  tcp:\n  - route:\n    - destination:\n        host: db\n        subset: v1\n      weight: 20\n    - destination:\n        host: db\n        subset: v2\n      weight: 80\n".into());
+    c.write("db.yaml", &docs(&parts));
+    c.wait_status("db weighted", Duration::from_secs(5), |s| {
+        meshpath_tests::agent::service(s, "default/db:").is_some_and(|d| d["backends"].as_array().map(Vec::len) == Some(100))
+    });
+    // Not through the proxy: every slot is a pod.
+    let s = c.status();
+    assert!(backends(&s, "default/db:").iter().all(|b| !b.starts_with("10.244.0.1:")), "{s:#}");
+    let r = c.node.tcp(0, "10.96.0.35:5432".parse().expect("addr"), 2000).expect("tcp");
+    assert_eq!(r.ok(), 2000, "{r:?}");
+    // Binomial(2000, 0.2): mean 400, sd 17.9; ±90 is 5 sd.
+    let v1 = r.count("db-1");
+    assert!((310..=490).contains(&v1), "v1 got {v1} of 2000: {r:?}");
+    assert_eq!(v1 + r.count("db-2") + r.count("db-3"), 2000);
+}

@@ -244,6 +244,24 @@ fn compile_service(
     Ok(out)
 }
 
+/// Slots for weighted clusters: `weight` slots per cluster, over its endpoints in turn. Clusters
+/// without endpoints (or endpoints without a backend id) get none: their share goes to the others,
+/// where Envoy would answer with a connection failure.
+fn weighted_slots<'a>(
+    weights: &'a [(Vec<BackendAddr>, u32)],
+    ids: &BTreeMap<BackendAddr, u32>,
+) -> Vec<&'a BackendAddr> {
+    let mut slots = Vec::new();
+    for (endpoints, weight) in weights {
+        let usable: Vec<&BackendAddr> = endpoints.iter().filter(|b| ids.contains_key(*b)).collect();
+        if usable.is_empty() {
+            continue;
+        }
+        slots.extend((0..*weight as usize).map(|i| usable[i % usable.len()]));
+    }
+    slots
+}
+
 fn backend_value(addr: &BackendAddr) -> Backend {
     Backend {
         ip_be: ipv4_be(addr.ip.octets()),
@@ -262,15 +280,21 @@ pub fn proto_number(p: Protocol) -> u8 {
 
 impl Compiled {
     /// Renders the result into map entries: slot 0 per frontend, one slot per backend.
+    #[cfg(test)]
     pub fn map_contents(&self) -> MapContents {
-        self.map_contents_steered(&BTreeMap::new())
+        self.map_contents_steered(&BTreeMap::new(), &BTreeMap::new())
     }
 
     /// As [`Compiled::map_contents`], but each frontend in `steer` gets the given address (a node
     /// proxy listener) as its only backend, with the proxy doing the balancing (no affinity).
+    ///
+    /// Each frontend in `weighted` (a VirtualService `tcp:` route, an L4 rule) gets its slots
+    /// from the weighted clusters instead of its own backends: 100 slots, each cluster's weight
+    /// spread over its endpoints, so picking a slot per connection honours the weights.
     pub fn map_contents_steered(
         &self,
         steer: &BTreeMap<FrontendAddr, std::net::SocketAddrV4>,
+        weighted: &BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>>,
     ) -> MapContents {
         let mut services = BTreeMap::new();
         let mut names = BTreeMap::new();
@@ -329,17 +353,21 @@ impl Compiled {
             if fe.affinity_timeout_sec.is_some() {
                 flags |= SVC_FLAG_AFFINITY;
             }
+            let slots: Vec<&BackendAddr> = match weighted.get(addr) {
+                Some(w) => weighted_slots(w, &self.backend_ids),
+                None => fe.backends.iter().collect(),
+            };
             let header = ServiceValue {
                 backend_id: 0,
-                count: fe.backends.len() as u16,
+                count: slots.len() as u16,
                 flags,
                 _pad0: 0,
                 svc_id: fe.svc_id,
                 affinity_timeout_sec: fe.affinity_timeout_sec.unwrap_or(0),
             };
             services.insert(base, header);
-            for (i, b) in fe.backends.iter().enumerate() {
-                let backend_id = self.backend_ids[b];
+            for (i, b) in slots.iter().enumerate() {
+                let backend_id = self.backend_ids[*b];
                 services.insert(
                     base.with_slot(i as u16 + 1),
                     ServiceValue {

@@ -254,7 +254,11 @@ pub(crate) fn run(a: &Args) -> Result<ExitCode, String> {
     if let Some(port) = a.get::<u16>("listen")? {
         // `--dual-stack 1`: listen on [::] like Go and Java servers do; IPv4 clients then arrive
         // on AF_INET6 sockets with v4-mapped addresses.
-        let host = if a.get::<u8>("dual-stack")?.unwrap_or(0) == 1 { "::" } else { "0.0.0.0" };
+        let host = if a.get::<u8>("dual-stack")?.unwrap_or(0) == 1 {
+            "::"
+        } else {
+            "0.0.0.0"
+        };
         return serve(host, port);
     }
     let addr: SocketAddr = a.require("addr")?;

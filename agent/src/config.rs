@@ -26,6 +26,7 @@ pub const ENV_LOG: &str = "MESHPATH_LOG";
 pub const ENV_PROXY_IP: &str = "MESHPATH_PROXY_IP";
 pub const ENV_PROXY_NETNS: &str = "MESHPATH_PROXY_NETNS";
 pub const ENV_PROXY_PORTS: &str = "MESHPATH_PROXY_PORTS";
+pub const ENV_AGENT_CGROUP: &str = "MESHPATH_AGENT_CGROUP";
 pub const DEFAULT_PROXY_PORTS: &str = "15100-15999";
 pub const ENV_ADMIN_ADDR: &str = "MESHPATH_ADMIN_ADDR";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
@@ -160,6 +161,12 @@ pub struct AgentArgs {
     /// Port range for the proxy's listeners, one per steered ClusterIP:port.
     #[arg(long, env = ENV_PROXY_PORTS, default_value = DEFAULT_PROXY_PORTS, value_parser = parse_port_range)]
     pub proxy_ports: (u16, u16),
+    /// Move the agent process into this cgroup v2 directory at start (e.g. a child of
+    /// `--cgroup`), so the node proxy's own sockets are managed too and same-node socket
+    /// redirection applies to them. An agent that already runs under the managed cgroup (as a
+    /// DaemonSet under the root cgroup does) needs nothing.
+    #[arg(long, env = ENV_AGENT_CGROUP)]
+    pub agent_cgroup: Option<PathBuf>,
     /// CIDR to allocate ClusterIPs from for Services whose manifest has no `spec.clusterIP`.
     #[arg(long, env = ENV_SERVICE_CIDR, default_value = DEFAULT_SERVICE_CIDR, value_parser = parse_cidr)]
     pub service_cidr: (Ipv4Addr, u8),
@@ -184,6 +191,7 @@ pub struct AgentConfig {
     pub compile: CompileOptions,
     pub proxy: Option<ProxyConfig>,
     pub admin_addr: SocketAddr,
+    pub agent_cgroup: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,6 +215,7 @@ impl From<&AgentArgs> for AgentConfig {
                 socket_redirect: a.socket_redirect,
                 connection_limits: a.connection_limits,
             },
+            agent_cgroup: a.agent_cgroup.clone(),
             proxy: a.proxy_ip.map(|ip| ProxyConfig {
                 ip,
                 netns: a.proxy_netns.clone(),

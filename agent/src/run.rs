@@ -37,6 +37,12 @@ pub enum AgentError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Proxy(#[from] crate::netns::NetnsError),
+    #[error("moving the agent into cgroup {}", path.display())]
+    JoinCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("installing the signal handler")]
     Signal(#[source] std::io::Error),
 }
@@ -53,6 +59,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }
         None => EMBEDDED_OBJECT.ok_or(AgentError::NoObject)?,
     };
+    if let Some(cgroup) = &cfg.agent_cgroup {
+        join_cgroup(cgroup)?;
+    }
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cfg.cgroup, cfg.features)?;
     info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cfg.cgroup.display(), features = ?cfg.features, "datapath loaded");
 
@@ -100,5 +109,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             _ = int.recv() => { info!("SIGINT: exiting; programs stay attached"); break; }
         }
     }
+    Ok(())
+}
+
+/// Moves this whole process (all its threads) into `cgroup` (cgroup v2: writing "0" to
+/// `cgroup.procs` moves the writer's process), creating the directory if needed.
+fn join_cgroup(cgroup: &std::path::Path) -> Result<(), AgentError> {
+    let err = |source| AgentError::JoinCgroup { path: cgroup.to_path_buf(), source };
+    std::fs::create_dir_all(cgroup).map_err(err)?;
+    std::fs::write(cgroup.join("cgroup.procs"), b"0").map_err(err)?;
+    info!(cgroup = %cgroup.display(), "agent moved into cgroup");
     Ok(())
 }

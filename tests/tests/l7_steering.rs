@@ -184,3 +184,37 @@ fn tcp_route_weights_are_applied_per_connection_in_the_kernel() {
     assert!((310..=490).contains(&v1), "v1 got {v1} of 2000: {r:?}");
     assert_eq!(v1 + r.count("db-2") + r.count("db-3"), 2000);
 }
+
+/// With the agent (and so its proxy) inside the managed cgroup, the proxy's own sockets are
+/// redirected too: client ↔ proxy and proxy ↔ pod hand bytes straight across.
+#[test]
+fn proxy_sockets_get_socket_redirection_when_it_is_on() {
+    let c = Cluster::start_with(5, |node| {
+        vec![
+            "--proxy-ip".into(),
+            "10.244.0.1".into(),
+            "--proxy-netns".into(),
+            format!("/var/run/netns/{}", node.node_netns_name()),
+            "--socket-redirect".into(),
+            "true".into(),
+            "--agent-cgroup".into(),
+            node.cgroup_path().join("agent").display().to_string(),
+        ]
+    });
+    for (i, name) in [(1, "reviews-v1"), (2, "reviews-v2"), (3, "reviews-v3")] {
+        c.node.spawn_server(i, name, &[], &[], &[9080]).expect("server");
+    }
+    c.write("cluster.yaml", &cluster_yaml(&c));
+    c.write("reviews-vs.yaml", JASON_VS);
+    c.wait_status("reviews steered to the proxy", Duration::from_secs(5), |s| {
+        meshpath_tests::agent::service(s, "default/reviews:")
+            .is_some_and(|r| r["backends"].as_array().is_some_and(|b| b.iter().any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))))
+    });
+    let r = http(&c, REVIEWS, 200, Some("end-user: jason"));
+    assert_eq!(r.count("reviews-v2"), 200, "{r:?}\n{}", c.agent.log());
+    let s = c.status();
+    // Every request crosses two redirected hops each way (client↔proxy, proxy↔pod).
+    let redirected = common::counter(&s, "msg_redirected");
+    assert!(redirected >= 4 * 200, "only {redirected} messages redirected: {s:#}");
+    assert_eq!(common::counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
+}

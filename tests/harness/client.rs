@@ -109,14 +109,21 @@ impl ClientReport {
 }
 
 /// Output of a finished process.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Spawn `cmd` with piped stdout/stderr and wait for it, killing it after `deadline`.
-fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Result<Finished> {
+fn run_with_deadline(cmd: Command, deadline: Duration) -> Result<Finished> {
+    run_until(cmd, deadline, &|| false)
+}
+
+/// Spawn `cmd` (e.g. from [`Pod::command`]) with piped stdout/stderr and wait for it; kill it
+/// after `deadline`, or as soon as `stop()` says so (e.g. Ctrl-C in a long benchmark). Both pipes
+/// are drained on threads so a chatty child never blocks on a full pipe.
+pub fn run_until(mut cmd: Command, deadline: Duration, stop: &dyn Fn() -> bool) -> Result<Finished> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -150,13 +157,14 @@ fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Result<Finished> {
         if let Some(st) = child.try_wait()? {
             break st;
         }
-        if Instant::now() >= end {
+        if Instant::now() >= end || stop() {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = err_t.join().unwrap_or_default();
             bail!(
-                "{:?} did not finish within {deadline:?}; stderr: {stderr}",
-                cmd.get_args()
+                "{:?} {:?} did not finish within {deadline:?}; stderr: {stderr}",
+                cmd.get_program(),
+                cmd.get_args().collect::<Vec<_>>()
             );
         }
         std::thread::sleep(Duration::from_millis(5));

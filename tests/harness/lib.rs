@@ -27,7 +27,7 @@ mod runid;
 mod stale;
 mod sys;
 
-pub use client::{testpod_bin, ClientReport, RequestRecord};
+pub use client::{run_until, testpod_bin, ClientReport, Finished, RequestRecord};
 pub use hold::Hold;
 pub use node::Node;
 pub use pod::{Pod, Target};

@@ -3,10 +3,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use meshpath_tests::{Node, Pod};
@@ -36,69 +36,14 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// Output of a finished one-shot process.
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
+pub use meshpath_tests::Finished;
 
 /// Spawn `cmd` (usually built by [`Pod::command`]) with piped output and wait for it, killing it
-/// after `deadline`. The harness's own helper is private and has a fixed 60 s limit, too short
-/// for long `--duration`s.
-pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Result<Finished> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
-    // Both pipes are drained on threads so a chatty child can never block on a full pipe.
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out_t = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err_t = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let end = Instant::now() + deadline;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() >= end || INTERRUPTED.load(Ordering::SeqCst) {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err_t.join().unwrap_or_default();
-            check_interrupted()?;
-            bail!(
-                "{:?} {:?} did not finish within {deadline:?}; stderr: {}",
-                cmd.get_program(),
-                cmd.get_args().collect::<Vec<_>>(),
-                tail(&stderr, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ok(Finished {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
+/// after `deadline` or on Ctrl-C (the harness's runner, with the bench's interrupt flag).
+pub fn run_with_deadline(cmd: Command, deadline: Duration) -> Result<Finished> {
+    let out = meshpath_tests::run_until(cmd, deadline, &|| INTERRUPTED.load(Ordering::SeqCst));
+    check_interrupted()?;
+    out.map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
 /// Which output stream of a server announces readiness.

@@ -5,6 +5,7 @@ mod apply;
 mod compile;
 mod config;
 mod datapath;
+mod ejection;
 mod istio;
 mod l7;
 mod model;

@@ -31,6 +31,8 @@ pub struct Reconciler {
     compiled: Compiled,
     l7: L7Compiled,
     ports: ProxyPorts,
+    /// Endpoints the proxy's `outlierDetection` ejected, kept out of the maps (`ejection.rs`).
+    ejected: crate::proxy::EjectedSet,
 }
 
 impl Reconciler {
@@ -46,7 +48,13 @@ impl Reconciler {
             compiled: Compiled::default(),
             l7: L7Compiled::default(),
             ports: ProxyPorts::default(),
+            ejected: Default::default(),
         }
+    }
+
+    /// The proxy's current ejections, applied from the next [`Reconciler::reconcile`].
+    pub fn set_ejected(&mut self, ejected: crate::proxy::EjectedSet) {
+        self.ejected = ejected;
     }
 
     pub fn reconcile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
@@ -88,7 +96,12 @@ impl Reconciler {
             .map(|p| ports.targets(p.ip))
             .unwrap_or_default();
         let weighted = tcp_weights(&l7, &next);
-        let contents = next.map_contents_steered(&targets, &weighted);
+        // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).
+        let healthy = crate::ejection::exclude_ejected(&next, &l7.config, &self.ejected);
+        let contents = healthy
+            .as_ref()
+            .unwrap_or(&next)
+            .map_contents_steered(&targets, &weighted);
         match apply(maps, &contents) {
             Ok(stats) => {
                 info!(

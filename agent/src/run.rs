@@ -74,6 +74,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let (l7_tx, l7_rx) = watch::channel(Arc::new(L7Config::default()));
     let mut proxy_stats = None;
+    let mut ejected = None;
     let proxy = match &cfg.proxy {
         Some(p) => Some(ProxySetup {
             ip: p.ip,
@@ -81,6 +82,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             listeners: {
                 let proxy = Proxy::new(l7_rx.clone());
                 proxy_stats = Some(proxy.stats());
+                ejected = Some(proxy.ejected_endpoints());
                 ProxyListeners::new(p.ip, p.netns.clone(), proxy)?
             },
         }),
@@ -99,17 +101,34 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut reconciler = Reconciler::new(cfg.compile.clone(), proxy, l7_tx);
     loop {
         let model = model_rx.borrow_and_update().clone();
+        if let Some(rx) = ejected.as_mut() {
+            reconciler.set_ejected(rx.borrow_and_update().clone());
+        }
         reconciler.reconcile(&model, &mut datapath.maps);
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() {
                 warn!("manifest watcher stopped");
                 break;
             },
+            // Outlier-detection ejections also leave the kernel's selection.
+            _ = ejections_changed(&mut ejected) => {}
             _ = term.recv() => { info!("SIGTERM: exiting; programs stay attached"); break; }
             _ = int.recv() => { info!("SIGINT: exiting; programs stay attached"); break; }
         }
     }
     Ok(())
+}
+
+/// Resolves when the proxy's ejected set changes; never without a proxy (or once it is gone).
+async fn ejections_changed(rx: &mut Option<watch::Receiver<crate::proxy::EjectedSet>>) {
+    if let Some(r) = rx {
+        if r.changed().await.is_ok() {
+            return;
+        }
+        // The proxy is gone: stop watching, or this would resolve at once forever.
+        *rx = None;
+    }
+    std::future::pending::<()>().await
 }
 
 /// Moves this whole process (all its threads) into `cgroup` (cgroup v2: writing "0" to

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::outlier::OutlierStats;
 use crate::l7::{ClusterKey, ConnectionPool};
 
 /// Envoy's default for every circuit-breaker threshold Istio leaves unset (2^32 - 1).
@@ -38,6 +39,8 @@ pub(crate) struct ClusterStats {
     max_pending: AtomicU64,
     /// The request-slot semaphore and the limit it was made for.
     slots: Mutex<Option<(u32, Arc<Semaphore>)>>,
+    /// `outlierDetection` counters (`outlier.rs`).
+    pub outlier: OutlierStats,
 }
 
 /// Stats of every cluster the proxy has known, by key.
@@ -164,7 +167,7 @@ impl ClusterStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (pending, max_pending) = (l(&self.upstream_rq_pending_active), l(&self.max_pending));
         let (cx, max_cx) = (l(&self.upstream_cx_active), l(&self.max_connections));
-        vec![
+        let mut v = vec![
             (
                 "circuit_breakers.default.cx_open",
                 u64::from(cx >= max_cx),
@@ -205,7 +208,10 @@ impl ClusterStats {
                 true,
             ),
             ("upstream_rq_total", l(&self.upstream_rq_total), true),
-        ]
+        ];
+        v.extend(self.outlier.values());
+        v.sort_by_key(|(name, _, _)| *name);
+        v
     }
 }
 

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use super::body::{local_reply, ActiveGuard, ProxyBody, UpBody};
 use super::lb;
+use super::outlier::Attempt;
 use super::snapshot::{cluster_name, ClusterRt};
 use super::upstream::{self, Endpoint, Proto, SendOpts, UpstreamError};
 use crate::l7::{RetryOn, RetryPolicy};
@@ -295,6 +296,18 @@ async fn attempts(
                 .await
                 .map_or_else(|(e, unsent)| failed(f, e, unsent), Outcome::Sent),
         };
+        // Every attempt counts for outlier detection, retried ones included (as in Envoy),
+        // except a pooled connection the peer had closed: that says nothing of the endpoint.
+        if let (Target::Cluster(c), false) = (&f.target, stale_failure(&outcome)) {
+            if let Some(o) = &c.outlier {
+                let result = match &outcome {
+                    Outcome::Sent(s) => Attempt::Status(s.resp.status().as_u16()),
+                    Outcome::Failed(_) => Attempt::Failed,
+                    Outcome::TimedOut => Attempt::TimedOut,
+                };
+                o.record(ep.addr, result, c.endpoints.len());
+            }
+        }
         let retry = more
             && f.body.available()
             && match &outcome {
@@ -344,6 +357,10 @@ async fn attempts(
         };
         return (resp, Some(ep.addr));
     }
+}
+
+fn stale_failure(o: &Outcome) -> bool {
+    matches!(o, Outcome::Failed(e) if e.is_stale_connection())
 }
 
 fn failed(f: &mut Forward<'_>, e: UpstreamError, unsent: Option<Request<UpBody>>) -> Outcome {

@@ -2,7 +2,8 @@
 //!
 //! Retries avoid the endpoints already tried (Istio's `previous_hosts` predicate, up to
 //! `HOST_SELECTION_ATTEMPTS` picks) except under consistent hashing, where Istio keeps the key's
-//! endpoint.
+//! endpoint. Endpoints ejected by `outlierDetection` are skipped by every policy
+//! (`pick_healthy`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +53,13 @@ pub(crate) fn pick(cluster: &ClusterRt, hash: Option<u64>, tried: &[usize]) -> O
     if n == 0 {
         return None;
     }
+    let ejected = cluster
+        .outlier
+        .as_ref()
+        .and_then(|o| o.ejected_mask(cluster.endpoints.iter().map(|e| e.addr)));
+    if let Some(mask) = ejected {
+        return pick_healthy(cluster, hash, tried, &mask);
+    }
     if n == 1 {
         return (!matches!(cluster.lb, LbState::Passthrough)).then_some(0);
     }
@@ -75,6 +83,45 @@ pub(crate) fn pick(cluster: &ClusterRt, hash: Option<u64>, tried: &[usize]) -> O
         LbState::Maglev(table) => hash
             .and_then(|h| table.lookup(h))
             .or_else(|| Some(fastrand::usize(..n))),
+    }
+}
+
+/// [`pick`] when `outlierDetection` ejected some endpoints: the same policies over the others
+/// (preferring those not tried yet). A hash that lands on an ejected endpoint moves to the next
+/// endpoint in list order, so keys of healthy endpoints keep theirs. `None` when all are
+/// ejected (Envoy: "no healthy upstream").
+fn pick_healthy(
+    cluster: &ClusterRt,
+    hash: Option<u64>,
+    tried: &[usize],
+    ejected: &[bool],
+) -> Option<usize> {
+    let n = ejected.len();
+    let healthy: Vec<usize> = (0..n).filter(|i| !ejected[*i]).collect();
+    let fresh: Vec<usize> = healthy
+        .iter()
+        .copied()
+        .filter(|i| !tried.contains(i))
+        .collect();
+    let c = if fresh.is_empty() { &healthy } else { &fresh };
+    if c.is_empty() {
+        return None;
+    }
+    let load = |i: usize| cluster.endpoints[i].active.load(Ordering::Relaxed);
+    let hashed = |i: Option<usize>| {
+        let start = i.unwrap_or_else(|| fastrand::usize(..n));
+        (0..n).map(|k| (start + k) % n).find(|i| !ejected[*i])
+    };
+    match &cluster.lb {
+        LbState::Passthrough => None,
+        LbState::RoundRobin(next) => Some(c[next.fetch_add(1, Ordering::Relaxed) % c.len()]),
+        LbState::Random => Some(c[fastrand::usize(..c.len())]),
+        LbState::LeastRequest => {
+            let (a, b) = (c[fastrand::usize(..c.len())], c[fastrand::usize(..c.len())]);
+            Some(if load(b) < load(a) { b } else { a })
+        }
+        LbState::Ring(ring) => hashed(hash.and_then(|h| ring.lookup(h))),
+        LbState::Maglev(table) => hashed(hash.and_then(|h| table.lookup(h))),
     }
 }
 

@@ -36,6 +36,7 @@ mod headers;
 mod lb;
 mod matching;
 mod mirror;
+mod outlier;
 mod redirect;
 mod server;
 mod snapshot;
@@ -55,6 +56,7 @@ use tokio::sync::watch;
 
 use crate::l7::{HttpRoute, L7Config};
 
+pub use outlier::EjectedSet;
 pub use server::serve;
 // `Span` is what a future exporter receives; nothing in the agent builds one yet.
 #[allow(unused_imports)]
@@ -103,6 +105,8 @@ pub struct Proxy {
     registry: Mutex<snapshot::Registry>,
     /// Per-cluster stats, kept across config swaps.
     stats: Arc<Mutex<breaker::StatsMap>>,
+    /// `outlierDetection` ejections of every cluster, kept across config swaps.
+    outliers: Arc<outlier::Outliers>,
     /// Strong references for passthrough destinations, which no snapshot lists: keeps their
     /// connection pools alive between requests.
     passthrough: Mutex<HashMap<SocketAddr, Arc<upstream::Endpoint>>>,
@@ -126,7 +130,13 @@ impl Proxy {
     ) -> Arc<Proxy> {
         let mut registry = snapshot::Registry::new();
         let mut stats = breaker::StatsMap::new();
-        let first = snapshot::build(config.borrow().clone(), &mut registry, &mut stats);
+        let outliers = outlier::Outliers::new();
+        let first = snapshot::build(
+            config.borrow().clone(),
+            &mut registry,
+            &mut stats,
+            &outliers,
+        );
         let none = |k: &crate::l7::ClusterKey| snapshot::Dest {
             key: k.clone(),
             cluster: None,
@@ -136,6 +146,7 @@ impl Proxy {
             current: RwLock::new(Arc::new(first)),
             registry: Mutex::new(registry),
             stats: Arc::new(Mutex::new(stats)),
+            outliers,
             passthrough: Mutex::new(HashMap::new()),
             passthrough_route: snapshot::route_rt(&HttpRoute::default(), &none),
             opts,
@@ -160,7 +171,7 @@ impl Proxy {
         if !Arc::ptr_eq(&cur.config, &latest) {
             let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            let next = snapshot::build(latest, &mut registry, &mut stats);
+            let next = snapshot::build(latest, &mut registry, &mut stats, &self.outliers);
             tracing::info!(
                 listeners = next.listeners.len(),
                 clusters = next.config.clusters.len(),
@@ -174,6 +185,12 @@ impl Proxy {
     /// A handle on the per-cluster stats, for the admin endpoint.
     pub fn stats(&self) -> ProxyStats {
         ProxyStats(self.stats.clone())
+    }
+
+    /// The endpoints `outlierDetection` currently ejects (all clusters), for the agent to
+    /// take them out of the kernel's selection too; changes whenever one is ejected or returns.
+    pub fn ejected_endpoints(&self) -> watch::Receiver<EjectedSet> {
+        self.outliers.subscribe()
     }
 
     fn passthrough_endpoint(&self, addr: SocketAddr) -> Arc<upstream::Endpoint> {

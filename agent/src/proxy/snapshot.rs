@@ -17,6 +17,7 @@ use super::forward::RetryRt;
 use super::headers::CompiledOps;
 use super::lb::LbState;
 use super::matching::Matcher;
+use super::outlier::{OutlierRt, Outliers};
 use super::upstream::{Endpoint, Proto, SendOpts};
 use crate::l7::{
     ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
@@ -80,6 +81,8 @@ pub(crate) struct ClusterRt {
     pub connect_timeout: Duration,
     /// `connectionPool` limits and the cluster's stats.
     pub breaker: Breaker,
+    /// `outlierDetection`, when the policy has it: balancers skip its ejected endpoints.
+    pub outlier: Option<OutlierRt>,
 }
 
 impl ClusterRt {
@@ -131,6 +134,7 @@ pub(crate) fn build(
     config: Arc<L7Config>,
     registry: &mut Registry,
     stats: &mut StatsMap,
+    outliers: &Arc<Outliers>,
 ) -> Snapshot {
     registry.retain(|_, w| w.strong_count() > 0);
     let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
@@ -151,6 +155,12 @@ pub(crate) fn build(
                 .connection_pool
                 .connect_timeout
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            outlier: c.policy.outlier_detection.clone().map(|policy| OutlierRt {
+                key: key.clone(),
+                policy,
+                stats: st.clone(),
+                all: outliers.clone(),
+            }),
             breaker: Breaker::new(st, &c.policy.connection_pool),
             policy: c.policy.clone(),
         };

@@ -7,6 +7,7 @@ mod circuit_breaking;
 mod faults;
 mod lb;
 mod matching;
+mod outlier;
 mod retries;
 mod routing;
 mod tracing_ids;

@@ -130,7 +130,10 @@ impl Reconciler {
 
 /// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
 /// applied per connection, never through the proxy).
-fn tcp_weights(l7: &L7Compiled, compiled: &Compiled) -> std::collections::BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>> {
+fn tcp_weights(
+    l7: &L7Compiled,
+    compiled: &Compiled,
+) -> std::collections::BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>> {
     l7.tcp_routes
         .iter()
         .filter(|(addr, _)| compiled.frontends.contains_key(addr))
@@ -146,7 +149,11 @@ fn tcp_weights(l7: &L7Compiled, compiled: &Compiled) -> std::collections::BTreeM
                             c.endpoints
                                 .iter()
                                 .filter_map(|e| match e.addr {
-                                    std::net::SocketAddr::V4(a) => Some(BackendAddr { ip: *a.ip(), port: a.port(), protocol: crate::model::Protocol::Tcp }),
+                                    std::net::SocketAddr::V4(a) => Some(BackendAddr {
+                                        ip: *a.ip(),
+                                        port: a.port(),
+                                        protocol: crate::model::Protocol::Tcp,
+                                    }),
                                     std::net::SocketAddr::V6(_) => None,
                                 })
                                 .collect()

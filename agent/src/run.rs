@@ -134,7 +134,10 @@ async fn ejections_changed(rx: &mut Option<watch::Receiver<crate::proxy::Ejected
 /// Moves this whole process (all its threads) into `cgroup` (cgroup v2: writing "0" to
 /// `cgroup.procs` moves the writer's process), creating the directory if needed.
 fn join_cgroup(cgroup: &std::path::Path) -> Result<(), AgentError> {
-    let err = |source| AgentError::JoinCgroup { path: cgroup.to_path_buf(), source };
+    let err = |source| AgentError::JoinCgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(cgroup).map_err(err)?;
     std::fs::write(cgroup.join("cgroup.procs"), b"0").map_err(err)?;
     info!(cgroup = %cgroup.display(), "agent moved into cgroup");

@@ -123,7 +123,11 @@ fn run_with_deadline(cmd: Command, deadline: Duration) -> Result<Finished> {
 /// Spawn `cmd` (e.g. from [`Pod::command`]) with piped stdout/stderr and wait for it; kill it
 /// after `deadline`, or as soon as `stop()` says so (e.g. Ctrl-C in a long benchmark). Both pipes
 /// are drained on threads so a chatty child never blocks on a full pipe.
-pub fn run_until(mut cmd: Command, deadline: Duration, stop: &dyn Fn() -> bool) -> Result<Finished> {
+pub fn run_until(
+    mut cmd: Command,
+    deadline: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<Finished> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

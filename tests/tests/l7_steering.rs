@@ -164,20 +164,34 @@ fn tcp_route_weights_are_applied_per_connection_in_the_kernel() {
     let mut eps = String::new();
     for (i, v) in [(1, "v1"), (2, "v2"), (3, "v2")] {
         parts.push(pod(&format!("db-{i}"), v, ip(i)).replace("app: reviews", "app: db"));
-        eps.push_str(&format!("- addresses: [\"{}\"]\n  targetRef: {{kind: Pod, name: db-{i}}}\n", ip(i)));
-        c.node.spawn_server(i, &format!("db-{i}"), &[5432], &[], &[]).expect("server");
+        eps.push_str(&format!(
+            "- addresses: [\"{}\"]\n  targetRef: {{kind: Pod, name: db-{i}}}\n",
+            ip(i)
+        ));
+        c.node
+            .spawn_server(i, &format!("db-{i}"), &[5432], &[], &[])
+            .expect("server");
     }
     parts.push(format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-1\n  labels:\n    kubernetes.io/service-name: db\naddressType: IPv4\nports:\n- name: tcp-db\n  port: 5432\nendpoints:\n{eps}"));
     parts.push("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: db\nspec:\n  host: db\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n".into());
     parts.push("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: db\nspec:\n  hosts:\n  - db\n  tcp:\n  - route:\n    - destination:\n        host: db\n        subset: v1\n      weight: 20\n    - destination:\n        host: db\n        subset: v2\n      weight: 80\n".into());
     c.write("db.yaml", &docs(&parts));
     c.wait_status("db weighted", Duration::from_secs(5), |s| {
-        meshpath_tests::agent::service(s, "default/db:").is_some_and(|d| d["backends"].as_array().map(Vec::len) == Some(100))
+        meshpath_tests::agent::service(s, "default/db:")
+            .is_some_and(|d| d["backends"].as_array().map(Vec::len) == Some(100))
     });
     // Not through the proxy: every slot is a pod.
     let s = c.status();
-    assert!(backends(&s, "default/db:").iter().all(|b| !b.starts_with("10.244.0.1:")), "{s:#}");
-    let r = c.node.tcp(0, "10.96.0.35:5432".parse().expect("addr"), 2000).expect("tcp");
+    assert!(
+        backends(&s, "default/db:")
+            .iter()
+            .all(|b| !b.starts_with("10.244.0.1:")),
+        "{s:#}"
+    );
+    let r = c
+        .node
+        .tcp(0, "10.96.0.35:5432".parse().expect("addr"), 2000)
+        .expect("tcp");
     assert_eq!(r.ok(), 2000, "{r:?}");
     // Binomial(2000, 0.2): mean 400, sd 17.9; ±90 is 5 sd.
     let v1 = r.count("db-1");
@@ -202,19 +216,32 @@ fn proxy_sockets_get_socket_redirection_when_it_is_on() {
         ]
     });
     for (i, name) in [(1, "reviews-v1"), (2, "reviews-v2"), (3, "reviews-v3")] {
-        c.node.spawn_server(i, name, &[], &[], &[9080]).expect("server");
+        c.node
+            .spawn_server(i, name, &[], &[], &[9080])
+            .expect("server");
     }
     c.write("cluster.yaml", &cluster_yaml(&c));
     c.write("reviews-vs.yaml", JASON_VS);
-    c.wait_status("reviews steered to the proxy", Duration::from_secs(5), |s| {
-        meshpath_tests::agent::service(s, "default/reviews:")
-            .is_some_and(|r| r["backends"].as_array().is_some_and(|b| b.iter().any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))))
-    });
+    c.wait_status(
+        "reviews steered to the proxy",
+        Duration::from_secs(5),
+        |s| {
+            meshpath_tests::agent::service(s, "default/reviews:").is_some_and(|r| {
+                r["backends"].as_array().is_some_and(|b| {
+                    b.iter()
+                        .any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))
+                })
+            })
+        },
+    );
     let r = http(&c, REVIEWS, 200, Some("end-user: jason"));
     assert_eq!(r.count("reviews-v2"), 200, "{r:?}\n{}", c.agent.log());
     let s = c.status();
     // Every request crosses two redirected hops each way (client↔proxy, proxy↔pod).
     let redirected = common::counter(&s, "msg_redirected");
-    assert!(redirected >= 4 * 200, "only {redirected} messages redirected: {s:#}");
+    assert!(
+        redirected >= 4 * 200,
+        "only {redirected} messages redirected: {s:#}"
+    );
     assert_eq!(common::counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
 }

@@ -67,7 +67,10 @@ pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
 /// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
 fn policy_needs_proxy(p: &crate::l7::TrafficPolicy) -> bool {
     use crate::l7::LoadBalancer as Lb;
-    let lb = matches!(p.load_balancer, Lb::LeastRequest | Lb::ConsistentHash { .. });
+    let lb = matches!(
+        p.load_balancer,
+        Lb::LeastRequest | Lb::ConsistentHash { .. }
+    );
     let pool = &p.connection_pool;
     let http_pool = pool.http1_max_pending_requests.is_some()
         || pool.http2_max_requests.is_some()
@@ -215,10 +218,19 @@ pub fn compile_l7(
     // Plain forwarding for every other HTTP frontend (not steered; see `needs_proxy`).
     for service in model.services.keys() {
         for (addr, _) in ctx.http_frontends(service) {
-            let default_cluster = ClusterKey { service: service.clone(), port: addr.port, subset: None };
+            let default_cluster = ClusterKey {
+                service: service.clone(),
+                port: addr.port,
+                subset: None,
+            };
             out.config.listeners.entry(socket(addr)).or_insert_with(|| {
                 keys.insert(default_cluster.clone());
-                ServiceRoutes { service: service.clone(), port: addr.port, http: Vec::new(), default_cluster }
+                ServiceRoutes {
+                    service: service.clone(),
+                    port: addr.port,
+                    http: Vec::new(),
+                    default_cluster,
+                }
             });
         }
     }

@@ -372,20 +372,48 @@ fn steered_frontends_point_at_the_proxy_and_keep_their_real_backends_in_compiled
 #[test]
 fn weighted_tcp_routes_become_slots_in_proportion() {
     let m = model(
-        vec![svc("db", Some([10, 96, 0, 10]), 5432, TargetPort::Number(5432))],
-        vec![slice("db", "http", 5432, vec![ep([10, 244, 0, 11], true, false), ep([10, 244, 0, 12], true, false), ep([10, 244, 0, 13], true, false)])],
+        vec![svc(
+            "db",
+            Some([10, 96, 0, 10]),
+            5432,
+            TargetPort::Number(5432),
+        )],
+        vec![slice(
+            "db",
+            "http",
+            5432,
+            vec![
+                ep([10, 244, 0, 11], true, false),
+                ep([10, 244, 0, 12], true, false),
+                ep([10, 244, 0, 13], true, false),
+            ],
+        )],
     );
     let (c, _) = compile(&m, &CompileOptions::default(), &Compiled::default());
-    let be = |last: u8| BackendAddr { ip: Ipv4Addr::new(10, 244, 0, last), port: 5432, protocol: Protocol::Tcp };
-    let fe = FrontendAddr { ip: Ipv4Addr::new(10, 96, 0, 10), port: 5432, protocol: Protocol::Tcp };
+    let be = |last: u8| BackendAddr {
+        ip: Ipv4Addr::new(10, 244, 0, last),
+        port: 5432,
+        protocol: Protocol::Tcp,
+    };
+    let fe = FrontendAddr {
+        ip: Ipv4Addr::new(10, 96, 0, 10),
+        port: 5432,
+        protocol: Protocol::Tcp,
+    };
     // v1 = {11} at 20, v2 = {12, 13} at 80, and an empty subset at 0.
-    let weighted = [(fe, vec![(vec![be(11)], 20), (vec![be(12), be(13)], 80), (vec![], 0)])].into();
+    let weighted = [(
+        fe,
+        vec![(vec![be(11)], 20), (vec![be(12), be(13)], 80), (vec![], 0)],
+    )]
+    .into();
     let maps = c.map_contents_steered(&BTreeMap::new(), &weighted);
     let key = ServiceKey::new(ipv4_be([10, 96, 0, 10]), port_be(5432), PROTO_TCP, 0);
     assert_eq!(maps.services[&key].count, 100);
     let mut per_backend: BTreeMap<u32, u32> = BTreeMap::new();
     for slot in 1..=100 {
-        *per_backend.entry(maps.services[&key.with_slot(slot)].backend_id).or_default() += 1;
+        *per_backend
+            .entry(maps.services[&key.with_slot(slot)].backend_id)
+            .or_default() += 1;
     }
     let count = |b: BackendAddr| per_backend[&c.backend_ids[&b]];
     assert_eq!((count(be(11)), count(be(12)), count(be(13))), (20, 40, 40));

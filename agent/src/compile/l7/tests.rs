@@ -257,5 +257,8 @@ fn circuit_breaking_rule_steers_its_service_without_routes() {
 
 /// The listeners the kernel steers to the proxy (the table also holds plain forwarding entries).
 pub(super) fn steered(out: &L7Compiled) -> Vec<std::net::SocketAddr> {
-    super::needs_proxy(&out.config).iter().map(|f| std::net::SocketAddr::new(f.ip.into(), f.port)).collect()
+    super::needs_proxy(&out.config)
+        .iter()
+        .map(|f| std::net::SocketAddr::new(f.ip.into(), f.port))
+        .collect()
 }

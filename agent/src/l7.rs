@@ -6,7 +6,7 @@
 //! against these types, and tests construct them directly.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ pub struct L7Config {
 #[derive(Clone, Debug)]
 pub struct ServiceRoutes {
     pub service: ObjectRef,
+    #[allow(dead_code)] // Part of the table's identity; read by logs and tests, not by routing.
     pub port: u16,
     /// `http:` routes, in order; the first whose match holds wins. Empty: plain forwarding to
     /// `default_cluster` (a service steered to the proxy only for a DestinationRule policy).
@@ -57,6 +58,7 @@ pub struct Endpoint {
 
 #[derive(Clone, Debug, Default)]
 pub struct HttpRoute {
+    #[allow(dead_code)] // Istio's route name, kept for access logs and per-route stats.
     pub name: Option<String>,
     /// OR of the matches; empty means "match everything".
     pub matches: Vec<HttpMatch>,
@@ -235,11 +237,4 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
-}
-
-/// Where a request came from, for `sourceLabels` and `useSourceIp`.
-#[derive(Clone, Debug, Default)]
-pub struct Source {
-    pub ip: Option<Ipv4Addr>,
-    pub labels: BTreeMap<String, String>,
 }

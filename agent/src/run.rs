@@ -60,7 +60,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         None => EMBEDDED_OBJECT.ok_or(AgentError::NoObject)?,
     };
     if let Some(cgroup) = &cfg.agent_cgroup {
-        join_cgroup(cgroup)?;
+        join_cgroup(cgroup).map_err(|e| *e)?;
     }
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cfg.cgroup, cfg.features)?;
     info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cfg.cgroup.display(), features = ?cfg.features, "datapath loaded");
@@ -133,7 +133,7 @@ async fn ejections_changed(rx: &mut Option<watch::Receiver<crate::proxy::Ejected
 
 /// Moves this whole process (all its threads) into `cgroup` (cgroup v2: writing "0" to
 /// `cgroup.procs` moves the writer's process), creating the directory if needed.
-fn join_cgroup(cgroup: &std::path::Path) -> Result<(), AgentError> {
+fn join_cgroup(cgroup: &std::path::Path) -> Result<(), Box<AgentError>> {
     let err = |source| AgentError::JoinCgroup {
         path: cgroup.to_path_buf(),
         source,

@@ -28,10 +28,12 @@ pub struct ServiceRoutes {
     pub service: ObjectRef,
     #[allow(dead_code)] // Part of the table's identity; read by logs and tests, not by routing.
     pub port: u16,
-    /// `http:` routes, in order; the first whose match holds wins. Empty: plain forwarding to
-    /// `default_cluster` (a service steered to the proxy only for a DestinationRule policy).
+    /// `http:` routes, in order; the first whose match holds wins, and a request no route
+    /// matches gets 404, as with Istio. Empty: plain forwarding to `default_cluster` (a service
+    /// steered only for a DestinationRule policy, or not steered at all: see
+    /// `compile::l7::needs_proxy`).
     pub http: Vec<HttpRoute>,
-    /// Where a request goes when no VirtualService route matches (Istio: the service itself).
+    /// The service itself, for plain forwarding when `http` is empty.
     pub default_cluster: ClusterKey,
 }
 

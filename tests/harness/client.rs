@@ -291,8 +291,7 @@ impl Node {
 
     /// `count` sequential TCP connects to `addr`, each reading the server's name line.
     pub fn tcp(&self, at: impl Into<Target>, addr: SocketAddr, count: u32) -> Result<ClientReport> {
-        let (a, c) = (addr.to_string(), count.to_string());
-        self.report(at.into(), &["tcp", "--addr", &a, "--count", &c])
+        self.counted("tcp", at.into(), addr, count)
     }
 
     /// `count` connected UDP sockets, each sending one datagram to `addr`.
@@ -302,8 +301,7 @@ impl Node {
         addr: SocketAddr,
         count: u32,
     ) -> Result<ClientReport> {
-        let (a, c) = (addr.to_string(), count.to_string());
-        self.report(at.into(), &["udp-connected", "--addr", &a, "--count", &c])
+        self.counted("udp-connected", at.into(), addr, count)
     }
 
     /// One unconnected UDP socket doing `count` sendto/recvfrom round trips with `addr`.
@@ -313,8 +311,7 @@ impl Node {
         addr: SocketAddr,
         count: u32,
     ) -> Result<ClientReport> {
-        let (a, c) = (addr.to_string(), count.to_string());
-        self.report(at.into(), &["udp-unconnected", "--addr", &a, "--count", &c])
+        self.counted("udp-unconnected", at.into(), addr, count)
     }
 
     /// `count` HTTP/1.1 GETs to `addr` over keep-alive connections; counts are by response body.
@@ -324,7 +321,18 @@ impl Node {
         addr: SocketAddr,
         count: u32,
     ) -> Result<ClientReport> {
+        self.counted("http", at.into(), addr, count)
+    }
+
+    /// `mp-testpod MODE --addr ADDR --count N`, parsed.
+    fn counted(
+        &self,
+        mode: &str,
+        at: Target,
+        addr: SocketAddr,
+        count: u32,
+    ) -> Result<ClientReport> {
         let (a, c) = (addr.to_string(), count.to_string());
-        self.report(at.into(), &["http", "--addr", &a, "--count", &c])
+        self.report(at, &[mode, "--addr", &a, "--count", &c])
     }
 }

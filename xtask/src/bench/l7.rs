@@ -56,21 +56,7 @@ impl Hop {
 
 pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failure> {
     let load_before = loadavg();
-    let node = Node::new(2).context("creating the bench node")?;
-    // As in scenario.rs, so every scenario's node netns is configured alike.
-    proc::output(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            node.node_netns_name(),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.bridge.bridge-nf-call-iptables=1",
-        ],
-    )
-    .context("node netns sysctls")?;
+    let node = super::scenario::bench_node()?;
     let (backend, client) = (node.pod(0), node.pod(1));
     fortio::spawn_server(&node, backend, cfg.fortio, cfg.listen)?;
     let upstream = SocketAddrV4::new(backend.ip(), fortio::HTTP_PORT);

@@ -306,22 +306,7 @@ impl L7Section {
     }
 
     pub fn json(&self) -> Value {
-        let summary: Vec<Value> = self
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let cells: serde_json::Map<String, Value> = self
-                    .scenarios
-                    .iter()
-                    .filter_map(|&sc| {
-                        let c = self.table.get(&(i, sc))?;
-                        Some((sc.key().to_owned(), serde_json::to_value(c).ok()?))
-                    })
-                    .collect();
-                json!({ "row": row, "cells": cells })
-            })
-            .collect();
+        let summary = stats::table_json(&self.rows, &self.scenarios, &self.table);
         json!({
             "baseline": Scenario::L7Direct.key(),
             "versions": self.versions,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::fortio::PAYLOAD_BYTES;
 use super::l7report::L7Section;
 use super::model::{RunRecord, Scenario};
-use super::stats::{Better, Check, Row, Table};
+use super::stats::{self, Better, Check, Row, Table};
 use super::svg;
 use super::sysinfo::Meta;
 
@@ -206,22 +206,7 @@ impl Report<'_> {
     }
 
     pub fn json(&self) -> Value {
-        let rows: Vec<Value> = self
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let cells: serde_json::Map<String, Value> = self
-                    .scenarios
-                    .iter()
-                    .filter_map(|&sc| {
-                        let c = self.table.get(&(i, sc))?;
-                        Some((sc.key().to_owned(), serde_json::to_value(c).ok()?))
-                    })
-                    .collect();
-                json!({ "row": row, "cells": cells })
-            })
-            .collect();
+        let rows = stats::table_json(self.rows, self.scenarios, self.table);
         let scenarios: Vec<Value> = self
             .scenarios
             .iter()

@@ -75,11 +75,11 @@ enum DataPath {
     Meshpath(Agent),
 }
 
-pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failure> {
-    let load_before = loadavg();
+/// A two-pod node configured alike for every scenario: it forwards (needed for DNAT in (b)) and
+/// has bridge-nf-call-iptables on (the kernel default for a new namespace, set explicitly so all
+/// scenarios agree).
+pub fn bench_node() -> anyhow::Result<Node> {
     let node = Node::new(2).context("creating the bench node")?;
-    // A real node forwards (needed for DNAT in (b)) and has bridge-nf-call-iptables on (the
-    // kernel default for a new namespace, set explicitly so all four scenarios agree).
     proc::output(
         "ip",
         &[
@@ -93,6 +93,12 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
         ],
     )
     .context("node netns sysctls")?;
+    Ok(node)
+}
+
+pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failure> {
+    let load_before = loadavg();
+    let node = bench_node()?;
     let (backend, client) = (node.pod(0), node.pod(1));
     fortio::spawn_server(&node, backend, cfg.fortio, cfg.listen)?;
     stream::spawn_server(&node, backend)?;

@@ -293,6 +293,23 @@ pub fn targets(rows: &[Row], t: &Table, missing: &BTreeMap<Scenario, String>) ->
     out
 }
 
+/// The table as JSON, one entry per row with its cells by scenario key (`results.json`).
+pub fn table_json(rows: &[Row], scenarios: &[Scenario], table: &Table) -> Vec<serde_json::Value> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let cells: serde_json::Map<String, serde_json::Value> = scenarios
+                .iter()
+                .filter_map(|&sc| {
+                    let c = table.get(&(i, sc))?;
+                    Some((sc.key().to_owned(), serde_json::to_value(c).ok()?))
+                })
+                .collect();
+            serde_json::json!({ "row": row, "cells": cells })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

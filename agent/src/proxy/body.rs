@@ -13,6 +13,7 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::breaker::RqGuard;
 use super::upstream::{Endpoint, PoolReturn};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,20 +55,29 @@ impl Body for UpBody {
     }
 }
 
-/// Counts a request against its endpoint's in-flight requests until dropped.
+/// Counts a request against its endpoint's in-flight requests until dropped, and against
+/// its cluster's active requests (`http2MaxRequests`) when it carries that count.
 #[derive(Debug)]
-pub(crate) struct ActiveGuard(Arc<Endpoint>);
+pub(crate) struct ActiveGuard {
+    ep: Arc<Endpoint>,
+    _request: Option<RqGuard>,
+}
 
 impl ActiveGuard {
     pub(crate) fn new(ep: Arc<Endpoint>) -> ActiveGuard {
         ep.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(ep)
+        ActiveGuard { ep, _request: None }
+    }
+
+    pub(crate) fn with_request(mut self, request: Option<RqGuard>) -> ActiveGuard {
+        self._request = request;
+        self
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.ep.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

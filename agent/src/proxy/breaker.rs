@@ -5,7 +5,12 @@
 //!   busy waits as *pending* (and counts `upstream_cx_overflow`);
 //! - `http.http1MaxPendingRequests`: requests allowed to wait; one more is answered 503 at once
 //!   with `x-envoy-overloaded: true` (`upstream_rq_pending_overflow`);
-//! - `http.maxRequestsPerConnection`: enforced when a connection comes back (`upstream.rs`).
+//! - `http.maxRequestsPerConnection`: enforced when a connection comes back (`upstream.rs`);
+//! - `http.http2MaxRequests` (Envoy's `max_requests`, which Istio applies to HTTP/1.1 too):
+//!   requests outstanding to the cluster, counted from the moment a request is given a
+//!   connection until its response ends. Checked, as Envoy's pool does, when a request is
+//!   attached to a connection; over it the request is answered 503 `x-envoy-overloaded` at
+//!   once and counted in `upstream_rq_pending_overflow` (Envoy counts both overflows there);
 //!
 //! Stats live in [`ClusterStats`], one per cluster key for the proxy's lifetime, so config
 //! swaps keep counters, gauges and the slot semaphore (when the limit is unchanged).
@@ -34,9 +39,12 @@ pub(crate) struct ClusterStats {
     pub upstream_cx_active: AtomicU64,
     pub upstream_cx_overflow: AtomicU64,
     pub upstream_cx_max_requests: AtomicU64,
+    /// Requests attached to a connection whose response has not ended (`max_requests`).
+    pub upstream_rq_active: AtomicU64,
     /// Current thresholds, for the `circuit_breakers.default.*` gauges.
     max_connections: AtomicU64,
     max_pending: AtomicU64,
+    max_requests: AtomicU64,
     /// The request-slot semaphore and the limit it was made for.
     slots: Mutex<Option<(u32, Arc<Semaphore>)>>,
     /// `outlierDetection` counters (`outlier.rs`).
@@ -60,16 +68,26 @@ pub(crate) struct Breaker {
     pub stats: Arc<ClusterStats>,
     slots: Option<Arc<Semaphore>>,
     max_pending: u64,
+    max_requests: u64,
+}
+
+/// An admitted attempt: its connection slot (HTTP/1 with `maxConnections`) and its place
+/// among the cluster's active requests.
+pub(crate) struct Admitted {
+    pub slot: Option<OwnedSemaphorePermit>,
+    pub request: RqGuard,
 }
 
 impl Breaker {
     pub(crate) fn new(stats: Arc<ClusterStats>, pool: &ConnectionPool) -> Breaker {
-        let max_pending = pool.http1_max_pending_requests.map_or(UNLIMITED, u64::from);
-        stats.max_connections.store(
-            pool.max_connections.map_or(UNLIMITED, u64::from),
-            Ordering::Relaxed,
-        );
+        let limit = |v: Option<u32>| v.map_or(UNLIMITED, u64::from);
+        let max_pending = limit(pool.http1_max_pending_requests);
+        let max_requests = limit(pool.http2_max_requests);
+        stats
+            .max_connections
+            .store(limit(pool.max_connections), Ordering::Relaxed);
         stats.max_pending.store(max_pending, Ordering::Relaxed);
+        stats.max_requests.store(max_requests, Ordering::Relaxed);
         let slots = pool.max_connections.map(|n| {
             let mut cur = stats.slots.lock().unwrap_or_else(|p| p.into_inner());
             match &*cur {
@@ -87,19 +105,40 @@ impl Breaker {
             stats,
             slots,
             max_pending,
+            max_requests,
         }
     }
 
-    /// Admission of one upstream attempt: a slot (held until its connection is back in the
-    /// pool or closed), after waiting as pending if all are taken, or [`Overflow`].
-    pub(crate) async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, Overflow> {
+    /// Admission of one upstream attempt. HTTP/1 (`connection_slots`) first needs a slot (held
+    /// until its connection is back in the pool or closed), waiting as pending if all are
+    /// taken; then, like Envoy attaching a request to a connection, a place among the
+    /// cluster's active requests. Either limit overflowing gives [`Overflow`].
+    pub(crate) async fn admit(&self, connection_slots: bool) -> Result<Admitted, Overflow> {
+        let slot = if connection_slots {
+            self.slot().await?
+        } else {
+            None
+        };
+        let st = &self.stats;
+        let before = st.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
+        let request = RqGuard(self.stats.clone());
+        if before >= self.max_requests {
+            // `request` drops here and takes the count back, `slot` is released.
+            st.upstream_rq_pending_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Overflow);
+        }
+        st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+        Ok(Admitted { slot, request })
+    }
+
+    /// A connection slot (`maxConnections`), after waiting as pending if none is free.
+    async fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, Overflow> {
         let st = &self.stats;
         let Some(slots) = &self.slots else {
-            st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
         if let Ok(p) = slots.clone().try_acquire_owned() {
-            st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(p));
         }
         st.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
@@ -118,8 +157,17 @@ impl Breaker {
         // pending must not stay counted.
         let _pending = PendingGuard(st);
         let permit = slots.clone().acquire_owned().await.map_err(|_| Overflow)?;
-        st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         Ok(Some(permit))
+    }
+}
+
+/// One of the cluster's active requests (`upstream_rq_active`); lives with the response body.
+#[derive(Debug)]
+pub(crate) struct RqGuard(Arc<ClusterStats>);
+
+impl Drop for RqGuard {
+    fn drop(&mut self) {
+        self.0.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -167,6 +215,8 @@ impl ClusterStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (pending, max_pending) = (l(&self.upstream_rq_pending_active), l(&self.max_pending));
         let (cx, max_cx) = (l(&self.upstream_cx_active), l(&self.max_connections));
+        let (rq, max_rq) = (l(&self.upstream_rq_active), l(&self.max_requests));
+        let gauge = |name, v| (name, v, false);
         let mut v = vec![
             (
                 "circuit_breakers.default.cx_open",
@@ -188,6 +238,12 @@ impl ClusterStats {
                 u64::from(pending >= max_pending),
                 false,
             ),
+            gauge(
+                "circuit_breakers.default.remaining_rq",
+                max_rq.saturating_sub(rq),
+            ),
+            gauge("circuit_breakers.default.rq_open", u64::from(rq >= max_rq)),
+            gauge("upstream_rq_active", rq),
             ("upstream_cx_active", cx, false),
             (
                 "upstream_cx_max_requests",

@@ -30,7 +30,7 @@ pub(crate) const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub(crate) const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 const CONNECT_FAILURE: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
-/// Envoy's answer when the cluster's pending-request limit is reached.
+/// Envoy's answer when the cluster's pending-request or active-request limit is reached.
 pub(crate) const OVERFLOW: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
@@ -227,13 +227,13 @@ async fn attempts(
         attempt += 1;
         // The circuit breaker is checked before each attempt, as Envoy's router asks the
         // connection pool for every try; an overflow is answered at once, never retried.
-        // HTTP/2 upstreams multiplex one connection per endpoint (Envoy's `http2MaxRequests`
-        // governs them, not pending requests), so the HTTP/1 breaker does not apply to them.
-        let slot = match &f.target {
-            Target::Cluster(c) if f.proto == Proto::Http1 => match c.breaker.admit().await {
-                Ok(slot) => slot,
+        // HTTP/2 upstreams multiplex one connection per endpoint, so only the active-request
+        // limit (`http2MaxRequests`) applies to them, not connection slots and pending requests.
+        let admitted = match &f.target {
+            Target::Cluster(c) => match c.breaker.admit(f.proto == Proto::Http1).await {
+                Ok(a) => Some(a),
                 Err(_) => {
-                    debug!(cluster = %cluster_name(&c.key), "pending requests overflow");
+                    debug!(cluster = %cluster_name(&c.key), "circuit breaker overflow");
                     let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW);
                     resp.headers_mut()
                         .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
@@ -241,6 +241,10 @@ async fn attempts(
                 }
             },
             _ => None,
+        };
+        let (slot, request) = match admitted {
+            Some(a) => (a.slot, Some(a.request)),
+            None => (None, None),
         };
         let (ep, idx, opts, siblings) = match &f.target {
             Target::Passthrough(ep, t) => {
@@ -284,7 +288,9 @@ async fn attempts(
             std::mem::replace(&mut f.head, Request::new(()).into_parts().0)
         };
         let req = Request::from_parts(head, body);
-        let guard = ActiveGuard::new(ep.clone());
+        // Counts the request on its endpoint, and among the cluster's active requests until
+        // the response ends.
+        let guard = ActiveGuard::new(ep.clone()).with_request(request);
         let started = Instant::now();
         let send = upstream::send(&ep, req, opts, slot, siblings);
         let outcome = match f.retry.per_try_timeout {

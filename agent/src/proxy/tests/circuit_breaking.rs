@@ -11,10 +11,10 @@ use crate::proxy::ProxyStats;
 
 /// A backend that answers 200 after `delay` and counts its connections (accepted, and the
 /// most open at once).
-struct CountingBackend {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    peak: Arc<AtomicUsize>,
+pub(super) struct CountingBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub peak: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -24,7 +24,7 @@ impl Drop for CountingBackend {
     }
 }
 
-async fn counting_backend(delay: Duration) -> CountingBackend {
+pub(super) async fn counting_backend(delay: Duration) -> CountingBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (accepted, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -57,14 +57,14 @@ async fn counting_backend(delay: Duration) -> CountingBackend {
 }
 
 /// A config sending everything to cluster `a` at `addr` with `pool` limits.
-fn limited(addr: SocketAddr, pool: ConnectionPool) -> L7Config {
+pub(super) fn limited(addr: SocketAddr, pool: ConnectionPool) -> L7Config {
     let mut c = cluster(&[addr], RoundRobin);
     c.policy.connection_pool = pool;
     config(vec![route(vec![], to(&key("a")))], vec![(key("a"), c)])
 }
 
 /// A harness whose proxy's stats stay readable.
-async fn start_stats(cfg: L7Config) -> (Arc<Harness>, ProxyStats) {
+pub(super) async fn start_stats(cfg: L7Config) -> (Arc<Harness>, ProxyStats) {
     let (tx, rx) = watch::channel(Arc::new(cfg));
     let proxy = Proxy::with_options(rx, ProxyOptions::default(), None);
     let stats = proxy.stats();
@@ -87,7 +87,7 @@ async fn start_stats(cfg: L7Config) -> (Arc<Harness>, ProxyStats) {
     (Arc::new(h), stats)
 }
 
-fn stat(stats: &ProxyStats, name: &str) -> u64 {
+pub(super) fn stat(stats: &ProxyStats, name: &str) -> u64 {
     stats
         .values()
         .into_iter()
@@ -97,7 +97,7 @@ fn stat(stats: &ProxyStats, name: &str) -> u64 {
 }
 
 /// `n` GETs at once, each on its own client connection.
-async fn concurrently(h: &Arc<Harness>, n: usize) -> Vec<Got> {
+pub(super) async fn concurrently(h: &Arc<Harness>, n: usize) -> Vec<Got> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         let h = h.clone();

@@ -8,6 +8,7 @@ mod faults;
 mod lb;
 mod matching;
 mod outlier;
+mod request_limits;
 mod retries;
 mod routing;
 mod tracing_ids;

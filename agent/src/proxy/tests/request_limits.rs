@@ -1,0 +1,89 @@
+//! `http2MaxRequests` (Envoy's `max_requests`), `maxRetries` (`max_retries`) and
+//! `idleTimeout`: the limits of the cluster as a whole rather than of its connections.
+
+use super::circuit_breaking::{concurrently, counting_backend, limited, start_stats, stat};
+use super::*;
+
+#[tokio::test]
+async fn http2_max_requests_limits_active_http1_requests() {
+    let b = counting_backend(Duration::from_millis(300)).await;
+    let pool = ConnectionPool {
+        http2_max_requests: Some(2),
+        ..ConnectionPool::default()
+    };
+    let (h, stats) = start_stats(limited(b.addr, pool)).await;
+    let probe = {
+        let (h, stats) = (h.clone(), stats.clone());
+        tokio::spawn(async move {
+            // While two requests are in flight the breaker reports itself open.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let open = (
+                stat(&stats, "circuit_breakers.default.rq_open"),
+                stat(&stats, "circuit_breakers.default.remaining_rq"),
+                stat(&stats, "upstream_rq_active"),
+            );
+            drop(h);
+            open
+        })
+    };
+    let started = std::time::Instant::now();
+    let got = concurrently(&h, 5).await;
+    let ok = got.iter().filter(|g| g.status == 200).count();
+    let overflow: Vec<&Got> = got.iter().filter(|g| g.status == 503).collect();
+    assert_eq!((ok, overflow.len()), (2, 3), "{got:?}");
+    for g in &overflow {
+        assert_eq!(g.header("x-envoy-overloaded"), Some("true"));
+        assert_eq!(g.body, crate::proxy::forward::OVERFLOW);
+    }
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(probe.await.unwrap(), (1, 0, 2));
+    // Envoy counts a max_requests overflow as a pending overflow.
+    assert_eq!(stat(&stats, "upstream_rq_pending_overflow"), 3);
+    assert_eq!(stat(&stats, "upstream_rq_total"), 2);
+    assert_eq!(stat(&stats, "upstream_rq_active"), 0);
+    assert_eq!(stat(&stats, "circuit_breakers.default.rq_open"), 0);
+    assert_eq!(stat(&stats, "circuit_breakers.default.remaining_rq"), 2);
+
+    // Once the responses ended, their places are free again.
+    let got = concurrently(&h, 2).await;
+    assert!(got.iter().all(|g| g.status == 200), "{got:?}");
+}
+
+#[tokio::test]
+async fn http2_max_requests_limits_multiplexed_http2_requests() {
+    let b = backend_with("b", Arc::new(|_, _| (200, Duration::from_millis(300)))).await;
+    let pool = ConnectionPool {
+        http2_max_requests: Some(1),
+        ..ConnectionPool::default()
+    };
+    let (h, stats) = start_stats(limited(b.addr, pool)).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let h = h.clone();
+        set.spawn(async move {
+            let req = Request::get("/")
+                .version(Version::HTTP_2)
+                .body(Bytes::new())
+                .unwrap();
+            h.send(req).await.status
+        });
+    }
+    let mut statuses = set.join_all().await;
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 503, 503]);
+    assert_eq!(stat(&stats, "upstream_rq_pending_overflow"), 2);
+    assert_eq!(stat(&stats, "upstream_rq_active"), 0);
+}
+
+#[tokio::test]
+async fn unset_limits_report_envoy_defaults() {
+    let b = counting_backend(Duration::ZERO).await;
+    let (h, stats) = start_stats(limited(b.addr, ConnectionPool::default())).await;
+    let got = concurrently(&h, 20).await;
+    assert!(got.iter().all(|g| g.status == 200));
+    assert_eq!(
+        stat(&stats, "circuit_breakers.default.remaining_rq"),
+        u64::from(u32::MAX)
+    );
+    assert_eq!(stat(&stats, "upstream_rq_pending_overflow"), 0);
+}

@@ -2,6 +2,7 @@
 
 mod admin;
 mod apply;
+mod cgroup_layout;
 mod compile;
 mod config;
 mod datapath;

@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/kube-bins.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 exec cargo xtask test "$@"

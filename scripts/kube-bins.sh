@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Builds the Kubernetes control plane the kube tests start on loopback (tests/harness/kube/):
+# kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes, and etcd, all from
+# source fetched through the Go module proxy, into target/kube/<k8s version>/ (or
+# $MESHPATH_KUBE_BIN_DIR, which the harness reads too). Idempotent: binaries that already report
+# the wanted version are kept, so only the first run pays for the build (about 15 minutes cold on
+# two cores, a few seconds afterwards). Run as root on Debian (it may install packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+K8S_VERSION=v1.36.3
+# The staging modules (k8s.io/api, k8s.io/apiserver, ...) are published as v0.<minor>.<patch>.
+K8S_STAGING_VERSION=v0.${K8S_VERSION#v1.}
+# The etcd release k8s.io/kubernetes $K8S_VERSION pins in build/dependencies.yaml.
+ETCD_VERSION=v3.6.8
+# k8s.io/kubernetes $K8S_VERSION says "go 1.26.0"; this is the toolchain fetched when the local Go
+# is older.
+GO_TOOLCHAIN=go1.26.8
+GO_MIN_MINOR=26
+
+OUT=${MESHPATH_KUBE_BIN_DIR:-$PWD/target/kube/$K8S_VERSION}
+WORK=$OUT/.build
+
+log() { printf 'kube-bins: %s\n' "$*" >&2; }
+die() { printf 'kube-bins: error: %s\n' "$*" >&2; exit 1; }
+START=$SECONDS
+elapsed() { local s=$((SECONDS - ${1:-$START})); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+
+# Does the binary at $1 exist and report the wanted version?
+have_kube() { [ -x "$OUT/$1" ] && "$OUT/$1" --version 2>/dev/null | grep -qx "Kubernetes $K8S_VERSION"; }
+have_kubectl() {
+  [ -x "$OUT/kubectl" ] && "$OUT/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $K8S_VERSION"
+}
+have_etcd() { [ -x "$OUT/etcd" ] && "$OUT/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}"; }
+all_present() { have_kube kube-apiserver && have_kube kube-controller-manager && have_kubectl && have_etcd; }
+
+deb_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "Debian packages missing (${missing[*]}); run as root"
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The harness writes its PKI (CA, serving certificate, service-account key) with the openssl CLI.
+deb_install openssl
+
+mkdir -p "$OUT"
+# Two test runs starting at once (shared machine) must not build into the same directory together.
+exec 9>"$OUT/.lock"
+flock 9
+
+if all_present; then
+  log "kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION and etcd $ETCD_VERSION present in $OUT"
+  exit 0
+fi
+
+# --- Go toolchain -------------------------------------------------------------------------------
+go_bin=$(command -v go || true)
+[ -z "$go_bin" ] && [ -x /usr/local/go/bin/go ] && go_bin=/usr/local/go/bin/go
+if [ -z "$go_bin" ]; then
+  # Any Go that can download modules is enough: the wanted toolchain is fetched below.
+  deb_install golang-go
+  go_bin=/usr/bin/go
+fi
+go_minor() { "$1" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
+minor=$(go_minor "$go_bin")
+if [ "${minor:-0}" -ge "$GO_MIN_MINOR" ]; then
+  export GOTOOLCHAIN=local
+elif [ "${minor:-0}" -ge 21 ]; then
+  # Go >= 1.21 downloads golang.org/toolchain@...-$GO_TOOLCHAIN from GOPROXY by itself.
+  log "$("$go_bin" version) is older than go1.$GO_MIN_MINOR; using $GO_TOOLCHAIN from the Go module proxy"
+  export GOTOOLCHAIN=$GO_TOOLCHAIN
+else
+  # Older Go (Debian bookworm has 1.19) cannot switch toolchains, but can download the toolchain
+  # module; the module cache keeps files read-only and without execute bits, so copy it out.
+  tc_dir=$OUT/../$GO_TOOLCHAIN
+  if [ ! -x "$tc_dir/bin/go" ]; then
+    tc_mod=golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$("$go_bin" env GOARCH)
+    log "$("$go_bin" version) is too old to switch toolchains; fetching $tc_mod from the Go module proxy"
+    tc_src=$(cd / && GO111MODULE=on "$go_bin" mod download -json "$tc_mod" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    [ -n "$tc_src" ] || die "could not download $tc_mod"
+    rm -rf "$tc_dir.tmp" && cp -r "$tc_src" "$tc_dir.tmp" && chmod -R u+w "$tc_dir.tmp"
+    chmod +x "$tc_dir.tmp"/bin/* "$tc_dir.tmp"/pkg/tool/*/*
+    mv "$tc_dir.tmp" "$tc_dir"
+  fi
+  go_bin=$tc_dir/bin/go
+  export GOTOOLCHAIN=local
+fi
+log "using $("$go_bin" version)"
+
+# GOMODCACHE and GOCACHE stay at Go's defaults (~/go/pkg/mod, ~/.cache/go-build): they are shared
+# with other Go builds on the machine and survive `cargo clean`, so wiping target/ costs only the
+# link of these binaries (seconds), not the 15-minute compile. About 1 GB of modules and 3-4 GB of
+# build cache. -p=1 and nice/ionice: the machine's two cores are shared with other people.
+# CGO_ENABLED=0 as in Kubernetes' and etcd's release builds: static binaries, no C compiler needed.
+export GOFLAGS="-buildvcs=false -p=1" CGO_ENABLED=0 GOWORK=off
+low() {
+  if command -v ionice >/dev/null 2>&1; then nice -n 19 ionice -c3 "$@"; else nice -n 19 "$@"; fi
+}
+
+# --- Kubernetes ---------------------------------------------------------------------------------
+# One wrapper module for the three commands: k8s.io/kubernetes replaces its staging modules with
+# ./staging/..., which only hold inside its own repository, so the wrapper replaces each of them with
+# its published version instead. The three binaries share most packages, so the build cache makes
+# the second and third cheap.
+if ! have_kube kube-apiserver || ! have_kube kube-controller-manager || ! have_kubectl; then
+  mkdir -p "$WORK/k8s"
+  cd "$WORK/k8s"
+  if [ ! -s go.sum ] || ! grep -q "k8s.io/kubernetes $K8S_VERSION" go.mod 2>/dev/null; then
+    log "resolving k8s.io/kubernetes $K8S_VERSION"
+    k8s_mod=$(low "$go_bin" mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')
+    [ -f "$k8s_mod" ] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+    go_line=$(grep -m1 '^go ' "$k8s_mod")
+    replaces=$(sed -n '/^replace (/,/^)/p' "$k8s_mod" | awk -v v="$K8S_STAGING_VERSION" '$3 ~ /^\.\/staging\// { print "\t" $1 " => " $1 " " v }')
+    [ -n "$replaces" ] || die "no staging replace directives found in k8s.io/kubernetes@$K8S_VERSION's go.mod"
+    printf 'module meshpath.test/kube-bins\n\n%s\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n%s\n)\n' \
+      "$go_line" "$K8S_VERSION" "$replaces" >go.mod
+    rm -f go.sum
+    log "$(printf '%s\n' "$replaces" | wc -l) staging modules replaced with $K8S_STAGING_VERSION"
+    low "$go_bin" get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
+      "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION"
+  fi
+  # Without these the binaries report "v0.0.0-master+$Format:%H$", which kubectl and client
+  # libraries cannot parse; the same variables hack/lib/version.sh sets in Kubernetes' own build.
+  minor_v=${K8S_VERSION#v1.}
+  ldflags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor_v%%.*}"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  for cmd in kube-apiserver kube-controller-manager kubectl; do
+    if [ "$cmd" = kubectl ]; then have_kubectl && continue; else have_kube "$cmd" && continue; fi
+    t=$SECONDS
+    log "building $cmd $K8S_VERSION (nice, -p=1; the first of the three takes ~10 minutes cold)"
+    low "$go_bin" build -ldflags "$ldflags" -o "$OUT/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+    mv -f "$OUT/.$cmd.tmp" "$OUT/$cmd"
+    log "built $cmd in $(elapsed "$t")"
+  done
+  cd - >/dev/null
+fi
+
+# --- etcd ---------------------------------------------------------------------------------------
+# `go install go.etcd.io/etcd/server/v3@...` refuses (its go.mod has replace directives), so a
+# wrapper module requires it; the server module's root package is etcd's main.
+if ! have_etcd; then
+  mkdir -p "$WORK/etcd"
+  cd "$WORK/etcd"
+  if [ ! -s go.sum ] || ! grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION" go.mod 2>/dev/null; then
+    log "resolving go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    printf 'module meshpath.test/etcd-bin\n\ngo 1.24.0\n' >go.mod
+    rm -f go.sum
+    low "$go_bin" get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  fi
+  t=$SECONDS
+  log "building etcd $ETCD_VERSION (~2 minutes cold)"
+  low "$go_bin" build -o "$OUT/.etcd.tmp" go.etcd.io/etcd/server/v3
+  mv -f "$OUT/.etcd.tmp" "$OUT/etcd"
+  log "built etcd in $(elapsed "$t")"
+  cd - >/dev/null
+fi
+
+all_present || die "built binaries in $OUT do not report the expected versions"
+log "done in $(elapsed): $OUT/{kube-apiserver,kube-controller-manager,kubectl,etcd}"

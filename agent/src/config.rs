@@ -14,6 +14,11 @@ pub const ENV_PIN_DIR: &str = "MESHPATH_PIN_DIR";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshpath";
 pub const ENV_CGROUP: &str = "MESHPATH_CGROUP";
 pub const ENV_MANIFESTS: &str = "MESHPATH_MANIFESTS";
+pub const ENV_SOURCE: &str = "MESHPATH_SOURCE";
+pub const ENV_KUBECONFIG: &str = "MESHPATH_KUBECONFIG";
+pub const ENV_NODE_NAME: &str = "NODE_NAME";
+pub const ENV_KUBE_DEBOUNCE_MS: &str = "MESHPATH_KUBE_DEBOUNCE_MS";
+pub const DEFAULT_KUBE_DEBOUNCE_MS: u64 = 2;
 pub const ENV_BPF_OBJECT: &str = "MESHPATH_BPF_OBJECT";
 pub const ENV_CONNECT_LB: &str = "MESHPATH_CONNECT_LB";
 pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
@@ -120,9 +125,29 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Directory of Kubernetes YAML manifests (Service, EndpointSlice, Pod); watched for changes.
-    #[arg(long, env = ENV_MANIFESTS)]
-    pub manifests: PathBuf,
+    /// Where the cluster state comes from: a directory of manifests, or the Kubernetes API.
+    #[arg(long, env = ENV_SOURCE, value_enum, default_value_t = SourceArg::Manifests)]
+    pub source: SourceArg,
+    /// Directory of Kubernetes YAML manifests (Service, EndpointSlice, Pod, VirtualService,
+    /// DestinationRule); watched for changes. Required with `--source manifests`.
+    #[arg(
+        long,
+        env = ENV_MANIFESTS,
+        required_if_eq("source", "manifests"),
+        required_unless_present("source")
+    )]
+    pub manifests: Option<PathBuf>,
+    /// kubeconfig for `--source kube`; without it: KUBECONFIG, ~/.kube/config, else the
+    /// in-cluster service account.
+    #[arg(long, env = ENV_KUBECONFIG)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (the DaemonSet sets it from `spec.nodeName`): which pods are local.
+    #[arg(long, env = ENV_NODE_NAME)]
+    pub node_name: Option<String>,
+    /// With `--source kube`: milliseconds to wait after a change for more before programming
+    /// them together (a burst of endpoint changes costs one map update).
+    #[arg(long, env = ENV_KUBE_DEBOUNCE_MS, default_value_t = DEFAULT_KUBE_DEBOUNCE_MS)]
+    pub kube_debounce_ms: u64,
     /// cgroup v2 directory whose sockets (and its descendants') meshpath manages.
     #[arg(long, env = ENV_CGROUP)]
     pub cgroup: PathBuf,
@@ -175,6 +200,14 @@ pub struct AgentArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SourceArg {
+    /// `--manifests DIR`.
+    Manifests,
+    /// The Kubernetes API (kube-rs watchers).
+    Kube,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PolicyArg {
     Random,
     RoundRobin,
@@ -183,7 +216,8 @@ pub enum PolicyArg {
 /// What the agent runs with, derived from the arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
+    pub node_name: Option<String>,
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     pub bpf_object: Option<PathBuf>,
@@ -195,6 +229,12 @@ pub struct AgentConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceConfig {
+    Manifests(PathBuf),
+    Kube(crate::source::kube::KubeOptions),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyConfig {
     pub ip: Ipv4Addr,
     pub netns: Option<PathBuf>,
@@ -203,8 +243,18 @@ pub struct ProxyConfig {
 
 impl From<&AgentArgs> for AgentConfig {
     fn from(a: &AgentArgs) -> Self {
+        let source = match (a.source, &a.manifests) {
+            (SourceArg::Manifests, Some(dir)) => SourceConfig::Manifests(dir.clone()),
+            // clap requires --manifests with --source manifests.
+            (SourceArg::Manifests, None) => unreachable!("--manifests is required"),
+            (SourceArg::Kube, _) => SourceConfig::Kube(crate::source::kube::KubeOptions {
+                kubeconfig: a.kubeconfig.clone(),
+                debounce: std::time::Duration::from_millis(a.kube_debounce_ms),
+            }),
+        };
         Self {
-            manifests: a.manifests.clone(),
+            source,
+            node_name: a.node_name.clone(),
             cgroup: a.cgroup.clone(),
             pin_dir: a.pin.pin_dir.clone(),
             bpf_object: a.bpf_object.clone(),
@@ -304,6 +354,40 @@ mod tests {
         );
         assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
         assert_eq!(c.compile.service_cidr, (Ipv4Addr::new(10, 96, 0, 0), 12));
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            agent(&[]).source,
+            SourceConfig::Manifests(PathBuf::from("/m"))
+        );
+        let args = [
+            "meshpath",
+            "agent",
+            "--source",
+            "kube",
+            "--kubeconfig",
+            "/k",
+            "--node-name",
+            "n1",
+            "--cgroup",
+            "/c",
+        ];
+        let Command::Agent(a) = parse_args(args).expect("parses").command else {
+            panic!("not agent")
+        };
+        let c = AgentConfig::from(&a);
+        assert_eq!(
+            c.source,
+            SourceConfig::Kube(crate::source::kube::KubeOptions {
+                kubeconfig: Some(PathBuf::from("/k")),
+                debounce: std::time::Duration::from_millis(DEFAULT_KUBE_DEBOUNCE_MS),
+            })
+        );
+        assert_eq!(c.node_name.as_deref(), Some("n1"));
+        let err = parse_args(["meshpath", "agent", "--cgroup", "/c"]).unwrap_err();
+        assert!(err.to_string().contains("--manifests"), "{err}");
     }
 
     #[test]

@@ -159,6 +159,10 @@ pub struct ClusterModel {
     /// Istio objects, validated on their own; their hosts are resolved by `compile::l7`.
     pub virtual_services: BTreeMap<ObjectRef, crate::istio::VirtualService>,
     pub destination_rules: BTreeMap<ObjectRef, crate::istio::DestinationRule>,
+    /// When the oldest change in this snapshot reached its source (the Kubernetes source sets
+    /// it; the agent measures change → programmed latency from it). Not part of the cluster's
+    /// state: sources compare snapshots before setting it.
+    pub received: Option<std::time::Instant>,
 }
 
 impl ClusterModel {

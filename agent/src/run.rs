@@ -9,14 +9,21 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, SourceConfig};
 use crate::datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
 use crate::l7::L7Config;
 use crate::model::ClusterModel;
 use crate::proxy::Proxy;
 use crate::proxy_listeners::ProxyListeners;
 use crate::reconcile::{ProxySetup, Reconciler};
+use crate::source::kube::{KubeSource, KubeSourceError};
 use crate::source::{ManifestWatcher, SourceError, SourceStatus};
+
+/// Kept alive while the agent runs; dropping it stops the source.
+enum RunningSource {
+    Manifests(#[allow(dead_code)] ManifestWatcher),
+    Kube(#[allow(dead_code)] KubeSource),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -35,6 +42,8 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Kube(#[from] KubeSourceError),
     #[error(transparent)]
     Proxy(#[from] crate::netns::NetnsError),
     #[error("moving the agent into cgroup {}", path.display())]
@@ -65,13 +74,32 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cfg.cgroup, cfg.features)?;
     info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cfg.cgroup.display(), features = ?cfg.features, "datapath loaded");
 
-    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
-    let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
-    let _watcher = ManifestWatcher::start(&cfg.manifests, model_tx, status_tx)?;
-    info!(dir = %cfg.manifests.display(), "watching manifests");
-
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
+    let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
+    let _source = match &cfg.source {
+        SourceConfig::Manifests(dir) => {
+            let watcher = ManifestWatcher::start(dir, model_tx, status_tx)?;
+            info!(dir = %dir.display(), "watching manifests");
+            RunningSource::Manifests(watcher)
+        }
+        SourceConfig::Kube(options) => {
+            let source = KubeSource::start(options, model_tx, status_tx).await?;
+            // Until every kind is listed, what is pinned (from a previous run) stays as is: an
+            // empty or partial model would flush it.
+            info!("waiting for the first complete list from the Kubernetes API");
+            tokio::select! {
+                changed = model_rx.changed() => if changed.is_err() {
+                    warn!("Kubernetes source stopped");
+                    return Ok(());
+                },
+                _ = term.recv() => { info!("SIGTERM: exiting; programs stay attached"); return Ok(()); }
+                _ = int.recv() => { info!("SIGINT: exiting; programs stay attached"); return Ok(()); }
+            }
+            RunningSource::Kube(source)
+        }
+    };
     let (l7_tx, l7_rx) = watch::channel(Arc::new(L7Config::default()));
     let mut proxy_stats = None;
     let mut ejected = None;
@@ -105,9 +133,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             reconciler.set_ejected(rx.borrow_and_update().clone());
         }
         reconciler.reconcile(&model, &mut datapath.maps);
+        if let Some(received) = model.received {
+            // Change seen by the source → maps (and proxy routes) written.
+            tracing::debug!(
+                latency_us = received.elapsed().as_micros() as u64,
+                "change programmed"
+            );
+        }
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() {
-                warn!("manifest watcher stopped");
+                warn!("source stopped");
                 break;
             },
             // Outlier-detection ejections also leave the kernel's selection.

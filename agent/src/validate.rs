@@ -71,7 +71,9 @@ fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// `FILE:LINE: rest`, the file moved out of the message so that editors can jump to the line.
 fn source_line(error: &SourceError) -> String {
     let text = error.to_string();
-    let file = error.file().display().to_string();
+    let Some(file) = error.file().map(|f| f.display().to_string()) else {
+        return text;
+    };
     let rest = text.strip_prefix(&format!("{file}: ")).unwrap_or(&text);
     match error.line() {
         Some(line) => format!("{file}:{line}: {rest}"),

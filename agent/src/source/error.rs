@@ -191,29 +191,70 @@ pub enum SourceError {
         object: ObjectKey,
         first_file: PathBuf,
     },
+    /// An object read from the Kubernetes API does not fit its type (only Istio objects, whose
+    /// CRDs may accept anything under `spec`; the API server validates the built-in kinds).
+    #[error("kube-apiserver: {object}: {path}: {source}")]
+    ApiDecode {
+        object: ObjectKey,
+        path: String,
+        /// Shared: the Kubernetes source keeps the error while the object stays broken and
+        /// publishes it with every status.
+        #[source]
+        source: std::sync::Arc<serde_json::Error>,
+    },
+    /// An object read from the Kubernetes API is well-typed but not valid.
+    #[error("kube-apiserver: {source}")]
+    ApiInvalid {
+        #[source]
+        source: ConvertError,
+    },
 }
 
 impl SourceError {
-    /// The file (or directory, for [`SourceError::ReadDir`]) the error is about.
-    pub fn file(&self) -> &std::path::Path {
+    /// The file (or directory, for [`SourceError::ReadDir`]) the error is about; `None` for
+    /// objects read from the Kubernetes API.
+    pub fn file(&self) -> Option<&std::path::Path> {
         match self {
-            SourceError::ReadDir { dir, .. } | SourceError::Watch { dir, .. } => dir,
+            SourceError::ReadDir { dir, .. } | SourceError::Watch { dir, .. } => Some(dir),
             SourceError::ReadFile { file, .. }
             | SourceError::Yaml { file, .. }
             | SourceError::NotAnObject { file, .. }
             | SourceError::Decode { file, .. }
             | SourceError::Invalid { file, .. }
-            | SourceError::Duplicate { file, .. } => file,
+            | SourceError::Duplicate { file, .. } => Some(file),
+            SourceError::ApiDecode { .. } | SourceError::ApiInvalid { .. } => None,
+        }
+    }
+
+    /// A copy of an error about an API object (the Kubernetes source republishes them);
+    /// `None` for the file errors, which hold non-clonable I/O and parser errors.
+    pub fn try_clone(&self) -> Option<SourceError> {
+        match self {
+            SourceError::ApiDecode {
+                object,
+                path,
+                source,
+            } => Some(SourceError::ApiDecode {
+                object: object.clone(),
+                path: path.clone(),
+                source: source.clone(),
+            }),
+            SourceError::ApiInvalid { source } => Some(SourceError::ApiInvalid {
+                source: source.clone(),
+            }),
+            _ => None,
         }
     }
 
     /// The object the error is about, when there is one.
     pub fn object(&self) -> Option<&ObjectKey> {
         match self {
-            SourceError::Decode { object, .. } | SourceError::Duplicate { object, .. } => {
-                Some(object)
+            SourceError::Decode { object, .. }
+            | SourceError::Duplicate { object, .. }
+            | SourceError::ApiDecode { object, .. } => Some(object),
+            SourceError::Invalid { source, .. } | SourceError::ApiInvalid { source } => {
+                Some(&source.object)
             }
-            SourceError::Invalid { source, .. } => Some(&source.object),
             _ => None,
         }
     }
@@ -222,8 +263,10 @@ impl SourceError {
     pub fn field(&self) -> Option<&str> {
         match self {
             SourceError::NotAnObject { field, .. } => Some(field),
-            SourceError::Decode { path, .. } => Some(path),
-            SourceError::Invalid { source, .. } => Some(&source.field),
+            SourceError::Decode { path, .. } | SourceError::ApiDecode { path, .. } => Some(path),
+            SourceError::Invalid { source, .. } | SourceError::ApiInvalid { source } => {
+                Some(&source.field)
+            }
             _ => None,
         }
     }
@@ -248,6 +291,19 @@ impl SourceError {
             source: Box::new(source),
         }
     }
+}
+
+/// Logs `error` at error level with its file, object, field and line as structured fields.
+pub(crate) fn log_error(error: &SourceError) {
+    let object = error.object().map(ToString::to_string);
+    let file = error.file().map(|f| f.display().to_string());
+    tracing::error!(
+        file = file.as_deref(),
+        object = object.as_deref(),
+        field = error.field(),
+        line = error.line(),
+        "{error}"
+    );
 }
 
 /// serde-saphyr's user-facing wording: "duplicate mapping key `a` is not allowed here at line 3,

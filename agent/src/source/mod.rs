@@ -4,6 +4,7 @@
 //! - [`convert`]: k8s-openapi objects → model types, with Kubernetes' defaulting and validation.
 //!   Shared by every source.
 //! - [`manifests`]: a directory of YAML manifests, watched for changes.
+//! - [`kube`]: the Kubernetes API, watched with kube-rs.
 //! - [`error`]: [`SourceError`], which names file, object and field.
 //!
 //! Sources publish through `tokio::sync::watch` channels: a `watch::Sender<Arc<ClusterModel>>`
@@ -11,6 +12,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod kube;
 pub mod manifests;
 
 // The API of this module; not all of it is used by the binary yet (tests use the rest).

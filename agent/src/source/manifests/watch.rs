@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::state::{load_dir, Load, ManifestState};
 use crate::model::ClusterModel;
-use crate::source::error::SourceError;
+use crate::source::error::{log_error, SourceError};
 use crate::source::SourceStatus;
 
 /// A rescan waits until no event came for this long, so that a burst (an editor's write, rename
@@ -202,17 +202,6 @@ impl Publisher {
             true
         });
     }
-}
-
-fn log_error(error: &SourceError) {
-    let object = error.object().map(ToString::to_string);
-    tracing::error!(
-        file = %error.file().display(),
-        object = object.as_deref(),
-        field = error.field(),
-        line = error.line(),
-        "{error}"
-    );
 }
 
 #[cfg(test)]

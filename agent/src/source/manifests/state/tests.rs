@@ -54,7 +54,7 @@ fn last_good_version_of_a_file_stays_live() {
         )]
     );
     assert_eq!(broken.model, load.model);
-    assert_eq!(broken.errors[0].file(), web);
+    assert_eq!(broken.errors[0].file(), Some(web.as_path()));
 
     // Fixed: the new objects replace the old ones.
     fs::write(

@@ -76,30 +76,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
-    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
-    let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
-    let _source = match &cfg.source {
-        SourceConfig::Manifests(dir) => {
-            let watcher = ManifestWatcher::start(dir, model_tx, status_tx)?;
-            info!(dir = %dir.display(), "watching manifests");
-            RunningSource::Manifests(watcher)
-        }
-        SourceConfig::Kube(options) => {
-            let source = KubeSource::start(options, model_tx, status_tx).await?;
-            // Until every kind is listed, what is pinned (from a previous run) stays as is: an
-            // empty or partial model would flush it.
-            info!("waiting for the first complete list from the Kubernetes API");
-            tokio::select! {
-                changed = model_rx.changed() => if changed.is_err() {
-                    warn!("Kubernetes source stopped");
-                    return Ok(());
-                },
-                _ = term.recv() => { info!("SIGTERM: exiting; programs stay attached"); return Ok(()); }
-                _ = int.recv() => { info!("SIGINT: exiting; programs stay attached"); return Ok(()); }
-            }
-            RunningSource::Kube(source)
-        }
-    };
     let (l7_tx, l7_rx) = watch::channel(Arc::new(L7Config::default()));
     let mut proxy_stats = None;
     let mut ejected = None;
@@ -126,6 +102,31 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let cause = std::error::Error::source(&e).map(ToString::to_string);
         warn!(error = %e, cause = cause.as_deref().unwrap_or(""), "admin listener not started");
     }
+    // After the admin listener: its probes answer while the first list is awaited.
+    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
+    let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
+    let _source = match &cfg.source {
+        SourceConfig::Manifests(dir) => {
+            let watcher = ManifestWatcher::start(dir, model_tx, status_tx)?;
+            info!(dir = %dir.display(), "watching manifests");
+            RunningSource::Manifests(watcher)
+        }
+        SourceConfig::Kube(options) => {
+            let source = KubeSource::start(options, model_tx, status_tx).await?;
+            // Until every kind is listed, what is pinned (from a previous run) stays as is: an
+            // empty or partial model would flush it.
+            info!("waiting for the first complete list from the Kubernetes API");
+            tokio::select! {
+                changed = model_rx.changed() => if changed.is_err() {
+                    warn!("Kubernetes source stopped");
+                    return Ok(());
+                },
+                _ = term.recv() => { info!("SIGTERM: exiting; programs stay attached"); return Ok(()); }
+                _ = int.recv() => { info!("SIGINT: exiting; programs stay attached"); return Ok(()); }
+            }
+            RunningSource::Kube(source)
+        }
+    };
     let mut reconciler = Reconciler::new(cfg.compile.clone(), proxy, l7_tx);
     loop {
         let model = model_rx.borrow_and_update().clone();

@@ -11,6 +11,9 @@
 //!   connection until its response ends. Checked, as Envoy's pool does, when a request is
 //!   attached to a connection; over it the request is answered 503 `x-envoy-overloaded` at
 //!   once and counted in `upstream_rq_pending_overflow` (Envoy counts both overflows there);
+//! - `http.maxRetries` (Envoy's `max_retries`): retries outstanding to the cluster, from the
+//!   moment one is scheduled until its attempt has a result. A retry over it is not made
+//!   (`upstream_rq_retry_overflow`) and the client gets the last attempt's answer.
 //!
 //! Stats live in [`ClusterStats`], one per cluster key for the proxy's lifetime, so config
 //! swaps keep counters, gauges and the slot semaphore (when the limit is unchanged).
@@ -41,10 +44,17 @@ pub(crate) struct ClusterStats {
     pub upstream_cx_max_requests: AtomicU64,
     /// Requests attached to a connection whose response has not ended (`max_requests`).
     pub upstream_rq_active: AtomicU64,
+    pub upstream_rq_retry: AtomicU64,
+    pub upstream_rq_retry_success: AtomicU64,
+    pub upstream_rq_retry_overflow: AtomicU64,
+    /// Retries scheduled whose attempt has no result yet (`max_retries`; Envoy shows it only
+    /// through `remaining_retries`).
+    retries_active: AtomicU64,
     /// Current thresholds, for the `circuit_breakers.default.*` gauges.
     max_connections: AtomicU64,
     max_pending: AtomicU64,
     max_requests: AtomicU64,
+    max_retries: AtomicU64,
     /// The request-slot semaphore and the limit it was made for.
     slots: Mutex<Option<(u32, Arc<Semaphore>)>>,
     /// `outlierDetection` counters (`outlier.rs`).
@@ -69,6 +79,7 @@ pub(crate) struct Breaker {
     slots: Option<Arc<Semaphore>>,
     max_pending: u64,
     max_requests: u64,
+    max_retries: u64,
 }
 
 /// An admitted attempt: its connection slot (HTTP/1 with `maxConnections`) and its place
@@ -83,11 +94,13 @@ impl Breaker {
         let limit = |v: Option<u32>| v.map_or(UNLIMITED, u64::from);
         let max_pending = limit(pool.http1_max_pending_requests);
         let max_requests = limit(pool.http2_max_requests);
+        let max_retries = limit(pool.max_retries);
         stats
             .max_connections
             .store(limit(pool.max_connections), Ordering::Relaxed);
         stats.max_pending.store(max_pending, Ordering::Relaxed);
         stats.max_requests.store(max_requests, Ordering::Relaxed);
+        stats.max_retries.store(max_retries, Ordering::Relaxed);
         let slots = pool.max_connections.map(|n| {
             let mut cur = stats.slots.lock().unwrap_or_else(|p| p.into_inner());
             match &*cur {
@@ -106,6 +119,7 @@ impl Breaker {
             slots,
             max_pending,
             max_requests,
+            max_retries,
         }
     }
 
@@ -130,6 +144,22 @@ impl Breaker {
         }
         st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         Ok(Admitted { slot, request })
+    }
+
+    /// A retry may be made: `Some` while it is outstanding (drop it once its attempt has a
+    /// result), `None` over `maxRetries` (counted in `upstream_rq_retry_overflow`).
+    pub(crate) fn try_retry(&self) -> Option<RetryGuard> {
+        let st = &self.stats;
+        let before = st.retries_active.fetch_add(1, Ordering::Relaxed);
+        let guard = RetryGuard(self.stats.clone());
+        if before >= self.max_retries {
+            drop(guard);
+            st.upstream_rq_retry_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        st.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
+        Some(guard)
     }
 
     /// A connection slot (`maxConnections`), after waiting as pending if none is free.
@@ -168,6 +198,25 @@ pub(crate) struct RqGuard(Arc<ClusterStats>);
 impl Drop for RqGuard {
     fn drop(&mut self) {
         self.0.upstream_rq_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One of the cluster's outstanding retries.
+pub(crate) struct RetryGuard(Arc<ClusterStats>);
+
+impl RetryGuard {
+    /// The retried attempt got an answer that is not retried again (Envoy's
+    /// `upstream_rq_retry_success`).
+    pub(crate) fn succeeded(self) {
+        self.0
+            .upstream_rq_retry_success
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.0.retries_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -216,7 +265,9 @@ impl ClusterStats {
         let (pending, max_pending) = (l(&self.upstream_rq_pending_active), l(&self.max_pending));
         let (cx, max_cx) = (l(&self.upstream_cx_active), l(&self.max_connections));
         let (rq, max_rq) = (l(&self.upstream_rq_active), l(&self.max_requests));
+        let (retries, max_retries) = (l(&self.retries_active), l(&self.max_retries));
         let gauge = |name, v| (name, v, false);
+        let counter = |name, a: &AtomicU64| (name, l(a), true);
         let mut v = vec![
             (
                 "circuit_breakers.default.cx_open",
@@ -242,8 +293,22 @@ impl ClusterStats {
                 "circuit_breakers.default.remaining_rq",
                 max_rq.saturating_sub(rq),
             ),
+            gauge(
+                "circuit_breakers.default.remaining_retries",
+                max_retries.saturating_sub(retries),
+            ),
             gauge("circuit_breakers.default.rq_open", u64::from(rq >= max_rq)),
+            gauge(
+                "circuit_breakers.default.rq_retry_open",
+                u64::from(retries >= max_retries),
+            ),
             gauge("upstream_rq_active", rq),
+            counter("upstream_rq_retry", &self.upstream_rq_retry),
+            counter(
+                "upstream_rq_retry_overflow",
+                &self.upstream_rq_retry_overflow,
+            ),
+            counter("upstream_rq_retry_success", &self.upstream_rq_retry_success),
             ("upstream_cx_active", cx, false),
             (
                 "upstream_cx_max_requests",

@@ -16,11 +16,13 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::{local_reply, ActiveGuard, ProxyBody, UpBody};
+use super::breaker::RetryGuard;
 use super::lb;
 use super::outlier::Attempt;
+use super::retry::backoff;
+pub(crate) use super::retry::RetryRt;
 use super::snapshot::{cluster_name, ClusterRt};
 use super::upstream::{self, Endpoint, Proto, SendOpts, UpstreamError};
-use crate::l7::{RetryOn, RetryPolicy};
 
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -35,86 +37,6 @@ pub(crate) const OVERFLOW: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 const RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
-
-const ON_5XX: u8 = 1;
-const ON_GATEWAY: u8 = 2;
-const ON_CONNECT: u8 = 4;
-const ON_RESET: u8 = 8;
-const ON_409: u8 = 16;
-/// Istio's default `retriable-status-codes` (503).
-const ON_503: u8 = 32;
-
-/// A route's retry policy, compiled.
-#[derive(Clone, Debug)]
-pub(crate) struct RetryRt {
-    /// Retries after the first attempt (Istio's `attempts`).
-    pub retries: u32,
-    pub per_try_timeout: Option<Duration>,
-    on: u8,
-}
-
-impl RetryRt {
-    /// `None` is Istio's mesh default (`attempts: 2`, `connect-failure,refused-stream,
-    /// retriable-status-codes=503`); an empty `retry_on` gets Istio's default conditions.
-    pub(crate) fn from_policy(p: Option<&RetryPolicy>) -> RetryRt {
-        let Some(p) = p else {
-            return RetryRt::istio_default();
-        };
-        let mut on = 0;
-        for r in &p.retry_on {
-            on |= match r {
-                RetryOn::FiveXx => ON_5XX,
-                RetryOn::GatewayError => ON_GATEWAY,
-                RetryOn::ConnectFailure => ON_CONNECT,
-                RetryOn::Reset => ON_RESET,
-                RetryOn::RetriableStatus4xx => ON_409,
-            };
-        }
-        if p.retry_on.is_empty() {
-            on = ON_CONNECT | ON_503;
-        }
-        RetryRt {
-            retries: p.attempts,
-            per_try_timeout: p.per_try_timeout.filter(|d| !d.is_zero()),
-            on,
-        }
-    }
-
-    pub(crate) fn istio_default() -> RetryRt {
-        RetryRt {
-            retries: 2,
-            per_try_timeout: None,
-            on: ON_CONNECT | ON_503,
-        }
-    }
-
-    pub(crate) fn none() -> RetryRt {
-        RetryRt {
-            retries: 0,
-            per_try_timeout: None,
-            on: 0,
-        }
-    }
-
-    fn on_status(&self, s: u16) -> bool {
-        (self.on & ON_5XX != 0 && s >= 500)
-            || (self.on & ON_GATEWAY != 0 && matches!(s, 502..=504))
-            || (self.on & ON_409 != 0 && s == 409)
-            || (self.on & ON_503 != 0 && s == 503)
-    }
-
-    /// Envoy: `5xx`, `gateway-error` and `reset` retry any reset (connect failures included),
-    /// `connect-failure` only those.
-    fn on_error(&self, e: &UpstreamError) -> bool {
-        self.on & (ON_5XX | ON_GATEWAY | ON_RESET) != 0
-            || (self.on & ON_CONNECT != 0 && e.is_connect_failure())
-    }
-
-    /// A per-try timeout counts as a 504 / a reset.
-    fn on_timeout(&self) -> bool {
-        self.on & (ON_5XX | ON_GATEWAY | ON_RESET) != 0
-    }
-}
 
 /// The request body, buffered when a retry or mirror may replay it (and small enough).
 pub(crate) enum ReqBody {
@@ -223,6 +145,9 @@ async fn attempts(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     let mut stale_retried = false;
+    // The retry in progress, counted against the cluster's `maxRetries` until its attempt has
+    // a result (Envoy releases it when it decides on that result).
+    let mut retrying: Option<RetryGuard> = None;
     loop {
         attempt += 1;
         // The circuit breaker is checked before each attempt, as Envoy's router asks the
@@ -314,13 +239,13 @@ async fn attempts(
                 o.record(ep.addr, result, c.endpoints.len());
             }
         }
-        let retry = more
-            && f.body.available()
-            && match &outcome {
-                Outcome::Sent(s) => f.retry.on_status(s.resp.status().as_u16()),
-                Outcome::Failed(e) => f.retry.on_error(e),
-                Outcome::TimedOut => f.retry.on_timeout(),
-            };
+        let retriable = match &outcome {
+            Outcome::Sent(s) => f.retry.on_status(s.resp.status().as_u16()),
+            Outcome::Failed(e) => f.retry.on_error(e),
+            Outcome::TimedOut => f.retry.on_timeout(),
+        };
+        let mut retry = more && f.body.available() && retriable;
+        let previous = retrying.take();
         // A keep-alive connection the peer closed as the request went out (Node's 5 s
         // keepAliveTimeout and the like): resend once on a fresh connection, uncounted, when
         // the request is idempotent and can be rebuilt (as Go's HTTP client does).
@@ -329,7 +254,21 @@ async fn attempts(
             debug!(endpoint = %ep.addr, "pooled connection was closed by the peer; resending");
             stale_retried = true;
             attempt -= 1;
+            retrying = previous; // the same attempt, made again
             continue;
+        }
+        // The retried attempt has its result: no longer outstanding (before asking for the
+        // next one, which may take its place).
+        match previous {
+            Some(g) if !retriable => g.succeeded(),
+            other => drop(other),
+        }
+        if let (true, Target::Cluster(c)) = (retry, &f.target) {
+            retrying = c.breaker.try_retry();
+            if retrying.is_none() {
+                debug!(cluster = %cluster_name(&c.key), "retry overflow: maxRetries outstanding");
+                retry = false;
+            }
         }
         if retry {
             debug!(endpoint = %ep.addr, attempt, "retrying upstream request");
@@ -385,10 +324,4 @@ fn number(n: u64) -> HeaderValue {
         Some(v) => v.clone(),
         None => HeaderValue::from(n),
     }
-}
-
-/// Envoy's fully jittered exponential back-off: base 25 ms, at most 250 ms.
-fn backoff(retry: u32) -> Duration {
-    let cap_ms = (25u64 * ((1u64 << retry.min(10)) - 1)).min(250);
-    Duration::from_millis(fastrand::u64(..=cap_ms))
 }

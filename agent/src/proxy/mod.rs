@@ -38,6 +38,7 @@ mod matching;
 mod mirror;
 mod outlier;
 mod redirect;
+mod retry;
 mod server;
 mod snapshot;
 mod trace;

@@ -87,3 +87,90 @@ async fn unset_limits_report_envoy_defaults() {
     );
     assert_eq!(stat(&stats, "upstream_rq_pending_overflow"), 0);
 }
+
+/// `/slow` fails its first attempt at once, and its retry answers 200 after 500 ms; `/fast`
+/// always fails at once. Both are retried (Istio's default: 2 retries on 503) unless the
+/// retry budget is taken.
+async fn retry_backend() -> Backend {
+    backend_with(
+        "r",
+        Arc::new(|seen: &Seen, _| {
+            let first = seen.header("x-envoy-attempt-count") == Some("1");
+            match (seen.uri.as_str(), first) {
+                ("/slow", false) => (200, Duration::from_millis(500)),
+                _ => (503, Duration::ZERO),
+            }
+        }),
+    )
+    .await
+}
+
+fn fast_attempts(b: &Backend) -> usize {
+    b.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.uri == "/fast")
+        .count()
+}
+
+#[tokio::test]
+async fn max_retries_skips_retries_over_the_budget() {
+    let b = retry_backend().await;
+    let pool = ConnectionPool {
+        max_retries: Some(1),
+        ..ConnectionPool::default()
+    };
+    let (h, stats) = start_stats(limited(b.addr, pool)).await;
+    let slow = {
+        let h = h.clone();
+        tokio::spawn(async move { h.get("/slow").await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The slow request's retry is outstanding: the budget of one is used up.
+    assert_eq!(stat(&stats, "circuit_breakers.default.rq_retry_open"), 1);
+    assert_eq!(
+        stat(&stats, "circuit_breakers.default.remaining_retries"),
+        0
+    );
+    let started = std::time::Instant::now();
+    let fast = h.get("/fast").await;
+    assert_eq!(fast.status, 503, "the first attempt's answer, not retried");
+    assert!(fast.header("x-envoy-overloaded").is_none());
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(fast_attempts(&b), 1);
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(stat(&stats, "upstream_rq_retry"), 1);
+    assert_eq!(stat(&stats, "upstream_rq_retry_overflow"), 1);
+    assert_eq!(stat(&stats, "upstream_rq_retry_success"), 1);
+    assert_eq!(
+        stat(&stats, "circuit_breakers.default.remaining_retries"),
+        1
+    );
+    assert_eq!(stat(&stats, "circuit_breakers.default.rq_retry_open"), 0);
+
+    // With the budget free again, `/fast` gets its two retries.
+    assert_eq!(h.get("/fast").await.status, 503);
+    assert_eq!(fast_attempts(&b), 4);
+    assert_eq!(stat(&stats, "upstream_rq_retry"), 3);
+    assert_eq!(stat(&stats, "upstream_rq_retry_overflow"), 1);
+}
+
+#[tokio::test]
+async fn without_max_retries_concurrent_requests_all_retry() {
+    let b = retry_backend().await;
+    let (h, stats) = start_stats(limited(b.addr, ConnectionPool::default())).await;
+    let slow = {
+        let h = h.clone();
+        tokio::spawn(async move { h.get("/slow").await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(h.get("/fast").await.status, 503);
+    assert_eq!(fast_attempts(&b), 3);
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(stat(&stats, "upstream_rq_retry_overflow"), 0);
+    assert_eq!(
+        stat(&stats, "circuit_breakers.default.remaining_retries"),
+        u64::from(u32::MAX)
+    );
+}

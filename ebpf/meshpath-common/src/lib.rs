@@ -15,13 +15,15 @@ pub use counters::{Reason, ServiceStats, REASON_COUNT};
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Capacity of [`MAP_SERVICES`]: frontends times (slots + 1).
-pub const MAX_SERVICE_ENTRIES: u32 = 65_536;
+/// Capacity of [`MAP_SERVICES`]: frontends times (slots + 1). Sized for 10 000 single-port
+/// Services with 10 endpoints each (110 000 entries), issue 6's scale target.
+pub const MAX_SERVICE_ENTRIES: u32 = 131_072;
 /// Service ids are indexes into array maps (round-robin state, per-service stats), so they are
-/// dense and bounded: `1..MAX_SERVICE_IDS` (0 means "none").
-pub const MAX_SERVICE_IDS: u32 = 4_096;
+/// dense and bounded: `1..MAX_SERVICE_IDS` (0 means "none"). One id per frontend
+/// (ClusterIP:port). The per-CPU stats array costs 40 B × this × CPUs.
+pub const MAX_SERVICE_IDS: u32 = 16_384;
 /// Capacity of [`MAP_BACKENDS`]; backend ids are `1..=MAX_BACKENDS`.
-pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 131_072;
 /// Most backends one frontend may carry (slots `1..=MAX_SLOTS`).
 pub const MAX_SLOTS: u16 = 1_024;
 /// LRU capacity for session affinity entries.

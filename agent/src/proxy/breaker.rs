@@ -42,6 +42,7 @@ pub(crate) struct ClusterStats {
     pub upstream_cx_active: AtomicU64,
     pub upstream_cx_overflow: AtomicU64,
     pub upstream_cx_max_requests: AtomicU64,
+    pub upstream_cx_idle_timeout: AtomicU64,
     /// Requests attached to a connection whose response has not ended (`max_requests`).
     pub upstream_rq_active: AtomicU64,
     pub upstream_rq_retry: AtomicU64,
@@ -303,6 +304,7 @@ impl ClusterStats {
                 u64::from(retries >= max_retries),
             ),
             gauge("upstream_rq_active", rq),
+            counter("upstream_cx_idle_timeout", &self.upstream_cx_idle_timeout),
             counter("upstream_rq_retry", &self.upstream_rq_retry),
             counter(
                 "upstream_rq_retry_overflow",

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use super::body::{local_reply, ActiveGuard, ProxyBody, UpBody};
 use super::breaker::RetryGuard;
+use super::idle::DEFAULT_IDLE_TIMEOUT;
 use super::lb;
 use super::outlier::Attempt;
 use super::retry::backoff;
@@ -179,6 +180,7 @@ async fn attempts(
                     max_idle: f.max_idle,
                     max_requests_per_connection: 0,
                     max_connections: u32::MAX,
+                    idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 };
                 (ep.clone(), 0, opts, &[][..])
             }

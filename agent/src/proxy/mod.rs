@@ -33,6 +33,7 @@ mod handler;
 mod hash;
 mod hashkey;
 mod headers;
+mod idle;
 mod lb;
 mod matching;
 mod mirror;

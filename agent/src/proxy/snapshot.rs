@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::breaker::{self, Breaker, StatsMap};
 use super::forward::RetryRt;
 use super::headers::CompiledOps;
+use super::idle::DEFAULT_IDLE_TIMEOUT;
 use super::lb::LbState;
 use super::matching::Matcher;
 use super::outlier::{OutlierRt, Outliers};
@@ -95,6 +96,12 @@ impl ClusterRt {
             max_idle,
             max_requests_per_connection: pool.max_requests_per_connection.unwrap_or(0),
             max_connections: pool.max_connections.unwrap_or(u32::MAX),
+            // Istio: 0s turns the timeout off.
+            idle_timeout: match pool.idle_timeout {
+                None => DEFAULT_IDLE_TIMEOUT,
+                Some(t) if t.is_zero() => Duration::MAX,
+                Some(t) => t,
+            },
         }
     }
 }

@@ -23,6 +23,7 @@ use tracing::debug;
 
 use super::body::UpBody;
 use super::breaker::{ClusterStats, CxGuard};
+use super::idle::IdlePool;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
@@ -75,8 +76,8 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     /// Requests sent and not yet finished (response body ended or dropped).
     pub active: AtomicU32,
-    /// Idle connections and the requests each has carried (`maxRequestsPerConnection`).
-    idle_h1: Mutex<Vec<(http1::SendRequest<UpBody>, u32)>>,
+    /// Idle HTTP/1 connections (`idle.rs`).
+    pub(crate) idle_h1: IdlePool,
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
     /// The owning cluster's stats (`None` for passthrough): connections are counted there.
     stats: Option<Arc<ClusterStats>>,
@@ -87,22 +88,23 @@ impl Endpoint {
         Endpoint {
             addr,
             active: AtomicU32::new(0),
-            idle_h1: Mutex::new(Vec::new()),
+            idle_h1: IdlePool::default(),
             h2: Mutex::new(None),
             stats,
         }
     }
 
     fn pop_idle(&self) -> Option<(http1::SendRequest<UpBody>, u32)> {
-        self.idle_h1.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        self.idle_h1.pop()
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<UpBody>, uses: u32, max_idle: usize) {
-        let mut idle = self.idle_h1.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < max_idle {
-            idle.push((sender, uses));
-        }
-        // Over the limit the sender drops here, which closes that connection.
+    fn put_idle(self: &Arc<Self>, sender: http1::SendRequest<UpBody>, uses: u32, opts: SendOpts) {
+        IdlePool::push(self, sender, uses, opts.max_idle, opts.idle_timeout);
+    }
+
+    /// The owning cluster's stats.
+    pub(crate) fn stats(&self) -> Option<&Arc<ClusterStats>> {
+        self.stats.as_ref()
     }
 }
 
@@ -116,6 +118,8 @@ pub(crate) struct SendOpts {
     pub max_requests_per_connection: u32,
     /// `maxConnections` of the cluster; `u32::MAX` is unlimited.
     pub max_connections: u32,
+    /// `idleTimeout`: how long an HTTP/1 connection stays in the pool unused.
+    pub idle_timeout: Duration,
 }
 
 /// An HTTP/1 connection lent to one response; back to the pool when its body ends.
@@ -139,7 +143,6 @@ impl PoolReturn {
             opts,
             _slot,
         } = self;
-        let max_idle = opts.max_idle;
         let max_rq = opts.max_requests_per_connection;
         if max_rq > 0 && uses >= max_rq {
             // Dropping the last sender closes the connection (Envoy's `upstream_cx_max_requests`).
@@ -150,13 +153,13 @@ impl PoolReturn {
             return;
         }
         if sender.is_ready() {
-            ep.put_idle(sender, uses, max_idle);
+            ep.put_idle(sender, uses, opts);
         } else if !sender.is_closed() {
             // The connection task has not yet seen the end of the response (it runs on its own
             // task): wait for it rather than lose a warm connection.
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    ep.put_idle(sender, uses, max_idle);
+                    ep.put_idle(sender, uses, opts);
                 }
                 drop(_slot);
             });

@@ -15,6 +15,8 @@ pub(super) struct CountingBackend {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
     pub peak: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -29,6 +31,7 @@ pub(super) async fn counting_backend(delay: Duration) -> CountingBackend {
     let addr = listener.local_addr().unwrap();
     let (accepted, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let open = Arc::new(AtomicUsize::new(0));
+    let open_now = open.clone();
     let (acc, pk) = (accepted.clone(), peak.clone());
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -52,6 +55,7 @@ pub(super) async fn counting_backend(delay: Duration) -> CountingBackend {
         addr,
         accepted,
         peak,
+        open: open_now,
         task,
     }
 }

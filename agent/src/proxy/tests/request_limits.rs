@@ -174,3 +174,58 @@ async fn without_max_retries_concurrent_requests_all_retry() {
         u64::from(u32::MAX)
     );
 }
+
+/// Waits up to 2 s for `cond`.
+async fn eventually(cond: impl Fn() -> bool) -> bool {
+    for _ in 0..200 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_idle_upstream_connections() {
+    let b = counting_backend(Duration::ZERO).await;
+    let pool = ConnectionPool {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ConnectionPool::default()
+    };
+    let (h, stats) = start_stats(limited(b.addr, pool)).await;
+    assert_eq!(h.get("/").await.status, 200);
+    // Used again within the timeout: the same connection, whose idle time starts over.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(h.get("/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(b.open.load(Ordering::SeqCst), 1, "not idle for 300 ms yet");
+
+    let closed = eventually(|| b.open.load(Ordering::SeqCst) == 0).await;
+    assert!(closed, "the backend saw its connection close");
+    assert_eq!(stat(&stats, "upstream_cx_idle_timeout"), 1);
+    assert!(eventually(|| stat(&stats, "upstream_cx_active") == 0).await);
+
+    // The next request opens a new connection, which times out in turn.
+    assert_eq!(h.get("/").await.status, 200);
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
+    assert!(eventually(|| b.open.load(Ordering::SeqCst) == 0).await);
+    assert_eq!(stat(&stats, "upstream_cx_idle_timeout"), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_stay_open_under_the_default_timeout() {
+    let b = counting_backend(Duration::ZERO).await;
+    let (h, stats) = start_stats(limited(b.addr, ConnectionPool::default())).await;
+    let got = concurrently(&h, 3).await;
+    assert!(got.iter().all(|g| g.status == 200));
+    let opened = b.accepted.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        b.open.load(Ordering::SeqCst),
+        opened,
+        "Istio's default is 1 h"
+    );
+    assert_eq!(stat(&stats, "upstream_cx_idle_timeout"), 0);
+}

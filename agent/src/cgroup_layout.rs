@@ -214,8 +214,21 @@ fn plausible_uid(uid: &str) -> bool {
     !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// The existing cgroup of the local pod `uid` under the cgroup v2 `mount`, whatever the driver
-/// and QoS class (a pod's class is fixed for its life, but the caller may not know it).
+/// Annotation of a mirror pod (a static pod as the API server shows it) holding the static pod's
+/// UID: the kubelet names the static pod's cgroup after that UID (its file's hash,
+/// `kubernetes.io/config.hash`, set in pkg/kubelet/config/common.go), not after the mirror's
+/// own `metadata.uid`.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// The UID the kubelet names a pod's cgroup after: the mirror annotation's value for a mirror
+/// pod, else `metadata.uid`.
+pub fn cgroup_uid<'a>(metadata_uid: &'a str, mirror_annotation: Option<&'a str>) -> &'a str {
+    mirror_annotation.unwrap_or(metadata_uid)
+}
+
+/// The existing cgroup of the local pod `uid` (see [`cgroup_uid`]) under the cgroup v2 `mount`,
+/// whatever the driver and QoS class (a pod's class is fixed for its life, but the caller may
+/// not know it).
 pub fn find_pod_cgroup(mount: &Path, uid: &str) -> Option<PathBuf> {
     if !plausible_uid(uid) {
         return None;
@@ -381,8 +394,9 @@ mod tests {
         for uid in ["", "../burstable", "..", "a/b", "a_b"] {
             assert_eq!(find_pod_cgroup(mount.path(), uid), None, "{uid:?}");
         }
-        // Static pods' UIDs are hex hashes without dashes.
-        let static_uid = "6b3f8e2c9d1a4f5e7b0c2d4e6f8a0b1c";
+        // Static pods' UIDs are hex hashes without dashes, found through their mirror pods.
+        let static_uid = cgroup_uid(UID, Some("6b3f8e2c9d1a4f5e7b0c2d4e6f8a0b1c"));
+        assert_eq!(cgroup_uid(UID, None), UID);
         let dir = mount.path().join(format!("kubepods/pod{static_uid}"));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(find_pod_cgroup(mount.path(), static_uid), Some(dir));

@@ -128,6 +128,8 @@ pub(crate) async fn forward(mut f: Forward<'_>) -> (Response<ProxyBody>, Option<
     }
 }
 
+// Lives on the stack for one attempt; boxing `Sent` would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Sent(upstream::Sent),
     Failed(UpstreamError),

@@ -8,30 +8,32 @@
 //! An ejection is of a pod IP: Envoy ejects per cluster (port), but a pod failing one port is
 //! taken out of every frontend of that service, which is what an L4 client can be spared.
 //!
-//! Not covered: VirtualService `tcp:` routes (their weighted endpoint lists keep ejected pods),
-//! and a frontend whose backends would all be ejected keeps them all (the kernel has no "no
-//! healthy upstream" answer; refusing every connect would be worse than trying).
+//! VirtualService `tcp:` routes (weighted slots, one share per destination cluster) lose the
+//! ejected pods from each destination's endpoints, with Envoy's panic rule per cluster: a
+//! destination (a subset, say) whose endpoints would all be ejected, or fewer than its
+//! `minHealthPercent`, keeps them all, so its weight never moves to the other destinations.
+//!
+//! A plain frontend whose backends would all be ejected keeps them all too (the kernel has no
+//! "no healthy upstream" answer; refusing every connect would be worse than trying).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::compile::Compiled;
-use crate::l7::L7Config;
+use crate::compile::{BackendAddr, Compiled};
+use crate::l7::{ClusterKey, L7Config};
 use crate::model::ObjectRef;
 
-/// `compiled` without the ejected endpoints, `None` when nothing is to be removed (the usual
-/// case: no copy). `ejected` holds endpoint addresses of the proxy's clusters.
-pub fn exclude_ejected(
-    compiled: &Compiled,
-    l7: &L7Config,
-    ejected: &BTreeSet<SocketAddr>,
-) -> Option<Compiled> {
+/// Pod IPs to take out of the kernel's selection, per service.
+pub type EjectedIps = BTreeMap<ObjectRef, BTreeSet<Ipv4Addr>>;
+
+/// The pod IPs of `ejected` (endpoint addresses of the proxy's clusters), per service: only
+/// from clusters that have outlier detection, so a stale set (the DestinationRule just lost
+/// it) removes nothing.
+pub fn ejected_ips(l7: &L7Config, ejected: &BTreeSet<SocketAddr>) -> EjectedIps {
+    let mut drop = EjectedIps::new();
     if ejected.is_empty() {
-        return None;
+        return drop;
     }
-    // Pod IPs to drop, per service: only from clusters that have outlier detection, so a stale
-    // set (the DestinationRule just lost it) removes nothing.
-    let mut drop: BTreeMap<&ObjectRef, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for (key, cluster) in &l7.clusters {
         if cluster.policy.outlier_detection.is_none() {
             continue;
@@ -42,10 +44,44 @@ pub fn exclude_ejected(
             .filter(|e| ejected.contains(&e.addr))
         {
             if let IpAddr::V4(ip) = e.addr.ip() {
-                drop.entry(&key.service).or_default().insert(ip);
+                drop.entry(key.service.clone()).or_default().insert(ip);
             }
         }
     }
+    drop
+}
+
+/// The endpoints of `tcp:` route destination `key` the kernel may pick: without the ejected
+/// pods, unless that leaves none or fewer than the cluster's `minHealthPercent` (Envoy's
+/// panic threshold, which Istio maps it to): then all of them.
+pub fn healthy_endpoints(
+    drop: &EjectedIps,
+    l7: &L7Config,
+    key: &ClusterKey,
+    endpoints: Vec<BackendAddr>,
+) -> Vec<BackendAddr> {
+    let Some(ips) = drop.get(&key.service) else {
+        return endpoints;
+    };
+    let kept: Vec<BackendAddr> = endpoints
+        .iter()
+        .filter(|b| !ips.contains(&b.ip))
+        .copied()
+        .collect();
+    let min_health = l7
+        .clusters
+        .get(key)
+        .and_then(|c| c.policy.outlier_detection.as_ref())
+        .map_or(0, |o| o.min_health_percent as usize);
+    if kept.is_empty() || kept.len() * 100 < endpoints.len() * min_health {
+        return endpoints;
+    }
+    kept
+}
+
+/// `compiled` without the ejected pods (see [`ejected_ips`]), `None` when nothing is to be
+/// removed (the usual case: no copy).
+pub fn exclude_ejected(compiled: &Compiled, drop: &EjectedIps) -> Option<Compiled> {
     if drop.is_empty() {
         return None;
     }
@@ -72,7 +108,7 @@ pub fn exclude_ejected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{BackendAddr, Frontend, FrontendAddr};
+    use crate::compile::{Frontend, FrontendAddr};
     use crate::l7::{Cluster, ClusterKey, Endpoint, OutlierDetection, TrafficPolicy};
     use crate::model::{LbPolicy, Protocol};
 
@@ -136,7 +172,7 @@ mod tests {
     #[test]
     fn ejected_pod_leaves_every_frontend_of_its_service() {
         let ejected = BTreeSet::from([SocketAddr::new(POD_A.into(), 8080)]);
-        let out = exclude_ejected(&compiled(), &l7(true), &ejected).expect("changed");
+        let out = exclude_ejected(&compiled(), &ejected_ips(&l7(true), &ejected)).expect("changed");
         for fe in out.frontends.values() {
             assert_eq!(
                 fe.backends.iter().map(|b| b.ip).collect::<Vec<_>>(),
@@ -148,9 +184,70 @@ mod tests {
     #[test]
     fn nothing_removed_without_outlier_detection_or_when_all_would_go() {
         let a = SocketAddr::new(POD_A.into(), 8080);
-        assert!(exclude_ejected(&compiled(), &l7(false), &BTreeSet::from([a])).is_none());
+        let run =
+            |outlier, ejected| exclude_ejected(&compiled(), &ejected_ips(&l7(outlier), &ejected));
+        assert!(run(false, BTreeSet::from([a])).is_none());
         let both = BTreeSet::from([a, SocketAddr::new(POD_B.into(), 8080)]);
-        assert!(exclude_ejected(&compiled(), &l7(true), &both).is_none());
-        assert!(exclude_ejected(&compiled(), &l7(true), &BTreeSet::new()).is_none());
+        assert!(run(true, both).is_none());
+        assert!(run(true, BTreeSet::new()).is_none());
+    }
+
+    fn subset(name: &str) -> ClusterKey {
+        ClusterKey {
+            service: ObjectRef::new("default", "web"),
+            port: 9000,
+            subset: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn tcp_route_destinations_lose_ejected_pods_but_never_all_of_them() {
+        let a = SocketAddr::new(POD_A.into(), 8080);
+        let b = SocketAddr::new(POD_B.into(), 8080);
+        let mut cfg = l7(true);
+        let v1 = vec![be(POD_A, 9000), be(POD_B, 9000)];
+        let v2 = vec![be(POD_B, 9000)];
+
+        let drop = ejected_ips(&cfg, &BTreeSet::from([a]));
+        assert_eq!(
+            healthy_endpoints(&drop, &cfg, &subset("v1"), v1.clone()),
+            vec![be(POD_B, 9000)]
+        );
+        // All of v2 ejected: it keeps its pod (its share of connections stays its own).
+        let drop = ejected_ips(&cfg, &BTreeSet::from([b]));
+        assert_eq!(
+            healthy_endpoints(&drop, &cfg, &subset("v2"), v2.clone()),
+            v2
+        );
+        assert_eq!(
+            healthy_endpoints(&drop, &cfg, &subset("v1"), v1.clone()),
+            vec![be(POD_A, 9000)]
+        );
+
+        // Below the destination's minHealthPercent, ejections are ignored.
+        let od = OutlierDetection {
+            min_health_percent: 60,
+            ..OutlierDetection::default()
+        };
+        let v1_cluster = Cluster {
+            endpoints: vec![],
+            policy: TrafficPolicy {
+                outlier_detection: Some(od),
+                ..TrafficPolicy::default()
+            },
+        };
+        cfg.clusters.insert(subset("v1"), v1_cluster);
+        let drop = ejected_ips(&cfg, &BTreeSet::from([a]));
+        assert_eq!(
+            healthy_endpoints(&drop, &cfg, &subset("v1"), v1.clone()),
+            v1
+        );
+
+        // Nothing ejected, or another service's pods: unchanged.
+        let drop = ejected_ips(&cfg, &BTreeSet::new());
+        assert_eq!(
+            healthy_endpoints(&drop, &cfg, &subset("v1"), v1.clone()),
+            v1
+        );
     }
 }

@@ -95,9 +95,10 @@ impl Reconciler {
             .as_ref()
             .map(|p| ports.targets(p.ip))
             .unwrap_or_default();
-        let weighted = tcp_weights(&l7, &next);
+        let ejected = crate::ejection::ejected_ips(&l7.config, &self.ejected);
+        let weighted = tcp_weights(&l7, &next, &ejected);
         // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).
-        let healthy = crate::ejection::exclude_ejected(&next, &l7.config, &self.ejected);
+        let healthy = crate::ejection::exclude_ejected(&next, &ejected);
         let contents = healthy
             .as_ref()
             .unwrap_or(&next)
@@ -129,10 +130,12 @@ impl Reconciler {
 }
 
 /// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
-/// applied per connection, never through the proxy).
+/// applied per connection, never through the proxy), without the pods outlier detection
+/// ejected (`ejection.rs`).
 fn tcp_weights(
     l7: &L7Compiled,
     compiled: &Compiled,
+    ejected: &crate::ejection::EjectedIps,
 ) -> std::collections::BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>> {
     l7.tcp_routes
         .iter()
@@ -159,6 +162,8 @@ fn tcp_weights(
                                 .collect()
                         })
                         .unwrap_or_default();
+                    let endpoints =
+                        crate::ejection::healthy_endpoints(ejected, &l7.config, cluster, endpoints);
                     (endpoints, *weight)
                 })
                 .collect();

@@ -13,8 +13,10 @@
 //! - `minHealthPercent`: when fewer endpoints than that are un-ejected, balancers ignore
 //!   ejections (Envoy's panic threshold, which Istio maps it to).
 //!
-//! Where this differs: an endpoint returns when its time is up (a timer), not at the next
-//! `interval` sweep, so it is ejected for exactly its ejection time.
+//! - an ejected endpoint returns at the first `interval` tick after its ejection time is up,
+//!   as in Envoy, whose detector sweeps each cluster every `interval`. The ticks keep the
+//!   phase of the cluster's first recorded result; a sweep task runs only while the cluster
+//!   has ejected endpoints.
 //!
 //! State is keyed by cluster and endpoint address and lives as long as the proxy, so config
 //! swaps keep it. The union of ejected addresses is published on a `watch` channel for the
@@ -24,6 +26,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -114,9 +117,25 @@ enum Kind {
     ConsecutiveGateway,
 }
 
+/// Shortest sweep period, for an `interval` of 0 (Istio rejects that; a test may not).
+const MIN_TICK: Duration = Duration::from_millis(1);
+
+/// One cluster's hosts and its interval timer.
+struct ClusterState {
+    hosts: HashMap<SocketAddr, Host>,
+    /// Ticks fall at `anchor + k × interval`.
+    anchor: Instant,
+    /// The `interval` of the latest snapshot that recorded a result.
+    interval: Duration,
+    /// A sweep task runs (only while some host is ejected).
+    sweeping: bool,
+}
+
+type Clusters = HashMap<ClusterKey, ClusterState>;
+
 /// Ejection state of every cluster, shared by all snapshots.
 pub(crate) struct Outliers {
-    hosts: Mutex<HashMap<ClusterKey, HashMap<SocketAddr, Host>>>,
+    hosts: Mutex<Clusters>,
     tx: watch::Sender<EjectedSet>,
 }
 
@@ -132,15 +151,15 @@ impl Outliers {
         self.tx.subscribe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterKey, HashMap<SocketAddr, Host>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Clusters> {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Re-publishes the ejected set, only when it changed (the agent rewrites maps on change).
-    fn publish(&self, hosts: &HashMap<ClusterKey, HashMap<SocketAddr, Host>>) {
+    fn publish(&self, hosts: &Clusters) {
         let set: BTreeSet<SocketAddr> = hosts
             .values()
-            .flat_map(|m| m.iter())
+            .flat_map(|c| c.hosts.iter())
             .filter(|(_, h)| h.ejected_until.is_some())
             .map(|(a, _)| *a)
             .collect();
@@ -172,11 +191,14 @@ impl OutlierRt {
         };
         let p = &self.policy;
         let mut all = self.all.lock();
-        let host = all
-            .entry(self.key.clone())
-            .or_default()
-            .entry(addr)
-            .or_default();
+        let cluster = all.entry(self.key.clone()).or_insert_with(|| ClusterState {
+            hosts: HashMap::new(),
+            anchor: Instant::now(),
+            interval: p.interval,
+            sweeping: false,
+        });
+        cluster.interval = p.interval;
+        let host = cluster.hosts.entry(addr).or_default();
         if !(500..600).contains(&status) {
             host.consecutive_5xx = 0;
             host.consecutive_gateway = 0;
@@ -235,32 +257,12 @@ impl OutlierRt {
         }
         .fetch_add(1, Ordering::Relaxed);
         info!(cluster = %envoy_cluster_name(&self.key), endpoint = %addr, kind = ?kind, ejection_ms = duration.as_millis() as u64, times = host.times_ejected, "endpoint ejected");
+        if !cluster.sweeping {
+            cluster.sweeping = true;
+            let (key, all, stats) = (self.key.clone(), self.all.clone(), self.stats.clone());
+            tokio::spawn(sweep(key, all, stats));
+        }
         self.all.publish(&all);
-        drop(all);
-        self.schedule_return(addr, now + duration);
-    }
-
-    fn schedule_return(&self, addr: SocketAddr, at: Instant) {
-        let (key, all, stats) = (self.key.clone(), self.all.clone(), self.stats.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
-            let mut hosts = all.lock();
-            let Some(host) = hosts.get_mut(&key).and_then(|m| m.get_mut(&addr)) else {
-                return;
-            };
-            // Another ejection may have replaced this one; only its own timer returns it.
-            if host.ejected_until != Some(at) {
-                return;
-            }
-            host.ejected_until = None;
-            host.returned_at = Some(Instant::now());
-            stats
-                .outlier
-                .ejections_active
-                .fetch_sub(1, Ordering::Relaxed);
-            info!(cluster = %envoy_cluster_name(&key), endpoint = %addr, "endpoint returned from ejection");
-            all.publish(&hosts);
-        });
     }
 
     /// Which of `addrs` balancers must skip, `None` when none (the common case, lock-free)
@@ -274,7 +276,7 @@ impl OutlierRt {
         }
         let n = addrs.len();
         let all = self.all.lock();
-        let hosts = all.get(&self.key)?;
+        let hosts = &all.get(&self.key)?.hosts;
         let mask: Vec<bool> = addrs
             .map(|a| hosts.get(&a).is_some_and(|h| h.ejected_until.is_some()))
             .collect();
@@ -283,5 +285,71 @@ impl OutlierRt {
             return None;
         }
         mask.contains(&true).then_some(mask)
+    }
+}
+
+/// The cluster's interval timer while it has ejected hosts: at each tick, every host whose
+/// ejection time is up returns (Envoy's `checkHostForUneject`).
+async fn sweep(key: ClusterKey, all: Arc<Outliers>, stats: Arc<ClusterStats>) {
+    loop {
+        let tick = {
+            let hosts = all.lock();
+            let Some(c) = hosts.get(&key) else { return };
+            next_tick(c.anchor, c.interval.max(MIN_TICK), Instant::now())
+        };
+        tokio::time::sleep_until(tick).await;
+        let mut hosts = all.lock();
+        let Some(c) = hosts.get_mut(&key) else { return };
+        let now = Instant::now();
+        let mut returned = 0;
+        for (addr, host) in c.hosts.iter_mut() {
+            if host.ejected_until.is_some_and(|t| t <= now) {
+                host.ejected_until = None;
+                host.returned_at = Some(now);
+                returned += 1;
+                info!(cluster = %envoy_cluster_name(&key), endpoint = %addr, "endpoint returned from ejection");
+            }
+        }
+        let done = !c.hosts.values().any(|h| h.ejected_until.is_some());
+        if done {
+            c.sweeping = false;
+        }
+        if returned > 0 {
+            stats
+                .outlier
+                .ejections_active
+                .fetch_sub(returned, Ordering::Relaxed);
+            all.publish(&hosts);
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+/// The first tick `anchor + k × interval` (k ≥ 1) strictly after `now`.
+fn next_tick(anchor: Instant, interval: Duration, now: Instant) -> Instant {
+    let k = now.saturating_duration_since(anchor).as_nanos() / interval.as_nanos() + 1;
+    let offset = interval.as_nanos().saturating_mul(k).min(u64::MAX as u128) as u64;
+    anchor + Duration::from_nanos(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_keep_the_phase_of_the_anchor() {
+        let anchor = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(next_tick(anchor, ms(100), anchor), anchor + ms(100));
+        assert_eq!(
+            next_tick(anchor, ms(100), anchor + ms(250)),
+            anchor + ms(300)
+        );
+        assert_eq!(
+            next_tick(anchor, ms(100), anchor + ms(300)),
+            anchor + ms(400)
+        );
     }
 }

@@ -16,7 +16,8 @@ fn od(consecutive_5xx: u32, base: Duration, max_pct: u32) -> OutlierDetection {
     OutlierDetection {
         consecutive_5xx_errors: Some(consecutive_5xx),
         consecutive_gateway_errors: None,
-        interval: Duration::from_secs(10),
+        // Short, so endpoints return close to their ejection time (at the next sweep).
+        interval: Duration::from_millis(100),
         base_ejection_time: base,
         max_ejection_percent: max_pct,
         min_health_percent: 0,
@@ -125,28 +126,61 @@ async fn endpoint_answering_500_is_ejected_for_base_ejection_time_then_returns()
 }
 
 #[tokio::test]
-async fn second_ejection_lasts_twice_as_long() {
+async fn ejected_endpoint_returns_at_the_next_interval_sweep() {
     let bad = backend_with("bad", failing()).await;
     let good = backend("good").await;
-    let base = Duration::from_millis(600);
-    let (h, _stats, ejected) = start_od(detecting(&[bad.addr, good.addr], od(1, base, 100))).await;
+    let mut o = od(1, Duration::from_millis(300), 100);
+    o.interval = Duration::from_secs(1);
+    let (h, stats, ejected) = start_od(detecting(&[bad.addr, good.addr], o)).await;
+    // The cluster's sweep ticks 1 s after its first result, here the first request.
+    let first = tokio::time::Instant::now();
     for _ in 0..2 {
         h.get("/").await;
     }
     assert!(ejected.borrow().contains(&bad.addr));
-    tokio::time::sleep(base + Duration::from_millis(150)).await;
-    assert!(ejected.borrow().is_empty());
-    // Its next 500 ejects it again, now for 2 × base.
-    while !ejected.borrow().contains(&bad.addr) {
-        h.get("/").await;
-    }
-    tokio::time::sleep(base + Duration::from_millis(150)).await;
+    // Its 300 ms are up, but no sweep has run yet.
+    tokio::time::sleep_until(first + Duration::from_millis(700)).await;
     assert!(
         ejected.borrow().contains(&bad.addr),
-        "second ejection ended after 1 × base"
+        "returned before the sweep"
     );
-    tokio::time::sleep(base).await;
-    assert!(ejected.borrow().is_empty());
+    assert_eq!(stat(&stats, "outlier_detection.ejections_active"), 1);
+    tokio::time::sleep_until(first + Duration::from_millis(1250)).await;
+    assert!(ejected.borrow().is_empty(), "not returned at the sweep");
+    assert_eq!(stat(&stats, "outlier_detection.ejections_active"), 0);
+}
+
+#[tokio::test]
+async fn second_ejection_lasts_twice_as_long() {
+    let bad = backend_with("bad", failing()).await;
+    let good = backend("good").await;
+    let base = Duration::from_millis(600);
+    let mut o = od(1, base, 100);
+    o.interval = Duration::from_millis(200);
+    let (h, _stats, mut ejected) = start_od(detecting(&[bad.addr, good.addr], o)).await;
+    // Ejects `bad` and returns how long it stayed out.
+    let mut ejection = async || {
+        while !ejected.borrow().contains(&bad.addr) {
+            h.get("/").await;
+        }
+        let at = tokio::time::Instant::now();
+        while !ejected.borrow_and_update().is_empty() {
+            ejected.changed().await.unwrap();
+        }
+        at.elapsed()
+    };
+    let first = ejection().await;
+    // Ejected again at once (before an interval passes, so the multiplier does not decay).
+    let second = ejection().await;
+    // Each ends at the first sweep after its time: up to one interval late.
+    let late = Duration::from_millis(200 + 100);
+    // (`at` is taken just after the ejection: allow that much early.)
+    let early = Duration::from_millis(20);
+    assert!(first + early >= base && first < base + late, "{first:?}");
+    assert!(
+        second + early >= 2 * base && second < 2 * base + late,
+        "{second:?}"
+    );
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ mod cgroup;
 mod children;
 mod client;
 mod hold;
+pub mod kube;
 pub mod manifests;
 mod net;
 mod node;
@@ -29,6 +30,7 @@ mod sys;
 
 pub use client::{run_until, testpod_bin, ClientReport, Finished, RequestRecord};
 pub use hold::Hold;
+pub use kube::{FakeKubelet, KubeCluster, KubeOptions, RunningPod};
 pub use node::Node;
 pub use pod::{Pod, Target};
 pub use runid::RunId;

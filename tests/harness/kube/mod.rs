@@ -207,6 +207,7 @@ impl KubeCluster {
             }
         }
     }
+
     fn pki(&self) -> &Pki {
         self.pki
             .as_ref()

@@ -1,5 +1,6 @@
 //! The real `meshpath` binary, started as an agent on a test node, and its `status --json`.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,17 +44,49 @@ impl Agent {
         log: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Agent> {
+        let source = [OsStr::new("--manifests"), manifests.as_os_str()];
+        Agent::start_source(&source, cgroup, pin_dir, log, extra)
+    }
+
+    /// As [`Agent::start`], on the Kubernetes API that `kubeconfig` names (`--source kube`).
+    pub fn start_kube(
+        kubeconfig: &Path,
+        cgroup: &Path,
+        pin_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let source = [
+            OsStr::new("--source"),
+            OsStr::new("kube"),
+            OsStr::new("--kubeconfig"),
+            kubeconfig.as_os_str(),
+        ];
+        Agent::start_source(&source, cgroup, pin_dir, log, extra)
+    }
+
+    fn start_source(
+        source: &[&OsStr],
+        cgroup: &Path,
+        pin_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(meshpath_bin()?)
             .arg("agent")
-            .arg("--manifests")
-            .arg(manifests)
+            .args(source)
             .arg("--cgroup")
             .arg(cgroup)
             .arg("--pin-dir")
             .arg(pin_dir)
             .args(extra)
-            .env("MESHPATH_LOG", "info,meshpath=debug")
+            // MESHPATH_TEST_AGENT_LOG overrides the filter when debugging a test.
+            .env(
+                "MESHPATH_LOG",
+                std::env::var("MESHPATH_TEST_AGENT_LOG")
+                    .unwrap_or_else(|_| "info,meshpath=debug".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -67,6 +100,11 @@ impl Agent {
         };
         agent.wait_log("programmed", Duration::from_secs(10))?;
         Ok(agent)
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,362 @@
+//! `meshpath agent --source kube` against a real kube-apiserver, etcd and kube-controller-manager
+//! (built by scripts/kube-bins.sh): Deployments and Services applied with kubectl become
+//! EndpointSlices through the real controllers, and the agent's maps follow them — scaling up,
+//! down and to zero (the seed's `kubectl scale --replicas=0`), through an API server restart, and
+//! Istio VirtualService/DestinationRule changes. The test plays the kubelet (see
+//! `meshpath_tests::kube::FakeKubelet`): pod IPs are those of the test node's pod namespaces.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use meshpath_tests::agent::{self, Agent};
+use meshpath_tests::kube::{FakeKubelet, KubeCluster};
+use meshpath_tests::{ClientReport, Node};
+
+const WEB_VIP: &str = "10.96.0.80";
+const REVIEWS_VIP: &str = "10.96.0.81";
+const NODE: &str = "node-a";
+
+fn deployment(name: &str, labels: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{{labels}}}\n  template:\n    metadata:\n      labels: {{{labels}}}\n    spec:\n      containers:\n      - name: app\n        image: example.invalid/app\n        ports:\n        - name: http\n          containerPort: 8080\n"
+    )
+}
+
+/// A Service whose targetPort is the containers' port *name*, as most charts write it.
+fn service(name: &str, vip: &str, port: u16, selector: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  clusterIP: {vip}\n  selector: {{{selector}}}\n  ports:\n  - name: http\n    port: {port}\n    targetPort: http\n"
+    )
+}
+
+fn start_agent(node: &Node, kube: &KubeCluster, extra: &[&str]) -> Agent {
+    let log = node.work_dir().join("agent.log");
+    let mut args = vec!["--node-name", NODE, "--admin-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Agent::start_kube(
+        kube.kubeconfig(),
+        node.cgroup_path(),
+        node.pin_dir(),
+        &log,
+        &args,
+    )
+    .expect("starting meshpath agent --source kube")
+}
+
+/// Waits until the service row starting with `svc` has exactly `backends`; returns how long.
+fn wait_backends(a: &Agent, svc: &str, mut backends: Vec<String>, timeout: Duration) -> Duration {
+    backends.sort();
+    let t0 = Instant::now();
+    loop {
+        let status = a.status().expect("meshpath status");
+        let now: Option<Vec<String>> = agent::service(&status, svc).map(|s| {
+            let mut b: Vec<String> = s["backends"]
+                .as_array()
+                .map(|b| {
+                    b.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            b.sort();
+            b
+        });
+        if now.as_ref() == Some(&backends) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{svc}: backends {now:?}, want {backends:?}\nagent log:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn eps(node: &Node, pods: &[usize], port: u16) -> Vec<String> {
+    pods.iter()
+        .map(|&i| format!("{}:{port}", node.pod(i).ip()))
+        .collect()
+}
+
+fn ips(node: &Node, pods: &[usize]) -> Vec<Ipv4Addr> {
+    pods.iter().map(|&i| node.pod(i).ip()).collect()
+}
+
+/// Waits until the EndpointSlice controller lists exactly `n` ready endpoints for `service`, so
+/// that the agent's part can be timed (and told apart from the controllers' own lag, e.g.
+/// right after an API server restart).
+fn wait_slice_ready(kube: &KubeCluster, service: &str, n: usize) {
+    let what = format!("EndpointSlices of {service} list {n} ready endpoints");
+    kube.poll_until(&what, Duration::from_secs(60), || {
+        let label = format!("kubernetes.io/service-name={service}");
+        let slices = kube.get_json(&["endpointslices", "-l", &label])?;
+        let ready = slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+            .count();
+        Ok((ready == n).then_some(()))
+    })
+    .expect("EndpointSlice controller");
+}
+
+/// Plays the kubelet until no pod matches `selector`: finishes the deletion of terminating ones.
+fn finish_all_pods(kube: &KubeCluster, kubelet: &FakeKubelet<'_>, selector: &str) {
+    kube.poll_until("pods gone", Duration::from_secs(30), || {
+        kubelet.finish_terminating("default", selector)?;
+        let pods = kube.get_json(&["pods", "-l", selector])?;
+        Ok(pods["items"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(()))
+    })
+    .expect("pods deleted");
+}
+
+fn tcp(node: &Node, vip: &str, n: u32) -> ClientReport {
+    let addr: SocketAddr = format!("{vip}:80").parse().expect("addr");
+    node.tcp(0, addr, n).expect("tcp client")
+}
+
+#[test]
+fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
+    let node = Node::new(4).expect("node");
+    for i in 1..=3 {
+        node.spawn_server(i, &format!("web-{i}"), &[8080], &[], &[])
+            .expect("server");
+    }
+    let kube = KubeCluster::start().expect("kube cluster");
+    let kubelet = kube.kubelet(NODE).expect("kubelet");
+    kube.apply_yaml(&format!(
+        "{}---\n{}",
+        deployment("web", "app: web", 2),
+        service("web", WEB_VIP, 80, "app: web")
+    ))
+    .expect("apply web");
+    let two = kubelet
+        .run_pods(
+            "default",
+            "app=web",
+            &ips(&node, &[1, 2]),
+            Duration::from_secs(30),
+        )
+        .expect("pods run");
+    assert_eq!(two.len(), 2);
+
+    let a = start_agent(&node, &kube, &[]);
+    wait_backends(
+        &a,
+        "default/web:",
+        eps(&node, &[1, 2], 8080),
+        Duration::from_secs(10),
+    );
+    let r = tcp(&node, WEB_VIP, 40);
+    assert_eq!(r.count("web-1") + r.count("web-2"), 40, "{r:?}");
+    assert!(r.count("web-1") > 0 && r.count("web-2") > 0, "{r:?}");
+
+    // Scale up: the controllers add the pod, the agent adds the backend.
+    kube.kubectl_ok(["scale", "deployment", "web", "--replicas=3"])
+        .expect("scale");
+    kubelet
+        .run_pods(
+            "default",
+            "app=web",
+            &ips(&node, &[1, 2, 3]),
+            Duration::from_secs(30),
+        )
+        .expect("third pod runs");
+    let took = wait_backends(
+        &a,
+        "default/web:",
+        eps(&node, &[1, 2, 3], 8080),
+        Duration::from_secs(10),
+    );
+    eprintln!("scale to 3: kubelet report → backend programmed in {took:?}");
+    let r = tcp(&node, WEB_VIP, 60);
+    assert!((1..=3).all(|i| r.count(&format!("web-{i}")) > 0), "{r:?}");
+
+    // The API server goes away: what is programmed stays and keeps serving.
+    kube.stop_apiserver().expect("stop apiserver");
+    std::thread::sleep(Duration::from_secs(2));
+    let r = tcp(&node, WEB_VIP, 30);
+    assert_eq!(r.ok(), 30, "traffic while the API server is down: {r:?}");
+    assert!(a.log().contains("watch failed"), "{}", a.log());
+    kube.start_apiserver().expect("start apiserver");
+
+    // After the restart the watches resume: scaling down is seen.
+    kube.kubectl_ok(["scale", "deployment", "web", "--replicas=1"])
+        .expect("scale to 1");
+    let left = kube
+        .poll_until("one web pod left running", Duration::from_secs(30), || {
+            kubelet.finish_terminating("default", "app=web")?;
+            let pods = kube.get_json(&["pods", "-l", "app=web"])?;
+            let live: Vec<String> = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter_map(|p| p["status"]["podIP"].as_str().map(String::from))
+                .collect();
+            Ok((live.len() == 1).then(|| live[0].clone()))
+        })
+        .expect("scaled to 1");
+    wait_slice_ready(&kube, "web", 1);
+    wait_backends(
+        &a,
+        "default/web:",
+        vec![format!("{left}:8080")],
+        Duration::from_secs(15),
+    );
+    let r = tcp(&node, WEB_VIP, 20);
+    assert_eq!(r.ok(), 20, "{r:?}");
+    assert_eq!(r.counts.len(), 1, "one backend left: {r:?}");
+
+    // The seed's `kubectl scale --replicas=0`: once the pods are gone (until then they are
+    // terminating but serving, and used as kube-proxy would), connects are refused at once.
+    kube.kubectl_ok(["scale", "deployment", "web", "--replicas=0"])
+        .expect("scale to 0");
+    finish_all_pods(&kube, &kubelet, "app=web");
+    wait_slice_ready(&kube, "web", 0);
+    let took = wait_backends(&a, "default/web:", vec![], Duration::from_secs(5));
+    eprintln!("scale to 0: slice emptied → backends removed in {took:?}");
+    let r = tcp(&node, WEB_VIP, 10);
+    assert_eq!(r.errors.get("ECONNREFUSED"), Some(&10), "{r:?}");
+
+    // Deleting the Service removes its frontend.
+    kube.kubectl_ok(["delete", "service", "web"])
+        .expect("delete");
+    let t0 = Instant::now();
+    while agent::service(&a.status().expect("status"), "default/web:").is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", a.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Routes `end-user: jason` to v2 and everything else to v3 (the seed's reviews example).
+const JASON_VS: &str = "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n  hosts:\n  - reviews\n  http:\n  - match:\n    - headers:\n        end-user:\n          exact: jason\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n  - route:\n    - destination:\n        host: reviews\n        subset: v3\n";
+
+const REVIEWS_DR: &str = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews.default.svc.cluster.local\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n";
+
+fn http(node: &Node, header: Option<&str>, n: u32) -> ClientReport {
+    let addr = format!("{REVIEWS_VIP}:80");
+    let n = n.to_string();
+    let mut args = vec!["http", "--addr", &addr, "--count", &n];
+    if let Some(h) = header {
+        args.extend_from_slice(&["--header", h]);
+    }
+    serde_json::from_value(node.run_client(0, &args).expect("http client")).expect("report")
+}
+
+fn wait_http(a: &Agent, what: &str, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{what}: not reached\nagent log:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_answers_503() {
+    let node = Node::new(4).expect("node");
+    for i in 1..=3 {
+        node.spawn_server(i, &format!("reviews-v{i}"), &[], &[], &[8080])
+            .expect("server");
+    }
+    let kube = KubeCluster::start().expect("kube cluster");
+    // meshpath's copy of Istio's CRDs, as `kubectl apply -f deploy/` installs them.
+    let crds = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/10-crds-istio.yaml"
+    ))
+    .expect("deploy/10-crds-istio.yaml");
+    kube.apply_yaml(&crds).expect("CRDs");
+    kube.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/virtualservices.networking.istio.io",
+        "crd/destinationrules.networking.istio.io",
+    ])
+    .expect("CRDs established");
+    let kubelet = kube.kubelet(NODE).expect("kubelet");
+    let mut objects = vec![service("reviews", REVIEWS_VIP, 80, "app: reviews")];
+    for v in 1..=3 {
+        objects.push(deployment(
+            &format!("reviews-v{v}"),
+            &format!("app: reviews, version: v{v}"),
+            1,
+        ));
+    }
+    objects.push(REVIEWS_DR.to_owned());
+    objects.push(JASON_VS.to_owned());
+    kube.apply_yaml(&objects.join("---\n")).expect("apply");
+    for v in 1..=3 {
+        kubelet
+            .run_pods(
+                "default",
+                &format!("app=reviews,version=v{v}"),
+                &ips(&node, &[v]),
+                Duration::from_secs(30),
+            )
+            .expect("pods run");
+    }
+
+    let proxy_netns = format!("/var/run/netns/{}", node.node_netns_name());
+    let a = start_agent(
+        &node,
+        &kube,
+        &["--proxy-ip", "10.244.0.1", "--proxy-netns", &proxy_netns],
+    );
+    wait_http(&a, "jason → v2, others → v3", || {
+        let j = http(&node, Some("end-user: jason"), 20);
+        let o = http(&node, None, 20);
+        j.count("reviews-v2") == 20 && o.count("reviews-v3") == 20
+    });
+
+    // Edit the VirtualService with kubectl: everyone to v1.
+    let to_v1 = JASON_VS.replace("subset: v3", "subset: v1");
+    kube.apply_yaml(&to_v1).expect("apply edit");
+    wait_http(&a, "others → v1 after the edit", || {
+        http(&node, None, 20).count("reviews-v1") == 20
+    });
+
+    // A change the CRD's schema lets through but Istio's validation does not: the agent
+    // names object and field, and the last good version stays live.
+    let broken = to_v1.replace("exact: jason", "regex: \"([\"");
+    kube.apply_yaml(&broken).expect("apply broken");
+    let t0 = Instant::now();
+    while !a.log().contains("VirtualService default/reviews") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", a.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let j = http(&node, Some("end-user: jason"), 20);
+    assert_eq!(j.count("reviews-v2"), 20, "last good stays: {j:?}");
+
+    // The seed scales the workload to zero: through the proxy that is a 503.
+    for v in 1..=3 {
+        kube.kubectl_ok([
+            "scale",
+            "deployment",
+            &format!("reviews-v{v}"),
+            "--replicas=0",
+        ])
+        .expect("scale to 0");
+    }
+    finish_all_pods(&kube, &kubelet, "app=reviews");
+    wait_http(&a, "503 with no endpoints", || {
+        let r = http(&node, None, 5);
+        r.answers.keys().any(|k| k.starts_with("503"))
+    });
+
+    // Without the VirtualService the service is back on the pure kernel path.
+    kube.kubectl_ok(["delete", "virtualservice", "reviews"])
+        .expect("delete vs");
+    wait_backends(&a, "default/reviews:", vec![], Duration::from_secs(10));
+}

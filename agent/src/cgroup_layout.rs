@@ -25,7 +25,6 @@
 //! The layout is the kubelet's (kubernetes/kubernetes, pkg/kubelet/cm), cited per function below.
 //! Only the default `--cgroup-root=/` with `--cgroups-per-qos=true` is recognised; with anything
 //! else pass `--cgroup` explicitly.
-#![allow(dead_code)] // wired into the Kubernetes source by its own change
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

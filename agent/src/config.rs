@@ -15,6 +15,9 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshpath";
 pub const ENV_CGROUP: &str = "MESHPATH_CGROUP";
 pub const ENV_MANIFESTS: &str = "MESHPATH_MANIFESTS";
 pub const ENV_SOURCE: &str = "MESHPATH_SOURCE";
+pub const ENV_CGROUP_MOUNT: &str = "MESHPATH_CGROUP_MOUNT";
+/// `--cgroup auto`: find the kubelet's kubepods root.
+pub const CGROUP_AUTO: &str = "auto";
 pub const ENV_KUBECONFIG: &str = "MESHPATH_KUBECONFIG";
 pub const ENV_NODE_NAME: &str = "NODE_NAME";
 pub const ENV_KUBE_DEBOUNCE_MS: &str = "MESHPATH_KUBE_DEBOUNCE_MS";
@@ -148,9 +151,15 @@ pub struct AgentArgs {
     /// them together (a burst of endpoint changes costs one map update).
     #[arg(long, env = ENV_KUBE_DEBOUNCE_MS, default_value_t = DEFAULT_KUBE_DEBOUNCE_MS)]
     pub kube_debounce_ms: u64,
-    /// cgroup v2 directory whose sockets (and its descendants') meshpath manages.
+    /// cgroup v2 directory whose sockets (and its descendants') meshpath manages, or `auto`: the
+    /// kubelet's kubepods root under --cgroup-mount (kubepods.slice with the systemd cgroup
+    /// driver, kubepods with cgroupfs), which covers every pod of the node.
     #[arg(long, env = ENV_CGROUP)]
     pub cgroup: PathBuf,
+    /// Where the node's cgroup v2 hierarchy is mounted (in the DaemonSet: the host's, mounted
+    /// into the container), for `--cgroup auto` and for finding local pods' cgroups.
+    #[arg(long, env = ENV_CGROUP_MOUNT, default_value = crate::cgroup_layout::DEFAULT_CGROUP2_MOUNT)]
+    pub cgroup_mount: PathBuf,
     #[command(flatten)]
     pub pin: PinDirArg,
     /// eBPF object to load instead of the one embedded at build time.
@@ -218,6 +227,7 @@ pub enum PolicyArg {
 pub struct AgentConfig {
     pub source: SourceConfig,
     pub node_name: Option<String>,
+    pub cgroup_mount: PathBuf,
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     pub bpf_object: Option<PathBuf>,
@@ -255,6 +265,7 @@ impl From<&AgentArgs> for AgentConfig {
         Self {
             source,
             node_name: a.node_name.clone(),
+            cgroup_mount: a.cgroup_mount.clone(),
             cgroup: a.cgroup.clone(),
             pin_dir: a.pin.pin_dir.clone(),
             bpf_object: a.bpf_object.clone(),

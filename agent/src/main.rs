@@ -5,6 +5,7 @@ mod apply;
 mod cgroup_layout;
 mod compile;
 mod config;
+mod coverage;
 mod datapath;
 mod ejection;
 mod istio;

@@ -148,6 +148,19 @@ pub struct Pod {
     /// `status.podIP`.
     pub ip: Option<Ipv4Addr>,
     pub container_ports: Vec<ContainerPort>,
+    pub placement: PodPlacement,
+}
+
+/// Where a pod runs, for telling which local pods the attached cgroup covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodPlacement {
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `spec.nodeName`.
+    pub node_name: Option<String>,
+    /// The `kubernetes.io/config.mirror` annotation of a mirror pod: the static pod's UID, which
+    /// names its cgroup.
+    pub mirror_of: Option<String>,
 }
 
 /// One snapshot of everything a source knows.

@@ -52,6 +52,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--cgroup auto")]
+    CgroupLayout(#[from] crate::cgroup_layout::LayoutError),
     #[error("installing the signal handler")]
     Signal(#[source] std::io::Error),
 }
@@ -71,8 +73,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     if let Some(cgroup) = &cfg.agent_cgroup {
         join_cgroup(cgroup).map_err(|e| *e)?;
     }
-    let mut datapath = Datapath::load(object, &cfg.pin_dir, &cfg.cgroup, cfg.features)?;
-    info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cfg.cgroup.display(), features = ?cfg.features, "datapath loaded");
+    let cgroup = attach_cgroup(&cfg)?;
+    let mut datapath = Datapath::load(object, &cfg.pin_dir, &cgroup, cfg.features)?;
+    info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cgroup.display(), features = ?cfg.features, "datapath loaded");
 
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
@@ -128,12 +131,17 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }
     };
     let mut reconciler = Reconciler::new(cfg.compile.clone(), proxy, l7_tx);
+    let mut coverage = crate::coverage::Reporter::default();
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
             reconciler.set_ejected(rx.borrow_and_update().clone());
         }
         reconciler.reconcile(&model, &mut datapath.maps);
+        if let (SourceConfig::Kube(_), Some(node)) = (&cfg.source, &cfg.node_name) {
+            let now = crate::coverage::local_pods(&model, node, &cfg.cgroup_mount, &cgroup);
+            coverage.report(now, &cgroup);
+        }
         if let Some(received) = model.received {
             // Change seen by the source → maps (and proxy routes) written.
             tracing::debug!(
@@ -165,6 +173,16 @@ async fn ejections_changed(rx: &mut Option<watch::Receiver<crate::proxy::Ejected
         *rx = None;
     }
     std::future::pending::<()>().await
+}
+
+/// `--cgroup`, with `auto` resolved to the kubelet's kubepods root.
+fn attach_cgroup(cfg: &AgentConfig) -> Result<PathBuf, AgentError> {
+    if cfg.cgroup != std::path::Path::new(crate::config::CGROUP_AUTO) {
+        return Ok(cfg.cgroup.clone());
+    }
+    let root = crate::cgroup_layout::detect(&cfg.cgroup_mount)?;
+    info!(cgroup = %root.path.display(), driver = ?root.driver, "kubelet's kubepods cgroup found");
+    Ok(root.path)
 }
 
 /// Moves this whole process (all its threads) into `cgroup` (cgroup v2: writing "0" to

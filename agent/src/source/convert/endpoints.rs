@@ -5,7 +5,9 @@ use k8s_openapi::api::discovery::v1 as discovery;
 
 use super::fields::{non_empty, string_map, Ctx, Unique};
 use super::{Converted, SkipReason, SERVICE_NAME_LABEL};
-use crate::model::{ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Pod};
+use crate::model::{
+    ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Pod, PodPlacement,
+};
 use crate::source::error::{ConvertError, Invalid, ObjectKind};
 
 /// A `discovery.k8s.io/v1` EndpointSlice. Slices whose `addressType` is IPv6 or FQDN are
@@ -115,7 +117,7 @@ fn conditions(c: Option<&discovery::EndpointConditions>) -> EndpointConditions {
     }
 }
 
-/// A `v1` Pod: labels, `status.podIP` (IPv4) and the ports of `spec.containers`.
+/// A `v1` Pod: labels, `status.podIP` (IPv4), the ports of `spec.containers`, and where it runs.
 pub fn pod(pod: &core::Pod) -> Result<Pod, ConvertError> {
     let ctx = Ctx::new(ObjectKind::Pod, &pod.metadata)?;
     let ip = match pod.status.as_ref().and_then(|s| non_empty(&s.pod_ip)) {
@@ -149,11 +151,26 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, ConvertError> {
             });
         }
     }
+    let placement = PodPlacement {
+        uid: non_empty(&pod.metadata.uid).map(str::to_owned),
+        node_name: pod
+            .spec
+            .as_ref()
+            .and_then(|s| non_empty(&s.node_name))
+            .map(str::to_owned),
+        mirror_of: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::cgroup_layout::MIRROR_ANNOTATION))
+            .cloned(),
+    };
     Ok(Pod {
         id: ctx.id(),
         labels: string_map(&pod.metadata.labels),
         ip,
         container_ports,
+        placement,
     })
 }
 

@@ -55,12 +55,17 @@ pub enum Reason {
     ConnLimitRefused = 22,
     /// A connect admitted under a limit could not be tracked (table full): admitted uncounted.
     ConnTrackFull = 23,
-    /// A tracked connection closed and its service's active count went down.
+    /// A tracked connection closed and its service's (or group's) active count went down.
     ConnReleased = 24,
+    /// A connect refused because the route destination (VirtualService `tcp:` slot of a subset)
+    /// it was balanced to had `maxConnections` active connections (per-group limit).
+    ConnLimitSubsetRefused = 25,
+    /// A slot or a tracked socket named a service or group id outside its array: not counted.
+    ConnLimitIdInvalid = 26,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 25;
+pub const REASON_COUNT: u32 = 27;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -89,6 +94,8 @@ impl Reason {
         Reason::ConnLimitRefused,
         Reason::ConnTrackFull,
         Reason::ConnReleased,
+        Reason::ConnLimitSubsetRefused,
+        Reason::ConnLimitIdInvalid,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -119,6 +126,8 @@ impl Reason {
             Reason::ConnLimitRefused => "conn_limit_refused",
             Reason::ConnTrackFull => "conn_track_full",
             Reason::ConnReleased => "conn_released",
+            Reason::ConnLimitSubsetRefused => "conn_limit_subset_refused",
+            Reason::ConnLimitIdInvalid => "conn_limit_id_invalid",
         }
     }
 

@@ -8,8 +8,13 @@
 #![no_std]
 
 pub mod counters;
+pub mod limits;
 
 pub use counters::{Reason, ServiceStats, REASON_COUNT};
+pub use limits::{
+    SockLimit, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED, MAP_SLOT_GRP,
+    MAP_SOCK_LIMIT, MAX_LIMIT_GROUPS, MAX_SLOT_LIMITS,
+};
 
 /// IP protocol numbers as stored in [`ServiceKey::proto`] and [`Backend::proto`].
 pub const PROTO_TCP: u8 = 6;
@@ -46,7 +51,6 @@ pub const MAP_SOCK_FALLBACK: &str = "MP_SOCK_FALLBK";
 pub const MAP_CONFIG: &str = "MP_CONFIG";
 pub const MAP_CONN_MAX: &str = "MP_CONN_MAX";
 pub const MAP_CONN_ACTIVE: &str = "MP_CONN_ACTIVE";
-pub const MAP_SOCK_SVC: &str = "MP_SOCK_SVC";
 
 /// Program names (the Rust function names in the eBPF crate).
 pub const PROG_CONNECT4: &str = "mp_connect4";
@@ -84,6 +88,9 @@ pub const MAX_TRACKED_SOCKS: u32 = 262_144;
 pub const SVC_FLAG_ROUND_ROBIN: u8 = 1 << 0;
 /// [`ServiceValue::flags`]: `sessionAffinity: ClientIP`, keyed by network-namespace cookie.
 pub const SVC_FLAG_AFFINITY: u8 = 1 << 1;
+/// [`ServiceValue::flags`]: the slots are VirtualService `tcp:` route destinations, each counted
+/// against its own connection limit (`MP_SLOT_GRP`, see [`limits`]), never the frontend's own.
+pub const SVC_FLAG_ROUTE_LIMITS: u8 = 1 << 2;
 
 /// A frontend (ClusterIP, port, protocol) and a slot. Slot 0 is the frontend's header (backend
 /// count, flags, service id); slots `1..=count` each name one backend id.
@@ -134,7 +141,10 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
     pub backend_id: u32,
-    pub _pad0: u32,
+    /// The slot that backend was picked from, so a connection kept on it by affinity counts
+    /// against that slot's route-destination limit. 0 in entries written before slots were kept.
+    pub slot: u16,
+    pub _pad0: u16,
     /// `bpf_ktime_get_ns()` of the last connection that used this entry.
     pub last_used_ns: u64,
 }

@@ -3,6 +3,11 @@
 //! takes it off the count when that socket reaches TCP_CLOSE, whichever way it gets there (FIN,
 //! RST, failed handshake, its process killed). The state callback is requested at TCP_CONNECT_CB,
 //! before the SYN, so a handshake that fails is released too.
+//!
+//! What a connect counts against (see `meshpath_common::limits`, Envoy's semantics): a plain
+//! frontend's connects count against its service-wide limit; a frontend whose slots are
+//! VirtualService `tcp:` route destinations (`SVC_FLAG_ROUTE_LIMITS`) counts each connect against
+//! the chosen slot's destination (a subset's group, or a service's own counter), never its own.
 
 use core::intrinsics::AtomicOrdering;
 
@@ -12,37 +17,81 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use aya_ebpf::programs::SockOpsContext;
 use aya_ebpf::EbpfContext;
-use meshpath_common::Reason;
+use meshpath_common::{Reason, ServiceKey, ServiceValue, SockLimit, SVC_FLAG_ROUTE_LIMITS};
 
 use crate::counters::{bump, bump_service, ServiceCounter};
-use crate::maps::{MP_CONN_ACTIVE, MP_CONN_MAX, MP_SOCK_SVC};
+use crate::maps::{
+    MP_CONN_ACTIVE, MP_CONN_MAX, MP_GRP_ACTIVE, MP_GRP_MAX, MP_GRP_REFUSED, MP_SLOT_GRP,
+    MP_SOCK_LIMIT,
+};
 
 const BPF_TCP_CLOSE: u32 = 7;
 
 /// Outcome of asking for a slot.
 pub enum Admission {
-    /// No limit on this service.
+    /// No limit on this connection's counter.
     Unlimited,
-    /// Counted; `cookie` must be released when the socket closes.
+    /// Counted; the socket is released when it closes.
     Admitted,
     Refused,
 }
 
-/// Called by connect4 for TCP connects to a service, after a backend was chosen.
+/// The counter a connect to frontend `key` balanced to `slot` counts against.
 #[inline(always)]
-pub fn admit(svc_id: u32, cookie: u64) -> Admission {
-    let max = MP_CONN_MAX.get(svc_id).copied().unwrap_or(0);
+pub fn target(key: &ServiceKey, svc: &ServiceValue, slot: u16) -> SockLimit {
+    if svc.flags & SVC_FLAG_ROUTE_LIMITS == 0 {
+        return SockLimit::service(svc.svc_id);
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { MP_SLOT_GRP.get(&key.with_slot(slot)) }
+        .copied()
+        .unwrap_or(SockLimit::NONE)
+}
+
+/// Called by connect4/connect6 for TCP connects to a service, after a backend was chosen.
+/// Refusals are counted where the limit is: per group, or in the limited service's stats.
+// Each branch looks its two maps up and returns: an `Option` pair carried across both branches
+// made LLVM spill an undefined register, which the verifier rejects ("R1 !read_ok").
+#[inline(always)]
+pub fn admit(limit: SockLimit, cookie: u64) -> Admission {
+    if limit.group_id != 0 {
+        let Some(max) = MP_GRP_MAX.get(limit.group_id) else {
+            bump(Reason::ConnLimitIdInvalid);
+            return Admission::Unlimited;
+        };
+        let max = *max;
+        let Some(active) = MP_GRP_ACTIVE.get_ptr_mut(limit.group_id) else {
+            bump(Reason::ConnLimitIdInvalid);
+            return Admission::Unlimited;
+        };
+        return count(max, active, limit, cookie);
+    }
+    if limit.svc_id != 0 {
+        let Some(max) = MP_CONN_MAX.get(limit.svc_id) else {
+            bump(Reason::ConnLimitIdInvalid);
+            return Admission::Unlimited;
+        };
+        let max = *max;
+        let Some(active) = MP_CONN_ACTIVE.get_ptr_mut(limit.svc_id) else {
+            bump(Reason::ConnLimitIdInvalid);
+            return Admission::Unlimited;
+        };
+        return count(max, active, limit, cookie);
+    }
+    Admission::Unlimited
+}
+
+/// Takes a slot of `active` (the counter `limit` names) if fewer than `max` are taken.
+#[inline(always)]
+fn count(max: u32, active: *mut u64, limit: SockLimit, cookie: u64) -> Admission {
     if max == 0 {
         return Admission::Unlimited;
     }
     // SAFETY: presence check only.
-    if unsafe { MP_SOCK_SVC.get(cookie) }.is_some() {
+    if unsafe { MP_SOCK_LIMIT.get(cookie) }.is_some() {
         // This socket already holds a slot (a second connect() on it): count it once.
         return Admission::Admitted;
     }
-    let Some(active) = MP_CONN_ACTIVE.get_ptr_mut(svc_id) else {
-        return Admission::Unlimited;
-    };
     // SAFETY: array values live as long as the map and are 8-byte aligned; the count is shared
     // by all CPUs, hence atomic. SeqCst for the reason given in lb.rs (LLVM 22 BPF lowering).
     let before =
@@ -51,11 +100,19 @@ pub fn admit(svc_id: u32, cookie: u64) -> Admission {
         // Over the limit (possibly lost a race with another CPU): give the slot back.
         // SAFETY: as above.
         unsafe { core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
-        bump(Reason::ConnLimitRefused);
-        bump_service(svc_id, ServiceCounter::ConnLimitRefused);
+        if limit.group_id != 0 {
+            bump(Reason::ConnLimitSubsetRefused);
+            if let Some(n) = MP_GRP_REFUSED.get_ptr_mut(limit.group_id) {
+                // SAFETY: per-CPU slot, single writer (see counters::add).
+                unsafe { *n += 1 };
+            }
+        } else {
+            bump(Reason::ConnLimitRefused);
+            bump_service(limit.svc_id, ServiceCounter::ConnLimitRefused);
+        }
         return Admission::Refused;
     }
-    if MP_SOCK_SVC.insert(cookie, svc_id, 0).is_err() {
+    if MP_SOCK_LIMIT.insert(cookie, limit, 0).is_err() {
         // Untracked means never released: do not count it.
         // SAFETY: as above.
         unsafe { core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
@@ -77,19 +134,25 @@ pub fn on_sockops(ctx: &SockOpsContext) {
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
-    let Some(svc_id) = (unsafe { MP_SOCK_SVC.get(cookie) }).copied() else {
+    let Some(limit) = (unsafe { MP_SOCK_LIMIT.get(cookie) }).copied() else {
         return;
     };
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
         return;
     }
-    if MP_SOCK_SVC.remove(cookie).is_ok() {
-        if let Some(active) = MP_CONN_ACTIVE.get_ptr_mut(svc_id) {
+    if MP_SOCK_LIMIT.remove(cookie).is_ok() {
+        let active = if limit.group_id != 0 {
+            MP_GRP_ACTIVE.get_ptr_mut(limit.group_id)
+        } else {
+            MP_CONN_ACTIVE.get_ptr_mut(limit.svc_id)
+        };
+        match active {
             // SAFETY: as in `admit`.
-            unsafe {
-                core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1)
-            };
+            Some(active) => unsafe {
+                core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1);
+            },
+            None => bump(Reason::ConnLimitIdInvalid),
         }
         bump(Reason::ConnReleased);
     }

@@ -22,20 +22,22 @@ pub fn lookup_frontend(vip_be: u32, port_be: u16, proto: u8) -> Option<(ServiceK
     Some((key, *svc))
 }
 
-/// Picks the backend for a new connection or datagram. `netns_cookie` is only called when the
+/// Picks the backend for a new connection or datagram, with the slot it came from (what the
+/// connection limit of a route destination is keyed by). `netns_cookie` is only called when the
 /// service has session affinity (the helper costs a call on every connect otherwise).
 #[inline(always)]
 pub fn select_backend(
     key: &ServiceKey,
     svc: &ServiceValue,
     netns_cookie: impl FnOnce() -> u64,
-) -> Result<Backend, Reason> {
+) -> Result<(u16, Backend), Reason> {
     let count = svc.count as u32;
     if count == 0 {
         return Err(Reason::NoBackend);
     }
     if svc.flags & SVC_FLAG_AFFINITY == 0 {
-        return Ok(backend_in_slot(key, pick_slot(svc, count)?)?.1);
+        let slot = pick_slot(svc, count)?;
+        return Ok((slot, backend_in_slot(key, slot)?.1));
     }
 
     let aff_key = AffinityKey {
@@ -51,18 +53,19 @@ pub fn select_backend(
         if now.wrapping_sub(prev.last_used_ns) <= timeout_ns {
             // SAFETY: the value is copied out at once.
             if let Some(backend) = unsafe { MP_BACKENDS.get(prev.backend_id) }.copied() {
-                remember(&aff_key, prev.backend_id, now);
+                remember(&aff_key, prev.backend_id, prev.slot, now);
                 bump(Reason::AffinityHit);
                 bump_service(svc.svc_id, ServiceCounter::AffinityHits);
-                return Ok(backend);
+                return Ok((prev.slot, backend));
             }
         } else {
             bump(Reason::AffinityExpired);
         }
     }
-    let (backend_id, backend) = backend_in_slot(key, pick_slot(svc, count)?)?;
-    remember(&aff_key, backend_id, now);
-    Ok(backend)
+    let slot = pick_slot(svc, count)?;
+    let (backend_id, backend) = backend_in_slot(key, slot)?;
+    remember(&aff_key, backend_id, slot, now);
+    Ok((slot, backend))
 }
 
 /// A slot in `1..=count`.
@@ -102,9 +105,10 @@ fn backend_in_slot(key: &ServiceKey, slot: u16) -> Result<(u32, Backend), Reason
 }
 
 #[inline(always)]
-fn remember(key: &AffinityKey, backend_id: u32, now: u64) {
+fn remember(key: &AffinityKey, backend_id: u32, slot: u16, now: u64) {
     let value = AffinityValue {
         backend_id,
+        slot,
         _pad0: 0,
         last_used_ns: now,
     };

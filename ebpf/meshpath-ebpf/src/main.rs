@@ -149,7 +149,7 @@ fn try_translate(
     };
     // SAFETY: the context pointer is valid for the helper.
     let netns_cookie = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let backend = match lb::select_backend(&key, &svc, netns_cookie) {
+    let (slot, backend) = match lb::select_backend(&key, &svc, netns_cookie) {
         Ok(b) => b,
         Err(reason) => {
             bump(reason);
@@ -163,7 +163,8 @@ fn try_translate(
     // SAFETY: the context pointer is valid for the helper.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if proto == PROTO_TCP {
-        if let connlimit::Admission::Refused = connlimit::admit(svc.svc_id, socket_cookie) {
+        let limit = connlimit::target(&key, &svc, slot);
+        if let connlimit::Admission::Refused = connlimit::admit(limit, socket_cookie) {
             return Err(refuse());
         }
     }

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue, SockKey, CONFIG_SLOTS, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS, MAX_SOCKS, MAX_SOCK_FALLBACK,
-    MAX_TRACKED_SOCKS, REASON_COUNT,
+    ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, CONFIG_SLOTS, MAX_AFFINITY,
+    MAX_BACKENDS, MAX_LIMIT_GROUPS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS,
+    MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TRACKED_SOCKS, REASON_COUNT,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -65,6 +65,27 @@ pub static MP_CONN_MAX: Array<u32> = Array::pinned(MAX_SERVICE_IDS, 0);
 #[map]
 pub static MP_CONN_ACTIVE: Array<u64> = Array::pinned(MAX_SERVICE_IDS, 0);
 
-/// socket cookie → service id, for connections counted in `MP_CONN_ACTIVE`.
+/// socket cookie → the counter (service or group) it was counted against, to release at close.
 #[map]
-pub static MP_SOCK_SVC: HashMap<u64, u32> = HashMap::pinned(MAX_TRACKED_SOCKS, 0);
+pub static MP_SOCK_LIMIT: HashMap<u64, SockLimit> = HashMap::pinned(MAX_TRACKED_SOCKS, 0);
+
+/// {frontend, slot} → the counter that slot's connections count against, for frontends with
+/// `SVC_FLAG_ROUTE_LIMITS` (VirtualService `tcp:` slots). No entry: unlimited.
+#[map]
+pub static MP_SLOT_GRP: HashMap<ServiceKey, SockLimit> = HashMap::pinned(MAX_SLOT_LIMITS, 0);
+
+/// group id → the route destination's `maxConnections` (0: no limit). Written by the agent.
+#[map]
+pub static MP_GRP_MAX: Array<u32> = Array::pinned(MAX_LIMIT_GROUPS, 0);
+
+/// group id → connections admitted and not yet closed. Written only by the programs.
+#[map]
+pub static MP_GRP_ACTIVE: Array<u64> = Array::pinned(MAX_LIMIT_GROUPS, 0);
+
+/// group id → connects refused by the group's limit, per CPU.
+#[map]
+pub static MP_GRP_REFUSED: PerCpuArray<u64> = PerCpuArray::pinned(MAX_LIMIT_GROUPS, 0);
+
+/// group id → its name (`namespace/service:port subset`), for `meshpath status`; no program reads it.
+#[map]
+pub static MP_GRP_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(MAX_LIMIT_GROUPS, 0);

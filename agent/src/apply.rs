@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use meshpath_common::{
-    ServiceKey, ServiceStats, ServiceValue, MAP_AFFINITY, MAP_BACKENDS, MAP_CONN_MAX, MAP_SERVICES,
-    MAP_SVC_NAMES, MAP_SVC_STATS,
+    ServiceKey, ServiceName, ServiceStats, ServiceValue, SockLimit, MAP_AFFINITY, MAP_BACKENDS,
+    MAP_CONN_MAX, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED, MAP_SERVICES, MAP_SLOT_GRP,
+    MAP_SVC_NAMES, MAP_SVC_STATS, SVC_FLAG_ROUTE_LIMITS,
 };
 
 use crate::compile::MapContents;
@@ -65,6 +66,9 @@ pub fn apply(maps: &mut DatapathMaps, desired: &MapContents) -> Result<ApplyStat
         }
     }
 
+    // 1b. Route-destination limits before the slots and headers that use them (`limits.rs`).
+    let current_slot_limits = upsert_route_limits(maps, desired, &mut stats)?;
+
     // 2. Per frontend: slots, then the header, then slots beyond the new count.
     let current_ids: BTreeSet<u32> = current_services
         .iter()
@@ -104,6 +108,8 @@ pub fn apply(maps: &mut DatapathMaps, desired: &MapContents) -> Result<ApplyStat
             .map_err(err(MAP_SERVICES, "remove"))?;
         stats.deletes += 1;
     }
+    // 3b. Slot targets no slot has any more: after the headers that stopped using them.
+    remove_stale_slot_limits(maps, desired, &current_slot_limits, &mut stats)?;
     // 4. Backends no slot names any more.
     for id in current_backends
         .keys()
@@ -153,24 +159,39 @@ pub fn apply(maps: &mut DatapathMaps, desired: &MapContents) -> Result<ApplyStat
                 .map_err(err(MAP_CONN_MAX, "set"))?;
         }
     }
+    remove_stale_groups(maps, desired)?;
     stats.affinity_purged = purge_affinity(maps, desired)?;
     Ok(stats)
 }
 
 /// Affinity entries whose service is gone or whose backend left the service would send a client
-/// to a backend that no longer serves it: remove them, so the next connect picks afresh.
+/// to a backend that no longer serves it: remove them, so the next connect picks afresh. On a
+/// frontend with route-destination limits the entry's slot must still name its backend too: the
+/// slot says which destination's limit an affinity hit counts against.
 fn purge_affinity(maps: &mut DatapathMaps, desired: &MapContents) -> Result<usize, ApplyError> {
-    let valid: BTreeSet<(u32, u32)> = desired
-        .services
-        .iter()
-        .filter(|(k, _)| k.slot != 0)
+    let slots = desired.services.iter().filter(|(k, _)| k.slot != 0);
+    let valid: BTreeSet<(u32, u32)> = slots
+        .clone()
         .map(|(_, v)| (v.svc_id, v.backend_id))
+        .collect();
+    let routed: BTreeSet<u32> = slots
+        .clone()
+        .filter(|(_, v)| v.flags & SVC_FLAG_ROUTE_LIMITS != 0)
+        .map(|(_, v)| v.svc_id)
+        .collect();
+    let valid_slot: BTreeSet<(u32, u16, u32)> = slots
+        .filter(|(_, v)| routed.contains(&v.svc_id))
+        .map(|(k, v)| (v.svc_id, k.slot, v.backend_id))
         .collect();
     let stale: Vec<_> = maps
         .affinity
         .iter()
         .filter_map(|entry| entry.ok())
-        .filter(|(k, v)| !valid.contains(&(k.svc_id, v.backend_id)))
+        .filter(|(k, v)| {
+            !valid.contains(&(k.svc_id, v.backend_id))
+                || (routed.contains(&k.svc_id)
+                    && !valid_slot.contains(&(k.svc_id, v.slot, v.backend_id)))
+        })
         .map(|(k, _)| k)
         .collect();
     for key in &stale {
@@ -197,4 +218,105 @@ fn reset_service_stats(maps: &mut DatapathMaps, svc_id: u32) -> Result<(), Apply
     maps.svc_stats
         .set(svc_id, zeros, 0)
         .map_err(err(MAP_SVC_STATS, "reset"))
+}
+
+/// Group limits and names, then slot targets: everything a routed slot names exists before a
+/// header flags its frontend as routed. Returns the slot targets the map held before.
+fn upsert_route_limits(
+    maps: &mut DatapathMaps,
+    desired: &MapContents,
+    stats: &mut ApplyStats,
+) -> Result<BTreeMap<ServiceKey, SockLimit>, ApplyError> {
+    let current_names: BTreeMap<u32, ServiceName> = maps
+        .grp_names
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(err(MAP_GRP_NAMES, "iterate"))?;
+    for (id, name) in &desired.group_names {
+        if current_names.get(id) == Some(name) {
+            continue;
+        }
+        // A group id new to the maps (or now naming another destination) starts from zero
+        // refusals. Its active count is the programs' alone: sockets still counted against a
+        // reused id release it when they close.
+        reset_group_refused(maps, *id)?;
+        maps.grp_names
+            .insert(id, name, 0)
+            .map_err(err(MAP_GRP_NAMES, "insert"))?;
+    }
+    for (id, max) in &desired.group_limits {
+        if maps.grp_max.get(id, 0).map_err(err(MAP_GRP_MAX, "get"))? != *max {
+            maps.grp_max
+                .set(*id, *max, 0)
+                .map_err(err(MAP_GRP_MAX, "set"))?;
+            stats.upserts += 1;
+        }
+    }
+    let current: BTreeMap<ServiceKey, SockLimit> = maps
+        .slot_limits
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(err(MAP_SLOT_GRP, "iterate"))?;
+    for (key, target) in &desired.slot_limits {
+        if current.get(key) != Some(target) {
+            maps.slot_limits
+                .insert(key, target, 0)
+                .map_err(err(MAP_SLOT_GRP, "insert"))?;
+            stats.upserts += 1;
+        }
+    }
+    Ok(current)
+}
+
+fn remove_stale_slot_limits(
+    maps: &mut DatapathMaps,
+    desired: &MapContents,
+    current: &BTreeMap<ServiceKey, SockLimit>,
+    stats: &mut ApplyStats,
+) -> Result<(), ApplyError> {
+    for key in current
+        .keys()
+        .filter(|k| !desired.slot_limits.contains_key(k))
+    {
+        maps.slot_limits
+            .remove(key)
+            .map_err(err(MAP_SLOT_GRP, "remove"))?;
+        stats.deletes += 1;
+    }
+    Ok(())
+}
+
+/// Groups no slot names any more: no limit (a connect cannot reach them now anyway), no name.
+fn remove_stale_groups(maps: &mut DatapathMaps, desired: &MapContents) -> Result<(), ApplyError> {
+    let stale: Vec<u32> = maps
+        .grp_names
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err(MAP_GRP_NAMES, "iterate"))?
+        .into_iter()
+        .filter(|id| !desired.group_names.contains_key(id))
+        .collect();
+    for id in stale {
+        maps.grp_max
+            .set(id, 0, 0)
+            .map_err(err(MAP_GRP_MAX, "set"))?;
+        maps.grp_names
+            .remove(&id)
+            .map_err(err(MAP_GRP_NAMES, "remove"))?;
+    }
+    Ok(())
+}
+
+fn reset_group_refused(maps: &mut DatapathMaps, id: u32) -> Result<(), ApplyError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| ApplyError::Cpus {
+        map: MAP_GRP_REFUSED,
+        source,
+    })?;
+    let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|source| ApplyError::Cpus {
+        map: MAP_GRP_REFUSED,
+        source,
+    })?;
+    maps.grp_refused
+        .set(id, zeros, 0)
+        .map_err(err(MAP_GRP_REFUSED, "reset"))
 }

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::apply::apply;
 use crate::compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
+use crate::compile::limits::{route_limits, RouteLimits};
 use crate::compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
 use crate::datapath::DatapathMaps;
 use crate::l7::L7Config;
@@ -31,6 +32,8 @@ pub struct Reconciler {
     compiled: Compiled,
     l7: L7Compiled,
     ports: ProxyPorts,
+    /// Connection-limit groups of route destinations, with their stable ids.
+    limits: RouteLimits,
     /// Endpoints the proxy's `outlierDetection` ejected, kept out of the maps (`ejection.rs`).
     ejected: crate::proxy::EjectedSet,
 }
@@ -48,6 +51,7 @@ impl Reconciler {
             compiled: Compiled::default(),
             l7: L7Compiled::default(),
             ports: ProxyPorts::default(),
+            limits: RouteLimits::default(),
             ejected: Default::default(),
         }
     }
@@ -62,14 +66,27 @@ impl Reconciler {
         for e in &errors {
             error!(error = %e, "service not (re)programmed; its last good state stays live");
         }
-        let limits = kernel_connection_limits(model, &next);
-        for fe in next.frontends.values_mut() {
-            fe.max_connections = limits.get(&fe.service).copied();
+        // `--connection-limits false`: no limit reaches the maps, service-wide or per route
+        // destination, so connect4 counts nothing (sock_ops, which releases, may be detached).
+        if maps.connection_limits {
+            let limits = kernel_connection_limits(model, &next);
+            for fe in next.frontends.values_mut() {
+                fe.max_connections = limits.get(&fe.service).copied();
+            }
         }
         let (l7, l7_errors) = compile_l7(model, &next, &self.l7);
         for e in &l7_errors {
             error!(error = %e, "routing not (re)applied; its last good state stays live");
         }
+        let route_limits = if maps.connection_limits {
+            let (limits, errors) = route_limits(&l7, &next, &self.limits);
+            for e in &errors {
+                error!(error = %e, "connection limit not applied");
+            }
+            limits
+        } else {
+            RouteLimits::default()
+        };
 
         let steered = needs_proxy(&l7.config);
         let ports = match self.proxy.as_mut() {
@@ -99,10 +116,9 @@ impl Reconciler {
         let weighted = tcp_weights(&l7, &next, &ejected);
         // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).
         let healthy = crate::ejection::exclude_ejected(&next, &ejected);
-        let contents = healthy
-            .as_ref()
-            .unwrap_or(&next)
-            .map_contents_steered(&targets, &weighted);
+        let rendered_from = healthy.as_ref().unwrap_or(&next);
+        let mut contents = rendered_from.map_contents_steered(&targets, &weighted);
+        route_limits.render(&mut contents, rendered_from, &weighted);
         match apply(maps, &contents) {
             Ok(stats) => {
                 info!(
@@ -112,6 +128,7 @@ impl Reconciler {
                     upserts = stats.upserts,
                     deletes = stats.deletes,
                     affinity_purged = stats.affinity_purged,
+                    limit_groups = route_limits.groups.len(),
                     "programmed"
                 );
                 if let Some(p) = self.proxy.as_mut() {
@@ -120,6 +137,7 @@ impl Reconciler {
                 self.compiled = next;
                 self.l7 = l7;
                 self.ports = ports;
+                self.limits = route_limits;
             }
             // The next change retries; apply diffs against what the maps really hold.
             Err(e) => {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use meshpath_common::{
     ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY,
-    SVC_FLAG_ROUND_ROBIN,
+    SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS,
 };
 use serde::Serialize;
 
@@ -18,6 +18,9 @@ use crate::datapath::{DatapathError, DatapathMaps};
 pub struct Status {
     pub pin_dir: String,
     pub services: Vec<ServiceStatus>,
+    /// Connection-limit groups: route destinations (subsets of VirtualService `tcp:` routes)
+    /// with their own `maxConnections`.
+    pub limit_groups: Vec<GroupStatus>,
     /// Reason name → count summed over CPUs.
     pub counters: BTreeMap<&'static str, u64>,
     pub socket_redirect: RedirectStatus,
@@ -32,6 +35,16 @@ pub struct RedirectStatus {
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group_id: u32,
+    /// Istio's cluster name, `outbound|<port>|<subset>|<host>`.
+    pub name: String,
+    pub max_connections: u32,
+    pub active_connections: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct ServiceStatus {
     pub name: String,
     pub svc_id: u32,
@@ -39,6 +52,9 @@ pub struct ServiceStatus {
     pub protocol: &'static str,
     pub policy: &'static str,
     pub affinity_timeout_sec: Option<u32>,
+    /// VirtualService `tcp:` slots: connects count against each slot's route destination
+    /// (`limit_groups`, or a service's own limit), never this frontend's.
+    pub route_limits: bool,
     pub backends: Vec<String>,
     pub connects: u64,
     pub datagrams: u64,
@@ -106,6 +122,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
             },
             affinity_timeout_sec: (header.flags & SVC_FLAG_AFFINITY != 0)
                 .then_some(header.affinity_timeout_sec),
+            route_limits: header.flags & SVC_FLAG_ROUTE_LIMITS != 0,
             backends,
             connects: stats.connects,
             datagrams: stats.datagrams,
@@ -120,6 +137,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
         });
     }
     services.sort_by(|a, b| (&a.name, &a.frontend).cmp(&(&b.name, &b.frontend)));
+    let limit_groups = groups(&maps)?;
     let counters = maps
         .reason_counts()?
         .into_iter()
@@ -136,9 +154,33 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
     Ok(Status {
         pin_dir: pin_dir.display().to_string(),
         services,
+        limit_groups,
         counters,
         socket_redirect,
     })
+}
+
+fn groups(maps: &DatapathMaps) -> Result<Vec<GroupStatus>, DatapathError> {
+    let names: BTreeMap<u32, meshpath_common::ServiceName> = maps
+        .grp_names
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(|source| DatapathError::Map {
+            name: meshpath_common::MAP_GRP_NAMES,
+            source,
+        })?;
+    let mut out = Vec::with_capacity(names.len());
+    for (id, name) in names {
+        out.push(GroupStatus {
+            group_id: id,
+            name: name.as_str().to_string(),
+            max_connections: maps.grp_max.get(&id, 0).unwrap_or(0),
+            active_connections: maps.grp_active.get(&id, 0).unwrap_or(0),
+            refused: maps.group_refused(id)?,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// The human-readable form: one block per service, then the non-zero counters.
@@ -165,9 +207,25 @@ pub fn render(status: &Status) -> String {
                 s.active_connections, s.conn_limit_refused
             );
         }
+        if s.route_limits {
+            let _ = writeln!(
+                out,
+                "    connection limits per route destination (see limit groups)"
+            );
+        }
         for b in &s.backends {
             let _ = writeln!(out, "    -> {b}");
         }
+    }
+    if !status.limit_groups.is_empty() {
+        let _ = writeln!(out, "limit groups (route destinations):");
+    }
+    for g in &status.limit_groups {
+        let _ = writeln!(
+            out,
+            "    {} maxConnections {}: {} active, {} refused",
+            g.name, g.max_connections, g.active_connections, g.refused
+        );
     }
     let r = &status.socket_redirect;
     let _ = writeln!(

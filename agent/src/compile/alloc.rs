@@ -14,7 +14,7 @@ pub struct IdAllocator<K> {
     max: u32,
 }
 
-impl<K: Ord + Copy> IdAllocator<K> {
+impl<K: Ord + Clone> IdAllocator<K> {
     pub fn new(existing: impl IntoIterator<Item = (K, u32)>, max: u32) -> Self {
         let mut a = Self {
             by_key: BTreeMap::new(),

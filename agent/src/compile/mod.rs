@@ -9,9 +9,11 @@
 mod alloc;
 mod error;
 pub mod l7;
+pub mod limits;
 mod resolve;
 #[cfg(test)]
 mod tests;
+mod weighted;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -103,6 +105,13 @@ pub struct MapContents {
     pub names: BTreeMap<u32, ServiceName>,
     /// service id → kernel connection limit, for frontends that have one.
     pub conn_limits: BTreeMap<u32, u32>,
+    /// {frontend, slot} → what that slot's connects count against (route destinations of
+    /// VirtualService `tcp:` slots; see [`limits`]). Filled by [`limits::RouteLimits::render`].
+    pub slot_limits: BTreeMap<ServiceKey, meshpath_common::SockLimit>,
+    /// group id → the route destination's `maxConnections`.
+    pub group_limits: BTreeMap<u32, u32>,
+    /// group id → the destination's Envoy cluster name, for `meshpath status`.
+    pub group_names: BTreeMap<u32, ServiceName>,
 }
 
 pub fn compile(
@@ -244,24 +253,6 @@ fn compile_service(
     Ok(out)
 }
 
-/// Slots for weighted clusters: `weight` slots per cluster, over its endpoints in turn. Clusters
-/// without endpoints (or endpoints without a backend id) get none: their share goes to the others,
-/// where Envoy would answer with a connection failure.
-fn weighted_slots<'a>(
-    weights: &'a [(Vec<BackendAddr>, u32)],
-    ids: &BTreeMap<BackendAddr, u32>,
-) -> Vec<&'a BackendAddr> {
-    let mut slots = Vec::new();
-    for (endpoints, weight) in weights {
-        let usable: Vec<&BackendAddr> = endpoints.iter().filter(|b| ids.contains_key(*b)).collect();
-        if usable.is_empty() {
-            continue;
-        }
-        slots.extend((0..*weight as usize).map(|i| usable[i % usable.len()]));
-    }
-    slots
-}
-
 fn backend_value(addr: &BackendAddr) -> Backend {
     Backend {
         ip_be: ipv4_be(addr.ip.octets()),
@@ -354,7 +345,10 @@ impl Compiled {
                 flags |= SVC_FLAG_AFFINITY;
             }
             let slots: Vec<&BackendAddr> = match weighted.get(addr) {
-                Some(w) => weighted_slots(w, &self.backend_ids),
+                Some(w) => weighted::slots(w, &self.backend_ids)
+                    .into_iter()
+                    .map(|(_, b)| b)
+                    .collect(),
                 None => fe.backends.iter().collect(),
             };
             let header = ServiceValue {
@@ -392,6 +386,7 @@ impl Compiled {
             backends,
             names,
             conn_limits,
+            ..MapContents::default()
         }
     }
 }

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
-    ServiceValue, SockKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONN_ACTIVE, MAP_CONN_MAX,
-    MAP_COUNTERS, MAP_SERVICES, MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
+    ServiceValue, SockKey, SockLimit, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONN_ACTIVE,
+    MAP_CONN_MAX, MAP_COUNTERS, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED,
+    MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 use super::DatapathError;
@@ -25,6 +26,20 @@ pub struct DatapathMaps {
     pub conn_max: Array<MapData, u32>,
     /// service id → active connections under a limit, kept by the programs.
     pub conn_active: Array<MapData, u64>,
+    /// {frontend, slot} → the counter a routed slot's connects count against, written by `apply`.
+    pub slot_limits: HashMap<MapData, ServiceKey, SockLimit>,
+    /// group id → a route destination's `maxConnections` (0 = none), written by `apply`.
+    pub grp_max: Array<MapData, u32>,
+    /// group id → active connections, kept by the programs.
+    pub grp_active: Array<MapData, u64>,
+    /// group id → connects refused, per CPU.
+    pub grp_refused: PerCpuArray<MapData, u64>,
+    /// group id → the destination's cluster name, for `meshpath status`.
+    pub grp_names: HashMap<MapData, u32, ServiceName>,
+    /// Whether the running datapath enforces connection limits (`--connection-limits`; sock_ops
+    /// releases counted sockets only then). Off: the agent writes no limit at all, so connect4
+    /// counts nothing that could never be released. Not a map: set by `Datapath::load`.
+    pub connection_limits: bool,
 }
 
 impl DatapathMaps {
@@ -73,6 +88,12 @@ impl DatapathMaps {
             config: typed(MAP_CONFIG, get(MAP_CONFIG))?,
             conn_max: typed(MAP_CONN_MAX, get(MAP_CONN_MAX))?,
             conn_active: typed(MAP_CONN_ACTIVE, get(MAP_CONN_ACTIVE))?,
+            slot_limits: typed(MAP_SLOT_GRP, get(MAP_SLOT_GRP))?,
+            grp_max: typed(MAP_GRP_MAX, get(MAP_GRP_MAX))?,
+            grp_active: typed(MAP_GRP_ACTIVE, get(MAP_GRP_ACTIVE))?,
+            grp_refused: typed(MAP_GRP_REFUSED, get(MAP_GRP_REFUSED))?,
+            grp_names: typed(MAP_GRP_NAMES, get(MAP_GRP_NAMES))?,
+            connection_limits: true,
         })
     }
 
@@ -110,5 +131,17 @@ impl DatapathMaps {
             acc.conn_limit_refused += s.conn_limit_refused;
             acc
         }))
+    }
+
+    /// A group's refusals, summed over CPUs.
+    pub fn group_refused(&self, group_id: u32) -> Result<u64, DatapathError> {
+        let per_cpu = self
+            .grp_refused
+            .get(&group_id, 0)
+            .map_err(|source| DatapathError::Map {
+                name: MAP_GRP_REFUSED,
+                source,
+            })?;
+        Ok(per_cpu.iter().sum())
     }
 }

@@ -101,6 +101,7 @@ impl Datapath {
             info!(program = name, cgroup = %cgroup.display(), "attached");
         }
         let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        maps.connection_limits = features.connection_limits;
         redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
         Ok(Self {
             _ebpf: ebpf,

@@ -1,6 +1,8 @@
 //! The agent's admin HTTP listener, modelled on Envoy's admin interface so Istio's tooling
 //! habits carry over: `/stats` (Envoy's text form, `cluster.<name>.<stat>: <value>`, plus
-//! kernel counters under `meshpath.`), `/metrics` (Prometheus text) and `/ready` (probes).
+//! kernel counters under `meshpath.`), `/metrics` (Prometheus text), `/ready` (readiness: `LIVE`
+//! once the first snapshot of the cluster is programmed, 503 `PRE_INITIALIZING` before, as
+//! Envoy answers) and `/healthz` (liveness: the agent's runtime answers).
 //! `meshpath stats` reads `/stats` through [`fetch_stats`].
 
 use std::convert::Infallible;
@@ -52,6 +54,8 @@ pub struct AdminState {
     pub proxy: Option<ProxyStats>,
     /// bpffs directory of the pinned maps, for the kernel counters.
     pub pin_dir: PathBuf,
+    /// Set once the first snapshot of the cluster is programmed.
+    pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -89,7 +93,17 @@ pub async fn start(addr: SocketAddr, state: AdminState) -> Result<(), AdminError
 
 async fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let (ctype, body) = match req.uri().path() {
-        "/ready" => ("text/plain", "LIVE\n".to_owned()),
+        "/ready" if state.programmed.load(std::sync::atomic::Ordering::Relaxed) => {
+            ("text/plain", "LIVE\n".to_owned())
+        }
+        // Still waiting for the first complete list (e.g. the API server is unreachable): not
+        // ready, but alive; what is pinned keeps serving meanwhile.
+        "/ready" => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"PRE_INITIALIZING\n")));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return r;
+        }
+        "/healthz" => ("text/plain", "ok\n".to_owned()),
         "/stats" => ("text/plain", envoy_stats(state).await),
         "/metrics" => (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -241,10 +255,19 @@ mod tests {
         let state = AdminState {
             proxy: None,
             pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
+            programmed: Default::default(),
         };
+        let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
         // No proxy, no pinned maps: an empty (but successful) report.
         assert_eq!(fetch_stats(addr).await.unwrap(), "");
+        let early = raw_get(addr, "/ready").await;
+        assert!(
+            early.starts_with("HTTP/1.0 503") && early.ends_with("PRE_INITIALIZING\n"),
+            "{early}"
+        );
+        assert!(raw_get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+        programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         let ready = raw_get(addr, "/ready").await;
         assert!(
             ready.starts_with("HTTP/1.0 200") && ready.ends_with("LIVE\n"),
@@ -289,6 +312,7 @@ mod tests {
         let state = AdminState {
             proxy: Some(crate::proxy::Proxy::new(rx).stats()),
             pin_dir: PathBuf::from("/nonexistent"),
+            programmed: Default::default(),
         };
         let text = metrics(&state);
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

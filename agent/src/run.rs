@@ -95,7 +95,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }),
         None => None,
     };
+    let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin = crate::admin::AdminState {
+        programmed: programmed.clone(),
         proxy: proxy_stats,
         pin_dir: cfg.pin_dir.clone(),
     };
@@ -138,6 +140,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             reconciler.set_ejected(rx.borrow_and_update().clone());
         }
         reconciler.reconcile(&model, &mut datapath.maps);
+        programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         if let (SourceConfig::Kube(_), Some(node)) = (&cfg.source, &cfg.node_name) {
             let now = crate::coverage::local_pods(&model, node, &cfg.cgroup_mount, &cgroup);
             coverage.report(now, &cgroup);

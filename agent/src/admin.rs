@@ -162,6 +162,17 @@ fn kernel_stats(pin_dir: &std::path::Path) -> String {
             let _ = writeln!(out, "{svc}.{stat}: {v}");
         }
     }
+    // Per-subset kernel limits, under Istio's cluster name as the proxy's stats are.
+    for g in &status.limit_groups {
+        let group = format!("meshpath.limit_group.{}", g.name);
+        for (stat, v) in [
+            ("max_connections", u64::from(g.max_connections)),
+            ("active_connections", g.active_connections),
+            ("conn_limit_refused", g.refused),
+        ] {
+            let _ = writeln!(out, "{group}.{stat}: {v}");
+        }
+    }
     out
 }
 

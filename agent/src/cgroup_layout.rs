@@ -182,7 +182,8 @@ pub fn detect(mount: &Path) -> Result<KubepodsRoot, LayoutError> {
 }
 
 /// [`detect`] without the reason.
-pub fn kubepods_root(mount: &Path) -> Option<(Driver, PathBuf)> {
+#[cfg(test)]
+fn kubepods_root(mount: &Path) -> Option<(Driver, PathBuf)> {
     detect(mount).ok().map(|root| (root.driver, root.path))
 }
 

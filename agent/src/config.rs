@@ -54,7 +54,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: load the eBPF programs, attach them to a cgroup, and keep the maps in
     /// sync with the cluster state.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print the programmed services, their backends and the counters, read from the pinned maps
     /// (works while the agent runs and after it stopped).
     Status(StatusArgs),
@@ -345,7 +345,7 @@ mod tests {
         ];
         args.extend_from_slice(extra);
         match parse_args(args).expect("parses").command {
-            Command::Agent(a) => AgentConfig::from(&a),
+            Command::Agent(a) => AgentConfig::from(&*a),
             other => panic!("not agent: {other:?}"),
         }
     }
@@ -388,7 +388,7 @@ mod tests {
         let Command::Agent(a) = parse_args(args).expect("parses").command else {
             panic!("not agent")
         };
-        let c = AgentConfig::from(&a);
+        let c = AgentConfig::from(&*a);
         assert_eq!(
             c.source,
             SourceConfig::Kube(crate::source::kube::KubeOptions {

@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Agent(args) => {
-            let cfg = config::AgentConfig::from(&args);
+            let cfg = config::AgentConfig::from(&*args);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

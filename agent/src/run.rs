@@ -179,7 +179,7 @@ async fn ejections_changed(rx: &mut Option<watch::Receiver<crate::proxy::Ejected
 }
 
 /// `--cgroup`, with `auto` resolved to the kubelet's kubepods root.
-fn attach_cgroup(cfg: &AgentConfig) -> Result<PathBuf, AgentError> {
+fn attach_cgroup(cfg: &AgentConfig) -> Result<PathBuf, crate::cgroup_layout::LayoutError> {
     if cfg.cgroup != std::path::Path::new(crate::config::CGROUP_AUTO) {
         return Ok(cfg.cgroup.clone());
     }

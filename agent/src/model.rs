@@ -3,7 +3,7 @@
 //! addresses parsed, ports in range, names present. Cross-object questions (which EndpointSlice
 //! port does a named targetPort resolve to?) are answered by `compile`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -178,14 +178,35 @@ pub struct ClusterModel {
     pub received: Option<std::time::Instant>,
 }
 
-impl ClusterModel {
+/// EndpointSlices by the Service they serve, built once per compilation: asking the model per
+/// Service scans every slice, which is quadratic (10 000 Services took seconds).
+pub struct SliceIndex<'a> {
+    /// namespace → Service name → slices.
+    by_service: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(model: &'a ClusterModel) -> Self {
+        let mut by_service: HashMap<&str, HashMap<&str, Vec<_>>> = HashMap::new();
+        // The model's map is ordered by slice name, so each list is in name order too.
+        for slice in model.endpoint_slices.values() {
+            by_service
+                .entry(slice.id.namespace.as_str())
+                .or_default()
+                .entry(slice.service_name.as_str())
+                .or_default()
+                .push(slice);
+        }
+        Self { by_service }
+    }
+
     /// The EndpointSlices that serve `service`, in name order.
-    pub fn slices_for<'a>(
-        &'a self,
-        service: &'a ObjectRef,
-    ) -> impl Iterator<Item = &'a EndpointSlice> {
-        self.endpoint_slices
-            .values()
-            .filter(move |s| s.id.namespace == service.namespace && s.service_name == service.name)
+    pub fn slices_for(&self, service: &ObjectRef) -> impl Iterator<Item = &'a EndpointSlice> + '_ {
+        let slices = self
+            .by_service
+            .get(service.namespace.as_str())
+            .and_then(|names| names.get(service.name.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        slices.iter().copied()
     }
 }

@@ -12,6 +12,10 @@ pub struct IdAllocator<K> {
     by_key: BTreeMap<K, u32>,
     used: BTreeSet<u32>,
     max: u32,
+    /// Every id below this is used (ids are never freed within one allocator), so the search
+    /// for a free id resumes here: allocating n ids costs O(n log n), not O(n²) (10 000 Services
+    /// took minutes to compile with a search from 1 every time).
+    next: u32,
 }
 
 impl<K: Ord + Clone> IdAllocator<K> {
@@ -20,6 +24,7 @@ impl<K: Ord + Clone> IdAllocator<K> {
             by_key: BTreeMap::new(),
             used: BTreeSet::new(),
             max,
+            next: 1,
         };
         for (k, id) in existing {
             a.reserve(k, id);
@@ -36,7 +41,13 @@ impl<K: Ord + Clone> IdAllocator<K> {
         if let Some(id) = self.by_key.get(&key) {
             return Some(*id);
         }
-        let id = (1..=self.max).find(|id| !self.used.contains(id))?;
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        if self.next > self.max {
+            return None;
+        }
+        let id = self.next;
         self.reserve(key, id);
         Some(id)
     }
@@ -121,4 +132,30 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::IdAllocator;
+
+    #[test]
+    fn lowest_free_first_around_reserved_ids_and_none_when_full() {
+        let mut a = IdAllocator::new([("b", 2), ("d", 4)], 5);
+        assert_eq!(a.get_or_allocate("x"), Some(1));
+        assert_eq!(a.get_or_allocate("b"), Some(2), "kept");
+        assert_eq!(a.get_or_allocate("y"), Some(3));
+        assert_eq!(a.get_or_allocate("z"), Some(5));
+        assert_eq!(a.get_or_allocate("w"), None);
+        assert_eq!(a.get_or_allocate("x"), Some(1), "still known when full");
+    }
+
+    #[test]
+    fn ids_stay_dense_over_many_allocations() {
+        // 150 000 ids: with the former search from 1 every time this alone ran for minutes.
+        let mut a = IdAllocator::new([(0u32, 7)], 200_000);
+        for k in 1..150_000u32 {
+            let want = if k < 7 { k } else { k + 1 };
+            assert_eq!(a.get_or_allocate(k), Some(want));
+        }
+    }
 }

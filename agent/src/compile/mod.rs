@@ -127,11 +127,12 @@ pub fn compile(
     );
 
     let mut frontends: BTreeMap<FrontendAddr, Frontend> = BTreeMap::new();
+    let slices = crate::model::SliceIndex::new(model);
     for (id, svc) in &model.services {
         let Some(&ip) = cluster_ips.get(id) else {
             continue;
         };
-        match compile_service(model, opts, svc, ip) {
+        match compile_service(model, &slices, opts, svc, ip) {
             Ok(compiled) => {
                 for (addr, mut fe) in compiled {
                     if let Some(owner) = frontends.get(&addr) {
@@ -216,13 +217,14 @@ pub fn compile(
 
 fn compile_service(
     model: &ClusterModel,
+    slices: &crate::model::SliceIndex<'_>,
     opts: &CompileOptions,
     svc: &Service,
     ip: Ipv4Addr,
 ) -> Result<Vec<(FrontendAddr, Frontend)>, Box<CompileError>> {
     let mut out = Vec::with_capacity(svc.ports.len());
     for (index, port) in svc.ports.iter().enumerate() {
-        let backends = resolve::backends_for_port(model, svc, index, port)?;
+        let backends = resolve::backends_for_port(model, slices, svc, index, port)?;
         if backends.len() > MAX_SLOTS as usize {
             return Err(Box::new(CompileError::TooManyBackends {
                 origin: error::origin_of(svc),

@@ -6,11 +6,12 @@ use std::net::Ipv4Addr;
 
 use super::{BackendAddr, CompileError};
 use crate::model::{
-    ClusterModel, Endpoint, EndpointSlice, ObjectRef, Service, ServicePort, TargetPort,
+    ClusterModel, Endpoint, EndpointSlice, ObjectRef, Service, ServicePort, SliceIndex, TargetPort,
 };
 
 pub fn backends_for_port(
     model: &ClusterModel,
+    slices: &SliceIndex<'_>,
     svc: &Service,
     port_index: usize,
     port: &ServicePort,
@@ -19,7 +20,7 @@ pub fn backends_for_port(
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     let mut unresolved = Vec::new();
-    for slice in model.slices_for(&svc.id) {
+    for slice in slices.slices_for(&svc.id) {
         let slice_port = slice_port_for(slice, port);
         for ep in &slice.endpoints {
             let target = match slice_port {

@@ -21,6 +21,7 @@ pub struct Ctx<'a> {
     frontends: BTreeMap<&'a ObjectRef, Vec<(FrontendAddr, &'a Frontend)>>,
     rules: BTreeMap<ObjectRef, &'a DestinationRule>,
     pods_by_ip: HashMap<Ipv4Addr, &'a BTreeMap<String, String>>,
+    slices: crate::model::SliceIndex<'a>,
 }
 
 impl<'a> Ctx<'a> {
@@ -39,6 +40,7 @@ impl<'a> Ctx<'a> {
             frontends,
             rules: rules(model),
             pods_by_ip,
+            slices: crate::model::SliceIndex::new(model),
         }
     }
 
@@ -131,7 +133,7 @@ impl<'a> Ctx<'a> {
             return Vec::new();
         };
         let mut by_target_ref: HashMap<Ipv4Addr, &BTreeMap<String, String>> = HashMap::new();
-        for slice in self.model.slices_for(service) {
+        for slice in self.slices.slices_for(service) {
             for ep in &slice.endpoints {
                 let Some(pod) = &ep.pod_name else { continue };
                 if let Some(pod) = self

@@ -36,6 +36,9 @@ pub struct Reconciler {
     limits: RouteLimits,
     /// Endpoints the proxy's `outlierDetection` ejected, kept out of the maps (`ejection.rs`).
     ejected: crate::proxy::EjectedSet,
+    /// What the last successful apply wrote: the next one diffs against it instead of reading
+    /// the maps back. `None` at start and after a failed apply, which then reads the maps.
+    applied: Option<crate::compile::MapContents>,
 }
 
 impl Reconciler {
@@ -53,6 +56,7 @@ impl Reconciler {
             ports: ProxyPorts::default(),
             limits: RouteLimits::default(),
             ejected: Default::default(),
+            applied: None,
         }
     }
 
@@ -62,7 +66,9 @@ impl Reconciler {
     }
 
     pub fn reconcile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
+        let started = std::time::Instant::now();
         let (mut next, errors) = compile(model, &self.opts, &self.compiled);
+        let compiled_at = started.elapsed();
         for e in &errors {
             error!(error = %e, "service not (re)programmed; its last good state stays live");
         }
@@ -75,6 +81,7 @@ impl Reconciler {
             }
         }
         let (l7, l7_errors) = compile_l7(model, &next, &self.l7);
+        let l7_at = started.elapsed();
         for e in &l7_errors {
             error!(error = %e, "routing not (re)applied; its last good state stays live");
         }
@@ -119,8 +126,17 @@ impl Reconciler {
         let rendered_from = healthy.as_ref().unwrap_or(&next);
         let mut contents = rendered_from.map_contents_steered(&targets, &weighted);
         route_limits.render(&mut contents, rendered_from, &weighted);
-        match apply(maps, &contents) {
+        let rendered_at = started.elapsed();
+        match apply(maps, &contents, self.applied.as_ref()) {
             Ok(stats) => {
+                // Where a reconcile's time goes (cumulative µs since it started).
+                tracing::debug!(
+                    compile_us = compiled_at.as_micros() as u64,
+                    l7_us = l7_at.as_micros() as u64,
+                    rendered_us = rendered_at.as_micros() as u64,
+                    applied_us = started.elapsed().as_micros() as u64,
+                    "reconcile timing"
+                );
                 info!(
                     frontends = next.frontends.len(),
                     backends = contents.backends.len(),
@@ -138,9 +154,11 @@ impl Reconciler {
                 self.l7 = l7;
                 self.ports = ports;
                 self.limits = route_limits;
+                self.applied = Some(contents);
             }
             // The next change retries; apply diffs against what the maps really hold.
             Err(e) => {
+                self.applied = None;
                 error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed")
             }
         }

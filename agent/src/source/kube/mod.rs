@@ -239,3 +239,6 @@ impl Publisher {
         self.model.send_replace(Arc::new(model));
     }
 }
+
+#[cfg(test)]
+mod tests;

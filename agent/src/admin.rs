@@ -54,6 +54,8 @@ pub struct AdminState {
     pub proxy: Option<ProxyStats>,
     /// bpffs directory of the pinned maps, for the kernel counters.
     pub pin_dir: PathBuf,
+    /// The sync loop's counters and latency histogram.
+    pub sync: crate::sync_metrics::SyncMetrics,
     /// Set once the first snapshot of the cluster is programmed.
     pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -214,6 +216,7 @@ fn metrics(state: &AdminState) -> String {
     for (name, f) in gauges {
         registry.register(name.clone(), name, f);
     }
+    state.sync.register(&mut registry);
     let mut out = String::new();
     if let Err(error) = encode(&mut out, &registry) {
         warn!(%error, "encoding metrics");
@@ -267,6 +270,7 @@ mod tests {
             proxy: None,
             pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
             programmed: Default::default(),
+            sync: Default::default(),
         };
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
@@ -324,6 +328,7 @@ mod tests {
             proxy: Some(crate::proxy::Proxy::new(rx).stats()),
             pin_dir: PathBuf::from("/nonexistent"),
             programmed: Default::default(),
+            sync: Default::default(),
         };
         let text = metrics(&state);
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

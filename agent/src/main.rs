@@ -19,6 +19,7 @@ mod run;
 mod source;
 mod status;
 mod steer;
+mod sync_metrics;
 mod validate;
 
 use std::io::IsTerminal;

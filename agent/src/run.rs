@@ -96,7 +96,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         None => None,
     };
     let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sync = crate::sync_metrics::SyncMetrics::default();
     let admin = crate::admin::AdminState {
+        sync: sync.clone(),
         programmed: programmed.clone(),
         proxy: proxy_stats,
         pin_dir: cfg.pin_dir.clone(),
@@ -117,7 +119,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             RunningSource::Manifests(watcher)
         }
         SourceConfig::Kube(options) => {
-            let source = KubeSource::start(options, model_tx, status_tx).await?;
+            let source = KubeSource::start(options, model_tx, status_tx, sync.clone()).await?;
             // Until every kind is listed, what is pinned (from a previous run) stays as is: an
             // empty or partial model would flush it.
             info!("waiting for the first complete list from the Kubernetes API");
@@ -147,10 +149,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }
         if let Some(received) = model.received {
             // Change seen by the source → maps (and proxy routes) written.
-            tracing::debug!(
-                latency_us = received.elapsed().as_micros() as u64,
-                "change programmed"
-            );
+            let latency = received.elapsed();
+            sync.change_to_programmed.observe(latency.as_secs_f64());
+            tracing::debug!(latency_us = latency.as_micros() as u64, "change programmed");
         }
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() {

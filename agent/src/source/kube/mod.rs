@@ -85,26 +85,31 @@ impl KubeSource {
         options: &KubeOptions,
         model: channel::Sender<Arc<ClusterModel>>,
         status: channel::Sender<Arc<SourceStatus>>,
+        metrics: crate::sync_metrics::SyncMetrics,
     ) -> Result<Self, KubeSourceError> {
         let client = client(options).await?;
+        let errors = metrics.watch_errors.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let mut tasks = vec![
             tokio::spawn(watch::run(
                 Api::<core::Service>::all(client.clone()),
                 ObjectKind::Service,
                 tx.clone(),
+                errors.clone(),
                 objects::service,
             )),
             tokio::spawn(watch::run(
                 Api::<discovery::EndpointSlice>::all(client.clone()),
                 ObjectKind::EndpointSlice,
                 tx.clone(),
+                errors.clone(),
                 objects::endpoint_slice,
             )),
             tokio::spawn(watch::run(
                 Api::<core::Pod>::all(client.clone()),
                 ObjectKind::Pod,
                 tx.clone(),
+                errors.clone(),
                 objects::pod,
             )),
         ];
@@ -113,6 +118,7 @@ impl KubeSource {
                 client.clone(),
                 kind,
                 tx.clone(),
+                errors.clone(),
                 watch::ISTIO_DISCOVERY_INTERVAL,
             )));
         }
@@ -125,6 +131,7 @@ impl KubeSource {
             aggregate: Aggregate::default(),
             published_once: false,
             started: Instant::now(),
+            metrics,
         };
         tasks.push(tokio::spawn(publisher.run()));
         Ok(Self { tasks })
@@ -160,6 +167,7 @@ struct Publisher {
     aggregate: Aggregate,
     published_once: bool,
     started: Instant,
+    metrics: crate::sync_metrics::SyncMetrics,
 }
 
 impl Publisher {
@@ -190,6 +198,7 @@ impl Publisher {
     }
 
     fn apply(&mut self, msg: Msg) {
+        self.metrics.events.inc();
         if let aggregate::Change::Apply(aggregate::Item { result: Err(e), .. })
         | aggregate::Change::InitApply(aggregate::Item { result: Err(e), .. }) = &msg.change
         {
@@ -236,6 +245,7 @@ impl Publisher {
         } else {
             tracing::debug!(events, "Kubernetes changes coalesced into one snapshot");
         }
+        self.metrics.snapshots.inc();
         self.model.send_replace(Arc::new(model));
     }
 }

@@ -47,6 +47,7 @@ fn publisher(
         aggregate: Aggregate::default(),
         published_once: false,
         started: Instant::now(),
+        metrics: Default::default(),
     };
     (tx, model_rx, tokio::spawn(p.run()))
 }

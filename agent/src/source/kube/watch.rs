@@ -11,6 +11,7 @@ use kube::error::DiscoveryError;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -37,12 +38,13 @@ pub async fn run<K>(
     api: Api<K>,
     kind: ObjectKind,
     tx: mpsc::UnboundedSender<Msg>,
+    errors: Counter,
     convert: impl Fn(&K) -> Item,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    run_dyn(api, kind, tx, convert).await
+    run_dyn(api, kind, tx, errors, convert).await
 }
 
 /// [`run`] for kinds whose type is only known at run time (the Istio CRDs).
@@ -50,6 +52,7 @@ async fn run_dyn<K>(
     api: Api<K>,
     kind: ObjectKind,
     tx: mpsc::UnboundedSender<Msg>,
+    errors: Counter,
     convert: impl Fn(&K) -> Item,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -72,6 +75,7 @@ async fn run_dyn<K>(
                 Change::InitDone
             }
             Err(e) => {
+                errors.inc();
                 // Logged once per outage, then at debug: backoff retries can be many.
                 if !std::mem::replace(&mut failing, true) {
                     warn!(kind = kind.as_str(), error = %e, "watch failed; retrying with backoff, programmed state kept");
@@ -100,6 +104,7 @@ pub async fn run_istio(
     client: Client,
     kind: ObjectKind,
     tx: mpsc::UnboundedSender<Msg>,
+    errors: Counter,
     rediscover: Duration,
 ) {
     let mut reported_absent = false;
@@ -109,7 +114,7 @@ pub async fn run_istio(
                 info!(kind = kind.as_str(), api_version = %resource.api_version, "watching Istio objects");
                 let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
                 let convert = move |o: &DynamicObject| super::objects::istio_object(kind, o);
-                run_dyn(api, kind, tx, convert).await;
+                run_dyn(api, kind, tx, errors, convert).await;
                 return;
             }
             Ok(None) => {
@@ -130,7 +135,10 @@ pub async fn run_istio(
                     reported_absent = true;
                 }
             }
-            Err(e) => warn!(kind = kind.as_str(), error = %e, "API discovery failed; retrying"),
+            Err(e) => {
+                errors.inc();
+                warn!(kind = kind.as_str(), error = %e, "API discovery failed; retrying");
+            }
         }
         tokio::time::sleep(rediscover).await;
         if tx.is_closed() {

@@ -264,7 +264,11 @@ impl Node {
     /// Run `mp-testpod <args>` in `at` and parse the JSON object it prints. Fails if it exits
     /// non-zero or prints something that is not JSON.
     pub fn run_client(&self, at: impl Into<Target>, args: &[&str]) -> Result<serde_json::Value> {
-        let pod = self.target(at.into());
+        self.run_client_in(self.target(at.into()), args)
+    }
+
+    /// [`Node::run_client`] in any pod, e.g. one made with [`Pod::in_cgroup`].
+    pub fn run_client_in(&self, pod: &crate::Pod, args: &[&str]) -> Result<serde_json::Value> {
         let mut cmd = pod.command(testpod_bin()?)?;
         cmd.args(args);
         let out = run_with_deadline(cmd, CLIENT_DEADLINE)?;

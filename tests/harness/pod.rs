@@ -53,6 +53,19 @@ impl Pod {
         &self.cgroup
     }
 
+    /// A pseudo-pod sharing this pod's network namespace (and its children's reaping) but whose
+    /// processes run in `cgroup`, which must lie inside the node's own cgroups so the node's
+    /// teardown removes it (e.g. a kubelet-style pod cgroup built under the node's cgroup).
+    pub fn in_cgroup(&self, label: &str, cgroup: PathBuf) -> Pod {
+        Pod {
+            label: label.to_owned(),
+            netns: self.netns.clone(),
+            cgroup,
+            ip: self.ip,
+            children: self.children.clone(),
+        }
+    }
+
     /// `p<i>` or `outside`; used in log file names and messages.
     pub fn label(&self) -> &str {
         &self.label

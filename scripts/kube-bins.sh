@@ -26,12 +26,15 @@ die() { printf 'kube-bins: error: %s\n' "$*" >&2; exit 1; }
 START=$SECONDS
 elapsed() { local s=$((SECONDS - ${1:-$START})); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 
-# Does the binary at $1 exist and report the wanted version?
-have_kube() { [ -x "$OUT/$1" ] && "$OUT/$1" --version 2>/dev/null | grep -qx "Kubernetes $K8S_VERSION"; }
+# Does the binary at $1 exist and report the wanted version? The output is captured before grep
+# reads it: with pipefail, `cmd | grep -q` fails whenever grep exits at the first match while cmd
+# is still writing its next lines (SIGPIPE), which made a fresh build "not report" its version.
+reports() { local out; out=$("$@" 2>/dev/null) && grep -qx "$VERSION_LINE" <<<"$out"; }
+have_kube() { [ -x "$OUT/$1" ] && VERSION_LINE="Kubernetes $K8S_VERSION" reports "$OUT/$1" --version; }
 have_kubectl() {
-  [ -x "$OUT/kubectl" ] && "$OUT/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $K8S_VERSION"
+  [ -x "$OUT/kubectl" ] && VERSION_LINE="Client Version: $K8S_VERSION" reports "$OUT/kubectl" version --client
 }
-have_etcd() { [ -x "$OUT/etcd" ] && "$OUT/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}"; }
+have_etcd() { [ -x "$OUT/etcd" ] && VERSION_LINE="etcd Version: ${ETCD_VERSION#v}" reports "$OUT/etcd" --version; }
 all_present() { have_kube kube-apiserver && have_kube kube-controller-manager && have_kubectl && have_etcd; }
 
 deb_install() {

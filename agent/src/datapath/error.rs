@@ -2,6 +2,17 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error("parsing the eBPF object's map definitions")]
+    Parse {
+        #[source]
+        source: Box<aya_obj::ParseError>,
+    },
+    #[error("unpinning {}", path.display())]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the eBPF object (maps pinned in {}) failed", pin_dir.display())]
     Load {
         pin_dir: PathBuf,

@@ -4,6 +4,7 @@
 mod error;
 mod links;
 pub mod maps;
+mod pins;
 pub mod redirect;
 
 use std::fs::File;
@@ -74,6 +75,7 @@ impl Datapath {
         features: Features,
     ) -> Result<Self, DatapathError> {
         ensure_bpffs_dir(pin_dir)?;
+        pins::unpin_incompatible(object, pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(object)

@@ -134,14 +134,14 @@ pub struct EndpointSlice {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub port: u16,
     pub protocol: Protocol,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pod {
     pub id: ObjectRef,
     pub labels: BTreeMap<String, String>,
@@ -152,7 +152,7 @@ pub struct Pod {
 }
 
 /// Where a pod runs, for telling which local pods the attached cgroup covers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PodPlacement {
     /// `metadata.uid`.
     pub uid: Option<String>,

@@ -136,6 +136,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let mut reconciler = Reconciler::new(cfg.compile.clone(), proxy, l7_tx);
     let mut coverage = crate::coverage::Reporter::default();
+    // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
+    // directories, so it runs only when the pods changed, not on every endpoint change.
+    let mut covered_for: Option<u64> = None;
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
@@ -144,8 +147,17 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         reconciler.reconcile(&model, &mut datapath.maps);
         programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         if let (SourceConfig::Kube(_), Some(node)) = (&cfg.source, &cfg.node_name) {
-            let now = crate::coverage::local_pods(&model, node, &cfg.cgroup_mount, &cgroup);
-            coverage.report(now, &cgroup);
+            let pods_hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                model.pods.hash(&mut h);
+                h.finish()
+            };
+            if covered_for != Some(pods_hash) {
+                covered_for = Some(pods_hash);
+                let now = crate::coverage::local_pods(&model, node, &cfg.cgroup_mount, &cgroup);
+                coverage.report(now, &cgroup);
+            }
         }
         if let Some(received) = model.received {
             // Change seen by the source → maps (and proxy routes) written.

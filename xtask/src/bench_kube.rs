@@ -82,7 +82,7 @@ fn one_size(n: u32, changes: u32) -> anyhow::Result<Row> {
 
     let node = Node::new(1)?;
     let log = node.work_dir().join("agent.log");
-    let started = chrono_now_us();
+    let started = unix_now_us();
     let mut agent = Agent::start_kube(
         kube.kubeconfig(),
         node.cgroup_path(),
@@ -212,7 +212,7 @@ fn rfc3339_us(stamp: &str) -> anyhow::Result<u64> {
     Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
-fn chrono_now_us() -> u64 {
+fn unix_now_us() -> u64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970");

@@ -32,23 +32,10 @@ pub struct Msg {
     pub at: Instant,
 }
 
-/// Watches every object of `api` until the receiver is gone. Errors are logged and retried with
-/// kube's default backoff; what was received before stays (the publisher keeps it).
+/// Watches every object of `api` (typed, or dynamic for the Istio CRDs) until the receiver is
+/// gone. Errors are logged and retried with kube's default backoff; what was received before
+/// stays (the publisher keeps it).
 pub async fn run<K>(
-    api: Api<K>,
-    kind: ObjectKind,
-    tx: mpsc::UnboundedSender<Msg>,
-    errors: Counter,
-    convert: impl Fn(&K) -> Item,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
-{
-    run_dyn(api, kind, tx, errors, convert).await
-}
-
-/// [`run`] for kinds whose type is only known at run time (the Istio CRDs).
-async fn run_dyn<K>(
     api: Api<K>,
     kind: ObjectKind,
     tx: mpsc::UnboundedSender<Msg>,
@@ -114,7 +101,7 @@ pub async fn run_istio(
                 info!(kind = kind.as_str(), api_version = %resource.api_version, "watching Istio objects");
                 let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
                 let convert = move |o: &DynamicObject| super::objects::istio_object(kind, o);
-                run_dyn(api, kind, tx, errors, convert).await;
+                run(api, kind, tx, errors, convert).await;
                 return;
             }
             Ok(None) => {

@@ -1,0 +1,4 @@
+module meshpath.example/seed/golang-app-data
+
+// 1.19: the oldest Go a fresh Debian 12 installs (golang-go); standard library only.
+go 1.19

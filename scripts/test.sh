@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/kube-bins.sh
+bash scripts/seed-apps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 exec cargo xtask test "$@"

@@ -12,7 +12,7 @@
 # Last lines on stdout, one per app, for scripts and tests to read:
 #   seed-app <app> <path of bin/<app>>
 # The same paths go to $SEED_APPS_CACHE/paths.env as SEED_APP_<APP>=<path>.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 SRC=$REPO/examples/seed/apps
@@ -21,11 +21,12 @@ APPS=(golang-app-gateway golang-app-data springboot-app python-app-anticaptcha)
 
 log() { printf 'seed-apps: %s\n' "$*" >&2; }
 die() { printf 'seed-apps: error: %s\n' "$*" >&2; exit 1; }
+trap 'die "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 deb_install() {
   local missing=() p
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" = "install ok installed" ] || missing+=("$p")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
@@ -74,7 +75,12 @@ find_java() {
   fi
   export JAVA_HOME=${JAVA%/bin/java}
   command -v mvn >/dev/null || deb_install maven
-  JAVA_ID="$("$JAVA" -version 2>&1 | tr '\n' ' ') / $(JAVA_HOME=$JAVA_HOME mvn -v 2>/dev/null | head -1)"
+  # Whole outputs are captured before they are cut: with pipefail, `mvn -v | head -1` fails
+  # whenever head exits while mvn is still writing (SIGPIPE).
+  local java_v mvn_v
+  java_v=$("$JAVA" -version 2>&1)
+  mvn_v=$(mvn -B -Dstyle.color=never -v 2>/dev/null)
+  JAVA_ID="${java_v//$'\n'/ } / ${mvn_v%%$'\n'*}"
 }
 
 find_java_after_install() {
@@ -145,7 +151,7 @@ build_springboot() {
   # Maven writes target/ next to the pom: build a copy so the source tree stays clean.
   cp -r "$SRC/$app" "$OUT/src"
   rm -rf "$OUT/src/target"
-  (cd "$OUT/src" && mvn -B -q -DskipTests package)
+  (cd "$OUT/src" && mvn -B -q -Dstyle.color=never -DskipTests package)
   mv "$OUT/src/target/$app.jar" "$OUT/$app.jar"
   rm -rf "$OUT/src"
   # APP_VERSION=v1|v2 picks the behaviour; SERVER_ADDRESS/SERVER_PORT the listening socket.

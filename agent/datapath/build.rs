@@ -1,6 +1,6 @@
-//! Embeds the eBPF object built by `cargo xtask build-ebpf` when it exists. Without it the agent
-//! still builds (so `cargo build`/`clippy` work on a fresh clone) and tells at start-up which
-//! command makes the object, or takes one from `--bpf-object`.
+//! Embeds the eBPF object built by `cargo xtask build-ebpf` (`<workspace>/target/bpf`) when it
+//! exists. Without it the agent still builds (so `cargo build`/`clippy` work on a fresh clone) and
+//! tells at start-up which command makes the object, or takes one from `--bpf-object`.
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ fn main() {
         None => {
             let manifest_dir =
                 PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-            manifest_dir.join("../target/bpf/meshpath.bpf.o")
+            manifest_dir.join("../../target/bpf/meshpath.bpf.o")
         }
     };
     // Rerun when the object appears or changes (cargo watches a missing path for creation too).

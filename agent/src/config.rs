@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::compile::CompileOptions;
-use crate::datapath::Features;
-use crate::model::LbPolicy;
+use meshpath_compile::CompileOptions;
+use meshpath_datapath::Features;
+use meshpath_model::LbPolicy;
 
 pub const ENV_PIN_DIR: &str = "MESHPATH_PIN_DIR";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshpath";
@@ -241,7 +241,7 @@ pub struct AgentConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceConfig {
     Manifests(PathBuf),
-    Kube(crate::source::kube::KubeOptions),
+    Kube(meshpath_source::kube::KubeOptions),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,7 +257,7 @@ impl From<&AgentArgs> for AgentConfig {
             (SourceArg::Manifests, Some(dir)) => SourceConfig::Manifests(dir.clone()),
             // clap requires --manifests with --source manifests.
             (SourceArg::Manifests, None) => unreachable!("--manifests is required"),
-            (SourceArg::Kube, _) => SourceConfig::Kube(crate::source::kube::KubeOptions {
+            (SourceArg::Kube, _) => SourceConfig::Kube(meshpath_source::kube::KubeOptions {
                 kubeconfig: a.kubeconfig.clone(),
                 debounce: std::time::Duration::from_millis(a.kube_debounce_ms),
             }),
@@ -391,7 +391,7 @@ mod tests {
         let c = AgentConfig::from(&*a);
         assert_eq!(
             c.source,
-            SourceConfig::Kube(crate::source::kube::KubeOptions {
+            SourceConfig::Kube(meshpath_source::kube::KubeOptions {
                 kubeconfig: Some(PathBuf::from("/k")),
                 debounce: std::time::Duration::from_millis(DEFAULT_KUBE_DEBOUNCE_MS),
             })

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::{CompileError, CompileOptions, Compiled};
-use crate::model::{ClusterModel, ObjectRef};
+use meshpath_model::{ClusterModel, ObjectRef};
 
 /// Dense ids in `1..=max`, lowest free first.
 pub struct IdAllocator<K> {

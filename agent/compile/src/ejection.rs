@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::compile::{BackendAddr, Compiled};
-use crate::l7::{ClusterKey, L7Config};
-use crate::model::ObjectRef;
+use crate::{BackendAddr, Compiled};
+use meshpath_model::l7::{ClusterKey, L7Config};
+use meshpath_model::ObjectRef;
 
 /// Pod IPs to take out of the kernel's selection, per service.
 pub type EjectedIps = BTreeMap<ObjectRef, BTreeSet<Ipv4Addr>>;
@@ -108,9 +108,9 @@ pub fn exclude_ejected(compiled: &Compiled, drop: &EjectedIps) -> Option<Compile
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{Frontend, FrontendAddr};
-    use crate::l7::{Cluster, ClusterKey, Endpoint, OutlierDetection, TrafficPolicy};
-    use crate::model::{LbPolicy, Protocol};
+    use crate::{Frontend, FrontendAddr};
+    use meshpath_model::l7::{Cluster, ClusterKey, Endpoint, OutlierDetection, TrafficPolicy};
+    use meshpath_model::{LbPolicy, Protocol};
 
     const POD_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const POD_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::model::{ObjectRef, Protocol};
+use meshpath_model::{ObjectRef, Protocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
@@ -55,7 +55,7 @@ pub enum CompileError {
 }
 
 /// The origin of a service for error messages.
-pub fn origin_of(svc: &crate::model::Service) -> String {
+pub fn origin_of(svc: &meshpath_model::Service) -> String {
     svc.origin
         .clone()
         .unwrap_or_else(|| "<unknown source>".into())

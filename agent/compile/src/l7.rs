@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::{Compiled, FrontendAddr};
-use crate::istio::{hosts, VirtualService};
-use crate::l7::{ClusterKey, L7Config, ServiceRoutes};
-use crate::model::{ClusterModel, ObjectRef, Protocol};
+use meshpath_model::istio::{hosts, VirtualService};
+use meshpath_model::l7::{ClusterKey, L7Config, ServiceRoutes};
+use meshpath_model::{ClusterModel, ObjectRef, Protocol};
 
 /// What one compilation of the Istio objects produces; also the last good state the next one
 /// falls back to.
@@ -65,8 +65,8 @@ pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
 }
 
 /// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
-fn policy_needs_proxy(p: &crate::l7::TrafficPolicy) -> bool {
-    use crate::l7::LoadBalancer as Lb;
+fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
+    use meshpath_model::l7::LoadBalancer as Lb;
     let lb = matches!(
         p.load_balancer,
         Lb::LeastRequest | Lb::ConsistentHash { .. }

@@ -7,10 +7,12 @@
 //! previous result: the last good config stays live, and the error names object, field and reason.
 
 mod alloc;
+pub mod ejection;
 mod error;
 pub mod l7;
 pub mod limits;
 mod resolve;
+pub mod steer;
 #[cfg(test)]
 mod tests;
 mod weighted;
@@ -23,7 +25,7 @@ use meshpath_common::{
     PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN,
 };
 
-use crate::model::{ClusterModel, LbPolicy, ObjectRef, Protocol, Service};
+use meshpath_model::{ClusterModel, LbPolicy, ObjectRef, Protocol, Service};
 
 pub use error::CompileError;
 
@@ -127,7 +129,7 @@ pub fn compile(
     );
 
     let mut frontends: BTreeMap<FrontendAddr, Frontend> = BTreeMap::new();
-    let slices = crate::model::SliceIndex::new(model);
+    let slices = meshpath_model::SliceIndex::new(model);
     for (id, svc) in &model.services {
         let Some(&ip) = cluster_ips.get(id) else {
             continue;
@@ -217,7 +219,7 @@ pub fn compile(
 
 fn compile_service(
     model: &ClusterModel,
-    slices: &crate::model::SliceIndex<'_>,
+    slices: &meshpath_model::SliceIndex<'_>,
     opts: &CompileOptions,
     svc: &Service,
     ip: Ipv4Addr,

@@ -23,8 +23,8 @@ use meshpath_common::{
 use super::l7::L7Compiled;
 use super::MapContents;
 use super::{alloc::IdAllocator, proto_number, weighted, BackendAddr, Compiled, FrontendAddr};
-use crate::l7::ClusterKey;
-use crate::model::Protocol;
+use meshpath_model::l7::ClusterKey;
+use meshpath_model::Protocol;
 
 /// A route destination with a limit.
 #[derive(Clone, Debug, PartialEq, Eq)]

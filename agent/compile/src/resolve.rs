@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use super::{BackendAddr, CompileError};
-use crate::model::{
+use meshpath_model::{
     ClusterModel, Endpoint, EndpointSlice, ObjectRef, Service, ServicePort, SliceIndex, TargetPort,
 };
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::compile::FrontendAddr;
+use crate::FrontendAddr;
 
 /// Stable proxy listener ports, one per steered frontend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl ProxyPorts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
+    use meshpath_model::Protocol;
 
     fn fe(last: u8) -> FrontendAddr {
         FrontendAddr {

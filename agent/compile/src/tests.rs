@@ -6,7 +6,7 @@ use meshpath_common::{
 };
 
 use super::*;
-use crate::model::*;
+use meshpath_model::*;
 
 fn svc(name: &str, ip: Option<[u8; 4]>, port: u16, target: TargetPort) -> Service {
     Service {

@@ -11,8 +11,8 @@ use meshpath_common::{
     MAP_SVC_NAMES, MAP_SVC_STATS, SVC_FLAG_ROUTE_LIMITS,
 };
 
-use crate::compile::MapContents;
-use crate::datapath::DatapathMaps;
+use meshpath_compile::MapContents;
+use crate::DatapathMaps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

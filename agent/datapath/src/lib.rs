@@ -1,11 +1,14 @@
 //! The kernel side as the agent sees it: loading the eBPF object, attaching its programs to the
-//! managed cgroup (each behind an off switch), and typed handles on the pinned maps.
+//! managed cgroup (each behind an off switch), typed handles on the pinned maps, writing the
+//! compiler's map contents into them ([`apply`]) and reading them back ([`status`]).
 
+pub mod apply;
 mod error;
 mod links;
 pub mod maps;
 mod pins;
 pub mod redirect;
+pub mod status;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -103,7 +106,6 @@ impl Datapath {
             info!(program = name, cgroup = %cgroup.display(), "attached");
         }
         let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
-        maps.connection_limits = features.connection_limits;
         redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
         Ok(Self {
             _ebpf: ebpf,

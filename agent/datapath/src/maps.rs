@@ -36,10 +36,6 @@ pub struct DatapathMaps {
     pub grp_refused: PerCpuArray<MapData, u64>,
     /// group id → the destination's cluster name, for `meshpath status`.
     pub grp_names: HashMap<MapData, u32, ServiceName>,
-    /// Whether the running datapath enforces connection limits (`--connection-limits`; sock_ops
-    /// releases counted sockets only then). Off: the agent writes no limit at all, so connect4
-    /// counts nothing that could never be released. Not a map: set by `Datapath::load`.
-    pub connection_limits: bool,
 }
 
 impl DatapathMaps {
@@ -93,7 +89,6 @@ impl DatapathMaps {
             grp_active: typed(MAP_GRP_ACTIVE, get(MAP_GRP_ACTIVE))?,
             grp_refused: typed(MAP_GRP_REFUSED, get(MAP_GRP_REFUSED))?,
             grp_names: typed(MAP_GRP_NAMES, get(MAP_GRP_NAMES))?,
-            connection_limits: true,
         })
     }
 

@@ -12,7 +12,7 @@ use meshpath_common::{
 };
 use serde::Serialize;
 
-use crate::datapath::{DatapathError, DatapathMaps};
+use crate::{DatapathError, DatapathMaps};
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Status {

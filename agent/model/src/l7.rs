@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::ObjectRef;
+use crate::ObjectRef;
 
 /// Everything the proxy needs, swapped atomically on every change (`Arc<L7Config>`).
 #[derive(Clone, Debug, Default)]

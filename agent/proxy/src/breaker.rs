@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::outlier::OutlierStats;
-use crate::l7::{ClusterKey, ConnectionPool};
+use meshpath_model::l7::{ClusterKey, ConnectionPool};
 
 /// Envoy's default for every circuit-breaker threshold Istio leaves unset (2^32 - 1).
 const UNLIMITED: u64 = u32::MAX as u64;

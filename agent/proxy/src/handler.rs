@@ -24,7 +24,7 @@ use super::snapshot::{cluster_name, ClusterRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
 use super::{mirror, redirect, upgrade, Proxy};
-use crate::l7::{ClusterKey, LoadBalancer, RouteAction};
+use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

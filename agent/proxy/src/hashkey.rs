@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderValue, COOKIE};
 
 use super::hash::hash64;
-use crate::l7::HashKey;
+use meshpath_model::l7::HashKey;
 
 /// The hash of one request, and the cookie to issue when the key was a generated cookie.
 pub(crate) struct RequestHash {

@@ -11,7 +11,7 @@ use http::Version;
 use tracing::warn;
 
 use super::upstream::Proto;
-use crate::l7::HeaderOps;
+use meshpath_model::l7::HeaderOps;
 
 /// `HeaderOps` with names and values parsed. Envoy's order: remove, then set (overwrite),
 /// then add (append). Istio turns a `host`/`:authority` set or add into an authority rewrite,

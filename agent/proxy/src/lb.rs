@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::hash::{Maglev, Ring};
 use super::snapshot::ClusterRt;
-use crate::l7::{HashAlgorithm, LoadBalancer};
+use meshpath_model::l7::{HashAlgorithm, LoadBalancer};
 
 /// Istio's `HostSelectionRetryMaxAttempts`.
 const HOST_SELECTION_ATTEMPTS: usize = 5;

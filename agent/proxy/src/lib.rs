@@ -1,6 +1,6 @@
 //! The node's L7 proxy: the kernel steers connections that need L7 decisions (Istio
 //! VirtualService / DestinationRule features) to this one userspace proxy, which behaves like
-//! Istio's Envoy sidecar for them. It executes an [`L7Config`] (see `crate::l7`).
+//! Istio's Envoy sidecar for them. It executes an [`L7Config`] (see `meshpath_model::l7`).
 //!
 //! Wiring (see [`serve`]): bind a `TcpListener`, implement [`OriginalDst`] from the kernel's
 //! record of where each client connected, and feed configs through a `watch` channel:
@@ -56,12 +56,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::l7::{HttpRoute, L7Config};
+use meshpath_model::l7::{HttpRoute, L7Config};
 
 pub use outlier::EjectedSet;
 pub use server::serve;
 // `Span` is what a future exporter receives; nothing in the agent builds one yet.
-#[allow(unused_imports)]
 pub use trace::{Span, SpanExporter};
 
 /// Where a steered connection was originally going, and who opened it.
@@ -139,7 +138,7 @@ impl Proxy {
             &mut stats,
             &outliers,
         );
-        let none = |k: &crate::l7::ClusterKey| snapshot::Dest {
+        let none = |k: &meshpath_model::l7::ClusterKey| snapshot::Dest {
             key: k.clone(),
             cluster: None,
         };

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use http::header::{HeaderMap, HeaderName};
 use regex::Regex;
 
-use crate::l7::{HttpMatch, StringMatch};
+use meshpath_model::l7::{HttpMatch, StringMatch};
 
 #[derive(Debug)]
 pub(crate) enum Str {

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::breaker::{envoy_cluster_name, ClusterStats};
-use crate::l7::{ClusterKey, OutlierDetection};
+use meshpath_model::l7::{ClusterKey, OutlierDetection};
 
 /// The set of ejected endpoint addresses, over all clusters.
 pub type EjectedSet = Arc<BTreeSet<SocketAddr>>;

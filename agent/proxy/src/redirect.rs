@@ -6,7 +6,7 @@ use http::{Response, StatusCode};
 
 use super::body::{local_reply, ProxyBody};
 use super::headers::split_port;
-use crate::l7::Redirect;
+use meshpath_model::l7::Redirect;
 
 /// Envoy's redirect (`newUri`): scheme, host, port and path each replaced when given. The
 /// request's port goes when a new port is set, or when the scheme changes away from the one the

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::upstream::UpstreamError;
-use crate::l7::{RetryOn, RetryPolicy};
+use meshpath_model::l7::{RetryOn, RetryPolicy};
 
 const ON_5XX: u8 = 1;
 const ON_GATEWAY: u8 = 2;

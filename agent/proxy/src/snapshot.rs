@@ -20,7 +20,7 @@ use super::lb::LbState;
 use super::matching::Matcher;
 use super::outlier::{OutlierRt, Outliers};
 use super::upstream::{Endpoint, Proto, SendOpts};
-use crate::l7::{
+use meshpath_model::l7::{
     ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
 };
 

@@ -19,6 +19,12 @@ pub use service::service;
 pub const LB_POLICY_ANNOTATION: &str = "meshpath.io/lb-policy";
 /// Label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Annotation of a mirror pod (a static pod as the API server shows it) holding the static pod's
+/// UID: the kubelet names the static pod's cgroup after that UID (its file's hash,
+/// `kubernetes.io/config.hash`, set in pkg/kubelet/config/common.go), not after the mirror's
+/// own `metadata.uid`.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10800;
 pub(crate) const MAX_AFFINITY_TIMEOUT_SECONDS: i64 = 86400;

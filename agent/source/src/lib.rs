@@ -1,10 +1,11 @@
-//! Sources of cluster state. A source produces a [`ClusterModel`](crate::model::ClusterModel) (the
+//! Sources of cluster state. A source produces a [`ClusterModel`](meshpath_model::ClusterModel) (the
 //! in-memory model); turning that into map contents is somebody else's job.
 //!
 //! - [`convert`]: k8s-openapi objects → model types, with Kubernetes' defaulting and validation.
 //!   Shared by every source.
 //! - [`manifests`]: a directory of YAML manifests, watched for changes.
-//! - [`kube`]: the Kubernetes API, watched with kube-rs.
+//! - [`istio`]: Istio's VirtualService and DestinationRule YAML → model types.
+//! - [`kube`]: the Kubernetes API, watched with kube-rs ([`sync_metrics`]: how that sync goes).
 //! - [`error`]: [`SourceError`], which names file, object and field.
 //!
 //! Sources publish through `tokio::sync::watch` channels: a `watch::Sender<Arc<ClusterModel>>`
@@ -12,13 +13,12 @@
 
 pub mod convert;
 pub mod error;
+pub mod istio;
 pub mod kube;
 pub mod manifests;
+pub mod sync_metrics;
 
-// The API of this module; not all of it is used by the binary yet (tests use the rest).
-#[allow(unused_imports)]
 pub use error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
-#[allow(unused_imports)]
 pub use manifests::{load_dir, parse_file, ManifestState, ManifestWatcher, ParsedObject};
 
 /// What a source has to say about its inputs besides the model.

@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use crate::compile::{Compiled, Frontend, FrontendAddr};
-use crate::istio::hosts;
-use crate::istio::model::{self as im, DestinationRule};
-use crate::l7::{self, Cluster, ClusterKey, Endpoint};
-use crate::model::{ClusterModel, ObjectRef, Protocol, ServicePort};
+use crate::{Compiled, Frontend, FrontendAddr};
+use meshpath_model::istio::hosts;
+use meshpath_model::istio::model::{self as im, DestinationRule};
+use meshpath_model::l7::{self, Cluster, ClusterKey, Endpoint};
+use meshpath_model::{ClusterModel, ObjectRef, Protocol, ServicePort};
 
 /// Istio protocol prefixes of port names (`<protocol>[-<suffix>]`) that are not HTTP: such ports
 /// are never handed to the HTTP proxy. Unnamed ports and other names are assumed HTTP, as Istio
@@ -21,7 +21,7 @@ pub struct Ctx<'a> {
     frontends: BTreeMap<&'a ObjectRef, Vec<(FrontendAddr, &'a Frontend)>>,
     rules: BTreeMap<ObjectRef, &'a DestinationRule>,
     pods_by_ip: HashMap<Ipv4Addr, &'a BTreeMap<String, String>>,
-    slices: crate::model::SliceIndex<'a>,
+    slices: meshpath_model::SliceIndex<'a>,
 }
 
 impl<'a> Ctx<'a> {
@@ -40,7 +40,7 @@ impl<'a> Ctx<'a> {
             frontends,
             rules: rules(model),
             pods_by_ip,
-            slices: crate::model::SliceIndex::new(model),
+            slices: meshpath_model::SliceIndex::new(model),
         }
     }
 

@@ -3,10 +3,10 @@
 
 use super::clusters::Ctx;
 use super::L7Error;
-use crate::istio::hosts;
-use crate::istio::model::{self as im, VirtualService};
-use crate::l7::{self, ClusterKey, ServiceRoutes, WeightedCluster};
-use crate::model::Protocol;
+use meshpath_model::istio::hosts;
+use meshpath_model::istio::model::{self as im, VirtualService};
+use meshpath_model::l7::{self, ClusterKey, ServiceRoutes, WeightedCluster};
+use meshpath_model::Protocol;
 
 /// Every cluster a listener can send to.
 pub fn cluster_keys(routes: &ServiceRoutes) -> impl Iterator<Item = ClusterKey> + '_ {

@@ -7,18 +7,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::compile::{compile, CompileOptions};
-use crate::l7::{Cluster, HashAlgorithm, HashKey, LoadBalancer, RouteAction, StringMatch};
-use crate::source::{parse_file, ParsedObject};
+use crate::{compile, CompileOptions};
+use meshpath_model::l7::{Cluster, HashAlgorithm, HashKey, LoadBalancer, RouteAction, StringMatch};
+use meshpath_source::{parse_file, ParsedObject};
 
-pub(super) const CLUSTER: &str = include_str!("../../istio/testdata/cluster.yaml");
-pub(super) const WEIGHTED: &str = include_str!("../../istio/testdata/weighted.yaml");
-pub(super) const JASON: &str = include_str!("../../istio/testdata/jason.yaml");
-const LOAD_BALANCING: &str = include_str!("../../istio/testdata/load_balancing.yaml");
-const CIRCUIT_BREAKING: &str = include_str!("../../istio/testdata/circuit_breaking.yaml");
-const FAULT_ABORT: &str = include_str!("../../istio/testdata/fault_abort.yaml");
-const FAULT_DELAY: &str = include_str!("../../istio/testdata/fault_delay.yaml");
-const MIRROR: &str = include_str!("../../istio/testdata/mirror.yaml");
+pub(super) const CLUSTER: &str = include_str!("../../../source/src/istio/testdata/cluster.yaml");
+pub(super) const WEIGHTED: &str = include_str!("../../../source/src/istio/testdata/weighted.yaml");
+pub(super) const JASON: &str = include_str!("../../../source/src/istio/testdata/jason.yaml");
+const LOAD_BALANCING: &str = include_str!("../../../source/src/istio/testdata/load_balancing.yaml");
+const CIRCUIT_BREAKING: &str = include_str!("../../../source/src/istio/testdata/circuit_breaking.yaml");
+const FAULT_ABORT: &str = include_str!("../../../source/src/istio/testdata/fault_abort.yaml");
+const FAULT_DELAY: &str = include_str!("../../../source/src/istio/testdata/fault_delay.yaml");
+const MIRROR: &str = include_str!("../../../source/src/istio/testdata/mirror.yaml");
 
 /// The model of `files` (name, text), each parsed as the manifests source does.
 pub(super) fn model(files: &[(&str, &str)]) -> ClusterModel {

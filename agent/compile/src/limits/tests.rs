@@ -7,10 +7,10 @@ use std::path::Path;
 use meshpath_common::{ipv4_be, port_be, SockLimit, PROTO_TCP, SVC_FLAG_ROUTE_LIMITS};
 
 use super::*;
-use crate::compile::l7::{compile_l7, kernel_connection_limits};
-use crate::compile::{compile, CompileOptions};
-use crate::model::ClusterModel;
-use crate::source::{parse_file, ParsedObject};
+use crate::l7::{compile_l7, kernel_connection_limits};
+use crate::{compile, CompileOptions};
+use meshpath_model::ClusterModel;
+use meshpath_source::{parse_file, ParsedObject};
 
 /// db (10.96.0.60:5432) with pods v1 (10.244.9.1) and v2 (10.244.9.2); cache (10.96.0.61:6379)
 /// with one pod. `dr` and `vs` are appended.
@@ -113,12 +113,12 @@ fn each_subset_slot_counts_against_its_destinations_merged_limit() {
                   - {destination: {host: db, subset: v2}, weight: 70}\n";
     let (c, route) = contents(&model(DR, &vs(routes)), &RouteLimits::default());
     let v1 = &route.groups[&ClusterKey {
-        service: crate::model::ObjectRef::new("default", "db"),
+        service: meshpath_model::ObjectRef::new("default", "db"),
         port: 5432,
         subset: Some("v1".into()),
     }];
     let v2 = &route.groups[&ClusterKey {
-        service: crate::model::ObjectRef::new("default", "db"),
+        service: meshpath_model::ObjectRef::new("default", "db"),
         port: 5432,
         subset: Some("v2".into()),
     }];

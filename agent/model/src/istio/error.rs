@@ -1,10 +1,10 @@
 //! What can be wrong with one Istio object on its own ([`IstioInvalid`], carried inside the
-//! source's [`ConvertError`](crate::source::ConvertError) so that it names file, object and field
+//! [`ConvertError`](crate::ConvertError) so that it names file, object and field
 //! like every other manifest error), and what is accepted but worth a warning ([`Warning`]).
 
 /// Why an Istio field's value is not acceptable. Display is the tail of the message, after the
 /// field. Problems every kind shares (required, out of range, one of) use
-/// [`Invalid`](crate::source::Invalid)'s own variants.
+/// [`Invalid`](crate::Invalid)'s own variants.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IstioInvalid {
     #[error("{value:?} is not a duration (write e.g. 7s, 0.5s, 100ms, 5m, 1h): {reason}")]

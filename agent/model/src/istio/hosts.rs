@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{ObjectRef, Service};
+use crate::{ObjectRef, Service};
 
 /// The cluster DNS domain. Kubernetes lets clusters change it; none of our users has.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::l7::RetryOn;
-use crate::model::ObjectRef;
+use crate::ObjectRef;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualService {

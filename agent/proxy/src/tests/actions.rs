@@ -2,7 +2,7 @@
 
 use super::*;
 
-use crate::l7::LoadBalancer::RoundRobin;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 #[tokio::test]
 async fn weights_hold_over_10000_requests() {

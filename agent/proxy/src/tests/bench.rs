@@ -7,7 +7,7 @@ use hyper::client::conn::http1;
 
 use super::*;
 
-use crate::l7::LoadBalancer::RoundRobin;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 /// A backend that answers "ok" and records nothing.
 /// `MP_BENCH_BACKEND` fixes its address (to put another proxy, e.g. nginx, in front of it).

@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicUsize;
 use hyper::server::conn::http1;
 
 use super::*;
-use crate::l7::LoadBalancer::RoundRobin;
-use crate::proxy::ProxyStats;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
+use crate::ProxyStats;
 
 /// A backend that answers 200 after `delay` and counts its connections (accepted, and the
 /// most open at once).
@@ -130,7 +130,7 @@ async fn pending_overflow_answers_503_overloaded_and_counts_it() {
     assert_eq!(ok + overflow.len(), 5);
     for g in &overflow {
         assert_eq!(g.header("x-envoy-overloaded"), Some("true"));
-        assert_eq!(g.body, crate::proxy::forward::OVERFLOW);
+        assert_eq!(g.body, crate::forward::OVERFLOW);
     }
     assert_eq!(
         stat(&stats, "upstream_rq_pending_overflow"),

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::*;
 
-use crate::l7::LoadBalancer::RoundRobin;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 #[tokio::test]
 async fn abort_hits_its_percentage_with_envoys_body() {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::*;
 
-use crate::l7::LoadBalancer::{LeastRequest, Random, RoundRobin};
+use meshpath_model::l7::LoadBalancer::{LeastRequest, Random, RoundRobin};
 
 const NAMES: [&str; 5] = ["e0", "e1", "e2", "e3", "e4"];
 

@@ -34,8 +34,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{serve, OriginalDst, Proxy, ProxyOptions, Span, SpanExporter};
-use crate::l7::*;
-use crate::model::ObjectRef;
+use meshpath_model::l7::*;
+use meshpath_model::ObjectRef;
 
 /// The ClusterIP:port the fake kernel says every client connected to.
 pub(super) const VIP: SocketAddr = SocketAddr::new(

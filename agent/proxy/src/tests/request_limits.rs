@@ -33,7 +33,7 @@ async fn http2_max_requests_limits_active_http1_requests() {
     assert_eq!((ok, overflow.len()), (2, 3), "{got:?}");
     for g in &overflow {
         assert_eq!(g.header("x-envoy-overloaded"), Some("true"));
-        assert_eq!(g.body, crate::proxy::forward::OVERFLOW);
+        assert_eq!(g.body, crate::forward::OVERFLOW);
     }
     assert!(started.elapsed() < Duration::from_millis(900));
     assert_eq!(probe.await.unwrap(), (1, 0, 2));

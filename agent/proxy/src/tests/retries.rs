@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::*;
 
-use crate::l7::LoadBalancer::RoundRobin;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 fn retrying(attempts: u32, per_try: Option<Duration>, on: Vec<RetryOn>) -> HttpRoute {
     let mut r = route(vec![], to(&key("a")));

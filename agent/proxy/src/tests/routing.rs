@@ -2,7 +2,7 @@
 
 use super::*;
 
-use crate::l7::LoadBalancer::RoundRobin;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 pub(super) fn two_backends(a: &Backend, b: &Backend) -> Vec<(ClusterKey, Cluster)> {
     vec![

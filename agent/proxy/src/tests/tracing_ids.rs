@@ -2,7 +2,7 @@
 
 use super::*;
 
-use crate::l7::LoadBalancer::RoundRobin;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len

@@ -5,10 +5,10 @@ use k8s_openapi::api::discovery::v1 as discovery;
 
 use super::fields::{non_empty, string_map, Ctx, Unique};
 use super::{Converted, SkipReason, SERVICE_NAME_LABEL};
-use crate::model::{
+use meshpath_model::{
     ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Pod, PodPlacement,
 };
-use crate::source::error::{ConvertError, Invalid, ObjectKind};
+use crate::error::{ConvertError, Invalid, ObjectKind};
 
 /// A `discovery.k8s.io/v1` EndpointSlice. Slices whose `addressType` is IPv6 or FQDN are
 /// [`Converted::Skipped`].
@@ -162,7 +162,7 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, ConvertError> {
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(crate::cgroup_layout::MIRROR_ANNOTATION))
+            .and_then(|a| a.get(crate::convert::MIRROR_ANNOTATION))
             .cloned(),
     };
     Ok(Pod {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::decode::DecodeError;
-use super::error::{IstioInvalid, Warning};
+use super::{IstioInvalid, Warning};
 use super::model::{Destination, Pattern, Percent, StringMatch};
 use super::{duration, schema};
-use crate::model::ObjectRef;
-use crate::source::error::{ConvertError, Invalid, ObjectKey, ObjectKind};
+use meshpath_model::ObjectRef;
+use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind};
 
 mod destination_rule;
 mod virtual_service;
@@ -26,12 +26,6 @@ pub enum Error {
     Decode(DecodeError),
     #[error(transparent)]
     Invalid(#[from] ConvertError),
-}
-
-impl From<IstioInvalid> for Invalid {
-    fn from(problem: IstioInvalid) -> Self {
-        Invalid::Istio(problem)
-    }
 }
 
 /// One object being converted: builds errors that name it, collects warnings.

@@ -3,23 +3,17 @@
 //!
 //! - `schema`: the YAML shape (v1alpha3, v1beta1 and v1 share it), decoded with the paths of
 //!   fields of the wrong type and of fields meshpath ignores (`decode`).
-//! - [`virtual_service`], [`destination_rule`]: document → [`model`] types, with Istio's
-//!   validation; errors are [`ConvertError`](crate::source::ConvertError)s naming object and field
-//!   (the problem is an [`IstioInvalid`] where no shared [`Invalid`](crate::source::Invalid) fits).
-//! - [`hosts`]: which Service a host names; used by `compile::l7`, which turns the model into
-//!   the proxy's routing table.
+//! - [`virtual_service`], [`destination_rule`]: document → [`model`] types (`meshpath-model`),
+//!   with Istio's validation; errors are [`ConvertError`](crate::ConvertError)s naming object and
+//!   field (the problem is an [`IstioInvalid`] where no shared [`Invalid`](crate::Invalid) fits).
 
 mod convert;
 mod decode;
 mod duration;
-mod error;
-pub mod hosts;
-pub mod model;
 mod schema;
 
 pub use convert::{destination_rule, virtual_service, Error};
-pub use error::{IstioInvalid, Warning};
-pub use model::{DestinationRule, VirtualService};
+pub use meshpath_model::istio::{model, DestinationRule, IstioInvalid, VirtualService, Warning};
 
 /// The API group of both kinds.
 pub const GROUP: &str = "networking.istio.io";

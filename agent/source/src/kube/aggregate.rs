@@ -16,9 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{ClusterModel, ObjectRef};
-use crate::source::error::{ObjectKind, SourceError};
-use crate::source::manifests::ParsedObject;
+use meshpath_model::{ClusterModel, ObjectRef};
+use crate::error::{ObjectKind, SourceError};
+use crate::manifests::ParsedObject;
 
 /// Every kind the Kubernetes source watches.
 pub const KINDS: [ObjectKind; 5] = [

@@ -30,9 +30,9 @@ use tracing::info;
 
 use self::aggregate::Aggregate;
 use self::watch::Msg;
-use crate::model::ClusterModel;
-use crate::source::error::{log_error, ObjectKind, SourceError};
-use crate::source::SourceStatus;
+use meshpath_model::ClusterModel;
+use crate::error::{log_error, ObjectKind, SourceError};
+use crate::SourceStatus;
 
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug, PartialEq, Eq)]

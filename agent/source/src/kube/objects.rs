@@ -1,5 +1,5 @@
 //! API objects → [`Item`]s, through the same conversions the manifests source uses
-//! ([`crate::source::convert`], [`crate::istio`]).
+//! ([`crate::convert`], [`crate::istio`]).
 
 use std::sync::Arc;
 
@@ -10,10 +10,10 @@ use kube::api::DynamicObject;
 
 use super::aggregate::Item;
 use crate::istio;
-use crate::model::ObjectRef;
-use crate::source::convert::{self, Converted};
-use crate::source::error::{ConvertError, ObjectKey, ObjectKind, SourceError};
-use crate::source::manifests::ParsedObject;
+use meshpath_model::ObjectRef;
+use crate::convert::{self, Converted};
+use crate::error::{ConvertError, ObjectKey, ObjectKind, SourceError};
+use crate::manifests::ParsedObject;
 
 /// Where objects of this source come from, for errors found later (when compiling).
 pub const ORIGIN: &str = "kube-apiserver";

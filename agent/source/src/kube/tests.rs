@@ -4,12 +4,12 @@ use std::time::{Duration, Instant};
 
 use super::aggregate::{Change, Item, KINDS};
 use super::*;
-use crate::model::ObjectRef;
-use crate::source::manifests::ParsedObject;
+use meshpath_model::ObjectRef;
+use crate::manifests::ParsedObject;
 
 fn slice(i: u32) -> Item {
     let id = ObjectRef::new("default", format!("web-{i}"));
-    let slice = crate::model::EndpointSlice {
+    let slice = meshpath_model::EndpointSlice {
         id: id.clone(),
         service_name: "web".into(),
         ports: vec![],

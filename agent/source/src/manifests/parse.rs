@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::istio;
-use crate::model::{EndpointSlice, ObjectRef, Pod, Service};
-use crate::source::convert::{self, Converted, SkipReason};
-use crate::source::error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
+use meshpath_model::{EndpointSlice, ObjectRef, Pod, Service};
+use crate::convert::{self, Converted, SkipReason};
+use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
 
 /// An object of a manifest file that passed conversion.
 #[derive(Clone, Debug, PartialEq, Eq)]

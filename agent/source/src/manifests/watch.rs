@@ -12,9 +12,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::watch;
 
 use super::state::{load_dir, Load, ManifestState};
-use crate::model::ClusterModel;
-use crate::source::error::{log_error, SourceError};
-use crate::source::SourceStatus;
+use meshpath_model::ClusterModel;
+use crate::error::{log_error, SourceError};
+use crate::SourceStatus;
 
 /// A rescan waits until no event came for this long, so that a burst (an editor's write, rename
 /// and chmod; `kubectl cp` of many files) costs one rescan.

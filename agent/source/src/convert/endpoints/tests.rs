@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 use serde_json::json;
 
 use super::*;
-use crate::model::{ObjectRef, Protocol};
+use meshpath_model::{ObjectRef, Protocol};
 
 fn accepted<T: std::fmt::Debug>(result: Result<Converted<T>, ConvertError>) -> T {
     match result {

@@ -4,7 +4,7 @@ use std::fmt;
 use serde_json::json;
 
 use super::*;
-use crate::model::{ObjectRef, Protocol};
+use meshpath_model::{ObjectRef, Protocol};
 
 fn svc(value: serde_json::Value) -> core::Service {
     serde_json::from_value(value).expect("valid Service JSON")

@@ -7,13 +7,13 @@ use serde_json::Value;
 
 use super::{Ctx, Error};
 use crate::istio::decode::decode;
-use crate::istio::error::{IstioInvalid, Warning};
-use crate::istio::model::{
+use meshpath_model::istio::{IstioInvalid, Warning};
+use meshpath_model::istio::model::{
     ConnectionPool, DestinationRule, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection,
     Subset, TrafficPolicy,
 };
 use crate::istio::schema::{self, DestinationRuleSpec, Object};
-use crate::source::error::{ConvertError, Invalid, ObjectKind};
+use crate::error::{ConvertError, Invalid, ObjectKind};
 
 /// Istio's (Envoy's) defaults for what a written `consistentHash` / `outlierDetection` leaves out.
 const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;

@@ -4,12 +4,12 @@ use serde_json::Value;
 
 use super::{Ctx, Error};
 use crate::istio::decode::decode;
-use crate::istio::error::{IstioInvalid, Warning};
-use crate::istio::model::{
+use meshpath_model::istio::{IstioInvalid, Warning};
+use meshpath_model::istio::model::{
     Action, Destination, HttpRoute, Mirror, Redirect, TcpRoute, VirtualService,
 };
 use crate::istio::schema::{self, Object, VirtualServiceSpec};
-use crate::source::error::{ConvertError, Invalid, ObjectKind};
+use crate::error::{ConvertError, Invalid, ObjectKind};
 
 mod http;
 

@@ -1,7 +1,7 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::model::{Protocol, TargetPort};
+use meshpath_model::{Protocol, TargetPort};
 
 const SEED: &str = include_str!("testdata/seed.yaml");
 

@@ -1,7 +1,7 @@
 use std::fs;
 
 use super::*;
-use crate::model::ObjectRef;
+use meshpath_model::ObjectRef;
 
 pub(crate) fn service_yaml(name: &str, port: i64) -> String {
     format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: {port}\n")

@@ -2,7 +2,7 @@ use std::fs;
 use std::time::Duration;
 
 use super::*;
-use crate::model::ObjectRef;
+use meshpath_model::ObjectRef;
 
 const WITHIN: Duration = Duration::from_secs(1);
 

@@ -12,11 +12,11 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::netns::{bind_tcp, NetnsError};
+use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::FrontendAddr;
 use meshpath_model::ClusterModel;
-use crate::netns::{bind_tcp, NetnsError};
 use meshpath_proxy::{serve, OriginalDst, Proxy};
-use meshpath_compile::steer::ProxyPorts;
 
 /// Pod labels by pod IP, for `sourceLabels` matches; swapped whole on every model change.
 pub type PodLabels = Arc<BTreeMap<Ipv4Addr, BTreeMap<String, String>>>;

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use meshpath_datapath::apply::apply;
+use crate::proxy_listeners::{pod_labels, ProxyListeners};
 use meshpath_compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
 use meshpath_compile::limits::{route_limits, RouteLimits};
+use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
+use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
-use crate::proxy_listeners::{pod_labels, ProxyListeners};
-use meshpath_compile::steer::ProxyPorts;
 
 /// Where the node proxy listens; `None` keeps every service on the kernel path.
 pub struct ProxySetup {
@@ -204,8 +204,9 @@ fn tcp_weights(
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let endpoints =
-                        meshpath_compile::ejection::healthy_endpoints(ejected, &l7.config, cluster, endpoints);
+                    let endpoints = meshpath_compile::ejection::healthy_endpoints(
+                        ejected, &l7.config, cluster, endpoints,
+                    );
                     (endpoints, *weight)
                 })
                 .collect();

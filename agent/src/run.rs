@@ -10,12 +10,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{AgentConfig, SourceConfig};
+use crate::proxy_listeners::ProxyListeners;
+use crate::reconcile::{ProxySetup, Reconciler};
 use meshpath_datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
 use meshpath_proxy::Proxy;
-use crate::proxy_listeners::ProxyListeners;
-use crate::reconcile::{ProxySetup, Reconciler};
 use meshpath_source::kube::{KubeSource, KubeSourceError};
 use meshpath_source::{ManifestWatcher, SourceError, SourceStatus};
 

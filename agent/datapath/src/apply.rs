@@ -11,8 +11,8 @@ use meshpath_common::{
     MAP_SVC_NAMES, MAP_SVC_STATS, SVC_FLAG_ROUTE_LIMITS,
 };
 
-use meshpath_compile::MapContents;
 use crate::DatapathMaps;
+use meshpath_compile::MapContents;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

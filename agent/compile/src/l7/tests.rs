@@ -15,7 +15,8 @@ pub(super) const CLUSTER: &str = include_str!("../../../source/src/istio/testdat
 pub(super) const WEIGHTED: &str = include_str!("../../../source/src/istio/testdata/weighted.yaml");
 pub(super) const JASON: &str = include_str!("../../../source/src/istio/testdata/jason.yaml");
 const LOAD_BALANCING: &str = include_str!("../../../source/src/istio/testdata/load_balancing.yaml");
-const CIRCUIT_BREAKING: &str = include_str!("../../../source/src/istio/testdata/circuit_breaking.yaml");
+const CIRCUIT_BREAKING: &str =
+    include_str!("../../../source/src/istio/testdata/circuit_breaking.yaml");
 const FAULT_ABORT: &str = include_str!("../../../source/src/istio/testdata/fault_abort.yaml");
 const FAULT_DELAY: &str = include_str!("../../../source/src/istio/testdata/fault_delay.yaml");
 const MIRROR: &str = include_str!("../../../source/src/istio/testdata/mirror.yaml");

@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicUsize;
 use hyper::server::conn::http1;
 
 use super::*;
-use meshpath_model::l7::LoadBalancer::RoundRobin;
 use crate::ProxyStats;
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 /// A backend that answers 200 after `delay` and counts its connections (accepted, and the
 /// most open at once).

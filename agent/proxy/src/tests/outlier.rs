@@ -2,8 +2,8 @@
 //! published ejected set and the `outlier_detection.*` stats.
 
 use super::*;
-use meshpath_model::l7::LoadBalancer::RoundRobin;
 use crate::{EjectedSet, ProxyStats};
+use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 /// Cluster `a` (everything routes to it) over `addrs` with `od`.
 fn detecting(addrs: &[SocketAddr], od: OutlierDetection) -> L7Config {

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use meshpath_model::{ObjectRef, Protocol};
 use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind};
+use meshpath_model::{ObjectRef, Protocol};
 
 /// Context for one object: builds errors that name it.
 pub(super) struct Ctx {

@@ -10,8 +10,8 @@ use super::{
     Converted, SkipReason, DEFAULT_AFFINITY_TIMEOUT_SECONDS, LB_POLICY_ANNOTATION,
     MAX_AFFINITY_TIMEOUT_SECONDS,
 };
-use meshpath_model::{LbPolicy, Service, ServicePort, SessionAffinity, TargetPort};
 use crate::error::{ConvertError, Invalid, ObjectKind};
+use meshpath_model::{LbPolicy, Service, ServicePort, SessionAffinity, TargetPort};
 
 /// A `v1` Service. ExternalName and headless Services are [`Converted::Skipped`].
 pub fn service(svc: &core::Service) -> Result<Converted<Service>, ConvertError> {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::decode::DecodeError;
-use super::{IstioInvalid, Warning};
 use super::model::{Destination, Pattern, Percent, StringMatch};
 use super::{duration, schema};
-use meshpath_model::ObjectRef;
+use super::{IstioInvalid, Warning};
 use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind};
+use meshpath_model::ObjectRef;
 
 mod destination_rule;
 mod virtual_service;

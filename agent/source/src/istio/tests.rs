@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::model::*;
 use super::Warning;
-use meshpath_model::l7::RetryOn;
 use crate::{parse_file, ParsedObject, SourceError};
+use meshpath_model::l7::RetryOn;
 
 const WEIGHTED: &str = include_str!("testdata/weighted.yaml");
 const JASON: &str = include_str!("testdata/jason.yaml");

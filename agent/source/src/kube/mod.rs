@@ -30,9 +30,9 @@ use tracing::info;
 
 use self::aggregate::Aggregate;
 use self::watch::Msg;
-use meshpath_model::ClusterModel;
 use crate::error::{log_error, ObjectKind, SourceError};
 use crate::SourceStatus;
+use meshpath_model::ClusterModel;
 
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug, PartialEq, Eq)]

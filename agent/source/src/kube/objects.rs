@@ -9,11 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 
 use super::aggregate::Item;
-use crate::istio;
-use meshpath_model::ObjectRef;
 use crate::convert::{self, Converted};
 use crate::error::{ConvertError, ObjectKey, ObjectKind, SourceError};
+use crate::istio;
 use crate::manifests::ParsedObject;
+use meshpath_model::ObjectRef;
 
 /// Where objects of this source come from, for errors found later (when compiling).
 pub const ORIGIN: &str = "kube-apiserver";

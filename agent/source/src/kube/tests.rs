@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use super::aggregate::{Change, Item, KINDS};
 use super::*;
-use meshpath_model::ObjectRef;
 use crate::manifests::ParsedObject;
+use meshpath_model::ObjectRef;
 
 fn slice(i: u32) -> Item {
     let id = ObjectRef::new("default", format!("web-{i}"));

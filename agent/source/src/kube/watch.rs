@@ -18,8 +18,8 @@ use tracing::{info, warn};
 
 use super::aggregate::{Change, Item};
 use super::objects::object_ref;
-use crate::istio;
 use crate::error::ObjectKind;
+use crate::istio;
 
 /// How often a missing Istio API group is looked for again (the CRDs may be installed later).
 pub const ISTIO_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::parse::{parse_file, ParsedObject};
-use meshpath_model::ClusterModel;
 use crate::error::{ObjectKey, SourceError};
+use meshpath_model::ClusterModel;
 
 /// What survives between two loads of a directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,14 +6,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Ctx, Error};
+use crate::error::{ConvertError, Invalid, ObjectKind};
 use crate::istio::decode::decode;
-use meshpath_model::istio::{IstioInvalid, Warning};
+use crate::istio::schema::{self, DestinationRuleSpec, Object};
 use meshpath_model::istio::model::{
     ConnectionPool, DestinationRule, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection,
     Subset, TrafficPolicy,
 };
-use crate::istio::schema::{self, DestinationRuleSpec, Object};
-use crate::error::{ConvertError, Invalid, ObjectKind};
+use meshpath_model::istio::{IstioInvalid, Warning};
 
 /// Istio's (Envoy's) defaults for what a written `consistentHash` / `outlierDetection` leaves out.
 const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;

@@ -3,13 +3,13 @@
 use serde_json::Value;
 
 use super::{Ctx, Error};
+use crate::error::{ConvertError, Invalid, ObjectKind};
 use crate::istio::decode::decode;
-use meshpath_model::istio::{IstioInvalid, Warning};
+use crate::istio::schema::{self, Object, VirtualServiceSpec};
 use meshpath_model::istio::model::{
     Action, Destination, HttpRoute, Mirror, Redirect, TcpRoute, VirtualService,
 };
-use crate::istio::schema::{self, Object, VirtualServiceSpec};
-use crate::error::{ConvertError, Invalid, ObjectKind};
+use meshpath_model::istio::{IstioInvalid, Warning};
 
 mod http;
 

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::cgroup_layout::{cgroup_uid, covered_by, find_pod_cgroup};
 use meshpath_model::{ClusterModel, ObjectRef};
+
+use crate::cgroup_layout::{cgroup_uid, covered_by, find_pod_cgroup};
 
 /// The local pods, sorted by what the attach point means for them.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::proxy_listeners::{pod_labels, ProxyListeners};
 use meshpath_compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
 use meshpath_compile::limits::{route_limits, RouteLimits};
 use meshpath_compile::steer::ProxyPorts;
@@ -17,6 +16,8 @@ use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
+
+use crate::proxy_listeners::{pod_labels, ProxyListeners};
 
 /// Where the node proxy listens; `None` keeps every service on the kernel path.
 pub struct ProxySetup {
@@ -38,7 +39,7 @@ pub struct Reconciler {
     ports: ProxyPorts,
     /// Connection-limit groups of route destinations, with their stable ids.
     limits: RouteLimits,
-    /// Endpoints the proxy's `outlierDetection` ejected, kept out of the maps (`ejection.rs`).
+    /// Endpoints the proxy's `outlierDetection` ejected, kept out of the maps (`meshpath_compile::ejection`).
     ejected: meshpath_proxy::EjectedSet,
     /// What the last successful apply wrote: the next one diffs against it instead of reading
     /// the maps back. `None` at start and after a failed apply, which then reads the maps.
@@ -173,7 +174,7 @@ impl Reconciler {
 
 /// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
 /// applied per connection, never through the proxy), without the pods outlier detection
-/// ejected (`ejection.rs`).
+/// ejected (`meshpath_compile::ejection`).
 fn tcp_weights(
     l7: &L7Compiled,
     compiled: &Compiled,

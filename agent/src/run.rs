@@ -9,15 +9,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::{AgentConfig, SourceConfig};
-use crate::proxy_listeners::ProxyListeners;
-use crate::reconcile::{ProxySetup, Reconciler};
 use meshpath_datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
 use meshpath_proxy::Proxy;
 use meshpath_source::kube::{KubeSource, KubeSourceError};
 use meshpath_source::{ManifestWatcher, SourceError, SourceStatus};
+
+use crate::config::{AgentConfig, SourceConfig};
+use crate::proxy_listeners::ProxyListeners;
+use crate::reconcile::{ProxySetup, Reconciler};
 
 /// Kept alive while the agent runs; dropping it stops the source.
 enum RunningSource {

@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::{CompileError, CompileOptions, Compiled};
 use meshpath_model::{ClusterModel, ObjectRef};
+
+use super::{CompileError, CompileOptions, Compiled};
 
 /// Dense ids in `1..=max`, lowest free first.
 pub struct IdAllocator<K> {

@@ -19,9 +19,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::{BackendAddr, Compiled};
 use meshpath_model::l7::{ClusterKey, L7Config};
 use meshpath_model::ObjectRef;
+
+use crate::{BackendAddr, Compiled};
 
 /// Pod IPs to take out of the kernel's selection, per service.
 pub type EjectedIps = BTreeMap<ObjectRef, BTreeSet<Ipv4Addr>>;

@@ -21,10 +21,11 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use super::{Compiled, FrontendAddr};
 use meshpath_model::istio::{hosts, VirtualService};
 use meshpath_model::l7::{ClusterKey, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef, Protocol};
+
+use super::{Compiled, FrontendAddr};
 
 /// What one compilation of the Istio objects produces; also the last good state the next one
 /// falls back to.

@@ -5,6 +5,10 @@
 //! A service that cannot be compiled (a named targetPort no EndpointSlice carries, too many
 //! backends, a ClusterIP:port another service already claims) keeps the frontends it had in the
 //! previous result: the last good config stays live, and the error names object, field and reason.
+//!
+//! Also pure, on the compiled result: [`l7`] (the proxy's routing table), [`limits`]
+//! (connection-limit groups), [`steer`] (which frontends go to the proxy) and [`ejection`]
+//! (outlier ejections in the kernel's selection).
 
 mod alloc;
 pub mod ejection;

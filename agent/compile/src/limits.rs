@@ -20,11 +20,12 @@ use meshpath_common::{
     ipv4_be, port_be, ServiceKey, ServiceName, SockLimit, MAX_LIMIT_GROUPS, SVC_FLAG_ROUTE_LIMITS,
 };
 
+use meshpath_model::l7::ClusterKey;
+use meshpath_model::Protocol;
+
 use super::l7::L7Compiled;
 use super::MapContents;
 use super::{alloc::IdAllocator, proto_number, weighted, BackendAddr, Compiled, FrontendAddr};
-use meshpath_model::l7::ClusterKey;
-use meshpath_model::Protocol;
 
 /// A route destination with a limit.
 #[derive(Clone, Debug, PartialEq, Eq)]

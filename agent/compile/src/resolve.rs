@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use super::{BackendAddr, CompileError};
 use meshpath_model::{
     ClusterModel, Endpoint, EndpointSlice, ObjectRef, Service, ServicePort, SliceIndex, TargetPort,
 };
+
+use super::{BackendAddr, CompileError};
 
 pub fn backends_for_port(
     model: &ClusterModel,

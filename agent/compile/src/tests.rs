@@ -5,8 +5,9 @@ use meshpath_common::{
     ipv4_be, port_be, ServiceKey, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN,
 };
 
-use super::*;
 use meshpath_model::*;
+
+use super::*;
 
 fn svc(name: &str, ip: Option<[u8; 4]>, port: u16, target: TargetPort) -> Service {
     Service {

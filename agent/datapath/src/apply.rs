@@ -11,8 +11,9 @@ use meshpath_common::{
     MAP_SVC_NAMES, MAP_SVC_STATS, SVC_FLAG_ROUTE_LIMITS,
 };
 
-use crate::DatapathMaps;
 use meshpath_compile::MapContents;
+
+use crate::DatapathMaps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

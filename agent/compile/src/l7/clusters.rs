@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use crate::{Compiled, Frontend, FrontendAddr};
 use meshpath_model::istio::hosts;
 use meshpath_model::istio::model::{self as im, DestinationRule};
 use meshpath_model::l7::{self, Cluster, ClusterKey, Endpoint};
 use meshpath_model::{ClusterModel, ObjectRef, Protocol, ServicePort};
+
+use crate::{Compiled, Frontend, FrontendAddr};
 
 /// Istio protocol prefixes of port names (`<protocol>[-<suffix>]`) that are not HTTP: such ports
 /// are never handed to the HTTP proxy. Unnamed ports and other names are assumed HTTP, as Istio

@@ -1,12 +1,13 @@
 //! A VirtualService's routes for one listener port: destinations resolved to clusters, the rest
 //! carried over into the routing table's types.
 
-use super::clusters::Ctx;
-use super::L7Error;
 use meshpath_model::istio::hosts;
 use meshpath_model::istio::model::{self as im, VirtualService};
 use meshpath_model::l7::{self, ClusterKey, ServiceRoutes, WeightedCluster};
 use meshpath_model::Protocol;
+
+use super::clusters::Ctx;
+use super::L7Error;
 
 /// Every cluster a listener can send to.
 pub fn cluster_keys(routes: &ServiceRoutes) -> impl Iterator<Item = ClusterKey> + '_ {

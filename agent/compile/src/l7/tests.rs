@@ -1,4 +1,4 @@
-//! The seed's Istio objects (verbatim, in `istio/testdata`) compiled against a small cluster.
+//! The seed's Istio objects (verbatim, in `agent/source/src/istio/testdata`) compiled against a small cluster.
 
 mod resolution;
 
@@ -6,10 +6,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::*;
-use crate::{compile, CompileOptions};
 use meshpath_model::l7::{Cluster, HashAlgorithm, HashKey, LoadBalancer, RouteAction, StringMatch};
 use meshpath_source::{parse_file, ParsedObject};
+
+use super::*;
+use crate::{compile, CompileOptions};
 
 pub(super) const CLUSTER: &str = include_str!("../../../source/src/istio/testdata/cluster.yaml");
 pub(super) const WEIGHTED: &str = include_str!("../../../source/src/istio/testdata/weighted.yaml");

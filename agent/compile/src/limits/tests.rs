@@ -6,11 +6,12 @@ use std::path::Path;
 
 use meshpath_common::{ipv4_be, port_be, SockLimit, PROTO_TCP, SVC_FLAG_ROUTE_LIMITS};
 
+use meshpath_model::ClusterModel;
+use meshpath_source::{parse_file, ParsedObject};
+
 use super::*;
 use crate::l7::{compile_l7, kernel_connection_limits};
 use crate::{compile, CompileOptions};
-use meshpath_model::ClusterModel;
-use meshpath_source::{parse_file, ParsedObject};
 
 /// db (10.96.0.60:5432) with pods v1 (10.244.9.1) and v2 (10.244.9.2); cache (10.96.0.61:6379)
 /// with one pod. `dr` and `vs` are appended.

@@ -3,12 +3,13 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use super::fields::{non_empty, string_map, Ctx, Unique};
-use super::{Converted, SkipReason, SERVICE_NAME_LABEL};
-use crate::error::{ConvertError, Invalid, ObjectKind};
 use meshpath_model::{
     ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Pod, PodPlacement,
 };
+
+use super::fields::{non_empty, string_map, Ctx, Unique};
+use super::{Converted, SkipReason, SERVICE_NAME_LABEL};
+use crate::error::{ConvertError, Invalid, ObjectKind};
 
 /// A `discovery.k8s.io/v1` EndpointSlice. Slices whose `addressType` is IPv6 or FQDN are
 /// [`Converted::Skipped`].

@@ -6,8 +6,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind};
 use meshpath_model::{ObjectRef, Protocol};
+
+use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind};
 
 /// Context for one object: builds errors that name it.
 pub(super) struct Ctx {

@@ -5,13 +5,14 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use meshpath_model::{LbPolicy, Service, ServicePort, SessionAffinity, TargetPort};
+
 use super::fields::{non_empty, string_map, Ctx, Unique};
 use super::{
     Converted, SkipReason, DEFAULT_AFFINITY_TIMEOUT_SECONDS, LB_POLICY_ANNOTATION,
     MAX_AFFINITY_TIMEOUT_SECONDS,
 };
 use crate::error::{ConvertError, Invalid, ObjectKind};
-use meshpath_model::{LbPolicy, Service, ServicePort, SessionAffinity, TargetPort};
 
 /// A `v1` Service. ExternalName and headless Services are [`Converted::Skipped`].
 pub fn service(svc: &core::Service) -> Result<Converted<Service>, ConvertError> {

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use meshpath_model::ObjectRef;
+
 use super::decode::DecodeError;
 use super::model::{Destination, Pattern, Percent, StringMatch};
 use super::{duration, schema};
 use super::{IstioInvalid, Warning};
 use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind};
-use meshpath_model::ObjectRef;
 
 mod destination_rule;
 mod virtual_service;

@@ -6,10 +6,11 @@ mod validation;
 use std::path::Path;
 use std::time::Duration;
 
+use meshpath_model::l7::RetryOn;
+
 use super::model::*;
 use super::Warning;
 use crate::{parse_file, ParsedObject, SourceError};
-use meshpath_model::l7::RetryOn;
 
 const WEIGHTED: &str = include_str!("testdata/weighted.yaml");
 const JASON: &str = include_str!("testdata/jason.yaml");

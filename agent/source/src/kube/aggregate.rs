@@ -16,9 +16,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use meshpath_model::{ClusterModel, ObjectRef};
+
 use crate::error::{ObjectKind, SourceError};
 use crate::manifests::ParsedObject;
-use meshpath_model::{ClusterModel, ObjectRef};
 
 /// Every kind the Kubernetes source watches.
 pub const KINDS: [ObjectKind; 5] = [

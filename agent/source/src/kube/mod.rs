@@ -28,11 +28,12 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use meshpath_model::ClusterModel;
+
 use self::aggregate::Aggregate;
 use self::watch::Msg;
 use crate::error::{log_error, ObjectKind, SourceError};
 use crate::SourceStatus;
-use meshpath_model::ClusterModel;
 
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug, PartialEq, Eq)]

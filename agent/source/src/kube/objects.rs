@@ -8,12 +8,13 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 
+use meshpath_model::ObjectRef;
+
 use super::aggregate::Item;
 use crate::convert::{self, Converted};
 use crate::error::{ConvertError, ObjectKey, ObjectKind, SourceError};
 use crate::istio;
 use crate::manifests::ParsedObject;
-use meshpath_model::ObjectRef;
 
 /// Where objects of this source come from, for errors found later (when compiling).
 pub const ORIGIN: &str = "kube-apiserver";

@@ -2,10 +2,11 @@
 
 use std::time::{Duration, Instant};
 
+use meshpath_model::ObjectRef;
+
 use super::aggregate::{Change, Item, KINDS};
 use super::*;
 use crate::manifests::ParsedObject;
-use meshpath_model::ObjectRef;
 
 fn slice(i: u32) -> Item {
     let id = ObjectRef::new("default", format!("web-{i}"));

@@ -8,10 +8,11 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use meshpath_model::{EndpointSlice, ObjectRef, Pod, Service};
+
 use crate::convert::{self, Converted, SkipReason};
 use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
 use crate::istio;
-use meshpath_model::{EndpointSlice, ObjectRef, Pod, Service};
 
 /// An object of a manifest file that passed conversion.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,9 +5,10 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use meshpath_model::ClusterModel;
+
 use super::parse::{parse_file, ParsedObject};
 use crate::error::{ObjectKey, SourceError};
-use meshpath_model::ClusterModel;
 
 /// What survives between two loads of a directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -11,10 +11,11 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::watch;
 
+use meshpath_model::ClusterModel;
+
 use super::state::{load_dir, Load, ManifestState};
 use crate::error::{log_error, SourceError};
 use crate::SourceStatus;
-use meshpath_model::ClusterModel;
 
 /// A rescan waits until no event came for this long, so that a burst (an editor's write, rename
 /// and chmod; `kubectl cp` of many files) costs one rescan.

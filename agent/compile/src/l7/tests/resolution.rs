@@ -2,12 +2,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use meshpath_model::l7::RouteAction;
+use meshpath_model::Protocol;
+
 use super::{
     addr, endpoint_ips, key, model, ok, run, weights, CLUSTER, JASON, SPRINGBOOT, WEIGHTED,
 };
 use crate::l7::{FrontendAddr, L7Compiled};
-use meshpath_model::l7::RouteAction;
-use meshpath_model::Protocol;
 
 #[test]
 fn hosts_resolve_in_the_objects_namespace_and_in_every_dns_form() {

@@ -2,8 +2,9 @@ use std::net::Ipv4Addr;
 
 use serde_json::json;
 
-use super::*;
 use meshpath_model::{ObjectRef, Protocol};
+
+use super::*;
 
 fn accepted<T: std::fmt::Debug>(result: Result<Converted<T>, ConvertError>) -> T {
     match result {

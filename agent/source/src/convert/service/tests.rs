@@ -3,8 +3,9 @@ use std::fmt;
 
 use serde_json::json;
 
-use super::*;
 use meshpath_model::{ObjectRef, Protocol};
+
+use super::*;
 
 fn svc(value: serde_json::Value) -> core::Service {
     serde_json::from_value(value).expect("valid Service JSON")

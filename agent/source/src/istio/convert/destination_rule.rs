@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Ctx, Error};
-use crate::error::{ConvertError, Invalid, ObjectKind};
-use crate::istio::decode::decode;
-use crate::istio::schema::{self, DestinationRuleSpec, Object};
 use meshpath_model::istio::model::{
     ConnectionPool, DestinationRule, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection,
     Subset, TrafficPolicy,
 };
 use meshpath_model::istio::{IstioInvalid, Warning};
+
+use super::{Ctx, Error};
+use crate::error::{ConvertError, Invalid, ObjectKind};
+use crate::istio::decode::decode;
+use crate::istio::schema::{self, DestinationRuleSpec, Object};
 
 /// Istio's (Envoy's) defaults for what a written `consistentHash` / `outlierDetection` leaves out.
 const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;

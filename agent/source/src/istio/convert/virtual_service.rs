@@ -2,14 +2,15 @@
 
 use serde_json::Value;
 
-use super::{Ctx, Error};
-use crate::error::{ConvertError, Invalid, ObjectKind};
-use crate::istio::decode::decode;
-use crate::istio::schema::{self, Object, VirtualServiceSpec};
 use meshpath_model::istio::model::{
     Action, Destination, HttpRoute, Mirror, Redirect, TcpRoute, VirtualService,
 };
 use meshpath_model::istio::{IstioInvalid, Warning};
+
+use super::{Ctx, Error};
+use crate::error::{ConvertError, Invalid, ObjectKind};
+use crate::istio::decode::decode;
+use crate::istio::schema::{self, Object, VirtualServiceSpec};
 
 mod http;
 

@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
 
+use meshpath_model::{Protocol, Service, ServicePort, TargetPort};
+
 use super::*;
 use crate::error::{ConvertError, Invalid, ObjectKey};
-use meshpath_model::{Protocol, Service, ServicePort, TargetPort};
 
 fn svc(name: &str, port: u16) -> Item {
     let id = ObjectRef::new("default", name);

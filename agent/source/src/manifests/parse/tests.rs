@@ -1,7 +1,8 @@
 use std::net::Ipv4Addr;
 
-use super::*;
 use meshpath_model::{Protocol, TargetPort};
+
+use super::*;
 
 const SEED: &str = include_str!("testdata/seed.yaml");
 

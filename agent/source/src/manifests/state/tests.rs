@@ -1,7 +1,8 @@
 use std::fs;
 
-use super::*;
 use meshpath_model::ObjectRef;
+
+use super::*;
 
 pub(crate) fn service_yaml(name: &str, port: i64) -> String {
     format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: {port}\n")

@@ -1,8 +1,9 @@
 use std::fs;
 use std::time::Duration;
 
-use super::*;
 use meshpath_model::ObjectRef;
+
+use super::*;
 
 const WITHIN: Duration = Duration::from_secs(1);
 

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use meshpath_model::istio::model::{Fault, HeaderOps, HttpMatch, Percent, Retries, StringMatch};
+use meshpath_model::istio::{IstioInvalid, Warning};
+use meshpath_model::l7::RetryOn;
+
 use super::super::Ctx;
 use super::MESH;
 use crate::error::{ConvertError, Invalid};
 use crate::istio::schema;
-use meshpath_model::istio::model::{Fault, HeaderOps, HttpMatch, Percent, Retries, StringMatch};
-use meshpath_model::istio::{IstioInvalid, Warning};
-use meshpath_model::l7::RetryOn;
 
 /// Envoy retry conditions Istio accepts in `retryOn` but the meshpath proxy does not implement:
 /// valid config, so a warning rather than an error.

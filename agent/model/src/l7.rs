@@ -26,7 +26,7 @@ pub struct L7Config {
 #[derive(Clone, Debug)]
 pub struct ServiceRoutes {
     pub service: ObjectRef,
-    #[allow(dead_code)] // Part of the table's identity; read by logs and tests, not by routing.
+    /// Part of the table's identity; read by logs and tests, not by routing.
     pub port: u16,
     /// `http:` routes, in order; the first whose match holds wins, and a request no route
     /// matches gets 404, as with Istio. Empty: plain forwarding to `default_cluster` (a service
@@ -60,7 +60,7 @@ pub struct Endpoint {
 
 #[derive(Clone, Debug, Default)]
 pub struct HttpRoute {
-    #[allow(dead_code)] // Istio's route name, kept for access logs and per-route stats.
+    /// Istio's route name, kept for access logs and per-route stats.
     pub name: Option<String>,
     /// OR of the matches; empty means "match everything".
     pub matches: Vec<HttpMatch>,

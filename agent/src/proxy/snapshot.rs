@@ -162,12 +162,11 @@ pub(crate) fn build(
                 .connection_pool
                 .connect_timeout
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            outlier: c.policy.outlier_detection.clone().map(|policy| OutlierRt {
-                key: key.clone(),
-                policy,
-                stats: st.clone(),
-                all: outliers.clone(),
-            }),
+            outlier: c
+                .policy
+                .outlier_detection
+                .clone()
+                .map(|policy| OutlierRt::new(key.clone(), policy, st.clone(), outliers)),
             breaker: Breaker::new(st, &c.policy.connection_pool),
             policy: c.policy.clone(),
         };

@@ -34,6 +34,7 @@ mod hash;
 mod hashkey;
 mod headers;
 mod idle;
+mod layers;
 mod lb;
 mod matching;
 mod mirror;

@@ -193,8 +193,12 @@ async fn attempts(
         let outcome = send(&picked, req, admitted.slot, retry.per_try_timeout(), body).await;
         outlier::record(target, picked.ep.addr, outcome.result());
         match retry.after(outcome.result(), picked.idx, body.available()) {
-            Next::Resend => continue,
+            Next::Resend => {
+                debug!(endpoint = %picked.ep.addr, "pooled connection was closed by the peer; resending");
+                continue;
+            }
             Next::Retry(wait) => {
+                debug!(endpoint = %picked.ep.addr, attempt, "retrying upstream request");
                 drop(outcome); // a retried response is discarded (its connection closes)
                 tokio::time::sleep(wait).await;
                 continue;

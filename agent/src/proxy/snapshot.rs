@@ -4,8 +4,8 @@
 //! requests in flight.
 //!
 //! A per-cluster circuit breaker (`ConnectionPool` limits: pending/active requests, retries)
-//! belongs in [`ClusterRt`], next to `lb`: counters checked in `forward` before an attempt
-//! and carried across snapshots by cluster key like endpoints are by address.
+//! belongs in [`ClusterRt`], next to `lb`: counters checked by the admission layer before
+//! each attempt and carried across snapshots by cluster key like endpoints are by address.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -29,8 +29,10 @@
 //!   response body until its last byte, which a stack of `Service::call`s would obscure.
 //!
 //! Nothing here is rebuilt per request and no layer takes a lock shared by all clusters:
-//! admission and balancing are atomics (a cluster's own mutex only while it has ejected
-//! endpoints), outlier recording locks only its cluster's detector state.
+//! admission is atomics and the cluster's connection-slot semaphore, balancing atomics (and
+//! the cluster's detector lock only while it has ejected endpoints), outlier recording the
+//! cluster's detector lock (it was one lock for every cluster, and cloned the cluster key per
+//! result).
 
 pub(crate) mod admission;
 pub(crate) mod balance;

@@ -105,7 +105,6 @@ impl<'a> Retry<'a> {
         let previous = self.outstanding.take();
         let stale = matches!(result, Attempted::Failed(e) if e.is_stale_connection());
         if !retry && stale && more && self.idempotent && !self.stale_resent && body_available {
-            debug!("pooled connection was closed by the peer; resending");
             self.stale_resent = true;
             self.attempt -= 1;
             self.outstanding = previous; // the same attempt, made again
@@ -127,7 +126,6 @@ impl<'a> Retry<'a> {
         if !retry {
             return Next::Done;
         }
-        debug!(attempt = self.attempt, "retrying upstream request");
         self.tried.push(idx);
         Next::Retry(backoff(self.attempt))
     }

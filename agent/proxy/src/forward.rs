@@ -1,6 +1,7 @@
-//! Sending a routed request upstream: endpoint choice per attempt, retries with Envoy's
-//! jittered back-off, per-try and route timeouts, and the request body kept replayable when a
-//! retry or a mirror may need it.
+//! Sending a routed request upstream: the route timeout over all attempts, each attempt
+//! through the per-attempt layers (admission, balance, send under the per-try timeout,
+//! outlier, retry; see `layers`), and the request body kept replayable when a retry or a
+//! mirror may need it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
@@ -9,21 +10,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::{local_reply, ActiveGuard, ProxyBody, UpBody};
-use super::breaker::RetryGuard;
-use super::idle::DEFAULT_IDLE_TIMEOUT;
-use super::lb;
-use super::outlier::Attempt;
-use super::retry::backoff;
+use super::layers::balance::Picked;
+use super::layers::retry::{Next, Retry};
+use super::layers::{admission, balance, outlier, Attempted};
 pub(crate) use super::retry::RetryRt;
-use super::snapshot::{cluster_name, ClusterRt};
-use super::upstream::{self, Endpoint, Proto, SendOpts, UpstreamError};
+use super::snapshot::ClusterRt;
+use super::upstream::{self, Endpoint, Proto, UpstreamError};
 
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -36,7 +36,6 @@ const CONNECT_FAILURE: &str =
 /// Envoy's answer when the cluster's pending-request or active-request limit is reached.
 pub(crate) const OVERFLOW: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
-static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 const RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 
 /// The request body, buffered when a retry or mirror may replay it (and small enough).
@@ -136,151 +135,77 @@ enum Outcome {
     TimedOut,
 }
 
+impl Outcome {
+    fn result(&self) -> Attempted<'_> {
+        match self {
+            Outcome::Sent(s) => Attempted::Status(s.resp.status().as_u16()),
+            Outcome::Failed(e) => Attempted::Failed(e),
+            Outcome::TimedOut => Attempted::TimedOut,
+        }
+    }
+}
+
+/// The attempts, each through the per-attempt layers in order: admission, balance, the send,
+/// outlier recording, then the retry decision (see `layers`).
 async fn attempts(
     f: &mut Forward<'_>,
     deadline: Option<Instant>,
 ) -> (Response<ProxyBody>, Option<SocketAddr>) {
-    // Allocated only when a retry happens.
-    let mut tried: Vec<usize> = Vec::new();
-    let mut attempt: u32 = 0;
-    let idempotent = matches!(
-        f.head.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    let mut stale_retried = false;
-    // The retry in progress, counted against the cluster's `maxRetries` until its attempt has
-    // a result (Envoy releases it when it decides on that result).
-    let mut retrying: Option<RetryGuard> = None;
+    let Forward {
+        target,
+        head,
+        body,
+        proto,
+        retry: policy,
+        hash,
+        max_idle,
+        ..
+    } = f;
+    let (target, proto) = (&*target, *proto);
+    let mut retry = Retry::new(policy, target, &head.method);
     loop {
-        attempt += 1;
-        // The circuit breaker is checked before each attempt, as Envoy's router asks the
-        // connection pool for every try; an overflow is answered at once, never retried.
-        // HTTP/2 upstreams multiplex one connection per endpoint, so only the active-request
-        // limit (`http2MaxRequests`) applies to them, not connection slots and pending requests.
-        let admitted = match &f.target {
-            Target::Cluster(c) => match c.breaker.admit(f.proto == Proto::Http1).await {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    debug!(cluster = %cluster_name(&c.key), "circuit breaker overflow");
-                    let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW);
-                    resp.headers_mut()
-                        .insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
-                    return (resp, None);
-                }
-            },
-            _ => None,
+        let attempt = retry.begin();
+        let admitted = match admission::admit(target, proto).await {
+            Ok(a) => a,
+            Err(reply) => return (reply.response(), None),
         };
-        let (slot, request) = match admitted {
-            Some(a) => (a.slot, Some(a.request)),
-            None => (None, None),
+        let picked = match balance::pick(target, *hash, retry.tried(), proto, *max_idle) {
+            Ok(p) => p,
+            Err(reply) => return (reply.response(), None),
         };
-        let (ep, idx, opts, siblings) = match &f.target {
-            Target::Passthrough(ep, t) => {
-                let opts = SendOpts {
-                    proto: f.proto,
-                    connect_timeout: *t,
-                    max_idle: f.max_idle,
-                    max_requests_per_connection: 0,
-                    max_connections: u32::MAX,
-                    idle_timeout: DEFAULT_IDLE_TIMEOUT,
-                };
-                (ep.clone(), 0, opts, &[][..])
-            }
-            Target::Cluster(c) => match lb::pick(c, f.hash, &tried) {
-                Some(i) => (
-                    c.endpoints[i].clone(),
-                    i,
-                    c.send_opts(f.proto, f.max_idle),
-                    &c.endpoints[..],
-                ),
-                None => {
-                    debug!(cluster = %cluster_name(&c.key), "no healthy upstream");
-                    return (
-                        local_reply(StatusCode::SERVICE_UNAVAILABLE, NO_HEALTHY_UPSTREAM),
-                        None,
-                    );
-                }
-            },
-        };
-        let more = attempt <= f.retry.retries;
-        let Some(body) = f.body.take() else {
-            // Unreachable: a consumed streaming body ends the loop below.
+        let Some(up_body) = body.take() else {
+            // Unreachable: a consumed streaming body ends the attempts (retry sees it).
             return (local_reply(StatusCode::SERVICE_UNAVAILABLE, RESET), None);
         };
         // Set before the copy, which then has room for it.
-        f.head
-            .headers
+        head.headers
             .insert(X_ENVOY_ATTEMPT_COUNT.clone(), number(attempt.into()));
-        let head = if more {
-            f.head.clone()
+        let this_head = if retry.may_retry() {
+            head.clone()
         } else {
-            std::mem::replace(&mut f.head, Request::new(()).into_parts().0)
+            std::mem::replace(head, Request::new(()).into_parts().0)
         };
-        let req = Request::from_parts(head, body);
+        let req = Request::from_parts(this_head, up_body);
         // Counts the request on its endpoint, and among the cluster's active requests until
         // the response ends.
-        let guard = ActiveGuard::new(ep.clone()).with_request(request);
+        let guard = ActiveGuard::new(picked.ep.clone()).with_request(admitted.request);
         let started = Instant::now();
-        let send = upstream::send(&ep, req, opts, slot, siblings);
-        let outcome = match f.retry.per_try_timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
-                Ok(r) => r.map_or_else(|(e, unsent)| failed(f, e, unsent), Outcome::Sent),
-                Err(_) => Outcome::TimedOut,
-            },
-            None => send
-                .await
-                .map_or_else(|(e, unsent)| failed(f, e, unsent), Outcome::Sent),
-        };
-        // Every attempt counts for outlier detection, retried ones included (as in Envoy),
-        // except a pooled connection the peer had closed: that says nothing of the endpoint.
-        if let (Target::Cluster(c), false) = (&f.target, stale_failure(&outcome)) {
-            if let Some(o) = &c.outlier {
-                let result = match &outcome {
-                    Outcome::Sent(s) => Attempt::Status(s.resp.status().as_u16()),
-                    Outcome::Failed(_) => Attempt::Failed,
-                    Outcome::TimedOut => Attempt::TimedOut,
-                };
-                o.record(ep.addr, result, c.endpoints.len());
+        let outcome = send(&picked, req, admitted.slot, retry.per_try_timeout(), body).await;
+        outlier::record(target, picked.ep.addr, outcome.result());
+        match retry.after(outcome.result(), picked.idx, body.available()) {
+            Next::Resend => {
+                debug!(endpoint = %picked.ep.addr, "pooled connection was closed by the peer; resending");
+                continue;
             }
-        }
-        let retriable = match &outcome {
-            Outcome::Sent(s) => f.retry.on_status(s.resp.status().as_u16()),
-            Outcome::Failed(e) => f.retry.on_error(e),
-            Outcome::TimedOut => f.retry.on_timeout(),
-        };
-        let mut retry = more && f.body.available() && retriable;
-        let previous = retrying.take();
-        // A keep-alive connection the peer closed as the request went out (Node's 5 s
-        // keepAliveTimeout and the like): resend once on a fresh connection, uncounted, when
-        // the request is idempotent and can be rebuilt (as Go's HTTP client does).
-        let stale = matches!(&outcome, Outcome::Failed(e) if e.is_stale_connection());
-        if !retry && stale && more && idempotent && !stale_retried && f.body.available() {
-            debug!(endpoint = %ep.addr, "pooled connection was closed by the peer; resending");
-            stale_retried = true;
-            attempt -= 1;
-            retrying = previous; // the same attempt, made again
-            continue;
-        }
-        // The retried attempt has its result: no longer outstanding (before asking for the
-        // next one, which may take its place).
-        match previous {
-            Some(g) if !retriable => g.succeeded(),
-            other => drop(other),
-        }
-        if let (true, Target::Cluster(c)) = (retry, &f.target) {
-            retrying = c.breaker.try_retry();
-            if retrying.is_none() {
-                debug!(cluster = %cluster_name(&c.key), "retry overflow: maxRetries outstanding");
-                retry = false;
+            Next::Retry(wait) => {
+                debug!(endpoint = %picked.ep.addr, attempt, "retrying upstream request");
+                drop(outcome); // a retried response is discarded (its connection closes)
+                tokio::time::sleep(wait).await;
+                continue;
             }
+            Next::Done => {}
         }
-        if retry {
-            debug!(endpoint = %ep.addr, attempt, "retrying upstream request");
-            drop(outcome); // a retried response is discarded (its connection closes)
-            tried.push(idx);
-            tokio::time::sleep(backoff(attempt)).await;
-            continue;
-        }
+        let addr = picked.ep.addr;
         let resp = match outcome {
             Outcome::Sent(sent) => {
                 let ms = started.elapsed().as_millis() as u64;
@@ -294,7 +219,7 @@ async fn attempts(
                 )
             }
             Outcome::Failed(e) => {
-                debug!(endpoint = %ep.addr, error = %e, "upstream request failed");
+                debug!(endpoint = %addr, error = %e, "upstream request failed");
                 let body = if e.is_connect_failure() {
                     CONNECT_FAILURE
                 } else {
@@ -304,19 +229,36 @@ async fn attempts(
             }
             Outcome::TimedOut => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
         };
-        return (resp, Some(ep.addr));
+        return (resp, Some(addr));
     }
 }
 
-fn stale_failure(o: &Outcome) -> bool {
-    matches!(o, Outcome::Failed(e) if e.is_stale_connection())
-}
-
-fn failed(f: &mut Forward<'_>, e: UpstreamError, unsent: Option<Request<UpBody>>) -> Outcome {
-    if let Some(req) = unsent {
-        f.body.put_back(req.into_body());
+/// One attempt's send to the picked endpoint, under the per-try timeout. A request that never
+/// reached a connection gives its body back, so even a streamed one can be retried.
+async fn send(
+    picked: &Picked<'_>,
+    req: Request<UpBody>,
+    slot: Option<OwnedSemaphorePermit>,
+    per_try_timeout: Option<Duration>,
+    body: &mut ReqBody,
+) -> Outcome {
+    let send = upstream::send(&picked.ep, req, picked.opts, slot, picked.siblings);
+    let sent = match per_try_timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => return Outcome::TimedOut,
+        },
+        None => send.await,
+    };
+    match sent {
+        Ok(s) => Outcome::Sent(s),
+        Err((e, unsent)) => {
+            if let Some(req) = unsent {
+                body.put_back(req.into_body());
+            }
+            Outcome::Failed(e)
+        }
     }
-    Outcome::Failed(e)
 }
 
 /// Small numbers as header values, formatted once: cloning one shares its bytes, so the

@@ -1,6 +1,7 @@
 //! One request through the proxy, in Envoy's filter order for an Istio sidecar: request id
-//! and trace headers, route selection, fault injection, then the router (redirect, direct
-//! response, or upstream with rewrite, header operations, mirror, retries and timeouts).
+//! and trace headers, then the layers (see `layers`): route selection, fault injection, then
+//! the router (redirect, direct response, or upstream with rewrite, header operations, mirror,
+//! and `forward`'s per-attempt layers).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,11 +20,12 @@ use super::body::{local_reply, ProxyBody};
 use super::forward::{forward, Forward, ReqBody, RetryRt, Target};
 use super::hashkey::{request_hash, RequestHash};
 use super::headers::{self, finalize_head, strip_hop_by_hop};
-use super::matching::{Matcher, RequestView};
+use super::layers::{self, route::Selected};
+use super::matching::Matcher;
 use super::snapshot::{cluster_name, ClusterRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
-use super::{mirror, redirect, upgrade, Proxy};
+use super::{redirect, upgrade, Proxy};
 use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -84,6 +86,7 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     resp
 }
 
+/// The route layer, then fault injection, then the route's action.
 async fn route<'a>(
     conn: &ConnCtx,
     snap: &'a Snapshot,
@@ -92,74 +95,40 @@ async fn route<'a>(
     routed: &mut Routed<'a>,
 ) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
-    // Without an original destination there is nothing to route on: Envoy's "no route" (404).
-    let Some(orig) = conn.original_dst else {
-        return local_reply(StatusCode::NOT_FOUND, "");
-    };
     let authority = headers::authority(&head);
-    let Some(listener) = snap.listeners.get(&orig) else {
-        // Not (or not yet) a service with L7 config: Istio's PassthroughCluster forwards to the
-        // original destination. A client that connected to the proxy itself would loop.
-        if orig == conn.local {
-            return local_reply(StatusCode::NOT_FOUND, "");
+    let selected = layers::route::select(
+        snap,
+        conn.original_dst,
+        conn.local,
+        &conn.source_labels,
+        &head,
+        &authority,
+    );
+    let (route, matcher, orig) = match selected {
+        Ok(Selected::Route {
+            route,
+            matcher,
+            original_dst,
+        }) => (route, matcher, original_dst),
+        Ok(Selected::Passthrough(orig)) => {
+            let ep = proxy.passthrough_endpoint(orig);
+            let target = Target::Passthrough(ep, super::snapshot::DEFAULT_CONNECT_TIMEOUT);
+            return send(
+                conn,
+                &proxy.passthrough_route,
+                None,
+                target,
+                head,
+                body,
+                authority,
+                routed,
+            )
+            .await;
         }
-        let ep = proxy.passthrough_endpoint(orig);
-        let target = Target::Passthrough(ep, super::snapshot::DEFAULT_CONNECT_TIMEOUT);
-        return send(
-            conn,
-            &proxy.passthrough_route,
-            None,
-            target,
-            head,
-            body,
-            authority,
-            routed,
-        )
-        .await;
+        Err(reply) => return reply.response(),
     };
-    let found = {
-        let view = RequestView {
-            path: head.uri.path(),
-            query: head.uri.query(),
-            method: head.method.as_str(),
-            authority: std::str::from_utf8(authority.as_bytes()).unwrap_or(""),
-            scheme: head.uri.scheme_str().unwrap_or("http"),
-            headers: &head.headers,
-            source_labels: &conn.source_labels,
-        };
-        if listener.routes.is_empty() {
-            Some((&listener.default_route, None))
-        } else {
-            listener.routes.iter().find_map(|r| {
-                if r.matchers.is_empty() {
-                    return Some((r, None));
-                }
-                r.matchers
-                    .iter()
-                    .find(|m| m.matches(&view))
-                    .map(|m| (r, Some(m)))
-            })
-        }
-    };
-    // A VirtualService whose routes all miss: Envoy has no route for the request (Istio adds
-    // no fallback to the service), so 404.
-    let Some((route, matcher)) = found else {
-        return local_reply(StatusCode::NOT_FOUND, "");
-    };
-
-    if let Some(fault) = &route.route.fault {
-        if let Some((delay, pct)) = fault.delay {
-            if roll(pct) {
-                tokio::time::sleep(delay).await;
-            }
-        }
-        if let Some((status, pct)) = fault.abort {
-            if roll(pct) {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                return local_reply(status, "fault filter abort");
-            }
-        }
+    if let Err(reply) = layers::fault::inject(route.route.fault.as_ref()).await {
+        return reply.response();
     }
     let mut resp = match &route.route.action {
         RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
@@ -168,19 +137,14 @@ async fn route<'a>(
             local_reply(status, body.clone().map(Bytes::from).unwrap_or_default())
         }
         RouteAction::Route(_) => {
-            let Some(dest) = route.choose() else {
-                return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
+            let dest = match layers::route::destination(route) {
+                Ok(d) => d,
+                Err(reply) => return reply.response(),
             };
             routed.cluster = Some(&dest.key);
-            // A destination the config does not define: Envoy's cluster-not-found, 503.
-            let Some(cluster) = dest.cluster.clone() else {
-                return local_reply(StatusCode::SERVICE_UNAVAILABLE, "");
-            };
-            let target = match cluster.policy.load_balancer {
-                LoadBalancer::Passthrough => {
-                    Target::Passthrough(proxy.passthrough_endpoint(orig), cluster.connect_timeout)
-                }
-                _ => Target::Cluster(cluster),
+            let target = match layers::route::target(dest, || proxy.passthrough_endpoint(orig)) {
+                Ok(t) => t,
+                Err(reply) => return reply.response(),
             };
             return send(conn, route, matcher, target, head, body, authority, routed).await;
         }
@@ -256,10 +220,7 @@ async fn send(
         None
     };
 
-    let mirror = route
-        .mirror
-        .as_ref()
-        .filter(|(_, pct)| !upgrade && roll(*pct));
+    let mirror = layers::mirror::roll_for(route, upgrade);
     let replay = !upgrade && (route.retry.retries > 0 || mirror.is_some());
     let body = match ReqBody::new(body, replay, proxy.opts.max_buffered_body).await {
         Ok(b) => b,
@@ -268,22 +229,16 @@ async fn send(
             return local_reply(StatusCode::BAD_REQUEST, "");
         }
     };
-    if let Some((dest, _)) = mirror {
-        match (dest.cluster.clone(), body.replay_bytes()) {
-            (Some(cluster), Some(bytes)) => mirror::spawn_shadow(
-                proxy,
-                cluster,
-                &head,
-                &authority,
-                bytes,
-                hash.hash,
-                proto,
-                route.route.timeout,
-            ),
-            _ => {
-                debug!(cluster = %cluster_name(&dest.key), "request not mirrored: cluster unknown or body too large to copy")
-            }
-        }
+    if let Some(m) = mirror {
+        m.send(
+            proxy,
+            &head,
+            &authority,
+            &body,
+            hash.hash,
+            proto,
+            route.route.timeout,
+        );
     }
     // A WebSocket handshake is never retried: its request is the start of a stream.
     let no_retry = RetryRt::none();
@@ -321,8 +276,4 @@ fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
             set_cookie: None,
         },
     }
-}
-
-fn roll(pct: f64) -> bool {
-    pct >= 100.0 || (pct > 0.0 && fastrand::f64() * 100.0 < pct)
 }

@@ -12,6 +12,9 @@
 //! tx.send(Arc::new(compiled_l7_config))?; // atomic swap; in-flight requests keep the old one
 //! ```
 //!
+//! A request goes through named layers (route, fault, mirror, then per attempt admission,
+//! balance, outlier and retry); `layers` lists them and says how they are composed.
+//!
 //! Behaviour where Envoy/Istio leave a choice:
 //! - no original destination for a connection: every request gets 404 (Envoy's "no route");
 //! - an original destination with no `listeners` entry: passthrough to that address (Istio's
@@ -34,6 +37,7 @@ mod hash;
 mod hashkey;
 mod headers;
 mod idle;
+mod layers;
 mod lb;
 mod matching;
 mod mirror;

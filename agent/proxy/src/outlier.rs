@@ -131,18 +131,30 @@ struct ClusterState {
     sweeping: bool,
 }
 
-type Clusters = HashMap<ClusterKey, ClusterState>;
+/// One cluster's detector state, `None` until its first recorded result (the interval timer's
+/// phase starts there). Each cluster has its own lock, so recording a result never waits on
+/// another cluster's traffic; it lives as long as the proxy, so config swaps keep it.
+#[derive(Default)]
+struct Cell(Mutex<Option<ClusterState>>);
+
+impl Cell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ClusterState>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Ejection state of every cluster, shared by all snapshots.
 pub(crate) struct Outliers {
-    hosts: Mutex<Clusters>,
+    /// Taken when a snapshot is built and to publish the ejected set (only when an endpoint is
+    /// ejected or returns), never to record a result. Lock order: this, then a [`Cell`].
+    cells: Mutex<HashMap<ClusterKey, Arc<Cell>>>,
     tx: watch::Sender<EjectedSet>,
 }
 
 impl Outliers {
     pub(crate) fn new() -> Arc<Outliers> {
         Arc::new(Outliers {
-            hosts: Mutex::default(),
+            cells: Mutex::default(),
             tx: watch::channel(EjectedSet::default()).0,
         })
     }
@@ -151,18 +163,26 @@ impl Outliers {
         self.tx.subscribe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Clusters> {
-        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    fn cells(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterKey, Arc<Cell>>> {
+        self.cells.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Re-publishes the ejected set, only when it changed (the agent rewrites maps on change).
-    fn publish(&self, hosts: &Clusters) {
-        let set: BTreeSet<SocketAddr> = hosts
-            .values()
-            .flat_map(|c| c.hosts.iter())
-            .filter(|(_, h)| h.ejected_until.is_some())
-            .map(|(a, _)| *a)
-            .collect();
+    /// The map lock is held throughout, so two publications cannot overtake each other.
+    /// Callers hold no [`Cell`] lock.
+    fn publish(&self) {
+        let cells = self.cells();
+        let mut set = BTreeSet::new();
+        for cell in cells.values() {
+            if let Some(c) = &*cell.lock() {
+                set.extend(
+                    c.hosts
+                        .iter()
+                        .filter(|(_, h)| h.ejected_until.is_some())
+                        .map(|(a, _)| *a),
+                );
+            }
+        }
         self.tx.send_if_modified(|cur| {
             let changed = **cur != set;
             if changed {
@@ -178,20 +198,45 @@ pub(crate) struct OutlierRt {
     pub key: ClusterKey,
     pub policy: OutlierDetection,
     pub stats: Arc<ClusterStats>,
-    pub all: Arc<Outliers>,
+    all: Arc<Outliers>,
+    /// This cluster's state, looked up once per snapshot rather than per result.
+    cell: Arc<Cell>,
 }
 
 impl OutlierRt {
+    pub(crate) fn new(
+        key: ClusterKey,
+        policy: OutlierDetection,
+        stats: Arc<ClusterStats>,
+        all: &Arc<Outliers>,
+    ) -> OutlierRt {
+        let cell = all.cells().entry(key.clone()).or_default().clone();
+        OutlierRt {
+            key,
+            policy,
+            stats,
+            all: all.clone(),
+            cell,
+        }
+    }
+
     /// Records one attempt's result on `addr`; `n` is the cluster's endpoint count.
     pub(crate) fn record(&self, addr: SocketAddr, result: Attempt, n: usize) {
+        if self.eject(addr, result, n) {
+            self.all.publish();
+        }
+    }
+
+    /// [`record`](Self::record) under the cluster's lock: whether `addr` was ejected.
+    fn eject(&self, addr: SocketAddr, result: Attempt, n: usize) -> bool {
         let status = match result {
             Attempt::Status(s) => s,
             Attempt::Failed => 503,
             Attempt::TimedOut => 504,
         };
         let p = &self.policy;
-        let mut all = self.all.lock();
-        let cluster = all.entry(self.key.clone()).or_insert_with(|| ClusterState {
+        let mut state = self.cell.lock();
+        let cluster = state.get_or_insert_with(|| ClusterState {
             hosts: HashMap::new(),
             anchor: Instant::now(),
             interval: p.interval,
@@ -202,7 +247,7 @@ impl OutlierRt {
         if !(500..600).contains(&status) {
             host.consecutive_5xx = 0;
             host.consecutive_gateway = 0;
-            return;
+            return false;
         }
         host.consecutive_5xx += 1;
         if matches!(status, 502..=504) {
@@ -212,7 +257,7 @@ impl OutlierRt {
         }
         // Results of requests that were in flight when the endpoint was ejected change nothing.
         if host.ejected_until.is_some() {
-            return;
+            return false;
         }
         let kind = if p
             .consecutive_gateway_errors
@@ -225,7 +270,7 @@ impl OutlierRt {
         {
             Kind::Consecutive5xx
         } else {
-            return;
+            return false;
         };
         // Envoy resets the count that fired, so the next ejection needs a new run of errors.
         host.consecutive_5xx = 0;
@@ -236,7 +281,7 @@ impl OutlierRt {
         let max = (n as u64 * u64::from(p.max_ejection_percent)) / 100;
         if active > 0 && active >= max {
             st.ejections_overflow.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         let now = Instant::now();
         // The multiplier decays by one per interval spent back in the cluster.
@@ -259,10 +304,15 @@ impl OutlierRt {
         info!(cluster = %envoy_cluster_name(&self.key), endpoint = %addr, kind = ?kind, ejection_ms = duration.as_millis() as u64, times = host.times_ejected, "endpoint ejected");
         if !cluster.sweeping {
             cluster.sweeping = true;
-            let (key, all, stats) = (self.key.clone(), self.all.clone(), self.stats.clone());
-            tokio::spawn(sweep(key, all, stats));
+            let sweep = sweep(
+                self.key.clone(),
+                self.cell.clone(),
+                self.all.clone(),
+                self.stats.clone(),
+            );
+            tokio::spawn(sweep);
         }
-        self.all.publish(&all);
+        true
     }
 
     /// Which of `addrs` balancers must skip, `None` when none (the common case, lock-free)
@@ -275,8 +325,8 @@ impl OutlierRt {
             return None;
         }
         let n = addrs.len();
-        let all = self.all.lock();
-        let hosts = &all.get(&self.key)?.hosts;
+        let state = self.cell.lock();
+        let hosts = &state.as_ref()?.hosts;
         let mask: Vec<bool> = addrs
             .map(|a| hosts.get(&a).is_some_and(|h| h.ejected_until.is_some()))
             .collect();
@@ -290,36 +340,41 @@ impl OutlierRt {
 
 /// The cluster's interval timer while it has ejected hosts: at each tick, every host whose
 /// ejection time is up returns (Envoy's `checkHostForUneject`).
-async fn sweep(key: ClusterKey, all: Arc<Outliers>, stats: Arc<ClusterStats>) {
+async fn sweep(key: ClusterKey, cell: Arc<Cell>, all: Arc<Outliers>, stats: Arc<ClusterStats>) {
     loop {
         let tick = {
-            let hosts = all.lock();
-            let Some(c) = hosts.get(&key) else { return };
+            let state = cell.lock();
+            let Some(c) = &*state else { return };
             next_tick(c.anchor, c.interval.max(MIN_TICK), Instant::now())
         };
         tokio::time::sleep_until(tick).await;
-        let mut hosts = all.lock();
-        let Some(c) = hosts.get_mut(&key) else { return };
-        let now = Instant::now();
-        let mut returned = 0;
-        for (addr, host) in c.hosts.iter_mut() {
-            if host.ejected_until.is_some_and(|t| t <= now) {
-                host.ejected_until = None;
-                host.returned_at = Some(now);
-                returned += 1;
-                info!(cluster = %envoy_cluster_name(&key), endpoint = %addr, "endpoint returned from ejection");
+        let (returned, done) = {
+            let mut state = cell.lock();
+            let Some(c) = &mut *state else { return };
+            let now = Instant::now();
+            let mut returned = 0;
+            for (addr, host) in c.hosts.iter_mut() {
+                if host.ejected_until.is_some_and(|t| t <= now) {
+                    host.ejected_until = None;
+                    host.returned_at = Some(now);
+                    returned += 1;
+                    info!(cluster = %envoy_cluster_name(&key), endpoint = %addr, "endpoint returned from ejection");
+                }
             }
-        }
-        let done = !c.hosts.values().any(|h| h.ejected_until.is_some());
-        if done {
-            c.sweeping = false;
-        }
+            let done = !c.hosts.values().any(|h| h.ejected_until.is_some());
+            if done {
+                c.sweeping = false;
+            }
+            if returned > 0 {
+                stats
+                    .outlier
+                    .ejections_active
+                    .fetch_sub(returned, Ordering::Relaxed);
+            }
+            (returned, done)
+        };
         if returned > 0 {
-            stats
-                .outlier
-                .ejections_active
-                .fetch_sub(returned, Ordering::Relaxed);
-            all.publish(&hosts);
+            all.publish();
         }
         if done {
             return;

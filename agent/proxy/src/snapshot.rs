@@ -4,8 +4,8 @@
 //! requests in flight.
 //!
 //! A per-cluster circuit breaker (`ConnectionPool` limits: pending/active requests, retries)
-//! belongs in [`ClusterRt`], next to `lb`: counters checked in `forward` before an attempt
-//! and carried across snapshots by cluster key like endpoints are by address.
+//! belongs in [`ClusterRt`], next to `lb`: counters checked by the admission layer before
+//! each attempt and carried across snapshots by cluster key like endpoints are by address.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -162,12 +162,11 @@ pub(crate) fn build(
                 .connection_pool
                 .connect_timeout
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            outlier: c.policy.outlier_detection.clone().map(|policy| OutlierRt {
-                key: key.clone(),
-                policy,
-                stats: st.clone(),
-                all: outliers.clone(),
-            }),
+            outlier: c
+                .policy
+                .outlier_detection
+                .clone()
+                .map(|policy| OutlierRt::new(key.clone(), policy, st.clone(), outliers)),
             breaker: Breaker::new(st, &c.policy.connection_pool),
             policy: c.policy.clone(),
         };

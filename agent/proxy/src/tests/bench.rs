@@ -194,15 +194,10 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 #[global_allocator]
 static COUNTING: Counting = Counting;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn allocations_per_request() {
-    let (backend, _b) = plain_backend().await;
-    let h = start(config(
-        vec![],
-        vec![(key("svc"), cluster(&[backend], RoundRobin))],
-    ))
-    .await;
+/// Allocations one request costs through the proxy (its share over a direct request) with
+/// `cfg` as the proxy's config.
+async fn proxy_allocations(cfg: L7Config, backend: SocketAddr) -> (f64, f64) {
+    let h = start(cfg).await;
     let count = |addr| async move {
         let mut sender = connection(addr).await;
         one(&mut sender).await;
@@ -212,10 +207,37 @@ async fn allocations_per_request() {
         }
         (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 10_000.0
     };
-    let direct = count(backend).await;
-    let proxied = count(h.addr).await;
+    (count(backend).await, count(h.addr).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn allocations_per_request() {
+    let (backend, _b) = plain_backend().await;
+    let cfg = config(vec![], vec![(key("svc"), cluster(&[backend], RoundRobin))]);
+    let (direct, proxied) = proxy_allocations(cfg, backend).await;
     eprintln!(
         "allocations per request: direct {direct:.1}, proxied {proxied:.1}, proxy's share {:.1}",
+        proxied - direct
+    );
+}
+
+/// The same with `outlierDetection` on the cluster: every result is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn allocations_per_request_with_outlier_detection() {
+    let (backend, _b) = plain_backend().await;
+    let mut c = cluster(&[backend], RoundRobin);
+    c.policy.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx_errors: Some(5),
+        interval: Duration::from_secs(10),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 100,
+        ..OutlierDetection::default()
+    });
+    let (direct, proxied) = proxy_allocations(config(vec![], vec![(key("svc"), c)]), backend).await;
+    eprintln!(
+        "allocations per request with outlier detection: direct {direct:.1}, proxied {proxied:.1}, proxy's share {:.1}",
         proxied - direct
     );
 }

@@ -1,26 +1,16 @@
 //! `meshpath`: the node agent and its CLI.
 
 mod admin;
-mod apply;
 mod cgroup_layout;
-mod compile;
 mod config;
 mod coverage;
-mod datapath;
-mod ejection;
-mod istio;
-mod l7;
-mod model;
 mod netns;
-mod proxy;
 mod proxy_listeners;
 mod reconcile;
 mod run;
-mod source;
-mod status;
-mod steer;
-mod sync_metrics;
 mod validate;
+
+use meshpath_datapath::{self as datapath, status};
 
 use std::io::IsTerminal;
 

@@ -7,10 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::compile::l7::{compile_l7, L7Compiled};
-use crate::compile::{compile, CompileOptions, Compiled};
-use crate::source::manifests::{is_manifest_name, load_paths, ManifestState};
-use crate::source::SourceError;
+use meshpath_compile::l7::{compile_l7, L7Compiled};
+use meshpath_compile::{compile, CompileOptions, Compiled};
+use meshpath_source::manifests::{is_manifest_name, load_paths, ManifestState};
+use meshpath_source::SourceError;
 
 /// What was checked and every problem found, one line each:
 /// `FILE[:LINE]: [OBJECT: FIELD: ]REASON`.

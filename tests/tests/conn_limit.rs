@@ -2,12 +2,11 @@
 //! connects over the limit are refused at once, and the count never drifts (10 000 open/close
 //! cycles, resets, processes killed with their sockets open).
 
-mod common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use common::{addr, counter, svc, Cluster};
+use meshpath_tests::agent::{counter, svc};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::{addr, skip_unless, wait_until, ClientReport, Cluster, Hold, AGENT};
 
 fn dr(host: &str, max: u32) -> String {
     format!("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: {host}\nspec:\n  host: {host}\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        maxConnections: {max}\n")
@@ -56,19 +55,47 @@ fn active(c: &Cluster, name: &str) -> u64 {
 }
 
 fn wait_active(c: &Cluster, name: &str, want: u64) {
-    let start = Instant::now();
-    while active(c, name) != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{name}: active {} never reached {want}",
-            active(c, name)
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    let reached = wait_until(Duration::from_secs(5), || active(c, name) == want);
+    assert!(
+        reached,
+        "{name}: active {} never reached {want}",
+        active(c, name)
+    );
+}
+
+/// 10 000 sequential open/close cycles to `vip:80`: each is answered or refused, and closed
+/// connections free their slots (nearly all are answered).
+fn cycles(c: &Cluster, vip: &str) -> ClientReport {
+    let r = c.node.tcp(0, addr(vip, 80), 10_000).expect("tcp");
+    let refused = r.errors.get("ECONNREFUSED").copied().unwrap_or(0);
+    assert_eq!(r.ok() + refused, 10_000, "{r:?}");
+    assert!(
+        r.ok() >= 9_000,
+        "closed connections must free their slots: {r:?}"
+    );
+    r
+}
+
+/// 40 connections to `target` that the server resets.
+fn resets(c: &Cluster, target: &str) {
+    let args = [
+        "xfer", "--addr", target, "--mode", "rst", "--conns", "40", "--bytes", "1024",
+    ];
+    let x = c.node.run_client(0, &args).expect("xfer");
+    assert_eq!(x["ok"], 40, "{x:#}");
+}
+
+/// Kills the processes holding connections while those are open (the kernel closes them).
+fn kill_all(holds: Vec<Hold>) {
+    for h in &holds {
+        // SAFETY: kill(2) on a child process the harness started and still owns.
+        unsafe { libc::kill(h.pid() as i32, libc::SIGKILL) };
     }
 }
 
 #[test]
 fn connects_over_the_limit_are_refused_at_once_and_slots_come_back() {
+    skip_unless!(AGENT);
     let c = start();
     let mut a = c.node.hold(0, addr("10.96.0.40", 80)).expect("first");
     let _b = c.node.hold(0, addr("10.96.0.40", 80)).expect("second");
@@ -92,47 +119,18 @@ fn connects_over_the_limit_are_refused_at_once_and_slots_come_back() {
 
 #[test]
 fn the_count_returns_to_zero_after_10000_cycles_resets_and_killed_processes() {
+    skip_unless!(AGENT);
     let c = start();
     // 10 000 sequential open/close cycles.
-    let r = c.node.tcp(0, addr("10.96.0.41", 80), 10_000).expect("tcp");
-    assert_eq!(
-        r.ok() + r.errors.get("ECONNREFUSED").copied().unwrap_or(0),
-        10_000,
-        "{r:?}"
-    );
-    assert!(
-        r.ok() >= 9_000,
-        "closed connections must free their slots: {r:?}"
-    );
+    cycles(&c, "10.96.0.41");
     // 40 connections the server resets.
-    let x = c
-        .node
-        .run_client(
-            0,
-            &[
-                "xfer",
-                "--addr",
-                "10.96.0.42:9000",
-                "--mode",
-                "rst",
-                "--conns",
-                "40",
-                "--bytes",
-                "1024",
-            ],
-        )
-        .expect("xfer");
-    assert_eq!(x["ok"], 40, "{x:#}");
+    resets(&c, "10.96.0.42:9000");
     // Processes killed while their connections are open.
     let holds: Vec<_> = (0..10)
         .map(|_| c.node.hold(0, addr("10.96.0.41", 80)).expect("hold"))
         .collect();
     wait_active(&c, "default/cycle:", 10);
-    for h in &holds {
-        // SAFETY: kill(2) on a child process the harness started and still owns.
-        unsafe { libc::kill(h.pid() as i32, libc::SIGKILL) };
-    }
-    drop(holds);
+    kill_all(holds);
     wait_active(&c, "default/cycle:", 0);
     wait_active(&c, "default/resets:", 0);
     let s = c.status();
@@ -142,6 +140,7 @@ fn the_count_returns_to_zero_after_10000_cycles_resets_and_killed_processes() {
 
 #[test]
 fn limits_follow_the_destination_rule_file_live() {
+    skip_unless!(AGENT);
     let c = start();
     let _a = c.node.hold(0, addr("10.96.0.40", 80)).expect("first");
     let _b = c.node.hold(0, addr("10.96.0.40", 80)).expect("second");
@@ -232,15 +231,9 @@ fn group_field(c: &Cluster, name: &str, field: &str) -> u64 {
 }
 
 fn wait_group_active(c: &Cluster, name: &str, want: u64) {
-    let start = Instant::now();
-    while group_field(c, name, "active_connections") != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{name}: active {} never reached {want}",
-            group_field(c, name, "active_connections")
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let active = || group_field(c, name, "active_connections");
+    let reached = wait_until(Duration::from_secs(5), || active() == want);
+    assert!(reached, "{name}: active {} never reached {want}", active());
 }
 
 fn wait_groups(c: &Cluster, v1: u64, v2: u64) {
@@ -270,6 +263,7 @@ fn hold_until<'n>(c: &'n Cluster, on: &str, want: usize) -> (Vec<meshpath_tests:
 
 #[test]
 fn each_subset_refuses_over_its_own_limit_while_the_other_accepts() {
+    skip_unless!(AGENT);
     let c = start_subsets(2, 5, &[]);
     wait_groups(&c, 2, 5);
     let (v1_holds, none) = hold_until(&c, "v1", 2);
@@ -321,46 +315,21 @@ fn each_subset_refuses_over_its_own_limit_while_the_other_accepts() {
 
 #[test]
 fn subset_counts_return_to_zero_after_10000_cycles_resets_and_killed_processes() {
+    skip_unless!(AGENT);
     let c = start_subsets(50, 50, &[]);
     wait_groups(&c, 50, 50);
-    let r = c.node.tcp(0, addr("10.96.0.43", 80), 10_000).expect("tcp");
+    let r = cycles(&c, "10.96.0.43");
     let refused = r.errors.get("ECONNREFUSED").copied().unwrap_or(0);
-    assert_eq!(r.ok() + refused, 10_000, "{r:?}");
-    assert!(
-        r.ok() >= 9_000,
-        "closed connections must free their slots: {r:?}"
-    );
     assert!(r.counts.get("v1").is_some_and(|n| *n > 3_000), "{r:?}");
     assert!(r.counts.get("v2").is_some_and(|n| *n > 3_000), "{r:?}");
-    let x = c
-        .node
-        .run_client(
-            0,
-            &[
-                "xfer",
-                "--addr",
-                "10.96.0.44:9000",
-                "--mode",
-                "rst",
-                "--conns",
-                "40",
-                "--bytes",
-                "1024",
-            ],
-        )
-        .expect("xfer");
-    assert_eq!(x["ok"], 40, "{x:#}");
+    resets(&c, "10.96.0.44:9000");
     let holds: Vec<_> = (0..10)
         .map(|_| c.node.hold(0, addr("10.96.0.43", 80)).expect("hold"))
         .collect();
     let on_v1 = holds.iter().filter(|h| h.name() == "v1").count() as u64;
     wait_group_active(&c, V1, on_v1);
     wait_group_active(&c, V2, 10 - on_v1);
-    for h in &holds {
-        // SAFETY: kill(2) on a child process the harness started and still owns.
-        unsafe { libc::kill(h.pid() as i32, libc::SIGKILL) };
-    }
-    drop(holds);
+    kill_all(holds);
     let s = c.status();
     for g in s["limit_groups"].as_array().expect("groups") {
         let name = g["name"].as_str().expect("name");
@@ -375,6 +344,7 @@ fn subset_counts_return_to_zero_after_10000_cycles_resets_and_killed_processes()
 
 #[test]
 fn subset_limits_follow_the_destination_rule_file_live() {
+    skip_unless!(AGENT);
     let c = start_subsets(2, 5, &[]);
     wait_groups(&c, 2, 5);
     let (_holds, _) = hold_until(&c, "v1", 2);
@@ -396,6 +366,7 @@ fn subset_limits_follow_the_destination_rule_file_live() {
 
 #[test]
 fn connection_limits_false_counts_nothing_service_wide_or_per_subset() {
+    skip_unless!(AGENT);
     let c = start_subsets(1, 1, &["--connection-limits=false"]);
     c.write("web.yaml", &{
         let p1 = Ep::ready(c.node.pod(1).ip());

@@ -12,17 +12,23 @@ fn dr(host: &str, max: u32) -> String {
     format!("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: {host}\nspec:\n  host: {host}\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        maxConnections: {max}\n")
 }
 
+/// Three pods, the agent with `agent_args`, and servers answering `names` on 8080 in pods 1
+/// and 2, plus an xfer server on 9000 in pod 1.
+fn with_servers(agent_args: &[&str], names: [&str; 2]) -> Cluster {
+    let c = Cluster::start(3, &[], agent_args);
+    for (i, name) in [1, 2].into_iter().zip(names) {
+        c.node
+            .spawn_server(i, name, &[8080], &[], &[])
+            .expect("server");
+    }
+    c.node.spawn_xfer_server(1, 9000).expect("xfer server");
+    c
+}
+
 /// web (10.96.0.40:80 → pod 1:8080, limit 2), cycle (10.96.0.41:80 → pod 2:8080, limit 50),
 /// resets (10.96.0.42:9000 → pod 1's xfer server, limit 50).
 fn start() -> Cluster {
-    let c = Cluster::start(3, &[], &[]);
-    c.node
-        .spawn_server(1, "web", &[8080], &[], &[])
-        .expect("server");
-    c.node
-        .spawn_server(2, "cycle", &[8080], &[], &[])
-        .expect("server");
-    c.node.spawn_xfer_server(1, 9000).expect("xfer server");
+    let c = with_servers(&[], ["web", "cycle"]);
     let (p1, p2) = (Ep::ready(c.node.pod(1).ip()), Ep::ready(c.node.pod(2).ip()));
     c.write(
         "limits.yaml",
@@ -183,14 +189,7 @@ fn split_vs(host: &str) -> String {
 /// sub (10.96.0.43:80 → pod 1 "v1" / pod 2 "v2" on 8080, 50/50) and subx (10.96.0.44:9000 →
 /// both pods' xfer servers, 50/50), with per-subset limits `v1`/`v2` on both.
 fn start_subsets(v1: u32, v2: u32, agent_args: &[&str]) -> Cluster {
-    let c = Cluster::start(3, &[], agent_args);
-    c.node
-        .spawn_server(1, "v1", &[8080], &[], &[])
-        .expect("server");
-    c.node
-        .spawn_server(2, "v2", &[8080], &[], &[])
-        .expect("server");
-    c.node.spawn_xfer_server(1, 9000).expect("xfer server");
+    let c = with_servers(agent_args, ["v1", "v2"]);
     c.node.spawn_xfer_server(2, 9000).expect("xfer server");
     let (ip1, ip2) = (c.node.pod(1).ip(), c.node.pod(2).ip());
     let eps = [Ep::ready(ip1), Ep::ready(ip2)];

@@ -56,6 +56,11 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
+/// [`xfer`] from pod 0 to pod 1's server.
+fn xfer_to_pod1(c: &Cluster, args: &[&str]) -> Value {
+    xfer(c, 0, &pod1(c), args)
+}
+
 /// `xfer --mode sink`: `bytes` to the server at `target`, `reply` bytes back, both checked.
 fn sink(c: &Cluster, at: impl Into<Target>, target: &str, bytes: u64, reply: u64) -> Value {
     let (bytes, reply) = (bytes.to_string(), reply.to_string());
@@ -128,10 +133,8 @@ fn a_dual_stack_server_is_redirected_too() {
 fn many_small_writes_are_byte_exact() {
     skip_unless!(AGENT);
     let c = redirect_on();
-    xfer(
+    xfer_to_pod1(
         &c,
-        0,
-        &pod1(&c),
         &[
             "--mode",
             "sink",
@@ -155,10 +158,8 @@ fn many_small_writes_are_byte_exact() {
 fn request_response_ping_pong_is_exact() {
     skip_unless!(AGENT);
     let c = redirect_on();
-    let r = xfer(
+    let r = xfer_to_pod1(
         &c,
-        0,
-        &pod1(&c),
         &["--mode", "pingpong", "--rounds", "20000", "--size", "64"],
     );
     eprintln!(
@@ -185,7 +186,7 @@ fn half_close_delivers_eof_while_the_other_side_keeps_sending() {
 fn reset_reaches_the_other_side() {
     skip_unless!(AGENT);
     let c = redirect_on();
-    let r = xfer(&c, 0, &pod1(&c), &["--mode", "rst", "--bytes", "1048576"]);
+    let r = xfer_to_pod1(&c, &["--mode", "rst", "--bytes", "1048576"]);
     assert_eq!(r["first"]["outcome"], "ECONNRESET", "{r:#}");
     assert_sockhash_drains(&c);
 }
@@ -194,10 +195,8 @@ fn reset_reaches_the_other_side() {
 fn a_thousand_concurrent_connections_with_data_on_all() {
     skip_unless!(AGENT);
     let c = redirect_on();
-    let r = xfer(
+    let r = xfer_to_pod1(
         &c,
-        0,
-        &pod1(&c),
         &[
             "--mode",
             "sink",
@@ -279,14 +278,14 @@ fn blocking_sockets_stay_byte_exact_and_the_eagain_sharp_edge_is_measured() {
         "262144",
     ];
     let off = start(&[]);
-    let r = xfer(&off, 0, &pod1(&off), &args);
+    let r = xfer_to_pod1(&off, &args);
     assert_eq!(
         r["eagain_on_blocking"], 0,
         "plain TCP returned EAGAIN on a blocking socket: {r:#}"
     );
     drop(off);
     let on = redirect_on();
-    let r = xfer(&on, 0, &pod1(&on), &args);
+    let r = xfer_to_pod1(&on, &args);
     eprintln!(
         "redirect on: {} EAGAINs from blocking recv() over 50 half-closed connections",
         r["eagain_on_blocking"]
@@ -299,10 +298,8 @@ fn ping_pong_latency_with_and_without_redirect() {
     // Not a benchmark (see `cargo xtask bench`): both paths must work; the numbers are printed.
     for args in [&[][..], &["--socket-redirect", "true"][..]] {
         let c = start(args);
-        let r = xfer(
+        let r = xfer_to_pod1(
             &c,
-            0,
-            &pod1(&c),
             &["--mode", "pingpong", "--rounds", "5000", "--size", "64"],
         );
         eprintln!(

@@ -235,6 +235,13 @@ fn wait_group_active(c: &Cluster, name: &str, want: u64) {
     assert!(reached, "{name}: active {} never reached {want}", active());
 }
 
+/// [`start_subsets`] with limits on, once the agent has programmed them.
+fn start_limited(v1: u32, v2: u32) -> Cluster {
+    let c = start_subsets(v1, v2, &[]);
+    wait_groups(&c, v1.into(), v2.into());
+    c
+}
+
 fn wait_groups(c: &Cluster, v1: u64, v2: u64) {
     c.wait_status("subset limits programmed", Duration::from_secs(5), |s| {
         group(s, V1).is_some_and(|g| g["max_connections"] == v1)
@@ -263,8 +270,7 @@ fn hold_until<'n>(c: &'n Cluster, on: &str, want: usize) -> (Vec<meshpath_tests:
 #[test]
 fn each_subset_refuses_over_its_own_limit_while_the_other_accepts() {
     skip_unless!(AGENT);
-    let c = start_subsets(2, 5, &[]);
-    wait_groups(&c, 2, 5);
+    let c = start_limited(2, 5);
     let (v1_holds, none) = hold_until(&c, "v1", 2);
     assert_eq!(none, 0);
     wait_group_active(&c, V1, 2);
@@ -315,8 +321,7 @@ fn each_subset_refuses_over_its_own_limit_while_the_other_accepts() {
 #[test]
 fn subset_counts_return_to_zero_after_10000_cycles_resets_and_killed_processes() {
     skip_unless!(AGENT);
-    let c = start_subsets(50, 50, &[]);
-    wait_groups(&c, 50, 50);
+    let c = start_limited(50, 50);
     let r = cycles(&c, "10.96.0.43");
     let refused = r.errors.get("ECONNREFUSED").copied().unwrap_or(0);
     assert!(r.counts.get("v1").is_some_and(|n| *n > 3_000), "{r:?}");
@@ -344,8 +349,7 @@ fn subset_counts_return_to_zero_after_10000_cycles_resets_and_killed_processes()
 #[test]
 fn subset_limits_follow_the_destination_rule_file_live() {
     skip_unless!(AGENT);
-    let c = start_subsets(2, 5, &[]);
-    wait_groups(&c, 2, 5);
+    let c = start_limited(2, 5);
     let (_holds, _) = hold_until(&c, "v1", 2);
     wait_group_active(&c, V1, 2);
     let r = c.node.tcp(0, addr("10.96.0.43", 80), 20).expect("tcp");

@@ -105,16 +105,6 @@ impl Cluster {
     pub fn log_count(&self, needle: &str) -> usize {
         self.agent.log().matches(needle).count()
     }
-
-    /// Waits until the agent has logged `needle` more than `before` times.
-    pub fn wait_log_count(&self, needle: &str, before: usize, timeout: Duration) {
-        let logged = wait_until(timeout, || self.log_count(needle) > before);
-        assert!(
-            logged,
-            "agent did not log {needle:?} again within {timeout:?}:\n{}",
-            self.agent.log()
-        );
-    }
 }
 
 /// `ip:port` as a socket address (tests write VIPs as strings).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use meshpath_tests::agent::{backends, svc};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
-use meshpath_tests::{addr, skip_unless, Cluster, AGENT};
+use meshpath_tests::{addr, skip_unless, wait_until, Cluster, AGENT};
 
 const RR: &str = "  annotations:\n    meshpath.io/lb-policy: round-robin\n";
 
@@ -117,10 +117,17 @@ fn assert_rejected_and_still_serving(c: &Cluster, good: &str, bad: &str, needles
         "the last good config must keep serving after {needles:?}: {r:?}"
     );
     assert_eq!(backends(&c.status(), "default/web:").len(), 3);
-    // The fixed file is picked up again before the next edit.
-    let resolved = c.log_count("manifest errors resolved");
+    // The fixed file is read again before the next edit: after a parse error the agent logs
+    // that its errors are resolved, after one the compiler found that the manifests loaded.
+    let reread = || c.log_count("manifest errors resolved") + c.log_count("manifests loaded");
+    let before = reread();
     c.write("web.yaml", good);
-    c.wait_log_count("manifest errors resolved", resolved, Duration::from_secs(5));
+    let again = wait_until(Duration::from_secs(5), || reread() > before);
+    assert!(
+        again,
+        "the fixed web.yaml was not read again:\n{}",
+        c.agent.log()
+    );
 }
 
 #[test]

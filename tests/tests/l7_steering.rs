@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use meshpath_tests::agent::{backends, counter, steered_to_proxy};
 use meshpath_tests::manifests::docs;
-use meshpath_tests::{skip_unless, Cluster, AGENT};
+use meshpath_tests::{skip_unless, Cluster, AGENT, PROXY_IP};
 
 const REVIEWS: &str = "10.96.0.30";
 const RATINGS: &str = "10.96.0.31";
@@ -179,7 +179,7 @@ fn tcp_route_weights_are_applied_per_connection_in_the_kernel() {
     assert!(
         backends(&s, "default/db:")
             .iter()
-            .all(|b| !b.starts_with("10.244.0.1:")),
+            .all(|b| !b.starts_with(&format!("{PROXY_IP}:"))),
         "{s:#}"
     );
     let r = c

@@ -35,10 +35,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         total.add(&line);
     }
     let status = child.wait()?;
-    println!(
-        "meshpath: {} passed, {} failed, {} skipped",
-        total.passed, total.failed, total.ignored
-    );
+    println!("{}", total.summary());
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
@@ -50,11 +47,18 @@ struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// Tests that printed a `SKIP <test>: <reason>` line: libtest counts them as passed.
+    skipped: u64,
 }
 
 impl Totals {
-    /// Adds one `test result: ok. 5 passed; 0 failed; 1 ignored; ...` line.
+    /// Adds one `test result: ok. 5 passed; 0 failed; 1 ignored; ...` line, or counts one
+    /// `SKIP <test>: <reason>` line of a privileged test that could not run here.
     fn add(&mut self, line: &str) {
+        if meshpath_tests::skipped_test(line).is_some() {
+            self.skipped += 1;
+            return;
+        }
         let Some(rest) = line.strip_prefix("test result: ") else {
             return;
         };
@@ -71,6 +75,18 @@ impl Totals {
                 _ => {}
             }
         }
+    }
+}
+
+impl Totals {
+    /// The run's last line: a skipped test counts as skipped, not as passed.
+    fn summary(&self) -> String {
+        format!(
+            "meshpath: {} passed, {} failed, {} skipped",
+            self.passed.saturating_sub(self.skipped),
+            self.failed,
+            self.ignored + self.skipped
+        )
     }
 }
 
@@ -110,5 +126,15 @@ mod tests {
         t.add("test result: FAILED. 2 passed; 1 failed; 3 ignored; 0 measured; 0 filtered out; finished in 2.55s");
         t.add("running 3 tests");
         assert_eq!((t.passed, t.failed, t.ignored), (53, 1, 3));
+        assert_eq!(t.summary(), "meshpath: 53 passed, 1 failed, 3 skipped");
+    }
+
+    #[test]
+    fn skip_lines_move_tests_from_passed_to_skipped() {
+        let mut t = Totals::default();
+        t.add("SKIP lb_policy::round_robin: not root (privileged test)");
+        t.add("test kube_source::x ... SKIP kube_source::x: no Kubernetes binaries");
+        t.add("test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        assert_eq!(t.summary(), "meshpath: 3 passed, 0 failed, 3 skipped");
     }
 }

@@ -6,6 +6,8 @@
 //! - [`virtual_service`], [`destination_rule`]: document → [`model`] types, with Istio's
 //!   validation; errors are [`ConvertError`](crate::source::ConvertError)s naming object and field
 //!   (the problem is an [`IstioInvalid`] where no shared [`Invalid`](crate::source::Invalid) fits).
+//! - [`validation`]: Istio's own rules, checked on the document first so that every problem of
+//!   an object is reported, in Istio's words.
 //! - [`hosts`]: which Service a host names; used by `compile::l7`, which turns the model into
 //!   the proxy's routing table.
 
@@ -16,6 +18,7 @@ mod error;
 pub mod hosts;
 pub mod model;
 mod schema;
+pub mod validation;
 
 pub use convert::{destination_rule, virtual_service, Error};
 pub use error::{IstioInvalid, Warning};

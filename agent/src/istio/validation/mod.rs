@@ -8,7 +8,9 @@
 //! limits on top.
 
 mod destination_rule;
+mod header_value;
 mod http;
+mod http_actions;
 pub mod locate;
 mod names;
 mod policy;

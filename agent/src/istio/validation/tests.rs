@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{destination_rule, names, virtual_service, Problem};
+use super::{destination_rule, header_value, names, virtual_service, Problem};
 
 fn errors(findings: super::Findings) -> Vec<(String, String)> {
     findings
@@ -120,10 +120,10 @@ fn header_values_follow_envoys_formatter() {
         "%REQ(x-a)%",
         "%UPSTREAM_METADATA([\"a\", \"b\"])%",
     ] {
-        assert_eq!(names::header_value(ok), Ok(()), "{ok}");
+        assert_eq!(header_value::check(ok), Ok(()), "{ok}");
     }
     for bad in ["abc%123", "%START_TIME%%", "100%", "%REQ(x", "a\u{1}b"] {
-        assert!(names::header_value(bad).is_err(), "{bad}");
+        assert!(header_value::check(bad).is_err(), "{bad}");
     }
 }
 

@@ -59,8 +59,13 @@ fn main() -> anyhow::Result<()> {
         Command::Validate(args) => {
             let report = validate::validate(&args.paths);
             #[allow(clippy::print_stdout)] // CLI output
-            for problem in &report.problems {
-                println!("{problem}");
+            {
+                for problem in &report.problems {
+                    println!("{problem}");
+                }
+                for warning in &report.warnings {
+                    println!("warning: {warning}");
+                }
             }
             if !report.problems.is_empty() {
                 std::process::exit(1);

@@ -68,9 +68,13 @@ pub enum SourceError {
     #[error("{}: {source}", file.display())]
     Invalid {
         file: PathBuf,
+        /// The document's line, or the field's when `column` is known.
         line: u64,
+        /// The offending field's column, when it could be located in the text.
+        column: Option<u64>,
+        /// Boxed: with the position, the error would be large, and it travels in `Result`s.
         #[source]
-        source: ConvertError,
+        source: Box<ConvertError>,
     },
     /// The same kind + namespace/name is defined twice. `file` is the definition that was
     /// dropped, `first_file` the one that was kept (the same file when it repeats itself).
@@ -141,9 +145,8 @@ impl SourceError {
             SourceError::Decode { object, .. }
             | SourceError::Duplicate { object, .. }
             | SourceError::ApiDecode { object, .. } => Some(object),
-            SourceError::Invalid { source, .. } | SourceError::ApiInvalid { source } => {
-                Some(&source.object)
-            }
+            SourceError::Invalid { source, .. } => Some(&source.object),
+            SourceError::ApiInvalid { source } => Some(&source.object),
             _ => None,
         }
     }
@@ -153,9 +156,8 @@ impl SourceError {
         match self {
             SourceError::NotAnObject { field, .. } => Some(field),
             SourceError::Decode { path, .. } | SourceError::ApiDecode { path, .. } => Some(path),
-            SourceError::Invalid { source, .. } | SourceError::ApiInvalid { source } => {
-                Some(&source.field)
-            }
+            SourceError::Invalid { source, .. } => Some(&source.field),
+            SourceError::ApiInvalid { source } => Some(&source.field),
             _ => None,
         }
     }
@@ -167,6 +169,15 @@ impl SourceError {
             SourceError::NotAnObject { line, .. }
             | SourceError::Decode { line, .. }
             | SourceError::Invalid { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+
+    /// The column of the line, when known (YAML errors, located Istio fields).
+    pub fn column(&self) -> Option<u64> {
+        match self {
+            SourceError::Yaml { column, .. } => *column,
+            SourceError::Invalid { column, .. } => *column,
             _ => None,
         }
     }

@@ -23,14 +23,20 @@ pub enum IstioInvalid {
     AtLeastOneOf { fields: &'static str },
     #[error("{value:?} is not a valid host: {reason}")]
     BadHost { value: String, reason: &'static str },
+    /// A rule of Istio's own validation, in Istio's words.
+    #[error("{message}")]
+    Rule { message: String },
 }
 
 /// Something accepted (the object is applied) that the user should hear about. Display is the
 /// message after the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Warning {
-    #[error("{field}: field not supported by meshpath; ignored")]
+    #[error("{field}: accepted, not enforced by meshpath")]
     Ignored { field: String },
+    /// What Istio's validation warns about (deprecated fields, legacy forms, ...).
+    #[error("{field}: {message}")]
+    Istio { field: String, message: String },
     #[error("{field}: not supported yet; ignored")]
     NotYetSupported { field: String },
     #[error(
@@ -45,6 +51,11 @@ pub enum Warning {
          implement it; ignored"
     )]
     RetryOn { field: String, value: String },
+    #[error(
+        "{field}: delegation (a VirtualService without hosts, or an http route's delegate) is \
+         accepted, not enforced by meshpath"
+    )]
+    Delegate { field: String },
     #[error("{field}: no percentage given: as in Istio, this fault is injected into no request")]
     NoFaultPercentage { field: String },
 }

@@ -27,6 +27,53 @@ pub enum Error {
     Decode(DecodeError),
     #[error(transparent)]
     Invalid(#[from] ConvertError),
+    /// Istio's validation rejects the object: every problem it found, in document order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Istio(Vec<ConvertError>),
+}
+
+/// Istio's validation of the document (`check`), before any conversion: its errors reject the
+/// object, its warnings are returned for the caller to log with the converter's.
+fn validated(
+    kind: ObjectKind,
+    value: &serde_json::Value,
+    check: fn(&serde_json::Value) -> super::validation::Findings,
+) -> Result<Vec<Warning>, Error> {
+    let findings = check(value);
+    let name = |key: &str| {
+        value
+            .pointer(key)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let object = ObjectKey::new(
+        kind,
+        ObjectRef::new(
+            name("/metadata/namespace").unwrap_or("default"),
+            name("/metadata/name").unwrap_or_default(),
+        ),
+    );
+    if !findings.errors.is_empty() {
+        return Err(Error::Istio(
+            findings
+                .errors
+                .into_iter()
+                .map(|p| ConvertError {
+                    object: object.clone(),
+                    field: p.path,
+                    problem: Box::new(Invalid::Istio(IstioInvalid::Rule { message: p.message })),
+                })
+                .collect(),
+        ));
+    }
+    Ok(findings
+        .warnings
+        .into_iter()
+        .map(|p| Warning::Istio {
+            field: p.path,
+            message: p.message,
+        })
+        .collect())
 }
 
 /// One object being converted: builds errors that name it, collects warnings.
@@ -170,6 +217,8 @@ impl Ctx {
         match (&m.exact, &m.prefix, &m.regex) {
             (Some(e), None, None) => Ok(Some(StringMatch::Exact(e.clone()))),
             (None, Some(p), None) => Ok(Some(StringMatch::Prefix(p.clone()))),
+            // Istio reads a regex of `*` (not RE2) as "present".
+            (None, None, Some(r)) if presence && r == "*" => Ok(None),
             (None, None, Some(r)) => Ok(Some(StringMatch::Regex(
                 self.regex(&format!("{field}.regex"), r)?,
             ))),
@@ -232,7 +281,8 @@ impl Ctx {
                         "a destination cannot be a wildcard"
                     })
                 })?;
-            if !(tail.is_empty() || tail.starts_with('.')) || tail.contains('*') {
+            // `*.example.com`, and also `*foo.com` / `*-foo.com` (Istio's wildcard label).
+            if tail.starts_with('-') && tail.len() == 1 || tail.contains('*') {
                 return Err(bad("'*' may only start it, as in *.example.com"));
             }
         }
@@ -252,7 +302,7 @@ impl Ctx {
         field: &str,
         d: &schema::Destination,
     ) -> Result<Destination, ConvertError> {
-        let host = self.host(&format!("{field}.host"), &d.host, false)?;
+        let host = self.host(&format!("{field}.host"), &d.host, true)?;
         let subset = match d.subset.as_deref() {
             Some("") => return Err(self.err(format!("{field}.subset"), Invalid::Empty)),
             s => s.map(str::to_owned),
@@ -263,4 +313,30 @@ impl Ctx {
         };
         Ok(Destination { host, subset, port })
     }
+}
+
+/// A `directResponse.body.bytes` (base64, as protobuf writes bytes in JSON/YAML) as text; `None`
+/// when it is not base64 of UTF-8, which the proxy's text bodies cannot carry.
+fn base64_text(encoded: &str) -> Option<String> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::with_capacity(encoded.len() * 3 / 4);
+    for c in encoded.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push(u8::try_from((bits >> count) & 0xff).ok()?);
+        }
+    }
+    String::from_utf8(out).ok()
 }

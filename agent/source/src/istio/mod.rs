@@ -6,11 +6,14 @@
 //! - [`virtual_service`], [`destination_rule`]: document → [`model`] types (`meshpath-model`),
 //!   with Istio's validation; errors are [`ConvertError`](crate::ConvertError)s naming object and
 //!   field (the problem is an [`IstioInvalid`] where no shared [`Invalid`](crate::Invalid) fits).
+//! - [`validation`]: Istio's own rules, checked on the document first so that every problem of
+//!   an object is reported, in Istio's words.
 
 mod convert;
 mod decode;
 mod duration;
 mod schema;
+pub mod validation;
 
 pub use convert::{destination_rule, virtual_service, Error};
 pub use meshpath_model::istio::{model, DestinationRule, IstioInvalid, VirtualService, Warning};

@@ -62,6 +62,8 @@ pub struct HttpRoute {
     /// Deprecated integer form of `mirrorPercentage`.
     pub mirror_percent: Option<i64>,
     pub headers: Option<Headers>,
+    /// A root VirtualService's hand-over to a delegate (accepted, not enforced).
+    pub delegate: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +174,9 @@ pub struct Delay {
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
     pub http_status: Option<i64>,
+    /// gRPC and HTTP/2 aborts: valid Istio, not enforced by the meshpath proxy.
+    pub grpc_status: Option<String>,
+    pub http2_error: Option<String>,
     pub percentage: Option<Percent>,
     /// Deprecated integer form of `percentage`.
     pub percent: Option<i64>,

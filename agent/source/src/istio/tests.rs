@@ -242,7 +242,7 @@ fn match_forms_presence_and_retries() {
     let vs = vs(&vs_with(
         "  - match:\n    - headers: {X-Canary: {}}\n      withoutHeaders: {x-debug: {prefix: \"1\"}}\n      \
          queryParams: {beta: {}}\n      method: {exact: GET}\n      port: 9080\n      ignoreUriCase: true\n      \
-         sourceLabels: {app: web}\n    retries: {attempts: 3, perTryTimeout: 2s, retryOn: \"gateway-error, connect-failure,refused-stream,503\"}\n    \
+         sourceLabels: {app: web}\n    retries: {attempts: 3, perTryTimeout: 2s, retryOn: \"gateway-error,connect-failure,refused-stream,503\"}\n    \
          timeout: 0.5s\n    route:\n    - destination: {host: r, port: {number: 9080}}\n",
     ));
     let route = &vs.http[0];
@@ -313,7 +313,7 @@ fn unknown_and_unsupported_fields_are_warnings() {
         ]
     );
 
-    let dr_text = dr_with("  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n    portLevelSettings:\n    - port: {number: 80}\n");
+    let dr_text = dr_with("  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: RANDOM}\n");
     let value = serde_saphyr::from_str::<serde_json::Value>(&dr_text).expect("yaml");
     let (_, warnings) = super::destination_rule(value).expect("valid");
     assert_eq!(

@@ -105,6 +105,11 @@ fn istio_result<T>(
             source: Arc::new(e.source),
         }),
         Err(istio::Error::Invalid(source)) => Err(SourceError::ApiInvalid { source }),
+        // One error per object here: the first, the others follow once it is fixed.
+        Err(istio::Error::Istio(all)) => match all.into_iter().next() {
+            Some(source) => Err(SourceError::ApiInvalid { source }),
+            None => Ok(None),
+        },
     }
 }
 

@@ -52,20 +52,30 @@ impl ParsedObject {
 /// All or nothing: any error means `Err` with every error found (a YAML syntax error stops at
 /// the first, since nothing after it can be trusted).
 pub fn parse_file(file: &Path, text: &str) -> Result<Vec<ParsedObject>, Vec<SourceError>> {
-    let options = serde_saphyr::options! {
-        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
-        with_snippet: false,
+    let options = || {
+        serde_saphyr::options! {
+            duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+            with_snippet: false,
+        }
     };
     let documents: Vec<serde_saphyr::Spanned<Value>> =
-        serde_saphyr::from_multiple_with_options(text, options)
+        serde_saphyr::from_multiple_with_options(text, options())
             .map_err(|e| vec![SourceError::yaml(file.to_owned(), e)])?;
+    // The same documents as trees of positions, so that Istio's errors point at their field.
+    let trees: Vec<serde_saphyr::Spanned<istio::validation::locate::Node>> =
+        serde_saphyr::from_multiple_with_options(text, options())
+            .ok()
+            .filter(|t: &Vec<_>| t.len() == documents.len())
+            .unwrap_or_default();
 
     let mut parser = Parser {
         file,
         objects: Vec::new(),
         errors: Vec::new(),
+        tree: None,
     };
-    for document in documents {
+    for (i, document) in documents.into_iter().enumerate() {
+        parser.tree = trees.get(i);
         parser.document(document.referenced.line(), document.value, true);
     }
 
@@ -92,6 +102,8 @@ struct Parser<'a> {
     file: &'a Path,
     objects: Vec<ParsedObject>,
     errors: Vec<SourceError>,
+    /// The positions of the document being parsed (`None` inside a `List`).
+    tree: Option<&'a serde_saphyr::Spanned<istio::validation::locate::Node>>,
 }
 
 impl Parser<'_> {
@@ -175,6 +187,7 @@ impl Parser<'_> {
                 let Some(Value::Array(items)) = value.get("items") else {
                     return self.errors.push(not_an_object("items", Invalid::Required));
                 };
+                self.tree = None;
                 for item in items.clone() {
                     self.document(line, item, false);
                 }
@@ -258,8 +271,26 @@ impl Parser<'_> {
             Err(istio::Error::Invalid(source)) => self.errors.push(SourceError::Invalid {
                 file: self.file.to_owned(),
                 line,
-                source,
+                column: None,
+                source: Box::new(source),
             }),
+            Err(istio::Error::Istio(all)) => {
+                for source in all {
+                    let (line, column) = match self.tree {
+                        Some(tree) => {
+                            let (l, c) = istio::validation::locate::locate(tree, &source.field);
+                            (l, Some(c))
+                        }
+                        None => (line, None),
+                    };
+                    self.errors.push(SourceError::Invalid {
+                        file: self.file.to_owned(),
+                        line,
+                        column,
+                        source: Box::new(source),
+                    });
+                }
+            }
         }
     }
 
@@ -286,7 +317,8 @@ impl Parser<'_> {
             Err(source) => self.errors.push(SourceError::Invalid {
                 file: self.file.to_owned(),
                 line,
-                source,
+                column: None,
+                source: Box::new(source),
             }),
         }
     }

@@ -28,8 +28,14 @@ const SIMPLE_EXPECTED: &str = "ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM, P
 
 /// Decodes and validates one DestinationRule document, returning it with its warnings.
 pub fn destination_rule(value: Value) -> Result<(DestinationRule, Vec<Warning>), Error> {
+    let istio = super::validated(
+        ObjectKind::DestinationRule,
+        &value,
+        crate::istio::validation::destination_rule,
+    )?;
     let (object, ignored) = decode::<Object<DestinationRuleSpec>>(value).map_err(Error::Decode)?;
     let mut ctx = Ctx::new(ObjectKind::DestinationRule, &object.metadata, ignored)?;
+    ctx.warnings.extend(istio);
     let spec = object.spec;
     let host = ctx.host("spec.host", &spec.host, true)?;
     let policy = traffic_policy(&mut ctx, "spec.trafficPolicy", spec.traffic_policy.as_ref())?;

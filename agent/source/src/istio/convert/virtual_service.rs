@@ -21,11 +21,29 @@ const MESH: &str = "mesh";
 
 /// Decodes and validates one VirtualService document, returning it with its warnings.
 pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), Error> {
+    let istio = super::validated(
+        ObjectKind::VirtualService,
+        &value,
+        crate::istio::validation::virtual_service,
+    )?;
     let (object, ignored) = decode::<Object<VirtualServiceSpec>>(value).map_err(Error::Decode)?;
     let mut ctx = Ctx::new(ObjectKind::VirtualService, &object.metadata, ignored)?;
+    ctx.warnings.extend(istio);
     let spec = object.spec;
+    // No hosts: a delegate, used only through a root's `delegate`, which meshpath does not
+    // follow; Istio's validation of it has passed.
     if spec.hosts.is_empty() {
-        return Err(ctx.err("spec.hosts", Invalid::Required).into());
+        ctx.warn(Warning::Delegate {
+            field: "spec.hosts".into(),
+        });
+        let vs = VirtualService {
+            id: ctx.object.id.clone(),
+            origin: None,
+            hosts: Vec::new(),
+            http: Vec::new(),
+            tcp: Vec::new(),
+        };
+        return Ok((vs, ctx.warnings));
     }
     let hosts = spec
         .hosts
@@ -86,6 +104,12 @@ fn http_route(
     r: &schema::HttpRoute,
 ) -> Result<Option<HttpRoute>, ConvertError> {
     let f = format!("spec.http[{i}]");
+    if r.delegate.is_some() {
+        ctx.warn(Warning::Delegate {
+            field: format!("{f}.delegate"),
+        });
+        return Ok(None);
+    }
     let mut matches = Vec::new();
     for (j, m) in r.matches.iter().enumerate() {
         if let Some(m) = http_match(ctx, &format!("{f}.match[{j}]"), m)? {
@@ -124,16 +148,16 @@ fn http_route(
                 }) => Some(s.clone()),
                 Some(schema::Body {
                     string: None,
-                    bytes: Some(_),
-                }) => {
-                    return Err(ctx.err(
-                        format!("{f}.directResponse.body.bytes"),
-                        Invalid::NotSupported {
-                            value: "bytes".into(),
-                            supported: "body.string",
-                        },
-                    ))
-                }
+                    bytes: Some(b),
+                }) => match super::base64_text(b) {
+                    Some(text) => Some(text),
+                    None => {
+                        ctx.warn(Warning::Ignored {
+                            field: format!("{f}.directResponse.body.bytes"),
+                        });
+                        None
+                    }
+                },
                 Some(_) => {
                     return Err(ctx.err(
                         format!("{f}.directResponse.body"),
@@ -201,7 +225,7 @@ fn http_route(
 }
 
 /// Route destinations with their weights: one destination gets everything whatever its weight
-/// says (as in Istio); several must say how to split, summing to 100.
+/// says; several share in proportion to their weights, normalised to sum to 100 as Istio does.
 fn weighted(
     ctx: &Ctx,
     f: &str,
@@ -210,7 +234,12 @@ fn weighted(
     let mut out = Vec::with_capacity(route.len());
     for (j, rd) in route.iter().enumerate() {
         let destination = ctx.destination(&format!("{f}[{j}].destination"), &rd.destination)?;
-        let weight = ctx.int(&format!("{f}[{j}].weight"), rd.weight.unwrap_or(0), 0, 100)?;
+        let weight = ctx.int(
+            &format!("{f}[{j}].weight"),
+            rd.weight.unwrap_or(0),
+            0,
+            i64::from(i32::MAX),
+        )?;
         out.push((destination, weight));
     }
     match out.as_mut_slice() {
@@ -218,8 +247,11 @@ fn weighted(
         [(_, weight)] => *weight = 100,
         several => {
             let sum: i64 = several.iter().map(|(_, w)| i64::from(*w)).sum();
-            if sum != 100 {
+            if sum == 0 {
                 return Err(ctx.err(f, IstioInvalid::WeightsSum { sum }));
+            }
+            if sum != 100 {
+                normalise(several, sum);
             }
         }
     }
@@ -266,4 +298,29 @@ fn tcp_route(
         ports: if any_port { Vec::new() } else { ports },
         route,
     }))
+}
+
+/// Scales weights summing to `sum` to sum to 100, by largest remainder (Istio's rounding of
+/// weights that do not sum to 100).
+fn normalise(weights: &mut [(Destination, u32)], sum: i64) {
+    let mut scaled: Vec<(usize, i64, i64)> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, (_, w))| {
+            let x = i64::from(*w) * 100;
+            (i, x / sum, x % sum)
+        })
+        .collect();
+    let mut left = 100 - scaled.iter().map(|(_, q, _)| q).sum::<i64>();
+    scaled.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    for (_, q, _) in &mut scaled {
+        if left == 0 {
+            break;
+        }
+        *q += 1;
+        left -= 1;
+    }
+    for (i, q, _) in scaled {
+        weights[i].1 = u32::try_from(q).unwrap_or(0);
+    }
 }

@@ -7,7 +7,8 @@ fn one_error(text: &str) -> String {
     let [error] = errors.as_slice() else {
         panic!("one error: {errors:#?}")
     };
-    assert_eq!(error.line(), Some(1));
+    // The document's first line, or the field's line (with its column) for Istio's rules.
+    assert!(error.line().is_some_and(|l| l >= 1), "{error}: no line");
     error.to_string()
 }
 
@@ -16,12 +17,12 @@ fn validation_errors_name_object_field_and_reason() {
     const ROUTE: &str = "    route:\n    - destination: {host: r}\n";
     let cases = [
         (
-            vs_with("  - route:\n    - destination: {host: r, subset: a}\n      weight: 20\n    - destination: {host: r, subset: b}\n      weight: 70\n"),
-            "VirtualService default/r: spec.http[0].route: destination weights sum to 90, they must sum to 100",
+            vs_with("  - route:\n    - destination: {host: r, subset: a}\n      weight: -20\n    - destination: {host: r, subset: b}\n      weight: 70\n"),
+            "VirtualService default/r: spec.http[0].route[0].weight: weight -20 < 0",
         ),
         (
             vs_with("  - route:\n    - destination: {host: r, subset: a}\n    - destination: {host: r, subset: b}\n"),
-            "VirtualService default/r: spec.http[0].route: destination weights sum to 0, they must sum to 100",
+            "VirtualService default/r: spec.http[0].route: total destination weight = 0",
         ),
         (
             vs_with(&format!("  - timeout: 10 s\n{ROUTE}")),
@@ -29,7 +30,7 @@ fn validation_errors_name_object_field_and_reason() {
         ),
         (
             vs_with(&format!("  - match:\n    - uri: {{regex: \"/api/(v1\"}}\n{ROUTE}")),
-            "VirtualService default/r: spec.http[0].match[0].uri.regex: invalid regular expression \"/api/(v1\": unclosed group",
+            "VirtualService default/r: spec.http[0].match[0].uri.regex: \"uri\": error parsing regexp: unclosed group; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)",
         ),
         (
             vs_with(&format!("  - match:\n    - headers: {{x-a: {{exact: a, prefix: b}}}}\n{ROUTE}")),
@@ -37,35 +38,35 @@ fn validation_errors_name_object_field_and_reason() {
         ),
         (
             vs_with(&format!("  - fault:\n      abort:\n        httpStatus: 503\n        percentage: {{value: 150}}\n{ROUTE}")),
-            "VirtualService default/r: spec.http[0].fault.abort.percentage.value: must be between 0 and 100, got 150",
+            "VirtualService default/r: spec.http[0].fault.abort.percentage: percentage 150 is neither 0.0, nor in range [0.0001, 100.0]",
         ),
         (
             vs_with(&format!("  - fault:\n      delay: {{fixedDelay: 1s, percent: 120}}\n{ROUTE}")),
             "VirtualService default/r: spec.http[0].fault.delay.percent: must be between 0 and 100, got 120",
         ),
         (
-            vs_with(&format!("  - fault:\n      abort: {{httpStatus: 600, percentage: {{value: 1}}}}\n{ROUTE}")),
-            "VirtualService default/r: spec.http[0].fault.abort.httpStatus: must be between 200 and 599, got 600",
+            vs_with(&format!("  - fault:\n      abort: {{httpStatus: 601, percentage: {{value: 1}}}}\n{ROUTE}")),
+            "VirtualService default/r: spec.http[0].fault.abort.httpStatus: HTTP status 601 is not in range 200-599",
         ),
         (
             vs_with(&format!("  - fault:\n      delay: {{fixedDelay: 0s, percentage: {{value: 1}}}}\n{ROUTE}")),
-            "VirtualService default/r: spec.http[0].fault.delay.fixedDelay: \"0s\" must be at least 1ms",
+            "VirtualService default/r: spec.http[0].fault.delay.fixedDelay: duration must be greater than 1ms",
         ),
         (
             vs_with(&format!("  - mirror: {{host: r}}\n    mirrorPercentage: {{value: 100.5}}\n{ROUTE}")),
-            "VirtualService default/r: spec.http[0].mirrorPercentage.value: must be between 0 and 100, got 100.5",
+            "VirtualService default/r: spec.http[0].mirrorPercentage: mirror_percentage must have a max value of 100 (it has 100.500000)",
         ),
         (
             vs_with(&format!("  - retries: {{attempts: 3, retryOn: \"5xx,sometimes\"}}\n{ROUTE}")),
-            "VirtualService default/r: spec.http[0].retries.retryOn: must be one of 5xx, gateway-error, connect-failure, reset, retriable-4xx, an HTTP status code, or another Envoy retry condition (refused-stream, cancelled, ...), got \"sometimes\"",
+            "VirtualService default/r: spec.http[0].retries.retryOn: \"sometimes\" is not a valid retryOn policy",
         ),
         (
             vs_with("  - name: nowhere\n"),
-            "VirtualService default/r: spec.http[0]: set exactly one of route, redirect, directResponse",
+            "VirtualService default/r: spec.http[0]: HTTP route, redirect or direct_response is required",
         ),
         (
-            vs_with("  - route:\n    - destination: {host: \"*.example.com\"}\n"),
-            "VirtualService default/r: spec.http[0].route[0].destination.host: \"*.example.com\" is not a valid host: a destination cannot be a wildcard",
+            vs_with("  - route:\n    - destination: {host: \"*\"}\n"),
+            "VirtualService default/r: spec.http[0].route[0].destination.host: invalid destination host *",
         ),
         (
             dr_with("  trafficPolicy:\n    loadBalancer: {simple: FASTEST}\n"),
@@ -81,11 +82,11 @@ fn validation_errors_name_object_field_and_reason() {
         ),
         (
             dr_with("  trafficPolicy:\n    outlierDetection: {maxEjectionPercent: 101}\n"),
-            "DestinationRule prod/d: spec.trafficPolicy.outlierDetection.maxEjectionPercent: must be between 0 and 100, got 101",
+            "DestinationRule prod/d: spec.trafficPolicy.outlierDetection.maxEjectionPercent: percentage 101 is not in range 0..100",
         ),
         (
             dr_with("  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v1, labels: {version: v2}}\n"),
-            "DestinationRule prod/d: spec.subsets[1].name: duplicate value \"v1\" (also at spec.subsets[0].name)",
+            "DestinationRule prod/d: spec.subsets[1].name: duplicate subset names: v1",
         ),
         (
             dr_with("  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user, useSourceIp: true}\n"),

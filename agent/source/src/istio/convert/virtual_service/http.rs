@@ -101,12 +101,27 @@ pub(super) fn fault(ctx: &mut Ctx, f: &str, fault: &schema::Fault) -> Result<Fau
         let pct = fault_percent(ctx, &format!("{f}.delay"), &d.percentage, d.percent)?;
         out.delay = Some((delay, pct));
     }
-    if let Some(a) = &fault.abort {
+    // gRPC and HTTP/2 aborts are valid Istio the meshpath proxy does not inject.
+    let other_abort = fault
+        .abort
+        .as_ref()
+        .and_then(|a| match (&a.grpc_status, &a.http2_error) {
+            (Some(_), _) => Some("grpcStatus"),
+            (None, Some(_)) => Some("http2Error"),
+            _ => None,
+        });
+    if let Some(kind) = other_abort {
+        ctx.warn(Warning::Ignored {
+            field: format!("{f}.abort.{kind}"),
+        });
+    }
+    if let Some(a) = fault.abort.as_ref().filter(|_| other_abort.is_none()) {
         let field = format!("{f}.abort.httpStatus");
         let status = a
             .http_status
             .ok_or_else(|| ctx.err(&field, Invalid::Required))?;
-        let status = ctx.int(&field, status, 200, 599)?;
+        // Istio's bound is 600 inclusive.
+        let status = ctx.int(&field, status, 200, 600)?;
         let pct = fault_percent(ctx, &format!("{f}.abort"), &a.percentage, a.percent)?;
         out.abort = Some((status, pct));
     }

@@ -36,6 +36,9 @@ pub struct VmTestArgs {
     /// Only the lean smoke set (tests/tests/kernel_smoke.rs) instead of every privileged test.
     #[arg(long)]
     pub smoke: bool,
+    /// Only these test files of tests/tests (by name, e.g. `connect_lb`); repeatable.
+    #[arg(long = "test", value_name = "NAME")]
+    pub tests: Vec<String>,
     #[arg(long, value_enum, default_value_t = qemu::Accel::Tcg)]
     pub accel: qemu::Accel,
     /// Kill the VM after this long.
@@ -60,6 +63,7 @@ impl VmTestArgs {
         VmTestArgs {
             kernel: kernel.to_string(),
             smoke: true,
+            tests: Vec::new(),
             accel: qemu::Accel::Tcg,
             timeout_secs: 1200,
             memory_mib: 2048,
@@ -82,7 +86,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         // Fail before the build when the VM cannot run at all.
         can_run().map_err(anyhow::Error::msg)?;
     }
-    let tests = build(args.smoke)?;
+    let tests = build(args)?;
     if args.kernel == "host" {
         crate::test::require_root("the tests create network namespaces and cgroups")?;
         run_on_host(&tests, &args.test_args)?;
@@ -98,7 +102,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
 }
 
 /// Builds the eBPF object, the binaries and the test executables; returns the executables.
-fn build(smoke: bool) -> anyhow::Result<Vec<PathBuf>> {
+fn build(args: &VmTestArgs) -> anyhow::Result<Vec<PathBuf>> {
     crate::build_ebpf::run()?;
     crate::test::cargo(&["build", "--workspace", "--bins"])?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -109,11 +113,16 @@ fn build(smoke: bool) -> anyhow::Result<Vec<PathBuf>> {
         "--no-run",
         "--message-format=json",
     ]);
-    cmd.args(if smoke {
-        &["--test", "kernel_smoke"][..]
-    } else {
-        &["--tests"][..]
-    });
+    let mut targets = args.tests.clone();
+    if args.smoke {
+        targets.push("kernel_smoke".into());
+    }
+    if targets.is_empty() {
+        cmd.arg("--tests");
+    }
+    for t in &targets {
+        cmd.args(["--test", t]);
+    }
     let out = cmd.output().context("cargo test --no-run")?;
     if !out.status.success() {
         bail!(

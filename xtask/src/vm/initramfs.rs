@@ -255,7 +255,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -263,5 +263,35 @@ impl Cpio {
     fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, 0, &[]);
         self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{depends, Cpio};
+
+    #[test]
+    fn depends_reads_the_modinfo_entry() {
+        let m = b"\x7fELF...license=GPL\0depends=netfs,9pnet\0vermagic=6.1\0";
+        assert_eq!(depends(m), ["netfs", "9pnet"]);
+        assert!(depends(b"depends=\0name=veth\0").is_empty());
+        assert!(depends(b"no modinfo here").is_empty());
+    }
+
+    #[test]
+    fn cpio_entries_are_newc_and_four_byte_aligned() {
+        let mut c = Cpio::default();
+        c.char_dev("dev/console", 5, 1);
+        c.file("init", 0o755, b"#!/bin/sh\n".to_vec());
+        let buf = c.finish();
+        assert!(buf.starts_with(b"070701"));
+        assert_eq!(buf.len() % 4, 0);
+        // dev/console: mode 020600, rdev 5:1 (fields 2, 11 and 12 of 8 hex digits each).
+        let field = |i: usize| std::str::from_utf8(&buf[6 + 8 * i..14 + 8 * i]).unwrap();
+        assert_eq!(field(1), "00002180");
+        assert_eq!((field(9), field(10)), ("00000005", "00000001"));
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.contains("init\0") && text.contains("#!/bin/sh\n"));
+        assert!(text.ends_with("TRAILER!!!\0\0\0\0") || text.contains("TRAILER!!!\0"));
     }
 }

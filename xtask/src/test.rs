@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::paths::{debug_bin, workspace_root};
 
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
+pub fn run(extra: &[String], no_vm: bool) -> anyhow::Result<()> {
     require_root("the tests create network namespaces and cgroups and load eBPF programs")?;
     crate::build_ebpf::run()?;
     // The agent embeds the object at build time; the tests start the real binaries.
@@ -39,6 +39,28 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
+    vm_smoke(extra, no_vm)
+}
+
+/// The oldest kernel the README promises, in a VM: only for full runs, and only where qemu runs.
+fn vm_smoke(extra: &[String], no_vm: bool) -> anyhow::Result<()> {
+    let skip = if no_vm {
+        Some("--no-vm was given".to_string())
+    } else if !extra.is_empty() {
+        Some("a test filter was given".to_string())
+    } else {
+        crate::vm::can_run().err()
+    };
+    if let Some(why) = skip {
+        println!("meshpath: Linux 6.1 smoke run in a VM skipped: {why}");
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    crate::vm::run(&crate::vm::VmTestArgs::smoke("6.1"))?;
+    println!(
+        "meshpath: Linux 6.1 smoke run in a VM passed in {:.0?}",
+        started.elapsed()
+    );
     Ok(())
 }
 

@@ -3,11 +3,10 @@
 //! attached and carries one small piece of real traffic. Each test names the programs it proves.
 //! The deeper behaviour of each path is covered by the other test files on the host kernel.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{addr, counter, Cluster};
+use meshpath_tests::agent::counter;
+use meshpath_tests::{addr, skip_unless, Cluster, AGENT};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
 
 /// Generous: under emulation one status round trip takes far longer than on hardware.
@@ -21,6 +20,7 @@ fn programmed(c: &Cluster, svc: &str) {
 
 #[test]
 fn cgroup_connect4_and_getpeername4_translate_tcp_to_a_backend() {
+    skip_unless!(AGENT);
     let c = Cluster::start(2, &[], &[]);
     c.node
         .spawn_server(1, "web-1", &[8080], &[], &[])
@@ -55,6 +55,7 @@ fn cgroup_connect4_and_getpeername4_translate_tcp_to_a_backend() {
 
 #[test]
 fn cgroup_sendmsg4_and_recvmsg4_translate_unconnected_udp() {
+    skip_unless!(AGENT);
     let c = Cluster::start(2, &[], &[]);
     c.node
         .spawn_server(1, "dns-1", &[], &[5353], &[])
@@ -88,6 +89,7 @@ fn cgroup_sendmsg4_and_recvmsg4_translate_unconnected_udp() {
 
 #[test]
 fn sock_ops_and_sk_msg_redirect_a_connection_byte_exact() {
+    skip_unless!(AGENT);
     let c = Cluster::start(2, &[], &["--socket-redirect", "true"]);
     c.node.spawn_xfer_server(1, 9000).expect("xfer server");
     let target = format!("{}:9000", c.node.pod(1).ip());
@@ -151,14 +153,8 @@ spec:
 
 #[test]
 fn l7_rules_steer_the_service_to_the_node_proxy() {
-    let c = Cluster::start_with(3, |node| {
-        vec![
-            "--proxy-ip".into(),
-            "10.244.0.1".into(),
-            "--proxy-netns".into(),
-            format!("/var/run/netns/{}", node.node_netns_name()),
-        ]
-    });
+    skip_unless!(AGENT);
+    let c = Cluster::with_proxy(3, |_| vec![]);
     let mut parts = vec![
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: reviews\nspec:\n  clusterIP: 10.96.0.30\n  ports:\n  - name: http\n    port: 9080\n  selector:\n    app: reviews\n".to_string(),
         "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: reviews\nspec:\n  host: reviews\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n".to_string(),

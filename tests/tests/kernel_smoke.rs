@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use meshpath_tests::agent::counter;
-use meshpath_tests::{addr, skip_unless, Cluster, AGENT};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::{addr, skip_unless, Cluster, AGENT};
 
 /// Generous: under emulation one status round trip takes far longer than on hardware.
 const WAIT: Duration = Duration::from_secs(60);

@@ -169,7 +169,9 @@ mod tests {
         }
     }
 
-    fn clusters(names: &[&str]) -> Vec<(meshpath_model::l7::ClusterKey, meshpath_model::l7::Cluster)> {
+    fn clusters(
+        names: &[&str],
+    ) -> Vec<(meshpath_model::l7::ClusterKey, meshpath_model::l7::Cluster)> {
         names
             .iter()
             .map(|n| (key(n), cluster(&[backend()], LoadBalancer::RoundRobin)))

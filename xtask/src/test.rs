@@ -44,7 +44,10 @@ pub fn run(extra: &[String], no_vm: bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    vm_smoke(extra, no_vm)
+    vm_smoke(extra, no_vm)?;
+    // Again at the very end, so the run's last line is its total, not the VM's own output.
+    println!("{}", total.summary());
+    Ok(())
 }
 
 /// The oldest kernel the README promises, in a VM: only for full runs, and only where qemu runs.

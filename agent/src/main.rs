@@ -7,6 +7,7 @@ mod compile;
 mod config;
 mod coverage;
 mod datapath;
+mod dns;
 mod ejection;
 mod istio;
 mod l7;

@@ -9,6 +9,7 @@ MESHPATH_DEB_PACKAGES=(
   rustc-web cargo-web libstd-rust-web-dev-bpf
   llvm-22-dev libpolly-22-dev clang-22 lld-22 libzstd-dev
   iproute2 bpftool curl iptables
+  bind9-dnsutils
 )
 BPF_LINKER_VERSION=0.13.0
 BPFFS=/sys/fs/bpf

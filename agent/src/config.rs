@@ -499,9 +499,19 @@ mod tests {
         assert_eq!(dns.ports, (15053, 15099));
         assert!(dns.upstreams.is_empty(), "resolv.conf decides at start");
         assert_eq!(agent(&[]).dns, None, "no address to listen on");
-        assert_eq!(agent(&[&proxy[..], &["--dns-capture", "false"]].concat()).dns, None);
+        assert_eq!(
+            agent(&[&proxy[..], &["--dns-capture", "false"]].concat()).dns,
+            None
+        );
         let kube = |extra: &[&str]| {
-            let mut args = vec!["meshpath", "agent", "--source", "kube", "--cgroup", "/sys/fs/cgroup/x"];
+            let mut args = vec![
+                "meshpath",
+                "agent",
+                "--source",
+                "kube",
+                "--cgroup",
+                "/sys/fs/cgroup/x",
+            ];
             args.extend(extra);
             match parse_args(args).expect("parses").command {
                 Command::Agent(a) => AgentConfig::from(&*a),

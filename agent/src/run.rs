@@ -200,7 +200,9 @@ fn start_dns(
     metrics: &crate::dns::DnsMetrics,
 ) -> Result<Option<crate::dns::DnsServer>, AgentError> {
     if cfg.dns_without_proxy {
-        warn!("--dns-capture needs --proxy-ip (the address pods reach the agent at): DNS capture off");
+        warn!(
+            "--dns-capture needs --proxy-ip (the address pods reach the agent at): DNS capture off"
+        );
     }
     let Some(mut dns) = cfg.dns.clone() else {
         info!("DNS capture off");

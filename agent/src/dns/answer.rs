@@ -114,7 +114,10 @@ pub fn encode(reply: &Message, request: &Message, udp: bool) -> Action {
         return servfail(request);
     };
     if udp && bytes.len() > usize::from(request.max_payload()) {
-        return reply.truncate().to_vec().map_or(Action::Drop, Action::Reply);
+        return reply
+            .truncate()
+            .to_vec()
+            .map_or(Action::Drop, Action::Reply);
     }
     Action::Reply(bytes)
 }

@@ -19,7 +19,11 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(4);
 pub const MAX_UDP: usize = 4096;
 
 /// Sends `query` to the first of `upstreams` that answers and returns its reply.
-pub async fn forward(query: &[u8], upstreams: &[SocketAddr], tcp: bool) -> Result<Vec<u8>, DnsError> {
+pub async fn forward(
+    query: &[u8],
+    upstreams: &[SocketAddr],
+    tcp: bool,
+) -> Result<Vec<u8>, DnsError> {
     let mut last = DnsError::NoUpstream;
     for upstream in upstreams {
         let result = if tcp {
@@ -86,8 +90,9 @@ pub async fn read_framed<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<
 }
 
 pub async fn write_framed<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
-    let len = u16::try_from(msg.len())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "DNS message over 64 KiB"))?;
+    let len = u16::try_from(msg.len()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "DNS message over 64 KiB")
+    })?;
     let mut framed = Vec::with_capacity(msg.len() + 2);
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(msg);
@@ -109,14 +114,18 @@ mod tests {
             server.send_to(b"\x99\x99stray", peer).await.expect("send");
             server.send_to(b"\x12\x34reply", peer).await.expect("send");
         });
-        let reply = forward(b"\x12\x34query", &[addr], false).await.expect("reply");
+        let reply = forward(b"\x12\x34query", &[addr], false)
+            .await
+            .expect("reply");
         assert_eq!(reply, b"\x12\x34reply");
         task.await.expect("server");
     }
 
     #[tokio::test]
     async fn tcp_frames_both_ways_and_a_dead_upstream_is_skipped() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         // A port nobody listens on: refused at once, then the live one answers.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -126,9 +135,13 @@ mod tests {
             let (mut s, _) = listener.accept().await.expect("accept");
             let q = read_framed(&mut s).await.expect("read").expect("msg");
             assert_eq!(q, b"\x00\x01q");
-            write_framed(&mut s, b"\x00\x01answer").await.expect("write");
+            write_framed(&mut s, b"\x00\x01answer")
+                .await
+                .expect("write");
         });
-        let reply = forward(b"\x00\x01q", &[dead_addr, addr], true).await.expect("reply");
+        let reply = forward(b"\x00\x01q", &[dead_addr, addr], true)
+            .await
+            .expect("reply");
         assert_eq!(reply, b"\x00\x01answer");
         task.await.expect("server");
     }

@@ -55,8 +55,14 @@ mod tests {
         m.register(&mut registry);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
-        assert!(out.contains("meshpath_dns_queries_answered_total 2"), "{out}");
-        assert!(out.contains("meshpath_dns_queries_forwarded_total 1"), "{out}");
+        assert!(
+            out.contains("meshpath_dns_queries_answered_total 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("meshpath_dns_queries_forwarded_total 1"),
+            "{out}"
+        );
         assert!(out.contains("meshpath_dns_errors_total 0"), "{out}");
     }
 }

@@ -155,8 +155,10 @@ mod tests {
 
     fn compiled_with_allocated() -> Compiled {
         let mut c = Compiled::default();
-        c.allocated_ips
-            .insert(ObjectRef::new("shop", "allocated"), Ipv4Addr::new(10, 96, 0, 99));
+        c.allocated_ips.insert(
+            ObjectRef::new("shop", "allocated"),
+            Ipv4Addr::new(10, 96, 0, 99),
+        );
         c
     }
 

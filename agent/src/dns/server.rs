@@ -30,7 +30,10 @@ struct Shared {
 
 impl Shared {
     fn table(&self) -> Arc<NameTable> {
-        self.table.read().map(|t| Arc::clone(&t)).unwrap_or_default()
+        self.table
+            .read()
+            .map(|t| Arc::clone(&t))
+            .unwrap_or_default()
     }
 }
 
@@ -88,7 +91,9 @@ impl DnsServer {
                         .by_resolver
                         .insert(resolver, SocketAddrV4::new(ip, listener.port));
                 }
-                Err(e) => warn!(error = %e, cause = ?std::error::Error::source(&e), "DNS queries to this resolver are not captured"),
+                Err(e) => {
+                    warn!(error = %e, cause = ?std::error::Error::source(&e), "DNS queries to this resolver are not captured")
+                }
             }
         }
         steering
@@ -225,7 +230,11 @@ async fn serve_udp(
             }
         };
         let query = buf[..n].to_vec();
-        let (sock, shared, upstreams) = (Arc::clone(&sock), Arc::clone(&shared), upstreams_of(&upstreams));
+        let (sock, shared, upstreams) = (
+            Arc::clone(&sock),
+            Arc::clone(&shared),
+            upstreams_of(&upstreams),
+        );
         tokio::spawn(async move {
             if let Some(reply) = respond(&query, peer, &shared, &upstreams, false).await {
                 if let Err(error) = sock.send_to(&reply, peer).await {

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 
 use meshpath_common::{
-    ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, MAX_SERVICE_IDS,
-    PROTO_TCP, PROTO_UDP, SVC_FLAG_DNS,
+    ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, MAX_SERVICE_IDS, PROTO_TCP,
+    PROTO_UDP, SVC_FLAG_DNS,
 };
 
 use crate::compile::MapContents;
@@ -26,7 +26,9 @@ pub fn render(contents: &mut MapContents, steering: &DnsSteering) {
     used_ids.extend(contents.names.keys().copied());
     let mut next_backend = contents.backends.keys().max().copied().unwrap_or(0) + 1;
     // Fresh ids from the top of the id space down: compile allocates from the bottom up.
-    let mut free_ids = (1..MAX_SERVICE_IDS).rev().filter(|id| !used_ids.contains(id));
+    let mut free_ids = (1..MAX_SERVICE_IDS)
+        .rev()
+        .filter(|id| !used_ids.contains(id));
     for (resolver, listener) in &steering.by_resolver {
         for proto in [PROTO_UDP, PROTO_TCP] {
             let base = ServiceKey::new(
@@ -37,9 +39,7 @@ pub fn render(contents: &mut MapContents, steering: &DnsSteering) {
             );
             let taken_over = contents.services.get(&base).map(|v| v.svc_id);
             if let Some(id) = taken_over {
-                contents
-                    .services
-                    .retain(|k, _| k.with_slot(0) != base);
+                contents.services.retain(|k, _| k.with_slot(0) != base);
                 contents.slot_limits.retain(|k, _| k.with_slot(0) != base);
                 contents.conn_limits.remove(&id);
             }
@@ -125,7 +125,9 @@ mod tests {
             assert_eq!(backend.ip_be, ipv4_be([10, 244, 0, 1]));
             assert_eq!(backend.port_be, port_be(15053));
             assert_eq!(backend.proto, proto);
-            assert!(c.names[&header.svc_id].as_str().starts_with("dns 10.96.0.10:53"));
+            assert!(c.names[&header.svc_id]
+                .as_str()
+                .starts_with("dns 10.96.0.10:53"));
         }
         assert_ne!(
             c.services[&key(PROTO_UDP, 0)].svc_id,
@@ -158,7 +160,10 @@ mod tests {
         render(&mut c, &steering());
         assert_eq!(c.services[&key(PROTO_UDP, 0)].svc_id, 5);
         assert_eq!(c.services[&key(PROTO_UDP, 0)].count, 1);
-        assert!(!c.services.contains_key(&key(PROTO_UDP, 2)), "old slots gone");
+        assert!(
+            !c.services.contains_key(&key(PROTO_UDP, 2)),
+            "old slots gone"
+        );
         assert!(!c.conn_limits.contains_key(&5));
     }
 

@@ -1,6 +1,6 @@
 //! DNS proxying against real resolver libraries: pods resolve Service names through the agent
-//! (glibc `getent`, Python's `getaddrinfo`, Go's own resolver, `dig +tcp`, raw UDP and TCP
-//! queries), names the agent does not own reach the resolver the pod asked (a responder this test
+//! (glibc `getent`, Python's `getaddrinfo`, Go's own resolver, Java's `InetAddress`, `dig +tcp`,
+//! raw UDP and TCP queries), names the agent does not own reach the resolver the pod asked (a responder this test
 //! runs on the pods' gateway, inside the test's node namespace), ExternalName Services answer with
 //! a CNAME, and neither a process outside the managed cgroups nor any pod with
 //! `--dns-capture false` is captured.
@@ -31,6 +31,7 @@ const CART_IP: &str = "10.96.0.21";
 const RESPONDER: &str = include_str!("dns/responder.py");
 const QUERY: &str = include_str!("dns/query.py");
 const GO_LOOKUP: &str = include_str!("dns/lookup.go");
+const JAVA_LOOKUP: &str = include_str!("dns/Lookup.java");
 
 fn services() -> String {
     docs(&[
@@ -302,6 +303,19 @@ fn pods_resolve_services_through_the_agent_and_the_rest_through_their_resolver()
         assert_eq!(out.trim(), CART_IP);
     } else {
         eprintln!("go not installed: Go resolver step skipped");
+    }
+
+    // Java's InetAddress (single-file source launch).
+    if on_path("java") {
+        let src = d.work.join("Lookup.java");
+        std::fs::write(&src, JAVA_LOOKUP).expect("write");
+        let src = src.to_str().expect("utf-8 path");
+        let out = d.stdout(pod, &["java", src, "springboot-app-svc"]);
+        assert_eq!(out.trim(), WEB_IP);
+        let out = d.stdout(pod, &["java", src, "db.shop.svc.cluster.local"]);
+        assert_eq!(out.trim(), UPSTREAM_ANSWER);
+    } else {
+        eprintln!("java not installed: Java resolver step skipped");
     }
 
     // A process outside the managed cgroups (same network namespace) is left alone: its queries

@@ -198,7 +198,7 @@ async fn ejections_changed(rx: &mut Option<watch::Receiver<crate::proxy::Ejected
 fn start_dns(
     cfg: &AgentConfig,
     metrics: &crate::dns::DnsMetrics,
-) -> Result<Option<crate::dns::DnsServer>, AgentError> {
+) -> Result<Option<crate::dns::DnsServer>, crate::netns::NetnsError> {
     if cfg.dns_without_proxy {
         warn!(
             "--dns-capture needs --proxy-ip (the address pods reach the agent at): DNS capture off"
@@ -213,7 +213,7 @@ fn start_dns(
         dns.upstreams = crate::dns::nameservers(&conf);
     }
     info!(upstreams = ?dns.upstreams, cluster_domain = %dns.cluster_domain, "DNS capture on");
-    Ok(Some(crate::dns::DnsServer::new(dns, metrics.clone())?))
+    crate::dns::DnsServer::new(dns, metrics.clone()).map(Some)
 }
 
 /// `--cgroup`, with `auto` resolved to the kubelet's kubepods root.

@@ -122,6 +122,7 @@ impl Aggregate {
     pub fn objects(&self) -> usize {
         let m = &self.model;
         m.services.len()
+            + m.external_names.len()
             + m.endpoint_slices.len()
             + m.pods.len()
             + m.virtual_services.len()

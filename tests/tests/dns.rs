@@ -331,6 +331,9 @@ fn pods_resolve_services_through_the_agent_and_the_rest_through_their_resolver()
     // The kernel counted the steering, the agent its answers.
     let status = c.status();
     assert!(counter(&status, "dns_steered") > 0, "{status:#}");
+    let steered = meshpath_tests::agent::service(&status, "meshpath/dns-proxy")
+        .unwrap_or_else(|| panic!("resolver entry in status: {status:#}"));
+    assert_eq!(steered["frontend"], format!("{RESOLVER}:53"), "{status:#}");
     let m = d.metrics();
     assert!(
         metric(&m, "meshpath_dns_queries_answered_total") >= 10,

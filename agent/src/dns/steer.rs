@@ -14,6 +14,9 @@ use meshpath_common::{
 
 use crate::compile::MapContents;
 
+/// How steered resolvers are named in `meshpath status`.
+pub const STATUS_NAME: &str = "meshpath/dns-proxy";
+
 /// resolver (`ip:53`) → the agent listener its queries go to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DnsSteering {
@@ -47,11 +50,8 @@ pub fn render(contents: &mut MapContents, steering: &DnsSteering) {
                 // Every id in use: this resolver stays as it is (its queries go out directly).
                 continue;
             };
-            let proto_name = if proto == PROTO_UDP { "udp" } else { "tcp" };
-            contents.names.insert(
-                svc_id,
-                ServiceName::new(&format!("dns {resolver}/{proto_name}")),
-            );
+            // `meshpath status` prints the frontend (resolver) and protocol next to the name.
+            contents.names.insert(svc_id, ServiceName::new(STATUS_NAME));
             let header = ServiceValue {
                 backend_id: 0,
                 count: 1,
@@ -125,9 +125,7 @@ mod tests {
             assert_eq!(backend.ip_be, ipv4_be([10, 244, 0, 1]));
             assert_eq!(backend.port_be, port_be(15053));
             assert_eq!(backend.proto, proto);
-            assert!(c.names[&header.svc_id]
-                .as_str()
-                .starts_with("dns 10.96.0.10:53"));
+            assert_eq!(c.names[&header.svc_id].as_str(), STATUS_NAME);
         }
         assert_ne!(
             c.services[&key(PROTO_UDP, 0)].svc_id,

@@ -55,6 +55,11 @@ fn free_port() -> u16 {
 
 /// A node with the agent (DNS capture as `capture` says) and the responder running.
 fn start(capture: &str) -> Option<Dns> {
+    start_with(capture, false)
+}
+
+/// As [`start`]; `agent_managed` moves the agent into the managed cgroup.
+fn start_with(capture: &str, agent_managed: bool) -> Option<Dns> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipping: the DNS tests need root (namespaces, cgroups, eBPF)");
@@ -69,7 +74,15 @@ fn start(capture: &str) -> Option<Dns> {
     let admin = free_port();
     let capture = capture.to_owned();
     let cluster = Cluster::start_with(2, move |node| {
-        vec![
+        let mut args: Vec<String> = if agent_managed {
+            vec![
+                "--agent-cgroup".into(),
+                node.cgroup_path().join("agent").display().to_string(),
+            ]
+        } else {
+            vec![]
+        };
+        args.extend([
             "--proxy-ip".into(),
             RESOLVER.into(),
             "--proxy-netns".into(),
@@ -80,7 +93,8 @@ fn start(capture: &str) -> Option<Dns> {
             RESOLVER.into(),
             "--admin-addr".into(),
             format!("127.0.0.1:{admin}"),
-        ]
+        ]);
+        args
     });
     let work = cluster.node.work_dir().to_path_buf();
     std::fs::write(work.join("responder.py"), RESPONDER).expect("write");
@@ -366,4 +380,38 @@ fn dns_capture_off_leaves_port_53_alone() {
     let status = c.status();
     assert_eq!(counter(&status, "dns_steered"), 0, "{status:#}");
     assert!(!c.agent.log().contains("DNS listener open"));
+}
+
+/// An agent inside the managed cgroups has its own relayed queries steered back to it: it still
+/// answers Service names, and refuses (SERVFAIL) a relay that came back instead of looping.
+#[test]
+fn an_agent_inside_the_managed_cgroups_does_not_relay_in_a_circle() {
+    let Some(d) = start_with("true", true) else {
+        return;
+    };
+    let c = &d.cluster;
+    let pod = c.node.pod(0);
+    c.wait_log(&["DNS listener open"], Duration::from_secs(10));
+    wait_for("the Services are served", Duration::from_secs(10), || {
+        d.stdout(pod, &["getent", "hosts", "springboot-app-svc"])
+            .starts_with(WEB_IP)
+    });
+    let query = d.work.join("query.py");
+    let query = query.to_str().expect("utf-8 path");
+    let started = Instant::now();
+    let out = d.stdout(
+        pod,
+        &["python3", query, "udp", RESOLVER, "www.example.test"],
+    );
+    assert!(out.contains("rcode 2"), "SERVFAIL: {out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(c
+        .agent
+        .log()
+        .contains("a relayed DNS query came back to the agent"));
+    assert!(!read(&d.responder_log).contains("www.example.test"));
 }

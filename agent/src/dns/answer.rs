@@ -128,6 +128,24 @@ fn servfail(request: &Message) -> Action {
     reply.to_vec().map_or(Action::Drop, Action::Reply)
 }
 
+/// SERVFAIL for `query` (same id and question), or just its id when it does not decode.
+pub fn refused(query: &[u8]) -> Vec<u8> {
+    let reply = match Message::from_vec(query) {
+        Ok(request) => {
+            let mut r = response_to(&request);
+            r.set_response_code(ResponseCode::ServFail);
+            r
+        }
+        Err(_) => {
+            let id = query
+                .get(..2)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            Message::error_msg(id, OpCode::Query, ResponseCode::ServFail)
+        }
+    };
+    reply.to_vec().unwrap_or_default()
+}
+
 /// The query sent to the resolver for an alias's target.
 pub fn chase_query(target: &Name, query_type: RecordType, id: u16) -> Vec<u8> {
     let mut m = Message::new();

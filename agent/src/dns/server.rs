@@ -26,6 +26,7 @@ use crate::netns::{bind_tcp, bind_udp, NetnsError};
 struct Shared {
     table: RwLock<Arc<NameTable>>,
     metrics: DnsMetrics,
+    relaying: forward::Relaying,
 }
 
 impl Shared {
@@ -62,6 +63,7 @@ impl DnsServer {
             shared: Arc::new(Shared {
                 table: RwLock::default(),
                 metrics,
+                relaying: forward::Relaying::default(),
             }),
             open: BTreeMap::new(),
         })
@@ -301,12 +303,20 @@ async fn respond(
 ) -> Option<Vec<u8>> {
     let table = shared.table();
     let m = &shared.metrics;
+    if shared.relaying.contains(peer) {
+        // Our own relayed query, steered back: the agent runs inside the managed cgroups and the
+        // resolver is not a Service (whose endpoints the agent relays to directly). Refuse
+        // instead of relaying in a circle.
+        warn!(%peer, "a relayed DNS query came back to the agent: it runs inside the managed cgroups; queries to this resolver cannot be relayed");
+        m.errors.inc();
+        return Some(answer::refused(query));
+    }
     let reply = match answer::handle(query, &table, client_ip(peer), !tcp) {
         Action::Reply(bytes) => {
             m.answered.inc();
             bytes
         }
-        Action::Forward => match forward::forward(query, upstreams, tcp).await {
+        Action::Forward => match forward::forward(query, upstreams, tcp, &shared.relaying).await {
             Ok(bytes) => {
                 m.forwarded.inc();
                 bytes
@@ -325,7 +335,7 @@ async fn respond(
             m.answered.inc();
             let id = fastrand::u16(..);
             let chase = answer::chase_query(&target, query_type, id);
-            let resolved = forward::forward(&chase, upstreams, tcp).await;
+            let resolved = forward::forward(&chase, upstreams, tcp, &shared.relaying).await;
             if let Err(error) = &resolved {
                 debug!(%error, %target, "ExternalName target not resolved");
             }

@@ -37,18 +37,8 @@ have_kubectl() {
 have_etcd() { [ -x "$OUT/etcd" ] && VERSION_LINE="etcd Version: ${ETCD_VERSION#v}" reports "$OUT/etcd" --version; }
 all_present() { have_kube kube-apiserver && have_kube kube-controller-manager && have_kubectl && have_etcd; }
 
-deb_install() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ "${#missing[@]}" -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "Debian packages missing (${missing[*]}); run as root"
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=lib/go.sh
+source scripts/lib/go.sh
 
 # The harness writes its PKI (CA, serving certificate, service-account key) with the openssl CLI.
 deb_install openssl
@@ -64,38 +54,7 @@ if all_present; then
 fi
 
 # --- Go toolchain -------------------------------------------------------------------------------
-go_bin=$(command -v go || true)
-[ -z "$go_bin" ] && [ -x /usr/local/go/bin/go ] && go_bin=/usr/local/go/bin/go
-if [ -z "$go_bin" ]; then
-  # Any Go that can download modules is enough: the wanted toolchain is fetched below.
-  deb_install golang-go
-  go_bin=/usr/bin/go
-fi
-go_minor() { "$1" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
-minor=$(go_minor "$go_bin")
-if [ "${minor:-0}" -ge "$GO_MIN_MINOR" ]; then
-  export GOTOOLCHAIN=local
-elif [ "${minor:-0}" -ge 21 ]; then
-  # Go >= 1.21 downloads golang.org/toolchain@...-$GO_TOOLCHAIN from GOPROXY by itself.
-  log "$("$go_bin" version) is older than go1.$GO_MIN_MINOR; using $GO_TOOLCHAIN from the Go module proxy"
-  export GOTOOLCHAIN=$GO_TOOLCHAIN
-else
-  # Older Go (Debian bookworm has 1.19) cannot switch toolchains, but can download the toolchain
-  # module; the module cache keeps files read-only and without execute bits, so copy it out.
-  tc_dir=$WORK/$GO_TOOLCHAIN
-  if [ ! -x "$tc_dir/bin/go" ]; then
-    tc_mod=golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$("$go_bin" env GOARCH)
-    log "$("$go_bin" version) is too old to switch toolchains; fetching $tc_mod from the Go module proxy"
-    tc_src=$(cd / && GO111MODULE=on "$go_bin" mod download -json "$tc_mod" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
-    [ -n "$tc_src" ] || die "could not download $tc_mod"
-    rm -rf "$tc_dir.tmp" && cp -r "$tc_src" "$tc_dir.tmp" && chmod -R u+w "$tc_dir.tmp"
-    chmod +x "$tc_dir.tmp"/bin/* "$tc_dir.tmp"/pkg/tool/*/*
-    mv "$tc_dir.tmp" "$tc_dir"
-  fi
-  go_bin=$tc_dir/bin/go
-  export GOTOOLCHAIN=local
-fi
-log "using $("$go_bin" version)"
+go_resolve "$GO_MIN_MINOR" "$GO_TOOLCHAIN" "$WORK"
 
 # GOMODCACHE and GOCACHE stay at Go's defaults (~/go/pkg/mod, ~/.cache/go-build): they are shared
 # with other Go builds on the machine and survive `cargo clean`, so wiping target/ costs only the
@@ -103,15 +62,6 @@ log "using $("$go_bin" version)"
 # 3.3 GB of build cache. -p=1 and nice/ionice: the machine's two cores are shared with others.
 # CGO_ENABLED=0 as in Kubernetes' and etcd's release builds: static binaries, no C compiler needed.
 export GOFLAGS="-buildvcs=false -p=1" CGO_ENABLED=0 GOWORK=off
-low() {
-  if command -v ionice >/dev/null 2>&1; then nice -n 19 ionice -c3 "$@"; else nice -n 19 "$@"; fi
-}
-# `go get` lists every module it downloads (hundreds): keep that in a log, show it on failure.
-quiet() {
-  local log=$1
-  shift
-  "$@" >"$log" 2>&1 || { cat "$log" >&2; die "failed: $* (log: $log)"; }
-}
 
 # --- Kubernetes ---------------------------------------------------------------------------------
 # One wrapper module for the three commands: k8s.io/kubernetes replaces its staging modules with

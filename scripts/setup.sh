@@ -9,6 +9,10 @@ MESHPATH_DEB_PACKAGES=(
   rustc-web cargo-web libstd-rust-web-dev-bpf
   llvm-22-dev libpolly-22-dev clang-22 lld-22 libzstd-dev
   iproute2 bpftool curl iptables
+  # `cargo xtask vm-test` (and the Linux 6.1 smoke run of `cargo xtask test`): qemu boots Debian's
+  # kernel packages; static busybox is the guest's initramfs.
+  qemu-system-x86 busybox-static
+  # dig, for the DNS proxy tests.
   bind9-dnsutils
 )
 BPF_LINKER_VERSION=0.13.0

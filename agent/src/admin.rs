@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::proxy::ProxyStats;
+use meshpath_proxy::ProxyStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -55,7 +55,7 @@ pub struct AdminState {
     /// bpffs directory of the pinned maps, for the kernel counters.
     pub pin_dir: PathBuf,
     /// The sync loop's counters and latency histogram.
-    pub sync: crate::sync_metrics::SyncMetrics,
+    pub sync: meshpath_source::sync_metrics::SyncMetrics,
     /// Set once the first snapshot of the cluster is programmed.
     pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The DNS proxy's counters (zero while capture is off).
@@ -144,7 +144,7 @@ async fn envoy_stats(state: &AdminState) -> String {
 
 /// Kernel-side counters from the pinned maps (empty when they cannot be read).
 fn kernel_stats(pin_dir: &std::path::Path) -> String {
-    let status = match crate::status::read(pin_dir) {
+    let status = match meshpath_datapath::status::read(pin_dir) {
         Ok(s) => s,
         Err(error) => {
             debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
@@ -309,9 +309,9 @@ mod tests {
 
     #[test]
     fn metrics_name_clusters_like_istio() {
-        use crate::l7::{Cluster, ClusterKey, L7Config};
+        use meshpath_model::l7::{Cluster, ClusterKey, L7Config};
         let key = ClusterKey {
-            service: crate::model::ObjectRef::new("default", "web"),
+            service: meshpath_model::ObjectRef::new("default", "web"),
             port: 8080,
             subset: Some("v1".into()),
         };
@@ -329,7 +329,7 @@ mod tests {
         };
         let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
         let state = AdminState {
-            proxy: Some(crate::proxy::Proxy::new(rx).stats()),
+            proxy: Some(meshpath_proxy::Proxy::new(rx).stats()),
             pin_dir: PathBuf::from("/nonexistent"),
             programmed: Default::default(),
             sync: Default::default(),

@@ -214,14 +214,8 @@ fn plausible_uid(uid: &str) -> bool {
     !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Annotation of a mirror pod (a static pod as the API server shows it) holding the static pod's
-/// UID: the kubelet names the static pod's cgroup after that UID (its file's hash,
-/// `kubernetes.io/config.hash`, set in pkg/kubelet/config/common.go), not after the mirror's
-/// own `metadata.uid`.
-pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
-
 /// The UID the kubelet names a pod's cgroup after: the mirror annotation's value for a mirror
-/// pod, else `metadata.uid`.
+/// pod (`meshpath_source::convert::MIRROR_ANNOTATION`), else `metadata.uid`.
 pub fn cgroup_uid<'a>(metadata_uid: &'a str, mirror_annotation: Option<&'a str>) -> &'a str {
     mirror_annotation.unwrap_or(metadata_uid)
 }

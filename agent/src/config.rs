@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::compile::CompileOptions;
-use crate::datapath::Features;
-use crate::model::LbPolicy;
+use meshpath_compile::CompileOptions;
+use meshpath_datapath::Features;
+use meshpath_model::LbPolicy;
 
 pub const ENV_PIN_DIR: &str = "MESHPATH_PIN_DIR";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshpath";
@@ -267,7 +267,7 @@ pub struct AgentConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceConfig {
     Manifests(PathBuf),
-    Kube(crate::source::kube::KubeOptions),
+    Kube(meshpath_source::kube::KubeOptions),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,7 +283,7 @@ impl From<&AgentArgs> for AgentConfig {
             (SourceArg::Manifests, Some(dir)) => SourceConfig::Manifests(dir.clone()),
             // clap requires --manifests with --source manifests.
             (SourceArg::Manifests, None) => unreachable!("--manifests is required"),
-            (SourceArg::Kube, _) => SourceConfig::Kube(crate::source::kube::KubeOptions {
+            (SourceArg::Kube, _) => SourceConfig::Kube(meshpath_source::kube::KubeOptions {
                 kubeconfig: a.kubeconfig.clone(),
                 debounce: std::time::Duration::from_millis(a.kube_debounce_ms),
             }),
@@ -379,213 +379,4 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn agent(extra: &[&str]) -> AgentConfig {
-        let mut args = vec![
-            "meshpath",
-            "agent",
-            "--manifests",
-            "/m",
-            "--cgroup",
-            "/sys/fs/cgroup/unified/x",
-        ];
-        args.extend_from_slice(extra);
-        match parse_args(args).expect("parses").command {
-            Command::Agent(a) => AgentConfig::from(&*a),
-            other => panic!("not agent: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults() {
-        let c = agent(&[]);
-        assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
-        assert_eq!(
-            c.features,
-            Features {
-                connect_lb: true,
-                udp_datagram_lb: true,
-                socket_redirect: false,
-                connection_limits: true
-            }
-        );
-        assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
-        assert_eq!(c.compile.service_cidr, (Ipv4Addr::new(10, 96, 0, 0), 12));
-    }
-
-    #[test]
-    fn sources() {
-        assert_eq!(
-            agent(&[]).source,
-            SourceConfig::Manifests(PathBuf::from("/m"))
-        );
-        let args = [
-            "meshpath",
-            "agent",
-            "--source",
-            "kube",
-            "--kubeconfig",
-            "/k",
-            "--node-name",
-            "n1",
-            "--cgroup",
-            "/c",
-        ];
-        let Command::Agent(a) = parse_args(args).expect("parses").command else {
-            panic!("not agent")
-        };
-        let c = AgentConfig::from(&*a);
-        assert_eq!(
-            c.source,
-            SourceConfig::Kube(crate::source::kube::KubeOptions {
-                kubeconfig: Some(PathBuf::from("/k")),
-                debounce: std::time::Duration::from_millis(DEFAULT_KUBE_DEBOUNCE_MS),
-            })
-        );
-        assert_eq!(c.node_name.as_deref(), Some("n1"));
-        let err = parse_args(["meshpath", "agent", "--cgroup", "/c"]).unwrap_err();
-        assert!(err.to_string().contains("--manifests"), "{err}");
-    }
-
-    #[test]
-    fn off_switches_and_policy() {
-        let c = agent(&[
-            "--connect-lb",
-            "false",
-            "--udp-datagram-lb=false",
-            "--socket-redirect",
-            "true",
-            "--connection-limits=false",
-            "--default-lb-policy",
-            "round-robin",
-        ]);
-        assert_eq!(
-            c.features,
-            Features {
-                connect_lb: false,
-                udp_datagram_lb: false,
-                socket_redirect: true,
-                connection_limits: false
-            }
-        );
-        assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);
-    }
-
-    #[test]
-    fn proxy_settings() {
-        assert_eq!(agent(&[]).proxy, None);
-        let c = agent(&["--proxy-ip", "10.244.0.1", "--proxy-ports", "20000-20010"]);
-        assert_eq!(
-            c.proxy,
-            Some(ProxyConfig {
-                ip: Ipv4Addr::new(10, 244, 0, 1),
-                netns: None,
-                ports: (20000, 20010)
-            })
-        );
-        assert!(parse_port_range("9-1")
-            .unwrap_err()
-            .contains("FIRST <= LAST"));
-    }
-
-    #[test]
-    fn dns_capture_is_on_with_manifests_and_opt_in_with_kube() {
-        let proxy = ["--proxy-ip", "10.244.0.1"];
-        let dns = agent(&proxy).dns.expect("on by default with manifests");
-        assert_eq!(dns.ip, Ipv4Addr::new(10, 244, 0, 1));
-        assert_eq!(dns.cluster_domain, "cluster.local");
-        assert_eq!(dns.ports, (15053, 15099));
-        assert!(dns.upstreams.is_empty(), "resolv.conf decides at start");
-        assert_eq!(agent(&[]).dns, None, "no address to listen on");
-        assert_eq!(
-            agent(&[&proxy[..], &["--dns-capture", "false"]].concat()).dns,
-            None
-        );
-        let kube = |extra: &[&str]| {
-            let mut args = vec![
-                "meshpath",
-                "agent",
-                "--source",
-                "kube",
-                "--cgroup",
-                "/sys/fs/cgroup/x",
-            ];
-            args.extend(extra);
-            match parse_args(args).expect("parses").command {
-                Command::Agent(a) => AgentConfig::from(&*a),
-                other => panic!("{other:?}"),
-            }
-        };
-        assert_eq!(kube(&proxy).dns, None, "opt-in with kube");
-        let c = kube(&[
-            "--proxy-ip",
-            "10.244.0.1",
-            "--dns-capture",
-            "true",
-            "--dns-upstream",
-            "10.96.0.10,192.0.2.1:5353",
-            "--cluster-domain",
-            "Corp.Internal.",
-        ]);
-        let dns = c.dns.expect("on");
-        assert_eq!(
-            dns.upstreams,
-            vec![
-                "10.96.0.10:53".parse().expect("addr"),
-                "192.0.2.1:5353".parse().expect("addr")
-            ]
-        );
-        assert_eq!(dns.cluster_domain, "corp.internal");
-        assert!(kube(&["--dns-capture", "true"]).dns_without_proxy);
-        assert!(parse_resolver("nope").unwrap_err().contains("nope"));
-    }
-
-    #[test]
-    fn cidr_errors_say_what_is_wrong() {
-        assert!(parse_cidr("10.96.0.0")
-            .unwrap_err()
-            .contains("ADDRESS/PREFIX"));
-        assert!(parse_cidr("10.96.0.300/12")
-            .unwrap_err()
-            .contains("address"));
-        assert!(parse_cidr("10.96.0.0/2")
-            .unwrap_err()
-            .contains("between 8 and 30"));
-    }
-
-    #[test]
-    fn redirect_switch_parses() {
-        match parse_args(["meshpath", "redirect", "off", "--pin-dir", "/sys/fs/bpf/x"])
-            .expect("parses")
-            .command
-        {
-            Command::Redirect(r) => assert_eq!(
-                (r.state, r.pin.pin_dir),
-                (OnOff::Off, PathBuf::from("/sys/fs/bpf/x"))
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn validate_takes_files_and_directories() {
-        match parse_args(["meshpath", "validate", "a.yaml", "manifests/"])
-            .expect("parses")
-            .command
-        {
-            Command::Validate(v) => assert_eq!(
-                v.paths,
-                [PathBuf::from("a.yaml"), PathBuf::from("manifests/")]
-            ),
-            other => panic!("{other:?}"),
-        }
-        assert!(parse_args(["meshpath", "validate"]).is_err());
-    }
-
-    #[test]
-    fn cgroup_is_required() {
-        assert!(parse_args(["meshpath", "agent", "--manifests", "/m"]).is_err());
-    }
-}
+mod tests;

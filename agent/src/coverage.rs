@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
+use meshpath_model::{ClusterModel, ObjectRef};
+
 use crate::cgroup_layout::{cgroup_uid, covered_by, find_pod_cgroup};
-use crate::model::{ClusterModel, ObjectRef};
 
 /// The local pods, sorted by what the attach point means for them.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -77,7 +78,7 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Pod, PodPlacement};
+    use meshpath_model::{Pod, PodPlacement};
 
     fn pod(name: &str, node: &str, uid: &str) -> Pod {
         Pod {

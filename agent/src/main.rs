@@ -1,27 +1,17 @@
 //! `meshpath`: the node agent and its CLI.
 
 mod admin;
-mod apply;
 mod cgroup_layout;
-mod compile;
 mod config;
 mod coverage;
-mod datapath;
 mod dns;
-mod ejection;
-mod istio;
-mod l7;
-mod model;
 mod netns;
-mod proxy;
 mod proxy_listeners;
 mod reconcile;
 mod run;
-mod source;
-mod status;
-mod steer;
-mod sync_metrics;
 mod validate;
+
+use meshpath_datapath::{self as datapath, status};
 
 use std::io::IsTerminal;
 
@@ -70,8 +60,13 @@ fn main() -> anyhow::Result<()> {
         Command::Validate(args) => {
             let report = validate::validate(&args.paths);
             #[allow(clippy::print_stdout)] // CLI output
-            for problem in &report.problems {
-                println!("{problem}");
+            {
+                for problem in &report.problems {
+                    println!("{problem}");
+                }
+                for warning in &report.warnings {
+                    println!("warning: {warning}");
+                }
             }
             if !report.problems.is_empty() {
                 std::process::exit(1);

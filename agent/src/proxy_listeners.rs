@@ -12,11 +12,12 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::compile::FrontendAddr;
-use crate::model::ClusterModel;
+use meshpath_compile::steer::ProxyPorts;
+use meshpath_compile::FrontendAddr;
+use meshpath_model::ClusterModel;
+use meshpath_proxy::{serve, OriginalDst, Proxy};
+
 use crate::netns::{bind_tcp, NetnsError};
-use crate::proxy::{serve, OriginalDst, Proxy};
-use crate::steer::ProxyPorts;
 
 /// Pod labels by pod IP, for `sourceLabels` matches; swapped whole on every model change.
 pub type PodLabels = Arc<BTreeMap<Ipv4Addr, BTreeMap<String, String>>>;

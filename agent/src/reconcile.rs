@@ -8,15 +8,16 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::apply::apply;
-use crate::compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
-use crate::compile::limits::{route_limits, RouteLimits};
-use crate::compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
-use crate::datapath::DatapathMaps;
-use crate::l7::L7Config;
-use crate::model::ClusterModel;
+use meshpath_compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
+use meshpath_compile::limits::{route_limits, RouteLimits};
+use meshpath_compile::steer::ProxyPorts;
+use meshpath_compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
+use meshpath_datapath::apply::apply;
+use meshpath_datapath::DatapathMaps;
+use meshpath_model::l7::L7Config;
+use meshpath_model::ClusterModel;
+
 use crate::proxy_listeners::{pod_labels, ProxyListeners};
-use crate::steer::ProxyPorts;
 
 /// Where the node proxy listens; `None` keeps every service on the kernel path.
 pub struct ProxySetup {
@@ -27,6 +28,10 @@ pub struct ProxySetup {
 
 pub struct Reconciler {
     opts: CompileOptions,
+    /// Whether the running datapath enforces connection limits (`--connection-limits`; sock_ops
+    /// releases counted sockets only then). Off: no limit reaches the maps at all, so connect4
+    /// counts nothing that could never be released.
+    connection_limits: bool,
     proxy: Option<ProxySetup>,
     l7_tx: watch::Sender<Arc<L7Config>>,
     compiled: Compiled,
@@ -34,11 +39,11 @@ pub struct Reconciler {
     ports: ProxyPorts,
     /// Connection-limit groups of route destinations, with their stable ids.
     limits: RouteLimits,
-    /// Endpoints the proxy's `outlierDetection` ejected, kept out of the maps (`ejection.rs`).
-    ejected: crate::proxy::EjectedSet,
+    /// Endpoints the proxy's `outlierDetection` ejected, kept out of the maps (`meshpath_compile::ejection`).
+    ejected: meshpath_proxy::EjectedSet,
     /// What the last successful apply wrote: the next one diffs against it instead of reading
     /// the maps back. `None` at start and after a failed apply, which then reads the maps.
-    applied: Option<crate::compile::MapContents>,
+    applied: Option<meshpath_compile::MapContents>,
     /// The DNS proxy, when DNS capture is on (`crate::dns`).
     dns: Option<crate::dns::DnsServer>,
 }
@@ -46,11 +51,13 @@ pub struct Reconciler {
 impl Reconciler {
     pub fn new(
         opts: CompileOptions,
+        connection_limits: bool,
         proxy: Option<ProxySetup>,
         l7_tx: watch::Sender<Arc<L7Config>>,
     ) -> Self {
         Self {
             opts,
+            connection_limits,
             proxy,
             l7_tx,
             compiled: Compiled::default(),
@@ -70,7 +77,7 @@ impl Reconciler {
     }
 
     /// The proxy's current ejections, applied from the next [`Reconciler::reconcile`].
-    pub fn set_ejected(&mut self, ejected: crate::proxy::EjectedSet) {
+    pub fn set_ejected(&mut self, ejected: meshpath_proxy::EjectedSet) {
         self.ejected = ejected;
     }
 
@@ -83,7 +90,7 @@ impl Reconciler {
         }
         // `--connection-limits false`: no limit reaches the maps, service-wide or per route
         // destination, so connect4 counts nothing (sock_ops, which releases, may be detached).
-        if maps.connection_limits {
+        if self.connection_limits {
             let limits = kernel_connection_limits(model, &next);
             for fe in next.frontends.values_mut() {
                 fe.max_connections = limits.get(&fe.service).copied();
@@ -94,7 +101,7 @@ impl Reconciler {
         for e in &l7_errors {
             error!(error = %e, "routing not (re)applied; its last good state stays live");
         }
-        let route_limits = if maps.connection_limits {
+        let route_limits = if self.connection_limits {
             let (limits, errors) = route_limits(&l7, &next, &self.limits);
             for e in &errors {
                 error!(error = %e, "connection limit not applied");
@@ -128,10 +135,10 @@ impl Reconciler {
             .as_ref()
             .map(|p| ports.targets(p.ip))
             .unwrap_or_default();
-        let ejected = crate::ejection::ejected_ips(&l7.config, &self.ejected);
+        let ejected = meshpath_compile::ejection::ejected_ips(&l7.config, &self.ejected);
         let weighted = tcp_weights(&l7, &next, &ejected);
         // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).
-        let healthy = crate::ejection::exclude_ejected(&next, &ejected);
+        let healthy = meshpath_compile::ejection::exclude_ejected(&next, &ejected);
         let rendered_from = healthy.as_ref().unwrap_or(&next);
         let mut contents = rendered_from.map_contents_steered(&targets, &weighted);
         route_limits.render(&mut contents, rendered_from, &weighted);
@@ -186,11 +193,11 @@ impl Reconciler {
 
 /// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
 /// applied per connection, never through the proxy), without the pods outlier detection
-/// ejected (`ejection.rs`).
+/// ejected (`meshpath_compile::ejection`).
 fn tcp_weights(
     l7: &L7Compiled,
     compiled: &Compiled,
-    ejected: &crate::ejection::EjectedIps,
+    ejected: &meshpath_compile::ejection::EjectedIps,
 ) -> std::collections::BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>> {
     l7.tcp_routes
         .iter()
@@ -210,15 +217,16 @@ fn tcp_weights(
                                     std::net::SocketAddr::V4(a) => Some(BackendAddr {
                                         ip: *a.ip(),
                                         port: a.port(),
-                                        protocol: crate::model::Protocol::Tcp,
+                                        protocol: meshpath_model::Protocol::Tcp,
                                     }),
                                     std::net::SocketAddr::V6(_) => None,
                                 })
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let endpoints =
-                        crate::ejection::healthy_endpoints(ejected, &l7.config, cluster, endpoints);
+                    let endpoints = meshpath_compile::ejection::healthy_endpoints(
+                        ejected, &l7.config, cluster, endpoints,
+                    );
                     (endpoints, *weight)
                 })
                 .collect();

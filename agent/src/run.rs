@@ -9,15 +9,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use meshpath_datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
+use meshpath_model::l7::L7Config;
+use meshpath_model::ClusterModel;
+use meshpath_proxy::Proxy;
+use meshpath_source::kube::{KubeSource, KubeSourceError};
+use meshpath_source::{ManifestWatcher, SourceError, SourceStatus};
+
 use crate::config::{AgentConfig, SourceConfig};
-use crate::datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
-use crate::l7::L7Config;
-use crate::model::ClusterModel;
-use crate::proxy::Proxy;
 use crate::proxy_listeners::ProxyListeners;
 use crate::reconcile::{ProxySetup, Reconciler};
-use crate::source::kube::{KubeSource, KubeSourceError};
-use crate::source::{ManifestWatcher, SourceError, SourceStatus};
 
 /// Kept alive while the agent runs; dropping it stops the source.
 enum RunningSource {
@@ -98,7 +99,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let dns_metrics = crate::dns::DnsMetrics::default();
     let dns = start_dns(&cfg, &dns_metrics)?;
     let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sync = crate::sync_metrics::SyncMetrics::default();
+    let sync = meshpath_source::sync_metrics::SyncMetrics::default();
     let admin = crate::admin::AdminState {
         sync: sync.clone(),
         programmed: programmed.clone(),
@@ -137,7 +138,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             RunningSource::Kube(source)
         }
     };
-    let mut reconciler = Reconciler::new(cfg.compile.clone(), proxy, l7_tx).with_dns(dns);
+    let mut reconciler = Reconciler::new(
+        cfg.compile.clone(),
+        cfg.features.connection_limits,
+        proxy,
+        l7_tx,
+    )
+    .with_dns(dns);
     let mut coverage = crate::coverage::Reporter::default();
     // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
     // directories, so it runs only when the pods changed, not on every endpoint change.
@@ -183,7 +190,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 }
 
 /// Resolves when the proxy's ejected set changes; never without a proxy (or once it is gone).
-async fn ejections_changed(rx: &mut Option<watch::Receiver<crate::proxy::EjectedSet>>) {
+async fn ejections_changed(rx: &mut Option<watch::Receiver<meshpath_proxy::EjectedSet>>) {
     if let Some(r) = rx {
         if r.changed().await.is_ok() {
             return;

@@ -7,18 +7,20 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::compile::l7::{compile_l7, L7Compiled};
-use crate::compile::{compile, CompileOptions, Compiled};
-use crate::source::manifests::{is_manifest_name, load_paths, ManifestState};
-use crate::source::SourceError;
+use meshpath_compile::l7::{compile_l7, L7Compiled, L7Error};
+use meshpath_compile::{compile, CompileOptions, Compiled};
+use meshpath_source::manifests::{is_manifest_name, load_paths, ManifestState};
+use meshpath_source::SourceError;
 
 /// What was checked and every problem found, one line each:
-/// `FILE[:LINE]: [OBJECT: FIELD: ]REASON`.
+/// `FILE[:LINE[:COLUMN]]: [OBJECT: FIELD: ]REASON`.
 #[derive(Debug, Default)]
 pub struct Report {
     pub files: usize,
     pub objects: usize,
     pub problems: Vec<String>,
+    /// What is accepted but likely not what was meant, one line each (same form).
+    pub warnings: Vec<String>,
 }
 
 pub fn validate(args: &[PathBuf]) -> Report {
@@ -45,9 +47,15 @@ pub fn validate(args: &[PathBuf]) -> Report {
         .problems
         .extend(errors.iter().map(ToString::to_string));
     let (_, errors) = compile_l7(&model, &compiled, &L7Compiled::default());
-    report
-        .problems
-        .extend(errors.iter().map(ToString::to_string));
+    for error in errors {
+        // Istio accepts a route to a subset no DestinationRule defines yet (it may be applied
+        // next); the agent keeps the previous routes meanwhile.
+        if matches!(error, L7Error::UnknownSubset { .. }) {
+            report.warnings.push(error.to_string());
+        } else {
+            report.problems.push(error.to_string());
+        }
+    }
     report
 }
 
@@ -75,9 +83,10 @@ fn source_line(error: &SourceError) -> String {
         return text;
     };
     let rest = text.strip_prefix(&format!("{file}: ")).unwrap_or(&text);
-    match error.line() {
-        Some(line) => format!("{file}:{line}: {rest}"),
-        None => format!("{file}: {rest}"),
+    match (error.line(), error.column()) {
+        (Some(line), Some(column)) => format!("{file}:{line}:{column}: {rest}"),
+        (Some(line), None) => format!("{file}:{line}: {rest}"),
+        _ => format!("{file}: {rest}"),
     }
 }
 
@@ -134,18 +143,22 @@ mod tests {
         let report = validate(&[svc, routes.clone(), bad.clone(), missing.clone()]);
         let (routes, bad) = (routes.display(), bad.display());
         assert_eq!(
+            report.warnings,
+            [format!(
+                "{routes}:2: VirtualService default/reviews: spec.http[0].route[0].destination.subset: subset \"v9\" \
+                 of Service default/reviews is not defined (no DestinationRule has host reviews); the \
+                 VirtualService keeps its previous routes"
+            )]
+        );
+        assert_eq!(
             report.problems,
             [
                 format!("{}: No such file or directory (os error 2)", missing.display()),
-                format!("{bad}:1: VirtualService default/bad: spec: set at least one of http, tcp, tls"),
+                // Istio's problems point at their field (line and column), the others at the document.
+                format!("{bad}:5:1: VirtualService default/bad: spec: http, tcp or tls must be provided in virtual service"),
                 format!(
-                    "{bad}:8: VirtualService default/bad2: spec.http[0].timeout: \"7 seconds\" is not a duration \
+                    "{bad}:15:5: VirtualService default/bad2: spec.http[0].timeout: \"7 seconds\" is not a duration \
                      (write e.g. 7s, 0.5s, 100ms, 5m, 1h): unknown unit (use ns, us, ms, s, m or h)"
-                ),
-                format!(
-                    "{routes}:2: VirtualService default/reviews: spec.http[0].route[0].destination.subset: subset \"v9\" \
-                     of Service default/reviews is not defined (no DestinationRule has host reviews); the \
-                     VirtualService keeps its previous routes"
                 ),
             ]
         );

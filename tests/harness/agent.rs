@@ -32,6 +32,8 @@ pub struct Agent {
     child: Option<Child>,
     pin_dir: PathBuf,
     log: PathBuf,
+    /// `--admin-addr`, when the arguments name one.
+    admin_addr: Option<String>,
 }
 
 impl Agent {
@@ -93,10 +95,16 @@ impl Agent {
             .stderr(log_file)
             .spawn()
             .context("starting meshpath agent")?;
+        let admin_addr = extra
+            .iter()
+            .position(|a| *a == "--admin-addr")
+            .and_then(|i| extra.get(i + 1))
+            .map(|a| (*a).to_owned());
         let mut agent = Agent {
             child: Some(child),
             pin_dir: pin_dir.to_path_buf(),
             log: log.to_path_buf(),
+            admin_addr,
         };
         agent.wait_log("programmed", Duration::from_secs(10))?;
         Ok(agent)
@@ -105,6 +113,11 @@ impl Agent {
     /// The agent's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The admin listener's address, when it was given with `--admin-addr`.
+    pub fn admin_addr(&self) -> Option<&str> {
+        self.admin_addr.as_deref()
     }
 
     pub fn log(&self) -> String {
@@ -165,21 +178,30 @@ impl Drop for Agent {
     }
 }
 
-/// `meshpath status --json` for a pin directory, agent running or not.
-pub fn status(pin_dir: &Path) -> anyhow::Result<Value> {
-    let out = Command::new(meshpath_bin()?)
-        .args(["status", "--json", "--pin-dir"])
-        .arg(pin_dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .context("running meshpath status")?;
+/// Runs the `meshpath` CLI with `args`: its stdout, or an error carrying its stderr.
+pub fn meshpath<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> anyhow::Result<String> {
+    let mut cmd = Command::new(meshpath_bin()?);
+    cmd.args(args).env("NO_COLOR", "1");
+    let out = cmd.output().context("running meshpath")?;
     if !out.status.success() {
         bail!(
-            "meshpath status failed: {}",
+            "{cmd:?} failed ({}): {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    serde_json::from_slice(&out.stdout).context("parsing meshpath status --json")
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `meshpath status --json` for a pin directory, agent running or not.
+pub fn status(pin_dir: &Path) -> anyhow::Result<Value> {
+    let args = [
+        OsStr::new("status"),
+        OsStr::new("--json"),
+        OsStr::new("--pin-dir"),
+    ];
+    let out = meshpath(args.into_iter().chain([pin_dir.as_os_str()]))?;
+    serde_json::from_str(&out).context("parsing meshpath status --json")
 }
 
 /// The status entry of the service whose name starts with `name` (e.g. "default/web:").
@@ -188,4 +210,37 @@ pub fn service<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)))
+}
+
+/// As [`service`], panicking with the whole status when the service is missing.
+pub fn svc<'a>(status: &'a Value, name: &str) -> &'a Value {
+    service(status, name).unwrap_or_else(|| panic!("service {name} not in status: {status:#}"))
+}
+
+/// The backends (`ip:port`) of the service whose name starts with `name`.
+pub fn backends(status: &Value, name: &str) -> Vec<String> {
+    svc(status, name)["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b.as_str().expect("str").to_string())
+        .collect()
+}
+
+/// Whether the service whose name starts with `name` is steered to the node proxy.
+pub fn steered_to_proxy(status: &Value, name: &str) -> bool {
+    let proxy = format!("{}:", crate::node_agent::PROXY_IP);
+    service(status, name).is_some_and(|s| {
+        s["backends"].as_array().is_some_and(|b| {
+            b.iter()
+                .any(|x| x.as_str().is_some_and(|x| x.starts_with(&proxy)))
+        })
+    })
+}
+
+/// A global counter of the status.
+pub fn counter(status: &Value, name: &str) -> u64 {
+    status["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter {name} missing: {status:#}"))
 }

@@ -12,29 +12,41 @@
 //! failing test unwinds. Leftovers of runs whose process died without unwinding are removed the
 //! next time any `Node` is created.
 //!
-//! Everything here needs root.
+//! Everything here needs root; a test first asks [`privileged`] whether this machine can run it
+//! and returns (printing `SKIP <test>: <reason>`) when it cannot.
 
 pub mod agent;
 mod cgroup;
 mod children;
 mod client;
+mod cluster;
 mod hold;
 pub mod kube;
 pub mod manifests;
 mod net;
 mod node;
+mod node_agent;
 mod pod;
 mod runid;
+mod skip;
 mod stale;
 mod sys;
+pub mod wait;
 
 pub use client::{run_until, testpod_bin, ClientReport, Finished, RequestRecord};
+pub use cluster::{addr, Cluster};
 pub use hold::Hold;
 pub use kube::{FakeKubelet, KubeCluster, KubeOptions, RunningPod};
 pub use node::Node;
+pub use node_agent::{Proxy, Source, PROXY_IP};
 pub use pod::{Pod, Target};
 pub use runid::RunId;
+pub use skip::{
+    first_missing, privileged, skip_line, skipped_test, Feature, Privileged, AGENT, KUBE,
+    KUBE_AGENT, NODE,
+};
 pub use sys::{bpffs_root, cgroup2_root};
+pub use wait::{poll, wait_until};
 
 /// Prefix of every name (netns, cgroup, pin dir, temp dir) the harness creates. Stale-run cleanup
 /// only ever looks at names with this prefix.

@@ -120,10 +120,77 @@ pub(crate) fn kill_pid(pid: u32) {
     }
 }
 
+/// Whether this process runs with effective uid 0.
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether bpffs is mounted at /sys/fs/bpf or the kernel could mount it (it lists `bpf` in
+/// /proc/filesystems). Does not mount anything: [`bpffs_root`] does that when a node is built.
+pub(crate) fn bpffs_supported() -> bool {
+    let mounted = mounts()
+        .map(|m| {
+            m.iter()
+                .any(|(t, p)| t == "bpf" && p == Path::new("/sys/fs/bpf"))
+        })
+        .unwrap_or(false);
+    mounted
+        || std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some("bpf"))
+        })
+}
+
+/// Whether `ip` (iproute2) can be run.
+pub(crate) fn ip_available() -> bool {
+    Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the kernel creates a sockhash map (as root; without CAP_BPF this says no). The map
+/// is closed again at once.
+pub(crate) fn sockhash_supported() -> bool {
+    /// `union bpf_attr` for BPF_MAP_CREATE, up to `map_flags`; the kernel zero-extends.
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
+    let attr = MapCreate {
+        map_type: BPF_MAP_TYPE_SOCKHASH,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+    };
+    // SAFETY: bpf(2) reads `size_of::<MapCreate>()` bytes of `attr`, which lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a descriptor bpf(2) just returned to us and nobody else holds.
+    unsafe { libc::close(fd as libc::c_int) };
+    true
+}
+
 /// Ensure we run as root with a clear message, rather than failing later on some EPERM.
 pub(crate) fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         bail!("the meshpath test harness needs root (network namespaces, cgroups, bpffs)");
     }
     Ok(())

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use meshpath_tests::agent::Agent;
-use meshpath_tests::manifests::{self, docs, endpoint_slice, service, Ep};
-use meshpath_tests::{ClientReport, Node};
+use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::{skip_unless, ClientReport, Node, AGENT};
 
 const VIP: &str = "10.96.0.90";
 const UID: &str = "5a1c3e2b-0d4f-4b6a-9e8d-7c6b5a4f3e2d";
@@ -22,6 +22,7 @@ fn tcp_from(node: &Node, pod: &meshpath_tests::Pod, n: u32) -> ClientReport {
 
 #[test]
 fn auto_attaches_at_the_kubepods_root_and_covers_pod_cgroups_below_it() {
+    skip_unless!(AGENT);
     let node = Node::new(2).expect("node");
     node.spawn_server(1, "web-1", &[8080], &[], &[])
         .expect("server");
@@ -38,14 +39,14 @@ fn auto_attaches_at_the_kubepods_root_and_covers_pod_cgroups_below_it() {
         std::fs::create_dir_all(dir).expect("creating kubelet-style cgroups");
     }
 
-    let dir = node.work_dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifests dir");
     let ip = node.pod(1).ip();
     let yaml = docs(&[
         service("web", VIP, 80, "8080", "TCP", ""),
         endpoint_slice("web", 8080, "TCP", &[Ep::ready(ip)]),
     ]);
-    manifests::write(&dir, "web.yaml", &yaml).expect("manifest");
+    let dir = node
+        .write_manifests(&[("web.yaml", yaml)])
+        .expect("manifests");
     let mount_arg = mount.display().to_string();
     let agent = Agent::start(
         &dir,

@@ -4,13 +4,13 @@
 //! proxy's `upstream_rq_pending_overflow` (read with `meshpath stats` from the admin listener)
 //! counts exactly the 503s, as Istio's walkthrough reads it from Envoy.
 
-mod common;
 mod seed;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
-use common::Cluster;
+use meshpath_tests::agent::meshpath;
+use meshpath_tests::Cluster;
+use meshpath_tests::{skip_unless, AGENT};
 use seed::{app, serve, wait_steered};
 
 /// ClusterIP of golang-app-gateway-svc.
@@ -43,28 +43,6 @@ spec:
 
 const OVERFLOW_STAT: &str = "cluster.outbound|8080||golang-app-gateway-svc.default.svc.cluster.local.upstream_rq_pending_overflow";
 
-/// A port free on 127.0.0.1 now: each test's agent gets its own admin listener, so tests (and
-/// an agent already running on the default 15000) never share one.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// The agent with its node proxy and admin listener on `admin`.
-fn start(pods: usize, admin: &str) -> Cluster {
-    let admin = admin.to_owned();
-    Cluster::start_with(pods, move |node| {
-        vec![
-            "--proxy-ip".into(),
-            "10.244.0.1".into(),
-            "--proxy-netns".into(),
-            format!("/var/run/netns/{}", node.node_netns_name()),
-            "--admin-addr".into(),
-            admin,
-        ]
-    })
-}
-
 /// `fortio load` from pod 0; returns its status-code counts.
 fn fortio(c: &Cluster, args: &[&str], url: &str) -> BTreeMap<String, u64> {
     let mut cmd = c
@@ -92,16 +70,7 @@ fn fortio(c: &Cluster, args: &[&str], url: &str) -> BTreeMap<String, u64> {
 
 /// `meshpath stats FILTER --admin-addr ADDR`: the lines printed.
 fn stats(admin: &str, filter: &str) -> String {
-    let out = Command::new(meshpath_tests::agent::meshpath_bin().expect("meshpath binary"))
-        .args(["stats", filter, "--admin-addr", admin])
-        .output()
-        .expect("meshpath stats");
-    assert!(
-        out.status.success(),
-        "meshpath stats: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    meshpath(["stats", filter, "--admin-addr", admin]).expect("meshpath stats")
 }
 
 /// The value of the stat `name`.
@@ -119,8 +88,10 @@ fn stat(admin: &str, name: &str) -> u64 {
 
 #[test]
 fn seed_destination_rule_trips_the_breaker_and_counts_every_overflow() {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let c = start(2, &admin);
+    skip_unless!(AGENT);
+    let c = Cluster::with_proxy(2, |_| vec![]);
+    // Each test's agent has its own admin listener (the harness picks a free port).
+    let admin = c.agent.admin_addr().expect("admin address").to_owned();
     // Slow enough that three concurrent clients always find the one connection busy.
     serve(&c, 1, "gateway", 100);
     c.write(

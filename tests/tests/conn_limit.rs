@@ -2,28 +2,33 @@
 //! connects over the limit are refused at once, and the count never drifts (10 000 open/close
 //! cycles, resets, processes killed with their sockets open).
 
-mod common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use common::{addr, counter, svc, Cluster};
+use meshpath_tests::agent::{counter, svc};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::{addr, skip_unless, wait_until, ClientReport, Cluster, Hold, AGENT};
 
 fn dr(host: &str, max: u32) -> String {
     format!("apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata:\n  name: {host}\nspec:\n  host: {host}\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        maxConnections: {max}\n")
 }
 
+/// Three pods, the agent with `agent_args`, and servers answering `names` on 8080 in pods 1
+/// and 2, plus an xfer server on 9000 in pod 1.
+fn with_servers(agent_args: &[&str], names: [&str; 2]) -> Cluster {
+    let c = Cluster::start(3, &[], agent_args);
+    for (i, name) in [1, 2].into_iter().zip(names) {
+        c.node
+            .spawn_server(i, name, &[8080], &[], &[])
+            .expect("server");
+    }
+    c.node.spawn_xfer_server(1, 9000).expect("xfer server");
+    c
+}
+
 /// web (10.96.0.40:80 → pod 1:8080, limit 2), cycle (10.96.0.41:80 → pod 2:8080, limit 50),
 /// resets (10.96.0.42:9000 → pod 1's xfer server, limit 50).
 fn start() -> Cluster {
-    let c = Cluster::start(3, &[], &[]);
-    c.node
-        .spawn_server(1, "web", &[8080], &[], &[])
-        .expect("server");
-    c.node
-        .spawn_server(2, "cycle", &[8080], &[], &[])
-        .expect("server");
-    c.node.spawn_xfer_server(1, 9000).expect("xfer server");
+    let c = with_servers(&[], ["web", "cycle"]);
     let (p1, p2) = (Ep::ready(c.node.pod(1).ip()), Ep::ready(c.node.pod(2).ip()));
     c.write(
         "limits.yaml",
@@ -56,19 +61,47 @@ fn active(c: &Cluster, name: &str) -> u64 {
 }
 
 fn wait_active(c: &Cluster, name: &str, want: u64) {
-    let start = Instant::now();
-    while active(c, name) != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{name}: active {} never reached {want}",
-            active(c, name)
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    let reached = wait_until(Duration::from_secs(5), || active(c, name) == want);
+    assert!(
+        reached,
+        "{name}: active {} never reached {want}",
+        active(c, name)
+    );
+}
+
+/// 10 000 sequential open/close cycles to `vip:80`: each is answered or refused, and closed
+/// connections free their slots (nearly all are answered).
+fn cycles(c: &Cluster, vip: &str) -> ClientReport {
+    let r = c.node.tcp(0, addr(vip, 80), 10_000).expect("tcp");
+    let refused = r.errors.get("ECONNREFUSED").copied().unwrap_or(0);
+    assert_eq!(r.ok() + refused, 10_000, "{r:?}");
+    assert!(
+        r.ok() >= 9_000,
+        "closed connections must free their slots: {r:?}"
+    );
+    r
+}
+
+/// 40 connections to `target` that the server resets.
+fn resets(c: &Cluster, target: &str) {
+    let args = [
+        "xfer", "--addr", target, "--mode", "rst", "--conns", "40", "--bytes", "1024",
+    ];
+    let x = c.node.run_client(0, &args).expect("xfer");
+    assert_eq!(x["ok"], 40, "{x:#}");
+}
+
+/// Kills the processes holding connections while those are open (the kernel closes them).
+fn kill_all(holds: Vec<Hold>) {
+    for h in &holds {
+        // SAFETY: kill(2) on a child process the harness started and still owns.
+        unsafe { libc::kill(h.pid() as i32, libc::SIGKILL) };
     }
 }
 
 #[test]
 fn connects_over_the_limit_are_refused_at_once_and_slots_come_back() {
+    skip_unless!(AGENT);
     let c = start();
     let mut a = c.node.hold(0, addr("10.96.0.40", 80)).expect("first");
     let _b = c.node.hold(0, addr("10.96.0.40", 80)).expect("second");
@@ -92,47 +125,18 @@ fn connects_over_the_limit_are_refused_at_once_and_slots_come_back() {
 
 #[test]
 fn the_count_returns_to_zero_after_10000_cycles_resets_and_killed_processes() {
+    skip_unless!(AGENT);
     let c = start();
     // 10 000 sequential open/close cycles.
-    let r = c.node.tcp(0, addr("10.96.0.41", 80), 10_000).expect("tcp");
-    assert_eq!(
-        r.ok() + r.errors.get("ECONNREFUSED").copied().unwrap_or(0),
-        10_000,
-        "{r:?}"
-    );
-    assert!(
-        r.ok() >= 9_000,
-        "closed connections must free their slots: {r:?}"
-    );
+    cycles(&c, "10.96.0.41");
     // 40 connections the server resets.
-    let x = c
-        .node
-        .run_client(
-            0,
-            &[
-                "xfer",
-                "--addr",
-                "10.96.0.42:9000",
-                "--mode",
-                "rst",
-                "--conns",
-                "40",
-                "--bytes",
-                "1024",
-            ],
-        )
-        .expect("xfer");
-    assert_eq!(x["ok"], 40, "{x:#}");
+    resets(&c, "10.96.0.42:9000");
     // Processes killed while their connections are open.
     let holds: Vec<_> = (0..10)
         .map(|_| c.node.hold(0, addr("10.96.0.41", 80)).expect("hold"))
         .collect();
     wait_active(&c, "default/cycle:", 10);
-    for h in &holds {
-        // SAFETY: kill(2) on a child process the harness started and still owns.
-        unsafe { libc::kill(h.pid() as i32, libc::SIGKILL) };
-    }
-    drop(holds);
+    kill_all(holds);
     wait_active(&c, "default/cycle:", 0);
     wait_active(&c, "default/resets:", 0);
     let s = c.status();
@@ -142,6 +146,7 @@ fn the_count_returns_to_zero_after_10000_cycles_resets_and_killed_processes() {
 
 #[test]
 fn limits_follow_the_destination_rule_file_live() {
+    skip_unless!(AGENT);
     let c = start();
     let _a = c.node.hold(0, addr("10.96.0.40", 80)).expect("first");
     let _b = c.node.hold(0, addr("10.96.0.40", 80)).expect("second");
@@ -184,14 +189,7 @@ fn split_vs(host: &str) -> String {
 /// sub (10.96.0.43:80 → pod 1 "v1" / pod 2 "v2" on 8080, 50/50) and subx (10.96.0.44:9000 →
 /// both pods' xfer servers, 50/50), with per-subset limits `v1`/`v2` on both.
 fn start_subsets(v1: u32, v2: u32, agent_args: &[&str]) -> Cluster {
-    let c = Cluster::start(3, &[], agent_args);
-    c.node
-        .spawn_server(1, "v1", &[8080], &[], &[])
-        .expect("server");
-    c.node
-        .spawn_server(2, "v2", &[8080], &[], &[])
-        .expect("server");
-    c.node.spawn_xfer_server(1, 9000).expect("xfer server");
+    let c = with_servers(agent_args, ["v1", "v2"]);
     c.node.spawn_xfer_server(2, 9000).expect("xfer server");
     let (ip1, ip2) = (c.node.pod(1).ip(), c.node.pod(2).ip());
     let eps = [Ep::ready(ip1), Ep::ready(ip2)];
@@ -232,15 +230,16 @@ fn group_field(c: &Cluster, name: &str, field: &str) -> u64 {
 }
 
 fn wait_group_active(c: &Cluster, name: &str, want: u64) {
-    let start = Instant::now();
-    while group_field(c, name, "active_connections") != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{name}: active {} never reached {want}",
-            group_field(c, name, "active_connections")
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let active = || group_field(c, name, "active_connections");
+    let reached = wait_until(Duration::from_secs(5), || active() == want);
+    assert!(reached, "{name}: active {} never reached {want}", active());
+}
+
+/// [`start_subsets`] with limits on, once the agent has programmed them.
+fn start_limited(v1: u32, v2: u32) -> Cluster {
+    let c = start_subsets(v1, v2, &[]);
+    wait_groups(&c, v1.into(), v2.into());
+    c
 }
 
 fn wait_groups(c: &Cluster, v1: u64, v2: u64) {
@@ -270,8 +269,8 @@ fn hold_until<'n>(c: &'n Cluster, on: &str, want: usize) -> (Vec<meshpath_tests:
 
 #[test]
 fn each_subset_refuses_over_its_own_limit_while_the_other_accepts() {
-    let c = start_subsets(2, 5, &[]);
-    wait_groups(&c, 2, 5);
+    skip_unless!(AGENT);
+    let c = start_limited(2, 5);
     let (v1_holds, none) = hold_until(&c, "v1", 2);
     assert_eq!(none, 0);
     wait_group_active(&c, V1, 2);
@@ -321,46 +320,20 @@ fn each_subset_refuses_over_its_own_limit_while_the_other_accepts() {
 
 #[test]
 fn subset_counts_return_to_zero_after_10000_cycles_resets_and_killed_processes() {
-    let c = start_subsets(50, 50, &[]);
-    wait_groups(&c, 50, 50);
-    let r = c.node.tcp(0, addr("10.96.0.43", 80), 10_000).expect("tcp");
+    skip_unless!(AGENT);
+    let c = start_limited(50, 50);
+    let r = cycles(&c, "10.96.0.43");
     let refused = r.errors.get("ECONNREFUSED").copied().unwrap_or(0);
-    assert_eq!(r.ok() + refused, 10_000, "{r:?}");
-    assert!(
-        r.ok() >= 9_000,
-        "closed connections must free their slots: {r:?}"
-    );
     assert!(r.counts.get("v1").is_some_and(|n| *n > 3_000), "{r:?}");
     assert!(r.counts.get("v2").is_some_and(|n| *n > 3_000), "{r:?}");
-    let x = c
-        .node
-        .run_client(
-            0,
-            &[
-                "xfer",
-                "--addr",
-                "10.96.0.44:9000",
-                "--mode",
-                "rst",
-                "--conns",
-                "40",
-                "--bytes",
-                "1024",
-            ],
-        )
-        .expect("xfer");
-    assert_eq!(x["ok"], 40, "{x:#}");
+    resets(&c, "10.96.0.44:9000");
     let holds: Vec<_> = (0..10)
         .map(|_| c.node.hold(0, addr("10.96.0.43", 80)).expect("hold"))
         .collect();
     let on_v1 = holds.iter().filter(|h| h.name() == "v1").count() as u64;
     wait_group_active(&c, V1, on_v1);
     wait_group_active(&c, V2, 10 - on_v1);
-    for h in &holds {
-        // SAFETY: kill(2) on a child process the harness started and still owns.
-        unsafe { libc::kill(h.pid() as i32, libc::SIGKILL) };
-    }
-    drop(holds);
+    kill_all(holds);
     let s = c.status();
     for g in s["limit_groups"].as_array().expect("groups") {
         let name = g["name"].as_str().expect("name");
@@ -375,8 +348,8 @@ fn subset_counts_return_to_zero_after_10000_cycles_resets_and_killed_processes()
 
 #[test]
 fn subset_limits_follow_the_destination_rule_file_live() {
-    let c = start_subsets(2, 5, &[]);
-    wait_groups(&c, 2, 5);
+    skip_unless!(AGENT);
+    let c = start_limited(2, 5);
     let (_holds, _) = hold_until(&c, "v1", 2);
     wait_group_active(&c, V1, 2);
     let r = c.node.tcp(0, addr("10.96.0.43", 80), 20).expect("tcp");
@@ -396,6 +369,7 @@ fn subset_limits_follow_the_destination_rule_file_live() {
 
 #[test]
 fn connection_limits_false_counts_nothing_service_wide_or_per_subset() {
+    skip_unless!(AGENT);
     let c = start_subsets(1, 1, &["--connection-limits=false"]);
     c.write("web.yaml", &{
         let p1 = Ep::ready(c.node.pod(1).ip());

@@ -2,11 +2,10 @@
 //! rewritten in the kernel to a ready backend; getpeername() still shows the ClusterIP; no ready
 //! backend refuses at once; sockets outside the managed cgroup are left alone.
 
-mod common;
-
-use common::{addr, counter, svc, Cluster};
+use meshpath_tests::agent::{counter, svc};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
 use meshpath_tests::Target;
+use meshpath_tests::{addr, skip_unless, Cluster, AGENT};
 
 const VIP: &str = "10.96.0.10";
 
@@ -43,6 +42,7 @@ fn cluster() -> Cluster {
 
 #[test]
 fn tcp_connect_to_cluster_ip_reaches_a_backend_and_getpeername_shows_the_cluster_ip() {
+    skip_unless!(AGENT);
     let c = cluster();
     let r = c.node.tcp(0, addr(VIP, 80), 30).expect("tcp client");
     assert_eq!(r.ok(), 30, "{r:?}");
@@ -61,6 +61,7 @@ fn tcp_connect_to_cluster_ip_reaches_a_backend_and_getpeername_shows_the_cluster
 
 #[test]
 fn connected_udp_is_translated_and_getpeername_shows_the_cluster_ip() {
+    skip_unless!(AGENT);
     let c = cluster();
     let r = c
         .node
@@ -73,6 +74,7 @@ fn connected_udp_is_translated_and_getpeername_shows_the_cluster_ip() {
 
 #[test]
 fn unconnected_udp_is_translated_per_datagram_and_replies_come_from_the_cluster_ip() {
+    skip_unless!(AGENT);
     let c = cluster();
     let r = c
         .node
@@ -93,6 +95,7 @@ fn unconnected_udp_is_translated_per_datagram_and_replies_come_from_the_cluster_
 
 #[test]
 fn no_ready_endpoint_refuses_at_once() {
+    skip_unless!(AGENT);
     let c = Cluster::start(2, &[], &[]);
     c.node
         .spawn_server(1, "web-1", &[8080], &[], &[])
@@ -127,6 +130,7 @@ fn no_ready_endpoint_refuses_at_once() {
 
 #[test]
 fn sockets_outside_the_managed_cgroup_are_not_translated() {
+    skip_unless!(AGENT);
     let c = cluster();
     let before = counter(&c.status(), "connect_translated");
     // Same network namespace as pod 0, but the unmanaged cgroup: the ClusterIP is just an
@@ -164,6 +168,7 @@ fn sockets_outside_the_managed_cgroup_are_not_translated() {
 
 #[test]
 fn dual_stack_sockets_reaching_an_ipv4_cluster_ip_are_translated_too() {
+    skip_unless!(AGENT);
     // Java and other runtimes open AF_INET6 sockets by default and reach IPv4 services through
     // v4-mapped addresses (connect6). (The test clients' UDP sockets are AF_INET only, so the
     // sendmsg6/recvmsg6 path is not exercised here.)

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use meshpath_tests::KubeCluster;
+use meshpath_tests::{skip_unless, KUBE};
 
 fn deploy_dir() -> PathBuf {
     std::env::var_os("MESHPATH_DEPLOY_DIR")
@@ -69,6 +70,7 @@ fn documents_of_kind(files: &[PathBuf], kinds: &[&str]) -> String {
 
 #[test]
 fn deploy_dir_applies_to_a_real_apiserver() {
+    skip_unless!(KUBE);
     let dir = deploy_dir();
     assert!(
         dir.is_dir(),

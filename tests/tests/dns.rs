@@ -9,20 +9,18 @@
 //! client under `unshare -m` with that file bind-mounted over /etc/resolv.conf: the mount lives
 //! only in the client's private mount namespace.
 
-mod common;
-
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{counter, Cluster};
+use meshpath_tests::agent::counter;
 use meshpath_tests::manifests::docs;
-use meshpath_tests::Pod;
+use meshpath_tests::{skip_unless, Cluster, Pod, AGENT, PROXY_IP};
 
-/// The pods' resolver: the responder, on the pods' gateway in the node namespace.
-const RESOLVER: &str = "10.244.0.1";
+/// The pods' resolver: the responder, on the pods' gateway in the node namespace (where the
+/// agent's node proxy, and so its DNS listeners, listen too).
+const RESOLVER: &str = PROXY_IP;
 /// What the responder answers for every name under example.test.
 const UPSTREAM_ANSWER: &str = "192.0.2.99";
 const WEB_IP: &str = "10.96.0.20";
@@ -45,12 +43,6 @@ struct Dns {
     cluster: Cluster,
     work: PathBuf,
     responder_log: PathBuf,
-    admin: u16,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// A node with the agent (DNS capture as `capture` says) and the responder running.
@@ -60,20 +52,15 @@ fn start(capture: &str) -> Option<Dns> {
 
 /// As [`start`]; `agent_managed` moves the agent into the managed cgroup.
 fn start_with(capture: &str, agent_managed: bool) -> Option<Dns> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: the DNS tests need root (namespaces, cgroups, eBPF)");
-        return None;
-    }
+    skip_unless!(AGENT, None);
     for tool in ["python3", "unshare", "getent"] {
         if !on_path(tool) {
             eprintln!("skipping: {tool} not found on PATH");
             return None;
         }
     }
-    let admin = free_port();
     let capture = capture.to_owned();
-    let cluster = Cluster::start_with(2, move |node| {
+    let cluster = Cluster::with_proxy(2, move |node| {
         let mut args: Vec<String> = if agent_managed {
             vec![
                 "--agent-cgroup".into(),
@@ -83,16 +70,10 @@ fn start_with(capture: &str, agent_managed: bool) -> Option<Dns> {
             vec![]
         };
         args.extend([
-            "--proxy-ip".into(),
-            RESOLVER.into(),
-            "--proxy-netns".into(),
-            format!("/var/run/netns/{}", node.node_netns_name()),
             "--dns-capture".into(),
             capture,
             "--dns-upstream".into(),
             RESOLVER.into(),
-            "--admin-addr".into(),
-            format!("127.0.0.1:{admin}"),
         ]);
         args
     });
@@ -123,7 +104,6 @@ fn start_with(capture: &str, agent_managed: bool) -> Option<Dns> {
         cluster,
         work,
         responder_log,
-        admin,
     };
     Some(dns)
 }
@@ -157,7 +137,8 @@ impl Dns {
     }
 
     fn metrics(&self) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).expect("admin");
+        let admin = self.cluster.agent.admin_addr().expect("admin address");
+        let mut s = std::net::TcpStream::connect(admin).expect("admin");
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
             .expect("write");
         let mut out = String::new();

@@ -7,13 +7,14 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use meshpath_tests::agent::{self, Agent};
+use meshpath_tests::agent;
 use meshpath_tests::kube::KubeCluster;
-use meshpath_tests::{Node, Pod};
+use meshpath_tests::{skip_unless, Node, Pod, Proxy, Source, KUBE_AGENT, PROXY_IP};
 
 const KUBE_DNS_VIP: &str = "10.96.0.10";
 const WEB_VIP: &str = "10.96.0.80";
-const GATEWAY: &str = "10.244.0.1";
+/// Where the agent's relayed queries come from: the pods' gateway, in the node namespace.
+const GATEWAY: &str = PROXY_IP;
 const UPSTREAM_ANSWER: &str = "192.0.2.99";
 
 const RESPONDER: &str = include_str!("dns/responder.py");
@@ -104,11 +105,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn kube_dns_queries_are_answered_or_relayed_to_its_endpoints_when_opted_in() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (namespaces, cgroups, eBPF)");
-        return;
-    }
+    skip_unless!(KUBE_AGENT);
     let node = Node::new(2).expect("node");
     let work = node.work_dir().to_path_buf();
     let responder_ip = node.pod(1).ip().to_string();
@@ -137,27 +134,16 @@ fn kube_dns_queries_are_answered_or_relayed_to_its_endpoints_when_opted_in() {
 
     let kube = KubeCluster::start().expect("kube cluster");
     kube.apply_yaml(&objects(&responder_ip)).expect("apply");
-    let agent_log = work.join("agent.log");
-    let netns = format!("/var/run/netns/{}", node.node_netns_name());
-    let a = Agent::start_kube(
-        kube.kubeconfig(),
-        node.cgroup_path(),
-        node.pin_dir(),
-        &agent_log,
-        &[
-            "--node-name",
-            "node-a",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--proxy-ip",
-            GATEWAY,
-            "--proxy-netns",
-            &netns,
-            "--dns-capture",
-            "true",
-        ],
-    )
-    .expect("agent");
+    let a = node
+        .start_agent(
+            Source::Kube {
+                cluster: &kube,
+                node_name: "node-a",
+            },
+            Proxy::On,
+            &["--dns-capture", "true"],
+        )
+        .expect("agent");
     wait_for("kube-dns steered", Duration::from_secs(20), || {
         a.status().is_ok_and(|s| {
             s["services"].as_array().is_some_and(|v| {

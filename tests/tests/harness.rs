@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use meshpath_tests::{Node, RunId, Target};
+use meshpath_tests::{skip_unless, Node, RunId, Target, NODE};
 
 const TCP: u16 = 7000;
 const UDP: u16 = 7001;
@@ -82,6 +82,7 @@ fn netns_ino(path: &str) -> u64 {
 
 #[test]
 fn pods_reach_each_other_directly() -> anyhow::Result<()> {
+    skip_unless!(NODE, Ok(()));
     let node = Node::new(3)?;
     let one = node.spawn_server(1, "one", &[TCP], &[UDP], &[HTTP])?;
     node.spawn_server(2, "two", &[TCP], &[UDP], &[HTTP])?;
@@ -159,6 +160,7 @@ fn pods_reach_each_other_directly() -> anyhow::Result<()> {
 
 #[test]
 fn drop_removes_everything() -> anyhow::Result<()> {
+    skip_unless!(NODE, Ok(()));
     let node = Node::new(2)?;
     node.spawn_server(0, "a", &[TCP], &[UDP], &[])?;
     node.spawn_server(Target::Outside, "out", &[TCP + 1], &[], &[])?;
@@ -180,6 +182,7 @@ fn drop_removes_everything() -> anyhow::Result<()> {
 
 #[test]
 fn panic_with_live_node_cleans_up() {
+    skip_unless!(NODE);
     let seen: Mutex<Option<Footprint>> = Mutex::new(None);
     let res = std::panic::catch_unwind(|| {
         let node = Node::new(2).expect("node");
@@ -195,6 +198,7 @@ fn panic_with_live_node_cleans_up() {
 
 #[test]
 fn leftovers_of_dead_runs_are_removed() -> anyhow::Result<()> {
+    skip_unless!(NODE, Ok(()));
     // A pid that is certainly dead: a child we already reaped.
     let mut child = Command::new("true").spawn()?;
     let dead_pid = child.id();

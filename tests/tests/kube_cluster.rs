@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use meshpath_tests::{KubeCluster, KubeOptions};
+use meshpath_tests::{skip_unless, KubeCluster, KubeOptions, KUBE};
 use serde_json::Value;
 
 const WEB_SERVICE: &str = "\
@@ -68,6 +68,7 @@ fn gone(pid: u32, run_dir: &Path) -> bool {
 
 #[test]
 fn cluster_serves_objects_and_cleans_up() {
+    skip_unless!(KUBE);
     let kube = start(KubeOptions {
         service_cidr: "10.123.0.0/24".to_owned(),
     });
@@ -115,6 +116,7 @@ fn cluster_serves_objects_and_cleans_up() {
 
 #[test]
 fn panicking_test_still_stops_the_cluster() {
+    skip_unless!(KUBE);
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::spawn(move || {
         let kube = KubeCluster::start().expect("start the test cluster");
@@ -132,6 +134,7 @@ fn panicking_test_still_stops_the_cluster() {
 
 #[test]
 fn apiserver_restart_keeps_state_and_controllers_resync() {
+    skip_unless!(KUBE);
     let kube = start(KubeOptions::default());
     kube.apply_yaml(WEB_SERVICE).expect("apply the Service");
     let before = kube.get_json(&["service", "web"]).expect("get");
@@ -189,6 +192,7 @@ fn web_endpoints(kube: &KubeCluster) -> anyhow::Result<Vec<(String, bool, bool)>
 
 #[test]
 fn fake_kubelet_drives_the_endpointslice_controller() {
+    skip_unless!(KUBE);
     let kube = start(KubeOptions::default());
     kube.apply_yaml(&format!("{WEB_SERVICE}---\n{WEB_DEPLOYMENT}"))
         .expect("apply");
@@ -247,6 +251,7 @@ fn fake_kubelet_drives_the_endpointslice_controller() {
 
 #[test]
 fn two_clusters_run_side_by_side() {
+    skip_unless!(KUBE);
     let starts: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(|| start(KubeOptions::default())))
         .collect();

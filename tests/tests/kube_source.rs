@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use meshpath_tests::agent::{self, Agent};
 use meshpath_tests::kube::{FakeKubelet, KubeCluster};
-use meshpath_tests::{ClientReport, Node};
+use meshpath_tests::{skip_unless, wait_until, ClientReport, Node, Proxy, Source, KUBE_AGENT};
 
 const WEB_VIP: &str = "10.96.0.80";
 const REVIEWS_VIP: &str = "10.96.0.81";
@@ -29,48 +29,52 @@ fn service(name: &str, vip: &str, port: u16, selector: &str) -> String {
     )
 }
 
-fn start_agent(node: &Node, kube: &KubeCluster, extra: &[&str]) -> Agent {
-    let log = node.work_dir().join("agent.log");
-    let mut args = vec!["--node-name", NODE, "--admin-addr", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    Agent::start_kube(
-        kube.kubeconfig(),
-        node.cgroup_path(),
-        node.pin_dir(),
-        &log,
-        &args,
-    )
-    .expect("starting meshpath agent --source kube")
+/// The agent on `--source kube` as node `node-a`, with or without its node proxy.
+fn start_agent(node: &Node, kube: &KubeCluster, proxy: Proxy) -> Agent {
+    let source = Source::Kube {
+        cluster: kube,
+        node_name: NODE,
+    };
+    node.start_agent(source, proxy, &[])
+        .expect("starting meshpath agent --source kube")
+}
+
+/// Sorted backends of the service row starting with `svc`, `None` while it has no row.
+fn backends_of(a: &Agent, svc: &str) -> Option<Vec<String>> {
+    let status = a.status().expect("meshpath status");
+    let mut b = agent::service(&status, svc)?["backends"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    b.sort();
+    Some(b)
 }
 
 /// Waits until the service row starting with `svc` has exactly `backends`; returns how long.
 fn wait_backends(a: &Agent, svc: &str, mut backends: Vec<String>, timeout: Duration) -> Duration {
     backends.sort();
     let t0 = Instant::now();
-    loop {
-        let status = a.status().expect("meshpath status");
-        let now: Option<Vec<String>> = agent::service(&status, svc).map(|s| {
-            let mut b: Vec<String> = s["backends"]
-                .as_array()
-                .map(|b| {
-                    b.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            b.sort();
-            b
-        });
-        if now.as_ref() == Some(&backends) {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "{svc}: backends {now:?}, want {backends:?}\nagent log:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut now = None;
+    let reached = wait_until(timeout, || {
+        now = backends_of(a, svc);
+        now.as_ref() == Some(&backends)
+    });
+    assert!(
+        reached,
+        "{svc}: backends {now:?}, want {backends:?}\nagent log:\n{}",
+        a.log()
+    );
+    t0.elapsed()
+}
+
+/// Waits until the agent has logged `needle`.
+fn wait_log(a: &Agent, needle: &str, timeout: Duration) {
+    let logged = wait_until(timeout, || a.log().contains(needle));
+    assert!(logged, "no {needle:?} in the agent log:\n{}", a.log());
 }
 
 fn eps(node: &Node, pods: &[usize], port: u16) -> Vec<String> {
@@ -123,6 +127,7 @@ fn tcp(node: &Node, vip: &str, n: u32) -> ClientReport {
 
 #[test]
 fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
+    skip_unless!(KUBE_AGENT);
     let node = Node::new(4).expect("node");
     for i in 1..=3 {
         node.spawn_server(i, &format!("web-{i}"), &[8080], &[], &[])
@@ -146,7 +151,7 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
         .expect("pods run");
     assert_eq!(two.len(), 2);
 
-    let a = start_agent(&node, &kube, &[]);
+    let a = start_agent(&node, &kube, Proxy::Off);
     wait_backends(
         &a,
         "default/web:",
@@ -179,11 +184,14 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
     assert!((1..=3).all(|i| r.count(&format!("web-{i}")) > 0), "{r:?}");
 
     // The API server goes away: what is programmed stays and keeps serving.
+    let failed = || a.log().matches("watch failed").count();
+    let failed_before = failed();
     kube.stop_apiserver().expect("stop apiserver");
-    std::thread::sleep(Duration::from_secs(2));
+    // Traffic once the agent has seen the API server go (its watches fail).
+    let seen = wait_until(Duration::from_secs(30), || failed() > failed_before);
+    assert!(seen, "no watch failure logged:\n{}", a.log());
     let r = tcp(&node, WEB_VIP, 30);
     assert_eq!(r.ok(), 30, "traffic while the API server is down: {r:?}");
-    assert!(a.log().contains("watch failed"), "{}", a.log());
     kube.start_apiserver().expect("start apiserver");
 
     // After the restart the watches resume: scaling down is seen.
@@ -228,11 +236,10 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
     // Deleting the Service removes its frontend.
     kube.kubectl_ok(["delete", "service", "web"])
         .expect("delete");
-    let t0 = Instant::now();
-    while agent::service(&a.status().expect("status"), "default/web:").is_some() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{}", a.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gone = wait_until(Duration::from_secs(10), || {
+        backends_of(&a, "default/web:").is_none()
+    });
+    assert!(gone, "default/web still programmed:\n{}", a.log());
 }
 
 /// Routes `end-user: jason` to v2 and everything else to v3 (the seed's reviews example).
@@ -250,20 +257,14 @@ fn http(node: &Node, header: Option<&str>, n: u32) -> ClientReport {
     serde_json::from_value(node.run_client(0, &args).expect("http client")).expect("report")
 }
 
-fn wait_http(a: &Agent, what: &str, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "{what}: not reached\nagent log:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_http(a: &Agent, what: &str, ok: impl FnMut() -> bool) {
+    let reached = wait_until(Duration::from_secs(15), ok);
+    assert!(reached, "{what}: not reached\nagent log:\n{}", a.log());
 }
 
 #[test]
 fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_answers_503() {
+    skip_unless!(KUBE_AGENT);
     let node = Node::new(4).expect("node");
     for i in 1..=3 {
         node.spawn_server(i, &format!("reviews-v{i}"), &[], &[], &[8080])
@@ -308,12 +309,7 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
             .expect("pods run");
     }
 
-    let proxy_netns = format!("/var/run/netns/{}", node.node_netns_name());
-    let a = start_agent(
-        &node,
-        &kube,
-        &["--proxy-ip", "10.244.0.1", "--proxy-netns", &proxy_netns],
-    );
+    let a = start_agent(&node, &kube, Proxy::On);
     wait_http(&a, "jason → v2, others → v3", || {
         let j = http(&node, Some("end-user: jason"), 20);
         let o = http(&node, None, 20);
@@ -331,11 +327,11 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
     // names object and field, and the last good version stays live.
     let broken = to_v1.replace("exact: jason", "regex: \"([\"");
     kube.apply_yaml(&broken).expect("apply broken");
-    let t0 = Instant::now();
-    while !a.log().contains("VirtualService default/reviews") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{}", a.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_log(
+        &a,
+        "VirtualService default/reviews",
+        Duration::from_secs(10),
+    );
     let j = http(&node, Some("end-user: jason"), 20);
     assert_eq!(j.count("reviews-v2"), 20, "last good stays: {j:?}");
 

@@ -2,12 +2,11 @@
 //! VirtualService routes is steered to the proxy, which routes by header and weight; a service
 //! without L7 rules keeps the pure kernel path.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{backends, Cluster};
+use meshpath_tests::agent::{backends, counter, steered_to_proxy};
 use meshpath_tests::manifests::docs;
+use meshpath_tests::{skip_unless, Cluster, AGENT, PROXY_IP};
 
 const REVIEWS: &str = "10.96.0.30";
 const RATINGS: &str = "10.96.0.31";
@@ -18,17 +17,27 @@ fn pod(name: &str, version: &str, ip: std::net::Ipv4Addr) -> String {
     )
 }
 
-/// Pods 1-3 run reviews v1..v3 (HTTP on 9080), pod 4 runs ratings; pod 0 is the client.
+/// Pods 1-3 run reviews v1..v3 (HTTP on 9080), pod 4 runs ratings; pod 0 is the client. The
+/// node proxy listens on the pods' gateway (the bridge in the node namespace).
 fn start() -> Cluster {
-    // The node proxy listens on the pods' gateway (the bridge in the node namespace).
-    Cluster::start_with(5, |node| {
-        vec![
-            "--proxy-ip".into(),
-            "10.244.0.1".into(),
-            "--proxy-netns".into(),
-            format!("/var/run/netns/{}", node.node_netns_name()),
-        ]
-    })
+    Cluster::with_proxy(5, |_| vec![])
+}
+
+/// Starts `servers` (pod, name) on 9080, writes the cluster and the seed's VirtualService and
+/// waits until reviews is steered to the proxy.
+fn serve_reviews(c: &Cluster, servers: &[(usize, &str)]) {
+    for &(i, name) in servers {
+        c.node
+            .spawn_server(i, name, &[], &[], &[9080])
+            .expect("server");
+    }
+    c.write("cluster.yaml", &cluster_yaml(c));
+    c.write("reviews-vs.yaml", JASON_VS);
+    c.wait_status(
+        "reviews steered to the proxy",
+        Duration::from_secs(5),
+        |s| steered_to_proxy(s, "default/reviews:"),
+    );
 }
 
 fn cluster_yaml(c: &Cluster) -> String {
@@ -87,31 +96,15 @@ fn http(c: &Cluster, vip: &str, count: u32, header: Option<&str>) -> meshpath_te
 
 #[test]
 fn header_match_and_weights_route_through_the_proxy_and_plain_services_stay_in_the_kernel() {
+    skip_unless!(AGENT);
     let c = start();
-    for (i, name) in [
+    let servers = [
         (1, "reviews-v1"),
         (2, "reviews-v2"),
         (3, "reviews-v3"),
         (4, "ratings"),
-    ] {
-        c.node
-            .spawn_server(i, name, &[], &[], &[9080])
-            .expect("server");
-    }
-    c.write("cluster.yaml", &cluster_yaml(&c));
-    c.write("reviews-vs.yaml", JASON_VS);
-    c.wait_status(
-        "reviews steered to the proxy",
-        Duration::from_secs(5),
-        |s| {
-            meshpath_tests::agent::service(s, "default/reviews:").is_some_and(|r| {
-                r["backends"].as_array().is_some_and(|b| {
-                    b.iter()
-                        .any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))
-                })
-            })
-        },
-    );
+    ];
+    serve_reviews(&c, &servers);
 
     let jason = http(&c, REVIEWS, 50, Some("end-user: jason"));
     assert_eq!(
@@ -156,6 +149,7 @@ fn header_match_and_weights_route_through_the_proxy_and_plain_services_stay_in_t
 /// connection (weighted slots), without the proxy.
 #[test]
 fn tcp_route_weights_are_applied_per_connection_in_the_kernel() {
+    skip_unless!(AGENT);
     let c = start();
     let ip = |i: usize| c.node.pod(i).ip();
     let mut parts = vec![format!(
@@ -185,7 +179,7 @@ fn tcp_route_weights_are_applied_per_connection_in_the_kernel() {
     assert!(
         backends(&s, "default/db:")
             .iter()
-            .all(|b| !b.starts_with("10.244.0.1:")),
+            .all(|b| !b.starts_with(&format!("{PROXY_IP}:"))),
         "{s:#}"
     );
     let r = c
@@ -203,45 +197,23 @@ fn tcp_route_weights_are_applied_per_connection_in_the_kernel() {
 /// redirected too: client ↔ proxy and proxy ↔ pod hand bytes straight across.
 #[test]
 fn proxy_sockets_get_socket_redirection_when_it_is_on() {
-    let c = Cluster::start_with(5, |node| {
-        vec![
-            "--proxy-ip".into(),
-            "10.244.0.1".into(),
-            "--proxy-netns".into(),
-            format!("/var/run/netns/{}", node.node_netns_name()),
-            "--socket-redirect".into(),
-            "true".into(),
-            "--agent-cgroup".into(),
-            node.cgroup_path().join("agent").display().to_string(),
-        ]
+    skip_unless!(AGENT);
+    let c = Cluster::with_proxy(5, |node| {
+        let agent_cgroup = node.cgroup_path().join("agent");
+        let agent_cgroup = agent_cgroup.display().to_string();
+        let args = ["--socket-redirect", "true", "--agent-cgroup", &agent_cgroup];
+        args.map(String::from).to_vec()
     });
-    for (i, name) in [(1, "reviews-v1"), (2, "reviews-v2"), (3, "reviews-v3")] {
-        c.node
-            .spawn_server(i, name, &[], &[], &[9080])
-            .expect("server");
-    }
-    c.write("cluster.yaml", &cluster_yaml(&c));
-    c.write("reviews-vs.yaml", JASON_VS);
-    c.wait_status(
-        "reviews steered to the proxy",
-        Duration::from_secs(5),
-        |s| {
-            meshpath_tests::agent::service(s, "default/reviews:").is_some_and(|r| {
-                r["backends"].as_array().is_some_and(|b| {
-                    b.iter()
-                        .any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))
-                })
-            })
-        },
-    );
+    let servers = [(1, "reviews-v1"), (2, "reviews-v2"), (3, "reviews-v3")];
+    serve_reviews(&c, &servers);
     let r = http(&c, REVIEWS, 200, Some("end-user: jason"));
     assert_eq!(r.count("reviews-v2"), 200, "{r:?}\n{}", c.agent.log());
     let s = c.status();
     // Every request crosses two redirected hops each way (client↔proxy, proxy↔pod).
-    let redirected = common::counter(&s, "msg_redirected");
+    let redirected = counter(&s, "msg_redirected");
     assert!(
         redirected >= 4 * 200,
         "only {redirected} messages redirected: {s:#}"
     );
-    assert_eq!(common::counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
+    assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
 }

@@ -1,12 +1,11 @@
 //! Backend choice in the kernel: random stays within statistical bounds, round robin is exact,
 //! `sessionAffinity: ClientIP` sticks until its timeout.
 
-mod common;
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
-
-use common::{addr, counter, svc, Cluster};
+use meshpath_tests::agent::{counter, svc};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::{addr, skip_unless, Cluster, AGENT};
 
 const ROUND_ROBIN: &str = "  annotations:\n    meshpath.io/lb-policy: round-robin\n";
 
@@ -40,6 +39,7 @@ fn start(metadata_extra: &str, spec_extra: &str, pods: usize) -> Cluster {
 
 #[test]
 fn random_spreads_3000_connections_within_statistical_bounds() {
+    skip_unless!(AGENT);
     let c = start("", "", 4);
     let r = c
         .node
@@ -57,6 +57,7 @@ fn random_spreads_3000_connections_within_statistical_bounds() {
 
 #[test]
 fn round_robin_is_exact_over_3000_connections() {
+    skip_unless!(AGENT);
     let c = start(ROUND_ROBIN, "", 4);
     let r = c
         .node
@@ -72,6 +73,7 @@ fn round_robin_is_exact_over_3000_connections() {
 
 #[test]
 fn client_ip_affinity_sticks_until_its_timeout() {
+    skip_unless!(AGENT);
     // Round robin underneath makes the choice after expiry deterministic: the cursor has moved on,
     // so an expired entry must lead to a different backend.
     let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 2\n";
@@ -96,16 +98,22 @@ fn client_ip_affinity_sticks_until_its_timeout() {
     assert_eq!(other.counts.len(), 1, "{other:?}");
     assert_ne!(other.counts.keys().next(), Some(&stuck), "{other:?}");
 
-    // Within the timeout (it counts from the last connection), pod 0 still sticks.
+    // Within the timeout (it counts from the last connection), pod 0 still sticks. The idle
+    // second is the thing under test (the entry must NOT expire within it), so it is slept.
     std::thread::sleep(Duration::from_millis(1000));
     let again = c
         .node
         .tcp(0, addr("10.96.0.10", 80), 20)
         .expect("tcp client");
+    // The timeout counts from here, pod 0's last connection.
+    let expires = Instant::now() + Duration::from_secs(2);
     assert_eq!(again.count(&stuck), 20, "{again:?}");
 
-    // Idle for longer than the timeout: a new backend, and it sticks again.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Idle for longer than the timeout: a new backend, and it sticks again. Nothing announces
+    // the expiry (an entry expires when next looked up) and a connection to look would renew
+    // it, so the deadline itself is waited for, with 500 ms of margin.
+    let deadline = expires + Duration::from_millis(500);
+    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
     let after = c
         .node
         .tcp(0, addr("10.96.0.10", 80), 20)

@@ -4,14 +4,15 @@
 //! `baseEjectionTime`; then it is back in both. With a VirtualService `tcp:` route over
 //! subsets, the weighted slots of the TCP port lose it too.
 
-mod common;
 mod seed;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{backends, Cluster};
+use meshpath_tests::agent::backends;
 use meshpath_tests::manifests::docs;
+use meshpath_tests::Cluster;
+use meshpath_tests::{skip_unless, AGENT};
 use seed::{http, start, wait_steered};
 
 const VIP: &str = "10.96.0.43";
@@ -72,6 +73,7 @@ fn tcp_backends(c: &Cluster) -> Vec<String> {
 
 #[test]
 fn failing_backend_is_ejected_from_proxy_and_kernel_then_returns() {
+    skip_unless!(AGENT);
     let c = start(4);
     let bad_log = serve(&c, 1, "bad", 500);
     serve(&c, 2, "good2", 200);
@@ -126,6 +128,7 @@ fn slots_of(backends: &[String], addr: &str) -> usize {
 
 #[test]
 fn ejected_backend_leaves_the_weighted_slots_of_tcp_routes() {
+    skip_unless!(AGENT);
     let c = start(4);
     serve(&c, 1, "bad", 500);
     serve(&c, 2, "good2", 200);

@@ -1,13 +1,12 @@
 //! Same-node socket redirection (sock_ops + sk_msg) against the real kernel, both directions,
 //! byte-exact: every received byte is compared with the stream the sender generated.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{addr, counter, Cluster};
+use meshpath_tests::agent::{counter, meshpath};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
 use meshpath_tests::Target;
+use meshpath_tests::{addr, skip_unless, Cluster, AGENT};
 use serde_json::Value;
 
 const PORT: u16 = 9000;
@@ -53,6 +52,32 @@ fn xfer(c: &Cluster, at: impl Into<Target>, target: &str, args: &[&str]) -> Valu
     r
 }
 
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// [`xfer`] from pod 0 to pod 1's server.
+fn xfer_to_pod1(c: &Cluster, args: &[&str]) -> Value {
+    xfer(c, 0, &pod1(c), args)
+}
+
+/// `xfer --mode sink`: `bytes` to the server at `target`, `reply` bytes back, both checked.
+fn sink(c: &Cluster, at: impl Into<Target>, target: &str, bytes: u64, reply: u64) -> Value {
+    let (bytes, reply) = (bytes.to_string(), reply.to_string());
+    let args = ["--mode", "sink", "--bytes", &bytes, "--reply-bytes", &reply];
+    xfer(c, at, target, &args)
+}
+
+/// Both directions of `bytes` each went socket to socket, none fell back for want of a peer.
+fn assert_redirected_both_ways(c: &Cluster, bytes: u64) {
+    let s = c.status();
+    assert!(
+        counter(&s, "msg_redirected_bytes") >= 2 * bytes,
+        "both directions must be redirected: {s:#}"
+    );
+    assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
+}
+
 /// Waits until every socket left the SOCKHASH (the map must not leak entries).
 fn assert_sockhash_drains(c: &Cluster) {
     c.wait_status("sockhash empty", Duration::from_secs(5), |s| {
@@ -62,41 +87,21 @@ fn assert_sockhash_drains(c: &Cluster) {
 
 #[test]
 fn one_mebibyte_each_way_is_byte_exact_and_redirected() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    xfer(
-        &c,
-        0,
-        &pod1(&c),
-        &[
-            "--mode",
-            "sink",
-            "--bytes",
-            "1048576",
-            "--reply-bytes",
-            "1048576",
-        ],
-    );
+    sink(&c, 0, &pod1(&c), MIB, MIB);
     let s = c.status();
     assert!(counter(&s, "sock_inserted") >= 2, "{s:#}");
-    assert!(
-        counter(&s, "msg_redirected_bytes") >= 2 << 20,
-        "both directions must be redirected: {s:#}"
-    );
-    assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
+    assert_redirected_both_ways(&c, MIB);
     assert_sockhash_drains(&c);
 }
 
 #[test]
 fn one_gibibyte_each_way_through_the_cluster_ip_is_byte_exact() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    let gib = (1u64 << 30).to_string();
     let started = Instant::now();
-    xfer(
-        &c,
-        0,
-        &format!("{VIP}:{PORT}"),
-        &["--mode", "sink", "--bytes", &gib, "--reply-bytes", &gib],
-    );
+    sink(&c, 0, &format!("{VIP}:{PORT}"), GIB, GIB);
     eprintln!("2 GiB redirected and checked in {:?}", started.elapsed());
     let s = c.status();
     assert!(counter(&s, "msg_redirected_bytes") >= 2 << 30, "{s:#}");
@@ -105,6 +110,7 @@ fn one_gibibyte_each_way_through_the_cluster_ip_is_byte_exact() {
 
 #[test]
 fn a_dual_stack_server_is_redirected_too() {
+    skip_unless!(AGENT);
     // Go and Java servers listen on [::]; their IPv4 connections live on AF_INET6 sockets.
     let c = redirect_on();
     let args = [
@@ -118,35 +124,17 @@ fn a_dual_stack_server_is_redirected_too() {
         .spawn_ready(2, "xfer6", &args)
         .expect("dual-stack server");
     let target = format!("{}:9001", c.node.pod(2).ip());
-    xfer(
-        &c,
-        0,
-        &target,
-        &[
-            "--mode",
-            "sink",
-            "--bytes",
-            "1048576",
-            "--reply-bytes",
-            "1048576",
-        ],
-    );
-    let s = c.status();
-    assert!(
-        counter(&s, "msg_redirected_bytes") >= 2 << 20,
-        "both directions must be redirected: {s:#}"
-    );
-    assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
+    sink(&c, 0, &target, MIB, MIB);
+    assert_redirected_both_ways(&c, MIB);
     assert_sockhash_drains(&c);
 }
 
 #[test]
 fn many_small_writes_are_byte_exact() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    xfer(
+    xfer_to_pod1(
         &c,
-        0,
-        &pod1(&c),
         &[
             "--mode",
             "sink",
@@ -168,11 +156,10 @@ fn many_small_writes_are_byte_exact() {
 
 #[test]
 fn request_response_ping_pong_is_exact() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    let r = xfer(
+    let r = xfer_to_pod1(
         &c,
-        0,
-        &pod1(&c),
         &["--mode", "pingpong", "--rounds", "20000", "--size", "64"],
     );
     eprintln!(
@@ -185,22 +172,11 @@ fn request_response_ping_pong_is_exact() {
 
 #[test]
 fn half_close_delivers_eof_while_the_other_side_keeps_sending() {
+    skip_unless!(AGENT);
     // sink: the client shuts its write side after 256 KiB; the server must see EOF after exactly
     // those bytes and then still send 4 MiB that the client receives.
     let c = redirect_on();
-    let r = xfer(
-        &c,
-        0,
-        &pod1(&c),
-        &[
-            "--mode",
-            "sink",
-            "--bytes",
-            "262144",
-            "--reply-bytes",
-            "4194304",
-        ],
-    );
+    let r = sink(&c, 0, &pod1(&c), 256 * KIB, 4 * MIB);
     assert_eq!(r["first"]["server_count"], 262_144);
     assert_eq!(r["first"]["reply_received"], 4_194_304);
     assert_sockhash_drains(&c);
@@ -208,19 +184,19 @@ fn half_close_delivers_eof_while_the_other_side_keeps_sending() {
 
 #[test]
 fn reset_reaches_the_other_side() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    let r = xfer(&c, 0, &pod1(&c), &["--mode", "rst", "--bytes", "1048576"]);
+    let r = xfer_to_pod1(&c, &["--mode", "rst", "--bytes", "1048576"]);
     assert_eq!(r["first"]["outcome"], "ECONNRESET", "{r:#}");
     assert_sockhash_drains(&c);
 }
 
 #[test]
 fn a_thousand_concurrent_connections_with_data_on_all() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    let r = xfer(
+    let r = xfer_to_pod1(
         &c,
-        0,
-        &pod1(&c),
         &[
             "--mode",
             "sink",
@@ -244,20 +220,9 @@ fn a_thousand_concurrent_connections_with_data_on_all() {
 
 #[test]
 fn a_peer_outside_the_managed_cgroups_is_not_redirected_and_still_works() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    xfer(
-        &c,
-        Target::Outside,
-        &pod1(&c),
-        &[
-            "--mode",
-            "sink",
-            "--bytes",
-            "1048576",
-            "--reply-bytes",
-            "1048576",
-        ],
-    );
+    sink(&c, Target::Outside, &pod1(&c), MIB, MIB);
     let s = c.status();
     // Only the server's end is in the SOCKHASH; its replies find no peer and take the TCP path.
     assert_eq!(counter(&s, "msg_redirected"), 0, "{s:#}");
@@ -267,20 +232,9 @@ fn a_peer_outside_the_managed_cgroups_is_not_redirected_and_still_works() {
 
 #[test]
 fn switched_off_by_flag_nothing_is_attached_and_transfers_are_exact() {
+    skip_unless!(AGENT);
     let c = start(&[]);
-    xfer(
-        &c,
-        0,
-        &pod1(&c),
-        &[
-            "--mode",
-            "sink",
-            "--bytes",
-            "1048576",
-            "--reply-bytes",
-            "1048576",
-        ],
-    );
+    sink(&c, 0, &pod1(&c), MIB, MIB);
     let s = c.status();
     assert_eq!(
         counter(&s, "sock_inserted") + counter(&s, "sock_redirect_disabled"),
@@ -292,30 +246,11 @@ fn switched_off_by_flag_nothing_is_attached_and_transfers_are_exact() {
 
 #[test]
 fn switched_off_at_run_time_new_connections_take_the_tcp_path() {
+    skip_unless!(AGENT);
     let c = redirect_on();
-    let out = std::process::Command::new(meshpath_tests::agent::meshpath_bin().expect("bin"))
-        .args(["redirect", "off", "--pin-dir"])
-        .arg(c.node.pin_dir())
-        .output()
-        .expect("meshpath redirect off");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    xfer(
-        &c,
-        0,
-        &pod1(&c),
-        &[
-            "--mode",
-            "sink",
-            "--bytes",
-            "1048576",
-            "--reply-bytes",
-            "1048576",
-        ],
-    );
+    let pin_dir = c.node.pin_dir().display().to_string();
+    meshpath(["redirect", "off", "--pin-dir", &pin_dir]).expect("meshpath redirect off");
+    sink(&c, 0, &pod1(&c), MIB, MIB);
     let s = c.status();
     assert_eq!(counter(&s, "msg_redirected"), 0, "{s:#}");
     assert!(counter(&s, "sock_redirect_disabled") >= 2, "{s:#}");
@@ -324,6 +259,7 @@ fn switched_off_at_run_time_new_connections_take_the_tcp_path() {
 
 #[test]
 fn blocking_sockets_stay_byte_exact_and_the_eagain_sharp_edge_is_measured() {
+    skip_unless!(AGENT);
     // A known kernel sharp edge: on a socket in a SOCKHASH, a *blocking* recv() that is woken
     // without data (e.g. by the socket's own state change when its FIN is acknowledged) returns
     // EAGAIN instead of waiting on (tcp_bpf_recvmsg). Poll-driven runtimes (Go, Java NIO, Node,
@@ -342,14 +278,14 @@ fn blocking_sockets_stay_byte_exact_and_the_eagain_sharp_edge_is_measured() {
         "262144",
     ];
     let off = start(&[]);
-    let r = xfer(&off, 0, &pod1(&off), &args);
+    let r = xfer_to_pod1(&off, &args);
     assert_eq!(
         r["eagain_on_blocking"], 0,
         "plain TCP returned EAGAIN on a blocking socket: {r:#}"
     );
     drop(off);
     let on = redirect_on();
-    let r = xfer(&on, 0, &pod1(&on), &args);
+    let r = xfer_to_pod1(&on, &args);
     eprintln!(
         "redirect on: {} EAGAINs from blocking recv() over 50 half-closed connections",
         r["eagain_on_blocking"]
@@ -358,13 +294,12 @@ fn blocking_sockets_stay_byte_exact_and_the_eagain_sharp_edge_is_measured() {
 
 #[test]
 fn ping_pong_latency_with_and_without_redirect() {
+    skip_unless!(AGENT);
     // Not a benchmark (see `cargo xtask bench`): both paths must work; the numbers are printed.
     for args in [&[][..], &["--socket-redirect", "true"][..]] {
         let c = start(args);
-        let r = xfer(
+        let r = xfer_to_pod1(
             &c,
-            0,
-            &pod1(&c),
             &["--mode", "pingpong", "--rounds", "5000", "--size", "64"],
         );
         eprintln!(

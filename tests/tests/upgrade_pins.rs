@@ -4,9 +4,8 @@
 
 use std::process::Command;
 
-use meshpath_tests::agent::Agent;
-use meshpath_tests::manifests::{self, docs, endpoint_slice, service, Ep};
-use meshpath_tests::Node;
+use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::{skip_unless, Node, Proxy, Source, AGENT};
 
 const VIP: &str = "10.96.0.91";
 
@@ -23,6 +22,7 @@ fn max_entries(pin: &std::path::Path) -> u64 {
 
 #[test]
 fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
+    skip_unless!(AGENT);
     let node = Node::new(2).expect("node");
     node.spawn_server(1, "web-1", &[8080], &[], &[])
         .expect("server");
@@ -49,21 +49,16 @@ fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
     assert!(status.success());
     assert_eq!(max_entries(&pin), 65_536);
 
-    let dir = node.work_dir().join("manifests");
-    std::fs::create_dir_all(&dir).expect("manifests dir");
     let yaml = docs(&[
         service("web", VIP, 80, "8080", "TCP", ""),
         endpoint_slice("web", 8080, "TCP", &[Ep::ready(node.pod(1).ip())]),
     ]);
-    manifests::write(&dir, "web.yaml", &yaml).expect("manifest");
-    let agent = Agent::start(
-        &dir,
-        node.cgroup_path(),
-        node.pin_dir(),
-        &node.work_dir().join("agent.log"),
-        &[],
-    )
-    .expect("agent");
+    let dir = node
+        .write_manifests(&[("web.yaml", yaml)])
+        .expect("manifests");
+    let agent = node
+        .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
+        .expect("agent");
     assert!(
         agent.log().contains("pinned map had another definition"),
         "{}",

@@ -10,6 +10,7 @@ mod build_ebpf;
 mod demo;
 mod paths;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -25,7 +26,11 @@ enum Command {
     /// Build the eBPF object (release, with BTF) into target/bpf/meshpath.bpf.o.
     BuildEbpf,
     /// Build everything and run every test: unit, in-process and privileged netns tests (root).
+    /// Then, without a filter, the kernel smoke set on Debian's Linux 6.1 under qemu (if installed).
     Test {
+        /// Skip the Linux 6.1 smoke run under qemu.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
@@ -44,14 +49,21 @@ enum Command {
     /// Benchmark `meshpath agent --source kube` against a real kube-apiserver: full sync time,
     /// watch event → map latency and agent RSS for 1 000 and 10 000 Services (root; release).
     BenchKube(bench_kube::BenchKubeArgs),
+    /// Run the privileged tests (or the lean --smoke set) on a Debian kernel (6.1, 6.12) booted
+    /// under qemu, or on the host kernel ("host"); packages are cached in target/vm/.
+    VmTest(vm::VmTestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf => build_ebpf::run(),
-        Command::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Command::Test {
+            no_vm,
+            cargo_test_args,
+        } => test::run(&cargo_test_args, no_vm),
         Command::Demo { requests } => demo::run(requests),
         Command::Bench(args) => bench::run(args),
         Command::BenchKube(args) => bench_kube::run(args),
+        Command::VmTest(args) => vm::run(&args),
     }
 }

@@ -10,7 +10,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The eBPF object the agent embeds at build time (see agent/build.rs).
+/// The eBPF object the agent embeds at build time (see agent/datapath/build.rs).
 pub fn bpf_object() -> PathBuf {
     workspace_root().join("target/bpf/meshpath.bpf.o")
 }

@@ -1,7 +1,7 @@
 use super::*;
-use crate::compile::Compiled;
-use crate::model::{ClusterModel, ObjectRef, Service};
 use hickory_proto::op::Edns;
+use meshpath_compile::Compiled;
+use meshpath_model::{ClusterModel, ObjectRef, Service};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use crate::compile::Compiled;
-use crate::model::{ClusterModel, ObjectRef};
+use meshpath_compile::Compiled;
+use meshpath_model::{ClusterModel, ObjectRef};
 
 /// What a name owned by the cluster resolves to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl NameTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Pod, Service};
+    use meshpath_model::{Pod, Service};
 
     fn service(ns: &str, name: &str, ip: Option<[u8; 4]>) -> Service {
         Service {

@@ -18,9 +18,9 @@ use super::forward::{self, read_framed, write_framed, MAX_UDP};
 use super::names::NameTable;
 use super::steer::DnsSteering;
 use super::{DnsConfig, DnsError, DnsMetrics, KUBE_DNS};
-use crate::compile::{Compiled, FrontendAddr};
-use crate::model::{ClusterModel, ObjectRef, Protocol};
 use crate::netns::{bind_tcp, bind_udp, NetnsError};
+use meshpath_compile::{Compiled, FrontendAddr};
+use meshpath_model::{ClusterModel, ObjectRef, Protocol};
 
 /// What every query task shares.
 struct Shared {

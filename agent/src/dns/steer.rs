@@ -12,7 +12,7 @@ use meshpath_common::{
     PROTO_UDP, SVC_FLAG_DNS,
 };
 
-use crate::compile::MapContents;
+use meshpath_compile::MapContents;
 
 /// How steered resolvers are named in `meshpath status`.
 pub const STATUS_NAME: &str = "meshpath/dns-proxy";

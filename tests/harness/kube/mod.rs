@@ -26,7 +26,8 @@ use anyhow::{bail, Context, Result};
 
 pub use kubelet::{FakeKubelet, RunningPod};
 use pki::Pki;
-use process::{free_port, Proc, RUN_DIR_SUFFIX};
+pub(crate) use process::free_port;
+use process::{Proc, RUN_DIR_SUFFIX};
 
 use crate::runid::RunId;
 

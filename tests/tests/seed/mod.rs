@@ -3,12 +3,11 @@
 #![allow(dead_code)] // helpers for tests/l7_seed.rs
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meshpath_tests::agent::steered_to_proxy;
 use meshpath_tests::manifests::docs;
-use meshpath_tests::ClientReport;
-
-use crate::common::Cluster;
+use meshpath_tests::{wait_until, ClientReport, Cluster};
 
 pub const WEIGHTED: &str = include_str!("weighted.yaml");
 pub const LOAD_BALANCING: &str = include_str!("load_balancing.yaml");
@@ -29,14 +28,7 @@ pub const MY_SVC_VS: &str = "apiVersion: networking.istio.io/v1alpha3\nkind: Vir
 
 /// A node with `pods` pods (pod 0 is the client) and the agent with its node proxy.
 pub fn start(pods: usize) -> Cluster {
-    Cluster::start_with(pods, |node| {
-        vec![
-            "--proxy-ip".into(),
-            "10.244.0.1".into(),
-            "--proxy-netns".into(),
-            format!("/var/run/netns/{}", node.node_netns_name()),
-        ]
-    })
+    Cluster::with_proxy(pods, |_| vec![])
 }
 
 /// Service `name` (HTTP on 8080) with one labelled Pod and endpoint per `(pod index, version)`.
@@ -108,12 +100,7 @@ pub fn hosts(log: &Path) -> Vec<String> {
 /// Waits until the kernel steers `svc` to the proxy (the proxy has the table by then).
 pub fn wait_steered(c: &Cluster, svc: &str) {
     c.wait_status("steered to the proxy", Duration::from_secs(5), |s| {
-        meshpath_tests::agent::service(s, svc).is_some_and(|r| {
-            r["backends"].as_array().is_some_and(|b| {
-                b.iter()
-                    .any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))
-            })
-        })
+        steered_to_proxy(s, svc)
     });
 }
 
@@ -132,26 +119,32 @@ pub fn unix_us() -> u64 {
 }
 
 /// Sends single requests without `end-user` until one satisfies `done` (an edit took effect).
-pub fn wait_until(c: &Cluster, done: impl Fn(&ClientReport) -> bool) {
-    let until = Instant::now() + Duration::from_secs(5);
-    while !done(&http(c, APP, &[])) {
-        assert!(
-            Instant::now() < until,
-            "edit not applied:\n{}",
-            c.agent.log()
-        );
-    }
+pub fn wait_edit(c: &Cluster, done: impl Fn(&ClientReport) -> bool) {
+    let applied = wait_until(Duration::from_secs(5), || done(&http(c, APP, &[])));
+    assert!(applied, "edit not applied:\n{}", c.agent.log());
+}
+
+/// How many requests the servers of [`serve`] have logged so far, together.
+fn served(c: &Cluster) -> usize {
+    let Ok(dir) = std::fs::read_dir(c.node.work_dir()) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "requests"))
+        .map(|e| std::fs::read_to_string(e.path()).map_or(0, |t| t.lines().count()))
+        .sum()
 }
 
 /// Runs the client (with `extra` arguments) for 2 s, a request every 2 ms over one keep-alive
-/// connection, while `edit` runs after `after`; returns the requests and the Unix µs at which
-/// `edit` started.
+/// connection, while `edit` runs once the servers have answered `before` requests of it; returns
+/// the requests and the Unix µs at which `edit` started.
 pub fn traffic_during(
     c: &Cluster,
     extra: &[&str],
-    after: Duration,
+    before: usize,
     edit: impl FnOnce(),
 ) -> (ClientReport, u64) {
+    let base = served(c);
     std::thread::scope(|s| {
         let client = s.spawn(|| {
             let args = [
@@ -164,7 +157,12 @@ pub fn traffic_during(
             ];
             http(c, APP, &[&args[..], extra].concat())
         });
-        std::thread::sleep(after);
+        // The edit must land inside the run with traffic before it: wait for that traffic.
+        let flowing = wait_until(Duration::from_secs(2), || served(c) >= base + before);
+        assert!(
+            flowing,
+            "the servers saw fewer than {before} requests within 2 s"
+        );
         let at = unix_us();
         edit();
         (client.join().expect("client thread"), at)

@@ -1,0 +1,62 @@
+//! Why a service could not be compiled. Each error names the object, the field and the reason.
+
+use std::net::Ipv4Addr;
+
+use meshpath_model::{ObjectRef, Protocol};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "{origin}: Service {service}: spec.ports[{port_index}].targetPort: named port \"{target_port}\" is not \
+         carried by any EndpointSlice of this service (slice ports: {slice_ports}); the service keeps \
+         its previous backends"
+    )]
+    UnresolvedTargetPort {
+        origin: String,
+        service: ObjectRef,
+        port_index: usize,
+        target_port: String,
+        slice_ports: String,
+    },
+    #[error(
+        "{origin}: Service {service}: spec.ports[{port_index}]: {count} backends, more than the {max} a \
+         frontend can hold; the service keeps its previous backends"
+    )]
+    TooManyBackends {
+        origin: String,
+        service: ObjectRef,
+        port_index: usize,
+        count: usize,
+        max: usize,
+    },
+    #[error(
+        "{origin}: Service {service}: spec.clusterIP: {ip}:{port}/{} is already served by Service {other}; \
+         this port is not programmed", protocol.as_str()
+    )]
+    FrontendConflict {
+        origin: String,
+        service: ObjectRef,
+        other: ObjectRef,
+        ip: Ipv4Addr,
+        port: u16,
+        protocol: Protocol,
+    },
+    #[error("{origin}: Service {service}: no service id left (the datapath holds at most {} frontends)", meshpath_common::MAX_SERVICE_IDS - 1)]
+    OutOfServiceIds { origin: String, service: ObjectRef },
+    #[error(
+        "backend {ip}:{port}: no backend id left (the datapath holds at most {} backends)",
+        meshpath_common::MAX_BACKENDS
+    )]
+    OutOfBackendIds { ip: Ipv4Addr, port: u16 },
+    #[error(
+        "{origin}: Service {service}: spec.clusterIP: the service CIDR has no free address left"
+    )]
+    ServiceCidrExhausted { origin: String, service: ObjectRef },
+}
+
+/// The origin of a service for error messages.
+pub fn origin_of(svc: &meshpath_model::Service) -> String {
+    svc.origin
+        .clone()
+        .unwrap_or_else(|| "<unknown source>".into())
+}

@@ -1,0 +1,392 @@
+//! The Istio half of compiling: VirtualServices and DestinationRules of the model, with the
+//! Services, EndpointSlices and Pods they name, → the proxy's routing table ([`L7Config`]), the
+//! frontends the kernel must steer to the proxy ([`needs_proxy`]) and the per-connection weights
+//! of `tcp:` routes, which the kernel applies itself.
+//!
+//! Pure like [`compile`](super::compile), which runs first: endpoints are the backends it chose
+//! for each frontend. Cross-object problems (a subset no DestinationRule defines, a destination
+//! that names no Service) are errors naming the VirtualService's file, field and reason, and that
+//! VirtualService keeps what it compiled to before (last good), as a Service does in `compile`.
+//!
+//! Precedence, where Istio uses creation time (which manifests do not have): the first
+//! VirtualService in namespace/name order owns a host; exact hosts before wildcards. For a
+//! Service's DestinationRule: exact host before wildcard, the Service's namespace first, then
+//! namespace/name order.
+
+mod clusters;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use meshpath_model::istio::{hosts, VirtualService};
+use meshpath_model::l7::{ClusterKey, L7Config, ServiceRoutes};
+use meshpath_model::{ClusterModel, ObjectRef, Protocol};
+
+use super::{Compiled, FrontendAddr};
+
+/// What one compilation of the Istio objects produces; also the last good state the next one
+/// falls back to.
+#[derive(Clone, Debug, Default)]
+pub struct L7Compiled {
+    pub config: L7Config,
+    /// `tcp:` routes: for each frontend, the clusters a new connection goes to, with weights
+    /// summing to 100. Their endpoints are in `config.clusters`. Applied by the kernel, so these
+    /// frontends are not steered to the proxy.
+    pub tcp_routes: BTreeMap<FrontendAddr, Vec<(ClusterKey, u32)>>,
+}
+
+/// The frontends whose connections the kernel must hand to the proxy: listeners with `http:`
+/// routes, or whose service policy only the proxy can enforce. The routing table also holds a
+/// plain forwarding entry for every other HTTP frontend, so connections the proxy already holds
+/// keep being served (through the service's endpoints) after their service stops being steered,
+/// e.g. when its VirtualService is deleted.
+pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
+    config
+        .listeners
+        .iter()
+        .filter(|(_, routes)| {
+            !routes.http.is_empty()
+                || config
+                    .clusters
+                    .get(&routes.default_cluster)
+                    .is_some_and(|c| policy_needs_proxy(&c.policy))
+        })
+        .filter_map(|(addr, _)| match addr.ip() {
+            IpAddr::V4(ip) => Some(FrontendAddr {
+                ip,
+                port: addr.port(),
+                protocol: Protocol::Tcp,
+            }),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
+fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
+    use meshpath_model::l7::LoadBalancer as Lb;
+    let lb = matches!(
+        p.load_balancer,
+        Lb::LeastRequest | Lb::ConsistentHash { .. }
+    );
+    let pool = &p.connection_pool;
+    let http_pool = pool.http1_max_pending_requests.is_some()
+        || pool.http2_max_requests.is_some()
+        || pool.max_requests_per_connection.is_some()
+        || pool.max_retries.is_some()
+        || pool.idle_timeout.is_some();
+    lb || http_pool || p.outlier_detection.is_some()
+}
+
+/// A VirtualService that cannot be compiled against the other objects. Each names the file
+/// (`origin`), the object, the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum L7Error {
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: host {host:?} names no Service; the \
+         VirtualService keeps its previous routes"
+    )]
+    UnknownHost {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        host: String,
+    },
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: subset {subset:?} of Service {service} is not \
+         defined ({}); the VirtualService keeps its previous routes",
+        subset_hint(rule, service)
+    )]
+    UnknownSubset {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        service: ObjectRef,
+        subset: String,
+        /// The DestinationRule that applies to the service, if any.
+        rule: Option<ObjectRef>,
+    },
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: Service {service} has no TCP port {port}; the \
+         VirtualService keeps its previous routes"
+    )]
+    UnknownPort {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        service: ObjectRef,
+        port: u16,
+    },
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: Service {service} has ports {ports} and none is \
+         {listener}, the port routed from: set port.number; the VirtualService keeps its previous \
+         routes"
+    )]
+    PortRequired {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        service: ObjectRef,
+        ports: String,
+        listener: u16,
+    },
+}
+
+fn subset_hint(rule: &Option<ObjectRef>, service: &ObjectRef) -> String {
+    match rule {
+        Some(rule) => format!("DestinationRule {rule} has no such subset"),
+        None => format!("no DestinationRule has host {}", service.name),
+    }
+}
+
+pub fn compile_l7(
+    model: &ClusterModel,
+    compiled: &Compiled,
+    previous: &L7Compiled,
+) -> (L7Compiled, Vec<L7Error>) {
+    let ctx = clusters::Ctx::new(model, compiled);
+    let mut out = L7Compiled::default();
+    let mut errors = Vec::new();
+    let mut keys: BTreeSet<ClusterKey> = BTreeSet::new();
+    let mut kept: BTreeSet<ClusterKey> = BTreeSet::new();
+
+    for (vs, services) in claims(model) {
+        match compile_vs(&ctx, vs, &services) {
+            Ok(compiled) => {
+                for (addr, routes) in compiled.listeners {
+                    keys.extend(routes::cluster_keys(&routes));
+                    out.config.listeners.insert(addr, routes);
+                }
+                for (addr, weights) in compiled.tcp {
+                    keys.extend(weights.iter().map(|(k, _)| k.clone()));
+                    out.tcp_routes.insert(addr, weights);
+                }
+            }
+            Err(vs_errors) => {
+                errors.extend(vs_errors);
+                // Last good: what these services compiled to before, clusters included.
+                for (addr, routes) in &previous.config.listeners {
+                    if services.contains(&routes.service) {
+                        kept.extend(routes::cluster_keys(routes));
+                        out.config
+                            .listeners
+                            .entry(*addr)
+                            .or_insert_with(|| routes.clone());
+                    }
+                }
+                for (addr, weights) in &previous.tcp_routes {
+                    if compiled
+                        .frontends
+                        .get(addr)
+                        .is_some_and(|f| services.contains(&f.service))
+                    {
+                        kept.extend(weights.iter().map(|(k, _)| k.clone()));
+                        out.tcp_routes
+                            .entry(*addr)
+                            .or_insert_with(|| weights.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    // Services steered only for a DestinationRule policy: plain forwarding, balanced by the proxy.
+    for (service, rule) in ctx.rules() {
+        if !rule.traffic_policy.needs_proxy() {
+            continue;
+        }
+        for (addr, _) in ctx.http_frontends(service) {
+            let default_cluster = ClusterKey {
+                service: service.clone(),
+                port: addr.port,
+                subset: None,
+            };
+            out.config.listeners.entry(socket(addr)).or_insert_with(|| {
+                keys.insert(default_cluster.clone());
+                ServiceRoutes {
+                    service: service.clone(),
+                    port: addr.port,
+                    http: Vec::new(),
+                    default_cluster,
+                }
+            });
+        }
+    }
+
+    // Plain forwarding for every other HTTP frontend (not steered; see `needs_proxy`).
+    for service in model.services.keys() {
+        for (addr, _) in ctx.http_frontends(service) {
+            let default_cluster = ClusterKey {
+                service: service.clone(),
+                port: addr.port,
+                subset: None,
+            };
+            out.config.listeners.entry(socket(addr)).or_insert_with(|| {
+                keys.insert(default_cluster.clone());
+                ServiceRoutes {
+                    service: service.clone(),
+                    port: addr.port,
+                    http: Vec::new(),
+                    default_cluster,
+                }
+            });
+        }
+    }
+
+    for key in keys.iter().chain(&kept) {
+        match ctx.cluster(key) {
+            Some(cluster) => {
+                out.config.clusters.insert(key.clone(), cluster);
+            }
+            // Only a kept cluster can fail (its subset is gone now): serve the last good one.
+            None => {
+                if let Some(cluster) = previous.config.clusters.get(key) {
+                    out.config.clusters.insert(key.clone(), cluster.clone());
+                }
+            }
+        }
+    }
+    (out, errors)
+}
+
+/// The services each VirtualService routes, in VirtualService order: a host names one Service
+/// (or several, for a wildcard); a Service belongs to the first VirtualService naming it exactly,
+/// else to the first wildcard covering it. Hosts that name no Service are skipped: Istio would
+/// route them to external hosts, which meshpath does not do.
+fn claims(model: &ClusterModel) -> Vec<(&VirtualService, BTreeSet<ObjectRef>)> {
+    let mut owner: BTreeMap<&ObjectRef, &VirtualService> = BTreeMap::new();
+    // A VirtualService with nothing for the mesh (gateway-only) claims nothing.
+    let routing = || {
+        model
+            .virtual_services
+            .values()
+            .filter(|vs| !vs.http.is_empty() || !vs.tcp.is_empty())
+    };
+    for vs in routing() {
+        for host in vs.hosts.iter().filter(|h| !hosts::is_wildcard(h)) {
+            let Some(service) = hosts::resolve(host, &vs.id.namespace, &model.services) else {
+                tracing::warn!(virtual_service = %vs.id, host, origin = vs.origin.as_deref(),
+                    "VirtualService host names no Service; skipped (external hosts are not routed)");
+                continue;
+            };
+            match owner.get(service) {
+                None => {
+                    owner.insert(service, vs);
+                }
+                Some(first) if first.id == vs.id => {}
+                Some(first) => tracing::warn!(virtual_service = %vs.id, host, service = %service,
+                    owner = %first.id, "host already routed by an earlier VirtualService; ignored here"),
+            }
+        }
+    }
+    for vs in routing() {
+        for host in vs.hosts.iter().filter(|h| hosts::is_wildcard(h)) {
+            for service in hosts::wildcard_matches(host, &model.services) {
+                owner.entry(service).or_insert(vs);
+            }
+        }
+    }
+    let mut by_vs: BTreeMap<&ObjectRef, (&VirtualService, BTreeSet<ObjectRef>)> = BTreeMap::new();
+    for (service, vs) in owner {
+        by_vs
+            .entry(&vs.id)
+            .or_insert_with(|| (vs, BTreeSet::new()))
+            .1
+            .insert(service.clone());
+    }
+    by_vs.into_values().collect()
+}
+
+#[derive(Default)]
+struct VsOutput {
+    listeners: Vec<(SocketAddr, ServiceRoutes)>,
+    tcp: Vec<(FrontendAddr, Vec<(ClusterKey, u32)>)>,
+}
+
+/// One VirtualService for the services it owns; every error found, not just the first.
+fn compile_vs(
+    ctx: &clusters::Ctx<'_>,
+    vs: &VirtualService,
+    services: &BTreeSet<ObjectRef>,
+) -> Result<VsOutput, Vec<L7Error>> {
+    let mut out = VsOutput::default();
+    let mut errors = Vec::new();
+    let mut note = |e: L7Error| {
+        // The same destination is checked once per port; report it once.
+        if !errors.contains(&e) {
+            errors.push(e);
+        }
+    };
+    for service in services {
+        for (addr, http_capable) in ctx.tcp_frontends(service) {
+            let mut http = Vec::new();
+            if http_capable {
+                for route in &vs.http {
+                    match routes::http_route(ctx, vs, route, addr.port) {
+                        Ok(Some(r)) => http.push(r),
+                        Ok(None) => {}
+                        Err(errs) => errs.into_iter().for_each(&mut note),
+                    }
+                }
+            }
+            if !http.is_empty() {
+                let default_cluster = ClusterKey {
+                    service: service.clone(),
+                    port: addr.port,
+                    subset: None,
+                };
+                let routes = ServiceRoutes {
+                    service: service.clone(),
+                    port: addr.port,
+                    http,
+                    default_cluster,
+                };
+                out.listeners.push((socket(addr), routes));
+                continue;
+            }
+            let Some(tcp) = vs
+                .tcp
+                .iter()
+                .find(|t| t.ports.is_empty() || t.ports.contains(&addr.port))
+            else {
+                continue;
+            };
+            let field = format!("spec.tcp[{}].route", tcp.index);
+            match routes::weighted(ctx, vs, &field, &tcp.route, addr.port) {
+                Ok(weights) => out.tcp.push((addr, weights)),
+                Err(errs) => errs.into_iter().for_each(&mut note),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn socket(addr: FrontendAddr) -> SocketAddr {
+    SocketAddr::from((addr.ip, addr.port))
+}
+
+/// `connectionPool.tcp.maxConnections` of each Service's DestinationRule (the service-wide
+/// policy), for the kernel's connection limit on frontends that stay on the kernel path.
+pub fn kernel_connection_limits(
+    model: &ClusterModel,
+    compiled: &Compiled,
+) -> BTreeMap<ObjectRef, u32> {
+    let ctx = clusters::Ctx::new(model, compiled);
+    ctx.rules()
+        .filter_map(|(service, rule)| {
+            let max = rule
+                .traffic_policy
+                .connection_pool
+                .as_ref()?
+                .max_connections?;
+            Some((service.clone(), max))
+        })
+        .collect()
+}

@@ -1,0 +1,263 @@
+//! What the routing table's clusters are made of: the DestinationRule of each Service, the
+//! frontends of a Service, and a cluster's endpoints (the backends `compile` chose, with their
+//! Pods' labels, narrowed to a subset) and merged traffic policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use meshpath_model::istio::hosts;
+use meshpath_model::istio::model::{self as im, DestinationRule};
+use meshpath_model::l7::{self, Cluster, ClusterKey, Endpoint};
+use meshpath_model::{ClusterModel, ObjectRef, Protocol, ServicePort};
+
+use crate::{Compiled, Frontend, FrontendAddr};
+
+/// Istio protocol prefixes of port names (`<protocol>[-<suffix>]`) that are not HTTP: such ports
+/// are never handed to the HTTP proxy. Unnamed ports and other names are assumed HTTP, as Istio
+/// assumes after sniffing (meshpath has no sniffing on the kernel path).
+const NOT_HTTP: &[&str] = &["tcp", "tls", "https", "mongo", "mysql", "redis", "udp"];
+
+pub struct Ctx<'a> {
+    model: &'a ClusterModel,
+    frontends: BTreeMap<&'a ObjectRef, Vec<(FrontendAddr, &'a Frontend)>>,
+    rules: BTreeMap<ObjectRef, &'a DestinationRule>,
+    pods_by_ip: HashMap<Ipv4Addr, &'a BTreeMap<String, String>>,
+    slices: meshpath_model::SliceIndex<'a>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(model: &'a ClusterModel, compiled: &'a Compiled) -> Self {
+        let mut frontends: BTreeMap<&ObjectRef, Vec<_>> = BTreeMap::new();
+        for (addr, fe) in &compiled.frontends {
+            frontends.entry(&fe.service).or_default().push((*addr, fe));
+        }
+        let pods_by_ip = model
+            .pods
+            .values()
+            .filter_map(|p| Some((p.ip?, &p.labels)))
+            .collect();
+        Self {
+            model,
+            frontends,
+            rules: rules(model),
+            pods_by_ip,
+            slices: meshpath_model::SliceIndex::new(model),
+        }
+    }
+
+    pub fn model(&self) -> &'a ClusterModel {
+        self.model
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = (&ObjectRef, &'a DestinationRule)> + '_ {
+        self.rules.iter().map(|(s, r)| (s, *r))
+    }
+
+    pub fn rule(&self, service: &ObjectRef) -> Option<&'a DestinationRule> {
+        self.rules.get(service).copied()
+    }
+
+    /// The TCP frontends of `service`, each with whether it may carry HTTP.
+    pub fn tcp_frontends(&self, service: &ObjectRef) -> Vec<(FrontendAddr, bool)> {
+        let ports = self
+            .model
+            .services
+            .get(service)
+            .map(|s| s.ports.as_slice())
+            .unwrap_or_default();
+        self.frontends
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|(addr, _)| addr.protocol == Protocol::Tcp)
+            .map(|(addr, _)| {
+                let port = ports
+                    .iter()
+                    .find(|p| p.port == addr.port && p.protocol == Protocol::Tcp);
+                (*addr, port.is_some_and(http_capable))
+            })
+            .collect()
+    }
+
+    pub fn http_frontends(
+        &self,
+        service: &ObjectRef,
+    ) -> impl Iterator<Item = (FrontendAddr, bool)> {
+        self.tcp_frontends(service)
+            .into_iter()
+            .filter(|(_, http)| *http)
+    }
+
+    /// The cluster `key` names, or `None` when its subset is not defined (any more).
+    pub fn cluster(&self, key: &ClusterKey) -> Option<Cluster> {
+        let rule = self.rule(&key.service);
+        let base = rule.map(|r| r.traffic_policy.clone()).unwrap_or_default();
+        let (labels, policy) = match &key.subset {
+            None => (None, base),
+            Some(name) => {
+                let subset = rule?.subsets.iter().find(|s| &s.name == name)?;
+                (
+                    Some(&subset.labels),
+                    subset.traffic_policy.merged_over(&base),
+                )
+            }
+        };
+        let all = self.endpoints(&key.service, key.port);
+        let total = all.len();
+        let endpoints: Vec<Endpoint> = match labels {
+            None => all,
+            Some(wanted) => all
+                .into_iter()
+                .filter(|e| wanted.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .collect(),
+        };
+        if endpoints.is_empty() && total > 0 {
+            tracing::warn!(service = %key.service, port = key.port, subset = key.subset.as_deref(),
+                endpoints = total, "subset labels select none of the service's endpoints");
+        }
+        Some(Cluster {
+            endpoints,
+            policy: policy_to_l7(&policy),
+        })
+    }
+
+    /// The backends `compile` chose for the service port, with the labels of their Pods (found by
+    /// the EndpointSlice's `targetRef`, else by Pod IP).
+    fn endpoints(&self, service: &ObjectRef, port: u16) -> Vec<Endpoint> {
+        let Some((_, fe)) = self
+            .frontends
+            .get(service)
+            .into_iter()
+            .flatten()
+            .find(|(addr, _)| addr.port == port && addr.protocol == Protocol::Tcp)
+        else {
+            return Vec::new();
+        };
+        let mut by_target_ref: HashMap<Ipv4Addr, &BTreeMap<String, String>> = HashMap::new();
+        for slice in self.slices.slices_for(service) {
+            for ep in &slice.endpoints {
+                let Some(pod) = &ep.pod_name else { continue };
+                if let Some(pod) = self
+                    .model
+                    .pods
+                    .get(&ObjectRef::new(&service.namespace, pod))
+                {
+                    by_target_ref.extend(ep.addresses.iter().map(|ip| (*ip, &pod.labels)));
+                }
+            }
+        }
+        fe.backends
+            .iter()
+            .map(|b| {
+                let labels = by_target_ref
+                    .get(&b.ip)
+                    .or_else(|| self.pods_by_ip.get(&b.ip));
+                Endpoint {
+                    addr: SocketAddr::from((b.ip, b.port)),
+                    labels: labels.map(|l| (*l).clone()).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A port Istio would treat as HTTP (see [`NOT_HTTP`]).
+fn http_capable(port: &ServicePort) -> bool {
+    let name = port
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let protocol = name.split('-').next().unwrap_or_default();
+    port.protocol == Protocol::Tcp && !NOT_HTTP.contains(&protocol)
+}
+
+/// The DestinationRule of each Service that has one (see the precedence in the module doc).
+fn rules(model: &ClusterModel) -> BTreeMap<ObjectRef, &DestinationRule> {
+    // (wildcard, other namespace, rule id) sorts the best candidate first.
+    let mut candidates: BTreeMap<&ObjectRef, Vec<(bool, bool, &DestinationRule)>> = BTreeMap::new();
+    for rule in model.destination_rules.values() {
+        let services: Vec<&ObjectRef> = if hosts::is_wildcard(&rule.host) {
+            hosts::wildcard_matches(&rule.host, &model.services).collect()
+        } else {
+            hosts::resolve(&rule.host, &rule.id.namespace, &model.services)
+                .into_iter()
+                .collect()
+        };
+        if services.is_empty() {
+            tracing::warn!(destination_rule = %rule.id, host = rule.host, origin = rule.origin.as_deref(),
+                "DestinationRule host names no Service; ignored");
+        }
+        for service in services {
+            let entry = (
+                hosts::is_wildcard(&rule.host),
+                rule.id.namespace != service.namespace,
+                rule,
+            );
+            candidates.entry(service).or_default().push(entry);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (service, mut list) in candidates {
+        list.sort_by(|a, b| (a.0, a.1, &a.2.id).cmp(&(b.0, b.1, &b.2.id)));
+        let chosen = list[0].2;
+        for (_, _, other) in &list[1..] {
+            tracing::warn!(service = %service, destination_rule = %other.id, used = %chosen.id,
+                "another DestinationRule applies to this service first; this one is ignored for it");
+        }
+        out.insert(service.clone(), chosen);
+    }
+    out
+}
+
+pub fn policy_to_l7(p: &im::TrafficPolicy) -> l7::TrafficPolicy {
+    let load_balancer = match &p.load_balancer {
+        None | Some(im::LoadBalancer::RoundRobin) => l7::LoadBalancer::RoundRobin,
+        Some(im::LoadBalancer::LeastRequest) => l7::LoadBalancer::LeastRequest,
+        Some(im::LoadBalancer::Random) => l7::LoadBalancer::Random,
+        Some(im::LoadBalancer::Passthrough) => l7::LoadBalancer::Passthrough,
+        Some(im::LoadBalancer::ConsistentHash { key, algorithm }) => {
+            l7::LoadBalancer::ConsistentHash {
+                key: match key {
+                    im::HashKey::Header(h) => l7::HashKey::Header(h.clone()),
+                    im::HashKey::Cookie { name, path, ttl } => l7::HashKey::Cookie {
+                        name: name.clone(),
+                        path: path.clone(),
+                        ttl: *ttl,
+                    },
+                    im::HashKey::SourceIp => l7::HashKey::SourceIp,
+                    im::HashKey::QueryParameter(q) => l7::HashKey::QueryParameter(q.clone()),
+                },
+                algorithm: match *algorithm {
+                    im::HashAlgorithm::RingHash { minimum_ring_size } => {
+                        l7::HashAlgorithm::RingHash { minimum_ring_size }
+                    }
+                    im::HashAlgorithm::Maglev { table_size } => {
+                        l7::HashAlgorithm::Maglev { table_size }
+                    }
+                },
+            }
+        }
+    };
+    let pool = p.connection_pool.clone().unwrap_or_default();
+    l7::TrafficPolicy {
+        load_balancer,
+        connection_pool: l7::ConnectionPool {
+            max_connections: pool.max_connections,
+            connect_timeout: pool.connect_timeout,
+            http1_max_pending_requests: pool.http1_max_pending_requests,
+            http2_max_requests: pool.http2_max_requests,
+            max_requests_per_connection: pool.max_requests_per_connection,
+            max_retries: pool.max_retries,
+            idle_timeout: pool.idle_timeout,
+        },
+        outlier_detection: p.outlier_detection.as_ref().map(|o| l7::OutlierDetection {
+            consecutive_5xx_errors: o.consecutive_5xx_errors,
+            consecutive_gateway_errors: o.consecutive_gateway_errors,
+            interval: o.interval,
+            base_ejection_time: o.base_ejection_time,
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: o.min_health_percent,
+        }),
+    }
+}

@@ -1,0 +1,250 @@
+//! A VirtualService's routes for one listener port: destinations resolved to clusters, the rest
+//! carried over into the routing table's types.
+
+use meshpath_model::istio::hosts;
+use meshpath_model::istio::model::{self as im, VirtualService};
+use meshpath_model::l7::{self, ClusterKey, ServiceRoutes, WeightedCluster};
+use meshpath_model::Protocol;
+
+use super::clusters::Ctx;
+use super::L7Error;
+
+/// Every cluster a listener can send to.
+pub fn cluster_keys(routes: &ServiceRoutes) -> impl Iterator<Item = ClusterKey> + '_ {
+    let targets = routes.http.iter().flat_map(|r| {
+        let weighted = match &r.action {
+            l7::RouteAction::Route(w) => w.as_slice(),
+            _ => &[],
+        };
+        weighted
+            .iter()
+            .map(|w| w.cluster.clone())
+            .chain(r.mirror.iter().map(|m| m.cluster.clone()))
+    });
+    std::iter::once(routes.default_cluster.clone()).chain(targets)
+}
+
+/// `route` as served on `port`: `None` when its matches are all for other ports.
+pub fn http_route(
+    ctx: &Ctx<'_>,
+    vs: &VirtualService,
+    route: &im::HttpRoute,
+    port: u16,
+) -> Result<Option<l7::HttpRoute>, Vec<L7Error>> {
+    let matches: Vec<l7::HttpMatch> = route
+        .matches
+        .iter()
+        .filter(|m| m.port.is_none_or(|p| p == port))
+        .map(http_match)
+        .collect();
+    if !route.matches.is_empty() && matches.is_empty() {
+        return Ok(None);
+    }
+    let f = format!("spec.http[{}]", route.index);
+    let mut errors = Vec::new();
+    let action = match &route.action {
+        im::Action::Route(dests) => match weighted(ctx, vs, &format!("{f}.route"), dests, port) {
+            Ok(w) => l7::RouteAction::Route(
+                w.into_iter()
+                    .map(|(cluster, weight)| WeightedCluster { cluster, weight })
+                    .collect(),
+            ),
+            Err(e) => {
+                errors.extend(e);
+                l7::RouteAction::default()
+            }
+        },
+        im::Action::Redirect(r) => l7::RouteAction::Redirect(l7::Redirect {
+            uri: r.uri.clone(),
+            authority: r.authority.clone(),
+            scheme: r.scheme.clone(),
+            port: r.port,
+            status: r.status,
+        }),
+        im::Action::DirectResponse { status, body } => l7::RouteAction::DirectResponse {
+            status: *status,
+            body: body.clone(),
+        },
+    };
+    let mirror = match &route.mirror {
+        None => None,
+        Some(m) => match cluster_key(ctx, vs, &format!("{f}.mirror"), &m.destination, port) {
+            Ok(cluster) => Some(l7::Mirror {
+                cluster,
+                percentage: m.percentage.0,
+            }),
+            Err(e) => {
+                errors.push(*e);
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let rewrite =
+        (route.rewrite_uri.is_some() || route.rewrite_authority.is_some()).then(|| l7::Rewrite {
+            uri: route.rewrite_uri.clone(),
+            authority: route.rewrite_authority.clone(),
+        });
+    Ok(Some(l7::HttpRoute {
+        name: route.name.clone(),
+        matches,
+        action,
+        fault: route.fault.as_ref().map(|f| l7::Fault {
+            delay: f.delay.map(|(d, p)| (d, p.0)),
+            abort: f.abort.map(|(s, p)| (s, p.0)),
+        }),
+        mirror,
+        timeout: route.timeout,
+        retries: route.retries.as_ref().map(|r| l7::RetryPolicy {
+            attempts: r.attempts,
+            per_try_timeout: r.per_try_timeout,
+            retry_on: r.retry_on.clone(),
+        }),
+        rewrite,
+        request_headers: header_ops(&route.request_headers),
+        response_headers: header_ops(&route.response_headers),
+    }))
+}
+
+/// Weighted destinations (`field` is the `route` list) → clusters, every error found.
+pub fn weighted(
+    ctx: &Ctx<'_>,
+    vs: &VirtualService,
+    field: &str,
+    dests: &[(im::Destination, u32)],
+    port: u16,
+) -> Result<Vec<(ClusterKey, u32)>, Vec<L7Error>> {
+    let mut out = Vec::with_capacity(dests.len());
+    let mut errors = Vec::new();
+    for (j, (dest, weight)) in dests.iter().enumerate() {
+        match cluster_key(ctx, vs, &format!("{field}[{j}].destination"), dest, port) {
+            Ok(key) => out.push((key, *weight)),
+            Err(e) => errors.push(*e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The cluster a destination (at `field`) names, for a request that arrived on `listener`.
+fn cluster_key(
+    ctx: &Ctx<'_>,
+    vs: &VirtualService,
+    field: &str,
+    dest: &im::Destination,
+    listener: u16,
+) -> Result<ClusterKey, Box<L7Error>> {
+    let origin = vs
+        .origin
+        .clone()
+        .unwrap_or_else(|| "<unknown source>".into());
+    let model = ctx.model();
+    let Some(service) = hosts::resolve(&dest.host, &vs.id.namespace, &model.services) else {
+        return Err(Box::new(L7Error::UnknownHost {
+            origin,
+            vs: vs.id.clone(),
+            field: format!("{field}.host"),
+            host: dest.host.clone(),
+        }));
+    };
+    let ports: Vec<u16> = model.services[service]
+        .ports
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .map(|p| p.port)
+        .collect();
+    // Istio: the port may be left out when the service has one, and then defaults to the port
+    // the request came in on.
+    let port = match dest.port {
+        Some(p) if ports.contains(&p) => p,
+        Some(p) => {
+            return Err(Box::new(L7Error::UnknownPort {
+                origin,
+                vs: vs.id.clone(),
+                field: format!("{field}.port.number"),
+                service: service.clone(),
+                port: p,
+            }))
+        }
+        None => match ports.as_slice() {
+            [only] => *only,
+            several if several.contains(&listener) => listener,
+            several => {
+                return Err(Box::new(L7Error::PortRequired {
+                    origin,
+                    vs: vs.id.clone(),
+                    field: format!("{field}.port.number"),
+                    service: service.clone(),
+                    ports: several
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    listener,
+                }))
+            }
+        },
+    };
+    if let Some(subset) = &dest.subset {
+        let rule = ctx.rule(service);
+        if !rule.is_some_and(|r| r.subsets.iter().any(|s| &s.name == subset)) {
+            return Err(Box::new(L7Error::UnknownSubset {
+                origin,
+                vs: vs.id.clone(),
+                field: format!("{field}.subset"),
+                service: service.clone(),
+                subset: subset.clone(),
+                rule: rule.map(|r| r.id.clone()),
+            }));
+        }
+    }
+    Ok(ClusterKey {
+        service: service.clone(),
+        port,
+        subset: dest.subset.clone(),
+    })
+}
+
+fn http_match(m: &im::HttpMatch) -> l7::HttpMatch {
+    let named = |list: &[(String, Option<im::StringMatch>)]| {
+        list.iter()
+            .map(|(k, s)| (k.clone(), s.as_ref().map(string_match)))
+            .collect()
+    };
+    l7::HttpMatch {
+        uri: m.uri.as_ref().map(string_match),
+        method: m.method.as_ref().map(string_match),
+        authority: m.authority.as_ref().map(string_match),
+        scheme: m.scheme.as_ref().map(string_match),
+        headers: named(&m.headers),
+        without_headers: named(&m.without_headers),
+        query_params: m
+            .query_params
+            .iter()
+            .map(|(k, s)| (k.clone(), string_match(s)))
+            .collect(),
+        source_labels: m.source_labels.clone(),
+        ignore_uri_case: m.ignore_uri_case,
+    }
+}
+
+fn string_match(s: &im::StringMatch) -> l7::StringMatch {
+    match s {
+        im::StringMatch::Exact(v) => l7::StringMatch::Exact(v.clone()),
+        im::StringMatch::Prefix(v) => l7::StringMatch::Prefix(v.clone()),
+        im::StringMatch::Regex(p) => l7::StringMatch::Regex(p.regex.clone()),
+    }
+}
+
+fn header_ops(h: &im::HeaderOps) -> l7::HeaderOps {
+    l7::HeaderOps {
+        set: h.set.clone(),
+        add: h.add.clone(),
+        remove: h.remove.clone(),
+    }
+}

@@ -1,0 +1,172 @@
+//! The kernel side as the agent sees it: loading the eBPF object, attaching its programs to the
+//! managed cgroup (each behind an off switch), typed handles on the pinned maps, writing the
+//! compiler's map contents into them ([`apply`]) and reading them back ([`status`]).
+
+pub mod apply;
+mod error;
+mod links;
+pub mod maps;
+mod pins;
+pub mod redirect;
+pub mod status;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use aya::programs::CgroupSockAddr;
+use aya::{Ebpf, EbpfLoader};
+use meshpath_common::{
+    PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_RECVMSG4,
+    PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6,
+};
+use tracing::info;
+
+pub use error::DatapathError;
+pub use maps::DatapathMaps;
+
+/// The object built by `cargo xtask build-ebpf`, embedded when it existed at build time.
+#[cfg(meshpath_embedded_bpf)]
+pub static EMBEDDED_OBJECT: Option<&[u8]> =
+    Some(aya::include_bytes_aligned!(env!("MESHPATH_BPF_OBJECT")));
+#[cfg(not(meshpath_embedded_bpf))]
+pub static EMBEDDED_OBJECT: Option<&[u8]> = None;
+
+/// Which kernel features are switched on. Off means the program is not attached at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// connect4 + getpeername4: ClusterIP translation for TCP and connected UDP.
+    pub connect_lb: bool,
+    /// sendmsg4 + recvmsg4: translation per datagram for unconnected UDP.
+    pub udp_datagram_lb: bool,
+    /// sock_ops + sk_msg: same-node socket redirection.
+    pub socket_redirect: bool,
+    /// connect4 + sock_ops: `connectionPool.tcp.maxConnections` enforced in the kernel.
+    pub connection_limits: bool,
+}
+
+impl Features {
+    /// Each program and whether it should be attached.
+    /// The `*6` programs serve IPv4 ClusterIPs reached through dual-stack AF_INET6 sockets.
+    fn programs(self) -> [(&'static str, bool); 8] {
+        let reverse = self.connect_lb || self.udp_datagram_lb;
+        [
+            (PROG_CONNECT4, self.connect_lb),
+            (PROG_GETPEERNAME4, reverse),
+            (PROG_SENDMSG4, self.udp_datagram_lb),
+            (PROG_RECVMSG4, self.udp_datagram_lb),
+            (PROG_CONNECT6, self.connect_lb),
+            (PROG_GETPEERNAME6, reverse),
+            (PROG_SENDMSG6, self.udp_datagram_lb),
+            (PROG_RECVMSG6, self.udp_datagram_lb),
+        ]
+    }
+}
+
+/// Loaded programs and maps. Links are pinned under `<pin_dir>/links`, so the programs stay
+/// attached (and traffic keeps flowing) while the agent restarts; `meshpath cleanup` removes them.
+pub struct Datapath {
+    _ebpf: Ebpf,
+    pub maps: DatapathMaps,
+    _links: Vec<aya::programs::links::PinnedLink>,
+}
+
+impl Datapath {
+    pub fn load(
+        object: &[u8],
+        pin_dir: &Path,
+        cgroup: &Path,
+        features: Features,
+    ) -> Result<Self, DatapathError> {
+        ensure_bpffs_dir(pin_dir)?;
+        pins::unpin_incompatible(object, pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(object)
+            .map_err(|source| DatapathError::Load {
+                pin_dir: pin_dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        let cgroup_file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+
+        let mut links = Vec::new();
+        for (name, enabled) in features.programs() {
+            let pin = links::pin_path(pin_dir, name);
+            if !enabled {
+                links::detach_pinned(&pin)?;
+                info!(program = name, "feature off: program not attached");
+                continue;
+            }
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            links.push(links::attach_replacing(prog, name, &cgroup_file, &pin)?);
+            info!(program = name, cgroup = %cgroup.display(), "attached");
+        }
+        let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            maps,
+            _links: links,
+        })
+    }
+}
+
+/// The program `name` of the object, as its concrete type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Removes everything `load` left behind: detaches the programs (unpins their links) and unpins
+/// the maps. Safe to run when nothing is there.
+pub fn cleanup(pin_dir: &Path) -> Result<(), DatapathError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    let io = |path: PathBuf| move |source| DatapathError::Io { path, source };
+    let links_dir = pin_dir.join(links::LINKS_DIR);
+    if links_dir.exists() {
+        for entry in std::fs::read_dir(&links_dir).map_err(io(links_dir.clone()))? {
+            let path = entry.map_err(io(links_dir.clone()))?.path();
+            links::detach_pinned(&path)?;
+        }
+        std::fs::remove_dir(&links_dir).map_err(io(links_dir.clone()))?;
+    }
+    for entry in std::fs::read_dir(pin_dir).map_err(io(pin_dir.to_path_buf()))? {
+        let path = entry.map_err(io(pin_dir.to_path_buf()))?.path();
+        std::fs::remove_file(&path).map_err(io(path.clone()))?;
+    }
+    std::fs::remove_dir(pin_dir).map_err(io(pin_dir.to_path_buf()))
+}
+
+/// Maps can only be pinned on a bpffs; say so instead of failing with EPERM deep inside aya.
+fn ensure_bpffs_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    std::fs::create_dir_all(pin_dir).map_err(|source| DatapathError::Io {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    let c_path = std::ffi::CString::new(pin_dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+        DatapathError::NotBpffs {
+            path: pin_dir.to_path_buf(),
+        }
+    })?;
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(DatapathError::NotBpffs {
+            path: pin_dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! VirtualService and DestinationRule as the cluster model holds them: every value validated
+//! (durations parsed, regexes compiled, weights summing to 100, percentages in range), hosts
+//! still the strings the user wrote, with the object's namespace to resolve them in. Resolving
+//! hosts to Services and subsets to endpoints needs the other objects: `compile::l7` does it.
+//!
+//! These are not the `l7` types because the model must be `Eq` (sources publish only when it
+//! changes), and a compiled regex or an `f64` is not.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::l7::RetryOn;
+use crate::ObjectRef;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualService {
+    pub id: ObjectRef,
+    /// `file:line` of the document (or another source's description), for errors found when
+    /// compiling.
+    pub origin: Option<String>,
+    pub hosts: Vec<String>,
+    /// `spec.http`, without the routes that cannot apply to mesh traffic.
+    pub http: Vec<HttpRoute>,
+    pub tcp: Vec<TcpRoute>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRoute {
+    /// Position in `spec.http`, for error paths.
+    pub index: usize,
+    pub name: Option<String>,
+    /// OR; empty matches everything.
+    pub matches: Vec<HttpMatch>,
+    pub action: Action,
+    pub fault: Option<Fault>,
+    pub mirror: Option<Mirror>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<Retries>,
+    pub rewrite_uri: Option<String>,
+    pub rewrite_authority: Option<String>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpMatch {
+    pub uri: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    pub scheme: Option<StringMatch>,
+    /// Lower-case name; `None`: present with any value.
+    pub headers: Vec<(String, Option<StringMatch>)>,
+    pub without_headers: Vec<(String, Option<StringMatch>)>,
+    pub query_params: Vec<(String, StringMatch)>,
+    pub source_labels: BTreeMap<String, String>,
+    pub ignore_uri_case: bool,
+    /// The Service port this match is limited to; compile keeps it only on that port.
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Pattern),
+}
+
+/// A regex anchored like Envoy's RE2 full match, compiled once; equal when the source is.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    pub source: String,
+    pub regex: Arc<regex::Regex>,
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+/// A percentage in 0.0..=100.0; equal when bit-identical (it is only compared to detect change).
+#[derive(Clone, Copy, Debug)]
+pub struct Percent(pub f64);
+
+impl PartialEq for Percent {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Percent {}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// (destination, weight); weights sum to 100 (a single destination always gets 100).
+    Route(Vec<(Destination, u32)>),
+    Redirect(Redirect),
+    DirectResponse {
+        status: u16,
+        body: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub scheme: Option<String>,
+    pub port: Option<u16>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fault {
+    pub delay: Option<(Duration, Percent)>,
+    pub abort: Option<(u16, Percent)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub destination: Destination,
+    pub percentage: Percent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retries {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    /// Only the conditions the proxy implements; the others were warned about.
+    pub retry_on: Vec<RetryOn>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderOps {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpRoute {
+    /// Position in `spec.tcp`, for error paths.
+    pub index: usize,
+    /// The ports the route is limited to; empty: every port.
+    pub ports: Vec<u16>,
+    pub route: Vec<(Destination, u32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationRule {
+    pub id: ObjectRef,
+    pub origin: Option<String>,
+    pub host: String,
+    pub traffic_policy: TrafficPolicy,
+    pub subsets: Vec<Subset>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub traffic_policy: TrafficPolicy,
+}
+
+/// A `trafficPolicy`; each part `None` when not written, so that a subset's policy can be merged
+/// over its rule's part by part, as Istio does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadBalancer {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    Passthrough,
+    ConsistentHash {
+        key: HashKey,
+        algorithm: HashAlgorithm,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(String),
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<Duration>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    RingHash { minimum_ring_size: u64 },
+    Maglev { table_size: u64 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionPool {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// `None`: ejection on 5xx disabled (written as 0).
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub min_health_percent: u32,
+}
+
+impl TrafficPolicy {
+    /// `self` (a subset's policy) over `base` (its rule's), part by part.
+    pub fn merged_over(&self, base: &TrafficPolicy) -> TrafficPolicy {
+        TrafficPolicy {
+            load_balancer: self
+                .load_balancer
+                .clone()
+                .or_else(|| base.load_balancer.clone()),
+            connection_pool: self
+                .connection_pool
+                .clone()
+                .or_else(|| base.connection_pool.clone()),
+            outlier_detection: self
+                .outlier_detection
+                .clone()
+                .or_else(|| base.outlier_detection.clone()),
+        }
+    }
+
+    /// Whether only the proxy can enforce this policy, so the service must be steered to it even
+    /// without routes. Round robin and random are the kernel's own balancing; a TCP connection
+    /// limit is the kernel's job too.
+    pub fn needs_proxy(&self) -> bool {
+        let lb = matches!(
+            self.load_balancer,
+            Some(LoadBalancer::LeastRequest | LoadBalancer::ConsistentHash { .. })
+        );
+        let http_pool = self.connection_pool.as_ref().is_some_and(|p| {
+            p.http1_max_pending_requests.is_some()
+                || p.http2_max_requests.is_some()
+                || p.max_requests_per_connection.is_some()
+                || p.max_retries.is_some()
+                || p.idle_timeout.is_some()
+        });
+        lb || http_pool || self.outlier_detection.is_some()
+    }
+}

@@ -1,0 +1,242 @@
+//! The L7 routing table: what the node proxy executes. `compile` produces it from the Istio objects
+//! (VirtualService, DestinationRule) and the Services/EndpointSlices/Pods of the model, with every
+//! host already resolved to a Service and every name already validated; the proxy only evaluates.
+//!
+//! This is the contract between compiling Istio config and serving requests: both sides build
+//! against these types, and tests construct them directly.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ObjectRef;
+
+/// Everything the proxy needs, swapped atomically on every change (`Arc<L7Config>`).
+#[derive(Clone, Debug, Default)]
+pub struct L7Config {
+    /// Keyed by the ClusterIP:port a client connected to (the original destination the kernel
+    /// recorded when it steered the connection to the proxy).
+    pub listeners: BTreeMap<SocketAddr, ServiceRoutes>,
+    /// Endpoints of every (service, port) a route can send to, with pod labels for subsets.
+    pub clusters: BTreeMap<ClusterKey, Cluster>,
+}
+
+/// A service port the proxy serves: the VirtualService routes that apply to it.
+#[derive(Clone, Debug)]
+pub struct ServiceRoutes {
+    pub service: ObjectRef,
+    /// Part of the table's identity; read by logs and tests, not by routing.
+    pub port: u16,
+    /// `http:` routes, in order; the first whose match holds wins, and a request no route
+    /// matches gets 404, as with Istio. Empty: plain forwarding to `default_cluster` (a service
+    /// steered only for a DestinationRule policy, or not steered at all: see
+    /// `compile::l7::needs_proxy`).
+    pub http: Vec<HttpRoute>,
+    /// The service itself, for plain forwarding when `http` is empty.
+    pub default_cluster: ClusterKey,
+}
+
+/// An upstream: a service port, optionally narrowed to a DestinationRule subset.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterKey {
+    pub service: ObjectRef,
+    pub port: u16,
+    pub subset: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// Ready endpoints (already filtered by the subset's labels).
+    pub endpoints: Vec<Endpoint>,
+    pub policy: TrafficPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HttpRoute {
+    /// Istio's route name, kept for access logs and per-route stats.
+    pub name: Option<String>,
+    /// OR of the matches; empty means "match everything".
+    pub matches: Vec<HttpMatch>,
+    pub action: RouteAction,
+    pub fault: Option<Fault>,
+    pub mirror: Option<Mirror>,
+    pub timeout: Option<Duration>,
+    pub retries: Option<RetryPolicy>,
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// AND of every condition present.
+#[derive(Clone, Debug, Default)]
+pub struct HttpMatch {
+    pub uri: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    pub scheme: Option<StringMatch>,
+    /// Header name (lower-case) → condition; `None` = the header must be present.
+    pub headers: Vec<(String, Option<StringMatch>)>,
+    /// Header names that must be absent (`withoutHeaders`).
+    pub without_headers: Vec<(String, Option<StringMatch>)>,
+    pub query_params: Vec<(String, StringMatch)>,
+    /// Labels the calling pod must carry (`sourceLabels`).
+    pub source_labels: BTreeMap<String, String>,
+    pub ignore_uri_case: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored like Envoy's (RE2 full match), compiled once.
+    Regex(Arc<regex::Regex>),
+}
+
+#[derive(Clone, Debug)]
+pub enum RouteAction {
+    /// Weighted destinations; weights sum to 100 (or a single destination with weight 100).
+    Route(Vec<WeightedCluster>),
+    Redirect(Redirect),
+    DirectResponse {
+        status: u16,
+        body: Option<String>,
+    },
+}
+
+impl Default for RouteAction {
+    fn default() -> Self {
+        RouteAction::Route(Vec::new())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WeightedCluster {
+    pub cluster: ClusterKey,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Fault {
+    /// (delay, percentage 0.0..=100.0)
+    pub delay: Option<(Duration, f64)>,
+    /// (HTTP status, percentage 0.0..=100.0); Envoy answers with body `fault filter abort`.
+    pub abort: Option<(u16, f64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    pub cluster: ClusterKey,
+    /// 0.0..=100.0 (`mirrorPercentage.value`, or the deprecated integer `mirrorPercent`).
+    pub percentage: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: Vec<RetryOn>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOn {
+    FiveXx,
+    GatewayError,
+    ConnectFailure,
+    Reset,
+    RetriableStatus4xx,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub scheme: Option<String>,
+    pub port: Option<u16>,
+    /// Default 301.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// A DestinationRule `trafficPolicy`, already merged (subset policy over service policy).
+#[derive(Clone, Debug, Default)]
+pub struct TrafficPolicy {
+    pub load_balancer: LoadBalancer,
+    pub connection_pool: ConnectionPool,
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub enum LoadBalancer {
+    /// Istio's default.
+    #[default]
+    RoundRobin,
+    /// `LEAST_REQUEST`, and the older `LEAST_CONN`.
+    LeastRequest,
+    Random,
+    /// Forward to the original destination address, no balancing.
+    Passthrough,
+    ConsistentHash {
+        key: HashKey,
+        algorithm: HashAlgorithm,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum HashKey {
+    Header(String),
+    /// Cookie name, path, ttl; a ttl makes the proxy issue the cookie when absent.
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<Duration>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum HashAlgorithm {
+    RingHash { minimum_ring_size: u64 },
+    Maglev { table_size: u64 },
+}
+
+/// `connectionPool` (enforced by the proxy; issue "circuit breaking" adds the kernel side).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionPool {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct OutlierDetection {
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub min_health_percent: u32,
+}

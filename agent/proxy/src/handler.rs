@@ -1,0 +1,279 @@
+//! One request through the proxy, in Envoy's filter order for an Istio sidecar: request id
+//! and trace headers, then the layers (see `layers`): route selection, fault injection, then
+//! the router (redirect, direct response, or upstream with rewrite, header operations, mirror,
+//! and `forward`'s per-attempt layers).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, SET_COOKIE};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::body::{local_reply, ProxyBody};
+use super::forward::{forward, Forward, ReqBody, RetryRt, Target};
+use super::hashkey::{request_hash, RequestHash};
+use super::headers::{self, finalize_head, strip_hop_by_hop};
+use super::layers::{self, route::Selected};
+use super::matching::Matcher;
+use super::snapshot::{cluster_name, ClusterRt, RouteRt, Snapshot};
+use super::trace::{self, Span};
+use super::upstream::Proto;
+use super::{redirect, upgrade, Proxy};
+use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
+
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// One downstream connection, shared by its requests.
+pub(crate) struct ConnCtx {
+    pub proxy: Arc<Proxy>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub original_dst: Option<SocketAddr>,
+    pub source_labels: BTreeMap<String, String>,
+}
+
+/// What routing decided, for the span (borrowed from the snapshot: no copy unless exported).
+#[derive(Default)]
+struct Routed<'a> {
+    cluster: Option<&'a ClusterKey>,
+    upstream: Option<SocketAddr>,
+}
+
+pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
+    let proxy = &*conn.proxy;
+    let (mut head, body) = req.into_parts();
+    let sampled = trace::ensure_headers(&mut head.headers, proxy.opts.trace_sampling);
+    // Span fields are copied only when a span will actually be exported.
+    let span = match &proxy.exporter {
+        Some(_) if sampled => {
+            let h =
+                |name: &http::header::HeaderName| head.headers.get(name).map(trace::value_string);
+            Some(Span {
+                trace_id: h(&trace::X_B3_TRACEID).unwrap_or_default(),
+                span_id: h(&trace::X_B3_SPANID).unwrap_or_default(),
+                parent_span_id: h(&trace::X_B3_PARENTSPANID),
+                request_id: h(&trace::X_REQUEST_ID),
+                start: SystemTime::now(),
+                duration: Duration::ZERO,
+                method: head.method.to_string(),
+                authority: trace::value_string(&headers::authority(&head)),
+                path: head.uri.path().to_owned(),
+                status: 0,
+                upstream_cluster: None,
+                upstream_addr: None,
+            })
+        }
+        _ => None,
+    };
+    let t0 = Instant::now();
+    let snap = proxy.snapshot();
+    let mut routed = Routed::default();
+    let resp = route(conn, &snap, head, body, &mut routed).await;
+    if let (Some(mut span), Some(exporter)) = (span, &proxy.exporter) {
+        span.duration = t0.elapsed();
+        span.status = resp.status().as_u16();
+        span.upstream_cluster = routed.cluster.map(cluster_name);
+        span.upstream_addr = routed.upstream;
+        exporter.export(span);
+    }
+    resp
+}
+
+/// The route layer, then fault injection, then the route's action.
+async fn route<'a>(
+    conn: &ConnCtx,
+    snap: &'a Snapshot,
+    head: Parts,
+    body: Incoming,
+    routed: &mut Routed<'a>,
+) -> Response<ProxyBody> {
+    let proxy = &*conn.proxy;
+    let authority = headers::authority(&head);
+    let selected = layers::route::select(
+        snap,
+        conn.original_dst,
+        conn.local,
+        &conn.source_labels,
+        &head,
+        &authority,
+    );
+    let (route, matcher, orig) = match selected {
+        Ok(Selected::Route {
+            route,
+            matcher,
+            original_dst,
+        }) => (route, matcher, original_dst),
+        Ok(Selected::Passthrough(orig)) => {
+            let ep = proxy.passthrough_endpoint(orig);
+            let target = Target::Passthrough(ep, super::snapshot::DEFAULT_CONNECT_TIMEOUT);
+            return send(
+                conn,
+                &proxy.passthrough_route,
+                None,
+                target,
+                head,
+                body,
+                authority,
+                routed,
+            )
+            .await;
+        }
+        Err(reply) => return reply.response(),
+    };
+    if let Err(reply) = layers::fault::inject(route.route.fault.as_ref()).await {
+        return reply.response();
+    }
+    let mut resp = match &route.route.action {
+        RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
+        RouteAction::DirectResponse { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            local_reply(status, body.clone().map(Bytes::from).unwrap_or_default())
+        }
+        RouteAction::Route(_) => {
+            let dest = match layers::route::destination(route) {
+                Ok(d) => d,
+                Err(reply) => return reply.response(),
+            };
+            routed.cluster = Some(&dest.key);
+            let target = match layers::route::target(dest, || proxy.passthrough_endpoint(orig)) {
+                Ok(t) => t,
+                Err(reply) => return reply.response(),
+            };
+            return send(conn, route, matcher, target, head, body, authority, routed).await;
+        }
+    };
+    route.resp_ops.apply(resp.headers_mut());
+    resp
+}
+
+#[allow(clippy::too_many_arguments)] // one call site per kind of target; a struct would only rename these
+async fn send(
+    conn: &ConnCtx,
+    route: &RouteRt,
+    matcher: Option<&Matcher>,
+    target: Target,
+    mut head: Parts,
+    body: Incoming,
+    mut authority: HeaderValue,
+    routed: &mut Routed<'_>,
+) -> Response<ProxyBody> {
+    let proxy = &*conn.proxy;
+    if let Some(rw) = &route.route.rewrite {
+        if let Some(prefix) = &rw.uri {
+            let path = head.uri.path();
+            let keep = matcher.map_or(usize::from(path.starts_with('/')), |m| m.rewrite_len(path));
+            let mut pq = String::with_capacity(
+                prefix.len() + head.uri.path_and_query().map_or(0, |p| p.as_str().len()),
+            );
+            pq.push_str(prefix);
+            pq.push_str(&path[keep..]);
+            if pq.is_empty() {
+                pq.push('/');
+            }
+            if let Some(q) = head.uri.query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            headers::set_path_and_query(&mut head.uri, &pq);
+        }
+        if let Some(a) = rw
+            .authority
+            .as_deref()
+            .and_then(|a| HeaderValue::try_from(a).ok())
+        {
+            authority = a;
+        }
+    }
+    if let Some(a) = &route.req_ops.authority {
+        authority = a.clone();
+    }
+    let upgrade = upgrade::is_upgrade(&head);
+    strip_hop_by_hop(&mut head.headers, upgrade);
+    route.req_ops.apply(&mut head.headers);
+    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+        head.headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    let hash = match &target {
+        Target::Cluster(c) => cluster_hash(c, &head, conn.peer),
+        Target::Passthrough(..) => RequestHash {
+            hash: None,
+            set_cookie: None,
+        },
+    };
+    let proto = if head.version == Version::HTTP_2 {
+        Proto::Http2
+    } else {
+        Proto::Http1
+    };
+    finalize_head(&mut head, &authority, proto);
+    let downstream_upgrade = if upgrade {
+        head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+
+    let mirror = layers::mirror::roll_for(route, upgrade);
+    let replay = !upgrade && (route.retry.retries > 0 || mirror.is_some());
+    let body = match ReqBody::new(body, replay, proxy.opts.max_buffered_body).await {
+        Ok(b) => b,
+        Err(error) => {
+            debug!(%error, "client request body failed");
+            return local_reply(StatusCode::BAD_REQUEST, "");
+        }
+    };
+    if let Some(m) = mirror {
+        m.send(
+            proxy,
+            &head,
+            &authority,
+            &body,
+            hash.hash,
+            proto,
+            route.route.timeout,
+        );
+    }
+    // A WebSocket handshake is never retried: its request is the start of a stream.
+    let no_retry = RetryRt::none();
+    let (mut resp, upstream) = forward(Forward {
+        target,
+        head,
+        body,
+        proto,
+        retry: if upgrade { &no_retry } else { &route.retry },
+        timeout: route.route.timeout,
+        hash: hash.hash,
+        max_idle: proxy.opts.max_idle_per_endpoint,
+    })
+    .await;
+    routed.upstream = upstream;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), upgrade && switching);
+    if let (true, Some(down)) = (switching, downstream_upgrade) {
+        upgrade::tunnel(down, &mut resp);
+    }
+    route.resp_ops.apply(resp.headers_mut());
+    if let Some(cookie) = hash.set_cookie {
+        resp.headers_mut().append(SET_COOKIE, cookie);
+    }
+    resp
+}
+
+fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
+    match &c.policy.load_balancer {
+        LoadBalancer::ConsistentHash { key, .. } => {
+            request_hash(key, &head.headers, head.uri.query(), peer)
+        }
+        _ => RequestHash {
+            hash: None,
+            set_cookie: None,
+        },
+    }
+}

@@ -1,0 +1,208 @@
+//! Header manipulation: route header operations (compiled once per snapshot), hop-by-hop
+//! stripping, and the request head's authority and URI for each upstream protocol.
+
+use bytes::Bytes;
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::Version;
+use tracing::warn;
+
+use super::upstream::Proto;
+use meshpath_model::l7::HeaderOps;
+
+/// `HeaderOps` with names and values parsed. Envoy's order: remove, then set (overwrite),
+/// then add (append). Istio turns a `host`/`:authority` set or add into an authority rewrite,
+/// never into a header.
+#[derive(Debug, Default)]
+pub(crate) struct CompiledOps {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    pub authority: Option<HeaderValue>,
+}
+
+fn is_authority(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name == ":authority"
+}
+
+impl CompiledOps {
+    pub(crate) fn compile(ops: &HeaderOps) -> CompiledOps {
+        let pair = |(k, v): &(String, String)| -> Option<(HeaderName, HeaderValue)> {
+            match (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::try_from(v.as_str()),
+            ) {
+                (Ok(k), Ok(v)) => Some((k, v)),
+                _ => {
+                    warn!(header = %k, "header operation skipped: invalid header name or value");
+                    None
+                }
+            }
+        };
+        let mut authority = None;
+        for (k, v) in ops.add.iter().chain(&ops.set) {
+            // Later wins, and `set` comes after `add`: Istio prefers `set`.
+            if is_authority(k) {
+                authority = HeaderValue::try_from(v.as_str()).ok();
+            }
+        }
+        CompiledOps {
+            remove: ops
+                .remove
+                .iter()
+                .filter(|k| !is_authority(k))
+                .filter_map(|k| HeaderName::try_from(k.as_str()).ok())
+                .collect(),
+            set: ops
+                .set
+                .iter()
+                .filter(|(k, _)| !is_authority(k))
+                .filter_map(pair)
+                .collect(),
+            add: ops
+                .add
+                .iter()
+                .filter(|(k, _)| !is_authority(k))
+                .filter_map(pair)
+                .collect(),
+            authority,
+        }
+    }
+
+    pub(crate) fn apply(&self, h: &mut HeaderMap) {
+        for k in &self.remove {
+            h.remove(k);
+        }
+        for (k, v) in &self.set {
+            h.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &self.add {
+            h.append(k.clone(), v.clone());
+        }
+    }
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes connection-specific headers (RFC 9110 §7.6.1) before a message crosses the proxy;
+/// `upgrade` keeps `Connection: upgrade` and `Upgrade` for a WebSocket handshake. `te:
+/// trailers` stays: gRPC needs it.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    if let Some(conn) = h.get(CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for token in list.split(',').map(str::trim) {
+                if upgrade && token.eq_ignore_ascii_case("upgrade") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    h.remove(name);
+                }
+            }
+        }
+        if !upgrade {
+            h.remove(CONNECTION);
+        } else {
+            h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(TRANSFER_ENCODING);
+    if !upgrade {
+        h.remove(UPGRADE);
+    }
+    if h.get(TE).is_some_and(|v| v.as_bytes() != b"trailers") {
+        h.remove(TE);
+    }
+}
+
+/// The request's authority: `:authority` (HTTP/2, absolute-form) or `Host`.
+pub(crate) fn authority(head: &Parts) -> HeaderValue {
+    if let Some(a) = head.uri.authority() {
+        if let Ok(v) = HeaderValue::try_from(a.as_str()) {
+            return v;
+        }
+    }
+    head.headers
+        .get(HOST)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""))
+}
+
+/// Envoy's shadow host: `-shadow` after the host name, before any port.
+pub(crate) fn shadow_authority(a: &HeaderValue) -> HeaderValue {
+    let s = std::str::from_utf8(a.as_bytes()).unwrap_or("");
+    let (host, port) = split_port(s);
+    let shadow = match port {
+        Some(p) => format!("{host}-shadow:{p}"),
+        None => format!("{host}-shadow"),
+    };
+    HeaderValue::try_from(shadow).unwrap_or_else(|_| a.clone())
+}
+
+/// `host[:port]` split at the port; an IPv6 literal keeps its brackets.
+pub(crate) fn split_port(a: &str) -> (&str, Option<&str>) {
+    match a.rfind(':') {
+        Some(i)
+            if !a[i..].contains(']')
+                && a[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && i + 1 < a.len() =>
+        {
+            (&a[..i], Some(&a[i + 1..]))
+        }
+        _ => (a, None),
+    }
+}
+
+/// Replaces the path and query, keeping scheme and authority if the URI has them.
+pub(crate) fn set_path_and_query(uri: &mut Uri, pq: &str) {
+    let Ok(pq) = PathAndQuery::try_from(pq) else {
+        return;
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(u) = Uri::from_parts(parts) {
+        *uri = u;
+    }
+}
+
+/// Shapes the head for the upstream protocol: HTTP/1.1 wants origin-form and `Host`; HTTP/2
+/// wants an absolute URI (its `:authority`) and no `Host`.
+pub(crate) fn finalize_head(head: &mut Parts, authority: &HeaderValue, proto: Proto) {
+    let pq = head
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match proto {
+        Proto::Http1 => {
+            head.version = Version::HTTP_11;
+            head.headers.insert(HOST, authority.clone());
+            if head.uri.scheme().is_some() || head.uri.authority().is_some() {
+                head.uri = Uri::from(pq);
+            }
+        }
+        Proto::Http2 => {
+            head.version = Version::HTTP_2;
+            head.headers.remove(HOST);
+            let same = head
+                .uri
+                .authority()
+                .is_some_and(|a| a.as_str().as_bytes() == authority.as_bytes());
+            if !same || head.uri.scheme().is_none() {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(head.uri.scheme().cloned().unwrap_or(Scheme::HTTP));
+                parts.authority =
+                    Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_bytes())).ok();
+                parts.path_and_query = Some(pq);
+                if let Ok(u) = Uri::from_parts(parts) {
+                    head.uri = u;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Shared by the layers' unit tests: runtime cluster state built the way a config snapshot
+//! builds it, the cluster's stats, and a real stale-connection error from a loopback peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::super::breaker::StatsMap;
+use super::super::outlier::Outliers;
+use super::super::snapshot::{self, ClusterRt, Registry, Snapshot};
+use super::super::tests::{config, key, route, to};
+use super::super::upstream::UpstreamError;
+use meshpath_model::l7::{Cluster, L7Config};
+
+/// A snapshot of `cfg`, and the outlier state it records into.
+pub(crate) fn snapshot_of(cfg: L7Config) -> (Snapshot, Arc<Outliers>) {
+    let outliers = Outliers::new();
+    let snap = snapshot::build(
+        Arc::new(cfg),
+        &mut Registry::new(),
+        &mut StatsMap::new(),
+        &outliers,
+    );
+    (snap, outliers)
+}
+
+/// Cluster `a` as a snapshot builds it from `c` (everything routes to it).
+pub(crate) fn cluster_rt(c: Cluster) -> (Arc<ClusterRt>, Arc<Outliers>) {
+    let (snap, outliers) = snapshot_of(config(
+        vec![route(vec![], to(&key("a")))],
+        vec![(key("a"), c)],
+    ));
+    let listener = snap.listeners.values().next().expect("one listener");
+    let cluster = listener.routes[0].dests[0]
+        .0
+        .cluster
+        .clone()
+        .expect("defined");
+    (cluster, outliers)
+}
+
+/// One of the cluster's stats, by Envoy name.
+pub(crate) fn stat(c: &ClusterRt, name: &str) -> u64 {
+    c.breaker
+        .stats
+        .values()
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, v, _)| v)
+        .unwrap_or_else(|| panic!("no stat {name}"))
+}
+
+/// The error of a request sent on a kept-alive connection that its peer closed as the request
+/// arrived (a real one, from a loopback peer that reads the request and hangs up).
+pub(crate) async fn stale_error() -> UpstreamError {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+    });
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "a")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let source = sender.send_request(req).await.unwrap_err();
+    peer.await.unwrap();
+    assert!(source.is_incomplete_message(), "{source:?}");
+    UpstreamError::Reset {
+        addr,
+        reused: true,
+        source,
+    }
+}
+
+/// A connect failure (no TCP connection).
+pub(crate) fn connect_error(addr: SocketAddr) -> UpstreamError {
+    UpstreamError::ConnectTimeout {
+        addr,
+        timeout: Duration::from_millis(1),
+    }
+}
+
+/// Waits up to 2 s for `cond`, checking every 5 ms.
+pub(crate) async fn eventually(cond: impl Fn() -> bool) -> bool {
+    for _ in 0..400 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}

@@ -1,0 +1,233 @@
+//! The runtime form of one `L7Config`: routes with compiled matchers, destinations resolved to
+//! shared cluster state (endpoints with their pools, balancer tables). Built once per config
+//! change; every request holds the `Arc<Snapshot>` it started with, so a swap never disturbs
+//! requests in flight.
+//!
+//! A per-cluster circuit breaker (`ConnectionPool` limits: pending/active requests, retries)
+//! belongs in [`ClusterRt`], next to `lb`: counters checked by the admission layer before
+//! each attempt and carried across snapshots by cluster key like endpoints are by address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::breaker::{self, Breaker, StatsMap};
+use super::forward::RetryRt;
+use super::headers::CompiledOps;
+use super::idle::DEFAULT_IDLE_TIMEOUT;
+use super::lb::LbState;
+use super::matching::Matcher;
+use super::outlier::{OutlierRt, Outliers};
+use super::upstream::{Endpoint, Proto, SendOpts};
+use meshpath_model::l7::{
+    ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
+};
+
+/// Istio's default `connectTimeout`.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Snapshot {
+    pub config: Arc<L7Config>,
+    pub listeners: HashMap<SocketAddr, ListenerRt>,
+}
+
+pub(crate) struct ListenerRt {
+    /// The VirtualService routes, in order.
+    pub routes: Vec<RouteRt>,
+    /// Used when `routes` is empty: everything to `default_cluster`.
+    pub default_route: RouteRt,
+}
+
+/// A route's destination; `cluster` is `None` when the config names a cluster it does not
+/// define (Envoy: 503, cluster not found).
+#[derive(Clone)]
+pub(crate) struct Dest {
+    pub key: ClusterKey,
+    pub cluster: Option<Arc<ClusterRt>>,
+}
+
+pub(crate) struct RouteRt {
+    pub route: HttpRoute,
+    /// One per `route.matches`, same order.
+    pub matchers: Vec<Matcher>,
+    /// Destinations with weight > 0 and their cumulative weights.
+    pub dests: Vec<(Dest, u32)>,
+    pub total_weight: u32,
+    pub mirror: Option<(Dest, f64)>,
+    pub retry: RetryRt,
+    pub req_ops: CompiledOps,
+    pub resp_ops: CompiledOps,
+}
+
+impl RouteRt {
+    /// A destination drawn by weight.
+    pub(crate) fn choose(&self) -> Option<&Dest> {
+        match self.dests.len() {
+            0 => None,
+            1 => Some(&self.dests[0].0),
+            _ => {
+                let r = fastrand::u32(..self.total_weight);
+                self.dests.iter().find(|(_, cum)| r < *cum).map(|(d, _)| d)
+            }
+        }
+    }
+}
+
+pub(crate) struct ClusterRt {
+    pub key: ClusterKey,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub policy: TrafficPolicy,
+    pub lb: LbState,
+    pub connect_timeout: Duration,
+    /// `connectionPool` limits and the cluster's stats.
+    pub breaker: Breaker,
+    /// `outlierDetection`, when the policy has it: balancers skip its ejected endpoints.
+    pub outlier: Option<OutlierRt>,
+}
+
+impl ClusterRt {
+    /// Send settings for this cluster's connections.
+    pub(crate) fn send_opts(&self, proto: Proto, max_idle: usize) -> SendOpts {
+        let pool = &self.policy.connection_pool;
+        SendOpts {
+            proto,
+            connect_timeout: self.connect_timeout,
+            max_idle,
+            max_requests_per_connection: pool.max_requests_per_connection.unwrap_or(0),
+            max_connections: pool.max_connections.unwrap_or(u32::MAX),
+            // Istio: 0s turns the timeout off.
+            idle_timeout: match pool.idle_timeout {
+                None => DEFAULT_IDLE_TIMEOUT,
+                Some(t) if t.is_zero() => Duration::MAX,
+                Some(t) => t,
+            },
+        }
+    }
+}
+
+pub(crate) fn cluster_name(key: &ClusterKey) -> String {
+    match &key.subset {
+        Some(s) => format!("{}:{}/{}", key.service, key.port, s),
+        None => format!("{}:{}", key.service, key.port),
+    }
+}
+
+/// Endpoint state by cluster and address, weakly held so that it lives exactly as long as some
+/// snapshot lists it: a config swap keeps pools and in-flight counts. Each cluster has its own
+/// pools (as Envoy's), so its connections can be counted and capped (`maxConnections`);
+/// passthrough destinations use cluster `None`.
+pub(crate) type Registry = HashMap<(Option<ClusterKey>, SocketAddr), Weak<Endpoint>>;
+
+pub(crate) fn endpoint(registry: &mut Registry, addr: SocketAddr) -> Arc<Endpoint> {
+    cluster_endpoint(registry, None, addr)
+}
+
+fn cluster_endpoint(
+    registry: &mut Registry,
+    cluster: Option<(&ClusterKey, &Arc<breaker::ClusterStats>)>,
+    addr: SocketAddr,
+) -> Arc<Endpoint> {
+    let key = (cluster.map(|(k, _)| k.clone()), addr);
+    if let Some(ep) = registry.get(&key).and_then(Weak::upgrade) {
+        return ep;
+    }
+    let ep = Arc::new(Endpoint::new(addr, cluster.map(|(_, s)| s.clone())));
+    registry.insert(key, Arc::downgrade(&ep));
+    ep
+}
+
+pub(crate) fn build(
+    config: Arc<L7Config>,
+    registry: &mut Registry,
+    stats: &mut StatsMap,
+    outliers: &Arc<Outliers>,
+) -> Snapshot {
+    registry.retain(|_, w| w.strong_count() > 0);
+    let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
+        HashMap::with_capacity(config.clusters.len());
+    for (key, c) in &config.clusters {
+        let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
+        let st = breaker::stats_for(stats, key);
+        let endpoints = addrs
+            .iter()
+            .map(|a| cluster_endpoint(registry, Some((key, &st)), *a))
+            .collect();
+        let rt = ClusterRt {
+            key: key.clone(),
+            endpoints,
+            lb: LbState::build(&c.policy.load_balancer, &addrs),
+            connect_timeout: c
+                .policy
+                .connection_pool
+                .connect_timeout
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            outlier: c
+                .policy
+                .outlier_detection
+                .clone()
+                .map(|policy| OutlierRt::new(key.clone(), policy, st.clone(), outliers)),
+            breaker: Breaker::new(st, &c.policy.connection_pool),
+            policy: c.policy.clone(),
+        };
+        clusters.insert(key, Arc::new(rt));
+    }
+    let dest = |key: &ClusterKey| Dest {
+        key: key.clone(),
+        cluster: clusters.get(key).cloned(),
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|(addr, sr)| (*addr, listener(sr, &dest)))
+        .collect();
+    Snapshot {
+        config: config.clone(),
+        listeners,
+    }
+}
+
+fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> ListenerRt {
+    // A service without routes is plain forwarding to itself: one catch-all route, so it gets
+    // the same defaults (Istio's retry policy, no timeout) as any route.
+    let default = HttpRoute {
+        name: Some("default".into()),
+        action: RouteAction::Route(vec![WeightedCluster {
+            cluster: sr.default_cluster.clone(),
+            weight: 100,
+        }]),
+        ..HttpRoute::default()
+    };
+    ListenerRt {
+        routes: sr.http.iter().map(|r| route_rt(r, dest)).collect(),
+        default_route: route_rt(&default, dest),
+    }
+}
+
+pub(crate) fn route_rt(r: &HttpRoute, dest: &impl Fn(&ClusterKey) -> Dest) -> RouteRt {
+    let mut dests = Vec::new();
+    let mut total = 0u32;
+    if let RouteAction::Route(wcs) = &r.action {
+        // Istio drops zero weights when there are several destinations, and a lone
+        // destination gets all traffic whatever its weight.
+        let lone = wcs.len() == 1;
+        for wc in wcs.iter().filter(|wc| lone || wc.weight > 0) {
+            total = total.saturating_add(if lone { 1 } else { wc.weight });
+            dests.push((dest(&wc.cluster), total));
+        }
+    }
+    RouteRt {
+        matchers: r.matches.iter().map(Matcher::compile).collect(),
+        dests,
+        total_weight: total,
+        mirror: r
+            .mirror
+            .as_ref()
+            .filter(|m| m.percentage > 0.0)
+            .map(|m| (dest(&m.cluster), m.percentage)),
+        retry: RetryRt::from_policy(r.retries.as_ref()),
+        req_ops: CompiledOps::compile(&r.request_headers),
+        resp_ops: CompiledOps::compile(&r.response_headers),
+        route: r.clone(),
+    }
+}

@@ -1,0 +1,179 @@
+//! `discovery.k8s.io/v1` EndpointSlice → [`EndpointSlice`], `v1` Pod → [`Pod`].
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+
+use meshpath_model::{
+    ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, Pod, PodPlacement,
+};
+
+use super::fields::{non_empty, string_map, Ctx, Unique};
+use super::{Converted, SkipReason, SERVICE_NAME_LABEL};
+use crate::error::{ConvertError, Invalid, ObjectKind};
+
+/// A `discovery.k8s.io/v1` EndpointSlice. Slices whose `addressType` is IPv6 or FQDN are
+/// [`Converted::Skipped`].
+pub fn endpoint_slice(
+    slice: &discovery::EndpointSlice,
+) -> Result<Converted<EndpointSlice>, ConvertError> {
+    let ctx = Ctx::new(ObjectKind::EndpointSlice, &slice.metadata)?;
+    match slice.address_type.as_str() {
+        "IPv4" => {}
+        t @ ("IPv6" | "FQDN") => {
+            return Ok(Converted::Skipped(SkipReason::AddressType(t.to_owned())))
+        }
+        other => {
+            return Err(ctx.err(
+                "addressType",
+                Invalid::NotOneOf {
+                    value: other.to_owned(),
+                    expected: "IPv4, IPv6, FQDN",
+                },
+            ))
+        }
+    }
+
+    let labels = slice.metadata.labels.as_ref();
+    let Some(service_name) = labels
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty())
+    else {
+        return Err(ctx.err(
+            format!("metadata.labels[\"{SERVICE_NAME_LABEL}\"]"),
+            Invalid::Required,
+        ));
+    };
+
+    let mut names = Unique::default();
+    let ports = slice
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = |name: &str| format!("ports[{i}].{name}");
+            let name = non_empty(&p.name).map(str::to_owned);
+            names.check(&ctx, field("name"), name.clone().unwrap_or_default())?;
+            // A nil port means "all ports" in Kubernetes; the model has no way to say that.
+            let port = p
+                .port
+                .ok_or_else(|| ctx.err(field("port"), Invalid::Required))?;
+            let port = ctx.port(field("port"), port)?;
+            let protocol = ctx.protocol(field("protocol"), p.protocol.as_deref())?;
+            Ok(EndpointPort {
+                name,
+                port,
+                protocol,
+            })
+        })
+        .collect::<Result<Vec<_>, ConvertError>>()?;
+
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if e.addresses.is_empty() {
+                return Err(ctx.err(format!("endpoints[{i}].addresses"), Invalid::Empty));
+            }
+            let addresses = e
+                .addresses
+                .iter()
+                .enumerate()
+                .map(|(j, a)| ctx.ipv4(format!("endpoints[{i}].addresses[{j}]"), a))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Endpoint {
+                addresses,
+                conditions: conditions(e.conditions.as_ref()),
+                pod_name: e
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| non_empty(&r.name))
+                    .map(str::to_owned),
+            })
+        })
+        .collect::<Result<Vec<_>, ConvertError>>()?;
+
+    Ok(Converted::Accepted(EndpointSlice {
+        id: ctx.id(),
+        service_name: service_name.clone(),
+        ports,
+        endpoints,
+    }))
+}
+
+/// Absent conditions: `ready` true, `terminating` false, and `serving` the same as `ready` (the
+/// EndpointSlice API's original rule "if nil, defer to ready"; it agrees with today's "nil means
+/// true" whenever `ready` is absent too, and never makes an endpoint marked not ready serve).
+fn conditions(c: Option<&discovery::EndpointConditions>) -> EndpointConditions {
+    let default = EndpointConditions::default();
+    let Some(c) = c else { return default };
+    let ready = c.ready.unwrap_or(default.ready);
+    EndpointConditions {
+        ready,
+        serving: c.serving.unwrap_or(ready),
+        terminating: c.terminating.unwrap_or(default.terminating),
+    }
+}
+
+/// A `v1` Pod: labels, `status.podIP` (IPv4), the ports of `spec.containers`, and where it runs.
+pub fn pod(pod: &core::Pod) -> Result<Pod, ConvertError> {
+    let ctx = Ctx::new(ObjectKind::Pod, &pod.metadata)?;
+    let ip = match pod.status.as_ref().and_then(|s| non_empty(&s.pod_ip)) {
+        None => None,
+        Some(ip) => Some(ctx.ipv4("status.podIP", ip)?),
+    };
+    let mut names = Unique::default();
+    let mut container_ports = Vec::new();
+    for (i, c) in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .enumerate()
+    {
+        for (j, p) in c.ports.iter().flatten().enumerate() {
+            let field = |name: &str| format!("spec.containers[{i}].ports[{j}].{name}");
+            let name = match non_empty(&p.name) {
+                None => None,
+                Some(name) => {
+                    let name = ctx.port_name(field("name"), name)?;
+                    names.check(&ctx, field("name"), name.clone())?;
+                    Some(name)
+                }
+            };
+            let port = ctx.port(field("containerPort"), p.container_port)?;
+            let protocol = ctx.protocol(field("protocol"), p.protocol.as_deref())?;
+            container_ports.push(ContainerPort {
+                name,
+                port,
+                protocol,
+            });
+        }
+    }
+    let placement = PodPlacement {
+        uid: non_empty(&pod.metadata.uid).map(str::to_owned),
+        node_name: pod
+            .spec
+            .as_ref()
+            .and_then(|s| non_empty(&s.node_name))
+            .map(str::to_owned),
+        mirror_of: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::convert::MIRROR_ANNOTATION))
+            .cloned(),
+    };
+    Ok(Pod {
+        id: ctx.id(),
+        labels: string_map(&pod.metadata.labels),
+        ip,
+        container_ports,
+        placement,
+    })
+}
+
+#[cfg(test)]
+mod tests;

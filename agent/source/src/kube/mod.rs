@@ -1,0 +1,255 @@
+//! The Kubernetes source (`meshpath agent --source kube`): kube-rs watchers for Services,
+//! EndpointSlices, Pods, and Istio VirtualServices/DestinationRules, feeding the same
+//! [`ClusterModel`] as the manifests source. Compile and apply are shared.
+//!
+//! - [`watch`]: one task per kind (list + watch, relist and backoff on errors);
+//! - [`objects`]: API objects → model objects, with the manifests source's conversions;
+//! - [`aggregate`]: the objects received so far, last good versions, atomic relists;
+//! - this module: the client, the tasks, and the publisher that coalesces bursts of events into
+//!   one snapshot (an endpoint storm rebuilds the maps once per burst, not once per event).
+//!
+//! Nothing is published before every kind has been listed once, so an agent restarting on a
+//! node with programmed maps keeps them until it knows the whole cluster state; during API
+//! server outages the last published model simply stays.
+
+pub mod aggregate;
+mod objects;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use tokio::sync::{mpsc, watch as channel};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use meshpath_model::ClusterModel;
+
+use self::aggregate::Aggregate;
+use self::watch::Msg;
+use crate::error::{log_error, ObjectKind, SourceError};
+use crate::SourceStatus;
+
+/// Settings of the Kubernetes source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeOptions {
+    /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config`, else the in-cluster service
+    /// account (as kubectl and client-go look).
+    pub kubeconfig: Option<PathBuf>,
+    /// How long the publisher waits after the first event of a burst for more before it
+    /// publishes one snapshot of them all.
+    pub debounce: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    #[error("reading kubeconfig {}", path.display())]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("using kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("finding the Kubernetes API (KUBECONFIG, ~/.kube/config, in-cluster service account)")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("creating the Kubernetes client")]
+    Client(#[source] kube::Error),
+}
+
+/// The running source; its tasks stop when it is dropped.
+pub struct KubeSource {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Connects (lazily: the first request is made by the watchers) and starts watching. The
+    /// model channel is sent to once every kind has been listed, then on every change.
+    pub async fn start(
+        options: &KubeOptions,
+        model: channel::Sender<Arc<ClusterModel>>,
+        status: channel::Sender<Arc<SourceStatus>>,
+        metrics: crate::sync_metrics::SyncMetrics,
+    ) -> Result<Self, KubeSourceError> {
+        let client = client(options).await?;
+        let errors = metrics.watch_errors.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut tasks = vec![
+            tokio::spawn(watch::run(
+                Api::<core::Service>::all(client.clone()),
+                ObjectKind::Service,
+                tx.clone(),
+                errors.clone(),
+                objects::service,
+            )),
+            tokio::spawn(watch::run(
+                Api::<discovery::EndpointSlice>::all(client.clone()),
+                ObjectKind::EndpointSlice,
+                tx.clone(),
+                errors.clone(),
+                objects::endpoint_slice,
+            )),
+            tokio::spawn(watch::run(
+                Api::<core::Pod>::all(client.clone()),
+                ObjectKind::Pod,
+                tx.clone(),
+                errors.clone(),
+                objects::pod,
+            )),
+        ];
+        for kind in [ObjectKind::VirtualService, ObjectKind::DestinationRule] {
+            tasks.push(tokio::spawn(watch::run_istio(
+                client.clone(),
+                kind,
+                tx.clone(),
+                errors.clone(),
+                watch::ISTIO_DISCOVERY_INTERVAL,
+            )));
+        }
+        drop(tx);
+        let publisher = Publisher {
+            rx,
+            model,
+            status,
+            debounce: options.debounce,
+            aggregate: Aggregate::default(),
+            published_once: false,
+            started: Instant::now(),
+            metrics,
+        };
+        tasks.push(tokio::spawn(publisher.run()));
+        Ok(Self { tasks })
+    }
+}
+
+async fn client(options: &KubeOptions) -> Result<Client, KubeSourceError> {
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|source| KubeSourceError::ReadKubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeSourceError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None => Config::infer().await.map_err(KubeSourceError::Infer)?,
+    };
+    info!(url = %config.cluster_url, "Kubernetes API");
+    Client::try_from(config).map_err(KubeSourceError::Client)
+}
+
+struct Publisher {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    model: channel::Sender<Arc<ClusterModel>>,
+    status: channel::Sender<Arc<SourceStatus>>,
+    debounce: Duration,
+    aggregate: Aggregate,
+    published_once: bool,
+    started: Instant,
+    metrics: crate::sync_metrics::SyncMetrics,
+}
+
+impl Publisher {
+    async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let oldest = first.at;
+            let mut events = 1usize;
+            self.apply(first);
+            // Coalesce: everything that arrives within `debounce` of the first event (and
+            // whatever queued up meanwhile) goes into the same snapshot.
+            let deadline = tokio::time::Instant::from_std(oldest + self.debounce);
+            loop {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(msg)) => {
+                        events += 1;
+                        self.apply(msg);
+                    }
+                    Ok(None) => return,
+                    Err(_elapsed) => break,
+                }
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                events += 1;
+                self.apply(msg);
+            }
+            self.publish(oldest, events);
+        }
+    }
+
+    fn apply(&mut self, msg: Msg) {
+        self.metrics.events.inc();
+        if let aggregate::Change::Apply(aggregate::Item { result: Err(e), .. })
+        | aggregate::Change::InitApply(aggregate::Item { result: Err(e), .. }) = &msg.change
+        {
+            // The last good version of the object (if any) stays programmed.
+            log_error(e);
+        }
+        self.aggregate.apply(msg.kind, msg.change);
+    }
+
+    fn publish(&mut self, oldest: Instant, events: usize) {
+        if !self.aggregate.synced() {
+            return;
+        }
+        let errors: Vec<SourceError> = self
+            .aggregate
+            .errors()
+            .filter_map(SourceError::try_clone)
+            .collect();
+        let status = SourceStatus {
+            errors,
+            files: 0,
+            objects: self.aggregate.objects(),
+        };
+        if !self.status.borrow().same_as(&status) {
+            self.status.send_replace(Arc::new(status));
+        }
+        if !self.aggregate.take_dirty() && self.published_once {
+            return;
+        }
+        let mut model = self.aggregate.model().clone();
+        model.received = Some(oldest);
+        if !self.published_once {
+            let m = &model;
+            info!(
+                services = m.services.len(),
+                endpoint_slices = m.endpoint_slices.len(),
+                pods = m.pods.len(),
+                virtual_services = m.virtual_services.len(),
+                destination_rules = m.destination_rules.len(),
+                elapsed_ms = self.started.elapsed().as_millis() as u64,
+                "Kubernetes state listed"
+            );
+            self.published_once = true;
+        } else {
+            tracing::debug!(events, "Kubernetes changes coalesced into one snapshot");
+        }
+        self.metrics.snapshots.inc();
+        self.model.send_replace(Arc::new(model));
+    }
+}
+
+#[cfg(test)]
+mod tests;

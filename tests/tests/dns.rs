@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use meshpath_tests::agent::counter;
 use meshpath_tests::manifests::docs;
-use meshpath_tests::{skip_unless, Cluster, Pod, AGENT, PROXY_IP};
+use meshpath_tests::{Cluster, Pod, AGENT, PROXY_IP};
 
 /// The pods' resolver: the responder, on the pods' gateway in the node namespace (where the
 /// agent's node proxy, and so its DNS listeners, listen too).
@@ -52,7 +52,8 @@ fn start(capture: &str) -> Option<Dns> {
 
 /// As [`start`]; `agent_managed` moves the agent into the managed cgroup.
 fn start_with(capture: &str, agent_managed: bool) -> Option<Dns> {
-    skip_unless!(AGENT, None);
+    // Prints the skip line and returns None when the machine lacks a feature.
+    meshpath_tests::privileged(AGENT)?;
     for tool in ["python3", "unshare", "getent"] {
         if !on_path(tool) {
             eprintln!("skipping: {tool} not found on PATH");

@@ -291,15 +291,18 @@ fn edits_apply_to_running_traffic_within_a_second_and_broken_edits_keep_the_last
     assert!(r.requests[first..].iter().all(|q| q.body == "v3"), "{r:?}");
     assert!(r.requests[first].at_us < at + 1000 * MS, "{r:?}");
 
-    // Weights summing to 90: rejected, named in the log, and v3 keeps answering.
-    let broken = v3.replace("weight: 100", "weight: 90");
+    // A negative weight (Istio: "weight -10 < 0"): rejected, named in the log with file, object
+    // and field, and v3 keeps answering. (Weights that merely do not sum to 100 are normalised,
+    // as Istio does.)
+    let broken = v3.replace("weight: 100", "weight: -10");
+    assert_ne!(broken, v3);
     let (r, _) = traffic_during(&c, &[], 50, || {
         c.write("vs.yaml", &broken);
         let needles = [
             "vs.yaml",
             "VirtualService default/springboot-app-svc",
-            "spec.http[0].route",
-            "sum to 90",
+            "spec.http[0].route[0].weight",
+            "weight -10 < 0",
         ];
         c.wait_log(&needles, Duration::from_secs(1));
         let log = c.agent.log();

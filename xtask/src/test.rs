@@ -13,7 +13,12 @@ pub fn run(extra: &[String], no_vm: bool) -> anyhow::Result<()> {
     crate::build_ebpf::run()?;
     // The agent embeds the object at build time; the tests start the real binaries.
     cargo(&["build", "--workspace", "--bins"])?;
-    let mut args = vec!["test".to_string(), "--workspace".to_string()];
+    // --no-fail-fast: one run reports every failing test binary, not just the first.
+    let mut args = vec![
+        "test".to_string(),
+        "--workspace".to_string(),
+        "--no-fail-fast".to_string(),
+    ];
     if !extra.is_empty() {
         args.push("--".into());
         args.extend(extra.iter().cloned());

@@ -12,6 +12,8 @@ MESHPATH_DEB_PACKAGES=(
   # `cargo xtask vm-test` (and the Linux 6.1 smoke run of `cargo xtask test`): qemu boots Debian's
   # kernel packages; static busybox is the guest's initramfs.
   qemu-system-x86 busybox-static
+  # dig, for the DNS proxy tests.
+  bind9-dnsutils
 )
 BPF_LINKER_VERSION=0.13.0
 BPFFS=/sys/fs/bpf

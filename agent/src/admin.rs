@@ -58,6 +58,8 @@ pub struct AdminState {
     pub sync: meshpath_source::sync_metrics::SyncMetrics,
     /// Set once the first snapshot of the cluster is programmed.
     pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The DNS proxy's counters (zero while capture is off).
+    pub dns: crate::dns::DnsMetrics,
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -217,6 +219,7 @@ fn metrics(state: &AdminState) -> String {
         registry.register(name.clone(), name, f);
     }
     state.sync.register(&mut registry);
+    state.dns.register(&mut registry);
     let mut out = String::new();
     if let Err(error) = encode(&mut out, &registry) {
         warn!(%error, "encoding metrics");
@@ -271,6 +274,7 @@ mod tests {
             pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
             programmed: Default::default(),
             sync: Default::default(),
+            dns: Default::default(),
         };
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
@@ -329,6 +333,7 @@ mod tests {
             pin_dir: PathBuf::from("/nonexistent"),
             programmed: Default::default(),
             sync: Default::default(),
+            dns: Default::default(),
         };
         let text = metrics(&state);
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

@@ -1,7 +1,7 @@
 //! The agent's configuration, in one place: clap derive (doc comments are the `--help`), the
 //! environment variable names beside their defaults, and parsing in a pure function.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -36,6 +36,12 @@ pub const ENV_PROXY_NETNS: &str = "MESHPATH_PROXY_NETNS";
 pub const ENV_PROXY_PORTS: &str = "MESHPATH_PROXY_PORTS";
 pub const ENV_AGENT_CGROUP: &str = "MESHPATH_AGENT_CGROUP";
 pub const DEFAULT_PROXY_PORTS: &str = "15100-15999";
+pub const ENV_DNS_CAPTURE: &str = "MESHPATH_DNS_CAPTURE";
+pub const ENV_DNS_UPSTREAM: &str = "MESHPATH_DNS_UPSTREAM";
+pub const ENV_DNS_PORTS: &str = "MESHPATH_DNS_PORTS";
+pub const DEFAULT_DNS_PORTS: &str = "15053-15099";
+pub const ENV_CLUSTER_DOMAIN: &str = "MESHPATH_CLUSTER_DOMAIN";
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub const ENV_ADMIN_ADDR: &str = "MESHPATH_ADMIN_ADDR";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
 
@@ -204,6 +210,22 @@ pub struct AgentArgs {
     /// CIDR to allocate ClusterIPs from for Services whose manifest has no `spec.clusterIP`.
     #[arg(long, env = ENV_SERVICE_CIDR, default_value = DEFAULT_SERVICE_CIDR, value_parser = parse_cidr)]
     pub service_cidr: (Ipv4Addr, u8),
+    /// Answer the pods' DNS queries for Service names in the agent and relay the rest to the
+    /// resolver each pod asked (the kernel steers queries to the resolvers of --dns-upstream and
+    /// kube-system/kube-dns to the agent). Needs --proxy-ip (the listeners' address). Default:
+    /// on with --source manifests, off with --source kube (opt-in, as Istio's DNS capture).
+    #[arg(long, env = ENV_DNS_CAPTURE, action = clap::ArgAction::Set)]
+    pub dns_capture: Option<bool>,
+    /// Resolvers (IP or IP:PORT, comma-separated) whose queries are captured; default: the
+    /// nameservers of the agent's /etc/resolv.conf. kube-system/kube-dns's ClusterIP always is.
+    #[arg(long, env = ENV_DNS_UPSTREAM, value_delimiter = ',', value_parser = parse_resolver)]
+    pub dns_upstream: Vec<SocketAddrV4>,
+    /// Port range for the DNS listeners (UDP and TCP), one port per captured resolver.
+    #[arg(long, env = ENV_DNS_PORTS, default_value = DEFAULT_DNS_PORTS, value_parser = parse_port_range)]
+    pub dns_ports: (u16, u16),
+    /// The cluster's DNS domain: Services are `<name>.<namespace>.svc.<domain>`.
+    #[arg(long, env = ENV_CLUSTER_DOMAIN, default_value = DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
     #[command(flatten)]
     pub admin: AdminAddrArg,
 }
@@ -236,6 +258,10 @@ pub struct AgentConfig {
     pub proxy: Option<ProxyConfig>,
     pub admin_addr: SocketAddr,
     pub agent_cgroup: Option<PathBuf>,
+    /// `None`: DNS capture off. Empty `upstreams`: the agent's /etc/resolv.conf decides at start.
+    pub dns: Option<crate::dns::DnsConfig>,
+    /// `--dns-capture true` given without `--proxy-ip`: reported at start.
+    pub dns_without_proxy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,7 +288,22 @@ impl From<&AgentArgs> for AgentConfig {
                 debounce: std::time::Duration::from_millis(a.kube_debounce_ms),
             }),
         };
+        let dns_capture = a
+            .dns_capture
+            .unwrap_or(matches!(source, SourceConfig::Manifests(_)));
+        let dns = match (dns_capture, a.proxy_ip) {
+            (true, Some(ip)) => Some(crate::dns::DnsConfig {
+                ip,
+                netns: a.proxy_netns.clone(),
+                ports: a.dns_ports,
+                cluster_domain: a.cluster_domain.trim_matches('.').to_ascii_lowercase(),
+                upstreams: a.dns_upstream.clone(),
+            }),
+            _ => None,
+        };
         Self {
+            dns,
+            dns_without_proxy: a.dns_capture == Some(true) && a.proxy_ip.is_none(),
             source,
             node_name: a.node_name.clone(),
             cgroup_mount: a.cgroup_mount.clone(),
@@ -291,6 +332,13 @@ impl From<&AgentArgs> for AgentConfig {
             },
         }
     }
+}
+
+/// `IP` (port 53) or `IP:PORT`.
+pub fn parse_resolver(s: &str) -> Result<SocketAddrV4, String> {
+    s.parse::<SocketAddrV4>()
+        .or_else(|_| s.parse::<Ipv4Addr>().map(|ip| SocketAddrV4::new(ip, 53)))
+        .map_err(|_| format!("`{s}` is not an IPv4 address or IPv4:port"))
 }
 
 /// Parses the command line (pure apart from reading the environment variables clap knows).

@@ -4,6 +4,7 @@ mod admin;
 mod cgroup_layout;
 mod config;
 mod coverage;
+mod dns;
 mod netns;
 mod proxy_listeners;
 mod reconcile;

@@ -4,7 +4,7 @@
 //! node proxy listens where pods can reach it (e.g. on the pods' gateway address) while the agent
 //! itself runs elsewhere, like ztunnel's in-pod mode opens sockets in pod namespaces.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -37,7 +37,20 @@ pub enum NetnsError {
 
 /// Binds a TCP listener on `addr`, inside `netns` (a path like `/var/run/netns/NAME`) when given.
 pub fn bind_tcp(netns: Option<&Path>, addr: SocketAddr) -> Result<TcpListener, NetnsError> {
-    let bind = move || TcpListener::bind(addr).map_err(|source| NetnsError::Bind { addr, source });
+    bind_in(netns, addr, TcpListener::bind)
+}
+
+/// Binds a UDP socket on `addr`, inside `netns` when given (the DNS listeners).
+pub fn bind_udp(netns: Option<&Path>, addr: SocketAddr) -> Result<UdpSocket, NetnsError> {
+    bind_in(netns, addr, UdpSocket::bind)
+}
+
+fn bind_in<S: Send>(
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    bind_fn: fn(SocketAddr) -> std::io::Result<S>,
+) -> Result<S, NetnsError> {
+    let bind = move || bind_fn(addr).map_err(|source| NetnsError::Bind { addr, source });
     let Some(path) = netns else { return bind() };
     let file = std::fs::File::open(path).map_err(|source| NetnsError::Open {
         path: path.to_path_buf(),

@@ -44,6 +44,8 @@ pub struct Reconciler {
     /// What the last successful apply wrote: the next one diffs against it instead of reading
     /// the maps back. `None` at start and after a failed apply, which then reads the maps.
     applied: Option<meshpath_compile::MapContents>,
+    /// The DNS proxy, when DNS capture is on (`crate::dns`).
+    dns: Option<crate::dns::DnsServer>,
 }
 
 impl Reconciler {
@@ -64,7 +66,14 @@ impl Reconciler {
             limits: RouteLimits::default(),
             ejected: Default::default(),
             applied: None,
+            dns: None,
         }
+    }
+
+    /// Captures the pods' DNS queries through `dns` from the next reconcile on.
+    pub fn with_dns(mut self, dns: Option<crate::dns::DnsServer>) -> Self {
+        self.dns = dns;
+        self
     }
 
     /// The proxy's current ejections, applied from the next [`Reconciler::reconcile`].
@@ -133,6 +142,12 @@ impl Reconciler {
         let rendered_from = healthy.as_ref().unwrap_or(&next);
         let mut contents = rendered_from.map_contents_steered(&targets, &weighted);
         route_limits.render(&mut contents, rendered_from, &weighted);
+        // Listeners open (and names swapped in) before the maps steer queries to them.
+        let dns_steering = match self.dns.as_mut() {
+            Some(dns) => dns.update(model, &next),
+            None => crate::dns::DnsSteering::default(),
+        };
+        crate::dns::render(&mut contents, &dns_steering);
         let rendered_at = started.elapsed();
         match apply(maps, &contents, self.applied.as_ref()) {
             Ok(stats) => {
@@ -148,6 +163,7 @@ impl Reconciler {
                     frontends = next.frontends.len(),
                     backends = contents.backends.len(),
                     steered = targets.len(),
+                    dns_resolvers = dns_steering.by_resolver.len(),
                     upserts = stats.upserts,
                     deletes = stats.deletes,
                     affinity_purged = stats.affinity_purged,
@@ -156,6 +172,9 @@ impl Reconciler {
                 );
                 if let Some(p) = self.proxy.as_mut() {
                     p.listeners.close_unused(&ports);
+                }
+                if let Some(dns) = self.dns.as_mut() {
+                    dns.close_unused(&dns_steering);
                 }
                 self.compiled = next;
                 self.l7 = l7;

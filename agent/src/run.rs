@@ -96,6 +96,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }),
         None => None,
     };
+    let dns_metrics = crate::dns::DnsMetrics::default();
+    let dns = start_dns(&cfg, &dns_metrics)?;
     let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sync = meshpath_source::sync_metrics::SyncMetrics::default();
     let admin = crate::admin::AdminState {
@@ -103,6 +105,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         programmed: programmed.clone(),
         proxy: proxy_stats,
         pin_dir: cfg.pin_dir.clone(),
+        dns: dns_metrics,
     };
     // Not fatal: traffic matters more than stats, and several agents (tests, a restart
     // overlapping the old process) may contend for the default port.
@@ -140,7 +143,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         cfg.features.connection_limits,
         proxy,
         l7_tx,
-    );
+    )
+    .with_dns(dns);
     let mut coverage = crate::coverage::Reporter::default();
     // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
     // directories, so it runs only when the pods changed, not on every endpoint change.
@@ -195,6 +199,28 @@ async fn ejections_changed(rx: &mut Option<watch::Receiver<meshpath_proxy::Eject
         *rx = None;
     }
     std::future::pending::<()>().await
+}
+
+/// The DNS proxy when capture is on, its resolvers defaulting to the agent's /etc/resolv.conf.
+fn start_dns(
+    cfg: &AgentConfig,
+    metrics: &crate::dns::DnsMetrics,
+) -> Result<Option<crate::dns::DnsServer>, crate::netns::NetnsError> {
+    if cfg.dns_without_proxy {
+        warn!(
+            "--dns-capture needs --proxy-ip (the address pods reach the agent at): DNS capture off"
+        );
+    }
+    let Some(mut dns) = cfg.dns.clone() else {
+        info!("DNS capture off");
+        return Ok(None);
+    };
+    if dns.upstreams.is_empty() {
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        dns.upstreams = crate::dns::nameservers(&conf);
+    }
+    info!(upstreams = ?dns.upstreams, cluster_domain = %dns.cluster_domain, "DNS capture on");
+    crate::dns::DnsServer::new(dns, metrics.clone()).map(Some)
 }
 
 /// `--cgroup`, with `auto` resolved to the kubelet's kubepods root.

@@ -167,6 +167,9 @@ pub struct PodPlacement {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterModel {
     pub services: BTreeMap<ObjectRef, Service>,
+    /// ExternalName Services: namespace/name → `spec.externalName`. Apart from `services`: they
+    /// have no ClusterIP and nothing in the kernel; only the DNS proxy answers for them (CNAME).
+    pub external_names: BTreeMap<ObjectRef, String>,
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     /// Istio objects, validated on their own; their hosts are resolved by `compile::l7`.

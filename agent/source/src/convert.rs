@@ -13,7 +13,7 @@ mod fields;
 mod service;
 
 pub use endpoints::{endpoint_slice, pod};
-pub use service::service;
+pub use service::{external_name, service};
 
 /// Annotation choosing the load-balancing policy of a Service.
 pub const LB_POLICY_ANNOTATION: &str = "meshpath.io/lb-policy";

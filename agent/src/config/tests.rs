@@ -154,3 +154,55 @@ fn validate_takes_files_and_directories() {
 fn cgroup_is_required() {
     assert!(parse_args(["meshpath", "agent", "--manifests", "/m"]).is_err());
 }
+
+#[test]
+fn dns_capture_is_on_with_manifests_and_opt_in_with_kube() {
+    let proxy = ["--proxy-ip", "10.244.0.1"];
+    let dns = agent(&proxy).dns.expect("on by default with manifests");
+    assert_eq!(dns.ip, Ipv4Addr::new(10, 244, 0, 1));
+    assert_eq!(dns.cluster_domain, "cluster.local");
+    assert_eq!(dns.ports, (15053, 15099));
+    assert!(dns.upstreams.is_empty(), "resolv.conf decides at start");
+    assert_eq!(agent(&[]).dns, None, "no address to listen on");
+    assert_eq!(
+        agent(&[&proxy[..], &["--dns-capture", "false"]].concat()).dns,
+        None
+    );
+    let kube = |extra: &[&str]| {
+        let mut args = vec![
+            "meshpath",
+            "agent",
+            "--source",
+            "kube",
+            "--cgroup",
+            "/sys/fs/cgroup/x",
+        ];
+        args.extend(extra);
+        match parse_args(args).expect("parses").command {
+            Command::Agent(a) => AgentConfig::from(&*a),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(kube(&proxy).dns, None, "opt-in with kube");
+    let c = kube(&[
+        "--proxy-ip",
+        "10.244.0.1",
+        "--dns-capture",
+        "true",
+        "--dns-upstream",
+        "10.96.0.10,192.0.2.1:5353",
+        "--cluster-domain",
+        "Corp.Internal.",
+    ]);
+    let dns = c.dns.expect("on");
+    assert_eq!(
+        dns.upstreams,
+        vec![
+            "10.96.0.10:53".parse().expect("addr"),
+            "192.0.2.1:5353".parse().expect("addr")
+        ]
+    );
+    assert_eq!(dns.cluster_domain, "corp.internal");
+    assert!(kube(&["--dns-capture", "true"]).dns_without_proxy);
+    assert!(parse_resolver("nope").unwrap_err().contains("nope"));
+}

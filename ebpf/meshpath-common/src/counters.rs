@@ -62,10 +62,14 @@ pub enum Reason {
     ConnLimitSubsetRefused = 25,
     /// A slot or a tracked socket named a service or group id outside its array: not counted.
     ConnLimitIdInvalid = 26,
+    /// A pod's DNS query (connect or sendmsg to a resolver the agent proxies, a frontend with
+    /// `SVC_FLAG_DNS`) was steered to the agent's DNS listener. Counted on top of the
+    /// translation reason.
+    DnsSteered = 27,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 27;
+pub const REASON_COUNT: u32 = 28;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -96,6 +100,7 @@ impl Reason {
         Reason::ConnReleased,
         Reason::ConnLimitSubsetRefused,
         Reason::ConnLimitIdInvalid,
+        Reason::DnsSteered,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -128,6 +133,7 @@ impl Reason {
             Reason::ConnReleased => "conn_released",
             Reason::ConnLimitSubsetRefused => "conn_limit_subset_refused",
             Reason::ConnLimitIdInvalid => "conn_limit_id_invalid",
+            Reason::DnsSteered => "dns_steered",
         }
     }
 
@@ -149,6 +155,7 @@ impl Reason {
                 | Reason::MsgFallbackSticky
                 | Reason::SockRedirectDisabled
                 | Reason::ConnReleased
+                | Reason::DnsSteered
         )
     }
 }

@@ -91,6 +91,9 @@ pub const SVC_FLAG_AFFINITY: u8 = 1 << 1;
 /// [`ServiceValue::flags`]: the slots are VirtualService `tcp:` route destinations, each counted
 /// against its own connection limit (`MP_SLOT_GRP`, see [`limits`]), never the frontend's own.
 pub const SVC_FLAG_ROUTE_LIMITS: u8 = 1 << 2;
+/// [`ServiceValue::flags`]: the frontend is a DNS resolver's address (`ip:53`) and its one
+/// backend the agent's DNS listener for that resolver; the programs count such steering apart.
+pub const SVC_FLAG_DNS: u8 = 1 << 3;
 
 /// A frontend (ClusterIP, port, protocol) and a slot. Slot 0 is the frontend's header (backend
 /// count, flags, service id); slots `1..=count` each name one backend id.

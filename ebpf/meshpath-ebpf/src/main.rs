@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
-use meshpath_common::{Reason, RevNatKey, RevNatValue, PROTO_TCP, PROTO_UDP};
+use meshpath_common::{Reason, RevNatKey, RevNatValue, PROTO_TCP, PROTO_UDP, SVC_FLAG_DNS};
 
 use addr::Family;
 use counters::{bump, bump_service, ServiceCounter};
@@ -189,6 +189,9 @@ fn try_translate(
     // SAFETY: connect/sendmsg programs may write user_port (4-byte write).
     unsafe { (*sa).user_port = backend.port_be as u32 };
     bump(translated);
+    if svc.flags & SVC_FLAG_DNS != 0 {
+        bump(Reason::DnsSteered);
+    }
     bump_service(svc.svc_id, per_service);
     Ok(ALLOW)
 }

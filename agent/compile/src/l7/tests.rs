@@ -35,6 +35,7 @@ pub(super) fn model(files: &[(&str, &str)]) -> ClusterModel {
         for object in objects {
             match object {
                 ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s)),
+                ParsedObject::ExternalName(id, n) => drop(m.external_names.insert(id, n)),
                 ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
                 ParsedObject::Pod(p) => drop(m.pods.insert(p.id.clone(), p)),
                 ParsedObject::VirtualService(v) => drop(m.virtual_services.insert(v.id.clone(), v)),

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use meshpath_model::{LbPolicy, Service, ServicePort, SessionAffinity, TargetPort};
+use meshpath_model::{LbPolicy, ObjectRef, Service, ServicePort, SessionAffinity, TargetPort};
 
 use super::fields::{non_empty, string_map, Ctx, Unique};
 use super::{
@@ -13,6 +13,26 @@ use super::{
     MAX_AFFINITY_TIMEOUT_SECONDS,
 };
 use crate::error::{ConvertError, Invalid, ObjectKind};
+
+/// A `v1` Service of `spec.type: ExternalName` as its id and `spec.externalName` (lowercase, no
+/// trailing dot); `None` for every other type (see [`service`]).
+pub fn external_name(
+    svc: &core::Service,
+) -> Option<Result<Converted<(ObjectRef, String)>, ConvertError>> {
+    let spec = svc.spec.as_ref()?;
+    if non_empty(&spec.type_) != Some("ExternalName") {
+        return None;
+    }
+    let ctx = match Ctx::new(ObjectKind::Service, &svc.metadata) {
+        Ok(ctx) => ctx,
+        Err(e) => return Some(Err(e)),
+    };
+    let name = non_empty(&spec.external_name).map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+    Some(match name {
+        Some(n) if !n.is_empty() => Ok(Converted::Accepted((ctx.id(), n))),
+        _ => Err(ctx.err("spec.externalName", Invalid::Required)),
+    })
+}
 
 /// A `v1` Service. ExternalName and headless Services are [`Converted::Skipped`].
 pub fn service(svc: &core::Service) -> Result<Converted<Service>, ConvertError> {

@@ -123,6 +123,7 @@ impl Aggregate {
     pub fn objects(&self) -> usize {
         let m = &self.model;
         m.services.len()
+            + m.external_names.len()
             + m.endpoint_slices.len()
             + m.pods.len()
             + m.virtual_services.len()
@@ -167,7 +168,12 @@ impl Aggregate {
     fn ids(&self, kind: ObjectKind) -> Vec<ObjectRef> {
         let m = &self.model;
         match kind {
-            ObjectKind::Service => m.services.keys().cloned().collect(),
+            ObjectKind::Service => m
+                .services
+                .keys()
+                .chain(m.external_names.keys())
+                .cloned()
+                .collect(),
             ObjectKind::EndpointSlice => m.endpoint_slices.keys().cloned().collect(),
             ObjectKind::Pod => m.pods.keys().cloned().collect(),
             ObjectKind::VirtualService => m.virtual_services.keys().cloned().collect(),
@@ -178,7 +184,15 @@ impl Aggregate {
     fn insert(&mut self, object: ParsedObject) {
         let m = &mut self.model;
         let changed = match object {
-            ParsedObject::Service(s) => replace(&mut m.services, s.id.clone(), s),
+            ParsedObject::Service(s) => {
+                // A Service may change type: drop what it was before.
+                let was_alias = m.external_names.remove(&s.id).is_some();
+                replace(&mut m.services, s.id.clone(), s) | was_alias
+            }
+            ParsedObject::ExternalName(id, name) => {
+                let was_service = m.services.remove(&id).is_some();
+                replace(&mut m.external_names, id, name) | was_service
+            }
             ParsedObject::EndpointSlice(s) => replace(&mut m.endpoint_slices, s.id.clone(), s),
             ParsedObject::Pod(p) => replace(&mut m.pods, p.id.clone(), p),
             ParsedObject::VirtualService(v) => replace(&mut m.virtual_services, v.id.clone(), v),
@@ -190,7 +204,9 @@ impl Aggregate {
     fn remove(&mut self, kind: ObjectKind, id: &ObjectRef) {
         let m = &mut self.model;
         let removed = match kind {
-            ObjectKind::Service => m.services.remove(id).is_some(),
+            ObjectKind::Service => {
+                m.services.remove(id).is_some() | m.external_names.remove(id).is_some()
+            }
             ObjectKind::EndpointSlice => m.endpoint_slices.remove(id).is_some(),
             ObjectKind::Pod => m.pods.remove(id).is_some(),
             ObjectKind::VirtualService => m.virtual_services.remove(id).is_some(),

@@ -30,6 +30,11 @@ pub fn object_ref(meta: &ObjectMeta) -> ObjectRef {
 
 pub fn service(svc: &core::Service) -> Item {
     let id = object_ref(&svc.metadata);
+    if let Some(alias) = convert::external_name(svc) {
+        let result = converted(ObjectKind::Service, &id, alias)
+            .map(|a| a.map(|(id, name)| ParsedObject::ExternalName(id, name)));
+        return Item { id, result };
+    }
     let result = converted(ObjectKind::Service, &id, convert::service(svc)).map(|s| {
         s.map(|mut s| {
             s.origin = Some(ORIGIN.to_owned());

@@ -18,6 +18,8 @@ use crate::istio;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParsedObject {
     Service(Service),
+    /// An ExternalName Service: its id and `spec.externalName`.
+    ExternalName(ObjectRef, String),
     EndpointSlice(EndpointSlice),
     Pod(Pod),
     VirtualService(istio::VirtualService),
@@ -28,6 +30,7 @@ impl ParsedObject {
     pub fn key(&self) -> ObjectKey {
         match self {
             ParsedObject::Service(s) => ObjectKey::new(ObjectKind::Service, s.id.clone()),
+            ParsedObject::ExternalName(id, _) => ObjectKey::new(ObjectKind::Service, id.clone()),
             ParsedObject::EndpointSlice(s) => {
                 ObjectKey::new(ObjectKind::EndpointSlice, s.id.clone())
             }
@@ -149,8 +152,15 @@ impl Parser<'_> {
             ("v1", "Service") => {
                 let key = object_key(ObjectKind::Service, &value);
                 if let Some(svc) = self.decode::<core::Service>(line, &key, value) {
-                    let result = convert::service(&svc);
-                    self.converted(line, &key, result, ParsedObject::Service);
+                    match convert::external_name(&svc) {
+                        Some(result) => self.converted(line, &key, result, |(id, name)| {
+                            ParsedObject::ExternalName(id, name)
+                        }),
+                        None => {
+                            let result = convert::service(&svc);
+                            self.converted(line, &key, result, ParsedObject::Service);
+                        }
+                    }
                 }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {

@@ -194,6 +194,9 @@ fn build(
                     s.origin = Some(file.display().to_string());
                     model.services.insert(s.id.clone(), s);
                 }
+                ParsedObject::ExternalName(id, name) => {
+                    model.external_names.insert(id, name);
+                }
                 ParsedObject::EndpointSlice(s) => {
                     model.endpoint_slices.insert(s.id.clone(), s);
                 }

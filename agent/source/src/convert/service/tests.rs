@@ -188,6 +188,27 @@ fn services_not_programmed_are_skipped() {
         service(&external),
         Ok(Converted::Skipped(SkipReason::ExternalName))
     );
+    // ... and is an alias for DNS, normalised; without a target it is an error.
+    assert_eq!(
+        super::external_name(&external),
+        Some(Ok(Converted::Accepted((
+            meshpath_model::ObjectRef::new("prod", "my-db-service"),
+            "my.database.example.com".to_owned()
+        ))))
+    );
+    let no_target = svc(json!({
+        "kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "db"},
+        "spec": {"type": "ExternalName"}
+    }));
+    let err = super::external_name(&no_target)
+        .expect("an ExternalName Service")
+        .expect_err("no target");
+    assert!(err.to_string().contains("spec.externalName"), "{err}");
+    assert_eq!(
+        super::external_name(&web(json!({"ports": [{"port": 80}]}))),
+        None
+    );
     assert_eq!(
         service_err(json!({"type": "Internal", "ports": [{"port": 80}]})),
         "Service default/web: spec.type: must be one of ClusterIP, NodePort, LoadBalancer, ExternalName, \

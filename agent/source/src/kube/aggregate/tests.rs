@@ -183,3 +183,42 @@ fn absent_istio_kind_empties_it() {
     a.apply(ObjectKind::VirtualService, Change::Absent);
     assert_eq!(a.errors().count(), 0);
 }
+
+fn alias(name: &str, target: &str) -> Item {
+    let id = ObjectRef::new("default", name);
+    Item {
+        id: id.clone(),
+        result: Ok(Some(ParsedObject::ExternalName(id, target.into()))),
+    }
+}
+
+#[test]
+fn external_name_services_are_aliases_and_a_type_change_moves_them() {
+    let mut a = synced_with(vec![svc("web", 80), alias("db", "db.example.com")]);
+    let db = ObjectRef::new("default", "db");
+    assert_eq!(a.model().external_names[&db], "db.example.com");
+    assert_eq!(a.objects(), 2);
+    // db becomes a ClusterIP Service: no alias any more.
+    a.apply(ObjectKind::Service, Change::Apply(svc("db", 5432)));
+    assert!(!a.model().external_names.contains_key(&db));
+    assert_eq!(port_of(&a, "db"), Some(5432));
+    // ... and back.
+    a.apply(
+        ObjectKind::Service,
+        Change::Apply(alias("db", "db2.example.com")),
+    );
+    assert!(!a.model().services.contains_key(&db));
+    assert_eq!(a.model().external_names[&db], "db2.example.com");
+    assert!(a.take_dirty());
+    // Deleted, or gone from a relist.
+    a.apply(ObjectKind::Service, Change::Delete(db.clone()));
+    assert!(a.model().external_names.is_empty());
+    a.apply(
+        ObjectKind::Service,
+        Change::Apply(alias("db", "db.example.com")),
+    );
+    a.apply(ObjectKind::Service, Change::Init);
+    a.apply(ObjectKind::Service, Change::InitApply(svc("web", 80)));
+    a.apply(ObjectKind::Service, Change::InitDone);
+    assert!(a.model().external_names.is_empty());
+}

@@ -30,12 +30,13 @@ fn errors(text: &str) -> Vec<String> {
 #[test]
 fn seed_multi_document_file() {
     let objects = parse_file(Path::new("seed.yaml"), SEED).expect("seed parses");
-    // ExternalName Service, ConfigMap and Deployment are skipped.
+    // ConfigMap and Deployment are skipped; the ExternalName Service is kept for DNS.
     let keys: Vec<String> = objects.iter().map(|o| o.key().to_string()).collect();
     assert_eq!(
         keys,
         [
             "Service default/golang-app-gateway-svc",
+            "Service prod/my-db-service",
             "Pod default/secret-pod",
             "VirtualService default/springboot-app-svc",
             "EndpointSlice default/golang-app-gateway-svc-x7k2p",
@@ -53,7 +54,13 @@ fn seed_multi_document_file() {
     assert_eq!(svc.selector["app"], "golang-app-gateway");
     assert_eq!(svc.labels["service"], "golang-app-gateway");
 
-    let ParsedObject::EndpointSlice(slice) = &objects[3] else {
+    let ParsedObject::ExternalName(id, alias) = &objects[1] else {
+        panic!("not an ExternalName Service")
+    };
+    assert_eq!(id.to_string(), "prod/my-db-service");
+    assert_eq!(alias, "my.database.example.com");
+
+    let ParsedObject::EndpointSlice(slice) = &objects[4] else {
         panic!("not an EndpointSlice")
     };
     assert_eq!(slice.service_name, "golang-app-gateway-svc");
@@ -67,7 +74,7 @@ fn seed_multi_document_file() {
         vec![Ipv4Addr::new(10, 244, 0, 13)]
     );
 
-    let ParsedObject::Pod(pod) = &objects[4] else {
+    let ParsedObject::Pod(pod) = &objects[5] else {
         panic!("not a Pod")
     };
     assert_eq!(pod.ip, Some(Ipv4Addr::new(10, 244, 0, 12)));

@@ -31,6 +31,7 @@
 
 mod body;
 mod breaker;
+pub mod export;
 mod forward;
 mod handler;
 mod hash;
@@ -41,6 +42,7 @@ mod layers;
 mod lb;
 mod matching;
 mod mirror;
+mod otlp;
 mod outlier;
 mod redirect;
 mod retry;
@@ -49,6 +51,8 @@ mod snapshot;
 mod trace;
 mod upgrade;
 mod upstream;
+mod workload;
+mod zipkin;
 
 #[cfg(test)]
 mod tests;
@@ -64,8 +68,8 @@ use meshpath_model::l7::{HttpRoute, L7Config};
 
 pub use outlier::EjectedSet;
 pub use server::serve;
-// `Span` is what a future exporter receives; nothing in the agent builds one yet.
 pub use trace::{Span, SpanExporter};
+pub use workload::Workload;
 
 /// Where a steered connection was originally going, and who opened it.
 pub trait OriginalDst: Send + Sync {
@@ -76,6 +80,12 @@ pub trait OriginalDst: Send + Sync {
     /// Labels of the pod at `peer`, for `sourceLabels` matches. Called once per connection.
     fn source_labels(&self, _peer: SocketAddr) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+
+    /// The workload of the pod at `peer`, for span names, tags and per-workload sampling.
+    /// Called once per connection.
+    fn source_workload(&self, _peer: SocketAddr) -> Option<Arc<Workload>> {
+        None
     }
 }
 

@@ -1,0 +1,28 @@
+//! Who a client is, in Istio's terms: what spans and metrics name a workload by. The agent
+//! derives it from the pod at the client's address (see `OriginalDst::source_workload`).
+
+/// One workload's identity, built once per pod by the agent and shared by its connections.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Workload {
+    /// The owning workload's name (Deployment, else the pod's name), Istio's `source_workload`.
+    pub name: String,
+    pub namespace: String,
+    /// The `app` label (`app.kubernetes.io/name` else), `unknown` when absent.
+    pub app: String,
+    /// The `version` label (`app.kubernetes.io/version` else), `unknown` when absent.
+    pub version: String,
+    /// `service.istio.io/canonical-name`, else the app, else the workload name.
+    pub canonical_service: String,
+    /// `service.istio.io/canonical-revision`, else the version, else `latest`.
+    pub canonical_revision: String,
+    /// `tracing.sampling` from the pod's `proxy.istio.io/config` annotation: overrides the
+    /// proxy's percentage for new traces started by this workload's requests.
+    pub trace_sampling: Option<f64>,
+}
+
+impl Workload {
+    /// Envoy's `localEndpoint.serviceName` under Istio: `<app label>.<namespace>`.
+    pub fn service_name(&self) -> String {
+        format!("{}.{}", self.app, self.namespace)
+    }
+}

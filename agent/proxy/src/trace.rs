@@ -261,3 +261,7 @@ fn uuid_v4(out: &mut [u8]) {
 pub(crate) fn value_string(v: &HeaderValue) -> String {
     String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
+
+#[cfg(test)]
+#[path = "trace_tests.rs"]
+mod tests;

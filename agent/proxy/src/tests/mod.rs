@@ -11,6 +11,7 @@ mod outlier;
 mod request_limits;
 mod retries;
 mod routing;
+mod span_export;
 mod tracing_ids;
 
 use std::collections::BTreeMap;
@@ -203,7 +204,7 @@ pub(super) async fn start(cfg: L7Config) -> Harness {
 
 pub(super) async fn start_with(
     cfg: L7Config,
-    dst: FixedDst,
+    dst: impl OriginalDst + 'static,
     exporter: Option<Arc<dyn SpanExporter>>,
 ) -> Harness {
     let (tx, rx) = watch::channel(Arc::new(cfg));

@@ -21,8 +21,14 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Envoy's `localEndpoint.serviceName` under Istio: `<app label>.<namespace>`.
+    /// Envoy's `localEndpoint.serviceName` under Istio: `<app label>.<namespace>` (the
+    /// canonical service when the pod has no app label, as istio-agent's service cluster).
     pub fn service_name(&self) -> String {
-        format!("{}.{}", self.app, self.namespace)
+        let app = if self.app == "unknown" {
+            &self.canonical_service
+        } else {
+            &self.app
+        };
+        format!("{app}.{}", self.namespace)
     }
 }

@@ -154,3 +154,30 @@ fn validate_takes_files_and_directories() {
 fn cgroup_is_required() {
     assert!(parse_args(["meshpath", "agent", "--manifests", "/m"]).is_err());
 }
+
+#[test]
+fn tracing() {
+    let c = agent(&[]);
+    assert_eq!(
+        c.trace,
+        TraceConfig {
+            sampling_hundredths: 100,
+            collector: None,
+            format: TraceFormatArg::Zipkin,
+            mesh_id: "cluster.local".into(),
+        }
+    );
+    let c = agent(&[
+        "--trace-sampling",
+        "12.5",
+        "--trace-collector",
+        "http://127.0.0.1:9411",
+        "--trace-format",
+        "otlp",
+    ]);
+    assert_eq!(c.trace.sampling_hundredths, 1250);
+    assert_eq!(c.trace.collector.as_deref(), Some("http://127.0.0.1:9411"));
+    assert_eq!(c.trace.format, TraceFormatArg::Otlp);
+    assert!(parse_percent("101").is_err());
+    assert!(parse_percent("x").is_err());
+}

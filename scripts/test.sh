@@ -7,5 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/kube-bins.sh
 bash scripts/seed-apps.sh
+# The tracing tests send spans to a real Jaeger (built once into a cache).
+MESHPATH_JAEGER=$(bash scripts/jaeger.sh)
+export MESHPATH_JAEGER
 export PATH="$HOME/.cargo/bin:$PATH"
 exec cargo xtask test "$@"

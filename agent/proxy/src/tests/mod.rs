@@ -5,6 +5,7 @@ mod actions;
 mod bench;
 mod circuit_breaking;
 mod faults;
+mod jaeger;
 mod lb;
 mod matching;
 mod outlier;

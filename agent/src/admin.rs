@@ -52,6 +52,8 @@ pub enum AdminError {
 pub struct AdminState {
     /// The node proxy's cluster stats, when the proxy runs.
     pub proxy: Option<ProxyStats>,
+    /// The node proxy's Istio standard metrics (live families, not copies).
+    pub istio: Option<meshpath_proxy::istio_metrics::IstioMetrics>,
     /// bpffs directory of the pinned maps, for the kernel counters.
     pub pin_dir: PathBuf,
     /// The sync loop's counters and latency histogram.
@@ -217,6 +219,9 @@ fn metrics(state: &AdminState) -> String {
         registry.register(name.clone(), name, f);
     }
     state.sync.register(&mut registry);
+    if let Some(m) = &state.istio {
+        m.register(&mut registry);
+    }
     let mut out = String::new();
     if let Err(error) = encode(&mut out, &registry) {
         warn!(%error, "encoding metrics");
@@ -268,6 +273,7 @@ mod tests {
         drop(l);
         let state = AdminState {
             proxy: None,
+            istio: None,
             pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
             programmed: Default::default(),
             sync: Default::default(),
@@ -326,6 +332,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
         let state = AdminState {
             proxy: Some(meshpath_proxy::Proxy::new(rx).stats()),
+            istio: None,
             pin_dir: PathBuf::from("/nonexistent"),
             programmed: Default::default(),
             sync: Default::default(),

@@ -90,6 +90,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let (l7_tx, l7_rx) = watch::channel(Arc::new(L7Config::default()));
     let mut proxy_stats = None;
+    let mut istio = None;
     let mut ejected = None;
     let proxy = match &cfg.proxy {
         Some(p) => Some(ProxySetup {
@@ -105,6 +106,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     span_exporter(&cfg, p.ip)?,
                 );
                 proxy_stats = Some(proxy.stats());
+                istio = Some(proxy.istio_metrics());
                 ejected = Some(proxy.ejected_endpoints());
                 ProxyListeners::new(p.ip, p.netns.clone(), proxy)?
             },
@@ -117,6 +119,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         sync: sync.clone(),
         programmed: programmed.clone(),
         proxy: proxy_stats,
+        istio,
         pin_dir: cfg.pin_dir.clone(),
     };
     // Not fatal: traffic matters more than stats, and several agents (tests, a restart

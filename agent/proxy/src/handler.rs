@@ -20,6 +20,7 @@ use super::body::{local_reply, ProxyBody};
 use super::forward::{forward, Forward, ReqBody, RetryRt, Target};
 use super::hashkey::{request_hash, RequestHash};
 use super::headers::{self, finalize_head, strip_hop_by_hop};
+use super::istio_metrics;
 use super::layers::{self, route::Selected};
 use super::matching::Matcher;
 use super::snapshot::{ClusterRt, RouteRt, Snapshot};
@@ -39,6 +40,8 @@ pub(crate) struct ConnCtx {
     pub original_dst: Option<SocketAddr>,
     pub source_labels: BTreeMap<String, String>,
     pub source: Option<Arc<Workload>>,
+    /// Finds the workload of an upstream endpoint too (destination labels of the metrics).
+    pub resolver: Arc<dyn super::OriginalDst>,
 }
 
 /// What routing decided, for the span (borrowed from the snapshot: no copy unless exported).
@@ -101,12 +104,30 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
         }
         _ => None,
     };
+    let request_bytes = content_length(&head.headers);
     let t0 = Instant::now();
     let snap = proxy.snapshot();
     let mut routed = Routed::default();
     let resp = route(conn, &snap, head, body, &mut routed).await;
+    let elapsed = t0.elapsed();
+    let source = istio_metrics::Side::of(conn.source.as_deref());
+    let dest_workload = routed
+        .upstream
+        .and_then(|a| conn.resolver.source_workload(a));
+    let destination = istio_metrics::Side::of(dest_workload.as_deref());
+    proxy.metrics.observe(&istio_metrics::Observation {
+        source: &source,
+        destination: &destination,
+        cluster: routed.cluster,
+        status: resp.status().as_u16(),
+        flags: routed.flags.unwrap_or("-"),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        request_bytes,
+        // Known when the upstream said (content-length) or the proxy replied itself.
+        response_bytes: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0),
+    });
     if let (Some(mut span), Some(exporter)) = (span, &proxy.exporter) {
-        span.duration = t0.elapsed();
+        span.duration = elapsed;
         span.status = resp.status().as_u16();
         span.upstream_cluster = routed.cluster.map(crate::breaker::envoy_cluster_name);
         span.operation = match routed.cluster {
@@ -320,4 +341,11 @@ fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
             set_cookie: None,
         },
     }
+}
+
+fn content_length(h: &http::HeaderMap) -> u64 {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -38,6 +38,7 @@ mod hash;
 mod hashkey;
 mod headers;
 mod idle;
+pub mod istio_metrics;
 mod layers;
 mod lb;
 mod matching;
@@ -128,6 +129,7 @@ pub struct Proxy {
     passthrough_route: snapshot::RouteRt,
     opts: ProxyOptions,
     exporter: Option<Arc<dyn SpanExporter>>,
+    metrics: istio_metrics::IstioMetrics,
 }
 
 /// Bound on remembered passthrough destinations (each holds an idle pool).
@@ -166,6 +168,7 @@ impl Proxy {
             passthrough_route: snapshot::route_rt(&HttpRoute::default(), &none),
             opts,
             exporter,
+            metrics: istio_metrics::IstioMetrics::default(),
         })
     }
 
@@ -195,6 +198,11 @@ impl Proxy {
             *cur = Arc::new(next);
         }
         cur.clone()
+    }
+
+    /// Istio's standard metrics, live: register them once in the admin's registry.
+    pub fn istio_metrics(&self) -> istio_metrics::IstioMetrics {
+        self.metrics.clone()
     }
 
     /// A handle on the per-cluster stats, for the admin endpoint.

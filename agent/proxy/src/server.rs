@@ -48,6 +48,7 @@ pub async fn serve(listener: TcpListener, original_dst: Arc<dyn OriginalDst>, pr
             original_dst: original_dst.original_dst(&stream, peer),
             source_labels: original_dst.source_labels(peer),
             source: original_dst.source_workload(peer),
+            resolver: original_dst.clone(),
             proxy: proxy.clone(),
             peer,
             local,

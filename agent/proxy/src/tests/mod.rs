@@ -5,6 +5,7 @@ mod actions;
 mod bench;
 mod circuit_breaking;
 mod faults;
+mod istio_metrics;
 mod jaeger;
 mod lb;
 mod matching;

@@ -91,6 +91,9 @@ async fn requests_are_counted_with_istios_labels() {
     drop(tx);
 
     let text = scrape(&metrics);
+    if let Ok(out) = std::env::var("MESHPATH_SCRAPE_OUT") {
+        std::fs::write(out, &text).unwrap();
+    }
     let ok = "istio_requests_total{reporter=\"source\",source_workload=\"gateway-v1\",\
 source_workload_namespace=\"shop\",source_principal=\"unknown\",source_app=\"gateway\",\
 source_version=\"v1\",source_canonical_service=\"gateway\",source_canonical_revision=\"v1\",\

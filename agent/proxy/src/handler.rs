@@ -316,8 +316,8 @@ async fn send(
     })
     .await;
     routed.upstream = upstream;
-    if resp.headers().contains_key("x-envoy-overloaded") {
-        routed.flags = Some("UO");
+    if let Some(f) = resp.extensions().get::<super::forward::ResponseFlag>() {
+        routed.flags = Some(f.0);
     }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), upgrade && switching);

@@ -251,3 +251,24 @@ async fn a_full_queue_drops_spans_without_blocking_requests() {
     assert!(exp.stats().dropped.load(Ordering::Relaxed) >= 15);
     drop(stuck);
 }
+
+#[tokio::test]
+async fn upstream_failures_carry_envoys_flags() {
+    let collector = backend("collector").await;
+    let exp = exporter(collector.addr, Format::Zipkin);
+    let h = start_with(
+        config(
+            vec![],
+            vec![(key("svc"), cluster(&[dead_addr().await], RoundRobin))],
+        ),
+        WorkloadDst(productpage(None)),
+        Some(exp),
+    )
+    .await;
+    // Istio's default retries (2, on connect-failure) are spent: 503, "UF,URX".
+    assert_eq!(h.get("/").await.status, 503);
+    wait_for("a span", || zipkin_spans(&collector).len() == 1).await;
+    let s = &zipkin_spans(&collector)[0];
+    assert_eq!(s["tags"]["response_flags"], "UF,URX");
+    assert_eq!(s["tags"]["error"], "true");
+}

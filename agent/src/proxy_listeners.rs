@@ -71,6 +71,7 @@ pub fn workload(p: &Pod) -> Workload {
         app: app.unwrap_or_else(|| "unknown".to_owned()),
         version: version.unwrap_or_else(|| "unknown".to_owned()),
         trace_sampling: p.trace_sampling_hundredths.map(|h| f64::from(h) / 100.0),
+        ..Default::default()
     }
 }
 

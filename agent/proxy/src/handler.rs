@@ -110,11 +110,11 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     let mut routed = Routed::default();
     let resp = route(conn, &snap, head, body, &mut routed).await;
     let elapsed = t0.elapsed();
-    let source = istio_metrics::Side::of(conn.source.as_deref());
+    let source = proxy.metrics.side(conn.source.as_deref());
     let dest_workload = routed
         .upstream
         .and_then(|a| conn.resolver.source_workload(a));
-    let destination = istio_metrics::Side::of(dest_workload.as_deref());
+    let destination = proxy.metrics.side(dest_workload.as_deref());
     proxy.metrics.observe(&istio_metrics::Observation {
         source: &source,
         destination: &destination,

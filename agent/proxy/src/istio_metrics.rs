@@ -42,7 +42,7 @@ impl EncodeLabelValue for V {
 
 /// One side's workload labels, built once per workload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub(crate) struct Side {
+pub struct Side {
     workload: V,
     namespace: V,
     app: V,
@@ -52,7 +52,7 @@ pub(crate) struct Side {
 }
 
 impl Side {
-    pub(crate) fn of(w: Option<&Workload>) -> Side {
+    fn build(w: Option<&Workload>) -> Side {
         let v = |f: fn(&Workload) -> &str| V::of(w.map_or("unknown", f));
         Side {
             workload: v(|w| &w.name),
@@ -130,6 +130,7 @@ pub struct IstioMetrics {
     http: V,
     none: V,
     empty: V,
+    unknown_side: Side,
 }
 
 impl Default for IstioMetrics {
@@ -147,6 +148,7 @@ impl Default for IstioMetrics {
             http: V::of("http"),
             none: V::of("none"),
             empty: V::of(""),
+            unknown_side: Side::build(None),
         }
     }
 }
@@ -174,6 +176,14 @@ impl IstioMetrics {
             "Response body sizes (Istio standard metric)",
             self.response_bytes.clone(),
         );
+    }
+
+    /// The workload's interned labels (`unknown` everywhere when not known).
+    pub(crate) fn side(&self, w: Option<&Workload>) -> Side {
+        match w {
+            Some(w) => w.metric_labels.get_or_init(|| Side::build(Some(w))).clone(),
+            None => self.unknown_side.clone(),
+        }
     }
 
     pub(crate) fn observe(&self, o: &Observation<'_>) {

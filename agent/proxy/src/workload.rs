@@ -18,6 +18,9 @@ pub struct Workload {
     /// `tracing.sampling` from the pod's `proxy.istio.io/config` annotation: overrides the
     /// proxy's percentage for new traces started by this workload's requests.
     pub trace_sampling: Option<f64>,
+    /// This workload's metric label values, interned on first use by the proxy so requests
+    /// clone pointers instead of building strings. Construct with `Default::default()`.
+    pub metric_labels: std::sync::OnceLock<crate::istio_metrics::Side>,
 }
 
 impl Workload {

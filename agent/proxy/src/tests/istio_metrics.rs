@@ -27,6 +27,7 @@ fn w(app: &str, ns: &str) -> Arc<Workload> {
         canonical_service: app.into(),
         canonical_revision: "v1".into(),
         trace_sampling: None,
+        ..Default::default()
     })
 }
 

@@ -123,6 +123,7 @@ fn workload(app: &str) -> Arc<Workload> {
         canonical_service: app.into(),
         canonical_revision: "v1".into(),
         trace_sampling: None,
+        ..Default::default()
     })
 }
 

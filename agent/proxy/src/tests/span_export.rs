@@ -31,6 +31,7 @@ fn productpage(sampling: Option<f64>) -> Arc<Workload> {
         canonical_service: "productpage".into(),
         canonical_revision: "v1".into(),
         trace_sampling: sampling,
+        ..Default::default()
     })
 }
 

@@ -330,9 +330,10 @@ mod tests {
             ..L7Config::default()
         };
         let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
+        let proxy = meshpath_proxy::Proxy::new(rx);
         let state = AdminState {
-            proxy: Some(meshpath_proxy::Proxy::new(rx).stats()),
-            istio: None,
+            proxy: Some(proxy.stats()),
+            istio: Some(proxy.istio_metrics()),
             pin_dir: PathBuf::from("/nonexistent"),
             programmed: Default::default(),
             sync: Default::default(),
@@ -345,6 +346,18 @@ mod tests {
             format!("envoy_cluster_circuit_breakers_default_remaining_pending{label} 4294967295"),
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+        // Istio's families are registered (empty until a request goes through).
+        for family in [
+            "istio_requests counter",
+            "istio_request_duration_milliseconds histogram",
+            "istio_request_bytes histogram",
+            "istio_response_bytes histogram",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family}")),
+                "{family}:\n{text}"
+            );
         }
     }
 

@@ -7,5 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/kube-bins.sh
 bash scripts/seed-apps.sh
+# The tracing tests send spans to a real Jaeger (built once into a cache).
+MESHPATH_JAEGER=$(bash scripts/jaeger.sh)
+export MESHPATH_JAEGER
+# The metrics tests parse the Prometheus text with prometheus_client's parser.
+MESHPATH_PROM_PYTHON=$(bash scripts/prom-python.sh)
+export MESHPATH_PROM_PYTHON
 export PATH="$HOME/.cargo/bin:$PATH"
 exec cargo xtask test "$@"

@@ -52,6 +52,8 @@ pub enum AdminError {
 pub struct AdminState {
     /// The node proxy's cluster stats, when the proxy runs.
     pub proxy: Option<ProxyStats>,
+    /// The node proxy's Istio standard metrics (live families, not copies).
+    pub istio: Option<meshpath_proxy::istio_metrics::IstioMetrics>,
     /// bpffs directory of the pinned maps, for the kernel counters.
     pub pin_dir: PathBuf,
     /// The sync loop's counters and latency histogram.
@@ -220,6 +222,9 @@ fn metrics(state: &AdminState) -> String {
     }
     state.sync.register(&mut registry);
     state.dns.register(&mut registry);
+    if let Some(m) = &state.istio {
+        m.register(&mut registry);
+    }
     let mut out = String::new();
     if let Err(error) = encode(&mut out, &registry) {
         warn!(%error, "encoding metrics");
@@ -271,6 +276,7 @@ mod tests {
         drop(l);
         let state = AdminState {
             proxy: None,
+            istio: None,
             pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
             programmed: Default::default(),
             sync: Default::default(),
@@ -328,8 +334,10 @@ mod tests {
             ..L7Config::default()
         };
         let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
+        let proxy = meshpath_proxy::Proxy::new(rx);
         let state = AdminState {
-            proxy: Some(meshpath_proxy::Proxy::new(rx).stats()),
+            proxy: Some(proxy.stats()),
+            istio: Some(proxy.istio_metrics()),
             pin_dir: PathBuf::from("/nonexistent"),
             programmed: Default::default(),
             sync: Default::default(),

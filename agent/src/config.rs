@@ -42,6 +42,10 @@ pub const ENV_DNS_PORTS: &str = "MESHPATH_DNS_PORTS";
 pub const DEFAULT_DNS_PORTS: &str = "15053-15099";
 pub const ENV_CLUSTER_DOMAIN: &str = "MESHPATH_CLUSTER_DOMAIN";
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub const ENV_TRACE_SAMPLING: &str = "MESHPATH_TRACE_SAMPLING";
+pub const ENV_TRACE_COLLECTOR: &str = "MESHPATH_TRACE_COLLECTOR";
+pub const ENV_TRACE_FORMAT: &str = "MESHPATH_TRACE_FORMAT";
+pub const ENV_MESH_ID: &str = "MESHPATH_MESH_ID";
 pub const ENV_ADMIN_ADDR: &str = "MESHPATH_ADMIN_ADDR";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
 
@@ -226,8 +230,49 @@ pub struct AgentArgs {
     /// The cluster's DNS domain: Services are `<name>.<namespace>.svc.<domain>`.
     #[arg(long, env = ENV_CLUSTER_DOMAIN, default_value = DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
+    /// Percentage (0-100) of new traces the node proxy samples, Istio's `sampling` (default 1).
+    /// An incoming `x-b3-sampled`/`b3` decision wins; a client pod's `proxy.istio.io/config`
+    /// `tracing.sampling` overrides it for that pod's requests.
+    #[arg(long, env = ENV_TRACE_SAMPLING, default_value = "1", value_parser = parse_percent)]
+    pub trace_sampling: u32,
+    /// Collector to send the proxy's spans to: `http://HOST:PORT` (the format's path is added)
+    /// or a full URL. Without it no span is built.
+    #[arg(long, env = ENV_TRACE_COLLECTOR)]
+    pub trace_collector: Option<String>,
+    /// Zipkin v2 JSON (`/api/v2/spans`) or OTLP/HTTP JSON (`/v1/traces`).
+    #[arg(long, env = ENV_TRACE_FORMAT, value_enum, default_value_t = TraceFormatArg::Zipkin)]
+    pub trace_format: TraceFormatArg,
+    /// Istio's mesh id, the `istio.mesh_id` span tag.
+    #[arg(long, env = ENV_MESH_ID, default_value = "cluster.local")]
+    pub mesh_id: String,
     #[command(flatten)]
     pub admin: AdminAddrArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TraceFormatArg {
+    Zipkin,
+    Otlp,
+}
+
+/// Tracing of the node proxy (see `AgentArgs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Hundredths of a percent (integer so the config stays `Eq`).
+    pub sampling_hundredths: u32,
+    pub collector: Option<String>,
+    pub format: TraceFormatArg,
+    pub mesh_id: String,
+}
+
+/// `12.5` → 1250 (hundredths of a percent).
+pub fn parse_percent(s: &str) -> Result<u32, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{s:?}: a percentage between 0 and 100"));
+    }
+    // In range: the cast cannot truncate.
+    Ok((v * 100.0).round() as u32)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -262,6 +307,7 @@ pub struct AgentConfig {
     pub dns: Option<crate::dns::DnsConfig>,
     /// `--dns-capture true` given without `--proxy-ip`: reported at start.
     pub dns_without_proxy: bool,
+    pub trace: TraceConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -318,6 +364,12 @@ impl From<&AgentArgs> for AgentConfig {
                 connection_limits: a.connection_limits,
             },
             agent_cgroup: a.agent_cgroup.clone(),
+            trace: TraceConfig {
+                sampling_hundredths: a.trace_sampling,
+                collector: a.trace_collector.clone(),
+                format: a.trace_format,
+                mesh_id: a.mesh_id.clone(),
+            },
             proxy: a.proxy_ip.map(|ip| ProxyConfig {
                 ip,
                 netns: a.proxy_netns.clone(),

@@ -91,6 +91,8 @@ mod tests {
                 node_name: Some(node.into()),
                 mirror_of: None,
             },
+            workload: name.into(),
+            trace_sampling_hundredths: None,
         }
     }
 

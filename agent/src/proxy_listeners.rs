@@ -14,22 +14,65 @@ use tracing::{info, warn};
 
 use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::FrontendAddr;
-use meshpath_model::ClusterModel;
-use meshpath_proxy::{serve, OriginalDst, Proxy};
+use meshpath_model::{ClusterModel, Pod};
+use meshpath_proxy::{serve, OriginalDst, Proxy, Workload};
 
 use crate::netns::{bind_tcp, NetnsError};
 
-/// Pod labels by pod IP, for `sourceLabels` matches; swapped whole on every model change.
-pub type PodLabels = Arc<BTreeMap<Ipv4Addr, BTreeMap<String, String>>>;
+/// What the proxy knows of a client pod: its labels (`sourceLabels` matches) and its workload
+/// (span names and tags, per-workload sampling).
+pub struct PodInfo {
+    labels: BTreeMap<String, String>,
+    workload: Arc<Workload>,
+}
+
+/// Pods by IP; swapped whole on every model change.
+pub type PodLabels = Arc<BTreeMap<Ipv4Addr, PodInfo>>;
 
 pub fn pod_labels(model: &ClusterModel) -> PodLabels {
     Arc::new(
         model
             .pods
             .values()
-            .filter_map(|p| Some((p.ip?, p.labels.clone())))
+            .filter_map(|p| {
+                Some((
+                    p.ip?,
+                    PodInfo {
+                        labels: p.labels.clone(),
+                        workload: Arc::new(workload(p)),
+                    },
+                ))
+            })
             .collect(),
     )
+}
+
+/// A pod's identity as Istio's proxies label telemetry with it (istio-agent's canonical name
+/// and revision rules).
+pub fn workload(p: &Pod) -> Workload {
+    let label = |keys: &[&str]| keys.iter().find_map(|k| p.labels.get(*k).cloned());
+    let app = label(&["app", "app.kubernetes.io/name"]);
+    let version = label(&["version", "app.kubernetes.io/version"]);
+    Workload {
+        name: p.workload.clone(),
+        namespace: p.id.namespace.clone(),
+        canonical_service: label(&[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ])
+        .unwrap_or_else(|| p.workload.clone()),
+        canonical_revision: label(&[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ])
+        .unwrap_or_else(|| "latest".to_owned()),
+        app: app.unwrap_or_else(|| "unknown".to_owned()),
+        version: version.unwrap_or_else(|| "unknown".to_owned()),
+        trace_sampling: p.trace_sampling_hundredths.map(|h| f64::from(h) / 100.0),
+        ..Default::default()
+    }
 }
 
 /// A listener's original destination is fixed: the frontend it was opened for.
@@ -48,7 +91,15 @@ impl OriginalDst for FixedDst {
             return BTreeMap::new();
         };
         let pods = self.pods.read().map(|p| Arc::clone(&p)).unwrap_or_default();
-        pods.get(&ip).cloned().unwrap_or_default()
+        pods.get(&ip).map(|p| p.labels.clone()).unwrap_or_default()
+    }
+
+    fn source_workload(&self, peer: SocketAddr) -> Option<Arc<Workload>> {
+        let IpAddr::V4(ip) = peer.ip() else {
+            return None;
+        };
+        let pods = self.pods.read().map(|p| Arc::clone(&p)).ok()?;
+        pods.get(&ip).map(|p| Arc::clone(&p.workload))
     }
 }
 

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use meshpath_datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
-use meshpath_proxy::Proxy;
+use meshpath_proxy::{Proxy, ProxyOptions};
 use meshpath_source::kube::{KubeSource, KubeSourceError};
 use meshpath_source::{ManifestWatcher, SourceError, SourceStatus};
 
@@ -57,6 +57,14 @@ pub enum AgentError {
     CgroupLayout(#[from] crate::cgroup_layout::LayoutError),
     #[error("installing the signal handler")]
     Signal(#[source] std::io::Error),
+    #[error("--trace-collector {url}")]
+    TraceCollectorUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("--trace-collector")]
+    TraceExport(#[from] meshpath_proxy::export::ExportError),
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
@@ -82,14 +90,23 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let (l7_tx, l7_rx) = watch::channel(Arc::new(L7Config::default()));
     let mut proxy_stats = None;
+    let mut istio = None;
     let mut ejected = None;
     let proxy = match &cfg.proxy {
         Some(p) => Some(ProxySetup {
             ip: p.ip,
             ports: p.ports,
             listeners: {
-                let proxy = Proxy::new(l7_rx.clone());
+                let proxy = Proxy::with_options(
+                    l7_rx.clone(),
+                    ProxyOptions {
+                        trace_sampling: f64::from(cfg.trace.sampling_hundredths) / 100.0,
+                        ..ProxyOptions::default()
+                    },
+                    span_exporter(&cfg, p.ip)?,
+                );
                 proxy_stats = Some(proxy.stats());
+                istio = Some(proxy.istio_metrics());
                 ejected = Some(proxy.ejected_endpoints());
                 ProxyListeners::new(p.ip, p.netns.clone(), proxy)?
             },
@@ -104,6 +121,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         sync: sync.clone(),
         programmed: programmed.clone(),
         proxy: proxy_stats,
+        istio,
         pin_dir: cfg.pin_dir.clone(),
         dns: dns_metrics,
     };
@@ -235,6 +253,43 @@ fn attach_cgroup(cfg: &AgentConfig) -> Result<PathBuf, crate::cgroup_layout::Lay
 
 /// Moves this whole process (all its threads) into `cgroup` (cgroup v2: writing "0" to
 /// `cgroup.procs` moves the writer's process), creating the directory if needed.
+/// The proxy's span exporter when `--trace-collector` is set. Its task runs on the agent's
+/// runtime, away from the proxy's.
+fn span_exporter(
+    cfg: &AgentConfig,
+    proxy_ip: std::net::Ipv4Addr,
+) -> Result<Option<Arc<dyn meshpath_proxy::SpanExporter>>, AgentError> {
+    use meshpath_proxy::export::{ExportOptions, Exporter, Format, TraceMeta};
+    let Some(url) = &cfg.trace.collector else {
+        return Ok(None);
+    };
+    let collector = url
+        .parse::<http::Uri>()
+        .map_err(|source| AgentError::TraceCollectorUrl {
+            url: url.clone(),
+            source,
+        })?;
+    let node = cfg.node_name.as_deref().unwrap_or("node");
+    let exporter = Exporter::start(ExportOptions {
+        collector,
+        format: match cfg.trace.format {
+            crate::config::TraceFormatArg::Zipkin => Format::Zipkin,
+            crate::config::TraceFormatArg::Otlp => Format::Otlp,
+        },
+        meta: TraceMeta {
+            // Envoy's `<type>~<ip>~<id>~<domain>`, with meshpath's node proxy as the type.
+            node_id: format!("meshpath~{proxy_ip}~{node}~cluster.local"),
+            mesh_id: cfg.trace.mesh_id.clone(),
+            fallback_service: format!("meshpath-proxy.{node}"),
+        },
+        queue: 4096,
+        batch: 256,
+        flush: std::time::Duration::from_millis(200),
+    })?;
+    tracing::info!(collector = %url, format = ?cfg.trace.format, "exporting proxy spans");
+    Ok(Some(exporter))
+}
+
 fn join_cgroup(cgroup: &std::path::Path) -> Result<(), Box<AgentError>> {
     let err = |source| AgentError::JoinCgroup {
         path: cgroup.to_path_buf(),

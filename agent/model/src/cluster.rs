@@ -149,6 +149,13 @@ pub struct Pod {
     pub ip: Option<Ipv4Addr>,
     pub container_ports: Vec<ContainerPort>,
     pub placement: PodPlacement,
+    /// The workload the pod belongs to, named as Istio names it (`source_workload`): a
+    /// ReplicaSet owner without its pod-template-hash suffix (the Deployment), another owner's
+    /// name, else the pod's own name.
+    pub workload: String,
+    /// `tracing.sampling` of the `proxy.istio.io/config` annotation, in hundredths of a percent
+    /// (integer so the model stays `Eq`).
+    pub trace_sampling_hundredths: Option<u32>,
 }
 
 /// Where a pod runs, for telling which local pods the attached cgroup covers.

@@ -121,10 +121,23 @@ pub(crate) async fn forward(mut f: Forward<'_>) -> (Response<ProxyBody>, Option<
     match tokio::time::timeout_at(deadline, attempts(&mut f, Some(deadline))).await {
         Ok(r) => r,
         Err(_) => (
-            local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+            flagged(
+                local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+                "UT",
+            ),
             None,
         ),
     }
+}
+
+/// Envoy's response flag of a reply the proxy made itself, carried to the span and the metrics
+/// as a response extension (never sent on the wire).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ResponseFlag(pub &'static str);
+
+fn flagged(mut resp: Response<ProxyBody>, flag: &'static str) -> Response<ProxyBody> {
+    resp.extensions_mut().insert(ResponseFlag(flag));
+    resp
 }
 
 // Lives on the stack for one attempt; boxing `Sent` would cost an allocation per request.
@@ -167,11 +180,11 @@ async fn attempts(
         let attempt = retry.begin();
         let admitted = match admission::admit(target, proto).await {
             Ok(a) => a,
-            Err(reply) => return (reply.response(), None),
+            Err(reply) => return (flagged(reply.response(), reply.flag()), None),
         };
         let picked = match balance::pick(target, *hash, retry.tried(), proto, *max_idle) {
             Ok(p) => p,
-            Err(reply) => return (reply.response(), None),
+            Err(reply) => return (flagged(reply.response(), reply.flag()), None),
         };
         let Some(up_body) = body.take() else {
             // Unreachable: a consumed streaming body ends the attempts (retry sees it).
@@ -220,14 +233,20 @@ async fn attempts(
             }
             Outcome::Failed(e) => {
                 debug!(endpoint = %addr, error = %e, "upstream request failed");
-                let body = if e.is_connect_failure() {
-                    CONNECT_FAILURE
-                } else {
-                    RESET
+                // Envoy: connect failure, or the upstream connection ended; URX once retries
+                // were spent on it (in the order Envoy prints flags).
+                let (body, flag) = match (e.is_connect_failure(), attempt > 1) {
+                    (true, false) => (CONNECT_FAILURE, "UF"),
+                    (true, true) => (CONNECT_FAILURE, "UF,URX"),
+                    (false, false) => (RESET, "UC"),
+                    (false, true) => (RESET, "UC,URX"),
                 };
-                local_reply(StatusCode::SERVICE_UNAVAILABLE, body)
+                flagged(local_reply(StatusCode::SERVICE_UNAVAILABLE, body), flag)
             }
-            Outcome::TimedOut => local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+            Outcome::TimedOut => flagged(
+                local_reply(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMEOUT),
+                if attempt > 1 { "UT,URX" } else { "UT" },
+            ),
         };
         return (resp, Some(addr));
     }

@@ -20,11 +20,13 @@ use super::body::{local_reply, ProxyBody};
 use super::forward::{forward, Forward, ReqBody, RetryRt, Target};
 use super::hashkey::{request_hash, RequestHash};
 use super::headers::{self, finalize_head, strip_hop_by_hop};
+use super::istio_metrics;
 use super::layers::{self, route::Selected};
 use super::matching::Matcher;
-use super::snapshot::{cluster_name, ClusterRt, RouteRt, Snapshot};
+use super::snapshot::{ClusterRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
+use super::workload::Workload;
 use super::{redirect, upgrade, Proxy};
 use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
 
@@ -37,6 +39,9 @@ pub(crate) struct ConnCtx {
     pub local: SocketAddr,
     pub original_dst: Option<SocketAddr>,
     pub source_labels: BTreeMap<String, String>,
+    pub source: Option<Arc<Workload>>,
+    /// Finds the workload of an upstream endpoint too (destination labels of the metrics).
+    pub resolver: Arc<dyn super::OriginalDst>,
 }
 
 /// What routing decided, for the span (borrowed from the snapshot: no copy unless exported).
@@ -44,12 +49,26 @@ pub(crate) struct ConnCtx {
 struct Routed<'a> {
     cluster: Option<&'a ClusterKey>,
     upstream: Option<SocketAddr>,
+    /// Envoy's response flag for a reply the proxy made itself, `None` for `-`.
+    flags: Option<&'static str>,
+}
+
+impl Routed<'_> {
+    fn reply(&mut self, reply: layers::Reply) -> Response<ProxyBody> {
+        self.flags = Some(reply.flag());
+        reply.response()
+    }
 }
 
 pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
     let (mut head, body) = req.into_parts();
-    let sampled = trace::ensure_headers(&mut head.headers, proxy.opts.trace_sampling);
+    let sampling = conn
+        .source
+        .as_ref()
+        .and_then(|w| w.trace_sampling)
+        .unwrap_or(proxy.opts.trace_sampling);
+    let sampled = trace::ensure_headers(&mut head.headers, sampling);
     // Span fields are copied only when a span will actually be exported.
     let span = match &proxy.exporter {
         Some(_) if sampled => {
@@ -64,23 +83,66 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
                 duration: Duration::ZERO,
                 method: head.method.to_string(),
                 authority: trace::value_string(&headers::authority(&head)),
-                path: head.uri.path().to_owned(),
+                path: head
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                protocol: if head.version == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
                 status: 0,
                 upstream_cluster: None,
                 upstream_addr: None,
+                response_flags: "-",
+                operation: String::new(),
+                original_dst: conn.original_dst,
+                peer: conn.peer,
+                source: conn.source.clone(),
             })
         }
         _ => None,
     };
+    let request_bytes = content_length(&head.headers);
     let t0 = Instant::now();
     let snap = proxy.snapshot();
     let mut routed = Routed::default();
     let resp = route(conn, &snap, head, body, &mut routed).await;
+    let elapsed = t0.elapsed();
+    let source = proxy.metrics.side(conn.source.as_deref());
+    let dest_workload = routed
+        .upstream
+        .and_then(|a| conn.resolver.source_workload(a));
+    let destination = proxy.metrics.side(dest_workload.as_deref());
+    proxy.metrics.observe(&istio_metrics::Observation {
+        source: &source,
+        destination: &destination,
+        cluster: routed.cluster,
+        status: resp.status().as_u16(),
+        flags: routed.flags.unwrap_or("-"),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        request_bytes,
+        // Known when the upstream said (content-length) or the proxy replied itself.
+        response_bytes: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0),
+    });
     if let (Some(mut span), Some(exporter)) = (span, &proxy.exporter) {
-        span.duration = t0.elapsed();
+        span.duration = elapsed;
         span.status = resp.status().as_u16();
-        span.upstream_cluster = routed.cluster.map(cluster_name);
+        span.upstream_cluster = routed.cluster.map(crate::breaker::envoy_cluster_name);
+        span.operation = match routed.cluster {
+            // Istio's route decorator: the destination host and port, any path.
+            Some(k) => format!(
+                "{}.{}.svc.cluster.local:{}/*",
+                k.service.name, k.service.namespace, k.port
+            ),
+            None => match conn.original_dst {
+                Some(d) => format!("{d}/*"),
+                None => format!("{}/*", span.authority),
+            },
+        };
         span.upstream_addr = routed.upstream;
+        span.response_flags = routed.flags.unwrap_or("-");
         exporter.export(span);
     }
     resp
@@ -125,10 +187,10 @@ async fn route<'a>(
             )
             .await;
         }
-        Err(reply) => return reply.response(),
+        Err(reply) => return routed.reply(reply),
     };
     if let Err(reply) = layers::fault::inject(route.route.fault.as_ref()).await {
-        return reply.response();
+        return routed.reply(reply);
     }
     let mut resp = match &route.route.action {
         RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
@@ -139,12 +201,12 @@ async fn route<'a>(
         RouteAction::Route(_) => {
             let dest = match layers::route::destination(route) {
                 Ok(d) => d,
-                Err(reply) => return reply.response(),
+                Err(reply) => return routed.reply(reply),
             };
             routed.cluster = Some(&dest.key);
             let target = match layers::route::target(dest, || proxy.passthrough_endpoint(orig)) {
                 Ok(t) => t,
-                Err(reply) => return reply.response(),
+                Err(reply) => return routed.reply(reply),
             };
             return send(conn, route, matcher, target, head, body, authority, routed).await;
         }
@@ -254,6 +316,9 @@ async fn send(
     })
     .await;
     routed.upstream = upstream;
+    if let Some(f) = resp.extensions().get::<super::forward::ResponseFlag>() {
+        routed.flags = Some(f.0);
+    }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), upgrade && switching);
     if let (true, Some(down)) = (switching, downstream_upgrade) {
@@ -276,4 +341,11 @@ fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
             set_cookie: None,
         },
     }
+}
+
+fn content_length(h: &http::HeaderMap) -> u64 {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -31,16 +31,19 @@
 
 mod body;
 mod breaker;
+pub mod export;
 mod forward;
 mod handler;
 mod hash;
 mod hashkey;
 mod headers;
 mod idle;
+pub mod istio_metrics;
 mod layers;
 mod lb;
 mod matching;
 mod mirror;
+mod otlp;
 mod outlier;
 mod redirect;
 mod retry;
@@ -49,6 +52,8 @@ mod snapshot;
 mod trace;
 mod upgrade;
 mod upstream;
+mod workload;
+mod zipkin;
 
 #[cfg(test)]
 mod tests;
@@ -64,8 +69,8 @@ use meshpath_model::l7::{HttpRoute, L7Config};
 
 pub use outlier::EjectedSet;
 pub use server::serve;
-// `Span` is what a future exporter receives; nothing in the agent builds one yet.
 pub use trace::{Span, SpanExporter};
+pub use workload::Workload;
 
 /// Where a steered connection was originally going, and who opened it.
 pub trait OriginalDst: Send + Sync {
@@ -76,6 +81,12 @@ pub trait OriginalDst: Send + Sync {
     /// Labels of the pod at `peer`, for `sourceLabels` matches. Called once per connection.
     fn source_labels(&self, _peer: SocketAddr) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+
+    /// The workload of the pod at `peer`, for span names, tags and per-workload sampling.
+    /// Called once per connection.
+    fn source_workload(&self, _peer: SocketAddr) -> Option<Arc<Workload>> {
+        None
     }
 }
 
@@ -118,6 +129,7 @@ pub struct Proxy {
     passthrough_route: snapshot::RouteRt,
     opts: ProxyOptions,
     exporter: Option<Arc<dyn SpanExporter>>,
+    metrics: istio_metrics::IstioMetrics,
 }
 
 /// Bound on remembered passthrough destinations (each holds an idle pool).
@@ -156,6 +168,7 @@ impl Proxy {
             passthrough_route: snapshot::route_rt(&HttpRoute::default(), &none),
             opts,
             exporter,
+            metrics: istio_metrics::IstioMetrics::default(),
         })
     }
 
@@ -185,6 +198,11 @@ impl Proxy {
             *cur = Arc::new(next);
         }
         cur.clone()
+    }
+
+    /// Istio's standard metrics, live: register them once in the admin's registry.
+    pub fn istio_metrics(&self) -> istio_metrics::IstioMetrics {
+        self.metrics.clone()
     }
 
     /// A handle on the per-cluster stats, for the admin endpoint.

@@ -47,6 +47,8 @@ pub async fn serve(listener: TcpListener, original_dst: Arc<dyn OriginalDst>, pr
         let conn = Arc::new(ConnCtx {
             original_dst: original_dst.original_dst(&stream, peer),
             source_labels: original_dst.source_labels(peer),
+            source: original_dst.source_workload(peer),
+            resolver: original_dst.clone(),
             proxy: proxy.clone(),
             peer,
             local,

@@ -4,24 +4,29 @@
 //! a request that already carries a trace id continues it (the caller's span becomes our
 //! parent), one that carries none starts a new trace.
 //!
+//! `x-ot-span-context` and any other header pass through untouched, as in Envoy's Zipkin mode.
 //! Span export plugs in through [`SpanExporter`]; until one is set nothing is built, so the
 //! request path pays only for the headers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::workload::Workload;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) static X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
 pub(crate) static X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
 pub(crate) static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 pub(crate) static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub(crate) static X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+pub(crate) static B3: HeaderName = HeaderName::from_static("b3");
 
 /// One finished proxy span, handed to the exporter when the response headers are sent.
-// Its fields are read by exporters, which the agent does not have yet.
-#[allow(dead_code)]
+/// Exporters (`zipkin`, `otlp`) turn it into the span Envoy's Zipkin tracer reports for Istio.
 #[derive(Clone, Debug)]
 pub struct Span {
     pub trace_id: String,
@@ -34,24 +39,43 @@ pub struct Span {
     pub method: String,
     pub authority: String,
     pub path: String,
+    /// `HTTP/1.1` or `HTTP/2`, as Envoy's `http.protocol` tag spells it.
+    pub protocol: &'static str,
     pub status: u16,
-    /// `namespace/name:port[/subset]` of the cluster the request went to, if any.
+    /// Envoy's name of the cluster the request went to (`outbound|port|subset|host`), if any.
     pub upstream_cluster: Option<String>,
     pub upstream_addr: Option<SocketAddr>,
+    /// Istio's operation name: `<host>:<port>/*`.
+    pub operation: String,
+    /// Envoy's response flags (`-` when none).
+    pub response_flags: &'static str,
+    /// The ClusterIP:port the client connected to.
+    pub original_dst: Option<SocketAddr>,
+    pub peer: SocketAddr,
+    /// The client's workload, when the proxy knows the pod at `peer`.
+    pub source: Option<Arc<Workload>>,
 }
 
-/// Where finished spans go (Zipkin, OTLP, ...: a later issue). Called on the request path:
-/// implementations must not block (queue and export from their own task).
+/// Where finished spans go (see `export`). Called on the request path: implementations must
+/// not block (queue and export from their own task).
 pub trait SpanExporter: Send + Sync {
     fn export(&self, span: Span);
 }
 
 /// Fills in the request id and B3 headers and tells whether the request is sampled.
-/// `sampling` is the percentage of NEW traces sampled; a continued trace keeps the caller's
-/// decision.
+/// `sampling` is the percentage of NEW traces sampled; an incoming decision (`x-b3-sampled`,
+/// the debug flag `x-b3-flags: 1`, or the sampling field of a single `b3` header) wins, as in
+/// Envoy. A single `b3` header is read when no `x-b3-traceid` is present, and rewritten with
+/// the new span so the next hop does not read a stale context from it.
 pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> bool {
     // Room for what this and the router add, so the map grows once instead of per insert.
     headers.reserve(8);
+    let had_b3 = headers.contains_key(&B3);
+    if had_b3 && !headers.contains_key(&X_B3_TRACEID) {
+        if let Some(v) = headers.get(&B3).cloned() {
+            expand_b3(headers, v.as_bytes());
+        }
+    }
     let continuing = headers.contains_key(&X_B3_TRACEID);
     let fresh = Fresh::new(!headers.contains_key(&X_REQUEST_ID), !continuing);
     if let Some(rid) = fresh.request_id {
@@ -71,7 +95,11 @@ pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> bool {
         }
     }
     headers.insert(X_B3_SPANID.clone(), fresh.span_id);
-    match headers.get(&X_B3_SAMPLED) {
+    let debug = headers
+        .get(&X_B3_FLAGS)
+        .is_some_and(|v| v.as_bytes() == b"1");
+    let sampled = match headers.get(&X_B3_SAMPLED) {
+        _ if debug => true,
         Some(v) => v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"),
         None => {
             let s = decide(sampling);
@@ -81,6 +109,70 @@ pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> bool {
             );
             s
         }
+    };
+    if had_b3 {
+        rewrite_b3(headers, sampled, debug);
+    }
+    sampled
+}
+
+/// `b3: {traceid}-{spanid}[-{sampling}[-{parentspanid}]]` or a bare sampling state (`0`, `1`,
+/// `d`) into the multi headers. Malformed values are ignored (a new trace starts).
+fn expand_b3(headers: &mut HeaderMap, v: &[u8]) {
+    let Ok(v) = std::str::from_utf8(v) else {
+        return;
+    };
+    let mut parts = v.split('-');
+    let first = parts.next().unwrap_or_default();
+    let sampling = |h: &mut HeaderMap, s: &str| match s {
+        "1" | "0" => {
+            h.insert(
+                X_B3_SAMPLED.clone(),
+                HeaderValue::from_static(if s == "1" { "1" } else { "0" }),
+            );
+        }
+        "d" => {
+            h.insert(X_B3_FLAGS.clone(), HeaderValue::from_static("1"));
+        }
+        _ => {}
+    };
+    let Some(span) = parts.next() else {
+        sampling(headers, first);
+        return;
+    };
+    let hex_id = |s: &str, lens: &[usize]| {
+        lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    if !hex_id(first, &[16, 32]) || !hex_id(span, &[16]) {
+        return;
+    }
+    let value = |s: &str| HeaderValue::from_str(s).expect("hex digits are a valid header value");
+    headers.insert(X_B3_TRACEID.clone(), value(first));
+    headers.insert(X_B3_SPANID.clone(), value(span));
+    if let Some(s) = parts.next() {
+        sampling(headers, s);
+    }
+}
+
+fn rewrite_b3(headers: &mut HeaderMap, sampled: bool, debug: bool) {
+    let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+    let (Some(trace), Some(span)) = (get(&X_B3_TRACEID), get(&X_B3_SPANID)) else {
+        return;
+    };
+    let state = if debug {
+        "d"
+    } else if sampled {
+        "1"
+    } else {
+        "0"
+    };
+    let mut v = format!("{trace}-{span}-{state}");
+    if let Some(parent) = get(&X_B3_PARENTSPANID) {
+        v.push('-');
+        v.push_str(parent);
+    }
+    if let Ok(v) = HeaderValue::try_from(v) {
+        headers.insert(B3.clone(), v);
     }
 }
 
@@ -169,3 +261,7 @@ fn uuid_v4(out: &mut [u8]) {
 pub(crate) fn value_string(v: &HeaderValue) -> String {
     String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
+
+#[cfg(test)]
+#[path = "trace_tests.rs"]
+mod tests;

@@ -206,3 +206,30 @@ fn dns_capture_is_on_with_manifests_and_opt_in_with_kube() {
     assert!(kube(&["--dns-capture", "true"]).dns_without_proxy);
     assert!(parse_resolver("nope").unwrap_err().contains("nope"));
 }
+
+#[test]
+fn tracing() {
+    let c = agent(&[]);
+    assert_eq!(
+        c.trace,
+        TraceConfig {
+            sampling_hundredths: 100,
+            collector: None,
+            format: TraceFormatArg::Zipkin,
+            mesh_id: "cluster.local".into(),
+        }
+    );
+    let c = agent(&[
+        "--trace-sampling",
+        "12.5",
+        "--trace-collector",
+        "http://127.0.0.1:9411",
+        "--trace-format",
+        "otlp",
+    ]);
+    assert_eq!(c.trace.sampling_hundredths, 1250);
+    assert_eq!(c.trace.collector.as_deref(), Some("http://127.0.0.1:9411"));
+    assert_eq!(c.trace.format, TraceFormatArg::Otlp);
+    assert!(parse_percent("101").is_err());
+    assert!(parse_percent("x").is_err());
+}

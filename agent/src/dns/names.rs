@@ -148,6 +148,8 @@ mod tests {
                 ip: Some(Ipv4Addr::new(10, 244, 0, 10)),
                 container_ports: vec![],
                 placement: Default::default(),
+                workload: "client".to_owned(),
+                trace_sampling_hundredths: None,
             },
         );
         m

@@ -70,6 +70,17 @@ pub(crate) enum Reply {
 }
 
 impl Reply {
+    /// Envoy's response flag for this reply, as access logs, spans and metrics report it.
+    pub(crate) fn flag(self) -> &'static str {
+        match self {
+            Reply::NoRoute => "NR",
+            Reply::ClusterNotFound => "NC",
+            Reply::FaultAbort(_) => "FI",
+            Reply::Overflow => "UO",
+            Reply::NoHealthyUpstream => "UH",
+        }
+    }
+
     pub(crate) fn response(self) -> Response<ProxyBody> {
         match self {
             Reply::NoRoute => local_reply(StatusCode::NOT_FOUND, ""),

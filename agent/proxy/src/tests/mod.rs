@@ -5,12 +5,15 @@ mod actions;
 mod bench;
 mod circuit_breaking;
 mod faults;
+mod istio_metrics;
+mod jaeger;
 mod lb;
 mod matching;
 mod outlier;
 mod request_limits;
 mod retries;
 mod routing;
+mod span_export;
 mod tracing_ids;
 
 use std::collections::BTreeMap;
@@ -203,7 +206,7 @@ pub(super) async fn start(cfg: L7Config) -> Harness {
 
 pub(super) async fn start_with(
     cfg: L7Config,
-    dst: FixedDst,
+    dst: impl OriginalDst + 'static,
     exporter: Option<Arc<dyn SpanExporter>>,
 ) -> Harness {
     let (tx, rx) = watch::channel(Arc::new(cfg));

@@ -91,7 +91,12 @@ async fn sampled_requests_are_exported_as_spans() {
         (span.method.as_str(), span.path.as_str(), span.status),
         ("GET", "/traced", 200)
     );
-    assert_eq!(span.upstream_cluster.as_deref(), Some("default/svc:80"));
+    assert_eq!(
+        span.upstream_cluster.as_deref(),
+        Some("outbound|80||svc.default.svc.cluster.local")
+    );
+    assert_eq!(span.operation, "svc.default.svc.cluster.local:80/*");
+    assert_eq!((span.protocol, span.response_flags), ("HTTP/1.1", "-"));
     assert_eq!(span.upstream_addr, Some(a.addr));
     assert_eq!(span.parent_span_id, None);
     assert_eq!(span.request_id.as_deref(), seen.header("x-request-id"));

@@ -166,13 +166,65 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, ConvertError> {
             .and_then(|a| a.get(crate::convert::MIRROR_ANNOTATION))
             .cloned(),
     };
+    let labels = string_map(&pod.metadata.labels);
     Ok(Pod {
         id: ctx.id(),
-        labels: string_map(&pod.metadata.labels),
+        workload: workload_name(&pod.metadata, &labels),
+        trace_sampling_hundredths: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PROXY_CONFIG_ANNOTATION))
+            .and_then(|c| trace_sampling(c)),
+        labels,
         ip,
         container_ports,
         placement,
     })
+}
+
+/// Istio's per-pod proxy config; only `tracing.sampling` is read.
+const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+
+#[derive(serde::Deserialize)]
+struct ProxyConfigAnnotation {
+    tracing: Option<TracingConfig>,
+}
+
+#[derive(serde::Deserialize)]
+struct TracingConfig {
+    sampling: Option<f64>,
+}
+
+/// `tracing.sampling` (a percentage, 0 to 100) from the annotation's YAML, in hundredths of a
+/// percent; an unreadable annotation or an out-of-range value is ignored, as istio-agent
+/// falls back to the mesh default.
+fn trace_sampling(yaml: &str) -> Option<u32> {
+    let c: ProxyConfigAnnotation = serde_saphyr::from_str(yaml).ok()?;
+    let pct = c.tracing?.sampling?;
+    (0.0..=100.0)
+        .contains(&pct)
+        // In range: the cast cannot truncate.
+        .then(|| (pct * 100.0).round() as u32)
+}
+
+/// Istio's workload name for a pod (see `Pod::workload`).
+fn workload_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let pod_name = meta.name.clone().unwrap_or_default();
+    let Some(owner) = meta.owner_references.as_ref().and_then(|o| o.first()) else {
+        return pod_name;
+    };
+    if owner.kind == "ReplicaSet" {
+        if let Some(hash) = labels.get("pod-template-hash") {
+            if let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")) {
+                return deployment.to_owned();
+            }
+        }
+    }
+    owner.name.clone()
 }
 
 #[cfg(test)]

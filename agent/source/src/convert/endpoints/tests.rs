@@ -167,6 +167,39 @@ fn pod_conversion() {
 }
 
 #[test]
+fn pod_workload_and_trace_sampling() {
+    let p = pod(&pod_json(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "reviews-v1-5d8f7c9b4-x2x7q", "namespace": "bookinfo",
+            "labels": {"app": "reviews", "pod-template-hash": "5d8f7c9b4"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "reviews-v1-5d8f7c9b4", "uid": "u"}],
+            "annotations": {"proxy.istio.io/config": "tracing:\n  sampling: 12.5\nconcurrency: 2\n"}}
+    })))
+    .unwrap();
+    assert_eq!(p.workload, "reviews-v1");
+    assert_eq!(p.trace_sampling_hundredths, Some(1250));
+
+    let p = pod(&pod_json(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "job-abc", "namespace": "ns",
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "job", "uid": "u"}],
+            "annotations": {"proxy.istio.io/config": "{tracing: {sampling: 250}}"}}
+    })))
+    .unwrap();
+    assert_eq!(p.workload, "job");
+    assert_eq!(p.trace_sampling_hundredths, None, "out of range: ignored");
+
+    let bare = pod(&pod_json(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p",
+            "annotations": {"proxy.istio.io/config": "not: [yaml"}}}),
+    ))
+    .unwrap();
+    assert_eq!(bare.workload, "p");
+    assert_eq!(bare.trace_sampling_hundredths, None);
+}
+
+#[test]
 fn pod_errors() {
     let err = |v| pod(&pod_json(v)).unwrap_err().to_string();
     assert_eq!(

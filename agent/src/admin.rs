@@ -58,6 +58,8 @@ pub struct AdminState {
     pub sync: meshpath_source::sync_metrics::SyncMetrics,
     /// Set once the first snapshot of the cluster is programmed.
     pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Istio's TCP metrics from the kernel (`--tcp-metrics`), when the datapath has them.
+    pub tcp_metrics: Option<std::sync::Arc<crate::tcp_metrics::KernelTcpMetrics>>,
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -217,6 +219,9 @@ fn metrics(state: &AdminState) -> String {
         registry.register(name.clone(), name, f);
     }
     state.sync.register(&mut registry);
+    if let Some(tcp) = &state.tcp_metrics {
+        tcp.register(&mut registry);
+    }
     let mut out = String::new();
     if let Err(error) = encode(&mut out, &registry) {
         warn!(%error, "encoding metrics");
@@ -271,6 +276,7 @@ mod tests {
             pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
             programmed: Default::default(),
             sync: Default::default(),
+            tcp_metrics: None,
         };
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
@@ -329,6 +335,7 @@ mod tests {
             pin_dir: PathBuf::from("/nonexistent"),
             programmed: Default::default(),
             sync: Default::default(),
+            tcp_metrics: None,
         };
         let text = metrics(&state);
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

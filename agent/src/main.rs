@@ -8,6 +8,7 @@ mod netns;
 mod proxy_listeners;
 mod reconcile;
 mod run;
+mod tcp_metrics;
 mod validate;
 
 use meshpath_datapath::{self as datapath, status};

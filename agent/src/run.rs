@@ -98,7 +98,23 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sync = meshpath_source::sync_metrics::SyncMetrics::default();
+    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
+    let tcp_metrics = if cfg.features.tcp_metrics {
+        match meshpath_datapath::tcp_metrics::TcpMetricsReader::open_pinned(&cfg.pin_dir) {
+            Ok(reader) => Some(Arc::new(crate::tcp_metrics::KernelTcpMetrics::new(
+                reader,
+                model_rx.clone(),
+            ))),
+            Err(error) => {
+                warn!(%error, "kernel TCP metrics not exported");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let admin = crate::admin::AdminState {
+        tcp_metrics,
         sync: sync.clone(),
         programmed: programmed.clone(),
         proxy: proxy_stats,
@@ -111,7 +127,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         warn!(error = %e, cause = cause.as_deref().unwrap_or(""), "admin listener not started");
     }
     // After the admin listener: its probes answer while the first list is awaited.
-    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
     let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
     let _source = match &cfg.source {
         SourceConfig::Manifests(dir) => {

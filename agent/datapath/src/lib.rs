@@ -9,6 +9,7 @@ pub mod maps;
 mod pins;
 pub mod redirect;
 pub mod status;
+pub mod tcp_metrics;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,10 @@ pub struct Features {
     pub socket_redirect: bool,
     /// connect4 + sock_ops: `connectionPool.tcp.maxConnections` enforced in the kernel.
     pub connection_limits: bool,
+    /// sock_ops: Istio's TCP metrics of translated connections (`tcp_metrics`).
+    pub tcp_metrics: bool,
+    /// How often a live connection's bytes are added to its pair, at most (milliseconds, ≥ 1).
+    pub tcp_metrics_sample_ms: u32,
 }
 
 impl Features {

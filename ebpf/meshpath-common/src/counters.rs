@@ -62,10 +62,24 @@ pub enum Reason {
     ConnLimitSubsetRefused = 25,
     /// A slot or a tracked socket named a service or group id outside its array: not counted.
     ConnLimitIdInvalid = 26,
+    /// A translated TCP connection was established and counted in the TCP metrics.
+    TcpMetricsOpened = 27,
+    /// An established client socket had no reverse-translation entry (not a service connection,
+    /// or the entry was evicted): not in the TCP metrics.
+    TcpMetricsNoRevNat = 28,
+    /// The live-connection table was full: the connection is not in the TCP metrics.
+    TcpMetricsConnTableFull = 29,
+    /// The workload-pair table was full: a connection's open, bytes or close were not counted.
+    TcpMetricsFlowTableFull = 30,
+    /// A counted connection closed and its bytes were added.
+    TcpMetricsClosed = 31,
+    /// Asking for the state and RTT callbacks of a counted connection failed: its close and
+    /// samples may be missed.
+    TcpMetricsCbFlagsFailed = 32,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 27;
+pub const REASON_COUNT: u32 = 33;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -96,6 +110,12 @@ impl Reason {
         Reason::ConnReleased,
         Reason::ConnLimitSubsetRefused,
         Reason::ConnLimitIdInvalid,
+        Reason::TcpMetricsOpened,
+        Reason::TcpMetricsNoRevNat,
+        Reason::TcpMetricsConnTableFull,
+        Reason::TcpMetricsFlowTableFull,
+        Reason::TcpMetricsClosed,
+        Reason::TcpMetricsCbFlagsFailed,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -128,6 +148,12 @@ impl Reason {
             Reason::ConnReleased => "conn_released",
             Reason::ConnLimitSubsetRefused => "conn_limit_subset_refused",
             Reason::ConnLimitIdInvalid => "conn_limit_id_invalid",
+            Reason::TcpMetricsOpened => "tcp_metrics_opened",
+            Reason::TcpMetricsNoRevNat => "tcp_metrics_no_revnat",
+            Reason::TcpMetricsConnTableFull => "tcp_metrics_conn_table_full",
+            Reason::TcpMetricsFlowTableFull => "tcp_metrics_flow_table_full",
+            Reason::TcpMetricsClosed => "tcp_metrics_closed",
+            Reason::TcpMetricsCbFlagsFailed => "tcp_metrics_cb_flags_failed",
         }
     }
 
@@ -149,6 +175,9 @@ impl Reason {
                 | Reason::MsgFallbackSticky
                 | Reason::SockRedirectDisabled
                 | Reason::ConnReleased
+                | Reason::TcpMetricsOpened
+                | Reason::TcpMetricsNoRevNat
+                | Reason::TcpMetricsClosed
         )
     }
 }

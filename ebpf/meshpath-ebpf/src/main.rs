@@ -12,6 +12,7 @@ mod counters;
 mod lb;
 mod maps;
 mod redirect;
+mod tcp_metrics;
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
@@ -113,6 +114,7 @@ pub fn mp_getpeername6(ctx: SockAddrContext) -> i32 {
 #[sock_ops]
 pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
     connlimit::on_sockops(&ctx);
+    tcp_metrics::on_sockops(&ctx);
     match redirect::try_sockops(&ctx) {
         Ok(v) | Err(v) => v,
     }

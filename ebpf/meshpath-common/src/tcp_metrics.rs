@@ -42,8 +42,11 @@ pub struct TcpFlowStats {
     pub received_bytes: u64,
 }
 
-/// A live connection (by socket cookie): its pair, and the byte counts already added to the
-/// pair, so a sample taken before the close and the close itself never count a byte twice.
+/// A live connection (by socket cookie): its pair, and the kernel's byte counters as already
+/// added to the pair, so a sample taken before the close and the close itself never count a byte
+/// twice. The kernel's counters advance with the sequence space, so they include the SYN (in
+/// `bytes_acked` at establishment, taken as already reported) and each FIN (subtracted at close
+/// from the TCP state the socket closes from).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TcpConn {
@@ -52,8 +55,11 @@ pub struct TcpConn {
     pub received_reported: u64,
     /// `bpf_ktime_get_ns()` when the bytes were last added.
     pub reported_ns: u64,
+    /// `bytes_received` when the socket entered FIN_WAIT2 (`u64::MAX` before): a close from
+    /// FIN_WAIT2 with more received since came from the peer's FIN.
+    pub fin_wait2_received: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<TcpFlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<TcpFlowStats>() == 32);
-const _: () = assert!(core::mem::size_of::<TcpConn>() == 40);
+const _: () = assert!(core::mem::size_of::<TcpConn>() == 48);

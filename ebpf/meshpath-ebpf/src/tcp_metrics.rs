@@ -25,7 +25,13 @@ use meshpath_common::{
 use crate::counters::bump;
 use crate::maps::{MP_CONFIG, MP_REVNAT, MP_TCP_CONNS, MP_TCP_FLOWS};
 
-const BPF_TCP_CLOSE: u32 = 7;
+/// TCP states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE: u32 = 7;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
 
 #[inline(always)]
 pub fn on_sockops(ctx: &SockOpsContext) {
@@ -36,8 +42,12 @@ pub fn on_sockops(ctx: &SockOpsContext) {
         }
     } else if op == BPF_SOCK_OPS_RTT_CB {
         sample(ctx);
-    } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE {
-        closed(ctx);
+    } else if op == BPF_SOCK_OPS_STATE_CB {
+        match ctx.arg(1) {
+            TCP_CLOSE => closed(ctx, ctx.arg(0)),
+            TCP_FIN_WAIT2 => fin_wait2(ctx),
+            _ => {}
+        }
     }
 }
 
@@ -66,10 +76,14 @@ fn opened(ctx: &SockOpsContext) {
         backend_port_be,
         _pad0: 0,
     };
+    // SAFETY: sock_ops hands a valid context; established sockets are full TCP sockets.
+    let (acked, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
     let conn = TcpConn {
         flow,
-        sent_reported: 0,
-        received_reported: 0,
+        // The SYN (acknowledged by now) is not a byte the application sent.
+        sent_reported: acked,
+        received_reported: received,
+        fin_wait2_received: u64::MAX,
         // SAFETY: no preconditions.
         reported_ns: unsafe { bpf_ktime_get_ns() },
     };
@@ -104,7 +118,11 @@ fn sample(ctx: &SockOpsContext) {
     // SAFETY: the value lives while the entry does; only this socket's callbacks write it, and
     // the kernel runs them under the socket's lock, one at a time.
     let conn = unsafe { &mut *conn };
-    if interval_ms == 0 || now.wrapping_sub(conn.reported_ns) < u64::from(interval_ms) * 1_000_000 {
+    // SAFETY: sock_ops hands a valid context.
+    let state = unsafe { (*ctx.ops).state };
+    // Only while established: no FIN has been consumed in either direction yet.
+    if state != TCP_ESTABLISHED
+        || interval_ms == 0 || now.wrapping_sub(conn.reported_ns) < u64::from(interval_ms) * 1_000_000 {
         return;
     }
     // SAFETY: as in `closed`: the RTT callback runs on a full TCP socket.
@@ -122,8 +140,21 @@ fn sample(ctx: &SockOpsContext) {
     conn.reported_ns = now;
 }
 
+/// Remembers what was received when our FIN was acknowledged (see `TcpConn::fin_wait2_received`).
 #[inline(always)]
-fn closed(ctx: &SockOpsContext) {
+fn fin_wait2(ctx: &SockOpsContext) {
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(conn) = MP_TCP_CONNS.get_ptr_mut(&cookie) {
+        // SAFETY: as in `sample`; the context field read is plain.
+        unsafe { (*conn).fin_wait2_received = (*ctx.ops).bytes_received };
+    }
+}
+
+/// `from` is the state the socket closes from: it tells which FINs the counters include. A
+/// reset in LAST_ACK or CLOSING (our FIN never acknowledged) counts one byte short.
+#[inline(always)]
+fn closed(ctx: &SockOpsContext, from: u32) {
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
@@ -134,6 +165,15 @@ fn closed(ctx: &SockOpsContext) {
     // SAFETY: sock_ops hands a valid context; at TCP_CLOSE the socket is a full TCP socket, whose
     // byte counters the kernel exposes through it.
     let (acked, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
+    let our_fin_acked = matches!(from, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING);
+    // From FIN_WAIT2 the close is either the peer's FIN (received counter moved since) or a
+    // timeout / an orphaned socket's ACK path (it did not).
+    let peer_fin = matches!(from, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+        || (from == TCP_FIN_WAIT2
+            && conn.fin_wait2_received != u64::MAX
+            && received > conn.fin_wait2_received);
+    let acked = acked.saturating_sub(u64::from(our_fin_acked));
+    let received = received.saturating_sub(u64::from(peer_fin));
     let Some(stats) = flow_stats(&conn.flow) else {
         return;
     };

@@ -58,6 +58,9 @@ pub struct AdminState {
     pub sync: meshpath_source::sync_metrics::SyncMetrics,
     /// Set once the first snapshot of the cluster is programmed.
     pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The pinned maps for `/stats`, opened at the first request and kept (opening every map
+    /// per request costs syscalls per map).
+    pub kernel_maps: std::sync::Arc<std::sync::Mutex<Option<meshpath_datapath::DatapathMaps>>>,
     /// Istio's TCP metrics from the kernel (`--tcp-metrics`), when the datapath has them.
     pub tcp_metrics: Option<std::sync::Arc<crate::tcp_metrics::KernelTcpMetrics>>,
 }
@@ -135,7 +138,8 @@ async fn envoy_stats(state: &AdminState) -> String {
         .unwrap_or_default();
     // Map reads are syscalls: off the async workers.
     let pin_dir = state.pin_dir.clone();
-    let kernel = tokio::task::spawn_blocking(move || kernel_stats(&pin_dir))
+    let maps = state.kernel_maps.clone();
+    let kernel = tokio::task::spawn_blocking(move || kernel_stats(&pin_dir, &maps))
         .await
         .unwrap_or_default();
     out.push_str(&kernel);
@@ -143,10 +147,29 @@ async fn envoy_stats(state: &AdminState) -> String {
 }
 
 /// Kernel-side counters from the pinned maps (empty when they cannot be read).
-fn kernel_stats(pin_dir: &std::path::Path) -> String {
-    let status = match meshpath_datapath::status::read(pin_dir) {
-        Ok(s) => s,
-        Err(error) => {
+fn kernel_stats(
+    pin_dir: &std::path::Path,
+    maps: &std::sync::Mutex<Option<meshpath_datapath::DatapathMaps>>,
+) -> String {
+    let Ok(mut maps) = maps.lock() else {
+        return String::new();
+    };
+    if maps.is_none() {
+        match meshpath_datapath::DatapathMaps::open_pinned(pin_dir) {
+            Ok(m) => *maps = Some(m),
+            Err(error) => {
+                debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
+                return String::new();
+            }
+        }
+    }
+    let status = match maps
+        .as_ref()
+        .map(|m| meshpath_datapath::status::from_maps(m, pin_dir))
+    {
+        Some(Ok(s)) => s,
+        None => return String::new(),
+        Some(Err(error)) => {
             debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
             return String::new();
         }
@@ -277,6 +300,7 @@ mod tests {
             programmed: Default::default(),
             sync: Default::default(),
             tcp_metrics: None,
+            kernel_maps: Default::default(),
         };
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
@@ -336,6 +360,7 @@ mod tests {
             programmed: Default::default(),
             sync: Default::default(),
             tcp_metrics: None,
+            kernel_maps: Default::default(),
         };
         let text = metrics(&state);
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

@@ -28,6 +28,7 @@ pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
 pub const ENV_SOCKET_REDIRECT: &str = "MESHPATH_SOCKET_REDIRECT";
 pub const ENV_CONNECTION_LIMITS: &str = "MESHPATH_CONNECTION_LIMITS";
 pub const ENV_TCP_METRICS: &str = "MESHPATH_TCP_METRICS";
+pub const ENV_BPF_LOG: &str = "MESHPATH_BPF_LOG";
 pub const ENV_TCP_METRICS_SAMPLE_MS: &str = "MESHPATH_TCP_METRICS_SAMPLE_MS";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
 pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
@@ -190,6 +191,11 @@ pub struct AgentArgs {
     /// (milliseconds): sampled from the kernel's RTT callbacks; closes always report.
     #[arg(long, env = ENV_TCP_METRICS_SAMPLE_MS, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub tcp_metrics_sample_ms: u32,
+    /// The kernel programs' debug events (connects translated or refused, sockhash insert
+    /// failures) through aya-log into the agent's log (target `meshpath::bpf`, debug level).
+    /// Off: the verifier removes the logging code, so the programs pay nothing.
+    #[arg(long, env = ENV_BPF_LOG, default_value_t = false, action = clap::ArgAction::Set)]
+    pub bpf_log: bool,
     /// Load-balancing policy for services without a `meshpath.io/lb-policy` annotation.
     #[arg(long, env = ENV_DEFAULT_LB_POLICY, value_enum, default_value_t = PolicyArg::Random)]
     pub default_lb_policy: PolicyArg,
@@ -287,6 +293,7 @@ impl From<&AgentArgs> for AgentConfig {
                 connection_limits: a.connection_limits,
                 tcp_metrics: a.tcp_metrics,
                 tcp_metrics_sample_ms: a.tcp_metrics_sample_ms,
+                bpf_log: a.bpf_log,
             },
             agent_cgroup: a.agent_cgroup.clone(),
             proxy: a.proxy_ip.map(|ip| ProxyConfig {

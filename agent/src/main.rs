@@ -1,6 +1,7 @@
 //! `meshpath`: the node agent and its CLI.
 
 mod admin;
+mod bpf_log;
 mod cgroup_layout;
 mod config;
 mod coverage;

@@ -77,6 +77,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let cgroup = attach_cgroup(&cfg)?;
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cgroup, cfg.features)?;
     info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cgroup.display(), features = ?cfg.features, "datapath loaded");
+    if let Some(log) = datapath.take_log() {
+        if let Err(error) = crate::bpf_log::spawn(log) {
+            warn!(%error, "eBPF log not forwarded");
+        }
+    }
 
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
@@ -115,6 +120,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let admin = crate::admin::AdminState {
         tcp_metrics,
+        kernel_maps: Default::default(),
         sync: sync.clone(),
         programmed: programmed.clone(),
         proxy: proxy_stats,

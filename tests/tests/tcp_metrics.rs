@@ -245,3 +245,33 @@ fn tcp_metrics_off_switch_exports_nothing() {
         0
     );
 }
+
+#[test]
+fn bpf_log_switch_forwards_kernel_events_to_the_agent_log() {
+    skip_unless!(AGENT);
+    let c = cluster(&["--bpf-log", "true"]);
+    let r = c.node.tcp(0, addr(VIP, 80), 1).expect("tcp client");
+    assert_eq!(r.ok(), 1, "{r:?}");
+    let web_ip = c.node.pod(1).ip();
+    c.wait_log(
+        &[&format!("connect translated: service 1 to {web_ip}:8080")],
+        WAIT,
+    );
+}
+
+#[test]
+fn bpf_log_is_off_by_default() {
+    skip_unless!(AGENT);
+    let c = cluster(&[]);
+    let r = c.node.tcp(0, addr(VIP, 80), 3).expect("tcp client");
+    assert_eq!(r.ok(), 3, "{r:?}");
+    // The connects are counted (so the programs ran) but nothing was logged for them.
+    c.wait_status("connects counted", WAIT, |s| {
+        meshpath_tests::agent::svc(s, "default/web:")["connects"] == 3
+    });
+    assert!(
+        !c.agent.log().contains("connect translated"),
+        "{}",
+        c.agent.log()
+    );
+}

@@ -28,7 +28,8 @@ fn defaults() {
             socket_redirect: false,
             connection_limits: true,
             tcp_metrics: true,
-            tcp_metrics_sample_ms: 5_000
+            tcp_metrics_sample_ms: 5_000,
+            bpf_log: false
         }
     );
     assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
@@ -89,7 +90,8 @@ fn off_switches_and_policy() {
             socket_redirect: true,
             connection_limits: false,
             tcp_metrics: true,
-            tcp_metrics_sample_ms: 5_000
+            tcp_metrics_sample_ms: 5_000,
+            bpf_log: false
         }
     );
     assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);

@@ -10,6 +10,7 @@ mod addr;
 mod connlimit;
 mod counters;
 mod lb;
+mod log;
 mod maps;
 mod redirect;
 mod tcp_metrics;
@@ -155,6 +156,7 @@ fn try_translate(
         Ok(b) => b,
         Err(reason) => {
             bump(reason);
+            log::refused(ctx, svc.svc_id, reason);
             if reason == Reason::NoBackend {
                 bump_service(svc.svc_id, ServiceCounter::NoBackend);
             }
@@ -167,6 +169,7 @@ fn try_translate(
     if proto == PROTO_TCP {
         let limit = connlimit::target(&key, &svc, slot);
         if let connlimit::Admission::Refused = connlimit::admit(limit, socket_cookie) {
+            log::refused(ctx, svc.svc_id, Reason::ConnLimitRefused);
             return Err(refuse());
         }
     }
@@ -192,6 +195,7 @@ fn try_translate(
     unsafe { (*sa).user_port = backend.port_be as u32 };
     bump(translated);
     bump_service(svc.svc_id, per_service);
+    log::translated(ctx, svc.svc_id, backend.ip_be, backend.port_be);
     Ok(ALLOW)
 }
 

@@ -141,7 +141,7 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
         });
     }
     services.sort_by(|a, b| (&a.name, &a.frontend).cmp(&(&b.name, &b.frontend)));
-    let limit_groups = groups(&maps)?;
+    let limit_groups = groups(maps)?;
     let counters = maps
         .reason_counts()?
         .into_iter()

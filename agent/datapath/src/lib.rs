@@ -96,7 +96,8 @@ impl Datapath {
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .override_global(bpf_log::LEVEL_GLOBAL, &level, true)
+            // Not required to exist: an object built without aya-log (`--bpf-object`) still loads.
+            .override_global(bpf_log::LEVEL_GLOBAL, &level, false)
             .load(object)
             .map_err(|source| DatapathError::Load {
                 pin_dir: pin_dir.to_path_buf(),

@@ -62,6 +62,11 @@ pub struct AdminState {
     pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The DNS proxy's counters (zero while capture is off).
     pub dns: crate::dns::DnsMetrics,
+    /// The pinned maps for `/stats`, opened at the first request and kept (opening every map
+    /// per request costs syscalls per map).
+    pub kernel_maps: std::sync::Arc<std::sync::Mutex<Option<meshpath_datapath::DatapathMaps>>>,
+    /// Istio's TCP metrics from the kernel (`--tcp-metrics`), when the datapath has them.
+    pub tcp_metrics: Option<std::sync::Arc<crate::tcp_metrics::KernelTcpMetrics>>,
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -137,7 +142,8 @@ async fn envoy_stats(state: &AdminState) -> String {
         .unwrap_or_default();
     // Map reads are syscalls: off the async workers.
     let pin_dir = state.pin_dir.clone();
-    let kernel = tokio::task::spawn_blocking(move || kernel_stats(&pin_dir))
+    let maps = state.kernel_maps.clone();
+    let kernel = tokio::task::spawn_blocking(move || kernel_stats(&pin_dir, &maps))
         .await
         .unwrap_or_default();
     out.push_str(&kernel);
@@ -145,10 +151,29 @@ async fn envoy_stats(state: &AdminState) -> String {
 }
 
 /// Kernel-side counters from the pinned maps (empty when they cannot be read).
-fn kernel_stats(pin_dir: &std::path::Path) -> String {
-    let status = match meshpath_datapath::status::read(pin_dir) {
-        Ok(s) => s,
-        Err(error) => {
+fn kernel_stats(
+    pin_dir: &std::path::Path,
+    maps: &std::sync::Mutex<Option<meshpath_datapath::DatapathMaps>>,
+) -> String {
+    let Ok(mut maps) = maps.lock() else {
+        return String::new();
+    };
+    if maps.is_none() {
+        match meshpath_datapath::DatapathMaps::open_pinned(pin_dir) {
+            Ok(m) => *maps = Some(m),
+            Err(error) => {
+                debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
+                return String::new();
+            }
+        }
+    }
+    let status = match maps
+        .as_ref()
+        .map(|m| meshpath_datapath::status::from_maps(m, pin_dir))
+    {
+        Some(Ok(s)) => s,
+        None => return String::new(),
+        Some(Err(error)) => {
             debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
             return String::new();
         }
@@ -225,6 +250,9 @@ fn metrics(state: &AdminState) -> String {
     if let Some(m) = &state.istio {
         m.register(&mut registry);
     }
+    if let Some(tcp) = &state.tcp_metrics {
+        tcp.register(&mut registry);
+    }
     let mut out = String::new();
     if let Err(error) = encode(&mut out, &registry) {
         warn!(%error, "encoding metrics");
@@ -281,6 +309,8 @@ mod tests {
             programmed: Default::default(),
             sync: Default::default(),
             dns: Default::default(),
+            tcp_metrics: None,
+            kernel_maps: Default::default(),
         };
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
@@ -342,6 +372,8 @@ mod tests {
             programmed: Default::default(),
             sync: Default::default(),
             dns: Default::default(),
+            tcp_metrics: None,
+            kernel_maps: Default::default(),
         };
         let text = metrics(&state);
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

@@ -27,6 +27,9 @@ pub const ENV_CONNECT_LB: &str = "MESHPATH_CONNECT_LB";
 pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
 pub const ENV_SOCKET_REDIRECT: &str = "MESHPATH_SOCKET_REDIRECT";
 pub const ENV_CONNECTION_LIMITS: &str = "MESHPATH_CONNECTION_LIMITS";
+pub const ENV_TCP_METRICS: &str = "MESHPATH_TCP_METRICS";
+pub const ENV_BPF_LOG: &str = "MESHPATH_BPF_LOG";
+pub const ENV_TCP_METRICS_SAMPLE_MS: &str = "MESHPATH_TCP_METRICS_SAMPLE_MS";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
 pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -190,6 +193,19 @@ pub struct AgentArgs {
     /// attached for it.
     #[arg(long, env = ENV_CONNECTION_LIMITS, default_value_t = true, action = clap::ArgAction::Set)]
     pub connection_limits: bool,
+    /// Istio's TCP metrics (`istio_tcp_*` on `/metrics`) for kernel-path services, counted by
+    /// sock_ops at connection open and close. Off: sock_ops records nothing for them.
+    #[arg(long, env = ENV_TCP_METRICS, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tcp_metrics: bool,
+    /// How often a live connection's bytes reach `istio_tcp_*_bytes_total`, at most
+    /// (milliseconds): sampled from the kernel's RTT callbacks; closes always report.
+    #[arg(long, env = ENV_TCP_METRICS_SAMPLE_MS, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tcp_metrics_sample_ms: u32,
+    /// The kernel programs' debug events (connects translated or refused, sockhash insert
+    /// failures) through aya-log into the agent's log (target `meshpath::bpf`, debug level).
+    /// Off: the verifier removes the logging code, so the programs pay nothing.
+    #[arg(long, env = ENV_BPF_LOG, default_value_t = false, action = clap::ArgAction::Set)]
+    pub bpf_log: bool,
     /// Load-balancing policy for services without a `meshpath.io/lb-policy` annotation.
     #[arg(long, env = ENV_DEFAULT_LB_POLICY, value_enum, default_value_t = PolicyArg::Random)]
     pub default_lb_policy: PolicyArg,
@@ -362,6 +378,9 @@ impl From<&AgentArgs> for AgentConfig {
                 udp_datagram_lb: a.udp_datagram_lb,
                 socket_redirect: a.socket_redirect,
                 connection_limits: a.connection_limits,
+                tcp_metrics: a.tcp_metrics,
+                tcp_metrics_sample_ms: a.tcp_metrics_sample_ms,
+                bpf_log: a.bpf_log,
             },
             agent_cgroup: a.agent_cgroup.clone(),
             trace: TraceConfig {

@@ -1,6 +1,7 @@
 //! `meshpath`: the node agent and its CLI.
 
 mod admin;
+mod bpf_log;
 mod cgroup_layout;
 mod config;
 mod coverage;
@@ -9,6 +10,7 @@ mod netns;
 mod proxy_listeners;
 mod reconcile;
 mod run;
+mod tcp_metrics;
 mod validate;
 
 use meshpath_datapath::{self as datapath, status};

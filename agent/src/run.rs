@@ -85,6 +85,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let cgroup = attach_cgroup(&cfg)?;
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cgroup, cfg.features)?;
     info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cgroup.display(), features = ?cfg.features, "datapath loaded");
+    if let Some(log) = datapath.take_log() {
+        if let Err(error) = crate::bpf_log::spawn(log) {
+            warn!(%error, "eBPF log not forwarded");
+        }
+    }
 
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
@@ -117,7 +122,24 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let dns = start_dns(&cfg, &dns_metrics)?;
     let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sync = meshpath_source::sync_metrics::SyncMetrics::default();
+    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
+    let tcp_metrics = if cfg.features.tcp_metrics {
+        match meshpath_datapath::tcp_metrics::TcpMetricsReader::open_pinned(&cfg.pin_dir) {
+            Ok(reader) => Some(Arc::new(crate::tcp_metrics::KernelTcpMetrics::new(
+                reader,
+                model_rx.clone(),
+            ))),
+            Err(error) => {
+                warn!(%error, "kernel TCP metrics not exported");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let admin = crate::admin::AdminState {
+        tcp_metrics,
+        kernel_maps: Default::default(),
         sync: sync.clone(),
         programmed: programmed.clone(),
         proxy: proxy_stats,
@@ -132,7 +154,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         warn!(error = %e, cause = cause.as_deref().unwrap_or(""), "admin listener not started");
     }
     // After the admin listener: its probes answer while the first list is awaited.
-    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
     let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
     let _source = match &cfg.source {
         SourceConfig::Manifests(dir) => {

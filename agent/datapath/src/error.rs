@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error(transparent)]
+    BpfLog(#[from] crate::bpf_log::BpfLogError),
     #[error("parsing the eBPF object's map definitions")]
     Parse {
         #[source]

@@ -3,12 +3,14 @@
 //! compiler's map contents into them ([`apply`]) and reading them back ([`status`]).
 
 pub mod apply;
+pub mod bpf_log;
 mod error;
 mod links;
 pub mod maps;
 mod pins;
 pub mod redirect;
 pub mod status;
+pub mod tcp_metrics;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,12 @@ pub struct Features {
     pub socket_redirect: bool,
     /// connect4 + sock_ops: `connectionPool.tcp.maxConnections` enforced in the kernel.
     pub connection_limits: bool,
+    /// sock_ops: Istio's TCP metrics of translated connections (`tcp_metrics`).
+    pub tcp_metrics: bool,
+    /// How often a live connection's bytes are added to its pair, at most (milliseconds, ≥ 1).
+    pub tcp_metrics_sample_ms: u32,
+    /// The programs' aya-log debug events (`--bpf-log`); off, the verifier drops their code.
+    pub bpf_log: bool,
 }
 
 impl Features {
@@ -66,6 +74,8 @@ impl Features {
 /// attached (and traffic keeps flowing) while the agent restarts; `meshpath cleanup` removes them.
 pub struct Datapath {
     _ebpf: Ebpf,
+    /// The log reader when `bpf_log` is on; [`Datapath::take_log`] hands it to a poller.
+    log: Option<bpf_log::BpfLog>,
     pub maps: DatapathMaps,
     _links: Vec<aya::programs::links::PinnedLink>,
 }
@@ -79,13 +89,25 @@ impl Datapath {
     ) -> Result<Self, DatapathError> {
         ensure_bpffs_dir(pin_dir)?;
         pins::unpin_incompatible(object, pin_dir)?;
+        let level = if features.bpf_log {
+            bpf_log::LEVEL_DEBUG
+        } else {
+            bpf_log::LEVEL_OFF
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            // Not required to exist: an object built without aya-log (`--bpf-object`) still loads.
+            .override_global(bpf_log::LEVEL_GLOBAL, &level, false)
             .load(object)
             .map_err(|source| DatapathError::Load {
                 pin_dir: pin_dir.to_path_buf(),
                 source: Box::new(source),
             })?;
+        let log = if features.bpf_log {
+            Some(bpf_log::BpfLog::init(&mut ebpf)?)
+        } else {
+            None
+        };
         let cgroup_file = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
@@ -109,9 +131,17 @@ impl Datapath {
         redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
         Ok(Self {
             _ebpf: ebpf,
+            log,
             maps,
             _links: links,
         })
+    }
+}
+
+impl Datapath {
+    /// The log reader (once), to poll for as long as this datapath lives.
+    pub fn take_log(&mut self) -> Option<bpf_log::BpfLog> {
+        self.log.take()
     }
 }
 

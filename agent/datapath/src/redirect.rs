@@ -60,8 +60,14 @@ pub fn setup(
                 source,
             })?;
     }
-    if !(features.socket_redirect || features.connection_limits) {
-        info!("socket redirection and connection limits off: sock_ops and sk_msg not attached");
+    crate::tcp_metrics::write_switch(
+        &mut maps.config,
+        features
+            .tcp_metrics
+            .then_some(features.tcp_metrics_sample_ms),
+    )?;
+    if !(features.socket_redirect || features.connection_limits || features.tcp_metrics) {
+        info!("socket redirection, connection limits and TCP metrics off: sock_ops and sk_msg not attached");
         return Ok(());
     }
     let prog: &mut SockOps = super::program(ebpf, PROG_SOCKOPS)?;
@@ -78,6 +84,7 @@ pub fn setup(
         cgroup = %cgroup_path.display(),
         socket_redirect = features.socket_redirect,
         connection_limits = features.connection_limits,
+        tcp_metrics = features.tcp_metrics,
         "sock_ops attached"
     );
     Ok(())

@@ -67,7 +67,11 @@ pub struct ServiceStatus {
 }
 
 pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
-    let maps = DatapathMaps::open_pinned(pin_dir)?;
+    from_maps(&DatapathMaps::open_pinned(pin_dir)?, pin_dir)
+}
+
+/// As [`read`], from handles kept open (a long-running reader such as the admin listener).
+pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, DatapathError> {
     let map_err = |name| move |source| DatapathError::Map { name, source };
     let entries: BTreeMap<ServiceKey, ServiceValue> = maps
         .services
@@ -137,7 +141,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
         });
     }
     services.sort_by(|a, b| (&a.name, &a.frontend).cmp(&(&b.name, &b.frontend)));
-    let limit_groups = groups(&maps)?;
+    let limit_groups = groups(maps)?;
     let counters = maps
         .reason_counts()?
         .into_iter()

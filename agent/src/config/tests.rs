@@ -26,7 +26,10 @@ fn defaults() {
             connect_lb: true,
             udp_datagram_lb: true,
             socket_redirect: false,
-            connection_limits: true
+            connection_limits: true,
+            tcp_metrics: true,
+            tcp_metrics_sample_ms: 5_000,
+            bpf_log: false
         }
     );
     assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
@@ -85,7 +88,10 @@ fn off_switches_and_policy() {
             connect_lb: false,
             udp_datagram_lb: false,
             socket_redirect: true,
-            connection_limits: false
+            connection_limits: false,
+            tcp_metrics: true,
+            tcp_metrics_sample_ms: 5_000,
+            bpf_log: false
         }
     );
     assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);

@@ -66,10 +66,24 @@ pub enum Reason {
     /// `SVC_FLAG_DNS`) was steered to the agent's DNS listener. Counted on top of the
     /// translation reason.
     DnsSteered = 27,
+    /// A translated TCP connection was established and counted in the TCP metrics.
+    TcpMetricsOpened = 28,
+    /// An established client socket had no reverse-translation entry (not a service connection,
+    /// or the entry was evicted): not in the TCP metrics.
+    TcpMetricsNoRevNat = 29,
+    /// The live-connection table was full: the connection is not in the TCP metrics.
+    TcpMetricsConnTableFull = 30,
+    /// The workload-pair table was full: a connection's open, bytes or close were not counted.
+    TcpMetricsFlowTableFull = 31,
+    /// A counted connection closed and its bytes were added.
+    TcpMetricsClosed = 32,
+    /// Asking for the state and RTT callbacks of a counted connection failed: its close and
+    /// samples may be missed.
+    TcpMetricsCbFlagsFailed = 33,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 28;
+pub const REASON_COUNT: u32 = 34;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -101,6 +115,12 @@ impl Reason {
         Reason::ConnLimitSubsetRefused,
         Reason::ConnLimitIdInvalid,
         Reason::DnsSteered,
+        Reason::TcpMetricsOpened,
+        Reason::TcpMetricsNoRevNat,
+        Reason::TcpMetricsConnTableFull,
+        Reason::TcpMetricsFlowTableFull,
+        Reason::TcpMetricsClosed,
+        Reason::TcpMetricsCbFlagsFailed,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -134,6 +154,12 @@ impl Reason {
             Reason::ConnLimitSubsetRefused => "conn_limit_subset_refused",
             Reason::ConnLimitIdInvalid => "conn_limit_id_invalid",
             Reason::DnsSteered => "dns_steered",
+            Reason::TcpMetricsOpened => "tcp_metrics_opened",
+            Reason::TcpMetricsNoRevNat => "tcp_metrics_no_revnat",
+            Reason::TcpMetricsConnTableFull => "tcp_metrics_conn_table_full",
+            Reason::TcpMetricsFlowTableFull => "tcp_metrics_flow_table_full",
+            Reason::TcpMetricsClosed => "tcp_metrics_closed",
+            Reason::TcpMetricsCbFlagsFailed => "tcp_metrics_cb_flags_failed",
         }
     }
 
@@ -156,6 +182,9 @@ impl Reason {
                 | Reason::SockRedirectDisabled
                 | Reason::ConnReleased
                 | Reason::DnsSteered
+                | Reason::TcpMetricsOpened
+                | Reason::TcpMetricsNoRevNat
+                | Reason::TcpMetricsClosed
         )
     }
 }

@@ -9,11 +9,16 @@
 
 pub mod counters;
 pub mod limits;
+pub mod tcp_metrics;
 
 pub use counters::{Reason, ServiceStats, REASON_COUNT};
 pub use limits::{
     SockLimit, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED, MAP_SLOT_GRP,
     MAP_SOCK_LIMIT, MAX_LIMIT_GROUPS, MAX_SLOT_LIMITS,
+};
+pub use tcp_metrics::{
+    TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS, MAP_TCP_CONNS, MAP_TCP_FLOWS,
+    MAX_TCP_CONNS, MAX_TCP_FLOWS,
 };
 
 /// IP protocol numbers as stored in [`ServiceKey::proto`] and [`Backend::proto`].
@@ -303,6 +308,9 @@ mod pod_impls {
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for TcpFlowKey {}
+    unsafe impl aya::Pod for TcpFlowStats {}
+    unsafe impl aya::Pod for TcpConn {}
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@ mod addr;
 mod connlimit;
 mod counters;
 mod lb;
+mod log;
 mod maps;
 mod redirect;
+mod tcp_metrics;
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
@@ -113,6 +115,7 @@ pub fn mp_getpeername6(ctx: SockAddrContext) -> i32 {
 #[sock_ops]
 pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
     connlimit::on_sockops(&ctx);
+    tcp_metrics::on_sockops(&ctx);
     match redirect::try_sockops(&ctx) {
         Ok(v) | Err(v) => v,
     }
@@ -153,6 +156,7 @@ fn try_translate(
         Ok(b) => b,
         Err(reason) => {
             bump(reason);
+            log::refused(ctx, svc.svc_id, reason);
             if reason == Reason::NoBackend {
                 bump_service(svc.svc_id, ServiceCounter::NoBackend);
             }
@@ -165,6 +169,7 @@ fn try_translate(
     if proto == PROTO_TCP {
         let limit = connlimit::target(&key, &svc, slot);
         if let connlimit::Admission::Refused = connlimit::admit(limit, socket_cookie) {
+            log::refused(ctx, svc.svc_id, Reason::ConnLimitRefused);
             return Err(refuse());
         }
     }
@@ -193,6 +198,7 @@ fn try_translate(
         bump(Reason::DnsSteered);
     }
     bump_service(svc.svc_id, per_service);
+    log::translated(ctx, svc.svc_id, backend.ip_be, backend.port_be);
     Ok(ALLOW)
 }
 

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
 };
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
     ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, CONFIG_SLOTS, MAX_AFFINITY,
     MAX_BACKENDS, MAX_LIMIT_GROUPS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS,
-    MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TRACKED_SOCKS, REASON_COUNT,
+    MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
+    REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -89,3 +90,12 @@ pub static MP_GRP_REFUSED: PerCpuArray<u64> = PerCpuArray::pinned(MAX_LIMIT_GROU
 /// group id → its name (`namespace/service:port subset`), for `meshpath status`; no program reads it.
 #[map]
 pub static MP_GRP_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(MAX_LIMIT_GROUPS, 0);
+
+/// {client IP, frontend, backend} → TCP metrics of that pair's connections, per CPU.
+#[map]
+pub static MP_TCP_FLOWS: PerCpuHashMap<TcpFlowKey, TcpFlowStats> =
+    PerCpuHashMap::pinned(MAX_TCP_FLOWS, 0);
+
+/// socket cookie → the live client connection's pair and the bytes already reported.
+#[map]
+pub static MP_TCP_CONNS: HashMap<u64, TcpConn> = HashMap::pinned(MAX_TCP_CONNS, 0);

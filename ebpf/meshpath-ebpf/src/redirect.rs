@@ -87,7 +87,10 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
                     let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
                     let _ = ctx.set_cb_flags(flags as i32);
                 }
-                Err(_) => bump(Reason::SockInsertFailed),
+                Err(_) => {
+                    bump(Reason::SockInsertFailed);
+                    crate::log::sock_insert_failed(ctx, k.local_port, k.remote_port);
+                }
             }
         }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {

@@ -1,0 +1,65 @@
+//! Istio's TCP metrics (`istio_tcp_*`) measured in the kernel for connections to kernel-path
+//! services: sock_ops counts a connection when its client end is established and adds its bytes
+//! when it closes, into a per-CPU table keyed by workload pair. Cardinality is bounded by the
+//! pairs (client IP, frontend, backend), never by connections; the agent turns IPs into pod
+//! workloads at scrape time.
+
+/// `MP_CONFIG[CONFIG_TCP_METRICS]`: 0 when sock_ops records no TCP metrics (`--tcp-metrics
+/// false`); otherwise the sampling interval of live connections in milliseconds: a connection's
+/// bytes are added to its pair at most that often while it lives, and at its close.
+pub const CONFIG_TCP_METRICS: u32 = 1;
+
+/// Map names (at most 15 characters, see `MAP_SERVICES`).
+pub const MAP_TCP_FLOWS: &str = "MP_TCP_FLOWS";
+pub const MAP_TCP_CONNS: &str = "MP_TCP_CONNS";
+
+/// Capacity of the per-CPU workload-pair table.
+pub const MAX_TCP_FLOWS: u32 = 65_536;
+/// Capacity of the live-connection table (client ends of translated TCP connections). A regular
+/// hash, not LRU: an evicted connection would never report its bytes or its close.
+pub const MAX_TCP_CONNS: u32 = 262_144;
+
+/// One workload pair: the client's address, the frontend it asked for, the backend it got.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpFlowKey {
+    pub client_ip_be: u32,
+    pub backend_ip_be: u32,
+    pub svc_id: u32,
+    pub backend_port_be: u16,
+    pub _pad0: u16,
+}
+
+/// What the pair's connections did, per CPU (summed by the agent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlowStats {
+    pub opened: u64,
+    pub closed: u64,
+    /// Bytes the client sent that the backend acknowledged (`tcp_sock.bytes_acked`).
+    pub sent_bytes: u64,
+    /// Bytes the client received (`tcp_sock.bytes_received`).
+    pub received_bytes: u64,
+}
+
+/// A live connection (by socket cookie): its pair, and the kernel's byte counters as already
+/// added to the pair, so a sample taken before the close and the close itself never count a byte
+/// twice. The kernel's counters advance with the sequence space, so they include the SYN (in
+/// `bytes_acked` at establishment, taken as already reported) and each FIN (subtracted at close
+/// from the TCP state the socket closes from).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcpConn {
+    pub flow: TcpFlowKey,
+    pub sent_reported: u64,
+    pub received_reported: u64,
+    /// `bpf_ktime_get_ns()` when the bytes were last added.
+    pub reported_ns: u64,
+    /// `bytes_received` when the socket entered FIN_WAIT2 (`u64::MAX` before): a close from
+    /// FIN_WAIT2 with more received since came from the peer's FIN.
+    pub fin_wait2_received: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TcpFlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<TcpFlowStats>() == 32);
+const _: () = assert!(core::mem::size_of::<TcpConn>() == 48);

@@ -31,15 +31,25 @@ out=$($bb sed -n 's/.*mp\.out=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -n "$out" ] || die "no mp.out= on the kernel command line"
 opts=trans=virtio,version=9p2000.L,msize=524288
 $bb mount -t 9p -o $opts,ro,cache=loose hostroot /newroot || die "mounting the host root over 9p failed"
-$bb mount -t 9p -o $opts,rw out "/newroot$out" || die "mounting the output share failed"
+# The workspace (the run directory is its target/vm/run-*) may itself lie under /tmp or /run, as
+# a CI clone can: keep it visible through the tmpfs mounted there.
+ws=${out%/target/vm/*}
+case "$ws" in /tmp/*|/run/*) keep=1 ;; *) keep= ;; esac
+if [ -n "$keep" ]; then
+  $bb mkdir -p /keep && $bb mount --bind "/newroot$ws" /keep || die "keeping $ws"
+fi
 for d in tmp run; do $bb mount -t tmpfs tmpfs "/newroot/$d" || die "tmpfs on /$d"; done
+if [ -n "$keep" ]; then
+  $bb mkdir -p "/newroot$ws" && $bb mount --move /keep "/newroot$ws" || die "re-exposing $ws"
+fi
+$bb mount -t 9p -o $opts,rw out "/newroot$out" || die "mounting the output share failed"
 $bb cp $bb /newroot/run/busybox
 for d in proc sys dev; do $bb mount --move "/$d" "/newroot/$d" || die "moving /$d"; done
 exec $bb switch_root /newroot /bin/sh "$out/guest.sh"
 "#;
 
 /// Bump when the image layout changes in a way the stamp does not capture.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// A statically linked busybox: the initramfs holds no C library.
 pub fn busybox_available() -> Result<(), String> {

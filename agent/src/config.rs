@@ -107,6 +107,17 @@ pub struct ValidateArgs {
     /// DestinationRules they name.
     #[arg(required = true, value_name = "FILE|DIR")]
     pub paths: Vec<PathBuf>,
+    /// Output format: one line per problem (`FILE:LINE:COL: Severity [CODE] MESSAGE`), or a
+    /// JSON array as `istioctl analyze -o json` prints. Exit status 1 only when there are
+    /// errors; warnings and infos exit 0.
+    #[arg(short = 'o', long, value_enum, default_value_t = ValidateOutput::Text, env = "MESHPATH_VALIDATE_OUTPUT")]
+    pub output: ValidateOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ValidateOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

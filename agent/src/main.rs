@@ -62,22 +62,22 @@ fn main() -> anyhow::Result<()> {
         Command::Validate(args) => {
             let report = validate::validate(&args.paths);
             #[allow(clippy::print_stdout)] // CLI output
-            {
-                for problem in &report.problems {
-                    println!("{problem}");
-                }
-                for warning in &report.warnings {
-                    println!("warning: {warning}");
-                }
+            match args.output {
+                config::ValidateOutput::Text => print!("{}", report.to_text()),
+                config::ValidateOutput::Json => print!("{}", report.to_json()),
             }
-            if !report.problems.is_empty() {
-                std::process::exit(1);
-            }
+            let errors = report.count(validate::Severity::Error);
             tracing::info!(
                 files = report.files,
                 objects = report.objects,
-                "no problems found"
+                errors,
+                warnings = report.count(validate::Severity::Warning),
+                infos = report.count(validate::Severity::Info),
+                "validated"
             );
+            if errors > 0 {
+                std::process::exit(1);
+            }
         }
         Command::Stats(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()

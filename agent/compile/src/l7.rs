@@ -14,6 +14,7 @@
 //! namespace/name order.
 
 mod clusters;
+mod error;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,8 @@ use meshpath_model::l7::{ClusterKey, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef, Protocol};
 
 use super::{Compiled, FrontendAddr};
+
+pub use error::L7Error;
 
 /// What one compilation of the Istio objects produces; also the last good state the next one
 /// falls back to.
@@ -79,67 +82,6 @@ fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
         || pool.max_retries.is_some()
         || pool.idle_timeout.is_some();
     lb || http_pool || p.outlier_detection.is_some()
-}
-
-/// A VirtualService that cannot be compiled against the other objects. Each names the file
-/// (`origin`), the object, the field and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum L7Error {
-    #[error(
-        "{origin}: VirtualService {vs}: {field}: host {host:?} names no Service; the \
-         VirtualService keeps its previous routes"
-    )]
-    UnknownHost {
-        origin: String,
-        vs: ObjectRef,
-        field: String,
-        host: String,
-    },
-    #[error(
-        "{origin}: VirtualService {vs}: {field}: subset {subset:?} of Service {service} is not \
-         defined ({}); the VirtualService keeps its previous routes",
-        subset_hint(rule, service)
-    )]
-    UnknownSubset {
-        origin: String,
-        vs: ObjectRef,
-        field: String,
-        service: ObjectRef,
-        subset: String,
-        /// The DestinationRule that applies to the service, if any.
-        rule: Option<ObjectRef>,
-    },
-    #[error(
-        "{origin}: VirtualService {vs}: {field}: Service {service} has no TCP port {port}; the \
-         VirtualService keeps its previous routes"
-    )]
-    UnknownPort {
-        origin: String,
-        vs: ObjectRef,
-        field: String,
-        service: ObjectRef,
-        port: u16,
-    },
-    #[error(
-        "{origin}: VirtualService {vs}: {field}: Service {service} has ports {ports} and none is \
-         {listener}, the port routed from: set port.number; the VirtualService keeps its previous \
-         routes"
-    )]
-    PortRequired {
-        origin: String,
-        vs: ObjectRef,
-        field: String,
-        service: ObjectRef,
-        ports: String,
-        listener: u16,
-    },
-}
-
-fn subset_hint(rule: &Option<ObjectRef>, service: &ObjectRef) -> String {
-    match rule {
-        Some(rule) => format!("DestinationRule {rule} has no such subset"),
-        None => format!("no DestinationRule has host {}", service.name),
-    }
 }
 
 pub fn compile_l7(

@@ -6,10 +6,14 @@
 //! - [`ManifestWatcher`]: `load_dir` again whenever the directory changes, publishing to watch
 //!   channels.
 
+mod notice;
 mod parse;
+mod position;
 mod state;
 mod watch;
 
-pub use parse::{parse_file, ParsedObject};
+pub use notice::{NoticeKind, SourceNotice};
+pub use parse::{parse_file, parse_file_noting, ParsedObject};
+pub use position::locate_field;
 pub use state::{is_manifest_name, load_dir, load_paths, Load, ManifestState};
 pub use watch::{ManifestWatcher, DEBOUNCE, MAX_DELAY};

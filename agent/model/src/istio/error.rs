@@ -59,3 +59,29 @@ pub enum Warning {
     #[error("{field}: no percentage given: as in Istio, this fault is injected into no request")]
     NoFaultPercentage { field: String },
 }
+
+impl Warning {
+    /// The field the warning is about (`spec.http[0].corsPolicy`), so that tools can point at
+    /// its line and column.
+    pub fn field(&self) -> &str {
+        match self {
+            Warning::Ignored { field }
+            | Warning::Istio { field, .. }
+            | Warning::NotYetSupported { field }
+            | Warning::Gateway { field, .. }
+            | Warning::NotForMesh { field }
+            | Warning::RetryOn { field, .. }
+            | Warning::Delegate { field }
+            | Warning::NoFaultPercentage { field } => field,
+        }
+    }
+
+    /// Whether Istio itself would say this (its validation's warnings), rather than meshpath
+    /// telling what it does not enforce.
+    pub fn is_istio(&self) -> bool {
+        matches!(
+            self,
+            Warning::Istio { .. } | Warning::NoFaultPercentage { .. }
+        )
+    }
+}

@@ -14,6 +14,8 @@ use crate::convert::{self, Converted, SkipReason};
 use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
 use crate::istio;
 
+use super::notice::{NoticeKind, SourceNotice};
+
 /// An object of a manifest file that passed conversion.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParsedObject {
@@ -55,6 +57,18 @@ impl ParsedObject {
 /// All or nothing: any error means `Err` with every error found (a YAML syntax error stops at
 /// the first, since nothing after it can be trusted).
 pub fn parse_file(file: &Path, text: &str) -> Result<Vec<ParsedObject>, Vec<SourceError>> {
+    parse_file_noting(file, text).0
+}
+
+/// [`parse_file`], and the file's notices (Istio warnings, objects not programmed), each also
+/// logged as a warning.
+pub fn parse_file_noting(
+    file: &Path,
+    text: &str,
+) -> (
+    Result<Vec<ParsedObject>, Vec<SourceError>>,
+    Vec<SourceNotice>,
+) {
     let options = || {
         serde_saphyr::options! {
             duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
@@ -62,8 +76,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<ParsedObject>, Vec<Sour
         }
     };
     let documents: Vec<serde_saphyr::Spanned<Value>> =
-        serde_saphyr::from_multiple_with_options(text, options())
-            .map_err(|e| vec![SourceError::yaml(file.to_owned(), e)])?;
+        match serde_saphyr::from_multiple_with_options(text, options()) {
+            Ok(documents) => documents,
+            Err(e) => return (Err(vec![SourceError::yaml(file.to_owned(), e)]), Vec::new()),
+        };
     // The same documents as trees of positions, so that Istio's errors point at their field.
     let trees: Vec<serde_saphyr::Spanned<istio::validation::locate::Node>> =
         serde_saphyr::from_multiple_with_options(text, options())
@@ -75,6 +91,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<ParsedObject>, Vec<Sour
         file,
         objects: Vec::new(),
         errors: Vec::new(),
+        notices: Vec::new(),
         tree: None,
     };
     for (i, document) in documents.into_iter().enumerate() {
@@ -94,17 +111,19 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<ParsedObject>, Vec<Sour
             });
         }
     }
-    if parser.errors.is_empty() {
+    let result = if parser.errors.is_empty() {
         Ok(parser.objects)
     } else {
         Err(parser.errors)
-    }
+    };
+    (result, parser.notices)
 }
 
 struct Parser<'a> {
     file: &'a Path,
     objects: Vec<ParsedObject>,
     errors: Vec<SourceError>,
+    notices: Vec<SourceNotice>,
     /// The positions of the document being parsed (`None` inside a `List`).
     tree: Option<&'a serde_saphyr::Spanned<istio::validation::locate::Node>>,
 }
@@ -202,22 +221,21 @@ impl Parser<'_> {
                     self.document(line, item, false);
                 }
             }
-            (_, "Service" | "EndpointSlice" | "Pod") => tracing::warn!(
-                file = %self.file.display(),
+            (_, "Service" | "EndpointSlice" | "Pod") => self.unsupported_api_version(
+                line,
+                &value,
                 api_version,
-                kind,
-                name = name_of(&value),
-                "skipping object: unsupported apiVersion (want v1, or discovery.k8s.io/v1 for EndpointSlice)"
+                &kind,
+                "v1, or discovery.k8s.io/v1 for EndpointSlice",
             ),
-            (v, "VirtualService" | "DestinationRule") if v.starts_with(istio::GROUP) => {
-                tracing::warn!(
-                    file = %self.file.display(),
+            (v, "VirtualService" | "DestinationRule") if v.starts_with(istio::GROUP) => self
+                .unsupported_api_version(
+                    line,
+                    &value,
                     api_version,
-                    kind,
-                    name = name_of(&value),
-                    "skipping object: unsupported apiVersion (want networking.istio.io/v1alpha3, v1beta1 or v1)"
-                )
-            }
+                    &kind,
+                    "networking.istio.io/v1alpha3, v1beta1 or v1",
+                ),
             _ => tracing::debug!(
                 file = %self.file.display(),
                 api_version,
@@ -225,6 +243,18 @@ impl Parser<'_> {
                 name = name_of(&value),
                 "skipping object of a kind meshpath does not use"
             ),
+        }
+    }
+
+    /// Line and column of `field` in the document being parsed; the document's line (and no
+    /// column) inside a `List`, whose items have no positions of their own.
+    pub(super) fn position(&self, line: u64, field: &str) -> (u64, Option<u64>) {
+        match self.tree {
+            Some(tree) => {
+                let (l, c) = istio::validation::locate::locate(tree, field);
+                (l, Some(c))
+            }
+            None => (line, None),
         }
     }
 
@@ -265,8 +295,16 @@ impl Parser<'_> {
     ) {
         match result {
             Ok((converted, warnings)) => {
-                for warning in &warnings {
+                for warning in warnings {
                     tracing::warn!(file = %self.file.display(), line, %object, "{object}: {warning}");
+                    let (line, column) = self.position(line, warning.field());
+                    self.notices.push(SourceNotice {
+                        file: self.file.to_owned(),
+                        line,
+                        column,
+                        object: Some(object.clone()),
+                        kind: NoticeKind::Istio(warning),
+                    });
                 }
                 let origin = format!("{}:{line}", self.file.display());
                 self.objects.push(wrap(converted, origin));
@@ -278,21 +316,18 @@ impl Parser<'_> {
                 path: e.path,
                 source: e.source,
             }),
-            Err(istio::Error::Invalid(source)) => self.errors.push(SourceError::Invalid {
-                file: self.file.to_owned(),
-                line,
-                column: None,
-                source: Box::new(source),
-            }),
+            Err(istio::Error::Invalid(source)) => {
+                let (line, column) = self.position(line, &source.field);
+                self.errors.push(SourceError::Invalid {
+                    file: self.file.to_owned(),
+                    line,
+                    column,
+                    source: Box::new(source),
+                })
+            }
             Err(istio::Error::Istio(all)) => {
                 for source in all {
-                    let (line, column) = match self.tree {
-                        Some(tree) => {
-                            let (l, c) = istio::validation::locate::locate(tree, &source.field);
-                            (l, Some(c))
-                        }
-                        None => (line, None),
-                    };
+                    let (line, column) = self.position(line, &source.field);
                     self.errors.push(SourceError::Invalid {
                         file: self.file.to_owned(),
                         line,
@@ -323,13 +358,23 @@ impl Parser<'_> {
                         tracing::debug!(file = %file, line, %object, %reason, "skipping object")
                     }
                 }
+                self.notices.push(SourceNotice {
+                    file: self.file.to_owned(),
+                    line,
+                    column: None,
+                    object: Some(object.clone()),
+                    kind: NoticeKind::Skipped(reason),
+                });
             }
-            Err(source) => self.errors.push(SourceError::Invalid {
-                file: self.file.to_owned(),
-                line,
-                column: None,
-                source: Box::new(source),
-            }),
+            Err(source) => {
+                let (line, column) = self.position(line, &source.field);
+                self.errors.push(SourceError::Invalid {
+                    file: self.file.to_owned(),
+                    line,
+                    column,
+                    source: Box::new(source),
+                })
+            }
         }
     }
 }
@@ -363,6 +408,8 @@ fn json_type(value: &Value) -> &'static str {
         Value::Object(_) => "a mapping",
     }
 }
+
+mod unsupported;
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use meshpath_model::ClusterModel;
 
-use super::parse::{parse_file, ParsedObject};
+use super::notice::SourceNotice;
+use super::parse::{parse_file_noting, ParsedObject};
 use crate::error::{ObjectKey, SourceError};
 
 /// What survives between two loads of a directory.
@@ -38,6 +39,9 @@ pub struct Load {
     pub model: ClusterModel,
     /// Everything wrong right now, in file order.
     pub errors: Vec<SourceError>,
+    /// What the files say that is not an error (Istio warnings, fields accepted but not
+    /// enforced, objects not programmed), in file order; already logged.
+    pub notices: Vec<SourceNotice>,
     /// Manifest files seen, good or not.
     pub files: usize,
 }
@@ -75,6 +79,7 @@ pub fn load_dir(dir: &Path, previous: &ManifestState) -> Load {
                 state: previous.clone(),
                 model,
                 errors,
+                notices: Vec::new(),
                 files,
             };
         }
@@ -86,6 +91,7 @@ pub fn load_dir(dir: &Path, previous: &ManifestState) -> Load {
 /// gone by the time it is read counts as not listed.
 pub fn load_paths(paths: Vec<PathBuf>, previous: &ManifestState) -> Load {
     let mut errors = Vec::new();
+    let mut notices = Vec::new();
     let mut files = BTreeMap::new();
     let mut seen = 0;
     for path in paths {
@@ -106,7 +112,9 @@ pub fn load_paths(paths: Vec<PathBuf>, previous: &ManifestState) -> Load {
             }
         };
         seen += 1;
-        match parse_file(&path, &text) {
+        let (parsed, file_notices) = parse_file_noting(&path, &text);
+        notices.extend(file_notices);
+        match parsed {
             Ok(objects) => match previous.files.get(&path) {
                 Some(old) if **old == objects => files.insert(path, Arc::clone(old)),
                 _ => files.insert(path, Arc::new(objects)),
@@ -127,6 +135,7 @@ pub fn load_paths(paths: Vec<PathBuf>, previous: &ManifestState) -> Load {
         state: ManifestState { files, owners },
         model,
         errors,
+        notices,
         files: seen,
     }
 }

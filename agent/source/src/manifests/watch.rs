@@ -161,6 +161,7 @@ impl Publisher {
             model,
             errors,
             files,
+            notices: _,
         } = load_dir(&self.dir, &self.state);
         self.state = state;
 

@@ -203,13 +203,14 @@ endpoints: []
     let Err(errs) = parse_file(file(), text) else {
         unreachable!()
     };
-    assert_eq!(errs[0].line(), Some(2));
+    // Each error points at its field; a missing one at the deepest part that exists.
+    assert_eq!((errs[0].line(), errs[0].column()), (Some(6), Some(3)));
     assert_eq!(
         errs[0].object().map(ToString::to_string).as_deref(),
         Some("Service default/web")
     );
     assert_eq!(errs[0].field(), Some("spec.clusterIP"));
-    assert_eq!(errs[1].line(), Some(9));
+    assert_eq!((errs[1].line(), errs[1].column()), (Some(12), Some(1)));
 }
 
 #[test]

@@ -1,0 +1,86 @@
+//! Why a VirtualService could not be compiled against the other objects.
+
+use meshpath_model::ObjectRef;
+
+/// A VirtualService that cannot be compiled against the other objects. Each names the file
+/// (`origin`), the object, the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum L7Error {
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: host {host:?} names no Service; the \
+         VirtualService keeps its previous routes"
+    )]
+    UnknownHost {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        host: String,
+    },
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: subset {subset:?} of Service {service} is not \
+         defined ({}); the VirtualService keeps its previous routes",
+        subset_hint(rule, service)
+    )]
+    UnknownSubset {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        service: ObjectRef,
+        subset: String,
+        /// The DestinationRule that applies to the service, if any.
+        rule: Option<ObjectRef>,
+    },
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: Service {service} has no TCP port {port}; the \
+         VirtualService keeps its previous routes"
+    )]
+    UnknownPort {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        service: ObjectRef,
+        port: u16,
+    },
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: Service {service} has ports {ports} and none is \
+         {listener}, the port routed from: set port.number; the VirtualService keeps its previous \
+         routes"
+    )]
+    PortRequired {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        service: ObjectRef,
+        ports: String,
+        listener: u16,
+    },
+}
+
+impl L7Error {
+    /// `file:line` of the VirtualService's document (or whatever its source records).
+    pub fn origin(&self) -> &str {
+        match self {
+            L7Error::UnknownHost { origin, .. }
+            | L7Error::UnknownSubset { origin, .. }
+            | L7Error::UnknownPort { origin, .. }
+            | L7Error::PortRequired { origin, .. } => origin,
+        }
+    }
+
+    /// The offending field of the VirtualService.
+    pub fn field(&self) -> &str {
+        match self {
+            L7Error::UnknownHost { field, .. }
+            | L7Error::UnknownSubset { field, .. }
+            | L7Error::UnknownPort { field, .. }
+            | L7Error::PortRequired { field, .. } => field,
+        }
+    }
+}
+
+fn subset_hint(rule: &Option<ObjectRef>, service: &ObjectRef) -> String {
+    match rule {
+        Some(rule) => format!("DestinationRule {rule} has no such subset"),
+        None => format!("no DestinationRule has host {}", service.name),
+    }
+}

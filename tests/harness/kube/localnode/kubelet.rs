@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use super::base64;
 use super::podproc::{PodProcess, PodSandbox};
-use super::spec::{self, base64_decode, Objects, PodError};
+use super::spec::{self, Objects, PodError};
 use super::status::{fingerprint, patch_status, pod_status, warn, Reported};
 use super::Shared;
 use crate::net::MAX_PODS;
@@ -313,7 +314,7 @@ fn objects(items: &[Value]) -> Objects {
             for (k, v) in v.as_object().into_iter().flatten() {
                 let s = v.as_str().unwrap_or_default();
                 let bytes = if decode {
-                    base64_decode(s).unwrap_or_default()
+                    base64::decode(s).unwrap_or_default()
                 } else {
                     s.as_bytes().to_vec()
                 };

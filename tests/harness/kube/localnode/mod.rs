@@ -12,6 +12,7 @@
 //! Dropping a [`LocalNode`] stops the loop, then every pod (process group killed, namespace and
 //! cgroup removed), then the node and the control plane.
 
+mod base64;
 pub mod images;
 mod kubelet;
 mod podproc;

@@ -82,7 +82,7 @@ fn get_until(
 }
 
 #[test]
-fn seed_apps_run_on_a_local_node_and_follow_kubectl_scale_and_configmap_edits() {
+fn local_node_runs_the_seed_apps_and_follows_kubectl_scale_and_configmap_edits() {
     skip_unless!(KUBE_AGENT);
     let t0 = Instant::now();
     let node = LocalNode::start().expect("local node");
@@ -224,6 +224,23 @@ fn seed_apps_run_on_a_local_node_and_follow_kubectl_scale_and_configmap_edits() 
             "secret_username": "admin",
             "config": {"key1": "value1", "key3": "value3", "key2": "value2"}})
     );
+    // A Secret edit reaches the mounted file in place; the environment keeps the old value.
+    node.kubectl(&[
+        "patch",
+        "secret",
+        "mysecret",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"username":"cm9vdA=="}}"#,
+    ])
+    .expect("kubectl patch secret");
+    let env = get_until(
+        &node,
+        "http://golang-app-data-svc:8080/env",
+        Duration::from_secs(60),
+        |b| b.contains("\"secret_username\": \"root\""),
+    );
+    assert!(env.contains("\"USERNAME\": \"admin\""), "{env}");
     assert!(node.pod_errors().is_empty(), "{:?}", node.pod_errors());
     eprintln!("whole walk-through in {:?}", t0.elapsed());
 }
@@ -299,7 +316,7 @@ fn waiting_reason(node: &LocalNode, app: &str) -> String {
 }
 
 #[test]
-fn bad_input_names_the_pod_and_object_and_stops_nothing_else() {
+fn local_node_bad_input_names_the_pod_and_object_and_stops_nothing_else() {
     skip_unless!(KUBE_AGENT);
     let node = LocalNode::start().expect("local node");
     node.kube().apply_yaml(BAD).expect("apply");

@@ -305,6 +305,14 @@ impl Drop for LocalNode {
             }
         }
         if std::thread::panicking() {
+            let agent_log = self.shared.node.work_dir().join("agent.log");
+            if let Ok(text) = std::fs::read_to_string(&agent_log) {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- local node: {} (tail) ---", agent_log.display());
+                for l in &lines[lines.len().saturating_sub(60)..] {
+                    eprintln!("{l}");
+                }
+            }
             for (key, path) in lock(&self.shared.logs).iter() {
                 let text = std::fs::read_to_string(path).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();

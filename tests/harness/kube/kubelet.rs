@@ -19,7 +19,8 @@ pub struct FakeKubelet<'c> {
     node: String,
 }
 
-/// A pod [`FakeKubelet::run_pods`] reported running.
+/// A pod [`FakeKubelet::run_pods`] reported running, or one [`super::LocalNode::wait_ready`] found
+/// Ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningPod {
     pub name: String,

@@ -5,6 +5,8 @@
 //! There is no scheduler and no kubelet: [`KubeCluster::kubelet`] lets a test play the kubelet of
 //! a node (bind pods, report them running with chosen IPs, finish their deletion), so the real
 //! controllers (Deployment, ReplicaSet, EndpointSlice, garbage collector) do the rest.
+//! [`LocalNode`] goes further: its kubelet loop really runs the pods, as processes (see
+//! `localnode/`).
 //!
 //! Dropping a [`KubeCluster`] (also while a failing test unwinds) stops the apiserver first, then
 //! the controller-manager, then etcd (an apiserver whose etcd is gone hangs in shutdown), each by
@@ -14,6 +16,7 @@
 mod components;
 mod kubectl;
 mod kubelet;
+pub mod localnode;
 mod pki;
 mod process;
 
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub use kubelet::{FakeKubelet, RunningPod};
+pub use localnode::LocalNode;
 use pki::Pki;
 pub(crate) use process::free_port;
 use process::{Proc, RUN_DIR_SUFFIX};

@@ -90,7 +90,7 @@ function edgeData(e) {
   return d;
 }
 
-function drawEdges(graph, pos, root) {
+function drawEdges(graph, pos, root, middle) {
   // Edges between the same two nodes (HTTP and TCP, or both directions) bend apart.
   const seen = new Map();
   for (const e of graph.edges) {
@@ -99,8 +99,11 @@ function drawEdges(graph, pos, root) {
     const nth = seen.get(pair) || 0;
     seen.set(pair, nth + 1);
     const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
-    const bend = (nth % 2 ? -1 : 1) * Math.ceil(nth / 2) * 40 * (e.source < e.target ? 1 : -1);
-    const c = { x: (a.x + b.x) / 2 - (dy / len) * bend, y: (a.y + b.y) / 2 + (dx / len) * bend };
+    // Bend outwards (away from the middle of the picture), where there is room for labels.
+    const bend = Math.ceil(nth / 2) * 110 * (nth % 2 ? 1 : -1);
+    const m = { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 };
+    const outwards = Math.sign(m.y - middle || 1) * Math.sign(dx || 1);
+    const c = { x: m.x - (dy / len) * bend * outwards, y: m.y + (dx / len) * bend * outwards };
     // End at the node's rim, not its centre, so the arrowhead shows.
     const cx = b.x - c.x, cy = b.y - c.y, cl = Math.hypot(cx, cy) || 1;
     const end = { x: b.x - (cx / cl) * (R + 3), y: b.y - (cy / cl) * (R + 3) };
@@ -144,8 +147,9 @@ function arrows(root) {
 function draw(graph) {
   svg.replaceChildren();
   arrows(svg);
-  const pos = layout(graph, svg.clientWidth || 1200, svg.clientHeight || 700);
-  drawEdges(graph, pos, svg);
+  const height = svg.clientHeight || 700;
+  const pos = layout(graph, svg.clientWidth || 1200, height);
+  drawEdges(graph, pos, svg, height / 2);
   drawNodes(graph, pos, svg);
   updates++;
   svg.setAttribute("data-updates", updates);

@@ -95,13 +95,22 @@ pub struct TopArgs {
     #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
     pub interval: f64,
     /// Seconds the rates are measured over (1 to 300).
-    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_window)]
     pub window: f64,
     /// Print one table and exit.
     #[arg(long)]
     pub once: bool,
     #[command(flatten)]
     pub admin: AdminAddrArg,
+}
+
+/// A rate window the admin listener accepts: 1 to 300 seconds.
+fn parse_window(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=300.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s:?}: between 1 and 300 seconds")),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 /// A positive, finite number of seconds (at least 0.1).

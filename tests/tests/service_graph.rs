@@ -282,7 +282,7 @@ fn service_graph_in_chromium_and_top_match_the_traffic_sent() {
     );
     // Binomial(200, 0.5): sd 0.035; ±0.15 is over 4 sd.
     assert!((0.35..=0.65).contains(&error_rate), "{to_web:?}");
-    // The last poll's rate, over a window at most the one the page last showed.
+    // The last poll's rate: the 200 requests over that poll's window.
     let rps = num(to_web, "data-rps");
     assert!(
         (rps * window - 200.0).abs() < 1e-6,

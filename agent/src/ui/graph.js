@@ -154,9 +154,9 @@ function draw(graph) {
   updates++;
   svg.setAttribute("data-updates", updates);
   if (graph.window_s !== null) svg.setAttribute("data-window", graph.window_s);
-  const window = graph.window_s === null ? "rates from the next sample on"
+  const rates = graph.window_s === null ? "rates from the next sample on"
     : `rates over ${graph.window_s.toFixed(1)} s`;
-  statusLine.textContent = `${graph.edges.length} edges · ${window} · ` +
+  statusLine.textContent = `${graph.edges.length} edges · ${rates} · ` +
     new Date().toLocaleTimeString();
 }
 

@@ -13,5 +13,8 @@ export MESHPATH_JAEGER
 # The metrics tests parse the Prometheus text with prometheus_client's parser.
 MESHPATH_PROM_PYTHON=$(bash scripts/prom-python.sh)
 export MESHPATH_PROM_PYTHON
+# The service-graph test loads the agent's /ui page in a real headless Chromium.
+MESHPATH_CHROMIUM=$(bash scripts/chromium.sh)
+export MESHPATH_CHROMIUM
 export PATH="$HOME/.cargo/bin:$PATH"
 exec cargo xtask test "$@"

@@ -3,7 +3,8 @@
 //! kernel counters under `meshpath.`), `/metrics` (Prometheus text), `/ready` (readiness: `LIVE`
 //! once the first snapshot of the cluster is programmed, 503 `PRE_INITIALIZING` before, as
 //! Envoy answers) and `/healthz` (liveness: the agent's runtime answers).
-//! `meshpath stats` reads `/stats` through [`fetch_stats`].
+//! `/ui` serves the live service graph (see [`crate::ui`]). `meshpath stats` reads `/stats`
+//! and `meshpath top` `/ui/graph.json`, both through [`fetch`].
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -37,14 +38,19 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
-    #[error("fetching http://{addr}/stats")]
+    #[error("fetching http://{addr}{path}")]
     Fetch {
         addr: SocketAddr,
+        path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("http://{addr}/stats answered {status}")]
-    Status { addr: SocketAddr, status: String },
+    #[error("http://{addr}{path} answered {status}")]
+    Status {
+        addr: SocketAddr,
+        path: String,
+        status: String,
+    },
 }
 
 /// What the admin endpoints report.
@@ -67,6 +73,8 @@ pub struct AdminState {
     pub kernel_maps: std::sync::Arc<std::sync::Mutex<Option<meshpath_datapath::DatapathMaps>>>,
     /// Istio's TCP metrics from the kernel (`--tcp-metrics`), when the datapath has them.
     pub tcp_metrics: Option<std::sync::Arc<crate::tcp_metrics::KernelTcpMetrics>>,
+    /// Recent samples of the Istio metrics, for the graph's rates.
+    pub graph: crate::ui::SharedHistory,
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -104,6 +112,12 @@ pub async fn start(addr: SocketAddr, state: AdminState) -> Result<(), AdminError
 
 async fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let (ctype, body) = match req.uri().path() {
+        p if p == "/ui" || p.starts_with("/ui/") => {
+            match crate::ui::serve(p, req.uri().query(), state).await {
+                Some(page) => page,
+                None => return not_found(),
+            }
+        }
         "/ready" if state.programmed.load(std::sync::atomic::Ordering::Relaxed) => {
             ("text/plain", "LIVE\n".to_owned())
         }
@@ -120,17 +134,19 @@ async fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<By
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics(state),
         ),
-        _ => {
-            let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
-            *r.status_mut() = StatusCode::NOT_FOUND;
-            return r;
-        }
+        _ => return not_found(),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(ctype),
     );
+    r
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+    *r.status_mut() = StatusCode::NOT_FOUND;
     r
 }
 
@@ -260,13 +276,17 @@ fn metrics(state: &AdminState) -> String {
     out
 }
 
-/// `GET /stats` from a running agent (plain HTTP/1.0, so no client stack is needed).
-pub async fn fetch_stats(addr: SocketAddr) -> Result<String, AdminError> {
-    let io = |source| AdminError::Fetch { addr, source };
+/// `GET path` (e.g. `/stats`) from a running agent's admin listener: the body of a 200 answer.
+/// Plain HTTP/1.0, so no client stack is needed.
+pub async fn fetch(addr: SocketAddr, path: &str) -> Result<String, AdminError> {
+    let io = |source| AdminError::Fetch {
+        addr,
+        path: path.to_owned(),
+        source,
+    };
     let mut s = TcpStream::connect(addr).await.map_err(io)?;
-    s.write_all(b"GET /stats HTTP/1.0\r\nHost: meshpath\r\n\r\n")
-        .await
-        .map_err(io)?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: meshpath\r\n\r\n");
+    s.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.map_err(io)?;
     let text = String::from_utf8_lossy(&buf);
@@ -275,6 +295,7 @@ pub async fn fetch_stats(addr: SocketAddr) -> Result<String, AdminError> {
     if !status.contains(" 200 ") {
         return Err(AdminError::Status {
             addr,
+            path: path.to_owned(),
             status: status.to_owned(),
         });
     }
@@ -311,11 +332,12 @@ mod tests {
             dns: Default::default(),
             tcp_metrics: None,
             kernel_maps: Default::default(),
+            graph: Default::default(),
         };
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
         // No proxy, no pinned maps: an empty (but successful) report.
-        assert_eq!(fetch_stats(addr).await.unwrap(), "");
+        assert_eq!(fetch(addr, "/stats").await.unwrap(), "");
         let early = raw_get(addr, "/ready").await;
         assert!(
             early.starts_with("HTTP/1.0 503") && early.ends_with("PRE_INITIALIZING\n"),
@@ -327,6 +349,24 @@ mod tests {
         assert!(
             ready.starts_with("HTTP/1.0 200") && ready.ends_with("LIVE\n"),
             "{ready}"
+        );
+        let page = raw_get(addr, "/ui").await;
+        assert!(
+            page.starts_with("HTTP/1.0 200") && page.contains("<svg"),
+            "{page}"
+        );
+        assert!(raw_get(addr, "/ui/graph.js")
+            .await
+            .contains("function draw"));
+        assert!(raw_get(addr, "/ui/nope").await.starts_with("HTTP/1.0 404"));
+        // No proxy, no kernel metrics: an empty graph, with a rate window from the second poll.
+        let first = fetch(addr, "/ui/graph.json").await.unwrap();
+        assert_eq!(first, r#"{"window_s":null,"nodes":[],"edges":[]}"#);
+        let second: serde_json::Value =
+            serde_json::from_str(&fetch(addr, "/ui/graph.json?window=5").await.unwrap()).unwrap();
+        assert!(
+            second["window_s"].as_f64().is_some_and(|w| w > 0.0),
+            "{second}"
         );
         let metrics = raw_get(addr, "/metrics").await;
         assert!(metrics.ends_with("# EOF\n"), "{metrics}");
@@ -374,6 +414,7 @@ mod tests {
             dns: Default::default(),
             tcp_metrics: None,
             kernel_maps: Default::default(),
+            graph: Default::default(),
         };
         let text = metrics(&state);
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

@@ -83,6 +83,43 @@ pub enum Command {
     /// Print a running agent's stats (Envoy's `/stats` text from its admin listener), only the
     /// lines containing FILTER when given, e.g. `meshpath stats upstream_rq_pending_overflow`.
     Stats(StatsArgs),
+    /// Show a running agent's service graph as a live table: per edge (workload → service →
+    /// workload) requests, 5xx, requests/s, 5xx rate and p99 for HTTP, connections and bytes
+    /// for TCP on the kernel path (the figures `/ui` draws).
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
+    pub interval: f64,
+    /// Seconds the rates are measured over (1 to 300).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_window)]
+    pub window: f64,
+    /// Print one table and exit.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub admin: AdminAddrArg,
+}
+
+/// A rate window the admin listener accepts: 1 to 300 seconds.
+fn parse_window(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=300.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{s:?}: between 1 and 300 seconds")),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
+}
+
+/// A positive, finite number of seconds (at least 0.1).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.1 => Ok(v),
+        Ok(_) => Err(format!("{s:?}: at least 0.1 seconds")),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 #[derive(Debug, Args)]

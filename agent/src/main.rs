@@ -6,11 +6,14 @@ mod cgroup_layout;
 mod config;
 mod coverage;
 mod dns;
+mod graph;
 mod netns;
 mod proxy_listeners;
 mod reconcile;
 mod run;
 mod tcp_metrics;
+mod top;
+mod ui;
 mod validate;
 
 use meshpath_datapath::{self as datapath, status};
@@ -84,12 +87,21 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let stats = rt
-                .block_on(admin::fetch_stats(args.admin.admin_addr))
+                .block_on(admin::fetch(args.admin.admin_addr, "/stats"))
                 .context("meshpath stats")?;
             #[allow(clippy::print_stdout)] // CLI output
             {
                 print!("{}", admin::filter_lines(&stats, args.filter.as_deref()));
             }
+        }
+        Command::Top(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let interval = (!args.once).then(|| std::time::Duration::from_secs_f64(args.interval));
+            let window = std::time::Duration::from_secs_f64(args.window);
+            rt.block_on(top::run(args.admin.admin_addr, window, interval))
+                .context("meshpath top")?;
         }
         Command::Cleanup(args) => {
             datapath::cleanup(&args.pin_dir).context("meshpath cleanup")?;

@@ -146,6 +146,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         istio,
         pin_dir: cfg.pin_dir.clone(),
         dns: dns_metrics,
+        graph: Default::default(),
     };
     // Not fatal: traffic matters more than stats, and several agents (tests, a restart
     // overlapping the old process) may contend for the default port.

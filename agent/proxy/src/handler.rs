@@ -189,6 +189,16 @@ async fn route<'a>(
         }
         Err(reply) => return routed.reply(reply),
     };
+    // The destination is drawn when the route is chosen, before its faults, as Envoy resolves
+    // the route's cluster before its filters run: a fault-aborted request is reported against
+    // the service it was routed to (Istio's `destination_service`, Kiali's edge).
+    let dest = match &route.route.action {
+        RouteAction::Route(_) => Some(layers::route::destination(route)),
+        _ => None,
+    };
+    if let Some(Ok(d)) = &dest {
+        routed.cluster = Some(&d.key);
+    }
     if let Err(reply) = layers::fault::inject(route.route.fault.as_ref()).await {
         return routed.reply(reply);
     }
@@ -199,11 +209,10 @@ async fn route<'a>(
             local_reply(status, body.clone().map(Bytes::from).unwrap_or_default())
         }
         RouteAction::Route(_) => {
-            let dest = match layers::route::destination(route) {
+            let dest = match dest.unwrap_or_else(|| layers::route::destination(route)) {
                 Ok(d) => d,
                 Err(reply) => return routed.reply(reply),
             };
-            routed.cluster = Some(&dest.key);
             let target = match layers::route::target(dest, || proxy.passthrough_endpoint(orig)) {
                 Ok(t) => t,
                 Err(reply) => return routed.reply(reply),

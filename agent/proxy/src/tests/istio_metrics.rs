@@ -129,6 +129,54 @@ grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"none
     task.abort();
 }
 
+/// A fault abort is reported against the service its route chose (as Istio does), with the
+/// `FI` flag and no destination workload: no endpoint was reached.
+#[tokio::test]
+async fn fault_aborts_count_against_the_routed_service() {
+    let data = backend("data").await;
+    let mut r = route(vec![], to(&key("data")));
+    r.fault = Some(Fault {
+        delay: None,
+        abort: Some((503, 100.0)),
+    });
+    let (_tx, rx) = watch::channel(Arc::new(config(
+        vec![r],
+        vec![(key("data"), cluster(&[data.addr], RoundRobin))],
+    )));
+    let proxy = Proxy::with_options(rx, ProxyOptions::default(), None);
+    let metrics = proxy.istio_metrics();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pods = Arc::new(Pods {
+        data_addr: data.addr,
+    });
+    let task = tokio::spawn(serve(listener, pods, proxy));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..2 {
+        let req = Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 503);
+    }
+    let text = scrape(&metrics);
+    let fi = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"FI\""))
+        .unwrap_or_else(|| panic!("no FI series:\n{text}"));
+    assert!(
+        fi.contains("destination_service=\"data.default.svc.cluster.local\""),
+        "{fi}"
+    );
+    assert!(fi.contains("destination_workload=\"unknown\""), "{fi}");
+    assert!(
+        fi.contains("response_code=\"503\"") && fi.ends_with("} 2"),
+        "{fi}"
+    );
+    assert_eq!(data.count(), 0);
+    task.abort();
+}
+
 /// The Python client library's OpenMetrics parser (the text prometheus-client encodes, `# EOF`
 /// included) must read every family and sample.
 fn parse_with_prometheus_client(text: &str) {

@@ -136,6 +136,11 @@ async fn zipkin_spans_carry_istios_names_and_tags() {
         .find(|s| s["tags"]["http.status_code"] == "503")
         .unwrap();
     assert_eq!(failed["tags"]["error"], "true");
+    // Counted once the collector's answer is back (after it recorded the spans).
+    wait_for("the exports counted", || {
+        exp.stats().exported.load(Ordering::Relaxed) >= 2
+    })
+    .await;
     assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 2);
 }
 
@@ -159,6 +164,12 @@ async fn the_source_workloads_sampling_overrides_the_proxys() {
     h.get_with("/", &[("x-b3-sampled", "1")]).await;
     wait_for("the one sampled span", || {
         zipkin_spans(&collector).len() == 1
+    })
+    .await;
+    // The exporter counts a batch once the collector's answer is back, after the collector has
+    // recorded the spans: wait for the count too.
+    wait_for("the export counted", || {
+        exp.stats().exported.load(Ordering::Relaxed) >= 1
     })
     .await;
     assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 1);

@@ -96,6 +96,11 @@ async fn zipkin_spans_carry_istios_names_and_tags() {
     h.get_with("/ok?x=1", &[("x-request-id", "rid-1")]).await;
     h.get("/fail").await;
     wait_for("two spans", || zipkin_spans(&collector).len() == 2).await;
+    // Counted once the collector's answer is back (after it recorded the spans).
+    wait_for("the exports counted", || {
+        exp.stats().exported.load(Ordering::Relaxed) >= 2
+    })
+    .await;
     let spans = zipkin_spans(&collector);
     let ok = spans
         .iter()
@@ -136,11 +141,6 @@ async fn zipkin_spans_carry_istios_names_and_tags() {
         .find(|s| s["tags"]["http.status_code"] == "503")
         .unwrap();
     assert_eq!(failed["tags"]["error"], "true");
-    // Counted once the collector's answer is back (after it recorded the spans).
-    wait_for("the exports counted", || {
-        exp.stats().exported.load(Ordering::Relaxed) >= 2
-    })
-    .await;
     assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 2);
 }
 

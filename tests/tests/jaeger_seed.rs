@@ -5,6 +5,10 @@
 //! Zipkin tracer does for Istio. The apps find each other by their default URLs (the seed's
 //! Service names), resolved by the agent's DNS proxy; the pods' processes see a Kubernetes-style
 //! resolv.conf through a private mount namespace (`unshare -m`, as in dns.rs).
+//!
+//! Needs `MESHPATH_JAEGER=$(bash scripts/jaeger.sh)` (skipped with a reason otherwise) and curl.
+//! `MESHPATH_JAEGER_TRACE_OUT=FILE` writes one trace as Jaeger returned it to FILE and the
+//! `istio_requests_total` lines of the same run to FILE.metrics (the README's excerpts).
 
 #[path = "seed_apps/mod.rs"]
 mod apps;

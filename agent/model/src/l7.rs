@@ -62,6 +62,9 @@ pub struct Endpoint {
 pub struct HttpRoute {
     /// Istio's route name, kept for access logs and per-route stats.
     pub name: Option<String>,
+    /// The VirtualService's name: Istio's span operation for a route that does not send to
+    /// exactly one cluster is `<virtual service>:<port><path>`.
+    pub virtual_service: Option<String>,
     /// OR of the matches; empty means "match everything".
     pub matches: Vec<HttpMatch>,
     pub action: RouteAction,

@@ -27,7 +27,7 @@ use super::snapshot::{ClusterRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
 use super::workload::Workload;
-use super::{redirect, upgrade, Proxy};
+use super::{operation, redirect, upgrade, Proxy};
 use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -47,6 +47,8 @@ pub(crate) struct ConnCtx {
 /// What routing decided, for the span (borrowed from the snapshot: no copy unless exported).
 #[derive(Default)]
 struct Routed<'a> {
+    /// The route and which of its matches selected it (the span's operation name).
+    route: Option<(&'a RouteRt, Option<&'a Matcher>)>,
     cluster: Option<&'a ClusterKey>,
     upstream: Option<SocketAddr>,
     /// Envoy's response flag for a reply the proxy made itself, `None` for `-`.
@@ -82,6 +84,12 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
                 start: SystemTime::now(),
                 duration: Duration::ZERO,
                 method: head.method.to_string(),
+                user_agent: head
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .map(trace::value_string),
+                request_size: 0,
+                response_size: 0,
                 authority: trace::value_string(&headers::authority(&head)),
                 path: head
                     .uri
@@ -110,6 +118,8 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     let mut routed = Routed::default();
     let resp = route(conn, &snap, head, body, &mut routed).await;
     let elapsed = t0.elapsed();
+    // Known when the upstream said (content-length) or the proxy replied itself.
+    let response_bytes = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
     let source = proxy.metrics.side(conn.source.as_deref());
     let dest_workload = routed
         .upstream
@@ -123,24 +133,18 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
         flags: routed.flags.unwrap_or("-"),
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         request_bytes,
-        // Known when the upstream said (content-length) or the proxy replied itself.
-        response_bytes: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0),
+        response_bytes,
     });
     if let (Some(mut span), Some(exporter)) = (span, &proxy.exporter) {
         span.duration = elapsed;
         span.status = resp.status().as_u16();
         span.upstream_cluster = routed.cluster.map(crate::breaker::envoy_cluster_name);
-        span.operation = match routed.cluster {
-            // Istio's route decorator: the destination host and port, any path.
-            Some(k) => format!(
-                "{}.{}.svc.cluster.local:{}/*",
-                k.service.name, k.service.namespace, k.port
-            ),
-            None => match conn.original_dst {
-                Some(d) => format!("{d}/*"),
-                None => format!("{}/*", span.authority),
-            },
+        span.operation = match (routed.route, conn.original_dst) {
+            (Some((route, matcher)), Some(d)) => operation::of(route, matcher, d.port()),
+            _ => operation::undecorated(&span.authority),
         };
+        span.request_size = request_bytes;
+        span.response_size = response_bytes;
         span.upstream_addr = routed.upstream;
         span.response_flags = routed.flags.unwrap_or("-");
         exporter.export(span);
@@ -171,7 +175,10 @@ async fn route<'a>(
             route,
             matcher,
             original_dst,
-        }) => (route, matcher, original_dst),
+        }) => {
+            routed.route = Some((route, matcher));
+            (route, matcher, original_dst)
+        }
         Ok(Selected::Passthrough(orig)) => {
             let ep = proxy.passthrough_endpoint(orig);
             let target = Target::Passthrough(ep, super::snapshot::DEFAULT_CONNECT_TIMEOUT);

@@ -43,6 +43,7 @@ mod layers;
 mod lb;
 mod matching;
 mod mirror;
+mod operation;
 mod otlp;
 mod outlier;
 mod redirect;

@@ -37,6 +37,13 @@ pub struct Span {
     /// Until the response headers were ready (the body may still be streaming).
     pub duration: Duration,
     pub method: String,
+    /// The request's `user-agent`, Envoy's `user_agent` tag (`-` when absent).
+    pub user_agent: Option<String>,
+    /// Request and response body bytes (Envoy's `request_size`, `response_size`): the
+    /// `content-length`s, as the proxy's metrics count them; a streamed body of unknown length
+    /// counts 0.
+    pub request_size: u64,
+    pub response_size: u64,
     pub authority: String,
     pub path: String,
     /// `HTTP/1.1` or `HTTP/2`, as Envoy's `http.protocol` tag spells it.

@@ -58,7 +58,12 @@ pub(crate) fn tags(span: &Span, meta: &TraceMeta) -> Vec<(&'static str, String)>
             span.upstream_cluster.clone().unwrap_or_else(|| "-".into()),
         ),
         ("response_flags", span.response_flags.to_owned()),
-        ("request_size", "0".to_owned()),
+        (
+            "user_agent",
+            span.user_agent.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("request_size", span.request_size.to_string()),
+        ("response_size", span.response_size.to_string()),
         (
             "istio.canonical_service",
             src.map_or_else(unknown, |w| w.canonical_service.clone()),

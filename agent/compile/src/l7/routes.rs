@@ -89,6 +89,7 @@ pub fn http_route(
         });
     Ok(Some(l7::HttpRoute {
         name: route.name.clone(),
+        virtual_service: Some(vs.id.name.clone()),
         matches,
         action,
         fault: route.fault.as_ref().map(|f| l7::Fault {

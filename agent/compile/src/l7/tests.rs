@@ -107,6 +107,11 @@ fn seed_weighted_20_80_with_subset_endpoints() {
         weights(&routes.http[0].action),
         [(Some("v1"), 20), (Some("v2"), 80)]
     );
+    // A weighted split's spans are named after the VirtualService (Istio's route decorator).
+    assert_eq!(
+        routes.http[0].virtual_service.as_deref(),
+        Some("springboot-app-svc")
+    );
     // Subsets select by the labels of the Pods the EndpointSlice names.
     let clusters = &out.config.clusters;
     assert_eq!(

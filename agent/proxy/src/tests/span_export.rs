@@ -96,6 +96,11 @@ async fn zipkin_spans_carry_istios_names_and_tags() {
     h.get_with("/ok?x=1", &[("x-request-id", "rid-1")]).await;
     h.get("/fail").await;
     wait_for("two spans", || zipkin_spans(&collector).len() == 2).await;
+    // Counted once the collector's answer is back (after it recorded the spans).
+    wait_for("the exports counted", || {
+        exp.stats().exported.load(Ordering::Relaxed) >= 2
+    })
+    .await;
     let spans = zipkin_spans(&collector);
     let ok = spans
         .iter()
@@ -161,6 +166,12 @@ async fn the_source_workloads_sampling_overrides_the_proxys() {
         zipkin_spans(&collector).len() == 1
     })
     .await;
+    // The exporter counts a batch once the collector's answer is back, after the collector has
+    // recorded the spans: wait for the count too.
+    wait_for("the export counted", || {
+        exp.stats().exported.load(Ordering::Relaxed) >= 1
+    })
+    .await;
     assert_eq!(exp.stats().exported.load(Ordering::Relaxed), 1);
 }
 
@@ -188,6 +199,78 @@ async fn no_route_is_flagged_nr() {
     let s = &zipkin_spans(&collector)[0];
     assert_eq!(s["tags"]["response_flags"], "NR");
     assert_eq!(s["tags"]["upstream_cluster"], "-");
+    // No route, no decorator: Envoy's outbound span keeps `egress <host>`.
+    assert_eq!(s["name"], "egress svc.default");
+}
+
+#[tokio::test]
+async fn spans_carry_body_sizes_the_user_agent_and_the_matched_routes_operation() {
+    let collector = backend("collector").await;
+    let (a, b) = (backend("a").await, backend("bb").await);
+    let prefix_route = route(
+        vec![HttpMatch {
+            uri: Some(prefix("/api")),
+            ..Default::default()
+        }],
+        to(&key("a")),
+    );
+    let mut split = route(
+        vec![],
+        RouteAction::Route(vec![
+            WeightedCluster {
+                cluster: key("a"),
+                weight: 50,
+            },
+            WeightedCluster {
+                cluster: key("b"),
+                weight: 50,
+            },
+        ]),
+    );
+    split.virtual_service = Some("ab-split".into());
+    let h = start_with(
+        config(
+            vec![prefix_route, split],
+            vec![
+                (key("a"), cluster(&[a.addr], RoundRobin)),
+                (key("b"), cluster(&[b.addr], RoundRobin)),
+            ],
+        ),
+        WorkloadDst(productpage(None)),
+        Some(exporter(collector.addr, Format::Zipkin)),
+    )
+    .await;
+    let post = Request::post("/api/orders")
+        .header("user-agent", "curl/8.14.1")
+        .body(Bytes::from_static(b"0123456789"))
+        .unwrap();
+    assert_eq!(h.send(post).await.body, "a");
+    h.get("/other").await;
+    wait_for("two spans", || zipkin_spans(&collector).len() == 2).await;
+    let spans = zipkin_spans(&collector);
+    let api = spans
+        .iter()
+        .find(|s| s["tags"]["http.method"] == "POST")
+        .unwrap();
+    // Istio's decorator for a prefix match: `<host>:<port><prefix>*`.
+    assert_eq!(api["name"], "a.default.svc.cluster.local:80/api*");
+    let tags = &api["tags"];
+    assert_eq!(
+        (
+            &tags["user_agent"],
+            &tags["request_size"],
+            &tags["response_size"]
+        ),
+        (&"curl/8.14.1".into(), &"10".into(), &"1".into())
+    );
+    let other = spans
+        .iter()
+        .find(|s| s["tags"]["http.method"] == "GET")
+        .unwrap();
+    // Several destinations: the VirtualService's name and the listener's port.
+    assert_eq!(other["name"], "ab-split:80/*");
+    assert_eq!(other["tags"]["user_agent"], "-");
+    assert_eq!(other["tags"]["request_size"], "0");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@
 //! Service's DestinationRule: exact host before wildcard, the Service's namespace first, then
 //! namespace/name order.
 
-mod clusters;
+pub(crate) mod clusters;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -44,23 +44,38 @@ pub struct L7Compiled {
 /// keep being served (through the service's endpoints) after their service stops being steered,
 /// e.g. when its VirtualService is deleted.
 pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
+    steer_reasons(config).into_keys().collect()
+}
+
+/// [`needs_proxy`], with why each frontend needs the proxy.
+pub fn steer_reasons(config: &L7Config) -> BTreeMap<FrontendAddr, crate::lb::ProxyPart> {
+    use crate::lb::ProxyPart;
     config
         .listeners
         .iter()
-        .filter(|(_, routes)| {
-            !routes.http.is_empty()
-                || config
-                    .clusters
-                    .get(&routes.default_cluster)
-                    .is_some_and(|c| policy_needs_proxy(&c.policy))
-        })
-        .filter_map(|(addr, _)| match addr.ip() {
-            IpAddr::V4(ip) => Some(FrontendAddr {
-                ip,
-                port: addr.port(),
-                protocol: Protocol::Tcp,
-            }),
-            IpAddr::V6(_) => None,
+        .filter_map(|(addr, routes)| {
+            let why = if !routes.http.is_empty() {
+                ProxyPart::Routes
+            } else if config
+                .clusters
+                .get(&routes.default_cluster)
+                .is_some_and(|c| policy_needs_proxy(&c.policy))
+            {
+                ProxyPart::Policy
+            } else {
+                return None;
+            };
+            match addr.ip() {
+                IpAddr::V4(ip) => Some((
+                    FrontendAddr {
+                        ip,
+                        port: addr.port(),
+                        protocol: Protocol::Tcp,
+                    },
+                    why,
+                )),
+                IpAddr::V6(_) => None,
+            }
         })
         .collect()
 }

@@ -14,6 +14,9 @@ use serde::Serialize;
 
 use crate::{DatapathError, DatapathMaps};
 
+mod explain;
+pub use explain::PolicyStatus;
+
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Status {
     pub pin_dir: String,
@@ -50,7 +53,10 @@ pub struct ServiceStatus {
     pub svc_id: u32,
     pub frontend: String,
     pub protocol: &'static str,
+    /// What the kernel picks by when it balances the frontend.
     pub policy: &'static str,
+    /// The load-balancing policy that applies, where it is enforced and why.
+    pub lb: PolicyStatus,
     pub affinity_timeout_sec: Option<u32>,
     /// VirtualService `tcp:` slots: connects count against each slot's route destination
     /// (`limit_groups`, or a service's own limit), never this frontend's.
@@ -107,6 +113,11 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
             })
             .collect();
         let stats = maps.service_stats(header.svc_id)?;
+        let policy = if header.flags & SVC_FLAG_ROUND_ROBIN != 0 {
+            "round-robin"
+        } else {
+            "random"
+        };
         services.push(ServiceStatus {
             name: names
                 .get(&header.svc_id)
@@ -119,11 +130,8 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
             )
             .to_string(),
             protocol: if key.proto == PROTO_TCP { "TCP" } else { "UDP" },
-            policy: if header.flags & SVC_FLAG_ROUND_ROBIN != 0 {
-                "round-robin"
-            } else {
-                "random"
-            },
+            policy,
+            lb: explain::explain(header.policy, policy),
             affinity_timeout_sec: (header.flags & SVC_FLAG_AFFINITY != 0)
                 .then_some(header.affinity_timeout_sec),
             route_limits: header.flags & SVC_FLAG_ROUTE_LIMITS != 0,
@@ -203,6 +211,11 @@ pub fn render(status: &Status) -> String {
             out,
             "{} {}/{} [{}{affinity}] backends={} connects={} datagrams={} no_backend={} affinity_hits={}",
             s.name, s.frontend, s.protocol, s.policy, s.backends.len(), s.connects, s.datagrams, s.no_backend, s.affinity_hits
+        );
+        let _ = writeln!(
+            out,
+            "    lb {} ({}): {}: {}",
+            s.lb.name, s.lb.from, s.lb.enforced, s.lb.why
         );
         if let Some(max) = s.max_connections {
             let _ = writeln!(

@@ -136,6 +136,7 @@ fn least_request_is_steered_to_the_proxy() {
         c.node.pin_dir().to_str().expect("utf-8"),
     ])
     .expect("meshpath status");
+    eprintln!("$ meshpath status\n{text}");
     assert!(
         text.contains("lb LEAST_REQUEST (DestinationRule): proxy:"),
         "{text}"

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 use meshpath_common::{
-    ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY,
+    ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_DNS,
     SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS,
 };
 use serde::Serialize;
@@ -131,7 +131,11 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
             .to_string(),
             protocol: if key.proto == PROTO_TCP { "TCP" } else { "UDP" },
             policy,
-            lb: explain::explain(header.policy, policy),
+            lb: if header.flags & SVC_FLAG_DNS != 0 {
+                explain::dns()
+            } else {
+                explain::explain(header.policy, policy)
+            },
             affinity_timeout_sec: (header.flags & SVC_FLAG_AFFINITY != 0)
                 .then_some(header.affinity_timeout_sec),
             route_limits: header.flags & SVC_FLAG_ROUTE_LIMITS != 0,
@@ -207,10 +211,16 @@ pub fn render(status: &Status) -> String {
             Some(t) => format!(", affinity ClientIP {t}s"),
             None => String::new(),
         };
+        // A frontend the proxy balances has one kernel backend, the proxy's listener.
+        let policy = if s.lb.enforced == "proxy" {
+            "via proxy"
+        } else {
+            s.policy
+        };
         let _ = writeln!(
             out,
-            "{} {}/{} [{}{affinity}] backends={} connects={} datagrams={} no_backend={} affinity_hits={}",
-            s.name, s.frontend, s.protocol, s.policy, s.backends.len(), s.connects, s.datagrams, s.no_backend, s.affinity_hits
+            "{} {}/{} [{policy}{affinity}] backends={} connects={} datagrams={} no_backend={} affinity_hits={}",
+            s.name, s.frontend, s.protocol, s.backends.len(), s.connects, s.datagrams, s.no_backend, s.affinity_hits
         );
         let _ = writeln!(
             out,

@@ -17,6 +17,16 @@ pub struct PolicyStatus {
     pub why: String,
 }
 
+/// A resolver's address steered to the agent's DNS listener (`SVC_FLAG_DNS`): no balancing.
+pub fn dns() -> PolicyStatus {
+    PolicyStatus {
+        name: "dns".into(),
+        from: "agent",
+        enforced: "kernel",
+        why: "a resolver's address: its queries go to the agent's DNS listener".into(),
+    }
+}
+
 /// `kernel_policy`: what the kernel picks by (`random` / `round-robin`) when it balances.
 pub fn explain(policy: u8, kernel_policy: &str) -> PolicyStatus {
     let (name, from) = match policy & code::LB_MASK {
@@ -41,7 +51,7 @@ pub fn explain(policy: u8, kernel_policy: &str) -> PolicyStatus {
         _ => match lb {
             code::LB_PASSTHROUGH => ("kernel", format!("the original destination is the ClusterIP, which the kernel translates as kube-proxy would ({kernel_policy})")),
             code::LB_ROUND_ROBIN | code::LB_RANDOM => ("kernel", format!("the kernel picks {kernel_policy} per connection")),
-            _ => ("kernel", format!("the kernel picks {kernel_policy} per connection ({from})")),
+            _ => ("kernel", format!("no DestinationRule loadBalancer: the kernel picks {kernel_policy} per connection")),
         },
     };
     PolicyStatus {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use meshpath_compile::l7::{compile_l7, kernel_connection_limits, steer_reasons, L7Compiled};
-use meshpath_compile::lb::{self, ProxyPart};
+use meshpath_compile::l7::{compile_l7, kernel_connection_limits, L7Compiled};
+use meshpath_compile::lb::{self, steer_reasons, ProxyPart};
 use meshpath_compile::limits::{route_limits, RouteLimits};
 use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};

@@ -20,9 +20,11 @@
 //! "no healthy upstream" like Envoy instead of the kernel refusing the connection.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use meshpath_common::policy as code;
 use meshpath_model::istio::model::LoadBalancer;
+use meshpath_model::l7::L7Config;
 use meshpath_model::{ClusterModel, LbPolicy, ObjectRef, Protocol};
 
 use crate::{Compiled, Frontend, FrontendAddr};
@@ -147,6 +149,54 @@ pub fn mark_proxy(
             None => ProxyPart::None,
         };
     }
+}
+
+/// `l7::needs_proxy`, with why each frontend needs the proxy.
+pub fn steer_reasons(config: &L7Config) -> BTreeMap<FrontendAddr, ProxyPart> {
+    config
+        .listeners
+        .iter()
+        .filter_map(|(addr, routes)| {
+            let why = if !routes.http.is_empty() {
+                ProxyPart::Routes
+            } else if config
+                .clusters
+                .get(&routes.default_cluster)
+                .is_some_and(|c| policy_needs_proxy(&c.policy))
+            {
+                ProxyPart::Policy
+            } else {
+                return None;
+            };
+            match addr.ip() {
+                IpAddr::V4(ip) => Some((
+                    FrontendAddr {
+                        ip,
+                        port: addr.port(),
+                        protocol: Protocol::Tcp,
+                    },
+                    why,
+                )),
+                IpAddr::V6(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
+fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
+    use meshpath_model::l7::LoadBalancer as Lb;
+    let lb = matches!(
+        p.load_balancer,
+        Lb::LeastRequest | Lb::ConsistentHash { .. }
+    );
+    let pool = &p.connection_pool;
+    let http_pool = pool.http1_max_pending_requests.is_some()
+        || pool.http2_max_requests.is_some()
+        || pool.max_requests_per_connection.is_some()
+        || pool.max_retries.is_some()
+        || pool.idle_timeout.is_some();
+    lb || http_pool || p.outlier_detection.is_some()
 }
 
 /// The `ServiceValue::policy` byte of a frontend (see `meshpath_common::policy`).

@@ -116,7 +116,7 @@ fn least_request_and_consistent_hash_steer_http_ports_to_the_proxy() {
         let mut c = compiled(&m, &CompileOptions::default());
         let (l7, errors) = crate::l7::compile_l7(&m, &c, &Default::default());
         assert_eq!(errors, []);
-        let wanted = crate::l7::steer_reasons(&l7.config);
+        let wanted = steer_reasons(&l7.config);
         assert_eq!(wanted.get(&addr(80)), Some(&ProxyPart::Policy), "{policy}");
         // The TCP port cannot go to the HTTP proxy: marked as not enforced there.
         assert!(!wanted.contains_key(&addr(5432)));
@@ -143,7 +143,7 @@ fn passthrough_keeps_the_services_own_policy_in_the_kernel() {
     };
     let mut c = compiled(&m, &opts);
     let (l7, _) = crate::l7::compile_l7(&m, &c, &Default::default());
-    let wanted = crate::l7::steer_reasons(&l7.config);
+    let wanted = steer_reasons(&l7.config);
     assert!(wanted.is_empty(), "{wanted:?}");
     mark_proxy(&mut c, &wanted, &BTreeSet::new());
     let fe = &c.frontends[&addr(80)];

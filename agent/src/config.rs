@@ -32,6 +32,7 @@ pub const ENV_BPF_LOG: &str = "MESHPATH_BPF_LOG";
 pub const ENV_TCP_METRICS_SAMPLE_MS: &str = "MESHPATH_TCP_METRICS_SAMPLE_MS";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
 pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
+pub const ENV_HTTP_NO_ENDPOINT_503: &str = "MESHPATH_HTTP_NO_ENDPOINT_503";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const ENV_LOG: &str = "MESHPATH_LOG";
 pub const ENV_PROXY_IP: &str = "MESHPATH_PROXY_IP";
@@ -269,6 +270,11 @@ pub struct AgentArgs {
     /// Port range for the proxy's listeners, one per steered ClusterIP:port.
     #[arg(long, env = ENV_PROXY_PORTS, default_value = DEFAULT_PROXY_PORTS, value_parser = parse_port_range)]
     pub proxy_ports: (u16, u16),
+    /// An HTTP port (named `http`/`http-*`, or `appProtocol: http`) of a Service with no ready
+    /// endpoint is steered to the proxy, which answers 503 "no healthy upstream" as Envoy does,
+    /// instead of the kernel refusing the connection. Needs --proxy-ip.
+    #[arg(long, env = ENV_HTTP_NO_ENDPOINT_503, default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_no_endpoint_503: bool,
     /// Move the agent process into this cgroup v2 directory at start (e.g. a child of
     /// `--cgroup`), so the node proxy's own sockets are managed too and same-node socket
     /// redirection applies to them. An agent that already runs under the managed cgroup (as a
@@ -385,6 +391,8 @@ pub struct ProxyConfig {
     pub ip: Ipv4Addr,
     pub netns: Option<PathBuf>,
     pub ports: (u16, u16),
+    /// `--http-no-endpoint-503`.
+    pub http_no_endpoint_503: bool,
 }
 
 impl From<&AgentArgs> for AgentConfig {
@@ -441,6 +449,7 @@ impl From<&AgentArgs> for AgentConfig {
                 ip,
                 netns: a.proxy_netns.clone(),
                 ports: a.proxy_ports,
+                http_no_endpoint_503: a.http_no_endpoint_503,
             }),
             compile: CompileOptions {
                 default_lb_policy: match a.default_lb_policy {

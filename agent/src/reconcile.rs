@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use meshpath_compile::l7::{compile_l7, kernel_connection_limits, needs_proxy, L7Compiled};
+use meshpath_compile::l7::{compile_l7, kernel_connection_limits, L7Compiled};
+use meshpath_compile::lb::{self, steer_reasons, ProxyPart};
 use meshpath_compile::limits::{route_limits, RouteLimits};
 use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
@@ -23,6 +24,8 @@ use crate::proxy_listeners::{pod_labels, ProxyListeners};
 pub struct ProxySetup {
     pub ip: Ipv4Addr,
     pub ports: (u16, u16),
+    /// Steer HTTP ports without ready endpoints to the proxy, which answers 503.
+    pub http_no_endpoint_503: bool,
     pub listeners: ProxyListeners,
 }
 
@@ -96,6 +99,8 @@ impl Reconciler {
                 fe.max_connections = limits.get(&fe.service).copied();
             }
         }
+        let rules = lb::rule_policies(model, &next);
+        lb::apply_rules(&mut next, &rules);
         let (l7, l7_errors) = compile_l7(model, &next, &self.l7);
         let l7_at = started.elapsed();
         for e in &l7_errors {
@@ -111,7 +116,17 @@ impl Reconciler {
             RouteLimits::default()
         };
 
-        let steered = needs_proxy(&l7.config);
+        let mut wanted = steer_reasons(&l7.config);
+        if self.proxy.as_ref().is_some_and(|p| p.http_no_endpoint_503) {
+            for addr in lb::http_without_endpoints(model, &next) {
+                // The proxy serves it from its plain-forwarding entry (an empty cluster).
+                let socket = std::net::SocketAddr::from((addr.ip, addr.port));
+                if l7.config.listeners.contains_key(&socket) {
+                    wanted.entry(addr).or_insert(ProxyPart::NoEndpoint);
+                }
+            }
+        }
+        let steered: std::collections::BTreeSet<FrontendAddr> = wanted.keys().copied().collect();
         let ports = match self.proxy.as_mut() {
             Some(p) => {
                 let (assigned, out_of_ports) = self.ports.assign(&steered, p.ports);
@@ -135,6 +150,7 @@ impl Reconciler {
             .as_ref()
             .map(|p| ports.targets(p.ip))
             .unwrap_or_default();
+        lb::mark_proxy(&mut next, &wanted, &targets.keys().copied().collect());
         let ejected = meshpath_compile::ejection::ejected_ips(&l7.config, &self.ejected);
         let weighted = tcp_weights(&l7, &next, &ejected);
         // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).

@@ -101,6 +101,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         Some(p) => Some(ProxySetup {
             ip: p.ip,
             ports: p.ports,
+            http_no_endpoint_503: p.http_no_endpoint_503,
             listeners: {
                 let proxy = Proxy::with_options(
                     l7_rx.clone(),

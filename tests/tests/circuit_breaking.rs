@@ -112,16 +112,59 @@ fn seed_destination_rule_trips_the_breaker_and_counts_every_overflow() {
     assert!(ok > 0 && overflow > 0, "{codes:?}\n{}", c.agent.log());
     assert_eq!(stat(&admin, OVERFLOW_STAT), overflow, "{codes:?}");
     eprintln!("fortio: {codes:?}");
+    let pending: Vec<String> = stats(&admin, "golang-app-gateway")
+        .lines()
+        .filter(|l| l.contains("pending"))
+        .map(str::to_owned)
+        .collect();
     eprintln!(
         "$ meshpath stats golang-app-gateway | grep pending\n{}",
-        stats(&admin, "golang-app-gateway")
-            .lines()
-            .filter(|l| l.contains("pending"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        pending.join("\n")
     );
+    assert_seed_pending_lines(&pending, overflow);
     // The kernel's counters ride along under `meshpath.`.
     let kernel = stats(&admin, "meshpath.service.");
     assert!(kernel.contains(".conn_limit_refused: "), "{kernel}");
     eprintln!("{kernel}");
+}
+
+/// The seed's `pilot-agent request GET stats | grep golang-app-gateway | grep pending`: the same
+/// seven lines, in the same order, with values that fit the run (`overflow` 503s of 30 calls,
+/// nothing pending any more, no connection failed).
+fn assert_seed_pending_lines(lines: &[String], overflow: u64) {
+    let prefix = "cluster.outbound|8080||golang-app-gateway-svc.default.svc.cluster.local.";
+    let names = [
+        "circuit_breakers.default.remaining_pending",
+        "circuit_breakers.default.rq_pending_open",
+        "circuit_breakers.high.rq_pending_open",
+        "upstream_rq_pending_active",
+        "upstream_rq_pending_failure_eject",
+        "upstream_rq_pending_overflow",
+        "upstream_rq_pending_total",
+    ];
+    let got: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| {
+            let (name, value) = l.rsplit_once(": ").unwrap_or_else(|| panic!("{l}"));
+            let name = name.strip_prefix(prefix).unwrap_or_else(|| panic!("{l}"));
+            (name, value.parse().unwrap_or_else(|_| panic!("{l}")))
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        names,
+        "{lines:#?}"
+    );
+    let v = |n: &str| got.iter().find(|(name, _)| *name == n).map(|(_, v)| *v);
+    // http1MaxPendingRequests: 1, none pending now.
+    assert_eq!(v(names[0]), Some(1), "{lines:#?}");
+    assert_eq!(v(names[1]), Some(0));
+    assert_eq!(v(names[2]), Some(0));
+    assert_eq!(v(names[3]), Some(0));
+    assert_eq!(v(names[4]), Some(0), "no connection failed");
+    assert_eq!(v(names[5]), Some(overflow));
+    assert!(overflow > 0);
+    // Every call either found the connection free, waited as pending, or overflowed.
+    let total = v(names[6]).expect("total");
+    assert!(total >= 1 && total + overflow <= 30, "{lines:#?}");
 }

@@ -140,6 +140,8 @@ mod tests {
                 lb_policy: LbPolicy::Random,
                 affinity_timeout_sec: None,
                 max_connections: None,
+                lb_origin: Default::default(),
+                proxy: Default::default(),
                 backends: vec![be(POD_A, target), be(POD_B, target)],
             };
             c.frontends.insert(addr, fe);

@@ -13,18 +13,18 @@
 //! Service's DestinationRule: exact host before wildcard, the Service's namespace first, then
 //! namespace/name order.
 
-mod clusters;
+pub(crate) mod clusters;
 mod error;
 mod routes;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use meshpath_model::istio::{hosts, VirtualService};
 use meshpath_model::l7::{ClusterKey, L7Config, ServiceRoutes};
-use meshpath_model::{ClusterModel, ObjectRef, Protocol};
+use meshpath_model::{ClusterModel, ObjectRef};
 
 use super::{Compiled, FrontendAddr};
 
@@ -47,41 +47,7 @@ pub struct L7Compiled {
 /// keep being served (through the service's endpoints) after their service stops being steered,
 /// e.g. when its VirtualService is deleted.
 pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
-    config
-        .listeners
-        .iter()
-        .filter(|(_, routes)| {
-            !routes.http.is_empty()
-                || config
-                    .clusters
-                    .get(&routes.default_cluster)
-                    .is_some_and(|c| policy_needs_proxy(&c.policy))
-        })
-        .filter_map(|(addr, _)| match addr.ip() {
-            IpAddr::V4(ip) => Some(FrontendAddr {
-                ip,
-                port: addr.port(),
-                protocol: Protocol::Tcp,
-            }),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
-}
-
-/// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
-fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
-    use meshpath_model::l7::LoadBalancer as Lb;
-    let lb = matches!(
-        p.load_balancer,
-        Lb::LeastRequest | Lb::ConsistentHash { .. }
-    );
-    let pool = &p.connection_pool;
-    let http_pool = pool.http1_max_pending_requests.is_some()
-        || pool.http2_max_requests.is_some()
-        || pool.max_requests_per_connection.is_some()
-        || pool.max_retries.is_some()
-        || pool.idle_timeout.is_some();
-    lb || http_pool || p.outlier_detection.is_some()
+    crate::lb::steer_reasons(config).into_keys().collect()
 }
 
 pub fn compile_l7(

@@ -14,6 +14,7 @@ mod alloc;
 pub mod ejection;
 mod error;
 pub mod l7;
+pub mod lb;
 pub mod limits;
 mod resolve;
 pub mod steer;
@@ -78,6 +79,10 @@ pub struct Frontend {
     /// DestinationRule `connectionPool.tcp.maxConnections`, enforced in the kernel when the
     /// frontend stays on the kernel path.
     pub max_connections: Option<u32>,
+    /// Where `lb_policy` comes from ([`lb::apply_rules`] sets DestinationRule policies).
+    pub lb_origin: lb::LbOrigin,
+    /// Whether the node proxy handles the frontend, and why ([`lb::mark_proxy`]).
+    pub proxy: lb::ProxyPart,
     /// Sorted, without duplicates.
     pub backends: Vec<BackendAddr>,
 }
@@ -254,6 +259,11 @@ fn compile_service(
                 lb_policy: svc.lb_policy.unwrap_or(opts.default_lb_policy),
                 affinity_timeout_sec: svc.session_affinity.map(|a| a.timeout_seconds),
                 max_connections: None,
+                lb_origin: match svc.lb_policy {
+                    Some(_) => lb::LbOrigin::Annotation,
+                    None => lb::LbOrigin::Default,
+                },
+                proxy: lb::ProxyPart::None,
                 backends,
             },
         ));
@@ -325,7 +335,7 @@ impl Compiled {
                     backend_id: 0,
                     count: 1,
                     flags: 0,
-                    _pad0: 0,
+                    policy: lb::policy_code(fe),
                     svc_id: fe.svc_id,
                     affinity_timeout_sec: 0,
                 };
@@ -363,7 +373,7 @@ impl Compiled {
                 backend_id: 0,
                 count: slots.len() as u16,
                 flags,
-                _pad0: 0,
+                policy: lb::policy_code(fe),
                 svc_id: fe.svc_id,
                 affinity_timeout_sec: fe.affinity_timeout_sec.unwrap_or(0),
             };

@@ -18,6 +18,7 @@ fn svc(name: &str, ip: Option<[u8; 4]>, port: u16, target: TargetPort) -> Servic
             port,
             target_port: target,
             protocol: Protocol::Tcp,
+            app_protocol: None,
         }],
         selector: BTreeMap::new(),
         session_affinity: None,

@@ -7,12 +7,15 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 use meshpath_common::{
-    ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY,
+    ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_DNS,
     SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS,
 };
 use serde::Serialize;
 
 use crate::{DatapathError, DatapathMaps};
+
+mod explain;
+pub use explain::PolicyStatus;
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Status {
@@ -50,7 +53,10 @@ pub struct ServiceStatus {
     pub svc_id: u32,
     pub frontend: String,
     pub protocol: &'static str,
+    /// What the kernel picks by when it balances the frontend.
     pub policy: &'static str,
+    /// The load-balancing policy that applies, where it is enforced and why.
+    pub lb: PolicyStatus,
     pub affinity_timeout_sec: Option<u32>,
     /// VirtualService `tcp:` slots: connects count against each slot's route destination
     /// (`limit_groups`, or a service's own limit), never this frontend's.
@@ -107,6 +113,11 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
             })
             .collect();
         let stats = maps.service_stats(header.svc_id)?;
+        let policy = if header.flags & SVC_FLAG_ROUND_ROBIN != 0 {
+            "round-robin"
+        } else {
+            "random"
+        };
         services.push(ServiceStatus {
             name: names
                 .get(&header.svc_id)
@@ -119,10 +130,11 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
             )
             .to_string(),
             protocol: if key.proto == PROTO_TCP { "TCP" } else { "UDP" },
-            policy: if header.flags & SVC_FLAG_ROUND_ROBIN != 0 {
-                "round-robin"
+            policy,
+            lb: if header.flags & SVC_FLAG_DNS != 0 {
+                explain::dns()
             } else {
-                "random"
+                explain::explain(header.policy, policy)
             },
             affinity_timeout_sec: (header.flags & SVC_FLAG_AFFINITY != 0)
                 .then_some(header.affinity_timeout_sec),
@@ -199,10 +211,21 @@ pub fn render(status: &Status) -> String {
             Some(t) => format!(", affinity ClientIP {t}s"),
             None => String::new(),
         };
+        // A frontend the proxy balances has one kernel backend, the proxy's listener.
+        let policy = if s.lb.enforced == "proxy" {
+            "via proxy"
+        } else {
+            s.policy
+        };
         let _ = writeln!(
             out,
-            "{} {}/{} [{}{affinity}] backends={} connects={} datagrams={} no_backend={} affinity_hits={}",
-            s.name, s.frontend, s.protocol, s.policy, s.backends.len(), s.connects, s.datagrams, s.no_backend, s.affinity_hits
+            "{} {}/{} [{policy}{affinity}] backends={} connects={} datagrams={} no_backend={} affinity_hits={}",
+            s.name, s.frontend, s.protocol, s.backends.len(), s.connects, s.datagrams, s.no_backend, s.affinity_hits
+        );
+        let _ = writeln!(
+            out,
+            "    lb {} ({}): {}: {}",
+            s.lb.name, s.lb.from, s.lb.enforced, s.lb.why
         );
         if let Some(max) = s.max_connections {
             let _ = writeln!(

@@ -65,6 +65,23 @@ pub struct ServicePort {
     /// `targetPort`; Kubernetes defaults it to `port` when absent, and so do sources.
     pub target_port: TargetPort,
     pub protocol: Protocol,
+    /// `appProtocol`, lowercased (`http`, `kubernetes.io/h2c`...), when written.
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// Declared HTTP, as Istio reads a port: named `http` or `http-<suffix>`, or `appProtocol:
+    /// http`. (Unlike `compile`'s broader "may carry HTTP", an unnamed port is not declared.)
+    pub fn declared_http(&self) -> bool {
+        let name = self
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let by_name = name == "http" || name.starts_with("http-");
+        let by_app = self.app_protocol.as_deref() == Some("http");
+        self.protocol == Protocol::Tcp && (by_name || by_app)
+    }
 }
 
 /// `sessionAffinity: ClientIP`.

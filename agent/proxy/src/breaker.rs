@@ -38,6 +38,9 @@ pub(crate) struct ClusterStats {
     pub upstream_rq_pending_total: AtomicU64,
     pub upstream_rq_pending_overflow: AtomicU64,
     pub upstream_rq_pending_active: AtomicU64,
+    /// Requests that waited as pending and then failed because the connection they were given
+    /// could not be set up (Envoy counts pending requests failed with their connection).
+    pub upstream_rq_pending_failure_eject: AtomicU64,
     pub upstream_cx_total: AtomicU64,
     pub upstream_cx_active: AtomicU64,
     pub upstream_cx_overflow: AtomicU64,
@@ -88,6 +91,8 @@ pub(crate) struct Breaker {
 pub(crate) struct Admitted {
     pub slot: Option<OwnedSemaphorePermit>,
     pub request: RqGuard,
+    /// The attempt waited as a pending request for its slot.
+    pub waited: bool,
 }
 
 impl Breaker {
@@ -129,10 +134,10 @@ impl Breaker {
     /// taken; then, like Envoy attaching a request to a connection, a place among the
     /// cluster's active requests. Either limit overflowing gives [`Overflow`].
     pub(crate) async fn admit(&self, connection_slots: bool) -> Result<Admitted, Overflow> {
-        let slot = if connection_slots {
+        let (slot, waited) = if connection_slots {
             self.slot().await?
         } else {
-            None
+            (None, false)
         };
         let st = &self.stats;
         let before = st.upstream_rq_active.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +149,11 @@ impl Breaker {
             return Err(Overflow);
         }
         st.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
-        Ok(Admitted { slot, request })
+        Ok(Admitted {
+            slot,
+            request,
+            waited,
+        })
     }
 
     /// A retry may be made: `Some` while it is outstanding (drop it once its attempt has a
@@ -163,14 +172,22 @@ impl Breaker {
         Some(guard)
     }
 
-    /// A connection slot (`maxConnections`), after waiting as pending if none is free.
-    async fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, Overflow> {
+    /// A pending request's connection could not be set up (`upstream_rq_pending_failure_eject`).
+    pub(crate) fn pending_connect_failed(&self) {
+        self.stats
+            .upstream_rq_pending_failure_eject
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection slot (`maxConnections`), after waiting as pending if none is free; with
+    /// whether it waited.
+    async fn slot(&self) -> Result<(Option<OwnedSemaphorePermit>, bool), Overflow> {
         let st = &self.stats;
         let Some(slots) = &self.slots else {
-            return Ok(None);
+            return Ok((None, false));
         };
         if let Ok(p) = slots.clone().try_acquire_owned() {
-            return Ok(Some(p));
+            return Ok((Some(p), false));
         }
         st.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
         let before = st
@@ -188,7 +205,7 @@ impl Breaker {
         // pending must not stay counted.
         let _pending = PendingGuard(st);
         let permit = slots.clone().acquire_owned().await.map_err(|_| Overflow)?;
-        Ok(Some(permit))
+        Ok((Some(permit), true))
     }
 }
 
@@ -290,6 +307,10 @@ impl ClusterStats {
                 u64::from(pending >= max_pending),
                 false,
             ),
+            // Istio sets no high-priority thresholds and meshpath gives every request the
+            // default priority: no request is ever pending at high priority, so its breaker
+            // (Envoy's default 1024 pending) never opens.
+            gauge("circuit_breakers.high.rq_pending_open", 0),
             gauge(
                 "circuit_breakers.default.remaining_rq",
                 max_rq.saturating_sub(rq),
@@ -320,6 +341,10 @@ impl ClusterStats {
             ("upstream_cx_overflow", l(&self.upstream_cx_overflow), true),
             ("upstream_cx_total", l(&self.upstream_cx_total), true),
             ("upstream_rq_pending_active", pending, false),
+            counter(
+                "upstream_rq_pending_failure_eject",
+                &self.upstream_rq_pending_failure_eject,
+            ),
             (
                 "upstream_rq_pending_overflow",
                 l(&self.upstream_rq_pending_overflow),

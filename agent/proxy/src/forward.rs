@@ -201,9 +201,13 @@ async fn attempts(
         let req = Request::from_parts(this_head, up_body);
         // Counts the request on its endpoint, and among the cluster's active requests until
         // the response ends.
+        let waited = admitted.waited;
         let guard = ActiveGuard::new(picked.ep.clone()).with_request(admitted.request);
         let started = Instant::now();
         let outcome = send(&picked, req, admitted.slot, retry.per_try_timeout(), body).await;
+        if matches!(&outcome, Outcome::Failed(e) if e.is_connect_failure()) {
+            admission::connect_failed(target, waited);
+        }
         outlier::record(target, picked.ep.addr, outcome.result());
         match retry.after(outcome.result(), picked.idx, body.available()) {
             Next::Resend => {

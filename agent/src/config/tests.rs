@@ -106,9 +106,17 @@ fn proxy_settings() {
         Some(ProxyConfig {
             ip: Ipv4Addr::new(10, 244, 0, 1),
             netns: None,
-            ports: (20000, 20010)
+            ports: (20000, 20010),
+            http_no_endpoint_503: true,
         })
     );
+    let off = agent(&[
+        "--proxy-ip",
+        "10.244.0.1",
+        "--http-no-endpoint-503",
+        "false",
+    ]);
+    assert!(!off.proxy.unwrap().http_no_endpoint_503);
     assert!(parse_port_range("9-1")
         .unwrap_err()
         .contains("FIRST <= LAST"));

@@ -56,7 +56,7 @@ pub fn render(contents: &mut MapContents, steering: &DnsSteering) {
                 backend_id: 0,
                 count: 1,
                 flags: SVC_FLAG_DNS,
-                _pad0: 0,
+                policy: 0,
                 svc_id,
                 affinity_timeout_sec: 0,
             };
@@ -140,7 +140,7 @@ mod tests {
             backend_id: 0,
             count: 2,
             flags: 0,
-            _pad0: 0,
+            policy: 0,
             svc_id: 5,
             affinity_timeout_sec: 0,
         };

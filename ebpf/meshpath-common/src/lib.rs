@@ -9,6 +9,7 @@
 
 pub mod counters;
 pub mod limits;
+pub mod policy;
 pub mod tcp_metrics;
 
 pub use counters::{Reason, ServiceStats, REASON_COUNT};
@@ -121,7 +122,8 @@ pub struct ServiceValue {
     pub backend_id: u32,
     pub count: u16,
     pub flags: u8,
-    pub _pad0: u8,
+    /// For `meshpath status` only, never read by the programs: see [`policy`].
+    pub policy: u8,
     pub svc_id: u32,
     pub affinity_timeout_sec: u32,
 }

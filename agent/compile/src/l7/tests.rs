@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use meshpath_model::l7::{Cluster, HashAlgorithm, HashKey, LoadBalancer, RouteAction, StringMatch};
+use meshpath_model::Protocol;
 use meshpath_source::{parse_file, ParsedObject};
 
 use super::*;

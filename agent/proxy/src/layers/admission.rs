@@ -21,6 +21,8 @@ use super::Reply;
 pub(crate) struct Admission {
     pub slot: Option<OwnedSemaphorePermit>,
     pub request: Option<RqGuard>,
+    /// The attempt waited as a pending request (see [`connect_failed`]).
+    pub waited: bool,
 }
 
 /// Waits as a pending request while the cluster's connection slots are all taken (HTTP/1).
@@ -32,11 +34,21 @@ pub(crate) async fn admit(target: &Target, proto: Proto) -> Result<Admission, Re
         Ok(a) => Ok(Admission {
             slot: a.slot,
             request: Some(a.request),
+            waited: a.waited,
         }),
         Err(_) => {
             debug!(cluster = %cluster_name(&c.key), "circuit breaker overflow");
             Err(Reply::Overflow)
         }
+    }
+}
+
+/// The attempt's upstream connection could not be set up: a request that had waited as
+/// pending counts in `upstream_rq_pending_failure_eject`, as Envoy counts the pending requests
+/// it fails when their connection fails.
+pub(crate) fn connect_failed(target: &Target, waited: bool) {
+    if let (Target::Cluster(c), true) = (target, waited) {
+        c.breaker.pending_connect_failed();
     }
 }
 

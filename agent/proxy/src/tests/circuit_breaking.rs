@@ -219,3 +219,51 @@ async fn envoy_stats_text_names_clusters_like_istio() {
         "cluster.outbound|80||a.default.svc.cluster.local.circuit_breakers.default.remaining_pending: 4294967295\n"
     ));
 }
+
+/// A backend that serves one request on one connection (closing it after the answer, held
+/// for `delay`) and then stops listening, so later connects are refused.
+async fn one_shot_backend(delay: Duration) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        drop(listener);
+        let svc = service_fn(move |_req: Request<Incoming>| async move {
+            tokio::time::sleep(delay).await;
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+            resp.headers_mut()
+                .insert("connection", http::HeaderValue::from_static("close"));
+            Ok::<_, Infallible>(resp)
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn pending_requests_whose_connection_fails_count_as_failure_eject() {
+    let (addr, task) = one_shot_backend(Duration::from_millis(300)).await;
+    let pool = ConnectionPool {
+        max_connections: Some(1),
+        http1_max_pending_requests: Some(10),
+        ..ConnectionPool::default()
+    };
+    let (h, stats) = start_stats(limited(addr, pool)).await;
+    let got = concurrently(&h, 3).await;
+    task.abort();
+    let ok = got.iter().filter(|g| g.status == 200).count();
+    let failed = got.iter().filter(|g| g.status == 503).count();
+    assert_eq!((ok, failed), (1, 2), "{got:?}");
+    let pending = stat(&stats, "upstream_rq_pending_total");
+    let eject = stat(&stats, "upstream_rq_pending_failure_eject");
+    assert!(pending >= 2, "the two later requests waited: {pending}");
+    assert!(
+        (2..=pending).contains(&eject),
+        "each waited and then found no connection: {eject} of {pending} pending"
+    );
+    assert_eq!(stat(&stats, "circuit_breakers.high.rq_pending_open"), 0);
+}

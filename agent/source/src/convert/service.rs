@@ -100,6 +100,7 @@ pub fn service(svc: &core::Service) -> Result<Converted<Service>, ConvertError> 
                 port,
                 target_port,
                 protocol,
+                app_protocol: non_empty(&p.app_protocol).map(str::to_ascii_lowercase),
             })
         })
         .collect::<Result<Vec<_>, ConvertError>>()?;

@@ -42,7 +42,8 @@ fn service_defaults() {
             name: None,
             port: 80,
             target_port: TargetPort::Number(80),
-            protocol: Protocol::Tcp
+            protocol: Protocol::Tcp,
+            app_protocol: None,
         }]
     );
     assert_eq!(

@@ -15,6 +15,7 @@ fn svc(name: &str, port: u16) -> Item {
             port,
             target_port: TargetPort::Number(port),
             protocol: Protocol::Tcp,
+            app_protocol: None,
         }],
         selector: BTreeMap::new(),
         session_affinity: None,

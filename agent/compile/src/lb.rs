@@ -1,0 +1,225 @@
+//! Where each frontend's load-balancing policy is enforced, and why.
+//!
+//! A DestinationRule's `trafficPolicy.loadBalancer` (the Service-wide one) applies to the
+//! Service's frontends:
+//! - `ROUND_ROBIN`, `RANDOM`: the kernel's own selection (`SVC_FLAG_ROUND_ROBIN` or not), over
+//!   the Service's `meshpath.io/lb-policy` annotation and the agent's default;
+//! - `LEAST_REQUEST`/`LEAST_CONN`, `consistentHash`: per request, so the frontend is steered to
+//!   the proxy (`l7::needs_proxy`), on HTTP ports; a non-HTTP port stays with the kernel and
+//!   `meshpath status` says the policy is not enforced there;
+//! - `PASSTHROUGH` (Istio: connect to the address the client asked for, no balancing): for a
+//!   ClusterIP that address is the virtual IP itself, which no pod owns; under Istio the
+//!   connection would then be translated by kube-proxy. The kernel translation is meshpath's
+//!   kube-proxy, so the frontend keeps the Service's own policy (annotation, else the agent's
+//!   default) and no mesh balancing applies. Connections to a pod IP are never translated.
+//!
+//! Subset policies apply where the subset is routed to: `http:` routes go through the proxy,
+//! which balances each subset by its merged policy.
+//!
+//! Also here: HTTP ports whose Service has no ready endpoint, which the proxy answers 503
+//! "no healthy upstream" like Envoy instead of the kernel refusing the connection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use meshpath_common::policy as code;
+use meshpath_model::istio::model::LoadBalancer;
+use meshpath_model::l7::L7Config;
+use meshpath_model::{ClusterModel, LbPolicy, ObjectRef, Protocol};
+
+use crate::{Compiled, Frontend, FrontendAddr};
+
+/// Where a frontend's policy comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LbOrigin {
+    /// The agent's `--default-lb-policy`.
+    #[default]
+    Default,
+    /// The Service's `meshpath.io/lb-policy` annotation.
+    Annotation,
+    /// The Service's DestinationRule.
+    Rule(RuleLb),
+}
+
+/// A DestinationRule's `loadBalancer`, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleLb {
+    RoundRobin,
+    Random,
+    LeastRequest,
+    ConsistentHash,
+    Passthrough,
+}
+
+/// Whether the node proxy handles a frontend, and why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProxyPart {
+    /// The kernel balances it.
+    #[default]
+    None,
+    /// VirtualService `http:` routes.
+    Routes,
+    /// A DestinationRule policy only the proxy enforces.
+    Policy,
+    /// An HTTP port without ready endpoints: the proxy answers 503.
+    NoEndpoint,
+    /// Needs the proxy but is not steered (no proxy, or no free listener port).
+    Unavailable,
+    /// Its policy needs the proxy, which takes HTTP ports only.
+    NotHttp,
+}
+
+impl RuleLb {
+    fn of(lb: &LoadBalancer) -> RuleLb {
+        match lb {
+            LoadBalancer::RoundRobin => RuleLb::RoundRobin,
+            LoadBalancer::Random => RuleLb::Random,
+            LoadBalancer::LeastRequest => RuleLb::LeastRequest,
+            LoadBalancer::ConsistentHash { .. } => RuleLb::ConsistentHash,
+            LoadBalancer::Passthrough => RuleLb::Passthrough,
+        }
+    }
+
+    /// Whether balancing by it takes the proxy (per request).
+    pub fn needs_proxy(self) -> bool {
+        matches!(self, RuleLb::LeastRequest | RuleLb::ConsistentHash)
+    }
+}
+
+/// The Service-wide `loadBalancer` of each Service's DestinationRule, where one is written.
+pub fn rule_policies(model: &ClusterModel, compiled: &Compiled) -> BTreeMap<ObjectRef, RuleLb> {
+    let ctx = crate::l7::clusters::Ctx::new(model, compiled);
+    ctx.rules()
+        .filter_map(|(service, rule)| {
+            let lb = rule.traffic_policy.load_balancer.as_ref()?;
+            Some((service.clone(), RuleLb::of(lb)))
+        })
+        .collect()
+}
+
+/// Applies [`rule_policies`] to the frontends: the kernel's selection for `ROUND_ROBIN` and
+/// `RANDOM`, and the origin of every frontend's policy.
+pub fn apply_rules(compiled: &mut Compiled, rules: &BTreeMap<ObjectRef, RuleLb>) {
+    for fe in compiled.frontends.values_mut() {
+        let Some(&lb) = rules.get(&fe.service) else {
+            continue;
+        };
+        fe.lb_origin = LbOrigin::Rule(lb);
+        match lb {
+            RuleLb::RoundRobin => fe.lb_policy = LbPolicy::RoundRobin,
+            RuleLb::Random => fe.lb_policy = LbPolicy::Random,
+            // The proxy balances these (or the kernel keeps the Service's own policy).
+            RuleLb::LeastRequest | RuleLb::ConsistentHash | RuleLb::Passthrough => {}
+        }
+    }
+}
+
+/// TCP frontends on a declared-HTTP port (`ServicePort::declared_http`) with no ready endpoint.
+pub fn http_without_endpoints(model: &ClusterModel, compiled: &Compiled) -> BTreeSet<FrontendAddr> {
+    compiled
+        .frontends
+        .iter()
+        .filter(|(addr, fe)| {
+            addr.protocol == Protocol::Tcp
+                && fe.backends.is_empty()
+                && model.services.get(&fe.service).is_some_and(|s| {
+                    s.ports
+                        .iter()
+                        .any(|p| p.port == addr.port && p.declared_http())
+                })
+        })
+        .map(|(addr, _)| *addr)
+        .collect()
+}
+
+/// Records on each frontend whether the proxy handles it: `wanted` are the frontends that need
+/// it (with why), `steered` those that got a proxy listener.
+pub fn mark_proxy(
+    compiled: &mut Compiled,
+    wanted: &BTreeMap<FrontendAddr, ProxyPart>,
+    steered: &BTreeSet<FrontendAddr>,
+) {
+    for (addr, fe) in compiled.frontends.iter_mut() {
+        fe.proxy = match wanted.get(addr) {
+            Some(_) if !steered.contains(addr) => ProxyPart::Unavailable,
+            Some(why) => *why,
+            None if matches!(fe.lb_origin, LbOrigin::Rule(lb) if lb.needs_proxy()) => {
+                ProxyPart::NotHttp
+            }
+            None => ProxyPart::None,
+        };
+    }
+}
+
+/// `l7::needs_proxy`, with why each frontend needs the proxy.
+pub fn steer_reasons(config: &L7Config) -> BTreeMap<FrontendAddr, ProxyPart> {
+    config
+        .listeners
+        .iter()
+        .filter_map(|(addr, routes)| {
+            let why = if !routes.http.is_empty() {
+                ProxyPart::Routes
+            } else if config
+                .clusters
+                .get(&routes.default_cluster)
+                .is_some_and(|c| policy_needs_proxy(&c.policy))
+            {
+                ProxyPart::Policy
+            } else {
+                return None;
+            };
+            match addr.ip() {
+                IpAddr::V4(ip) => Some((
+                    FrontendAddr {
+                        ip,
+                        port: addr.port(),
+                        protocol: Protocol::Tcp,
+                    },
+                    why,
+                )),
+                IpAddr::V6(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
+fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
+    use meshpath_model::l7::LoadBalancer as Lb;
+    let lb = matches!(
+        p.load_balancer,
+        Lb::LeastRequest | Lb::ConsistentHash { .. }
+    );
+    let pool = &p.connection_pool;
+    let http_pool = pool.http1_max_pending_requests.is_some()
+        || pool.http2_max_requests.is_some()
+        || pool.max_requests_per_connection.is_some()
+        || pool.max_retries.is_some()
+        || pool.idle_timeout.is_some();
+    lb || http_pool || p.outlier_detection.is_some()
+}
+
+/// The `ServiceValue::policy` byte of a frontend (see `meshpath_common::policy`).
+pub fn policy_code(fe: &Frontend) -> u8 {
+    let lb = match fe.lb_origin {
+        LbOrigin::Default => code::LB_DEFAULT,
+        LbOrigin::Annotation => code::LB_ANNOTATION,
+        LbOrigin::Rule(RuleLb::RoundRobin) => code::LB_ROUND_ROBIN,
+        LbOrigin::Rule(RuleLb::Random) => code::LB_RANDOM,
+        LbOrigin::Rule(RuleLb::LeastRequest) => code::LB_LEAST_REQUEST,
+        LbOrigin::Rule(RuleLb::ConsistentHash) => code::LB_CONSISTENT_HASH,
+        LbOrigin::Rule(RuleLb::Passthrough) => code::LB_PASSTHROUGH,
+    };
+    let proxy = match fe.proxy {
+        ProxyPart::None => code::PROXY_NONE,
+        ProxyPart::Routes => code::PROXY_ROUTES,
+        ProxyPart::Policy => code::PROXY_POLICY,
+        ProxyPart::NoEndpoint => code::PROXY_NO_ENDPOINT,
+        ProxyPart::Unavailable => code::PROXY_UNAVAILABLE,
+        ProxyPart::NotHttp => code::PROXY_NOT_HTTP,
+    };
+    lb | proxy
+}
+
+#[cfg(test)]
+mod tests;

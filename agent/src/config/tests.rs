@@ -106,7 +106,9 @@ fn proxy_settings() {
         Some(ProxyConfig {
             ip: Ipv4Addr::new(10, 244, 0, 1),
             netns: None,
-            ports: (20000, 20010)
+            ports: (20000, 20010),
+            fail_closed: meshpath_compile::steer::FailClosed::None,
+            drain_timeout: std::time::Duration::from_millis(3000),
         })
     );
     assert!(parse_port_range("9-1")

@@ -137,9 +137,15 @@ impl Running {
             let lines: Vec<&str> = out.stderr.lines().collect();
             lines[lines.len().saturating_sub(20)..].join("\n")
         };
-        let ctx = || format!("fortio load {}: {}; log:\n{tail}", self.load.url, out.status);
+        let ctx = || {
+            format!(
+                "fortio load {}: {}; log:\n{tail}",
+                self.load.url, out.status
+            )
+        };
         let start = out.stdout.find('{').with_context(ctx)?;
-        let json: serde_json::Value = serde_json::from_str(&out.stdout[start..]).with_context(ctx)?;
+        let json: serde_json::Value =
+            serde_json::from_str(&out.stdout[start..]).with_context(ctx)?;
         let codes: BTreeMap<String, u64> = json["RetCodes"]
             .as_object()
             .with_context(ctx)?

@@ -97,8 +97,15 @@ fn start_agent(c: &mut Cluster, extra: &[&str]) {
 }
 
 /// Runs the four loads around `event` (which stops and restarts the agent), checks that steering
-/// resumed while they still ran, and returns their reports with the fallback count.
-fn under_load(c: &mut Cluster, case: &str, event: impl FnOnce(&mut Cluster)) -> Vec<LoadReport> {
+/// resumed while they still ran, and returns their reports. No connect may be refused and no
+/// request of the kernel-path service fail; the steered service's loads may lose at most
+/// `lost_in_flight` requests each (requests the proxy was serving when it was killed).
+fn under_load(
+    c: &mut Cluster,
+    case: &str,
+    lost_in_flight: u64,
+    event: impl FnOnce(&mut Cluster),
+) -> Vec<LoadReport> {
     let runs: Vec<Running> = [(PLAIN, true), (PLAIN, false), (WEB, true), (WEB, false)]
         .into_iter()
         .map(|(vip, ka)| c.node.start_fortio_load(0, &load(vip, ka)).expect("fortio"))
@@ -120,16 +127,24 @@ fn under_load(c: &mut Cluster, case: &str, event: impl FnOnce(&mut Cluster)) -> 
         runs.iter().all(|r| !r.is_finished()),
         "{case}: the load ended before the agent was back ({took:?}); the run proves nothing"
     );
-    let reports: Vec<LoadReport> = runs.into_iter().map(|r| r.finish().expect("fortio")).collect();
+    let reports: Vec<LoadReport> = runs
+        .into_iter()
+        .map(|r| r.finish().expect("fortio"))
+        .collect();
     for r in &reports {
-        println!(
+        eprintln!(
             "RESULT {case}: {} keepalive={} sent={} failed={} refused={} codes={:?}; agent back in {took:?}, {} connects to web at L4 meanwhile",
-            r.url, r.keepalive, r.sent, r.failed, r.refused, r.codes, fallback_after - fallback_before
+            r.url, r.keepalive, r.sent, r.failed, r.refused, r.codes, fallback_after.saturating_sub(fallback_before)
         );
     }
     for r in &reports {
         assert!(r.sent > 500, "{case}: {r:?}");
-        assert_eq!((r.failed, r.refused), (0, 0), "{case}: {r:?}\nagent log:\n{}", c.agent.log());
+        let allowed = if r.url == url(WEB) { lost_in_flight } else { 0 };
+        assert!(
+            r.failed <= allowed && r.refused == 0,
+            "{case}: {r:?}\nagent log:\n{}",
+            c.agent.log()
+        );
     }
     reports
 }
@@ -138,17 +153,22 @@ fn under_load(c: &mut Cluster, case: &str, event: impl FnOnce(&mut Cluster)) -> 
 fn sigterm_and_restart_fail_no_request() {
     skip_unless!(&needs());
     let mut c = start(&[]);
-    under_load(&mut c, "SIGTERM + restart", |c| {
+    under_load(&mut c, "SIGTERM + restart", 0, |c| {
         c.agent.stop().expect("SIGTERM");
         start_agent(c, &[]);
     });
 }
 
+/// A request the proxy is serving when it is killed is lost (fortio retries one on a reused
+/// connection only when no byte of the answer came, and never on a fresh connection): at most one
+/// per connection of each web load. New connects are never refused: the kernel falls back at
+/// once, as the dead proxy's sockets leave the sockhash.
 #[test]
-fn kill_9_and_restart_fail_no_request() {
+fn kill_9_and_restart_refuse_no_connect() {
     skip_unless!(&needs());
     let mut c = start(&[]);
-    under_load(&mut c, "kill -9 + restart", |c| {
+    let per_load = u64::from(load(WEB, true).connections);
+    under_load(&mut c, "kill -9 + restart", per_load, |c| {
         let pid = c.agent.pid().expect("agent pid") as i32;
         // SAFETY: kill(2) on the pid of the agent child this test started and has not reaped.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -162,17 +182,28 @@ fn kill_9_and_restart_fail_no_request() {
 /// (what an older build would have pinned); the new agent replaces them with fresh maps and
 /// must not attach its programs before those hold the model.
 #[test]
-fn upgrade_with_replaced_maps_fails_no_request() {
+fn upgrade_with_replaced_maps_fail_no_request() {
     skip_unless!(&needs());
     let mut c = start(&[]);
-    under_load(&mut c, "upgrade (maps replaced)", |c| {
-        for (name, key, value) in [("MP_SERVICES", 12, 16), ("MP_BACKENDS", 4, 8), ("MP_COUNTERS", 4, 8)] {
+    under_load(&mut c, "upgrade (maps replaced)", 0, |c| {
+        for (name, key, value) in [
+            ("MP_SERVICES", 12, 16),
+            ("MP_BACKENDS", 4, 8),
+            ("MP_COUNTERS", 4, 8),
+        ] {
             let pin = c.node.pin_dir().join(name);
             std::fs::remove_file(&pin).expect("unpin");
             let ok = std::process::Command::new("bpftool")
                 .args(["map", "create"])
                 .arg(&pin)
-                .args(["type", if name == "MP_COUNTERS" { "percpu_array" } else { "hash" }])
+                .args([
+                    "type",
+                    if name == "MP_COUNTERS" {
+                        "percpu_array"
+                    } else {
+                        "hash"
+                    },
+                ])
                 .args(["key", &key.to_string(), "value", &value.to_string()])
                 .args(["entries", "1024", "name", name])
                 .status()
@@ -199,7 +230,10 @@ fn without_a_proxy_steered_services_fall_back_or_refuse_and_steering_resumes() {
     let closed_flag = ["--proxy-fail-closed", "default/closed"];
     let mut c = start(&closed_flag);
     let status = c.status();
-    assert_eq!(svc(&status, "default/closed:")["proxy"]["fail_closed"], true);
+    assert_eq!(
+        svc(&status, "default/closed:")["proxy"]["fail_closed"],
+        true
+    );
     assert_eq!(svc(&status, "default/web:")["proxy"]["fail_closed"], false);
 
     let pid = c.agent.pid().expect("agent pid") as i32;
@@ -218,12 +252,18 @@ fn without_a_proxy_steered_services_fall_back_or_refuse_and_steering_resumes() {
         ..load(vip, keepalive)
     };
     let before = c.status();
-    let open = c.node.start_fortio_load(0, &burst(WEB, false)).expect("fortio");
+    let open = c
+        .node
+        .start_fortio_load(0, &burst(WEB, false))
+        .expect("fortio");
     let open = open.finish().expect("fortio");
-    let refused = c.node.start_fortio_load(0, &burst(CLOSED, false)).expect("fortio");
+    let refused = c
+        .node
+        .start_fortio_load(0, &burst(CLOSED, false))
+        .expect("fortio");
     let refused = refused.finish().expect("fortio");
     let during = c.status();
-    println!("RESULT proxy down: web {open:?}\nRESULT proxy down: closed {refused:?}");
+    eprintln!("RESULT proxy down: web {open:?}\nRESULT proxy down: closed {refused:?}");
     assert_eq!((open.ok, open.failed), (100, 0), "{open:?}");
     let fell_back = counter(&during, "proxy_fallback") - counter(&before, "proxy_fallback");
     assert!(fell_back >= 100, "proxy_fallback rose by {fell_back}");
@@ -231,7 +271,10 @@ fn without_a_proxy_steered_services_fall_back_or_refuse_and_steering_resumes() {
     assert!(refused.refused >= 100, "{refused:?}");
     let down_refused =
         counter(&during, "proxy_down_refused") - counter(&before, "proxy_down_refused");
-    assert!(down_refused >= 100, "proxy_down_refused rose by {down_refused}");
+    assert!(
+        down_refused >= 100,
+        "proxy_down_refused rose by {down_refused}"
+    );
 
     start_agent(&mut c, &closed_flag);
     c.wait_status("steered again", Duration::from_secs(10), |s| {
@@ -239,13 +282,19 @@ fn without_a_proxy_steered_services_fall_back_or_refuse_and_steering_resumes() {
     });
     let after = c.status();
     for vip in [WEB, CLOSED] {
-        let r = c.node.start_fortio_load(0, &burst(vip, true)).expect("fortio");
+        let r = c
+            .node
+            .start_fortio_load(0, &burst(vip, true))
+            .expect("fortio");
         let r = r.finish().expect("fortio");
         assert_eq!((r.ok, r.failed), (100, 0), "{r:?}");
     }
     let end = c.status();
     // Through the proxy again: no fallback, no refusal since the restart.
-    assert_eq!(counter(&end, "proxy_fallback"), counter(&after, "proxy_fallback"));
+    assert_eq!(
+        counter(&end, "proxy_fallback"),
+        counter(&after, "proxy_fallback")
+    );
     assert_eq!(
         counter(&end, "proxy_down_refused"),
         counter(&after, "proxy_down_refused")

@@ -38,6 +38,8 @@ pub const ENV_LOG: &str = "MESHPATH_LOG";
 pub const ENV_PROXY_IP: &str = "MESHPATH_PROXY_IP";
 pub const ENV_PROXY_NETNS: &str = "MESHPATH_PROXY_NETNS";
 pub const ENV_PROXY_PORTS: &str = "MESHPATH_PROXY_PORTS";
+pub const ENV_PROXY_FAIL_CLOSED: &str = "MESHPATH_PROXY_FAIL_CLOSED";
+pub const ENV_DRAIN_TIMEOUT_MS: &str = "MESHPATH_DRAIN_TIMEOUT_MS";
 pub const ENV_AGENT_CGROUP: &str = "MESHPATH_AGENT_CGROUP";
 pub const DEFAULT_PROXY_PORTS: &str = "15100-15999";
 pub const ENV_DNS_CAPTURE: &str = "MESHPATH_DNS_CAPTURE";
@@ -275,6 +277,16 @@ pub struct AgentArgs {
     /// instead of the kernel refusing the connection. Needs --proxy-ip.
     #[arg(long, env = ENV_HTTP_NO_ENDPOINT_503, default_value_t = true, action = clap::ArgAction::Set)]
     pub http_no_endpoint_503: bool,
+    /// Steered services (`namespace/name`, comma-separated; `*` for all) whose connects are
+    /// refused while no proxy listens for them (agent restarting, proxy down). The others
+    /// fail open: the kernel balances them at L4 over their endpoints meanwhile, without their
+    /// L7 rules.
+    #[arg(long, env = ENV_PROXY_FAIL_CLOSED, value_delimiter = ',')]
+    pub proxy_fail_closed: Vec<String>,
+    /// On SIGTERM/SIGINT, how long the proxy lets in-flight requests finish (after it stopped
+    /// accepting and the kernel moved new connects to the L4 fallback) before the agent exits.
+    #[arg(long, env = ENV_DRAIN_TIMEOUT_MS, default_value_t = 3000)]
+    pub drain_timeout_ms: u64,
     /// Move the agent process into this cgroup v2 directory at start (e.g. a child of
     /// `--cgroup`), so the node proxy's own sockets are managed too and same-node socket
     /// redirection applies to them. An agent that already runs under the managed cgroup (as a
@@ -393,6 +405,8 @@ pub struct ProxyConfig {
     pub ports: (u16, u16),
     /// `--http-no-endpoint-503`.
     pub http_no_endpoint_503: bool,
+    pub fail_closed: meshpath_compile::steer::FailClosed,
+    pub drain_timeout: std::time::Duration,
 }
 
 impl From<&AgentArgs> for AgentConfig {
@@ -450,6 +464,8 @@ impl From<&AgentArgs> for AgentConfig {
                 netns: a.proxy_netns.clone(),
                 ports: a.proxy_ports,
                 http_no_endpoint_503: a.http_no_endpoint_503,
+                fail_closed: meshpath_compile::steer::FailClosed::from_names(&a.proxy_fail_closed),
+                drain_timeout: std::time::Duration::from_millis(a.drain_timeout_ms),
             }),
             compile: CompileOptions {
                 default_lb_policy: match a.default_lb_policy {

@@ -33,6 +33,12 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("putting the proxy listener {addr} in the kernel's proxy sockhash")]
+    Register {
+        addr: SocketAddr,
+        #[source]
+        source: Box<meshpath_datapath::DatapathError>,
+    },
 }
 
 /// Binds a TCP listener on `addr`, inside `netns` (a path like `/var/run/netns/NAME`) when given.

@@ -2,6 +2,11 @@
 //! so the port a connection arrives on names its original ClusterIP:port. Listeners are opened
 //! before the maps point at them and closed after the maps moved away, so no connect is ever
 //! steered to a port nobody listens on.
+//!
+//! Each listener is also put in the kernel's `MP_PROXY_SOCKS` sockhash: connect4 steers to it only
+//! while it is there, and the kernel drops it when the socket closes, so a proxy that is gone
+//! (agent stopped, crashed, killed) leaves its services on the L4 fallback instead of a dead
+//! port. [`ProxyListeners::drain`] is the orderly way out: off the sockhash first, then close.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,8 +19,9 @@ use tracing::{info, warn};
 
 use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::FrontendAddr;
+use meshpath_datapath::proxy_socks::ProxySockets;
 use meshpath_model::{ClusterModel, Pod};
-use meshpath_proxy::{serve, OriginalDst, Proxy, Workload};
+use meshpath_proxy::{serve_until, OriginalDst, Proxy, Workload};
 
 use crate::netns::{bind_tcp, NetnsError};
 
@@ -111,8 +117,21 @@ pub struct ProxyListeners {
     netns: Option<PathBuf>,
     proxy: Arc<Proxy>,
     pods: Arc<RwLock<PodLabels>>,
-    open: BTreeMap<u16, (FrontendAddr, JoinHandle<()>)>,
+    open: BTreeMap<u16, Open>,
+    socks: ProxySockets,
 }
+
+/// A listener's serving task and the switch that drains it.
+struct Open {
+    frontend: FrontendAddr,
+    task: JoinHandle<()>,
+    drain: tokio::sync::oneshot::Sender<()>,
+}
+
+/// After a listener left the sockhash, how long it keeps accepting: a connect that looked the
+/// sockhash up just before may still be on its way (its handshake lands in the accept queue,
+/// which closing the listener would reset). Same host, so microseconds; this is generous.
+const ACCEPT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl ProxyListeners {
     /// The proxy runs on a runtime of its own, in `netns` when given (see `netns::runtime_in`).
@@ -120,6 +139,7 @@ impl ProxyListeners {
         ip: Ipv4Addr,
         netns: Option<PathBuf>,
         proxy: Arc<Proxy>,
+        socks: ProxySockets,
     ) -> Result<Self, NetnsError> {
         let rt = crate::netns::runtime_in(netns.as_deref(), "meshpath-proxy")?;
         Ok(Self {
@@ -129,6 +149,7 @@ impl ProxyListeners {
             proxy,
             pods: Arc::default(),
             open: BTreeMap::new(),
+            socks,
         })
     }
 
@@ -149,17 +170,26 @@ impl ProxyListeners {
         let mut ok = ProxyPorts::default();
         let mut errors = Vec::new();
         for (frontend, port) in &ports.by_frontend {
-            if self.open.get(port).is_some_and(|(f, _)| f == frontend) {
+            if self.open.get(port).is_some_and(|o| o.frontend == *frontend) {
                 ok.by_frontend.insert(*frontend, *port);
                 continue;
             }
-            if let Some((_, old)) = self.open.remove(port) {
-                old.abort();
+            if let Some(old) = self.open.remove(port) {
+                old.task.abort();
             }
-            match bind_tcp(
-                self.netns.as_deref(),
-                SocketAddr::new(self.ip.into(), *port),
-            ) {
+            let addr = std::net::SocketAddrV4::new(self.ip, *port);
+            let bound = bind_tcp(self.netns.as_deref(), addr.into()).and_then(|l| {
+                // Without its sockhash entry connect4 would never steer here: such a frontend
+                // stays on the kernel path, as with a failed bind.
+                self.socks
+                    .insert(addr, &l)
+                    .map(|()| l)
+                    .map_err(|source| NetnsError::Register {
+                        addr: addr.into(),
+                        source: Box::new(source),
+                    })
+            });
+            match bound {
                 Ok(std_listener) => {
                     let _in_rt = self.rt().enter();
                     let task = std_listener
@@ -171,11 +201,21 @@ impl ProxyListeners {
                                 frontend: SocketAddr::new(frontend.ip.into(), frontend.port),
                                 pods: Arc::clone(&self.pods),
                             });
-                            let handle =
-                                self.rt()
-                                    .spawn(serve(listener, dst, Arc::clone(&self.proxy)));
+                            let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+                            let serving =
+                                serve_until(listener, dst, Arc::clone(&self.proxy), async {
+                                    let _ = drained.await;
+                                });
+                            let task = self.rt().spawn(serving);
                             info!(%frontend.ip, frontend.port, proxy_port = port, "proxy listener open");
-                            self.open.insert(*port, (*frontend, handle));
+                            self.open.insert(
+                                *port,
+                                Open {
+                                    frontend: *frontend,
+                                    task,
+                                    drain,
+                                },
+                            );
                             ok.by_frontend.insert(*frontend, *port);
                         }
                         Err(source) => errors.push(NetnsError::Bind {
@@ -203,10 +243,48 @@ impl ProxyListeners {
             .copied()
             .collect();
         for port in stale {
-            if let Some((frontend, handle)) = self.open.remove(&port) {
-                handle.abort();
-                info!(%frontend.ip, frontend.port, proxy_port = port, "proxy listener closed");
+            if let Some(o) = self.open.remove(&port) {
+                o.task.abort();
+                info!(%o.frontend.ip, o.frontend.port, proxy_port = port, "proxy listener closed");
             }
+        }
+    }
+
+    /// The orderly stop (SIGTERM): every listener leaves the sockhash, so connect4 sends new
+    /// connections to the L4 fallback (or refuses them, fail-closed), keeps accepting for
+    /// [`ACCEPT_GRACE`], then closes; the connections it holds finish their current request and
+    /// close. Returns when all have, or after `timeout`.
+    pub async fn drain(&mut self, timeout: std::time::Duration) {
+        if self.open.is_empty() {
+            return;
+        }
+        for port in self.open.keys() {
+            let addr = std::net::SocketAddrV4::new(self.ip, *port);
+            if let Err(error) = self.socks.remove(addr) {
+                warn!(%error, proxy_port = port, "proxy listener not taken off the sockhash; closing it removes it");
+            }
+        }
+        tokio::time::sleep(ACCEPT_GRACE).await;
+        let listeners = self.open.len();
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut self.open)
+            .into_values()
+            .map(|o| {
+                let _ = o.drain.send(());
+                o.task
+            })
+            .collect();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        match tokio::time::timeout(timeout, all).await {
+            Ok(_) => info!(listeners, "proxy drained: in-flight requests finished"),
+            Err(_) => warn!(
+                listeners,
+                ?timeout,
+                "proxy drain timed out; remaining connections are cut"
+            ),
         }
     }
 }

@@ -27,6 +27,7 @@ pub struct ProxySetup {
     /// Steer HTTP ports without ready endpoints to the proxy, which answers 503.
     pub http_no_endpoint_503: bool,
     pub listeners: ProxyListeners,
+    pub fail_closed: meshpath_compile::steer::FailClosed,
 }
 
 pub struct Reconciler {
@@ -82,6 +83,11 @@ impl Reconciler {
     /// The proxy's current ejections, applied from the next [`Reconciler::reconcile`].
     pub fn set_ejected(&mut self, ejected: meshpath_proxy::EjectedSet) {
         self.ejected = ejected;
+    }
+
+    /// The proxy's listeners, to drain them on the way out.
+    pub fn proxy_listeners(&mut self) -> Option<&mut ProxyListeners> {
+        self.proxy.as_mut().map(|p| &mut p.listeners)
     }
 
     pub fn reconcile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
@@ -156,7 +162,12 @@ impl Reconciler {
         // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).
         let healthy = meshpath_compile::ejection::exclude_ejected(&next, &ejected);
         let rendered_from = healthy.as_ref().unwrap_or(&next);
-        let mut contents = rendered_from.map_contents_steered(&targets, &weighted);
+        let fail_closed = self
+            .proxy
+            .as_ref()
+            .map(|p| p.fail_closed.clone())
+            .unwrap_or_default();
+        let mut contents = rendered_from.map_contents_steered(&targets, &weighted, &fail_closed);
         route_limits.render(&mut contents, rendered_from, &weighted);
         // Listeners open (and names swapped in) before the maps steer queries to them.
         let dns_steering = match self.dns.as_mut() {

@@ -102,6 +102,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             ip: p.ip,
             ports: p.ports,
             http_no_endpoint_503: p.http_no_endpoint_503,
+            fail_closed: p.fail_closed.clone(),
             listeners: {
                 let proxy = Proxy::with_options(
                     l7_rx.clone(),
@@ -114,7 +115,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 proxy_stats = Some(proxy.stats());
                 istio = Some(proxy.istio_metrics());
                 ejected = Some(proxy.ejected_endpoints());
-                ProxyListeners::new(p.ip, p.netns.clone(), proxy)?
+                let socks =
+                    meshpath_datapath::proxy_socks::ProxySockets::open_pinned(&cfg.pin_dir)?;
+                ProxyListeners::new(p.ip, p.netns.clone(), proxy, socks)?
             },
         }),
         None => None,
@@ -196,6 +199,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             reconciler.set_ejected(rx.borrow_and_update().clone());
         }
         reconciler.reconcile(&model, &mut datapath.maps);
+        // Attached only now, over maps that hold the model: after an upgrade that replaced a map
+        // (another definition), the previous programs keep serving from the old maps until here.
+        datapath.attach()?;
         programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         if let (SourceConfig::Kube(_), Some(node)) = (&cfg.source, &cfg.node_name) {
             let pods_hash = {
@@ -223,9 +229,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             },
             // Outlier-detection ejections also leave the kernel's selection.
             _ = ejections_changed(&mut ejected) => {}
-            _ = term.recv() => { info!("SIGTERM: exiting; programs stay attached"); break; }
-            _ = int.recv() => { info!("SIGINT: exiting; programs stay attached"); break; }
+            _ = term.recv() => { info!("SIGTERM: draining, then exiting; programs stay attached"); break; }
+            _ = int.recv() => { info!("SIGINT: draining, then exiting; programs stay attached"); break; }
         }
+    }
+    if let (Some(listeners), Some(p)) = (reconciler.proxy_listeners(), &cfg.proxy) {
+        listeners.drain(p.drain_timeout).await;
     }
     Ok(())
 }

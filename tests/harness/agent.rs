@@ -227,15 +227,22 @@ pub fn backends(status: &Value, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether the service whose name starts with `name` is steered to the node proxy.
+/// Whether the service whose name starts with `name` is steered to the node proxy and a proxy
+/// socket listens for it (so connect4 sends its connections there, not to the L4 fallback).
 pub fn steered_to_proxy(status: &Value, name: &str) -> bool {
     let proxy = format!("{}:", crate::node_agent::PROXY_IP);
     service(status, name).is_some_and(|s| {
-        s["backends"].as_array().is_some_and(|b| {
-            b.iter()
-                .any(|x| x.as_str().is_some_and(|x| x.starts_with(&proxy)))
-        })
+        s["proxy"]["listener"]
+            .as_str()
+            .is_some_and(|l| l.starts_with(&proxy))
+            && s["proxy"]["listening"].as_bool() == Some(true)
     })
+}
+
+/// Whether the service whose name starts with `name` is steered to the node proxy but no proxy
+/// socket listens for it (connect4 falls back to L4, or refuses when it fails closed).
+pub fn steered_without_proxy(status: &Value, name: &str) -> bool {
+    service(status, name).is_some_and(|s| s["proxy"]["listening"].as_bool() == Some(false))
 }
 
 /// A global counter of the status.

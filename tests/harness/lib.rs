@@ -20,6 +20,7 @@ mod cgroup;
 mod children;
 mod client;
 mod cluster;
+pub mod fortio;
 mod hold;
 pub mod kube;
 pub mod manifests;

@@ -34,6 +34,8 @@ pub enum Feature {
     Sockmap,
     /// The Kubernetes control plane `scripts/kube-bins.sh` builds (see [`crate::kube`]).
     KubeBins,
+    /// The `fortio` load generator and echo server (`scripts/setup.sh` installs it).
+    Fortio,
 }
 
 /// What a test building a [`crate::Node`] needs.
@@ -75,6 +77,7 @@ impl Feature {
                 "the kernel cannot create a sockhash map (CONFIG_BPF_STREAM_PARSER)"
             }
             Feature::KubeBins => "no Kubernetes binaries (run `bash scripts/kube-bins.sh`)",
+            Feature::Fortio => "no fortio binary (run `bash scripts/setup.sh`)",
         }
     }
 }
@@ -144,7 +147,7 @@ macro_rules! skip_unless {
 
 /// Looks at this machine, once per feature and process.
 fn probe(f: Feature) -> bool {
-    static CACHE: [OnceLock<bool>; 6] = [const { OnceLock::new() }; 6];
+    static CACHE: [OnceLock<bool>; 7] = [const { OnceLock::new() }; 7];
     let slot = match f {
         Feature::Root => 0,
         Feature::Cgroup2 => 1,
@@ -152,6 +155,7 @@ fn probe(f: Feature) -> bool {
         Feature::Ip => 3,
         Feature::Sockmap => 4,
         Feature::KubeBins => 5,
+        Feature::Fortio => 6,
     };
     *CACHE[slot].get_or_init(|| match f {
         Feature::Root => sys::is_root(),
@@ -160,6 +164,7 @@ fn probe(f: Feature) -> bool {
         Feature::Ip => sys::ip_available(),
         Feature::Sockmap => sys::sockhash_supported(),
         Feature::KubeBins => crate::kube::kube_bin_dir().is_ok(),
+        Feature::Fortio => crate::fortio::binary().is_some(),
     })
 }
 

@@ -175,12 +175,7 @@ fn l7_rules_steer_the_service_to_the_node_proxy() {
     c.write("reviews.yaml", &docs(&parts));
     c.write("reviews-vs.yaml", VS);
     c.wait_status("reviews steered to the proxy", WAIT, |s| {
-        meshpath_tests::agent::service(s, "default/reviews:").is_some_and(|r| {
-            r["backends"].as_array().is_some_and(|b| {
-                b.iter()
-                    .any(|x| x.as_str().is_some_and(|x| x.starts_with("10.244.0.1:")))
-            })
-        })
+        meshpath_tests::agent::steered_to_proxy(s, "default/reviews:")
     });
     let r = c
         .node

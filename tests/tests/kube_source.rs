@@ -355,4 +355,9 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
     kube.kubectl_ok(["delete", "virtualservice", "reviews"])
         .expect("delete vs");
     wait_backends(&a, "default/reviews:", vec![], Duration::from_secs(10));
+    let unsteered = meshpath_tests::wait_until(Duration::from_secs(10), || {
+        let s = a.status().expect("meshpath status");
+        agent::service(&s, "default/reviews:").is_some_and(|r| r.get("proxy").is_none())
+    });
+    assert!(unsteered, "reviews still steered to the proxy");
 }

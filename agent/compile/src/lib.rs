@@ -27,7 +27,7 @@ use std::net::Ipv4Addr;
 
 use meshpath_common::{
     ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, MAX_SLOTS, PROTO_TCP,
-    PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN,
+    PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_FAIL_CLOSED, SVC_FLAG_ROUND_ROBIN, SVC_FLAG_STEERED,
 };
 
 use meshpath_model::{ClusterModel, LbPolicy, ObjectRef, Protocol, Service};
@@ -291,11 +291,13 @@ impl Compiled {
     /// Renders the result into map entries: slot 0 per frontend, one slot per backend.
     #[cfg(test)]
     pub fn map_contents(&self) -> MapContents {
-        self.map_contents_steered(&BTreeMap::new(), &BTreeMap::new())
+        self.map_contents_steered(&BTreeMap::new(), &BTreeMap::new(), &steer::FailClosed::None)
     }
 
-    /// As [`Compiled::map_contents`], but each frontend in `steer` gets the given address (a node
-    /// proxy listener) as its only backend, with the proxy doing the balancing (no affinity).
+    /// As [`Compiled::map_contents`], but each frontend in `steer` is flagged `SVC_FLAG_STEERED`
+    /// with the given address (a node proxy listener) in its header: connect4 sends connections
+    /// there while the proxy listens, and balances them over the slots (or refuses them, for
+    /// the services `fail_closed` names) while it does not.
     ///
     /// Each frontend in `weighted` (a VirtualService `tcp:` route, an L4 rule) gets its slots
     /// from the weighted clusters instead of its own backends: 100 slots, each cluster's weight
@@ -304,6 +306,7 @@ impl Compiled {
         &self,
         steer: &BTreeMap<FrontendAddr, std::net::SocketAddrV4>,
         weighted: &BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>>,
+        fail_closed: &steer::FailClosed,
     ) -> MapContents {
         let mut services = BTreeMap::new();
         let mut names = BTreeMap::new();
@@ -314,6 +317,10 @@ impl Compiled {
             if let (Some(max), false) = (fe.max_connections, steer.contains_key(addr)) {
                 conn_limits.insert(fe.svc_id, max);
             }
+            // A steered frontend keeps its own endpoints in its slots (connect4's fallback while
+            // the proxy is down) and names the proxy listener in its header.
+            let mut proxy_id = 0;
+            let mut steer_flags = 0;
             if let Some(target) = steer.get(addr) {
                 let proxy = BackendAddr {
                     ip: *target.ip(),
@@ -324,30 +331,11 @@ impl Compiled {
                 let next = self.backend_ids.values().max().copied().unwrap_or(0)
                     + 1
                     + proxy_backends.len() as u32;
-                let id = *proxy_backends.entry(proxy).or_insert(next);
-                let base = ServiceKey::new(
-                    ipv4_be(addr.ip.octets()),
-                    port_be(addr.port),
-                    proto_number(addr.protocol),
-                    0,
-                );
-                let header = ServiceValue {
-                    backend_id: 0,
-                    count: 1,
-                    flags: 0,
-                    policy: lb::policy_code(fe),
-                    svc_id: fe.svc_id,
-                    affinity_timeout_sec: 0,
-                };
-                services.insert(base, header);
-                services.insert(
-                    base.with_slot(1),
-                    ServiceValue {
-                        backend_id: id,
-                        ..header
-                    },
-                );
-                continue;
+                proxy_id = *proxy_backends.entry(proxy).or_insert(next);
+                steer_flags = SVC_FLAG_STEERED;
+                if fail_closed.refuses(&fe.service) {
+                    steer_flags |= SVC_FLAG_FAIL_CLOSED;
+                }
             }
             let base = ServiceKey::new(
                 ipv4_be(addr.ip.octets()),
@@ -370,9 +358,9 @@ impl Compiled {
                 None => fe.backends.iter().collect(),
             };
             let header = ServiceValue {
-                backend_id: 0,
+                backend_id: proxy_id,
                 count: slots.len() as u16,
-                flags,
+                flags: flags | steer_flags,
                 policy: lb::policy_code(fe),
                 svc_id: fe.svc_id,
                 affinity_timeout_sec: fe.affinity_timeout_sec.unwrap_or(0),

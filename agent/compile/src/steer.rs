@@ -8,6 +8,41 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::FrontendAddr;
+use meshpath_model::ObjectRef;
+
+/// Which steered services refuse connects while the proxy is down instead of falling back to
+/// L4 balancing over their endpoints (which bypasses their L7 rules for that time).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FailClosed {
+    /// Every steered service falls back to L4 (fail-open).
+    #[default]
+    None,
+    /// Every steered service refuses.
+    All,
+    /// These services (`namespace/name`) refuse; the others fall back.
+    Services(BTreeSet<String>),
+}
+
+impl FailClosed {
+    /// From `--proxy-fail-closed`: `*` for all, else service names (`namespace/name`).
+    pub fn from_names(names: &[String]) -> Self {
+        if names.iter().any(|n| n == "*") {
+            FailClosed::All
+        } else if names.is_empty() {
+            FailClosed::None
+        } else {
+            FailClosed::Services(names.iter().cloned().collect())
+        }
+    }
+
+    pub fn refuses(&self, service: &ObjectRef) -> bool {
+        match self {
+            FailClosed::None => false,
+            FailClosed::All => true,
+            FailClosed::Services(s) => s.contains(&service.to_string()),
+        }
+    }
+}
 
 /// Stable proxy listener ports, one per steered frontend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,6 +126,16 @@ mod tests {
         let (b, _) = a.assign(&[fe(2), fe(3)].into(), (15100, 15102));
         assert_eq!(b.by_frontend[&fe(2)], 15101);
         assert_eq!(b.by_frontend[&fe(3)], 15100);
+    }
+
+    #[test]
+    fn fail_closed_by_name_or_all() {
+        let web = ObjectRef::new("default", "web");
+        let api = ObjectRef::new("default", "api");
+        let some = FailClosed::from_names(&["default/web".into()]);
+        assert!(some.refuses(&web) && !some.refuses(&api));
+        assert!(FailClosed::from_names(&["*".into()]).refuses(&api));
+        assert!(!FailClosed::from_names(&[]).refuses(&web));
     }
 
     #[test]

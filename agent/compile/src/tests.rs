@@ -354,11 +354,23 @@ fn steered_frontends_point_at_the_proxy_and_keep_their_real_backends_in_compiled
         protocol: Protocol::Tcp,
     };
     let proxy = std::net::SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 1), 15100);
-    let maps = c.map_contents_steered(&[(web, proxy)].into(), &BTreeMap::new());
+    let maps = c.map_contents_steered(
+        &[(web, proxy)].into(),
+        &BTreeMap::new(),
+        &crate::steer::FailClosed::None,
+    );
 
     let key = ServiceKey::new(ipv4_be([10, 96, 0, 10]), port_be(80), PROTO_TCP, 0);
-    assert_eq!(maps.services[&key].count, 1);
-    let proxy_id = maps.services[&key.with_slot(1)].backend_id;
+    let header = maps.services[&key];
+    // The header names the proxy listener; the slots keep the endpoints for the L4 fallback.
+    assert_eq!(header.count, 2);
+    assert_eq!(
+        header.flags & (meshpath_common::SVC_FLAG_STEERED | meshpath_common::SVC_FLAG_FAIL_CLOSED),
+        meshpath_common::SVC_FLAG_STEERED
+    );
+    let slot1 = maps.backends[&maps.services[&key.with_slot(1)].backend_id];
+    assert_eq!(slot1.ip_be, ipv4_be([10, 244, 0, 11]));
+    let proxy_id = header.backend_id;
     assert_eq!(maps.backends[&proxy_id].ip_be, ipv4_be([10, 244, 0, 1]));
     assert_eq!(maps.backends[&proxy_id].port_be, port_be(15100));
     assert!(
@@ -369,6 +381,16 @@ fn steered_frontends_point_at_the_proxy_and_keep_their_real_backends_in_compiled
     let api = ServiceKey::new(ipv4_be([10, 96, 0, 11]), port_be(80), PROTO_TCP, 0);
     assert_eq!(maps.services[&api], c.map_contents().services[&api]);
     assert_eq!(frontend(&c, [10, 96, 0, 10], 80).backends.len(), 2);
+
+    let closed = c.map_contents_steered(
+        &[(web, proxy)].into(),
+        &BTreeMap::new(),
+        &crate::steer::FailClosed::from_names(&["default/web".into()]),
+    );
+    assert_ne!(
+        closed.services[&key].flags & meshpath_common::SVC_FLAG_FAIL_CLOSED,
+        0
+    );
 }
 
 #[test]
@@ -408,7 +430,7 @@ fn weighted_tcp_routes_become_slots_in_proportion() {
         vec![(vec![be(11)], 20), (vec![be(12), be(13)], 80), (vec![], 0)],
     )]
     .into();
-    let maps = c.map_contents_steered(&BTreeMap::new(), &weighted);
+    let maps = c.map_contents_steered(&BTreeMap::new(), &weighted, &crate::steer::FailClosed::None);
     let key = ServiceKey::new(ipv4_be([10, 96, 0, 10]), port_be(5432), PROTO_TCP, 0);
     assert_eq!(maps.services[&key].count, 100);
     let mut per_backend: BTreeMap<u32, u32> = BTreeMap::new();

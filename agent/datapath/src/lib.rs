@@ -8,6 +8,7 @@ mod error;
 mod links;
 pub mod maps;
 mod pins;
+pub mod proxy_socks;
 pub mod redirect;
 pub mod status;
 pub mod tcp_metrics;
@@ -78,6 +79,8 @@ pub struct Datapath {
     log: Option<bpf_log::BpfLog>,
     pub maps: DatapathMaps,
     _links: Vec<aya::programs::links::PinnedLink>,
+    /// Set until [`Datapath::attach`] ran: what the sock_addr programs attach to.
+    pending: Option<(File, PathBuf, PathBuf, Features)>,
 }
 
 impl Datapath {
@@ -113,28 +116,52 @@ impl Datapath {
             source,
         })?;
 
-        let mut links = Vec::new();
+        // Verified now (a program the kernel rejects fails the start), attached by `attach`.
         for (name, enabled) in features.programs() {
-            let pin = links::pin_path(pin_dir, name);
+            if enabled {
+                let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+                prog.load()
+                    .map_err(|source| DatapathError::Program { name, source })?;
+            }
+        }
+        let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
+        let pending = Some((
+            cgroup_file,
+            cgroup.to_path_buf(),
+            pin_dir.to_path_buf(),
+            features,
+        ));
+        Ok(Self {
+            _ebpf: ebpf,
+            log,
+            maps,
+            _links: Vec::new(),
+            pending,
+        })
+    }
+
+    /// Attaches the sock_addr programs, each replacing the previous agent's (see `links`); a
+    /// no-op after the first call. Call once the maps hold the first model: until then the
+    /// previous programs (if any) keep serving, with the maps they were loaded with, which
+    /// matters when an upgrade replaced a map (`pins`) and the new one is still empty.
+    pub fn attach(&mut self) -> Result<(), DatapathError> {
+        let Some((cgroup_file, cgroup, pin_dir, features)) = self.pending.take() else {
+            return Ok(());
+        };
+        for (name, enabled) in features.programs() {
+            let pin = links::pin_path(&pin_dir, name);
             if !enabled {
                 links::detach_pinned(&pin)?;
                 info!(program = name, "feature off: program not attached");
                 continue;
             }
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            links.push(links::attach_replacing(prog, name, &cgroup_file, &pin)?);
+            let prog: &mut CgroupSockAddr = program(&mut self._ebpf, name)?;
+            self._links
+                .push(links::attach_replacing(prog, name, &cgroup_file, &pin)?);
             info!(program = name, cgroup = %cgroup.display(), "attached");
         }
-        let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
-        redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
-        Ok(Self {
-            _ebpf: ebpf,
-            log,
-            maps,
-            _links: links,
-        })
+        Ok(())
     }
 }
 

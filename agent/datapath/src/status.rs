@@ -8,7 +8,7 @@ use std::path::Path;
 
 use meshpath_common::{
     ipv4_octets, port_host, ServiceKey, ServiceValue, PROTO_TCP, SVC_FLAG_AFFINITY, SVC_FLAG_DNS,
-    SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS,
+    SVC_FLAG_FAIL_CLOSED, SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS, SVC_FLAG_STEERED,
 };
 use serde::Serialize;
 
@@ -70,6 +70,17 @@ pub struct ServiceStatus {
     pub max_connections: Option<u32>,
     pub active_connections: u64,
     pub conn_limit_refused: u64,
+    /// For a frontend steered to the node proxy: its listener, and whether a proxy socket
+    /// listens there now (if not, connect4 balances at L4 over `backends`, or refuses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ProxyStatus {
+    pub listener: String,
+    pub listening: bool,
+    pub fail_closed: bool,
 }
 
 pub fn read(pin_dir: &Path) -> Result<Status, DatapathError> {
@@ -95,8 +106,29 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
         .collect::<Result<_, _>>()
         .map_err(map_err(meshpath_common::MAP_SVC_NAMES))?;
 
+    // Pins of an agent older than the proxy sockhash have none: nothing listens, as far as
+    // connect4 could tell.
+    let listening = crate::proxy_socks::ProxySockets::open_pinned(pin_dir)
+        .map(|p| p.listening())
+        .unwrap_or_default();
     let mut services = Vec::new();
     for (key, header) in entries.iter().filter(|(k, _)| k.slot == 0) {
+        let proxy = (header.flags & SVC_FLAG_STEERED != 0).then(|| {
+            let l = backends.get(&header.backend_id);
+            ProxyStatus {
+                listener: l
+                    .map(|b| {
+                        SocketAddrV4::new(
+                            Ipv4Addr::from(ipv4_octets(b.ip_be)),
+                            port_host(b.port_be),
+                        )
+                        .to_string()
+                    })
+                    .unwrap_or_else(|| "<listener missing>".into()),
+                listening: l.is_some_and(|b| listening.contains(b)),
+                fail_closed: header.flags & SVC_FLAG_FAIL_CLOSED != 0,
+            }
+        });
         let backends = (1..=header.count)
             .map(|slot| {
                 match entries
@@ -150,6 +182,7 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
             },
             active_connections: maps.conn_active.get(&header.svc_id, 0).unwrap_or(0),
             conn_limit_refused: stats.conn_limit_refused,
+            proxy,
         });
     }
     services.sort_by(|a, b| (&a.name, &a.frontend).cmp(&(&b.name, &b.frontend)));
@@ -238,6 +271,23 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(
                 out,
                 "    connection limits per route destination (see limit groups)"
+            );
+        }
+        if let Some(p) = &s.proxy {
+            let _ = writeln!(
+                out,
+                "    steered to the node proxy {} ({}; while it is not: {})",
+                p.listener,
+                if p.listening {
+                    "listening"
+                } else {
+                    "NOT listening"
+                },
+                if p.fail_closed {
+                    "refused"
+                } else {
+                    "L4 over the backends below"
+                }
             );
         }
         for b in &s.backends {

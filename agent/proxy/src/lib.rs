@@ -69,7 +69,7 @@ use tokio::sync::watch;
 use meshpath_model::l7::{HttpRoute, L7Config};
 
 pub use outlier::EjectedSet;
-pub use server::serve;
+pub use server::{serve, serve_until};
 pub use trace::{Span, SpanExporter};
 pub use workload::Workload;
 

@@ -20,6 +20,51 @@ use super::{OriginalDst, Proxy};
 /// once for its original destination and source labels; every request on it is routed by the
 /// config current when the request arrives.
 pub async fn serve(listener: TcpListener, original_dst: Arc<dyn OriginalDst>, proxy: Arc<Proxy>) {
+    serve_until(listener, original_dst, proxy, std::future::pending()).await
+}
+
+/// As [`serve`] until `drain` resolves; then closes the listener, lets every connection finish
+/// the request it is serving (HTTP/1 answers it and closes, idle connections close at once; h2
+/// sends GOAWAY) and returns when the last connection has ended. Whoever drains should first
+/// make sure no new connection is headed here: whatever waits in the accept queue when the
+/// listener closes is reset.
+pub async fn serve_until(
+    listener: TcpListener,
+    original_dst: Arc<dyn OriginalDst>,
+    proxy: Arc<Proxy>,
+    drain: impl std::future::Future<Output = ()>,
+) {
+    let builder = Arc::new(builder());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(drain);
+    let accept = async {
+        loop {
+            accept_one(
+                &listener,
+                &builder,
+                &original_dst,
+                &proxy,
+                &stop_rx,
+                &mut conns,
+            )
+            .await;
+            // Reap finished connections so the set does not grow with every one ever served.
+            while conns.try_join_next().is_some() {}
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = &mut drain => {}
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let open = conns.len();
+    while conns.join_next().await.is_some() {}
+    debug!(connections = open, "proxy listener drained");
+}
+
+fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No header-read timeout, like Envoy's default `request_headers_timeout: 0` (hyper's would
     // also cost a timer allocation per request).
@@ -29,42 +74,59 @@ pub async fn serve(listener: TcpListener, original_dst: Arc<dyn OriginalDst>, pr
         .header_read_timeout(None)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning; the listener stays usable.
-                warn!(%error, "accepting a proxy connection failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
+    builder
+}
+
+/// Accepts one connection and serves it in a task of `conns` that shuts it down gracefully once
+/// `stop` turns true.
+async fn accept_one(
+    listener: &TcpListener,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    original_dst: &Arc<dyn OriginalDst>,
+    proxy: &Arc<Proxy>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    conns: &mut tokio::task::JoinSet<()>,
+) {
+    let (stream, peer) = match listener.accept().await {
+        Ok(s) => s,
+        Err(error) => {
+            // EMFILE and friends: back off instead of spinning; the listener stays usable.
+            warn!(%error, "accepting a proxy connection failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let conn = Arc::new(ConnCtx {
+        original_dst: original_dst.original_dst(&stream, peer),
+        source_labels: original_dst.source_labels(peer),
+        source: original_dst.source_workload(peer),
+        resolver: original_dst.clone(),
+        proxy: proxy.clone(),
+        peer,
+        local,
+    });
+    let builder = builder.clone();
+    let mut stop = stop.clone();
+    conns.spawn(async move {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(handle(&conn, req).await) }
+        });
+        let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(served);
+        let result = tokio::select! {
+            r = served.as_mut() => r,
+            () = async { drop(stop.wait_for(|s| *s).await) } => {
+                served.as_mut().graceful_shutdown();
+                served.await
             }
         };
-        let _ = stream.set_nodelay(true);
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        let conn = Arc::new(ConnCtx {
-            original_dst: original_dst.original_dst(&stream, peer),
-            source_labels: original_dst.source_labels(peer),
-            source: original_dst.source_workload(peer),
-            resolver: original_dst.clone(),
-            proxy: proxy.clone(),
-            peer,
-            local,
-        });
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(handle(&conn, req).await) }
-            });
-            if let Err(error) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "proxy connection ended with an error");
-            }
-        });
-    }
+        if let Err(error) = result {
+            debug!(%peer, %error, "proxy connection ended with an error");
+        }
+    });
 }

@@ -108,6 +108,8 @@ fn proxy_settings() {
             netns: None,
             ports: (20000, 20010),
             http_no_endpoint_503: true,
+            fail_closed: meshpath_compile::steer::FailClosed::None,
+            drain_timeout: std::time::Duration::from_millis(3000),
         })
     );
     let off = agent(&[

@@ -80,10 +80,16 @@ pub enum Reason {
     /// Asking for the state and RTT callbacks of a counted connection failed: its close and
     /// samples may be missed.
     TcpMetricsCbFlagsFailed = 33,
+    /// A connect to a steered (L7) frontend found no proxy socket listening on its listener
+    /// (agent restarting, proxy gone): balanced at L4 over the service's endpoints instead, so
+    /// its L7 rules were not applied to that connection.
+    ProxyFallback = 34,
+    /// The same, for a frontend that fails closed: refused with ECONNREFUSED at once.
+    ProxyDownRefused = 35,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 34;
+pub const REASON_COUNT: u32 = 36;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -121,6 +127,8 @@ impl Reason {
         Reason::TcpMetricsFlowTableFull,
         Reason::TcpMetricsClosed,
         Reason::TcpMetricsCbFlagsFailed,
+        Reason::ProxyFallback,
+        Reason::ProxyDownRefused,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -160,6 +168,8 @@ impl Reason {
             Reason::TcpMetricsFlowTableFull => "tcp_metrics_flow_table_full",
             Reason::TcpMetricsClosed => "tcp_metrics_closed",
             Reason::TcpMetricsCbFlagsFailed => "tcp_metrics_cb_flags_failed",
+            Reason::ProxyFallback => "proxy_fallback",
+            Reason::ProxyDownRefused => "proxy_down_refused",
         }
     }
 

@@ -100,6 +100,24 @@ pub const SVC_FLAG_ROUTE_LIMITS: u8 = 1 << 2;
 /// [`ServiceValue::flags`]: the frontend is a DNS resolver's address (`ip:53`) and its one
 /// backend the agent's DNS listener for that resolver; the programs count such steering apart.
 pub const SVC_FLAG_DNS: u8 = 1 << 3;
+/// [`ServiceValue::flags`]: the frontend needs the node proxy (L7 rules). Its header's
+/// `backend_id` names the proxy listener (a backend id); its slots `1..=count` hold the service's
+/// own endpoints. connect4 sends a connection to the listener while a proxy socket listens on it
+/// (`MP_PROXY_SOCKS`), and otherwise balances it over the slots (or refuses it with
+/// [`SVC_FLAG_FAIL_CLOSED`]). A program that predates the flag ignores it and balances over the
+/// slots: an agent downgrade degrades to L4, never to a dead port.
+pub const SVC_FLAG_STEERED: u8 = 1 << 4;
+/// [`ServiceValue::flags`], with [`SVC_FLAG_STEERED`]: no L4 fallback while the proxy is down;
+/// connects are refused at once instead (L7 rules are never bypassed).
+pub const SVC_FLAG_FAIL_CLOSED: u8 = 1 << 5;
+
+/// The node proxy's listening sockets, keyed by their address as a [`Backend`] (the steered
+/// frontends' header `backend_id` names it). The agent inserts each listener when it opens it;
+/// the kernel removes a socket from a sockhash when it closes, so an entry exists exactly while
+/// a proxy listens there, however the agent went away.
+pub const MAP_PROXY_SOCKS: &str = "MP_PROXY_SOCKS";
+/// Capacity of [`MAP_PROXY_SOCKS`]: one listener per steered frontend at most.
+pub const MAX_PROXY_SOCKS: u32 = 16_384;
 
 /// A frontend (ClusterIP, port, protocol) and a slot. Slot 0 is the frontend's header (backend
 /// count, flags, service id); slots `1..=count` each name one backend id.

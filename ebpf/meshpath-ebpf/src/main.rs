@@ -12,6 +12,7 @@ mod counters;
 mod lb;
 mod log;
 mod maps;
+mod proxy;
 mod redirect;
 mod tcp_metrics;
 
@@ -150,9 +151,27 @@ fn try_translate(
     let Some((key, svc)) = lb::lookup_frontend(vip_be, port_be, proto) else {
         return Ok(ALLOW);
     };
+    let to_proxy = match proxy::steering(&svc) {
+        proxy::Steering::Kernel => None,
+        proxy::Steering::Proxy(listener) => Some(listener),
+        proxy::Steering::Fallback => {
+            bump(Reason::ProxyFallback);
+            None
+        }
+        proxy::Steering::Refuse => {
+            bump(Reason::ProxyDownRefused);
+            log::refused(ctx, svc.svc_id, Reason::ProxyDownRefused);
+            return Err(refuse());
+        }
+    };
     // SAFETY: the context pointer is valid for the helper.
     let netns_cookie = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let (slot, backend) = match lb::select_backend(&key, &svc, netns_cookie) {
+    let selected = match to_proxy {
+        // The proxy balances (and counts limits) itself: slot 0, no kernel connection limit.
+        Some(listener) => Ok((0, listener)),
+        None => lb::select_backend(&key, &svc, netns_cookie),
+    };
+    let (slot, backend) = match selected {
         Ok(b) => b,
         Err(reason) => {
             bump(reason);
@@ -166,7 +185,7 @@ fn try_translate(
 
     // SAFETY: the context pointer is valid for the helper.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if proto == PROTO_TCP {
+    if proto == PROTO_TCP && to_proxy.is_none() {
         let limit = connlimit::target(&key, &svc, slot);
         if let connlimit::Admission::Refused = connlimit::admit(limit, socket_cookie) {
             log::refused(ctx, svc.svc_id, Reason::ConnLimitRefused);

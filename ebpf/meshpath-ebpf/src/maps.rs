@@ -9,7 +9,7 @@ use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
     ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, CONFIG_SLOTS, MAX_AFFINITY,
     MAX_BACKENDS, MAX_LIMIT_GROUPS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS,
-    MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
+    MAX_PROXY_SOCKS, MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
     REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats,
 };
 
@@ -49,6 +49,10 @@ pub static MP_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(MAX_SERVICE
 /// Both ends of every same-node connection in the managed cgroups, by their own 4-tuple.
 #[map]
 pub static MP_SOCKS: SockHash<SockKey> = SockHash::pinned(MAX_SOCKS, 0);
+
+/// The node proxy's listening sockets by address (see `proxy.rs`). Written by the agent only.
+#[map]
+pub static MP_PROXY_SOCKS: SockHash<Backend> = SockHash::pinned(MAX_PROXY_SOCKS, 0);
 
 /// Sockets one of whose messages took the TCP path: the rest of their stream must too.
 #[map]

@@ -100,7 +100,8 @@ fn contents(m: &ClusterModel, previous: &RouteLimits) -> (MapContents, RouteLimi
             (*addr, w)
         })
         .collect();
-    let mut out = compiled.map_contents_steered(&BTreeMap::new(), &weighted);
+    let mut out =
+        compiled.map_contents_steered(&BTreeMap::new(), &weighted, &crate::steer::FailClosed::None);
     route.render(&mut out, &compiled, &weighted);
     (out, route)
 }

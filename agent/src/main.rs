@@ -6,6 +6,7 @@ mod cgroup_layout;
 mod config;
 mod coverage;
 mod dns;
+mod kernel_metrics;
 mod netns;
 mod proxy_listeners;
 mod reconcile;

@@ -21,6 +21,9 @@ type Labels = Vec<(&'static str, String)>;
 
 const UNKNOWN: &str = "unknown";
 
+/// One `istio_tcp_*` family: name, help, and which total it shows.
+type Family = (&'static str, &'static str, fn(&TcpFlowStats) -> u64);
+
 /// What the admin listener needs: the open map handles and the model to attribute pods from.
 pub struct KernelTcpMetrics {
     reader: Mutex<TcpMetricsReader>,
@@ -84,7 +87,7 @@ pub fn encode_flows(
         acc.sent_bytes += f.stats.sent_bytes;
         acc.received_bytes += f.stats.received_bytes;
     }
-    let families: [(&str, &str, fn(&TcpFlowStats) -> u64); 4] = [
+    let families: [Family; 4] = [
         (
             "istio_tcp_connections_opened",
             "TCP connections opened (kernel path)",

@@ -7,10 +7,10 @@
 //! and `meshpath top` `/ui/graph.json`, both through [`fetch`].
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -20,14 +20,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::kernel_metrics::KernelStats;
 use meshpath_proxy::ProxyStats;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +51,8 @@ pub enum AdminError {
     },
 }
 
-/// What the admin endpoints report.
-#[derive(Clone)]
-pub struct AdminState {
+/// What the agent's metrics come from.
+pub struct Sources {
     /// The node proxy's cluster stats, when the proxy runs.
     pub proxy: Option<ProxyStats>,
     /// The node proxy's Istio standard metrics (live families, not copies).
@@ -64,17 +61,59 @@ pub struct AdminState {
     pub pin_dir: PathBuf,
     /// The sync loop's counters and latency histogram.
     pub sync: meshpath_source::sync_metrics::SyncMetrics,
-    /// Set once the first snapshot of the cluster is programmed.
-    pub programmed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The DNS proxy's counters (zero while capture is off).
     pub dns: crate::dns::DnsMetrics,
-    /// The pinned maps for `/stats`, opened at the first request and kept (opening every map
-    /// per request costs syscalls per map).
-    pub kernel_maps: std::sync::Arc<std::sync::Mutex<Option<meshpath_datapath::DatapathMaps>>>,
     /// Istio's TCP metrics from the kernel (`--tcp-metrics`), when the datapath has them.
-    pub tcp_metrics: Option<std::sync::Arc<crate::tcp_metrics::KernelTcpMetrics>>,
-    /// Recent samples of the Istio metrics, for the graph's rates.
+    pub tcp_metrics: Option<Arc<crate::tcp_metrics::KernelTcpMetrics>>,
+}
+
+/// What the admin endpoints report: one registry built at start, whose metrics and collectors
+/// read the live values at each scrape (nothing is copied into a per-scrape registry), and
+/// the same proxy and kernel sources for `/stats`.
+#[derive(Clone)]
+pub struct AdminState {
+    registry: Arc<Registry>,
+    proxy: Option<ProxyStats>,
+    kernel: Arc<KernelStats>,
+    /// Set once the first snapshot of the cluster is programmed.
+    pub programmed: Arc<AtomicBool>,
+    /// Recent samples of the Istio metrics, for the service graph's rates.
     pub graph: crate::ui::SharedHistory,
+}
+
+impl AdminState {
+    pub fn new(sources: Sources) -> Self {
+        let kernel = Arc::new(KernelStats::new(sources.pin_dir));
+        let mut registry = Registry::default();
+        if let Some(p) = &sources.proxy {
+            registry.register_collector(Box::new(p.clone()));
+        }
+        if let Some(m) = &sources.istio {
+            m.register(&mut registry);
+        }
+        sources.sync.register(&mut registry);
+        sources.dns.register(&mut registry);
+        registry.register_collector(Box::new(kernel.clone()));
+        if let Some(tcp) = sources.tcp_metrics {
+            registry.register_collector(Box::new(tcp));
+        }
+        Self {
+            registry: Arc::new(registry),
+            proxy: sources.proxy,
+            kernel,
+            programmed: Default::default(),
+            graph: Default::default(),
+        }
+    }
+
+    /// Prometheus text of the one registry. Blocking: the kernel collectors read maps.
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = encode(&mut out, &self.registry) {
+            warn!(%error, "encoding metrics");
+        }
+        out
+    }
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -132,7 +171,7 @@ async fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<By
         "/stats" => ("text/plain", envoy_stats(state).await),
         "/metrics" => (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics(state),
+            metrics(state).await,
         ),
         _ => return not_found(),
     };
@@ -157,123 +196,20 @@ async fn envoy_stats(state: &AdminState) -> String {
         .map(ProxyStats::envoy_text)
         .unwrap_or_default();
     // Map reads are syscalls: off the async workers.
-    let pin_dir = state.pin_dir.clone();
-    let maps = state.kernel_maps.clone();
-    let kernel = tokio::task::spawn_blocking(move || kernel_stats(&pin_dir, &maps))
+    let kernel = state.kernel.clone();
+    let text = tokio::task::spawn_blocking(move || kernel.envoy_text())
         .await
         .unwrap_or_default();
-    out.push_str(&kernel);
+    out.push_str(&text);
     out
 }
 
-/// Kernel-side counters from the pinned maps (empty when they cannot be read).
-fn kernel_stats(
-    pin_dir: &std::path::Path,
-    maps: &std::sync::Mutex<Option<meshpath_datapath::DatapathMaps>>,
-) -> String {
-    let Ok(mut maps) = maps.lock() else {
-        return String::new();
-    };
-    if maps.is_none() {
-        match meshpath_datapath::DatapathMaps::open_pinned(pin_dir) {
-            Ok(m) => *maps = Some(m),
-            Err(error) => {
-                debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
-                return String::new();
-            }
-        }
-    }
-    let status = match maps
-        .as_ref()
-        .map(|m| meshpath_datapath::status::from_maps(m, pin_dir))
-    {
-        Some(Ok(s)) => s,
-        None => return String::new(),
-        Some(Err(error)) => {
-            debug!(pin_dir = %pin_dir.display(), %error, "no kernel stats");
-            return String::new();
-        }
-    };
-    let mut out = String::new();
-    for (name, v) in &status.counters {
-        let _ = writeln!(out, "meshpath.{name}: {v}");
-    }
-    for s in &status.services {
-        let svc = format!("meshpath.service.{}|{}", s.name, s.frontend);
-        for (stat, v) in [
-            ("connects", s.connects),
-            ("no_backend", s.no_backend),
-            ("active_connections", s.active_connections),
-            ("conn_limit_refused", s.conn_limit_refused),
-        ] {
-            let _ = writeln!(out, "{svc}.{stat}: {v}");
-        }
-    }
-    // Per-subset kernel limits, under Istio's cluster name as the proxy's stats are.
-    for g in &status.limit_groups {
-        let group = format!("meshpath.limit_group.{}", g.name);
-        for (stat, v) in [
-            ("max_connections", u64::from(g.max_connections)),
-            ("active_connections", g.active_connections),
-            ("conn_limit_refused", g.refused),
-        ] {
-            let _ = writeln!(out, "{group}.{stat}: {v}");
-        }
-    }
-    out
-}
-
-/// Prometheus text: one family per Envoy stat, labelled by cluster (Istio's
-/// `envoy_cluster_<stat>{cluster_name=...}`).
-fn metrics(state: &AdminState) -> String {
-    type Labels = Vec<(String, String)>;
-    let mut registry = Registry::default();
-    let mut counters: std::collections::BTreeMap<String, Family<Labels, Counter>> =
-        Default::default();
-    let mut gauges: std::collections::BTreeMap<String, Family<Labels, Gauge<u64, AtomicU64>>> =
-        Default::default();
-    for (cluster, stat, v, is_counter) in state.proxy.iter().flat_map(ProxyStats::values) {
-        // The encoder appends `_total` to counters: strip Envoy's own so it is not doubled.
-        let stat = if is_counter {
-            stat.strip_suffix("_total").unwrap_or(stat)
-        } else {
-            stat
-        };
-        let name = format!("envoy_cluster_{}", stat.replace('.', "_"));
-        let labels = vec![("cluster_name".to_owned(), cluster)];
-        if is_counter {
-            counters
-                .entry(name)
-                .or_default()
-                .get_or_create(&labels)
-                .inc_by(v);
-        } else {
-            gauges
-                .entry(name)
-                .or_default()
-                .get_or_create(&labels)
-                .set(v);
-        }
-    }
-    for (name, f) in counters {
-        registry.register(name.clone(), name, f);
-    }
-    for (name, f) in gauges {
-        registry.register(name.clone(), name, f);
-    }
-    state.sync.register(&mut registry);
-    state.dns.register(&mut registry);
-    if let Some(m) = &state.istio {
-        m.register(&mut registry);
-    }
-    if let Some(tcp) = &state.tcp_metrics {
-        tcp.register(&mut registry);
-    }
-    let mut out = String::new();
-    if let Err(error) = encode(&mut out, &registry) {
-        warn!(%error, "encoding metrics");
-    }
-    out
+/// Prometheus text of the one registry (the kernel collectors read maps: off the workers).
+async fn metrics(state: &AdminState) -> String {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || state.encode_metrics())
+        .await
+        .unwrap_or_default()
 }
 
 /// `GET path` (e.g. `/stats`) from a running agent's admin listener: the body of a 200 answer.
@@ -323,17 +259,14 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let state = AdminState {
+        let state = AdminState::new(Sources {
             proxy: None,
             istio: None,
             pin_dir: PathBuf::from("/nonexistent/meshpath-admin-test"),
-            programmed: Default::default(),
             sync: Default::default(),
             dns: Default::default(),
             tcp_metrics: None,
-            kernel_maps: Default::default(),
-            graph: Default::default(),
-        };
+        });
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
         // No proxy, no pinned maps: an empty (but successful) report.
@@ -383,8 +316,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn metrics_name_clusters_like_istio() {
+    #[tokio::test]
+    async fn metrics_name_clusters_like_istio() {
         use meshpath_model::l7::{Cluster, ClusterKey, L7Config};
         let key = ClusterKey {
             service: meshpath_model::ObjectRef::new("default", "web"),
@@ -405,18 +338,15 @@ mod tests {
         };
         let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
         let proxy = meshpath_proxy::Proxy::new(rx);
-        let state = AdminState {
+        let state = AdminState::new(Sources {
             proxy: Some(proxy.stats()),
             istio: Some(proxy.istio_metrics()),
             pin_dir: PathBuf::from("/nonexistent"),
-            programmed: Default::default(),
             sync: Default::default(),
             dns: Default::default(),
             tcp_metrics: None,
-            kernel_maps: Default::default(),
-            graph: Default::default(),
-        };
-        let text = metrics(&state);
+        });
+        let text = metrics(&state).await;
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;
         for line in [
             format!("envoy_cluster_upstream_rq_total{label} 0"),

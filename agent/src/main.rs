@@ -7,6 +7,7 @@ mod config;
 mod coverage;
 mod dns;
 mod graph;
+mod kernel_metrics;
 mod netns;
 mod proxy_listeners;
 mod reconcile;

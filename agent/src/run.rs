@@ -141,17 +141,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     } else {
         None
     };
-    let admin = crate::admin::AdminState {
+    let mut admin = crate::admin::AdminState::new(crate::admin::Sources {
         tcp_metrics,
-        kernel_maps: Default::default(),
         sync: sync.clone(),
-        programmed: programmed.clone(),
         proxy: proxy_stats,
         istio,
         pin_dir: cfg.pin_dir.clone(),
         dns: dns_metrics,
-        graph: Default::default(),
-    };
+    });
+    admin.programmed = programmed.clone();
     // Not fatal: traffic matters more than stats, and several agents (tests, a restart
     // overlapping the old process) may contend for the default port.
     if let Err(e) = crate::admin::start(cfg.admin_addr, admin).await {

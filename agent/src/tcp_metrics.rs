@@ -8,17 +8,21 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use meshpath_datapath::tcp_metrics::{FlowTotals, TcpMetricsReader};
+use meshpath_datapath::tcp_metrics::{FlowTotals, TcpFlowStats, TcpMetricsReader};
 use meshpath_model::{ClusterModel, Pod};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
 use tokio::sync::watch;
 use tracing::debug;
 
 type Labels = Vec<(&'static str, String)>;
 
 const UNKNOWN: &str = "unknown";
+
+/// One `istio_tcp_*` family: name, help, and which total it shows.
+type Family = (&'static str, &'static str, fn(&TcpFlowStats) -> u64);
 
 /// What the admin listener needs: the open map handles and the model to attribute pods from.
 pub struct KernelTcpMetrics {
@@ -33,66 +37,85 @@ impl KernelTcpMetrics {
             model,
         }
     }
+}
 
-    /// Reads the kernel's pairs (a few syscalls per pair) and registers the four families.
-    pub fn register(&self, registry: &mut Registry) {
+impl std::fmt::Debug for KernelTcpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelTcpMetrics")
+    }
+}
+
+/// Each scrape reads the kernel's pairs (a few syscalls per pair) through the handles kept open
+/// and encodes them directly.
+impl Collector for KernelTcpMetrics {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let flows = match self.reader.lock().map(|r| r.read()) {
             Ok(Ok(f)) => f,
             Ok(Err(error)) => {
                 debug!(%error, "kernel TCP metrics unreadable");
-                return;
+                return Ok(());
             }
-            Err(_) => return,
+            Err(_) => return Ok(()),
         };
         let model = self.model.borrow().clone();
-        register_flows(&flows, &model, registry);
+        encode_flows(&flows, &model, encoder)
     }
 }
 
-/// The four families for `flows`, pairs that map to the same labels added together.
-pub fn register_flows(flows: &[FlowTotals], model: &ClusterModel, registry: &mut Registry) {
+/// The four families for `flows`, pairs that map to the same labels added together (so the
+/// series are per workload pair and service, whatever the pods' addresses).
+pub fn encode_flows(
+    flows: &[FlowTotals],
+    model: &ClusterModel,
+    mut encoder: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
     let pods: BTreeMap<Ipv4Addr, &Pod> = model
         .pods
         .values()
         .filter_map(|p| p.ip.map(|ip| (ip, p)))
         .collect();
-    let opened = Family::<Labels, Counter>::default();
-    let closed = Family::<Labels, Counter>::default();
-    let sent = Family::<Labels, Counter>::default();
-    let received = Family::<Labels, Counter>::default();
+    let mut series: BTreeMap<Labels, TcpFlowStats> = BTreeMap::new();
     for f in flows {
         let labels = labels(
             pods.get(&f.client).copied(),
             pods.get(&f.backend).copied(),
             f.service.as_deref(),
         );
-        opened.get_or_create(&labels).inc_by(f.stats.opened);
-        closed.get_or_create(&labels).inc_by(f.stats.closed);
-        sent.get_or_create(&labels).inc_by(f.stats.sent_bytes);
-        received
-            .get_or_create(&labels)
-            .inc_by(f.stats.received_bytes);
+        let acc = series.entry(labels).or_default();
+        acc.opened += f.stats.opened;
+        acc.closed += f.stats.closed;
+        acc.sent_bytes += f.stats.sent_bytes;
+        acc.received_bytes += f.stats.received_bytes;
     }
-    registry.register(
-        "istio_tcp_connections_opened",
-        "TCP connections opened (kernel path)",
-        opened,
-    );
-    registry.register(
-        "istio_tcp_connections_closed",
-        "TCP connections closed (kernel path)",
-        closed,
-    );
-    registry.register(
-        "istio_tcp_sent_bytes",
-        "Bytes the client sent, acknowledged by the server (kernel path)",
-        sent,
-    );
-    registry.register(
-        "istio_tcp_received_bytes",
-        "Bytes the client received (kernel path)",
-        received,
-    );
+    let families: [Family; 4] = [
+        (
+            "istio_tcp_connections_opened",
+            "TCP connections opened (kernel path)",
+            |s| s.opened,
+        ),
+        (
+            "istio_tcp_connections_closed",
+            "TCP connections closed (kernel path)",
+            |s| s.closed,
+        ),
+        (
+            "istio_tcp_sent_bytes",
+            "Bytes the client sent, acknowledged by the server (kernel path)",
+            |s| s.sent_bytes,
+        ),
+        (
+            "istio_tcp_received_bytes",
+            "Bytes the client received (kernel path)",
+            |s| s.received_bytes,
+        ),
+    ];
+    for (name, help, value) in families {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, stats) in &series {
+            ConstCounter::new(value(stats)).encode(family.encode_family(labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Istio's TCP label set, in istio/proxy's order. `reporter="source"`: the kernel measures the
@@ -189,7 +212,6 @@ fn workload_name(pod: &Pod) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshpath_datapath::tcp_metrics::TcpFlowStats;
     use meshpath_model::ObjectRef;
 
     fn pod(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> Pod {
@@ -220,6 +242,16 @@ mod tests {
                     ("pod-template-hash", "7d9f"),
                 ],
             ),
+            // A second pod of the same Deployment: its pairs join the first one's series.
+            pod(
+                "client-7d9f-fghij",
+                [10, 0, 0, 3],
+                &[
+                    ("app", "client"),
+                    ("version", "v1"),
+                    ("pod-template-hash", "7d9f"),
+                ],
+            ),
             pod("server", [10, 0, 0, 2], &[("app", "server")]),
         ] {
             model.pods.insert(p.id.clone(), p);
@@ -238,6 +270,13 @@ mod tests {
                 service: Some("shop/server:http".into()),
                 stats,
             },
+            FlowTotals {
+                client: Ipv4Addr::new(10, 0, 0, 3),
+                backend: Ipv4Addr::new(10, 0, 0, 2),
+                backend_port: 80,
+                service: Some("shop/server:http".into()),
+                stats,
+            },
             // An address no pod has: every label still there, as unknown.
             FlowTotals {
                 client: Ipv4Addr::new(10, 9, 9, 9),
@@ -247,11 +286,18 @@ mod tests {
                 stats,
             },
         ];
-        let mut registry = Registry::default();
-        register_flows(&flows, &model, &mut registry);
+        #[derive(Debug)]
+        struct Fixed(Vec<FlowTotals>, ClusterModel);
+        impl Collector for Fixed {
+            fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                encode_flows(&self.0, &self.1, encoder)
+            }
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Fixed(flows.to_vec(), model)));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        let known = r#"istio_tcp_sent_bytes_total{reporter="source",source_workload="client",source_canonical_service="client",source_canonical_revision="v1",source_workload_namespace="shop",source_principal="unknown",source_app="client",source_version="v1",source_cluster="unknown",destination_workload="server",destination_canonical_service="server",destination_canonical_revision="latest",destination_workload_namespace="shop",destination_principal="unknown",destination_app="server",destination_version="unknown",destination_service="server.shop.svc.cluster.local",destination_service_name="server",destination_service_namespace="shop",destination_cluster="unknown",request_protocol="tcp",response_flags="-",connection_security_policy="unknown"} 100"#;
+        let known = r#"istio_tcp_sent_bytes_total{reporter="source",source_workload="client",source_canonical_service="client",source_canonical_revision="v1",source_workload_namespace="shop",source_principal="unknown",source_app="client",source_version="v1",source_cluster="unknown",destination_workload="server",destination_canonical_service="server",destination_canonical_revision="latest",destination_workload_namespace="shop",destination_principal="unknown",destination_app="server",destination_version="unknown",destination_service="server.shop.svc.cluster.local",destination_service_name="server",destination_service_namespace="shop",destination_cluster="unknown",request_protocol="tcp",response_flags="-",connection_security_policy="unknown"} 200"#;
         assert!(text.lines().any(|l| l == known), "{text}");
         let unknown = text
             .lines()

@@ -5,8 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::admin::AdminState;
@@ -60,21 +58,10 @@ fn graph_json(state: &AdminState, window: Duration) -> String {
     serde_json::to_string(&graph).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// The Istio families exactly as `/metrics` renders them, and nothing else: the one place the
-/// graph touches the metrics registry.
+/// What `/metrics` renders, from the one registry: the graph reads the same values a
+/// Prometheus scrape does.
 fn istio_metrics_text(state: &AdminState) -> String {
-    let mut registry = Registry::default();
-    if let Some(m) = &state.istio {
-        m.register(&mut registry);
-    }
-    if let Some(tcp) = &state.tcp_metrics {
-        tcp.register(&mut registry);
-    }
-    let mut out = String::new();
-    if let Err(error) = encode(&mut out, &registry) {
-        warn!(%error, "encoding the Istio metrics");
-    }
-    out
+    state.encode_metrics()
 }
 
 /// `window=SECONDS` from the query (1 to MAX_WINDOW), else the default.

@@ -31,6 +31,7 @@
 
 mod body;
 mod breaker;
+mod cluster_metrics;
 pub mod export;
 mod forward;
 mod handler;
@@ -234,7 +235,8 @@ impl Proxy {
     }
 }
 
-/// The proxy's per-cluster stats, readable while it runs.
+/// The proxy's per-cluster stats, readable while it runs: Envoy's `/stats` text, and a
+/// prometheus-client `Collector` (register it once; each scrape reads the live values).
 #[derive(Clone)]
 pub struct ProxyStats(Arc<Mutex<breaker::StatsMap>>);
 
@@ -245,7 +247,8 @@ impl ProxyStats {
     }
 
     /// `(envoy cluster name, stat, value, is_counter)` for every cluster.
-    pub fn values(&self) -> Vec<(String, &'static str, u64, bool)> {
+    #[cfg(test)]
+    pub(crate) fn values(&self) -> Vec<(String, &'static str, u64, bool)> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (key, st) in map.iter() {

@@ -40,6 +40,8 @@ enum Hop {
         agent: Agent,
         pid: u32,
         backend: String,
+        /// The span collector of a tracing scenario (stopped after the agent).
+        jaeger: Option<super::jaeger::Jaeger>,
     },
     Rev(RevProxy),
 }
@@ -210,7 +212,7 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
 /// Start the hop; returns it and the address the client dials.
 fn set_up(sc: Scenario, node: &Node, upstream: SocketAddrV4) -> Result<(Hop, SocketAddrV4)> {
     match sc {
-        Scenario::L7Meshpath => {
+        Scenario::L7Meshpath | Scenario::L7Trace1 | Scenario::L7Trace100 => {
             let dir = node.work_dir().join("manifests");
             std::fs::create_dir_all(&dir).context("creating the manifests dir")?;
             let yaml = manifests::docs(&[
@@ -233,7 +235,24 @@ fn set_up(sc: Scenario, node: &Node, upstream: SocketAddrV4) -> Result<(Hop, Soc
             manifests::write(&dir, "bench.yaml", &yaml)?;
             let netns = format!("/var/run/netns/{}", node.node_netns_name());
             let gw = GATEWAY.to_string();
-            let extra = ["--proxy-ip", &gw, "--proxy-netns", &netns];
+            let mut extra = vec!["--proxy-ip", &gw, "--proxy-netns", &netns];
+            let jaeger = match sc.trace_sampling() {
+                Some(_) => Some(super::jaeger::Jaeger::start(
+                    &node.work_dir().join("jaeger"),
+                )?),
+                None => None,
+            };
+            let (collector, sampling);
+            if let (Some(j), Some(pct)) = (&jaeger, sc.trace_sampling()) {
+                collector = format!("http://{}", j.zipkin);
+                sampling = pct.to_string();
+                extra.extend([
+                    "--trace-collector",
+                    &collector,
+                    "--trace-sampling",
+                    &sampling,
+                ]);
+            }
             let log = node.work_dir().join("agent.log");
             let agent = Agent::start(&dir, node.cgroup_path(), node.pin_dir(), &log, &extra)
                 .context("starting the meshpath agent with the node proxy")?;
@@ -252,6 +271,7 @@ fn set_up(sc: Scenario, node: &Node, upstream: SocketAddrV4) -> Result<(Hop, Soc
                     agent,
                     pid,
                     backend,
+                    jaeger,
                 },
                 target,
             ))
@@ -359,8 +379,13 @@ fn tear_down(hop: Hop, node: &Node) -> Result<()> {
     match hop {
         Hop::Direct => Ok(()),
         Hop::Rev(mut r) => r.stop(),
-        Hop::Meshpath { agent: mut a, .. } => {
+        Hop::Meshpath {
+            agent: mut a,
+            jaeger,
+            ..
+        } => {
             a.stop()?;
+            drop(jaeger);
             let bin = agent::meshpath_bin()?;
             let pin = node.pin_dir().to_string_lossy().into_owned();
             proc::output(&bin.to_string_lossy(), &["cleanup", "--pin-dir", &pin]).map(|_| ())

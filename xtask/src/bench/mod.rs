@@ -4,10 +4,12 @@
 
 mod fortio;
 mod iptables;
+mod jaeger;
 mod l7;
 mod l7checks;
 mod l7report;
 mod model;
+mod obsreport;
 mod proc;
 mod report;
 mod revproxy;
@@ -26,7 +28,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::paths::workspace_root;
 use crate::test::{cargo, require_root};
-use model::{Scenario, CORE, L7, LATENCY_CONNS, MAXQPS_CONNS};
+use model::{Scenario, CORE, L7, LATENCY_CONNS, MAXQPS_CONNS, OBS};
 use scenario::Failure;
 
 #[derive(Debug, clap::Args)]
@@ -41,7 +43,12 @@ pub struct BenchArgs {
     /// Scenarios to run, comma-separated: a (direct), b (iptables), c (meshpath LB),
     /// d (meshpath LB + socket redirection); the L7 hop: l7-direct, l7-meshpath (meshpath's node
     /// proxy), l7-nginx, l7-haproxy (the "L7 hop" section; its ratios and added latency are
-    /// against l7-direct). Groups: core = a,b,c,d; l7 = the four L7 ones; all. Ratios need a.
+    /// against l7-direct). Observability cost: c-tcpm-off ((c) with the kernel's TCP metrics
+    /// off), l7-trace1 and l7-trace100 (l7-meshpath exporting spans to a real Jaeger at 1 % and
+    /// 100 % sampling), against c and l7-meshpath (obs.md, copied to observability-latest.md).
+    /// Groups: core = a,b,c,d; l7 = the four L7 ones; obs = c, c-tcpm-off, l7-meshpath,
+    /// l7-trace1, l7-trace100; all = core and l7. Ratios need a. A run of obs scenarios only
+    /// leaves latest.md as it was.
     #[arg(long, value_delimiter = ',', default_value = "core,l7", value_parser = model::parse_picks)]
     pub scenarios: Vec<model::Picks>,
     /// How the fortio echo server listens: `wildcard` is fortio's (Go's) default dual-stack
@@ -56,6 +63,10 @@ pub struct BenchArgs {
     /// Directory for the result folders (relative paths are below the workspace root).
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// A sentence on the conditions of the run (e.g. a shared, busy machine), written into the
+    /// observability results.
+    #[arg(long)]
+    pub note: Option<String>,
 }
 
 /// `5s`, `1500ms`, `1m`, or plain seconds.
@@ -255,11 +266,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
-    let notes = redirect_notes(&evidence, args.fortio_listen);
+    let notes = report::redirect_notes(&evidence, args.fortio_listen);
+    let obs = obsreport::ObsSection::build(&records, &scenarios, &evidence);
+    // The observability variants have their own section only.
+    let obs_only = |ev: &serde_json::Value| {
+        OBS.iter()
+            .any(|s| s.is_obs_only() && ev["scenario"] == s.key())
+    };
+    let evidence: Vec<_> = evidence
+        .into_iter()
+        .filter(|(_, ev)| !obs_only(ev))
+        .collect();
     let (l7_evidence, evidence): (Vec<_>, Vec<_>) =
         evidence.into_iter().partition(|(_, ev)| ev["l7"] == true);
-    let (l7_scenarios, core): (Vec<Scenario>, Vec<Scenario>) =
-        scenarios.iter().partition(|s| s.is_l7());
+    let (l7_scenarios, core): (Vec<Scenario>, Vec<Scenario>) = scenarios
+        .iter()
+        .filter(|s| !s.is_obs_only())
+        .partition(|s| s.is_l7());
     let l7_section = (!l7_scenarios.is_empty()).then(|| {
         let l7_missing = missing
             .iter()
@@ -296,8 +319,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dir = out_root.join(&folder);
     // An interrupted run still leaves its folder, but latest.md keeps the last complete run.
     let interrupted = proc::check_interrupted().is_err();
-    rep.write(&dir, !interrupted)
+    // A run of the observability rows only does not replace the full tables in latest.md.
+    let obs_run = scenarios.iter().all(|s| OBS.contains(s));
+    rep.write(&dir, !interrupted && !obs_run)
         .context("writing the results")?;
+    if let Some(o) = &obs {
+        o.write(&dir, &out_root, &meta, args.note.as_deref(), !interrupted)?;
+    }
 
     let mut summary = String::new();
     summary.push_str(&format!(
@@ -321,13 +349,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(l7) = &l7_section {
         summary.push_str(&l7.summary());
     }
+    if let Some(o) = &obs {
+        summary.push_str("\nObservability cost (obs.md):\n");
+        summary.push_str(&o.checks_text());
+    }
     for n in &notes {
         summary.push_str(&format!("NOTE  {n}\n"));
     }
     for p in &problems {
         summary.push_str(&format!("PROBLEM  {p}\n"));
     }
-    let latest = if interrupted {
+    let latest = if interrupted || obs_run {
         String::new()
     } else {
         format!(" (copied to {})", out_root.join("latest.md").display())
@@ -353,44 +385,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// How much of (d)'s traffic sk_msg actually redirected, per phase over all repeats: a
-/// redirect-on scenario whose messages mostly fell back to TCP measures the fallback, and the
-/// table alone would not say so.
-fn redirect_notes(evidence: &[(u32, serde_json::Value)], listen: fortio::Listen) -> Vec<String> {
-    let mut notes = Vec::new();
-    for phase in ["fortio", "stream"] {
-        let (mut redirected, mut total) = (0u64, 0u64);
-        for (_, ev) in evidence.iter().filter(|(_, ev)| ev["scenario"] == "d") {
-            let get = |k: &str| ev[phase][k].as_u64().unwrap_or(0);
-            redirected += get("msg_redirected");
-            total +=
-                get("msg_redirected") + get("msg_fallback_no_peer") + get("msg_fallback_sticky");
-        }
-        if total > 0 {
-            let rest = if redirected < total {
-                "; the others took the TCP fallback"
-            } else {
-                ""
-            };
-            // A fact about the set-up that explains a 0 % (verified on the dev VM: with an
-            // AF_INET listener the same runs are redirected).
-            let hint = if phase == "fortio" && redirected == 0 && listen == fortio::Listen::Wildcard
-            {
-                " (the echo server listens dual-stack on [::], so the server end of every \
-                 connection is an AF_INET6 socket with a v4-mapped address; \
-                 `--fortio-listen pod-ip` gives it an AF_INET socket)"
-            } else {
-                ""
-            };
-            notes.push(format!(
-                "(d) {phase} runs: sk_msg redirected {redirected} of {total} messages ({:.1} %){rest}{hint}",
-                100.0 * redirected as f64 / total as f64
-            ));
-        }
-    }
-    notes
 }
 
 #[cfg(test)]

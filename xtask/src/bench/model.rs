@@ -32,6 +32,19 @@ pub enum Scenario {
     #[value(name = "l7-haproxy")]
     #[serde(rename = "l7-haproxy")]
     L7Haproxy,
+    /// (c) with Istio's TCP metrics off in the kernel (`--tcp-metrics false`): what sock_ops
+    /// counting costs (the "Observability cost" section, against (c), where they are on).
+    #[value(name = "c-tcpm-off")]
+    #[serde(rename = "c-tcpm-off")]
+    CTcpMetricsOff,
+    /// l7-meshpath exporting spans to a real Jaeger, 1 % of new traces sampled.
+    #[value(name = "l7-trace1")]
+    #[serde(rename = "l7-trace1")]
+    L7Trace1,
+    /// l7-meshpath exporting spans to a real Jaeger, every request sampled.
+    #[value(name = "l7-trace100")]
+    #[serde(rename = "l7-trace100")]
+    L7Trace100,
 }
 
 /// The kernel-path comparison (the main table).
@@ -42,6 +55,15 @@ pub const L7: [Scenario; 4] = [
     Scenario::L7Meshpath,
     Scenario::L7Nginx,
     Scenario::L7Haproxy,
+];
+
+/// The observability-cost comparison: each measured variant beside the default it changes.
+pub const OBS: [Scenario; 5] = [
+    Scenario::C,
+    Scenario::CTcpMetricsOff,
+    Scenario::L7Meshpath,
+    Scenario::L7Trace1,
+    Scenario::L7Trace100,
 ];
 
 impl Scenario {
@@ -55,11 +77,32 @@ impl Scenario {
             Scenario::L7Meshpath => "l7-meshpath",
             Scenario::L7Nginx => "l7-nginx",
             Scenario::L7Haproxy => "l7-haproxy",
+            Scenario::CTcpMetricsOff => "c-tcpm-off",
+            Scenario::L7Trace1 => "l7-trace1",
+            Scenario::L7Trace100 => "l7-trace100",
         }
     }
 
+    /// Run by l7.rs (an HTTP hop in front of the backend).
     pub fn is_l7(self) -> bool {
-        L7.contains(&self)
+        L7.contains(&self) || matches!(self, Scenario::L7Trace1 | Scenario::L7Trace100)
+    }
+
+    /// Only in the "Observability cost" section (not in the kernel-path or L7-hop tables).
+    pub fn is_obs_only(self) -> bool {
+        matches!(
+            self,
+            Scenario::CTcpMetricsOff | Scenario::L7Trace1 | Scenario::L7Trace100
+        )
+    }
+
+    /// The trace sampling percentage and collector use of an L7 meshpath scenario.
+    pub fn trace_sampling(self) -> Option<u32> {
+        match self {
+            Scenario::L7Trace1 => Some(1),
+            Scenario::L7Trace100 => Some(100),
+            _ => None,
+        }
     }
 
     /// Short column header.
@@ -73,6 +116,9 @@ impl Scenario {
             Scenario::L7Meshpath => "meshpath proxy",
             Scenario::L7Nginx => "nginx",
             Scenario::L7Haproxy => "HAProxy",
+            Scenario::CTcpMetricsOff => "(c) TCP metrics off",
+            Scenario::L7Trace1 => "meshpath proxy, tracing 1 %",
+            Scenario::L7Trace100 => "meshpath proxy, tracing 100 %",
         }
     }
 
@@ -106,6 +152,18 @@ impl Scenario {
                 "HAProxy reverse proxy on 10.244.0.1 in the node netns (mode http, nbthread 2, \
                  http-reuse always), meshpath not loaded"
             }
+            Scenario::CTcpMetricsOff => {
+                "as (c), with Istio's TCP metrics off in the kernel (--tcp-metrics false; (c) \
+                 runs with the default, on)"
+            }
+            Scenario::L7Trace1 => {
+                "as l7-meshpath, spans exported as Zipkin v2 JSON to a real Jaeger (all-in-one, \
+                 in memory, on loopback), --trace-sampling 1"
+            }
+            Scenario::L7Trace100 => {
+                "as l7-meshpath, spans exported as Zipkin v2 JSON to a real Jaeger (all-in-one, \
+                 in memory, on loopback), --trace-sampling 100"
+            }
         }
     }
 }
@@ -120,10 +178,11 @@ pub fn parse_picks(s: &str) -> Result<Picks, String> {
         "core" => CORE.to_vec(),
         "l7" => L7.to_vec(),
         "all" => CORE.iter().chain(&L7).copied().collect(),
+        "obs" => OBS.to_vec(),
         one => vec![Scenario::from_str(one, true).map_err(|_| {
             format!(
                 "unknown scenario {one:?} (a, b, c, d, l7-direct, l7-meshpath, l7-nginx, \
-                 l7-haproxy, or a group: core, l7, all)"
+                 l7-haproxy, c-tcpm-off, l7-trace1, l7-trace100, or a group: core, l7, obs, all)"
             )
         })?],
     };

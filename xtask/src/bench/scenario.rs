@@ -215,12 +215,15 @@ fn set_up_path(
     cfg: &Config,
 ) -> Result<DataPath, Failure> {
     match sc {
-        Scenario::L7Direct | Scenario::L7Meshpath | Scenario::L7Nginx | Scenario::L7Haproxy => {
-            Err(Failure::Failed(anyhow::anyhow!(
-                "({}) is an L7 scenario: run by l7.rs",
-                sc.key()
-            )))
-        }
+        Scenario::L7Direct
+        | Scenario::L7Meshpath
+        | Scenario::L7Nginx
+        | Scenario::L7Haproxy
+        | Scenario::L7Trace1
+        | Scenario::L7Trace100 => Err(Failure::Failed(anyhow::anyhow!(
+            "({}) is an L7 scenario: run by l7.rs",
+            sc.key()
+        ))),
         Scenario::A => Ok(DataPath::Direct),
         Scenario::B => {
             let svc = |name: &str, ip, port, target| iptables::Service {
@@ -240,7 +243,7 @@ fn set_up_path(
                 KubeProxyRules::install(node.node_netns_name(), tag, CLUSTER_CIDR, &services)?;
             Ok(DataPath::Iptables(rules))
         }
-        Scenario::C | Scenario::D => {
+        Scenario::C | Scenario::D | Scenario::CTcpMetricsOff => {
             let dir = node.work_dir().join("manifests");
             std::fs::create_dir_all(&dir).context("creating the manifests dir")?;
             let ep = [Ep::ready(backend)];
@@ -267,14 +270,17 @@ fn set_up_path(
                 manifests::endpoint_slice(STREAM_SVC, stream::PORT, "TCP", &ep),
             ]);
             manifests::write(&dir, "bench.yaml", &yaml)?;
-            let extra: &[&str] = match (sc, cfg.agent_has_redirect_flag) {
-                (Scenario::D, _) => &["--socket-redirect", "true"],
-                (_, true) => &["--socket-redirect", "false"],
+            let mut extra: Vec<&str> = match (sc, cfg.agent_has_redirect_flag) {
+                (Scenario::D, _) => vec!["--socket-redirect", "true"],
+                (_, true) => vec!["--socket-redirect", "false"],
                 // A build from before the flag: redirection does not exist, (c) is the default.
-                (_, false) => &[],
+                (_, false) => vec![],
             };
+            if sc == Scenario::CTcpMetricsOff {
+                extra.extend(["--tcp-metrics", "false"]);
+            }
             let log = node.work_dir().join("agent.log");
-            match Agent::start(&dir, node.cgroup_path(), node.pin_dir(), &log, extra) {
+            match Agent::start(&dir, node.cgroup_path(), node.pin_dir(), &log, &extra) {
                 Ok(a) => Ok(DataPath::Meshpath(a)),
                 Err(e) if sc == Scenario::D => Err(Failure::Unavailable(agent_error(&e))),
                 Err(e) => Err(Failure::Failed(e.context("starting the meshpath agent"))),

@@ -26,6 +26,9 @@ fn color(sc: Scenario) -> &'static str {
         Scenario::L7Meshpath => "#1b9e77",
         Scenario::L7Nginx => "#e7298a",
         Scenario::L7Haproxy => "#e6ab02",
+        Scenario::CTcpMetricsOff => "#66a61e",
+        Scenario::L7Trace1 => "#a6761d",
+        Scenario::L7Trace100 => "#e41a1c",
     }
 }
 

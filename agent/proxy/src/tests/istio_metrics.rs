@@ -44,9 +44,11 @@ impl OriginalDst for Pods {
     }
 }
 
-fn scrape(proxy_metrics: &crate::istio_metrics::IstioMetrics) -> String {
+/// One registry as the agent builds it: the Istio families and the cluster stats' collector.
+fn scrape(proxy_metrics: &crate::istio_metrics::IstioMetrics, stats: &crate::ProxyStats) -> String {
     let mut registry = Registry::default();
     proxy_metrics.register(&mut registry);
+    registry.register_collector(Box::new(stats.clone()));
     let mut out = String::new();
     encode(&mut out, &registry).unwrap();
     out
@@ -67,6 +69,7 @@ async fn requests_are_counted_with_istios_labels() {
     )));
     let proxy = Proxy::with_options(rx, ProxyOptions::default(), None);
     let metrics = proxy.istio_metrics();
+    let stats = proxy.stats();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(serve(
@@ -91,7 +94,7 @@ async fn requests_are_counted_with_istios_labels() {
     assert_eq!(get("/elsewhere").await.unwrap().status(), 404);
     drop(tx);
 
-    let text = scrape(&metrics);
+    let text = scrape(&metrics, &stats);
     if let Ok(out) = std::env::var("MESHPATH_SCRAPE_OUT") {
         std::fs::write(out, &text).unwrap();
     }
@@ -125,6 +128,17 @@ grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"none
                 && l.ends_with(" 12.0")),
         "{text}"
     );
+    // `/stats` and `/metrics` read the same counters: the 3 routed requests in both.
+    let cluster = "outbound|80||data.default.svc.cluster.local";
+    let envoy = stats.envoy_text();
+    assert!(
+        envoy
+            .lines()
+            .any(|l| l == format!("cluster.{cluster}.upstream_rq_total: 3")),
+        "{envoy}"
+    );
+    let prom = format!("envoy_cluster_upstream_rq_total{{cluster_name=\"{cluster}\"}} 3");
+    assert!(text.lines().any(|l| l == prom), "{prom} not in:\n{text}");
     parse_with_prometheus_client(&text);
     task.abort();
 }
@@ -145,6 +159,7 @@ async fn fault_aborts_count_against_the_routed_service() {
     )));
     let proxy = Proxy::with_options(rx, ProxyOptions::default(), None);
     let metrics = proxy.istio_metrics();
+    let stats = proxy.stats();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let pods = Arc::new(Pods {
@@ -159,7 +174,7 @@ async fn fault_aborts_count_against_the_routed_service() {
             .unwrap();
         assert_eq!(client.request(req).await.unwrap().status(), 503);
     }
-    let text = scrape(&metrics);
+    let text = scrape(&metrics, &stats);
     let fi = text
         .lines()
         .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"FI\""))
@@ -210,8 +225,17 @@ print(' '.join(names), n)\n";
         String::from_utf8_lossy(&out.stderr)
     );
     let out = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.starts_with("istio_request_bytes istio_request_duration_milliseconds istio_requests istio_response_bytes "),
-        "{out}"
-    );
+    for family in [
+        "envoy_cluster_upstream_rq",
+        "envoy_cluster_upstream_cx_active",
+        "istio_request_bytes",
+        "istio_request_duration_milliseconds",
+        "istio_requests",
+        "istio_response_bytes",
+    ] {
+        assert!(
+            out.split_whitespace().any(|f| f == family),
+            "{family}: {out}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ mod l7;
 mod l7checks;
 mod l7report;
 mod model;
-mod proc;
+pub(crate) mod proc;
 mod report;
 mod revproxy;
 mod scenario;

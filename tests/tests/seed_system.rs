@@ -49,7 +49,12 @@ fn run(name: &str) {
         Err(e) => panic!("the walk-through did not start: {e}"),
     };
     let v = w.run(scenario);
-    assert!(v.pass(), "{}\nagent log tail:\n{}", v.line(), tail(&w.agent().log(), 30));
+    assert!(
+        v.pass(),
+        "{}\nagent log tail:\n{}",
+        v.line(),
+        tail(&w.agent().log(), 30)
+    );
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -69,7 +69,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         verdicts.push(w.run(s));
     }
     drop(w);
-    println!("\nsummary ({:.0?}, everything started has been stopped and removed):", t0.elapsed());
+    println!(
+        "\nsummary ({:.0?}, everything started has been stopped and removed):",
+        t0.elapsed()
+    );
     for v in &verdicts {
         let word = if v.pass() { "PASS" } else { "FAIL" };
         println!("  {word} {:<17} {}", v.scenario, v.figure);

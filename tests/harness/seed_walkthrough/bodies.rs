@@ -11,7 +11,9 @@ pub const CONFIG_KEY3: &str =
 pub fn springboot(version: &str, config: &str) -> String {
     match version {
         "v1" => "response from: springboot app V1\n".to_string(),
-        _ => format!("response from: springboot app V2, args: <data from golang-app-data: [{config}] >\n"),
+        _ => format!(
+            "response from: springboot app V2, args: <data from golang-app-data: [{config}] >\n"
+        ),
     }
 }
 

@@ -29,7 +29,8 @@ impl Walkthrough {
         if !out.status.success() {
             bail!("mp-testpod http {addr}: {}: {}", out.status, out.stderr);
         }
-        serde_json::from_str(out.stdout.trim()).with_context(|| format!("mp-testpod report {:?}", out.stdout))
+        serde_json::from_str(out.stdout.trim())
+            .with_context(|| format!("mp-testpod report {:?}", out.stdout))
     }
 
     /// `curl -s ARGS` from the client pod, echoed as the seed shows its curls; returns stdout.

@@ -24,7 +24,17 @@ pub(super) fn anticaptcha(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     let shown = format!("-X POST {url} -H 'accept: application/json' -H 'Content-Type: multipart/form-data' -F 'img=@math.png;type=image/png'");
     let out = w.curl(
         &shown,
-        &["-X", "POST", &url, "-H", "accept: application/json", "-H", "Content-Type: multipart/form-data", "-F", &form],
+        &[
+            "-X",
+            "POST",
+            &url,
+            "-H",
+            "accept: application/json",
+            "-H",
+            "Content-Type: multipart/form-data",
+            "-F",
+            &form,
+        ],
     )?;
     let want = r#"{"data":5,"message":"Success!","state":"000"}"#;
     v.check(out.trim_end() == want, format!("the answer is {want}"));
@@ -40,7 +50,14 @@ pub(super) fn externalname(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         let at = format!("@{resolver}");
         w.say(&format!("$ dig {at} {name} +noall +answer"));
         let mut cmd = w.node().client().command("dig")?;
-        cmd.args([at.as_str(), name, "+noall", "+answer", "+time=3", "+tries=2"]);
+        cmd.args([
+            at.as_str(),
+            name,
+            "+noall",
+            "+answer",
+            "+time=3",
+            "+tries=2",
+        ]);
         let out = crate::run_until(cmd, Duration::from_secs(20), &|| false)?;
         for line in out.stdout.lines() {
             w.say(&format!("  {line}"));
@@ -56,7 +73,9 @@ pub(super) fn externalname(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     v.check(cname, "my-db-service.prod: CNAME my.database.example.com.");
     let svc = dig("springboot-app-svc.default.svc.cluster.local")?;
     let vip = w.vip("springboot-app-svc")?;
-    let a = svc.lines().any(|l| l.contains(" A") && l.trim_end().ends_with(vip));
+    let a = svc
+        .lines()
+        .any(|l| l.contains(" A") && l.trim_end().ends_with(vip));
     v.check(a, format!("springboot-app-svc: A {vip} (its ClusterIP)"));
     v.figure = format!("my-db-service.prod -> CNAME my.database.example.com: {cname}; springboot-app-svc -> A {vip}: {a}");
     Ok(())
@@ -64,7 +83,12 @@ pub(super) fn externalname(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
 
 /// Polls curl -i of `url` until its status line starts with `status`; returns the output and
 /// how long that took.
-fn curl_until(w: &Walkthrough, url: &str, status: &str, timeout: Duration) -> Result<(String, Duration)> {
+fn curl_until(
+    w: &Walkthrough,
+    url: &str,
+    status: &str,
+    timeout: Duration,
+) -> Result<(String, Duration)> {
     let t0 = Instant::now();
     loop {
         let mut cmd = w.node().client().command("curl")?;
@@ -75,7 +99,10 @@ fn curl_until(w: &Walkthrough, url: &str, status: &str, timeout: Duration) -> Re
             return Ok((text, t0.elapsed()));
         }
         if t0.elapsed() > timeout {
-            bail!("{url}: no `{status}` within {timeout:?}; last answer {text:?} {}", out.stderr);
+            bail!(
+                "{url}: no `{status}` within {timeout:?}; last answer {text:?} {}",
+                out.stderr
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -86,34 +113,70 @@ fn curl_until(w: &Walkthrough, url: &str, status: &str, timeout: Duration) -> Re
 /// scaled back to 1, the gateway answers again.
 pub(super) fn scale_to_zero(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     let url = format!("http://{}:8080/", w.vip(GATEWAY)?);
-    w.kubectl(&["scale", "--replicas=0", "deployment", "golang-app-gateway-v1"])?;
+    w.kubectl(&[
+        "scale",
+        "--replicas=0",
+        "deployment",
+        "golang-app-gateway-v1",
+    ])?;
     let (text, took) = curl_until(w, &url, "HTTP/1.1 503", Duration::from_secs(30))?;
-    w.say(&format!("$ curl -i {url}   # first 503 {} ms after the scale", took.as_millis()));
+    w.say(&format!(
+        "$ curl -i {url}   # first 503 {} ms after the scale",
+        took.as_millis()
+    ));
     for line in text.lines() {
         w.say(&format!("  {line}"));
     }
     let body = text.split_once("\n\n").map(|(_, b)| b).unwrap_or_default();
-    v.check(body == "no healthy upstream", "503 with Envoy's body `no healthy upstream` (19 bytes, as in the seed)");
-    w.kubectl(&["scale", "--replicas=1", "deployment", "golang-app-gateway-v1"])?;
-    w.node().wait_ready("default", "app=golang-app-gateway", 1, super::APP_READY)?;
+    v.check(
+        body == "no healthy upstream",
+        "503 with Envoy's body `no healthy upstream` (19 bytes, as in the seed)",
+    );
+    w.kubectl(&[
+        "scale",
+        "--replicas=1",
+        "deployment",
+        "golang-app-gateway-v1",
+    ])?;
+    w.node()
+        .wait_ready("default", "app=golang-app-gateway", 1, super::APP_READY)?;
     let (back, again) = curl_until(w, &url, "HTTP/1.1 200", Duration::from_secs(30))?;
     let answered = back.contains("Gateway get from upstream");
     v.check(answered, "scaled back to 1: 200 with the gateway's body");
-    w.say(&format!("  (scaled back to 1: 200 again {} ms after the pod was ready)", again.as_millis()));
-    v.figure = format!("replicas 0: 503 `{body}` after {} ms; replicas 1: 200 again", took.as_millis());
+    w.say(&format!(
+        "  (scaled back to 1: 200 again {} ms after the pod was ready)",
+        again.as_millis()
+    ));
+    v.figure = format!(
+        "replicas 0: 503 `{body}` after {} ms; replicas 1: 200 again",
+        took.as_millis()
+    );
     Ok(())
 }
 
 /// The ConfigMap file as golang-app-data-svc serves it now.
 fn served_config(w: &Walkthrough) -> Result<String> {
     let mut cmd = w.node().client().command("curl")?;
-    cmd.args(["-sS", "--max-time", "10", &format!("http://{}:8080/", w.vip(DATA)?)]);
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        &format!("http://{}:8080/", w.vip(DATA)?),
+    ]);
     Ok(crate::run_until(cmd, Duration::from_secs(20), &|| false)?.stdout)
 }
 
 fn set_config(w: &Walkthrough, file: &str) -> Result<()> {
     let patch = serde_json::json!({"data": {"config-data.json": file}}).to_string();
-    w.kubectl(&["patch", "configmap", "golang-app-data-cm", "--type", "merge", "-p", &patch])?;
+    w.kubectl(&[
+        "patch",
+        "configmap",
+        "golang-app-data-cm",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ])?;
     Ok(())
 }
 
@@ -123,18 +186,28 @@ pub(super) fn configmap(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     if w.config()? != bodies::CONFIG {
         w.say("  (the ConfigMap was edited before: back to the seed's first version)");
         set_config(w, bodies::CONFIG)?;
-        if !crate::wait_until(Duration::from_secs(90), || served_config(w).is_ok_and(|c| c == bodies::CONFIG)) {
+        if !crate::wait_until(Duration::from_secs(90), || {
+            served_config(w).is_ok_and(|c| c == bodies::CONFIG)
+        }) {
             bail!("the ConfigMap's original file did not come back within 90 s");
         }
     }
     let before = served_config(w)?;
-    v.check(before == bodies::CONFIG, "before: the data service serves key1, key2");
+    v.check(
+        before == bodies::CONFIG,
+        "before: the data service serves key1, key2",
+    );
     let t0 = Instant::now();
     set_config(w, bodies::CONFIG_KEY3)?;
-    let seen = crate::wait_until(Duration::from_secs(90), || served_config(w).is_ok_and(|c| c == bodies::CONFIG_KEY3));
+    let seen = crate::wait_until(Duration::from_secs(90), || {
+        served_config(w).is_ok_and(|c| c == bodies::CONFIG_KEY3)
+    });
     let took = t0.elapsed();
     v.check(seen, "the data service serves key3 within 90 s");
-    w.say(&format!("  (golang-app-data-svc serves key3 {:.1} s after the edit)", took.as_secs_f64()));
+    w.say(&format!(
+        "  (golang-app-data-svc serves key3 {:.1} s after the edit)",
+        took.as_secs_f64()
+    ));
     let url = format!("http://{}:8080/", w.vip("springboot-app-svc")?);
     // springboot-app v1 does not call the data service: ask until v2 answers (both take turns).
     let mut v2 = String::new();
@@ -152,8 +225,15 @@ pub(super) fn configmap(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         w.say(&format!("  {line}"));
     }
     let want = bodies::springboot("v2", bodies::CONFIG_KEY3);
-    v.check(v2 == want, "springboot-app v2 answers with key3 (the seed's 136 bytes)");
-    v.figure = format!("key3 served {:.1} s after the edit; v2's answer {} bytes", took.as_secs_f64(), v2.len());
+    v.check(
+        v2 == want,
+        "springboot-app v2 answers with key3 (the seed's 136 bytes)",
+    );
+    v.figure = format!(
+        "key3 served {:.1} s after the edit; v2's answer {} bytes",
+        took.as_secs_f64(),
+        v2.len()
+    );
     Ok(())
 }
 
@@ -164,20 +244,28 @@ pub(super) fn secret(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     let env = || -> Result<serde_json::Value> {
         let mut cmd = w.node().client().command("curl")?;
         cmd.args(["-sS", "--max-time", "10", &url]);
-        Ok(serde_json::from_str(&crate::run_until(cmd, Duration::from_secs(20), &|| false)?.stdout)?)
+        Ok(serde_json::from_str(
+            &crate::run_until(cmd, Duration::from_secs(20), &|| false)?.stdout,
+        )?)
     };
-    let secret_env = |key: &str, name: &str| {
-        serde_json::json!({"name": name, "valueFrom": {"secretKeyRef": {"name": "mysecret", "key": key}}})
-    };
+    let secret_env = |key: &str, name: &str| serde_json::json!({"name": name, "valueFrom": {"secretKeyRef": {"name": "mysecret", "key": key}}});
     let patch = serde_json::json!({"spec": {"template": {"spec": {
         "containers": [{"name": "golang-app-data",
             "env": [secret_env("username", "USERNAME"), secret_env("password", "PASSWORD")],
             "volumeMounts": [{"name": "foo", "mountPath": "/etc/foo", "readOnly": true}]}],
         "volumes": [{"name": "foo", "secret": {"secretName": "mysecret"}}]}}}});
     w.say("  (secret-pod.yaml's env and volume, given to golang-app-data-v1)");
-    w.kubectl(&["patch", "deployment", "golang-app-data-v1", "-p", &patch.to_string()])?;
+    w.kubectl(&[
+        "patch",
+        "deployment",
+        "golang-app-data-v1",
+        "-p",
+        &patch.to_string(),
+    ])?;
     let rolled = crate::poll(Duration::from_secs(90), || {
-        env().ok().filter(|e| e["USERNAME"] == "admin" && e["secret_username"] == "admin")
+        env()
+            .ok()
+            .filter(|e| e["USERNAME"] == "admin" && e["secret_username"] == "admin")
     });
     w.curl(&url, &[&url])?;
     let Some(e) = rolled else {
@@ -186,7 +274,13 @@ pub(super) fn secret(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     };
     v.check(true, "USERNAME=admin (env from secretKeyRef)");
     v.check(true, "/etc/foo/username = admin (secret volume)");
-    v.check(e["CONFIG_VALUE1"] == "42" && e["CONFIG_VALUE2"] == "foo", "the ConfigMap env stays: 42, foo");
-    v.figure = format!("USERNAME={}, /etc/foo/username={}, CONFIG_VALUE1={}", e["USERNAME"], e["secret_username"], e["CONFIG_VALUE1"]);
+    v.check(
+        e["CONFIG_VALUE1"] == "42" && e["CONFIG_VALUE2"] == "foo",
+        "the ConfigMap env stays: 42, foo",
+    );
+    v.figure = format!(
+        "USERNAME={}, /etc/foo/username={}, CONFIG_VALUE1={}",
+        e["USERNAME"], e["secret_username"], e["CONFIG_VALUE1"]
+    );
     Ok(())
 }

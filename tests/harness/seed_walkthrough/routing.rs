@@ -17,18 +17,27 @@ const SUBSETS: &str = "examples/seed/artifacts/sample/springboot-app-subsets.yam
 /// records that every answer is one of the seed's two bodies.
 fn through_gateway(w: &Walkthrough, v: &mut Verdict, n: u64, args: &[&str]) -> Result<(u64, u64)> {
     let config = w.config()?;
-    let (b1, b2) = (bodies::gateway("v1", &config), bodies::gateway("v2", &config));
+    let (b1, b2) = (
+        bodies::gateway("v1", &config),
+        bodies::gateway("v2", &config),
+    );
     let count = n.to_string();
     let mut all = vec!["--count", count.as_str()];
     all.extend_from_slice(args);
-    w.say(&format!("$ mp-testpod http --addr {GATEWAY}:8080 {}   # from the client pod", all.join(" ")));
+    w.say(&format!(
+        "$ mp-testpod http --addr {GATEWAY}:8080 {}   # from the client pod",
+        all.join(" ")
+    ));
     let r = w.http(GATEWAY, &all)?;
     let names = [("v1", b1.clone()), ("v2", b2.clone())];
     w.say(&format!("  answers: {}", summary(&r, &names)));
     let (n1, n2) = (r.count(&b1), r.count(&b2));
     v.check(
         n1 + n2 == n,
-        format!("all {n} answers are 200 with the seed's v1 or v2 body ({} were)", n1 + n2),
+        format!(
+            "all {n} answers are 200 with the seed's v1 or v2 body ({} were)",
+            n1 + n2
+        ),
     );
     Ok((n1, n2))
 }
@@ -41,7 +50,10 @@ pub(super) fn gateway(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     v.check(out.starts_with("HTTP/1.1 200"), "curl -i: 200 OK");
     let (n1, n2) = through_gateway(w, v, 200, &[])?;
     let b = bounds(200, 0.5);
-    v.check(b.contains(n1), format!("v1 share of 200 within {b} (Binomial(200, 0.5), 5σ)"));
+    v.check(
+        b.contains(n1),
+        format!("v1 share of 200 within {b} (Binomial(200, 0.5), 5σ)"),
+    );
     v.figure = format!("v1 {n1}/200, v2 {n2}/200 through the gateway (50/50 expected)");
     Ok(())
 }
@@ -54,8 +66,14 @@ pub(super) fn weights(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     w.wait_programmed(mark)?;
     let (n1, n2) = through_gateway(w, v, 200, &[])?;
     let b = bounds(200, 0.2);
-    v.check(b.contains(n1), format!("v1 count within {b} (Binomial(200, 0.2), 5σ)"));
-    v.figure = format!("v1 {n1}/200 ({:.0} %), v2 {n2}/200 (20/80 expected)", n1 as f64 / 2.0);
+    v.check(
+        b.contains(n1),
+        format!("v1 count within {b} (Binomial(200, 0.2), 5σ)"),
+    );
+    v.figure = format!(
+        "v1 {n1}/200 ({:.0} %), v2 {n2}/200 (20/80 expected)",
+        n1 as f64 / 2.0
+    );
     Ok(())
 }
 
@@ -70,20 +88,40 @@ pub(super) fn jason(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         ("subset: v3", "subset: v1"),
     ];
     let mark = w.mark();
-    w.apply_edited("examples/seed/artifacts/sample/header-routing.yaml", "jason.yaml", &edits)?;
+    w.apply_edited(
+        "examples/seed/artifacts/sample/header-routing.yaml",
+        "jason.yaml",
+        &edits,
+    )?;
     w.wait_programmed(mark)?;
     let config = w.config()?;
     let want = |ver: &str| bodies::springboot(ver, &config);
     let url = format!("http://{}:8080/", w.vip(SPRINGBOOT)?);
-    w.curl(&format!("-H 'end-user: jason' {url}"), &["-H", "end-user: jason", &url])?;
+    w.curl(
+        &format!("-H 'end-user: jason' {url}"),
+        &["-H", "end-user: jason", &url],
+    )?;
     w.curl(&url, &[&url])?;
-    let jason = w.http(SPRINGBOOT, &["--count", "50", "--header", "end-user: jason"])?;
+    let jason = w.http(
+        SPRINGBOOT,
+        &["--count", "50", "--header", "end-user: jason"],
+    )?;
     let mary = w.http(SPRINGBOOT, &["--count", "50", "--header", "end-user: mary"])?;
     let anon = w.http(SPRINGBOOT, &["--count", "50"])?;
-    let (j2, m1, a1) = (jason.count(&want("v2")), mary.count(&want("v1")), anon.count(&want("v1")));
+    let (j2, m1, a1) = (
+        jason.count(&want("v2")),
+        mary.count(&want("v1")),
+        anon.count(&want("v1")),
+    );
     v.check(j2 == 50, format!("jason: 50/50 answered by v2 ({j2})"));
-    v.check(m1 == 50, format!("end-user: mary: 50/50 answered by v1 ({m1})"));
-    v.check(a1 == 50, format!("no end-user: 50/50 answered by v1 ({a1})"));
+    v.check(
+        m1 == 50,
+        format!("end-user: mary: 50/50 answered by v1 ({m1})"),
+    );
+    v.check(
+        a1 == 50,
+        format!("no end-user: 50/50 answered by v1 ({a1})"),
+    );
     v.figure = format!("jason -> v2 {j2}/50; mary -> v1 {m1}/50; no header -> v1 {a1}/50");
     Ok(())
 }
@@ -129,22 +167,31 @@ fn tally(order: &[String]) -> BTreeMap<&str, u64> {
 /// ROUND_ROBIN, v3 hashes the `user` cookie.
 pub(super) fn lb_policies(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     w.kubectl(&["scale", "--replicas=3", "deployment", "golang-app-data-v1"])?;
-    w.node().wait_ready("default", "app=golang-app-data", 3, super::APP_READY)?;
+    w.node()
+        .wait_ready("default", "app=golang-app-data", 3, super::APP_READY)?;
     let pods = w.pods("app=golang-app-data")?;
     let edits = [
         ("host: my-svc", "host: golang-app-data-svc"),
         ("version: v2", "version: v1"),
         ("version: v3", "version: v1"),
     ];
-    w.apply_edited("examples/seed/artifacts/sample/load-balancing.yaml", "lb-dr.yaml", &edits)?;
+    w.apply_edited(
+        "examples/seed/artifacts/sample/load-balancing.yaml",
+        "lb-dr.yaml",
+        &edits,
+    )?;
     let mark = w.mark();
     w.apply_file("examples/seed/artifacts/mesh/data-by-subset.yaml")?;
     w.wait_programmed(mark)?;
 
     let rr = who_answers(w, &pods, 30, &["--header", "x-subset: v2"])?;
     let rr_t = tally(&rr);
-    w.say(&format!("  ROUND_ROBIN (x-subset: v2), 30 requests: {rr_t:?}"));
-    let turns = rr.windows(3).all(|t| t[0] != t[1] && t[1] != t[2] && t[0] != t[2]);
+    w.say(&format!(
+        "  ROUND_ROBIN (x-subset: v2), 30 requests: {rr_t:?}"
+    ));
+    let turns = rr
+        .windows(3)
+        .all(|t| t[0] != t[1] && t[1] != t[2] && t[0] != t[2]);
     v.check(
         rr_t.len() == 3 && rr_t.values().all(|&c| c == 10) && turns,
         "ROUND_ROBIN: each of the 3 pods in turn, 10 each",
@@ -153,22 +200,33 @@ pub(super) fn lb_policies(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     let rnd = who_answers(w, &pods, 90, &["--header", "x-subset: v1"])?;
     let rnd_t = tally(&rnd);
     let repeats = rnd.windows(2).filter(|p| p[0] == p[1]).count() as u64;
-    w.say(&format!("  RANDOM (x-subset: v1), 90 requests: {rnd_t:?}, {repeats} repeats of the previous pod"));
+    w.say(&format!(
+        "  RANDOM (x-subset: v1), 90 requests: {rnd_t:?}, {repeats} repeats of the previous pod"
+    ));
     // Each count is Binomial(90, 1/3); so is the number of repeats (89 pairs, 1/3 each, pairwise
     // independent): round robin would have none.
     let b = bounds(90, 1.0 / 3.0);
     v.check(
-        pods.iter().all(|p| b.contains(rnd_t.get(p.as_str()).copied().unwrap_or(0))),
+        pods.iter()
+            .all(|p| b.contains(rnd_t.get(p.as_str()).copied().unwrap_or(0))),
         format!("RANDOM: each pod's count within {b}"),
     );
     let br = bounds(89, 1.0 / 3.0);
-    v.check(br.contains(repeats), format!("RANDOM: repeats {repeats} within {br}"));
+    v.check(
+        br.contains(repeats),
+        format!("RANDOM: repeats {repeats} within {br}"),
+    );
 
     let mut landed = std::collections::BTreeSet::new();
     let mut sticky = true;
     for u in 0..6 {
         let cookie = format!("cookie: user=u{u}");
-        let order = who_answers(w, &pods, 5, &["--header", "x-subset: v3", "--header", &cookie])?;
+        let order = who_answers(
+            w,
+            &pods,
+            5,
+            &["--header", "x-subset: v3", "--header", &cookie],
+        )?;
         let t = tally(&order);
         sticky &= t.len() == 1;
         landed.extend(t.keys().map(|k| k.to_string()));

@@ -46,7 +46,11 @@ impl Jaeger {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let j = Jaeger { child, query, zipkin };
+        let j = Jaeger {
+            child,
+            query,
+            zipkin,
+        };
         if !crate::wait_until(Duration::from_secs(30), || j.get("/api/services").is_ok()) {
             bail!("Jaeger's query API did not answer within 30 s");
         }
@@ -100,7 +104,10 @@ fn spans(trace: &Value) -> Vec<Span> {
             (
                 s["spanID"].as_str().unwrap_or("").to_string(),
                 parent,
-                procs[pid]["serviceName"].as_str().unwrap_or("?").to_string(),
+                procs[pid]["serviceName"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
                 s["operationName"].as_str().unwrap_or("").to_string(),
                 s["duration"].as_u64().unwrap_or(0),
             )
@@ -113,7 +120,11 @@ fn spans(trace: &Value) -> Vec<Span> {
 /// The request lines of the apps' logs that carry trace `id`: (app, trace headers).
 fn seen(w: &Walkthrough, id: &str) -> Result<Vec<(String, Value)>> {
     let mut out = Vec::new();
-    for selector in ["app=golang-app-gateway", "app=springboot-app,version=v2", "app=golang-app-data"] {
+    for selector in [
+        "app=golang-app-gateway",
+        "app=springboot-app,version=v2",
+        "app=golang-app-data",
+    ] {
         for pod in w.pods(selector)? {
             for line in w.requests_logged(&pod) {
                 if line["trace"]["x-b3-traceid"] == id {
@@ -141,21 +152,42 @@ pub(super) fn trace(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
             break;
         }
     }
-    w.say(&format!("$ curl -H 'x-b3-sampled: 1' {url}   # until springboot-app v2 answers"));
+    w.say(&format!(
+        "$ curl -H 'x-b3-sampled: 1' {url}   # until springboot-app v2 answers"
+    ));
     let id = id.context("no v2 answer with a trace id in the gateway's log")?;
-    w.say(&format!("  trace id {id} (made by the node proxy on the first hop)"));
+    w.say(&format!(
+        "  trace id {id} (made by the node proxy on the first hop)"
+    ));
     let apps = seen(w, &id)?;
     for (pod, headers) in &apps {
         w.say(&format!("  {pod} saw {headers}"));
     }
-    let span_ids: std::collections::BTreeSet<&str> =
-        apps.iter().filter_map(|(_, h)| h["x-b3-spanid"].as_str()).collect();
-    v.check(apps.len() == 3, format!("gateway, springboot v2 and data each logged the trace ({} lines)", apps.len()));
-    v.check(span_ids.len() == apps.len(), "each hop has its own span id (the proxy made a span per hop)");
-    let rid: std::collections::BTreeSet<&str> =
-        apps.iter().filter_map(|(_, h)| h["x-request-id"].as_str()).collect();
+    let span_ids: std::collections::BTreeSet<&str> = apps
+        .iter()
+        .filter_map(|(_, h)| h["x-b3-spanid"].as_str())
+        .collect();
+    v.check(
+        apps.len() == 3,
+        format!(
+            "gateway, springboot v2 and data each logged the trace ({} lines)",
+            apps.len()
+        ),
+    );
+    v.check(
+        span_ids.len() == apps.len(),
+        "each hop has its own span id (the proxy made a span per hop)",
+    );
+    let rid: std::collections::BTreeSet<&str> = apps
+        .iter()
+        .filter_map(|(_, h)| h["x-request-id"].as_str())
+        .collect();
     v.check(rid.len() == 1, "one x-request-id across the chain");
-    v.figure = format!("trace {id}: {} apps saw it, {} span ids", apps.len(), span_ids.len());
+    v.figure = format!(
+        "trace {id}: {} apps saw it, {} span ids",
+        apps.len(),
+        span_ids.len()
+    );
 
     let Some(j) = w.jaeger() else {
         w.say("  (no Jaeger: MESHPATH_JAEGER=$(bash scripts/jaeger.sh) reads the trace back from Jaeger)");
@@ -166,18 +198,34 @@ pub(super) fn trace(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         let s = spans(&t["data"][0]);
         (s.len() >= 3).then_some(s)
     });
-    w.say(&format!("$ curl 127.0.0.1:{}/api/traces/{id}   # Jaeger's query API", j.query));
+    w.say(&format!(
+        "$ curl 127.0.0.1:{}/api/traces/{id}   # Jaeger's query API",
+        j.query
+    ));
     let Some(s) = found else {
         v.check(false, "Jaeger has the trace's three spans within 15 s");
         return Ok(());
     };
     for (span, parent, service, op, us) in &s {
-        let parent = if parent.is_empty() { "(root)".to_string() } else { format!("child of {parent}") };
-        w.say(&format!("  {span}  {service:<28} {op:<56} {us:>7} µs  {parent}"));
+        let parent = if parent.is_empty() {
+            "(root)".to_string()
+        } else {
+            format!("child of {parent}")
+        };
+        w.say(&format!(
+            "  {span}  {service:<28} {op:<56} {us:>7} µs  {parent}"
+        ));
     }
     let ids: Vec<&str> = s.iter().map(|x| x.0.as_str()).collect();
     let chained = s.iter().filter(|x| ids.contains(&x.1.as_str())).count();
-    v.check(s.len() == 3 && chained == 2, "Jaeger: three spans, each hop a child of the one before");
-    v.figure = format!("{}; Jaeger: {} spans, {chained} children", v.figure, s.len());
+    v.check(
+        s.len() == 3 && chained == 2,
+        "Jaeger: three spans, each hop a child of the one before",
+    );
+    v.figure = format!(
+        "{}; Jaeger: {} spans, {chained} children",
+        v.figure,
+        s.len()
+    );
     Ok(())
 }

@@ -37,7 +37,7 @@ pub mod wait;
 pub use client::{run_until, testpod_bin, ClientReport, Finished, RequestRecord};
 pub use cluster::{addr, Cluster};
 pub use hold::Hold;
-pub use kube::{FakeKubelet, KubeCluster, KubeOptions, RunningPod};
+pub use kube::{FakeKubelet, KubeCluster, KubeOptions, LocalNode, RunningPod};
 pub use node::Node;
 pub use node_agent::{Proxy, Source, PROXY_IP};
 pub use pod::{Pod, Target};

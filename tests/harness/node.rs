@@ -75,6 +75,7 @@ impl Node {
             cgroup,
             ip: net::pod_ip(i),
             children: Arc::clone(&children),
+            resolv_conf: None,
         };
         let pods: Vec<Pod> = (0..pods)
             .map(|i| {

@@ -1,9 +1,10 @@
 //! Pods: a network namespace plus a cgroup, and how to start processes inside both.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,9 @@ pub struct Pod {
     pub(crate) cgroup: PathBuf,
     pub(crate) ip: Ipv4Addr,
     pub(crate) children: Arc<Children>,
+    /// Bind-mounted over /etc/resolv.conf (in a private mount namespace) for every process the
+    /// pod starts, as a kubelet gives each pod the cluster's resolver.
+    pub(crate) resolv_conf: Option<PathBuf>,
 }
 
 impl Pod {
@@ -63,7 +67,26 @@ impl Pod {
             cgroup,
             ip: self.ip,
             children: self.children.clone(),
+            resolv_conf: self.resolv_conf.clone(),
         }
+    }
+
+    /// The same pod (namespace, cgroup, children) whose processes see `resolv_conf` as their
+    /// /etc/resolv.conf: each runs in its own mount namespace with the file bind-mounted there.
+    pub fn with_resolv_conf(&self, resolv_conf: PathBuf) -> Pod {
+        Pod {
+            label: self.label.clone(),
+            netns: self.netns.clone(),
+            cgroup: self.cgroup.clone(),
+            ip: self.ip,
+            children: self.children.clone(),
+            resolv_conf: Some(resolv_conf),
+        }
+    }
+
+    /// The file bind-mounted over /etc/resolv.conf for this pod's processes, if any.
+    pub fn resolv_conf(&self) -> Option<&Path> {
+        self.resolv_conf.as_deref()
     }
 
     /// `p<i>` or `outside`; used in log file names and messages.
@@ -110,6 +133,44 @@ impl Pod {
                 }
                 Ok(())
             });
+        }
+        if let Some(resolv) = &self.resolv_conf {
+            let src = CString::new(resolv.as_os_str().as_bytes())
+                .context("resolv.conf path with a NUL byte")?;
+            // SAFETY: unshare(2) and mount(2) with C strings built before fork; no allocation.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // Private propagation: the bind mount below must not leak to the host.
+                    let flags = libc::MS_REC | libc::MS_PRIVATE;
+                    let none = c"none".as_ptr();
+                    if libc::mount(
+                        none,
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        flags,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let target = c"/etc/resolv.conf".as_ptr();
+                    let bind = libc::MS_BIND;
+                    if libc::mount(
+                        src.as_ptr(),
+                        target,
+                        std::ptr::null(),
+                        bind,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         Ok(cmd)
     }

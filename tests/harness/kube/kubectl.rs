@@ -119,7 +119,7 @@ impl KubeCluster {
     }
 }
 
-pub(super) fn checked(what: &str, out: Output) -> Result<String> {
+pub(crate) fn checked(what: &str, out: Output) -> Result<String> {
     if !out.status.success() {
         bail!(
             "`kubectl {what}` failed ({}): {}",

@@ -223,7 +223,7 @@ fn running_ip(pod: &Value) -> Option<Ipv4Addr> {
 }
 
 /// Current UTC time as RFC 3339 (`2006-01-02T15:04:05Z`), the format of API timestamps.
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -232,7 +232,7 @@ fn now_rfc3339() -> String {
 }
 
 /// Seconds since the epoch as RFC 3339 UTC, without a date crate.
-fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days, for days since 1970-01-01 >= 0.
     let z = days + 719_468;

@@ -14,6 +14,7 @@
 mod components;
 mod kubectl;
 mod kubelet;
+pub mod localnode;
 mod pki;
 mod process;
 
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub use kubelet::{FakeKubelet, RunningPod};
+pub use localnode::LocalNode;
 use pki::Pki;
 pub(crate) use process::free_port;
 use process::{Proc, RUN_DIR_SUFFIX};

@@ -81,28 +81,33 @@ pub(super) fn externalname(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     Ok(())
 }
 
-/// Polls curl -i of `url` until its status line starts with `status`; returns the output and
-/// how long that took.
+/// Polls `curl -i url` until `done(answer)`; returns that answer and how long it took. Each
+/// different answer on the way (status line and body) is shown once, with its time.
 fn curl_until(
     w: &Walkthrough,
     url: &str,
-    status: &str,
+    done: impl Fn(&str) -> bool,
     timeout: Duration,
 ) -> Result<(String, Duration)> {
     let t0 = Instant::now();
+    let mut last = String::new();
     loop {
         let mut cmd = w.node().client().command("curl")?;
         cmd.args(["-sS", "-i", "--max-time", "10", url]);
         let out = crate::run_until(cmd, Duration::from_secs(20), &|| false)?;
         let text = out.stdout.replace('\r', "");
-        if text.starts_with(status) {
+        let status = text.lines().next().unwrap_or("no answer");
+        let body = text.split_once("\n\n").map_or("", |(_, b)| b).trim_end();
+        let shown = format!("{status} {}", body.lines().next().unwrap_or(""));
+        if shown != last {
+            w.say(&format!("  after {:>5} ms: {shown}", t0.elapsed().as_millis()));
+            last = shown;
+        }
+        if done(&text) {
             return Ok((text, t0.elapsed()));
         }
         if t0.elapsed() > timeout {
-            bail!(
-                "{url}: no `{status}` within {timeout:?}; last answer {text:?} {}",
-                out.stderr
-            );
+            bail!("{url}: not the answer expected within {timeout:?}; last {text:?} {}", out.stderr);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -119,9 +124,11 @@ pub(super) fn scale_to_zero(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         "deployment",
         "golang-app-gateway-v1",
     ])?;
-    let (text, took) = curl_until(w, &url, "HTTP/1.1 503", Duration::from_secs(30))?;
+    w.say(&format!("$ curl -i {url}   # every 100 ms"));
+    let no_upstream = |t: &str| t.starts_with("HTTP/1.1 503") && t.ends_with("\n\nno healthy upstream");
+    let (text, took) = curl_until(w, &url, no_upstream, Duration::from_secs(30))?;
     w.say(&format!(
-        "$ curl -i {url}   # first 503 {} ms after the scale",
+        "$ curl -i {url}   # {} ms after the scale",
         took.as_millis()
     ));
     for line in text.lines() {
@@ -140,7 +147,8 @@ pub(super) fn scale_to_zero(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     ])?;
     w.node()
         .wait_ready("default", "app=golang-app-gateway", 1, super::APP_READY)?;
-    let (back, again) = curl_until(w, &url, "HTTP/1.1 200", Duration::from_secs(30))?;
+    let ok = |t: &str| t.starts_with("HTTP/1.1 200");
+    let (back, again) = curl_until(w, &url, ok, Duration::from_secs(30))?;
     let answered = back.contains("Gateway get from upstream");
     v.check(answered, "scaled back to 1: 200 with the gateway's body");
     w.say(&format!(
@@ -148,8 +156,9 @@ pub(super) fn scale_to_zero(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         again.as_millis()
     ));
     v.figure = format!(
-        "replicas 0: 503 `{body}` after {} ms; replicas 1: 200 again",
-        took.as_millis()
+        "replicas 0: 503 `{body}` {} ms after the scale; replicas 1: 200 again {} ms after ready",
+        took.as_millis(),
+        again.as_millis()
     );
     Ok(())
 }

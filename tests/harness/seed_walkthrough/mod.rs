@@ -83,6 +83,18 @@ impl Walkthrough {
         let t0 = Instant::now();
         say("[start] Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) and the pod runner");
         let node = LocalNode::start().context("starting the local node")?;
+        // Istio's kinds, as `istioctl install` registers them (meshpath's deploy/ carries them),
+        // before the agent starts watching them.
+        say("$ kubectl apply -f deploy/10-crds-istio.yaml");
+        let crds = workspace().join("deploy/10-crds-istio.yaml");
+        node.kubectl(&["apply", "-f", &crds.display().to_string()])?;
+        node.kubectl(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/virtualservices.networking.istio.io",
+            "crd/destinationrules.networking.istio.io",
+        ])?;
         let work = node.kube().run_dir().join("walkthrough");
         std::fs::create_dir_all(&work)?;
         let jaeger = match &opts.jaeger {

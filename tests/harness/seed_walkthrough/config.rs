@@ -100,14 +100,20 @@ fn curl_until(
         let body = text.split_once("\n\n").map_or("", |(_, b)| b).trim_end();
         let shown = format!("{status} {}", body.lines().next().unwrap_or(""));
         if shown != last {
-            w.say(&format!("  after {:>5} ms: {shown}", t0.elapsed().as_millis()));
+            w.say(&format!(
+                "  after {:>5} ms: {shown}",
+                t0.elapsed().as_millis()
+            ));
             last = shown;
         }
         if done(&text) {
             return Ok((text, t0.elapsed()));
         }
         if t0.elapsed() > timeout {
-            bail!("{url}: not the answer expected within {timeout:?}; last {text:?} {}", out.stderr);
+            bail!(
+                "{url}: not the answer expected within {timeout:?}; last {text:?} {}",
+                out.stderr
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -125,7 +131,8 @@ pub(super) fn scale_to_zero(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         "golang-app-gateway-v1",
     ])?;
     w.say(&format!("$ curl -i {url}   # every 100 ms"));
-    let no_upstream = |t: &str| t.starts_with("HTTP/1.1 503") && t.ends_with("\n\nno healthy upstream");
+    let no_upstream =
+        |t: &str| t.starts_with("HTTP/1.1 503") && t.ends_with("\n\nno healthy upstream");
     let (text, took) = curl_until(w, &url, no_upstream, Duration::from_secs(30))?;
     w.say(&format!(
         "$ curl -i {url}   # {} ms after the scale",

@@ -136,7 +136,17 @@ fn who_answers(w: &Walkthrough, pods: &[String], n: usize, header: &[&str]) -> R
     for _ in 0..n {
         let r = w.http(DATA, &args)?;
         if r.ok() != 1 {
-            bail!("golang-app-data did not answer: {r:?}");
+            // What the kernel held for the service at that moment, and the agent's last words.
+            let status = w.agent().status().ok();
+            let svc = status
+                .as_ref()
+                .and_then(|s| crate::agent::service(s, "default/golang-app-data-svc:"));
+            let log = w.agent().log();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            bail!(
+                "golang-app-data did not answer: errors {:?}; its status entry {svc:?}; agent log (newest first): {tail:#?}",
+                r.errors
+            );
         }
         // The answer is back, so the log line is written; the file may still lag a moment.
         let grew = crate::poll(std::time::Duration::from_secs(2), || {

@@ -62,72 +62,77 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-#[test]
-fn gateway_answers_v1_and_v2_about_half_each() {
-    run("gateway");
-}
+/// Named after the file, so that `cargo xtask test seed_system` selects exactly these.
+mod seed_system {
+    use super::run;
 
-#[test]
-fn anticaptcha_counts_the_marks_of_an_image_posted_through_the_gateway() {
-    run("anticaptcha");
-}
+    #[test]
+    fn gateway_answers_v1_and_v2_about_half_each() {
+        run("gateway");
+    }
 
-#[test]
-fn external_name_resolves_to_a_cname() {
-    run("externalname");
-}
+    #[test]
+    fn anticaptcha_counts_the_marks_of_an_image_posted_through_the_gateway() {
+        run("anticaptcha");
+    }
 
-#[test]
-fn scaled_to_zero_the_gateway_answers_503_no_healthy_upstream_then_recovers() {
-    run("scale-to-zero");
-}
+    #[test]
+    fn external_name_resolves_to_a_cname() {
+        run("externalname");
+    }
 
-#[test]
-fn configmap_edit_reaches_the_next_answers() {
-    run("configmap");
-}
+    #[test]
+    fn scaled_to_zero_the_gateway_answers_503_no_healthy_upstream_then_recovers() {
+        run("scale-to-zero");
+    }
 
-#[test]
-fn secret_reaches_the_data_service_as_env_and_file() {
-    run("secret");
-}
+    #[test]
+    fn configmap_edit_reaches_the_next_answers() {
+        run("configmap");
+    }
 
-#[test]
-fn weights_split_20_80() {
-    run("weights");
-}
+    #[test]
+    fn secret_reaches_the_data_service_as_env_and_file() {
+        run("secret");
+    }
 
-#[test]
-fn jason_is_routed_by_header() {
-    run("jason");
-}
+    #[test]
+    fn weights_split_20_80() {
+        run("weights");
+    }
 
-#[test]
-fn destination_rule_subsets_balance_random_round_robin_and_by_cookie() {
-    run("lb-policies");
-}
+    #[test]
+    fn jason_is_routed_by_header() {
+        run("jason");
+    }
 
-#[test]
-fn abort_answers_jason_500_fault_filter_abort() {
-    run("abort");
-}
+    #[test]
+    fn destination_rule_subsets_balance_random_round_robin_and_by_cookie() {
+        run("lb-policies");
+    }
 
-#[test]
-fn delay_holds_each_request_seven_seconds() {
-    run("delay");
-}
+    #[test]
+    fn abort_answers_jason_500_fault_filter_abort() {
+        run("abort");
+    }
 
-#[test]
-fn mirror_copies_a_tenth_to_v2() {
-    run("mirror");
-}
+    #[test]
+    fn delay_holds_each_request_seven_seconds() {
+        run("delay");
+    }
 
-#[test]
-fn circuit_breaker_rejects_and_counts_the_overflow() {
-    run("circuit-breaking");
-}
+    #[test]
+    fn mirror_copies_a_tenth_to_v2() {
+        run("mirror");
+    }
 
-#[test]
-fn trace_spans_gateway_springboot_and_data() {
-    run("trace");
+    #[test]
+    fn circuit_breaker_rejects_and_counts_the_overflow() {
+        run("circuit-breaking");
+    }
+
+    #[test]
+    fn trace_spans_gateway_springboot_and_data() {
+        run("trace");
+    }
 }

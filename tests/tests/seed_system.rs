@@ -62,7 +62,7 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Named after the file, so that `cargo xtask test seed_system` selects exactly these.
+/// Named after the file, so that `cargo xtask test -- seed_system` selects exactly these.
 mod seed_system {
     use super::run;
 

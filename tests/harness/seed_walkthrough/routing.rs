@@ -127,8 +127,14 @@ pub(super) fn jason(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
 }
 
 /// Which data pod answered each of `n` requests (one request per client run, found by whose
-/// request log grew).
-fn who_answers(w: &Walkthrough, pods: &[String], n: usize, header: &[&str]) -> Result<Vec<String>> {
+/// request log grew). A request that gets no answer is left out and described in `failed`.
+fn who_answers(
+    w: &Walkthrough,
+    pods: &[String],
+    n: usize,
+    header: &[&str],
+    failed: &mut Vec<String>,
+) -> Result<Vec<String>> {
     let mut seen: Vec<usize> = pods.iter().map(|p| w.requests_logged(p).len()).collect();
     let mut order = Vec::with_capacity(n);
     let mut args = vec!["--count", "1"];
@@ -136,17 +142,10 @@ fn who_answers(w: &Walkthrough, pods: &[String], n: usize, header: &[&str]) -> R
     for _ in 0..n {
         let r = w.http(DATA, &args)?;
         if r.ok() != 1 {
-            // What the kernel held for the service at that moment, and the agent's last words.
-            let status = w.agent().status().ok();
-            let svc = status
-                .as_ref()
-                .and_then(|s| crate::agent::service(s, "default/golang-app-data-svc:"));
-            let log = w.agent().log();
-            let tail: Vec<&str> = log.lines().rev().take(8).collect();
-            bail!(
-                "golang-app-data did not answer: errors {:?}; its status entry {svc:?}; agent log (newest first): {tail:#?}",
-                r.errors
-            );
+            let why = format!("{:?}; {}", r.errors, proxy_listener(w));
+            w.say(&format!("  request without answer: {why}"));
+            failed.push(why);
+            continue;
         }
         // The answer is back, so the log line is written; the file may still lag a moment.
         let grew = crate::poll(std::time::Duration::from_secs(2), || {
@@ -161,6 +160,34 @@ fn who_answers(w: &Walkthrough, pods: &[String], n: usize, header: &[&str]) -> R
         order.push(pods[i].clone());
     }
     Ok(order)
+}
+
+/// Where the kernel sends golang-app-data-svc's connections, and the listening sockets on that
+/// port in the node's network namespace (`ss`): what a connect that timed out was up against.
+fn proxy_listener(w: &Walkthrough) -> String {
+    let status = w.agent().status().ok();
+    let backends = status
+        .as_ref()
+        .and_then(|s| crate::agent::service(s, "default/golang-app-data-svc:"))
+        .map(|s| s["backends"].to_string())
+        .unwrap_or_default();
+    let port = backends
+        .split(['"', ':'])
+        .filter_map(|p| p.parse::<u16>().ok())
+        .next();
+    let ss = port.and_then(|port| {
+        let netns = w.node().node().node_netns_name().to_string();
+        let filter = format!("sport = :{port}");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "ss", "-ltne", &filter])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).replace('\n', " | "))
+    });
+    format!(
+        "kernel backends {backends}; listeners: {}",
+        ss.unwrap_or_default()
+    )
 }
 
 fn tally(order: &[String]) -> BTreeMap<&str, u64> {
@@ -194,7 +221,8 @@ pub(super) fn lb_policies(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     w.apply_file("examples/seed/artifacts/mesh/data-by-subset.yaml")?;
     w.wait_programmed(mark)?;
 
-    let rr = who_answers(w, &pods, 30, &["--header", "x-subset: v2"])?;
+    let mut failed = Vec::new();
+    let rr = who_answers(w, &pods, 30, &["--header", "x-subset: v2"], &mut failed)?;
     let rr_t = tally(&rr);
     w.say(&format!(
         "  ROUND_ROBIN (x-subset: v2), 30 requests: {rr_t:?}"
@@ -207,7 +235,7 @@ pub(super) fn lb_policies(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
         "ROUND_ROBIN: each of the 3 pods in turn, 10 each",
     );
 
-    let rnd = who_answers(w, &pods, 90, &["--header", "x-subset: v1"])?;
+    let rnd = who_answers(w, &pods, 90, &["--header", "x-subset: v1"], &mut failed)?;
     let rnd_t = tally(&rnd);
     let repeats = rnd.windows(2).filter(|p| p[0] == p[1]).count() as u64;
     w.say(&format!(
@@ -236,6 +264,7 @@ pub(super) fn lb_policies(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
             &pods,
             5,
             &["--header", "x-subset: v3", "--header", &cookie],
+            &mut failed,
         )?;
         let t = tally(&order);
         sticky &= t.len() == 1;
@@ -243,11 +272,20 @@ pub(super) fn lb_policies(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     }
     w.say(&format!("  consistentHash cookie user (x-subset: v3): users u0..u5, 5 requests each, landed on {landed:?}"));
     v.check(sticky, "consistentHash: each user value stays on one pod");
+    v.check(
+        failed.is_empty(),
+        format!(
+            "all 150 requests answered ({} not: {:?})",
+            failed.len(),
+            failed.first()
+        ),
+    );
     v.figure = format!(
-        "ROUND_ROBIN {:?}; RANDOM {:?} ({repeats} repeats); cookie users on {} pod(s), each sticky: {sticky}",
+        "ROUND_ROBIN {:?}; RANDOM {:?} ({repeats} repeats); cookie users on {} pod(s), each sticky: {sticky}; unanswered {}/150",
         rr_t.values().collect::<Vec<_>>(),
         rnd_t.values().collect::<Vec<_>>(),
-        landed.len()
+        landed.len(),
+        failed.len()
     );
     Ok(())
 }

@@ -179,7 +179,13 @@ fn served_config(w: &Walkthrough) -> Result<String> {
         "10",
         &format!("http://{}:8080/", w.vip(DATA)?),
     ]);
-    Ok(crate::run_until(cmd, Duration::from_secs(20), &|| false)?.stdout)
+    let out = crate::run_until(cmd, Duration::from_secs(20), &|| false)?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        // Shown by the check that compares it: what went wrong instead of a file.
+        Ok(format!("curl {}: {}", out.status, out.stderr.trim()))
+    }
 }
 
 fn set_config(w: &Walkthrough, file: &str) -> Result<()> {
@@ -211,7 +217,7 @@ pub(super) fn configmap(w: &Walkthrough, v: &mut Verdict) -> Result<()> {
     let before = served_config(w)?;
     v.check(
         before == bodies::CONFIG,
-        "before: the data service serves key1, key2",
+        format!("before: the data service serves key1, key2 (it served {before:?})"),
     );
     let t0 = Instant::now();
     set_config(w, bodies::CONFIG_KEY3)?;

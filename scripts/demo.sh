@@ -26,4 +26,7 @@ bash scripts/seed-apps.sh >/dev/null
 MESHPATH_JAEGER=${MESHPATH_JAEGER:-$(bash scripts/jaeger.sh)}
 export MESHPATH_JAEGER
 export PATH="$HOME/.cargo/bin:$PATH"
+# Ctrl-C reaches the demo (it ends the step under way, then stops and removes what it started);
+# the control plane, the agent and the pods run in process groups of their own, so it does not
+# reach them first.
 exec cargo xtask demo "$@"

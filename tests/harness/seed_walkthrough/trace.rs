@@ -2,6 +2,7 @@
 //! forwards the trace headers it got; the node proxy makes one span per hop. With Jaeger the
 //! trace is read back from its query API, otherwise the headers each app logged are shown.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -41,6 +42,8 @@ impl Jaeger {
             .env("JAEGER_QUERY_GRPC_PORT", grpc.to_string())
             .env("JAEGER_ZIPKIN_PORT", zipkin.to_string())
             .env("JAEGER_OTLP_PORT", otlp.to_string())
+            // Its own process group: a Ctrl-C at the terminal is for the walk-through.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,6 +91,8 @@ impl Agent {
                     .unwrap_or_else(|_| "info,meshpath=debug".into()),
             )
             .env("NO_COLOR", "1")
+            // Its own process group: a Ctrl-C at the terminal is for the harness, which stops it.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -29,6 +29,7 @@ mod node;
 mod node_agent;
 mod pod;
 mod runid;
+pub mod seed_walkthrough;
 mod skip;
 mod stale;
 mod sys;

@@ -35,13 +35,10 @@ enum Command {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Run the demo: a netns node with sample services, the agent on a manifests directory, and a
-    /// request loop against a ClusterIP that shows the backends taking turns (root).
-    Demo {
-        /// How many requests the loop sends.
-        #[arg(long, default_value_t = 12)]
-        requests: u32,
-    },
+    /// Run the seed's walk-through: its four apps as Deployments on a local Kubernetes node,
+    /// meshpath with `--source kube`, and every scenario (or the ones named) with real output
+    /// and a PASS/FAIL verdict each (root).
+    Demo(demo::DemoArgs),
     /// Benchmark with fortio: meshpath's kernel path against the direct pod path and
     /// kube-proxy-style iptables, and its L7 proxy hop against nginx and HAProxy; medians,
     /// ratios, results in bench-results/<UTC time>/ (root; release build).
@@ -61,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             no_vm,
             cargo_test_args,
         } => test::run(&cargo_test_args, no_vm),
-        Command::Demo { requests } => demo::run(requests),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchKube(args) => bench_kube::run(args),
         Command::VmTest(args) => vm::run(&args),

@@ -5,6 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,7 +41,10 @@ impl Proc {
             .with_context(|| format!("opening {}", log.display()))?;
         // Restarts append to the same log; a marker line keeps the runs apart.
         writeln!(file, "===== meshpath-tests: starting {label} =====")?;
+        // A process group of its own: a Ctrl-C at the terminal (sent to the foreground group)
+        // reaches the test or demo, which then stops the control plane in order, not etcd first.
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

@@ -10,7 +10,7 @@ mod l7checks;
 mod l7report;
 mod model;
 mod obsreport;
-mod proc;
+pub(crate) mod proc;
 mod report;
 mod revproxy;
 mod scenario;

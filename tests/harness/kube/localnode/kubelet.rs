@@ -28,11 +28,19 @@ pub(super) struct Kubelet {
     next_slot: usize,
     /// When an exited container may restart (uid → instant).
     restart_at: HashMap<String, Instant>,
+    /// Stopped pods whose network namespace stays until the instant: see [`SANDBOX_LINGER`].
+    lingering: Vec<(PodSandbox, Instant)>,
 }
 
 const SYNC_PERIOD: Duration = Duration::from_secs(1);
 /// How long a stopped pod's processes get between SIGTERM and SIGKILL.
 const MAX_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopped pod's network namespace outlives its processes. Meanwhile a connect to
+/// the pod's address is refused at once (nothing listens) instead of vanishing into a removed
+/// veth, which would hang clients and the node proxy for a connect timeout while the
+/// EndpointSlice change travels to the agent. A real node has the same window between the
+/// container's exit and the CNI's teardown, and never reuses the address at once either.
+const SANDBOX_LINGER: Duration = Duration::from_secs(5);
 
 impl Kubelet {
     /// Run until `shared.stop` is set, then stop every pod.
@@ -53,11 +61,30 @@ impl Kubelet {
                 eprintln!("meshpath-tests: local node cleanup: {e}");
             }
         }
+        for (sandbox, _) in self.lingering.drain(..) {
+            for e in sandbox.remove() {
+                eprintln!("meshpath-tests: local node cleanup: {e}");
+            }
+        }
+    }
+
+    /// Remove the sandboxes whose linger time is over.
+    fn reap_lingering(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) =
+            self.lingering.drain(..).partition(|(_, at)| *at <= now);
+        self.lingering = keep;
+        for (sandbox, _) in due {
+            for e in sandbox.remove() {
+                shared.note_loop_error(format!("removing pod {}: {e}", sandbox.pod.label));
+            }
+        }
     }
 
     fn sync(&mut self, shared: &Shared) -> Result<()> {
         let kube = &shared.kube;
         shared.begin_round();
+        self.reap_lingering(shared);
         let list = kube.get_json(&["pods,configmaps,secrets", "-A"])?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         let objects = objects(&items);
@@ -246,15 +273,20 @@ impl Kubelet {
         self.restart_at.remove(uid);
         if let Some(mut p) = self.running.remove(uid) {
             p.stop(MAX_GRACE);
-            for e in p.sandbox.remove() {
-                shared.note_loop_error(format!("stopping pod {key}: {e}"));
-            }
+            self.lingering
+                .push((p.sandbox, Instant::now() + SANDBOX_LINGER));
             tracing_line(key, "stopped");
         }
     }
 
     fn free_slot(&mut self) -> Result<usize> {
-        let used: HashSet<usize> = self.running.values().map(|p| p.sandbox.slot).collect();
+        let used: HashSet<usize> = self
+            .running
+            .values()
+            .map(|p| &p.sandbox)
+            .chain(self.lingering.iter().map(|(s, _)| s))
+            .map(|s| s.slot)
+            .collect();
         // Slot 0 is the client pod of the node.
         for _ in 0..MAX_PODS {
             self.next_slot = self.next_slot % (MAX_PODS - 1) + 1;

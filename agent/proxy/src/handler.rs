@@ -109,6 +109,10 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     let snap = proxy.snapshot();
     let mut routed = Routed::default();
     let resp = route(conn, &snap, head, body, &mut routed).await;
+    if routed.flags == Some(layers::Reply::ClusterNotFound.flag()) {
+        let port = conn.original_dst.map_or(0, |d| d.port());
+        proxy.router_stats.count_no_cluster(port);
+    }
     let elapsed = t0.elapsed();
     let source = proxy.metrics.side(conn.source.as_deref());
     let dest_workload = routed

@@ -224,7 +224,8 @@ fn kernel_stats(
 }
 
 /// Prometheus text: one family per Envoy stat, labelled by cluster (Istio's
-/// `envoy_cluster_<stat>{cluster_name=...}`).
+/// `envoy_cluster_<stat>{cluster_name=...}`) or, for the router's, by connection manager
+/// (`envoy_http_<stat>{http_conn_manager_prefix=...}`).
 fn metrics(state: &AdminState) -> String {
     type Labels = Vec<(String, String)>;
     let mut registry = Registry::default();
@@ -254,6 +255,15 @@ fn metrics(state: &AdminState) -> String {
                 .get_or_create(&labels)
                 .set(v);
         }
+    }
+    // Router stats (`http.<prefix>.<stat>`), tagged as Istio's stats config does.
+    for (prefix, stat, v) in state.proxy.iter().flat_map(ProxyStats::router_values) {
+        let labels = vec![("http_conn_manager_prefix".to_owned(), prefix)];
+        counters
+            .entry(format!("envoy_http_{stat}"))
+            .or_default()
+            .get_or_create(&labels)
+            .inc_by(v);
     }
     for (name, f) in counters {
         registry.register(name.clone(), name, f);

@@ -110,7 +110,11 @@ impl Reconciler {
         let (l7, l7_errors) = compile_l7(model, &next, &self.l7);
         let l7_at = started.elapsed();
         for e in &l7_errors {
-            error!(error = %e, "routing not (re)applied; its last good state stays live");
+            if e.is_warning() {
+                warn!(warning = %e, "route to a destination not defined yet: answered 503 NC");
+            } else {
+                error!(error = %e, "routing not (re)applied; its last good state stays live");
+            }
         }
         let route_limits = if self.connection_limits {
             let (limits, errors) = route_limits(&l7, &next, &self.limits);

@@ -351,13 +351,21 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
         r.answers.keys().any(|k| k.starts_with("503"))
     });
 
-    // Without the VirtualService the service is back on the pure kernel path.
+    // Without the VirtualService and still without endpoints, the HTTP port stays with the
+    // proxy only to answer 503 as Envoy does (`--http-no-endpoint-503`), not a refusal.
     kube.kubectl_ok(["delete", "virtualservice", "reviews"])
         .expect("delete vs");
     wait_backends(&a, "default/reviews:", vec![], Duration::from_secs(10));
-    let unsteered = meshpath_tests::wait_until(Duration::from_secs(10), || {
-        let s = a.status().expect("meshpath status");
-        agent::service(&s, "default/reviews:").is_some_and(|r| r.get("proxy").is_none())
+    wait_http(&a, "503 without the VirtualService", || {
+        let r = http(&node, None, 5);
+        r.answers.keys().all(|k| k.starts_with("503"))
     });
-    assert!(unsteered, "reviews still steered to the proxy");
+    let steered = meshpath_tests::wait_until(Duration::from_secs(10), || {
+        let s = a.status().expect("meshpath status");
+        agent::service(&s, "default/reviews:").is_some_and(|r| r.get("proxy").is_some())
+    });
+    assert!(
+        steered,
+        "reviews with no endpoint should stay with the proxy for its 503"
+    );
 }

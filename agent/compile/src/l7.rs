@@ -4,9 +4,12 @@
 //! of `tcp:` routes, which the kernel applies itself.
 //!
 //! Pure like [`compile`](super::compile), which runs first: endpoints are the backends it chose
-//! for each frontend. Cross-object problems (a subset no DestinationRule defines, a destination
-//! that names no Service) are errors naming the VirtualService's file, field and reason, and that
+//! for each frontend. Cross-object problems (a destination that names no Service, or a port it
+//! does not have) are errors naming the VirtualService's file, field and reason, and that
 //! VirtualService keeps what it compiled to before (last good), as a Service does in `compile`.
+//! A subset no DestinationRule defines is only a warning ([`L7Error::is_warning`]), as in Istio:
+//! the route is compiled to a cluster the table does not hold (the proxy answers 503 `NC`) until
+//! a DestinationRule defines the subset.
 //!
 //! Precedence, where Istio uses creation time (which manifests do not have): the first
 //! VirtualService in namespace/name order owns a host; exact hosts before wildcards. For a
@@ -50,6 +53,8 @@ pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
     crate::lb::steer_reasons(config).into_keys().collect()
 }
 
+/// The routing table, with every problem found: errors (the VirtualService keeps its last good
+/// routes) and warnings ([`L7Error::is_warning`]: it is applied anyway).
 pub fn compile_l7(
     model: &ClusterModel,
     compiled: &Compiled,
@@ -62,7 +67,7 @@ pub fn compile_l7(
     let mut kept: BTreeSet<ClusterKey> = BTreeSet::new();
 
     for (vs, services) in claims(model) {
-        match compile_vs(&ctx, vs, &services) {
+        match compile_vs(&ctx, vs, &services, &mut errors) {
             Ok(compiled) => {
                 for (addr, routes) in compiled.listeners {
                     keys.extend(routes::cluster_keys(&routes));
@@ -144,17 +149,20 @@ pub fn compile_l7(
         }
     }
 
-    for key in keys.iter().chain(&kept) {
-        match ctx.cluster(key) {
-            Some(cluster) => {
-                out.config.clusters.insert(key.clone(), cluster);
-            }
-            // Only a kept cluster can fail (its subset is gone now): serve the last good one.
-            None => {
-                if let Some(cluster) = previous.config.clusters.get(key) {
-                    out.config.clusters.insert(key.clone(), cluster.clone());
-                }
-            }
+    // A cluster whose subset is not defined stays out of the table: its routes answer 503 `NC`
+    // until a DestinationRule defines it, as Envoy does for a cluster it was not sent.
+    for key in &keys {
+        if let Some(cluster) = ctx.cluster(key) {
+            out.config.clusters.insert(key.clone(), cluster);
+        }
+    }
+    // A kept VirtualService keeps its clusters too, the last good one when the subset is gone.
+    for key in kept.difference(&keys) {
+        if let Some(cluster) = ctx
+            .cluster(key)
+            .or_else(|| previous.config.clusters.get(key).cloned())
+        {
+            out.config.clusters.insert(key.clone(), cluster);
         }
     }
     (out, errors)
@@ -215,17 +223,20 @@ struct VsOutput {
 }
 
 /// One VirtualService for the services it owns; every error found, not just the first.
+/// Warnings (which do not stop it from compiling) are added to `warnings`.
 fn compile_vs(
     ctx: &clusters::Ctx<'_>,
     vs: &VirtualService,
     services: &BTreeSet<ObjectRef>,
+    warnings: &mut Vec<L7Error>,
 ) -> Result<VsOutput, Vec<L7Error>> {
     let mut out = VsOutput::default();
     let mut errors = Vec::new();
-    let mut note = |e: L7Error| {
-        // The same destination is checked once per port; report it once.
-        if !errors.contains(&e) {
-            errors.push(e);
+    let mut found = Vec::new();
+    // The same destination is checked once per port; report it once.
+    let once = |list: &mut Vec<L7Error>, e: L7Error| {
+        if !list.contains(&e) {
+            list.push(e);
         }
     };
     for service in services {
@@ -233,10 +244,10 @@ fn compile_vs(
             let mut http = Vec::new();
             if http_capable {
                 for route in &vs.http {
-                    match routes::http_route(ctx, vs, route, addr.port) {
+                    match routes::http_route(ctx, vs, route, addr.port, &mut found) {
                         Ok(Some(r)) => http.push(r),
                         Ok(None) => {}
-                        Err(errs) => errs.into_iter().for_each(&mut note),
+                        Err(errs) => errs.into_iter().for_each(|e| once(&mut errors, e)),
                     }
                 }
             }
@@ -263,11 +274,14 @@ fn compile_vs(
                 continue;
             };
             let field = format!("spec.tcp[{}].route", tcp.index);
-            match routes::weighted(ctx, vs, &field, &tcp.route, addr.port) {
+            match routes::weighted(ctx, vs, &field, &tcp.route, addr.port, &mut found) {
                 Ok(weights) => out.tcp.push((addr, weights)),
-                Err(errs) => errs.into_iter().for_each(&mut note),
+                Err(errs) => errs.into_iter().for_each(|e| once(&mut errors, e)),
             }
         }
+    }
+    for w in found {
+        once(warnings, w);
     }
     if errors.is_empty() {
         Ok(out)

@@ -34,7 +34,7 @@ impl Collector for ProxyStats {
         // cluster names), then grouped by stat: the text format wants one family at a time.
         let mut by_stat: BTreeMap<&'static str, StatSeries> = BTreeMap::new();
         {
-            let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
             for (key, st) in map.iter() {
                 let cluster = envoy_cluster_name(key);
                 for (stat, v, is_counter) in st.values() {
@@ -62,6 +62,22 @@ impl Collector for ProxyStats {
                 } else {
                     ConstGauge::new(*v).encode(m)?;
                 }
+            }
+        }
+        // Router stats (`http.<prefix>.<stat>`), tagged as Istio's stats config does.
+        let mut by_stat: BTreeMap<&'static str, Vec<([(&str, String); 1], u64)>> = BTreeMap::new();
+        for (prefix, stat, v) in self.router_values() {
+            by_stat
+                .entry(stat)
+                .or_default()
+                .push(([("http_conn_manager_prefix", prefix)], v));
+        }
+        for (stat, series) in &by_stat {
+            let name = format!("envoy_http_{stat}");
+            let help = format!("Envoy router stat {stat}");
+            let mut family = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
+            for (labels, v) in series {
+                ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
             }
         }
         Ok(())

@@ -117,6 +117,10 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     let snap = proxy.snapshot();
     let mut routed = Routed::default();
     let resp = route(conn, &snap, head, body, &mut routed).await;
+    if routed.flags == Some(layers::Reply::ClusterNotFound.flag()) {
+        let port = conn.original_dst.map_or(0, |d| d.port());
+        proxy.router_stats.count_no_cluster(port);
+    }
     let elapsed = t0.elapsed();
     // Known when the upstream said (content-length) or the proxy replied itself.
     let response_bytes = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);

@@ -49,6 +49,7 @@ mod otlp;
 mod outlier;
 mod redirect;
 mod retry;
+mod router_stats;
 mod server;
 mod snapshot;
 mod trace;
@@ -123,6 +124,8 @@ pub struct Proxy {
     registry: Mutex<snapshot::Registry>,
     /// Per-cluster stats, kept across config swaps.
     stats: Arc<Mutex<breaker::StatsMap>>,
+    /// Stats of requests that reached no cluster.
+    router_stats: Arc<router_stats::RouterStats>,
     /// `outlierDetection` ejections of every cluster, kept across config swaps.
     outliers: Arc<outlier::Outliers>,
     /// Strong references for passthrough destinations, which no snapshot lists: keeps their
@@ -165,6 +168,7 @@ impl Proxy {
             current: RwLock::new(Arc::new(first)),
             registry: Mutex::new(registry),
             stats: Arc::new(Mutex::new(stats)),
+            router_stats: Arc::default(),
             outliers,
             passthrough: Mutex::new(HashMap::new()),
             passthrough_route: snapshot::route_rt(&HttpRoute::default(), &none),
@@ -209,7 +213,10 @@ impl Proxy {
 
     /// A handle on the per-cluster stats, for the admin endpoint.
     pub fn stats(&self) -> ProxyStats {
-        ProxyStats(self.stats.clone())
+        ProxyStats {
+            clusters: self.stats.clone(),
+            router: self.router_stats.clone(),
+        }
     }
 
     /// The endpoints `outlierDetection` currently ejects (all clusters), for the agent to
@@ -235,21 +242,27 @@ impl Proxy {
     }
 }
 
-/// The proxy's per-cluster stats, readable while it runs: Envoy's `/stats` text, and a
-/// prometheus-client `Collector` (register it once; each scrape reads the live values).
+/// The proxy's per-cluster and router stats, readable while it runs: Envoy's `/stats` text,
+/// and a prometheus-client `Collector` (register it once; each scrape reads the live values).
 #[derive(Clone)]
-pub struct ProxyStats(Arc<Mutex<breaker::StatsMap>>);
+pub struct ProxyStats {
+    clusters: Arc<Mutex<breaker::StatsMap>>,
+    router: Arc<router_stats::RouterStats>,
+}
 
 impl ProxyStats {
-    /// Envoy's `/stats` text for the clusters.
+    /// Envoy's `/stats` text for the clusters, then the router's (`http.<prefix>.no_cluster`).
     pub fn envoy_text(&self) -> String {
-        breaker::render_envoy(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut out =
+            breaker::render_envoy(&self.clusters.lock().unwrap_or_else(|p| p.into_inner()));
+        out.push_str(&self.router.render_envoy());
+        out
     }
 
     /// `(envoy cluster name, stat, value, is_counter)` for every cluster.
     #[cfg(test)]
     pub(crate) fn values(&self) -> Vec<(String, &'static str, u64, bool)> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for (key, st) in map.iter() {
             let name = breaker::envoy_cluster_name(key);
@@ -258,5 +271,10 @@ impl ProxyStats {
             }
         }
         out
+    }
+
+    /// `(http connection manager stat prefix, stat, value)` of the router, all counters.
+    pub fn router_values(&self) -> Vec<(String, &'static str, u64)> {
+        self.router.values()
     }
 }

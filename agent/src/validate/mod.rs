@@ -166,8 +166,8 @@ mod tests {
                 ),
                 format!(
                     "{routes}:12:9: Warning [IST0101] VirtualService default/reviews: spec.http[0].route[0].destination.subset: \
-                     subset \"v9\" of Service default/reviews is not defined (no DestinationRule has host reviews); the \
-                     VirtualService keeps its previous routes"
+                     subset \"v9\" of Service default/reviews is not defined (no DestinationRule has host reviews); \
+                     requests routed to it get 503 (no cluster) until a DestinationRule defines it"
                 ),
             ]
         );

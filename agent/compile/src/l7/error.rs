@@ -1,9 +1,11 @@
-//! Why a VirtualService could not be compiled against the other objects.
+//! Why a VirtualService could not be compiled against the other objects, or compiled with a
+//! destination that does not exist yet.
 
 use meshpath_model::ObjectRef;
 
-/// A VirtualService that cannot be compiled against the other objects. Each names the file
-/// (`origin`), the object, the field and the reason.
+/// A VirtualService that cannot be compiled against the other objects, or (a warning) one
+/// compiled with a route to a subset not defined yet. Each names the file (`origin`), the
+/// object, the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum L7Error {
     #[error(
@@ -16,9 +18,11 @@ pub enum L7Error {
         field: String,
         host: String,
     },
+    /// A warning, not an error (see [`L7Error::is_warning`]).
     #[error(
         "{origin}: VirtualService {vs}: {field}: subset {subset:?} of Service {service} is not \
-         defined ({}); the VirtualService keeps its previous routes",
+         defined ({}); requests routed to it get 503 (no cluster) until a DestinationRule \
+         defines it",
         subset_hint(rule, service)
     )]
     UnknownSubset {
@@ -57,6 +61,14 @@ pub enum L7Error {
 }
 
 impl L7Error {
+    /// True when the VirtualService is applied anyway (the problem only affects the requests
+    /// routed to the field), as Istio accepts it and only its analyzer reports it: a subset no
+    /// DestinationRule defines yet. Every other problem keeps the VirtualService's last good
+    /// routes.
+    pub fn is_warning(&self) -> bool {
+        matches!(self, L7Error::UnknownSubset { .. })
+    }
+
     /// `file:line` of the VirtualService's document (or whatever its source records).
     pub fn origin(&self) -> &str {
         match self {

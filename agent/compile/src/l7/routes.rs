@@ -24,12 +24,14 @@ pub fn cluster_keys(routes: &ServiceRoutes) -> impl Iterator<Item = ClusterKey> 
     std::iter::once(routes.default_cluster.clone()).chain(targets)
 }
 
-/// `route` as served on `port`: `None` when its matches are all for other ports.
+/// `route` as served on `port`: `None` when its matches are all for other ports. Problems that
+/// do not stop the route from compiling (a subset not defined yet) go to `warnings`.
 pub fn http_route(
     ctx: &Ctx<'_>,
     vs: &VirtualService,
     route: &im::HttpRoute,
     port: u16,
+    warnings: &mut Vec<L7Error>,
 ) -> Result<Option<l7::HttpRoute>, Vec<L7Error>> {
     let matches: Vec<l7::HttpMatch> = route
         .matches
@@ -43,17 +45,19 @@ pub fn http_route(
     let f = format!("spec.http[{}]", route.index);
     let mut errors = Vec::new();
     let action = match &route.action {
-        im::Action::Route(dests) => match weighted(ctx, vs, &format!("{f}.route"), dests, port) {
-            Ok(w) => l7::RouteAction::Route(
-                w.into_iter()
-                    .map(|(cluster, weight)| WeightedCluster { cluster, weight })
-                    .collect(),
-            ),
-            Err(e) => {
-                errors.extend(e);
-                l7::RouteAction::default()
+        im::Action::Route(dests) => {
+            match weighted(ctx, vs, &format!("{f}.route"), dests, port, warnings) {
+                Ok(w) => l7::RouteAction::Route(
+                    w.into_iter()
+                        .map(|(cluster, weight)| WeightedCluster { cluster, weight })
+                        .collect(),
+                ),
+                Err(e) => {
+                    errors.extend(e);
+                    l7::RouteAction::default()
+                }
             }
-        },
+        }
         im::Action::Redirect(r) => l7::RouteAction::Redirect(l7::Redirect {
             uri: r.uri.clone(),
             authority: r.authority.clone(),
@@ -68,7 +72,14 @@ pub fn http_route(
     };
     let mirror = match &route.mirror {
         None => None,
-        Some(m) => match cluster_key(ctx, vs, &format!("{f}.mirror"), &m.destination, port) {
+        Some(m) => match cluster_key(
+            ctx,
+            vs,
+            &format!("{f}.mirror"),
+            &m.destination,
+            port,
+            warnings,
+        ) {
             Ok(cluster) => Some(l7::Mirror {
                 cluster,
                 percentage: m.percentage.0,
@@ -116,11 +127,13 @@ pub fn weighted(
     field: &str,
     dests: &[(im::Destination, u32)],
     port: u16,
+    warnings: &mut Vec<L7Error>,
 ) -> Result<Vec<(ClusterKey, u32)>, Vec<L7Error>> {
     let mut out = Vec::with_capacity(dests.len());
     let mut errors = Vec::new();
     for (j, (dest, weight)) in dests.iter().enumerate() {
-        match cluster_key(ctx, vs, &format!("{field}[{j}].destination"), dest, port) {
+        let field = format!("{field}[{j}].destination");
+        match cluster_key(ctx, vs, &field, dest, port, warnings) {
             Ok(key) => out.push((key, *weight)),
             Err(e) => errors.push(*e),
         }
@@ -133,12 +146,19 @@ pub fn weighted(
 }
 
 /// The cluster a destination (at `field`) names, for a request that arrived on `listener`.
+///
+/// A subset no DestinationRule defines is not an error, as in Istio: the route still names the
+/// subset's cluster, which the routing table does not hold until a DestinationRule defines it,
+/// so the proxy answers 503 "no cluster" (`NC`) for it meanwhile, and serves it as soon as the
+/// rule arrives. The VirtualService's other routes work throughout. It is reported in
+/// `warnings`, as Istio's analyzer does.
 fn cluster_key(
     ctx: &Ctx<'_>,
     vs: &VirtualService,
     field: &str,
     dest: &im::Destination,
     listener: u16,
+    warnings: &mut Vec<L7Error>,
 ) -> Result<ClusterKey, Box<L7Error>> {
     let origin = vs
         .origin
@@ -194,14 +214,14 @@ fn cluster_key(
     if let Some(subset) = &dest.subset {
         let rule = ctx.rule(service);
         if !rule.is_some_and(|r| r.subsets.iter().any(|s| &s.name == subset)) {
-            return Err(Box::new(L7Error::UnknownSubset {
+            warnings.push(L7Error::UnknownSubset {
                 origin,
                 vs: vs.id.clone(),
                 field: format!("{field}.subset"),
                 service: service.clone(),
                 subset: subset.clone(),
                 rule: rule.map(|r| r.id.clone()),
-            }));
+            });
         }
     }
     Ok(ClusterKey {

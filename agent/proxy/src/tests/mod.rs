@@ -9,6 +9,7 @@ mod istio_metrics;
 mod jaeger;
 mod lb;
 mod matching;
+mod missing_cluster;
 mod outlier;
 mod request_limits;
 mod retries;

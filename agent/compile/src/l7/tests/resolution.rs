@@ -8,7 +8,7 @@ use meshpath_model::Protocol;
 use super::{
     addr, endpoint_ips, key, model, ok, run, weights, CLUSTER, JASON, SPRINGBOOT, WEIGHTED,
 };
-use crate::l7::{FrontendAddr, L7Compiled};
+use crate::l7::{FrontendAddr, L7Compiled, L7Error};
 
 #[test]
 fn hosts_resolve_in_the_objects_namespace_and_in_every_dns_form() {
@@ -53,37 +53,88 @@ fn hosts_resolve_in_the_objects_namespace_and_in_every_dns_form() {
 }
 
 #[test]
-fn unknown_subset_keeps_the_last_good_routes() {
+fn a_subset_not_defined_yet_is_a_warning_and_its_route_a_missing_cluster() {
     let m = model(&[("cluster.yaml", CLUSTER), ("jason.yaml", JASON)]);
     let (good, errors) = run(&m, &L7Compiled::default());
     assert_eq!(errors, []);
-    let bad_text = JASON.replace("subset: v3", "subset: v9");
-    let bad = model(&[("cluster.yaml", CLUSTER), ("jason.yaml", &bad_text)]);
-    let (out, errors) = run(&bad, &good);
+    let text = JASON.replace("subset: v3", "subset: v9");
+    let (out, errors) = run(
+        &model(&[("cluster.yaml", CLUSTER), ("jason.yaml", &text)]),
+        &good,
+    );
     assert_eq!(
         errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
         ["jason.yaml:2: VirtualService default/reviews: spec.http[1].route[0].destination.subset: subset \"v9\" of \
-          Service default/reviews is not defined (DestinationRule default/reviews has no such subset); the \
-          VirtualService keeps its previous routes"]
+          Service default/reviews is not defined (DestinationRule default/reviews has no such subset); requests \
+          routed to it get 503 (no cluster) until a DestinationRule defines it"]
     );
+    assert!(errors.iter().all(L7Error::is_warning));
+    // Applied, not the last good routes: the route names v9, whose cluster the table lacks
+    // (the proxy's 503 NC), and the other route still goes to v2.
     let routes = &out.config.listeners[&addr([10, 96, 0, 20], 9080)];
-    assert_eq!(weights(&routes.http[1].action), [(Some("v3"), 100)]);
-    assert!(out
-        .config
-        .clusters
-        .contains_key(&key("reviews", 9080, Some("v3"))));
-    // Other VirtualServices are unaffected.
+    assert_eq!(weights(&routes.http[0].action), [(Some("v2"), 100)]);
+    assert_eq!(weights(&routes.http[1].action), [(Some("v9"), 100)]);
+    let clusters = &out.config.clusters;
+    assert!(clusters.contains_key(&key("reviews", 9080, Some("v2"))));
+    assert!(!clusters.contains_key(&key("reviews", 9080, Some("v9"))));
+    assert!(
+        !clusters.contains_key(&key("reviews", 9080, Some("v3"))),
+        "nothing routes to v3 any more"
+    );
+    assert!(super::steered(&out).contains(&addr([10, 96, 0, 20], 9080)));
+
+    // Never good before: applied all the same, alongside other VirtualServices.
     let both = model(&[
         ("cluster.yaml", CLUSTER),
-        ("jason.yaml", &bad_text),
+        ("jason.yaml", &text),
         ("weighted.yaml", WEIGHTED),
     ]);
-    let (out, _) = run(&both, &L7Compiled::default());
-    assert!(super::steered(&out).contains(&addr(SPRINGBOOT, 8080)));
-    assert!(
-        !super::steered(&out).contains(&addr([10, 96, 0, 20], 9080)),
-        "never good: nothing to keep"
+    let (fresh, errors) = run(&both, &L7Compiled::default());
+    assert_eq!(errors.len(), 1);
+    assert!(super::steered(&fresh).contains(&addr(SPRINGBOOT, 8080)));
+    assert!(super::steered(&fresh).contains(&addr([10, 96, 0, 20], 9080)));
+
+    // The DestinationRule gains v9 later: the same route now has its cluster, nothing else changed.
+    let v3 = "  - {name: v3, labels: {version: v3}}\n";
+    let cluster = CLUSTER.replace(
+        v3,
+        &format!("{v3}  - {{name: v9, labels: {{version: v3}}}}\n"),
     );
+    assert_ne!(cluster, CLUSTER, "the rule gained v9");
+    let (later, errors) = run(
+        &model(&[("cluster.yaml", &cluster), ("jason.yaml", &text)]),
+        &out,
+    );
+    assert_eq!(errors, []);
+    let routes = &later.config.listeners[&addr([10, 96, 0, 20], 9080)];
+    assert_eq!(weights(&routes.http[1].action), [(Some("v9"), 100)]);
+    let v9 = &later.config.clusters[&key("reviews", 9080, Some("v9"))];
+    assert_eq!(endpoint_ips(v9), [addr([10, 244, 2, 3], 9080)]);
+}
+
+#[test]
+fn a_subset_removed_from_the_rule_leaves_its_route_without_a_cluster() {
+    let m = model(&[("cluster.yaml", CLUSTER), ("jason.yaml", JASON)]);
+    let (good, _) = run(&m, &L7Compiled::default());
+    assert!(good
+        .config
+        .clusters
+        .contains_key(&key("reviews", 9080, Some("v2"))));
+    // As Istio: the cluster goes with the subset; the route stays and answers 503 NC.
+    let cluster = CLUSTER.replace("  - {name: v2, labels: {version: v2}}\n", "");
+    assert_ne!(cluster, CLUSTER);
+    let (out, errors) = run(
+        &model(&[("cluster.yaml", &cluster), ("jason.yaml", JASON)]),
+        &good,
+    );
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].is_warning());
+    let routes = &out.config.listeners[&addr([10, 96, 0, 20], 9080)];
+    assert_eq!(weights(&routes.http[0].action), [(Some("v2"), 100)]);
+    assert!(!out
+        .config
+        .clusters
+        .contains_key(&key("reviews", 9080, Some("v2"))));
 }
 
 #[test]

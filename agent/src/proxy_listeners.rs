@@ -21,7 +21,7 @@ use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::FrontendAddr;
 use meshpath_datapath::proxy_socks::ProxySockets;
 use meshpath_model::{ClusterModel, Pod};
-use meshpath_proxy::{serve_until, OriginalDst, Proxy, Workload};
+use meshpath_proxy::{serve_until, OriginalDst, Proxy, Stop, Workload};
 
 use crate::netns::{bind_tcp, NetnsError};
 
@@ -125,7 +125,7 @@ pub struct ProxyListeners {
 struct Open {
     frontend: FrontendAddr,
     task: JoinHandle<()>,
-    drain: tokio::sync::oneshot::Sender<()>,
+    drain: tokio::sync::oneshot::Sender<Stop>,
 }
 
 /// After a listener left the sockhash, how long it keeps accepting: a connect that looked the
@@ -201,10 +201,11 @@ impl ProxyListeners {
                                 frontend: SocketAddr::new(frontend.ip.into(), frontend.port),
                                 pods: Arc::clone(&self.pods),
                             });
-                            let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+                            let (drain, drained) = tokio::sync::oneshot::channel::<Stop>();
                             let serving =
                                 serve_until(listener, dst, Arc::clone(&self.proxy), async {
-                                    let _ = drained.await;
+                                    // A listener dropped without a word leaves its connections be.
+                                    drained.await.unwrap_or(Stop::Detach)
                                 });
                             let task = self.rt().spawn(serving);
                             info!(%frontend.ip, frontend.port, proxy_port = port, "proxy listener open");
@@ -244,7 +245,10 @@ impl ProxyListeners {
             .collect();
         for port in stale {
             if let Some(o) = self.open.remove(&port) {
-                o.task.abort();
+                // The connections this listener serves keep being served (the proxy routes them
+                // by the new config) until their clients close them. The port is released at
+                // once: the allocator may hand it to another frontend in the same pass.
+                let _ = o.drain.send(Stop::Detach);
                 info!(%o.frontend.ip, o.frontend.port, proxy_port = port, "proxy listener closed");
             }
         }
@@ -269,7 +273,7 @@ impl ProxyListeners {
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut self.open)
             .into_values()
             .map(|o| {
-                let _ = o.drain.send(());
+                let _ = o.drain.send(Stop::Drain);
                 o.task
             })
             .collect();

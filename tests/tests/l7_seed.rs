@@ -345,7 +345,14 @@ fn deleting_the_virtual_service_keeps_serving_open_connections() {
         "{after:?}\n{}",
         c.agent.log()
     );
-    assert_eq!(r.failed(), 0, "{:?}", r.answers);
+    assert_eq!(
+        r.failed(),
+        0,
+        "{:?} {:?}\n{}",
+        r.errors,
+        r.answers,
+        c.agent.log()
+    );
 }
 
 /// No VirtualService, jason's requests flowing (with `extra` client arguments); the seed's abort

@@ -71,7 +71,7 @@ use tokio::sync::watch;
 use meshpath_model::l7::{HttpRoute, L7Config};
 
 pub use outlier::EjectedSet;
-pub use server::{serve, serve_until};
+pub use server::{serve, serve_until, Stop};
 pub use trace::{Span, SpanExporter};
 pub use workload::Workload;
 

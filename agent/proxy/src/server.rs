@@ -16,23 +16,42 @@ use tracing::{debug, warn};
 use super::handler::{handle, ConnCtx};
 use super::{OriginalDst, Proxy};
 
+/// How [`serve_until`] stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Close the listener, let every connection finish the request it is serving, then end
+    /// them (the agent's orderly exit).
+    Drain,
+    /// Close the listener and leave its connections running until their clients end them (the
+    /// listener's frontend stopped being steered here: what it already serves keeps being
+    /// served, as an Envoy listener removed from the config drains only its own socket).
+    Detach,
+}
+
 /// Serves `listener` until the task is dropped or aborted. Each accepted connection is asked
 /// once for its original destination and source labels; every request on it is routed by the
 /// config current when the request arrives.
 pub async fn serve(listener: TcpListener, original_dst: Arc<dyn OriginalDst>, proxy: Arc<Proxy>) {
-    serve_until(listener, original_dst, proxy, std::future::pending()).await
+    serve_until(
+        listener,
+        original_dst,
+        proxy,
+        std::future::pending::<Stop>(),
+    )
+    .await
 }
 
-/// As [`serve`] until `drain` resolves; then closes the listener, lets every connection finish
-/// the request it is serving (HTTP/1 answers it and closes, idle connections close at once; h2
-/// sends GOAWAY) and returns when the last connection has ended. Whoever drains should first
+/// As [`serve`] until `drain` resolves; then closes the listener. With [`Stop::Drain`] it lets
+/// every connection finish the request it is serving (HTTP/1 answers it and closes, idle
+/// connections close at once; h2 sends GOAWAY) and returns when the last connection has ended;
+/// with [`Stop::Detach`] it returns at once and the connections run on by themselves. Whoever drains should first
 /// make sure no new connection is headed here: whatever waits in the accept queue when the
 /// listener closes is reset.
 pub async fn serve_until(
     listener: TcpListener,
     original_dst: Arc<dyn OriginalDst>,
     proxy: Arc<Proxy>,
-    drain: impl std::future::Future<Output = ()>,
+    drain: impl std::future::Future<Output = Stop>,
 ) {
     let builder = Arc::new(builder());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -53,11 +72,20 @@ pub async fn serve_until(
             while conns.try_join_next().is_some() {}
         }
     };
-    tokio::select! {
-        () = accept => {}
-        () = &mut drain => {}
-    }
+    let stop = tokio::select! {
+        () = accept => Stop::Drain,
+        stop = &mut drain => stop,
+    };
     drop(listener);
+    if stop == Stop::Detach {
+        let open = conns.len();
+        conns.detach_all();
+        debug!(
+            connections = open,
+            "proxy listener closed; its connections run on"
+        );
+        return;
+    }
     let _ = stop_tx.send(true);
     let open = conns.len();
     while conns.join_next().await.is_some() {}
@@ -120,7 +148,12 @@ async fn accept_one(
         tokio::pin!(served);
         let result = tokio::select! {
             r = served.as_mut() => r,
-            () = async { drop(stop.wait_for(|s| *s).await) } => {
+            () = async {
+                // A dropped sender is a detached listener: serve on, no shutdown.
+                if stop.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {
                 served.as_mut().graceful_shutdown();
                 served.await
             }

@@ -109,6 +109,14 @@ fn local_node_runs_the_seed_apps_and_follows_kubectl_scale_and_configmap_edits()
     let body = get_until(&node, gateway, Duration::from_secs(60), |_| true);
     assert!(body == GATEWAY_V1 || body == gateway_v2(CONFIG), "{body:?}");
     eprintln!("the gateway answered after {:?}", t0.elapsed());
+    // A Service name that does not exist: the agent's DNS answers NXDOMAIN, and the client's
+    // error names the host; the other names keep resolving.
+    let missing = get(&node, "http://springboot-app-svc-typo:8080/")
+        .expect_err("a name no Service has must not resolve");
+    assert!(
+        missing.contains("Could not resolve host: springboot-app-svc-typo"),
+        "{missing}"
+    );
     // Each curl is a new connection: both versions answer springboot-app-svc.
     let (mut saw_v1, mut saw_v2) = (false, false);
     get_until(&node, springboot, Duration::from_secs(60), |b| {

@@ -246,6 +246,17 @@ impl Parser<'_> {
         }
     }
 
+    /// An invalid object's error, at its field's line and column when they can be located.
+    fn invalid(&mut self, line: u64, source: ConvertError) {
+        let (line, column) = self.position(line, &source.field);
+        self.errors.push(SourceError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            source: Box::new(source),
+        });
+    }
+
     /// Line and column of `field` in the document being parsed; the document's line (and no
     /// column) inside a `List`, whose items have no positions of their own.
     pub(super) fn position(&self, line: u64, field: &str) -> (u64, Option<u64>) {
@@ -316,24 +327,10 @@ impl Parser<'_> {
                 path: e.path,
                 source: e.source,
             }),
-            Err(istio::Error::Invalid(source)) => {
-                let (line, column) = self.position(line, &source.field);
-                self.errors.push(SourceError::Invalid {
-                    file: self.file.to_owned(),
-                    line,
-                    column,
-                    source: Box::new(source),
-                })
-            }
+            Err(istio::Error::Invalid(source)) => self.invalid(line, source),
             Err(istio::Error::Istio(all)) => {
                 for source in all {
-                    let (line, column) = self.position(line, &source.field);
-                    self.errors.push(SourceError::Invalid {
-                        file: self.file.to_owned(),
-                        line,
-                        column,
-                        source: Box::new(source),
-                    });
+                    self.invalid(line, source);
                 }
             }
         }
@@ -366,15 +363,7 @@ impl Parser<'_> {
                     kind: NoticeKind::Skipped(reason),
                 });
             }
-            Err(source) => {
-                let (line, column) = self.position(line, &source.field);
-                self.errors.push(SourceError::Invalid {
-                    file: self.file.to_owned(),
-                    line,
-                    column,
-                    source: Box::new(source),
-                })
-            }
+            Err(source) => self.invalid(line, source),
         }
     }
 }

@@ -28,6 +28,8 @@ pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
 pub const ENV_SOCKET_REDIRECT: &str = "MESHPATH_SOCKET_REDIRECT";
 pub const ENV_CONNECTION_LIMITS: &str = "MESHPATH_CONNECTION_LIMITS";
 pub const ENV_TCP_METRICS: &str = "MESHPATH_TCP_METRICS";
+pub const ENV_UDP_STICKY_TIMEOUT: &str = "MESHPATH_UDP_STICKY_TIMEOUT";
+pub const ENV_CONN_LIMIT_SOCK_RELEASE: &str = "MESHPATH_CONN_LIMIT_SOCK_RELEASE";
 pub const ENV_BPF_LOG: &str = "MESHPATH_BPF_LOG";
 pub const ENV_TCP_METRICS_SAMPLE_MS: &str = "MESHPATH_TCP_METRICS_SAMPLE_MS";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
@@ -235,6 +237,11 @@ pub struct AgentArgs {
     /// Translate unconnected UDP datagrams (sendmsg4 + recvmsg4). Off: not attached.
     #[arg(long, env = ENV_UDP_DATAGRAM_LB, default_value_t = true, action = clap::ArgAction::Set)]
     pub udp_datagram_lb: bool,
+    /// Seconds an unconnected UDP socket keeps the backend its datagrams to a service went to,
+    /// after its last one, as conntrack keeps a UDP flow (a stateful UDP protocol needs its
+    /// peer to stay); a backend leaving the service ends it at once. 0: a new pick per datagram.
+    #[arg(long, env = ENV_UDP_STICKY_TIMEOUT, default_value_t = 120)]
+    pub udp_sticky_timeout: u32,
     /// Hand bytes between two sockets of the managed cgroups on this node directly (sock_ops +
     /// sk_msg), skipping TCP/IP. Off: the programs are not attached.
     #[arg(long, env = ENV_SOCKET_REDIRECT, default_value_t = false, action = clap::ArgAction::Set)]
@@ -244,6 +251,12 @@ pub struct AgentArgs {
     /// attached for it.
     #[arg(long, env = ENV_CONNECTION_LIMITS, default_value_t = true, action = clap::ArgAction::Set)]
     pub connection_limits: bool,
+    /// With `--connection-limits`: also free a connection's slot when its socket is released
+    /// (cgroup/sock_release), which the kernel runs however the socket went: a connect that
+    /// failed before its SYN never reaches sock_ops. Off: not attached; such slots stay taken
+    /// until the socket's owner connects it again or the agent restarts over fresh maps.
+    #[arg(long, env = ENV_CONN_LIMIT_SOCK_RELEASE, default_value_t = true, action = clap::ArgAction::Set)]
+    pub conn_limit_sock_release: bool,
     /// Istio's TCP metrics (`istio_tcp_*` on `/metrics`) for kernel-path services, counted by
     /// sock_ops at connection open and close. Off: sock_ops records nothing for them.
     #[arg(long, env = ENV_TCP_METRICS, default_value_t = true, action = clap::ArgAction::Set)]
@@ -450,6 +463,8 @@ impl From<&AgentArgs> for AgentConfig {
                 connection_limits: a.connection_limits,
                 tcp_metrics: a.tcp_metrics,
                 tcp_metrics_sample_ms: a.tcp_metrics_sample_ms,
+                udp_sticky_timeout_sec: a.udp_sticky_timeout,
+                conn_limit_sock_release: a.conn_limit_sock_release,
                 bpf_log: a.bpf_log,
             },
             agent_cgroup: a.agent_cgroup.clone(),

@@ -197,7 +197,8 @@ impl Reconciler {
                     dns_resolvers = dns_steering.by_resolver.len(),
                     upserts = stats.upserts,
                     deletes = stats.deletes,
-                    affinity_purged = stats.affinity_purged,
+                    members_added = stats.members_added,
+                    members_removed = stats.members_removed,
                     limit_groups = route_limits.groups.len(),
                     "programmed"
                 );

@@ -75,6 +75,11 @@ pub struct ClientReport {
     pub max_us: Option<u64>,
     /// Every attempt in order, with `--per-request 1` (http).
     pub requests: Vec<RequestRecord>,
+    /// Answering servers in order, as (name, replies in a row) (udp-unconnected).
+    pub runs: Vec<(String, u64)>,
+    /// Session replies that did not continue the server's count for this socket
+    /// (udp-unconnected `--session 1`).
+    pub session_breaks: u64,
 }
 
 /// One attempt of the http client.

@@ -28,7 +28,11 @@ fn web_manifest(ips: &[std::net::Ipv4Addr]) -> String {
 }
 
 fn cluster() -> Cluster {
-    let c = Cluster::start(4, &[], &[]);
+    cluster_with(&[])
+}
+
+fn cluster_with(agent_args: &[&str]) -> Cluster {
+    let c = Cluster::start(4, &[], agent_args);
     three_backends(&c.node);
     let ips: Vec<_> = (1..=3).map(|i| c.node.pod(i).ip()).collect();
     c.write("web.yaml", &web_manifest(&ips));
@@ -75,7 +79,8 @@ fn connected_udp_is_translated_and_getpeername_shows_the_cluster_ip() {
 #[test]
 fn unconnected_udp_is_translated_per_datagram_and_replies_come_from_the_cluster_ip() {
     skip_unless!(AGENT);
-    let c = cluster();
+    // Per-socket stickiness off (`udp_sticky.rs` has it on): every datagram is balanced anew.
+    let c = cluster_with(&["--udp-sticky-timeout", "0"]);
     let r = c
         .node
         .udp_unconnected(0, addr("10.96.0.53", 53), 30)

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use meshpath_common::{
-    ServiceKey, ServiceName, ServiceStats, ServiceValue, SockLimit, MAP_AFFINITY, MAP_BACKENDS,
+    ServiceKey, ServiceName, ServiceStats, ServiceValue, SockLimit, MAP_BACKENDS,
     MAP_CONN_MAX, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED, MAP_SERVICES, MAP_SLOT_GRP,
-    MAP_SVC_NAMES, MAP_SVC_STATS, SVC_FLAG_ROUTE_LIMITS,
+    MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 use meshpath_compile::MapContents;
@@ -37,7 +37,9 @@ pub enum ApplyError {
 pub struct ApplyStats {
     pub upserts: usize,
     pub deletes: usize,
-    pub affinity_purged: usize,
+    /// (service, backend) pairs added to and removed from the membership set.
+    pub members_added: usize,
+    pub members_removed: usize,
 }
 
 fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> ApplyError {
@@ -90,6 +92,11 @@ pub fn apply(
         }
     }
 
+    // 1a. Membership pairs before the slots that name them (`members.rs`).
+    let desired_members = crate::members::pairs(desired);
+    let current_members = crate::members::current(maps, previous)?;
+    stats.members_added = crate::members::add(maps, &desired_members, &current_members)?;
+
     // 1b. Route-destination limits before the slots and headers that use them (`limits.rs`).
     let current_slot_limits = upsert_route_limits(maps, desired, &mut stats)?;
 
@@ -132,6 +139,9 @@ pub fn apply(
             .map_err(err(MAP_SERVICES, "remove"))?;
         stats.deletes += 1;
     }
+    // 3a. Pairs no slot names any more: a remembered choice of them is dropped by the programs.
+    stats.members_removed =
+        crate::members::remove_stale(maps, &desired_members, &current_members)?;
     // 3b. Slot targets no slot has any more: after the headers that stopped using them.
     remove_stale_slot_limits(maps, desired, &current_slot_limits, &mut stats)?;
     // 4. Backends no slot names any more.
@@ -182,48 +192,7 @@ pub fn apply(
         }
     }
     remove_stale_groups(maps, desired)?;
-    stats.affinity_purged = purge_affinity(maps, desired)?;
     Ok(stats)
-}
-
-/// Affinity entries whose service is gone or whose backend left the service would send a client
-/// to a backend that no longer serves it: remove them, so the next connect picks afresh. On a
-/// frontend with route-destination limits the entry's slot must still name its backend too: the
-/// slot says which destination's limit an affinity hit counts against.
-fn purge_affinity(maps: &mut DatapathMaps, desired: &MapContents) -> Result<usize, ApplyError> {
-    let slots = desired.services.iter().filter(|(k, _)| k.slot != 0);
-    let valid: BTreeSet<(u32, u32)> = slots
-        .clone()
-        .map(|(_, v)| (v.svc_id, v.backend_id))
-        .collect();
-    let routed: BTreeSet<u32> = slots
-        .clone()
-        .filter(|(_, v)| v.flags & SVC_FLAG_ROUTE_LIMITS != 0)
-        .map(|(_, v)| v.svc_id)
-        .collect();
-    let valid_slot: BTreeSet<(u32, u16, u32)> = slots
-        .filter(|(_, v)| routed.contains(&v.svc_id))
-        .map(|(k, v)| (v.svc_id, k.slot, v.backend_id))
-        .collect();
-    let stale: Vec<_> = maps
-        .affinity
-        .iter()
-        .filter_map(|entry| entry.ok())
-        .filter(|(k, v)| {
-            !valid.contains(&(k.svc_id, v.backend_id))
-                || (routed.contains(&k.svc_id)
-                    && !valid_slot.contains(&(k.svc_id, v.slot, v.backend_id)))
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for key in &stale {
-        match maps.affinity.remove(key) {
-            // An LRU entry may have been evicted meanwhile.
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(err(MAP_AFFINITY, "remove")(e)),
-        }
-    }
-    Ok(stale.len())
 }
 
 fn reset_service_stats(maps: &mut DatapathMaps, svc_id: u32) -> Result<(), ApplyError> {

@@ -7,6 +7,7 @@ pub mod bpf_log;
 mod error;
 mod links;
 pub mod maps;
+pub mod members;
 mod pins;
 pub mod proxy_socks;
 pub mod redirect;
@@ -49,6 +50,12 @@ pub struct Features {
     pub tcp_metrics: bool,
     /// How often a live connection's bytes are added to its pair, at most (milliseconds, ≥ 1).
     pub tcp_metrics_sample_ms: u32,
+    /// How long an unconnected UDP socket keeps its backend after its last datagram (seconds);
+    /// 0: one pick per datagram. Needs `udp_datagram_lb`.
+    pub udp_sticky_timeout_sec: u32,
+    /// cgroup/sock_release: frees a connection-limit slot whatever way its socket went (connect
+    /// failed before the SYN, closed in SYN_SENT, owner killed). Needs `connection_limits`.
+    pub conn_limit_sock_release: bool,
     /// The programs' aya-log debug events (`--bpf-log`); off, the verifier drops their code.
     pub bpf_log: bool,
 }
@@ -125,6 +132,7 @@ impl Datapath {
             }
         }
         let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
+        write_udp_sticky(&mut maps, features)?;
         redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
         let pending = Some((
             cgroup_file,
@@ -170,6 +178,22 @@ impl Datapath {
     pub fn take_log(&mut self) -> Option<bpf_log::BpfLog> {
         self.log.take()
     }
+}
+
+/// The UDP stickiness switch: read by sendmsg per datagram, so it also takes effect over pinned
+/// programs of a previous agent that already know the slot.
+fn write_udp_sticky(maps: &mut DatapathMaps, features: Features) -> Result<(), DatapathError> {
+    let timeout = if features.udp_datagram_lb {
+        features.udp_sticky_timeout_sec
+    } else {
+        0
+    };
+    maps.config
+        .set(meshpath_common::CONFIG_UDP_STICKY_SEC, timeout, 0)
+        .map_err(|source| DatapathError::Map {
+            name: meshpath_common::MAP_CONFIG,
+            source,
+        })
 }
 
 /// The program `name` of the object, as its concrete type.

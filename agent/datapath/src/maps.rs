@@ -8,7 +8,8 @@ use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
     ServiceValue, SockKey, SockLimit, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONN_ACTIVE,
     MAP_CONN_MAX, MAP_COUNTERS, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED,
-    MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
+    MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_BACKENDS, MAP_SVC_NAMES, MAP_SVC_STATS,
+    SvcBackendKey,
 };
 
 use super::DatapathError;
@@ -36,6 +37,8 @@ pub struct DatapathMaps {
     pub grp_refused: PerCpuArray<MapData, u64>,
     /// group id → the destination's cluster name, for `meshpath status`.
     pub grp_names: HashMap<MapData, u32, ServiceName>,
+    /// {service id, backend id} pairs the slots name, written by `apply` (`members`).
+    pub svc_backends: HashMap<MapData, SvcBackendKey, u8>,
 }
 
 impl DatapathMaps {
@@ -89,6 +92,7 @@ impl DatapathMaps {
             grp_active: typed(MAP_GRP_ACTIVE, get(MAP_GRP_ACTIVE))?,
             grp_refused: typed(MAP_GRP_REFUSED, get(MAP_GRP_REFUSED))?,
             grp_names: typed(MAP_GRP_NAMES, get(MAP_GRP_NAMES))?,
+            svc_backends: typed(MAP_SVC_BACKENDS, get(MAP_SVC_BACKENDS))?,
         })
     }
 

@@ -6,7 +6,10 @@
 //! - the kernel connection limit (`--connection-limits`): sock_ops releases a connection's slot
 //!   when its socket closes.
 //!
-//! With both off, neither program is loaded. Unlike the sock_addr programs these links are not
+//! With the connection limit on, `cgroup/sock_release` is attached too (`conn_limit_sock_release`):
+//! it frees a slot whose socket was released before sock_ops saw it close.
+//!
+//! With all off, neither program is loaded. Unlike the sock_addr programs these links are not
 //! pinned: both features need a running agent (the limit's counts would drift without sock_ops,
 //! so connect4 only enforces limits the agent has written while it runs).
 
@@ -15,11 +18,11 @@ use std::path::Path;
 
 use aya::maps::{Array, MapData};
 use aya::programs::links::CgroupAttachMode;
-use aya::programs::{SkMsg, SockOps};
+use aya::programs::{CgroupSock, SkMsg, SockOps};
 use aya::Ebpf;
 use meshpath_common::{
-    CONFIG_REDIRECT, MAP_CONFIG, PROG_SKMSG, PROG_SOCKOPS, REDIRECT_OFF, REDIRECT_ON,
-    REDIRECT_PAUSED,
+    CONFIG_REDIRECT, MAP_CONFIG, PROG_SKMSG, PROG_SOCKOPS, PROG_SOCK_RELEASE, REDIRECT_OFF,
+    REDIRECT_ON, REDIRECT_PAUSED,
 };
 use tracing::info;
 
@@ -80,8 +83,21 @@ pub fn setup(
             name: PROG_SOCKOPS,
             source,
         })?;
+    if features.connection_limits && features.conn_limit_sock_release {
+        let prog: &mut CgroupSock = super::program(ebpf, PROG_SOCK_RELEASE)?;
+        prog.load().map_err(|source| DatapathError::Program {
+            name: PROG_SOCK_RELEASE,
+            source,
+        })?;
+        prog.attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|source| DatapathError::Program {
+                name: PROG_SOCK_RELEASE,
+                source,
+            })?;
+    }
     info!(
         cgroup = %cgroup_path.display(),
+        conn_limit_sock_release = features.connection_limits && features.conn_limit_sock_release,
         socket_redirect = features.socket_redirect,
         connection_limits = features.connection_limits,
         tcp_metrics = features.tcp_metrics,

@@ -29,6 +29,8 @@ fn defaults() {
             connection_limits: true,
             tcp_metrics: true,
             tcp_metrics_sample_ms: 5_000,
+            udp_sticky_timeout_sec: 120,
+            conn_limit_sock_release: true,
             bpf_log: false
         }
     );
@@ -79,6 +81,9 @@ fn off_switches_and_policy() {
         "--socket-redirect",
         "true",
         "--connection-limits=false",
+        "--udp-sticky-timeout",
+        "0",
+        "--conn-limit-sock-release=false",
         "--default-lb-policy",
         "round-robin",
     ]);
@@ -91,6 +96,8 @@ fn off_switches_and_policy() {
             connection_limits: false,
             tcp_metrics: true,
             tcp_metrics_sample_ms: 5_000,
+            udp_sticky_timeout_sec: 0,
+            conn_limit_sock_release: false,
             bpf_log: false
         }
     );

@@ -86,10 +86,35 @@ pub enum Reason {
     ProxyFallback = 34,
     /// The same, for a frontend that fails closed: refused with ECONNREFUSED at once.
     ProxyDownRefused = 35,
+    /// Asking for the state callback of a counted connection failed: its slot is released when
+    /// its socket is released (`cgroup/sock_release`) rather than at TCP_CLOSE.
+    ConnLimitCbFlagsFailed = 36,
+    /// Asking for the state callback of a redirected socket failed: its fallback mark is not
+    /// cleared at close (the LRU ages it out).
+    RedirectCbFlagsFailed = 37,
+    /// The mark that keeps a stream on the TCP path after one message took it could not be
+    /// written: later messages of that stream may be redirected ahead of bytes still in flight.
+    SockFallbackMarkFailed = 38,
+    /// A counted connection's slot released when its socket was released, before sock_ops saw it
+    /// reach TCP_CLOSE (connect failed before the SYN, closed in SYN_SENT, closed by its owner).
+    ConnReleasedOnSockRelease = 39,
+    /// An unconnected UDP socket's datagram went to the backend that socket already had.
+    UdpStickyHit = 40,
+    /// ... that socket had been idle past the stickiness timeout: a new backend was picked.
+    UdpStickyExpired = 41,
+    /// ... its backend had left the service: a new backend was picked.
+    UdpStickyStale = 42,
+    /// The stickiness entry could not be written: the next datagram picks afresh.
+    UdpStickyUpdateFailed = 43,
+    /// A session-affinity entry named a backend that had left the service: a new one was picked.
+    AffinityStale = 44,
+    /// A reverse-translation entry's frontend was gone or now belonged to another service: not
+    /// applied (the application sees the backend's address) and deleted.
+    RevNatStale = 45,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 36;
+pub const REASON_COUNT: u32 = 46;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -129,6 +154,16 @@ impl Reason {
         Reason::TcpMetricsCbFlagsFailed,
         Reason::ProxyFallback,
         Reason::ProxyDownRefused,
+        Reason::ConnLimitCbFlagsFailed,
+        Reason::RedirectCbFlagsFailed,
+        Reason::SockFallbackMarkFailed,
+        Reason::ConnReleasedOnSockRelease,
+        Reason::UdpStickyHit,
+        Reason::UdpStickyExpired,
+        Reason::UdpStickyStale,
+        Reason::UdpStickyUpdateFailed,
+        Reason::AffinityStale,
+        Reason::RevNatStale,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -170,6 +205,16 @@ impl Reason {
             Reason::TcpMetricsCbFlagsFailed => "tcp_metrics_cb_flags_failed",
             Reason::ProxyFallback => "proxy_fallback",
             Reason::ProxyDownRefused => "proxy_down_refused",
+            Reason::ConnLimitCbFlagsFailed => "conn_limit_cb_flags_failed",
+            Reason::RedirectCbFlagsFailed => "redirect_cb_flags_failed",
+            Reason::SockFallbackMarkFailed => "sock_fallback_mark_failed",
+            Reason::ConnReleasedOnSockRelease => "conn_released_on_sock_release",
+            Reason::UdpStickyHit => "udp_sticky_hit",
+            Reason::UdpStickyExpired => "udp_sticky_expired",
+            Reason::UdpStickyStale => "udp_sticky_stale",
+            Reason::UdpStickyUpdateFailed => "udp_sticky_update_failed",
+            Reason::AffinityStale => "affinity_stale",
+            Reason::RevNatStale => "revnat_stale",
         }
     }
 
@@ -195,6 +240,12 @@ impl Reason {
                 | Reason::TcpMetricsOpened
                 | Reason::TcpMetricsNoRevNat
                 | Reason::TcpMetricsClosed
+                | Reason::ConnReleasedOnSockRelease
+                | Reason::UdpStickyHit
+                | Reason::UdpStickyExpired
+                | Reason::UdpStickyStale
+                | Reason::AffinityStale
+                | Reason::RevNatStale
         )
     }
 }

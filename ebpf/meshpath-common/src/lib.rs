@@ -10,12 +10,17 @@
 pub mod counters;
 pub mod limits;
 pub mod policy;
+pub mod sticky;
 pub mod tcp_metrics;
 
 pub use counters::{Reason, ServiceStats, REASON_COUNT};
 pub use limits::{
     SockLimit, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED, MAP_SLOT_GRP,
     MAP_SOCK_LIMIT, MAX_LIMIT_GROUPS, MAX_SLOT_LIMITS,
+};
+pub use sticky::{
+    SvcBackendKey, UdpStickyKey, CONFIG_UDP_STICKY_SEC, MAP_SVC_BACKENDS, MAP_UDP_STICKY,
+    MAX_SVC_BACKENDS, MAX_UDP_STICKY, PROG_SOCK_RELEASE,
 };
 pub use tcp_metrics::{
     TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS, MAP_TCP_CONNS, MAP_TCP_FLOWS,

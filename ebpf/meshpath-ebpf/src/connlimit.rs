@@ -2,7 +2,9 @@
 //! connection only while fewer than the limit are active, and counts it by socket cookie; sock_ops
 //! takes it off the count when that socket reaches TCP_CLOSE, whichever way it gets there (FIN,
 //! RST, failed handshake, its process killed). The state callback is requested at TCP_CONNECT_CB,
-//! before the SYN, so a handshake that fails is released too.
+//! before the SYN, so a handshake that fails is released too. A connect that fails before the
+//! SYN (no route, no local port) never reaches sock_ops: `cgroup/sock_release`, which the kernel
+//! runs for every socket its owner releases, frees whatever slot is still held then.
 //!
 //! What a connect counts against (see `meshpath_common::limits`, Envoy's semantics): a plain
 //! frontend's connects count against its service-wide limit; a frontend whose slots are
@@ -138,22 +140,52 @@ pub fn on_sockops(ctx: &SockOpsContext) {
         return;
     };
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        if ctx
+            .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+            .is_err()
+        {
+            // No TCP_CLOSE callback for this socket: sock_release frees its slot instead.
+            bump(Reason::ConnLimitCbFlagsFailed);
+        }
         return;
     }
-    if MP_SOCK_LIMIT.remove(cookie).is_ok() {
-        let active = if limit.group_id != 0 {
-            MP_GRP_ACTIVE.get_ptr_mut(limit.group_id)
-        } else {
-            MP_CONN_ACTIVE.get_ptr_mut(limit.svc_id)
-        };
-        match active {
-            // SAFETY: as in `admit`.
-            Some(active) => unsafe {
-                core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1);
-            },
-            None => bump(Reason::ConnLimitIdInvalid),
-        }
-        bump(Reason::ConnReleased);
+    release_slot(cookie, limit);
+}
+
+/// The sock_release half: whatever happened to the connection (connect failed before the SYN
+/// so sock_ops never ran, closed in SYN_SENT, its process killed, its network namespace torn
+/// down), the kernel releases every socket its owner created and runs this on it. A slot not
+/// yet given back at TCP_CLOSE is given back here.
+#[inline(always)]
+pub fn on_sock_release(cookie: u64) {
+    // SAFETY: the value is copied out at once.
+    let Some(limit) = (unsafe { MP_SOCK_LIMIT.get(cookie) }).copied() else {
+        return;
+    };
+    if release_slot(cookie, limit) {
+        bump(Reason::ConnReleasedOnSockRelease);
     }
+}
+
+/// Gives `cookie`'s slot back, exactly once: of the two callers (TCP_CLOSE, sock_release), the
+/// one whose delete of the tracking entry succeeds releases; the map delete is atomic.
+#[inline(always)]
+fn release_slot(cookie: u64, limit: SockLimit) -> bool {
+    if MP_SOCK_LIMIT.remove(cookie).is_err() {
+        return false;
+    }
+    let active = if limit.group_id != 0 {
+        MP_GRP_ACTIVE.get_ptr_mut(limit.group_id)
+    } else {
+        MP_CONN_ACTIVE.get_ptr_mut(limit.svc_id)
+    };
+    match active {
+        // SAFETY: as in `admit`.
+        Some(active) => unsafe {
+            core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1);
+        },
+        None => bump(Reason::ConnLimitIdInvalid),
+    }
+    bump(Reason::ConnReleased);
+    true
 }

@@ -18,15 +18,18 @@ mod tcp_metrics;
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::{cgroup_sock_addr, sk_msg, sock_ops},
-    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, sk_msg, sock_ops},
+    programs::{SkMsgContext, SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
-use meshpath_common::{Reason, RevNatKey, RevNatValue, PROTO_TCP, PROTO_UDP, SVC_FLAG_DNS};
+use meshpath_common::{
+    Reason, RevNatKey, RevNatValue, ServiceKey, CONFIG_UDP_STICKY_SEC, PROTO_TCP, PROTO_UDP,
+    SVC_FLAG_DNS,
+};
 
 use addr::Family;
 use counters::{bump, bump_service, ServiceCounter};
-use maps::MP_REVNAT;
+use maps::{MP_CONFIG, MP_REVNAT, MP_SERVICES};
 
 /// sock_addr return values: let the syscall proceed, or fail it (with the retval we set).
 const ALLOW: i32 = 1;
@@ -122,6 +125,17 @@ pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
     }
 }
 
+/// Every socket of the managed cgroups released by its owner (close, exit, kill): frees a
+/// connection-limit slot the socket still holds (see `connlimit`).
+#[cgroup_sock(sock_release)]
+pub fn mp_sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    connlimit::on_sock_release(cookie);
+    // sock_release programs must return 1.
+    ALLOW
+}
+
 /// Every sendmsg() on a socket in the SOCKHASH: to the peer's receive queue when it is local.
 #[sk_msg]
 pub fn mp_skmsg(ctx: SkMsgContext) -> u32 {
@@ -166,10 +180,23 @@ fn try_translate(
     };
     // SAFETY: the context pointer is valid for the helper.
     let netns_cookie = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: the context pointer is valid for the helper.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let udp_sticky = if translated == Reason::SendmsgTranslated {
+        match MP_CONFIG.get(CONFIG_UDP_STICKY_SEC).copied() {
+            Some(timeout_sec) if timeout_sec != 0 => Some(lb::UdpSticky {
+                socket_cookie,
+                timeout_sec,
+            }),
+            _ => None,
+        }
+    } else {
+        None
+    };
     let selected = match to_proxy {
         // The proxy balances (and counts limits) itself: slot 0, no kernel connection limit.
         Some(listener) => Ok((0, listener)),
-        None => lb::select_backend(&key, &svc, netns_cookie),
+        None => lb::select_backend(&key, &svc, netns_cookie, udp_sticky),
     };
     let (slot, backend) = match selected {
         Ok(b) => b,
@@ -183,8 +210,6 @@ fn try_translate(
         }
     };
 
-    // SAFETY: the context pointer is valid for the helper.
-    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if proto == PROTO_TCP && to_proxy.is_none() {
         let limit = connlimit::target(&key, &svc, slot);
         if let connlimit::Admission::Refused = connlimit::admit(limit, socket_cookie) {
@@ -237,19 +262,32 @@ fn reverse(ctx: &SockAddrContext, family: Family, reason: Reason) {
     let Some(backend_ip_be) = addr::read_ip(sa, family) else {
         return;
     };
-    // SAFETY: the context pointer is valid for the helper and for reads of user_port.
-    let key = unsafe {
-        RevNatKey {
-            socket_cookie: bpf_get_socket_cookie(ctx.as_ptr()),
-            backend_ip_be,
-            backend_port_be: (*sa).user_port as u16,
-            _pad0: 0,
-        }
+    // SAFETY: the context pointer is valid for the helper and for reads of user_port/protocol.
+    let (key, proto) = unsafe {
+        (
+            RevNatKey {
+                socket_cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+                backend_ip_be,
+                backend_port_be: (*sa).user_port as u16,
+                _pad0: 0,
+            },
+            (*sa).protocol as u8,
+        )
     };
     // SAFETY: the value is copied out at once.
     let Some(rev) = (unsafe { MP_REVNAT.get(&key) }).copied() else {
         return;
     };
+    // Shown only while the frontend is still the same service: a frontend deleted (or its
+    // address given to another service) must not be reported as this socket's peer.
+    let frontend = ServiceKey::new(rev.vip_be, rev.vip_port_be, proto, 0);
+    // SAFETY: the value is copied out at once.
+    let live = unsafe { MP_SERVICES.get(&frontend) }.is_some_and(|s| s.svc_id == rev.svc_id);
+    if !live {
+        let _ = MP_REVNAT.remove(&key);
+        bump(Reason::RevNatStale);
+        return;
+    }
     addr::write_ip(sa, family, rev.vip_be);
     // SAFETY: recvmsg/getpeername programs may write user_port.
     unsafe { (*sa).user_port = rev.vip_port_be as u32 };

@@ -10,7 +10,8 @@ use meshpath_common::{
     ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, CONFIG_SLOTS, MAX_AFFINITY,
     MAX_BACKENDS, MAX_LIMIT_GROUPS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS,
     MAX_PROXY_SOCKS, MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
-    REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats,
+    REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats, SvcBackendKey, UdpStickyKey, MAX_SVC_BACKENDS,
+    MAX_UDP_STICKY,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -103,3 +104,14 @@ pub static MP_TCP_FLOWS: PerCpuHashMap<TcpFlowKey, TcpFlowStats> =
 /// socket cookie → the live client connection's pair and the bytes already reported.
 #[map]
 pub static MP_TCP_CONNS: HashMap<u64, TcpConn> = HashMap::pinned(MAX_TCP_CONNS, 0);
+
+/// {socket cookie, service id} → the backend an unconnected UDP socket's datagrams go to, and
+/// when it last sent one (see `meshpath_common::sticky`).
+#[map]
+pub static MP_UDP_STICKY: LruHashMap<UdpStickyKey, AffinityValue> =
+    LruHashMap::pinned(MAX_UDP_STICKY, 0);
+
+/// {service id, backend id} pairs the service's slots name, written by the agent: what a
+/// remembered choice (affinity, UDP stickiness) is checked against before it is used.
+#[map]
+pub static MP_SVC_BACKENDS: HashMap<SvcBackendKey, u8> = HashMap::pinned(MAX_SVC_BACKENDS, 0);

@@ -85,7 +85,9 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
                     bump(Reason::SockInserted);
                     // Ask for state callbacks so the entry is removed when the socket closes.
                     let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-                    let _ = ctx.set_cb_flags(flags as i32);
+                    if ctx.set_cb_flags(flags as i32).is_err() {
+                        bump(Reason::RedirectCbFlagsFailed);
+                    }
                 }
                 Err(_) => {
                     bump(Reason::SockInsertFailed);
@@ -125,7 +127,9 @@ pub fn try_skmsg(ctx: &SkMsgContext) -> Result<u32, u32> {
         add(Reason::MsgRedirectedBytes, u64::from(size));
     } else {
         // No peer: this message goes the TCP way, and so must the rest of the stream.
-        let _ = MP_SOCK_FALLBK.insert(&own, &1, 0);
+        if MP_SOCK_FALLBK.insert(&own, &1, 0).is_err() {
+            bump(Reason::SockFallbackMarkFailed);
+        }
         bump(Reason::MsgFallbackNoPeer);
     }
     Ok(SK_PASS)

@@ -6,7 +6,7 @@
 //!                  [--http-status CODE] [--http-delay-ms MS] [--http-log FILE]
 //! mp-testpod tcp             --addr IP:PORT [--count N] [--timeout-ms T]
 //! mp-testpod udp-connected   --addr IP:PORT [--count N] [--timeout-ms T]
-//! mp-testpod udp-unconnected --addr IP:PORT [--count N] [--timeout-ms T]
+//! mp-testpod udp-unconnected --addr IP:PORT [--count N | --duration-ms D [--interval-ms I]] [--session 1] [--timeout-ms T]
 //! mp-testpod http            --addr IP:PORT [--count N] [--timeout-ms T] [--header NAME:VALUE]...
 //!                            [--show-header NAME]... [--duration-ms D] [--interval-ms I]
 //!                            [--per-request 1]

@@ -21,6 +21,7 @@ pub(crate) const KEYS: &[&str] = &[
     "duration-ms",
     "interval-ms",
     "per-request",
+    "session",
 ];
 
 /// Options shared by all client modes.
@@ -39,6 +40,8 @@ pub(crate) struct Common {
     pub(crate) interval: Duration,
     /// `http`: report every request (`requests`), not only the totals.
     pub(crate) per_request: bool,
+    /// `udp-unconnected`: a stateful exchange (see `serve`'s `session` datagrams).
+    pub(crate) session: bool,
 }
 
 impl Common {
@@ -67,6 +70,7 @@ impl Common {
             duration: a.get("duration-ms")?.map(Duration::from_millis),
             interval: Duration::from_millis(a.get("interval-ms")?.unwrap_or(0)),
             per_request: a.get::<u8>("per-request")?.unwrap_or(0) != 0,
+            session: a.get::<u8>("session")?.unwrap_or(0) != 0,
         })
     }
 }
@@ -210,8 +214,12 @@ fn udp_connected_once(c: &Common) -> Result<(String, Option<String>), String> {
     Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), peer))
 }
 
-/// `udp-unconnected`: one socket (bound implicitly by the first sendto), sendto/recvfrom.
-/// `sources` records what recvfrom reported as the sender of each reply.
+/// `udp-unconnected`: one socket (bound implicitly by the first sendto), sendto/recvfrom,
+/// `count` times or for `--duration-ms` with `--interval-ms` pauses. `sources` records what
+/// recvfrom reported as the sender of each reply; `runs` the answering servers in order, as
+/// `[name, replies in a row]`. With `--session 1` each reply carries the server's count of this
+/// socket's datagrams; `session_breaks` counts replies whose count was not the number this
+/// client had sent to that server so far (its state was lost or split).
 pub(crate) fn udp_unconnected(c: &Common) -> ExitCode {
     let (mut counts, mut errors, mut sources) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let s = match unbound_udp().and_then(|s| s.set_read_timeout(Some(c.timeout)).map(|()| s)) {
@@ -221,21 +229,54 @@ pub(crate) fn udp_unconnected(c: &Common) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let payload: &[u8] = if c.session { b"session" } else { b"ping" };
+    let mut runs: Vec<(String, u64)> = Vec::new();
+    let mut session_breaks = 0u64;
     let mut buf = [0u8; 2048];
-    for _ in 0..c.count {
-        if let Err(e) = s.send_to(b"ping", c.addr) {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while match c.duration {
+        Some(d) => start.elapsed() < d,
+        None => sent < c.count,
+    } {
+        if sent > 0 && !c.interval.is_zero() {
+            std::thread::sleep(c.interval);
+        }
+        sent += 1;
+        if let Err(e) = s.send_to(payload, c.addr) {
             bump(&mut errors, errno_name(&e));
             continue;
         }
         match s.recv_from(&mut buf) {
             Ok((n, from)) => {
-                bump(&mut counts, String::from_utf8_lossy(&buf[..n]).into_owned());
+                let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let name = if c.session {
+                    let (name, seen) = reply.rsplit_once(' ').unwrap_or((&reply, ""));
+                    let expected = counts.get(name).copied().unwrap_or(0) + 1;
+                    if seen.parse::<u64>().ok() != Some(expected) {
+                        session_breaks += 1;
+                    }
+                    name.to_owned()
+                } else {
+                    reply
+                };
+                match runs.last_mut() {
+                    Some((last, n)) if *last == name => *n += 1,
+                    _ => runs.push((name.clone(), 1)),
+                }
+                bump(&mut counts, name);
                 bump(&mut sources, from.to_string());
             }
             Err(e) => bump(&mut errors, recv_error_name(&e)),
         }
     }
-    emit(&json!({ "counts": counts, "errors": errors, "sources": sources }));
+    emit(&json!({
+        "counts": counts,
+        "errors": errors,
+        "sources": sources,
+        "runs": runs,
+        "session_breaks": session_breaks,
+    }));
     ExitCode::SUCCESS
 }
 

@@ -112,13 +112,24 @@ fn echo_conn(mut s: TcpStream, name: &str) -> io::Result<()> {
     }
 }
 
-/// UDP: answer every datagram with exactly the name bytes, to whoever sent it.
+/// UDP: answer every datagram with exactly the name bytes, to whoever sent it. A datagram
+/// `session` is a stateful exchange instead: the answer is `NAME N`, N counting the session
+/// datagrams this server got from that sender address, so a client sees whether every one of its
+/// datagrams reached the same server state.
 fn udp_loop(s: UdpSocket, name: &str) {
     let mut buf = [0u8; 64 * 1024];
+    let mut sessions: std::collections::HashMap<std::net::SocketAddr, u64> = Default::default();
     loop {
         match s.recv_from(&mut buf) {
-            Ok((_, from)) => {
-                if let Err(e) = s.send_to(name.as_bytes(), from) {
+            Ok((n, from)) => {
+                let reply = if &buf[..n] == b"session" {
+                    let seen = sessions.entry(from).or_insert(0);
+                    *seen += 1;
+                    format!("{name} {seen}")
+                } else {
+                    name.to_owned()
+                };
+                if let Err(e) = s.send_to(reply.as_bytes(), from) {
                     eprintln!("mp-testpod serve: udp reply to {from}: {e}");
                 }
             }

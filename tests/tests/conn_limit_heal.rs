@@ -167,7 +167,7 @@ fn sockets_closed_or_killed_in_syn_sent_give_their_slots_back() {
         "200",
     ];
     let r = c.node.run_client(0, &args).expect("tcp");
-    assert_eq!(r["errors"]["timeout"], 5, "{r:#}");
+    assert_eq!(r["errors"]["ETIMEDOUT"], 5, "{r:#}");
     wait_active(&c, "silent", 0);
     // Killed in SYN_SENT: counted while stuck, released at the kill.
     let pids: Vec<u32> = (0..3)

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshpath_tests::agent::{counter, svc};
-use meshpath_tests::testpod_bin;
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::testpod_bin;
 use meshpath_tests::{addr, skip_unless, wait_until, Cluster, AGENT};
 
 const LIMIT: u32 = 50;
@@ -50,12 +50,22 @@ fn start(agent_args: &[&str]) -> Cluster {
     for pod in [0, VICTIM] {
         let ns = c.node.pod(pod).netns_name().to_owned();
         ip_in(&ns, &["route", "add", "unreachable", "10.77.0.0/16"]);
-        ip_in(&ns, &["route", "add", &format!("{SILENT_IP}/32"), "dev", "eth0"]);
+        ip_in(
+            &ns,
+            &["route", "add", &format!("{SILENT_IP}/32"), "dev", "eth0"],
+        );
         ip_in(
             &ns,
             &[
-                "neigh", "add", &SILENT_IP.to_string(), "lladdr", "02:00:00:00:00:99", "dev",
-                "eth0", "nud", "permanent",
+                "neigh",
+                "add",
+                &SILENT_IP.to_string(),
+                "lladdr",
+                "02:00:00:00:00:99",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
             ],
         );
     }
@@ -105,7 +115,13 @@ fn wait_active(c: &Cluster, name: &str, want: u64) {
 fn spawn_stuck_connect(c: &Cluster, pod: usize, vip: &str) -> u32 {
     let p = c.node.pod(pod);
     let mut cmd = p.command(testpod_bin().expect("testpod")).expect("cmd");
-    cmd.args(["tcp", "--addr", &format!("{vip}:80"), "--timeout-ms", "60000"]);
+    cmd.args([
+        "tcp",
+        "--addr",
+        &format!("{vip}:80"),
+        "--timeout-ms",
+        "60000",
+    ]);
     p.spawn(cmd).expect("spawn")
 }
 
@@ -119,7 +135,11 @@ fn refused_and_unroutable_connects_give_their_slots_back() {
     skip_unless!(AGENT);
     let c = start(&[]);
     let refused = c.node.tcp(0, addr("10.96.0.61", 80), 100).expect("tcp");
-    assert_eq!(refused.errors.get("ECONNREFUSED"), Some(&100), "{refused:?}");
+    assert_eq!(
+        refused.errors.get("ECONNREFUSED"),
+        Some(&100),
+        "{refused:?}"
+    );
     let unroutable = c.node.tcp(0, addr("10.96.0.62", 80), 100).expect("tcp");
     assert_eq!(unroutable.failed(), 100, "{unroutable:?}");
     assert_eq!(unroutable.ok(), 0, "{unroutable:?}");
@@ -128,7 +148,11 @@ fn refused_and_unroutable_connects_give_their_slots_back() {
     // More than LIMIT attempts each: had one slot leaked per failure, the limit would refuse.
     let s = c.status();
     assert_eq!(svc(&s, "default/closed:")["conn_limit_refused"], 0, "{s:#}");
-    assert_eq!(svc(&s, "default/noroute:")["conn_limit_refused"], 0, "{s:#}");
+    assert_eq!(
+        svc(&s, "default/noroute:")["conn_limit_refused"],
+        0,
+        "{s:#}"
+    );
     // The unroutable ones never reached sock_ops: sock_release gave every one of them back.
     assert!(counter(&s, "conn_released_on_sock_release") >= 100, "{s:#}");
     assert!(counter(&s, "conn_released") >= 200, "{s:#}");

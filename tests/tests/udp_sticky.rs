@@ -12,7 +12,10 @@ use meshpath_tests::{skip_unless, wait_until, ClientReport, Cluster, AGENT};
 const VIP: &str = "10.96.0.53";
 
 fn manifest(c: &Cluster, pods: &[usize]) -> String {
-    let eps: Vec<Ep> = pods.iter().map(|i| Ep::ready(c.node.pod(*i).ip())).collect();
+    let eps: Vec<Ep> = pods
+        .iter()
+        .map(|i| Ep::ready(c.node.pod(*i).ip()))
+        .collect();
     docs(&[
         service("dns", VIP, 53, "5353", "UDP", ""),
         endpoint_slice("dns", 5353, "UDP", &eps),
@@ -85,8 +88,10 @@ fn the_socket_moves_only_when_its_backend_leaves_the_service() {
         for remaining in [&[2usize, 3][..], &[3][..]] {
             let hits = counter(&c.status(), "udp_sticky_hit");
             assert!(
-                wait_until(Duration::from_secs(3), || counter(&c.status(), "udp_sticky_hit")
-                    >= hits + 20),
+                wait_until(Duration::from_secs(3), || counter(
+                    &c.status(),
+                    "udp_sticky_hit"
+                ) >= hits + 20),
                 "the exchange is not going on"
             );
             set_backends(&c, remaining);
@@ -108,7 +113,11 @@ fn the_socket_moves_only_when_its_backend_leaves_the_service() {
     assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{r:?}");
     // And every move was because its backend had left (not a timeout, not a fresh pick).
     let s = c.status();
-    assert_eq!(counter(&s, "udp_sticky_stale"), names.len() as u64 - 1, "{s:#}");
+    assert_eq!(
+        counter(&s, "udp_sticky_stale"),
+        names.len() as u64 - 1,
+        "{s:#}"
+    );
     assert_eq!(counter(&s, "udp_sticky_expired"), 0, "{s:#}");
 }
 

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{MapError, PerCpuValues};
 use meshpath_common::{
-    ServiceKey, ServiceName, ServiceStats, ServiceValue, SockLimit, MAP_BACKENDS,
-    MAP_CONN_MAX, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED, MAP_SERVICES, MAP_SLOT_GRP,
-    MAP_SVC_NAMES, MAP_SVC_STATS,
+    ServiceKey, ServiceName, ServiceStats, ServiceValue, SockLimit, MAP_BACKENDS, MAP_CONN_MAX,
+    MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED, MAP_SERVICES, MAP_SLOT_GRP, MAP_SVC_NAMES,
+    MAP_SVC_STATS,
 };
 
 use meshpath_compile::MapContents;
@@ -140,8 +140,7 @@ pub fn apply(
         stats.deletes += 1;
     }
     // 3a. Pairs no slot names any more: a remembered choice of them is dropped by the programs.
-    stats.members_removed =
-        crate::members::remove_stale(maps, &desired_members, &current_members)?;
+    stats.members_removed = crate::members::remove_stale(maps, &desired_members, &current_members)?;
     // 3b. Slot targets no slot has any more: after the headers that stopped using them.
     remove_stale_slot_limits(maps, desired, &current_slot_limits, &mut stats)?;
     // 4. Backends no slot names any more.

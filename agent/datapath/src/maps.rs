@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
-    ServiceValue, SockKey, SockLimit, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONN_ACTIVE,
-    MAP_CONN_MAX, MAP_COUNTERS, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED,
-    MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_BACKENDS, MAP_SVC_NAMES, MAP_SVC_STATS,
-    SvcBackendKey,
+    ServiceValue, SockKey, SockLimit, SvcBackendKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
+    MAP_CONN_ACTIVE, MAP_CONN_MAX, MAP_COUNTERS, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES,
+    MAP_GRP_REFUSED, MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_BACKENDS, MAP_SVC_NAMES,
+    MAP_SVC_STATS,
 };
 
 use super::DatapathError;

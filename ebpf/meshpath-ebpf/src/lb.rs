@@ -85,7 +85,10 @@ fn by_affinity(
     }
     let slot = pick_slot(svc, count)?;
     let (backend_id, backend) = backend_in_slot(key, slot)?;
-    if MP_AFFINITY.insert(&aff_key, &remembered(backend_id, slot, now), 0).is_err() {
+    if MP_AFFINITY
+        .insert(&aff_key, &remembered(backend_id, slot, now), 0)
+        .is_err()
+    {
         bump(Reason::AffinityUpdateFailed);
     }
     Ok((slot, backend))
@@ -106,7 +109,13 @@ fn by_socket(
     // SAFETY: `bpf_ktime_get_ns` has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout_ns = sticky.timeout_sec as u64 * NS_PER_SEC;
-    match recall(MP_UDP_STICKY.get_ptr_mut(&sticky_key), key, svc, now, timeout_ns) {
+    match recall(
+        MP_UDP_STICKY.get_ptr_mut(&sticky_key),
+        key,
+        svc,
+        now,
+        timeout_ns,
+    ) {
         Recall::Fresh(slot, backend) => {
             bump(Reason::UdpStickyHit);
             return Ok((slot, backend));

@@ -1,5 +1,5 @@
 //! Backend choice in the kernel: random stays within statistical bounds, round robin is exact,
-//! `sessionAffinity: ClientIP` sticks until its timeout.
+//! `sessionAffinity: ClientIP` sticks until its timeout or until its backend leaves.
 
 use std::time::{Duration, Instant};
 
@@ -134,4 +134,48 @@ fn client_ip_affinity_sticks_until_its_timeout() {
             .expect("hits")
             >= 99 + 49 + 20 + 19
     );
+}
+
+#[test]
+fn client_ip_affinity_ends_when_its_backend_leaves_and_only_then() {
+    skip_unless!(AGENT);
+    let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 600\n";
+    let c = start("", affinity, 4);
+    let first = c.node.tcp(0, addr("10.96.0.10", 80), 20).expect("tcp");
+    assert_eq!(first.counts.len(), 1, "{first:?}");
+    let stuck = first.counts.keys().next().expect("one backend").clone();
+    let rest: Vec<usize> = (1..=3).filter(|i| format!("web-{i}") != stuck).collect();
+    // Another backend leaving does not move the client (its pair is still in the service).
+    let keep: Vec<usize> = (1..=3).filter(|i| *i != rest[0]).collect();
+    set_endpoints(&c, &keep);
+    let again = c.node.tcp(0, addr("10.96.0.10", 80), 20).expect("tcp");
+    assert_eq!(again.count(&stuck), 20, "{again:?}");
+    assert_eq!(counter(&c.status(), "affinity_stale"), 0);
+    // Its own backend leaving does, at the next connect, without the agent touching the LRU.
+    set_endpoints(&c, &[rest[1]]);
+    let moved = c.node.tcp(0, addr("10.96.0.10", 80), 20).expect("tcp");
+    assert_eq!(moved.count(&format!("web-{}", rest[1])), 20, "{moved:?}");
+    let s = c.status();
+    assert_eq!(counter(&s, "affinity_stale"), 1, "{s:#}");
+    assert_eq!(counter(&s, "affinity_update_failed"), 0, "{s:#}");
+}
+
+fn set_endpoints(c: &Cluster, pods: &[usize]) {
+    let eps: Vec<Ep> = pods
+        .iter()
+        .map(|i| Ep::ready(c.node.pod(*i).ip()))
+        .collect();
+    let affinity = "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 600\n";
+    c.write(
+        "web.yaml",
+        &docs(&[
+            service("web", "10.96.0.10", 80, "8080", "TCP", affinity),
+            endpoint_slice("web", 8080, "TCP", &eps),
+        ]),
+    );
+    let want = pods.len();
+    c.wait_status("web backends updated", Duration::from_secs(5), |s| {
+        meshpath_tests::agent::service(s, "default/web:")
+            .is_some_and(|w| w["backends"].as_array().map(Vec::len) == Some(want))
+    });
 }

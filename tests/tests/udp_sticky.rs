@@ -100,6 +100,7 @@ fn the_socket_moves_only_when_its_backend_leaves_the_service() {
     });
     assert_eq!(r.failed(), 0, "{r:?}");
     assert_eq!(r.session_breaks, 0, "{r:?}");
+    eprintln!("udp_sticky: runs {:?}, datagrams {}", r.runs, r.ok());
     let names: Vec<&str> = r.runs.iter().map(|(n, _)| n.as_str()).collect();
     // A backend is left only when it leaves, never for one still serving, never returned to.
     assert_eq!(names.last(), Some(&"web-3"), "{r:?}");

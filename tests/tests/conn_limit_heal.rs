@@ -125,6 +125,21 @@ fn spawn_stuck_connect(c: &Cluster, pod: usize, vip: &str) -> u32 {
     p.spawn(cmd).expect("spawn")
 }
 
+/// The sample `meshpath_kernel_events_total{reason="REASON"}` of the agent's `/metrics`.
+fn metric(c: &Cluster, reason: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let admin = c.agent.admin_addr().expect("admin address");
+    let mut s = std::net::TcpStream::connect(admin).expect("admin listener");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let series = format!("meshpath_kernel_events_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.trim().parse().expect("integer sample"))
+}
+
 fn kill9(pid: u32) {
     // SAFETY: kill(2) on a process this test started (a child the node reaps).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
@@ -162,7 +177,11 @@ fn refused_and_unroutable_connects_give_their_slots_back() {
         "conn_limit_id_invalid",
     ] {
         assert_eq!(counter(&s, failure), 0, "{failure}: {s:#}");
+        // Failure counters are exported even at 0, so an alert can be written on them.
+        assert_eq!(metric(&c, failure), Some(0), "{failure}");
     }
+    let released = metric(&c, "conn_released_on_sock_release").expect("exported");
+    assert!(released >= 100, "{released}");
 }
 
 #[test]

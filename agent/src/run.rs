@@ -180,13 +180,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             RunningSource::Kube(source)
         }
     };
+    let opt_in = cfg.features.socket_redirect == meshpath_datapath::RedirectScope::OptIn;
+    if opt_in {
+        own_cgroup_redirected(&cfg, &mut datapath);
+    }
     let mut reconciler = Reconciler::new(
         cfg.compile.clone(),
         cfg.features.connection_limits,
         proxy,
         l7_tx,
     )
-    .with_dns(dns);
+    .with_dns(dns)
+    .with_redirect_opt_in(opt_in);
     let mut coverage = crate::coverage::Reporter::default();
     // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
     // directories, so it runs only when the pods changed, not on every endpoint change.
@@ -318,6 +323,31 @@ fn span_exporter(
     })?;
     tracing::info!(collector = %url, format = ?cfg.trace.format, "exporting proxy spans");
     Ok(Some(exporter))
+}
+
+/// In the opt-in scope the node proxy's connections to backends are redirected too: connect4
+/// recognises them by the agent's cgroup id (the inode number of its cgroup v2 directory).
+/// Without it they take the TCP path, which is safe; hence a warning, not a failure.
+fn own_cgroup_redirected(cfg: &AgentConfig, datapath: &mut Datapath) {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_owned()))
+        });
+    let Some(path) = own else {
+        warn!("own cgroup v2 path unknown: the proxy's upstream sockets are not redirected");
+        return;
+    };
+    let dir = cfg.cgroup_mount.join(path.trim_start_matches('/'));
+    match std::fs::metadata(&dir) {
+        Ok(m) => match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, m.ino()) {
+            Ok(()) => info!(cgroup = %dir.display(), id = m.ino(), "proxy's connects redirected in the opt-in scope"),
+            Err(error) => warn!(%error, "proxy's upstream sockets are not redirected"),
+        },
+        Err(error) => warn!(%error, cgroup = %dir.display(), "own cgroup not found: the proxy's upstream sockets are not redirected"),
+    }
 }
 
 fn join_cgroup(cgroup: &std::path::Path) -> Result<(), Box<AgentError>> {

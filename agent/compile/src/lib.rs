@@ -15,6 +15,7 @@ pub mod ejection;
 mod error;
 pub mod l7;
 pub mod lb;
+pub mod redirect;
 pub mod limits;
 mod resolve;
 pub mod steer;

@@ -8,7 +8,7 @@ use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
     ServiceValue, SockKey, SockLimit, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONN_ACTIVE,
     MAP_CONN_MAX, MAP_COUNTERS, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES, MAP_GRP_REFUSED,
-    MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
+    MAP_REDIRECT_CGROUPS, MAP_REDIRECT_PODS, MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 use super::DatapathError;
@@ -36,6 +36,10 @@ pub struct DatapathMaps {
     pub grp_refused: PerCpuArray<MapData, u64>,
     /// group id → the destination's cluster name, for `meshpath status`.
     pub grp_names: HashMap<MapData, u32, ServiceName>,
+    /// Opted-in pod IPs (network order) → 1, for socket redirection's opt-in scope.
+    pub redirect_pods: HashMap<MapData, u32, u32>,
+    /// cgroup ids whose connects may be redirected (the agent's own) → 1.
+    pub redirect_cgroups: HashMap<MapData, u64, u32>,
 }
 
 impl DatapathMaps {
@@ -89,6 +93,8 @@ impl DatapathMaps {
             grp_active: typed(MAP_GRP_ACTIVE, get(MAP_GRP_ACTIVE))?,
             grp_refused: typed(MAP_GRP_REFUSED, get(MAP_GRP_REFUSED))?,
             grp_names: typed(MAP_GRP_NAMES, get(MAP_GRP_NAMES))?,
+            redirect_pods: typed(MAP_REDIRECT_PODS, get(MAP_REDIRECT_PODS))?,
+            redirect_cgroups: typed(MAP_REDIRECT_CGROUPS, get(MAP_REDIRECT_CGROUPS))?,
         })
     }
 

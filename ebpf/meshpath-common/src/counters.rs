@@ -86,10 +86,12 @@ pub enum Reason {
     ProxyFallback = 34,
     /// The same, for a frontend that fails closed: refused with ECONNREFUSED at once.
     ProxyDownRefused = 35,
+    /// An established socket not redirected: neither an opted-in pod's nor the proxy's.
+    SockNotOptedIn = 36,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 36;
+pub const REASON_COUNT: u32 = 37;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -129,6 +131,7 @@ impl Reason {
         Reason::TcpMetricsCbFlagsFailed,
         Reason::ProxyFallback,
         Reason::ProxyDownRefused,
+        Reason::SockNotOptedIn,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -170,6 +173,7 @@ impl Reason {
             Reason::TcpMetricsCbFlagsFailed => "tcp_metrics_cb_flags_failed",
             Reason::ProxyFallback => "proxy_fallback",
             Reason::ProxyDownRefused => "proxy_down_refused",
+            Reason::SockNotOptedIn => "sock_not_opted_in",
         }
     }
 
@@ -195,6 +199,7 @@ impl Reason {
                 | Reason::TcpMetricsOpened
                 | Reason::TcpMetricsNoRevNat
                 | Reason::TcpMetricsClosed
+                | Reason::SockNotOptedIn
         )
     }
 }

@@ -10,7 +10,7 @@ use meshpath_common::{
     ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, CONFIG_SLOTS, MAX_AFFINITY,
     MAX_BACKENDS, MAX_LIMIT_GROUPS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS,
     MAX_PROXY_SOCKS, MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
-    REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats,
+    MAX_REDIRECT_CGROUPS, MAX_REDIRECT_COOKIES, MAX_REDIRECT_PODS, REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -103,3 +103,15 @@ pub static MP_TCP_FLOWS: PerCpuHashMap<TcpFlowKey, TcpFlowStats> =
 /// socket cookie → the live client connection's pair and the bytes already reported.
 #[map]
 pub static MP_TCP_CONNS: HashMap<u64, TcpConn> = HashMap::pinned(MAX_TCP_CONNS, 0);
+
+/// Opted-in pod IPs (network order) → 1: their sockets may be redirected (opt-in scope).
+#[map]
+pub static MP_REDIR_PODS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_PODS, 0);
+
+/// cgroup id → 1: sockets connecting from it may be redirected (the node proxy's).
+#[map]
+pub static MP_REDIR_CGRP: HashMap<u64, u32> = HashMap::pinned(MAX_REDIRECT_CGROUPS, 0);
+
+/// Socket cookies connect4 saw connecting from an `MP_REDIR_CGRP` cgroup, until established.
+#[map]
+pub static MP_REDIR_COOK: LruHashMap<u64, u32> = LruHashMap::pinned(MAX_REDIRECT_COOKIES, 0);

@@ -183,6 +183,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let opt_in = cfg.features.socket_redirect == meshpath_datapath::RedirectScope::OptIn;
     if opt_in {
         own_cgroup_redirected(&cfg, &mut datapath);
+        let proxy = cfg.proxy.as_ref().map(|p| (p.ip, p.ports));
+        if let Err(error) = meshpath_datapath::redirect_scope::set_proxy_range(&cfg.pin_dir, proxy)
+        {
+            warn!(%error, "the proxy's accepted sockets are not redirected");
+        }
     }
     let mut reconciler = Reconciler::new(
         cfg.compile.clone(),
@@ -342,11 +347,17 @@ fn own_cgroup_redirected(cfg: &AgentConfig, datapath: &mut Datapath) {
     };
     let dir = cfg.cgroup_mount.join(path.trim_start_matches('/'));
     match std::fs::metadata(&dir) {
-        Ok(m) => match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, m.ino()) {
-            Ok(()) => info!(cgroup = %dir.display(), id = m.ino(), "proxy's connects redirected in the opt-in scope"),
-            Err(error) => warn!(%error, "proxy's upstream sockets are not redirected"),
-        },
-        Err(error) => warn!(%error, cgroup = %dir.display(), "own cgroup not found: the proxy's upstream sockets are not redirected"),
+        Ok(m) => {
+            match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, m.ino()) {
+                Ok(()) => {
+                    info!(cgroup = %dir.display(), id = m.ino(), "proxy's connects redirected in the opt-in scope")
+                }
+                Err(error) => warn!(%error, "proxy's upstream sockets are not redirected"),
+            }
+        }
+        Err(error) => {
+            warn!(%error, cgroup = %dir.display(), "own cgroup not found: the proxy's upstream sockets are not redirected")
+        }
     }
 }
 

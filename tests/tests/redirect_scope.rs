@@ -214,7 +214,15 @@ fn psql_and_pgbench_see_no_error_under_the_default() {
     let data_s = data.display().to_string();
     run_as_postgres(
         &bin.join("initdb"),
-        &["-D", &data_s, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        &[
+            "-D",
+            &data_s,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
     );
     std::fs::write(
         data.join("pg_hba.conf"),
@@ -263,7 +271,9 @@ fn psql_and_pgbench_see_no_error_under_the_default() {
     let mut psql_failed = 0;
     for i in 0..100 {
         let out = pg("psql", &["-tA", "-c", &format!("select {i} + 1")]);
-        if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != (i + 1).to_string() {
+        if !out.status.success()
+            || String::from_utf8_lossy(&out.stdout).trim() != (i + 1).to_string()
+        {
             psql_failed += 1;
             eprintln!("psql {i}: {out:?}");
         }

@@ -15,8 +15,8 @@ pub mod ejection;
 mod error;
 pub mod l7;
 pub mod lb;
-pub mod redirect;
 pub mod limits;
+pub mod redirect;
 mod resolve;
 pub mod steer;
 #[cfg(test)]

@@ -112,5 +112,8 @@ pub fn set_enabled(config: &mut Array<MapData, u32>, on: bool) -> Result<(), Red
     }
     // The scope the agent chose stays.
     let state = if on { REDIRECT_ON } else { REDIRECT_PAUSED };
-    Ok(write_mode(config, (current & !REDIRECT_STATE_MASK) | state)?)
+    Ok(write_mode(
+        config,
+        (current & !REDIRECT_STATE_MASK) | state,
+    )?)
 }

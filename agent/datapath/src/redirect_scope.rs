@@ -55,3 +55,30 @@ pub fn set_own_cgroup(maps: &mut DatapathMaps, cgroup_id: u64) -> Result<(), Dat
     }
     maps.redirect_cgroups.insert(cgroup_id, 1, 0).map_err(err)
 }
+
+/// The node proxy's listener address range (its IP, its `--proxy-ports`), whose accepted
+/// sockets are the proxy's own; `None` clears it (no proxy). Opened from the pin directory, as
+/// the map is written once at start.
+pub fn set_proxy_range(
+    pin_dir: &std::path::Path,
+    proxy: Option<(Ipv4Addr, (u16, u16))>,
+) -> Result<(), DatapathError> {
+    use aya::maps::{Array, Map, MapData};
+    use meshpath_common::{
+        MAP_REDIRECT_PROXY, REDIRECT_PROXY_IP, REDIRECT_PROXY_PORT_FIRST, REDIRECT_PROXY_PORT_LAST,
+    };
+    let name = MAP_REDIRECT_PROXY;
+    let err = |source| DatapathError::Map { name, source };
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(err)?;
+    let mut map: Array<MapData, u32> = Map::from_map_data(data)
+        .map_err(err)?
+        .try_into()
+        .map_err(err)?;
+    let (ip, first, last) = match proxy {
+        Some((ip, (first, last))) => (ipv4_be(ip.octets()), u32::from(first), u32::from(last)),
+        None => (0, 0, 0),
+    };
+    map.set(REDIRECT_PROXY_PORT_FIRST, first, 0).map_err(err)?;
+    map.set(REDIRECT_PROXY_PORT_LAST, last, 0).map_err(err)?;
+    map.set(REDIRECT_PROXY_IP, ip, 0).map_err(err)
+}

@@ -99,6 +99,17 @@ pub const REDIRECT_OPT_IN: u32 = 4;
 /// Written by the agent.
 pub const MAP_REDIRECT_PODS: &str = "MP_REDIR_PODS";
 pub const MAX_REDIRECT_PODS: u32 = 65_536;
+/// The node proxy's listening address range, for the opt-in scope: slot
+/// [`REDIRECT_PROXY_IP`] its IPv4 address (network order, 0: no proxy), slots
+/// [`REDIRECT_PROXY_PORT_FIRST`]..=[`REDIRECT_PROXY_PORT_LAST`] its listener ports (host
+/// order). An accepted socket whose local address falls in it is the proxy's. (A sockhash lookup
+/// of the listener, as connect4 does, would hand sock_ops a referenced socket it has no helper
+/// to release.) Written by the agent.
+pub const MAP_REDIRECT_PROXY: &str = "MP_REDIR_PROXY";
+pub const REDIRECT_PROXY_IP: u32 = 0;
+pub const REDIRECT_PROXY_PORT_FIRST: u32 = 1;
+pub const REDIRECT_PROXY_PORT_LAST: u32 = 2;
+pub const REDIRECT_PROXY_SLOTS: u32 = 3;
 /// cgroup ids whose connecting sockets may be redirected in the opt-in scope: the agent's own
 /// (the node proxy's connections to backends). Written by the agent.
 pub const MAP_REDIRECT_CGROUPS: &str = "MP_REDIR_CGRP";

@@ -10,7 +10,7 @@ use meshpath_common::{
     ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, CONFIG_SLOTS, MAX_AFFINITY,
     MAX_BACKENDS, MAX_LIMIT_GROUPS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS,
     MAX_PROXY_SOCKS, MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
-    MAX_REDIRECT_CGROUPS, MAX_REDIRECT_COOKIES, MAX_REDIRECT_PODS, REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats,
+    REDIRECT_PROXY_SLOTS, MAX_REDIRECT_CGROUPS, MAX_REDIRECT_COOKIES, MAX_REDIRECT_PODS, REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -115,3 +115,7 @@ pub static MP_REDIR_CGRP: HashMap<u64, u32> = HashMap::pinned(MAX_REDIRECT_CGROU
 /// Socket cookies connect4 saw connecting from an `MP_REDIR_CGRP` cgroup, until established.
 #[map]
 pub static MP_REDIR_COOK: LruHashMap<u64, u32> = LruHashMap::pinned(MAX_REDIRECT_COOKIES, 0);
+
+/// The node proxy's listener address range (see `meshpath_common::MAP_REDIRECT_PROXY`).
+#[map]
+pub static MP_REDIR_PROXY: Array<u32> = Array::pinned(REDIRECT_PROXY_SLOTS, 0);

@@ -44,7 +44,7 @@ pub fn steering(svc: &ServiceValue) -> Steering {
 
 /// Whether a proxy socket is in the sockhash under `listener`.
 #[inline(always)]
-pub fn listening(listener: &Backend) -> bool {
+fn listening(listener: &Backend) -> bool {
     let key = *listener;
     // SAFETY: `SockHash` is `repr(transparent)` over its map definition, so its address is the
     // map pointer the helper takes; the key is a live stack value of the map's key type.

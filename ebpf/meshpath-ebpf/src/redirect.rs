@@ -12,7 +12,7 @@
 //! can return EAGAIN on a wakeup without data; blocking clients (libpq, Python's `socket`) take
 //! that for an error. So by default (`REDIRECT_OPT_IN`) only sockets known to be safe enter the
 //! SOCKHASH: those whose local address is an opted-in pod's (`MP_REDIR_PODS`), the node proxy's
-//! accepted ones (local address = one of its listeners in `MP_PROXY_SOCKS`) and its connecting
+//! accepted ones (local address in its listeners' range, `MP_REDIR_PROXY`) and its connecting
 //! ones (marked by connect4, the only program that runs in the connecting task, from the
 //! agent's cgroup id in `MP_REDIR_CGRP`). Every other socket keeps the plain TCP path.
 
@@ -24,13 +24,14 @@ use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie};
 use aya_ebpf::programs::{SkMsgContext, SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
 use meshpath_common::{
-    Backend, Reason, SockKey, CONFIG_REDIRECT, PROTO_TCP, REDIRECT_ON, REDIRECT_OPT_IN,
-    REDIRECT_PAUSED, REDIRECT_STATE_MASK,
+    Reason, SockKey, CONFIG_REDIRECT, PROTO_TCP, REDIRECT_ON, REDIRECT_OPT_IN, REDIRECT_PAUSED,
+    REDIRECT_PROXY_IP, REDIRECT_PROXY_PORT_FIRST, REDIRECT_PROXY_PORT_LAST, REDIRECT_STATE_MASK,
 };
 
 use crate::counters::{add, bump};
 use crate::maps::{
-    MP_CONFIG, MP_REDIR_CGRP, MP_REDIR_COOK, MP_REDIR_PODS, MP_SOCKS, MP_SOCK_FALLBK,
+    MP_CONFIG, MP_REDIR_CGRP, MP_REDIR_COOK, MP_REDIR_PODS, MP_REDIR_PROXY, MP_SOCKS,
+    MP_SOCK_FALLBK,
 };
 
 const AF_INET: u32 = 2;
@@ -138,13 +139,13 @@ fn opted_in(ctx: &SockOpsContext, k: &SockKey) -> bool {
         return true;
     }
     if ctx.op() == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        let local = Backend {
-            ip_be: k.local_ip_be,
-            port_be: k.local_port.to_be(),
-            proto: PROTO_TCP,
-            _pad0: 0,
-        };
-        return crate::proxy::listening(&local);
+        let slot = |i| MP_REDIR_PROXY.get(i).copied().unwrap_or(0);
+        let ip = slot(REDIRECT_PROXY_IP);
+        let port = u32::from(k.local_port);
+        return ip != 0
+            && ip == k.local_ip_be
+            && port >= slot(REDIRECT_PROXY_PORT_FIRST)
+            && port <= slot(REDIRECT_PROXY_PORT_LAST);
     }
     // SAFETY: sock_ops hands a valid context to the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

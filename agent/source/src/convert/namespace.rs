@@ -25,7 +25,12 @@ pub fn socket_redirect(
         "true" => Some(true),
         "false" => Some(false),
         other => {
-            tracing::warn!(object, value = other, annotation = SOCKET_REDIRECT_ANNOTATION, "annotation is neither \"true\" nor \"false\"; ignored");
+            tracing::warn!(
+                object,
+                value = other,
+                annotation = SOCKET_REDIRECT_ANNOTATION,
+                "annotation is neither \"true\" nor \"false\"; ignored"
+            );
             None
         }
     }
@@ -63,7 +68,10 @@ mod tests {
     fn reads_the_opt_in() {
         let on = namespace(&ns(Some("true"))).unwrap();
         assert_eq!((on.name.as_str(), on.socket_redirect), ("shop", Some(true)));
-        assert_eq!(namespace(&ns(Some("false"))).unwrap().socket_redirect, Some(false));
+        assert_eq!(
+            namespace(&ns(Some("false"))).unwrap().socket_redirect,
+            Some(false)
+        );
         assert_eq!(namespace(&ns(None)).unwrap().socket_redirect, None);
         assert_eq!(namespace(&ns(Some("yes"))).unwrap().socket_redirect, None);
     }

@@ -335,30 +335,49 @@ fn span_exporter(
 /// Without it they take the TCP path, which is safe; hence a warning, not a failure.
 fn own_cgroup_redirected(cfg: &AgentConfig, datapath: &mut Datapath) {
     use std::os::unix::fs::MetadataExt;
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_owned()))
-        });
-    let Some(path) = own else {
-        warn!("own cgroup v2 path unknown: the proxy's upstream sockets are not redirected");
+    let Some(dir) = own_cgroup_dir(cfg) else {
+        warn!("own cgroup v2 directory not found: the proxy's upstream sockets are not redirected");
         return;
     };
-    let dir = cfg.cgroup_mount.join(path.trim_start_matches('/'));
-    match std::fs::metadata(&dir) {
-        Ok(m) => {
-            match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, m.ino()) {
-                Ok(()) => {
-                    info!(cgroup = %dir.display(), id = m.ino(), "proxy's connects redirected in the opt-in scope")
-                }
-                Err(error) => warn!(%error, "proxy's upstream sockets are not redirected"),
-            }
-        }
+    let id = match std::fs::metadata(&dir) {
+        Ok(m) => m.ino(),
         Err(error) => {
-            warn!(%error, cgroup = %dir.display(), "own cgroup not found: the proxy's upstream sockets are not redirected")
+            warn!(%error, cgroup = %dir.display(), "own cgroup unreadable: the proxy's upstream sockets are not redirected");
+            return;
         }
+    };
+    match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, id) {
+        Ok(()) => {
+            info!(cgroup = %dir.display(), id, "the proxy's connects are redirected in the opt-in scope")
+        }
+        Err(error) => warn!(%error, "the proxy's upstream sockets are not redirected"),
     }
+}
+
+/// `--agent-cgroup` when given (the agent moved itself there); else the path of
+/// /proc/self/cgroup under a cgroup v2 mount (`--cgroup-mount`, or any in /proc/self/mounts:
+/// hybrid hosts mount it at /sys/fs/cgroup/unified).
+fn own_cgroup_dir(cfg: &AgentConfig) -> Option<PathBuf> {
+    if let Some(dir) = &cfg.agent_cgroup {
+        return Some(dir.clone());
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim()
+        .trim_start_matches('/')
+        .to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let v2_mounts = mounts.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(at))
+    });
+    std::iter::once(cfg.cgroup_mount.clone())
+        .chain(v2_mounts)
+        .map(|m| m.join(&rel))
+        .find(|d| d.join("cgroup.procs").exists())
 }
 
 fn join_cgroup(cgroup: &std::path::Path) -> Result<(), Box<AgentError>> {

@@ -250,7 +250,8 @@ fn proxy_sockets_of_opted_in_pods_are_redirected_in_the_default_scope() {
     let redirected = counter(&s, "msg_redirected");
     assert!(
         redirected >= 4 * 200,
-        "only {redirected} messages redirected: {s:#}"
+        "only {redirected} messages redirected: {s:#}\nagent log:\n{}",
+        c.agent.log()
     );
     assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
 }

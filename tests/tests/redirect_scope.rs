@@ -126,8 +126,12 @@ fn an_opted_in_workload_is_redirected_and_a_pod_can_opt_out() {
     assert_eq!(r["conns"], CONNS, "{r}");
     let inserted = counter(&s, "sock_inserted") - counter(&before, "sock_inserted");
     assert!(inserted >= 2 * CONNS, "{inserted} inserted: {s:#}");
+    // Every reply that arrived whole went socket to socket. (Some of these blocking clients
+    // may fail with BlockingIOError: the very reason only opted-in workloads are redirected.)
+    let whole = r["ok"].as_u64().expect("ok count");
+    assert!(whole > 0, "{r}");
     assert!(
-        counter(&s, "msg_redirected_bytes") >= CONNS * REPLY,
+        counter(&s, "msg_redirected_bytes") >= whole * REPLY,
         "replies must be redirected: {s:#}"
     );
     // The opted-out pod's sockets stay on TCP; the server's end (opted in) finds no peer.

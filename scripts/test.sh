@@ -16,5 +16,8 @@ export MESHPATH_PROM_PYTHON
 # The service-graph test loads the agent's /ui page in a real headless Chromium.
 MESHPATH_CHROMIUM=$(bash scripts/chromium.sh)
 export MESHPATH_CHROMIUM
+# The socket-redirection tests run psql/pgbench against a real PostgreSQL.
+MESHPATH_POSTGRES_BIN=$(bash scripts/postgres.sh)
+export MESHPATH_POSTGRES_BIN
 export PATH="$HOME/.cargo/bin:$PATH"
 exec cargo xtask test "$@"

@@ -79,7 +79,7 @@ pub enum Command {
     /// Detach meshpath's programs and remove its pinned maps.
     Cleanup(PinDirArg),
     /// Switch same-node socket redirection on or off at run time, for new connections (the agent
-    /// must have been started with `--socket-redirect true` for `on` to have an effect).
+    /// must have been started with `--socket-redirect opt-in` or `all` for `on` to have an effect).
     Redirect(RedirectArgs),
     /// Check manifests (Kubernetes and Istio VirtualService/DestinationRule YAML) the way the agent
     /// would, without loading anything: one line per problem on stdout (file, line, object, field,
@@ -243,9 +243,13 @@ pub struct AgentArgs {
     #[arg(long, env = ENV_UDP_STICKY_TIMEOUT, default_value_t = 120)]
     pub udp_sticky_timeout: u32,
     /// Hand bytes between two sockets of the managed cgroups on this node directly (sock_ops +
-    /// sk_msg), skipping TCP/IP. Off: the programs are not attached.
-    #[arg(long, env = ENV_SOCKET_REDIRECT, default_value_t = false, action = clap::ArgAction::Set)]
-    pub socket_redirect: bool,
+    /// sk_msg), skipping TCP/IP. A redirected socket's blocking `recv()` can return EAGAIN, which
+    /// blocking clients (libpq, Python's `socket`) take for an error, so by default (`opt-in`)
+    /// only the node proxy's own sockets and those of pods annotated (or in a namespace
+    /// annotated) `meshpath.io/socket-redirect: "true"` are redirected. `all`: every socket
+    /// (`true` is accepted for it). `off` (or `false`): sk_msg is not attached.
+    #[arg(long, env = ENV_SOCKET_REDIRECT, value_enum, default_value_t = SocketRedirectArg::OptIn)]
+    pub socket_redirect: SocketRedirectArg,
     /// Enforce DestinationRule `connectionPool.tcp.maxConnections` in the kernel for services on
     /// the pure kernel path (connect4 counts, sock_ops releases). Off: no limit, sock_ops not
     /// attached for it.
@@ -459,7 +463,7 @@ impl From<&AgentArgs> for AgentConfig {
             features: Features {
                 connect_lb: a.connect_lb,
                 udp_datagram_lb: a.udp_datagram_lb,
-                socket_redirect: a.socket_redirect,
+                socket_redirect: a.socket_redirect.into(),
                 connection_limits: a.connection_limits,
                 tcp_metrics: a.tcp_metrics,
                 tcp_metrics_sample_ms: a.tcp_metrics_sample_ms,
@@ -539,3 +543,26 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// `--socket-redirect`: which sockets same-node redirection applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketRedirectArg {
+    /// Not attached.
+    #[value(alias = "false")]
+    Off,
+    /// The node proxy's sockets and opted-in pods' only.
+    OptIn,
+    /// Every socket of the managed cgroups.
+    #[value(alias = "true")]
+    All,
+}
+
+impl From<SocketRedirectArg> for meshpath_datapath::RedirectScope {
+    fn from(a: SocketRedirectArg) -> Self {
+        match a {
+            SocketRedirectArg::Off => Self::Off,
+            SocketRedirectArg::OptIn => Self::OptIn,
+            SocketRedirectArg::All => Self::All,
+        }
+    }
+}

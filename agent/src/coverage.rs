@@ -93,6 +93,7 @@ mod tests {
             },
             workload: name.into(),
             trace_sampling_hundredths: None,
+            socket_redirect: None,
         }
     }
 

@@ -267,6 +267,8 @@ mod tests {
             counters: [("connect_translated", 7)].into_iter().collect(),
             socket_redirect: RedirectStatus {
                 new_connections: false,
+                scope: "off",
+                opted_in_pods: 0,
                 sockhash_entries: 0,
             },
         }

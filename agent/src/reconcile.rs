@@ -50,6 +50,10 @@ pub struct Reconciler {
     applied: Option<meshpath_compile::MapContents>,
     /// The DNS proxy, when DNS capture is on (`crate::dns`).
     dns: Option<crate::dns::DnsServer>,
+    /// Socket redirection's opt-in scope: the opted-in pod addresses last written (`None`:
+    /// scope not in use, or the map must be read back).
+    redirect_pods: Option<std::collections::BTreeSet<Ipv4Addr>>,
+    redirect_opt_in: bool,
 }
 
 impl Reconciler {
@@ -71,7 +75,16 @@ impl Reconciler {
             ejected: Default::default(),
             applied: None,
             dns: None,
+            redirect_pods: None,
+            redirect_opt_in: false,
         }
+    }
+
+    /// Keeps the kernel's set of opted-in pods (`meshpath.io/socket-redirect`) in step with
+    /// the model, for socket redirection's opt-in scope.
+    pub fn with_redirect_opt_in(mut self, on: bool) -> Self {
+        self.redirect_opt_in = on;
+        self
     }
 
     /// Captures the pods' DNS queries through `dns` from the next reconcile on.
@@ -91,6 +104,7 @@ impl Reconciler {
     }
 
     pub fn reconcile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
+        self.redirect_scope(model, maps);
         let started = std::time::Instant::now();
         let (mut next, errors) = compile(model, &self.opts, &self.compiled);
         let compiled_at = started.elapsed();
@@ -218,6 +232,31 @@ impl Reconciler {
             Err(e) => {
                 self.applied = None;
                 error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed")
+            }
+        }
+    }
+}
+
+impl Reconciler {
+    fn redirect_scope(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
+        if !self.redirect_opt_in {
+            return;
+        }
+        let wanted = meshpath_compile::redirect::opted_in_pod_ips(model);
+        if self.redirect_pods.as_ref() == Some(&wanted) {
+            return;
+        }
+        match meshpath_datapath::redirect_scope::write_pods(maps, &wanted) {
+            Ok((added, removed)) => {
+                info!(
+                    opted_in = wanted.len(),
+                    added, removed, "socket redirection: opted-in pods"
+                );
+                self.redirect_pods = Some(wanted);
+            }
+            Err(e) => {
+                self.redirect_pods = None;
+                error!(error = %e, source = ?std::error::Error::source(&e), "opted-in pods not written; retried on the next change");
             }
         }
     }

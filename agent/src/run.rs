@@ -180,13 +180,23 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             RunningSource::Kube(source)
         }
     };
+    let opt_in = cfg.features.socket_redirect == meshpath_datapath::RedirectScope::OptIn;
+    if opt_in {
+        own_cgroup_redirected(&cfg, &mut datapath);
+        let proxy = cfg.proxy.as_ref().map(|p| (p.ip, p.ports));
+        if let Err(error) = meshpath_datapath::redirect_scope::set_proxy_range(&cfg.pin_dir, proxy)
+        {
+            warn!(%error, "the proxy's accepted sockets are not redirected");
+        }
+    }
     let mut reconciler = Reconciler::new(
         cfg.compile.clone(),
         cfg.features.connection_limits,
         proxy,
         l7_tx,
     )
-    .with_dns(dns);
+    .with_dns(dns)
+    .with_redirect_opt_in(opt_in);
     let mut coverage = crate::coverage::Reporter::default();
     // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
     // directories, so it runs only when the pods changed, not on every endpoint change.
@@ -318,6 +328,56 @@ fn span_exporter(
     })?;
     tracing::info!(collector = %url, format = ?cfg.trace.format, "exporting proxy spans");
     Ok(Some(exporter))
+}
+
+/// In the opt-in scope the node proxy's connections to backends are redirected too: connect4
+/// recognises them by the agent's cgroup id (the inode number of its cgroup v2 directory).
+/// Without it they take the TCP path, which is safe; hence a warning, not a failure.
+fn own_cgroup_redirected(cfg: &AgentConfig, datapath: &mut Datapath) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = own_cgroup_dir(cfg) else {
+        warn!("own cgroup v2 directory not found: the proxy's upstream sockets are not redirected");
+        return;
+    };
+    let id = match std::fs::metadata(&dir) {
+        Ok(m) => m.ino(),
+        Err(error) => {
+            warn!(%error, cgroup = %dir.display(), "own cgroup unreadable: the proxy's upstream sockets are not redirected");
+            return;
+        }
+    };
+    match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, id) {
+        Ok(()) => {
+            info!(cgroup = %dir.display(), id, "the proxy's connects are redirected in the opt-in scope")
+        }
+        Err(error) => warn!(%error, "the proxy's upstream sockets are not redirected"),
+    }
+}
+
+/// `--agent-cgroup` when given (the agent moved itself there); else the path of
+/// /proc/self/cgroup under a cgroup v2 mount (`--cgroup-mount`, or any in /proc/self/mounts:
+/// hybrid hosts mount it at /sys/fs/cgroup/unified).
+fn own_cgroup_dir(cfg: &AgentConfig) -> Option<PathBuf> {
+    if let Some(dir) = &cfg.agent_cgroup {
+        return Some(dir.clone());
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim()
+        .trim_start_matches('/')
+        .to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let v2_mounts = mounts.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(at))
+    });
+    std::iter::once(cfg.cgroup_mount.clone())
+        .chain(v2_mounts)
+        .map(|m| m.join(&rel))
+        .find(|d| d.join("cgroup.procs").exists())
 }
 
 fn join_cgroup(cgroup: &std::path::Path) -> Result<(), Box<AgentError>> {

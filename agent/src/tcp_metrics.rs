@@ -226,6 +226,7 @@ mod tests {
             placement: Default::default(),
             workload: name.to_owned(),
             trace_sampling_hundredths: None,
+            socket_redirect: None,
         }
     }
 

@@ -369,3 +369,46 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
         "reviews with no endpoint should stay with the proxy for its 503"
     );
 }
+
+/// `meshpath.io/socket-redirect` from the API: a Namespace annotation opts its pods in, a pod's
+/// own `"false"` opts it out again, and the kernel's set of opted-in pod addresses follows.
+#[test]
+fn socket_redirect_opt_in_follows_namespace_and_pod_annotations() {
+    skip_unless!(KUBE_AGENT);
+    let node = Node::new(3).expect("node");
+    let kube = KubeCluster::start().expect("kube cluster");
+    let kubelet = kube.kubelet(NODE).expect("kubelet");
+    kube.apply_yaml(&deployment("web", "app: web", 2))
+        .expect("apply web");
+    let pods = kubelet
+        .run_pods(
+            "default",
+            "app=web",
+            &ips(&node, &[1, 2]),
+            Duration::from_secs(30),
+        )
+        .expect("pods run");
+    let a = start_agent(&node, &kube, Proxy::Off);
+    let opted_in = |n: u64| {
+        wait_until(Duration::from_secs(10), || {
+            a.status().expect("status")["socket_redirect"]["opted_in_pods"] == n
+        })
+    };
+    assert!(opted_in(0), "{}", a.log());
+    kube.kubectl_ok([
+        "annotate",
+        "namespace",
+        "default",
+        "meshpath.io/socket-redirect=true",
+    ])
+    .expect("annotate namespace");
+    assert!(opted_in(2), "namespace opt-in not applied\n{}", a.log());
+    let pod = format!("pod/{}", pods[0].name);
+    kube.kubectl_ok([
+        "annotate",
+        pod.as_str(),
+        "meshpath.io/socket-redirect=false",
+    ])
+    .expect("annotate pod");
+    assert!(opted_in(1), "pod opt-out not applied\n{}", a.log());
+}

@@ -217,3 +217,41 @@ fn proxy_sockets_get_socket_redirection_when_it_is_on() {
     );
     assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
 }
+
+/// The default scope (`opt-in`): with the client and the backends opted in (their namespace's
+/// `meshpath.io/socket-redirect`), both hops through the proxy are redirected too. The kernel
+/// recognises the proxy's accepted sockets by their listener address and its upstream ones by
+/// the agent's cgroup, which connect4 sees.
+#[test]
+fn proxy_sockets_of_opted_in_pods_are_redirected_in_the_default_scope() {
+    skip_unless!(AGENT);
+    let c = Cluster::with_proxy(5, |node| {
+        let agent_cgroup = node.cgroup_path().join("agent");
+        vec!["--agent-cgroup".into(), agent_cgroup.display().to_string()]
+    });
+    let servers = [(1, "reviews-v1"), (2, "reviews-v2"), (3, "reviews-v3")];
+    serve_reviews(&c, &servers);
+    c.write(
+        "opt-in.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n  annotations:\n    \
+             meshpath.io/socket-redirect: \"true\"\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  \
+             name: productpage\nspec:\n  containers: [{{name: c, image: x}}]\nstatus:\n  podIP: {}\n",
+            c.node.pod(0).ip()
+        ),
+    );
+    c.wait_status("four pods opted in", Duration::from_secs(5), |s| {
+        s["socket_redirect"]["opted_in_pods"] == 4
+    });
+    let r = http(&c, REVIEWS, 200, Some("end-user: jason"));
+    assert_eq!(r.count("reviews-v2"), 200, "{r:?}\n{}", c.agent.log());
+    let s = c.status();
+    assert_eq!(s["socket_redirect"]["scope"], "opt-in", "{s:#}");
+    let redirected = counter(&s, "msg_redirected");
+    assert!(
+        redirected >= 4 * 200,
+        "only {redirected} messages redirected: {s:#}\nagent log:\n{}",
+        c.agent.log()
+    );
+    assert_eq!(counter(&s, "msg_fallback_no_peer"), 0, "{s:#}");
+}

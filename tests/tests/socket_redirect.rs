@@ -233,7 +233,7 @@ fn a_peer_outside_the_managed_cgroups_is_not_redirected_and_still_works() {
 #[test]
 fn switched_off_by_flag_nothing_is_attached_and_transfers_are_exact() {
     skip_unless!(AGENT);
-    let c = start(&[]);
+    let c = start(&["--socket-redirect", "off"]);
     sink(&c, 0, &pod1(&c), MIB, MIB);
     let s = c.status();
     assert_eq!(
@@ -242,6 +242,7 @@ fn switched_off_by_flag_nothing_is_attached_and_transfers_are_exact() {
         "sock_ops must not run: {s:#}"
     );
     assert_eq!(s["socket_redirect"]["new_connections"], false);
+    assert_eq!(s["socket_redirect"]["scope"], "off");
 }
 
 #[test]

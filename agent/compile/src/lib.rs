@@ -16,6 +16,7 @@ mod error;
 pub mod l7;
 pub mod lb;
 pub mod limits;
+pub mod redirect;
 mod resolve;
 pub mod steer;
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod members;
 mod pins;
 pub mod proxy_socks;
 pub mod redirect;
+pub mod redirect_scope;
 pub mod status;
 pub mod tcp_metrics;
 
@@ -35,6 +36,24 @@ pub static EMBEDDED_OBJECT: Option<&[u8]> =
 #[cfg(not(meshpath_embedded_bpf))]
 pub static EMBEDDED_OBJECT: Option<&[u8]> = None;
 
+/// Which sockets same-node socket redirection applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectScope {
+    /// sk_msg not attached; no socket enters the SOCKHASH.
+    Off,
+    /// Only sockets known to be safe: opted-in pods' (`meshpath.io/socket-redirect`) and the
+    /// node proxy's own. A redirected socket's blocking `recv()` can return EAGAIN.
+    OptIn,
+    /// Every TCP socket of the managed cgroups.
+    All,
+}
+
+impl RedirectScope {
+    pub fn is_on(self) -> bool {
+        self != RedirectScope::Off
+    }
+}
+
 /// Which kernel features are switched on. Off means the program is not attached at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
@@ -42,8 +61,8 @@ pub struct Features {
     pub connect_lb: bool,
     /// sendmsg4 + recvmsg4: translation per datagram for unconnected UDP.
     pub udp_datagram_lb: bool,
-    /// sock_ops + sk_msg: same-node socket redirection.
-    pub socket_redirect: bool,
+    /// sock_ops + sk_msg: same-node socket redirection, and for which sockets.
+    pub socket_redirect: RedirectScope,
     /// connect4 + sock_ops: `connectionPool.tcp.maxConnections` enforced in the kernel.
     pub connection_limits: bool,
     /// sock_ops: Istio's TCP metrics of translated connections (`tcp_metrics`).

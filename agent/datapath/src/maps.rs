@@ -8,8 +8,8 @@ use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceName, ServiceStats,
     ServiceValue, SockKey, SockLimit, SvcBackendKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG,
     MAP_CONN_ACTIVE, MAP_CONN_MAX, MAP_COUNTERS, MAP_GRP_ACTIVE, MAP_GRP_MAX, MAP_GRP_NAMES,
-    MAP_GRP_REFUSED, MAP_SERVICES, MAP_SLOT_GRP, MAP_SOCKS, MAP_SVC_BACKENDS, MAP_SVC_NAMES,
-    MAP_SVC_STATS,
+    MAP_GRP_REFUSED, MAP_REDIRECT_CGROUPS, MAP_REDIRECT_PODS, MAP_SERVICES, MAP_SLOT_GRP,
+    MAP_SOCKS, MAP_SVC_BACKENDS, MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 use super::DatapathError;
@@ -39,6 +39,10 @@ pub struct DatapathMaps {
     pub grp_names: HashMap<MapData, u32, ServiceName>,
     /// {service id, backend id} pairs the slots name, written by `apply` (`members`).
     pub svc_backends: HashMap<MapData, SvcBackendKey, u8>,
+    /// Opted-in pod IPs (network order) → 1, for socket redirection's opt-in scope.
+    pub redirect_pods: HashMap<MapData, u32, u32>,
+    /// cgroup ids whose connects may be redirected (the agent's own) → 1.
+    pub redirect_cgroups: HashMap<MapData, u64, u32>,
 }
 
 impl DatapathMaps {
@@ -93,6 +97,8 @@ impl DatapathMaps {
             grp_refused: typed(MAP_GRP_REFUSED, get(MAP_GRP_REFUSED))?,
             grp_names: typed(MAP_GRP_NAMES, get(MAP_GRP_NAMES))?,
             svc_backends: typed(MAP_SVC_BACKENDS, get(MAP_SVC_BACKENDS))?,
+            redirect_pods: typed(MAP_REDIRECT_PODS, get(MAP_REDIRECT_PODS))?,
+            redirect_cgroups: typed(MAP_REDIRECT_CGROUPS, get(MAP_REDIRECT_CGROUPS))?,
         })
     }
 

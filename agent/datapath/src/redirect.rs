@@ -22,15 +22,15 @@ use aya::programs::{CgroupSock, SkMsg, SockOps};
 use aya::Ebpf;
 use meshpath_common::{
     CONFIG_REDIRECT, MAP_CONFIG, PROG_SKMSG, PROG_SOCKOPS, PROG_SOCK_RELEASE, REDIRECT_OFF,
-    REDIRECT_ON, REDIRECT_PAUSED,
+    REDIRECT_ON, REDIRECT_OPT_IN, REDIRECT_PAUSED, REDIRECT_STATE_MASK,
 };
 use tracing::info;
 
-use super::{DatapathError, DatapathMaps, Features};
+use super::{DatapathError, DatapathMaps, Features, RedirectScope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectSwitchError {
-    #[error("socket redirection is off in the running datapath (agent started without --socket-redirect true); nothing to switch")]
+    #[error("socket redirection is off in the running datapath (agent started with --socket-redirect off); nothing to switch")]
     FeatureOff,
     #[error(transparent)]
     Datapath(#[from] DatapathError),
@@ -45,13 +45,13 @@ pub fn setup(
 ) -> Result<(), DatapathError> {
     write_mode(
         &mut maps.config,
-        if features.socket_redirect {
-            REDIRECT_ON
-        } else {
-            REDIRECT_OFF
+        match features.socket_redirect {
+            RedirectScope::Off => REDIRECT_OFF,
+            RedirectScope::OptIn => REDIRECT_ON | REDIRECT_OPT_IN,
+            RedirectScope::All => REDIRECT_ON,
         },
     )?;
-    if features.socket_redirect {
+    if features.socket_redirect.is_on() {
         let prog: &mut SkMsg = super::program(ebpf, PROG_SKMSG)?;
         prog.load().map_err(|source| DatapathError::Program {
             name: PROG_SKMSG,
@@ -69,7 +69,7 @@ pub fn setup(
             .tcp_metrics
             .then_some(features.tcp_metrics_sample_ms),
     )?;
-    if !(features.socket_redirect || features.connection_limits || features.tcp_metrics) {
+    if !(features.socket_redirect.is_on() || features.connection_limits || features.tcp_metrics) {
         info!("socket redirection, connection limits and TCP metrics off: sock_ops and sk_msg not attached");
         return Ok(());
     }
@@ -98,7 +98,7 @@ pub fn setup(
     info!(
         cgroup = %cgroup_path.display(),
         conn_limit_sock_release = features.connection_limits && features.conn_limit_sock_release,
-        socket_redirect = features.socket_redirect,
+        socket_redirect = ?features.socket_redirect,
         connection_limits = features.connection_limits,
         tcp_metrics = features.tcp_metrics,
         "sock_ops attached"
@@ -123,11 +123,13 @@ pub fn set_enabled(config: &mut Array<MapData, u32>, on: bool) -> Result<(), Red
             name: MAP_CONFIG,
             source,
         })?;
-    if current == REDIRECT_OFF {
+    if current & REDIRECT_STATE_MASK == REDIRECT_OFF {
         return Err(RedirectSwitchError::FeatureOff);
     }
+    // The scope the agent chose stays.
+    let state = if on { REDIRECT_ON } else { REDIRECT_PAUSED };
     Ok(write_mode(
         config,
-        if on { REDIRECT_ON } else { REDIRECT_PAUSED },
+        (current & !REDIRECT_STATE_MASK) | state,
     )?)
 }

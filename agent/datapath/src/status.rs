@@ -33,6 +33,10 @@ pub struct Status {
 pub struct RedirectStatus {
     /// Whether new same-node connections are put in the SOCKHASH (`meshpath redirect on|off`).
     pub new_connections: bool,
+    /// `opt-in` (opted-in pods and the node proxy only), `all`, or `off`.
+    pub scope: &'static str,
+    /// Pod addresses opted in (`meshpath.io/socket-redirect`), for the opt-in scope.
+    pub opted_in_pods: usize,
     /// Sockets in the SOCKHASH now (both ends of each redirected connection).
     pub sockhash_entries: usize,
 }
@@ -192,12 +196,19 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
         .into_iter()
         .map(|(r, n)| (r.name(), n))
         .collect();
+    let mode = maps
+        .config
+        .get(&meshpath_common::CONFIG_REDIRECT, 0)
+        .map_err(map_err(meshpath_common::MAP_CONFIG))?;
     let socket_redirect = RedirectStatus {
-        new_connections: maps
-            .config
-            .get(&meshpath_common::CONFIG_REDIRECT, 0)
-            .map_err(map_err(meshpath_common::MAP_CONFIG))?
-            == 1,
+        new_connections: mode & meshpath_common::REDIRECT_STATE_MASK
+            == meshpath_common::REDIRECT_ON,
+        scope: match mode {
+            0 => "off",
+            m if m & meshpath_common::REDIRECT_OPT_IN != 0 => "opt-in",
+            _ => "all",
+        },
+        opted_in_pods: maps.redirect_pods.keys().filter(Result::is_ok).count(),
         sockhash_entries: maps.socks.keys().filter(Result::is_ok).count(),
     };
     Ok(Status {
@@ -307,7 +318,9 @@ pub fn render(status: &Status) -> String {
     let r = &status.socket_redirect;
     let _ = writeln!(
         out,
-        "socket redirection: {} for new connections, {} sockets in the sockhash",
+        "socket redirection ({}, {} pods opted in): {} for new connections, {} sockets in the sockhash",
+        r.scope,
+        r.opted_in_pods,
         if r.new_connections { "on" } else { "off" },
         r.sockhash_entries
     );

@@ -173,6 +173,20 @@ pub struct Pod {
     /// `tracing.sampling` of the `proxy.istio.io/config` annotation, in hundredths of a percent
     /// (integer so the model stays `Eq`).
     pub trace_sampling_hundredths: Option<u32>,
+    /// The `meshpath.io/socket-redirect` annotation (`"true"`/`"false"`); `None`: the
+    /// namespace's decides.
+    pub socket_redirect: Option<bool>,
+}
+
+/// A Namespace: only what meshpath reads of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Namespace {
+    /// As sources key objects (a cluster-scoped object gets namespace `default`).
+    pub id: ObjectRef,
+    /// `metadata.name`.
+    pub name: String,
+    /// The `meshpath.io/socket-redirect` annotation, for the namespace's pods without their own.
+    pub socket_redirect: Option<bool>,
 }
 
 /// Where a pod runs, for telling which local pods the attached cgroup covers.
@@ -196,6 +210,7 @@ pub struct ClusterModel {
     pub external_names: BTreeMap<ObjectRef, String>,
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
     pub pods: BTreeMap<ObjectRef, Pod>,
+    pub namespaces: BTreeMap<ObjectRef, Namespace>,
     /// Istio objects, validated on their own; their hosts are resolved by `compile::l7`.
     pub virtual_services: BTreeMap<ObjectRef, crate::istio::VirtualService>,
     pub destination_rules: BTreeMap<ObjectRef, crate::istio::DestinationRule>,

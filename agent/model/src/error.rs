@@ -13,6 +13,7 @@ pub enum ObjectKind {
     Service,
     EndpointSlice,
     Pod,
+    Namespace,
     VirtualService,
     DestinationRule,
 }
@@ -23,6 +24,7 @@ impl ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Pod => "Pod",
+            ObjectKind::Namespace => "Namespace",
             ObjectKind::VirtualService => "VirtualService",
             ObjectKind::DestinationRule => "DestinationRule",
         }

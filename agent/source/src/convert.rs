@@ -10,9 +10,11 @@ use std::fmt;
 
 mod endpoints;
 mod fields;
+mod namespace;
 mod service;
 
 pub use endpoints::{endpoint_slice, pod};
+pub use namespace::{namespace, socket_redirect, SOCKET_REDIRECT_ANNOTATION};
 pub use service::{external_name, service};
 
 /// Annotation choosing the load-balancing policy of a Service.

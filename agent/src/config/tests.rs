@@ -25,7 +25,7 @@ fn defaults() {
         Features {
             connect_lb: true,
             udp_datagram_lb: true,
-            socket_redirect: false,
+            socket_redirect: meshpath_datapath::RedirectScope::OptIn,
             connection_limits: true,
             tcp_metrics: true,
             tcp_metrics_sample_ms: 5_000,
@@ -92,7 +92,7 @@ fn off_switches_and_policy() {
         Features {
             connect_lb: false,
             udp_datagram_lb: false,
-            socket_redirect: true,
+            socket_redirect: meshpath_datapath::RedirectScope::All,
             connection_limits: false,
             tcp_metrics: true,
             tcp_metrics_sample_ms: 5_000,
@@ -255,4 +255,22 @@ fn tracing() {
     assert_eq!(c.trace.format, TraceFormatArg::Otlp);
     assert!(parse_percent("101").is_err());
     assert!(parse_percent("x").is_err());
+}
+
+#[test]
+fn socket_redirect_scopes() {
+    use meshpath_datapath::RedirectScope;
+    for (arg, want) in [
+        ("off", RedirectScope::Off),
+        ("false", RedirectScope::Off),
+        ("opt-in", RedirectScope::OptIn),
+        ("all", RedirectScope::All),
+        ("true", RedirectScope::All),
+    ] {
+        assert_eq!(
+            agent(&["--socket-redirect", arg]).features.socket_redirect,
+            want,
+            "{arg}"
+        );
+    }
 }

@@ -150,6 +150,7 @@ mod tests {
                 placement: Default::default(),
                 workload: "client".to_owned(),
                 trace_sampling_hundredths: None,
+                socket_redirect: None,
             },
         );
         m

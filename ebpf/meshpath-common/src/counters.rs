@@ -111,10 +111,12 @@ pub enum Reason {
     /// A reverse-translation entry's frontend was gone or now belonged to another service: not
     /// applied (the application sees the backend's address) and deleted.
     RevNatStale = 45,
+    /// An established socket not redirected: neither an opted-in pod's nor the proxy's.
+    SockNotOptedIn = 46,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 46;
+pub const REASON_COUNT: u32 = 47;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -164,6 +166,7 @@ impl Reason {
         Reason::UdpStickyUpdateFailed,
         Reason::AffinityStale,
         Reason::RevNatStale,
+        Reason::SockNotOptedIn,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -215,6 +218,7 @@ impl Reason {
             Reason::UdpStickyUpdateFailed => "udp_sticky_update_failed",
             Reason::AffinityStale => "affinity_stale",
             Reason::RevNatStale => "revnat_stale",
+            Reason::SockNotOptedIn => "sock_not_opted_in",
         }
     }
 
@@ -246,6 +250,7 @@ impl Reason {
                 | Reason::UdpStickyStale
                 | Reason::AffinityStale
                 | Reason::RevNatStale
+                | Reason::SockNotOptedIn
         )
     }
 }

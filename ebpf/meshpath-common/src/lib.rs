@@ -90,6 +90,39 @@ pub const CONFIG_REDIRECT: u32 = 0;
 pub const REDIRECT_OFF: u32 = 0;
 pub const REDIRECT_ON: u32 = 1;
 pub const REDIRECT_PAUSED: u32 = 2;
+/// The low bits of [`CONFIG_REDIRECT`]: off, on or paused.
+pub const REDIRECT_STATE_MASK: u32 = 3;
+/// [`CONFIG_REDIRECT`] flag, with on or paused: only sockets known to be safe are redirected
+/// (those of opted-in pods, [`MAP_REDIRECT_PODS`], and the node proxy's own), not every
+/// socket of the managed cgroups. A redirected socket's blocking `recv()` can return EAGAIN
+/// (`tcp_bpf_recvmsg`), which blocking clients take for an error. A program that predates the
+/// flag matches neither value and redirects nothing: a downgrade is safe.
+pub const REDIRECT_OPT_IN: u32 = 4;
+
+/// Pod IPv4 addresses (network order) whose sockets may be redirected in the opt-in scope:
+/// pods annotated `meshpath.io/socket-redirect: "true"` (or in a namespace so annotated).
+/// Written by the agent.
+pub const MAP_REDIRECT_PODS: &str = "MP_REDIR_PODS";
+pub const MAX_REDIRECT_PODS: u32 = 65_536;
+/// The node proxy's listening address range, for the opt-in scope: slot
+/// [`REDIRECT_PROXY_IP`] its IPv4 address (network order, 0: no proxy), slots
+/// [`REDIRECT_PROXY_PORT_FIRST`]..=[`REDIRECT_PROXY_PORT_LAST`] its listener ports (host
+/// order). An accepted socket whose local address falls in it is the proxy's. (A sockhash lookup
+/// of the listener, as connect4 does, would hand sock_ops a referenced socket it has no helper
+/// to release.) Written by the agent.
+pub const MAP_REDIRECT_PROXY: &str = "MP_REDIR_PROXY";
+pub const REDIRECT_PROXY_IP: u32 = 0;
+pub const REDIRECT_PROXY_PORT_FIRST: u32 = 1;
+pub const REDIRECT_PROXY_PORT_LAST: u32 = 2;
+pub const REDIRECT_PROXY_SLOTS: u32 = 3;
+/// cgroup ids whose connecting sockets may be redirected in the opt-in scope: the agent's own
+/// (the node proxy's connections to backends). Written by the agent.
+pub const MAP_REDIRECT_CGROUPS: &str = "MP_REDIR_CGRP";
+pub const MAX_REDIRECT_CGROUPS: u32 = 64;
+/// Socket cookies that connect4 saw connecting from a [`MAP_REDIRECT_CGROUPS`] cgroup (the
+/// only place that runs in the connecting task), read once by sock_ops when they establish.
+pub const MAP_REDIRECT_COOKIES: &str = "MP_REDIR_COOK";
+pub const MAX_REDIRECT_COOKIES: u32 = 65_536;
 
 /// Capacity of the socket → service table of the kernel connection limit (TCP sockets of limited
 /// services only). A regular hash, not LRU: an evicted entry would never be decremented.

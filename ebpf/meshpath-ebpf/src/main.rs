@@ -39,6 +39,7 @@ const ECONNREFUSED: i32 = 111;
 /// connect() of TCP and UDP sockets: ClusterIP:port → a backend's IP:targetPort.
 #[cgroup_sock_addr(connect4)]
 pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
+    redirect::mark_own_connect(&ctx);
     match try_translate(
         &ctx,
         Family::V4,
@@ -80,6 +81,7 @@ pub fn mp_getpeername4(ctx: SockAddrContext) -> i32 {
 /// The same four for dual-stack AF_INET6 sockets reaching IPv4 ClusterIPs (`::ffff:a.b.c.d`).
 #[cgroup_sock_addr(connect6)]
 pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
+    redirect::mark_own_connect(&ctx);
     match try_translate(
         &ctx,
         Family::V4MappedV6,

@@ -12,6 +12,7 @@ use meshpath_common::{
     MAX_PROXY_SOCKS, MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
     REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats, SvcBackendKey, UdpStickyKey, MAX_SVC_BACKENDS,
     MAX_UDP_STICKY,
+    REDIRECT_PROXY_SLOTS, MAX_REDIRECT_CGROUPS, MAX_REDIRECT_COOKIES, MAX_REDIRECT_PODS,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -115,3 +116,18 @@ pub static MP_UDP_STICKY: LruHashMap<UdpStickyKey, AffinityValue> =
 /// remembered choice (affinity, UDP stickiness) is checked against before it is used.
 #[map]
 pub static MP_SVC_BACKENDS: HashMap<SvcBackendKey, u8> = HashMap::pinned(MAX_SVC_BACKENDS, 0);
+/// Opted-in pod IPs (network order) → 1: their sockets may be redirected (opt-in scope).
+#[map]
+pub static MP_REDIR_PODS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_PODS, 0);
+
+/// cgroup id → 1: sockets connecting from it may be redirected (the node proxy's).
+#[map]
+pub static MP_REDIR_CGRP: HashMap<u64, u32> = HashMap::pinned(MAX_REDIRECT_CGROUPS, 0);
+
+/// Socket cookies connect4 saw connecting from an `MP_REDIR_CGRP` cgroup, until established.
+#[map]
+pub static MP_REDIR_COOK: LruHashMap<u64, u32> = LruHashMap::pinned(MAX_REDIRECT_COOKIES, 0);
+
+/// The node proxy's listener address range (see `meshpath_common::MAP_REDIRECT_PROXY`).
+#[map]
+pub static MP_REDIR_PROXY: Array<u32> = Array::pinned(REDIRECT_PROXY_SLOTS, 0);

@@ -7,16 +7,32 @@
 //! socket is marked so later messages do too; otherwise a later redirected message could overtake
 //! TCP bytes still in flight and the receiver, which reads its redirect queue first, would see them
 //! out of order.
+//!
+//! Scope: a socket in the SOCKHASH gets the kernel's `tcp_bpf_recvmsg`, whose blocking `recv()`
+//! can return EAGAIN on a wakeup without data; blocking clients (libpq, Python's `socket`) take
+//! that for an error. So by default (`REDIRECT_OPT_IN`) only sockets known to be safe enter the
+//! SOCKHASH: those whose local address is an opted-in pod's (`MP_REDIR_PODS`), the node proxy's
+//! accepted ones (local address in its listeners' range, `MP_REDIR_PROXY`) and its connecting
+//! ones (marked by connect4, the only program that runs in the connecting task, from the
+//! agent's cgroup id in `MP_REDIR_CGRP`). Every other socket keeps the plain TCP path.
 
 use aya_ebpf::bindings::{
     sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
     BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
 };
-use aya_ebpf::programs::{SkMsgContext, SockOpsContext};
-use meshpath_common::{Reason, SockKey, CONFIG_REDIRECT, REDIRECT_ON, REDIRECT_PAUSED};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie};
+use aya_ebpf::programs::{SkMsgContext, SockAddrContext, SockOpsContext};
+use aya_ebpf::EbpfContext;
+use meshpath_common::{
+    Reason, SockKey, CONFIG_REDIRECT, PROTO_TCP, REDIRECT_ON, REDIRECT_OPT_IN, REDIRECT_PAUSED,
+    REDIRECT_PROXY_IP, REDIRECT_PROXY_PORT_FIRST, REDIRECT_PROXY_PORT_LAST, REDIRECT_STATE_MASK,
+};
 
 use crate::counters::{add, bump};
-use crate::maps::{MP_CONFIG, MP_SOCKS, MP_SOCK_FALLBK};
+use crate::maps::{
+    MP_CONFIG, MP_REDIR_CGRP, MP_REDIR_COOK, MP_REDIR_PODS, MP_REDIR_PROXY, MP_SOCKS,
+    MP_SOCK_FALLBK,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -70,13 +86,18 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             // sock_ops also runs for the connection limit; redirection may be off or paused.
-            match MP_CONFIG.get(CONFIG_REDIRECT).copied() {
-                Some(REDIRECT_ON) => {}
-                Some(REDIRECT_PAUSED) => {
+            let mode = MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0);
+            match mode & REDIRECT_STATE_MASK {
+                REDIRECT_ON => {}
+                REDIRECT_PAUSED => {
                     bump(Reason::SockRedirectDisabled);
                     return Ok(0);
                 }
                 _ => return Ok(0),
+            }
+            if mode & REDIRECT_OPT_IN != 0 && !opted_in(ctx, &k) {
+                bump(Reason::SockNotOptedIn);
+                return Ok(0);
             }
             let mut k = k;
             // SAFETY: sock_ops hands a valid context; the helper only reads the socket from it.
@@ -110,6 +131,56 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
         _ => {}
     }
     Ok(0)
+}
+
+/// Whether an established socket may be redirected in the opt-in scope (see the module doc).
+#[inline(always)]
+fn opted_in(ctx: &SockOpsContext, k: &SockKey) -> bool {
+    // SAFETY: values are not dereferenced; only presence matters.
+    if unsafe { MP_REDIR_PODS.get(&k.local_ip_be) }.is_some() {
+        return true;
+    }
+    if ctx.op() == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        let slot = |i| MP_REDIR_PROXY.get(i).copied().unwrap_or(0);
+        let ip = slot(REDIRECT_PROXY_IP);
+        let port = u32::from(k.local_port);
+        return ip != 0
+            && ip == k.local_ip_be
+            && port >= slot(REDIRECT_PROXY_PORT_FIRST)
+            && port <= slot(REDIRECT_PROXY_PORT_LAST);
+    }
+    // SAFETY: sock_ops hands a valid context to the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: as above, presence only.
+    let own = unsafe { MP_REDIR_COOK.get(&cookie) }.is_some();
+    if own {
+        let _ = MP_REDIR_COOK.remove(&cookie);
+    }
+    own
+}
+
+/// connect()/connect6 of a TCP socket: remembers the sockets the node proxy connects (its
+/// cgroup is in `MP_REDIR_CGRP`), for [`opted_in`] when they establish. Only in the opt-in
+/// scope; everything else costs one array read.
+#[inline(always)]
+pub fn mark_own_connect(ctx: &SockAddrContext) {
+    let mode = MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0);
+    if mode & REDIRECT_OPT_IN == 0 || mode & REDIRECT_STATE_MASK != REDIRECT_ON {
+        return;
+    }
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    if unsafe { (*ctx.sock_addr).protocol } as u8 != PROTO_TCP {
+        return;
+    }
+    // SAFETY: no arguments; connect runs in the connecting task.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: presence only.
+    if unsafe { MP_REDIR_CGRP.get(&cgroup) }.is_none() {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = MP_REDIR_COOK.insert(&cookie, &1, 0);
 }
 
 pub fn try_skmsg(ctx: &SkMsgContext) -> Result<u32, u32> {

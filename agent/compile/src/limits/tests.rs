@@ -36,6 +36,7 @@ fn model(dr: &str, vs: &str) -> ClusterModel {
                 ParsedObject::ExternalName(id, n) => drop(m.external_names.insert(id, n)),
                 ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
                 ParsedObject::Pod(p) => drop(m.pods.insert(p.id.clone(), p)),
+                ParsedObject::Namespace(n) => drop(m.namespaces.insert(n.id.clone(), n)),
                 ParsedObject::VirtualService(v) => drop(m.virtual_services.insert(v.id.clone(), v)),
                 ParsedObject::DestinationRule(d) => {
                     drop(m.destination_rules.insert(d.id.clone(), d))

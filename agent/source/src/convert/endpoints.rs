@@ -176,6 +176,10 @@ pub fn pod(pod: &core::Pod) -> Result<Pod, ConvertError> {
             .as_ref()
             .and_then(|a| a.get(PROXY_CONFIG_ANNOTATION))
             .and_then(|c| trace_sampling(c)),
+        socket_redirect: super::socket_redirect(
+            pod.metadata.annotations.as_ref(),
+            &ctx.id().to_string(),
+        ),
         labels,
         ip,
         container_ports,

@@ -113,6 +113,13 @@ impl KubeSource {
                 errors.clone(),
                 objects::pod,
             )),
+            tokio::spawn(watch::run(
+                Api::<core::Namespace>::all(client.clone()),
+                ObjectKind::Namespace,
+                tx.clone(),
+                errors.clone(),
+                objects::namespace,
+            )),
         ];
         for kind in [ObjectKind::VirtualService, ObjectKind::DestinationRule] {
             tasks.push(tokio::spawn(watch::run_istio(

@@ -63,6 +63,14 @@ pub fn pod(pod: &core::Pod) -> Item {
     Item { id, result }
 }
 
+pub fn namespace(ns: &core::Namespace) -> Item {
+    let id = object_ref(&ns.metadata);
+    let result = convert::namespace(ns)
+        .map(|n| Some(ParsedObject::Namespace(n)))
+        .map_err(|source| SourceError::ApiInvalid { source });
+    Item { id, result }
+}
+
 /// A VirtualService or DestinationRule, validated as Istio would; warnings (fields meshpath
 /// ignores) are logged.
 pub fn istio_object(kind: ObjectKind, object: &DynamicObject) -> Item {

@@ -8,7 +8,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use meshpath_model::{EndpointSlice, ObjectRef, Pod, Service};
+use meshpath_model::{EndpointSlice, Namespace, ObjectRef, Pod, Service};
 
 use crate::convert::{self, Converted, SkipReason};
 use crate::error::{ConvertError, Invalid, ObjectKey, ObjectKind, SourceError};
@@ -24,6 +24,7 @@ pub enum ParsedObject {
     ExternalName(ObjectRef, String),
     EndpointSlice(EndpointSlice),
     Pod(Pod),
+    Namespace(Namespace),
     VirtualService(istio::VirtualService),
     DestinationRule(istio::DestinationRule),
 }
@@ -37,6 +38,7 @@ impl ParsedObject {
                 ObjectKey::new(ObjectKind::EndpointSlice, s.id.clone())
             }
             ParsedObject::Pod(p) => ObjectKey::new(ObjectKind::Pod, p.id.clone()),
+            ParsedObject::Namespace(n) => ObjectKey::new(ObjectKind::Namespace, n.id.clone()),
             ParsedObject::VirtualService(v) => {
                 ObjectKey::new(ObjectKind::VirtualService, v.id.clone())
             }
@@ -196,6 +198,13 @@ impl Parser<'_> {
                     self.converted(line, &key, result, ParsedObject::Pod);
                 }
             }
+            ("v1", "Namespace") => {
+                let key = object_key(ObjectKind::Namespace, &value);
+                if let Some(ns) = self.decode::<core::Namespace>(line, &key, value) {
+                    let result = convert::namespace(&ns).map(Converted::Accepted);
+                    self.converted(line, &key, result, ParsedObject::Namespace);
+                }
+            }
             (v, "VirtualService") if istio::is_supported_api_version(v) => {
                 let key = object_key(ObjectKind::VirtualService, &value);
                 let result = istio::virtual_service(value);
@@ -221,7 +230,7 @@ impl Parser<'_> {
                     self.document(line, item, false);
                 }
             }
-            (_, "Service" | "EndpointSlice" | "Pod") => self.unsupported_api_version(
+            (_, "Service" | "EndpointSlice" | "Pod" | "Namespace") => self.unsupported_api_version(
                 line,
                 &value,
                 api_version,

@@ -212,6 +212,9 @@ fn build(
                 ParsedObject::Pod(p) => {
                     model.pods.insert(p.id.clone(), p);
                 }
+                ParsedObject::Namespace(n) => {
+                    model.namespaces.insert(n.id.clone(), n);
+                }
                 // Their origin (file:line) was set when parsing.
                 ParsedObject::VirtualService(v) => {
                     model.virtual_services.insert(v.id.clone(), v);

@@ -27,6 +27,7 @@ impl Parser<'_> {
             "Service" => Some(ObjectKind::Service),
             "EndpointSlice" => Some(ObjectKind::EndpointSlice),
             "Pod" => Some(ObjectKind::Pod),
+            "Namespace" => Some(ObjectKind::Namespace),
             "VirtualService" => Some(ObjectKind::VirtualService),
             "DestinationRule" => Some(ObjectKind::DestinationRule),
             _ => None,

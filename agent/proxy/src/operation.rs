@@ -85,10 +85,7 @@ mod tests {
             action: RouteAction::Route(
                 dests
                     .iter()
-                    .map(|(subset, weight)| WeightedCluster {
-                        cluster: key("reviews", 9080, Some(subset)),
-                        weight: *weight,
-                    })
+                    .map(|(subset, weight)| WeightedCluster::new(key("reviews", 9080, Some(subset)), *weight))
                     .collect(),
             ),
             ..HttpRoute::default()

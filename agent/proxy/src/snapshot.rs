@@ -192,10 +192,7 @@ fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> Listener
     // the same defaults (Istio's retry policy, no timeout) as any route.
     let default = HttpRoute {
         name: Some("default".into()),
-        action: RouteAction::Route(vec![WeightedCluster {
-            cluster: sr.default_cluster.clone(),
-            weight: 100,
-        }]),
+        action: RouteAction::Route(vec![WeightedCluster::new(sr.default_cluster.clone(), 100)]),
         ..HttpRoute::default()
     };
     ListenerRt {

@@ -8,18 +8,9 @@ use meshpath_model::l7::LoadBalancer::RoundRobin;
 async fn weights_hold_over_10000_requests() {
     let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
     let split = RouteAction::Route(vec![
-        WeightedCluster {
-            cluster: key("a"),
-            weight: 70,
-        },
-        WeightedCluster {
-            cluster: key("b"),
-            weight: 20,
-        },
-        WeightedCluster {
-            cluster: key("c"),
-            weight: 10,
-        },
+        WeightedCluster::new(key("a"), 70),
+        WeightedCluster::new(key("b"), 20),
+        WeightedCluster::new(key("c"), 10),
     ]);
     let clusters = vec![
         (key("a"), cluster(&[a.addr], RoundRobin)),

@@ -93,6 +93,7 @@ mod tests {
         route_rt(&route, &|k| Dest {
             key: k.clone(),
             cluster: None,
+            ops: None,
         })
     }
 

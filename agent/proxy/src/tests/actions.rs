@@ -47,6 +47,7 @@ async fn redirects_build_the_location_like_envoy() {
         // (redirect, request path, request host, expected Location)
         (
             Redirect {
+                protocol_default_port: false,
                 uri: Some("/new".into()),
                 authority: None,
                 scheme: None,
@@ -59,6 +60,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: None,
                 authority: Some("other.ns".into()),
                 scheme: None,
@@ -71,6 +73,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: Some("/q?y=2".into()),
                 authority: None,
                 scheme: Some("https".into()),
@@ -83,6 +86,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: None,
                 authority: None,
                 scheme: None,
@@ -95,6 +99,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: None,
                 authority: None,
                 scheme: Some("https".into()),
@@ -131,7 +136,7 @@ async fn redirects_build_the_location_like_envoy() {
 async fn direct_response() {
     let body = RouteAction::DirectResponse {
         status: 418,
-        body: Some("short and stout".into()),
+        body: Some(b"short and stout"[..].into()),
     };
     let h = start(config(vec![route(vec![], body)], vec![])).await;
     let got = h.get("/").await;
@@ -183,6 +188,7 @@ async fn rewrites_follow_envoy_prefix_semantics() {
             to(&key("a")),
         );
         r.rewrite = Some(Rewrite {
+            uri_regex: None,
             uri: Some(rewrite.into()),
             authority: Some("rewritten.host".into()),
         });

@@ -13,6 +13,7 @@ mod missing_cluster;
 mod outlier;
 mod request_limits;
 mod retries;
+mod route_features;
 mod routing;
 mod span_export;
 mod tracing_ids;

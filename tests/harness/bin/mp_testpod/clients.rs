@@ -21,6 +21,7 @@ pub(crate) const KEYS: &[&str] = &[
     "duration-ms",
     "interval-ms",
     "per-request",
+    "path",
 ];
 
 /// Options shared by all client modes.
@@ -39,6 +40,8 @@ pub(crate) struct Common {
     pub(crate) interval: Duration,
     /// `http`: report every request (`requests`), not only the totals.
     pub(crate) per_request: bool,
+    /// `http`: the request target (`--path`, default `/`).
+    pub(crate) path: String,
 }
 
 impl Common {
@@ -67,6 +70,7 @@ impl Common {
             duration: a.get("duration-ms")?.map(Duration::from_millis),
             interval: Duration::from_millis(a.get("interval-ms")?.unwrap_or(0)),
             per_request: a.get::<u8>("per-request")?.unwrap_or(0) != 0,
+            path: a.get("path")?.unwrap_or_else(|| "/".to_owned()),
         })
     }
 }
@@ -275,7 +279,7 @@ pub(crate) fn http(c: &Common) -> ExitCode {
                 .map_err(|e| errno_name(&e)),
         }
         .and_then(|mut r| {
-            http_request(&mut r, c.addr, &c.headers, &c.show_headers)
+            http_request(&mut r, c, &c.headers, &c.show_headers)
                 .map(|a| (r, a))
                 .map_err(|e| recv_error_name(&e))
         });
@@ -339,7 +343,7 @@ struct Answer {
 /// One request/response.
 fn http_request(
     r: &mut BufReader<TcpStream>,
-    addr: SocketAddr,
+    c: &Common,
     headers: &[String],
     show: &[String],
 ) -> io::Result<Answer> {
@@ -351,9 +355,10 @@ fn http_request(
     let host = if has_host {
         String::new()
     } else {
-        format!("host: {addr}\r\n")
+        format!("host: {}\r\n", c.addr)
     };
-    let req = format!("GET / HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
+    let path = &c.path;
+    let req = format!("GET {path} HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
     r.get_mut().write_all(req.as_bytes())?;
     let bad = |m: &str| io::Error::new(ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();

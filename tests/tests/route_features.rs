@@ -100,10 +100,18 @@ fn delegate_routes_merge_with_their_root_and_apply_headers_rewrites_and_mirrors(
     let v1 = http(
         &c,
         APP,
-        &["--path", "/api/v1/items?q=1", "--show-header", "x-answered-by"],
+        &[
+            "--path",
+            "/api/v1/items?q=1",
+            "--show-header",
+            "x-answered-by",
+        ],
     );
     assert_eq!(v1.count("v1"), 1, "{v1:?}\n{}", c.agent.log());
-    assert_eq!(v1.resp_headers, [("x-answered-by: v1".to_string(), 1)].into());
+    assert_eq!(
+        v1.resp_headers,
+        [("x-answered-by: v1".to_string(), 1)].into()
+    );
     let at_v1 = seen(&logs[0]);
     assert_eq!(at_v1.len(), 1, "{at_v1:?}");
     assert_eq!(at_v1[0]["path"], "/items/from-v1?q=1");
@@ -200,8 +208,16 @@ fn direct_responses_redirects_and_grpc_aborts_are_answered_by_the_proxy() {
     assert_eq!(moved.resp_headers, [(want, 1)].into());
 
     // FROM_PROTOCOL_DEFAULT: no port, so https's own.
-    let secure = http(&c, APP, &[&["--path", "/secure/page"][..], &loc[..]].concat());
-    assert_eq!(secure.answers, [("301 ".to_string(), 1)].into(), "{secure:?}");
+    let secure = http(
+        &c,
+        APP,
+        &[&["--path", "/secure/page"][..], &loc[..]].concat(),
+    );
+    assert_eq!(
+        secure.answers,
+        [("301 ".to_string(), 1)].into(),
+        "{secure:?}"
+    );
     let want = format!("location: https://{APP}/secure/page");
     assert_eq!(secure.resp_headers, [(want, 1)].into());
 
@@ -229,5 +245,8 @@ fn direct_responses_redirects_and_grpc_aborts_are_answered_by_the_proxy() {
     );
     let plain = http(&c, APP, &[]);
     assert_eq!(plain.count("v2"), 1, "{plain:?}");
-    assert!(seen(&logs[0]).is_empty(), "the aborted route's v1 was reached");
+    assert!(
+        seen(&logs[0]).is_empty(),
+        "the aborted route's v1 was reached"
+    );
 }

@@ -23,11 +23,11 @@ use super::headers::{self, finalize_head, strip_hop_by_hop};
 use super::istio_metrics;
 use super::layers::{self, route::Selected};
 use super::matching::Matcher;
+use super::snapshot::DestOps;
 use super::snapshot::{ClusterRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
 use super::workload::Workload;
-use super::snapshot::DestOps;
 use super::{operation, redirect, rewrite, upgrade, Proxy};
 use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
 

@@ -85,7 +85,9 @@ mod tests {
             action: RouteAction::Route(
                 dests
                     .iter()
-                    .map(|(subset, weight)| WeightedCluster::new(key("reviews", 9080, Some(subset)), *weight))
+                    .map(|(subset, weight)| {
+                        WeightedCluster::new(key("reviews", 9080, Some(subset)), *weight)
+                    })
                     .collect(),
             ),
             ..HttpRoute::default()

@@ -60,7 +60,11 @@ mod tests {
     #[test]
     fn regex_rewrite_replaces_every_match_in_the_path_only() {
         let mut h = head("/service/foo/v1/api?x=/service/");
-        path(&regex("^/service/([^/]+)(/.*)$", "${2}/instance/${1}"), None, &mut h);
+        path(
+            &regex("^/service/([^/]+)(/.*)$", "${2}/instance/${1}"),
+            None,
+            &mut h,
+        );
         assert_eq!(h.uri, "/v1/api/instance/foo?x=/service/");
         let mut h = head("/aaa/b?a=a");
         path(&regex("a", "x"), None, &mut h);

@@ -238,8 +238,7 @@ pub(crate) fn route_rt(r: &HttpRoute, dest: &impl Fn(&ClusterKey) -> Dest) -> Ro
     }
     let direct = match &r.action {
         RouteAction::DirectResponse { status, body } => Some((
-            http::StatusCode::from_u16(*status)
-                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
             body.as_deref()
                 .map(bytes::Bytes::copy_from_slice)
                 .unwrap_or_default(),

@@ -191,13 +191,16 @@ fn conflict(root: &HttpMatch, leaf: &HttpMatch) -> bool {
     {
         return true;
     }
-    let keyed_conflict =
-        |r: &[(String, Option<StringMatch>)], l: &[(String, Option<StringMatch>)]| {
-            l.iter().any(|(k, lv)| {
-                let rv = r.iter().find(|(rk, _)| rk == k).and_then(|(_, v)| v.as_ref());
-                string_conflict(rv, lv.as_ref())
-            })
-        };
+    let keyed_conflict = |r: &[(String, Option<StringMatch>)],
+                          l: &[(String, Option<StringMatch>)]| {
+        l.iter().any(|(k, lv)| {
+            let rv = r
+                .iter()
+                .find(|(rk, _)| rk == k)
+                .and_then(|(_, v)| v.as_ref());
+            string_conflict(rv, lv.as_ref())
+        })
+    };
     if keyed_conflict(&root.headers, &leaf.headers)
         || keyed_conflict(&root.without_headers, &leaf.without_headers)
     {

@@ -130,7 +130,11 @@ fn a_missing_delegate_drops_only_its_root_route() {
         "root",
         &["reviews"],
         vec![
-            route("gone", vec![], Action::Delegate(ObjectRef::new("default", "x"))),
+            route(
+                "gone",
+                vec![],
+                Action::Delegate(ObjectRef::new("default", "x")),
+            ),
             route("rest", vec![], to("web")),
         ],
     );
@@ -145,7 +149,8 @@ fn a_missing_delegate_drops_only_its_root_route() {
 fn matches_conflict_as_in_istio() {
     let p = |s| Some(prefix(s));
     let e = |s| Some(exact(s));
-    let c = |r: &Option<StringMatch>, l: &Option<StringMatch>| string_conflict(r.as_ref(), l.as_ref());
+    let c =
+        |r: &Option<StringMatch>, l: &Option<StringMatch>| string_conflict(r.as_ref(), l.as_ref());
     assert!(!c(&p("/a"), &p("/a/b")));
     assert!(c(&p("/a/b"), &p("/a")));
     assert!(!c(&p("/a"), &e("/a/x")));
@@ -196,9 +201,14 @@ fn the_roots_settings_fill_what_the_delegate_leaves_out() {
     root.request_headers.set.push(("x-root".into(), "1".into()));
     root.rewrite_uri = Some("/root".into());
     let mut leaf = route("l", vec![], to("svc"));
-    leaf.response_headers.add.push(("x-leaf".into(), "1".into()));
+    leaf.response_headers
+        .add
+        .push(("x-leaf".into(), "1".into()));
     let out = merge_route(&root, &leaf, "d").unwrap();
-    assert_eq!(out.mirrors[0].destination.host, "shadow", "root's, not qualified");
+    assert_eq!(
+        out.mirrors[0].destination.host, "shadow",
+        "root's, not qualified"
+    );
     assert!(out.request_headers.set.is_empty(), "headers are one field");
     assert_eq!(out.response_headers.add.len(), 1);
     assert_eq!(out.rewrite_uri.as_deref(), Some("/root"));

@@ -169,7 +169,10 @@ fn seed_faults_abort_and_delay() {
     let out = ok(&[("cluster.yaml", CLUSTER), ("fault_abort.yaml", FAULT_ABORT)]);
     let http = &out.config.listeners[&addr(SPRINGBOOT, 8080)].http;
     let fault = http[0].fault.as_ref().expect("fault");
-    assert_eq!((fault.abort, fault.delay), (Some((meshpath_model::l7::Abort::Http(500), 100.0)), None));
+    assert_eq!(
+        (fault.abort, fault.delay),
+        (Some((meshpath_model::l7::Abort::Http(500), 100.0)), None)
+    );
     assert_eq!(http[0].matches[0].headers[0].0, "end-user");
     assert_eq!(weights(&http[1].action), [(Some("v2"), 100)]);
 

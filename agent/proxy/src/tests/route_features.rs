@@ -7,7 +7,11 @@ use crate::layers::testing::eventually;
 use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 fn ops(set: &[(&str, &str)], add: &[(&str, &str)], remove: &[&str]) -> HeaderOps {
-    let pairs = |l: &[(&str, &str)]| l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let pairs = |l: &[(&str, &str)]| {
+        l.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
     HeaderOps {
         set: pairs(set),
         add: pairs(add),
@@ -33,7 +37,9 @@ async fn destination_headers_apply_before_the_routes_own() {
         ],
     ))
     .await;
-    let got = h.get_with("/", &[("x-drop", "1"), ("x-both", "client")]).await;
+    let got = h
+        .get_with("/", &[("x-drop", "1"), ("x-both", "client")])
+        .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-resp-dest"), Some("a"));
     assert_eq!(got.header("x-resp-route"), Some("1"));
@@ -73,11 +79,7 @@ async fn every_mirror_gets_its_copy() {
         assert_eq!(h.get("/x").await.body, "a");
     }
     let copies = || (m1.count(), m2.count());
-    assert!(
-        eventually(|| copies() == (5, 5)).await,
-        "{:?}",
-        copies()
-    );
+    assert!(eventually(|| copies() == (5, 5)).await, "{:?}", copies());
     assert_eq!(m2.last().host(), "svc.default-shadow");
 }
 
@@ -172,6 +174,13 @@ async fn grpc_abort_is_a_trailers_only_answer_for_grpc_requests() {
         assert_eq!(got.body, "");
     }
     let plain = h.get("/").await;
-    assert_eq!((plain.status, plain.body.as_str()), (503, "fault filter abort"));
-    assert_eq!(a.count(), 0, "an aborted request never reaches the upstream");
+    assert_eq!(
+        (plain.status, plain.body.as_str()),
+        (503, "fault filter abort")
+    );
+    assert_eq!(
+        a.count(),
+        0,
+        "an aborted request never reaches the upstream"
+    );
 }

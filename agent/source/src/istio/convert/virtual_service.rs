@@ -6,8 +6,8 @@ use meshpath_model::istio::model::{
     Action, DerivePort, Destination, DestinationHeaders, HttpRoute, Mirror, Redirect, TcpRoute,
     VirtualService,
 };
-use meshpath_model::ObjectRef;
 use meshpath_model::istio::{IstioInvalid, Warning};
+use meshpath_model::ObjectRef;
 
 use super::{Ctx, Error};
 use crate::error::{ConvertError, Invalid, ObjectKind};

@@ -31,15 +31,26 @@ fn uri_regex_rewrite_is_unanchored_with_re2_groups() {
     let vs = convert(
         "  - rewrite:\n      uriRegexRewrite: {match: \"^/service/([^/]+)(/.*)$\", rewrite: \"\\\\2/instance/\\\\1$\"}\n    route:\n    - destination: {host: r}\n",
     );
-    let rr = vs.http[0].rewrite_uri_regex.as_ref().expect("regex rewrite");
+    let rr = vs.http[0]
+        .rewrite_uri_regex
+        .as_ref()
+        .expect("regex rewrite");
     assert_eq!(rr.substitution, "${2}/instance/${1}$$");
-    let out = rr.pattern.regex.replace_all("/service/foo/v1/api", rr.substitution.as_str());
+    let out = rr
+        .pattern
+        .regex
+        .replace_all("/service/foo/v1/api", rr.substitution.as_str());
     assert_eq!(out, "/v1/api/instance/foo$");
     let vs = convert(
         "  - rewrite:\n      uriRegexRewrite: {match: \"a\", rewrite: \"b\"}\n    route:\n    - destination: {host: r}\n",
     );
     let rr = vs.http[0].rewrite_uri_regex.as_ref().unwrap();
-    assert_eq!(rr.pattern.regex.replace_all("/aaa", rr.substitution.as_str()), "/bbb");
+    assert_eq!(
+        rr.pattern
+            .regex
+            .replace_all("/aaa", rr.substitution.as_str()),
+        "/bbb"
+    );
 }
 
 #[test]

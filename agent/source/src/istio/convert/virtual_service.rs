@@ -330,6 +330,12 @@ fn tcp_route(
     if !r.matches.is_empty() && kept == 0 {
         return Ok(None);
     }
+    // `headers` belongs to HTTP destinations only; on a TCP one it means nothing.
+    for (j, _) in r.route.iter().enumerate().filter(|(_, rd)| rd.headers.is_some()) {
+        ctx.warn(Warning::Ignored {
+            field: format!("{f}.route[{j}].headers"),
+        });
+    }
     let route = weighted(ctx, &format!("{f}.route"), &r.route)?;
     Ok(Some(TcpRoute {
         index: i,

@@ -331,7 +331,12 @@ fn tcp_route(
         return Ok(None);
     }
     // `headers` belongs to HTTP destinations only; on a TCP one it means nothing.
-    for (j, _) in r.route.iter().enumerate().filter(|(_, rd)| rd.headers.is_some()) {
+    for (j, _) in r
+        .route
+        .iter()
+        .enumerate()
+        .filter(|(_, rd)| rd.headers.is_some())
+    {
         ctx.warn(Warning::Ignored {
             field: format!("{f}.route[{j}].headers"),
         });

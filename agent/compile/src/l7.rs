@@ -17,11 +17,13 @@
 //! namespace/name order.
 
 pub(crate) mod clusters;
+mod delegate;
 mod error;
 mod routes;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
@@ -66,7 +68,8 @@ pub fn compile_l7(
     let mut keys: BTreeSet<ClusterKey> = BTreeSet::new();
     let mut kept: BTreeSet<ClusterKey> = BTreeSet::new();
 
-    for (vs, services) in claims(model) {
+    let merged = delegate::merge(&model.virtual_services);
+    for (vs, services) in claims(model, &merged) {
         match compile_vs(&ctx, vs, &services, &mut errors) {
             Ok(compiled) => {
                 for (addr, routes) in compiled.listeners {
@@ -172,13 +175,17 @@ pub fn compile_l7(
 /// (or several, for a wildcard); a Service belongs to the first VirtualService naming it exactly,
 /// else to the first wildcard covering it. Hosts that name no Service are skipped: Istio would
 /// route them to external hosts, which meshpath does not do.
-fn claims(model: &ClusterModel) -> Vec<(&VirtualService, BTreeSet<ObjectRef>)> {
+fn claims<'a>(
+    model: &'a ClusterModel,
+    merged: &'a BTreeMap<&ObjectRef, Cow<'_, VirtualService>>,
+) -> Vec<(&'a VirtualService, BTreeSet<ObjectRef>)> {
     let mut owner: BTreeMap<&ObjectRef, &VirtualService> = BTreeMap::new();
-    // A VirtualService with nothing for the mesh (gateway-only) claims nothing.
+    // A VirtualService with nothing for the mesh (gateway-only) claims nothing; delegates
+    // (no hosts) only through their roots (`merged`).
     let routing = || {
-        model
-            .virtual_services
+        merged
             .values()
+            .map(|vs| &**vs)
             .filter(|vs| !vs.http.is_empty() || !vs.tcp.is_empty())
     };
     for vs in routing() {

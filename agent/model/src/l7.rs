@@ -69,7 +69,8 @@ pub struct HttpRoute {
     pub matches: Vec<HttpMatch>,
     pub action: RouteAction,
     pub fault: Option<Fault>,
-    pub mirror: Option<Mirror>,
+    /// Each rolled on its own, at its percentage.
+    pub mirrors: Vec<Mirror>,
     pub timeout: Option<Duration>,
     pub retries: Option<RetryPolicy>,
     pub rewrite: Option<Rewrite>,
@@ -109,7 +110,7 @@ pub enum RouteAction {
     Redirect(Redirect),
     DirectResponse {
         status: u16,
-        body: Option<String>,
+        body: Option<Arc<[u8]>>,
     },
 }
 
@@ -123,14 +124,38 @@ impl Default for RouteAction {
 pub struct WeightedCluster {
     pub cluster: ClusterKey,
     pub weight: u32,
+    /// `route[].headers`: applied before the route's own (Envoy's most specific first).
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+impl WeightedCluster {
+    /// A destination without header operations of its own.
+    pub fn new(cluster: ClusterKey, weight: u32) -> Self {
+        WeightedCluster {
+            cluster,
+            weight,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Fault {
     /// (delay, percentage 0.0..=100.0)
     pub delay: Option<(Duration, f64)>,
-    /// (HTTP status, percentage 0.0..=100.0); Envoy answers with body `fault filter abort`.
-    pub abort: Option<(u16, f64)>,
+    /// (what to answer, percentage 0.0..=100.0); Envoy answers with body `fault filter abort`.
+    pub abort: Option<(Abort, f64)>,
+}
+
+/// A fault abort's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abort {
+    Http(u16),
+    /// A gRPC status code (0..=16): a gRPC request gets a trailers-only answer with it, any
+    /// other request 503, as Envoy's fault filter does.
+    Grpc(u8),
 }
 
 #[derive(Clone, Debug)]
@@ -160,6 +185,8 @@ pub enum RetryOn {
 pub struct Rewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
+    /// `uriRegexRewrite`: (unanchored pattern, substitution in `regex` syntax) over the path.
+    pub uri_regex: Option<(Arc<regex::Regex>, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -168,6 +195,9 @@ pub struct Redirect {
     pub authority: Option<String>,
     pub scheme: Option<String>,
     pub port: Option<u16>,
+    /// `derivePort: FROM_PROTOCOL_DEFAULT`: the request's port is dropped, so the scheme's
+    /// default applies. (`FROM_REQUEST_PORT` is compiled into `port`.)
+    pub protocol_default_port: bool,
     /// Default 301.
     pub status: u16,
 }

@@ -23,11 +23,12 @@ use super::headers::{self, finalize_head, strip_hop_by_hop};
 use super::istio_metrics;
 use super::layers::{self, route::Selected};
 use super::matching::Matcher;
+use super::snapshot::DestOps;
 use super::snapshot::{ClusterRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
 use super::workload::Workload;
-use super::{operation, redirect, upgrade, Proxy};
+use super::{operation, redirect, rewrite, upgrade, Proxy};
 use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -190,6 +191,7 @@ async fn route<'a>(
                 conn,
                 &proxy.passthrough_route,
                 None,
+                None,
                 target,
                 head,
                 body,
@@ -210,14 +212,20 @@ async fn route<'a>(
     if let Some(Ok(d)) = &dest {
         routed.cluster = Some(&d.key);
     }
-    if let Err(reply) = layers::fault::inject(route.route.fault.as_ref()).await {
-        return routed.reply(reply);
+    if let Some(fault) = &route.route.fault {
+        let grpc = layers::fault::is_grpc(&head.headers);
+        if let Err(reply) = layers::fault::inject(Some(fault), grpc).await {
+            return routed.reply(reply);
+        }
     }
     let mut resp = match &route.route.action {
         RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
-        RouteAction::DirectResponse { status, body } => {
-            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            local_reply(status, body.clone().map(Bytes::from).unwrap_or_default())
+        RouteAction::DirectResponse { .. } => {
+            let (status, body) = route
+                .direct
+                .clone()
+                .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
+            local_reply(status, body)
         }
         RouteAction::Route(_) => {
             let dest = match dest.unwrap_or_else(|| layers::route::destination(route)) {
@@ -228,7 +236,11 @@ async fn route<'a>(
                 Ok(t) => t,
                 Err(reply) => return routed.reply(reply),
             };
-            return send(conn, route, matcher, target, head, body, authority, routed).await;
+            let ops = dest.ops.as_deref();
+            return send(
+                conn, route, matcher, ops, target, head, body, authority, routed,
+            )
+            .await;
         }
     };
     route.resp_ops.apply(resp.headers_mut());
@@ -240,6 +252,7 @@ async fn send(
     conn: &ConnCtx,
     route: &RouteRt,
     matcher: Option<&Matcher>,
+    dest_ops: Option<&DestOps>,
     target: Target,
     mut head: Parts,
     body: Incoming,
@@ -248,23 +261,7 @@ async fn send(
 ) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
     if let Some(rw) = &route.route.rewrite {
-        if let Some(prefix) = &rw.uri {
-            let path = head.uri.path();
-            let keep = matcher.map_or(usize::from(path.starts_with('/')), |m| m.rewrite_len(path));
-            let mut pq = String::with_capacity(
-                prefix.len() + head.uri.path_and_query().map_or(0, |p| p.as_str().len()),
-            );
-            pq.push_str(prefix);
-            pq.push_str(&path[keep..]);
-            if pq.is_empty() {
-                pq.push('/');
-            }
-            if let Some(q) = head.uri.query() {
-                pq.push('?');
-                pq.push_str(q);
-            }
-            headers::set_path_and_query(&mut head.uri, &pq);
-        }
+        rewrite::path(rw, matcher, &mut head);
         if let Some(a) = rw
             .authority
             .as_deref()
@@ -273,11 +270,18 @@ async fn send(
             authority = a;
         }
     }
+    // Envoy's order: the destination's operations, then the route's (the less specific wins).
+    if let Some(a) = dest_ops.and_then(|o| o.req.authority.as_ref()) {
+        authority = a.clone();
+    }
     if let Some(a) = &route.req_ops.authority {
         authority = a.clone();
     }
     let upgrade = upgrade::is_upgrade(&head);
     strip_hop_by_hop(&mut head.headers, upgrade);
+    if let Some(o) = dest_ops {
+        o.req.apply(&mut head.headers);
+    }
     route.req_ops.apply(&mut head.headers);
     if !head.headers.contains_key(&X_FORWARDED_PROTO) {
         head.headers
@@ -302,8 +306,8 @@ async fn send(
         None
     };
 
-    let mirror = layers::mirror::roll_for(route, upgrade);
-    let replay = !upgrade && (route.retry.retries > 0 || mirror.is_some());
+    let mirrors = layers::mirror::roll_for(route, upgrade);
+    let replay = !upgrade && (route.retry.retries > 0 || !mirrors.is_empty());
     let body = match ReqBody::new(body, replay, proxy.opts.max_buffered_body).await {
         Ok(b) => b,
         Err(error) => {
@@ -311,7 +315,7 @@ async fn send(
             return local_reply(StatusCode::BAD_REQUEST, "");
         }
     };
-    if let Some(m) = mirror {
+    for m in mirrors {
         m.send(
             proxy,
             &head,
@@ -343,6 +347,9 @@ async fn send(
     strip_hop_by_hop(resp.headers_mut(), upgrade && switching);
     if let (true, Some(down)) = (switching, downstream_upgrade) {
         upgrade::tunnel(down, &mut resp);
+    }
+    if let Some(o) = dest_ops {
+        o.resp.apply(resp.headers_mut());
     }
     route.resp_ops.apply(resp.headers_mut());
     if let Some(cookie) = hash.set_cookie {

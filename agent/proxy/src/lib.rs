@@ -49,6 +49,7 @@ mod otlp;
 mod outlier;
 mod redirect;
 mod retry;
+mod rewrite;
 mod router_stats;
 mod server;
 mod snapshot;
@@ -162,6 +163,7 @@ impl Proxy {
         let none = |k: &meshpath_model::l7::ClusterKey| snapshot::Dest {
             key: k.clone(),
             cluster: None,
+            ops: None,
         };
         Arc::new(Proxy {
             config,

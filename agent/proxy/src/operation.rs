@@ -85,9 +85,8 @@ mod tests {
             action: RouteAction::Route(
                 dests
                     .iter()
-                    .map(|(subset, weight)| WeightedCluster {
-                        cluster: key("reviews", 9080, Some(subset)),
-                        weight: *weight,
+                    .map(|(subset, weight)| {
+                        WeightedCluster::new(key("reviews", 9080, Some(subset)), *weight)
                     })
                     .collect(),
             ),
@@ -96,6 +95,7 @@ mod tests {
         route_rt(&route, &|k| Dest {
             key: k.clone(),
             cluster: None,
+            ops: None,
         })
     }
 

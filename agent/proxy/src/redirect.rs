@@ -11,7 +11,8 @@ use meshpath_model::l7::Redirect;
 /// Envoy's redirect (`newUri`): scheme, host, port and path each replaced when given. The
 /// request's port goes when a new port is set, or when the scheme changes away from the one the
 /// port was the default of; a port that is the new scheme's default is never written (Istio
-/// zeroes it). The request's query string survives a path redirect that has none.
+/// zeroes it). `derivePort: FROM_PROTOCOL_DEFAULT` drops the request's port, so the scheme's
+/// default applies. The request's query string survives a path redirect that has none.
 pub(crate) fn redirect(r: &Redirect, head: &Parts, authority: &HeaderValue) -> Response<ProxyBody> {
     let req_scheme = head.uri.scheme_str().unwrap_or("http");
     let scheme = r.scheme.as_deref().unwrap_or(req_scheme);
@@ -28,7 +29,9 @@ pub(crate) fn redirect(r: &Redirect, head: &Parts, authority: &HeaderValue) -> R
             let (host, req_port) = split_port(req_authority);
             let scheme_default = (req_scheme == "http" && req_port == Some("80"))
                 || (req_scheme == "https" && req_port == Some("443"));
-            let drop_port = port.is_some() || (scheme != req_scheme && scheme_default);
+            let drop_port = port.is_some()
+                || r.protocol_default_port
+                || (scheme != req_scheme && scheme_default);
             location.push_str(if drop_port { host } else { req_authority });
         }
     }

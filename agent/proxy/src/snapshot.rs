@@ -45,6 +45,15 @@ pub(crate) struct ListenerRt {
 pub(crate) struct Dest {
     pub key: ClusterKey,
     pub cluster: Option<Arc<ClusterRt>>,
+    /// The destination's own header operations (`route[].headers`), if it has any.
+    pub ops: Option<Arc<DestOps>>,
+}
+
+/// `route[].headers`, compiled once per snapshot; applied before the route's own.
+#[derive(Debug, Default)]
+pub(crate) struct DestOps {
+    pub req: CompiledOps,
+    pub resp: CompiledOps,
 }
 
 pub(crate) struct RouteRt {
@@ -54,10 +63,13 @@ pub(crate) struct RouteRt {
     /// Destinations with weight > 0 and their cumulative weights.
     pub dests: Vec<(Dest, u32)>,
     pub total_weight: u32,
-    pub mirror: Option<(Dest, f64)>,
+    /// Mirrors with a percentage above 0, each rolled on its own.
+    pub mirrors: Vec<(Dest, f64)>,
     pub retry: RetryRt,
     pub req_ops: CompiledOps,
     pub resp_ops: CompiledOps,
+    /// A direct response's status and body, built once.
+    pub direct: Option<(http::StatusCode, bytes::Bytes)>,
 }
 
 impl RouteRt {
@@ -175,6 +187,7 @@ pub(crate) fn build(
     let dest = |key: &ClusterKey| Dest {
         key: key.clone(),
         cluster: clusters.get(key).cloned(),
+        ops: None,
     };
     let listeners = config
         .listeners
@@ -192,10 +205,7 @@ fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> Listener
     // the same defaults (Istio's retry policy, no timeout) as any route.
     let default = HttpRoute {
         name: Some("default".into()),
-        action: RouteAction::Route(vec![WeightedCluster {
-            cluster: sr.default_cluster.clone(),
-            weight: 100,
-        }]),
+        action: RouteAction::Route(vec![WeightedCluster::new(sr.default_cluster.clone(), 100)]),
         ..HttpRoute::default()
     };
     ListenerRt {
@@ -213,18 +223,39 @@ pub(crate) fn route_rt(r: &HttpRoute, dest: &impl Fn(&ClusterKey) -> Dest) -> Ro
         let lone = wcs.len() == 1;
         for wc in wcs.iter().filter(|wc| lone || wc.weight > 0) {
             total = total.saturating_add(if lone { 1 } else { wc.weight });
-            dests.push((dest(&wc.cluster), total));
+            let mut d = dest(&wc.cluster);
+            let none = |h: &meshpath_model::l7::HeaderOps| {
+                h.set.is_empty() && h.add.is_empty() && h.remove.is_empty()
+            };
+            if !none(&wc.request_headers) || !none(&wc.response_headers) {
+                d.ops = Some(Arc::new(DestOps {
+                    req: CompiledOps::compile(&wc.request_headers),
+                    resp: CompiledOps::compile(&wc.response_headers),
+                }));
+            }
+            dests.push((d, total));
         }
     }
+    let direct = match &r.action {
+        RouteAction::DirectResponse { status, body } => Some((
+            http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            body.as_deref()
+                .map(bytes::Bytes::copy_from_slice)
+                .unwrap_or_default(),
+        )),
+        _ => None,
+    };
     RouteRt {
         matchers: r.matches.iter().map(Matcher::compile).collect(),
         dests,
         total_weight: total,
-        mirror: r
-            .mirror
-            .as_ref()
+        mirrors: r
+            .mirrors
+            .iter()
             .filter(|m| m.percentage > 0.0)
-            .map(|m| (dest(&m.cluster), m.percentage)),
+            .map(|m| (dest(&m.cluster), m.percentage))
+            .collect(),
+        direct,
         retry: RetryRt::from_policy(r.retries.as_ref()),
         req_ops: CompiledOps::compile(&r.request_headers),
         resp_ops: CompiledOps::compile(&r.response_headers),

@@ -9,7 +9,7 @@
 //! mp-testpod udp-unconnected --addr IP:PORT [--count N | --duration-ms D [--interval-ms I]] [--session 1] [--timeout-ms T]
 //! mp-testpod http            --addr IP:PORT [--count N] [--timeout-ms T] [--header NAME:VALUE]...
 //!                            [--show-header NAME]... [--duration-ms D] [--interval-ms I]
-//!                            [--per-request 1]
+//!                            [--per-request 1] [--path /PATH?QUERY]
 //! mp-testpod hold            --addr IP:PORT [--timeout-ms T]
 //! mp-testpod stream          --listen PORT
 //! mp-testpod stream          --addr IP:PORT [--seconds S] [--bytes N] [--chunk-kib K]
@@ -40,7 +40,7 @@ use args::Args;
 const USAGE: &str = "usage:
   mp-testpod serve --name NAME [--tcp PORT]... [--udp PORT]... [--http PORT]... [--http-status CODE] [--http-delay-ms MS] [--http-log FILE]
   mp-testpod tcp|udp-connected|udp-unconnected|http --addr IP:PORT [--count N] [--timeout-ms T] [--header NAME:VALUE]...
-  mp-testpod http ... [--show-header NAME]... [--duration-ms D] [--interval-ms I] [--per-request 1]
+  mp-testpod http ... [--show-header NAME]... [--duration-ms D] [--interval-ms I] [--per-request 1] [--path P]
   mp-testpod hold --addr IP:PORT [--timeout-ms T]
   mp-testpod stream --listen PORT
   mp-testpod stream --addr IP:PORT [--seconds S] [--bytes N] [--chunk-kib K]

@@ -19,7 +19,7 @@ pub fn cluster_keys(routes: &ServiceRoutes) -> impl Iterator<Item = ClusterKey> 
         weighted
             .iter()
             .map(|w| w.cluster.clone())
-            .chain(r.mirror.iter().map(|m| m.cluster.clone()))
+            .chain(r.mirrors.iter().map(|m| m.cluster.clone()))
     });
     std::iter::once(routes.default_cluster.clone()).chain(targets)
 }
@@ -49,7 +49,17 @@ pub fn http_route(
             match weighted(ctx, vs, &format!("{f}.route"), dests, port, warnings) {
                 Ok(w) => l7::RouteAction::Route(
                     w.into_iter()
-                        .map(|(cluster, weight)| WeightedCluster { cluster, weight })
+                        .enumerate()
+                        .map(|(j, (cluster, weight))| {
+                            let own = route.destination_headers.get(j).cloned();
+                            let own = own.unwrap_or_default();
+                            WeightedCluster {
+                                cluster,
+                                weight,
+                                request_headers: header_ops(&own.request),
+                                response_headers: header_ops(&own.response),
+                            }
+                        })
                         .collect(),
                 ),
                 Err(e) => {
@@ -62,42 +72,47 @@ pub fn http_route(
             uri: r.uri.clone(),
             authority: r.authority.clone(),
             scheme: r.scheme.clone(),
-            port: r.port,
+            // Istio compiles routes per listener port, so "the request's port" is this one.
+            port: match r.derive_port {
+                Some(im::DerivePort::FromRequestPort) => Some(port),
+                _ => r.port,
+            },
+            protocol_default_port: r.derive_port == Some(im::DerivePort::FromProtocolDefault),
             status: r.status,
         }),
         im::Action::DirectResponse { status, body } => l7::RouteAction::DirectResponse {
             status: *status,
-            body: body.clone(),
+            body: body.as_deref().map(Into::into),
         },
+        // Merged away before routes are compiled (`delegate::merge`); one left names no
+        // delegate and has been dropped there.
+        im::Action::Delegate(_) => return Ok(None),
     };
-    let mirror = match &route.mirror {
-        None => None,
-        Some(m) => match cluster_key(
-            ctx,
-            vs,
-            &format!("{f}.mirror"),
-            &m.destination,
-            port,
-            warnings,
-        ) {
-            Ok(cluster) => Some(l7::Mirror {
+    let mut mirrors = Vec::with_capacity(route.mirrors.len());
+    for (j, m) in route.mirrors.iter().enumerate() {
+        let field = format!("{f}.mirrors[{j}]");
+        match cluster_key(ctx, vs, &field, &m.destination, port, warnings) {
+            Ok(cluster) => mirrors.push(l7::Mirror {
                 cluster,
                 percentage: m.percentage.0,
             }),
-            Err(e) => {
-                errors.push(*e);
-                None
-            }
-        },
-    };
+            Err(e) => errors.push(*e),
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
-    let rewrite =
-        (route.rewrite_uri.is_some() || route.rewrite_authority.is_some()).then(|| l7::Rewrite {
-            uri: route.rewrite_uri.clone(),
-            authority: route.rewrite_authority.clone(),
-        });
+    let rewrite = (route.rewrite_uri.is_some()
+        || route.rewrite_authority.is_some()
+        || route.rewrite_uri_regex.is_some())
+    .then(|| l7::Rewrite {
+        uri: route.rewrite_uri.clone(),
+        authority: route.rewrite_authority.clone(),
+        uri_regex: route
+            .rewrite_uri_regex
+            .as_ref()
+            .map(|r| (r.pattern.regex.clone(), r.substitution.clone())),
+    });
     Ok(Some(l7::HttpRoute {
         name: route.name.clone(),
         virtual_service: Some(vs.id.name.clone()),
@@ -105,9 +120,9 @@ pub fn http_route(
         action,
         fault: route.fault.as_ref().map(|f| l7::Fault {
             delay: f.delay.map(|(d, p)| (d, p.0)),
-            abort: f.abort.map(|(s, p)| (s, p.0)),
+            abort: f.abort.map(|(a, p)| (a, p.0)),
         }),
-        mirror,
+        mirrors,
         timeout: route.timeout,
         retries: route.retries.as_ref().map(|r| l7::RetryPolicy {
             attempts: r.attempts,

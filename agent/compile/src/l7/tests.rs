@@ -170,7 +170,10 @@ fn seed_faults_abort_and_delay() {
     let out = ok(&[("cluster.yaml", CLUSTER), ("fault_abort.yaml", FAULT_ABORT)]);
     let http = &out.config.listeners[&addr(SPRINGBOOT, 8080)].http;
     let fault = http[0].fault.as_ref().expect("fault");
-    assert_eq!((fault.abort, fault.delay), (Some((500, 100.0)), None));
+    assert_eq!(
+        (fault.abort, fault.delay),
+        (Some((meshpath_model::l7::Abort::Http(500), 100.0)), None)
+    );
     assert_eq!(http[0].matches[0].headers[0].0, "end-user");
     assert_eq!(weights(&http[1].action), [(Some("v2"), 100)]);
 
@@ -188,7 +191,7 @@ fn seed_mirror_10_percent() {
     let out = ok(&[("cluster.yaml", CLUSTER), ("mirror.yaml", MIRROR)]);
     let route = &out.config.listeners[&addr(SPRINGBOOT, 8080)].http[0];
     assert_eq!(weights(&route.action), [(Some("v1"), 100)]);
-    let mirror = route.mirror.as_ref().expect("mirror");
+    let mirror = route.mirrors.first().expect("mirror");
     assert_eq!(
         (&mirror.cluster, mirror.percentage),
         (&key("springboot-app-svc", 8080, Some("v2")), 10.0)

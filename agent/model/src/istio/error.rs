@@ -51,11 +51,6 @@ pub enum Warning {
          implement it; ignored"
     )]
     RetryOn { field: String, value: String },
-    #[error(
-        "{field}: delegation (a VirtualService without hosts, or an http route's delegate) is \
-         accepted, not enforced by meshpath"
-    )]
-    Delegate { field: String },
     #[error("{field}: no percentage given: as in Istio, this fault is injected into no request")]
     NoFaultPercentage { field: String },
 }
@@ -71,7 +66,6 @@ impl Warning {
             | Warning::Gateway { field, .. }
             | Warning::NotForMesh { field }
             | Warning::RetryOn { field, .. }
-            | Warning::Delegate { field }
             | Warning::NoFaultPercentage { field } => field,
         }
     }

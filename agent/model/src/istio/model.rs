@@ -34,13 +34,33 @@ pub struct HttpRoute {
     pub matches: Vec<HttpMatch>,
     pub action: Action,
     pub fault: Option<Fault>,
-    pub mirror: Option<Mirror>,
+    /// `mirror` (with its percentage) and `mirrors`, in that order; Istio allows only one form.
+    pub mirrors: Vec<Mirror>,
     pub timeout: Option<Duration>,
     pub retries: Option<Retries>,
     pub rewrite_uri: Option<String>,
     pub rewrite_authority: Option<String>,
+    /// `rewrite.uriRegexRewrite`: every match of the pattern in the path replaced.
+    pub rewrite_uri_regex: Option<RegexRewrite>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `route[].headers`, one per destination of [`Action::Route`], same order.
+    pub destination_headers: Vec<DestinationHeaders>,
+}
+
+/// `rewrite.uriRegexRewrite`; the pattern is not anchored (Envoy's `regex_rewrite` replaces
+/// every match), the substitution already in `regex`'s syntax (`\\1` written as `${1}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegexRewrite {
+    pub pattern: Pattern,
+    pub substitution: String,
+}
+
+/// A `route[]` destination's own header operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestinationHeaders {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,8 +127,12 @@ pub enum Action {
     Redirect(Redirect),
     DirectResponse {
         status: u16,
-        body: Option<String>,
+        /// `body.string`, or `body.bytes` decoded.
+        body: Option<Vec<u8>>,
     },
+    /// A root VirtualService's `delegate`: the named delegate's routes, merged with this
+    /// route by Istio's rules when compiling (`compile::l7::delegate`).
+    Delegate(ObjectRef),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,14 +141,26 @@ pub struct Redirect {
     pub authority: Option<String>,
     pub scheme: Option<String>,
     pub port: Option<u16>,
+    pub derive_port: Option<DerivePort>,
     pub status: u16,
+}
+
+/// `redirect.derivePort`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DerivePort {
+    /// The scheme's default port: none written in `Location`.
+    FromProtocolDefault,
+    /// The port the request came in on (the listener's, as Istio resolves it per port).
+    FromRequestPort,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fault {
     pub delay: Option<(Duration, Percent)>,
-    pub abort: Option<(u16, Percent)>,
+    pub abort: Option<(Abort, Percent)>,
 }
+
+pub use crate::l7::Abort;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mirror {

@@ -1,5 +1,6 @@
-//! Mirroring (Istio `mirror`): at the route's percentage, a copy of the request goes to the
-//! mirror cluster with `-shadow` appended to its host, fire and forget (`mirror.rs` sends it).
+//! Mirroring (Istio `mirror` and `mirrors`): each mirror at its own percentage, a copy of the
+//! request goes to its cluster with `-shadow` appended to the host, fire and forget
+//! (`mirror.rs` sends it).
 //! Rolled before the request body is read, because a mirrored body must be buffered so the
 //! copy can carry it; a body too large to buffer, or a mirror cluster the config does not
 //! define, means no copy. Upgrades (WebSocket) are never mirrored.
@@ -22,13 +23,17 @@ pub(crate) struct Mirror<'r> {
     dest: &'r Dest,
 }
 
-/// Decides, once per request, whether it is mirrored.
-pub(crate) fn roll_for(route: &RouteRt, upgrade: bool) -> Option<Mirror<'_>> {
+/// Decides, once per request, which mirrors get a copy (no allocation when none does).
+pub(crate) fn roll_for(route: &RouteRt, upgrade: bool) -> Vec<Mirror<'_>> {
+    if upgrade {
+        return Vec::new();
+    }
     route
-        .mirror
-        .as_ref()
-        .filter(|(_, pct)| !upgrade && roll(*pct))
+        .mirrors
+        .iter()
+        .filter(|(_, pct)| roll(*pct))
         .map(|(dest, _)| Mirror { dest })
+        .collect()
 }
 
 impl Mirror<'_> {
@@ -77,10 +82,10 @@ mod tests {
         shadow: Option<std::net::SocketAddr>,
     ) -> L7Config {
         let mut r = route(vec![], to(&key("a")));
-        r.mirror = Some(MirrorPolicy {
+        r.mirrors = vec![MirrorPolicy {
             cluster: key("m"),
             percentage: pct,
-        });
+        }];
         let mut clusters = vec![(key("a"), cluster(&[primary], LoadBalancer::RoundRobin))];
         if let Some(s) = shadow {
             clusters.push((key("m"), cluster(&[s], LoadBalancer::RoundRobin)));
@@ -112,7 +117,7 @@ mod tests {
         let r = &snap.listeners[&VIP].routes[0];
         let (head, authority) = head();
         let body = ReqBody::Replay(Some(Bytes::from_static(b"payload")));
-        let m = roll_for(r, false).expect("100% mirrored");
+        let m = roll_for(r, false).pop().expect("100% mirrored");
         assert!(m.send(
             &proxy(&cfg),
             &head,
@@ -138,7 +143,7 @@ mod tests {
         let (snap, _) = snapshot_of(cfg.clone());
         let r = &snap.listeners[&VIP].routes[0];
         let (head, authority) = head();
-        let m = roll_for(r, false).expect("rolled");
+        let m = roll_for(r, false).pop().expect("rolled");
         let body = ReqBody::Replay(None);
         assert!(!m.send(
             &proxy(&cfg),
@@ -156,14 +161,36 @@ mod tests {
         let a: std::net::SocketAddr = "127.0.0.1:23000".parse().unwrap();
         let (snap, _) = snapshot_of(mirrored(25.0, a, Some(a)));
         let r = &snap.listeners[&VIP].routes[0];
-        let hits = (0..8000).filter(|_| roll_for(r, false).is_some()).count();
+        let hits = (0..8000).filter(|_| !roll_for(r, false).is_empty()).count();
         // Binomial(8000, 0.25): sd ≈ 39; ±5 sd.
         assert!((1805..=2195).contains(&hits), "{hits} of 8000 at 25%");
         let (snap, _) = snapshot_of(mirrored(100.0, a, Some(a)));
         let r = &snap.listeners[&VIP].routes[0];
-        assert!((0..100).all(|_| roll_for(r, true).is_none()));
+        assert!((0..100).all(|_| roll_for(r, true).is_empty()));
         // A 0% mirror is dropped when the route is compiled.
         let (snap, _) = snapshot_of(mirrored(0.0, a, Some(a)));
-        assert!(roll_for(&snap.listeners[&VIP].routes[0], false).is_none());
+        assert!(roll_for(&snap.listeners[&VIP].routes[0], false).is_empty());
+    }
+
+    #[test]
+    fn several_mirrors_each_roll_at_their_own_percentage() {
+        let a: std::net::SocketAddr = "127.0.0.1:23000".parse().unwrap();
+        let mut cfg = mirrored(100.0, a, Some(a));
+        let mut r = cfg.listeners.values().next().unwrap().http[0].clone();
+        r.mirrors.push(MirrorPolicy {
+            cluster: key("n"),
+            percentage: 30.0,
+        });
+        cfg.listeners.values_mut().next().unwrap().http[0] = r;
+        let (snap, _) = snapshot_of(cfg);
+        let r = &snap.listeners[&VIP].routes[0];
+        let mut to_n = 0;
+        for _ in 0..4000 {
+            let rolled = roll_for(r, false);
+            assert!(rolled.iter().any(|m| m.dest.key == key("m")), "100% always");
+            to_n += rolled.iter().filter(|m| m.dest.key == key("n")).count();
+        }
+        // Binomial(4000, 0.3): sd ≈ 29; ±5 sd.
+        assert!((1055..=1345).contains(&to_n), "{to_n} of 4000 at 30%");
     }
 }

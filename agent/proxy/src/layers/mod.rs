@@ -42,7 +42,7 @@ pub(crate) mod outlier;
 pub(crate) mod retry;
 pub(crate) mod route;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -63,6 +63,8 @@ pub(crate) enum Reply {
     ClusterNotFound,
     /// Fault injection's abort, with its status.
     FaultAbort(StatusCode),
+    /// Fault injection's gRPC abort of a gRPC request, with its gRPC status code.
+    GrpcAbort(u8),
     /// The circuit breaker refused the attempt: 503 `x-envoy-overloaded`.
     Overflow,
     /// The cluster has no endpoint to send to (none, or all ejected).
@@ -75,7 +77,7 @@ impl Reply {
         match self {
             Reply::NoRoute => "NR",
             Reply::ClusterNotFound => "NC",
-            Reply::FaultAbort(_) => "FI",
+            Reply::FaultAbort(_) | Reply::GrpcAbort(_) => "FI",
             Reply::Overflow => "UO",
             Reply::NoHealthyUpstream => "UH",
         }
@@ -86,6 +88,7 @@ impl Reply {
             Reply::NoRoute => local_reply(StatusCode::NOT_FOUND, ""),
             Reply::ClusterNotFound => local_reply(StatusCode::SERVICE_UNAVAILABLE, ""),
             Reply::FaultAbort(status) => local_reply(status, "fault filter abort"),
+            Reply::GrpcAbort(code) => grpc_reply(code, "fault filter abort"),
             Reply::Overflow => {
                 let mut resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW);
                 resp.headers_mut()
@@ -97,6 +100,23 @@ impl Reply {
             }
         }
     }
+}
+
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// A gRPC "trailers-only" answer: HTTP 200, `application/grpc`, the status and message in the
+/// only header block and no body, as Envoy's local replies to gRPC requests are.
+fn grpc_reply(code: u8, message: &'static str) -> Response<ProxyBody> {
+    let mut resp = local_reply(StatusCode::OK, "");
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(code)));
+    h.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(message));
+    resp
 }
 
 /// What one upstream attempt came to, as the outlier and retry layers see it.
@@ -156,5 +176,11 @@ mod tests {
         let r = Reply::FaultAbort(StatusCode::IM_A_TEAPOT).response();
         assert_eq!(r.status(), 418);
         assert_eq!(body(r).await, "fault filter abort");
+        let r = Reply::GrpcAbort(14).response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "fault filter abort");
+        assert_eq!(body(r).await, "");
     }
 }

@@ -241,14 +241,8 @@ mod tests {
     #[test]
     fn destinations_are_drawn_by_weight() {
         let split = RouteAction::Route(vec![
-            WeightedCluster {
-                cluster: key("a"),
-                weight: 25,
-            },
-            WeightedCluster {
-                cluster: key("b"),
-                weight: 75,
-            },
+            WeightedCluster::new(key("a"), 25),
+            WeightedCluster::new(key("b"), 75),
         ]);
         let (snap, _) = snapshot_of(config(vec![route(vec![], split)], clusters(&["a", "b"])));
         let r = &snap.listeners[&VIP].routes[0];

@@ -8,18 +8,9 @@ use meshpath_model::l7::LoadBalancer::RoundRobin;
 async fn weights_hold_over_10000_requests() {
     let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
     let split = RouteAction::Route(vec![
-        WeightedCluster {
-            cluster: key("a"),
-            weight: 70,
-        },
-        WeightedCluster {
-            cluster: key("b"),
-            weight: 20,
-        },
-        WeightedCluster {
-            cluster: key("c"),
-            weight: 10,
-        },
+        WeightedCluster::new(key("a"), 70),
+        WeightedCluster::new(key("b"), 20),
+        WeightedCluster::new(key("c"), 10),
     ]);
     let clusters = vec![
         (key("a"), cluster(&[a.addr], RoundRobin)),
@@ -56,6 +47,7 @@ async fn redirects_build_the_location_like_envoy() {
         // (redirect, request path, request host, expected Location)
         (
             Redirect {
+                protocol_default_port: false,
                 uri: Some("/new".into()),
                 authority: None,
                 scheme: None,
@@ -68,6 +60,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: None,
                 authority: Some("other.ns".into()),
                 scheme: None,
@@ -80,6 +73,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: Some("/q?y=2".into()),
                 authority: None,
                 scheme: Some("https".into()),
@@ -92,6 +86,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: None,
                 authority: None,
                 scheme: None,
@@ -104,6 +99,7 @@ async fn redirects_build_the_location_like_envoy() {
         ),
         (
             Redirect {
+                protocol_default_port: false,
                 uri: None,
                 authority: None,
                 scheme: Some("https".into()),
@@ -140,7 +136,7 @@ async fn redirects_build_the_location_like_envoy() {
 async fn direct_response() {
     let body = RouteAction::DirectResponse {
         status: 418,
-        body: Some("short and stout".into()),
+        body: Some(b"short and stout"[..].into()),
     };
     let h = start(config(vec![route(vec![], body)], vec![])).await;
     let got = h.get("/").await;
@@ -192,6 +188,7 @@ async fn rewrites_follow_envoy_prefix_semantics() {
             to(&key("a")),
         );
         r.rewrite = Some(Rewrite {
+            uri_regex: None,
             uri: Some(rewrite.into()),
             authority: Some("rewritten.host".into()),
         });

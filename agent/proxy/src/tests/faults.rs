@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use super::*;
 
+use meshpath_model::l7::Abort;
 use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 #[tokio::test]
@@ -12,7 +13,7 @@ async fn abort_hits_its_percentage_with_envoys_body() {
     let mut r = route(vec![], to(&key("a")));
     r.fault = Some(Fault {
         delay: None,
-        abort: Some((503, 50.0)),
+        abort: Some((Abort::Http(503), 50.0)),
     });
     let h = start(config(
         vec![r],
@@ -65,7 +66,7 @@ async fn delay_then_abort() {
 
     r.fault = Some(Fault {
         delay: Some((Duration::from_millis(100), 100.0)),
-        abort: Some((429, 100.0)),
+        abort: Some((Abort::Http(429), 100.0)),
     });
     h.tx.send(Arc::new(config(
         vec![r.clone()],
@@ -80,7 +81,7 @@ async fn delay_then_abort() {
     // 0%: never delayed.
     r.fault = Some(Fault {
         delay: Some((Duration::from_secs(5), 0.0)),
-        abort: Some((500, 0.0)),
+        abort: Some((Abort::Http(500), 0.0)),
     });
     h.tx.send(Arc::new(config(
         vec![r],
@@ -98,10 +99,10 @@ async fn mirror_gets_a_shadow_copy_without_slowing_the_client() {
     let slow = Arc::new(|_: &Seen, _| (200, Duration::from_millis(500)));
     let shadow = backend_with("shadow", slow).await;
     let mut r = route(vec![], to(&key("main")));
-    r.mirror = Some(Mirror {
+    r.mirrors = vec![Mirror {
         cluster: key("shadow"),
         percentage: 100.0,
-    });
+    }];
     let clusters = vec![
         (key("main"), cluster(&[main.addr], RoundRobin)),
         (key("shadow"), cluster(&[shadow.addr], RoundRobin)),
@@ -141,10 +142,10 @@ async fn mirror_gets_a_shadow_copy_without_slowing_the_client() {
     assert_eq!(main.last().host(), "svc.default:8080");
 
     // 0% never mirrors; 50% about half.
-    r.mirror = Some(Mirror {
+    r.mirrors = vec![Mirror {
         cluster: key("shadow"),
         percentage: 50.0,
-    });
+    }];
     h.tx.send(Arc::new(config(vec![r], clusters))).unwrap();
     let before = shadow.count();
     for _ in 0..400 {

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use super::*;
 use crate::Workload;
 
+use meshpath_model::l7::Abort;
 use meshpath_model::l7::LoadBalancer::RoundRobin;
 
 /// Clients are `gateway`; the backend at `data_addr` is the `data` workload.
@@ -151,7 +152,7 @@ async fn fault_aborts_count_against_the_routed_service() {
     let mut r = route(vec![], to(&key("data")));
     r.fault = Some(Fault {
         delay: None,
-        abort: Some((503, 100.0)),
+        abort: Some((Abort::Http(503), 100.0)),
     });
     let (_tx, rx) = watch::channel(Arc::new(config(
         vec![r],

@@ -13,6 +13,7 @@ mod missing_cluster;
 mod outlier;
 mod request_limits;
 mod retries;
+mod route_features;
 mod routing;
 mod span_export;
 mod tracing_ids;
@@ -321,10 +322,7 @@ pub(super) fn cluster(addrs: &[SocketAddr], lb: LoadBalancer) -> Cluster {
 }
 
 pub(super) fn to(k: &ClusterKey) -> RouteAction {
-    RouteAction::Route(vec![WeightedCluster {
-        cluster: k.clone(),
-        weight: 100,
-    }])
+    RouteAction::Route(vec![WeightedCluster::new(k.clone(), 100)])
 }
 
 pub(super) fn route(matches: Vec<HttpMatch>, action: RouteAction) -> HttpRoute {

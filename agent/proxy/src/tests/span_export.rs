@@ -217,14 +217,8 @@ async fn spans_carry_body_sizes_the_user_agent_and_the_matched_routes_operation(
     let mut split = route(
         vec![],
         RouteAction::Route(vec![
-            WeightedCluster {
-                cluster: key("a"),
-                weight: 50,
-            },
-            WeightedCluster {
-                cluster: key("b"),
-                weight: 50,
-            },
+            WeightedCluster::new(key("a"), 50),
+            WeightedCluster::new(key("b"), 50),
         ]),
     );
     split.virtual_service = Some("ab-split".into());

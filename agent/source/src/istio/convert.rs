@@ -229,7 +229,12 @@ impl Ctx {
 
     /// Envoy matches regexes as RE2 full matches: anchor them so `v1` does not match `/v12`.
     fn regex(&self, field: &str, source: &str) -> Result<Pattern, ConvertError> {
-        match regex::Regex::new(&format!("^(?:{source})$")) {
+        self.regex_as(field, source, &format!("^(?:{source})$"))
+    }
+
+    /// `source` compiled as `compiled` (a form of it), errors naming `source`.
+    fn regex_as(&self, field: &str, source: &str, compiled: &str) -> Result<Pattern, ConvertError> {
+        match regex::Regex::new(compiled) {
             Ok(regex) => Ok(Pattern {
                 source: source.to_owned(),
                 regex: regex.into(),
@@ -315,9 +320,9 @@ impl Ctx {
     }
 }
 
-/// A `directResponse.body.bytes` (base64, as protobuf writes bytes in JSON/YAML) as text; `None`
-/// when it is not base64 of UTF-8, which the proxy's text bodies cannot carry.
-fn base64_text(encoded: &str) -> Option<String> {
+/// A `directResponse.body.bytes` (base64, as protobuf writes bytes in JSON/YAML, standard or
+/// URL-safe alphabet) decoded; `None` when it is not base64.
+fn base64_bytes(encoded: &str) -> Option<Vec<u8>> {
     let mut bits = 0u32;
     let mut count = 0;
     let mut out = Vec::with_capacity(encoded.len() * 3 / 4);
@@ -338,5 +343,5 @@ fn base64_text(encoded: &str) -> Option<String> {
             out.push(u8::try_from((bits >> count) & 0xff).ok()?);
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }

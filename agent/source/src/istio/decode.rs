@@ -65,7 +65,7 @@ mod tests {
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "r", "labels": {"a": "b"}},
             "spec": {"hosts": ["r"], "exportTo": ["."],
-                     "http": [{"corsPolicy": {}, "route": [{"destination": {"host": "r"}, "headers": {}}]}]}
+                     "http": [{"corsPolicy": {}, "route": [{"destination": {"host": "r"}, "extra": {}}]}]}
         });
         let (_, ignored) = decode::<Object<VirtualServiceSpec>>(value).expect("decodes");
         assert_eq!(
@@ -73,7 +73,7 @@ mod tests {
             [
                 "spec.exportTo",
                 "spec.http[0].corsPolicy",
-                "spec.http[0].route[0].headers"
+                "spec.http[0].route[0].extra"
             ]
         );
     }

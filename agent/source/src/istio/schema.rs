@@ -62,8 +62,24 @@ pub struct HttpRoute {
     /// Deprecated integer form of `mirrorPercentage`.
     pub mirror_percent: Option<i64>,
     pub headers: Option<Headers>,
-    /// A root VirtualService's hand-over to a delegate (accepted, not enforced).
-    pub delegate: Option<Value>,
+    #[serde(default)]
+    pub mirrors: Vec<MirrorPolicy>,
+    /// A root VirtualService's hand-over to a delegate.
+    pub delegate: Option<Delegate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MirrorPolicy {
+    #[serde(default)]
+    pub destination: Destination,
+    pub percentage: Option<Percent>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Delegate {
+    #[serde(default)]
+    pub name: String,
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +119,8 @@ pub struct StringMatch {
 pub struct RouteDestination {
     pub destination: Destination,
     pub weight: Option<i64>,
+    /// Only for `http` routes.
+    pub headers: Option<Headers>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +144,7 @@ pub struct Redirect {
     pub port: Option<i64>,
     pub scheme: Option<String>,
     pub redirect_code: Option<i64>,
+    pub derive_port: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,9 +160,19 @@ pub struct Body {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Rewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RegexRewrite {
+    #[serde(default, rename = "match")]
+    pub pattern: String,
+    #[serde(default)]
+    pub rewrite: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,7 +203,7 @@ pub struct Delay {
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
     pub http_status: Option<i64>,
-    /// gRPC and HTTP/2 aborts: valid Istio, not enforced by the meshpath proxy.
+    /// `http2Error` is valid Istio the meshpath proxy does not inject.
     pub grpc_status: Option<String>,
     pub http2_error: Option<String>,
     pub percentage: Option<Percent>,

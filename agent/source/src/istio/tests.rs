@@ -1,6 +1,7 @@
 //! Parsing and validation of Istio objects, through the manifests source's `parse_file` (so the
 //! dispatch by apiVersion/kind and the error plumbing are covered too).
 
+mod route_actions;
 mod validation;
 
 use std::path::Path;
@@ -185,7 +186,7 @@ fn seed_faults_and_mirror() {
         abort.http[0].fault,
         Some(Fault {
             delay: None,
-            abort: Some((500, Percent(100.0)))
+            abort: Some((Abort::Http(500), Percent(100.0)))
         })
     );
     assert_eq!(abort.http[0].matches[0].headers[0].0, "end-user");
@@ -207,11 +208,11 @@ fn seed_faults_and_mirror() {
         Action::Route(vec![(dest(SPRINGBOOT, "v1"), 100)])
     );
     assert_eq!(
-        route.mirror,
-        Some(Mirror {
+        route.mirrors,
+        vec![Mirror {
             destination: dest(SPRINGBOOT, "v2"),
             percentage: Percent(10.0)
-        })
+        }]
     );
 }
 
@@ -346,7 +347,7 @@ fn fault_without_percentage_injects_nothing_as_in_istio() {
     let (vs, warnings) = super::virtual_service(value).expect("valid");
     assert_eq!(
         vs.http[0].fault.as_ref().and_then(|f| f.abort),
-        Some((503, Percent(0.0)))
+        Some((Abort::Http(503), Percent(0.0)))
     );
     assert_eq!(
         warnings,

@@ -22,6 +22,7 @@ pub(crate) const KEYS: &[&str] = &[
     "interval-ms",
     "per-request",
     "session",
+    "path",
 ];
 
 /// Options shared by all client modes.
@@ -42,6 +43,8 @@ pub(crate) struct Common {
     pub(crate) per_request: bool,
     /// `udp-unconnected`: a stateful exchange (see `serve`'s `session` datagrams).
     pub(crate) session: bool,
+    /// `http`: the request target (`--path`, default `/`).
+    pub(crate) path: String,
 }
 
 impl Common {
@@ -71,6 +74,7 @@ impl Common {
             interval: Duration::from_millis(a.get("interval-ms")?.unwrap_or(0)),
             per_request: a.get::<u8>("per-request")?.unwrap_or(0) != 0,
             session: a.get::<u8>("session")?.unwrap_or(0) != 0,
+            path: a.get("path")?.unwrap_or_else(|| "/".to_owned()),
         })
     }
 }
@@ -316,7 +320,7 @@ pub(crate) fn http(c: &Common) -> ExitCode {
                 .map_err(|e| errno_name(&e)),
         }
         .and_then(|mut r| {
-            http_request(&mut r, c.addr, &c.headers, &c.show_headers)
+            http_request(&mut r, c, &c.headers, &c.show_headers)
                 .map(|a| (r, a))
                 .map_err(|e| recv_error_name(&e))
         });
@@ -380,7 +384,7 @@ struct Answer {
 /// One request/response.
 fn http_request(
     r: &mut BufReader<TcpStream>,
-    addr: SocketAddr,
+    c: &Common,
     headers: &[String],
     show: &[String],
 ) -> io::Result<Answer> {
@@ -392,9 +396,10 @@ fn http_request(
     let host = if has_host {
         String::new()
     } else {
-        format!("host: {addr}\r\n")
+        format!("host: {}\r\n", c.addr)
     };
-    let req = format!("GET / HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
+    let path = &c.path;
+    let req = format!("GET {path} HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
     r.get_mut().write_all(req.as_bytes())?;
     let bad = |m: &str| io::Error::new(ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();

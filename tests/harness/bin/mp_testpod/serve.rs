@@ -144,7 +144,7 @@ struct HttpOpts {
     name: Arc<str>,
     status: u16,
     delay: Duration,
-    /// One JSON line per request (`{"host": ...}`), written when the request head is read,
+    /// One JSON line per request (`{"host", "path", "headers"}`), written when the request head is read,
     /// before any delay: a slow server still shows the request at once.
     log: Option<Mutex<File>>,
 }
@@ -166,6 +166,8 @@ fn http_conn(s: TcpStream, o: &HttpOpts) -> io::Result<()> {
             continue; // stray CRLF between requests is allowed (RFC 9112 §2.2)
         }
         let mut close = line.trim_end().ends_with("HTTP/1.0");
+        let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let mut seen = serde_json::Map::new();
         let mut body_len: u64 = 0;
         let mut host = None;
         loop {
@@ -183,6 +185,7 @@ fn http_conn(s: TcpStream, o: &HttpOpts) -> io::Result<()> {
             if k.trim().eq_ignore_ascii_case("host") {
                 host = Some(v.trim().to_owned());
             }
+            seen.insert(k.trim().to_ascii_lowercase(), v.trim().into());
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
             match k.as_str() {
                 "content-length" => body_len = v.parse().unwrap_or(0),
@@ -194,7 +197,8 @@ fn http_conn(s: TcpStream, o: &HttpOpts) -> io::Result<()> {
         }
         io::copy(&mut (&mut r).take(body_len), &mut io::sink())?;
         if let Some(log) = &o.log {
-            let line = format!("{}\n", serde_json::json!({ "host": host }));
+            let entry = serde_json::json!({ "host": host, "path": target, "headers": seen });
+            let line = format!("{entry}\n");
             let _ = log.lock().map(|mut f| f.write_all(line.as_bytes()));
         }
         if !o.delay.is_zero() {

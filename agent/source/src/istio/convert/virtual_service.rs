@@ -3,9 +3,11 @@
 use serde_json::Value;
 
 use meshpath_model::istio::model::{
-    Action, Destination, HttpRoute, Mirror, Redirect, TcpRoute, VirtualService,
+    Action, DerivePort, Destination, DestinationHeaders, HttpRoute, Mirror, Redirect, TcpRoute,
+    VirtualService,
 };
 use meshpath_model::istio::{IstioInvalid, Warning};
+use meshpath_model::ObjectRef;
 
 use super::{Ctx, Error};
 use crate::error::{ConvertError, Invalid, ObjectKind};
@@ -14,7 +16,7 @@ use crate::istio::schema::{self, Object, VirtualServiceSpec};
 
 mod http;
 
-use http::{fault, header_ops, http_match, retries};
+use http::{fault, header_ops, http_match, regex_rewrite, retries};
 
 /// The gateway name that means "sidecars", i.e. the traffic meshpath routes.
 const MESH: &str = "mesh";
@@ -30,19 +32,21 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
     let mut ctx = Ctx::new(ObjectKind::VirtualService, &object.metadata, ignored)?;
     ctx.warnings.extend(istio);
     let spec = object.spec;
-    // No hosts: a delegate, used only through a root's `delegate`, which meshpath does not
-    // follow; Istio's validation of it has passed.
+    // No hosts: a delegate, whose `http` routes apply only through a root's `delegate`
+    // (merged when compiling); Istio's validation of it has passed.
     if spec.hosts.is_empty() {
-        ctx.warn(Warning::Delegate {
-            field: "spec.hosts".into(),
-        });
-        let vs = VirtualService {
+        let mut vs = VirtualService {
             id: ctx.object.id.clone(),
             origin: None,
             hosts: Vec::new(),
             http: Vec::new(),
             tcp: Vec::new(),
         };
+        for (i, route) in spec.http.iter().enumerate() {
+            if let Some(route) = http_route(&mut ctx, i, route)? {
+                vs.http.push(route);
+            }
+        }
         return Ok((vs, ctx.warnings));
     }
     let hosts = spec
@@ -104,12 +108,6 @@ fn http_route(
     r: &schema::HttpRoute,
 ) -> Result<Option<HttpRoute>, ConvertError> {
     let f = format!("spec.http[{i}]");
-    if r.delegate.is_some() {
-        ctx.warn(Warning::Delegate {
-            field: format!("{f}.delegate"),
-        });
-        return Ok(None);
-    }
     let mut matches = Vec::new();
     for (j, m) in r.matches.iter().enumerate() {
         if let Some(m) = http_match(ctx, &format!("{f}.match[{j}]"), m)? {
@@ -120,6 +118,14 @@ fn http_route(
         return Ok(None);
     }
     let action = match (r.route.is_empty(), &r.redirect, &r.direct_response) {
+        (true, None, None) if r.delegate.is_some() => {
+            let d = r.delegate.as_ref().expect("checked");
+            let namespace = d.namespace.as_deref().filter(|ns| !ns.is_empty());
+            Action::Delegate(ObjectRef::new(
+                namespace.unwrap_or(&ctx.object.id.namespace),
+                d.name.clone(),
+            ))
+        }
         (false, None, None) => Action::Route(weighted(ctx, &format!("{f}.route"), &r.route)?),
         (true, Some(redirect), None) => Action::Redirect(Redirect {
             uri: redirect.uri.clone(),
@@ -129,6 +135,11 @@ fn http_route(
                 .port
                 .map(|p| ctx.port(&format!("{f}.redirect.port"), p))
                 .transpose()?,
+            derive_port: match redirect.derive_port.as_deref() {
+                Some("FROM_PROTOCOL_DEFAULT") => Some(DerivePort::FromProtocolDefault),
+                Some("FROM_REQUEST_PORT") => Some(DerivePort::FromRequestPort),
+                _ => None,
+            },
             status: ctx.int(
                 &format!("{f}.redirect.redirectCode"),
                 redirect.redirect_code.unwrap_or(301),
@@ -145,19 +156,18 @@ fn http_route(
                 Some(schema::Body {
                     string: Some(s),
                     bytes: None,
-                }) => Some(s.clone()),
+                }) => Some(s.clone().into_bytes()),
                 Some(schema::Body {
                     string: None,
                     bytes: Some(b),
-                }) => match super::base64_text(b) {
-                    Some(text) => Some(text),
-                    None => {
-                        ctx.warn(Warning::Ignored {
-                            field: format!("{f}.directResponse.body.bytes"),
-                        });
-                        None
-                    }
-                },
+                }) => Some(super::base64_bytes(b).ok_or_else(|| {
+                    ctx.err(
+                        format!("{f}.directResponse.body.bytes"),
+                        IstioInvalid::Rule {
+                            message: "not valid base64".into(),
+                        },
+                    )
+                })?),
                 Some(_) => {
                     return Err(ctx.err(
                         format!("{f}.directResponse.body"),
@@ -184,9 +194,9 @@ fn http_route(
         .as_ref()
         .map(|spec| fault(ctx, &format!("{f}.fault"), spec))
         .transpose()?;
-    let mirror = match &r.mirror {
-        None => None,
-        Some(m) => Some(Mirror {
+    let mut mirrors = Vec::with_capacity(r.mirrors.len() + 1);
+    if let Some(m) = &r.mirror {
+        mirrors.push(Mirror {
             destination: ctx.destination(&format!("{f}.mirror"), m)?,
             // Istio mirrors everything when no percentage is given.
             percentage: ctx.percent_or(
@@ -195,8 +205,20 @@ fn http_route(
                 (&format!("{f}.mirrorPercent"), r.mirror_percent),
                 100.0,
             )?,
-        }),
-    };
+        });
+    }
+    for (j, m) in r.mirrors.iter().enumerate() {
+        let mf = format!("{f}.mirrors[{j}]");
+        mirrors.push(Mirror {
+            destination: ctx.destination(&format!("{mf}.destination"), &m.destination)?,
+            percentage: ctx.percent_or(
+                &format!("{mf}.percentage"),
+                &m.percentage,
+                ("", None),
+                100.0,
+            )?,
+        });
+    }
     let timeout = r
         .timeout
         .as_deref()
@@ -208,19 +230,35 @@ fn http_route(
         .map(|rt| retries(ctx, &format!("{f}.retries"), rt))
         .transpose()?;
     let headers = r.headers.as_ref();
+    let rewrite_uri_regex = r
+        .rewrite
+        .as_ref()
+        .and_then(|w| w.uri_regex_rewrite.as_ref())
+        .map(|rr| regex_rewrite(ctx, &format!("{f}.rewrite.uriRegexRewrite"), rr))
+        .transpose()?;
+    let destination_headers = r
+        .route
+        .iter()
+        .map(|rd| DestinationHeaders {
+            request: header_ops(rd.headers.as_ref().and_then(|h| h.request.as_ref())),
+            response: header_ops(rd.headers.as_ref().and_then(|h| h.response.as_ref())),
+        })
+        .collect();
     Ok(Some(HttpRoute {
         index: i,
         name: r.name.clone(),
         matches,
         action,
         fault,
-        mirror,
+        mirrors,
         timeout,
         retries,
         rewrite_uri: r.rewrite.as_ref().and_then(|w| w.uri.clone()),
         rewrite_authority: r.rewrite.as_ref().and_then(|w| w.authority.clone()),
+        rewrite_uri_regex,
         request_headers: header_ops(headers.and_then(|h| h.request.as_ref())),
         response_headers: header_ops(headers.and_then(|h| h.response.as_ref())),
+        destination_headers,
     }))
 }
 
@@ -291,6 +329,17 @@ fn tcp_route(
     }
     if !r.matches.is_empty() && kept == 0 {
         return Ok(None);
+    }
+    // `headers` belongs to HTTP destinations only; on a TCP one it means nothing.
+    for (j, _) in r
+        .route
+        .iter()
+        .enumerate()
+        .filter(|(_, rd)| rd.headers.is_some())
+    {
+        ctx.warn(Warning::Ignored {
+            field: format!("{f}.route[{j}].headers"),
+        });
     }
     let route = weighted(ctx, &format!("{f}.route"), &r.route)?;
     Ok(Some(TcpRoute {

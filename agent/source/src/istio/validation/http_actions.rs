@@ -105,8 +105,8 @@ fn fault_percentage(f: &str, v: &Value, out: &mut Findings) {
     }
 }
 
-/// Istio's names of gRPC status codes.
-const GRPC_STATUS: [&str; 17] = [
+/// Istio's names of gRPC status codes, in code order (index = code).
+pub(crate) const GRPC_STATUS: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",

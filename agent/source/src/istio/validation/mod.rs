@@ -19,6 +19,7 @@ mod virtual_service;
 use serde_json::Value;
 
 pub use destination_rule::destination_rule;
+pub(crate) use http_actions::GRPC_STATUS;
 pub use virtual_service::virtual_service;
 
 /// One problem Istio reports: the field (`spec.http[0].route[1].weight`) and Istio's message.

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use meshpath_model::istio::model::{Fault, HeaderOps, HttpMatch, Percent, Retries, StringMatch};
+use meshpath_model::istio::model::{
+    Abort, Fault, HeaderOps, HttpMatch, Percent, RegexRewrite, Retries, StringMatch,
+};
 use meshpath_model::istio::{IstioInvalid, Warning};
 use meshpath_model::l7::RetryOn;
 
@@ -11,6 +13,7 @@ use super::super::Ctx;
 use super::MESH;
 use crate::error::{ConvertError, Invalid};
 use crate::istio::schema;
+use crate::istio::validation::GRPC_STATUS;
 
 /// Envoy retry conditions Istio accepts in `retryOn` but the meshpath proxy does not implement:
 /// valid config, so a warning rather than an error.
@@ -101,29 +104,46 @@ pub(super) fn fault(ctx: &mut Ctx, f: &str, fault: &schema::Fault) -> Result<Fau
         let pct = fault_percent(ctx, &format!("{f}.delay"), &d.percentage, d.percent)?;
         out.delay = Some((delay, pct));
     }
-    // gRPC and HTTP/2 aborts are valid Istio the meshpath proxy does not inject.
-    let other_abort = fault
+    // HTTP/2 aborts are valid Istio the meshpath proxy does not inject.
+    let http2 = fault
         .abort
         .as_ref()
-        .and_then(|a| match (&a.grpc_status, &a.http2_error) {
-            (Some(_), _) => Some("grpcStatus"),
-            (None, Some(_)) => Some("http2Error"),
-            _ => None,
-        });
-    if let Some(kind) = other_abort {
+        .is_some_and(|a| a.grpc_status.is_none() && a.http2_error.is_some());
+    if http2 {
         ctx.warn(Warning::Ignored {
-            field: format!("{f}.abort.{kind}"),
+            field: format!("{f}.abort.http2Error"),
         });
     }
-    if let Some(a) = fault.abort.as_ref().filter(|_| other_abort.is_none()) {
-        let field = format!("{f}.abort.httpStatus");
-        let status = a
-            .http_status
-            .ok_or_else(|| ctx.err(&field, Invalid::Required))?;
-        // Istio's bound is 600 inclusive.
-        let status = ctx.int(&field, status, 200, 600)?;
+    if let Some(a) = fault.abort.as_ref().filter(|_| !http2) {
+        let abort = match &a.grpc_status {
+            Some(name) => {
+                let field = format!("{f}.abort.grpcStatus");
+                let code = GRPC_STATUS
+                    .iter()
+                    .position(|n| n == name)
+                    .and_then(|c| u8::try_from(c).ok())
+                    .ok_or_else(|| {
+                        ctx.err(
+                            &field,
+                            Invalid::NotOneOf {
+                                value: name.clone(),
+                                expected: "a gRPC status name (UNAVAILABLE, NOT_FOUND, ...)",
+                            },
+                        )
+                    })?;
+                Abort::Grpc(code)
+            }
+            None => {
+                let field = format!("{f}.abort.httpStatus");
+                let status = a
+                    .http_status
+                    .ok_or_else(|| ctx.err(&field, Invalid::Required))?;
+                // Istio's bound is 600 inclusive.
+                Abort::Http(ctx.int(&field, status, 200, 600)?)
+            }
+        };
         let pct = fault_percent(ctx, &format!("{f}.abort"), &a.percentage, a.percent)?;
-        out.abort = Some((status, pct));
+        out.abort = Some((abort, pct));
     }
     Ok(out)
 }
@@ -204,6 +224,46 @@ pub(super) fn retries(
         per_try_timeout,
         retry_on,
     })
+}
+
+/// `uriRegexRewrite`: the pattern unanchored (Envoy replaces every match in the path), and the
+/// substitution's RE2 group references (`\1`) in `regex`'s syntax (`${1}`), its `$` literal.
+pub(super) fn regex_rewrite(
+    ctx: &Ctx,
+    f: &str,
+    rr: &schema::RegexRewrite,
+) -> Result<RegexRewrite, ConvertError> {
+    let pattern = ctx.regex_as(&format!("{f}.match"), &rr.pattern, &rr.pattern)?;
+    Ok(RegexRewrite {
+        pattern,
+        substitution: substitution(&rr.rewrite),
+    })
+}
+
+/// An RE2 substitution (`\N` a group, `\\` a backslash) as `regex::Regex::replace_all` wants it.
+fn substitution(re2: &str) -> String {
+    let mut out = String::with_capacity(re2.len() + 8);
+    let mut chars = re2.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str("${");
+                    out.push(*d);
+                    chars.next();
+                    out.push('}');
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub(super) fn header_ops(ops: Option<&schema::HeaderOps>) -> HeaderOps {

@@ -12,11 +12,13 @@
 //! a DestinationRule defines the subset.
 //!
 //! Precedence, where Istio uses creation time (which manifests do not have): the first
-//! VirtualService in namespace/name order owns a host; exact hosts before wildcards. For a
-//! Service's DestinationRule: exact host before wildcard, the Service's namespace first, then
-//! namespace/name order.
+//! VirtualService in namespace/name order owns a host; exact hosts before wildcards, and the
+//! most specific wildcard (longest fixed part) before the others, as Istio picks. For a
+//! Service's DestinationRule: exact host before wildcard, the Service's namespace first, the
+//! most specific wildcard first, then namespace/name order.
 
 pub(crate) mod clusters;
+mod cors;
 mod error;
 mod routes;
 #[cfg(test)]
@@ -108,10 +110,10 @@ pub fn compile_l7(
 
     // Services steered only for a DestinationRule policy: plain forwarding, balanced by the proxy.
     for (service, rule) in ctx.rules() {
-        if !rule.traffic_policy.needs_proxy() {
-            continue;
-        }
         for (addr, _) in ctx.http_frontends(service) {
+            if !rule.traffic_policy.for_port(addr.port).needs_proxy() {
+                continue;
+            }
             let default_cluster = ClusterKey {
                 service: service.clone(),
                 port: addr.port,
@@ -198,13 +200,26 @@ fn claims(model: &ClusterModel) -> Vec<(&VirtualService, BTreeSet<ObjectRef>)> {
             }
         }
     }
+    // Istio's most specific host wins: `*.prod.svc.cluster.local` over `*.svc.cluster.local`
+    // over `*`; the first VirtualService on a tie.
+    let mut wildcard: BTreeMap<&ObjectRef, (usize, &VirtualService)> = BTreeMap::new();
     for vs in routing() {
         for host in vs.hosts.iter().filter(|h| hosts::is_wildcard(h)) {
+            let specificity = hosts::specificity(host);
             for service in hosts::wildcard_matches(host, &model.services) {
-                owner.entry(service).or_insert(vs);
+                if owner.contains_key(service) {
+                    continue;
+                }
+                match wildcard.get(service) {
+                    Some((best, _)) if *best >= specificity => {}
+                    _ => {
+                        wildcard.insert(service, (specificity, vs));
+                    }
+                }
             }
         }
     }
+    owner.extend(wildcard.into_iter().map(|(s, (_, vs))| (s, vs)));
     let mut by_vs: BTreeMap<&ObjectRef, (&VirtualService, BTreeSet<ObjectRef>)> = BTreeMap::new();
     for (service, vs) in owner {
         by_vs

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use crate::ObjectRef;
 
+mod cors;
+
+pub use cors::CorsPolicy;
+
 /// Everything the proxy needs, swapped atomically on every change (`Arc<L7Config>`).
 #[derive(Clone, Debug, Default)]
 pub struct L7Config {
@@ -75,6 +79,8 @@ pub struct HttpRoute {
     pub rewrite: Option<Rewrite>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `corsPolicy`: preflights answered by the proxy, CORS headers on responses.
+    pub cors: Option<CorsPolicy>,
 }
 
 /// AND of every condition present.
@@ -104,7 +110,8 @@ pub enum StringMatch {
 
 #[derive(Clone, Debug)]
 pub enum RouteAction {
-    /// Weighted destinations; weights sum to 100 (or a single destination with weight 100).
+    /// Weighted destinations, each drawn with its weight's share of their sum, as Envoy draws
+    /// them (a single destination has weight 100).
     Route(Vec<WeightedCluster>),
     Redirect(Redirect),
     DirectResponse {
@@ -145,6 +152,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub retry_on: Vec<RetryOn>,
+    /// `backoff`: the base interval of Envoy's jittered exponential back-off between retries
+    /// (at most ten times it); `None`: Envoy's 25 ms.
+    pub backoff: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use super::breaker::{self, Breaker, StatsMap};
 use super::forward::RetryRt;
 use super::headers::CompiledOps;
 use super::idle::DEFAULT_IDLE_TIMEOUT;
+use super::layers::cors::CorsRt;
 use super::lb::LbState;
 use super::matching::Matcher;
 use super::outlier::{OutlierRt, Outliers};
@@ -58,6 +59,7 @@ pub(crate) struct RouteRt {
     pub retry: RetryRt,
     pub req_ops: CompiledOps,
     pub resp_ops: CompiledOps,
+    pub cors: Option<CorsRt>,
 }
 
 impl RouteRt {
@@ -228,6 +230,7 @@ pub(crate) fn route_rt(r: &HttpRoute, dest: &impl Fn(&ClusterKey) -> Dest) -> Ro
         retry: RetryRt::from_policy(r.retries.as_ref()),
         req_ops: CompiledOps::compile(&r.request_headers),
         resp_ops: CompiledOps::compile(&r.response_headers),
+        cors: r.cors.as_ref().map(CorsRt::compile),
         route: r.clone(),
     }
 }

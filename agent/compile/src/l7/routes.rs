@@ -113,10 +113,12 @@ pub fn http_route(
             attempts: r.attempts,
             per_try_timeout: r.per_try_timeout,
             retry_on: r.retry_on.clone(),
+            backoff: r.backoff,
         }),
         rewrite,
         request_headers: header_ops(&route.request_headers),
         response_headers: header_ops(&route.response_headers),
+        cors: route.cors.as_ref().map(super::cors::policy),
     }))
 }
 
@@ -165,6 +167,22 @@ fn cluster_key(
         .clone()
         .unwrap_or_else(|| "<unknown source>".into());
     let model = ctx.model();
+    // A wildcard destination (`*.foo.com`, `*-foo.baz`) is valid Istio that names a
+    // ServiceEntry host, never a Service: Envoy gets a cluster nobody defines and answers 503
+    // (`NC`). The same here, through a key no Service can have (names never hold `*`).
+    if hosts::is_wildcard(&dest.host) {
+        warnings.push(L7Error::WildcardDestination {
+            origin,
+            vs: vs.id.clone(),
+            field: format!("{field}.host"),
+            host: dest.host.clone(),
+        });
+        return Ok(ClusterKey {
+            service: meshpath_model::ObjectRef::new(&vs.id.namespace, &dest.host),
+            port: dest.port.unwrap_or(listener),
+            subset: dest.subset.clone(),
+        });
+    }
     let Some(service) = hosts::resolve(&dest.host, &vs.id.namespace, &model.services) else {
         return Err(Box::new(L7Error::UnknownHost {
             origin,
@@ -254,7 +272,7 @@ fn http_match(m: &im::HttpMatch) -> l7::HttpMatch {
     }
 }
 
-fn string_match(s: &im::StringMatch) -> l7::StringMatch {
+pub(super) fn string_match(s: &im::StringMatch) -> l7::StringMatch {
     match s {
         im::StringMatch::Exact(v) => l7::StringMatch::Exact(v.clone()),
         im::StringMatch::Prefix(v) => l7::StringMatch::Prefix(v.clone()),

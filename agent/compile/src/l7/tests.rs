@@ -1,6 +1,7 @@
 //! The seed's Istio objects (verbatim, in `agent/source/src/istio/testdata`) compiled against a small cluster.
 
 mod resolution;
+mod wildcard;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

@@ -41,6 +41,21 @@ pub struct HttpRoute {
     pub rewrite_authority: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub cors: Option<Cors>,
+}
+
+/// `corsPolicy`, validated; lists as written (Istio joins them for Envoy).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// `allowOrigins`, then the deprecated `allowOrigin` as exact matches.
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<Duration>,
+    pub allow_credentials: Option<bool>,
+    /// `unmatchedPreflights`: `Some(true)` FORWARD, `Some(false)` IGNORE, `None` unspecified.
+    pub forward_unmatched_preflights: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,7 +117,8 @@ pub struct Destination {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// (destination, weight); weights sum to 100 (a single destination always gets 100).
+    /// (destination, weight); each gets its weight's share of the weights' sum, as Envoy
+    /// draws them (a single destination always gets 100).
     Route(Vec<(Destination, u32)>),
     Redirect(Redirect),
     DirectResponse {
@@ -138,6 +154,8 @@ pub struct Retries {
     pub per_try_timeout: Option<Duration>,
     /// Only the conditions the proxy implements; the others were warned about.
     pub retry_on: Vec<RetryOn>,
+    /// `backoff`: base interval between retries.
+    pub backoff: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -153,6 +171,7 @@ pub struct TcpRoute {
     pub index: usize,
     /// The ports the route is limited to; empty: every port.
     pub ports: Vec<u16>,
+    /// Weights scaled to sum to 100 (kernel slots).
     pub route: Vec<(Destination, u32)>,
 }
 
@@ -176,6 +195,17 @@ pub struct Subset {
 /// over its rule's part by part, as Istio does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `portLevelSettings`: for one Service port, parts that replace the policy's own.
+    pub port_level: Vec<PortPolicy>,
+}
+
+/// One `portLevelSettings` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPolicy {
+    pub port: u16,
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
@@ -249,10 +279,38 @@ impl TrafficPolicy {
                 .outlier_detection
                 .clone()
                 .or_else(|| base.outlier_detection.clone()),
+            // Istio: a subset's port settings replace the rule's as a whole.
+            port_level: if self.port_level.is_empty() {
+                base.port_level.clone()
+            } else {
+                self.port_level.clone()
+            },
         }
     }
 
-    /// Whether only the proxy can enforce this policy, so the service must be steered to it even
+    /// The policy for Service port `port`: its `portLevelSettings` entry's parts over the
+    /// rest, part by part, as Istio merges them for the port's cluster.
+    pub fn for_port(&self, port: u16) -> TrafficPolicy {
+        let mut out = TrafficPolicy {
+            port_level: Vec::new(),
+            ..self.clone()
+        };
+        if let Some(p) = self.port_level.iter().find(|p| p.port == port) {
+            if p.load_balancer.is_some() {
+                out.load_balancer.clone_from(&p.load_balancer);
+            }
+            if p.connection_pool.is_some() {
+                out.connection_pool.clone_from(&p.connection_pool);
+            }
+            if p.outlier_detection.is_some() {
+                out.outlier_detection.clone_from(&p.outlier_detection);
+            }
+        }
+        out
+    }
+
+    /// Whether only the proxy can enforce this policy (for port-level settings, ask
+    /// [`for_port`](Self::for_port)'s answer), so the service must be steered to it even
     /// without routes. Round robin and random are the kernel's own balancing; a TCP connection
     /// limit is the kernel's job too.
     pub fn needs_proxy(&self) -> bool {

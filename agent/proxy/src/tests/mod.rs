@@ -4,6 +4,7 @@
 mod actions;
 mod bench;
 mod circuit_breaking;
+mod cors;
 mod faults;
 mod istio_metrics;
 mod jaeger;

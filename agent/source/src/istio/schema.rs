@@ -62,6 +62,7 @@ pub struct HttpRoute {
     /// Deprecated integer form of `mirrorPercentage`.
     pub mirror_percent: Option<i64>,
     pub headers: Option<Headers>,
+    pub cors_policy: Option<CorsPolicy>,
     /// A root VirtualService's hand-over to a delegate (accepted, not enforced).
     pub delegate: Option<Value>,
 }
@@ -153,6 +154,26 @@ pub struct Retries {
     pub attempts: i64,
     pub per_try_timeout: Option<String>,
     pub retry_on: Option<String>,
+    pub backoff: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    /// Deprecated: exact origins.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,8 +273,18 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
-    /// Accepted so that it is reported as "not yet supported" rather than unknown.
-    pub port_level_settings: Option<Value>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+}
+
+/// A `portLevelSettings` entry (its `tls`, like the policy's, is reported as ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    pub port: Option<PortSelector>,
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 #[derive(Debug, Default, Deserialize)]

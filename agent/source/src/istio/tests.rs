@@ -1,6 +1,7 @@
 //! Parsing and validation of Istio objects, through the manifests source's `parse_file` (so the
 //! dispatch by apiVersion/kind and the error plumbing are covered too).
 
+mod policy;
 mod validation;
 
 use std::path::Path;
@@ -36,7 +37,7 @@ pub(super) fn errors(text: &str) -> Vec<SourceError> {
     }
 }
 
-fn vs(text: &str) -> VirtualService {
+pub(super) fn vs(text: &str) -> VirtualService {
     match parse(text).as_slice() {
         [ParsedObject::VirtualService(vs)] => vs.clone(),
         other => panic!("not one VirtualService: {other:#?}"),
@@ -296,9 +297,6 @@ fn unknown_and_unsupported_fields_are_warnings() {
             Warning::Ignored {
                 field: "spec.exportTo".into()
             },
-            Warning::Ignored {
-                field: "spec.http[0].corsPolicy".into()
-            },
             Warning::Gateway {
                 field: "spec.gateways[1]".into(),
                 gateway: "edge".into()
@@ -318,14 +316,9 @@ fn unknown_and_unsupported_fields_are_warnings() {
     let (_, warnings) = super::destination_rule(value).expect("valid");
     assert_eq!(
         warnings,
-        [
-            Warning::Ignored {
-                field: "spec.trafficPolicy.tls".into()
-            },
-            Warning::NotYetSupported {
-                field: "spec.trafficPolicy.portLevelSettings".into()
-            },
-        ]
+        [Warning::Ignored {
+            field: "spec.trafficPolicy.tls".into()
+        },]
     );
 }
 

@@ -21,6 +21,7 @@ pub(crate) const KEYS: &[&str] = &[
     "duration-ms",
     "interval-ms",
     "per-request",
+    "method",
 ];
 
 /// Options shared by all client modes.
@@ -39,6 +40,8 @@ pub(crate) struct Common {
     pub(crate) interval: Duration,
     /// `http`: report every request (`requests`), not only the totals.
     pub(crate) per_request: bool,
+    /// `http`: the request method (`--method`, default GET).
+    pub(crate) method: String,
 }
 
 impl Common {
@@ -67,6 +70,7 @@ impl Common {
             duration: a.get("duration-ms")?.map(Duration::from_millis),
             interval: Duration::from_millis(a.get("interval-ms")?.unwrap_or(0)),
             per_request: a.get::<u8>("per-request")?.unwrap_or(0) != 0,
+            method: a.get("method")?.unwrap_or_else(|| "GET".to_owned()),
         })
     }
 }
@@ -275,7 +279,7 @@ pub(crate) fn http(c: &Common) -> ExitCode {
                 .map_err(|e| errno_name(&e)),
         }
         .and_then(|mut r| {
-            http_request(&mut r, c.addr, &c.headers, &c.show_headers)
+            http_request(&mut r, c.addr, &c.method, &c.headers, &c.show_headers)
                 .map(|a| (r, a))
                 .map_err(|e| recv_error_name(&e))
         });
@@ -340,6 +344,7 @@ struct Answer {
 fn http_request(
     r: &mut BufReader<TcpStream>,
     addr: SocketAddr,
+    method: &str,
     headers: &[String],
     show: &[String],
 ) -> io::Result<Answer> {
@@ -353,7 +358,7 @@ fn http_request(
     } else {
         format!("host: {addr}\r\n")
     };
-    let req = format!("GET / HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
+    let req = format!("{method} / HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
     r.get_mut().write_all(req.as_bytes())?;
     let bad = |m: &str| io::Error::new(ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();

@@ -12,6 +12,7 @@ use crate::error::{ConvertError, Invalid, ObjectKind};
 use crate::istio::decode::decode;
 use crate::istio::schema::{self, Object, VirtualServiceSpec};
 
+mod cors;
 mod http;
 
 use http::{fault, header_ops, http_match, retries};
@@ -120,7 +121,9 @@ fn http_route(
         return Ok(None);
     }
     let action = match (r.route.is_empty(), &r.redirect, &r.direct_response) {
-        (false, None, None) => Action::Route(weighted(ctx, &format!("{f}.route"), &r.route)?),
+        (false, None, None) => {
+            Action::Route(weighted(ctx, &format!("{f}.route"), &r.route, false)?)
+        }
         (true, Some(redirect), None) => Action::Redirect(Redirect {
             uri: redirect.uri.clone(),
             authority: redirect.authority.clone(),
@@ -208,6 +211,11 @@ fn http_route(
         .map(|rt| retries(ctx, &format!("{f}.retries"), rt))
         .transpose()?;
     let headers = r.headers.as_ref();
+    let cors = r
+        .cors_policy
+        .as_ref()
+        .map(|c| cors::cors(ctx, &format!("{f}.corsPolicy"), c))
+        .transpose()?;
     Ok(Some(HttpRoute {
         index: i,
         name: r.name.clone(),
@@ -221,15 +229,20 @@ fn http_route(
         rewrite_authority: r.rewrite.as_ref().and_then(|w| w.authority.clone()),
         request_headers: header_ops(headers.and_then(|h| h.request.as_ref())),
         response_headers: header_ops(headers.and_then(|h| h.response.as_ref())),
+        cors,
     }))
 }
 
 /// Route destinations with their weights: one destination gets everything whatever its weight
-/// says; several share in proportion to their weights, normalised to sum to 100 as Istio does.
+/// says (100); several share in proportion to their weights. Istio hands the weights to Envoy
+/// as written and Envoy draws against their sum, so `http:` routes keep them (`to_100`
+/// false); `tcp:` routes become kernel slots, a hundred per frontend, so their weights are
+/// scaled to sum to 100 (`to_100`).
 fn weighted(
     ctx: &Ctx,
     f: &str,
     route: &[schema::RouteDestination],
+    to_100: bool,
 ) -> Result<Vec<(Destination, u32)>, ConvertError> {
     let mut out = Vec::with_capacity(route.len());
     for (j, rd) in route.iter().enumerate() {
@@ -250,7 +263,7 @@ fn weighted(
             if sum == 0 {
                 return Err(ctx.err(f, IstioInvalid::WeightsSum { sum }));
             }
-            if sum != 100 {
+            if to_100 && sum != 100 {
                 normalise(several, sum);
             }
         }
@@ -292,7 +305,7 @@ fn tcp_route(
     if !r.matches.is_empty() && kept == 0 {
         return Ok(None);
     }
-    let route = weighted(ctx, &format!("{f}.route"), &r.route)?;
+    let route = weighted(ctx, &format!("{f}.route"), &r.route, true)?;
     Ok(Some(TcpRoute {
         index: i,
         ports: if any_port { Vec::new() } else { ports },

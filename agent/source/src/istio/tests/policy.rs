@@ -1,0 +1,71 @@
+//! Route policies the proxy enforces: `corsPolicy`, `retries.backoff`.
+
+use std::time::Duration;
+
+use meshpath_model::istio::model::{Cors, StringMatch};
+
+use super::{vs, vs_with};
+
+const ROUTE: &str = "    route:\n    - destination: {host: r}\n";
+
+#[test]
+fn cors_policy_is_read_with_every_field() {
+    let v = vs(&vs_with(&format!(
+        "  - corsPolicy:\n      allowOrigins:\n      - exact: https://a.example\n      - prefix: https://dev.\n      allowOrigin: [https://old.example]\n      allowMethods: [GET, POST]\n      allowHeaders: [x-a]\n      exposeHeaders: [x-b, x-c]\n      maxAge: 24h\n      allowCredentials: false\n      unmatchedPreflights: IGNORE\n{ROUTE}"
+    )));
+    assert_eq!(
+        v.http[0].cors,
+        Some(Cors {
+            allow_origins: vec![
+                StringMatch::Exact("https://a.example".into()),
+                StringMatch::Prefix("https://dev.".into()),
+                StringMatch::Exact("https://old.example".into()),
+            ],
+            allow_methods: vec!["GET".into(), "POST".into()],
+            allow_headers: vec!["x-a".into()],
+            expose_headers: vec!["x-b".into(), "x-c".into()],
+            max_age: Some(Duration::from_secs(86400)),
+            allow_credentials: Some(false),
+            forward_unmatched_preflights: Some(false),
+        })
+    );
+    let v = vs(&vs_with(&format!(
+        "  - corsPolicy:\n      allowOrigins: [{{regex: \"https://.*\"}}]\n      unmatchedPreflights: FORWARD\n{ROUTE}"
+    )));
+    let cors = v.http[0].cors.as_ref().expect("cors");
+    assert!(
+        matches!(&cors.allow_origins[..], [StringMatch::Regex(p)] if p.regex.is_match("https://x"))
+    );
+    assert_eq!(cors.forward_unmatched_preflights, Some(true));
+    assert_eq!((cors.max_age, cors.allow_credentials), (None, None));
+}
+
+#[test]
+fn retries_backoff_is_read() {
+    let v = vs(&vs_with(&format!(
+        "  - retries: {{attempts: 3, backoff: 250ms}}\n{ROUTE}"
+    )));
+    let r = v.http[0].retries.as_ref().expect("retries");
+    assert_eq!(r.backoff, Some(Duration::from_millis(250)));
+    let v = vs(&vs_with(&format!("  - retries: {{attempts: 3}}\n{ROUTE}")));
+    assert_eq!(v.http[0].retries.as_ref().expect("retries").backoff, None);
+}
+
+#[test]
+fn http_weights_stay_as_written_and_tcp_weights_become_percentages() {
+    use meshpath_model::istio::model::Action;
+    let v = vs(&vs_with(
+        "  - route:\n    - {destination: {host: r, subset: a}, weight: 1}\n    - {destination: {host: r, subset: b}, weight: 1}\n    - {destination: {host: r, subset: c}, weight: 1}\n",
+    ));
+    let Action::Route(w) = &v.http[0].action else {
+        panic!("a route")
+    };
+    // Envoy draws each with its share of the sum: exactly a third, no rounding to 34/33/33.
+    assert_eq!(w.iter().map(|(_, w)| *w).collect::<Vec<_>>(), [1, 1, 1]);
+    let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: db\nspec:\n  hosts: [db]\n  tcp:\n  - route:\n    - {destination: {host: db, subset: a}, weight: 1}\n    - {destination: {host: db, subset: b}, weight: 2}\n";
+    let v = vs(text);
+    assert_eq!(
+        v.tcp[0].route.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+        [33, 67]
+    );
+}

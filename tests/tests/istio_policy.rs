@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use meshpath_tests::manifests::docs;
 use meshpath_tests::{skip_unless, Cluster, AGENT};
-use seed::{app, hosts, http, serve, start, wait_steered};
+use seed::{app, hosts, http, start, wait_steered};
 
 const VIP: &str = "10.96.0.46";
 const SVC: &str = "default/web:";
@@ -227,4 +227,52 @@ fn retries_backoff_spaces_the_attempts() {
     // unreachable without it.
     assert!(total_ms > 1100, "{total_ms} ms in all: {r:?}");
     assert!(total_ms < 4000 + 2000, "{total_ms} ms in all: {r:?}");
+}
+
+/// Pod 0 (the client) declared as a Pod of `namespace`, so the proxy knows its namespace.
+fn client_in(c: &Cluster, namespace: &str) {
+    let ip = c.node.pod(0).ip();
+    c.write(
+        "client.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  namespace: {namespace}\n  labels:\n    app: client\nspec:\n  containers:\n  - name: c\n    image: x\nstatus:\n  podIP: {ip}\n"),
+    );
+}
+
+#[test]
+fn export_to_limits_a_virtual_service_to_its_namespaces_clients() {
+    skip_unless!(AGENT);
+    let _serial = serial();
+    let c = start(2);
+    // Exported to its own namespace only: its clients get the abort, the others plain
+    // forwarding to the service, as if there were no VirtualService.
+    let routes = "  - fault:\n      abort:\n        httpStatus: 418\n        percentage: {value: 100}\n    route:\n    - destination:\n        host: web\n";
+    client_in(&c, "default");
+    let text = vs(routes).replace("spec:\n", "spec:\n  exportTo: [\".\"]\n");
+    let log = c.node.work_dir().join("v1.requests");
+    let args = ["serve", "--name", "v1", "--http", "8080", "--http-log"];
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    args.push(log.display().to_string());
+    c.node.spawn_ready(1, "v1", &args).expect("server");
+    c.write(
+        "web.yaml",
+        &docs(&[app(&c, "web", VIP, &[(1, "v1")]), text]),
+    );
+    wait_steered(&c, SVC);
+    let own = http(&c, VIP, &["--count", "5"]);
+    assert_eq!(
+        own.answers,
+        [("418 fault filter abort".to_string(), 5)].into(),
+        "{own:?}\n{}",
+        c.agent.log()
+    );
+    assert_eq!(hosts(&log).len(), 0);
+
+    // The client moves to another namespace: the VirtualService is not exported there.
+    client_in(&c, "other");
+    let moved = meshpath_tests::wait_until(std::time::Duration::from_secs(5), || {
+        http(&c, VIP, &[]).count("v1") == 1
+    });
+    assert!(moved, "not applied:\n{}", c.agent.log());
+    let other = http(&c, VIP, &["--count", "5"]);
+    assert_eq!(other.counts, [("v1".to_string(), 5)].into(), "{other:?}");
 }

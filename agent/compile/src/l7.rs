@@ -20,6 +20,7 @@
 pub(crate) mod clusters;
 mod cors;
 mod error;
+mod export;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -27,8 +28,8 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use meshpath_model::istio::{hosts, VirtualService};
-use meshpath_model::l7::{ClusterKey, L7Config, ServiceRoutes};
+use meshpath_model::istio::VirtualService;
+use meshpath_model::l7::{ClusterKey, Export, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef};
 
 use super::{Compiled, FrontendAddr};
@@ -68,14 +69,22 @@ pub fn compile_l7(
     let mut keys: BTreeSet<ClusterKey> = BTreeSet::new();
     let mut kept: BTreeSet<ClusterKey> = BTreeSet::new();
 
-    for (vs, services) in claims(model) {
+    let chains = export::chains(model);
+    // Each VirtualService's routes at each listener, assembled into chains below.
+    let mut by_addr: BTreeMap<SocketAddr, BTreeMap<ObjectRef, ServiceRoutes>> = BTreeMap::new();
+    for (vs, services) in claims(&chains) {
         match compile_vs(&ctx, vs, &services, &mut errors) {
             Ok(compiled) => {
                 for (addr, routes) in compiled.listeners {
                     keys.extend(routes::cluster_keys(&routes));
-                    out.config.listeners.insert(addr, routes);
+                    by_addr
+                        .entry(addr)
+                        .or_default()
+                        .insert(vs.id.clone(), routes);
                 }
-                for (addr, weights) in compiled.tcp {
+                // The kernel applies `tcp:` routes to every client: only a VirtualService
+                // exported everywhere has them applied.
+                for (addr, weights) in compiled.tcp.into_iter().filter(|_| vs.export_to.is_none()) {
                     keys.extend(weights.iter().map(|(k, _)| k.clone()));
                     out.tcp_routes.insert(addr, weights);
                 }
@@ -84,12 +93,12 @@ pub fn compile_l7(
                 errors.extend(vs_errors);
                 // Last good: what these services compiled to before, clusters included.
                 for (addr, routes) in &previous.config.listeners {
-                    if services.contains(&routes.service) {
-                        kept.extend(routes::cluster_keys(routes));
-                        out.config
-                            .listeners
-                            .entry(*addr)
-                            .or_insert_with(|| routes.clone());
+                    if !services.contains(&routes.service) {
+                        continue;
+                    }
+                    if let Some(own) = export::previous_of(routes, &vs.id) {
+                        kept.extend(routes::cluster_keys(&own));
+                        by_addr.entry(*addr).or_default().insert(vs.id.clone(), own);
                     }
                 }
                 for (addr, weights) in &previous.tcp_routes {
@@ -105,6 +114,17 @@ pub fn compile_l7(
                     }
                 }
             }
+        }
+    }
+    for (addr, by_vs) in by_addr {
+        let Some(service) = by_vs.values().next().map(|r| r.service.clone()) else {
+            continue;
+        };
+        let chain = chains.get(&service).map_or(&[][..], Vec::as_slice);
+        if let Some(routes) = export::assemble(addr, &service, chain, by_vs) {
+            // The plain forwarding a chain may end with.
+            keys.extend(routes::cluster_keys(&routes));
+            out.config.listeners.insert(addr, routes);
         }
     }
 
@@ -126,6 +146,7 @@ pub fn compile_l7(
                     port: addr.port,
                     http: Vec::new(),
                     default_cluster,
+                    export: Export::default(),
                 }
             });
         }
@@ -146,6 +167,7 @@ pub fn compile_l7(
                     port: addr.port,
                     http: Vec::new(),
                     default_cluster,
+                    export: Export::default(),
                 }
             });
         }
@@ -170,63 +192,21 @@ pub fn compile_l7(
     (out, errors)
 }
 
-/// The services each VirtualService routes, in VirtualService order: a host names one Service
-/// (or several, for a wildcard); a Service belongs to the first VirtualService naming it exactly,
-/// else to the first wildcard covering it. Hosts that name no Service are skipped: Istio would
-/// route them to external hosts, which meshpath does not do.
-fn claims(model: &ClusterModel) -> Vec<(&VirtualService, BTreeSet<ObjectRef>)> {
-    let mut owner: BTreeMap<&ObjectRef, &VirtualService> = BTreeMap::new();
-    // A VirtualService with nothing for the mesh (gateway-only) claims nothing.
-    let routing = || {
-        model
-            .virtual_services
-            .values()
-            .filter(|vs| !vs.http.is_empty() || !vs.tcp.is_empty())
-    };
-    for vs in routing() {
-        for host in vs.hosts.iter().filter(|h| !hosts::is_wildcard(h)) {
-            let Some(service) = hosts::resolve(host, &vs.id.namespace, &model.services) else {
-                tracing::warn!(virtual_service = %vs.id, host, origin = vs.origin.as_deref(),
-                    "VirtualService host names no Service; skipped (external hosts are not routed)");
-                continue;
-            };
-            match owner.get(service) {
-                None => {
-                    owner.insert(service, vs);
-                }
-                Some(first) if first.id == vs.id => {}
-                Some(first) => tracing::warn!(virtual_service = %vs.id, host, service = %service,
-                    owner = %first.id, "host already routed by an earlier VirtualService; ignored here"),
-            }
-        }
-    }
-    // Istio's most specific host wins: `*.prod.svc.cluster.local` over `*.svc.cluster.local`
-    // over `*`; the first VirtualService on a tie.
-    let mut wildcard: BTreeMap<&ObjectRef, (usize, &VirtualService)> = BTreeMap::new();
-    for vs in routing() {
-        for host in vs.hosts.iter().filter(|h| hosts::is_wildcard(h)) {
-            let specificity = hosts::specificity(host);
-            for service in hosts::wildcard_matches(host, &model.services) {
-                if owner.contains_key(service) {
-                    continue;
-                }
-                match wildcard.get(service) {
-                    Some((best, _)) if *best >= specificity => {}
-                    _ => {
-                        wildcard.insert(service, (specificity, vs));
-                    }
-                }
-            }
-        }
-    }
-    owner.extend(wildcard.into_iter().map(|(s, (_, vs))| (s, vs)));
+/// The services each VirtualService routes (it is in their chain, see [`export::chains`]),
+/// in VirtualService order. Hosts that name no Service are skipped: Istio would route them to
+/// external hosts, which meshpath does not do.
+fn claims<'m>(
+    chains: &BTreeMap<&'m ObjectRef, Vec<&'m VirtualService>>,
+) -> Vec<(&'m VirtualService, BTreeSet<ObjectRef>)> {
     let mut by_vs: BTreeMap<&ObjectRef, (&VirtualService, BTreeSet<ObjectRef>)> = BTreeMap::new();
-    for (service, vs) in owner {
-        by_vs
-            .entry(&vs.id)
-            .or_insert_with(|| (vs, BTreeSet::new()))
-            .1
-            .insert(service.clone());
+    for (service, chain) in chains {
+        for vs in chain {
+            by_vs
+                .entry(&vs.id)
+                .or_insert_with(|| (vs, BTreeSet::new()))
+                .1
+                .insert((*service).clone());
+        }
     }
     by_vs.into_values().collect()
 }
@@ -277,6 +257,7 @@ fn compile_vs(
                     port: addr.port,
                     http,
                     default_cluster,
+                    export: Export::default(),
                 };
                 out.listeners.push((socket(addr), routes));
                 continue;

@@ -13,8 +13,10 @@ use std::time::Duration;
 use crate::ObjectRef;
 
 mod cors;
+mod export;
 
 pub use cors::CorsPolicy;
+pub use export::Export;
 
 /// Everything the proxy needs, swapped atomically on every change (`Arc<L7Config>`).
 #[derive(Clone, Debug, Default)]
@@ -39,6 +41,8 @@ pub struct ServiceRoutes {
     pub http: Vec<HttpRoute>,
     /// The service itself, for plain forwarding when `http` is empty.
     pub default_cluster: ClusterKey,
+    /// `exportTo`: the clients these routes are for, and the others' routes.
+    pub export: Export,
 }
 
 /// An upstream: a service port, optionally narrowed to a DestinationRule subset.

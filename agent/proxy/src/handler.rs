@@ -171,11 +171,15 @@ async fn route<'a>(
 ) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
     let authority = headers::authority(&head);
+    let client = layers::route::Client {
+        labels: &conn.source_labels,
+        namespace: conn.source.as_ref().map(|w| w.namespace.as_str()),
+    };
     let selected = layers::route::select(
         snap,
         conn.original_dst,
         conn.local,
-        &conn.source_labels,
+        &client,
         &head,
         &authority,
     );

@@ -38,6 +38,28 @@ pub(crate) struct ListenerRt {
     pub routes: Vec<RouteRt>,
     /// Used when `routes` is empty: everything to `default_cluster`.
     pub default_route: RouteRt,
+    /// `exportTo`: the client namespaces these routes are for (`None`: all), and what the
+    /// other clients get.
+    pub export_to: Option<std::collections::BTreeSet<String>>,
+    pub otherwise: Option<Box<ListenerRt>>,
+}
+
+impl ListenerRt {
+    /// The routes for a client in `namespace` (`None`: not a known pod): the first of the
+    /// chain exported to it.
+    pub(crate) fn for_client(&self, namespace: Option<&str>) -> &ListenerRt {
+        let mut l = self;
+        loop {
+            let visible = match &l.export_to {
+                None => true,
+                Some(to) => namespace.is_some_and(|ns| to.contains(ns)),
+            };
+            match (&l.otherwise, visible) {
+                (Some(next), false) => l = next,
+                _ => return l,
+            }
+        }
+    }
 }
 
 /// A route's destination; `cluster` is `None` when the config names a cluster it does not
@@ -203,6 +225,12 @@ fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> Listener
     ListenerRt {
         routes: sr.http.iter().map(|r| route_rt(r, dest)).collect(),
         default_route: route_rt(&default, dest),
+        export_to: sr.export.to.clone(),
+        otherwise: sr
+            .export
+            .otherwise
+            .as_ref()
+            .map(|next| Box::new(listener(next, dest))),
     }
 }
 

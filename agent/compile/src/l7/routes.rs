@@ -9,19 +9,19 @@ use meshpath_model::Protocol;
 use super::clusters::Ctx;
 use super::L7Error;
 
-/// Every cluster a listener can send to.
-pub fn cluster_keys(routes: &ServiceRoutes) -> impl Iterator<Item = ClusterKey> + '_ {
-    let targets = routes.http.iter().flat_map(|r| {
-        let weighted = match &r.action {
-            l7::RouteAction::Route(w) => w.as_slice(),
-            _ => &[],
-        };
-        weighted
-            .iter()
-            .map(|w| w.cluster.clone())
-            .chain(r.mirror.iter().map(|m| m.cluster.clone()))
-    });
-    std::iter::once(routes.default_cluster.clone()).chain(targets)
+/// Every cluster a listener can send to, for every client (the whole `exportTo` chain).
+pub fn cluster_keys(routes: &ServiceRoutes) -> Vec<ClusterKey> {
+    let mut out = vec![routes.default_cluster.clone()];
+    for r in &routes.http {
+        if let l7::RouteAction::Route(w) = &r.action {
+            out.extend(w.iter().map(|w| w.cluster.clone()));
+        }
+        out.extend(r.mirror.iter().map(|m| m.cluster.clone()));
+    }
+    if let Some(next) = &routes.export.otherwise {
+        out.extend(cluster_keys(next));
+    }
+    out
 }
 
 /// `route` as served on `port`: `None` when its matches are all for other ports. Problems that

@@ -1,5 +1,7 @@
 //! The seed's Istio objects (verbatim, in `agent/source/src/istio/testdata`) compiled against a small cluster.
 
+mod export;
+mod port_level;
 mod resolution;
 mod wildcard;
 

@@ -20,6 +20,9 @@ pub struct VirtualService {
     /// compiling.
     pub origin: Option<String>,
     pub hosts: Vec<String>,
+    /// `exportTo` resolved: the client namespaces the VirtualService applies to (`.` is its
+    /// own); `None`: every namespace (`*`, or not written: Istio's default).
+    pub export_to: Option<std::collections::BTreeSet<String>>,
     /// `spec.http`, without the routes that cannot apply to mesh traffic.
     pub http: Vec<HttpRoute>,
     pub tcp: Vec<TcpRoute>,
@@ -326,5 +329,78 @@ impl TrafficPolicy {
                 || p.idle_timeout.is_some()
         });
         lb || http_pool || self.outlier_detection.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel-only pool: it does not need the proxy.
+    fn pool(max: u32) -> Option<ConnectionPool> {
+        Some(ConnectionPool {
+            max_connections: Some(max),
+            ..ConnectionPool::default()
+        })
+    }
+
+    #[test]
+    fn port_settings_replace_parts_for_their_port_only() {
+        let policy = TrafficPolicy {
+            load_balancer: Some(LoadBalancer::Random),
+            connection_pool: pool(1),
+            outlier_detection: None,
+            port_level: vec![PortPolicy {
+                port: 80,
+                load_balancer: Some(LoadBalancer::LeastRequest),
+                connection_pool: None,
+                outlier_detection: None,
+            }],
+        };
+        let p80 = policy.for_port(80);
+        assert_eq!(p80.load_balancer, Some(LoadBalancer::LeastRequest));
+        assert_eq!(p80.connection_pool, pool(1));
+        assert!(p80.port_level.is_empty());
+        assert!(p80.needs_proxy() && !policy.for_port(81).needs_proxy());
+        assert_eq!(
+            policy.for_port(81).load_balancer,
+            Some(LoadBalancer::Random)
+        );
+    }
+
+    #[test]
+    fn a_subsets_port_settings_replace_the_rules() {
+        let port = |p, lb| PortPolicy {
+            port: p,
+            load_balancer: Some(lb),
+            connection_pool: None,
+            outlier_detection: None,
+        };
+        let rule = TrafficPolicy {
+            port_level: vec![
+                port(80, LoadBalancer::LeastRequest),
+                port(81, LoadBalancer::Random),
+            ],
+            ..TrafficPolicy::default()
+        };
+        let subset = TrafficPolicy {
+            port_level: vec![port(80, LoadBalancer::RoundRobin)],
+            ..TrafficPolicy::default()
+        };
+        let merged = subset.merged_over(&rule);
+        assert_eq!(
+            merged.for_port(80).load_balancer,
+            Some(LoadBalancer::RoundRobin)
+        );
+        assert_eq!(
+            merged.for_port(81).load_balancer,
+            None,
+            "replaced as a whole"
+        );
+        let inherited = TrafficPolicy::default().merged_over(&rule);
+        assert_eq!(
+            inherited.for_port(81).load_balancer,
+            Some(LoadBalancer::Random)
+        );
     }
 }

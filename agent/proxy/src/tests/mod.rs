@@ -5,6 +5,7 @@ mod actions;
 mod bench;
 mod circuit_breaking;
 mod cors;
+mod export;
 mod faults;
 mod istio_metrics;
 mod jaeger;
@@ -343,6 +344,7 @@ pub(super) fn config(routes: Vec<HttpRoute>, clusters: Vec<(ClusterKey, Cluster)
         port: 80,
         http: routes,
         default_cluster: key("svc"),
+        export: Export::default(),
     };
     L7Config {
         listeners: [(VIP, sr)].into_iter().collect(),

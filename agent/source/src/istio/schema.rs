@@ -41,6 +41,8 @@ pub struct VirtualServiceSpec {
     pub tcp: Vec<TcpRoute>,
     /// Declared so that a TLS-only VirtualService is valid (and warned about), as in Istio.
     pub tls: Option<Value>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,7 +21,7 @@ const FAULT_ABORT: &str = include_str!("testdata/fault_abort.yaml");
 const FAULT_DELAY: &str = include_str!("testdata/fault_delay.yaml");
 const MIRROR: &str = include_str!("testdata/mirror.yaml");
 
-fn parse(text: &str) -> Vec<ParsedObject> {
+pub(super) fn parse(text: &str) -> Vec<ParsedObject> {
     parse_file(Path::new("istio.yaml"), text).unwrap_or_else(|errors| {
         panic!(
             "unexpected errors: {:#?}",
@@ -294,9 +294,6 @@ fn unknown_and_unsupported_fields_are_warnings() {
     assert_eq!(
         warnings,
         [
-            Warning::Ignored {
-                field: "spec.exportTo".into()
-            },
             Warning::Gateway {
                 field: "spec.gateways[1]".into(),
                 gateway: "edge".into()

@@ -41,6 +41,7 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
             id: ctx.object.id.clone(),
             origin: None,
             hosts: Vec::new(),
+            export_to: None,
             http: Vec::new(),
             tcp: Vec::new(),
         };
@@ -77,6 +78,7 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
         id: ctx.object.id.clone(),
         origin: None,
         hosts,
+        export_to: export_to(&ctx.object.id.namespace, &spec.export_to),
         http: Vec::new(),
         tcp: Vec::new(),
     };
@@ -95,6 +97,19 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
         }
     }
     Ok((vs, ctx.warnings))
+}
+
+/// `exportTo` (checked by Istio's validation) as the namespaces it names, `.` being `own`;
+/// `None` for every namespace (`*`, or nothing written).
+fn export_to(own: &str, list: &[String]) -> Option<std::collections::BTreeSet<String>> {
+    if list.is_empty() || list.iter().any(|e| e == "*") {
+        return None;
+    }
+    Some(
+        list.iter()
+            .map(|e| if e == "." { own.to_owned() } else { e.clone() })
+            .collect(),
+    )
 }
 
 /// `None` when every match of the route is for something meshpath does not route (another

@@ -69,3 +69,35 @@ fn http_weights_stay_as_written_and_tcp_weights_become_percentages() {
         [33, 67]
     );
 }
+
+#[test]
+fn port_level_settings_are_read_per_port() {
+    use meshpath_model::istio::model::LoadBalancer;
+    let text = super::dr_with("  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: LEAST_REQUEST}\n      connectionPool: {http: {maxRetries: 2}}\n    - port: {number: 8080}\n      outlierDetection: {consecutive5xxErrors: 4}\n");
+    let dr = match super::parse(&text).as_slice() {
+        [crate::ParsedObject::DestinationRule(d)] => d.clone(),
+        other => panic!("not one DestinationRule: {other:#?}"),
+    };
+    let p = &dr.traffic_policy;
+    assert_eq!(p.port_level.len(), 2);
+    assert_eq!(p.port_level[0].port, 80);
+    assert_eq!(
+        p.port_level[0].load_balancer,
+        Some(LoadBalancer::LeastRequest)
+    );
+    assert_eq!(
+        p.port_level[0]
+            .connection_pool
+            .as_ref()
+            .and_then(|c| c.max_retries),
+        Some(2)
+    );
+    assert_eq!(p.port_level[1].port, 8080);
+    assert_eq!(
+        p.port_level[1]
+            .outlier_detection
+            .as_ref()
+            .and_then(|o| o.consecutive_5xx_errors),
+        Some(4)
+    );
+}

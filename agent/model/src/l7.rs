@@ -199,6 +199,19 @@ pub struct TrafficPolicy {
     pub load_balancer: LoadBalancer,
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
+    /// `loadBalancer.warmup`: Envoy's slow start for round robin and least request.
+    pub slow_start: Option<SlowStart>,
+}
+
+/// Envoy's slow start: an endpoint that joins a cluster gets weight
+/// `max(min_weight, (age / window)^(1 / aggression))` until it is `window` old.
+#[derive(Clone, Debug)]
+pub struct SlowStart {
+    pub window: Duration,
+    /// 0.0..=1.0 (Istio's `minimumPercent` / 100; 10 % by default).
+    pub min_weight: f64,
+    /// Greater than 0; 1.0 is linear.
+    pub aggression: f64,
 }
 
 #[derive(Clone, Debug, Default)]

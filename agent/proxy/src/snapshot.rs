@@ -21,6 +21,7 @@ use super::lb::LbState;
 use super::matching::Matcher;
 use super::outlier::{OutlierRt, Outliers};
 use super::upstream::{Endpoint, Proto, SendOpts};
+use super::warmup::SlowStartRt;
 use meshpath_model::l7::{
     ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
 };
@@ -108,6 +109,8 @@ pub(crate) struct ClusterRt {
     pub breaker: Breaker,
     /// `outlierDetection`, when the policy has it: balancers skip its ejected endpoints.
     pub outlier: Option<OutlierRt>,
+    /// `warmup`, while endpoints that joined later are (or were) warming.
+    pub slow_start: Option<SlowStartRt>,
 }
 
 impl ClusterRt {
@@ -144,19 +147,25 @@ pub(crate) fn cluster_name(key: &ClusterKey) -> String {
 pub(crate) type Registry = HashMap<(Option<ClusterKey>, SocketAddr), Weak<Endpoint>>;
 
 pub(crate) fn endpoint(registry: &mut Registry, addr: SocketAddr) -> Arc<Endpoint> {
-    cluster_endpoint(registry, None, addr)
+    cluster_endpoint(registry, None, addr, false)
 }
 
+/// The endpoint's state in `cluster`, created when new; `joins` records a new one's join time
+/// (it joins a cluster the proxy already had, for slow start).
 fn cluster_endpoint(
     registry: &mut Registry,
     cluster: Option<(&ClusterKey, &Arc<breaker::ClusterStats>)>,
     addr: SocketAddr,
+    joins: bool,
 ) -> Arc<Endpoint> {
     let key = (cluster.map(|(k, _)| k.clone()), addr);
     if let Some(ep) = registry.get(&key).and_then(Weak::upgrade) {
         return ep;
     }
     let ep = Arc::new(Endpoint::new(addr, cluster.map(|(_, s)| s.clone())));
+    if joins {
+        let _ = ep.joined.set(std::time::Instant::now());
+    }
     registry.insert(key, Arc::downgrade(&ep));
     ep
 }
@@ -172,11 +181,19 @@ pub(crate) fn build(
         HashMap::with_capacity(config.clusters.len());
     for (key, c) in &config.clusters {
         let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
+        // Stats outlive snapshots: a cluster they know is one the proxy already had.
+        let known = stats.contains_key(key);
         let st = breaker::stats_for(stats, key);
-        let endpoints = addrs
+        let endpoints: Vec<Arc<Endpoint>> = addrs
             .iter()
-            .map(|a| cluster_endpoint(registry, Some((key, &st)), *a))
+            .map(|a| cluster_endpoint(registry, Some((key, &st)), *a, known))
             .collect();
+        let slow_start = c.policy.slow_start.as_ref().and_then(|p| {
+            SlowStartRt::new(
+                p,
+                endpoints.iter().map(|e| e.joined.get().copied()).collect(),
+            )
+        });
         let rt = ClusterRt {
             key: key.clone(),
             endpoints,
@@ -193,6 +210,7 @@ pub(crate) fn build(
                 .map(|policy| OutlierRt::new(key.clone(), policy, st.clone(), outliers)),
             breaker: Breaker::new(st, &c.policy.connection_pool),
             policy: c.policy.clone(),
+            slow_start,
         };
         clusters.insert(key, Arc::new(rt));
     }

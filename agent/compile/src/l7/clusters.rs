@@ -250,6 +250,21 @@ pub fn policy_to_l7(p: &im::TrafficPolicy) -> l7::TrafficPolicy {
         }
     };
     let pool = p.connection_pool.clone().unwrap_or_default();
+    // Envoy's slow start applies to round robin and least request only.
+    let slow_start = p
+        .warmup
+        .as_ref()
+        .filter(|_| {
+            matches!(
+                load_balancer,
+                l7::LoadBalancer::RoundRobin | l7::LoadBalancer::LeastRequest
+            )
+        })
+        .map(|w| l7::SlowStart {
+            window: w.duration,
+            min_weight: w.minimum_percent.0 / 100.0,
+            aggression: w.aggression.0,
+        });
     l7::TrafficPolicy {
         load_balancer,
         connection_pool: l7::ConnectionPool {
@@ -261,6 +276,7 @@ pub fn policy_to_l7(p: &im::TrafficPolicy) -> l7::TrafficPolicy {
             max_retries: pool.max_retries,
             idle_timeout: pool.idle_timeout,
         },
+        slow_start,
         outlier_detection: p.outlier_detection.as_ref().map(|o| l7::OutlierDetection {
             consecutive_5xx_errors: o.consecutive_5xx_errors,
             consecutive_gateway_errors: o.consecutive_gateway_errors,

@@ -201,8 +201,20 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// `loadBalancer.warmup` (or `warmupDurationSecs`), part of `loadBalancer`.
+    pub warmup: Option<Warmup>,
     /// `portLevelSettings`: for one Service port, parts that replace the policy's own.
     pub port_level: Vec<PortPolicy>,
+}
+
+/// `loadBalancer.warmup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warmup {
+    pub duration: Duration,
+    /// `minimumPercent`, 10 by default.
+    pub minimum_percent: Percent,
+    /// `aggression`, 1.0 (linear) by default; a positive number, kept bit for bit.
+    pub aggression: Percent,
 }
 
 /// One `portLevelSettings` entry.
@@ -210,6 +222,7 @@ pub struct TrafficPolicy {
 pub struct PortPolicy {
     pub port: u16,
     pub load_balancer: Option<LoadBalancer>,
+    pub warmup: Option<Warmup>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
 }
@@ -269,11 +282,15 @@ pub struct OutlierDetection {
 impl TrafficPolicy {
     /// `self` (a subset's policy) over `base` (its rule's), part by part.
     pub fn merged_over(&self, base: &TrafficPolicy) -> TrafficPolicy {
+        // `loadBalancer` is one part in Istio: its kind and its warmup come from one side.
+        let lb = if self.load_balancer.is_some() || self.warmup.is_some() {
+            self
+        } else {
+            base
+        };
         TrafficPolicy {
-            load_balancer: self
-                .load_balancer
-                .clone()
-                .or_else(|| base.load_balancer.clone()),
+            load_balancer: lb.load_balancer.clone(),
+            warmup: lb.warmup.clone(),
             connection_pool: self
                 .connection_pool
                 .clone()
@@ -299,8 +316,9 @@ impl TrafficPolicy {
             ..self.clone()
         };
         if let Some(p) = self.port_level.iter().find(|p| p.port == port) {
-            if p.load_balancer.is_some() {
+            if p.load_balancer.is_some() || p.warmup.is_some() {
                 out.load_balancer.clone_from(&p.load_balancer);
+                out.warmup.clone_from(&p.warmup);
             }
             if p.connection_pool.is_some() {
                 out.connection_pool.clone_from(&p.connection_pool);
@@ -328,7 +346,13 @@ impl TrafficPolicy {
                 || p.max_retries.is_some()
                 || p.idle_timeout.is_some()
         });
-        lb || http_pool || self.outlier_detection.is_some()
+        // Slow start weighs endpoints per request (round robin and least request only).
+        let warmup = self.warmup.is_some()
+            && matches!(
+                self.load_balancer,
+                None | Some(LoadBalancer::RoundRobin | LoadBalancer::LeastRequest)
+            );
+        lb || http_pool || warmup || self.outlier_detection.is_some()
     }
 }
 
@@ -350,9 +374,11 @@ mod tests {
             load_balancer: Some(LoadBalancer::Random),
             connection_pool: pool(1),
             outlier_detection: None,
+            warmup: None,
             port_level: vec![PortPolicy {
                 port: 80,
                 load_balancer: Some(LoadBalancer::LeastRequest),
+                warmup: None,
                 connection_pool: None,
                 outlier_detection: None,
             }],
@@ -373,6 +399,7 @@ mod tests {
         let port = |p, lb| PortPolicy {
             port: p,
             load_balancer: Some(lb),
+            warmup: None,
             connection_pool: None,
             outlier_detection: None,
         };

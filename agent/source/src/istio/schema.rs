@@ -294,6 +294,17 @@ pub struct PortTrafficPolicy {
 pub struct LoadBalancer {
     pub simple: Option<String>,
     pub consistent_hash: Option<ConsistentHash>,
+    pub warmup: Option<Warmup>,
+    /// Deprecated form of `warmup.duration`.
+    pub warmup_duration_secs: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Warmup {
+    pub duration: Option<String>,
+    pub minimum_percent: Option<f64>,
+    pub aggression: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

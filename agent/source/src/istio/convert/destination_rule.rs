@@ -11,6 +11,8 @@ use meshpath_model::istio::model::{
 };
 use meshpath_model::istio::{IstioInvalid, Warning};
 
+mod warmup;
+
 use super::{Ctx, Error};
 use crate::error::{ConvertError, Invalid, ObjectKind};
 use crate::istio::decode::decode;
@@ -99,6 +101,7 @@ fn traffic_policy(
                 Some(lb) => load_balancer(ctx, &format!("{pf}.loadBalancer"), lb)?,
                 None => None,
             },
+            warmup: warmup::warmup(ctx, &format!("{pf}.loadBalancer"), s.load_balancer.as_ref())?,
             connection_pool: s
                 .connection_pool
                 .as_ref()
@@ -117,6 +120,7 @@ fn traffic_policy(
             Some(lb) => load_balancer(ctx, &format!("{f}.loadBalancer"), lb)?,
             None => None,
         },
+        warmup: warmup::warmup(ctx, &format!("{f}.loadBalancer"), p.load_balancer.as_ref())?,
         connection_pool: p
             .connection_pool
             .as_ref()

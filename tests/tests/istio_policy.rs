@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use meshpath_tests::manifests::docs;
 use meshpath_tests::{skip_unless, Cluster, AGENT};
-use seed::{app, hosts, http, start, wait_steered};
+use seed::{app, hosts, http, serve, start, wait_steered};
 
 const VIP: &str = "10.96.0.46";
 const SVC: &str = "default/web:";
@@ -275,4 +275,38 @@ fn export_to_limits_a_virtual_service_to_its_namespaces_clients() {
     assert!(moved, "not applied:\n{}", c.agent.log());
     let other = http(&c, VIP, &["--count", "5"]);
     assert_eq!(other.counts, [("v1".to_string(), 5)].into(), "{other:?}");
+}
+
+#[test]
+fn warmup_gives_a_joining_pod_a_small_share_first() {
+    skip_unless!(AGENT);
+    let _serial = serial();
+    let c = start(3);
+    // Round robin with a 100 s warmup: the rule alone steers web to the proxy.
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: web\n  namespace: default\nspec:\n  host: web\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      warmup:\n        duration: 100s\n";
+    serve(&c, 1, "v1", 0);
+    serve(&c, 2, "v2", 0);
+    c.write(
+        "web.yaml",
+        &docs(&[app(&c, "web", VIP, &[(1, "v1")]), dr.to_string()]),
+    );
+    wait_steered(&c, SVC);
+    let alone = http(&c, VIP, &["--count", "20"]);
+    assert_eq!(alone.count("v1"), 20, "{alone:?}\n{}", c.agent.log());
+
+    // v2 joins the running service: younger than a tenth of the window, it weighs 0.1
+    // against v1's 1, about 1 request in 11 (round robin without warmup: 1 in 2).
+    c.write(
+        "web.yaml",
+        &docs(&[app(&c, "web", VIP, &[(1, "v1"), (2, "v2")]), dr.to_string()]),
+    );
+    let joined = meshpath_tests::wait_until(std::time::Duration::from_secs(5), || {
+        http(&c, VIP, &["--count", "20"]).count("v2") > 0
+    });
+    assert!(joined, "v2 never answered:\n{}", c.agent.log());
+    let r = http(&c, VIP, &["--count", "500"]);
+    let (v1, v2) = (r.count("v1"), r.count("v2"));
+    assert_eq!(v1 + v2, 500, "{r:?}");
+    // Binomial(500, 1/11): 45 ± 6.4; ±5 sd, far from round robin's 250.
+    assert!((13..=77).contains(&v2), "v2 answered {v2} of 500: {r:?}");
 }

@@ -200,7 +200,8 @@ fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
         || pool.max_requests_per_connection.is_some()
         || pool.max_retries.is_some()
         || pool.idle_timeout.is_some();
-    lb || http_pool || p.outlier_detection.is_some()
+    // `slow_start` is only set for the balancers it applies to.
+    lb || http_pool || p.outlier_detection.is_some() || p.slow_start.is_some()
 }
 
 /// The `ServiceValue::policy` byte of a frontend (see `meshpath_common::policy`).

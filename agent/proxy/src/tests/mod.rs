@@ -18,6 +18,7 @@ mod retries;
 mod routing;
 mod span_export;
 mod tracing_ids;
+mod warmup;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -101,3 +101,32 @@ fn port_level_settings_are_read_per_port() {
         Some(4)
     );
 }
+
+#[test]
+fn warmup_is_read_with_istios_defaults() {
+    use meshpath_model::istio::model::{Percent, Warmup};
+    let dr = |lb: &str| {
+        let text = super::dr_with(&format!("  trafficPolicy:\n    loadBalancer: {lb}\n"));
+        match super::parse(&text).as_slice() {
+            [crate::ParsedObject::DestinationRule(d)] => d.traffic_policy.warmup.clone(),
+            other => panic!("not one DestinationRule: {other:#?}"),
+        }
+    };
+    assert_eq!(
+        dr("{simple: LEAST_REQUEST, warmup: {duration: 60s, minimumPercent: 20, aggression: 1.5}}"),
+        Some(Warmup {
+            duration: Duration::from_secs(60),
+            minimum_percent: Percent(20.0),
+            aggression: Percent(1.5),
+        })
+    );
+    assert_eq!(
+        dr("{warmupDurationSecs: 30s}"),
+        Some(Warmup {
+            duration: Duration::from_secs(30),
+            minimum_percent: Percent(10.0),
+            aggression: Percent(1.0),
+        })
+    );
+    assert_eq!(dr("{simple: ROUND_ROBIN}"), None);
+}

@@ -227,7 +227,7 @@ async fn route<'a>(
     if let Some(cors) = &route.cors {
         match cors.check(&head) {
             Ok(origin) => routed.cors = origin.map(|o| (cors, o)),
-            Err(preflight) => return preflight,
+            Err(preflight) => return *preflight,
         }
     }
     let mut resp = match &route.route.action {

@@ -178,13 +178,14 @@ fn http_capable(port: &ServicePort) -> bool {
     port.protocol == Protocol::Tcp && !NOT_HTTP.contains(&protocol)
 }
 
+/// A DestinationRule for a Service, with what ranks it: (wildcard, other namespace, less
+/// specific, rule).
+type Candidate<'a> = (bool, bool, std::cmp::Reverse<usize>, &'a DestinationRule);
+
 /// The DestinationRule of each Service that has one (see the precedence in the module doc).
 fn rules(model: &ClusterModel) -> BTreeMap<ObjectRef, &DestinationRule> {
     // (wildcard, other namespace, less specific, rule id) sorts the best candidate first.
-    let mut candidates: BTreeMap<
-        &ObjectRef,
-        Vec<(bool, bool, std::cmp::Reverse<usize>, &DestinationRule)>,
-    > = BTreeMap::new();
+    let mut candidates: BTreeMap<&ObjectRef, Vec<Candidate<'_>>> = BTreeMap::new();
     for rule in model.destination_rules.values() {
         let services: Vec<&ObjectRef> = if hosts::is_wildcard(&rule.host) {
             hosts::wildcard_matches(&rule.host, &model.services).collect()

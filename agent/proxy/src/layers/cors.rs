@@ -77,10 +77,14 @@ impl CorsRt {
             .any(|m| m.matches("*") || m.matches(origin))
     }
 
-    /// The request's fate: `Err` a preflight answered here; `Ok(Some(origin))` a CORS request
+    /// The request's fate: `Err` a preflight answered here (boxed: the common path carries
+    /// only the origin); `Ok(Some(origin))` a CORS request
     /// from an allowed origin, whose response [`decorate`](Self::decorate) completes;
     /// `Ok(None)` nothing to do.
-    pub(crate) fn check(&self, head: &Parts) -> Result<Option<HeaderValue>, Response<ProxyBody>> {
+    pub(crate) fn check(
+        &self,
+        head: &Parts,
+    ) -> Result<Option<HeaderValue>, Box<Response<ProxyBody>>> {
         let Some(origin) = head.headers.get(ORIGIN).filter(|o| !o.is_empty()) else {
             return Ok(None);
         };
@@ -130,7 +134,7 @@ impl CorsRt {
         if let Some(age) = &self.max_age {
             h.insert(ACCESS_CONTROL_MAX_AGE, age.clone());
         }
-        Err(resp)
+        Err(Box::new(resp))
     }
 
     /// The CORS headers of the response to an allowed origin's request.

@@ -12,23 +12,25 @@
 //! a DestinationRule defines the subset.
 //!
 //! Precedence, where Istio uses creation time (which manifests do not have): the first
-//! VirtualService in namespace/name order owns a host; exact hosts before wildcards. For a
-//! Service's DestinationRule: exact host before wildcard, the Service's namespace first, then
-//! namespace/name order.
+//! VirtualService in namespace/name order owns a host; exact hosts before wildcards, and the
+//! most specific wildcard (longest fixed part) before the others, as Istio picks. For a
+//! Service's DestinationRule: exact host before wildcard, the Service's namespace first, the
+//! most specific wildcard first, then namespace/name order.
 
 pub(crate) mod clusters;
+mod cors;
 mod delegate;
 mod error;
+mod export;
 mod routes;
 #[cfg(test)]
 mod tests;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use meshpath_model::istio::{hosts, VirtualService};
-use meshpath_model::l7::{ClusterKey, L7Config, ServiceRoutes};
+use meshpath_model::istio::VirtualService;
+use meshpath_model::l7::{ClusterKey, Export, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef};
 
 use super::{Compiled, FrontendAddr};
@@ -69,14 +71,22 @@ pub fn compile_l7(
     let mut kept: BTreeSet<ClusterKey> = BTreeSet::new();
 
     let merged = delegate::merge(&model.virtual_services);
-    for (vs, services) in claims(model, &merged) {
+    let chains = export::chains(model, merged.values().map(|vs| &**vs));
+    // Each VirtualService's routes at each listener, assembled into chains below.
+    let mut by_addr: BTreeMap<SocketAddr, BTreeMap<ObjectRef, ServiceRoutes>> = BTreeMap::new();
+    for (vs, services) in claims(&chains) {
         match compile_vs(&ctx, vs, &services, &mut errors) {
             Ok(compiled) => {
                 for (addr, routes) in compiled.listeners {
                     keys.extend(routes::cluster_keys(&routes));
-                    out.config.listeners.insert(addr, routes);
+                    by_addr
+                        .entry(addr)
+                        .or_default()
+                        .insert(vs.id.clone(), routes);
                 }
-                for (addr, weights) in compiled.tcp {
+                // The kernel applies `tcp:` routes to every client: only a VirtualService
+                // exported everywhere has them applied.
+                for (addr, weights) in compiled.tcp.into_iter().filter(|_| vs.export_to.is_none()) {
                     keys.extend(weights.iter().map(|(k, _)| k.clone()));
                     out.tcp_routes.insert(addr, weights);
                 }
@@ -85,12 +95,12 @@ pub fn compile_l7(
                 errors.extend(vs_errors);
                 // Last good: what these services compiled to before, clusters included.
                 for (addr, routes) in &previous.config.listeners {
-                    if services.contains(&routes.service) {
-                        kept.extend(routes::cluster_keys(routes));
-                        out.config
-                            .listeners
-                            .entry(*addr)
-                            .or_insert_with(|| routes.clone());
+                    if !services.contains(&routes.service) {
+                        continue;
+                    }
+                    if let Some(own) = export::previous_of(routes, &vs.id) {
+                        kept.extend(routes::cluster_keys(&own));
+                        by_addr.entry(*addr).or_default().insert(vs.id.clone(), own);
                     }
                 }
                 for (addr, weights) in &previous.tcp_routes {
@@ -108,13 +118,24 @@ pub fn compile_l7(
             }
         }
     }
+    for (addr, by_vs) in by_addr {
+        let Some(service) = by_vs.values().next().map(|r| r.service.clone()) else {
+            continue;
+        };
+        let chain = chains.get(&service).map_or(&[][..], Vec::as_slice);
+        if let Some(routes) = export::assemble(addr, &service, chain, by_vs) {
+            // The plain forwarding a chain may end with.
+            keys.extend(routes::cluster_keys(&routes));
+            out.config.listeners.insert(addr, routes);
+        }
+    }
 
     // Services steered only for a DestinationRule policy: plain forwarding, balanced by the proxy.
     for (service, rule) in ctx.rules() {
-        if !rule.traffic_policy.needs_proxy() {
-            continue;
-        }
         for (addr, _) in ctx.http_frontends(service) {
+            if !rule.traffic_policy.for_port(addr.port).needs_proxy() {
+                continue;
+            }
             let default_cluster = ClusterKey {
                 service: service.clone(),
                 port: addr.port,
@@ -127,6 +148,7 @@ pub fn compile_l7(
                     port: addr.port,
                     http: Vec::new(),
                     default_cluster,
+                    export: Export::default(),
                 }
             });
         }
@@ -147,6 +169,7 @@ pub fn compile_l7(
                     port: addr.port,
                     http: Vec::new(),
                     default_cluster,
+                    export: Export::default(),
                 }
             });
         }
@@ -171,54 +194,21 @@ pub fn compile_l7(
     (out, errors)
 }
 
-/// The services each VirtualService routes, in VirtualService order: a host names one Service
-/// (or several, for a wildcard); a Service belongs to the first VirtualService naming it exactly,
-/// else to the first wildcard covering it. Hosts that name no Service are skipped: Istio would
-/// route them to external hosts, which meshpath does not do.
-fn claims<'a>(
-    model: &'a ClusterModel,
-    merged: &'a BTreeMap<&ObjectRef, Cow<'_, VirtualService>>,
-) -> Vec<(&'a VirtualService, BTreeSet<ObjectRef>)> {
-    let mut owner: BTreeMap<&ObjectRef, &VirtualService> = BTreeMap::new();
-    // A VirtualService with nothing for the mesh (gateway-only) claims nothing; delegates
-    // (no hosts) only through their roots (`merged`).
-    let routing = || {
-        merged
-            .values()
-            .map(|vs| &**vs)
-            .filter(|vs| !vs.http.is_empty() || !vs.tcp.is_empty())
-    };
-    for vs in routing() {
-        for host in vs.hosts.iter().filter(|h| !hosts::is_wildcard(h)) {
-            let Some(service) = hosts::resolve(host, &vs.id.namespace, &model.services) else {
-                tracing::warn!(virtual_service = %vs.id, host, origin = vs.origin.as_deref(),
-                    "VirtualService host names no Service; skipped (external hosts are not routed)");
-                continue;
-            };
-            match owner.get(service) {
-                None => {
-                    owner.insert(service, vs);
-                }
-                Some(first) if first.id == vs.id => {}
-                Some(first) => tracing::warn!(virtual_service = %vs.id, host, service = %service,
-                    owner = %first.id, "host already routed by an earlier VirtualService; ignored here"),
-            }
-        }
-    }
-    for vs in routing() {
-        for host in vs.hosts.iter().filter(|h| hosts::is_wildcard(h)) {
-            for service in hosts::wildcard_matches(host, &model.services) {
-                owner.entry(service).or_insert(vs);
-            }
-        }
-    }
+/// The services each VirtualService routes (it is in their chain, see [`export::chains`]),
+/// in VirtualService order. Hosts that name no Service are skipped: Istio would route them to
+/// external hosts, which meshpath does not do.
+fn claims<'m>(
+    chains: &BTreeMap<&'m ObjectRef, Vec<&'m VirtualService>>,
+) -> Vec<(&'m VirtualService, BTreeSet<ObjectRef>)> {
     let mut by_vs: BTreeMap<&ObjectRef, (&VirtualService, BTreeSet<ObjectRef>)> = BTreeMap::new();
-    for (service, vs) in owner {
-        by_vs
-            .entry(&vs.id)
-            .or_insert_with(|| (vs, BTreeSet::new()))
-            .1
-            .insert(service.clone());
+    for (service, chain) in chains {
+        for vs in chain {
+            by_vs
+                .entry(&vs.id)
+                .or_insert_with(|| (vs, BTreeSet::new()))
+                .1
+                .insert((*service).clone());
+        }
     }
     by_vs.into_values().collect()
 }
@@ -269,6 +259,7 @@ fn compile_vs(
                     port: addr.port,
                     http,
                     default_cluster,
+                    export: Export::default(),
                 };
                 out.listeners.push((socket(addr), routes));
                 continue;

@@ -1,7 +1,7 @@
 //! Where each frontend's load-balancing policy is enforced, and why.
 //!
-//! A DestinationRule's `trafficPolicy.loadBalancer` (the Service-wide one) applies to the
-//! Service's frontends:
+//! A DestinationRule's `trafficPolicy.loadBalancer` (the Service-wide one, or the port's
+//! `portLevelSettings` entry's) applies to the Service's frontends:
 //! - `ROUND_ROBIN`, `RANDOM`: the kernel's own selection (`SVC_FLAG_ROUND_ROBIN` or not), over
 //!   the Service's `meshpath.io/lb-policy` annotation and the agent's default;
 //! - `LEAST_REQUEST`/`LEAST_CONN`, `consistentHash`: per request, so the frontend is steered to
@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use meshpath_common::policy as code;
 use meshpath_model::istio::model::LoadBalancer;
 use meshpath_model::l7::L7Config;
-use meshpath_model::{ClusterModel, LbPolicy, ObjectRef, Protocol};
+use meshpath_model::{ClusterModel, LbPolicy, Protocol};
 
 use crate::{Compiled, Frontend, FrontendAddr};
 
@@ -86,22 +86,26 @@ impl RuleLb {
     }
 }
 
-/// The Service-wide `loadBalancer` of each Service's DestinationRule, where one is written.
-pub fn rule_policies(model: &ClusterModel, compiled: &Compiled) -> BTreeMap<ObjectRef, RuleLb> {
+/// The `loadBalancer` of each frontend's Service's DestinationRule, where one is written: the
+/// port's `portLevelSettings` entry's, else the Service-wide one.
+pub fn rule_policies(model: &ClusterModel, compiled: &Compiled) -> BTreeMap<FrontendAddr, RuleLb> {
     let ctx = crate::l7::clusters::Ctx::new(model, compiled);
-    ctx.rules()
-        .filter_map(|(service, rule)| {
-            let lb = rule.traffic_policy.load_balancer.as_ref()?;
-            Some((service.clone(), RuleLb::of(lb)))
+    compiled
+        .frontends
+        .iter()
+        .filter_map(|(addr, fe)| {
+            let rule = ctx.rule(&fe.service)?;
+            let policy = rule.traffic_policy.for_port(addr.port);
+            Some((*addr, RuleLb::of(policy.load_balancer.as_ref()?)))
         })
         .collect()
 }
 
 /// Applies [`rule_policies`] to the frontends: the kernel's selection for `ROUND_ROBIN` and
 /// `RANDOM`, and the origin of every frontend's policy.
-pub fn apply_rules(compiled: &mut Compiled, rules: &BTreeMap<ObjectRef, RuleLb>) {
-    for fe in compiled.frontends.values_mut() {
-        let Some(&lb) = rules.get(&fe.service) else {
+pub fn apply_rules(compiled: &mut Compiled, rules: &BTreeMap<FrontendAddr, RuleLb>) {
+    for (addr, fe) in compiled.frontends.iter_mut() {
+        let Some(&lb) = rules.get(addr) else {
             continue;
         };
         fe.lb_origin = LbOrigin::Rule(lb);
@@ -196,7 +200,8 @@ fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
         || pool.max_requests_per_connection.is_some()
         || pool.max_retries.is_some()
         || pool.idle_timeout.is_some();
-    lb || http_pool || p.outlier_detection.is_some()
+    // `slow_start` is only set for the balancers it applies to.
+    lb || http_pool || p.outlier_detection.is_some() || p.slow_start.is_some()
 }
 
 /// The `ServiceValue::policy` byte of a frontend (see `meshpath_common::policy`).

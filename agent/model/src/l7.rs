@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use crate::ObjectRef;
 
+mod cors;
+mod export;
+
+pub use cors::CorsPolicy;
+pub use export::Export;
+
 /// Everything the proxy needs, swapped atomically on every change (`Arc<L7Config>`).
 #[derive(Clone, Debug, Default)]
 pub struct L7Config {
@@ -35,6 +41,8 @@ pub struct ServiceRoutes {
     pub http: Vec<HttpRoute>,
     /// The service itself, for plain forwarding when `http` is empty.
     pub default_cluster: ClusterKey,
+    /// `exportTo`: the clients these routes are for, and the others' routes.
+    pub export: Export,
 }
 
 /// An upstream: a service port, optionally narrowed to a DestinationRule subset.
@@ -76,6 +84,8 @@ pub struct HttpRoute {
     pub rewrite: Option<Rewrite>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `corsPolicy`: preflights answered by the proxy, CORS headers on responses.
+    pub cors: Option<CorsPolicy>,
 }
 
 /// AND of every condition present.
@@ -105,7 +115,8 @@ pub enum StringMatch {
 
 #[derive(Clone, Debug)]
 pub enum RouteAction {
-    /// Weighted destinations; weights sum to 100 (or a single destination with weight 100).
+    /// Weighted destinations, each drawn with its weight's share of their sum, as Envoy draws
+    /// them (a single destination has weight 100).
     Route(Vec<WeightedCluster>),
     Redirect(Redirect),
     DirectResponse {
@@ -170,6 +181,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub retry_on: Vec<RetryOn>,
+    /// `backoff`: the base interval of Envoy's jittered exponential back-off between retries
+    /// (at most ten times it); `None`: Envoy's 25 ms.
+    pub backoff: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +229,19 @@ pub struct TrafficPolicy {
     pub load_balancer: LoadBalancer,
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
+    /// `loadBalancer.warmup`: Envoy's slow start for round robin and least request.
+    pub slow_start: Option<SlowStart>,
+}
+
+/// Envoy's slow start: an endpoint that joins a cluster gets weight
+/// `max(min_weight, (age / window)^(1 / aggression))` until it is `window` old.
+#[derive(Clone, Debug)]
+pub struct SlowStart {
+    pub window: Duration,
+    /// 0.0..=1.0 (Istio's `minimumPercent` / 100; 10 % by default).
+    pub min_weight: f64,
+    /// Greater than 0; 1.0 is linear.
+    pub aggression: f64,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -54,6 +54,8 @@ struct Routed<'a> {
     upstream: Option<SocketAddr>,
     /// Envoy's response flag for a reply the proxy made itself, `None` for `-`.
     flags: Option<&'static str>,
+    /// The route's CORS policy and the allowed origin its response must name.
+    cors: Option<(&'a layers::cors::CorsRt, HeaderValue)>,
 }
 
 impl Routed<'_> {
@@ -117,7 +119,10 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     let t0 = Instant::now();
     let snap = proxy.snapshot();
     let mut routed = Routed::default();
-    let resp = route(conn, &snap, head, body, &mut routed).await;
+    let mut resp = route(conn, &snap, head, body, &mut routed).await;
+    if let Some((cors, origin)) = routed.cors.take() {
+        cors.decorate(origin, resp.headers_mut());
+    }
     if routed.flags == Some(layers::Reply::ClusterNotFound.flag()) {
         let port = conn.original_dst.map_or(0, |d| d.port());
         proxy.router_stats.count_no_cluster(port);
@@ -167,11 +172,15 @@ async fn route<'a>(
 ) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
     let authority = headers::authority(&head);
+    let client = layers::route::Client {
+        labels: &conn.source_labels,
+        namespace: conn.source.as_ref().map(|w| w.namespace.as_str()),
+    };
     let selected = layers::route::select(
         snap,
         conn.original_dst,
         conn.local,
-        &conn.source_labels,
+        &client,
         &head,
         &authority,
     );
@@ -216,6 +225,14 @@ async fn route<'a>(
         let grpc = layers::fault::is_grpc(&head.headers);
         if let Err(reply) = layers::fault::inject(Some(fault), grpc).await {
             return routed.reply(reply);
+        }
+    }
+    // After faults, as in Istio's filter chain (fault, then CORS): an injected abort or delay
+    // applies to preflights too, and an abort carries no CORS grant.
+    if let Some(cors) = &route.cors {
+        match cors.check(&head) {
+            Ok(origin) => routed.cors = origin.map(|o| (cors, o)),
+            Err(preflight) => return *preflight,
         }
     }
     let mut resp = match &route.route.action {

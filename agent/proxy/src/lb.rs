@@ -3,7 +3,8 @@
 //! Retries avoid the endpoints already tried (Istio's `previous_hosts` predicate, up to
 //! `HOST_SELECTION_ATTEMPTS` picks) except under consistent hashing, where Istio keeps the key's
 //! endpoint. Endpoints ejected by `outlierDetection` are skipped by every policy
-//! (`pick_healthy`).
+//! (`pick_healthy`). Round robin and least request draw by slow-start weight while an
+//! endpoint warms (`warmup.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,6 +63,13 @@ pub(crate) fn pick(cluster: &ClusterRt, hash: Option<u64>, tried: &[usize]) -> O
     }
     if n == 1 {
         return (!matches!(cluster.lb, LbState::Passthrough)).then_some(0);
+    }
+    if let (LbState::RoundRobin(_) | LbState::LeastRequest, Some(slow)) =
+        (&cluster.lb, &cluster.slow_start)
+    {
+        if let Some(i) = slow.pick(tried, std::time::Instant::now()) {
+            return Some(i);
+        }
     }
     match &cluster.lb {
         LbState::Passthrough => None,

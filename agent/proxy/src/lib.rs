@@ -56,6 +56,7 @@ mod snapshot;
 mod trace;
 mod upgrade;
 mod upstream;
+mod warmup;
 mod workload;
 mod zipkin;
 

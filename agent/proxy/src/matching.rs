@@ -27,7 +27,7 @@ pub(crate) enum Str {
 }
 
 impl Str {
-    fn compile(m: &StringMatch) -> Str {
+    pub(crate) fn compile(m: &StringMatch) -> Str {
         match m {
             StringMatch::Exact(s) => Str::Exact(s.as_str().into()),
             StringMatch::Prefix(s) => Str::Prefix(s.as_str().into()),

@@ -13,6 +13,9 @@ const ON_409: u8 = 16;
 /// Istio's default `retriable-status-codes` (503).
 const ON_503: u8 = 32;
 
+/// Envoy's default base interval between retries.
+const DEFAULT_BACKOFF_MS: u64 = 25;
+
 /// A route's retry policy, compiled.
 #[derive(Clone, Debug)]
 pub(crate) struct RetryRt {
@@ -20,6 +23,8 @@ pub(crate) struct RetryRt {
     pub retries: u32,
     pub per_try_timeout: Option<Duration>,
     on: u8,
+    /// The back-off's base interval in ms (`backoff`, else Envoy's 25 ms).
+    backoff_base_ms: u64,
 }
 
 impl RetryRt {
@@ -46,6 +51,12 @@ impl RetryRt {
             retries: p.attempts,
             per_try_timeout: p.per_try_timeout.filter(|d| !d.is_zero()),
             on,
+            backoff_base_ms: p
+                .backoff
+                .map_or(DEFAULT_BACKOFF_MS, |b| {
+                    u64::try_from(b.as_millis()).unwrap_or(u64::MAX)
+                })
+                .max(1),
         }
     }
 
@@ -54,6 +65,7 @@ impl RetryRt {
             retries: 2,
             per_try_timeout: None,
             on: ON_CONNECT | ON_503,
+            backoff_base_ms: DEFAULT_BACKOFF_MS,
         }
     }
 
@@ -62,6 +74,7 @@ impl RetryRt {
             retries: 0,
             per_try_timeout: None,
             on: 0,
+            backoff_base_ms: DEFAULT_BACKOFF_MS,
         }
     }
 
@@ -83,10 +96,14 @@ impl RetryRt {
     pub(crate) fn on_timeout(&self) -> bool {
         self.on & (ON_5XX | ON_GATEWAY | ON_RESET) != 0
     }
-}
 
-/// Envoy's fully jittered exponential back-off: base 25 ms, at most 250 ms.
-pub(crate) fn backoff(retry: u32) -> Duration {
-    let cap_ms = (25u64 * ((1u64 << retry.min(10)) - 1)).min(250);
-    Duration::from_millis(fastrand::u64(..=cap_ms))
+    /// The wait before retry number `retry` (from 1): Envoy's fully jittered exponential
+    /// back-off, uniform over `base × (2^retry − 1)`, at most ten times the base (Envoy's
+    /// default `max_interval`, which Istio leaves unset).
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
+        let base = self.backoff_base_ms;
+        let max = base.saturating_mul(10);
+        let cap = base.saturating_mul((1u64 << retry.min(32)) - 1).min(max);
+        Duration::from_millis(fastrand::u64(..=cap))
+    }
 }

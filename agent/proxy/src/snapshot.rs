@@ -16,10 +16,12 @@ use super::breaker::{self, Breaker, StatsMap};
 use super::forward::RetryRt;
 use super::headers::CompiledOps;
 use super::idle::DEFAULT_IDLE_TIMEOUT;
+use super::layers::cors::CorsRt;
 use super::lb::LbState;
 use super::matching::Matcher;
 use super::outlier::{OutlierRt, Outliers};
 use super::upstream::{Endpoint, Proto, SendOpts};
+use super::warmup::SlowStartRt;
 use meshpath_model::l7::{
     ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
 };
@@ -37,6 +39,28 @@ pub(crate) struct ListenerRt {
     pub routes: Vec<RouteRt>,
     /// Used when `routes` is empty: everything to `default_cluster`.
     pub default_route: RouteRt,
+    /// `exportTo`: the client namespaces these routes are for (`None`: all), and what the
+    /// other clients get.
+    pub export_to: Option<std::collections::BTreeSet<String>>,
+    pub otherwise: Option<Box<ListenerRt>>,
+}
+
+impl ListenerRt {
+    /// The routes for a client in `namespace` (`None`: not a known pod): the first of the
+    /// chain exported to it.
+    pub(crate) fn for_client(&self, namespace: Option<&str>) -> &ListenerRt {
+        let mut l = self;
+        loop {
+            let visible = match &l.export_to {
+                None => true,
+                Some(to) => namespace.is_some_and(|ns| to.contains(ns)),
+            };
+            match (&l.otherwise, visible) {
+                (Some(next), false) => l = next,
+                _ => return l,
+            }
+        }
+    }
 }
 
 /// A route's destination; `cluster` is `None` when the config names a cluster it does not
@@ -70,6 +94,7 @@ pub(crate) struct RouteRt {
     pub resp_ops: CompiledOps,
     /// A direct response's status and body, built once.
     pub direct: Option<(http::StatusCode, bytes::Bytes)>,
+    pub cors: Option<CorsRt>,
 }
 
 impl RouteRt {
@@ -96,6 +121,8 @@ pub(crate) struct ClusterRt {
     pub breaker: Breaker,
     /// `outlierDetection`, when the policy has it: balancers skip its ejected endpoints.
     pub outlier: Option<OutlierRt>,
+    /// `warmup`, while endpoints that joined later are (or were) warming.
+    pub slow_start: Option<SlowStartRt>,
 }
 
 impl ClusterRt {
@@ -132,19 +159,25 @@ pub(crate) fn cluster_name(key: &ClusterKey) -> String {
 pub(crate) type Registry = HashMap<(Option<ClusterKey>, SocketAddr), Weak<Endpoint>>;
 
 pub(crate) fn endpoint(registry: &mut Registry, addr: SocketAddr) -> Arc<Endpoint> {
-    cluster_endpoint(registry, None, addr)
+    cluster_endpoint(registry, None, addr, false)
 }
 
+/// The endpoint's state in `cluster`, created when new; `joins` records a new one's join time
+/// (it joins a cluster the proxy already had, for slow start).
 fn cluster_endpoint(
     registry: &mut Registry,
     cluster: Option<(&ClusterKey, &Arc<breaker::ClusterStats>)>,
     addr: SocketAddr,
+    joins: bool,
 ) -> Arc<Endpoint> {
     let key = (cluster.map(|(k, _)| k.clone()), addr);
     if let Some(ep) = registry.get(&key).and_then(Weak::upgrade) {
         return ep;
     }
     let ep = Arc::new(Endpoint::new(addr, cluster.map(|(_, s)| s.clone())));
+    if joins {
+        let _ = ep.joined.set(std::time::Instant::now());
+    }
     registry.insert(key, Arc::downgrade(&ep));
     ep
 }
@@ -160,11 +193,19 @@ pub(crate) fn build(
         HashMap::with_capacity(config.clusters.len());
     for (key, c) in &config.clusters {
         let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
+        // Stats outlive snapshots: a cluster they know is one the proxy already had.
+        let known = stats.contains_key(key);
         let st = breaker::stats_for(stats, key);
-        let endpoints = addrs
+        let endpoints: Vec<Arc<Endpoint>> = addrs
             .iter()
-            .map(|a| cluster_endpoint(registry, Some((key, &st)), *a))
+            .map(|a| cluster_endpoint(registry, Some((key, &st)), *a, known))
             .collect();
+        let slow_start = c.policy.slow_start.as_ref().and_then(|p| {
+            SlowStartRt::new(
+                p,
+                endpoints.iter().map(|e| e.joined.get().copied()).collect(),
+            )
+        });
         let rt = ClusterRt {
             key: key.clone(),
             endpoints,
@@ -181,6 +222,7 @@ pub(crate) fn build(
                 .map(|policy| OutlierRt::new(key.clone(), policy, st.clone(), outliers)),
             breaker: Breaker::new(st, &c.policy.connection_pool),
             policy: c.policy.clone(),
+            slow_start,
         };
         clusters.insert(key, Arc::new(rt));
     }
@@ -211,6 +253,12 @@ fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> Listener
     ListenerRt {
         routes: sr.http.iter().map(|r| route_rt(r, dest)).collect(),
         default_route: route_rt(&default, dest),
+        export_to: sr.export.to.clone(),
+        otherwise: sr
+            .export
+            .otherwise
+            .as_ref()
+            .map(|next| Box::new(listener(next, dest))),
     }
 }
 
@@ -259,6 +307,7 @@ pub(crate) fn route_rt(r: &HttpRoute, dest: &impl Fn(&ClusterKey) -> Dest) -> Ro
         retry: RetryRt::from_policy(r.retries.as_ref()),
         req_ops: CompiledOps::compile(&r.request_headers),
         resp_ops: CompiledOps::compile(&r.response_headers),
+        cors: r.cors.as_ref().map(CorsRt::compile),
         route: r.clone(),
     }
 }

@@ -81,6 +81,8 @@ pub(crate) struct Endpoint {
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
     /// The owning cluster's stats (`None` for passthrough): connections are counted there.
     stats: Option<Arc<ClusterStats>>,
+    /// When it joined a cluster the proxy already had (slow start); unset otherwise.
+    pub(crate) joined: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Endpoint {
@@ -91,6 +93,7 @@ impl Endpoint {
             idle_h1: IdlePool::default(),
             h2: Mutex::new(None),
             stats,
+            joined: std::sync::OnceLock::new(),
         }
     }
 

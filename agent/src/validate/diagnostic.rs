@@ -154,7 +154,7 @@ impl Diagnostic {
         // Istio accepts a route to a subset no DestinationRule defines yet (it may be applied
         // next): its analyzer reports it, the API server does not refuse it.
         let (severity, code) = match error {
-            L7Error::UnknownSubset { .. } => {
+            L7Error::UnknownSubset { .. } | L7Error::WildcardDestination { .. } => {
                 (Severity::Warning, code::REFERENCED_RESOURCE_NOT_FOUND)
             }
             L7Error::UnknownHost { .. } | L7Error::UnknownPort { .. } => {

@@ -184,21 +184,21 @@ mod tests {
     fn accepted_but_not_enforced_fields_are_warnings_at_their_field() {
         let dir = tempfile::tempdir().expect("tempdir");
         let svc = write(dir.path(), "svc.yaml", SERVICE);
-        let vs = write(
+        let dr = write(
             dir.path(),
-            "vs.yaml",
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\n\
-             spec:\n  hosts: [reviews]\n  exportTo: [\".\"]\n  http:\n  - route:\n    - destination:\n        \
-             host: reviews\n    corsPolicy:\n      allowOrigins: [{exact: a}]\n",
+            "dr.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\n\
+             spec:\n  host: reviews\n  exportTo: [\".\"]\n  trafficPolicy:\n    loadBalancer:\n      \
+             localityLbSetting:\n        enabled: true\n",
         );
-        let report = validate(&[svc, vs.clone()]);
-        let vs = vs.display();
+        let report = validate(&[svc, dr.clone()]);
+        let dr = dr.display();
         assert_eq!(
             report.to_text().lines().collect::<Vec<_>>(),
             [
-                format!("{vs}:7:3: Warning VirtualService default/reviews: spec.exportTo: accepted, not enforced by meshpath"),
+                format!("{dr}:7:3: Warning DestinationRule default/reviews: spec.exportTo: accepted, not enforced by meshpath"),
                 format!(
-                    "{vs}:12:5: Warning VirtualService default/reviews: spec.http[0].corsPolicy: accepted, not enforced by meshpath"
+                    "{dr}:10:7: Warning DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: accepted, not enforced by meshpath"
                 ),
             ]
         );
@@ -207,12 +207,15 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
         assert_eq!(json.as_array().map(Vec::len), Some(2));
         assert_eq!(json[1]["level"], "Warning");
-        assert_eq!(json[1]["origin"], "VirtualService default/reviews");
-        assert_eq!(json[1]["field"], "spec.http[0].corsPolicy");
+        assert_eq!(json[1]["origin"], "DestinationRule default/reviews");
+        assert_eq!(
+            json[1]["field"],
+            "spec.trafficPolicy.loadBalancer.localityLbSetting"
+        );
         assert_eq!(
             (json[1]["line"].as_u64(), json[1]["column"].as_u64()),
-            (Some(12), Some(5))
+            (Some(10), Some(7))
         );
-        assert_eq!(json[1]["reference"], format!("{vs}:12"));
+        assert_eq!(json[1]["reference"], format!("{dr}:10"));
     }
 }

@@ -88,8 +88,13 @@ impl<'a> Ctx<'a> {
             .filter(|(_, http)| *http)
     }
 
-    /// The cluster `key` names, or `None` when its subset is not defined (any more).
+    /// The cluster `key` names, or `None` when its subset is not defined (any more) or its
+    /// Service does not exist.
     pub fn cluster(&self, key: &ClusterKey) -> Option<Cluster> {
+        // A wildcard destination's key names no Service: no cluster (503 `NC`).
+        if !self.model.services.contains_key(&key.service) {
+            return None;
+        }
         let rule = self.rule(&key.service);
         let base = rule.map(|r| r.traffic_policy.clone()).unwrap_or_default();
         let (labels, policy) = match &key.subset {
@@ -117,7 +122,8 @@ impl<'a> Ctx<'a> {
         }
         Some(Cluster {
             endpoints,
-            policy: policy_to_l7(&policy),
+            // `portLevelSettings` for the cluster's port, over the (subset's) policy.
+            policy: policy_to_l7(&policy.for_port(key.port)),
         })
     }
 
@@ -172,10 +178,14 @@ fn http_capable(port: &ServicePort) -> bool {
     port.protocol == Protocol::Tcp && !NOT_HTTP.contains(&protocol)
 }
 
+/// A DestinationRule for a Service, with what ranks it: (wildcard, other namespace, less
+/// specific, rule).
+type Candidate<'a> = (bool, bool, std::cmp::Reverse<usize>, &'a DestinationRule);
+
 /// The DestinationRule of each Service that has one (see the precedence in the module doc).
 fn rules(model: &ClusterModel) -> BTreeMap<ObjectRef, &DestinationRule> {
-    // (wildcard, other namespace, rule id) sorts the best candidate first.
-    let mut candidates: BTreeMap<&ObjectRef, Vec<(bool, bool, &DestinationRule)>> = BTreeMap::new();
+    // (wildcard, other namespace, less specific, rule id) sorts the best candidate first.
+    let mut candidates: BTreeMap<&ObjectRef, Vec<Candidate<'_>>> = BTreeMap::new();
     for rule in model.destination_rules.values() {
         let services: Vec<&ObjectRef> = if hosts::is_wildcard(&rule.host) {
             hosts::wildcard_matches(&rule.host, &model.services).collect()
@@ -192,6 +202,7 @@ fn rules(model: &ClusterModel) -> BTreeMap<ObjectRef, &DestinationRule> {
             let entry = (
                 hosts::is_wildcard(&rule.host),
                 rule.id.namespace != service.namespace,
+                std::cmp::Reverse(hosts::specificity(&rule.host)),
                 rule,
             );
             candidates.entry(service).or_default().push(entry);
@@ -199,9 +210,9 @@ fn rules(model: &ClusterModel) -> BTreeMap<ObjectRef, &DestinationRule> {
     }
     let mut out = BTreeMap::new();
     for (service, mut list) in candidates {
-        list.sort_by(|a, b| (a.0, a.1, &a.2.id).cmp(&(b.0, b.1, &b.2.id)));
-        let chosen = list[0].2;
-        for (_, _, other) in &list[1..] {
+        list.sort_by(|a, b| (a.0, a.1, a.2, &a.3.id).cmp(&(b.0, b.1, b.2, &b.3.id)));
+        let chosen = list[0].3;
+        for (_, _, _, other) in &list[1..] {
             tracing::warn!(service = %service, destination_rule = %other.id, used = %chosen.id,
                 "another DestinationRule applies to this service first; this one is ignored for it");
         }
@@ -240,6 +251,21 @@ pub fn policy_to_l7(p: &im::TrafficPolicy) -> l7::TrafficPolicy {
         }
     };
     let pool = p.connection_pool.clone().unwrap_or_default();
+    // Envoy's slow start applies to round robin and least request only.
+    let slow_start = p
+        .warmup
+        .as_ref()
+        .filter(|_| {
+            matches!(
+                load_balancer,
+                l7::LoadBalancer::RoundRobin | l7::LoadBalancer::LeastRequest
+            )
+        })
+        .map(|w| l7::SlowStart {
+            window: w.duration,
+            min_weight: w.minimum_percent.0 / 100.0,
+            aggression: w.aggression.0,
+        });
     l7::TrafficPolicy {
         load_balancer,
         connection_pool: l7::ConnectionPool {
@@ -251,6 +277,7 @@ pub fn policy_to_l7(p: &im::TrafficPolicy) -> l7::TrafficPolicy {
             max_retries: pool.max_retries,
             idle_timeout: pool.idle_timeout,
         },
+        slow_start,
         outlier_detection: p.outlier_detection.as_ref().map(|o| l7::OutlierDetection {
             consecutive_5xx_errors: o.consecutive_5xx_errors,
             consecutive_gateway_errors: o.consecutive_gateway_errors,

@@ -58,9 +58,15 @@ fn delegated(
     name: &ObjectRef,
     all: &BTreeMap<ObjectRef, VirtualService>,
 ) -> Vec<HttpRoute> {
-    let Some(delegate) = all.get(name).filter(|d| d.hosts.is_empty()) else {
+    // As Istio: a delegate the root's namespace cannot see (`exportTo`) is not found.
+    let visible = |d: &&VirtualService| {
+        d.export_to
+            .as_ref()
+            .is_none_or(|to| to.contains(&vs.id.namespace))
+    };
+    let Some(delegate) = all.get(name).filter(|d| d.hosts.is_empty()).filter(visible) else {
         tracing::warn!(virtual_service = %vs.id, delegate = %name, origin = vs.origin.as_deref(),
-            "delegate VirtualService not found (or it has hosts); its root route is skipped");
+            "delegate VirtualService not found (or it has hosts, or is not exported to the root's namespace); its root route is skipped");
         return Vec::new();
     };
     delegate
@@ -103,6 +109,7 @@ fn merge_route(root: &HttpRoute, leaf: &HttpRoute, leaf_ns: &str) -> Option<Http
     if leaf.mirrors.is_empty() {
         out.mirrors = root.mirrors.clone();
     }
+    out.cors = leaf.cors.clone().or_else(|| root.cors.clone());
     // `headers` is one field in Istio: the root's apply only when the delegate sets none.
     let no_headers = |r: &HttpRoute| {
         r.request_headers == Default::default() && r.response_headers == Default::default()

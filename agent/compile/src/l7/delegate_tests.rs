@@ -18,6 +18,7 @@ fn route(name: &str, matches: Vec<HttpMatch>, action: Action) -> HttpRoute {
         request_headers: Default::default(),
         response_headers: Default::default(),
         destination_headers: Vec::new(),
+        cors: None,
     }
 }
 
@@ -54,6 +55,7 @@ fn vs(ns: &str, name: &str, hosts: &[&str], http: Vec<HttpRoute>) -> VirtualServ
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         http,
         tcp: Vec::new(),
+        export_to: None,
     }
 }
 
@@ -213,4 +215,36 @@ fn the_roots_settings_fill_what_the_delegate_leaves_out() {
     assert_eq!(out.response_headers.add.len(), 1);
     assert_eq!(out.rewrite_uri.as_deref(), Some("/root"));
     assert_eq!(host_of(&out), "svc.d.svc.cluster.local");
+}
+
+#[test]
+fn a_delegate_not_exported_to_the_roots_namespace_is_not_found() {
+    let root = |ns: &str| {
+        vs(
+            ns,
+            "root",
+            &["reviews"],
+            vec![route(
+                "handover",
+                vec![],
+                Action::Delegate(ObjectRef::new("team", "leaf")),
+            )],
+        )
+    };
+    let mut leaf = vs(
+        "team",
+        "leaf",
+        &[],
+        vec![route("v1", vec![], to("reviews"))],
+    );
+    leaf.export_to = Some(["team".to_owned(), "frontend".to_owned()].into());
+    let objects = all(vec![root("default"), leaf.clone()]);
+    let merged = merge(&objects);
+    assert!(merged[&ObjectRef::new("default", "root")].http.is_empty());
+
+    let objects = all(vec![root("frontend"), leaf]);
+    let merged = merge(&objects);
+    let http = &merged[&ObjectRef::new("frontend", "root")].http;
+    assert_eq!(http.len(), 1);
+    assert_eq!(host_of(&http[0]), "reviews.team.svc.cluster.local");
 }

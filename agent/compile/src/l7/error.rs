@@ -34,6 +34,17 @@ pub enum L7Error {
         /// The DestinationRule that applies to the service, if any.
         rule: Option<ObjectRef>,
     },
+    /// A warning, not an error (see [`L7Error::is_warning`]).
+    #[error(
+        "{origin}: VirtualService {vs}: {field}: wildcard host {host:?} names a ServiceEntry \
+         host, and meshpath has no ServiceEntry: requests routed to it get 503 (no cluster)"
+    )]
+    WildcardDestination {
+        origin: String,
+        vs: ObjectRef,
+        field: String,
+        host: String,
+    },
     #[error(
         "{origin}: VirtualService {vs}: {field}: Service {service} has no TCP port {port}; the \
          VirtualService keeps its previous routes"
@@ -63,10 +74,13 @@ pub enum L7Error {
 impl L7Error {
     /// True when the VirtualService is applied anyway (the problem only affects the requests
     /// routed to the field), as Istio accepts it and only its analyzer reports it: a subset no
-    /// DestinationRule defines yet. Every other problem keeps the VirtualService's last good
+    /// DestinationRule defines yet, a wildcard destination host. Every other problem keeps the VirtualService's last good
     /// routes.
     pub fn is_warning(&self) -> bool {
-        matches!(self, L7Error::UnknownSubset { .. })
+        matches!(
+            self,
+            L7Error::UnknownSubset { .. } | L7Error::WildcardDestination { .. }
+        )
     }
 
     /// `file:line` of the VirtualService's document (or whatever its source records).
@@ -74,6 +88,7 @@ impl L7Error {
         match self {
             L7Error::UnknownHost { origin, .. }
             | L7Error::UnknownSubset { origin, .. }
+            | L7Error::WildcardDestination { origin, .. }
             | L7Error::UnknownPort { origin, .. }
             | L7Error::PortRequired { origin, .. } => origin,
         }
@@ -84,6 +99,7 @@ impl L7Error {
         match self {
             L7Error::UnknownHost { field, .. }
             | L7Error::UnknownSubset { field, .. }
+            | L7Error::WildcardDestination { field, .. }
             | L7Error::UnknownPort { field, .. }
             | L7Error::PortRequired { field, .. } => field,
         }

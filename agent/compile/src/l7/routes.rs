@@ -9,19 +9,19 @@ use meshpath_model::Protocol;
 use super::clusters::Ctx;
 use super::L7Error;
 
-/// Every cluster a listener can send to.
-pub fn cluster_keys(routes: &ServiceRoutes) -> impl Iterator<Item = ClusterKey> + '_ {
-    let targets = routes.http.iter().flat_map(|r| {
-        let weighted = match &r.action {
-            l7::RouteAction::Route(w) => w.as_slice(),
-            _ => &[],
-        };
-        weighted
-            .iter()
-            .map(|w| w.cluster.clone())
-            .chain(r.mirrors.iter().map(|m| m.cluster.clone()))
-    });
-    std::iter::once(routes.default_cluster.clone()).chain(targets)
+/// Every cluster a listener can send to, for every client (the whole `exportTo` chain).
+pub fn cluster_keys(routes: &ServiceRoutes) -> Vec<ClusterKey> {
+    let mut out = vec![routes.default_cluster.clone()];
+    for r in &routes.http {
+        if let l7::RouteAction::Route(w) = &r.action {
+            out.extend(w.iter().map(|w| w.cluster.clone()));
+        }
+        out.extend(r.mirrors.iter().map(|m| m.cluster.clone()));
+    }
+    if let Some(next) = &routes.export.otherwise {
+        out.extend(cluster_keys(next));
+    }
+    out
 }
 
 /// `route` as served on `port`: `None` when its matches are all for other ports. Problems that
@@ -128,10 +128,12 @@ pub fn http_route(
             attempts: r.attempts,
             per_try_timeout: r.per_try_timeout,
             retry_on: r.retry_on.clone(),
+            backoff: r.backoff,
         }),
         rewrite,
         request_headers: header_ops(&route.request_headers),
         response_headers: header_ops(&route.response_headers),
+        cors: route.cors.as_ref().map(super::cors::policy),
     }))
 }
 
@@ -180,6 +182,22 @@ fn cluster_key(
         .clone()
         .unwrap_or_else(|| "<unknown source>".into());
     let model = ctx.model();
+    // A wildcard destination (`*.foo.com`, `*-foo.baz`) is valid Istio that names a
+    // ServiceEntry host, never a Service: Envoy gets a cluster nobody defines and answers 503
+    // (`NC`). The same here, through a key no Service can have (names never hold `*`).
+    if hosts::is_wildcard(&dest.host) {
+        warnings.push(L7Error::WildcardDestination {
+            origin,
+            vs: vs.id.clone(),
+            field: format!("{field}.host"),
+            host: dest.host.clone(),
+        });
+        return Ok(ClusterKey {
+            service: meshpath_model::ObjectRef::new(&vs.id.namespace, &dest.host),
+            port: dest.port.unwrap_or(listener),
+            subset: dest.subset.clone(),
+        });
+    }
     let Some(service) = hosts::resolve(&dest.host, &vs.id.namespace, &model.services) else {
         return Err(Box::new(L7Error::UnknownHost {
             origin,
@@ -269,7 +287,7 @@ fn http_match(m: &im::HttpMatch) -> l7::HttpMatch {
     }
 }
 
-fn string_match(s: &im::StringMatch) -> l7::StringMatch {
+pub(super) fn string_match(s: &im::StringMatch) -> l7::StringMatch {
     match s {
         im::StringMatch::Exact(v) => l7::StringMatch::Exact(v.clone()),
         im::StringMatch::Prefix(v) => l7::StringMatch::Prefix(v.clone()),

@@ -1,6 +1,9 @@
 //! The seed's Istio objects (verbatim, in `agent/source/src/istio/testdata`) compiled against a small cluster.
 
+mod export;
+mod port_level;
 mod resolution;
+mod wildcard;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

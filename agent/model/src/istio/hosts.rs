@@ -39,6 +39,16 @@ pub fn is_wildcard(host: &str) -> bool {
     host.starts_with('*')
 }
 
+/// How specific a host is, for Istio's "most specific host wins": the length of what a
+/// wildcard fixes (`*.prod.svc.cluster.local` beats `*.svc.cluster.local` beats `*`); an exact
+/// host beats every wildcard.
+pub fn specificity(host: &str) -> usize {
+    match host.strip_prefix('*') {
+        Some(tail) => tail.len(),
+        None => usize::MAX,
+    }
+}
+
 /// The Services a wildcard host covers (compared against their FQDN).
 pub fn wildcard_matches<'a>(
     host: &'a str,
@@ -115,5 +125,20 @@ mod tests {
         assert_eq!(m("*.prod.svc.cluster.local"), ["prod/b", "prod/c"]);
         assert_eq!(m("*"), ["default/a", "prod/b", "prod/c"]);
         assert!(m("*.example.com").is_empty());
+        // Istio's wildcard label: `*-x` covers names ending in `-x`.
+        let svcs = services(&[("prod", "api-v1"), ("prod", "apiv1"), ("dev", "web-v1")]);
+        let m = |host| {
+            wildcard_matches(host, &svcs)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(m("*-v1.prod.svc.cluster.local"), ["prod/api-v1"]);
+    }
+
+    #[test]
+    fn the_most_specific_host_ranks_first() {
+        assert!(specificity("reviews") > specificity("*.prod.svc.cluster.local"));
+        assert!(specificity("*.prod.svc.cluster.local") > specificity("*.svc.cluster.local"));
+        assert!(specificity("*.svc.cluster.local") > specificity("*"));
     }
 }

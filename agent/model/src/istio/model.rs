@@ -20,6 +20,9 @@ pub struct VirtualService {
     /// compiling.
     pub origin: Option<String>,
     pub hosts: Vec<String>,
+    /// `exportTo` resolved: the client namespaces the VirtualService applies to (`.` is its
+    /// own); `None`: every namespace (`*`, or not written: Istio's default).
+    pub export_to: Option<std::collections::BTreeSet<String>>,
     /// `spec.http`, without the routes that cannot apply to mesh traffic.
     pub http: Vec<HttpRoute>,
     pub tcp: Vec<TcpRoute>,
@@ -46,6 +49,7 @@ pub struct HttpRoute {
     pub response_headers: HeaderOps,
     /// `route[].headers`, one per destination of [`Action::Route`], same order.
     pub destination_headers: Vec<DestinationHeaders>,
+    pub cors: Option<Cors>,
 }
 
 /// `rewrite.uriRegexRewrite`; the pattern is not anchored (Envoy's `regex_rewrite` replaces
@@ -61,6 +65,20 @@ pub struct RegexRewrite {
 pub struct DestinationHeaders {
     pub request: HeaderOps,
     pub response: HeaderOps,
+}
+
+/// `corsPolicy`, validated; lists as written (Istio joins them for Envoy).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// `allowOrigins`, then the deprecated `allowOrigin` as exact matches.
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<Duration>,
+    pub allow_credentials: Option<bool>,
+    /// `unmatchedPreflights`: `Some(true)` FORWARD, `Some(false)` IGNORE, `None` unspecified.
+    pub forward_unmatched_preflights: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,7 +140,8 @@ pub struct Destination {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// (destination, weight); weights sum to 100 (a single destination always gets 100).
+    /// (destination, weight); each gets its weight's share of the weights' sum, as Envoy
+    /// draws them (a single destination always gets 100).
     Route(Vec<(Destination, u32)>),
     Redirect(Redirect),
     DirectResponse {
@@ -174,6 +193,8 @@ pub struct Retries {
     pub per_try_timeout: Option<Duration>,
     /// Only the conditions the proxy implements; the others were warned about.
     pub retry_on: Vec<RetryOn>,
+    /// `backoff`: base interval between retries.
+    pub backoff: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -189,6 +210,7 @@ pub struct TcpRoute {
     pub index: usize,
     /// The ports the route is limited to; empty: every port.
     pub ports: Vec<u16>,
+    /// Weights scaled to sum to 100 (kernel slots).
     pub route: Vec<(Destination, u32)>,
 }
 
@@ -213,6 +235,30 @@ pub struct Subset {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `loadBalancer.warmup` (or `warmupDurationSecs`), part of `loadBalancer`.
+    pub warmup: Option<Warmup>,
+    /// `portLevelSettings`: for one Service port, parts that replace the policy's own.
+    pub port_level: Vec<PortPolicy>,
+}
+
+/// `loadBalancer.warmup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warmup {
+    pub duration: Duration,
+    /// `minimumPercent`, 10 by default.
+    pub minimum_percent: Percent,
+    /// `aggression`, 1.0 (linear) by default; a positive number, kept bit for bit.
+    pub aggression: Percent,
+}
+
+/// One `portLevelSettings` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPolicy {
+    pub port: u16,
+    pub load_balancer: Option<LoadBalancer>,
+    pub warmup: Option<Warmup>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
 }
@@ -272,11 +318,15 @@ pub struct OutlierDetection {
 impl TrafficPolicy {
     /// `self` (a subset's policy) over `base` (its rule's), part by part.
     pub fn merged_over(&self, base: &TrafficPolicy) -> TrafficPolicy {
+        // `loadBalancer` is one part in Istio: its kind and its warmup come from one side.
+        let lb = if self.load_balancer.is_some() || self.warmup.is_some() {
+            self
+        } else {
+            base
+        };
         TrafficPolicy {
-            load_balancer: self
-                .load_balancer
-                .clone()
-                .or_else(|| base.load_balancer.clone()),
+            load_balancer: lb.load_balancer.clone(),
+            warmup: lb.warmup.clone(),
             connection_pool: self
                 .connection_pool
                 .clone()
@@ -285,10 +335,39 @@ impl TrafficPolicy {
                 .outlier_detection
                 .clone()
                 .or_else(|| base.outlier_detection.clone()),
+            // Istio: a subset's port settings replace the rule's as a whole.
+            port_level: if self.port_level.is_empty() {
+                base.port_level.clone()
+            } else {
+                self.port_level.clone()
+            },
         }
     }
 
-    /// Whether only the proxy can enforce this policy, so the service must be steered to it even
+    /// The policy for Service port `port`: its `portLevelSettings` entry's parts over the
+    /// rest, part by part, as Istio merges them for the port's cluster.
+    pub fn for_port(&self, port: u16) -> TrafficPolicy {
+        let mut out = TrafficPolicy {
+            port_level: Vec::new(),
+            ..self.clone()
+        };
+        if let Some(p) = self.port_level.iter().find(|p| p.port == port) {
+            if p.load_balancer.is_some() || p.warmup.is_some() {
+                out.load_balancer.clone_from(&p.load_balancer);
+                out.warmup.clone_from(&p.warmup);
+            }
+            if p.connection_pool.is_some() {
+                out.connection_pool.clone_from(&p.connection_pool);
+            }
+            if p.outlier_detection.is_some() {
+                out.outlier_detection.clone_from(&p.outlier_detection);
+            }
+        }
+        out
+    }
+
+    /// Whether only the proxy can enforce this policy (for port-level settings, ask
+    /// [`for_port`](Self::for_port)'s answer), so the service must be steered to it even
     /// without routes. Round robin and random are the kernel's own balancing; a TCP connection
     /// limit is the kernel's job too.
     pub fn needs_proxy(&self) -> bool {
@@ -303,6 +382,88 @@ impl TrafficPolicy {
                 || p.max_retries.is_some()
                 || p.idle_timeout.is_some()
         });
-        lb || http_pool || self.outlier_detection.is_some()
+        // Slow start weighs endpoints per request (round robin and least request only).
+        let warmup = self.warmup.is_some()
+            && matches!(
+                self.load_balancer,
+                None | Some(LoadBalancer::RoundRobin | LoadBalancer::LeastRequest)
+            );
+        lb || http_pool || warmup || self.outlier_detection.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel-only pool: it does not need the proxy.
+    fn pool(max: u32) -> Option<ConnectionPool> {
+        Some(ConnectionPool {
+            max_connections: Some(max),
+            ..ConnectionPool::default()
+        })
+    }
+
+    #[test]
+    fn port_settings_replace_parts_for_their_port_only() {
+        let policy = TrafficPolicy {
+            load_balancer: Some(LoadBalancer::Random),
+            connection_pool: pool(1),
+            outlier_detection: None,
+            warmup: None,
+            port_level: vec![PortPolicy {
+                port: 80,
+                load_balancer: Some(LoadBalancer::LeastRequest),
+                warmup: None,
+                connection_pool: None,
+                outlier_detection: None,
+            }],
+        };
+        let p80 = policy.for_port(80);
+        assert_eq!(p80.load_balancer, Some(LoadBalancer::LeastRequest));
+        assert_eq!(p80.connection_pool, pool(1));
+        assert!(p80.port_level.is_empty());
+        assert!(p80.needs_proxy() && !policy.for_port(81).needs_proxy());
+        assert_eq!(
+            policy.for_port(81).load_balancer,
+            Some(LoadBalancer::Random)
+        );
+    }
+
+    #[test]
+    fn a_subsets_port_settings_replace_the_rules() {
+        let port = |p, lb| PortPolicy {
+            port: p,
+            load_balancer: Some(lb),
+            warmup: None,
+            connection_pool: None,
+            outlier_detection: None,
+        };
+        let rule = TrafficPolicy {
+            port_level: vec![
+                port(80, LoadBalancer::LeastRequest),
+                port(81, LoadBalancer::Random),
+            ],
+            ..TrafficPolicy::default()
+        };
+        let subset = TrafficPolicy {
+            port_level: vec![port(80, LoadBalancer::RoundRobin)],
+            ..TrafficPolicy::default()
+        };
+        let merged = subset.merged_over(&rule);
+        assert_eq!(
+            merged.for_port(80).load_balancer,
+            Some(LoadBalancer::RoundRobin)
+        );
+        assert_eq!(
+            merged.for_port(81).load_balancer,
+            None,
+            "replaced as a whole"
+        );
+        let inherited = TrafficPolicy::default().merged_over(&rule);
+        assert_eq!(
+            inherited.for_port(81).load_balancer,
+            Some(LoadBalancer::Random)
+        );
     }
 }

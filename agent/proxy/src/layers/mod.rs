@@ -4,6 +4,7 @@
 //! handler::handle                 request id / trace headers, span
 //!   route      (route.rs)         listener and first matching route, or passthrough, or 404
 //!   fault      (fault.rs)         delay, then abort, at the route's percentages
+//!   cors       (cors.rs)          the route's `corsPolicy`: preflights answered, grants added
 //!   [redirect | direct response | upstream:] rewrite and header operations (handler.rs)
 //!   mirror     (mirror.rs)        a copy to the mirror cluster, `-shadow` host, at a percentage
 //!   forward    (forward.rs)       route timeout over all attempts; then, per attempt:
@@ -36,6 +37,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod balance;
+pub(crate) mod cors;
 pub(crate) mod fault;
 pub(crate) mod mirror;
 pub(crate) mod outlier;

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::super::breaker::{Breaker, RetryGuard};
 use super::super::forward::Target;
-use super::super::retry::{backoff, RetryRt};
+use super::super::retry::RetryRt;
 use super::super::snapshot::cluster_name;
 use super::Attempted;
 use meshpath_model::l7::ClusterKey;
@@ -127,7 +127,7 @@ impl<'a> Retry<'a> {
             return Next::Done;
         }
         self.tried.push(idx);
-        Next::Retry(backoff(self.attempt))
+        Next::Retry(self.policy.backoff(self.attempt))
     }
 }
 
@@ -162,6 +162,7 @@ mod tests {
             attempts,
             per_try_timeout: None,
             retry_on: on.to_vec(),
+            backoff: None,
         }))
     }
 
@@ -298,6 +299,38 @@ mod tests {
                 "retry {n}"
             );
             assert!(shortest[n] <= Duration::from_millis(cap / 4), "retry {n}");
+        }
+    }
+
+    #[test]
+    fn a_backoff_base_scales_the_waits_and_caps_them_at_ten_times() {
+        let (t, _) = target(None);
+        let p = RetryRt::from_policy(Some(&RetryPolicy {
+            attempts: 10,
+            per_try_timeout: None,
+            retry_on: vec![RetryOn::FiveXx],
+            backoff: Some(Duration::from_millis(100)),
+        }));
+        // base 100 ms: caps 100, 300, 700, then ten times the base.
+        let caps = [100u64, 300, 700, 1000, 1000, 1000];
+        let mut longest = [Duration::ZERO; 6];
+        for _ in 0..400 {
+            let mut r = Retry::new(&p, &t, &Method::GET);
+            for (n, cap) in caps.iter().enumerate() {
+                r.begin();
+                let Next::Retry(d) = r.after(Attempted::Status(500), n, true) else {
+                    panic!("retried");
+                };
+                assert!(d <= Duration::from_millis(*cap), "retry {n}: {d:?}");
+                longest[n] = longest[n].max(d);
+            }
+        }
+        for (n, cap) in caps.iter().enumerate() {
+            assert!(
+                longest[n] >= Duration::from_millis(cap * 3 / 4),
+                "retry {n}: {:?}",
+                longest[n]
+            );
         }
     }
 

@@ -5,6 +5,8 @@
 //! - no listener for the destination: passthrough to it (Istio's `PassthroughCluster`), unless
 //!   it is the proxy's own address, which would loop (404);
 //! - a listener without routes: its default route, everything to `default_cluster`;
+//! - routes not exported to the client's namespace (`exportTo`): the next VirtualService's
+//!   exported to it, else the default route;
 //! - a destination the config does not define: 503 (Envoy's cluster not found).
 
 use std::collections::BTreeMap;
@@ -34,15 +36,22 @@ pub(crate) enum Selected<'s> {
     },
 }
 
+/// Who sent the request: the calling pod's labels (`sourceLabels`) and namespace (`exportTo`).
+pub(crate) struct Client<'a> {
+    pub labels: &'a BTreeMap<String, String>,
+    pub namespace: Option<&'a str>,
+}
+
 /// The route for a request to `original_dst` that reached the proxy at `local`.
 pub(crate) fn select<'s>(
     snap: &'s Snapshot,
     original_dst: Option<SocketAddr>,
     local: SocketAddr,
-    source_labels: &BTreeMap<String, String>,
+    client: &Client<'_>,
     head: &Parts,
     authority: &HeaderValue,
 ) -> Result<Selected<'s>, Reply> {
+    let source_labels = client.labels;
     let Some(orig) = original_dst else {
         return Err(Reply::NoRoute);
     };
@@ -52,6 +61,7 @@ pub(crate) fn select<'s>(
         }
         return Ok(Selected::Passthrough(orig));
     };
+    let listener = listener.for_client(client.namespace);
     if listener.routes.is_empty() {
         return Ok(Selected::Route {
             route: &listener.default_route,
@@ -154,7 +164,11 @@ mod tests {
         labels: &BTreeMap<String, String>,
     ) -> Result<(String, Option<usize>), Reply> {
         let (head, authority) = req(path);
-        match select(snap, Some(VIP), local(), labels, &head, &authority)? {
+        let client = Client {
+            labels,
+            namespace: None,
+        };
+        match select(snap, Some(VIP), local(), &client, &head, &authority)? {
             Selected::Passthrough(a) => Ok((format!("passthrough {a}"), None)),
             Selected::Route { route, matcher, .. } => Ok((
                 route.dests[0].0.key.service.name.clone(),
@@ -229,6 +243,10 @@ mod tests {
         let (snap, _) = snapshot_of(config(vec![], clusters(&["svc"])));
         let (head, authority) = req("/");
         let labels = BTreeMap::new();
+        let labels = Client {
+            labels: &labels,
+            namespace: None,
+        };
         let elsewhere: SocketAddr = "10.96.0.99:8080".parse().unwrap();
         let got = select(&snap, Some(elsewhere), local(), &labels, &head, &authority);
         assert!(matches!(got, Ok(Selected::Passthrough(a)) if a == elsewhere));

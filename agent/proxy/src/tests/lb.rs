@@ -83,6 +83,7 @@ async fn passthrough_goes_to_the_original_destination() {
         port: 80,
         http: vec![],
         default_cluster: key("svc"),
+        export: Export::default(),
     };
     let cfg = L7Config {
         listeners: [(direct.addr, sr)].into(),

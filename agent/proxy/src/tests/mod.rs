@@ -4,6 +4,8 @@
 mod actions;
 mod bench;
 mod circuit_breaking;
+mod cors;
+mod export;
 mod faults;
 mod istio_metrics;
 mod jaeger;
@@ -17,6 +19,7 @@ mod route_features;
 mod routing;
 mod span_export;
 mod tracing_ids;
+mod warmup;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -340,6 +343,7 @@ pub(super) fn config(routes: Vec<HttpRoute>, clusters: Vec<(ClusterKey, Cluster)
         port: 80,
         http: routes,
         default_cluster: key("svc"),
+        export: Export::default(),
     };
     L7Config {
         listeners: [(VIP, sr)].into_iter().collect(),

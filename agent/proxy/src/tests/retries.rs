@@ -12,6 +12,7 @@ fn retrying(attempts: u32, per_try: Option<Duration>, on: Vec<RetryOn>) -> HttpR
         attempts,
         per_try_timeout: per_try,
         retry_on: on,
+        backoff: None,
     });
     r
 }
@@ -245,4 +246,35 @@ async fn a_pooled_connection_closed_by_the_peer_is_replaced() {
         let got = h.get("/").await;
         assert_eq!((got.status, got.body.as_str()), (200, "ok"));
     }
+}
+
+#[tokio::test]
+async fn the_route_backoff_spaces_the_retries() {
+    // Every request fails twice with 503, then gets 200: two waits per request, uniform over
+    // 0..=100 ms and 0..=300 ms with a 100 ms base (Envoy's 25 ms default: at most 100 ms
+    // together). Eight requests wait about 1.6 s in all with the base, never over 0.8 s
+    // without it.
+    let a = backend_with(
+        "a",
+        Arc::new(|_, n| (if n % 3 < 2 { 503 } else { 200 }, Duration::ZERO)),
+    )
+    .await;
+    let mut r = retrying(2, None, vec![RetryOn::FiveXx]);
+    if let Some(p) = r.retries.as_mut() {
+        p.backoff = Some(Duration::from_millis(100));
+    }
+    let h = start(config(
+        vec![r],
+        vec![(key("a"), cluster(&[a.addr], RoundRobin))],
+    ))
+    .await;
+    let t0 = Instant::now();
+    for _ in 0..8 {
+        let got = h.get("/").await;
+        assert_eq!((got.status, got.body.as_str()), (200, "a"));
+    }
+    let waited = t0.elapsed();
+    assert_eq!(a.count(), 24);
+    assert!(waited > Duration::from_millis(800), "{waited:?}");
+    assert!(waited < Duration::from_millis(3200 + 1000), "{waited:?}");
 }

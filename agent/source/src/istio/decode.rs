@@ -64,16 +64,16 @@ mod tests {
         let value = serde_json::json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "r", "labels": {"a": "b"}},
-            "spec": {"hosts": ["r"], "exportTo": ["."],
-                     "http": [{"corsPolicy": {}, "route": [{"destination": {"host": "r"}, "extra": {}}]}]}
+            "spec": {"hosts": ["r"], "notSpecField": ["."],
+                     "http": [{"notAField": {}, "route": [{"destination": {"host": "r"}, "extra": {}}]}]}
         });
         let (_, ignored) = decode::<Object<VirtualServiceSpec>>(value).expect("decodes");
         assert_eq!(
             ignored,
             [
-                "spec.exportTo",
-                "spec.http[0].corsPolicy",
-                "spec.http[0].route[0].extra"
+                "spec.http[0].notAField",
+                "spec.http[0].route[0].extra",
+                "spec.notSpecField"
             ]
         );
     }

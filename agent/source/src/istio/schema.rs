@@ -41,6 +41,8 @@ pub struct VirtualServiceSpec {
     pub tcp: Vec<TcpRoute>,
     /// Declared so that a TLS-only VirtualService is valid (and warned about), as in Istio.
     pub tls: Option<Value>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +64,7 @@ pub struct HttpRoute {
     /// Deprecated integer form of `mirrorPercentage`.
     pub mirror_percent: Option<i64>,
     pub headers: Option<Headers>,
+    pub cors_policy: Option<CorsPolicy>,
     #[serde(default)]
     pub mirrors: Vec<MirrorPolicy>,
     /// A root VirtualService's hand-over to a delegate.
@@ -182,6 +185,26 @@ pub struct Retries {
     pub attempts: i64,
     pub per_try_timeout: Option<String>,
     pub retry_on: Option<String>,
+    pub backoff: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    /// Deprecated: exact origins.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,8 +304,18 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
-    /// Accepted so that it is reported as "not yet supported" rather than unknown.
-    pub port_level_settings: Option<Value>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+}
+
+/// A `portLevelSettings` entry (its `tls`, like the policy's, is reported as ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    pub port: Option<PortSelector>,
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,6 +323,17 @@ pub struct TrafficPolicy {
 pub struct LoadBalancer {
     pub simple: Option<String>,
     pub consistent_hash: Option<ConsistentHash>,
+    pub warmup: Option<Warmup>,
+    /// Deprecated form of `warmup.duration`.
+    pub warmup_duration_secs: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Warmup {
+    pub duration: Option<String>,
+    pub minimum_percent: Option<f64>,
+    pub aggression: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

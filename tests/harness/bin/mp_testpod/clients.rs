@@ -23,6 +23,7 @@ pub(crate) const KEYS: &[&str] = &[
     "per-request",
     "session",
     "path",
+    "method",
 ];
 
 /// Options shared by all client modes.
@@ -45,6 +46,8 @@ pub(crate) struct Common {
     pub(crate) session: bool,
     /// `http`: the request target (`--path`, default `/`).
     pub(crate) path: String,
+    /// `http`: the request method (`--method`, default GET).
+    pub(crate) method: String,
 }
 
 impl Common {
@@ -75,6 +78,7 @@ impl Common {
             per_request: a.get::<u8>("per-request")?.unwrap_or(0) != 0,
             session: a.get::<u8>("session")?.unwrap_or(0) != 0,
             path: a.get("path")?.unwrap_or_else(|| "/".to_owned()),
+            method: a.get("method")?.unwrap_or_else(|| "GET".to_owned()),
         })
     }
 }
@@ -399,7 +403,8 @@ fn http_request(
         format!("host: {}\r\n", c.addr)
     };
     let path = &c.path;
-    let req = format!("GET {path} HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
+    let method = &c.method;
+    let req = format!("{method} {path} HTTP/1.1\r\n{host}user-agent: mp-testpod\r\n{extra}\r\n");
     r.get_mut().write_all(req.as_bytes())?;
     let bad = |m: &str| io::Error::new(ErrorKind::InvalidData, m.to_owned());
     let mut line = String::new();

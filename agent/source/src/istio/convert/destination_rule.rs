@@ -7,9 +7,11 @@ use serde_json::Value;
 
 use meshpath_model::istio::model::{
     ConnectionPool, DestinationRule, HashAlgorithm, HashKey, LoadBalancer, OutlierDetection,
-    Subset, TrafficPolicy,
+    PortPolicy, Subset, TrafficPolicy,
 };
 use meshpath_model::istio::{IstioInvalid, Warning};
+
+mod warmup;
 
 use super::{Ctx, Error};
 use crate::error::{ConvertError, Invalid, ObjectKind};
@@ -85,16 +87,40 @@ fn traffic_policy(
     let Some(p) = p else {
         return Ok(TrafficPolicy::default());
     };
-    if p.port_level_settings.is_some() {
-        ctx.warn(Warning::NotYetSupported {
-            field: format!("{f}.portLevelSettings"),
+    let mut port_level = Vec::with_capacity(p.port_level_settings.len());
+    for (i, s) in p.port_level_settings.iter().enumerate() {
+        let pf = format!("{f}.portLevelSettings[{i}]");
+        let number = s
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .ok_or_else(|| ctx.err(format!("{pf}.port.number"), Invalid::Required))?;
+        port_level.push(PortPolicy {
+            port: ctx.port(&format!("{pf}.port.number"), number)?,
+            load_balancer: match &s.load_balancer {
+                Some(lb) => load_balancer(ctx, &format!("{pf}.loadBalancer"), lb)?,
+                None => None,
+            },
+            warmup: warmup::warmup(ctx, &format!("{pf}.loadBalancer"), s.load_balancer.as_ref())?,
+            connection_pool: s
+                .connection_pool
+                .as_ref()
+                .map(|c| connection_pool(ctx, &format!("{pf}.connectionPool"), c))
+                .transpose()?,
+            outlier_detection: s
+                .outlier_detection
+                .as_ref()
+                .map(|o| outlier(ctx, &format!("{pf}.outlierDetection"), o))
+                .transpose()?,
         });
     }
     Ok(TrafficPolicy {
+        port_level,
         load_balancer: match &p.load_balancer {
             Some(lb) => load_balancer(ctx, &format!("{f}.loadBalancer"), lb)?,
             None => None,
         },
+        warmup: warmup::warmup(ctx, &format!("{f}.loadBalancer"), p.load_balancer.as_ref())?,
         connection_pool: p
             .connection_pool
             .as_ref()

@@ -14,6 +14,7 @@ use crate::error::{ConvertError, Invalid, ObjectKind};
 use crate::istio::decode::decode;
 use crate::istio::schema::{self, Object, VirtualServiceSpec};
 
+mod cors;
 mod http;
 
 use http::{fault, header_ops, http_match, regex_rewrite, retries};
@@ -39,6 +40,7 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
             id: ctx.object.id.clone(),
             origin: None,
             hosts: Vec::new(),
+            export_to: None,
             http: Vec::new(),
             tcp: Vec::new(),
         };
@@ -80,6 +82,7 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
         id: ctx.object.id.clone(),
         origin: None,
         hosts,
+        export_to: export_to(&ctx.object.id.namespace, &spec.export_to),
         http: Vec::new(),
         tcp: Vec::new(),
     };
@@ -98,6 +101,19 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
         }
     }
     Ok((vs, ctx.warnings))
+}
+
+/// `exportTo` (checked by Istio's validation) as the namespaces it names, `.` being `own`;
+/// `None` for every namespace (`*`, or nothing written).
+fn export_to(own: &str, list: &[String]) -> Option<std::collections::BTreeSet<String>> {
+    if list.is_empty() || list.iter().any(|e| e == "*") {
+        return None;
+    }
+    Some(
+        list.iter()
+            .map(|e| if e == "." { own.to_owned() } else { e.clone() })
+            .collect(),
+    )
 }
 
 /// `None` when every match of the route is for something meshpath does not route (another
@@ -126,7 +142,9 @@ fn http_route(
                 d.name.clone(),
             ))
         }
-        (false, None, None) => Action::Route(weighted(ctx, &format!("{f}.route"), &r.route)?),
+        (false, None, None) => {
+            Action::Route(weighted(ctx, &format!("{f}.route"), &r.route, false)?)
+        }
         (true, Some(redirect), None) => Action::Redirect(Redirect {
             uri: redirect.uri.clone(),
             authority: redirect.authority.clone(),
@@ -244,6 +262,11 @@ fn http_route(
             response: header_ops(rd.headers.as_ref().and_then(|h| h.response.as_ref())),
         })
         .collect();
+    let cors = r
+        .cors_policy
+        .as_ref()
+        .map(|c| cors::cors(ctx, &format!("{f}.corsPolicy"), c))
+        .transpose()?;
     Ok(Some(HttpRoute {
         index: i,
         name: r.name.clone(),
@@ -259,15 +282,20 @@ fn http_route(
         request_headers: header_ops(headers.and_then(|h| h.request.as_ref())),
         response_headers: header_ops(headers.and_then(|h| h.response.as_ref())),
         destination_headers,
+        cors,
     }))
 }
 
 /// Route destinations with their weights: one destination gets everything whatever its weight
-/// says; several share in proportion to their weights, normalised to sum to 100 as Istio does.
+/// says (100); several share in proportion to their weights. Istio hands the weights to Envoy
+/// as written and Envoy draws against their sum, so `http:` routes keep them (`to_100`
+/// false); `tcp:` routes become kernel slots, a hundred per frontend, so their weights are
+/// scaled to sum to 100 (`to_100`).
 fn weighted(
     ctx: &Ctx,
     f: &str,
     route: &[schema::RouteDestination],
+    to_100: bool,
 ) -> Result<Vec<(Destination, u32)>, ConvertError> {
     let mut out = Vec::with_capacity(route.len());
     for (j, rd) in route.iter().enumerate() {
@@ -288,7 +316,7 @@ fn weighted(
             if sum == 0 {
                 return Err(ctx.err(f, IstioInvalid::WeightsSum { sum }));
             }
-            if sum != 100 {
+            if to_100 && sum != 100 {
                 normalise(several, sum);
             }
         }
@@ -341,7 +369,7 @@ fn tcp_route(
             field: format!("{f}.route[{j}].headers"),
         });
     }
-    let route = weighted(ctx, &format!("{f}.route"), &r.route)?;
+    let route = weighted(ctx, &format!("{f}.route"), &r.route, true)?;
     Ok(Some(TcpRoute {
         index: i,
         ports: if any_port { Vec::new() } else { ports },

@@ -219,10 +219,16 @@ pub(super) fn retries(
             retry_on.push(known);
         }
     }
+    let backoff = r
+        .backoff
+        .as_deref()
+        .map(|t| ctx.duration_min_1ms(&format!("{f}.backoff"), t))
+        .transpose()?;
     Ok(Retries {
         attempts,
         per_try_timeout,
         retry_on,
+        backoff,
     })
 }
 

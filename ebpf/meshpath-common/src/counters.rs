@@ -77,8 +77,7 @@ pub enum Reason {
     TcpMetricsFlowTableFull = 31,
     /// A counted connection closed and its bytes were added.
     TcpMetricsClosed = 32,
-    /// Asking for the state and RTT callbacks of a counted connection failed: its close and
-    /// samples may be missed.
+    /// Asking for the state callbacks of a counted connection failed: its close may be missed.
     TcpMetricsCbFlagsFailed = 33,
     /// A connect to a steered (L7) frontend found no proxy socket listening on its listener
     /// (agent restarting, proxy gone): balanced at L4 over the service's endpoints instead, so
@@ -86,10 +85,15 @@ pub enum Reason {
     ProxyFallback = 34,
     /// The same, for a frontend that fails closed: refused with ECONNREFUSED at once.
     ProxyDownRefused = 35,
+    /// The TCP socket iterator added a live connection's bytes since the last report.
+    TcpMetricsSampled = 36,
+    /// The iterator could not read a live connection's state or byte counters (offsets into
+    /// the kernel's socket unknown, or the read failed): that sample was skipped.
+    TcpMetricsSampleReadFailed = 37,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 36;
+pub const REASON_COUNT: u32 = 38;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -129,6 +133,8 @@ impl Reason {
         Reason::TcpMetricsCbFlagsFailed,
         Reason::ProxyFallback,
         Reason::ProxyDownRefused,
+        Reason::TcpMetricsSampled,
+        Reason::TcpMetricsSampleReadFailed,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -170,6 +176,8 @@ impl Reason {
             Reason::TcpMetricsCbFlagsFailed => "tcp_metrics_cb_flags_failed",
             Reason::ProxyFallback => "proxy_fallback",
             Reason::ProxyDownRefused => "proxy_down_refused",
+            Reason::TcpMetricsSampled => "tcp_metrics_sampled",
+            Reason::TcpMetricsSampleReadFailed => "tcp_metrics_sample_read_failed",
         }
     }
 
@@ -195,6 +203,7 @@ impl Reason {
                 | Reason::TcpMetricsOpened
                 | Reason::TcpMetricsNoRevNat
                 | Reason::TcpMetricsClosed
+                | Reason::TcpMetricsSampled
         )
     }
 }

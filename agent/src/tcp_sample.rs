@@ -37,7 +37,7 @@ pub enum SampleError {
     Run {
         path: PathBuf,
         #[source]
-        source: DatapathError,
+        source: Box<DatapathError>,
     },
 }
 
@@ -91,7 +91,10 @@ fn sample_all(sampler: &TcpSampler, cgroup: &Path, own: &File) -> Result<usize, 
         match ran {
             Ok(()) => n += 1,
             Err(source) => {
-                first_error.get_or_insert(SampleError::Run { path, source });
+                first_error.get_or_insert(SampleError::Run {
+                    path,
+                    source: Box::new(source),
+                });
             }
         }
     }

@@ -219,8 +219,14 @@ mod tests {
         // skc_state follows two 4-byte unions' worth of addresses, the hash, ports and family in
         // every kernel since BTF exists; the counters lie well inside tcp_sock, 8-byte aligned.
         assert_eq!(o.state, 18, "{o:?}");
-        assert!(o.bytes_acked > 512 && o.bytes_acked % 8 == 0, "{o:?}");
-        assert!(o.bytes_received > 512 && o.bytes_received % 8 == 0, "{o:?}");
+        assert!(
+            o.bytes_acked > 512 && o.bytes_acked.is_multiple_of(8),
+            "{o:?}"
+        );
+        assert!(
+            o.bytes_received > 512 && o.bytes_received.is_multiple_of(8),
+            "{o:?}"
+        );
         assert_ne!(o.bytes_acked, o.bytes_received);
         assert!(matches!(
             btf.field_offset("tcp_sock", "no_such_field"),

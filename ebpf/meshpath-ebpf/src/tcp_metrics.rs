@@ -11,8 +11,8 @@
 //! names the frontend, so the pair is (client IP, frontend, backend address).
 
 use aya_ebpf::bindings::{
-    BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-    BPF_SOCK_OPS_STATE_CB_FLAG,
+    BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
+    BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
 };
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use aya_ebpf::programs::SockOpsContext;
@@ -37,6 +37,10 @@ pub fn on_sockops(ctx: &SockOpsContext) {
         if MP_CONFIG.get(CONFIG_TCP_METRICS).copied().unwrap_or(0) != 0 {
             opened(ctx);
         }
+    } else if op == BPF_SOCK_OPS_RTT_CB {
+        // Only a connection counted by an earlier agent version asks for this per-ACK callback:
+        // drop it, once, so connections that outlive an upgrade stop paying for it.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
     } else if op == BPF_SOCK_OPS_STATE_CB {
         match ctx.arg(1) {
             TCP_CLOSE => closed(ctx, ctx.arg(0)),

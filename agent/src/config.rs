@@ -262,11 +262,13 @@ pub struct AgentArgs {
     #[arg(long, env = ENV_CONN_LIMIT_SOCK_RELEASE, default_value_t = true, action = clap::ArgAction::Set)]
     pub conn_limit_sock_release: bool,
     /// Istio's TCP metrics (`istio_tcp_*` on `/metrics`) for kernel-path services, counted by
-    /// sock_ops at connection open and close. Off: sock_ops records nothing for them.
+    /// sock_ops at connection open and close (never per packet), live connections sampled by a
+    /// TCP socket iterator. Off: sock_ops records nothing for them, the iterator is not loaded.
     #[arg(long, env = ENV_TCP_METRICS, default_value_t = true, action = clap::ArgAction::Set)]
     pub tcp_metrics: bool,
-    /// How often a live connection's bytes reach `istio_tcp_*_bytes_total`, at most
-    /// (milliseconds): sampled from the kernel's RTT callbacks; closes always report.
+    /// How often live connections' bytes reach `istio_tcp_*_bytes_total` (milliseconds): the
+    /// agent runs the kernel's TCP socket iterator over the pods' namespaces this often; closes
+    /// always report at once.
     #[arg(long, env = ENV_TCP_METRICS_SAMPLE_MS, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub tcp_metrics_sample_ms: u32,
     /// The kernel programs' debug events (connects translated or refused, sockhash insert

@@ -13,6 +13,7 @@ mod proxy_listeners;
 mod reconcile;
 mod run;
 mod tcp_metrics;
+mod tcp_sample;
 mod top;
 mod ui;
 mod validate;

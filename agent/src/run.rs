@@ -90,6 +90,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             warn!(%error, "eBPF log not forwarded");
         }
     }
+    if let Some(sampler) = datapath.take_tcp_sampler() {
+        let every = std::time::Duration::from_millis(cfg.features.tcp_metrics_sample_ms.into());
+        if let Err(error) = crate::tcp_sample::spawn(sampler, cgroup.clone(), every) {
+            warn!(%error, "live TCP connections not sampled: they report at close only");
+        }
+    }
 
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;

@@ -1,7 +1,8 @@
 //! Istio's TCP metrics measured in the kernel (`istio_tcp_*` on the agent's `/metrics`): opens,
 //! closes and exact byte counts of connections through a ClusterIP, labelled with the workloads
-//! of the pods on both ends; a live connection's bytes show before it closes; the off switch
-//! leaves the series out.
+//! of the pods on both ends; a live connection's bytes show before it closes (sampled by the
+//! agent's TCP socket iterator), exactly, across several samples, and its close adds only the
+//! rest; the off switch leaves the series out.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -226,6 +227,56 @@ fn tcp_metrics_count_connections_and_exact_bytes_per_workload_pair() {
         done,
         "want [opened, closed, sent, received] = {want:?}, got {:?}:\n{last}",
         pair(&last)
+    );
+}
+
+#[test]
+fn tcp_metrics_sample_a_long_lived_connection_then_add_only_the_rest_at_close() {
+    skip_unless!(AGENT);
+    let c = cluster(&["--tcp-metrics-sample-ms", "200"]);
+    let sampled = || meshpath_tests::agent::counter(&c.status(), "tcp_metrics_sampled");
+    let mut hold = c.node.hold(0, addr(VIP, 80)).expect("hold");
+    // The server's name line ("web-1\n") is the first thing the client receives.
+    let (mut sent, mut received) = (0u64, 6u64);
+    let mut last = String::new();
+    let mut samples_seen = Vec::new();
+    for round in 1..=3usize {
+        // A distinct size per round: each total is only reached by sampling this round's bytes.
+        let line = "x".repeat(1000 * round);
+        assert_eq!(hold.echo(&line).expect("echo"), line);
+        sent += line.len() as u64 + 1;
+        received += line.len() as u64 + 1;
+        let want = [1, 0, sent, received];
+        let live = wait_until(WAIT, || {
+            last = scrape(&c);
+            pair(&last) == Some(want)
+        });
+        assert!(
+            live,
+            "round {round}: live connection, want [opened, closed, sent, received] = {want:?}, \
+             got {:?}:\n{last}",
+            pair(&last)
+        );
+        samples_seen.push(sampled());
+    }
+    // Each round's bytes came from a sample of its own (the counter counts samples that added
+    // bytes), so the connection lived across at least three.
+    assert!(
+        samples_seen.windows(2).all(|w| w[1] > w[0]) && samples_seen[0] >= 1,
+        "tcp_metrics_sampled per round: {samples_seen:?}"
+    );
+    hold.close().expect("close hold");
+    // The close adds only what no sample took: totals equal the bytes that moved, not more.
+    let want = [1, 1, sent, received];
+    let done = wait_until(WAIT, || {
+        last = scrape(&c);
+        pair(&last).is_some_and(|[_, closed, ..]| closed == 1)
+    });
+    assert!(done, "close never counted:\n{last}");
+    assert_eq!(pair(&last), Some(want), "{last}");
+    assert_eq!(
+        meshpath_tests::agent::counter(&c.status(), "tcp_metrics_sample_read_failed"),
+        0
     );
 }
 

@@ -66,6 +66,19 @@ pub enum DatapathError {
         name: &'static str,
         pin_dir: PathBuf,
     },
+    #[error("{call}")]
+    Syscall {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("offsets of the kernel's TCP socket fields")]
+    KernelBtf(#[from] crate::kernel_btf::BtfError),
+    #[error("reading the kernel's BTF")]
+    Btf {
+        #[source]
+        source: aya::BtfError,
+    },
     #[error("{}", path.display())]
     Io {
         path: PathBuf,

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod bpf_log;
 mod error;
+pub mod kernel_btf;
 mod links;
 pub mod maps;
 pub mod members;
@@ -14,6 +15,7 @@ pub mod redirect;
 pub mod redirect_scope;
 pub mod status;
 pub mod tcp_metrics;
+pub mod tcp_sample;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,10 +23,11 @@ use std::path::{Path, PathBuf};
 use aya::programs::CgroupSockAddr;
 use aya::{Ebpf, EbpfLoader};
 use meshpath_common::{
-    PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_RECVMSG4,
-    PROG_RECVMSG6, PROG_SENDMSG4, PROG_SENDMSG6,
+    GLOBAL_OFF_BYTES_ACKED, GLOBAL_OFF_BYTES_RECEIVED, GLOBAL_OFF_STATE, PROG_CONNECT4,
+    PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_RECVMSG4, PROG_RECVMSG6,
+    PROG_SENDMSG4, PROG_SENDMSG6,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 pub use error::DatapathError;
 pub use maps::DatapathMaps;
@@ -67,7 +70,7 @@ pub struct Features {
     pub connection_limits: bool,
     /// sock_ops: Istio's TCP metrics of translated connections (`tcp_metrics`).
     pub tcp_metrics: bool,
-    /// How often a live connection's bytes are added to its pair, at most (milliseconds, ≥ 1).
+    /// How often the agent samples live connections' bytes into their pairs (milliseconds, ≥ 1).
     pub tcp_metrics_sample_ms: u32,
     /// How long an unconnected UDP socket keeps its backend after its last datagram (seconds);
     /// 0: one pick per datagram. Needs `udp_datagram_lb`.
@@ -103,6 +106,9 @@ pub struct Datapath {
     _ebpf: Ebpf,
     /// The log reader when `bpf_log` is on; [`Datapath::take_log`] hands it to a poller.
     log: Option<bpf_log::BpfLog>,
+    /// The live-connection sampler when `tcp_metrics` is on and the kernel supports it;
+    /// [`Datapath::take_tcp_sampler`] hands it to the agent's timer.
+    tcp_sampler: Option<tcp_sample::TcpSampler>,
     pub maps: DatapathMaps,
     _links: Vec<aya::programs::links::PinnedLink>,
     /// Set until [`Datapath::attach`] ran: what the sock_addr programs attach to.
@@ -123,15 +129,29 @@ impl Datapath {
         } else {
             bpf_log::LEVEL_OFF
         };
-        let mut ebpf = EbpfLoader::new()
+        let offsets = if features.tcp_metrics {
+            kernel_btf::KernelBtf::from_sys_fs()
+                .and_then(|btf| kernel_btf::TcpSockOffsets::from_btf(&btf))
+                .inspect_err(|error| warn!(%error, "live TCP connections will report their bytes only when they close"))
+                .ok()
+        } else {
+            None
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(pin_dir)
             // Not required to exist: an object built without aya-log (`--bpf-object`) still loads.
-            .override_global(bpf_log::LEVEL_GLOBAL, &level, false)
-            .load(object)
-            .map_err(|source| DatapathError::Load {
-                pin_dir: pin_dir.to_path_buf(),
-                source: Box::new(source),
-            })?;
+            .override_global(bpf_log::LEVEL_GLOBAL, &level, false);
+        if let Some(o) = &offsets {
+            loader
+                .override_global(GLOBAL_OFF_STATE, &o.state, false)
+                .override_global(GLOBAL_OFF_BYTES_ACKED, &o.bytes_acked, false)
+                .override_global(GLOBAL_OFF_BYTES_RECEIVED, &o.bytes_received, false);
+        }
+        let mut ebpf = loader.load(object).map_err(|source| DatapathError::Load {
+            pin_dir: pin_dir.to_path_buf(),
+            source: Box::new(source),
+        })?;
         let log = if features.bpf_log {
             Some(bpf_log::BpfLog::init(&mut ebpf)?)
         } else {
@@ -153,6 +173,14 @@ impl Datapath {
         let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
         write_udp_sticky(&mut maps, features)?;
         redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
+        let tcp_sampler = match offsets {
+            Some(_) => aya::Btf::from_sys_fs()
+                .map_err(|source| DatapathError::Btf { source })
+                .and_then(|btf| tcp_sample::TcpSampler::load(&mut ebpf, &btf))
+                .inspect_err(|error| warn!(%error, "TCP socket iterator not loaded: live TCP connections will report their bytes only when they close"))
+                .ok(),
+            None => None,
+        };
         let pending = Some((
             cgroup_file,
             cgroup.to_path_buf(),
@@ -162,6 +190,7 @@ impl Datapath {
         Ok(Self {
             _ebpf: ebpf,
             log,
+            tcp_sampler,
             maps,
             _links: Vec::new(),
             pending,
@@ -196,6 +225,11 @@ impl Datapath {
     /// The log reader (once), to poll for as long as this datapath lives.
     pub fn take_log(&mut self) -> Option<bpf_log::BpfLog> {
         self.log.take()
+    }
+
+    /// The live-connection sampler (once), for the agent to run on its timer.
+    pub fn take_tcp_sampler(&mut self) -> Option<tcp_sample::TcpSampler> {
+        self.tcp_sampler.take()
     }
 }
 

@@ -63,12 +63,7 @@ pub fn setup(
                 source,
             })?;
     }
-    crate::tcp_metrics::write_switch(
-        &mut maps.config,
-        features
-            .tcp_metrics
-            .then_some(features.tcp_metrics_sample_ms),
-    )?;
+    crate::tcp_metrics::write_switch(&mut maps.config, features.tcp_metrics)?;
     if !(features.socket_redirect.is_on() || features.connection_limits || features.tcp_metrics) {
         info!("socket redirection, connection limits and TCP metrics off: sock_ops and sk_msg not attached");
         return Ok(());

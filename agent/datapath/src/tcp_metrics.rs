@@ -14,13 +14,10 @@ use meshpath_common::{
 
 use super::DatapathError;
 
-/// Writes `MP_CONFIG[CONFIG_TCP_METRICS]`: off, or on with a sampling interval.
-pub fn write_switch(
-    config: &mut Array<MapData, u32>,
-    sample_ms: Option<u32>,
-) -> Result<(), DatapathError> {
+/// Writes `MP_CONFIG[CONFIG_TCP_METRICS]`: off or on.
+pub fn write_switch(config: &mut Array<MapData, u32>, on: bool) -> Result<(), DatapathError> {
     config
-        .set(CONFIG_TCP_METRICS, sample_ms.map_or(0, |ms| ms.max(1)), 0)
+        .set(CONFIG_TCP_METRICS, u32::from(on), 0)
         .map_err(|source| DatapathError::Map {
             name: MAP_CONFIG,
             source,

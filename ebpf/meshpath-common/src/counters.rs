@@ -77,8 +77,7 @@ pub enum Reason {
     TcpMetricsFlowTableFull = 31,
     /// A counted connection closed and its bytes were added.
     TcpMetricsClosed = 32,
-    /// Asking for the state and RTT callbacks of a counted connection failed: its close and
-    /// samples may be missed.
+    /// Asking for the state callbacks of a counted connection failed: its close may be missed.
     TcpMetricsCbFlagsFailed = 33,
     /// A connect to a steered (L7) frontend found no proxy socket listening on its listener
     /// (agent restarting, proxy gone): balanced at L4 over the service's endpoints instead, so
@@ -113,10 +112,15 @@ pub enum Reason {
     RevNatStale = 45,
     /// An established socket not redirected: neither an opted-in pod's nor the proxy's.
     SockNotOptedIn = 46,
+    /// The TCP socket iterator added a live connection's bytes since the last report.
+    TcpMetricsSampled = 47,
+    /// The iterator could not read a live connection's state or byte counters (offsets into
+    /// the kernel's socket unknown, or the read failed): that sample was skipped.
+    TcpMetricsSampleReadFailed = 48,
 }
 
 /// Number of [`Reason`] slots; the counters array has exactly this many entries.
-pub const REASON_COUNT: u32 = 47;
+pub const REASON_COUNT: u32 = 49;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -167,6 +171,8 @@ impl Reason {
         Reason::AffinityStale,
         Reason::RevNatStale,
         Reason::SockNotOptedIn,
+        Reason::TcpMetricsSampled,
+        Reason::TcpMetricsSampleReadFailed,
     ];
 
     /// Stable snake_case name, used as a metric label and in `meshpath status`.
@@ -219,6 +225,8 @@ impl Reason {
             Reason::AffinityStale => "affinity_stale",
             Reason::RevNatStale => "revnat_stale",
             Reason::SockNotOptedIn => "sock_not_opted_in",
+            Reason::TcpMetricsSampled => "tcp_metrics_sampled",
+            Reason::TcpMetricsSampleReadFailed => "tcp_metrics_sample_read_failed",
         }
     }
 
@@ -251,6 +259,7 @@ impl Reason {
                 | Reason::AffinityStale
                 | Reason::RevNatStale
                 | Reason::SockNotOptedIn
+                | Reason::TcpMetricsSampled
         )
     }
 }

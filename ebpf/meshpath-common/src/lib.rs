@@ -23,8 +23,9 @@ pub use sticky::{
     MAX_SVC_BACKENDS, MAX_UDP_STICKY, PROG_SOCK_RELEASE,
 };
 pub use tcp_metrics::{
-    TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS, MAP_TCP_CONNS, MAP_TCP_FLOWS,
-    MAX_TCP_CONNS, MAX_TCP_FLOWS,
+    TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS, GLOBAL_OFF_BYTES_ACKED,
+    GLOBAL_OFF_BYTES_RECEIVED, GLOBAL_OFF_STATE, MAP_TCP_CONNS, MAP_TCP_FLOWS, MAX_TCP_CONNS,
+    MAX_TCP_FLOWS, PROG_TCP_SAMPLE,
 };
 
 /// IP protocol numbers as stored in [`ServiceKey::proto`] and [`Backend::proto`].

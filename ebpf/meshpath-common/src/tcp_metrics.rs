@@ -1,13 +1,23 @@
 //! Istio's TCP metrics (`istio_tcp_*`) measured in the kernel for connections to kernel-path
 //! services: sock_ops counts a connection when its client end is established and adds its bytes
-//! when it closes, into a per-CPU table keyed by workload pair. Cardinality is bounded by the
-//! pairs (client IP, frontend, backend), never by connections; the agent turns IPs into pod
-//! workloads at scrape time.
+//! when it closes, into a per-CPU table keyed by workload pair; while it lives, a TCP socket
+//! iterator the agent runs on a timer adds the bytes moved since the last report. Cardinality is
+//! bounded by the pairs (client IP, frontend, backend), never by connections; the agent turns IPs
+//! into pod workloads at scrape time.
 
 /// `MP_CONFIG[CONFIG_TCP_METRICS]`: 0 when sock_ops records no TCP metrics (`--tcp-metrics
-/// false`); otherwise the sampling interval of live connections in milliseconds: a connection's
-/// bytes are added to its pair at most that often while it lives, and at its close.
+/// false`), 1 when it does.
 pub const CONFIG_TCP_METRICS: u32 = 1;
+
+/// The TCP socket iterator that samples live connections (section `iter/tcp`).
+pub const PROG_TCP_SAMPLE: &str = "mp_tcp_sample";
+
+/// Globals of the object the agent sets at load time: byte offsets of `sock_common.skc_state`,
+/// `tcp_sock.bytes_acked` and `tcp_sock.bytes_received` in the running kernel, read from its BTF
+/// (the BPF programs are built without CO-RE relocations, so they cannot name those fields).
+pub const GLOBAL_OFF_STATE: &str = "MP_TCP_OFF_STATE";
+pub const GLOBAL_OFF_BYTES_ACKED: &str = "MP_TCP_OFF_BYTES_ACKED";
+pub const GLOBAL_OFF_BYTES_RECEIVED: &str = "MP_TCP_OFF_BYTES_RECEIVED";
 
 /// Map names (at most 15 characters, see `MAP_SERVICES`).
 pub const MAP_TCP_FLOWS: &str = "MP_TCP_FLOWS";
@@ -44,7 +54,7 @@ pub struct TcpFlowStats {
 
 /// A live connection (by socket cookie): its pair, and the kernel's byte counters as already
 /// added to the pair, so a sample taken before the close and the close itself never count a byte
-/// twice. The kernel's counters advance with the sequence space, so they include the SYN (in
+/// twice (both run under the socket's lock, so they see and move these one at a time). The kernel's counters advance with the sequence space, so they include the SYN (in
 /// `bytes_acked` at establishment, taken as already reported) and each FIN (subtracted at close
 /// from the TCP state the socket closes from).
 #[repr(C)]
@@ -53,8 +63,6 @@ pub struct TcpConn {
     pub flow: TcpFlowKey,
     pub sent_reported: u64,
     pub received_reported: u64,
-    /// `bpf_ktime_get_ns()` when the bytes were last added.
-    pub reported_ns: u64,
     /// `bytes_received` when the socket entered FIN_WAIT2 (`u64::MAX` before): a close from
     /// FIN_WAIT2 with more received since came from the peer's FIN.
     pub fin_wait2_received: u64,
@@ -62,4 +70,4 @@ pub struct TcpConn {
 
 const _: () = assert!(core::mem::size_of::<TcpFlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<TcpFlowStats>() == 32);
-const _: () = assert!(core::mem::size_of::<TcpConn>() == 48);
+const _: () = assert!(core::mem::size_of::<TcpConn>() == 40);

@@ -15,6 +15,7 @@ mod maps;
 mod proxy;
 mod redirect;
 mod tcp_metrics;
+mod tcp_sample;
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
@@ -136,6 +137,16 @@ pub fn mp_sock_release(ctx: SockContext) -> i32 {
     connlimit::on_sock_release(cookie);
     // sock_release programs must return 1.
     ALLOW
+}
+
+/// TCP socket iterator the agent runs on a timer: samples the bytes of live counted connections
+/// for Istio's TCP metrics (see `tcp_sample`). aya-ebpf has no macro for iterators; the section
+/// name is what makes it one.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub extern "C" fn mp_tcp_sample(ctx: *mut core::ffi::c_void) -> i32 {
+    tcp_sample::sample(ctx);
+    0
 }
 
 /// Every sendmsg() on a socket in the SOCKHASH: to the peer's receive queue when it is local.

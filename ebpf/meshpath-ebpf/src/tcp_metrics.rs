@@ -1,13 +1,12 @@
 //! Istio's TCP metrics for kernel-path services (see `meshpath_common::tcp_metrics`). sock_ops acts
 //! when the client end is established (counts the open, remembers the connection by socket
-//! cookie, asks for state and RTT callbacks) and when it reaches TCP_CLOSE (adds the bytes not yet
-//! reported, counts the close, forgets the connection).
+//! cookie, asks for state callbacks) and when it reaches TCP_CLOSE (adds the bytes not yet
+//! reported, counts the close, forgets the connection). Both are per connection, never per
+//! packet: no callback that runs on every ACK (such as the RTT one) is asked for.
 //!
-//! Long-lived connections are sampled from the RTT callback, which the kernel makes when an ACK
-//! gives an RTT sample: one hash lookup and a clock read per such ACK, and the bytes are added
-//! at most once per sampling interval. Chosen over a BPF socket iterator swept by the agent: no
-//! CO-RE access to `tcp_sock` is needed, and an idle connection has nothing new to report anyway
-//! (its counters only move when ACKs arrive, which is when the callback runs).
+//! Long-lived connections are sampled by a TCP socket iterator the agent runs on a timer
+//! (`tcp_sample`), which adds the bytes moved since the last report and moves the connection's
+//! `*_reported` marks, so the close adds only the remainder.
 //! Only client ends whose connect() was translated are counted: their reverse-translation entry
 //! names the frontend, so the pair is (client IP, frontend, backend address).
 
@@ -15,18 +14,16 @@ use aya_ebpf::bindings::{
     BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
     BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
 };
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns};
+use aya_ebpf::helpers::bpf_get_socket_cookie;
 use aya_ebpf::programs::SockOpsContext;
 use aya_ebpf::EbpfContext;
-use meshpath_common::{
-    Reason, RevNatKey, TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS,
-};
+use meshpath_common::{Reason, RevNatKey, TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS};
 
 use crate::counters::bump;
 use crate::maps::{MP_CONFIG, MP_REVNAT, MP_TCP_CONNS, MP_TCP_FLOWS};
 
 /// TCP states (include/net/tcp_states.h).
-const TCP_ESTABLISHED: u32 = 1;
+pub const TCP_ESTABLISHED: u32 = 1;
 const TCP_FIN_WAIT2: u32 = 5;
 const TCP_CLOSE: u32 = 7;
 const TCP_CLOSE_WAIT: u32 = 8;
@@ -41,7 +38,9 @@ pub fn on_sockops(ctx: &SockOpsContext) {
             opened(ctx);
         }
     } else if op == BPF_SOCK_OPS_RTT_CB {
-        sample(ctx);
+        // Only a connection counted by an earlier agent version asks for this per-ACK callback:
+        // drop it, once, so connections that outlive an upgrade stop paying for it.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
     } else if op == BPF_SOCK_OPS_STATE_CB {
         match ctx.arg(1) {
             TCP_CLOSE => closed(ctx, ctx.arg(0)),
@@ -84,8 +83,6 @@ fn opened(ctx: &SockOpsContext) {
         sent_reported: acked,
         received_reported: received,
         fin_wait2_received: u64::MAX,
-        // SAFETY: no preconditions.
-        reported_ns: unsafe { bpf_ktime_get_ns() },
     };
     if MP_TCP_CONNS.insert(&cookie, &conn, BPF_ANY as u64).is_err() {
         bump(Reason::TcpMetricsConnTableFull);
@@ -97,47 +94,11 @@ fn opened(ctx: &SockOpsContext) {
     };
     // SAFETY: a per-CPU value, written only by this CPU (see counters::add).
     unsafe { (*stats).opened += 1 };
-    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
+    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
     if ctx.set_cb_flags(flags as i32).is_err() {
         bump(Reason::TcpMetricsCbFlagsFailed);
     }
     bump(Reason::TcpMetricsOpened);
-}
-
-/// A live connection's bytes since the last report, added when the sampling interval passed.
-#[inline(always)]
-fn sample(ctx: &SockOpsContext) {
-    // SAFETY: the context pointer is valid for the helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(conn) = MP_TCP_CONNS.get_ptr_mut(&cookie) else {
-        return;
-    };
-    let interval_ms = MP_CONFIG.get(CONFIG_TCP_METRICS).copied().unwrap_or(0);
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the value lives while the entry does; only this socket's callbacks write it, and
-    // the kernel runs them under the socket's lock, one at a time.
-    let conn = unsafe { &mut *conn };
-    // SAFETY: sock_ops hands a valid context.
-    let state = unsafe { (*ctx.ops).state };
-    // Only while established: no FIN has been consumed in either direction yet.
-    if state != TCP_ESTABLISHED
-        || interval_ms == 0 || now.wrapping_sub(conn.reported_ns) < u64::from(interval_ms) * 1_000_000 {
-        return;
-    }
-    // SAFETY: as in `closed`: the RTT callback runs on a full TCP socket.
-    let (acked, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
-    let Some(stats) = flow_stats(&conn.flow) else {
-        return;
-    };
-    // SAFETY: as in `opened`.
-    unsafe {
-        (*stats).sent_bytes += acked.saturating_sub(conn.sent_reported);
-        (*stats).received_bytes += received.saturating_sub(conn.received_reported);
-    }
-    conn.sent_reported = acked;
-    conn.received_reported = received;
-    conn.reported_ns = now;
 }
 
 /// Remembers what was received when our FIN was acknowledged (see `TcpConn::fin_wait2_received`).
@@ -146,7 +107,8 @@ fn fin_wait2(ctx: &SockOpsContext) {
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(conn) = MP_TCP_CONNS.get_ptr_mut(&cookie) {
-        // SAFETY: as in `sample`; the context field read is plain.
+        // SAFETY: the value lives while the entry does; this socket's callbacks and the sampling
+        // iterator run under the socket's lock, one at a time. The context field read is plain.
         unsafe { (*conn).fin_wait2_received = (*ctx.ops).bytes_received };
     }
 }
@@ -177,18 +139,25 @@ fn closed(ctx: &SockOpsContext, from: u32) {
     let Some(stats) = flow_stats(&conn.flow) else {
         return;
     };
-    // SAFETY: as in `opened`.
+    // SAFETY: as in `opened`. The bytes are added atomically, as the iterator adds them: it runs
+    // in a preemptible task and may share this CPU's slot (see `tcp_sample::add`).
     unsafe {
         (*stats).closed += 1;
-        (*stats).sent_bytes += acked.saturating_sub(conn.sent_reported);
-        (*stats).received_bytes += received.saturating_sub(conn.received_reported);
+        crate::tcp_sample::add(
+            &mut (*stats).sent_bytes,
+            acked.saturating_sub(conn.sent_reported),
+        );
+        crate::tcp_sample::add(
+            &mut (*stats).received_bytes,
+            received.saturating_sub(conn.received_reported),
+        );
     }
     bump(Reason::TcpMetricsClosed);
 }
 
 /// This CPU's stats of a pair, created (zero) when the pair is new.
 #[inline(always)]
-fn flow_stats(flow: &TcpFlowKey) -> Option<*mut TcpFlowStats> {
+pub fn flow_stats(flow: &TcpFlowKey) -> Option<*mut TcpFlowStats> {
     if let Some(p) = MP_TCP_FLOWS.get_ptr_mut(flow) {
         return Some(p);
     }

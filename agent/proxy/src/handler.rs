@@ -247,42 +247,7 @@ async fn send(
     routed: &mut Routed<'_>,
 ) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
-    if let Some(rw) = &route.route.rewrite {
-        if let Some(prefix) = &rw.uri {
-            let path = head.uri.path();
-            let keep = matcher.map_or(usize::from(path.starts_with('/')), |m| m.rewrite_len(path));
-            let mut pq = String::with_capacity(
-                prefix.len() + head.uri.path_and_query().map_or(0, |p| p.as_str().len()),
-            );
-            pq.push_str(prefix);
-            pq.push_str(&path[keep..]);
-            if pq.is_empty() {
-                pq.push('/');
-            }
-            if let Some(q) = head.uri.query() {
-                pq.push('?');
-                pq.push_str(q);
-            }
-            headers::set_path_and_query(&mut head.uri, &pq);
-        }
-        if let Some(a) = rw
-            .authority
-            .as_deref()
-            .and_then(|a| HeaderValue::try_from(a).ok())
-        {
-            authority = a;
-        }
-    }
-    if let Some(a) = &route.req_ops.authority {
-        authority = a.clone();
-    }
-    let upgrade = upgrade::is_upgrade(&head);
-    strip_hop_by_hop(&mut head.headers, upgrade);
-    route.req_ops.apply(&mut head.headers);
-    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
-        head.headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    let upgrade = prepare_head(route, matcher, &mut head, &mut authority);
     let hash = match &target {
         Target::Cluster(c) => cluster_hash(c, &head, conn.peer),
         Target::Passthrough(..) => RequestHash {
@@ -351,7 +316,55 @@ async fn send(
     resp
 }
 
-fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
+/// The request head as the route sends it upstream (before the per-protocol finishing of
+/// `finalize_head`): the route's rewrite, its authority and header operations, hop-by-hop
+/// headers removed. Returns whether the request is a protocol upgrade (WebSocket).
+pub(crate) fn prepare_head(
+    route: &RouteRt,
+    matcher: Option<&Matcher>,
+    head: &mut Parts,
+    authority: &mut HeaderValue,
+) -> bool {
+    if let Some(rw) = &route.route.rewrite {
+        if let Some(prefix) = &rw.uri {
+            let path = head.uri.path();
+            let keep = matcher.map_or(usize::from(path.starts_with('/')), |m| m.rewrite_len(path));
+            let mut pq = String::with_capacity(
+                prefix.len() + head.uri.path_and_query().map_or(0, |p| p.as_str().len()),
+            );
+            pq.push_str(prefix);
+            pq.push_str(&path[keep..]);
+            if pq.is_empty() {
+                pq.push('/');
+            }
+            if let Some(q) = head.uri.query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            headers::set_path_and_query(&mut head.uri, &pq);
+        }
+        if let Some(a) = rw
+            .authority
+            .as_deref()
+            .and_then(|a| HeaderValue::try_from(a).ok())
+        {
+            *authority = a;
+        }
+    }
+    if let Some(a) = &route.req_ops.authority {
+        *authority = a.clone();
+    }
+    let upgrade = upgrade::is_upgrade(head);
+    strip_hop_by_hop(&mut head.headers, upgrade);
+    route.req_ops.apply(&mut head.headers);
+    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+        head.headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    upgrade
+}
+
+pub(crate) fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
     match &c.policy.load_balancer {
         LoadBalancer::ConsistentHash { key, .. } => {
             request_hash(key, &head.headers, head.uri.query(), peer)

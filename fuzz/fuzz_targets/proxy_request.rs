@@ -14,7 +14,18 @@ static ROUTES: OnceLock<Routes> = OnceLock::new();
 fuzz_target!(|data: &[u8]| {
     let routes = ROUTES.get_or_init(|| {
         let model = meshpath_fuzz::model(include_str!("../routes.yaml")).expect("routes.yaml");
-        meshpath_fuzz::routes(&model)
+        let (routes, errors) = meshpath_fuzz::routes(&model);
+        assert_eq!(
+            errors,
+            Vec::<String>::new(),
+            "routes.yaml must compile cleanly"
+        );
+        assert_eq!(
+            routes.listeners().len(),
+            2,
+            "routes.yaml has two HTTP services"
+        );
+        routes
     });
     let (status, data) = match data {
         [rest @ .., a, b] => (u16::from_be_bytes([*a, *b]), rest),

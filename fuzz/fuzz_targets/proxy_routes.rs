@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(model) = meshpath_fuzz::model(yaml) else {
         return;
     };
-    let routes = meshpath_fuzz::routes(&model);
+    let (routes, _) = meshpath_fuzz::routes(&model);
     if let Some(head) = meshpath_fuzz::head(head) {
         meshpath_fuzz::route_everywhere(&routes, &head, 503);
     }

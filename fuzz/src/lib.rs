@@ -70,11 +70,17 @@ pub fn model(text: &str) -> Option<ClusterModel> {
     Some(m)
 }
 
-/// The proxy's routing table for `model`, compiled as the agent compiles it.
-pub fn routes(model: &ClusterModel) -> Routes {
-    let (compiled, _) = compile(model, &CompileOptions::default(), &Compiled::default());
-    let (l7, _) = compile_l7(model, &compiled, &L7Compiled::default());
-    Routes::new(l7.config)
+/// The proxy's routing table for `model`, compiled as the agent compiles it, and the
+/// compilers' errors.
+pub fn routes(model: &ClusterModel) -> (Routes, Vec<String>) {
+    let (compiled, errors) = compile(model, &CompileOptions::default(), &Compiled::default());
+    let (l7, l7_errors) = compile_l7(model, &compiled, &L7Compiled::default());
+    let errors = errors
+        .iter()
+        .map(ToString::to_string)
+        .chain(l7_errors.iter().map(ToString::to_string))
+        .collect();
+    (Routes::new(l7.config), errors)
 }
 
 /// `head` (and its HTTP/2 form) to every listener of `routes`, with an upstream answer of

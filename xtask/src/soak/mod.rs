@@ -190,11 +190,34 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         .map(Running::finish)
         .collect::<anyhow::Result<_>>()?;
 
-    // Back to the starting manifests; the maps must return to their starting counts.
+    // Back to the starting manifests, and one more agent restart: it closes the proxy's idle
+    // upstream connections (the load's own connections closed with fortio), so every connection
+    // the maps tracked is gone and they must return to their starting counts.
     for (file, text) in objects::baseline(plain_pods, web_pods) {
         c.write(file, &text);
     }
+    agent_logs.push(c.agent.log());
+    c.agent.stop().context("SIGTERM to the agent")?;
+    c.agent = c
+        .node
+        .start_agent(Source::Manifests(&c.manifests), Proxy::On, &[])
+        .context("restarting the agent")?;
     let maps_after = settle_maps(&c, &maps_before)?;
+    // What a map that did not return holds, for the report.
+    let leftovers: Vec<(String, String)> = report::maps_back(&maps_before, &maps_after)
+        .into_iter()
+        .map(|(m, _, _)| {
+            let pin = c.node.pin_dir().join(&m);
+            let dump = std::process::Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(&pin)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| e.to_string());
+            let head: Vec<&str> = dump.lines().take(60).collect();
+            (m, head.join("\n"))
+        })
+        .collect();
     let counters_after = c.status()["counters"].clone();
     agent_logs.push(c.agent.log());
     let counter_delta = |name: &str| {
@@ -209,6 +232,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         samples,
         maps_before,
         maps_after,
+        leftovers,
         fallback: counter_delta("proxy_fallback"),
         agent_errors: agent_logs
             .iter()

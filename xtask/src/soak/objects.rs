@@ -44,7 +44,7 @@ pub const VS_VARIANTS: u64 = 4;
 pub fn virtual_service(v: u64) -> String {
     let head = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: web\nspec:\n  hosts:\n  - web\n  http:\n";
     let body = match v % VS_VARIANTS {
-        0 => "  - route:\n    - destination:\n        host: web\n    retries:\n      attempts: 2\n      retryOn: connect-failure,reset,503\n".to_owned(),
+        0 => "  - route:\n    - destination:\n        host: web\n    retries:\n      attempts: 2\n      retryOn: connect-failure,reset,gateway-error\n".to_owned(),
         1 => format!(
             "  - fault:\n      abort:\n        httpStatus: {FAULT_STATUS}\n        percentage:\n          value: {FAULT_PERCENT}\n    route:\n    - destination:\n        host: web\n"
         ),

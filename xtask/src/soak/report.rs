@@ -45,6 +45,8 @@ pub struct Soak<'a> {
     pub samples: Vec<ProcSample>,
     pub maps_before: BTreeMap<String, u64>,
     pub maps_after: BTreeMap<String, u64>,
+    /// `bpftool map dump` (its start) of each map that did not return to its starting count.
+    pub leftovers: Vec<(String, String)>,
     /// Connects the kernel balanced at L4 for steered services while no proxy listened.
     pub fallback: u64,
     /// ERROR lines and panics of every agent process's log.
@@ -207,7 +209,7 @@ impl Soak<'_> {
                 fds(u64::max)
             );
         }
-        s.push_str("\n## BPF map entries\n\nAt the start (agent programmed, no load) and after the load, with the manifests back as they started. Arrays count their non-zero elements. Maps marked * must return to their starting count.\n\n| map | start | end |\n|---|---:|---:|\n");
+        s.push_str("\n## BPF map entries\n\nAt the start (agent programmed, no load) and after the load, with the manifests back as they started and the agent restarted once more (which closes the proxy's idle upstream connections). Arrays count their non-zero elements. Maps marked * must return to their starting count.\n\n| map | start | end |\n|---|---:|---:|\n");
         for (m, b) in &self.maps_before {
             let a = self.maps_after.get(m).copied().unwrap_or(0);
             let mark = if MUST_RETURN.contains(&m.as_str()) {
@@ -216,6 +218,12 @@ impl Soak<'_> {
                 ""
             };
             let _ = writeln!(s, "| {m}{mark} | {b} | {a} |");
+        }
+        for (m, dump) in &self.leftovers {
+            let _ = writeln!(
+                s,
+                "\nWhat {m} still holds (`bpftool map dump`):\n\n```\n{dump}\n```"
+            );
         }
         s.push_str("\n## Verdict\n\n");
         let problems = self.problems();

@@ -9,6 +9,7 @@ mod bench_kube;
 mod build_ebpf;
 mod demo;
 mod paths;
+mod soak;
 mod test;
 mod vm;
 
@@ -26,11 +27,14 @@ enum Command {
     /// Build the eBPF object (release, with BTF) into target/bpf/meshpath.bpf.o.
     BuildEbpf,
     /// Build everything and run every test: unit, in-process and privileged netns tests (root).
-    /// Then, without a filter, the kernel smoke set on Debian's Linux 6.1 under qemu (if installed).
+    /// Then, without a filter, 30 s of each fuzz target and the kernel smoke set on Debian's Linux 6.1 under qemu (if installed).
     Test {
         /// Skip the Linux 6.1 smoke run under qemu.
         #[arg(long)]
         no_vm: bool,
+        /// Skip the bounded fuzz run (scripts/fuzz.sh, nightly Rust) of a full run.
+        #[arg(long)]
+        no_fuzz: bool,
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
@@ -49,6 +53,10 @@ enum Command {
     /// Run the privileged tests (or the lean --smoke set) on a Debian kernel (6.1, 6.12) booted
     /// under qemu, or on the host kernel ("host"); packages are cached in target/vm/.
     VmTest(vm::VmTestArgs),
+    /// Load a kernel-path and an L7 service for --duration while endpoints change every second,
+    /// Istio objects are edited and the agent restarts every two minutes; failed requests by kind,
+    /// agent RSS and fds over time, BPF map entries, in bench-results/soak-latest.md (root).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,11 +64,13 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => build_ebpf::run(),
         Command::Test {
             no_vm,
+            no_fuzz,
             cargo_test_args,
-        } => test::run(&cargo_test_args, no_vm),
+        } => test::run(&cargo_test_args, no_vm, no_fuzz),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchKube(args) => bench_kube::run(args),
         Command::VmTest(args) => vm::run(&args),
+        Command::Soak(args) => soak::run(args),
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::paths::{debug_bin, workspace_root};
 
-pub fn run(extra: &[String], no_vm: bool) -> anyhow::Result<()> {
+pub fn run(extra: &[String], no_vm: bool, no_fuzz: bool) -> anyhow::Result<()> {
     require_root("the tests create network namespaces and cgroups and load eBPF programs")?;
     crate::build_ebpf::run()?;
     // The agent embeds the object at build time; the tests start the real binaries.
@@ -44,9 +44,43 @@ pub fn run(extra: &[String], no_vm: bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
+    fuzz_bounded(extra, no_fuzz)?;
     vm_smoke(extra, no_vm)?;
     // Again at the very end, so the run's last line is its total, not the VM's own output.
     println!("{}", total.summary());
+    Ok(())
+}
+
+/// Seconds each fuzz target runs in a full test run: four targets and the build stay within
+/// about four minutes (longer runs: `bash scripts/fuzz.sh SECONDS`).
+const FUZZ_SECONDS_PER_TARGET: u32 = 30;
+
+/// The fuzz targets (scripts/fuzz.sh), briefly: only for full runs.
+fn fuzz_bounded(extra: &[String], no_fuzz: bool) -> anyhow::Result<()> {
+    let skip = if no_fuzz {
+        Some("--no-fuzz was given")
+    } else if !extra.is_empty() {
+        Some("a test filter was given")
+    } else {
+        None
+    };
+    if let Some(why) = skip {
+        println!("meshpath: bounded fuzz run skipped: {why}");
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let status = Command::new("bash")
+        .arg(workspace_root().join("scripts/fuzz.sh"))
+        .arg(FUZZ_SECONDS_PER_TARGET.to_string())
+        .status()
+        .context("running scripts/fuzz.sh")?;
+    if !status.success() {
+        bail!("fuzzing found a crash or failed to run ({status}); see fuzz/artifacts/");
+    }
+    println!(
+        "meshpath: bounded fuzz run ({FUZZ_SECONDS_PER_TARGET} s per target) passed in {:.0?}",
+        started.elapsed()
+    );
     Ok(())
 }
 

@@ -277,33 +277,7 @@ async fn send(
     routed: &mut Routed<'_>,
 ) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
-    if let Some(rw) = &route.route.rewrite {
-        rewrite::path(rw, matcher, &mut head);
-        if let Some(a) = rw
-            .authority
-            .as_deref()
-            .and_then(|a| HeaderValue::try_from(a).ok())
-        {
-            authority = a;
-        }
-    }
-    // Envoy's order: the destination's operations, then the route's (the less specific wins).
-    if let Some(a) = dest_ops.and_then(|o| o.req.authority.as_ref()) {
-        authority = a.clone();
-    }
-    if let Some(a) = &route.req_ops.authority {
-        authority = a.clone();
-    }
-    let upgrade = upgrade::is_upgrade(&head);
-    strip_hop_by_hop(&mut head.headers, upgrade);
-    if let Some(o) = dest_ops {
-        o.req.apply(&mut head.headers);
-    }
-    route.req_ops.apply(&mut head.headers);
-    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
-        head.headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    let upgrade = prepare_head(route, matcher, dest_ops, &mut head, &mut authority);
     let hash = match &target {
         Target::Cluster(c) => cluster_hash(c, &head, conn.peer),
         Target::Passthrough(..) => RequestHash {
@@ -375,7 +349,47 @@ async fn send(
     resp
 }
 
-fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
+/// The request head as the route sends it upstream (before the per-protocol finishing of
+/// `finalize_head`): the route's rewrite, its authority and header operations, hop-by-hop
+/// headers removed. Returns whether the request is a protocol upgrade (WebSocket).
+pub(crate) fn prepare_head(
+    route: &RouteRt,
+    matcher: Option<&Matcher>,
+    dest_ops: Option<&DestOps>,
+    head: &mut Parts,
+    authority: &mut HeaderValue,
+) -> bool {
+    if let Some(rw) = &route.route.rewrite {
+        rewrite::path(rw, matcher, head);
+        if let Some(a) = rw
+            .authority
+            .as_deref()
+            .and_then(|a| HeaderValue::try_from(a).ok())
+        {
+            *authority = a;
+        }
+    }
+    // Envoy's order: the destination's operations, then the route's (the less specific wins).
+    if let Some(a) = dest_ops.and_then(|o| o.req.authority.as_ref()) {
+        *authority = a.clone();
+    }
+    if let Some(a) = &route.req_ops.authority {
+        *authority = a.clone();
+    }
+    let upgrade = upgrade::is_upgrade(head);
+    strip_hop_by_hop(&mut head.headers, upgrade);
+    if let Some(o) = dest_ops {
+        o.req.apply(&mut head.headers);
+    }
+    route.req_ops.apply(&mut head.headers);
+    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+        head.headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    upgrade
+}
+
+pub(crate) fn cluster_hash(c: &ClusterRt, head: &Parts, peer: SocketAddr) -> RequestHash {
     match &c.policy.load_balancer {
         LoadBalancer::ConsistentHash { key, .. } => {
             request_hash(key, &head.headers, head.uri.query(), peer)

@@ -34,6 +34,10 @@ mod breaker;
 mod cluster_metrics;
 pub mod export;
 mod forward;
+// The fuzz targets' entry point (fuzz/), never part of a normal build.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod hash;
 mod hashkey;

@@ -14,6 +14,7 @@
 pub mod convert;
 pub mod error;
 pub mod istio;
+#[cfg(feature = "kube")]
 pub mod kube;
 pub mod manifests;
 pub mod sync_metrics;

@@ -17,7 +17,7 @@ mod scenario;
 mod stats;
 mod stream;
 mod svg;
-mod sysinfo;
+pub mod sysinfo;
 mod usage;
 
 use std::collections::BTreeMap;

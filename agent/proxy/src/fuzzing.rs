@@ -1,0 +1,107 @@
+//! The request path's pure steps over one request head, for the fuzz targets in `fuzz/`: route
+//! selection (every match kind), the route's rewrite and header operations, the shaping of the
+//! head for HTTP/1.1 and HTTP/2, the consistent-hash key, redirects and direct responses, the
+//! retry decisions and the span's operation name. No socket is opened and no task spawned.
+//! Built only with the `fuzzing` feature; not an API.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::StatusCode;
+
+use meshpath_model::l7::{L7Config, RouteAction};
+
+use crate::body::local_reply;
+use crate::breaker::StatsMap;
+use crate::handler::{cluster_hash, prepare_head};
+use crate::headers::{self, finalize_head};
+use crate::layers::route::{self, Client, Selected};
+use crate::outlier::Outliers;
+use crate::snapshot::{self, Registry, Snapshot};
+use crate::upstream::Proto;
+use crate::{operation, redirect};
+
+/// A config in the runtime form the proxy serves it in.
+pub struct Routes(Snapshot);
+
+impl Routes {
+    pub fn new(config: L7Config) -> Routes {
+        Routes(snapshot::build(
+            Arc::new(config),
+            &mut Registry::new(),
+            &mut StatsMap::new(),
+            &Outliers::new(),
+        ))
+    }
+
+    /// The listeners' addresses (the original destinations the config has routes for).
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.0.listeners.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// `head` sent to `original_dst` by `peer` (with `labels`, in `namespace`) through every step the proxy
+    /// takes before it opens an upstream connection; `status` is an upstream answer to decide a
+    /// retry on. Returns the status of the proxy's own reply, or of 0 when it goes upstream.
+    pub fn request(
+        &self,
+        original_dst: SocketAddr,
+        peer: SocketAddr,
+        labels: &BTreeMap<String, String>,
+        namespace: Option<&str>,
+        mut head: Parts,
+        status: u16,
+    ) -> u16 {
+        let local: SocketAddr = ([127, 0, 0, 1], 15001).into();
+        let mut authority = headers::authority(&head);
+        let selected = route::select(
+            &self.0,
+            Some(original_dst),
+            local,
+            &Client { labels, namespace },
+            &head,
+            &authority,
+        );
+        let (route, matcher) = match selected {
+            Ok(Selected::Route { route, matcher, .. }) => (route, matcher),
+            Ok(Selected::Passthrough(_)) => return 0,
+            Err(reply) => return reply.response().status().as_u16(),
+        };
+        let _ = operation::of(route, matcher, original_dst.port());
+        let mut resp = match &route.route.action {
+            RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
+            RouteAction::DirectResponse { .. } => {
+                let (status, body) = route
+                    .direct
+                    .clone()
+                    .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
+                local_reply(status, body)
+            }
+            RouteAction::Route(_) => {
+                let Ok(dest) = route::destination(route) else {
+                    return 503;
+                };
+                prepare_head(route, matcher, dest.ops.as_deref(), &mut head, &mut authority);
+                if let Some(cluster) = &dest.cluster {
+                    let _ = cluster_hash(cluster, &head, peer);
+                }
+                let proto = if head.version == http::Version::HTTP_2 {
+                    Proto::Http2
+                } else {
+                    Proto::Http1
+                };
+                finalize_head(&mut head, &authority, proto);
+                let retry = &route.retry;
+                let _ = (retry.on_status(status), retry.on_timeout());
+                let _ = retry.backoff(u32::from(status % 8));
+                return 0;
+            }
+        };
+        route.resp_ops.apply(resp.headers_mut());
+        resp.status().as_u16()
+    }
+}

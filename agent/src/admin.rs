@@ -65,6 +65,8 @@ pub struct Sources {
     pub dns: crate::dns::DnsMetrics,
     /// Istio's TCP metrics from the kernel (`--tcp-metrics`), when the datapath has them.
     pub tcp_metrics: Option<Arc<crate::tcp_metrics::KernelTcpMetrics>>,
+    /// Connections reset after rule changes (`--reset-connections`).
+    pub conn_resets: crate::conn_reset::ConnResetMetrics,
 }
 
 /// What the admin endpoints report: one registry built at start, whose metrics and collectors
@@ -93,6 +95,7 @@ impl AdminState {
         }
         sources.sync.register(&mut registry);
         sources.dns.register(&mut registry);
+        sources.conn_resets.register(&mut registry);
         registry.register_collector(Box::new(kernel.clone()));
         if let Some(tcp) = sources.tcp_metrics {
             registry.register_collector(Box::new(tcp));

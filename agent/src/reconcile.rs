@@ -54,6 +54,8 @@ pub struct Reconciler {
     /// scope not in use, or the map must be read back).
     redirect_pods: Option<std::collections::BTreeSet<Ipv4Addr>>,
     redirect_opt_in: bool,
+    /// Resets the kernel-path connections a change invalidates (`--reset-connections`).
+    conn_reset: Option<crate::conn_reset::ConnResetter>,
 }
 
 impl Reconciler {
@@ -77,6 +79,7 @@ impl Reconciler {
             dns: None,
             redirect_pods: None,
             redirect_opt_in: false,
+            conn_reset: None,
         }
     }
 
@@ -84,6 +87,12 @@ impl Reconciler {
     /// the model, for socket redirection's opt-in scope.
     pub fn with_redirect_opt_in(mut self, on: bool) -> Self {
         self.redirect_opt_in = on;
+        self
+    }
+
+    /// Resets the kernel-path connections each applied change invalidates, through `resetter`.
+    pub fn with_conn_reset(mut self, resetter: Option<crate::conn_reset::ConnResetter>) -> Self {
+        self.conn_reset = resetter;
         self
     }
 
@@ -221,6 +230,15 @@ impl Reconciler {
                 }
                 if let Some(dns) = self.dns.as_mut() {
                     dns.close_unused(&dns_steering);
+                }
+                // The maps send new connects the new way; now the old ones may go.
+                if let Some(resetter) = &self.conn_reset {
+                    resetter.reset(meshpath_compile::conn_reset::conn_resets(
+                        &self.compiled,
+                        &self.ports.by_frontend.keys().copied().collect(),
+                        &next,
+                        &ports.by_frontend.keys().copied().collect(),
+                    ));
                 }
                 self.compiled = next;
                 self.l7 = l7;

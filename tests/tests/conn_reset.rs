@@ -1,5 +1,5 @@
 //! Existing connections follow endpoint changes: a keep-alive connection the kernel balanced to a
-//! backend that then leaves its service is reset by the agent (client sees ECONNRESET), and the
+//! backend that then leaves its service is reset by the agent (the client's request on it fails), and the
 //! client's next connect reaches a backend still in the service; the agent counts it under
 //! `meshpath_connections_reset_total{reason="backend_removed"}`. (A service that becomes
 //! steered to the proxy: `l7_seed.rs`, `…_applies_to_open_connections`.)
@@ -56,9 +56,11 @@ fn removing_a_backend_resets_the_connections_to_it_and_the_client_reconnects_to_
     let gone = gone.expect("edited");
     let live = if gone == "v1" { "v2" } else { "v1" };
     let failed: Vec<_> = r.requests.iter().filter(|q| q.status != 200).collect();
-    assert_eq!(failed.len(), 1, "exactly the request on the reset connection fails: {r:?}\n{}", c.agent.log());
+    let summary = (&r.counts, &r.errors);
+    assert_eq!(failed.len(), 1, "exactly the request on the reset connection fails: {summary:?}\n{}", c.agent.log());
     let reset = failed[0];
-    assert_eq!(reset.body, "ECONNRESET", "{r:?}");
+    // The kernel aborts a destroyed socket with ECONNABORTED (ECONNRESET on older kernels).
+    assert!(["ECONNABORTED", "ECONNRESET"].contains(&reset.body.as_str()), "{reset:?}");
     assert!(reset.at_us >= at && reset.at_us < at + 1000 * MS, "{reset:?} at {at}");
     let split = r.requests.iter().position(|q| q.status != 200).expect("the reset");
     assert!(split > 0, "{r:?}");

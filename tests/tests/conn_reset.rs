@@ -20,7 +20,8 @@ const NAME: &str = "springboot-app-svc";
 fn metrics(c: &Cluster) -> String {
     let admin = c.agent.admin_addr().expect("admin address");
     let mut s = TcpStream::connect(admin).expect("admin listener");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("request");
     let mut buf = String::new();
     s.read_to_string(&mut buf).expect("response");
     buf
@@ -57,12 +58,27 @@ fn removing_a_backend_resets_the_connections_to_it_and_the_client_reconnects_to_
     let live = if gone == "v1" { "v2" } else { "v1" };
     let failed: Vec<_> = r.requests.iter().filter(|q| q.status != 200).collect();
     let summary = (&r.counts, &r.errors);
-    assert_eq!(failed.len(), 1, "exactly the request on the reset connection fails: {summary:?}\n{}", c.agent.log());
+    assert_eq!(
+        failed.len(),
+        1,
+        "exactly the request on the reset connection fails: {summary:?}\n{}",
+        c.agent.log()
+    );
     let reset = failed[0];
     // The kernel aborts a destroyed socket with ECONNABORTED (ECONNRESET on older kernels).
-    assert!(["ECONNABORTED", "ECONNRESET"].contains(&reset.body.as_str()), "{reset:?}");
-    assert!(reset.at_us >= at && reset.at_us < at + 1000 * MS, "{reset:?} at {at}");
-    let split = r.requests.iter().position(|q| q.status != 200).expect("the reset");
+    assert!(
+        ["ECONNABORTED", "ECONNRESET"].contains(&reset.body.as_str()),
+        "{reset:?}"
+    );
+    assert!(
+        reset.at_us >= at && reset.at_us < at + 1000 * MS,
+        "{reset:?} at {at}"
+    );
+    let split = r
+        .requests
+        .iter()
+        .position(|q| q.status != 200)
+        .expect("the reset");
     assert!(split > 0, "{r:?}");
     assert!(r.requests[..split].iter().all(|q| q.body == gone), "{r:?}");
     let after = &r.requests[split + 1..];

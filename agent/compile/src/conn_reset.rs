@@ -62,15 +62,16 @@ pub fn conn_resets(
                 .map(|b| SocketAddrV4::new(b.ip, b.port)),
         );
     }
-    let kernel_backends = |c: &Compiled, steered: &BTreeSet<FrontendAddr>| -> BTreeSet<SocketAddrV4> {
-        c.frontends
-            .iter()
-            .filter(|(a, _)| a.protocol == Protocol::Tcp && !steered.contains(a))
-            .flat_map(|(_, fe)| &fe.backends)
-            .filter(|b| b.protocol == Protocol::Tcp)
-            .map(|b| SocketAddrV4::new(b.ip, b.port))
-            .collect()
-    };
+    let kernel_backends =
+        |c: &Compiled, steered: &BTreeSet<FrontendAddr>| -> BTreeSet<SocketAddrV4> {
+            c.frontends
+                .iter()
+                .filter(|(a, _)| a.protocol == Protocol::Tcp && !steered.contains(a))
+                .flat_map(|(_, fe)| &fe.backends)
+                .filter(|b| b.protocol == Protocol::Tcp)
+                .map(|b| SocketAddrV4::new(b.ip, b.port))
+                .collect()
+        };
     let now = kernel_backends(after, after_steered);
     out.backend_removed = kernel_backends(before, before_steered)
         .into_iter()
@@ -138,7 +139,8 @@ mod tests {
     fn a_newly_steered_frontend_resets_its_former_backends_and_address() {
         let c = compiled(&[(1, &[1, 2]), (2, &[3])]);
         let r = conn_resets(&c, &BTreeSet::new(), &c, &[fe_addr(1)].into());
-        let want: BTreeSet<_> = [sa(be(1)), sa(be(2)), SocketAddrV4::new(fe_addr(1).ip, 8080)].into();
+        let want: BTreeSet<_> =
+            [sa(be(1)), sa(be(2)), SocketAddrV4::new(fe_addr(1).ip, 8080)].into();
         assert_eq!(r.steered, want);
         assert!(r.backend_removed.is_empty(), "{r:?}");
         // Already steered: nothing new.

@@ -160,7 +160,9 @@ fn pod_namespaces(
     let mut out = Vec::new();
     for pid in pids {
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        let Ok(file) = File::open(&path) else { continue };
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
         let Ok(m) = file.metadata() else { continue };
         if seen.insert(NetnsId {
             dev: m.dev(),

@@ -93,9 +93,18 @@ impl SockDiag {
     }
 
     /// IPv4 TCP sockets in a resettable state whose peer is in `peers`.
-    pub fn tcp4_to(&mut self, peers: &BTreeSet<SocketAddrV4>) -> Result<Vec<SockId>, SockDiagError> {
+    pub fn tcp4_to(
+        &mut self,
+        peers: &BTreeSet<SocketAddrV4>,
+    ) -> Result<Vec<SockId>, SockDiagError> {
         let what = "dump";
-        let req = request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, self.next_seq(), TCPF_RESETTABLE, None);
+        let req = request(
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            self.next_seq(),
+            TCPF_RESETTABLE,
+            None,
+        );
         self.send(&req, what)?;
         let mut found = Vec::new();
         let mut buf = vec![0u8; 32 * 1024];
@@ -120,7 +129,13 @@ impl SockDiag {
     /// Destroys one socket. `Ok(false)`: it was already gone.
     pub fn destroy(&mut self, id: &SockId) -> Result<bool, SockDiagError> {
         let what = "destroy";
-        let req = request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, self.next_seq(), u32::MAX, Some(id));
+        let req = request(
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            self.next_seq(),
+            u32::MAX,
+            Some(id),
+        );
         self.send(&req, what)?;
         let mut buf = vec![0u8; 4096];
         let n = self.recv(&mut buf, what)?;
@@ -265,7 +280,13 @@ mod tests {
             ifindex: 0,
             cookie: [7, 0],
         };
-        let req = request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 1, u32::MAX, Some(&id));
+        let req = request(
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            1,
+            u32::MAX,
+            Some(&id),
+        );
         assert_eq!(req.len(), NLMSG_HDR + REQ_LEN);
         let back = parse_id(&req[NLMSG_HDR + 8..]);
         assert_eq!(back, id);

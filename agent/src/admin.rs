@@ -269,6 +269,7 @@ mod tests {
             sync: Default::default(),
             dns: Default::default(),
             tcp_metrics: None,
+            conn_resets: Default::default(),
         });
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
@@ -348,6 +349,7 @@ mod tests {
             sync: Default::default(),
             dns: Default::default(),
             tcp_metrics: None,
+            conn_resets: Default::default(),
         });
         let text = metrics(&state).await;
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

@@ -238,6 +238,7 @@ impl Reconciler {
                         &self.ports.by_frontend.keys().copied().collect(),
                         &next,
                         &ports.by_frontend.keys().copied().collect(),
+                        &meshpath_compile::conn_reset::listed_ips(model),
                     ));
                 }
                 self.compiled = next;

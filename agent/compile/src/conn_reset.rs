@@ -7,15 +7,18 @@
 //! - A frontend newly steered to the node proxy (it gained L7 rules): connections to its former
 //!   backends (and to its own address, for sockets that were not translated) bypass the proxy.
 //! - A backend no frontend on the kernel path balances to any more (it left its service, or the
-//!   service went away).
+//!   service went away) and that no EndpointSlice lists any more. A listed endpoint that is not
+//!   ready (a failing readiness probe, a terminating pod) keeps its connections: Kubernetes
+//!   lets a terminating pod finish the connections it has, and a pod leaves the slice only
+//!   once it is gone.
 //!
 //! Ejection by outlier detection is no reason: Envoy does not close connections to an ejected
 //! host either, it only stops picking it.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use meshpath_model::Protocol;
+use meshpath_model::{ClusterModel, Protocol};
 
 use crate::{Compiled, FrontendAddr};
 
@@ -35,13 +38,15 @@ impl ConnResets {
 }
 
 /// The difference between what the kernel balanced (`before`, with the frontends steered to the
-/// proxy then) and what it balances now. Nothing at the first pass (`before` empty): the
-/// connections that exist then were made under rules the agent does not know.
+/// proxy then) and what it balances now; `listed` holds the addresses the EndpointSlices still
+/// list ([`listed_ips`]). Nothing at the first pass (`before` empty): the connections that
+/// exist then were made under rules the agent does not know.
 pub fn conn_resets(
     before: &Compiled,
     before_steered: &BTreeSet<FrontendAddr>,
     after: &Compiled,
     after_steered: &BTreeSet<FrontendAddr>,
+    listed: &BTreeSet<Ipv4Addr>,
 ) -> ConnResets {
     let mut out = ConnResets::default();
     for addr in after.frontends.keys() {
@@ -75,16 +80,25 @@ pub fn conn_resets(
     let now = kernel_backends(after, after_steered);
     out.backend_removed = kernel_backends(before, before_steered)
         .into_iter()
-        .filter(|b| !now.contains(b) && !out.steered.contains(b))
+        .filter(|b| !now.contains(b) && !out.steered.contains(b) && !listed.contains(b.ip()))
         .collect();
     out
+}
+
+/// Every endpoint address of every EndpointSlice, whatever its conditions.
+pub fn listed_ips(model: &ClusterModel) -> BTreeSet<Ipv4Addr> {
+    model
+        .endpoint_slices
+        .values()
+        .flat_map(|s| &s.endpoints)
+        .flat_map(|e| e.addresses.iter().copied())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{BackendAddr, Frontend};
-    use std::net::Ipv4Addr;
 
     fn fe_addr(last: u8) -> FrontendAddr {
         FrontendAddr {
@@ -100,6 +114,10 @@ mod tests {
             port: 8080,
             protocol: Protocol::Tcp,
         }
+    }
+
+    fn none<T: Ord>() -> BTreeSet<T> {
+        BTreeSet::new()
     }
 
     fn sa(b: BackendAddr) -> SocketAddrV4 {
@@ -131,20 +149,21 @@ mod tests {
     fn the_first_pass_resets_nothing() {
         let after = compiled(&[(1, &[1, 2])]);
         let steered = [fe_addr(1)].into();
-        let r = conn_resets(&Compiled::default(), &BTreeSet::new(), &after, &steered);
+        let r = conn_resets(&Compiled::default(), &none(), &after, &steered, &none());
         assert!(r.is_empty(), "{r:?}");
     }
 
     #[test]
     fn a_newly_steered_frontend_resets_its_former_backends_and_address() {
         let c = compiled(&[(1, &[1, 2]), (2, &[3])]);
-        let r = conn_resets(&c, &BTreeSet::new(), &c, &[fe_addr(1)].into());
+        let r = conn_resets(&c, &none(), &c, &[fe_addr(1)].into(), &none());
         let want: BTreeSet<_> =
             [sa(be(1)), sa(be(2)), SocketAddrV4::new(fe_addr(1).ip, 8080)].into();
         assert_eq!(r.steered, want);
         assert!(r.backend_removed.is_empty(), "{r:?}");
         // Already steered: nothing new.
-        let again = conn_resets(&c, &[fe_addr(1)].into(), &c, &[fe_addr(1)].into());
+        let steered = [fe_addr(1)].into();
+        let again = conn_resets(&c, &steered, &c, &steered, &none());
         assert!(again.is_empty(), "{again:?}");
     }
 
@@ -153,10 +172,13 @@ mod tests {
         let before = compiled(&[(1, &[1, 2]), (2, &[2])]);
         let after = compiled(&[(1, &[1]), (2, &[2])]);
         // 2 left frontend 1 but frontend 2 still balances to it.
-        assert!(conn_resets(&before, &BTreeSet::new(), &after, &BTreeSet::new()).is_empty());
+        assert!(conn_resets(&before, &none(), &after, &none(), &none()).is_empty());
         let after = compiled(&[(1, &[1])]);
-        let r = conn_resets(&before, &BTreeSet::new(), &after, &BTreeSet::new());
+        let r = conn_resets(&before, &none(), &after, &none(), &none());
         assert_eq!(r.backend_removed, [sa(be(2))].into());
         assert!(r.steered.is_empty());
+        // Still listed (not ready, terminating): its connections may finish.
+        let listed = [be(2).ip].into();
+        assert!(conn_resets(&before, &none(), &after, &none(), &listed).is_empty());
     }
 }

@@ -56,6 +56,8 @@ pub struct Reconciler {
     redirect_opt_in: bool,
     /// Resets the kernel-path connections a change invalidates (`--reset-connections`).
     conn_reset: Option<crate::conn_reset::ConnResetter>,
+    /// Backends off the kernel path whose connections wait until no slice lists them.
+    reset_pending: std::collections::BTreeSet<std::net::SocketAddrV4>,
 }
 
 impl Reconciler {
@@ -80,6 +82,7 @@ impl Reconciler {
             redirect_pods: None,
             redirect_opt_in: false,
             conn_reset: None,
+            reset_pending: Default::default(),
         }
     }
 
@@ -233,13 +236,16 @@ impl Reconciler {
                 }
                 // The maps send new connects the new way; now the old ones may go.
                 if let Some(resetter) = &self.conn_reset {
-                    resetter.reset(meshpath_compile::conn_reset::conn_resets(
+                    let mut plan = meshpath_compile::conn_reset::conn_resets(
                         &self.compiled,
                         &self.ports.by_frontend.keys().copied().collect(),
                         &next,
                         &ports.by_frontend.keys().copied().collect(),
                         &meshpath_compile::conn_reset::listed_ips(model),
-                    ));
+                        &self.reset_pending,
+                    );
+                    self.reset_pending = std::mem::take(&mut plan.pending);
+                    resetter.reset(plan);
                 }
                 self.compiled = next;
                 self.l7 = l7;

@@ -29,9 +29,13 @@ pub struct ConnResets {
     pub steered: BTreeSet<SocketAddrV4>,
     /// Backends no kernel-path frontend balances to any more.
     pub backend_removed: BTreeSet<SocketAddrV4>,
+    /// Backends that left the kernel path but are still listed (not ready, terminating): reset
+    /// once they are not, unless they come back. The next pass's `pending`.
+    pub pending: BTreeSet<SocketAddrV4>,
 }
 
 impl ConnResets {
+    /// Nothing to reset (whatever is pending).
     pub fn is_empty(&self) -> bool {
         self.steered.is_empty() && self.backend_removed.is_empty()
     }
@@ -39,7 +43,8 @@ impl ConnResets {
 
 /// The difference between what the kernel balanced (`before`, with the frontends steered to the
 /// proxy then) and what it balances now; `listed` holds the addresses the EndpointSlices still
-/// list ([`listed_ips`]). Nothing at the first pass (`before` empty): the connections that
+/// list ([`listed_ips`]) and `pending` the previous pass's [`ConnResets::pending`]. Nothing
+/// at the first pass (`before` empty): the connections that
 /// exist then were made under rules the agent does not know.
 pub fn conn_resets(
     before: &Compiled,
@@ -47,6 +52,7 @@ pub fn conn_resets(
     after: &Compiled,
     after_steered: &BTreeSet<FrontendAddr>,
     listed: &BTreeSet<Ipv4Addr>,
+    pending: &BTreeSet<SocketAddrV4>,
 ) -> ConnResets {
     let mut out = ConnResets::default();
     for addr in after.frontends.keys() {
@@ -78,10 +84,17 @@ pub fn conn_resets(
                 .collect()
         };
     let now = kernel_backends(after, after_steered);
-    out.backend_removed = kernel_backends(before, before_steered)
+    let left = kernel_backends(before, before_steered)
         .into_iter()
-        .filter(|b| !now.contains(b) && !out.steered.contains(b) && !listed.contains(b.ip()))
-        .collect();
+        .chain(pending.iter().copied())
+        .filter(|b| !now.contains(b) && !out.steered.contains(b));
+    for b in left {
+        if listed.contains(b.ip()) {
+            out.pending.insert(b);
+        } else {
+            out.backend_removed.insert(b);
+        }
+    }
     out
 }
 
@@ -149,21 +162,28 @@ mod tests {
     fn the_first_pass_resets_nothing() {
         let after = compiled(&[(1, &[1, 2])]);
         let steered = [fe_addr(1)].into();
-        let r = conn_resets(&Compiled::default(), &none(), &after, &steered, &none());
+        let r = conn_resets(
+            &Compiled::default(),
+            &none(),
+            &after,
+            &steered,
+            &none(),
+            &none(),
+        );
         assert!(r.is_empty(), "{r:?}");
     }
 
     #[test]
     fn a_newly_steered_frontend_resets_its_former_backends_and_address() {
         let c = compiled(&[(1, &[1, 2]), (2, &[3])]);
-        let r = conn_resets(&c, &none(), &c, &[fe_addr(1)].into(), &none());
+        let r = conn_resets(&c, &none(), &c, &[fe_addr(1)].into(), &none(), &none());
         let want: BTreeSet<_> =
             [sa(be(1)), sa(be(2)), SocketAddrV4::new(fe_addr(1).ip, 8080)].into();
         assert_eq!(r.steered, want);
         assert!(r.backend_removed.is_empty(), "{r:?}");
         // Already steered: nothing new.
         let steered = [fe_addr(1)].into();
-        let again = conn_resets(&c, &steered, &c, &steered, &none());
+        let again = conn_resets(&c, &steered, &c, &steered, &none(), &none());
         assert!(again.is_empty(), "{again:?}");
     }
 
@@ -172,13 +192,22 @@ mod tests {
         let before = compiled(&[(1, &[1, 2]), (2, &[2])]);
         let after = compiled(&[(1, &[1]), (2, &[2])]);
         // 2 left frontend 1 but frontend 2 still balances to it.
-        assert!(conn_resets(&before, &none(), &after, &none(), &none()).is_empty());
+        assert!(conn_resets(&before, &none(), &after, &none(), &none(), &none()).is_empty());
         let after = compiled(&[(1, &[1])]);
-        let r = conn_resets(&before, &none(), &after, &none(), &none());
+        let r = conn_resets(&before, &none(), &after, &none(), &none(), &none());
         assert_eq!(r.backend_removed, [sa(be(2))].into());
         assert!(r.steered.is_empty());
         // Still listed (not ready, terminating): its connections may finish.
         let listed = [be(2).ip].into();
-        assert!(conn_resets(&before, &none(), &after, &none(), &listed).is_empty());
+        let r = conn_resets(&before, &none(), &after, &none(), &listed, &none());
+        assert!(r.is_empty(), "{r:?}");
+        assert_eq!(r.pending, [sa(be(2))].into());
+        // Listed no more, one pass later: now it goes.
+        let later = conn_resets(&after, &none(), &after, &none(), &none(), &r.pending);
+        assert_eq!(later.backend_removed, [sa(be(2))].into());
+        assert!(later.pending.is_empty());
+        // Ready again instead: nothing to reset, nothing pending.
+        let back = conn_resets(&after, &none(), &before, &none(), &listed, &r.pending);
+        assert!(back.is_empty() && back.pending.is_empty(), "{back:?}");
     }
 }

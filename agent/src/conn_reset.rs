@@ -110,6 +110,11 @@ impl ConnResetter {
         let peers: BTreeSet<SocketAddrV4> =
             plan.steered.union(&plan.backend_removed).copied().collect();
         match reset_connections(&self.cgroup, &self.exclude, &peers) {
+            Ok(outcome) if outcome.namespaces == 0 => warn!(
+                cgroup = %self.cgroup.display(),
+                peers = peers.len(),
+                "connections not reset: no process of the managed cgroups is visible in another network namespace (the agent needs the host's PID namespace)"
+            ),
             Ok(outcome) => {
                 for error in &outcome.errors {
                     let source = std::error::Error::source(error).map(ToString::to_string);

@@ -65,6 +65,8 @@ pub struct Sources {
     pub dns: crate::dns::DnsMetrics,
     /// Istio's TCP metrics from the kernel (`--tcp-metrics`), when the datapath has them.
     pub tcp_metrics: Option<Arc<crate::tcp_metrics::KernelTcpMetrics>>,
+    /// Connections reset after rule changes (`--reset-connections`).
+    pub conn_resets: crate::conn_reset::ConnResetMetrics,
 }
 
 /// What the admin endpoints report: one registry built at start, whose metrics and collectors
@@ -93,6 +95,7 @@ impl AdminState {
         }
         sources.sync.register(&mut registry);
         sources.dns.register(&mut registry);
+        sources.conn_resets.register(&mut registry);
         registry.register_collector(Box::new(kernel.clone()));
         if let Some(tcp) = sources.tcp_metrics {
             registry.register_collector(Box::new(tcp));
@@ -266,6 +269,7 @@ mod tests {
             sync: Default::default(),
             dns: Default::default(),
             tcp_metrics: None,
+            conn_resets: Default::default(),
         });
         let programmed = state.programmed.clone();
         start(addr, state).await.unwrap();
@@ -345,6 +349,7 @@ mod tests {
             sync: Default::default(),
             dns: Default::default(),
             tcp_metrics: None,
+            conn_resets: Default::default(),
         });
         let text = metrics(&state).await;
         let label = r#"{cluster_name="outbound|8080|v1|web.default.svc.cluster.local"}"#;

@@ -42,6 +42,7 @@ pub const ENV_PROXY_NETNS: &str = "MESHPATH_PROXY_NETNS";
 pub const ENV_PROXY_PORTS: &str = "MESHPATH_PROXY_PORTS";
 pub const ENV_PROXY_FAIL_CLOSED: &str = "MESHPATH_PROXY_FAIL_CLOSED";
 pub const ENV_DRAIN_TIMEOUT_MS: &str = "MESHPATH_DRAIN_TIMEOUT_MS";
+pub const ENV_RESET_CONNECTIONS: &str = "MESHPATH_RESET_CONNECTIONS";
 pub const ENV_AGENT_CGROUP: &str = "MESHPATH_AGENT_CGROUP";
 pub const DEFAULT_PROXY_PORTS: &str = "15100-15999";
 pub const ENV_DNS_CAPTURE: &str = "MESHPATH_DNS_CAPTURE";
@@ -306,6 +307,13 @@ pub struct AgentArgs {
     /// accepting and the kernel moved new connects to the L4 fallback) before the agent exits.
     #[arg(long, env = ENV_DRAIN_TIMEOUT_MS, default_value_t = 3000)]
     pub drain_timeout_ms: u64,
+    /// When a service gains rules only the node proxy applies, or a backend leaves every
+    /// kernel-path service, reset the managed pods' TCP connections the kernel had balanced
+    /// there (netlink sock_diag `SOCK_DESTROY` in each pod's network namespace, as `ss -K`), so
+    /// their clients reconnect through the current rules, as Istio's proxies close theirs. Off:
+    /// such a connection keeps its connect()-time destination until the client reconnects.
+    #[arg(long, env = ENV_RESET_CONNECTIONS, default_value_t = true, action = clap::ArgAction::Set)]
+    pub reset_connections: bool,
     /// Move the agent process into this cgroup v2 directory at start (e.g. a child of
     /// `--cgroup`), so the node proxy's own sockets are managed too and same-node socket
     /// redirection applies to them. An agent that already runs under the managed cgroup (as a
@@ -404,6 +412,8 @@ pub struct AgentConfig {
     pub proxy: Option<ProxyConfig>,
     pub admin_addr: SocketAddr,
     pub agent_cgroup: Option<PathBuf>,
+    /// `--reset-connections`.
+    pub reset_connections: bool,
     /// `None`: DNS capture off. Empty `upstreams`: the agent's /etc/resolv.conf decides at start.
     pub dns: Option<crate::dns::DnsConfig>,
     /// `--dns-capture true` given without `--proxy-ip`: reported at start.
@@ -474,6 +484,7 @@ impl From<&AgentArgs> for AgentConfig {
                 bpf_log: a.bpf_log,
             },
             agent_cgroup: a.agent_cgroup.clone(),
+            reset_connections: a.reset_connections,
             trace: TraceConfig {
                 sampling_hundredths: a.trace_sampling,
                 collector: a.trace_collector.clone(),

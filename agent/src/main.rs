@@ -4,6 +4,7 @@ mod admin;
 mod bpf_log;
 mod cgroup_layout;
 mod config;
+mod conn_reset;
 mod coverage;
 mod dns;
 mod graph;

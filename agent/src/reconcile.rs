@@ -54,6 +54,10 @@ pub struct Reconciler {
     /// scope not in use, or the map must be read back).
     redirect_pods: Option<std::collections::BTreeSet<Ipv4Addr>>,
     redirect_opt_in: bool,
+    /// Resets the kernel-path connections a change invalidates (`--reset-connections`).
+    conn_reset: Option<crate::conn_reset::ConnResetter>,
+    /// Backends off the kernel path whose connections wait until no slice lists them.
+    reset_pending: std::collections::BTreeSet<std::net::SocketAddrV4>,
 }
 
 impl Reconciler {
@@ -77,6 +81,8 @@ impl Reconciler {
             dns: None,
             redirect_pods: None,
             redirect_opt_in: false,
+            conn_reset: None,
+            reset_pending: Default::default(),
         }
     }
 
@@ -84,6 +90,12 @@ impl Reconciler {
     /// the model, for socket redirection's opt-in scope.
     pub fn with_redirect_opt_in(mut self, on: bool) -> Self {
         self.redirect_opt_in = on;
+        self
+    }
+
+    /// Resets the kernel-path connections each applied change invalidates, through `resetter`.
+    pub fn with_conn_reset(mut self, resetter: Option<crate::conn_reset::ConnResetter>) -> Self {
+        self.conn_reset = resetter;
         self
     }
 
@@ -221,6 +233,19 @@ impl Reconciler {
                 }
                 if let Some(dns) = self.dns.as_mut() {
                     dns.close_unused(&dns_steering);
+                }
+                // The maps send new connects the new way; now the old ones may go.
+                if let Some(resetter) = &self.conn_reset {
+                    let mut plan = meshpath_compile::conn_reset::conn_resets(
+                        &self.compiled,
+                        &self.ports.by_frontend.keys().copied().collect(),
+                        &next,
+                        &ports.by_frontend.keys().copied().collect(),
+                        &meshpath_compile::conn_reset::listed_ips(model),
+                        &self.reset_pending,
+                    );
+                    self.reset_pending = std::mem::take(&mut plan.pending);
+                    resetter.reset(plan);
                 }
                 self.compiled = next;
                 self.l7 = l7;

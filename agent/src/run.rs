@@ -129,6 +129,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         None => None,
     };
     let dns_metrics = crate::dns::DnsMetrics::default();
+    let conn_reset_metrics = crate::conn_reset::ConnResetMetrics::default();
     let dns = start_dns(&cfg, &dns_metrics)?;
     let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sync = meshpath_source::sync_metrics::SyncMetrics::default();
@@ -154,6 +155,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         istio,
         pin_dir: cfg.pin_dir.clone(),
         dns: dns_metrics,
+        conn_resets: conn_reset_metrics.clone(),
     });
     admin.programmed = programmed.clone();
     // Not fatal: traffic matters more than stats, and several agents (tests, a restart
@@ -202,7 +204,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         l7_tx,
     )
     .with_dns(dns)
-    .with_redirect_opt_in(opt_in);
+    .with_redirect_opt_in(opt_in)
+    .with_conn_reset(cfg.reset_connections.then(|| {
+        let proxy_netns = cfg.proxy.as_ref().and_then(|p| p.netns.as_deref());
+        crate::conn_reset::ConnResetter::new(&cgroup, proxy_netns, conn_reset_metrics)
+    }));
     let mut coverage = crate::coverage::Reporter::default();
     // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
     // directories, so it runs only when the pods changed, not on every endpoint change.

@@ -11,6 +11,7 @@
 //! (outlier ejections in the kernel's selection).
 
 mod alloc;
+pub mod conn_reset;
 pub mod ejection;
 mod error;
 pub mod l7;

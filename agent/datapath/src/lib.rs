@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod bpf_log;
+pub mod conn_reset;
 mod error;
 pub mod kernel_btf;
 mod links;
@@ -13,6 +14,7 @@ mod pins;
 pub mod proxy_socks;
 pub mod redirect;
 pub mod redirect_scope;
+pub mod sock_diag;
 pub mod status;
 pub mod tcp_metrics;
 pub mod tcp_sample;

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
-use meshpath_tests::{addr, skip_unless, wait_until, Cluster, AGENT};
+use meshpath_tests::{addr, skip_unless, wait_until, Cluster, Proxy, Source, AGENT};
 
 const VIP: &str = "10.96.0.40";
 const WAIT: Duration = Duration::from_secs(10);
@@ -277,6 +277,40 @@ fn tcp_metrics_sample_a_long_lived_connection_then_add_only_the_rest_at_close() 
     assert_eq!(
         meshpath_tests::agent::counter(&c.status(), "tcp_metrics_sample_read_failed"),
         0
+    );
+}
+
+/// sock_ops stays attached while the agent restarts (its link is pinned, as the sock_addr
+/// programs' are): a connection that closes while no agent runs is still seen closing, so the
+/// next agent counts it closed and its entry leaves the connection table.
+#[test]
+fn tcp_metrics_a_connection_closed_while_the_agent_is_down_is_counted_closed() {
+    skip_unless!(AGENT);
+    let args = ["--tcp-metrics-sample-ms", "100"];
+    let mut c = cluster(&args);
+    let mut hold = c.node.hold(0, addr(VIP, 80)).expect("hold");
+    assert_eq!(hold.echo("hello").expect("echo"), "hello");
+    let mut last = String::new();
+    let live = wait_until(WAIT, || {
+        last = scrape(&c);
+        pair(&last) == Some([1, 0, 6, 12])
+    });
+    assert!(live, "live connection never showed:\n{last}");
+
+    c.agent.stop().expect("SIGTERM");
+    hold.close().expect("close hold while no agent runs");
+    c.agent = c
+        .node
+        .start_agent(Source::Manifests(&c.manifests), Proxy::Off, &args)
+        .expect("restarting the agent");
+    let done = wait_until(WAIT, || {
+        last = scrape(&c);
+        pair(&last) == Some([1, 1, 6, 12])
+    });
+    assert!(
+        done,
+        "want [opened, closed, sent, received] = [1, 1, 6, 12] after the restart, got {:?}:\n{last}",
+        pair(&last)
     );
 }
 

@@ -174,7 +174,14 @@ impl Datapath {
         }
         let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
         write_udp_sticky(&mut maps, features)?;
-        redirect::setup(&mut ebpf, &mut maps, &cgroup_file, cgroup, features)?;
+        redirect::setup(
+            &mut ebpf,
+            &mut maps,
+            &cgroup_file,
+            cgroup,
+            pin_dir,
+            features,
+        )?;
         let tcp_sampler = match offsets {
             Some(_) => aya::Btf::from_sys_fs()
                 .map_err(|source| DatapathError::Btf { source })

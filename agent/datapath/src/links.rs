@@ -32,6 +32,12 @@ pub fn attach_replacing(
         .map_err(|source| DatapathError::Program { name, source })?
         .try_into()
         .map_err(|source| DatapathError::Link { name, source })?;
+    pin_replacing(link, pin)
+}
+
+/// Pins `link` (already attached) at `pin` in place of the link pinned there before, which is
+/// detached only now, so the old and the new program overlap rather than leave a gap.
+pub fn pin_replacing(link: FdLink, pin: &Path) -> Result<PinnedLink, DatapathError> {
     detach_pinned(pin)?;
     let dir = pin.parent().expect("link pin path has a parent");
     std::fs::create_dir_all(dir).map_err(|source| DatapathError::Io {

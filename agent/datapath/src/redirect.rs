@@ -9,15 +9,17 @@
 //! With the connection limit on, `cgroup/sock_release` is attached too (`conn_limit_sock_release`):
 //! it frees a slot whose socket was released before sock_ops saw it close.
 //!
-//! With all off, neither program is loaded. Unlike the sock_addr programs these links are not
-//! pinned: both features need a running agent (the limit's counts would drift without sock_ops,
-//! so connect4 only enforces limits the agent has written while it runs).
+//! With all off, neither program is loaded. Like the sock_addr programs, the sock_ops and
+//! sock_release links are pinned and replaced, new before old (see `links`): while an agent
+//! restarts, connections still close, and their slots, TCP-metrics entries and SOCKHASH entries
+//! must still be released then. sk_msg is attached to the SOCKHASH, not through a link: while
+//! no agent runs, messages take the TCP path.
 
 use std::fs::File;
 use std::path::Path;
 
 use aya::maps::{Array, MapData};
-use aya::programs::links::CgroupAttachMode;
+use aya::programs::links::{CgroupAttachMode, FdLink};
 use aya::programs::{CgroupSock, SkMsg, SockOps};
 use aya::Ebpf;
 use meshpath_common::{
@@ -26,7 +28,7 @@ use meshpath_common::{
 };
 use tracing::info;
 
-use super::{DatapathError, DatapathMaps, Features, RedirectScope};
+use super::{links, DatapathError, DatapathMaps, Features, RedirectScope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectSwitchError {
@@ -41,8 +43,11 @@ pub fn setup(
     maps: &mut DatapathMaps,
     cgroup: &File,
     cgroup_path: &Path,
+    pin_dir: &Path,
     features: Features,
 ) -> Result<(), DatapathError> {
+    let sockops_pin = links::pin_path(pin_dir, PROG_SOCKOPS);
+    let release_pin = links::pin_path(pin_dir, PROG_SOCK_RELEASE);
     write_mode(
         &mut maps.config,
         match features.socket_redirect {
@@ -65,6 +70,8 @@ pub fn setup(
     }
     crate::tcp_metrics::write_switch(&mut maps.config, features.tcp_metrics)?;
     if !(features.socket_redirect.is_on() || features.connection_limits || features.tcp_metrics) {
+        links::detach_pinned(&sockops_pin)?;
+        links::detach_pinned(&release_pin)?;
         info!("socket redirection, connection limits and TCP metrics off: sock_ops and sk_msg not attached");
         return Ok(());
     }
@@ -73,22 +80,50 @@ pub fn setup(
         name: PROG_SOCKOPS,
         source,
     })?;
-    prog.attach(cgroup, CgroupAttachMode::Single)
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::Single)
         .map_err(|source| DatapathError::Program {
             name: PROG_SOCKOPS,
             source,
         })?;
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(|source| DatapathError::Program {
+            name: PROG_SOCKOPS,
+            source,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Link {
+            name: PROG_SOCKOPS,
+            source,
+        })?;
+    links::pin_replacing(link, &sockops_pin)?;
     if features.connection_limits && features.conn_limit_sock_release {
         let prog: &mut CgroupSock = super::program(ebpf, PROG_SOCK_RELEASE)?;
         prog.load().map_err(|source| DatapathError::Program {
             name: PROG_SOCK_RELEASE,
             source,
         })?;
-        prog.attach(cgroup, CgroupAttachMode::Single)
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
             .map_err(|source| DatapathError::Program {
                 name: PROG_SOCK_RELEASE,
                 source,
             })?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program {
+                name: PROG_SOCK_RELEASE,
+                source,
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Link {
+                name: PROG_SOCK_RELEASE,
+                source,
+            })?;
+        links::pin_replacing(link, &release_pin)?;
+    } else {
+        links::detach_pinned(&release_pin)?;
     }
     info!(
         cgroup = %cgroup_path.display(),

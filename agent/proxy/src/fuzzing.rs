@@ -85,7 +85,13 @@ impl Routes {
                 let Ok(dest) = route::destination(route) else {
                     return 503;
                 };
-                prepare_head(route, matcher, dest.ops.as_deref(), &mut head, &mut authority);
+                prepare_head(
+                    route,
+                    matcher,
+                    dest.ops.as_deref(),
+                    &mut head,
+                    &mut authority,
+                );
                 if let Some(cluster) = &dest.cluster {
                     let _ = cluster_hash(cluster, &head, peer);
                 }

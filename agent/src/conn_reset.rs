@@ -8,7 +8,8 @@ use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 
 use meshpath_compile::conn_reset::ConnResets;
-use meshpath_datapath::conn_reset::{reset_connections, NetnsId};
+use meshpath_datapath::conn_reset::reset_connections;
+use meshpath_datapath::netns::NetnsId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -3,7 +3,7 @@
 //! proxy, a backend that left its service).
 //!
 //! sock_diag sees only the namespace it is opened in, so the pods' network namespaces are found
-//! from the processes of the managed cgroup tree, and a dedicated OS thread enters each in turn
+//! from the processes of the managed cgroup tree (`netns`), and a dedicated OS thread enters each in turn
 //! (setns is per thread; the agent's other threads never leave its namespace) and ends when
 //! done. Namespaces in `exclude` (the agent's own, where the proxy's upstream connections live)
 //! are skipped.
@@ -13,27 +13,17 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tracing::debug;
 
+use crate::netns::{pod_namespaces, NetnsError, NetnsId};
 use crate::sock_diag::{SockDiag, SockDiagError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnResetError {
-    #[error("reading the managed cgroup tree {}", path.display())]
-    Cgroup {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("reading network namespace {}", path.display())]
-    Netns {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error("entering the network namespace of pid {pid}")]
     Enter {
         pid: u32,
@@ -53,27 +43,6 @@ pub enum ConnResetError {
     },
     #[error("the connection-reset thread panicked")]
     Panicked,
-}
-
-/// A network namespace's identity: the device and inode of its nsfs file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct NetnsId {
-    dev: u64,
-    ino: u64,
-}
-
-impl NetnsId {
-    /// The namespace at `path` (`/proc/<pid>/ns/net`, `/var/run/netns/NAME`).
-    pub fn of(path: &Path) -> Result<Self, ConnResetError> {
-        let m = std::fs::metadata(path).map_err(|source| ConnResetError::Netns {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            dev: m.dev(),
-            ino: m.ino(),
-        })
-    }
 }
 
 /// What one pass reset.
@@ -143,57 +112,6 @@ fn reset_in(
         if sd.destroy(&id).map_err(diag)? {
             debug!(pid, local = %id.local, peer = %id.peer, "connection reset");
             *reset.entry(id.peer).or_default() += 1;
-        }
-    }
-    Ok(())
-}
-
-/// One open namespace file per distinct namespace of the processes under `cgroup`, with a pid
-/// that was in it. Processes that exit meanwhile are skipped.
-fn pod_namespaces(
-    cgroup: &Path,
-    exclude: &BTreeSet<NetnsId>,
-) -> Result<Vec<(u32, File)>, ConnResetError> {
-    let mut pids = Vec::new();
-    cgroup_pids(cgroup, &mut pids)?;
-    let mut seen = exclude.clone();
-    let mut out = Vec::new();
-    for pid in pids {
-        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        let Ok(m) = file.metadata() else { continue };
-        if seen.insert(NetnsId {
-            dev: m.dev(),
-            ino: m.ino(),
-        }) {
-            out.push((pid, file));
-        }
-    }
-    Ok(out)
-}
-
-/// The pids of `dir`'s `cgroup.procs` and of every descendant cgroup's.
-fn cgroup_pids(dir: &Path, pids: &mut Vec<u32>) -> Result<(), ConnResetError> {
-    let err = |source| ConnResetError::Cgroup {
-        path: dir.to_owned(),
-        source,
-    };
-    match std::fs::read_to_string(dir.join("cgroup.procs")) {
-        Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
-        // A child cgroup removed while walking.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(err(e)),
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(err(e)),
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            cgroup_pids(&entry.path(), pids)?;
         }
     }
     Ok(())

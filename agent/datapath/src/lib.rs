@@ -10,6 +10,7 @@ pub mod kernel_btf;
 mod links;
 pub mod maps;
 pub mod members;
+pub mod netns;
 mod pins;
 pub mod proxy_socks;
 pub mod redirect;

@@ -8,15 +8,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::request::Parts;
-use http::StatusCode;
 
 use meshpath_model::l7::{L7Config, RouteAction};
 
-use crate::body::local_reply;
 use crate::breaker::StatsMap;
-use crate::handler::{cluster_hash, prepare_head};
+use crate::handler::{cluster_hash, direct_reply, prepare_head};
 use crate::headers::{self, finalize_head};
 use crate::layers::route::{self, Client, Selected};
 use crate::outlier::Outliers;
@@ -74,13 +71,7 @@ impl Routes {
         let _ = operation::of(route, matcher, original_dst.port());
         let mut resp = match &route.route.action {
             RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
-            RouteAction::DirectResponse { .. } => {
-                let (status, body) = route
-                    .direct
-                    .clone()
-                    .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
-                local_reply(status, body)
-            }
+            RouteAction::DirectResponse { .. } => direct_reply(route),
             RouteAction::Route(_) => {
                 let Ok(dest) = route::destination(route) else {
                     return 503;

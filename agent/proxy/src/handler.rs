@@ -237,13 +237,7 @@ async fn route<'a>(
     }
     let mut resp = match &route.route.action {
         RouteAction::Redirect(r) => redirect::redirect(r, &head, &authority),
-        RouteAction::DirectResponse { .. } => {
-            let (status, body) = route
-                .direct
-                .clone()
-                .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
-            local_reply(status, body)
-        }
+        RouteAction::DirectResponse { .. } => direct_reply(route),
         RouteAction::Route(_) => {
             let dest = match dest.unwrap_or_else(|| layers::route::destination(route)) {
                 Ok(d) => d,
@@ -352,6 +346,15 @@ async fn send(
 /// The request head as the route sends it upstream (before the per-protocol finishing of
 /// `finalize_head`): the route's rewrite, its authority and header operations, hop-by-hop
 /// headers removed. Returns whether the request is a protocol upgrade (WebSocket).
+/// A `directResponse` route's answer, built once per snapshot (`RouteRt::direct`).
+pub(crate) fn direct_reply(route: &RouteRt) -> Response<ProxyBody> {
+    let (status, body) = route
+        .direct
+        .clone()
+        .unwrap_or((StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()));
+    local_reply(status, body)
+}
+
 pub(crate) fn prepare_head(
     route: &RouteRt,
     matcher: Option<&Matcher>,

@@ -300,29 +300,24 @@ pub fn virtual_service(host: &str) -> String {
     )
 }
 
-/// Wait until `meshpath status` shows the service's backend as the proxy (10.244.0.1:151xx).
+/// Wait until `meshpath status` shows the service steered to the proxy's listener (10.244.0.1:151xx)
+/// with the proxy listening there; returns the listener. (A steered service keeps its endpoints as
+/// kernel backends, for the fallback while no proxy listens.)
 fn wait_steered(agent: &Agent) -> Result<String> {
     let start = Instant::now();
     let name = format!("default/{HTTP_SVC}");
     loop {
         let st = agent.status()?;
-        let backends: Vec<String> = agent::service(&st, &name)
-            .and_then(|s| s["backends"].as_array())
-            .map(|b| {
-                b.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(b) = backends
-            .iter()
-            .find(|b| b.starts_with(&format!("{GATEWAY}:")))
-        {
-            return Ok(b.clone());
+        if agent::steered_to_proxy(&st, &name) {
+            let listener = agent::service(&st, &name)
+                .and_then(|s| s["proxy"]["listener"].as_str())
+                .unwrap_or_default();
+            return Ok(listener.to_owned());
         }
         if start.elapsed() > Duration::from_secs(10) {
             bail!(
-                "{name} not steered to the proxy within 10 s (backends {backends:?}); agent log:\n{}",
+                "{name} not steered to the proxy within 10 s (status {}); agent log:\n{}",
+                agent::service(&st, &name).map_or_else(String::new, |s| s.to_string()),
                 proc::tail(&agent.log(), 20)
             );
         }

@@ -342,6 +342,9 @@ fn span_exporter(
     Ok(Some(exporter))
 }
 
+/// The inode number of a cgroup v2 hierarchy's root directory.
+const ROOT_CGROUP_INO: u64 = 1;
+
 /// In the opt-in scope the node proxy's connections to backends are redirected too: connect4
 /// recognises them by the agent's cgroup id (the inode number of its cgroup v2 directory).
 /// Without it they take the TCP path, which is safe; hence a warning, not a failure.
@@ -358,7 +361,18 @@ fn own_cgroup_redirected(cfg: &AgentConfig, datapath: &mut Datapath) {
             return;
         }
     };
-    match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, id) {
+    // The root cgroup holds every host process not placed elsewhere: naming it would opt the
+    // whole host's connects into redirection, not just the proxy's.
+    if id == ROOT_CGROUP_INO {
+        warn!(cgroup = %dir.display(), "the agent runs in the root cgroup: the proxy's upstream sockets are not redirected (run it in a cgroup of its own, as the DaemonSet does)");
+        if let Err(error) =
+            meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, None)
+        {
+            warn!(%error, "a previous agent's cgroup stays in the redirect scope");
+        }
+        return;
+    }
+    match meshpath_datapath::redirect_scope::set_own_cgroup(&mut datapath.maps, Some(id)) {
         Ok(()) => {
             info!(cgroup = %dir.display(), id, "the proxy's connects are redirected in the opt-in scope")
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use meshpath_datapath::netns::{pod_namespaces, NetnsError, NetnsId};
 use meshpath_datapath::tcp_sample::TcpSampler;
 use meshpath_datapath::DatapathError;
-use tracing::{debug, error, warn};
+use tracing::{error, trace, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SampleError {
@@ -52,7 +52,8 @@ pub fn spawn(sampler: TcpSampler, cgroup: PathBuf, every: Duration) -> std::io::
             loop {
                 std::thread::sleep(every);
                 match sample_all(&sampler, &cgroup, &own) {
-                    Ok(n) => debug!(namespaces = n, "TCP connections sampled"),
+                    // Every few seconds: trace, so debug logs stay readable.
+                    Ok(n) => trace!(namespaces = n, "TCP connections sampled"),
                     Err(e @ SampleError::Return(_)) => {
                         error!(error = %e, "TCP sampling stopped");
                         return;

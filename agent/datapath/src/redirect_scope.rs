@@ -39,8 +39,12 @@ pub fn write_pods(
 }
 
 /// Lets connects from `cgroup_id` (the agent's own: the node proxy's connections to backends)
-/// be redirected in the opt-in scope; forgets every other cgroup a previous agent named.
-pub fn set_own_cgroup(maps: &mut DatapathMaps, cgroup_id: u64) -> Result<(), DatapathError> {
+/// be redirected in the opt-in scope; forgets every other cgroup a previous agent named. `None`
+/// only forgets them.
+pub fn set_own_cgroup(
+    maps: &mut DatapathMaps,
+    cgroup_id: Option<u64>,
+) -> Result<(), DatapathError> {
     let err = |source| DatapathError::Map {
         name: MAP_REDIRECT_CGROUPS,
         source,
@@ -50,10 +54,13 @@ pub fn set_own_cgroup(maps: &mut DatapathMaps, cgroup_id: u64) -> Result<(), Dat
         .keys()
         .collect::<Result<_, _>>()
         .map_err(err)?;
-    for id in present.into_iter().filter(|id| *id != cgroup_id) {
+    for id in present.into_iter().filter(|id| Some(*id) != cgroup_id) {
         maps.redirect_cgroups.remove(&id).map_err(err)?;
     }
-    maps.redirect_cgroups.insert(cgroup_id, 1, 0).map_err(err)
+    match cgroup_id {
+        Some(id) => maps.redirect_cgroups.insert(id, 1, 0).map_err(err),
+        None => Ok(()),
+    }
 }
 
 /// The node proxy's listener address range (its IP, its `--proxy-ports`), whose accepted

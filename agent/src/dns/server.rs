@@ -209,6 +209,18 @@ fn upstreams_of(u: &RwLock<Vec<SocketAddr>>) -> Vec<SocketAddr> {
     u.read().map(|v| v.clone()).unwrap_or_default()
 }
 
+/// `name type` of a query's first question, for logs.
+fn question(query: &[u8]) -> String {
+    hickory_proto::op::Message::from_vec(query)
+        .ok()
+        .and_then(|m| {
+            m.queries()
+                .first()
+                .map(|q| format!("{} {}", q.name(), q.query_type()))
+        })
+        .unwrap_or_default()
+}
+
 fn client_ip(peer: SocketAddr) -> Ipv4Addr {
     match peer.ip() {
         IpAddr::V4(ip) => ip,
@@ -322,7 +334,7 @@ async fn respond(
                 bytes
             }
             Err(error) => {
-                debug!(%error, %peer, "DNS query not answered");
+                debug!(%error, %peer, question = %question(query), "DNS query not answered");
                 m.errors.inc();
                 return None;
             }

@@ -313,6 +313,13 @@ impl Drop for LocalNode {
                     eprintln!("{l}");
                 }
             }
+            // The kernel's view at the failure: services, backends and the reason counters (the
+            // pins outlive the agent).
+            let pin_dir = self.shared.node.pin_dir().display().to_string();
+            match crate::agent::meshpath(["status", "--pin-dir", pin_dir.as_str()]) {
+                Ok(text) => eprintln!("--- local node: meshpath status ---\n{text}"),
+                Err(e) => eprintln!("--- local node: meshpath status failed: {e:#}"),
+            }
             for (key, path) in lock(&self.shared.logs).iter() {
                 let text = std::fs::read_to_string(path).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();

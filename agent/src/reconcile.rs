@@ -137,7 +137,7 @@ impl Reconciler {
         let l7_at = started.elapsed();
         for e in &l7_errors {
             if e.is_warning() {
-                warn!(warning = %e, "route to a destination not defined yet: answered 503 NC");
+                warn!(warning = %e, "route to a destination not defined yet");
             } else {
                 error!(error = %e, "routing not (re)applied; its last good state stays live");
             }

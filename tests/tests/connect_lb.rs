@@ -122,10 +122,13 @@ fn no_ready_endpoint_refuses_at_once() {
     for vip in ["10.96.1.1", "10.96.1.2", "10.96.1.3"] {
         let r = c.node.tcp(0, addr(vip, 80), 20).expect("tcp client");
         assert_eq!(r.errors.get("ECONNREFUSED"), Some(&20), "{vip}: {r:?}");
+        // Refused by the program itself, not after a SYN went unanswered (the kernel's first
+        // retransmission alone waits 1 s); the bound leaves room for a loaded 2-core machine
+        // preempting the client between its clock reads.
         let max = r.max_connect_us.expect("connect durations");
         assert!(
-            max < 10_000,
-            "{vip}: slowest refused connect took {max} µs (limit 10 ms)"
+            max < 200_000,
+            "{vip}: slowest refused connect took {max} µs (limit 200 ms, a SYN retry takes 1 s)"
         );
     }
     let s = c.status();

@@ -86,7 +86,10 @@ fn a_subset_not_defined_yet_answers_503_nc_until_the_rule_defines_it() {
         "{stats}"
     );
     c.wait_log(
-        &["Service default/reviews is not defined", "answered 503 NC"],
+        &[
+            "Service default/reviews is not defined",
+            "requests routed to it get 503 (no cluster)",
+        ],
         Duration::from_secs(5),
     );
 

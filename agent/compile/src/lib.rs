@@ -352,12 +352,12 @@ impl Compiled {
             if fe.affinity_timeout_sec.is_some() {
                 flags |= SVC_FLAG_AFFINITY;
             }
-            let slots: Vec<&BackendAddr> = match weighted.get(addr) {
+            let slots: Vec<Option<&BackendAddr>> = match weighted.get(addr) {
                 Some(w) => weighted::slots(w, &self.backend_ids)
                     .into_iter()
                     .map(|(_, b)| b)
                     .collect(),
-                None => fe.backends.iter().collect(),
+                None => fe.backends.iter().map(Some).collect(),
             };
             let header = ServiceValue {
                 backend_id: proxy_id,
@@ -369,7 +369,9 @@ impl Compiled {
             };
             services.insert(base, header);
             for (i, b) in slots.iter().enumerate() {
-                let backend_id = self.backend_ids[*b];
+                let backend_id = b.map_or(meshpath_common::NO_ENDPOINT_BACKEND_ID, |b| {
+                    self.backend_ids[b]
+                });
                 services.insert(
                     base.with_slot(i as u16 + 1),
                     ServiceValue {

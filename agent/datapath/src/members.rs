@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 
 use aya::maps::MapError;
-use meshpath_common::{ServiceKey, ServiceValue, SvcBackendKey, MAP_SVC_BACKENDS};
+use meshpath_common::{
+    ServiceKey, ServiceValue, SvcBackendKey, MAP_SVC_BACKENDS, NO_ENDPOINT_BACKEND_ID,
+};
 use meshpath_compile::MapContents;
 
 use crate::apply::ApplyError;
@@ -21,7 +23,7 @@ fn pairs_of<'a>(
     services: impl Iterator<Item = (&'a ServiceKey, &'a ServiceValue)>,
 ) -> BTreeSet<SvcBackendKey> {
     services
-        .filter(|(k, _)| k.slot != 0)
+        .filter(|(k, v)| k.slot != 0 && v.backend_id != NO_ENDPOINT_BACKEND_ID)
         .map(|(_, v)| SvcBackendKey {
             svc_id: v.svc_id,
             backend_id: v.backend_id,

@@ -144,6 +144,12 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
                         port_host(b.port_be),
                     )
                     .to_string(),
+                    None if entries.get(&key.with_slot(slot)).is_some_and(|v| {
+                        v.backend_id == meshpath_common::NO_ENDPOINT_BACKEND_ID
+                    }) =>
+                    {
+                        "<no endpoint: refused>".to_string()
+                    }
                     None => format!("<slot {slot} missing>"),
                 }
             })

@@ -41,6 +41,11 @@ pub const MAX_SERVICE_ENTRIES: u32 = 131_072;
 pub const MAX_SERVICE_IDS: u32 = 16_384;
 /// Capacity of [`MAP_BACKENDS`]; backend ids are `1..=MAX_BACKENDS`.
 pub const MAX_BACKENDS: u32 = 131_072;
+/// The backend id of a slot whose route destination has no endpoint (a subset no
+/// DestinationRule defines, a destination without a ready pod): a connect landing on it is
+/// refused and counted as `no_backend`, as Envoy's TCP proxy closes a connection whose weighted
+/// cluster is missing or empty. Real backend ids start at 1.
+pub const NO_ENDPOINT_BACKEND_ID: u32 = 0;
 /// Most backends one frontend may carry (slots `1..=MAX_SLOTS`).
 pub const MAX_SLOTS: u16 = 1_024;
 /// LRU capacity for session affinity entries.

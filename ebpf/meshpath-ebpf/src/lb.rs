@@ -9,7 +9,7 @@ use core::intrinsics::AtomicOrdering;
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceValue, SvcBackendKey,
-    UdpStickyKey, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS,
+    UdpStickyKey, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS, NO_ENDPOINT_BACKEND_ID,
 };
 
 use crate::counters::{bump, bump_service, ServiceCounter};
@@ -237,6 +237,9 @@ fn backend_in_slot(key: &ServiceKey, slot: u16) -> Result<(u32, Backend), Reason
     // SAFETY: values are copied out at once.
     let slot_val = unsafe { MP_SERVICES.get(&key.with_slot(slot)) }.ok_or(Reason::SlotMissing)?;
     let backend_id = slot_val.backend_id;
+    if backend_id == NO_ENDPOINT_BACKEND_ID {
+        return Err(Reason::NoBackend);
+    }
     // SAFETY: as above.
     let backend = unsafe { MP_BACKENDS.get(backend_id) }.ok_or(Reason::BackendMissing)?;
     Ok((backend_id, *backend))

@@ -21,9 +21,9 @@ pub enum L7Error {
     /// A warning, not an error (see [`L7Error::is_warning`]).
     #[error(
         "{origin}: VirtualService {vs}: {field}: subset {subset:?} of Service {service} is not \
-         defined ({}); requests routed to it get 503 (no cluster) until a DestinationRule \
-         defines it",
-        subset_hint(rule, service)
+         defined ({}); {} until a DestinationRule defines it",
+        subset_hint(rule, service),
+        unrouted(field)
     )]
     UnknownSubset {
         origin: String,
@@ -103,6 +103,16 @@ impl L7Error {
             | L7Error::UnknownPort { field, .. }
             | L7Error::PortRequired { field, .. } => field,
         }
+    }
+}
+
+/// What happens to traffic a route sends to a destination that does not exist: an HTTP request
+/// gets Envoy's 503 NC, a connection of a `tcp:` route is refused (see `weighted::slots`).
+fn unrouted(field: &str) -> &'static str {
+    if field.starts_with("spec.tcp") {
+        "connections routed to it are refused"
+    } else {
+        "requests routed to it get 503 (no cluster)"
     }
 }
 

@@ -147,7 +147,7 @@ fn labels(source: Option<&Pod>, dest: Option<&Pod>, service: Option<&str>) -> La
 
 fn push_workload(l: &mut Labels, side: &'static str, pod: Option<&Pod>) {
     let label = |k: &str| pod.and_then(|p| p.labels.get(k)).cloned();
-    let workload = pod.map(workload_name);
+    let workload = pod.map(|p| p.workload.clone());
     let app = label("app");
     let version = label("version");
     let canonical = label("service.istio.io/canonical-name")
@@ -195,26 +195,13 @@ fn push_workload(l: &mut Labels, side: &'static str, pod: Option<&Pod>) {
     l.push((v, or_unknown(version)));
 }
 
-/// Istio names a Deployment's pods' workload after the Deployment: a ReplicaSet pod
-/// (`pod-template-hash` label) is `<deployment>-<hash>-<suffix>`. Any other pod is its own.
-fn workload_name(pod: &Pod) -> String {
-    let name = &pod.id.name;
-    if pod.labels.contains_key("pod-template-hash") {
-        let mut parts = name.rsplitn(3, '-');
-        let (_, _, rest) = (parts.next(), parts.next(), parts.next());
-        if let Some(d) = rest {
-            return d.to_owned();
-        }
-    }
-    name.clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use meshpath_model::ObjectRef;
 
-    fn pod(name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> Pod {
+    /// `workload` as the sources name it (`Pod::workload`): a Deployment's pods share one.
+    fn pod(name: &str, workload: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> Pod {
         Pod {
             id: ObjectRef::new("shop", name),
             labels: labels
@@ -224,7 +211,7 @@ mod tests {
             ip: Some(Ipv4Addr::from(ip)),
             container_ports: vec![],
             placement: Default::default(),
-            workload: name.to_owned(),
+            workload: workload.to_owned(),
             trace_sampling_hundredths: None,
             socket_redirect: None,
         }
@@ -236,6 +223,7 @@ mod tests {
         for p in [
             pod(
                 "client-7d9f-abcde",
+                "client",
                 [10, 0, 0, 1],
                 &[
                     ("app", "client"),
@@ -246,6 +234,7 @@ mod tests {
             // A second pod of the same Deployment: its pairs join the first one's series.
             pod(
                 "client-7d9f-fghij",
+                "client",
                 [10, 0, 0, 3],
                 &[
                     ("app", "client"),
@@ -253,7 +242,7 @@ mod tests {
                     ("pod-template-hash", "7d9f"),
                 ],
             ),
-            pod("server", [10, 0, 0, 2], &[("app", "server")]),
+            pod("server", "server", [10, 0, 0, 2], &[("app", "server")]),
         ] {
             model.pods.insert(p.id.clone(), p);
         }

@@ -54,6 +54,33 @@ pub enum CompileError {
     ServiceCidrExhausted { origin: String, service: ObjectRef },
 }
 
+impl CompileError {
+    /// `file:line` of the Service's document (or whatever its source records); `None` for a
+    /// backend, which has no document of its own.
+    pub fn origin(&self) -> Option<&str> {
+        match self {
+            CompileError::UnresolvedTargetPort { origin, .. }
+            | CompileError::TooManyBackends { origin, .. }
+            | CompileError::FrontendConflict { origin, .. }
+            | CompileError::OutOfServiceIds { origin, .. }
+            | CompileError::ServiceCidrExhausted { origin, .. } => Some(origin),
+            CompileError::OutOfBackendIds { .. } => None,
+        }
+    }
+
+    /// The Service the error is about.
+    pub fn service(&self) -> Option<&ObjectRef> {
+        match self {
+            CompileError::UnresolvedTargetPort { service, .. }
+            | CompileError::TooManyBackends { service, .. }
+            | CompileError::FrontendConflict { service, .. }
+            | CompileError::OutOfServiceIds { service, .. }
+            | CompileError::ServiceCidrExhausted { service, .. } => Some(service),
+            CompileError::OutOfBackendIds { .. } => None,
+        }
+    }
+}
+
 /// The origin of a service for error messages.
 pub fn origin_of(svc: &meshpath_model::Service) -> String {
     svc.origin

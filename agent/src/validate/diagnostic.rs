@@ -136,12 +136,11 @@ impl Diagnostic {
     pub fn from_compile(error: &CompileError) -> Diagnostic {
         let text = error.to_string();
         let mut d = Diagnostic::new(Severity::Error, None, text.clone());
-        if let Some((origin, rest)) = text.split_once(": ") {
-            if let Some((file, line)) = split_origin(origin) {
-                d.file = Some(file);
-                d.line = Some(line);
-                d.message = rest.to_owned();
-            }
+        d.object = error.service().map(|s| format!("Service {s}"));
+        if let Some((file, line)) = error.origin().and_then(split_origin) {
+            d.message = strip_prefix(&text, error.origin().unwrap_or_default());
+            d.file = Some(file);
+            d.line = Some(line);
         }
         d
     }
@@ -174,9 +173,7 @@ impl Diagnostic {
             };
             d.file = Some(file);
         }
-        if let Some(object) = d.message.split(": ").next() {
-            d.object = Some(object.to_owned());
-        }
+        d.object = Some(format!("VirtualService {}", error.virtual_service()));
         d
     }
 

@@ -94,6 +94,17 @@ impl L7Error {
         }
     }
 
+    /// The VirtualService the error is about.
+    pub fn virtual_service(&self) -> &ObjectRef {
+        match self {
+            L7Error::UnknownHost { vs, .. }
+            | L7Error::UnknownSubset { vs, .. }
+            | L7Error::WildcardDestination { vs, .. }
+            | L7Error::UnknownPort { vs, .. }
+            | L7Error::PortRequired { vs, .. } => vs,
+        }
+    }
+
     /// The offending field of the VirtualService.
     pub fn field(&self) -> &str {
         match self {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Container images without a registry, for scripts/node.sh: each image's root filesystem is put
 # together from files of this machine (a pause binary compiled here, Debian's busybox-static, the
-# meshpath agent built from this tree), written as an OCI image layout with umoci, and imported
+# meshpath agent built from this tree with Debian's sh, stat and mount), written as an OCI image layout with umoci, and imported
 # into the node's containerd (`ctr -n k8s.io images import`). Pods use them with
 # imagePullPolicy: Never or IfNotPresent.
 #
@@ -84,20 +84,31 @@ build_busybox() {
   rm -rf "$root"
 }
 
-# The agent: the meshpath binary with the libraries it links (ldd), plus busybox for the sh, stat
-# and mount the DaemonSet's init container runs.
-build_agent() {
-  local bin=${MESHPATH_AGENT_BIN:-$REPO/target/debug/meshpath}
-  [ -x "$bin" ] || die "$bin missing: cargo xtask build-ebpf && cargo build -p meshpath"
-  local root=$CACHE/agent.rootfs lib
-  rm -rf "$root" && mkdir -p "$root/usr/local/bin" "$root/bin" "$root/tmp"
-  cp "$bin" "$root/usr/local/bin/meshpath"
-  for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'); do
+# copy_with_libs ROOT FILE DEST: FILE at ROOT/DEST, and every library it links (ldd) at its own path.
+copy_with_libs() {
+  local root=$1 file=$2 dest=$3 lib
+  mkdir -p "$root$(dirname "$dest")"
+  cp -L "$file" "$root$dest"
+  for lib in $(ldd "$file" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'); do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
-  cp /bin/busybox "$root/bin/busybox"
-  for a in sh stat mount cat ls; do ln -s busybox "$root/bin/$a"; done
+}
+
+# The agent: the meshpath binary and what the DaemonSet runs besides it, Debian's sh (dash),
+# coreutils' stat and util-linux's mount, each with the libraries it links, as in the Dockerfile's
+# debian:bookworm-slim base. Not busybox: the init container tests `stat -f -c %T /sys/fs/bpf`
+# for "bpf_fs", which busybox's stat prints as "UNKNOWN", so it would mount a second bpffs over
+# the host's and hide every pin below it.
+build_agent() {
+  local bin=${MESHPATH_AGENT_BIN:-$REPO/target/debug/meshpath}
+  [ -x "$bin" ] || die "$bin missing: cargo xtask build-ebpf && cargo build -p meshpath"
+  local root=$CACHE/agent.rootfs
+  rm -rf "$root" && mkdir -p "$root/tmp"
+  copy_with_libs "$root" "$bin" /usr/local/bin/meshpath
+  copy_with_libs "$root" /bin/dash /bin/sh
+  copy_with_libs "$root" /usr/bin/stat /usr/bin/stat
+  copy_with_libs "$root" /bin/mount /bin/mount
   oci_archive agent "$AGENT_IMAGE" "$root" /usr/local/bin/meshpath
   rm -rf "$root"
 }

@@ -67,6 +67,8 @@ up() {
   NODE_NAME=mpn-$ID
   APISERVER_PORT=$(free_port)
   PIN_DIR=/sys/fs/bpf/mpn-$ID
+  RUN_CONTAINERD_OURS=0
+  [ -d /run/containerd ] || RUN_CONTAINERD_OURS=1
   write_state
   pki "$DIR/pki"
 
@@ -122,13 +124,16 @@ down_all() {
   load_state || return 0
   stop kubelet
   # The CRI plugin's containers, then the shims: a shim outlives containerd by design.
+  local ids=""
   if alive containerd; then
     local t
+    ids=$(ctr -n k8s.io containers ls -q 2>/dev/null || true)
     for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
     sleep_until 10 no_running_tasks || true
   fi
   stop containerd
   kill_shims
+  remove_shim_sockets $ids
   stop kube-scheduler
   stop kube-apiserver
   stop kube-controller-manager
@@ -137,7 +142,7 @@ down_all() {
   remove_cgroups
   [ -n "${BRIDGE:-}" ] && ip link del "$BRIDGE" 2>/dev/null || true
   [ -n "${PIN_DIR:-}" ] && rm -rf "$PIN_DIR"
-  [ -e "$DIR/bpffs-made-shared" ] && mount --make-private /sys/fs/bpf
+  restore_bpffs
   rm -rf "$DIR"
   log "down: $DIR removed"
 }
@@ -151,6 +156,8 @@ deploy() {
   bash scripts/node-images.sh import-agent "$DIR"
   # Bidirectional and HostToContainer propagation need the host path on a shared mount, as
   # systemd machines mount everything; made so only while the node is up.
+  # The mounts at /sys/fs/bpf now: `down` removes any stacked on them later (see restore_bpffs).
+  [ -f "$DIR/bpffs-mounts" ] || awk '$5 == "/sys/fs/bpf" {print $1}' /proc/self/mountinfo >"$DIR/bpffs-mounts"
   if ! awk '$5 == "/sys/fs/bpf"' /proc/self/mountinfo | grep -q 'shared:'; then
     mount --make-shared /sys/fs/bpf
     touch "$DIR/bpffs-made-shared"
@@ -167,6 +174,20 @@ deploy() {
     fi
   done
   kc -n meshpath-system rollout status ds/meshpath --timeout=180s
+}
+
+# A bpffs mounted over the host's while the node was up (the init container mounts one when its
+# check misjudges the host's) hides every other user's pins: unmount each one found on top of the
+# mounts recorded at deploy, then make the host's private again if deploy made it shared.
+restore_bpffs() {
+  [ -f "$DIR/bpffs-mounts" ] || return 0
+  local top
+  while top=$(awk '$5 == "/sys/fs/bpf" {print $1}' /proc/self/mountinfo | tail -n1) &&
+    [ -n "$top" ] && ! grep -qx "$top" "$DIR/bpffs-mounts"; do
+    log "unmounting a bpffs stacked on /sys/fs/bpf while the node was up (mount id $top)"
+    umount /sys/fs/bpf || break
+  done
+  if [ -e "$DIR/bpffs-made-shared" ]; then mount --make-private /sys/fs/bpf; fi
 }
 
 no_running_tasks() { ! ctr -n k8s.io tasks ls 2>/dev/null | grep -q RUNNING; }

@@ -6,6 +6,7 @@ SERVICE_CIDR=10.96.0.0/16
 PAUSE_IMAGE=meshpath.local/pause:1
 
 # As the harness starts it (tests/harness/kube/components.rs): loopback only, token auth, RBAC.
+# The node's name resolves nowhere, so the apiserver reaches the kubelet (exec, logs) at its IP.
 start_apiserver() {
   local p=$DIR/pki
   spawn kube-apiserver "$KUBE_BINS/kube-apiserver" --etcd-servers="http://127.0.0.1:$1" \
@@ -15,9 +16,7 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$p/sa.pub" \
     --service-account-signing-key-file="$p/sa.key" --token-auth-file="$p/tokens.csv" \
     --authorization-mode=RBAC --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
-    --cert-dir="$DIR/apiserver-certs" \
-    `# The node's name resolves nowhere: reach its kubelet (exec, logs) at its IP.` \
-    --kubelet-preferred-address-types=InternalIP
+    --cert-dir="$DIR/apiserver-certs" --kubelet-preferred-address-types=InternalIP
 }
 
 start_controllers() {

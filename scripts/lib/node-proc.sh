@@ -2,7 +2,7 @@
 # the pid and start time recorded at spawn, never by name), PKI, and the teardown helpers.
 # Needs DIR, KUBE_BINS, NODE_BINS, CG2, log and die.
 
-STATE_VARS="ID NET BRIDGE NODE_IP NODE_NAME APISERVER_PORT PIN_DIR"
+STATE_VARS="ID NET BRIDGE NODE_IP NODE_NAME APISERVER_PORT PIN_DIR RUN_CONTAINERD_OURS"
 
 write_state() {
   local v
@@ -89,6 +89,19 @@ kill_shims() {
     tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $DIR/containerd/containerd.sock" || continue
     kill -KILL "${p#/proc/}" 2>/dev/null || true
   done
+}
+
+# A shim's socket is /run/containerd/s/<sha256 of "<containerd address>/<namespace>/<id>">, a
+# directory fixed at build time, not below DIR; a killed shim leaves it behind. The two directories
+# go too when `up` created them (no other containerd on the machine).
+remove_shim_sockets() {
+  local id
+  for id in "$@"; do
+    rm -f "/run/containerd/s/$(printf '%s' "$DIR/containerd/containerd.sock/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+  done
+  if [ "${RUN_CONTAINERD_OURS:-}" = 1 ]; then
+    rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+  fi
 }
 
 # Every mount below DIR (kubelet volumes, containerd snapshots and shm, netns bind mounts),

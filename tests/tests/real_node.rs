@@ -55,7 +55,11 @@ impl RealNode {
     fn kubectl(&self, args: &[&str]) -> Output {
         let bins = std::env::var_os("MESHPATH_KUBE_BIN_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("target/kube").join(meshpath_tests::kube::KUBE_VERSION));
+            .unwrap_or_else(|| {
+                repo()
+                    .join("target/kube")
+                    .join(meshpath_tests::kube::KUBE_VERSION)
+            });
         Command::new(bins.join("kubectl"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -127,7 +131,11 @@ impl RealNode {
 fn kubectl_path() -> PathBuf {
     std::env::var_os("MESHPATH_KUBE_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/kube").join(meshpath_tests::kube::KUBE_VERSION))
+        .unwrap_or_else(|| {
+            repo()
+                .join("target/kube")
+                .join(meshpath_tests::kube::KUBE_VERSION)
+        })
         .join("kubectl")
 }
 
@@ -246,7 +254,10 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     let direct = node.get(&format!("{server_ip}:8080"));
     assert_eq!(direct.as_deref(), Ok(format!("{BODY}\n").as_str()));
     let before = node.get(&url);
-    assert!(before.is_err(), "{url} answered without meshpath: {before:?}");
+    assert!(
+        before.is_err(),
+        "{url} answered without meshpath: {before:?}"
+    );
 
     let t_deploy = Instant::now();
     let deploy = node.script("node.sh", &["deploy"]);
@@ -259,13 +270,24 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     let mut last = before;
     let ok = poll(Duration::from_secs(60), || {
         last = node.get(&url);
-        last.as_ref().ok().filter(|b| b.as_str() == format!("{BODY}\n")).cloned()
+        last.as_ref()
+            .ok()
+            .filter(|b| b.as_str() == format!("{BODY}\n"))
+            .cloned()
     });
     assert!(ok.is_some(), "{url} through meshpath: {last:?}");
     let deployed = t_deploy.elapsed();
 
     // The agent inside its pod sees the Service in its pinned maps.
-    let status = node.kubectl_ok(&["exec", "-n", "meshpath-system", "ds/meshpath", "--", "meshpath", "status"]);
+    let status = node.kubectl_ok(&[
+        "exec",
+        "-n",
+        "meshpath-system",
+        "ds/meshpath",
+        "--",
+        "meshpath",
+        "status",
+    ]);
     assert!(
         status.contains(cluster_ip.trim()),
         "meshpath status does not show {cluster_ip}:\n{status}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Container images without a registry, for scripts/node.sh: each image's root filesystem is put
-# together from files of this machine (a pause binary compiled here, Debian's busybox-static, the
-# meshpath agent built from this tree with Debian's sh, stat and mount), written as an OCI image layout with umoci, and imported
+# together from files of this machine (a pause binary compiled here, Debian's busybox-static) or,
+# for the agent, from Debian's packages (debootstrap) and the agent built from this tree, written as an OCI image layout with umoci, and imported
 # into the node's containerd (`ctr -n k8s.io images import`). Pods use them with
 # imagePullPolicy: Never or IfNotPresent.
 #
@@ -95,17 +95,64 @@ copy_with_libs() {
   done
 }
 
-# The agent: the meshpath binary and what the DaemonSet runs besides it, Debian's sh (dash),
-# coreutils' stat and util-linux's mount, each with the libraries it links, as in the Dockerfile's
-# debian:bookworm-slim base. Not busybox: the init container tests `stat -f -c %T /sys/fs/bpf`
-# for "bpf_fs", which busybox's stat prints as "UNKNOWN", so it would mount a second bpffs over
-# the host's and hide every pin below it.
+# The Dockerfile's final stage without Docker: its base, debian:bookworm-slim, cannot be pulled,
+# so a bookworm minbase made by debootstrap from Debian's packages (the machine's own apt source)
+# stands in for it, as one cached layer; the agent binary of this tree is a second layer, with the
+# Dockerfile's ENTRYPOINT and CMD. The Dockerfile's build stage is the host's build
+# (scripts/setup.sh installs the same Debian toolchain).
+build_base() {
+  [ -f "$CACHE/bookworm.layout/index.json" ] && return 0
+  local mirror root=$CACHE/bookworm.rootfs
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null ||
+    awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
+  [ -n "$mirror" ] || die "no Debian apt source found for debootstrap"
+  command -v debootstrap >/dev/null || die "debootstrap missing (apt-get install debootstrap)"
+  if [ ! -e "$root.done" ]; then
+    log "debootstrap --variant=minbase bookworm (once; a few minutes)"
+    rm -rf "$root"
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >"$CACHE/debootstrap.log" 2>&1 ||
+      die "debootstrap failed (log: $CACHE/debootstrap.log)"
+    touch "$root.done"
+  fi
+  # What the slim image also leaves out: package caches and lists.
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*
+  rm -rf "$CACHE/bookworm.layout.tmp"
+  umoci init --layout "$CACHE/bookworm.layout.tmp"
+  umoci new --image "$CACHE/bookworm.layout.tmp:base"
+  umoci insert --image "$CACHE/bookworm.layout.tmp:base" "$root" /
+  umoci gc --layout "$CACHE/bookworm.layout.tmp"
+  mv "$CACHE/bookworm.layout.tmp" "$CACHE/bookworm.layout"
+  rm -rf "$root" "$root.done"
+}
+
 build_agent() {
   local bin=${MESHPATH_AGENT_BIN:-$REPO/target/debug/meshpath}
   [ -x "$bin" ] || die "$bin missing: cargo xtask build-ebpf && cargo build -p meshpath"
+  if [ "${MESHPATH_NODE_AGENT_BASE:-debootstrap}" = host ]; then
+    build_agent_from_host "$bin"
+    return
+  fi
+  build_base
+  local layout=$CACHE/agent.layout tag=${AGENT_IMAGE##*:}
+  rm -rf "$layout" && cp -a "$CACHE/bookworm.layout" "$layout"
+  umoci insert --image "$layout:base" --tag "$tag" "$bin" /usr/local/bin/meshpath
+  umoci config --image "$layout:$tag" --os linux --architecture amd64 \
+    --config.entrypoint /usr/local/bin/meshpath --config.cmd=--help
+  umoci rm --image "$layout:base"
+  umoci gc --layout "$layout"
+  tar -C "$layout" -cf "$CACHE/agent.tar.tmp" .
+  mv "$CACHE/agent.tar.tmp" "$CACHE/agent.tar"
+  rm -rf "$layout"
+}
+
+# MESHPATH_NODE_AGENT_BASE=host: no debootstrap; the agent binary, Debian's sh (dash), coreutils'
+# stat and util-linux's mount from this machine, each with the libraries it links. Not busybox:
+# the init container tests `stat -f -c %T /sys/fs/bpf` for "bpf_fs", which busybox's stat prints
+# as "UNKNOWN", so it would mount a second bpffs over the host's and hide every pin below it.
+build_agent_from_host() {
   local root=$CACHE/agent.rootfs
   rm -rf "$root" && mkdir -p "$root/tmp"
-  copy_with_libs "$root" "$bin" /usr/local/bin/meshpath
+  copy_with_libs "$root" "$1" /usr/local/bin/meshpath
   copy_with_libs "$root" /bin/dash /bin/sh
   copy_with_libs "$root" /usr/bin/stat /usr/bin/stat
   copy_with_libs "$root" /bin/mount /bin/mount

@@ -122,7 +122,9 @@ node_ready() {
 # also cleans up after an `up` that failed halfway or a machine that lost its processes.
 down_all() {
   load_state || return 0
+  local t0=$SECONDS
   stop kubelet
+  step "kubelet stopped"
   # The CRI plugin's containers, then the shims: a shim outlives containerd by design.
   local ids=""
   if alive containerd; then
@@ -131,20 +133,24 @@ down_all() {
     for t in $(ctr -n k8s.io tasks ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
     sleep_until 10 no_running_tasks || true
   fi
+  step "containers killed"
   stop containerd
   kill_shims
   remove_shim_sockets $ids
-  stop kube-scheduler
-  stop kube-apiserver
-  stop kube-controller-manager
+  step "containerd and shims stopped"
+  # The apiserver before etcd: with etcd gone its shutdown hangs retrying it.
+  stop kube-scheduler kube-controller-manager kube-apiserver
   stop etcd
+  step "control plane stopped"
   unmount_under "$DIR"
   remove_cgroups
+  step "mounts and cgroups removed"
   [ -n "${BRIDGE:-}" ] && ip link del "$BRIDGE" 2>/dev/null || true
   [ -n "${PIN_DIR:-}" ] && rm -rf "$PIN_DIR"
   restore_bpffs
+  step "bridge and pins removed"
   rm -rf "$DIR"
-  log "down: $DIR removed"
+  log "down in $((SECONDS - t0)) s: $DIR removed"
 }
 
 # The agent's DaemonSet from deploy/, as a user applies it, with what this machine needs changed:
@@ -189,6 +195,8 @@ restore_bpffs() {
   done
   if [ -e "$DIR/bpffs-made-shared" ]; then mount --make-private /sys/fs/bpf; fi
 }
+
+step() { log "down: $1 ($((SECONDS - t0)) s)"; }
 
 no_running_tasks() { ! ctr -n k8s.io tasks ls 2>/dev/null | grep -q RUNNING; }
 

@@ -45,14 +45,29 @@ alive() {
   [ -n "$pid" ] && [ "$(start_time "$pid")" = "$st" ]
 }
 
-# stop NAME: SIGTERM, up to 20 s to exit, then SIGKILL.
+# stop NAME...: SIGTERM to each at once, up to 20 s for all to exit, then SIGKILL to the rest.
 stop() {
-  alive "$1" || return 0
-  local pid
-  read -r pid _ <"$DIR/pids/$1"
-  kill -TERM "$pid" 2>/dev/null || true
-  sleep_until 20 eval "! alive $1" || { log "$1 ignored SIGTERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-  sleep_until 5 eval "! alive $1" || true
+  local n pid left=()
+  for n in "$@"; do
+    alive "$n" || continue
+    read -r pid _ <"$DIR/pids/$n"
+    kill -TERM "$pid" 2>/dev/null || true
+    left+=("$n")
+  done
+  [ "${#left[@]}" -gt 0 ] || return 0
+  sleep_until 20 none_alive "${left[@]}" && return 0
+  for n in "${left[@]}"; do
+    alive "$n" || continue
+    log "$n ignored SIGTERM; killing it"
+    read -r pid _ <"$DIR/pids/$n"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  sleep_until 5 none_alive "${left[@]}" || true
+}
+
+none_alive() {
+  local n
+  for n in "$@"; do ! alive "$n" || return 1; done
 }
 
 # sleep_until SECONDS CMD...: polls CMD every 0.2 s until it succeeds or time runs out.

@@ -154,7 +154,9 @@ impl Drop for RealNode {
                 }
             }
         }
+        let t0 = Instant::now();
         let out = self.script("node.sh", &["down"]);
+        eprintln!("real node: down in {:?}", t0.elapsed());
         if !out.status.success() || self.dir.exists() {
             eprintln!(
                 "meshpath-tests: node.sh down: {}\n{}",

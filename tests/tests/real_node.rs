@@ -2,7 +2,9 @@
 //! real kubelet whose pods are containers on a CNI bridge; two pods and a Service are applied with
 //! kubectl, and the client pod's request to the Service's ClusterIP must fail before the agent's
 //! DaemonSet is deployed (this node has no kube-proxy: nothing else translates ClusterIPs) and
-//! succeed once `kubectl apply -f deploy/` has made it Ready.
+//! succeed once `kubectl apply -f deploy/` has made it Ready; a VirtualService applied with kubectl
+//! then routes the Service's requests through the node's L7 proxy to another Service, and
+//! deleting it brings the kernel path back.
 //!
 //! Out of the default suite: a cold run builds kubelet, kube-scheduler, containerd and runc
 //! (many minutes on two cores). `MESHPATH_REAL_NODE=1 cargo xtask test real_node` runs it; it is
@@ -16,6 +18,18 @@ use std::time::{Duration, Instant};
 use meshpath_tests::{poll, skip_line, skip_unless, RunId, AGENT};
 
 const BODY: &str = "served by a real pod";
+
+/// All of `server`'s HTTP traffic to `server2`: the node's L7 proxy must route it.
+const VIRTUAL_SERVICE: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: server}
+spec:
+  hosts: [server]
+  http:
+  - route:
+    - destination: {host: server2}
+";
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -107,16 +121,22 @@ impl RealNode {
         );
     }
 
-    /// An HTTP/1.0 GET of `/` at `addr` from the client pod, with busybox's `nc` through
-    /// `kubectl exec` (the kubelet's and containerd's streaming): the response body, or the error.
-    /// (Debian's busybox-static `wget` segfaults, on the host too.)
+    /// An HTTP/1.0 GET of `/` at `addr` (Host: server) from the client pod, with busybox's `nc`
+    /// through `kubectl exec` (the kubelet's and containerd's streaming): the response body, or
+    /// the error. (Debian's busybox-static `wget` segfaults, on the host too.) The request's
+    /// write side stays open a second: nc half-closes at the end of its input, and the L7 proxy
+    /// closes a half-closed connection without answering.
     fn get(&self, addr: &str) -> Result<String, String> {
         let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}");
+        let script = format!(
+            "(printf 'GET / HTTP/1.0\\r\\nHost: server\\r\\n\\r\\n'; sleep 1) | nc -w 3 {host} {port}"
+        );
         let out = self.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
         let response = String::from_utf8_lossy(&out.stdout).into_owned();
         match response.split_once("\r\n\r\n") {
-            Some((head, body)) if out.status.success() && head.starts_with("HTTP/1.1 200") => {
+            Some((head, body))
+                if out.status.success() && head.split_whitespace().nth(1) == Some("200") =>
+            {
                 Ok(body.to_owned())
             }
             _ => Err(format!(
@@ -190,6 +210,25 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: server2, labels: {app: server2}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: meshpath.local/busybox:1
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, 'echo server2 > /www/index.html && exec httpd -f -p 8080 -h /www']
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server2}
+spec:
+  selector: {app: server2}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: client}
 spec:
   terminationGracePeriodSeconds: 1
@@ -243,11 +282,12 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
         "wait",
         "--for=condition=Ready",
         "pod/server",
+        "pod/server2",
         "pod/client",
         "--timeout=120s",
     ]);
     let ips = node.kubectl_ok(&["get", "pods", "-o", "jsonpath={.items[*].status.podIP}"]);
-    assert_eq!(ips.split_whitespace().count(), 2, "pod IPs: {ips:?}");
+    assert_eq!(ips.split_whitespace().count(), 3, "pod IPs: {ips:?}");
     let cluster_ip = node.kubectl_ok(&["get", "svc", "server", "-o", "jsonpath={.spec.clusterIP}"]);
     let url = format!("{cluster_ip}:80");
 
@@ -280,6 +320,26 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     assert!(ok.is_some(), "{url} through meshpath: {last:?}");
     let deployed = t_deploy.elapsed();
 
+    // A VirtualService applied with kubectl sends the Service's requests through the node's
+    // proxy to server2; deleting it brings the kernel path back.
+    let t_vs = Instant::now();
+    node.apply(VIRTUAL_SERVICE);
+    let routed = poll(Duration::from_secs(60), || {
+        last = node.get(&url);
+        (last.as_deref() == Ok("server2\n")).then_some(())
+    });
+    assert!(routed.is_some(), "{url} after the VirtualService: {last:?}");
+    node.kubectl_ok(&["delete", "virtualservice", "server"]);
+    let back = poll(Duration::from_secs(60), || {
+        last = node.get(&url);
+        (last.as_deref() == Ok(format!("{BODY}\n").as_str())).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "{url} after deleting the VirtualService: {last:?}"
+    );
+    let routing = t_vs.elapsed();
+
     // The agent inside its pod sees the Service in its pinned maps.
     let status = node.kubectl_ok(&[
         "exec",
@@ -296,7 +356,7 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     );
     eprintln!(
         "real node: tools {tools:?}, node up {node_up:?}, DaemonSet deploy until the Service \
-         answers {deployed:?}, total {:?}",
+         answers {deployed:?}, VirtualService applied and deleted {routing:?}, total {:?}",
         t0.elapsed()
     );
 }

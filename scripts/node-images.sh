@@ -165,7 +165,11 @@ import() {
   local ctr=("$NODE_BINS/ctr" --address "$1/containerd/containerd.sock" -n k8s.io)
   # The layout names only the tag; --base-name supplies the repository.
   "${ctr[@]}" images import --base-name "${3%:*}" "$CACHE/$2.tar" >/dev/null
-  "${ctr[@]}" images ls -q | grep -qx "$3" || die "$3 not in containerd after importing $CACHE/$2.tar"
+  # Captured before grep reads it: with pipefail, grep -q exiting at the first match makes a
+  # still-writing ctr fail with SIGPIPE.
+  local names
+  names=$("${ctr[@]}" images ls -q)
+  grep -qx "$3" <<<"$names" || die "$3 not in containerd after importing $CACHE/$2.tar"
   log "imported $3"
 }
 

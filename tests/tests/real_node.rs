@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use meshpath_tests::{poll, skip_line, skip_unless, RunId, AGENT};
+use meshpath_tests::{cgroup2_root, poll, skip_line, skip_unless, RunId, AGENT};
 
 const BODY: &str = "served by a real pod";
 
@@ -64,6 +64,15 @@ impl RealNode {
             cmd.env("MESHPATH_AGENT_BIN", bin);
         }
         cmd.output().expect("running bash")
+    }
+
+    /// A variable of the node's state file (scripts/lib/node-proc.sh writes `NAME=value`).
+    fn state(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join("state")).expect("node state file");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from the node's state"))
+            .to_owned()
     }
 
     fn kubectl(&self, args: &[&str]) -> Output {
@@ -161,6 +170,10 @@ fn kubectl_path() -> PathBuf {
 
 impl Drop for RealNode {
     fn drop(&mut self) {
+        // The test's own `down` has run.
+        if !self.dir.exists() {
+            return;
+        }
         if std::thread::panicking() {
             let st = self.script("node.sh", &["status"]);
             eprintln!("{}", String::from_utf8_lossy(&st.stdout));
@@ -359,4 +372,22 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
          answers {deployed:?}, VirtualService applied and deleted {routing:?}, total {:?}",
         t0.elapsed()
     );
+
+    // Teardown leaves nothing of the node: processes' cgroups, the agent's pins, the bridge.
+    let (pin_dir, bridge) = (node.state("PIN_DIR"), node.state("BRIDGE"));
+    let kubepods = cgroup2_root().expect("cgroup v2").join("kubepods");
+    assert!(kubepods.is_dir() && Path::new(&pin_dir).is_dir());
+    let t_down = Instant::now();
+    let down = node.script("node.sh", &["down"]);
+    assert!(
+        down.status.success(),
+        "node.sh down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    eprintln!("real node: down in {:?}", t_down.elapsed());
+    assert!(!kubepods.exists(), "{} left", kubepods.display());
+    assert!(!Path::new(&pin_dir).exists(), "{pin_dir} left");
+    assert!(!node.dir.exists(), "{} left", node.dir.display());
+    let link = Command::new("ip").args(["link", "show", &bridge]).output();
+    assert!(!link.expect("ip").status.success(), "bridge {bridge} left");
 }

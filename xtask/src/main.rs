@@ -8,6 +8,7 @@ mod bench;
 mod bench_kube;
 mod build_ebpf;
 mod demo;
+mod node;
 mod paths;
 mod soak;
 mod test;
@@ -57,6 +58,9 @@ enum Command {
     /// Istio objects are edited and the agent restarts every two minutes; failed requests by kind,
     /// agent RSS and fds over time, BPF map entries, in bench-results/soak-latest.md (root).
     Soak(soak::SoakArgs),
+    /// One real Kubernetes node on this machine (kubelet, containerd, runc, CNI; scripts/node.sh)
+    /// and meshpath's DaemonSet on it: up, deploy, status, down, or its test (root).
+    Node(node::NodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,5 +76,6 @@ fn main() -> anyhow::Result<()> {
         Command::BenchKube(args) => bench_kube::run(args),
         Command::VmTest(args) => vm::run(&args),
         Command::Soak(args) => soak::run(args),
+        Command::Node(args) => node::run(args),
     }
 }

@@ -100,6 +100,9 @@ fn builder() -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        // A client may shut down its write side once its request is sent (`nc -N`, some
+        // health checkers): answer it, as nginx and Envoy do, instead of closing at the EOF.
+        .half_close(true)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     builder

@@ -312,3 +312,24 @@ async fn websocket_upgrades_are_tunnelled() {
     c.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ping");
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = backend("b").await;
+    let h = start(config(
+        vec![],
+        vec![(key("svc"), cluster(&[b.addr], RoundRobin))],
+    ))
+    .await;
+    let mut c = TcpStream::connect(h.addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    c.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(b.count(), 1);
+}

@@ -25,6 +25,7 @@ pub enum ParsedObject {
     EndpointSlice(EndpointSlice),
     Pod(Pod),
     Namespace(Namespace),
+    Node(meshpath_model::Node),
     VirtualService(istio::VirtualService),
     DestinationRule(istio::DestinationRule),
 }
@@ -39,6 +40,7 @@ impl ParsedObject {
             }
             ParsedObject::Pod(p) => ObjectKey::new(ObjectKind::Pod, p.id.clone()),
             ParsedObject::Namespace(n) => ObjectKey::new(ObjectKind::Namespace, n.id.clone()),
+            ParsedObject::Node(n) => ObjectKey::new(ObjectKind::Node, n.id.clone()),
             ParsedObject::VirtualService(v) => {
                 ObjectKey::new(ObjectKind::VirtualService, v.id.clone())
             }
@@ -205,6 +207,13 @@ impl Parser<'_> {
                     self.converted(line, &key, result, ParsedObject::Namespace);
                 }
             }
+            ("v1", "Node") => {
+                let key = object_key(ObjectKind::Node, &value);
+                if let Some(node) = self.decode::<core::Node>(line, &key, value) {
+                    let result = convert::node(&node).map(Converted::Accepted);
+                    self.converted(line, &key, result, ParsedObject::Node);
+                }
+            }
             (v, "VirtualService") if istio::is_supported_api_version(v) => {
                 let key = object_key(ObjectKind::VirtualService, &value);
                 let result = istio::virtual_service(value);
@@ -230,13 +239,14 @@ impl Parser<'_> {
                     self.document(line, item, false);
                 }
             }
-            (_, "Service" | "EndpointSlice" | "Pod" | "Namespace") => self.unsupported_api_version(
-                line,
-                &value,
-                api_version,
-                &kind,
-                "v1, or discovery.k8s.io/v1 for EndpointSlice",
-            ),
+            (_, "Service" | "EndpointSlice" | "Pod" | "Namespace" | "Node") => self
+                .unsupported_api_version(
+                    line,
+                    &value,
+                    api_version,
+                    &kind,
+                    "v1, or discovery.k8s.io/v1 for EndpointSlice",
+                ),
             (v, "VirtualService" | "DestinationRule") if v.starts_with(istio::GROUP) => self
                 .unsupported_api_version(
                     line,

@@ -40,7 +40,7 @@ fn model(dr: &str, vs: &str) -> ClusterModel {
                 ParsedObject::Node(n) => drop(m.nodes.insert(n.id.clone(), n)),
                 ParsedObject::VirtualService(v) => drop(m.virtual_services.insert(v.id.clone(), v)),
                 ParsedObject::DestinationRule(d) => {
-                    drop(m.destination_rules.insert(d.id.clone(), d))
+                    drop(m.destination_rules.insert(d.id.clone(), *d))
                 }
             }
         }

@@ -202,7 +202,7 @@ impl Aggregate {
             ParsedObject::Namespace(n) => replace(&mut m.namespaces, n.id.clone(), n),
             ParsedObject::Node(n) => replace(&mut m.nodes, n.id.clone(), n),
             ParsedObject::VirtualService(v) => replace(&mut m.virtual_services, v.id.clone(), v),
-            ParsedObject::DestinationRule(d) => replace(&mut m.destination_rules, d.id.clone(), d),
+            ParsedObject::DestinationRule(d) => replace(&mut m.destination_rules, d.id.clone(), *d),
         };
         self.dirty |= changed;
     }

@@ -102,7 +102,7 @@ pub fn istio_object(kind: ObjectKind, object: &DynamicObject) -> Item {
         }),
         _ => istio_result(&key, istio::destination_rule(value), |mut d| {
             d.origin = Some(ORIGIN.to_owned());
-            ParsedObject::DestinationRule(d)
+            ParsedObject::DestinationRule(Box::new(d))
         }),
     };
     Item { id, result }

@@ -27,7 +27,8 @@ pub enum ParsedObject {
     Namespace(Namespace),
     Node(meshpath_model::Node),
     VirtualService(istio::VirtualService),
-    DestinationRule(istio::DestinationRule),
+    /// Boxed: much larger than the other kinds.
+    DestinationRule(Box<istio::DestinationRule>),
 }
 
 impl ParsedObject {
@@ -227,7 +228,7 @@ impl Parser<'_> {
                 let result = istio::destination_rule(value);
                 self.istio(line, &key, result, |mut dr, origin| {
                     dr.origin = Some(origin);
-                    ParsedObject::DestinationRule(dr)
+                    ParsedObject::DestinationRule(Box::new(dr))
                 });
             }
             ("v1", "List") if lists_allowed => {

@@ -223,7 +223,7 @@ fn build(
                     model.virtual_services.insert(v.id.clone(), v);
                 }
                 ParsedObject::DestinationRule(d) => {
-                    model.destination_rules.insert(d.id.clone(), d);
+                    model.destination_rules.insert(d.id.clone(), *d);
                 }
             }
         }

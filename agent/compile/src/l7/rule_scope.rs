@@ -85,6 +85,17 @@ impl<'a> Scopes<'a> {
                     "clients of this namespace see another DestinationRule");
                 views.insert((*ns).to_owned(), view);
             }
+            // A rule no client sees (Istio would merge it with another of its namespace).
+            for c in &candidates {
+                let seen = default.is_some_and(|d| d.id == c.rule.id)
+                    || views
+                        .values()
+                        .any(|v| v == &RuleView::Rule(c.rule.id.clone()));
+                if !seen {
+                    tracing::warn!(service = %service, destination_rule = %c.rule.id,
+                        "another DestinationRule applies to this service first for every client; this one is ignored for it");
+                }
+            }
             if !views.is_empty() {
                 out.views.insert(service.clone(), views);
             }

@@ -327,6 +327,7 @@ mod tests {
             service: meshpath_model::ObjectRef::new("default", "web"),
             port: 8080,
             subset: Some("v1".into()),
+            view: None,
         };
         let cfg = L7Config {
             clusters: [(

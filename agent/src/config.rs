@@ -505,6 +505,7 @@ impl From<&AgentArgs> for AgentConfig {
                     PolicyArg::RoundRobin => LbPolicy::RoundRobin,
                 },
                 service_cidr: a.service_cidr,
+                node_name: a.node_name.clone(),
             },
         }
     }

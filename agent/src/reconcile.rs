@@ -133,7 +133,9 @@ impl Reconciler {
         }
         let rules = lb::rule_policies(model, &next);
         lb::apply_rules(&mut next, &rules);
-        let (l7, l7_errors) = compile_l7(model, &next, &self.l7);
+        let (mut l7, l7_errors) = compile_l7(model, &next, &self.l7);
+        l7.config.locality =
+            meshpath_compile::l7::node_locality(model, self.opts.node_name.as_deref());
         let l7_at = started.elapsed();
         for e in &l7_errors {
             if e.is_warning() {

@@ -154,12 +154,14 @@ mod tests {
             service: ObjectRef::new("default", "web"),
             port: 80,
             subset: None,
+            view: None,
         };
         let endpoints = [POD_A, POD_B]
             .iter()
             .map(|ip| Endpoint {
                 addr: SocketAddr::new((*ip).into(), 8080),
                 labels: Default::default(),
+                locality: Default::default(),
             })
             .collect();
         let policy = TrafficPolicy {
@@ -200,6 +202,7 @@ mod tests {
             service: ObjectRef::new("default", "web"),
             port: 9000,
             subset: Some(name.into()),
+            view: None,
         }
     }
 

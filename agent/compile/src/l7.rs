@@ -13,9 +13,11 @@
 //!
 //! Precedence, where Istio uses creation time (which manifests do not have): the first
 //! VirtualService in namespace/name order owns a host; exact hosts before wildcards, and the
-//! most specific wildcard (longest fixed part) before the others, as Istio picks. For a
-//! Service's DestinationRule: exact host before wildcard, the Service's namespace first, the
-//! most specific wildcard first, then namespace/name order.
+//! most specific wildcard (longest fixed part) before the others, as Istio picks. A Service's
+//! DestinationRule is the one Istio's sidecar scope picks for the client's namespace
+//! (`rule_scope`: its own namespace's rules, then the Service's namespace's and the root
+//! namespace's exported to it), each step taking the most specific host, then
+//! namespace/name order.
 
 pub(crate) mod clusters;
 mod cors;
@@ -23,6 +25,7 @@ mod delegate;
 mod error;
 mod export;
 mod routes;
+mod rule_scope;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +38,7 @@ use meshpath_model::{ClusterModel, ObjectRef};
 
 use super::{Compiled, FrontendAddr};
 
+pub use clusters::node_locality;
 pub use error::L7Error;
 
 /// What one compilation of the Istio objects produces; also the last good state the next one
@@ -140,6 +144,7 @@ pub fn compile_l7(
                 service: service.clone(),
                 port: addr.port,
                 subset: None,
+                view: None,
             };
             out.config.listeners.entry(socket(addr)).or_insert_with(|| {
                 keys.insert(default_cluster.clone());
@@ -161,6 +166,7 @@ pub fn compile_l7(
                 service: service.clone(),
                 port: addr.port,
                 subset: None,
+                view: None,
             };
             out.config.listeners.entry(socket(addr)).or_insert_with(|| {
                 keys.insert(default_cluster.clone());
@@ -172,6 +178,17 @@ pub fn compile_l7(
                     export: Export::default(),
                 }
             });
+        }
+    }
+
+    // Clients that see other DestinationRules (`exportTo`, rules of their own namespace) get
+    // entries of their own in each listener's chain, with clusters that follow their rule.
+    if !ctx.scopes().is_empty() {
+        let listeners = std::mem::take(&mut out.config.listeners);
+        for (addr, routes) in listeners {
+            let routes = rule_scope::expand(routes, ctx.scopes());
+            keys.extend(routes::cluster_keys(&routes));
+            out.config.listeners.insert(addr, routes);
         }
     }
 
@@ -253,6 +270,7 @@ fn compile_vs(
                     service: service.clone(),
                     port: addr.port,
                     subset: None,
+                    view: None,
                 };
                 let routes = ServiceRoutes {
                     service: service.clone(),

@@ -161,17 +161,28 @@ pub fn steer_reasons(config: &L7Config) -> BTreeMap<FrontendAddr, ProxyPart> {
         .listeners
         .iter()
         .filter_map(|(addr, routes)| {
-            let why = if !routes.http.is_empty() {
-                ProxyPart::Routes
-            } else if config
-                .clusters
-                .get(&routes.default_cluster)
-                .is_some_and(|c| policy_needs_proxy(&c.policy))
-            {
-                ProxyPart::Policy
-            } else {
+            // Every entry of the chain (clients see different routes and rules) counts.
+            let chain = std::iter::successors(Some(routes), |r| r.export.otherwise.as_deref());
+            let mut why = ProxyPart::None;
+            for r in chain {
+                if !r.http.is_empty() {
+                    why = ProxyPart::Routes;
+                    break;
+                }
+                // Only the proxy tells clients apart; the kernel would give all the same.
+                let per_client = r.export.to.is_some();
+                if per_client
+                    || config
+                        .clusters
+                        .get(&r.default_cluster)
+                        .is_some_and(|c| policy_needs_proxy(&c.policy))
+                {
+                    why = ProxyPart::Policy;
+                }
+            }
+            if why == ProxyPart::None {
                 return None;
-            };
+            }
             match addr.ip() {
                 IpAddr::V4(ip) => Some((
                     FrontendAddr {
@@ -200,8 +211,13 @@ fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
         || pool.max_requests_per_connection.is_some()
         || pool.max_retries.is_some()
         || pool.idle_timeout.is_some();
-    // `slow_start` is only set for the balancers it applies to.
-    lb || http_pool || p.outlier_detection.is_some() || p.slow_start.is_some()
+    // `slow_start` is only set for the balancers it applies to; locality weights are drawn
+    // per request.
+    let distribute = p
+        .locality_lb
+        .as_ref()
+        .is_some_and(|l| !l.distribute.is_empty());
+    lb || http_pool || distribute || p.outlier_detection.is_some() || p.slow_start.is_some()
 }
 
 /// The `ServiceValue::policy` byte of a frontend (see `meshpath_common::policy`).

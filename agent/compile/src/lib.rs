@@ -43,6 +43,8 @@ pub struct CompileOptions {
     pub default_lb_policy: LbPolicy,
     /// Range to allocate ClusterIPs from for manifests that leave `spec.clusterIP` out.
     pub service_cidr: (Ipv4Addr, u8),
+    /// The node this agent runs on: its locality is the proxy's (`localityLbSetting`).
+    pub node_name: Option<String>,
 }
 
 impl Default for CompileOptions {
@@ -50,6 +52,7 @@ impl Default for CompileOptions {
         Self {
             default_lb_policy: LbPolicy::Random,
             service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
+            node_name: None,
         }
     }
 }

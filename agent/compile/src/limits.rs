@@ -56,11 +56,12 @@ pub enum LimitError {
 /// Istio's name for a cluster, as the proxy's stats use it: `outbound|<port>|<subset>|<host>`.
 pub fn cluster_name(key: &ClusterKey) -> String {
     format!(
-        "outbound|{}|{}|{}.{}.svc.cluster.local",
+        "outbound|{}|{}|{}.{}.svc.cluster.local{}",
         key.port,
         key.subset.as_deref().unwrap_or(""),
         key.service.name,
-        key.service.namespace
+        key.service.namespace,
+        meshpath_model::l7::RuleView::suffix(key.view.as_ref())
     )
 }
 

@@ -37,6 +37,8 @@ fn ep(ip: [u8; 4], ready: bool, terminating: bool) -> Endpoint {
             terminating,
         },
         pod_name: None,
+        zone: None,
+        node_name: None,
     }
 }
 

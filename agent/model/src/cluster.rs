@@ -140,6 +140,10 @@ pub struct Endpoint {
     pub conditions: EndpointConditions,
     /// `targetRef.name` when it refers to a Pod.
     pub pod_name: Option<String>,
+    /// `zone`: the zone of the endpoint's node, as the EndpointSlice controller copied it.
+    pub zone: Option<String>,
+    /// `nodeName`: the node it runs on, for the node's locality.
+    pub node_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +215,8 @@ pub struct ClusterModel {
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub namespaces: BTreeMap<ObjectRef, Namespace>,
+    /// Nodes, for their locality (keyed like other cluster-scoped objects).
+    pub nodes: BTreeMap<ObjectRef, crate::Node>,
     /// Istio objects, validated on their own; their hosts are resolved by `compile::l7`.
     pub virtual_services: BTreeMap<ObjectRef, crate::istio::VirtualService>,
     pub destination_rules: BTreeMap<ObjectRef, crate::istio::DestinationRule>,

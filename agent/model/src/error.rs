@@ -14,6 +14,7 @@ pub enum ObjectKind {
     EndpointSlice,
     Pod,
     Namespace,
+    Node,
     VirtualService,
     DestinationRule,
 }
@@ -25,6 +26,7 @@ impl ObjectKind {
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::Pod => "Pod",
             ObjectKind::Namespace => "Namespace",
+            ObjectKind::Node => "Node",
             ObjectKind::VirtualService => "VirtualService",
             ObjectKind::DestinationRule => "DestinationRule",
         }

@@ -14,9 +14,11 @@ use crate::ObjectRef;
 
 mod cors;
 mod export;
+mod locality;
 
 pub use cors::CorsPolicy;
-pub use export::Export;
+pub use export::{Export, RuleView};
+pub use locality::{LocalityDistribute, LocalityLb};
 
 /// Everything the proxy needs, swapped atomically on every change (`Arc<L7Config>`).
 #[derive(Clone, Debug, Default)]
@@ -26,6 +28,9 @@ pub struct L7Config {
     pub listeners: BTreeMap<SocketAddr, ServiceRoutes>,
     /// Endpoints of every (service, port) a route can send to, with pod labels for subsets.
     pub clusters: BTreeMap<ClusterKey, Cluster>,
+    /// The locality of the node the proxy runs on (`localityLbSetting` ranks endpoints by
+    /// their distance to it); empty when unknown.
+    pub locality: crate::Locality,
 }
 
 /// A service port the proxy serves: the VirtualService routes that apply to it.
@@ -51,6 +56,22 @@ pub struct ClusterKey {
     pub service: ObjectRef,
     pub port: u16,
     pub subset: Option<String>,
+    /// The DestinationRule the cluster follows when some clients see another one than the
+    /// rest (`exportTo`, rules in the client's namespace); `None`: the one clients without a
+    /// rule of their own see.
+    pub view: Option<RuleView>,
+}
+
+impl ClusterKey {
+    /// The cluster every client sees (no DestinationRule view of its own).
+    pub fn new(service: ObjectRef, port: u16, subset: Option<String>) -> Self {
+        ClusterKey {
+            service,
+            port,
+            subset,
+            view: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +85,8 @@ pub struct Cluster {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub labels: BTreeMap<String, String>,
+    /// Where it runs (its node's locality); empty when unknown.
+    pub locality: crate::Locality,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -231,6 +254,9 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// `loadBalancer.warmup`: Envoy's slow start for round robin and least request.
     pub slow_start: Option<SlowStart>,
+    /// `loadBalancer.localityLbSetting` (Istio's default when not written: enabled, no
+    /// settings); `None` when disabled.
+    pub locality_lb: Option<LocalityLb>,
 }
 
 /// Envoy's slow start: an endpoint that joins a cluster gets weight

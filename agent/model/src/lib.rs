@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod error;
 pub mod istio;
 pub mod l7;
+pub mod locality;
 
 pub use cluster::{
     ClusterModel, ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
@@ -22,3 +23,4 @@ pub use cluster::{
     SessionAffinity, SliceIndex, TargetPort,
 };
 pub use error::{ConvertError, Invalid, ObjectKey, ObjectKind};
+pub use locality::{Locality, Node};

@@ -268,11 +268,12 @@ impl Drop for CxGuard {
 /// Istio's name for a cluster: `outbound|<port>|<subset>|<host>`.
 pub(crate) fn envoy_cluster_name(key: &ClusterKey) -> String {
     format!(
-        "outbound|{}|{}|{}.{}.svc.cluster.local",
+        "outbound|{}|{}|{}.{}.svc.cluster.local{}",
         key.port,
         key.subset.as_deref().unwrap_or(""),
         key.service.name,
-        key.service.namespace
+        key.service.namespace,
+        meshpath_model::l7::RuleView::suffix(key.view.as_ref())
     )
 }
 

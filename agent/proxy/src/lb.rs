@@ -2,9 +2,10 @@
 //!
 //! Retries avoid the endpoints already tried (Istio's `previous_hosts` predicate, up to
 //! `HOST_SELECTION_ATTEMPTS` picks) except under consistent hashing, where Istio keeps the key's
-//! endpoint. Endpoints ejected by `outlierDetection` are skipped by every policy
-//! (`pick_healthy`). Round robin and least request draw by slow-start weight while an
-//! endpoint warms (`warmup.rs`).
+//! endpoint. Endpoints ejected by `outlierDetection` are skipped by every policy, and
+//! `localityLbSetting` narrows the endpoints to a priority level or locality first
+//! (`locality.rs`); both go through `pick_among`. Round robin and least request draw by
+//! slow-start weight while an endpoint warms (`warmup.rs`), on every path.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,12 +55,19 @@ pub(crate) fn pick(cluster: &ClusterRt, hash: Option<u64>, tried: &[usize]) -> O
     if n == 0 {
         return None;
     }
+    let addrs = || cluster.endpoints.iter().map(|e| e.addr);
+    if let Some(locality) = &cluster.locality {
+        let ejected = cluster.outlier.as_ref().and_then(|o| o.ejected(addrs()));
+        let allowed = locality.allowed(ejected.as_deref(), n)?;
+        return pick_among(cluster, hash, tried, &allowed);
+    }
     let ejected = cluster
         .outlier
         .as_ref()
-        .and_then(|o| o.ejected_mask(cluster.endpoints.iter().map(|e| e.addr)));
+        .and_then(|o| o.ejected_mask(addrs()));
     if let Some(mask) = ejected {
-        return pick_healthy(cluster, hash, tried, &mask);
+        let healthy: Vec<bool> = mask.iter().map(|e| !e).collect();
+        return pick_among(cluster, hash, tried, &healthy);
     }
     if n == 1 {
         return (!matches!(cluster.lb, LbState::Passthrough)).then_some(0);
@@ -94,18 +102,19 @@ pub(crate) fn pick(cluster: &ClusterRt, hash: Option<u64>, tried: &[usize]) -> O
     }
 }
 
-/// [`pick`] when `outlierDetection` ejected some endpoints: the same policies over the others
-/// (preferring those not tried yet). A hash that lands on an ejected endpoint moves to the next
-/// endpoint in list order, so keys of healthy endpoints keep theirs. `None` when all are
-/// ejected (Envoy: "no healthy upstream").
-fn pick_healthy(
+/// [`pick`] over the `allowed` endpoints only (not ejected by `outlierDetection`, in the
+/// locality level drawn): the same policies, preferring those not tried yet, slow start
+/// included. A hash that lands outside moves to the next allowed endpoint in list order, so
+/// keys of allowed endpoints keep theirs. `None` when none is allowed (Envoy: "no healthy
+/// upstream").
+fn pick_among(
     cluster: &ClusterRt,
     hash: Option<u64>,
     tried: &[usize],
-    ejected: &[bool],
+    allowed: &[bool],
 ) -> Option<usize> {
-    let n = ejected.len();
-    let healthy: Vec<usize> = (0..n).filter(|i| !ejected[*i]).collect();
+    let n = allowed.len();
+    let healthy: Vec<usize> = (0..n).filter(|i| allowed[*i]).collect();
     let fresh: Vec<usize> = healthy
         .iter()
         .copied()
@@ -118,8 +127,15 @@ fn pick_healthy(
     let load = |i: usize| cluster.endpoints[i].active.load(Ordering::Relaxed);
     let hashed = |i: Option<usize>| {
         let start = i.unwrap_or_else(|| fastrand::usize(..n));
-        (0..n).map(|k| (start + k) % n).find(|i| !ejected[*i])
+        (0..n).map(|k| (start + k) % n).find(|i| allowed[*i])
     };
+    if let (LbState::RoundRobin(_) | LbState::LeastRequest, Some(slow)) =
+        (&cluster.lb, &cluster.slow_start)
+    {
+        if let Some(i) = slow.pick_from(c, std::time::Instant::now()) {
+            return Some(i);
+        }
+    }
     match &cluster.lb {
         LbState::Passthrough => None,
         LbState::RoundRobin(next) => Some(c[next.fetch_add(1, Ordering::Relaxed) % c.len()]),

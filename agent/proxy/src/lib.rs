@@ -46,6 +46,7 @@ mod idle;
 pub mod istio_metrics;
 mod layers;
 mod lb;
+mod locality;
 mod matching;
 mod mirror;
 mod operation;

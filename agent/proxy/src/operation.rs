@@ -75,6 +75,7 @@ mod tests {
             },
             port,
             subset: subset.map(Into::into),
+            view: None,
         }
     }
 

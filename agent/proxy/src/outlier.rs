@@ -321,19 +321,29 @@ impl OutlierRt {
         &self,
         addrs: impl ExactSizeIterator<Item = SocketAddr>,
     ) -> Option<Vec<bool>> {
+        let n = addrs.len();
+        let mask = self.ejected(addrs)?;
+        let healthy = mask.iter().filter(|e| !**e).count();
+        if healthy * 100 < n * self.policy.min_health_percent as usize {
+            return None;
+        }
+        Some(mask)
+    }
+
+    /// Which of `addrs` are ejected, `None` when none is; `minHealthPercent` not applied
+    /// (locality levels apply it per level).
+    pub(crate) fn ejected(
+        &self,
+        addrs: impl ExactSizeIterator<Item = SocketAddr>,
+    ) -> Option<Vec<bool>> {
         if self.stats.outlier.ejections_active.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let n = addrs.len();
         let state = self.cell.lock();
         let hosts = &state.as_ref()?.hosts;
         let mask: Vec<bool> = addrs
             .map(|a| hosts.get(&a).is_some_and(|h| h.ejected_until.is_some()))
             .collect();
-        let healthy = mask.iter().filter(|e| !**e).count();
-        if healthy * 100 < n * self.policy.min_health_percent as usize {
-            return None;
-        }
         mask.contains(&true).then_some(mask)
     }
 }

@@ -18,6 +18,7 @@ use super::headers::CompiledOps;
 use super::idle::DEFAULT_IDLE_TIMEOUT;
 use super::layers::cors::CorsRt;
 use super::lb::LbState;
+use super::locality::LocalityRt;
 use super::matching::Matcher;
 use super::outlier::{OutlierRt, Outliers};
 use super::upstream::{Endpoint, Proto, SendOpts};
@@ -123,6 +124,8 @@ pub(crate) struct ClusterRt {
     pub outlier: Option<OutlierRt>,
     /// `warmup`, while endpoints that joined later are (or were) warming.
     pub slow_start: Option<SlowStartRt>,
+    /// `localityLbSetting`, when it ranks or weighs this cluster's endpoints.
+    pub locality: Option<LocalityRt>,
 }
 
 impl ClusterRt {
@@ -146,9 +149,10 @@ impl ClusterRt {
 }
 
 pub(crate) fn cluster_name(key: &ClusterKey) -> String {
+    let view = meshpath_model::l7::RuleView::suffix(key.view.as_ref());
     match &key.subset {
-        Some(s) => format!("{}:{}/{}", key.service, key.port, s),
-        None => format!("{}:{}", key.service, key.port),
+        Some(s) => format!("{}:{}/{}{view}", key.service, key.port, s),
+        None => format!("{}:{}{view}", key.service, key.port),
     }
 }
 
@@ -206,7 +210,18 @@ pub(crate) fn build(
                 endpoints.iter().map(|e| e.joined.get().copied()).collect(),
             )
         });
+        let locality = c.policy.locality_lb.as_ref().and_then(|l| {
+            let od = c.policy.outlier_detection.as_ref();
+            LocalityRt::new(
+                l,
+                od.is_some(),
+                od.map_or(0, |o| o.min_health_percent),
+                &config.locality,
+                &c.endpoints,
+            )
+        });
         let rt = ClusterRt {
+            locality,
             key: key.clone(),
             endpoints,
             lb: LbState::build(&c.policy.load_balancer, &addrs),

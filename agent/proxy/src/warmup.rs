@@ -63,9 +63,19 @@ impl SlowStartRt {
         } else {
             (0..n).collect()
         };
+        self.pick_from(&candidates, now)
+    }
+
+    /// One of `candidates` (endpoint indices, not empty) drawn by weight while an endpoint
+    /// warms, `None` once all are warm: the ejection and locality paths narrow the
+    /// candidates first.
+    pub(crate) fn pick_from(&self, candidates: &[usize], now: Instant) -> Option<usize> {
+        if now >= self.until {
+            return None;
+        }
         let total: f64 = candidates.iter().map(|i| self.weight(*i, now)).sum();
         let mut r = fastrand::f64() * total;
-        for &i in &candidates {
+        for &i in candidates {
             r -= self.weight(i, now);
             if r < 0.0 {
                 return Some(i);

@@ -14,7 +14,7 @@ mod namespace;
 mod service;
 
 pub use endpoints::{endpoint_slice, pod};
-pub use namespace::{namespace, socket_redirect, SOCKET_REDIRECT_ANNOTATION};
+pub use namespace::{namespace, node, socket_redirect, SOCKET_REDIRECT_ANNOTATION};
 pub use service::{external_name, service};
 
 /// Annotation choosing the load-balancing policy of a Service.

@@ -188,17 +188,17 @@ mod tests {
             dir.path(),
             "dr.yaml",
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: reviews\n\
-             spec:\n  host: reviews\n  exportTo: [\".\"]\n  trafficPolicy:\n    loadBalancer:\n      \
-             localityLbSetting:\n        enabled: true\n",
+             spec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n    connectionPool:\n      \
+             tcp:\n        tcpKeepalive: {time: 7200s}\n",
         );
         let report = validate(&[svc, dr.clone()]);
         let dr = dr.display();
         assert_eq!(
             report.to_text().lines().collect::<Vec<_>>(),
             [
-                format!("{dr}:7:3: Warning DestinationRule default/reviews: spec.exportTo: accepted, not enforced by meshpath"),
+                format!("{dr}:8:5: Warning DestinationRule default/reviews: spec.trafficPolicy.tls: accepted, not enforced by meshpath"),
                 format!(
-                    "{dr}:10:7: Warning DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: accepted, not enforced by meshpath"
+                    "{dr}:11:9: Warning DestinationRule default/reviews: spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: accepted, not enforced by meshpath"
                 ),
             ]
         );
@@ -210,12 +210,12 @@ mod tests {
         assert_eq!(json[1]["origin"], "DestinationRule default/reviews");
         assert_eq!(
             json[1]["field"],
-            "spec.trafficPolicy.loadBalancer.localityLbSetting"
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive"
         );
         assert_eq!(
             (json[1]["line"].as_u64(), json[1]["column"].as_u64()),
-            (Some(10), Some(7))
+            (Some(11), Some(9))
         );
-        assert_eq!(json[1]["reference"], format!("{dr}:10"));
+        assert_eq!(json[1]["reference"], format!("{dr}:11"));
     }
 }

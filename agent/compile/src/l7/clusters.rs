@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use meshpath_model::istio::hosts;
 use meshpath_model::istio::model::{self as im, DestinationRule};
-use meshpath_model::l7::{self, Cluster, ClusterKey, Endpoint};
-use meshpath_model::{ClusterModel, ObjectRef, Protocol, ServicePort};
+use meshpath_model::l7::{self, Cluster, ClusterKey, Endpoint, RuleView};
+use meshpath_model::{ClusterModel, Locality, ObjectRef, Protocol, ServicePort};
 
+use super::rule_scope::Scopes;
 use crate::{Compiled, Frontend, FrontendAddr};
 
 /// Istio protocol prefixes of port names (`<protocol>[-<suffix>]`) that are not HTTP: such ports
@@ -20,7 +20,7 @@ const NOT_HTTP: &[&str] = &["tcp", "tls", "https", "mongo", "mysql", "redis", "u
 pub struct Ctx<'a> {
     model: &'a ClusterModel,
     frontends: BTreeMap<&'a ObjectRef, Vec<(FrontendAddr, &'a Frontend)>>,
-    rules: BTreeMap<ObjectRef, &'a DestinationRule>,
+    scopes: Scopes<'a>,
     pods_by_ip: HashMap<Ipv4Addr, &'a BTreeMap<String, String>>,
     slices: meshpath_model::SliceIndex<'a>,
 }
@@ -39,7 +39,7 @@ impl<'a> Ctx<'a> {
         Self {
             model,
             frontends,
-            rules: rules(model),
+            scopes: Scopes::new(model),
             pods_by_ip,
             slices: meshpath_model::SliceIndex::new(model),
         }
@@ -49,12 +49,26 @@ impl<'a> Ctx<'a> {
         self.model
     }
 
+    /// The DestinationRule of each Service clients without a view of their own see.
     pub fn rules(&self) -> impl Iterator<Item = (&ObjectRef, &'a DestinationRule)> + '_ {
-        self.rules.iter().map(|(s, r)| (s, *r))
+        self.scopes.default_rules()
     }
 
     pub fn rule(&self, service: &ObjectRef) -> Option<&'a DestinationRule> {
-        self.rules.get(service).copied()
+        self.scopes.default_rule(service)
+    }
+
+    pub fn scopes(&self) -> &Scopes<'a> {
+        &self.scopes
+    }
+
+    /// The rule a cluster follows: its view's, else the default.
+    fn rule_of(&self, key: &ClusterKey) -> Option<&'a DestinationRule> {
+        match &key.view {
+            None => self.rule(&key.service),
+            Some(RuleView::NoRule) => None,
+            Some(RuleView::Rule(id)) => self.model.destination_rules.get(id),
+        }
     }
 
     /// The TCP frontends of `service`, each with whether it may carry HTTP.
@@ -95,7 +109,7 @@ impl<'a> Ctx<'a> {
         if !self.model.services.contains_key(&key.service) {
             return None;
         }
-        let rule = self.rule(&key.service);
+        let rule = self.rule_of(key);
         let base = rule.map(|r| r.traffic_policy.clone()).unwrap_or_default();
         let (labels, policy) = match &key.subset {
             None => (None, base),
@@ -140,8 +154,13 @@ impl<'a> Ctx<'a> {
             return Vec::new();
         };
         let mut by_target_ref: HashMap<Ipv4Addr, &BTreeMap<String, String>> = HashMap::new();
+        let mut localities: HashMap<Ipv4Addr, Locality> = HashMap::new();
         for slice in self.slices.slices_for(service) {
             for ep in &slice.endpoints {
+                let locality = self.locality_of(ep);
+                if !locality.is_empty() {
+                    localities.extend(ep.addresses.iter().map(|ip| (*ip, locality.clone())));
+                }
                 let Some(pod) = &ep.pod_name else { continue };
                 if let Some(pod) = self
                     .model
@@ -161,10 +180,33 @@ impl<'a> Ctx<'a> {
                 Endpoint {
                     addr: SocketAddr::from((b.ip, b.port)),
                     labels: labels.map(|l| (*l).clone()).unwrap_or_default(),
+                    locality: localities.get(&b.ip).cloned().unwrap_or_default(),
                 }
             })
             .collect()
     }
+}
+
+impl Ctx<'_> {
+    /// An endpoint's locality: its node's labels, else the zone its EndpointSlice gives.
+    fn locality_of(&self, ep: &meshpath_model::Endpoint) -> Locality {
+        let node = ep
+            .node_name
+            .as_deref()
+            .and_then(|n| self.model.nodes.values().find(|node| node.name == n));
+        let mut locality = node.map(|n| n.locality.clone()).unwrap_or_default();
+        if locality.zone.is_empty() {
+            locality.zone = ep.zone.clone().unwrap_or_default();
+        }
+        locality
+    }
+}
+
+/// The locality of node `name`, for the proxy that runs there (empty when unknown).
+pub fn node_locality(model: &ClusterModel, name: Option<&str>) -> Locality {
+    name.and_then(|n| model.nodes.values().find(|node| node.name == n))
+        .map(|n| n.locality.clone())
+        .unwrap_or_default()
 }
 
 /// A port Istio would treat as HTTP (see [`NOT_HTTP`]).
@@ -176,49 +218,6 @@ fn http_capable(port: &ServicePort) -> bool {
         .to_ascii_lowercase();
     let protocol = name.split('-').next().unwrap_or_default();
     port.protocol == Protocol::Tcp && !NOT_HTTP.contains(&protocol)
-}
-
-/// A DestinationRule for a Service, with what ranks it: (wildcard, other namespace, less
-/// specific, rule).
-type Candidate<'a> = (bool, bool, std::cmp::Reverse<usize>, &'a DestinationRule);
-
-/// The DestinationRule of each Service that has one (see the precedence in the module doc).
-fn rules(model: &ClusterModel) -> BTreeMap<ObjectRef, &DestinationRule> {
-    // (wildcard, other namespace, less specific, rule id) sorts the best candidate first.
-    let mut candidates: BTreeMap<&ObjectRef, Vec<Candidate<'_>>> = BTreeMap::new();
-    for rule in model.destination_rules.values() {
-        let services: Vec<&ObjectRef> = if hosts::is_wildcard(&rule.host) {
-            hosts::wildcard_matches(&rule.host, &model.services).collect()
-        } else {
-            hosts::resolve(&rule.host, &rule.id.namespace, &model.services)
-                .into_iter()
-                .collect()
-        };
-        if services.is_empty() {
-            tracing::warn!(destination_rule = %rule.id, host = rule.host, origin = rule.origin.as_deref(),
-                "DestinationRule host names no Service; ignored");
-        }
-        for service in services {
-            let entry = (
-                hosts::is_wildcard(&rule.host),
-                rule.id.namespace != service.namespace,
-                std::cmp::Reverse(hosts::specificity(&rule.host)),
-                rule,
-            );
-            candidates.entry(service).or_default().push(entry);
-        }
-    }
-    let mut out = BTreeMap::new();
-    for (service, mut list) in candidates {
-        list.sort_by(|a, b| (a.0, a.1, a.2, &a.3.id).cmp(&(b.0, b.1, b.2, &b.3.id)));
-        let chosen = list[0].3;
-        for (_, _, _, other) in &list[1..] {
-            tracing::warn!(service = %service, destination_rule = %other.id, used = %chosen.id,
-                "another DestinationRule applies to this service first; this one is ignored for it");
-        }
-        out.insert(service.clone(), chosen);
-    }
-    out
 }
 
 pub fn policy_to_l7(p: &im::TrafficPolicy) -> l7::TrafficPolicy {
@@ -266,7 +265,13 @@ pub fn policy_to_l7(p: &im::TrafficPolicy) -> l7::TrafficPolicy {
             min_weight: w.minimum_percent.0 / 100.0,
             aggression: w.aggression.0,
         });
+    // Istio's default when not written: enabled, no settings.
+    let locality_lb = match &p.locality {
+        None => Some(l7::LocalityLb::default()),
+        Some(l) => l.enabled.then(|| l.settings.clone()),
+    };
     l7::TrafficPolicy {
+        locality_lb,
         load_balancer,
         connection_pool: l7::ConnectionPool {
             max_connections: pool.max_connections,

@@ -73,7 +73,12 @@ pub fn chains<'m>(
 pub fn previous_of(routes: &ServiceRoutes, vs: &ObjectRef) -> Option<ServiceRoutes> {
     let mut at = Some(routes);
     while let Some(r) = at {
-        if r.export.virtual_service.as_ref() == Some(vs) {
+        // The entries for clients that see other DestinationRules are derived from the
+        // VirtualService's own, which names no rule view.
+        let own = super::routes::own_cluster_keys(r)
+            .iter()
+            .all(|k| k.view.is_none());
+        if r.export.virtual_service.as_ref() == Some(vs) && own {
             let mut own = r.clone();
             own.export.otherwise = None;
             return Some(own);
@@ -120,6 +125,7 @@ pub fn plain(service: &ObjectRef, port: u16) -> ServiceRoutes {
             service: service.clone(),
             port,
             subset: None,
+            view: None,
         },
         export: Export::default(),
     }

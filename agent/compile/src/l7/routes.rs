@@ -11,15 +11,21 @@ use super::L7Error;
 
 /// Every cluster a listener can send to, for every client (the whole `exportTo` chain).
 pub fn cluster_keys(routes: &ServiceRoutes) -> Vec<ClusterKey> {
+    let mut out = own_cluster_keys(routes);
+    if let Some(next) = &routes.export.otherwise {
+        out.extend(cluster_keys(next));
+    }
+    out
+}
+
+/// The clusters one entry of a listener's chain sends to (not the entries after it).
+pub fn own_cluster_keys(routes: &ServiceRoutes) -> Vec<ClusterKey> {
     let mut out = vec![routes.default_cluster.clone()];
     for r in &routes.http {
         if let l7::RouteAction::Route(w) = &r.action {
             out.extend(w.iter().map(|w| w.cluster.clone()));
         }
         out.extend(r.mirrors.iter().map(|m| m.cluster.clone()));
-    }
-    if let Some(next) = &routes.export.otherwise {
-        out.extend(cluster_keys(next));
     }
     out
 }
@@ -196,6 +202,7 @@ fn cluster_key(
             service: meshpath_model::ObjectRef::new(&vs.id.namespace, &dest.host),
             port: dest.port.unwrap_or(listener),
             subset: dest.subset.clone(),
+            view: None,
         });
     }
     let Some(service) = hosts::resolve(&dest.host, &vs.id.namespace, &model.services) else {
@@ -261,6 +268,7 @@ fn cluster_key(
         service: service.clone(),
         port,
         subset: dest.subset.clone(),
+        view: None,
     })
 }
 

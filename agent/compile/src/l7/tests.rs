@@ -1,8 +1,10 @@
 //! The seed's Istio objects (verbatim, in `agent/source/src/istio/testdata`) compiled against a small cluster.
 
 mod export;
+mod locality;
 mod port_level;
 mod resolution;
+mod rule_export;
 mod wildcard;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,9 +45,10 @@ pub(super) fn model(files: &[(&str, &str)]) -> ClusterModel {
                 ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
                 ParsedObject::Pod(p) => drop(m.pods.insert(p.id.clone(), p)),
                 ParsedObject::Namespace(n) => drop(m.namespaces.insert(n.id.clone(), n)),
+                ParsedObject::Node(n) => drop(m.nodes.insert(n.id.clone(), n)),
                 ParsedObject::VirtualService(v) => drop(m.virtual_services.insert(v.id.clone(), v)),
                 ParsedObject::DestinationRule(d) => {
-                    drop(m.destination_rules.insert(d.id.clone(), d))
+                    drop(m.destination_rules.insert(d.id.clone(), *d))
                 }
             }
         }
@@ -77,6 +80,7 @@ pub(super) fn key(name: &str, port: u16, subset: Option<&str>) -> ClusterKey {
         service: ObjectRef::new("default", name),
         port,
         subset: subset.map(Into::into),
+        view: None,
     }
 }
 

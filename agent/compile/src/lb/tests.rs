@@ -37,7 +37,7 @@ fn model(
         match object {
             ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s)),
             ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
-            ParsedObject::DestinationRule(d) => drop(m.destination_rules.insert(d.id.clone(), d)),
+            ParsedObject::DestinationRule(d) => drop(m.destination_rules.insert(d.id.clone(), *d)),
             _ => {}
         }
     }

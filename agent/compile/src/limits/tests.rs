@@ -37,9 +37,10 @@ fn model(dr: &str, vs: &str) -> ClusterModel {
                 ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
                 ParsedObject::Pod(p) => drop(m.pods.insert(p.id.clone(), p)),
                 ParsedObject::Namespace(n) => drop(m.namespaces.insert(n.id.clone(), n)),
+                ParsedObject::Node(n) => drop(m.nodes.insert(n.id.clone(), n)),
                 ParsedObject::VirtualService(v) => drop(m.virtual_services.insert(v.id.clone(), v)),
                 ParsedObject::DestinationRule(d) => {
-                    drop(m.destination_rules.insert(d.id.clone(), d))
+                    drop(m.destination_rules.insert(d.id.clone(), *d))
                 }
             }
         }
@@ -120,11 +121,13 @@ fn each_subset_slot_counts_against_its_destinations_merged_limit() {
         service: meshpath_model::ObjectRef::new("default", "db"),
         port: 5432,
         subset: Some("v1".into()),
+        view: None,
     }];
     let v2 = &route.groups[&ClusterKey {
         service: meshpath_model::ObjectRef::new("default", "db"),
         port: 5432,
         subset: Some("v2".into()),
+        view: None,
     }];
     // v1's own limit; v2 inherits the rule's top-level one.
     assert_eq!((v1.max, v2.max), (2, 7));

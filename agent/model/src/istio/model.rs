@@ -219,6 +219,9 @@ pub struct DestinationRule {
     pub id: ObjectRef,
     pub origin: Option<String>,
     pub host: String,
+    /// `exportTo` resolved like a VirtualService's (`.` is its own namespace); `None`: every
+    /// namespace (`*`, or not written).
+    pub export_to: Option<std::collections::BTreeSet<String>>,
     pub traffic_policy: TrafficPolicy,
     pub subsets: Vec<Subset>,
 }
@@ -239,6 +242,8 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// `loadBalancer.warmup` (or `warmupDurationSecs`), part of `loadBalancer`.
     pub warmup: Option<Warmup>,
+    /// `loadBalancer.localityLbSetting`, part of `loadBalancer`.
+    pub locality: Option<LocalityLbSetting>,
     /// `portLevelSettings`: for one Service port, parts that replace the policy's own.
     pub port_level: Vec<PortPolicy>,
 }
@@ -253,12 +258,21 @@ pub struct Warmup {
     pub aggression: Percent,
 }
 
+/// `loadBalancer.localityLbSetting`, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalityLbSetting {
+    /// `enabled: false` turns locality load balancing off, Istio's default included.
+    pub enabled: bool,
+    pub settings: crate::l7::LocalityLb,
+}
+
 /// One `portLevelSettings` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortPolicy {
     pub port: u16,
     pub load_balancer: Option<LoadBalancer>,
     pub warmup: Option<Warmup>,
+    pub locality: Option<LocalityLbSetting>,
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
 }
@@ -319,7 +333,8 @@ impl TrafficPolicy {
     /// `self` (a subset's policy) over `base` (its rule's), part by part.
     pub fn merged_over(&self, base: &TrafficPolicy) -> TrafficPolicy {
         // `loadBalancer` is one part in Istio: its kind and its warmup come from one side.
-        let lb = if self.load_balancer.is_some() || self.warmup.is_some() {
+        let lb = if self.load_balancer.is_some() || self.warmup.is_some() || self.locality.is_some()
+        {
             self
         } else {
             base
@@ -327,6 +342,7 @@ impl TrafficPolicy {
         TrafficPolicy {
             load_balancer: lb.load_balancer.clone(),
             warmup: lb.warmup.clone(),
+            locality: lb.locality.clone(),
             connection_pool: self
                 .connection_pool
                 .clone()
@@ -352,9 +368,10 @@ impl TrafficPolicy {
             ..self.clone()
         };
         if let Some(p) = self.port_level.iter().find(|p| p.port == port) {
-            if p.load_balancer.is_some() || p.warmup.is_some() {
+            if p.load_balancer.is_some() || p.warmup.is_some() || p.locality.is_some() {
                 out.load_balancer.clone_from(&p.load_balancer);
                 out.warmup.clone_from(&p.warmup);
+                out.locality.clone_from(&p.locality);
             }
             if p.connection_pool.is_some() {
                 out.connection_pool.clone_from(&p.connection_pool);
@@ -388,7 +405,13 @@ impl TrafficPolicy {
                 self.load_balancer,
                 None | Some(LoadBalancer::RoundRobin | LoadBalancer::LeastRequest)
             );
-        lb || http_pool || warmup || self.outlier_detection.is_some()
+        // Locality weights are drawn per request (failover needs outlierDetection, which
+        // needs the proxy anyway).
+        let distribute = self
+            .locality
+            .as_ref()
+            .is_some_and(|l| l.enabled && !l.settings.distribute.is_empty());
+        lb || http_pool || warmup || distribute || self.outlier_detection.is_some()
     }
 }
 
@@ -411,10 +434,12 @@ mod tests {
             connection_pool: pool(1),
             outlier_detection: None,
             warmup: None,
+            locality: None,
             port_level: vec![PortPolicy {
                 port: 80,
                 load_balancer: Some(LoadBalancer::LeastRequest),
                 warmup: None,
+                locality: None,
                 connection_pool: None,
                 outlier_detection: None,
             }],
@@ -436,6 +461,7 @@ mod tests {
             port: p,
             load_balancer: Some(lb),
             warmup: None,
+            locality: None,
             connection_pool: None,
             outlier_detection: None,
         };

@@ -1,5 +1,5 @@
-//! `exportTo` of VirtualServices: which client namespaces a listener's routes apply to, and
-//! what the others get instead.
+//! `exportTo` of VirtualServices and DestinationRules: which client namespaces a listener's
+//! routes apply to, what the others get instead, and which DestinationRule a cluster follows.
 
 use std::collections::BTreeSet;
 
@@ -32,6 +32,27 @@ impl ServiceRoutes {
                 (Some(next), false) => routes = next,
                 _ => return routes,
             }
+        }
+    }
+}
+
+/// The DestinationRule a cluster follows for the clients that see another one than the rest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleView {
+    Rule(ObjectRef),
+    /// No DestinationRule is visible to these clients (plain endpoints, default policy).
+    NoRule,
+}
+
+impl RuleView {
+    /// How the cluster names a view: Istio's cluster names have no place for it, so it is
+    /// appended (`|rule=<namespace>/<name>`, `|rule=none`) to keep the names of the clusters
+    /// of one host apart.
+    pub fn suffix(view: Option<&RuleView>) -> String {
+        match view {
+            None => String::new(),
+            Some(RuleView::Rule(id)) => format!("|rule={id}"),
+            Some(RuleView::NoRule) => "|rule=none".to_owned(),
         }
     }
 }

@@ -92,6 +92,7 @@ async fn passthrough_goes_to_the_original_destination() {
             cluster(&[listed.addr], LoadBalancer::Passthrough),
         )]
         .into(),
+        ..L7Config::default()
     };
     let h = start_with(
         cfg,

@@ -305,6 +305,7 @@ pub(super) fn key(name: &str) -> ClusterKey {
         service: ObjectRef::new("default", name),
         port: 80,
         subset: None,
+        view: None,
     }
 }
 
@@ -315,6 +316,7 @@ pub(super) fn cluster(addrs: &[SocketAddr], lb: LoadBalancer) -> Cluster {
             .map(|a| Endpoint {
                 addr: *a,
                 labels: BTreeMap::new(),
+                locality: Default::default(),
             })
             .collect(),
         policy: TrafficPolicy {
@@ -348,6 +350,7 @@ pub(super) fn config(routes: Vec<HttpRoute>, clusters: Vec<(ClusterKey, Cluster)
     L7Config {
         listeners: [(VIP, sr)].into_iter().collect(),
         clusters: clusters.into_iter().collect(),
+        ..L7Config::default()
     }
 }
 

@@ -92,6 +92,8 @@ pub fn endpoint_slice(
                     .filter(|r| r.kind.as_deref() == Some("Pod"))
                     .and_then(|r| non_empty(&r.name))
                     .map(str::to_owned),
+                zone: non_empty(&e.zone).map(str::to_owned),
+                node_name: non_empty(&e.node_name).map(str::to_owned),
             })
         })
         .collect::<Result<Vec<_>, ConvertError>>()?;

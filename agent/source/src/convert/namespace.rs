@@ -36,6 +36,17 @@ pub fn socket_redirect(
     }
 }
 
+/// A Node: its locality (`topology.kubernetes.io/region|zone`, `topology.istio.io/subzone`).
+pub fn node(node: &core::Node) -> Result<meshpath_model::Node, ConvertError> {
+    let ctx = Ctx::new(ObjectKind::Node, &node.metadata)?;
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    Ok(meshpath_model::Node {
+        id: ctx.id(),
+        name: node.metadata.name.clone().unwrap_or_default(),
+        locality: meshpath_model::Locality::from_labels(&labels),
+    })
+}
+
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, ConvertError> {
     let ctx = Ctx::new(ObjectKind::Namespace, &ns.metadata)?;
     let name = ns.metadata.name.clone().unwrap_or_default();
@@ -74,5 +85,42 @@ mod tests {
         );
         assert_eq!(namespace(&ns(None)).unwrap().socket_redirect, None);
         assert_eq!(namespace(&ns(Some("yes"))).unwrap().socket_redirect, None);
+    }
+
+    #[test]
+    fn a_nodes_locality_comes_from_its_topology_labels() {
+        let labels = [
+            ("topology.kubernetes.io/region", "eu-west"),
+            ("topology.kubernetes.io/zone", "eu-west-1a"),
+            ("topology.istio.io/subzone", "rack7"),
+        ];
+        let n = core::Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let node = node(&n).unwrap();
+        assert_eq!(node.name, "n1");
+        assert_eq!(node.locality.to_string(), "eu-west/eu-west-1a/rack7");
+        let bare = core::Node {
+            metadata: ObjectMeta {
+                name: Some("n2".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(node_of(&bare).locality.is_empty());
+    }
+
+    fn node_of(n: &core::Node) -> meshpath_model::Node {
+        node(n).unwrap()
     }
 }

@@ -226,8 +226,10 @@ pub struct Delay {
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
     pub http_status: Option<i64>,
-    /// `http2Error` is valid Istio the meshpath proxy does not inject.
     pub grpc_status: Option<String>,
+    /// Declared so that it is not reported as an unknown field: Istio's validation (and so
+    /// ours, which runs first) rejects it, and Envoy's fault filter has no HTTP/2 abort.
+    #[allow(dead_code)]
     pub http2_error: Option<String>,
     pub percentage: Option<Percent>,
     /// Deprecated integer form of `percentage`.
@@ -286,6 +288,8 @@ pub struct DestinationRuleSpec {
     pub traffic_policy: Option<TrafficPolicy>,
     #[serde(default)]
     pub subsets: Vec<Subset>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,6 +328,7 @@ pub struct LoadBalancer {
     pub simple: Option<String>,
     pub consistent_hash: Option<ConsistentHash>,
     pub warmup: Option<Warmup>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Deprecated form of `warmup.duration`.
     pub warmup_duration_secs: Option<String>,
 }
@@ -404,4 +409,34 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<String>,
     pub max_ejection_percent: Option<i64>,
     pub min_health_percent: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    #[serde(default)]
+    pub distribute: Vec<LocalityDistribute>,
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityDistribute {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityFailover {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
 }

@@ -47,7 +47,7 @@ pub(super) fn vs(text: &str) -> VirtualService {
 
 fn dr(text: &str) -> DestinationRule {
     match parse(text).as_slice() {
-        [ParsedObject::DestinationRule(dr)] => dr.clone(),
+        [ParsedObject::DestinationRule(dr)] => (**dr).clone(),
         other => panic!("not one DestinationRule: {other:#?}"),
     }
 }

@@ -22,11 +22,12 @@ use crate::error::{ObjectKind, SourceError};
 use crate::manifests::ParsedObject;
 
 /// Every kind the Kubernetes source watches.
-pub const KINDS: [ObjectKind; 6] = [
+pub const KINDS: [ObjectKind; 7] = [
     ObjectKind::Service,
     ObjectKind::EndpointSlice,
     ObjectKind::Pod,
     ObjectKind::Namespace,
+    ObjectKind::Node,
     ObjectKind::VirtualService,
     ObjectKind::DestinationRule,
 ];
@@ -178,6 +179,7 @@ impl Aggregate {
             ObjectKind::EndpointSlice => m.endpoint_slices.keys().cloned().collect(),
             ObjectKind::Pod => m.pods.keys().cloned().collect(),
             ObjectKind::Namespace => m.namespaces.keys().cloned().collect(),
+            ObjectKind::Node => m.nodes.keys().cloned().collect(),
             ObjectKind::VirtualService => m.virtual_services.keys().cloned().collect(),
             ObjectKind::DestinationRule => m.destination_rules.keys().cloned().collect(),
         }
@@ -198,8 +200,9 @@ impl Aggregate {
             ParsedObject::EndpointSlice(s) => replace(&mut m.endpoint_slices, s.id.clone(), s),
             ParsedObject::Pod(p) => replace(&mut m.pods, p.id.clone(), p),
             ParsedObject::Namespace(n) => replace(&mut m.namespaces, n.id.clone(), n),
+            ParsedObject::Node(n) => replace(&mut m.nodes, n.id.clone(), n),
             ParsedObject::VirtualService(v) => replace(&mut m.virtual_services, v.id.clone(), v),
-            ParsedObject::DestinationRule(d) => replace(&mut m.destination_rules, d.id.clone(), d),
+            ParsedObject::DestinationRule(d) => replace(&mut m.destination_rules, d.id.clone(), *d),
         };
         self.dirty |= changed;
     }
@@ -213,6 +216,7 @@ impl Aggregate {
             ObjectKind::EndpointSlice => m.endpoint_slices.remove(id).is_some(),
             ObjectKind::Pod => m.pods.remove(id).is_some(),
             ObjectKind::Namespace => m.namespaces.remove(id).is_some(),
+            ObjectKind::Node => m.nodes.remove(id).is_some(),
             ObjectKind::VirtualService => m.virtual_services.remove(id).is_some(),
             ObjectKind::DestinationRule => m.destination_rules.remove(id).is_some(),
         };

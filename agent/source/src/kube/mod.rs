@@ -120,6 +120,14 @@ impl KubeSource {
                 errors.clone(),
                 objects::namespace,
             )),
+            // For the locality of endpoints and of this node (`localityLbSetting`).
+            tokio::spawn(watch::run(
+                Api::<core::Node>::all(client.clone()),
+                ObjectKind::Node,
+                tx.clone(),
+                errors.clone(),
+                objects::node,
+            )),
         ];
         for kind in [ObjectKind::VirtualService, ObjectKind::DestinationRule] {
             tasks.push(tokio::spawn(watch::run_istio(

@@ -71,6 +71,14 @@ pub fn namespace(ns: &core::Namespace) -> Item {
     Item { id, result }
 }
 
+pub fn node(node: &core::Node) -> Item {
+    let id = object_ref(&node.metadata);
+    let result = convert::node(node)
+        .map(|n| Some(ParsedObject::Node(n)))
+        .map_err(|source| SourceError::ApiInvalid { source });
+    Item { id, result }
+}
+
 /// A VirtualService or DestinationRule, validated as Istio would; warnings (fields meshpath
 /// ignores) are logged.
 pub fn istio_object(kind: ObjectKind, object: &DynamicObject) -> Item {
@@ -94,7 +102,7 @@ pub fn istio_object(kind: ObjectKind, object: &DynamicObject) -> Item {
         }),
         _ => istio_result(&key, istio::destination_rule(value), |mut d| {
             d.origin = Some(ORIGIN.to_owned());
-            ParsedObject::DestinationRule(d)
+            ParsedObject::DestinationRule(Box::new(d))
         }),
     };
     Item { id, result }

@@ -25,8 +25,10 @@ pub enum ParsedObject {
     EndpointSlice(EndpointSlice),
     Pod(Pod),
     Namespace(Namespace),
+    Node(meshpath_model::Node),
     VirtualService(istio::VirtualService),
-    DestinationRule(istio::DestinationRule),
+    /// Boxed: much larger than the other kinds.
+    DestinationRule(Box<istio::DestinationRule>),
 }
 
 impl ParsedObject {
@@ -39,6 +41,7 @@ impl ParsedObject {
             }
             ParsedObject::Pod(p) => ObjectKey::new(ObjectKind::Pod, p.id.clone()),
             ParsedObject::Namespace(n) => ObjectKey::new(ObjectKind::Namespace, n.id.clone()),
+            ParsedObject::Node(n) => ObjectKey::new(ObjectKind::Node, n.id.clone()),
             ParsedObject::VirtualService(v) => {
                 ObjectKey::new(ObjectKind::VirtualService, v.id.clone())
             }
@@ -205,6 +208,13 @@ impl Parser<'_> {
                     self.converted(line, &key, result, ParsedObject::Namespace);
                 }
             }
+            ("v1", "Node") => {
+                let key = object_key(ObjectKind::Node, &value);
+                if let Some(node) = self.decode::<core::Node>(line, &key, value) {
+                    let result = convert::node(&node).map(Converted::Accepted);
+                    self.converted(line, &key, result, ParsedObject::Node);
+                }
+            }
             (v, "VirtualService") if istio::is_supported_api_version(v) => {
                 let key = object_key(ObjectKind::VirtualService, &value);
                 let result = istio::virtual_service(value);
@@ -218,7 +228,7 @@ impl Parser<'_> {
                 let result = istio::destination_rule(value);
                 self.istio(line, &key, result, |mut dr, origin| {
                     dr.origin = Some(origin);
-                    ParsedObject::DestinationRule(dr)
+                    ParsedObject::DestinationRule(Box::new(dr))
                 });
             }
             ("v1", "List") if lists_allowed => {
@@ -230,13 +240,14 @@ impl Parser<'_> {
                     self.document(line, item, false);
                 }
             }
-            (_, "Service" | "EndpointSlice" | "Pod" | "Namespace") => self.unsupported_api_version(
-                line,
-                &value,
-                api_version,
-                &kind,
-                "v1, or discovery.k8s.io/v1 for EndpointSlice",
-            ),
+            (_, "Service" | "EndpointSlice" | "Pod" | "Namespace" | "Node") => self
+                .unsupported_api_version(
+                    line,
+                    &value,
+                    api_version,
+                    &kind,
+                    "v1, or discovery.k8s.io/v1 for EndpointSlice",
+                ),
             (v, "VirtualService" | "DestinationRule") if v.starts_with(istio::GROUP) => self
                 .unsupported_api_version(
                     line,

@@ -215,12 +215,15 @@ fn build(
                 ParsedObject::Namespace(n) => {
                     model.namespaces.insert(n.id.clone(), n);
                 }
+                ParsedObject::Node(n) => {
+                    model.nodes.insert(n.id.clone(), n);
+                }
                 // Their origin (file:line) was set when parsing.
                 ParsedObject::VirtualService(v) => {
                     model.virtual_services.insert(v.id.clone(), v);
                 }
                 ParsedObject::DestinationRule(d) => {
-                    model.destination_rules.insert(d.id.clone(), d);
+                    model.destination_rules.insert(d.id.clone(), *d);
                 }
             }
         }

@@ -12,6 +12,7 @@ fn gateway(port: u16) -> ClusterKey {
         service: ObjectRef::new("default", "golang-app-gateway-svc"),
         port,
         subset: None,
+        view: None,
     }
 }
 

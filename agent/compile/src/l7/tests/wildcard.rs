@@ -73,6 +73,7 @@ fn the_most_specific_wildcard_destination_rule_applies() {
         service: ObjectRef::new("default", "golang-app-gateway-svc"),
         port: 8080,
         subset: None,
+        view: None,
     }];
     assert!(
         matches!(cluster.policy.load_balancer, LoadBalancer::LeastRequest),

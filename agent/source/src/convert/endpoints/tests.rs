@@ -30,7 +30,8 @@ fn web_slice(endpoints: serde_json::Value) -> discovery::EndpointSlice {
 #[test]
 fn endpoint_slice_conditions_and_target_ref() {
     let s = accepted(endpoint_slice(&web_slice(json!([
-        {"addresses": ["10.1.0.1"], "targetRef": {"kind": "Pod", "name": "web-1"}},
+        {"addresses": ["10.1.0.1"], "targetRef": {"kind": "Pod", "name": "web-1"},
+         "zone": "z1", "nodeName": "n1"},
         {"addresses": ["10.1.0.2"], "conditions": {"ready": false}},
         {"addresses": ["10.1.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true},
          "targetRef": {"kind": "Node", "name": "node-1"}},
@@ -48,6 +49,16 @@ fn endpoint_slice_conditions_and_target_ref() {
     assert_eq!(s.endpoints[0].addresses, vec![Ipv4Addr::new(10, 1, 0, 1)]);
     assert_eq!(s.endpoints[0].conditions, EndpointConditions::default());
     assert_eq!(s.endpoints[0].pod_name.as_deref(), Some("web-1"));
+    // Where it runs, for locality load balancing.
+    assert_eq!(s.endpoints[0].zone.as_deref(), Some("z1"));
+    assert_eq!(s.endpoints[0].node_name.as_deref(), Some("n1"));
+    assert_eq!(
+        (
+            s.endpoints[1].zone.as_deref(),
+            s.endpoints[1].node_name.as_deref()
+        ),
+        (None, None)
+    );
     // serving absent: the same as ready.
     let not_ready = EndpointConditions {
         ready: false,

@@ -11,6 +11,7 @@ use meshpath_model::istio::model::{
 };
 use meshpath_model::istio::{IstioInvalid, Warning};
 
+mod locality;
 mod warmup;
 
 use super::{Ctx, Error};
@@ -73,6 +74,7 @@ pub fn destination_rule(value: Value) -> Result<(DestinationRule, Vec<Warning>),
         id: ctx.object.id.clone(),
         origin: None,
         host,
+        export_to: super::virtual_service::export_to(&ctx.object.id.namespace, &spec.export_to),
         traffic_policy: policy,
         subsets,
     };
@@ -102,6 +104,7 @@ fn traffic_policy(
                 None => None,
             },
             warmup: warmup::warmup(ctx, &format!("{pf}.loadBalancer"), s.load_balancer.as_ref())?,
+            locality: locality::setting(s.load_balancer.as_ref()),
             connection_pool: s
                 .connection_pool
                 .as_ref()
@@ -121,6 +124,7 @@ fn traffic_policy(
             None => None,
         },
         warmup: warmup::warmup(ctx, &format!("{f}.loadBalancer"), p.load_balancer.as_ref())?,
+        locality: locality::setting(p.load_balancer.as_ref()),
         connection_pool: p
             .connection_pool
             .as_ref()

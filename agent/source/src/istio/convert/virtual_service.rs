@@ -105,7 +105,7 @@ pub fn virtual_service(value: Value) -> Result<(VirtualService, Vec<Warning>), E
 
 /// `exportTo` (checked by Istio's validation) as the namespaces it names, `.` being `own`;
 /// `None` for every namespace (`*`, or nothing written).
-fn export_to(own: &str, list: &[String]) -> Option<std::collections::BTreeSet<String>> {
+pub(super) fn export_to(own: &str, list: &[String]) -> Option<std::collections::BTreeSet<String>> {
     if list.is_empty() || list.iter().any(|e| e == "*") {
         return None;
     }

@@ -75,7 +75,7 @@ fn port_level_settings_are_read_per_port() {
     use meshpath_model::istio::model::LoadBalancer;
     let text = super::dr_with("  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 80}\n      loadBalancer: {simple: LEAST_REQUEST}\n      connectionPool: {http: {maxRetries: 2}}\n    - port: {number: 8080}\n      outlierDetection: {consecutive5xxErrors: 4}\n");
     let dr = match super::parse(&text).as_slice() {
-        [crate::ParsedObject::DestinationRule(d)] => d.clone(),
+        [crate::ParsedObject::DestinationRule(d)] => (**d).clone(),
         other => panic!("not one DestinationRule: {other:#?}"),
     };
     let p = &dr.traffic_policy;

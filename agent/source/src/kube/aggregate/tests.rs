@@ -83,6 +83,8 @@ fn not_synced_until_every_kind_is_listed_or_absent() {
     a.apply(ObjectKind::Pod, Change::InitDone);
     a.apply(ObjectKind::Namespace, Change::Init);
     a.apply(ObjectKind::Namespace, Change::InitDone);
+    a.apply(ObjectKind::Node, Change::Init);
+    a.apply(ObjectKind::Node, Change::InitDone);
     a.apply(ObjectKind::VirtualService, Change::Absent);
     assert!(!a.synced(), "DestinationRules not listed yet");
     a.apply(ObjectKind::DestinationRule, Change::Init);

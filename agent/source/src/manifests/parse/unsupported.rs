@@ -28,6 +28,7 @@ impl Parser<'_> {
             "EndpointSlice" => Some(ObjectKind::EndpointSlice),
             "Pod" => Some(ObjectKind::Pod),
             "Namespace" => Some(ObjectKind::Namespace),
+            "Node" => Some(ObjectKind::Node),
             "VirtualService" => Some(ObjectKind::VirtualService),
             "DestinationRule" => Some(ObjectKind::DestinationRule),
             _ => None,

@@ -104,17 +104,8 @@ pub(super) fn fault(ctx: &mut Ctx, f: &str, fault: &schema::Fault) -> Result<Fau
         let pct = fault_percent(ctx, &format!("{f}.delay"), &d.percentage, d.percent)?;
         out.delay = Some((delay, pct));
     }
-    // HTTP/2 aborts are valid Istio the meshpath proxy does not inject.
-    let http2 = fault
-        .abort
-        .as_ref()
-        .is_some_and(|a| a.grpc_status.is_none() && a.http2_error.is_some());
-    if http2 {
-        ctx.warn(Warning::Ignored {
-            field: format!("{f}.abort.http2Error"),
-        });
-    }
-    if let Some(a) = fault.abort.as_ref().filter(|_| !http2) {
+    // `http2Error` never gets here: validation rejects it, as Istio's does.
+    if let Some(a) = &fault.abort {
         let abort = match &a.grpc_status {
             Some(name) => {
                 let field = format!("{f}.abort.grpcStatus");

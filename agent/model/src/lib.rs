@@ -18,7 +18,7 @@ pub mod l7;
 
 pub use cluster::{
     ClusterModel, ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-    LbPolicy, Namespace, ObjectRef, Pod, PodPlacement, Protocol, Service, ServicePort,
-    SessionAffinity, SliceIndex, TargetPort,
+    ExternalAccess, ExternalTrafficPolicy, LbPolicy, Namespace, ObjectRef, Pod, PodPlacement,
+    Protocol, Service, ServicePort, SessionAffinity, SliceIndex, TargetPort,
 };
 pub use error::{ConvertError, Invalid, ObjectKey, ObjectKind};

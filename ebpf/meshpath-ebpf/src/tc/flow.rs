@@ -69,13 +69,23 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
         _pad: 0,
     };
     let to_frontend = ct_value(p.daddr_be, p.dport_be, header.svc_id);
-    let to_backend = ct_value(backend.backend_ip_be, backend.backend_port_be, header.svc_id);
+    let to_backend = ct_value(
+        backend.backend_ip_be,
+        backend.backend_port_be,
+        header.svc_id,
+    );
     if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err()
         || MP_TC_CT.insert(&key, &to_backend, 0).is_err()
     {
         return shot(TcReason::CtUpdateFailed);
     }
-    match nat::rewrite(ctx, &p, End::Destination, backend.backend_ip_be, backend.backend_port_be) {
+    match nat::rewrite(
+        ctx,
+        &p,
+        End::Destination,
+        backend.backend_ip_be,
+        backend.backend_port_be,
+    ) {
         Ok(()) => {
             bump(TcReason::NewFlow);
             Ok(TC_ACT_OK)

@@ -47,7 +47,10 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, TcReason> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(None);
     }
-    let frag = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).map_err(|_| TcReason::Truncated)?);
+    let frag = u16::from_be(
+        ctx.load::<u16>(ETH_HLEN + 6)
+            .map_err(|_| TcReason::Truncated)?,
+    );
     if frag & IP_FRAG_OFFSET_MASK != 0 {
         return Err(TcReason::Fragment);
     }
@@ -61,7 +64,9 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, TcReason> {
     let sport_be: u16 = ctx.load(l4_off).map_err(|_| TcReason::Truncated)?;
     let dport_be: u16 = ctx.load(l4_off + 2).map_err(|_| TcReason::Truncated)?;
     let closing = if proto == PROTO_TCP {
-        let flags: u8 = ctx.load(l4_off + TCP_FLAGS).map_err(|_| TcReason::Truncated)?;
+        let flags: u8 = ctx
+            .load(l4_off + TCP_FLAGS)
+            .map_err(|_| TcReason::Truncated)?;
         flags & (TCP_FIN | TCP_RST) != 0
     } else {
         false
@@ -86,7 +91,13 @@ pub enum End {
 
 /// Writes `ip_be:port_be` over the packet's source or destination, fixing both checksums.
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, p: &Packet, end: End, ip_be: u32, port_be: u16) -> Result<(), TcReason> {
+pub fn rewrite(
+    ctx: &TcContext,
+    p: &Packet,
+    end: End,
+    ip_be: u32,
+    port_be: u16,
+) -> Result<(), TcReason> {
     let (ip_off, port_off, old_ip, old_port) = match end {
         End::Source => (IP_SRC_OFF, p.l4_off, p.saddr_be, p.sport_be),
         End::Destination => (IP_DST_OFF, p.l4_off + 2, p.daddr_be, p.dport_be),

@@ -1,5 +1,6 @@
 //! The tc path against the real kernel, on a two-node topology: an outside client reaches a
-//! NodePort Service on node 1 whose backend pod runs on node 1, over TCP and UDP, through the
+//! NodePort Service (and an external IP of it) on node 1 whose backend pod runs on node 1, over
+//! TCP and UDP, through the
 //! tc programs on node 1's uplink, with no iptables or nftables rule anywhere; with the
 //! programs detached the same requests fail (negative control).
 //!
@@ -27,6 +28,8 @@ const NODE2_IP: &str = "192.168.77.2";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
 const NODE_PORT_TCP: u16 = 30080;
 const NODE_PORT_UDP: u16 = 30053;
+/// `externalIPs` of the TCP Service: not an address of any node; the client routes it via node 1.
+const EXTERNAL_IP: &str = "192.168.78.50";
 
 /// The lan and client namespaces of one run, removed on drop (also while a failing test
 /// unwinds); the harness's nodes remove their own.
@@ -71,6 +74,17 @@ impl Outside {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", name])?;
             ip(&["-n", ns, "link", "set", name, "up"])?;
         }
+        // "The internet" reaches the external IP through node 1, as a router would send it.
+        let via = nodes[0].1;
+        ip(&[
+            "-n",
+            &out.client,
+            "route",
+            "add",
+            &format!("{EXTERNAL_IP}/32"),
+            "via",
+            via,
+        ])?;
         for (node, _) in nodes {
             // The node routes between its uplink and its pods' bridge.
             netns_exec(
@@ -124,7 +138,8 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
 fn manifest(backend: Ipv4Addr) -> String {
     let service = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  \
-         type: NodePort\n  clusterIP: 10.96.0.10\n  externalTrafficPolicy: Local\n  ports:\n  \
+         type: NodePort\n  clusterIP: 10.96.0.10\n  externalTrafficPolicy: Local\n  \
+         externalIPs: [\"{EXTERNAL_IP}\"]\n  ports:\n  \
          - name: p\n    port: 80\n    targetPort: 8080\n    protocol: TCP\n    nodePort: {NODE_PORT_TCP}\n  \
          selector:\n    app: web\n"
     );
@@ -226,12 +241,20 @@ fn outside_client_reaches_a_node_port_with_a_local_backend_through_the_tc_path()
     assert_eq!(r.count("web-n1"), 20, "{r:?}");
     let r = udp(20).expect("udp client");
     assert_eq!(r.count("web-n1"), 20, "{r:?}");
+    // The same TCP Service on its external IP, port 80.
+    let a = addr(EXTERNAL_IP, 80).to_string();
+    let v = node1
+        .run_client_in(&client, &["tcp", "--addr", &a, "--count", "10"])
+        .expect("tcp client to the external IP");
+    let r: meshpath_tests::ClientReport = serde_json::from_value(v).expect("report");
+    assert_eq!(r.count("web-n1"), 10, "{r:?}");
+    assert_eq!(r.first_peer.as_deref(), Some("192.168.78.50:80"));
 
     let s = agent.status().expect("status");
-    // 20 TCP connections + 20 UDP sockets, one tracked flow each.
-    assert!(counter(&s, "tc_new_flow") >= 40, "{s}");
-    assert!(counter(&s, "tc_reply_reversed") >= 40, "{s}");
-    assert!(counter(&s, "tc_flow_translated") >= 40, "{s}");
+    // 30 TCP connections + 20 UDP sockets, one tracked flow each.
+    assert!(counter(&s, "tc_new_flow") >= 50, "{s}");
+    assert!(counter(&s, "tc_reply_reversed") >= 50, "{s}");
+    assert!(counter(&s, "tc_flow_translated") >= 50, "{s}");
     for failure in [
         "tc_no_backend",
         "tc_slot_missing",

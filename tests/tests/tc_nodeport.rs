@@ -158,8 +158,7 @@ fn manifest(backend: Ipv4Addr) -> String {
     ])
 }
 
-/// Whether TCX links can be made here (Linux ≥ 6.6); the clsact fallback is not what this
-/// test is about.
+/// Whether TCX links can be made here (Linux ≥ 6.6).
 fn tcx_supported() -> bool {
     let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
         return false;
@@ -186,20 +185,8 @@ fn assert_no_netfilter_rules(ns: &str) {
 #[test]
 fn outside_client_reaches_a_node_port_with_a_local_backend_through_the_tc_path() {
     skip_unless!(AGENT);
-    if !tcx_supported() {
-        // Straight to stdout, as the harness's skips: `cargo xtask test` counts these lines.
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("tc_nodeport")
-            .to_owned();
-        let reason = "the kernel has no TCX (Linux 6.6+); the agent would use clsact";
-        let _ = writeln!(
-            std::io::stdout(),
-            "{}",
-            meshpath_tests::skip_line(&test, reason)
-        );
-        return;
-    }
+    // Before Linux 6.6 the agent falls back to clsact filters: the same test, detached with tc.
+    let tcx = tcx_supported();
     let node1 = Node::new(1).expect("node 1");
     let node2 = Node::new(1).expect("node 2");
     let outside = Outside::build(
@@ -207,6 +194,24 @@ fn outside_client_reaches_a_node_port_with_a_local_backend_through_the_tc_path()
         &[(&node1, NODE1_IP), (&node2, NODE2_IP)],
     )
     .expect("lan, uplinks and client");
+    if !tcx {
+        // The fallback needs the clsact qdisc (sch_ingress), a module on some kernels.
+        let ns = node1.node_netns_name();
+        if netns_exec(ns, &["tc", "qdisc", "add", "dev", "ul", "clsact"]).is_err() {
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("tc_nodeport")
+                .to_owned();
+            let reason = "no TCX (Linux 6.6+) and no clsact qdisc on this kernel";
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                meshpath_tests::skip_line(&test, reason)
+            );
+            return;
+        }
+        netns_exec(ns, &["tc", "qdisc", "del", "dev", "ul", "clsact"]).expect("tc qdisc del");
+    }
     node1
         .spawn_server(0, "web-n1", &[8080], &[5353], &[])
         .expect("server on node 1");
@@ -224,7 +229,12 @@ fn outside_client_reaches_a_node_port_with_a_local_backend_through_the_tc_path()
     agent
         .wait_log("tc path attached", Duration::from_secs(10))
         .expect("tc programs attached");
-    assert!(agent.log().contains("mode=\"tcx\"") || agent.log().contains("mode=tcx"));
+    let mode = if tcx { "tcx" } else { "clsact" };
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("mode=\"{mode}\"")) || log.contains(&format!("mode={mode}")),
+        "{log}"
+    );
 
     let client = node1
         .outside()
@@ -286,8 +296,18 @@ fn outside_client_reaches_a_node_port_with_a_local_backend_through_the_tc_path()
     assert_eq!(r.count("web-n1"), 5, "{r:?}");
 
     // Negative control: with the programs detached nothing else answers on the NodePort.
-    for prog in ["mp_tc_ingress", "mp_tc_egress"] {
-        std::fs::remove_file(node1.pin_dir().join("links").join(prog)).expect("unpin tc link");
+    if tcx {
+        for prog in ["mp_tc_ingress", "mp_tc_egress"] {
+            std::fs::remove_file(node1.pin_dir().join("links").join(prog)).expect("unpin tc link");
+        }
+    } else {
+        for dir in ["ingress", "egress"] {
+            netns_exec(
+                node1.node_netns_name(),
+                &["tc", "filter", "del", "dev", "ul", dir],
+            )
+            .expect("tc filter del");
+        }
     }
     // The kernel drops an unpinned link after an RCU grace period, not at unlink(): wait for
     // the first refused connect, then require every later one to fail too.

@@ -24,10 +24,13 @@ pub const PROG_TC_EGRESS: &str = "mp_tc_egress";
 /// `vip_be` of a NodePort frontend: any of the node's addresses.
 pub const TC_ANY_NODE_IP: u32 = 0;
 
-pub const MAX_TC_SERVICE_ENTRIES: u32 = crate::MAX_SERVICE_ENTRIES;
+/// External frontends are few next to ClusterIPs: 16 384 entries (headers and slots), and the
+/// map is not preallocated (see the eBPF crate), so an idle tc path costs no kernel memory.
+pub const MAX_TC_SERVICE_ENTRIES: u32 = 16_384;
 pub const MAX_TC_NODE_IPS: u32 = 64;
-/// Two entries per tracked flow.
-pub const MAX_TC_CT: u32 = 262_144;
+/// Two entries per tracked flow: 32 768 concurrent flows. LRU maps are always preallocated,
+/// and every agent start creates this one, so it stays modest until a GC and sizing flag exist.
+pub const MAX_TC_CT: u32 = 65_536;
 
 /// [`TcSlot::flags`] of a header: `externalTrafficPolicy: Local` (slots hold local endpoints only
 /// and the client's address is kept). Informational for `meshpath status`; the program treats

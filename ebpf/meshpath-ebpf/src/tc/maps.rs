@@ -13,9 +13,14 @@ use meshpath_common::{
     ServiceKey,
 };
 
+/// `BPF_F_NO_PREALLOC`: entries are allocated as the agent writes them (rarely), not all at
+/// map creation, which every agent start pays (seconds on an emulated CPU).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// {external IP or any-node-IP, port, proto, slot} → header or backend.
 #[map]
-pub static MP_TC_SVC: HashMap<ServiceKey, TcSlot> = HashMap::pinned(MAX_TC_SERVICE_ENTRIES, 0);
+pub static MP_TC_SVC: HashMap<ServiceKey, TcSlot> =
+    HashMap::pinned(MAX_TC_SERVICE_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// The node's own addresses → 1: where NodePorts answer.
 #[map]

@@ -56,6 +56,9 @@ pub const ENV_TRACE_COLLECTOR: &str = "MESHPATH_TRACE_COLLECTOR";
 pub const ENV_TRACE_FORMAT: &str = "MESHPATH_TRACE_FORMAT";
 pub const ENV_MESH_ID: &str = "MESHPATH_MESH_ID";
 pub const ENV_ADMIN_ADDR: &str = "MESHPATH_ADMIN_ADDR";
+pub const ENV_TC_NODEPORT: &str = "MESHPATH_TC_NODEPORT";
+pub const ENV_TC_UPLINK: &str = "MESHPATH_TC_UPLINK";
+pub const ENV_TC_UPLINK_NETNS: &str = "MESHPATH_TC_UPLINK_NETNS";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
 
 #[derive(Debug, Parser)]
@@ -277,6 +280,20 @@ pub struct AgentArgs {
     /// Off: the verifier removes the logging code, so the programs pay nothing.
     #[arg(long, env = ENV_BPF_LOG, default_value_t = false, action = clap::ArgAction::Set)]
     pub bpf_log: bool,
+    /// NodePort, `externalIPs` and LoadBalancer ingress IPs served by tc programs on the
+    /// node's uplink (`--tc-uplink`): per-packet load balancing with connection tracking for
+    /// clients outside the node. Off (or no `--tc-uplink`): the programs are not attached and
+    /// any a previous agent pinned are detached.
+    #[arg(long, env = ENV_TC_NODEPORT, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tc_nodeport: bool,
+    /// The node's uplink interface (where outside clients' packets arrive, e.g. eth0); its
+    /// IPv4 addresses are where NodePorts answer. Unset: the tc path is off.
+    #[arg(long, env = ENV_TC_UPLINK)]
+    pub tc_uplink: Option<String>,
+    /// Network namespace of `--tc-uplink` (e.g. /var/run/netns/NAME), when it is not the
+    /// agent's own.
+    #[arg(long, env = ENV_TC_UPLINK_NETNS)]
+    pub tc_uplink_netns: Option<PathBuf>,
     /// Load-balancing policy for services without a `meshpath.io/lb-policy` annotation.
     #[arg(long, env = ENV_DEFAULT_LB_POLICY, value_enum, default_value_t = PolicyArg::Random)]
     pub default_lb_policy: PolicyArg,
@@ -419,6 +436,8 @@ pub struct AgentConfig {
     /// `--dns-capture true` given without `--proxy-ip`: reported at start.
     pub dns_without_proxy: bool,
     pub trace: TraceConfig,
+    /// Where the tc path attaches; `None`: off (`--tc-nodeport false` or no `--tc-uplink`).
+    pub tc_uplink: Option<meshpath_datapath::tc_uplink::Uplink>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -485,6 +504,13 @@ impl From<&AgentArgs> for AgentConfig {
             },
             agent_cgroup: a.agent_cgroup.clone(),
             reset_connections: a.reset_connections,
+            tc_uplink: match (a.tc_nodeport, &a.tc_uplink) {
+                (true, Some(iface)) => Some(meshpath_datapath::tc_uplink::Uplink {
+                    iface: iface.clone(),
+                    netns: a.tc_uplink_netns.clone(),
+                }),
+                _ => None,
+            },
             trace: TraceConfig {
                 sampling_hundredths: a.trace_sampling,
                 collector: a.trace_collector.clone(),

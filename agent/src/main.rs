@@ -13,6 +13,7 @@ mod netns;
 mod proxy_listeners;
 mod reconcile;
 mod run;
+mod tc_path;
 mod tcp_metrics;
 mod tcp_sample;
 mod top;

@@ -58,6 +58,8 @@ pub struct Reconciler {
     conn_reset: Option<crate::conn_reset::ConnResetter>,
     /// Backends off the kernel path whose connections wait until no slice lists them.
     reset_pending: std::collections::BTreeSet<std::net::SocketAddrV4>,
+    /// The tc path's frontends, when it is on.
+    tc: Option<crate::tc_path::TcPath>,
 }
 
 impl Reconciler {
@@ -83,7 +85,15 @@ impl Reconciler {
             redirect_opt_in: false,
             conn_reset: None,
             reset_pending: Default::default(),
+            tc: None,
         }
+    }
+
+    /// Programs NodePorts, external and load-balancer IPs for the tc path from the next
+    /// reconcile on.
+    pub fn with_tc(mut self, tc: Option<crate::tc_path::TcPath>) -> Self {
+        self.tc = tc;
+        self
     }
 
     /// Keeps the kernel's set of opted-in pods (`meshpath.io/socket-redirect`) in step with
@@ -248,6 +258,9 @@ impl Reconciler {
                     );
                     self.reset_pending = std::mem::take(&mut plan.pending);
                     resetter.reset(plan);
+                }
+                if let Some(tc) = &self.tc {
+                    tc.sync(model, &next, maps);
                 }
                 self.compiled = next;
                 self.l7 = l7;

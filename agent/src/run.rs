@@ -204,6 +204,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         l7_tx,
     )
     .with_dns(dns)
+    .with_tc(cfg.tc_uplink.as_ref().map(|_| crate::tc_path::TcPath {
+        node_name: cfg.node_name.clone(),
+    }))
     .with_redirect_opt_in(opt_in)
     .with_conn_reset(cfg.reset_connections.then(|| {
         let proxy_netns = cfg.proxy.as_ref().and_then(|p| p.netns.as_deref());
@@ -213,6 +216,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
     // directories, so it runs only when the pods changed, not on every endpoint change.
     let mut covered_for: Option<u64> = None;
+    // The tc path attaches once, after the first reconcile filled its maps.
+    let mut tc_attached = false;
+    let mut _tc_links = None;
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
@@ -222,6 +228,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         // Attached only now, over maps that hold the model: after an upgrade that replaced a map
         // (another definition), the previous programs keep serving from the old maps until here.
         datapath.attach()?;
+        if !tc_attached {
+            tc_attached = true;
+            // Not fatal: the socket path serves the pods whatever happens on the uplink.
+            match datapath.attach_uplink(cfg.tc_uplink.as_ref(), &cfg.pin_dir) {
+                Ok(links) => _tc_links = links,
+                Err(error) => {
+                    warn!(%error, source = ?std::error::Error::source(&error), "tc path not attached: NodePorts and external IPs are not served")
+                }
+            }
+        }
         programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         if let (SourceConfig::Kube(_), Some(node)) = (&cfg.source, &cfg.node_name) {
             let pods_hash = {

@@ -71,6 +71,21 @@ impl Pod {
         }
     }
 
+    /// A pseudo-pod in another network namespace of this run (an outside client's, say, made by
+    /// the test and removed by its own guard) at address `ip`, with this pod's cgroup and
+    /// children: [`crate::Node::outside`]`.in_netns(..)` runs where no program of the node
+    /// attaches.
+    pub fn in_netns(&self, label: &str, netns: &str, ip: Ipv4Addr) -> Pod {
+        Pod {
+            label: label.to_owned(),
+            netns: netns.to_owned(),
+            cgroup: self.cgroup.clone(),
+            ip,
+            children: self.children.clone(),
+            resolv_conf: self.resolv_conf.clone(),
+        }
+    }
+
     /// The same pod (namespace, cgroup, children) whose processes see `resolv_conf` as their
     /// /etc/resolv.conf: each runs in its own mount namespace with the file bind-mounted there.
     pub fn with_resolv_conf(&self, resolv_conf: PathBuf) -> Pod {

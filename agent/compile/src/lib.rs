@@ -14,6 +14,7 @@ mod alloc;
 pub mod conn_reset;
 pub mod ejection;
 mod error;
+pub mod external;
 pub mod l7;
 pub mod lb;
 pub mod limits;

@@ -19,12 +19,14 @@ fn svc(name: &str, ip: Option<[u8; 4]>, port: u16, target: TargetPort) -> Servic
             target_port: target,
             protocol: Protocol::Tcp,
             app_protocol: None,
+            node_port: None,
         }],
         selector: BTreeMap::new(),
         session_affinity: None,
         lb_policy: None,
         labels: BTreeMap::new(),
         origin: Some("manifests/web.yaml".into()),
+        external: Default::default(),
     }
 }
 

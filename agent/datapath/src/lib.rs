@@ -17,6 +17,8 @@ pub mod redirect;
 pub mod redirect_scope;
 pub mod sock_diag;
 pub mod status;
+pub mod tc_maps;
+pub mod tc_uplink;
 pub mod tcp_metrics;
 pub mod tcp_sample;
 
@@ -241,6 +243,40 @@ impl Datapath {
     pub fn take_tcp_sampler(&mut self) -> Option<tcp_sample::TcpSampler> {
         self.tcp_sampler.take()
     }
+
+    /// The tc path on the node's uplink (NodePort, external and load-balancer IPs): attached
+    /// to `uplink` with the uplink's addresses as the node's NodePort addresses, or, with
+    /// `None` (switched off), whatever a previous agent pinned is detached. Call after
+    /// [`Datapath::attach`], once the maps hold the first model.
+    pub fn attach_uplink(
+        &mut self,
+        uplink: Option<&tc_uplink::Uplink>,
+        pin_dir: &Path,
+    ) -> Result<Option<tc_uplink::Attached>, TcPathError> {
+        let Some(uplink) = uplink else {
+            tc_uplink::detach_pinned(pin_dir).map_err(Box::new)?;
+            info!("tc path off: NodePort and external IPs are not served by meshpath");
+            return Ok(None);
+        };
+        let attached = tc_uplink::attach(&mut self._ebpf, uplink, pin_dir)?;
+        let maps = self.maps.tc.as_mut().ok_or(TcPathError::NoMaps)?;
+        maps.set_node_ips(&attached.node_ips)?;
+        info!(iface = %uplink.iface, mode = attached.mode, node_ips = ?attached.node_ips, "tc path attached");
+        Ok(Some(attached))
+    }
+}
+
+/// Why the tc path could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TcPathError {
+    #[error(transparent)]
+    Uplink(#[from] tc_uplink::UplinkError),
+    #[error(transparent)]
+    Maps(#[from] tc_maps::TcMapError),
+    #[error("detaching the tc programs a previous agent left")]
+    Detach(#[from] Box<DatapathError>),
+    #[error("the eBPF object has no tc maps: it is older than this agent")]
+    NoMaps,
 }
 
 /// The UDP stickiness switch: read by sendmsg per datagram, so it also takes effect over pinned

@@ -43,6 +43,8 @@ pub struct DatapathMaps {
     pub redirect_pods: HashMap<MapData, u32, u32>,
     /// cgroup ids whose connects may be redirected (the agent's own) → 1.
     pub redirect_cgroups: HashMap<MapData, u64, u32>,
+    /// The tc path's maps; `None` in pins of an object built before it.
+    pub tc: Option<crate::tc_maps::TcMaps>,
 }
 
 impl DatapathMaps {
@@ -99,6 +101,7 @@ impl DatapathMaps {
             svc_backends: typed(MAP_SVC_BACKENDS, get(MAP_SVC_BACKENDS))?,
             redirect_pods: typed(MAP_REDIRECT_PODS, get(MAP_REDIRECT_PODS))?,
             redirect_cgroups: typed(MAP_REDIRECT_CGROUPS, get(MAP_REDIRECT_CGROUPS))?,
+            tc: crate::tc_maps::TcMaps::from_maps(&mut get),
         })
     }
 

@@ -197,11 +197,17 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
     }
     services.sort_by(|a, b| (&a.name, &a.frontend).cmp(&(&b.name, &b.frontend)));
     let limit_groups = groups(maps)?;
-    let counters = maps
+    let mut counters: BTreeMap<&'static str, u64> = maps
         .reason_counts()?
         .into_iter()
         .map(|(r, n)| (r.name(), n))
         .collect();
+    // The tc path's reasons (`tc_*`), when the pinned object has them.
+    if let Some(tc) = &maps.tc {
+        if let Ok(tc_counts) = tc.reason_counts() {
+            counters.extend(tc_counts.into_iter().map(|(r, n)| (r.name(), n)));
+        }
+    }
     let mode = maps
         .config
         .get(&meshpath_common::CONFIG_REDIRECT, 0)

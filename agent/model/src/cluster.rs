@@ -67,6 +67,9 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// `appProtocol`, lowercased (`http`, `kubernetes.io/h2c`...), when written.
     pub app_protocol: Option<String>,
+    /// `nodePort` of a `NodePort` or `LoadBalancer` Service (the API server allocates one when
+    /// the manifest leaves it out; a manifests source without one gets none).
+    pub node_port: Option<u16>,
 }
 
 impl ServicePort {
@@ -81,6 +84,39 @@ impl ServicePort {
         let by_name = name == "http" || name.starts_with("http-");
         let by_app = self.app_protocol.as_deref() == Some("http");
         self.protocol == Protocol::Tcp && (by_name || by_app)
+    }
+}
+
+/// `externalTrafficPolicy`: whether traffic from outside the node may go to another node's
+/// endpoints (`Cluster`, the client's address then hidden behind the node's) or only to this
+/// node's (`Local`, the client's address kept).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ExternalTrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// How a Service is reached from outside the cluster, besides its ports' `nodePort`s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalAccess {
+    /// `spec.externalIPs` (IPv4 only; other families are ignored by the source).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` of a `LoadBalancer` Service.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub traffic_policy: ExternalTrafficPolicy,
+}
+
+impl ExternalAccess {
+    /// Every external address, each once, in order.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = Vec::new();
+        for ip in self.external_ips.iter().chain(&self.load_balancer_ips) {
+            if !out.contains(ip) {
+                out.push(*ip);
+            }
+        }
+        out
     }
 }
 
@@ -106,6 +142,8 @@ pub struct Service {
     /// Where the object came from (a manifest file, the API server), so errors found later, when
     /// compiling, can name it too. Set by the source that assembles the model.
     pub origin: Option<String>,
+    /// External IPs, load-balancer IPs and `externalTrafficPolicy`.
+    pub external: ExternalAccess,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

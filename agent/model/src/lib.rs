@@ -19,8 +19,8 @@ pub mod locality;
 
 pub use cluster::{
     ClusterModel, ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-    LbPolicy, Namespace, ObjectRef, Pod, PodPlacement, Protocol, Service, ServicePort,
-    SessionAffinity, SliceIndex, TargetPort,
+    ExternalAccess, ExternalTrafficPolicy, LbPolicy, Namespace, ObjectRef, Pod, PodPlacement,
+    Protocol, Service, ServicePort, SessionAffinity, SliceIndex, TargetPort,
 };
 pub use error::{ConvertError, Invalid, ObjectKey, ObjectKind};
 pub use locality::{Locality, Node};

@@ -12,6 +12,7 @@ mod endpoints;
 mod fields;
 mod namespace;
 mod service;
+mod service_external;
 
 pub use endpoints::{endpoint_slice, pod};
 pub use namespace::{namespace, node, socket_redirect, SOCKET_REDIRECT_ANNOTATION};

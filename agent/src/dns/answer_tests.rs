@@ -16,6 +16,7 @@ fn table() -> NameTable {
         lb_policy: None,
         labels: Default::default(),
         origin: None,
+        external: Default::default(),
     };
     m.services.insert(svc.id.clone(), svc);
     m.external_names

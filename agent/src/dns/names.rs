@@ -124,6 +124,7 @@ mod tests {
             lb_policy: None,
             labels: Default::default(),
             origin: None,
+            external: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod limits;
 pub mod policy;
 pub mod sticky;
+pub mod tc;
 pub mod tcp_metrics;
 
 pub use counters::{Reason, ServiceStats, REASON_COUNT};

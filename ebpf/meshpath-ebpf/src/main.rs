@@ -14,6 +14,7 @@ mod log;
 mod maps;
 mod proxy;
 mod redirect;
+mod tc;
 mod tcp_metrics;
 mod tcp_sample;
 

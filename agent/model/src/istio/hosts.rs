@@ -81,6 +81,7 @@ mod tests {
                     lb_policy: None,
                     labels: BTreeMap::new(),
                     origin: None,
+                    external: Default::default(),
                 };
                 (id, svc)
             })

@@ -101,6 +101,11 @@ pub fn service(svc: &core::Service) -> Result<Converted<Service>, ConvertError> 
                 target_port,
                 protocol,
                 app_protocol: non_empty(&p.app_protocol).map(str::to_ascii_lowercase),
+                node_port: match p.node_port {
+                    // A ClusterIP Service has none; 0 is what an unset field reads as.
+                    None | Some(0) => None,
+                    Some(n) => Some(ctx.port(field("nodePort"), n)?),
+                },
             })
         })
         .collect::<Result<Vec<_>, ConvertError>>()?;
@@ -161,6 +166,8 @@ pub fn service(svc: &core::Service) -> Result<Converted<Service>, ConvertError> 
         }
     };
 
+    let external = super::service_external::external_access(&ctx, svc, spec)?;
+
     Ok(Converted::Accepted(Service {
         id: ctx.id(),
         cluster_ip,
@@ -170,6 +177,7 @@ pub fn service(svc: &core::Service) -> Result<Converted<Service>, ConvertError> 
         lb_policy,
         labels: string_map(&svc.metadata.labels),
         origin: None,
+        external,
     }))
 }
 

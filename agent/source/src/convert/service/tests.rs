@@ -44,6 +44,7 @@ fn service_defaults() {
             target_port: TargetPort::Number(80),
             protocol: Protocol::Tcp,
             app_protocol: None,
+            node_port: None,
         }]
     );
     assert_eq!(

@@ -16,12 +16,14 @@ fn svc(name: &str, port: u16) -> Item {
             target_port: TargetPort::Number(port),
             protocol: Protocol::Tcp,
             app_protocol: None,
+            node_port: None,
         }],
         selector: BTreeMap::new(),
         session_affinity: None,
         lb_policy: None,
         labels: BTreeMap::new(),
         origin: None,
+        external: Default::default(),
     };
     Item {
         id,

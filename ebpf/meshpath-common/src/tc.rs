@@ -1,0 +1,182 @@
+//! The tc data path on the node's uplink: per-packet service load balancing for traffic the
+//! socket hooks never see (a client outside the node reaching a `NodePort`, an `externalIPs`
+//! address or a `LoadBalancer` ingress IP).
+//!
+//! Kept apart from the socket path's maps on purpose: its frontends are not ClusterIPs (a
+//! NodePort matches any of the node's own addresses), its slots differ (they hold only the
+//! endpoints the uplink can reach without SNAT, see the README), and a connect from a pod must
+//! never be translated by these entries. Its counters have their own array and reason enum, so
+//! the socket path's reason numbering never moves.
+
+/// `{frontend, slot}` → [`TcSlot`]. Keys are [`crate::ServiceKey`]s: `vip_be` is the external
+/// IP, or [`TC_ANY_NODE_IP`] for a NodePort (it matches every address in [`MAP_TC_NODE_IPS`]).
+pub const MAP_TC_SERVICES: &str = "MP_TC_SVC";
+/// The node's own IPv4 addresses (network order) → 1: where NodePorts answer. Written by the agent.
+pub const MAP_TC_NODE_IPS: &str = "MP_TC_NODE_IPS";
+/// Connection tracking of translated flows, both directions (see [`CtKey`]).
+pub const MAP_TC_CT: &str = "MP_TC_CT";
+/// [`TcReason`] → count, per CPU.
+pub const MAP_TC_COUNTERS: &str = "MP_TC_COUNTERS";
+
+pub const PROG_TC_INGRESS: &str = "mp_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "mp_tc_egress";
+
+/// `vip_be` of a NodePort frontend: any of the node's addresses.
+pub const TC_ANY_NODE_IP: u32 = 0;
+
+/// External frontends are few next to ClusterIPs: 16 384 entries (headers and slots), and the
+/// map is not preallocated (see the eBPF crate), so an idle tc path costs no kernel memory.
+pub const MAX_TC_SERVICE_ENTRIES: u32 = 16_384;
+pub const MAX_TC_NODE_IPS: u32 = 64;
+/// Two entries per tracked flow: 32 768 concurrent flows. LRU maps are always preallocated,
+/// and every agent start creates this one, so it stays modest until a GC and sizing flag exist.
+pub const MAX_TC_CT: u32 = 65_536;
+
+/// [`TcSlot::flags`] of a header: `externalTrafficPolicy: Local` (slots hold local endpoints only
+/// and the client's address is kept). Informational for `meshpath status`; the program treats
+/// both policies alike because the agent renders only local endpoints today.
+pub const TC_FLAG_LOCAL: u8 = 1 << 0;
+/// [`TcSlot::flags`]: the frontend is a NodePort (else an external or load-balancer IP).
+pub const TC_FLAG_NODE_PORT: u8 = 1 << 1;
+
+/// Slot 0 of a frontend: `count` and `svc_id` (the ClusterIP frontend's id, so its name and
+/// stats are shared); slots `1..=count`: the backend address, inline so a packet needs one
+/// lookup per slot and the socket path's backend table is never read across an agent update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcSlot {
+    pub backend_ip_be: u32,
+    pub backend_port_be: u16,
+    pub count: u16,
+    pub svc_id: u32,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`CtKey::dir`]: a client's packet towards a frontend, seen on uplink ingress.
+pub const CT_DIR_ORIGINAL: u8 = 0;
+/// [`CtKey::dir`]: a backend's reply towards that client (after translation), seen on uplink
+/// egress.
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// A flow as one direction of it looks on the wire: addresses and ports in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+/// [`CtValue::state`] values.
+pub const CT_STATE_OPEN: u8 = 0;
+/// A FIN or RST was seen: the entry is left to age out of the LRU.
+pub const CT_STATE_CLOSING: u8 = 1;
+
+/// For an original-direction key: the backend to send to. For a reply key: the frontend
+/// address to write back as the source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub state: u8,
+    pub _pad: u8,
+    pub svc_id: u32,
+    pub _pad1: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TcSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+/// What the tc programs did. Each value indexes one slot of [`MAP_TC_COUNTERS`]; every failure
+/// path bumps exactly one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcReason {
+    /// A client's first packet to a frontend: a backend was picked and the flow tracked.
+    NewFlow = 0,
+    /// A packet of a tracked flow translated to its backend.
+    FlowTranslated = 1,
+    /// A backend's reply translated back to the frontend's address.
+    ReplyReversed = 2,
+    /// A frontend with no (local) endpoint: the packet was dropped.
+    NoBackend = 3,
+    /// Slot 0 said N but a slot in 1..=N was absent (a concurrent update): dropped.
+    SlotMissing = 4,
+    /// Conntrack entries could not be written (map error): dropped, the client retries.
+    CtUpdateFailed = 5,
+    /// Rewriting the packet (store or checksum helper) failed: dropped.
+    RewriteFailed = 6,
+    /// An IPv4 fragment other than the first to a frontend port: cannot be matched, passed.
+    Fragment = 7,
+    /// A truncated header: passed untouched.
+    Truncated = 8,
+    /// A FIN or RST of a tracked TCP flow: the entry was marked closing.
+    FlowClosing = 9,
+}
+
+pub const TC_REASON_COUNT: u32 = 10;
+
+impl TcReason {
+    pub const ALL: [TcReason; TC_REASON_COUNT as usize] = [
+        TcReason::NewFlow,
+        TcReason::FlowTranslated,
+        TcReason::ReplyReversed,
+        TcReason::NoBackend,
+        TcReason::SlotMissing,
+        TcReason::CtUpdateFailed,
+        TcReason::RewriteFailed,
+        TcReason::Fragment,
+        TcReason::Truncated,
+        TcReason::FlowClosing,
+    ];
+
+    /// Stable snake_case name, with a `tc_` prefix so it never collides with a socket-path
+    /// reason in the shared `reason` label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcReason::NewFlow => "tc_new_flow",
+            TcReason::FlowTranslated => "tc_flow_translated",
+            TcReason::ReplyReversed => "tc_reply_reversed",
+            TcReason::NoBackend => "tc_no_backend",
+            TcReason::SlotMissing => "tc_slot_missing",
+            TcReason::CtUpdateFailed => "tc_ct_update_failed",
+            TcReason::RewriteFailed => "tc_rewrite_failed",
+            TcReason::Fragment => "tc_fragment",
+            TcReason::Truncated => "tc_truncated",
+            TcReason::FlowClosing => "tc_flow_closing",
+        }
+    }
+}
+
+const _: () = assert!(TcReason::ALL.len() == TC_REASON_COUNT as usize);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: repr(C), Copy, integers only, all padding explicit.
+    unsafe impl aya::Pod for TcSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CtValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_tc_reason_once_in_index_order() {
+        for (i, r) in TcReason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{}", r.name());
+            assert!(r.name().starts_with("tc_"));
+        }
+    }
+}

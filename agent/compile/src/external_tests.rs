@@ -56,6 +56,8 @@ fn slice(service: &str, ips: &[[u8; 4]]) -> EndpointSlice {
                 addresses: vec![Ipv4Addr::from(*ip)],
                 conditions: EndpointConditions::default(),
                 pod_name: None,
+                zone: None,
+                node_name: None,
             })
             .collect(),
     }

@@ -14,6 +14,7 @@ mod log;
 mod maps;
 mod proxy;
 mod redirect;
+mod sockops;
 mod tcp_metrics;
 mod tcp_sample;
 
@@ -121,11 +122,7 @@ pub fn mp_getpeername6(ctx: SockAddrContext) -> i32 {
 /// redirection SOCKHASH.
 #[sock_ops]
 pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
-    connlimit::on_sockops(&ctx);
-    tcp_metrics::on_sockops(&ctx);
-    match redirect::try_sockops(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    sockops::dispatch(&ctx)
 }
 
 /// Every socket of the managed cgroups released by its owner (close, exit, kill): frees a

@@ -16,10 +16,7 @@
 //! ones (marked by connect4, the only program that runs in the connecting task, from the
 //! agent's cgroup id in `MP_REDIR_CGRP`). Every other socket keeps the plain TCP path.
 
-use aya_ebpf::bindings::{
-    sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-    BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-};
+use aya_ebpf::bindings::{sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB};
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie};
 use aya_ebpf::programs::{SkMsgContext, SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
@@ -59,7 +56,6 @@ fn is_ipv4(ctx: &SockOpsContext) -> bool {
         _ => false,
     }
 }
-const BPF_TCP_CLOSE: u32 = 7;
 
 /// sock_ops and sk_msg encode the remote port as the network-order u16 in the upper half of a
 /// u32 (on little-endian), the local port in host order.
@@ -73,74 +69,86 @@ fn key(local_ip_be: u32, remote_ip_be: u32, local_port: u32, remote_port_raw: u3
     }
 }
 
-pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
+/// This socket's key, if it is an IPv4 connection (see [`is_ipv4`]).
+#[inline(always)]
+fn sock_key(ctx: &SockOpsContext) -> Option<SockKey> {
     if !is_ipv4(ctx) {
-        return Ok(0);
+        return None;
     }
-    let k = key(
+    Some(key(
         ctx.local_ip4(),
         ctx.remote_ip4(),
         ctx.local_port(),
         ctx.remote_port(),
-    );
-    match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-            // sock_ops also runs for the connection limit; redirection may be off or paused.
-            let mode = MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0);
-            match mode & REDIRECT_STATE_MASK {
-                REDIRECT_ON => {}
-                REDIRECT_PAUSED => {
-                    bump(Reason::SockRedirectDisabled);
-                    return Ok(0);
-                }
-                _ => return Ok(0),
-            }
-            if mode & REDIRECT_OPT_IN != 0 && !opted_in(ctx, &k) {
-                bump(Reason::SockNotOptedIn);
-                return Ok(0);
-            }
-            let mut k = k;
-            // SAFETY: sock_ops hands a valid context; the helper only reads the socket from it.
-            match MP_SOCKS.update(&mut k, unsafe { &mut *ctx.ops }, 0) {
-                Ok(()) => {
-                    bump(Reason::SockInserted);
-                    // Ask for state callbacks so the entry is removed when the socket closes.
-                    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-                    if ctx.set_cb_flags(flags as i32).is_err() {
-                        bump(Reason::RedirectCbFlagsFailed);
-                    }
-                }
-                Err(_) => {
-                    bump(Reason::SockInsertFailed);
-                    crate::log::sock_insert_failed(ctx, k.local_port, k.remote_port);
-                }
-            }
+    ))
+}
+
+/// At ACTIVE/PASSIVE_ESTABLISHED (`op`): puts the socket into the SOCKHASH when redirection
+/// applies to it. Whether it was put there: it then wants state callbacks, so the close clears
+/// its per-tuple mark (the caller asks for them).
+#[inline(always)]
+pub fn on_established(ctx: &SockOpsContext, op: u32) -> bool {
+    let Some(mut k) = sock_key(ctx) else {
+        return false;
+    };
+    // sock_ops also runs for the connection limit; redirection may be off or paused.
+    let mode = MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0);
+    match mode & REDIRECT_STATE_MASK {
+        REDIRECT_ON => {}
+        REDIRECT_PAUSED => {
+            bump(Reason::SockRedirectDisabled);
+            return false;
         }
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            // Deliberately NOT deleted from the SOCKHASH here. TCP_CLOSE is reached while the
-            // application may still have unread redirected bytes (e.g. a half-closed client whose
-            // peer's FIN moves it to TIME_WAIT); deleting the entry drops the socket's psock and
-            // with it those bytes (seen in the byte-exactness tests: replies cut short). The
-            // kernel removes the socket from the map itself when its owner closes it, which the
-            // tests check ("sockhash drains"). Only our own per-tuple mark is cleared.
-            let _ = MP_SOCK_FALLBK.remove(&k);
-            if MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0) != 0 {
-                bump(Reason::SockClosed);
-            }
-        }
-        _ => {}
+        _ => return false,
     }
-    Ok(0)
+    if mode & REDIRECT_OPT_IN != 0 && !opted_in(ctx, op, &k) {
+        bump(Reason::SockNotOptedIn);
+        return false;
+    }
+    // SAFETY: sock_ops hands a valid context; the helper only reads the socket from it.
+    match MP_SOCKS.update(&mut k, unsafe { &mut *ctx.ops }, 0) {
+        Ok(()) => {
+            bump(Reason::SockInserted);
+            true
+        }
+        Err(_) => {
+            bump(Reason::SockInsertFailed);
+            crate::log::sock_insert_failed(ctx, k.local_port, k.remote_port);
+            false
+        }
+    }
+}
+
+/// At TCP_CLOSE. Deliberately NOT deleted from the SOCKHASH here: TCP_CLOSE is reached while the
+/// application may still have unread redirected bytes (e.g. a half-closed client whose peer's
+/// FIN moves it to TIME_WAIT); deleting the entry drops the socket's psock and with it those
+/// bytes (seen in the byte-exactness tests: replies cut short). The kernel removes the socket
+/// from the map itself when its owner closes it, which the tests check ("sockhash drains").
+/// Only our own per-tuple mark is cleared.
+#[inline(always)]
+pub fn on_close(ctx: &SockOpsContext) {
+    let Some(k) = sock_key(ctx) else {
+        return;
+    };
+    // Looked up before the delete: almost no socket has a mark, and a lookup takes no bucket
+    // lock where a delete does, found or not.
+    // SAFETY: presence only.
+    if unsafe { MP_SOCK_FALLBK.get(&k) }.is_some() {
+        let _ = MP_SOCK_FALLBK.remove(&k);
+    }
+    if MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0) != 0 {
+        bump(Reason::SockClosed);
+    }
 }
 
 /// Whether an established socket may be redirected in the opt-in scope (see the module doc).
 #[inline(always)]
-fn opted_in(ctx: &SockOpsContext, k: &SockKey) -> bool {
+fn opted_in(ctx: &SockOpsContext, op: u32, k: &SockKey) -> bool {
     // SAFETY: values are not dereferenced; only presence matters.
     if unsafe { MP_REDIR_PODS.get(&k.local_ip_be) }.is_some() {
         return true;
     }
-    if ctx.op() == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         let slot = |i| MP_REDIR_PROXY.get(i).copied().unwrap_or(0);
         let ip = slot(REDIRECT_PROXY_IP);
         let port = u32::from(k.local_port);

@@ -9,6 +9,7 @@
 
 pub mod counters;
 pub mod limits;
+pub mod live;
 pub mod policy;
 pub mod sticky;
 pub mod tcp_metrics;

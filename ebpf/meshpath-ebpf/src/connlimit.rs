@@ -18,10 +18,12 @@ use aya_ebpf::programs::SockOpsContext;
 use meshpath_common::{Reason, ServiceKey, ServiceValue, SockLimit, SVC_FLAG_ROUTE_LIMITS};
 
 use crate::counters::{bump, bump_service, ServiceCounter};
+use crate::live;
 use crate::maps::{
     MP_CONN_ACTIVE, MP_CONN_MAX, MP_GRP_ACTIVE, MP_GRP_MAX, MP_GRP_REFUSED, MP_SLOT_GRP,
     MP_SOCK_LIMIT,
 };
+use meshpath_common::live::LIVE_TRACKED_SOCKS;
 
 /// Outcome of asking for a slot.
 pub enum Admission {
@@ -115,7 +117,9 @@ fn count(max: u32, active: *mut u64, limit: SockLimit, cookie: u64) -> Admission
         }
         return Admission::Refused;
     }
+    live::add(LIVE_TRACKED_SOCKS);
     if MP_SOCK_LIMIT.insert(cookie, limit, 0).is_err() {
+        live::sub(LIVE_TRACKED_SOCKS);
         // Untracked means never released: do not count it.
         // SAFETY: as above.
         unsafe { core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
@@ -127,7 +131,11 @@ fn count(max: u32, active: *mut u64, limit: SockLimit, cookie: u64) -> Admission
 
 /// The sock_ops half, at TCP_CONNECT_CB: ask for state callbacks on a counted socket.
 #[inline(always)]
-pub fn on_connect(ctx: &SockOpsContext, cookie: u64) {
+pub fn on_connect(ctx: &SockOpsContext, cookie: impl FnOnce() -> u64) {
+    if live::empty(LIVE_TRACKED_SOCKS) {
+        return;
+    }
+    let cookie = cookie();
     // SAFETY: presence check only.
     if unsafe { MP_SOCK_LIMIT.get(cookie) }.is_none() {
         return;
@@ -144,6 +152,9 @@ pub fn on_connect(ctx: &SockOpsContext, cookie: u64) {
 /// The sock_ops half, at TCP_CLOSE: release the socket's slot, if it holds one.
 #[inline(always)]
 pub fn on_close(cookie: u64) {
+    if live::empty(LIVE_TRACKED_SOCKS) {
+        return;
+    }
     // SAFETY: the value is copied out at once.
     let Some(limit) = (unsafe { MP_SOCK_LIMIT.get(cookie) }).copied() else {
         return;
@@ -173,6 +184,7 @@ fn release_slot(cookie: u64, limit: SockLimit) -> bool {
     if MP_SOCK_LIMIT.remove(cookie).is_err() {
         return false;
     }
+    live::sub(LIVE_TRACKED_SOCKS);
     let active = if limit.group_id != 0 {
         MP_GRP_ACTIVE.get_ptr_mut(limit.group_id)
     } else {

@@ -10,6 +10,7 @@ mod addr;
 mod connlimit;
 mod counters;
 mod lb;
+mod live;
 mod log;
 mod maps;
 mod proxy;
@@ -24,6 +25,7 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
+use meshpath_common::live::LIVE_TRACKED_SOCKS;
 use meshpath_common::{
     Reason, RevNatKey, RevNatValue, ServiceKey, CONFIG_UDP_STICKY_SEC, PROTO_TCP, PROTO_UDP,
     SVC_FLAG_DNS,
@@ -129,6 +131,10 @@ pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
 /// connection-limit slot the socket still holds (see `connlimit`).
 #[cgroup_sock(sock_release)]
 pub fn mp_sock_release(ctx: SockContext) -> i32 {
+    // Almost always nothing to free: no cookie, no lookup then.
+    if live::empty(LIVE_TRACKED_SOCKS) {
+        return ALLOW;
+    }
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     connlimit::on_sock_release(cookie);

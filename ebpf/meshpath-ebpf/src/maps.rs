@@ -5,6 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
 };
+use meshpath_common::live::LIVE_SLOTS;
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
     ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, SvcBackendKey, TcpConn,
@@ -131,3 +132,7 @@ pub static MP_REDIR_COOK: LruHashMap<u64, u32> = LruHashMap::pinned(MAX_REDIRECT
 /// The node proxy's listener address range (see `meshpath_common::MAP_REDIRECT_PROXY`).
 #[map]
 pub static MP_REDIR_PROXY: Array<u32> = Array::pinned(REDIRECT_PROXY_SLOTS, 0);
+
+/// Upper bounds of the entries of `MP_SOCK_LIMIT` and `MP_SOCK_FALLBK` (see `live.rs`).
+#[map]
+pub static MP_LIVE: Array<u64> = Array::pinned(LIVE_SLOTS, 0);

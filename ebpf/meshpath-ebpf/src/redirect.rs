@@ -16,7 +16,9 @@
 //! ones (marked by connect4, the only program that runs in the connecting task, from the
 //! agent's cgroup id in `MP_REDIR_CGRP`). Every other socket keeps the plain TCP path.
 
-use aya_ebpf::bindings::{sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB};
+use aya_ebpf::bindings::{
+    sk_action::SK_PASS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+};
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie};
 use aya_ebpf::programs::{SkMsgContext, SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
@@ -26,12 +28,15 @@ use meshpath_common::{
 };
 
 use crate::counters::{add, bump};
+use crate::live;
 use crate::maps::{
     MP_CONFIG, MP_REDIR_CGRP, MP_REDIR_COOK, MP_REDIR_PODS, MP_REDIR_PROXY, MP_SOCKS,
     MP_SOCK_FALLBK,
 };
+use meshpath_common::live::LIVE_FALLBACK_MARKS;
 
 const AF_INET: u32 = 2;
+const EEXIST: i32 = 17;
 const AF_INET6: u32 = 10;
 
 /// `::ffff:0:0/96` as the third 32-bit word of an IPv6 address read natively (bytes 00 00 ff ff).
@@ -130,11 +135,14 @@ pub fn on_close(ctx: &SockOpsContext) {
     let Some(k) = sock_key(ctx) else {
         return;
     };
-    // Looked up before the delete: almost no socket has a mark, and a lookup takes no bucket
-    // lock where a delete does, found or not.
+    // Almost no socket has a mark: none to look for while no socket has one, and looked up
+    // before the delete, since a lookup takes no bucket lock where a delete does, found or not.
     // SAFETY: presence only.
-    if unsafe { MP_SOCK_FALLBK.get(&k) }.is_some() {
-        let _ = MP_SOCK_FALLBK.remove(&k);
+    if !live::empty(LIVE_FALLBACK_MARKS)
+        && unsafe { MP_SOCK_FALLBK.get(&k) }.is_some()
+        && MP_SOCK_FALLBK.remove(&k).is_ok()
+    {
+        live::sub(LIVE_FALLBACK_MARKS);
     }
     if MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0) != 0 {
         bump(Reason::SockClosed);
@@ -195,8 +203,9 @@ pub fn try_skmsg(ctx: &SkMsgContext) -> Result<u32, u32> {
     // SAFETY: sk_msg hands a valid context.
     let md = unsafe { &*ctx.msg };
     let own = key(md.local_ip4, md.remote_ip4, md.local_port, md.remote_port);
+    // No mark to look for while no socket has one (see `meshpath_common::live`).
     // SAFETY: values are not dereferenced; only presence matters.
-    if unsafe { MP_SOCK_FALLBK.get(&own) }.is_some() {
+    if !live::empty(LIVE_FALLBACK_MARKS) && unsafe { MP_SOCK_FALLBK.get(&own) }.is_some() {
         bump(Reason::MsgFallbackSticky);
         return Ok(SK_PASS);
     }
@@ -205,9 +214,17 @@ pub fn try_skmsg(ctx: &SkMsgContext) -> Result<u32, u32> {
         bump(Reason::MsgRedirected);
         add(Reason::MsgRedirectedBytes, u64::from(size));
     } else {
-        // No peer: this message goes the TCP way, and so must the rest of the stream.
-        if MP_SOCK_FALLBK.insert(&own, &1, 0).is_err() {
-            bump(Reason::SockFallbackMarkFailed);
+        // No peer: this message goes the TCP way, and so must the rest of the stream. Counted
+        // before it exists, so no later message of this socket can skip the lookup.
+        live::add(LIVE_FALLBACK_MARKS);
+        match MP_SOCK_FALLBK.insert(&own, &1, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            // Marked already (a tuple reused before its mark was cleared): counted then.
+            Err(e) if e == -EEXIST => live::sub(LIVE_FALLBACK_MARKS),
+            Err(_) => {
+                live::sub(LIVE_FALLBACK_MARKS);
+                bump(Reason::SockFallbackMarkFailed);
+            }
         }
         bump(Reason::MsgFallbackNoPeer);
     }

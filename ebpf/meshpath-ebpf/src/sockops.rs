@@ -27,7 +27,7 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 #[inline(always)]
 pub fn dispatch(ctx: &SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => connlimit::on_connect(ctx, cookie(ctx)),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => connlimit::on_connect(ctx, || cookie(ctx)),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             // Both users may want state callbacks: asked for once, with one helper call.
             let metrics = tcp_metrics::on_active_established(ctx);

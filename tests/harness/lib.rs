@@ -16,6 +16,7 @@
 //! and returns (printing `SKIP <test>: <reason>`) when it cannot.
 
 pub mod agent;
+pub mod bpf_stats;
 mod cgroup;
 mod children;
 mod client;

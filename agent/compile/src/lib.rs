@@ -326,9 +326,10 @@ impl Compiled {
             // A steered frontend keeps its own endpoints in its slots (connect4's fallback while
             // the proxy is down) and names the proxy listener in its header.
             let mut proxy_id = 0;
+            let mut proxy = Backend::NONE;
             let mut steer_flags = 0;
             if let Some(target) = steer.get(addr) {
-                let proxy = BackendAddr {
+                let proxy_addr = BackendAddr {
                     ip: *target.ip(),
                     port: target.port(),
                     protocol: addr.protocol,
@@ -337,7 +338,8 @@ impl Compiled {
                 let next = self.backend_ids.values().max().copied().unwrap_or(0)
                     + 1
                     + proxy_backends.len() as u32;
-                proxy_id = *proxy_backends.entry(proxy).or_insert(next);
+                proxy_id = *proxy_backends.entry(proxy_addr).or_insert(next);
+                proxy = backend_value(&proxy_addr);
                 steer_flags = SVC_FLAG_STEERED;
                 if fail_closed.refuses(&fe.service) {
                     steer_flags |= SVC_FLAG_FAIL_CLOSED;
@@ -365,6 +367,7 @@ impl Compiled {
             };
             let header = ServiceValue {
                 backend_id: proxy_id,
+                backend: proxy,
                 count: slots.len() as u16,
                 flags: flags | steer_flags,
                 policy: lb::policy_code(fe),
@@ -380,6 +383,8 @@ impl Compiled {
                     base.with_slot(i as u16 + 1),
                     ServiceValue {
                         backend_id,
+                        // A destination without endpoints: no address, refused by connect4.
+                        backend: b.map_or(Backend::NONE, backend_value),
                         ..header
                     },
                 );

@@ -129,6 +129,7 @@ impl Datapath {
     ) -> Result<Self, DatapathError> {
         ensure_bpffs_dir(pin_dir)?;
         pins::unpin_incompatible(object, pin_dir)?;
+        let live_before = pins::live_before(pin_dir);
         let level = if features.bpf_log {
             bpf_log::LEVEL_DEBUG
         } else {
@@ -157,6 +158,7 @@ impl Datapath {
             pin_dir: pin_dir.to_path_buf(),
             source: Box::new(source),
         })?;
+        pins::init_live(&mut ebpf, &live_before)?;
         let log = if features.bpf_log {
             Some(bpf_log::BpfLog::init(&mut ebpf)?)
         } else {

@@ -102,6 +102,7 @@ mod tests {
             policy: 0,
             svc_id: 7,
             affinity_timeout_sec: 0,
+            backend: meshpath_common::Backend::NONE,
         };
         let entries = [(key(0), val(99)), (key(1), val(3)), (key(2), val(3))];
         let got = pairs_of(entries.iter().map(|(k, v)| (k, v)));

@@ -59,3 +59,56 @@ pub fn unpin_incompatible(object: &[u8], pin_dir: &Path) -> Result<Vec<Replaced>
     replaced.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(replaced)
 }
+
+/// Which per-socket maps were pinned before this load, for [`init_live`]; call after
+/// [`unpin_incompatible`] and before loading.
+pub struct LiveBefore {
+    live: bool,
+    tracked: bool,
+    fallback: bool,
+}
+
+pub fn live_before(pin_dir: &Path) -> LiveBefore {
+    use meshpath_common::{live::MAP_LIVE, MAP_SOCK_FALLBACK, MAP_SOCK_LIMIT};
+    LiveBefore {
+        live: pin_dir.join(MAP_LIVE).exists(),
+        tracked: pin_dir.join(MAP_SOCK_LIMIT).exists(),
+        fallback: pin_dir.join(MAP_SOCK_FALLBACK).exists(),
+    }
+}
+
+/// A new `MP_LIVE` next to per-socket maps an older agent's programs filled without counting:
+/// their entries are of unknown number, so the programs must keep looking them up (see
+/// `meshpath_common::live`). A pinned `MP_LIVE` was kept by programs that count: left as it is.
+pub fn init_live(ebpf: &mut aya::Ebpf, before: &LiveBefore) -> Result<(), DatapathError> {
+    use meshpath_common::live::{LIVE_FALLBACK_MARKS, LIVE_TRACKED_SOCKS, LIVE_UNKNOWN, MAP_LIVE};
+    if before.live {
+        return Ok(());
+    }
+    let map = ebpf.map_mut(MAP_LIVE).ok_or(DatapathError::MissingMap {
+        name: MAP_LIVE,
+        pin_dir: PathBuf::new(),
+    })?;
+    let mut live: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(map).map_err(|source| DatapathError::Map {
+            name: MAP_LIVE,
+            source,
+        })?;
+    for (slot, unknown) in [
+        (LIVE_TRACKED_SOCKS, before.tracked),
+        (LIVE_FALLBACK_MARKS, before.fallback),
+    ] {
+        if unknown {
+            live.set(slot, LIVE_UNKNOWN, 0)
+                .map_err(|source| DatapathError::Map {
+                    name: MAP_LIVE,
+                    source,
+                })?;
+            warn!(
+                slot,
+                "per-socket map pinned by an earlier agent: its lookups stay on"
+            );
+        }
+    }
+    Ok(())
+}

@@ -59,27 +59,27 @@ pub fn render(contents: &mut MapContents, steering: &DnsSteering) {
                 policy: 0,
                 svc_id,
                 affinity_timeout_sec: 0,
+                backend: Backend::NONE,
             };
             // Backend ids above every Service backend id, as the proxy's listeners get.
             let backend_id = next_backend;
             next_backend += 1;
+            let backend = Backend {
+                ip_be: ipv4_be(listener.ip().octets()),
+                port_be: port_be(listener.port()),
+                proto,
+                _pad0: 0,
+            };
             contents.services.insert(base, header);
             contents.services.insert(
                 base.with_slot(1),
                 ServiceValue {
                     backend_id,
+                    backend,
                     ..header
                 },
             );
-            contents.backends.insert(
-                backend_id,
-                Backend {
-                    ip_be: ipv4_be(listener.ip().octets()),
-                    port_be: port_be(listener.port()),
-                    proto,
-                    _pad0: 0,
-                },
-            );
+            contents.backends.insert(backend_id, backend);
         }
     }
 }
@@ -143,6 +143,7 @@ mod tests {
             policy: 0,
             svc_id: 5,
             affinity_timeout_sec: 0,
+            backend: Backend::NONE,
         };
         c.services.insert(key(PROTO_UDP, 0), header);
         for slot in 1..=2 {

@@ -9,6 +9,7 @@
 
 pub mod counters;
 pub mod limits;
+pub mod live;
 pub mod policy;
 pub mod sticky;
 pub mod tc;
@@ -189,6 +190,10 @@ pub struct ServiceValue {
     pub policy: u8,
     pub svc_id: u32,
     pub affinity_timeout_sec: u32,
+    /// The address `backend_id` names (as in `MP_BACKENDS`), copied into the entry so connect4
+    /// reaches a new connection's backend with one lookup, not two. In slot 0 the proxy
+    /// listener of a steered frontend, else [`Backend::NONE`].
+    pub backend: Backend,
 }
 
 /// A backend, by id: where translated sockets go.
@@ -199,6 +204,16 @@ pub struct Backend {
     pub port_be: u16,
     pub proto: u8,
     pub _pad0: u8,
+}
+
+impl Backend {
+    /// No address (a header that names no listener).
+    pub const NONE: Backend = Backend {
+        ip_be: 0,
+        port_be: 0,
+        proto: 0,
+        _pad0: 0,
+    };
 }
 
 /// Session affinity: which backend a client (network namespace) was given for a service.
@@ -309,7 +324,7 @@ impl ServiceName {
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
 const _: () = assert!(core::mem::size_of::<ServiceName>() == SERVICE_NAME_LEN);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);

@@ -13,21 +13,17 @@
 
 use core::intrinsics::AtomicOrdering;
 
-use aya_ebpf::bindings::{
-    BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-};
-use aya_ebpf::helpers::bpf_get_socket_cookie;
+use aya_ebpf::bindings::BPF_SOCK_OPS_STATE_CB_FLAG;
 use aya_ebpf::programs::SockOpsContext;
-use aya_ebpf::EbpfContext;
 use meshpath_common::{Reason, ServiceKey, ServiceValue, SockLimit, SVC_FLAG_ROUTE_LIMITS};
 
 use crate::counters::{bump, bump_service, ServiceCounter};
+use crate::live;
 use crate::maps::{
     MP_CONN_ACTIVE, MP_CONN_MAX, MP_GRP_ACTIVE, MP_GRP_MAX, MP_GRP_REFUSED, MP_SLOT_GRP,
     MP_SOCK_LIMIT,
 };
-
-const BPF_TCP_CLOSE: u32 = 7;
+use meshpath_common::live::LIVE_TRACKED_SOCKS;
 
 /// Outcome of asking for a slot.
 pub enum Admission {
@@ -62,6 +58,9 @@ pub fn admit(limit: SockLimit, cookie: u64) -> Admission {
             return Admission::Unlimited;
         };
         let max = *max;
+        if max == 0 {
+            return Admission::Unlimited;
+        }
         let Some(active) = MP_GRP_ACTIVE.get_ptr_mut(limit.group_id) else {
             bump(Reason::ConnLimitIdInvalid);
             return Admission::Unlimited;
@@ -74,6 +73,10 @@ pub fn admit(limit: SockLimit, cookie: u64) -> Admission {
             return Admission::Unlimited;
         };
         let max = *max;
+        if max == 0 {
+            // No limit: the shared counter is not even looked up.
+            return Admission::Unlimited;
+        }
         let Some(active) = MP_CONN_ACTIVE.get_ptr_mut(limit.svc_id) else {
             bump(Reason::ConnLimitIdInvalid);
             return Admission::Unlimited;
@@ -114,7 +117,9 @@ fn count(max: u32, active: *mut u64, limit: SockLimit, cookie: u64) -> Admission
         }
         return Admission::Refused;
     }
+    live::add(LIVE_TRACKED_SOCKS);
     if MP_SOCK_LIMIT.insert(cookie, limit, 0).is_err() {
+        live::sub(LIVE_TRACKED_SOCKS);
         // Untracked means never released: do not count it.
         // SAFETY: as above.
         unsafe { core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
@@ -124,31 +129,36 @@ fn count(max: u32, active: *mut u64, limit: SockLimit, cookie: u64) -> Admission
     Admission::Admitted
 }
 
-/// The sock_ops half: ask for state callbacks on counted sockets, release them at TCP_CLOSE.
+/// The sock_ops half, at TCP_CONNECT_CB: ask for state callbacks on a counted socket.
 #[inline(always)]
-pub fn on_sockops(ctx: &SockOpsContext) {
-    let op = ctx.op();
-    if op != BPF_SOCK_OPS_TCP_CONNECT_CB
-        && !(op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == BPF_TCP_CLOSE)
-    {
+pub fn on_connect(ctx: &SockOpsContext, cookie: impl FnOnce() -> u64) {
+    if live::empty(LIVE_TRACKED_SOCKS) {
         return;
     }
-    // SAFETY: the context pointer is valid for the helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cookie = cookie();
+    // SAFETY: presence check only.
+    if unsafe { MP_SOCK_LIMIT.get(cookie) }.is_none() {
+        return;
+    }
+    if ctx
+        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .is_err()
+    {
+        // No TCP_CLOSE callback for this socket: sock_release frees its slot instead.
+        bump(Reason::ConnLimitCbFlagsFailed);
+    }
+}
+
+/// The sock_ops half, at TCP_CLOSE: release the socket's slot, if it holds one.
+#[inline(always)]
+pub fn on_close(cookie: u64) {
+    if live::empty(LIVE_TRACKED_SOCKS) {
+        return;
+    }
     // SAFETY: the value is copied out at once.
     let Some(limit) = (unsafe { MP_SOCK_LIMIT.get(cookie) }).copied() else {
         return;
     };
-    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        if ctx
-            .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
-            .is_err()
-        {
-            // No TCP_CLOSE callback for this socket: sock_release frees its slot instead.
-            bump(Reason::ConnLimitCbFlagsFailed);
-        }
-        return;
-    }
     release_slot(cookie, limit);
 }
 
@@ -174,6 +184,7 @@ fn release_slot(cookie: u64, limit: SockLimit) -> bool {
     if MP_SOCK_LIMIT.remove(cookie).is_err() {
         return false;
     }
+    live::sub(LIVE_TRACKED_SOCKS);
     let active = if limit.group_id != 0 {
         MP_GRP_ACTIVE.get_ptr_mut(limit.group_id)
     } else {

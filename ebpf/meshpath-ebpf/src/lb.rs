@@ -232,15 +232,16 @@ fn pick_slot(svc: &ServiceValue, count: u32) -> Result<u16, Reason> {
     Ok((n % count) as u16 + 1)
 }
 
+/// The backend of `slot`: one lookup, the slot carries the address (see `ServiceValue::backend`).
 #[inline(always)]
 fn backend_in_slot(key: &ServiceKey, slot: u16) -> Result<(u32, Backend), Reason> {
-    // SAFETY: values are copied out at once.
+    // SAFETY: the value is copied out at once.
     let slot_val = unsafe { MP_SERVICES.get(&key.with_slot(slot)) }.ok_or(Reason::SlotMissing)?;
-    let backend_id = slot_val.backend_id;
-    if backend_id == NO_ENDPOINT_BACKEND_ID {
+    if slot_val.backend_id == NO_ENDPOINT_BACKEND_ID {
         return Err(Reason::NoBackend);
     }
-    // SAFETY: as above.
-    let backend = unsafe { MP_BACKENDS.get(backend_id) }.ok_or(Reason::BackendMissing)?;
-    Ok((backend_id, *backend))
+    if slot_val.backend.ip_be == 0 {
+        return Err(Reason::BackendMissing);
+    }
+    Ok((slot_val.backend_id, slot_val.backend))
 }

@@ -22,9 +22,7 @@ pub fn translated<C: EbpfContext>(ctx: &C, svc_id: u32, backend_ip_be: u32, back
 pub fn refused<C: EbpfContext>(ctx: &C, svc_id: u32, reason: Reason) {
     debug!(
         ctx,
-        "connect refused: service {} reason {}",
-        svc_id,
-        reason as u32
+        "connect refused: service {} reason {}", svc_id, reason as u32
     );
 }
 

@@ -10,10 +10,12 @@ mod addr;
 mod connlimit;
 mod counters;
 mod lb;
+mod live;
 mod log;
 mod maps;
 mod proxy;
 mod redirect;
+mod sockops;
 mod tc;
 mod tcp_metrics;
 mod tcp_sample;
@@ -24,6 +26,7 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
+use meshpath_common::live::LIVE_TRACKED_SOCKS;
 use meshpath_common::{
     Reason, RevNatKey, RevNatValue, ServiceKey, CONFIG_UDP_STICKY_SEC, PROTO_TCP, PROTO_UDP,
     SVC_FLAG_DNS,
@@ -122,17 +125,17 @@ pub fn mp_getpeername6(ctx: SockAddrContext) -> i32 {
 /// redirection SOCKHASH.
 #[sock_ops]
 pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
-    connlimit::on_sockops(&ctx);
-    tcp_metrics::on_sockops(&ctx);
-    match redirect::try_sockops(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    sockops::dispatch(&ctx)
 }
 
 /// Every socket of the managed cgroups released by its owner (close, exit, kill): frees a
 /// connection-limit slot the socket still holds (see `connlimit`).
 #[cgroup_sock(sock_release)]
 pub fn mp_sock_release(ctx: SockContext) -> i32 {
+    // Almost always nothing to free: no cookie, no lookup then.
+    if live::empty(LIVE_TRACKED_SOCKS) {
+        return ALLOW;
+    }
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     connlimit::on_sock_release(cookie);

@@ -5,14 +5,15 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
 };
+use meshpath_common::live::LIVE_SLOTS;
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, CONFIG_SLOTS, MAX_AFFINITY,
-    MAX_BACKENDS, MAX_LIMIT_GROUPS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS,
-    MAX_PROXY_SOCKS, MAX_SLOT_LIMITS, MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_TCP_CONNS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
-    REASON_COUNT, TcpConn, TcpFlowKey, TcpFlowStats, SvcBackendKey, UdpStickyKey, MAX_SVC_BACKENDS,
-    MAX_UDP_STICKY,
-    REDIRECT_PROXY_SLOTS, MAX_REDIRECT_CGROUPS, MAX_REDIRECT_COOKIES, MAX_REDIRECT_PODS,
+    ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, SvcBackendKey, TcpConn,
+    TcpFlowKey, TcpFlowStats, UdpStickyKey, CONFIG_SLOTS, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_LIMIT_GROUPS, MAX_PROXY_SOCKS, MAX_REDIRECT_CGROUPS, MAX_REDIRECT_COOKIES,
+    MAX_REDIRECT_PODS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS, MAX_SLOT_LIMITS,
+    MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_SVC_BACKENDS, MAX_TCP_CONNS, MAX_TCP_FLOWS,
+    MAX_TRACKED_SOCKS, MAX_UDP_STICKY, REASON_COUNT, REDIRECT_PROXY_SLOTS,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -131,3 +132,7 @@ pub static MP_REDIR_COOK: LruHashMap<u64, u32> = LruHashMap::pinned(MAX_REDIRECT
 /// The node proxy's listener address range (see `meshpath_common::MAP_REDIRECT_PROXY`).
 #[map]
 pub static MP_REDIR_PROXY: Array<u32> = Array::pinned(REDIRECT_PROXY_SLOTS, 0);
+
+/// Upper bounds of the entries of `MP_SOCK_LIMIT` and `MP_SOCK_FALLBK` (see `live.rs`).
+#[map]
+pub static MP_LIVE: Array<u64> = Array::pinned(LIVE_SLOTS, 0);

@@ -14,7 +14,7 @@
 use aya_ebpf::helpers::{bpf_map_lookup_elem, bpf_sk_release};
 use meshpath_common::{Backend, ServiceValue, SVC_FLAG_FAIL_CLOSED, SVC_FLAG_STEERED};
 
-use crate::maps::{MP_BACKENDS, MP_PROXY_SOCKS};
+use crate::maps::MP_PROXY_SOCKS;
 
 /// What connect4 does with a frontend.
 pub enum Steering {
@@ -33,10 +33,10 @@ pub fn steering(svc: &ServiceValue) -> Steering {
     if svc.flags & SVC_FLAG_STEERED == 0 {
         return Steering::Kernel;
     }
-    // SAFETY: the value is copied out at once.
-    let listener = unsafe { MP_BACKENDS.get(svc.backend_id) }.copied();
+    // The header carries the listener's address (no `MP_BACKENDS` lookup per connect).
+    let listener = svc.backend;
     match listener {
-        Some(l) if listening(&l) => Steering::Proxy(l),
+        l if l.ip_be != 0 && listening(&l) => Steering::Proxy(l),
         _ if svc.flags & SVC_FLAG_FAIL_CLOSED != 0 => Steering::Refuse,
         _ => Steering::Fallback,
     }

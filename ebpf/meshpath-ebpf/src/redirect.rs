@@ -17,8 +17,7 @@
 //! agent's cgroup id in `MP_REDIR_CGRP`). Every other socket keeps the plain TCP path.
 
 use aya_ebpf::bindings::{
-    sk_action::SK_PASS, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-    BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    sk_action::SK_PASS, BPF_F_INGRESS, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
 };
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie};
 use aya_ebpf::programs::{SkMsgContext, SockAddrContext, SockOpsContext};
@@ -29,12 +28,15 @@ use meshpath_common::{
 };
 
 use crate::counters::{add, bump};
+use crate::live;
 use crate::maps::{
     MP_CONFIG, MP_REDIR_CGRP, MP_REDIR_COOK, MP_REDIR_PODS, MP_REDIR_PROXY, MP_SOCKS,
     MP_SOCK_FALLBK,
 };
+use meshpath_common::live::LIVE_FALLBACK_MARKS;
 
 const AF_INET: u32 = 2;
+const EEXIST: i32 = 17;
 const AF_INET6: u32 = 10;
 
 /// `::ffff:0:0/96` as the third 32-bit word of an IPv6 address read natively (bytes 00 00 ff ff).
@@ -59,7 +61,6 @@ fn is_ipv4(ctx: &SockOpsContext) -> bool {
         _ => false,
     }
 }
-const BPF_TCP_CLOSE: u32 = 7;
 
 /// sock_ops and sk_msg encode the remote port as the network-order u16 in the upper half of a
 /// u32 (on little-endian), the local port in host order.
@@ -73,74 +74,89 @@ fn key(local_ip_be: u32, remote_ip_be: u32, local_port: u32, remote_port_raw: u3
     }
 }
 
-pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
+/// This socket's key, if it is an IPv4 connection (see [`is_ipv4`]).
+#[inline(always)]
+fn sock_key(ctx: &SockOpsContext) -> Option<SockKey> {
     if !is_ipv4(ctx) {
-        return Ok(0);
+        return None;
     }
-    let k = key(
+    Some(key(
         ctx.local_ip4(),
         ctx.remote_ip4(),
         ctx.local_port(),
         ctx.remote_port(),
-    );
-    match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-            // sock_ops also runs for the connection limit; redirection may be off or paused.
-            let mode = MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0);
-            match mode & REDIRECT_STATE_MASK {
-                REDIRECT_ON => {}
-                REDIRECT_PAUSED => {
-                    bump(Reason::SockRedirectDisabled);
-                    return Ok(0);
-                }
-                _ => return Ok(0),
-            }
-            if mode & REDIRECT_OPT_IN != 0 && !opted_in(ctx, &k) {
-                bump(Reason::SockNotOptedIn);
-                return Ok(0);
-            }
-            let mut k = k;
-            // SAFETY: sock_ops hands a valid context; the helper only reads the socket from it.
-            match MP_SOCKS.update(&mut k, unsafe { &mut *ctx.ops }, 0) {
-                Ok(()) => {
-                    bump(Reason::SockInserted);
-                    // Ask for state callbacks so the entry is removed when the socket closes.
-                    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-                    if ctx.set_cb_flags(flags as i32).is_err() {
-                        bump(Reason::RedirectCbFlagsFailed);
-                    }
-                }
-                Err(_) => {
-                    bump(Reason::SockInsertFailed);
-                    crate::log::sock_insert_failed(ctx, k.local_port, k.remote_port);
-                }
-            }
+    ))
+}
+
+/// At ACTIVE/PASSIVE_ESTABLISHED (`op`): puts the socket into the SOCKHASH when redirection
+/// applies to it. Whether it was put there: it then wants state callbacks, so the close clears
+/// its per-tuple mark (the caller asks for them).
+#[inline(always)]
+pub fn on_established(ctx: &SockOpsContext, op: u32) -> bool {
+    let Some(mut k) = sock_key(ctx) else {
+        return false;
+    };
+    // sock_ops also runs for the connection limit; redirection may be off or paused.
+    let mode = MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0);
+    match mode & REDIRECT_STATE_MASK {
+        REDIRECT_ON => {}
+        REDIRECT_PAUSED => {
+            bump(Reason::SockRedirectDisabled);
+            return false;
         }
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
-            // Deliberately NOT deleted from the SOCKHASH here. TCP_CLOSE is reached while the
-            // application may still have unread redirected bytes (e.g. a half-closed client whose
-            // peer's FIN moves it to TIME_WAIT); deleting the entry drops the socket's psock and
-            // with it those bytes (seen in the byte-exactness tests: replies cut short). The
-            // kernel removes the socket from the map itself when its owner closes it, which the
-            // tests check ("sockhash drains"). Only our own per-tuple mark is cleared.
-            let _ = MP_SOCK_FALLBK.remove(&k);
-            if MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0) != 0 {
-                bump(Reason::SockClosed);
-            }
-        }
-        _ => {}
+        _ => return false,
     }
-    Ok(0)
+    if mode & REDIRECT_OPT_IN != 0 && !opted_in(ctx, op, &k) {
+        bump(Reason::SockNotOptedIn);
+        return false;
+    }
+    // SAFETY: sock_ops hands a valid context; the helper only reads the socket from it.
+    match MP_SOCKS.update(&mut k, unsafe { &mut *ctx.ops }, 0) {
+        Ok(()) => {
+            bump(Reason::SockInserted);
+            true
+        }
+        Err(_) => {
+            bump(Reason::SockInsertFailed);
+            crate::log::sock_insert_failed(ctx, k.local_port, k.remote_port);
+            false
+        }
+    }
+}
+
+/// At TCP_CLOSE. Deliberately NOT deleted from the SOCKHASH here: TCP_CLOSE is reached while the
+/// application may still have unread redirected bytes (e.g. a half-closed client whose peer's
+/// FIN moves it to TIME_WAIT); deleting the entry drops the socket's psock and with it those
+/// bytes (seen in the byte-exactness tests: replies cut short). The kernel removes the socket
+/// from the map itself when its owner closes it, which the tests check ("sockhash drains").
+/// Only our own per-tuple mark is cleared.
+#[inline(always)]
+pub fn on_close(ctx: &SockOpsContext) {
+    let Some(k) = sock_key(ctx) else {
+        return;
+    };
+    // Almost no socket has a mark: none to look for while no socket has one, and looked up
+    // before the delete, since a lookup takes no bucket lock where a delete does, found or not.
+    // SAFETY: presence only.
+    if !live::empty(LIVE_FALLBACK_MARKS)
+        && unsafe { MP_SOCK_FALLBK.get(&k) }.is_some()
+        && MP_SOCK_FALLBK.remove(&k).is_ok()
+    {
+        live::sub(LIVE_FALLBACK_MARKS);
+    }
+    if MP_CONFIG.get(CONFIG_REDIRECT).copied().unwrap_or(0) != 0 {
+        bump(Reason::SockClosed);
+    }
 }
 
 /// Whether an established socket may be redirected in the opt-in scope (see the module doc).
 #[inline(always)]
-fn opted_in(ctx: &SockOpsContext, k: &SockKey) -> bool {
+fn opted_in(ctx: &SockOpsContext, op: u32, k: &SockKey) -> bool {
     // SAFETY: values are not dereferenced; only presence matters.
     if unsafe { MP_REDIR_PODS.get(&k.local_ip_be) }.is_some() {
         return true;
     }
-    if ctx.op() == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+    if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         let slot = |i| MP_REDIR_PROXY.get(i).copied().unwrap_or(0);
         let ip = slot(REDIRECT_PROXY_IP);
         let port = u32::from(k.local_port);
@@ -187,8 +203,9 @@ pub fn try_skmsg(ctx: &SkMsgContext) -> Result<u32, u32> {
     // SAFETY: sk_msg hands a valid context.
     let md = unsafe { &*ctx.msg };
     let own = key(md.local_ip4, md.remote_ip4, md.local_port, md.remote_port);
+    // No mark to look for while no socket has one (see `meshpath_common::live`).
     // SAFETY: values are not dereferenced; only presence matters.
-    if unsafe { MP_SOCK_FALLBK.get(&own) }.is_some() {
+    if !live::empty(LIVE_FALLBACK_MARKS) && unsafe { MP_SOCK_FALLBK.get(&own) }.is_some() {
         bump(Reason::MsgFallbackSticky);
         return Ok(SK_PASS);
     }
@@ -197,9 +214,17 @@ pub fn try_skmsg(ctx: &SkMsgContext) -> Result<u32, u32> {
         bump(Reason::MsgRedirected);
         add(Reason::MsgRedirectedBytes, u64::from(size));
     } else {
-        // No peer: this message goes the TCP way, and so must the rest of the stream.
-        if MP_SOCK_FALLBK.insert(&own, &1, 0).is_err() {
-            bump(Reason::SockFallbackMarkFailed);
+        // No peer: this message goes the TCP way, and so must the rest of the stream. Counted
+        // before it exists, so no later message of this socket can skip the lookup.
+        live::add(LIVE_FALLBACK_MARKS);
+        match MP_SOCK_FALLBK.insert(&own, &1, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            // Marked already (a tuple reused before its mark was cleared): counted then.
+            Err(e) if e == -EEXIST => live::sub(LIVE_FALLBACK_MARKS),
+            Err(_) => {
+                live::sub(LIVE_FALLBACK_MARKS);
+                bump(Reason::SockFallbackMarkFailed);
+            }
         }
         bump(Reason::MsgFallbackNoPeer);
     }

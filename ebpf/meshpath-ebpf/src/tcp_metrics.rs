@@ -10,10 +10,7 @@
 //! Only client ends whose connect() was translated are counted: their reverse-translation entry
 //! names the frontend, so the pair is (client IP, frontend, backend address).
 
-use aya_ebpf::bindings::{
-    BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
-    BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_RTT_CB_FLAG};
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use aya_ebpf::programs::SockOpsContext;
 use aya_ebpf::EbpfContext;
@@ -24,34 +21,28 @@ use crate::maps::{MP_CONFIG, MP_REVNAT, MP_TCP_CONNS, MP_TCP_FLOWS};
 
 /// TCP states (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u32 = 1;
-const TCP_FIN_WAIT2: u32 = 5;
-const TCP_CLOSE: u32 = 7;
+pub const TCP_FIN_WAIT2: u32 = 5;
+pub const TCP_CLOSE: u32 = 7;
 const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LAST_ACK: u32 = 9;
 const TCP_CLOSING: u32 = 11;
 
+/// At ACTIVE_ESTABLISHED: counts the open of a translated connection. Whether it wants state
+/// callbacks (the caller asks for them once for every user).
 #[inline(always)]
-pub fn on_sockops(ctx: &SockOpsContext) {
-    let op = ctx.op();
-    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        if MP_CONFIG.get(CONFIG_TCP_METRICS).copied().unwrap_or(0) != 0 {
-            opened(ctx);
-        }
-    } else if op == BPF_SOCK_OPS_RTT_CB {
-        // Only a connection counted by an earlier agent version asks for this per-ACK callback:
-        // drop it, once, so connections that outlive an upgrade stop paying for it.
-        let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
-    } else if op == BPF_SOCK_OPS_STATE_CB {
-        match ctx.arg(1) {
-            TCP_CLOSE => closed(ctx, ctx.arg(0)),
-            TCP_FIN_WAIT2 => fin_wait2(ctx),
-            _ => {}
-        }
-    }
+pub fn on_active_established(ctx: &SockOpsContext) -> bool {
+    MP_CONFIG.get(CONFIG_TCP_METRICS).copied().unwrap_or(0) != 0 && opened(ctx)
+}
+
+/// Only a connection counted by an earlier agent version asks for this per-ACK callback: drop
+/// it, once, so connections that outlive an upgrade stop paying for it.
+#[inline(always)]
+pub fn drop_rtt_cb(ctx: &SockOpsContext) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
 }
 
 #[inline(always)]
-fn opened(ctx: &SockOpsContext) {
+fn opened(ctx: &SockOpsContext) -> bool {
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let backend_ip_be = ctx.remote_ip4();
@@ -66,7 +57,7 @@ fn opened(ctx: &SockOpsContext) {
     // SAFETY: the value is copied out at once.
     let Some(rev) = (unsafe { MP_REVNAT.get(&rev_key) }).copied() else {
         bump(Reason::TcpMetricsNoRevNat);
-        return;
+        return false;
     };
     let flow = TcpFlowKey {
         client_ip_be: ctx.local_ip4(),
@@ -86,24 +77,21 @@ fn opened(ctx: &SockOpsContext) {
     };
     if MP_TCP_CONNS.insert(&cookie, &conn, BPF_ANY as u64).is_err() {
         bump(Reason::TcpMetricsConnTableFull);
-        return;
+        return false;
     }
     let Some(stats) = flow_stats(&flow) else {
         let _ = MP_TCP_CONNS.remove(&cookie);
-        return;
+        return false;
     };
     // SAFETY: a per-CPU value, written only by this CPU (see counters::add).
     unsafe { (*stats).opened += 1 };
-    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-    if ctx.set_cb_flags(flags as i32).is_err() {
-        bump(Reason::TcpMetricsCbFlagsFailed);
-    }
     bump(Reason::TcpMetricsOpened);
+    true
 }
 
 /// Remembers what was received when our FIN was acknowledged (see `TcpConn::fin_wait2_received`).
 #[inline(always)]
-fn fin_wait2(ctx: &SockOpsContext) {
+pub fn fin_wait2(ctx: &SockOpsContext) {
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(conn) = MP_TCP_CONNS.get_ptr_mut(&cookie) {
@@ -116,9 +104,7 @@ fn fin_wait2(ctx: &SockOpsContext) {
 /// `from` is the state the socket closes from: it tells which FINs the counters include. A
 /// reset in LAST_ACK or CLOSING (our FIN never acknowledged) counts one byte short.
 #[inline(always)]
-fn closed(ctx: &SockOpsContext, from: u32) {
-    // SAFETY: the context pointer is valid for the helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+pub fn closed(ctx: &SockOpsContext, from: u32, cookie: u64) {
     // SAFETY: the value is copied out at once.
     let Some(conn) = (unsafe { MP_TCP_CONNS.get(&cookie) }).copied() else {
         return;

@@ -5,6 +5,7 @@
 mod fortio;
 mod iptables;
 mod jaeger;
+mod kcost;
 mod l7;
 mod l7checks;
 mod l7report;
@@ -343,6 +344,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         summary.push_str("\n\nTargets:\n");
         for c in &checks {
             summary.push_str(&c.line());
+            summary.push('\n');
+        }
+        for c in kcost::checks(&evidence) {
+            summary.push_str(&c);
             summary.push('\n');
         }
     }

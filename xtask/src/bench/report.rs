@@ -179,6 +179,7 @@ impl Report<'_> {
         for n in self.notes {
             let _ = writeln!(s, "\n**Note:** {n}.");
         }
+        s.push_str(&super::kcost::markdown(self.evidence));
         s.push_str("\n## Spread (min – max over repeats)\n\n");
         s.push_str(&self.spread_md());
         s.push_str("\n## Evidence of the path taken (counter deltas over each scenario's measurements)\n\n");
@@ -346,6 +347,9 @@ const METHOD: &str = "
 - The fortio echo server listens as stamped above: by default like any Go server, one dual-stack
   `[::]` socket, so the server end of each connection is AF_INET6 (v4-mapped);
   `--fortio-listen pod-ip` binds an AF_INET socket instead. Scenarios (a)–(c) do not care.
+- Kernel programs' own cost ((c), (d)): after the runs, 3000 connections of one request each
+  (`fortio load -keepalive=false -c 4 -n 3000`) with the kernel's BPF run statistics on; per
+  program run_cnt and run_time_ns deltas (bpf_prog_info), read only for the node's programs.
 - Medians over the repeats; the spread table and results.json have every run. The machine may be
   shared: the evidence section has the 1-min load average around each scenario.
 ";

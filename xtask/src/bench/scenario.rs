@@ -158,12 +158,18 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
     records.push(rec);
 
     let after = path_counters(&path)?;
+    // The programs' own cost, last: its short connections must not change the runs above.
+    let kernel_cost = match path {
+        DataPath::Meshpath(_) => super::kcost::measure(&node, 1, &url),
+        _ => Value::Null,
+    };
     // Per phase, so e.g. a redirect that works for the stream but not for fortio's connections
     // shows up as such.
     let evidence = json!({
         "scenario": sc,
         "fortio": deltas(&before, &mid),
         "stream": deltas(&mid, &after),
+        "kernel_cost": kernel_cost,
         // The machine is shared: other work running alongside shows up here.
         "loadavg_1m": [load_before, loadavg()],
     });

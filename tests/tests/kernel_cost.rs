@@ -1,0 +1,72 @@
+//! What the kernel programs themselves cost per connection, counted by the kernel's BPF run
+//! statistics (see `meshpath_tests::bpf_stats`): short connections (one request each) through a
+//! ClusterIP with socket redirection on for every socket. Prints each program's runs per
+//! connection and nanoseconds per run (`RESULT` lines); asserts what must hold on any machine
+//! (each connect ran connect4 once, sock_ops a bounded number of times per connection, the
+//! messages were redirected), not the timings, which depend on the machine's load.
+
+use std::time::Duration;
+
+use meshpath_tests::bpf_stats;
+use meshpath_tests::fortio::PORT;
+use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
+use meshpath_tests::{skip_unless, Cluster, Feature, AGENT};
+
+const VIP: &str = "10.96.0.42";
+const CONNECTIONS: u32 = 3000;
+/// sock_ops callbacks per connection, both ends together: the kernel's fixed set at setup
+/// (timeout, window, ECN, base RTT), connect and establishment, and one per state change.
+const SOCK_OPS_BOUND: f64 = 24.0;
+
+fn needs() -> Vec<Feature> {
+    let mut f = AGENT.to_vec();
+    f.push(Feature::Fortio);
+    f
+}
+
+#[test]
+fn kernel_cost_per_program_over_short_connections_with_redirection() {
+    skip_unless!(&needs());
+    let c = Cluster::start(2, &[], &["--socket-redirect", "all"]);
+    c.node.spawn_fortio_server(1).expect("fortio server");
+    let web_ip = c.node.pod(1).ip();
+    c.write(
+        "web.yaml",
+        &docs(&[
+            service("web", VIP, 80, &PORT.to_string(), "TCP", ""),
+            endpoint_slice("web", PORT, "TCP", &[Ep::ready(web_ip)]),
+        ]),
+    );
+    c.wait_status("web programmed", Duration::from_secs(10), |s| {
+        meshpath_tests::agent::service(s, "default/web:").is_some()
+    });
+    let url = format!("http://{VIP}/echo");
+    let redirected_before = meshpath_tests::agent::counter(&c.status(), "msg_redirected");
+    let m = bpf_stats::measure(&c.node, 0, &url, CONNECTIONS).expect("measuring");
+    let redirected =
+        meshpath_tests::agent::counter(&c.status(), "msg_redirected") - redirected_before;
+    for p in &m.programs {
+        eprintln!(
+            "RESULT {}: {} runs, {:.2} per connection, {:.0} ns per run",
+            p.name, p.runs, p.runs_per_connection, p.ns_per_run
+        );
+    }
+    let connect4 = m.get("mp_connect4").expect("connect4 did not run");
+    assert!(
+        connect4.runs >= u64::from(CONNECTIONS),
+        "connect4 ran {} times for {CONNECTIONS} connects",
+        connect4.runs
+    );
+    let sockops = m.get("mp_sockops").expect("sock_ops did not run");
+    assert!(
+        sockops.runs_per_connection <= SOCK_OPS_BOUND,
+        "sock_ops ran {:.1} times per connection",
+        sockops.runs_per_connection
+    );
+    let skmsg = m.get("mp_skmsg").expect("sk_msg did not run");
+    assert!(
+        redirected >= u64::from(CONNECTIONS) && skmsg.runs >= redirected,
+        "{redirected} messages redirected, sk_msg ran {} times, for {CONNECTIONS} requests",
+        skmsg.runs
+    );
+}

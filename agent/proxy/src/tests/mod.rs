@@ -13,6 +13,7 @@ mod lb;
 mod matching;
 mod missing_cluster;
 mod outlier;
+mod profile;
 mod request_limits;
 mod retries;
 mod route_features;

@@ -93,7 +93,7 @@ mod tests {
             ..HttpRoute::default()
         };
         route_rt(&route, &|k| Dest {
-            key: k.clone(),
+            key: crate::snapshot::ClusterId::new(k),
             cluster: None,
             ops: None,
         })

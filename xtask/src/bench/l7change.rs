@@ -106,26 +106,6 @@ pub fn describe(v: &Value) -> Option<String> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consecutive_variants_differ_and_alternate() {
-        assert_ne!(virtual_service("s", 1), virtual_service("s", 2));
-        assert_eq!(virtual_service("s", 0), virtual_service("s", 2));
-        assert!(virtual_service("s", 1).contains("timeout: 31s"));
-    }
-
-    #[test]
-    fn describes_the_ratio() {
-        let v = json!({"qps": 1000, "connections": 16, "change_every_ms": 250, "changes": 20,
-            "p99_steady_us": 400.0, "p99_changing_us": 440.0, "failed_steady": 0,
-            "failed_changing": 0});
-        assert!(describe(&v).unwrap().contains("= 1.10×"));
-    }
-}
-
 /// The report's section: medians over the repeats that measured it, and the target's verdict.
 pub fn section(evidence: &[(u32, Value)]) -> Option<String> {
     let runs: Vec<&Value> = evidence
@@ -155,4 +135,24 @@ pub fn section(evidence: &[(u32, Value)]) -> Option<String> {
         runs.len(),
         (TARGET_RATIO - 1.0) * 100.0
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_variants_differ_and_alternate() {
+        assert_ne!(virtual_service("s", 1), virtual_service("s", 2));
+        assert_eq!(virtual_service("s", 0), virtual_service("s", 2));
+        assert!(virtual_service("s", 1).contains("timeout: 31s"));
+    }
+
+    #[test]
+    fn describes_the_ratio() {
+        let v = json!({"qps": 1000, "connections": 16, "change_every_ms": 250, "changes": 20,
+            "p99_steady_us": 400.0, "p99_changing_us": 440.0, "failed_steady": 0,
+            "failed_changing": 0});
+        assert!(describe(&v).unwrap().contains("= 1.10×"));
+    }
 }

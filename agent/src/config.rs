@@ -35,6 +35,8 @@ pub const ENV_TCP_METRICS_SAMPLE_MS: &str = "MESHPATH_TCP_METRICS_SAMPLE_MS";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
 pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
 pub const ENV_HTTP_NO_ENDPOINT_503: &str = "MESHPATH_HTTP_NO_ENDPOINT_503";
+/// Unset: as many workers as CPUs the process may use (`cpus::detect`).
+pub const ENV_WORKER_THREADS: &str = "MESHPATH_WORKER_THREADS";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const ENV_LOG: &str = "MESHPATH_LOG";
 pub const ENV_PROXY_IP: &str = "MESHPATH_PROXY_IP";
@@ -314,6 +316,11 @@ pub struct AgentArgs {
     /// instead of the kernel refusing the connection. Needs --proxy-ip.
     #[arg(long, env = ENV_HTTP_NO_ENDPOINT_503, default_value_t = true, action = clap::ArgAction::Set)]
     pub http_no_endpoint_503: bool,
+    /// Worker threads of the agent's runtime and of the proxy's. Default: the CPUs this
+    /// process may use, the smaller of its scheduler affinity and its cgroup's `cpu.max`
+    /// quota (rounded up).
+    #[arg(long, env = ENV_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
     /// Steered services (`namespace/name`, comma-separated; `*` for all) whose connects are
     /// refused while no proxy listens for them (agent restarting, proxy down). The others
     /// fail open: the kernel balances them at L4 over their endpoints meanwhile, without their
@@ -438,6 +445,8 @@ pub struct AgentConfig {
     pub trace: TraceConfig,
     /// Where the tc path attaches; `None`: off (`--tc-nodeport false` or no `--tc-uplink`).
     pub tc_uplink: Option<meshpath_datapath::tc_uplink::Uplink>,
+    /// `--worker-threads`; `None`: from the CPUs the process may use.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -511,6 +520,7 @@ impl From<&AgentArgs> for AgentConfig {
                 }),
                 _ => None,
             },
+            worker_threads: a.worker_threads.map(usize::from),
             trace: TraceConfig {
                 sampling_hundredths: a.trace_sampling,
                 collector: a.trace_collector.clone(),

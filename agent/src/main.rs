@@ -6,6 +6,7 @@ mod cgroup_layout;
 mod config;
 mod conn_reset;
 mod coverage;
+mod cpus;
 mod dns;
 mod graph;
 mod kernel_metrics;
@@ -40,9 +41,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Agent(args) => {
-            let cfg = config::AgentConfig::from(&*args);
+            let mut cfg = config::AgentConfig::from(&*args);
+            let workers = cpus::detect(cfg.worker_threads, &cfg.cgroup_mount);
+            cfg.worker_threads = Some(workers);
+            tracing::info!(workers, "runtime worker threads");
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(workers)
                 .enable_all()
                 .build()?;
             rt.block_on(run::run(cfg)).context("meshpath agent")?;

@@ -82,7 +82,11 @@ fn bind_in<S: Send>(
 /// namespace of the thread that creates them, so the runtime is built on a thread that entered it
 /// first. The node proxy runs there, so its upstream connections to pods are made from where the
 /// pods are reachable, not from the agent's namespace.
-pub fn runtime_in(netns: Option<&Path>, name: &str) -> Result<tokio::runtime::Runtime, NetnsError> {
+pub fn runtime_in(
+    netns: Option<&Path>,
+    name: &str,
+    workers: usize,
+) -> Result<tokio::runtime::Runtime, NetnsError> {
     let file = match netns {
         Some(path) => Some((
             path.to_path_buf(),
@@ -107,7 +111,7 @@ pub fn runtime_in(netns: Option<&Path>, name: &str) -> Result<tokio::runtime::Ru
                 }
             }
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(workers.max(1))
                 .thread_name(name)
                 .enable_all()
                 .build()

@@ -28,7 +28,8 @@ use crate::netns::{bind_tcp, NetnsError};
 /// What the proxy knows of a client pod: its labels (`sourceLabels` matches) and its workload
 /// (span names and tags, per-workload sampling).
 pub struct PodInfo {
-    labels: BTreeMap<String, String>,
+    /// Shared with every connection of the pod (no copy per accepted connection).
+    labels: meshpath_proxy::Labels,
     workload: Arc<Workload>,
 }
 
@@ -44,7 +45,7 @@ pub fn pod_labels(model: &ClusterModel) -> PodLabels {
                 Some((
                     p.ip?,
                     PodInfo {
-                        labels: p.labels.clone(),
+                        labels: Arc::new(p.labels.clone()),
                         workload: Arc::new(workload(p)),
                     },
                 ))
@@ -92,12 +93,14 @@ impl OriginalDst for FixedDst {
         Some(self.frontend)
     }
 
-    fn source_labels(&self, peer: SocketAddr) -> BTreeMap<String, String> {
+    fn source_labels(&self, peer: SocketAddr) -> meshpath_proxy::Labels {
         let IpAddr::V4(ip) = peer.ip() else {
-            return BTreeMap::new();
+            return meshpath_proxy::no_labels();
         };
         let pods = self.pods.read().map(|p| Arc::clone(&p)).unwrap_or_default();
-        pods.get(&ip).map(|p| p.labels.clone()).unwrap_or_default()
+        pods.get(&ip)
+            .map(|p| Arc::clone(&p.labels))
+            .unwrap_or_else(meshpath_proxy::no_labels)
     }
 
     fn source_workload(&self, peer: SocketAddr) -> Option<Arc<Workload>> {
@@ -134,14 +137,16 @@ struct Open {
 const ACCEPT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl ProxyListeners {
-    /// The proxy runs on a runtime of its own, in `netns` when given (see `netns::runtime_in`).
+    /// The proxy runs on a runtime of its own with `workers` threads, in `netns` when given
+    /// (see `netns::runtime_in`).
     pub fn new(
         ip: Ipv4Addr,
         netns: Option<PathBuf>,
         proxy: Arc<Proxy>,
         socks: ProxySockets,
+        workers: usize,
     ) -> Result<Self, NetnsError> {
-        let rt = crate::netns::runtime_in(netns.as_deref(), "meshpath-proxy")?;
+        let rt = crate::netns::runtime_in(netns.as_deref(), "meshpath-proxy", workers)?;
         Ok(Self {
             rt: Some(rt),
             ip,
@@ -155,6 +160,12 @@ impl ProxyListeners {
 
     fn rt(&self) -> &tokio::runtime::Runtime {
         self.rt.as_ref().expect("runtime present until drop")
+    }
+
+    /// Serves `config` from now on (the proxy builds its routing snapshot on this thread and
+    /// swaps it in; requests never wait for it).
+    pub fn apply_l7(&self, config: Arc<meshpath_model::l7::L7Config>) {
+        self.proxy.apply(config);
     }
 
     pub fn set_pod_labels(&self, labels: PodLabels) {

@@ -182,8 +182,12 @@ impl Reconciler {
                     warn!(error = %e, "frontend not steered to the proxy");
                 }
                 p.listeners.set_pod_labels(pod_labels(model));
-                // The proxy serves the new table before any connection can be steered to it.
-                self.l7_tx.send_replace(Arc::new(l7.config.clone()));
+                // The proxy serves the new table before any connection can be steered to it:
+                // built here, off its request path, and only when the routing really changed
+                // (a pass for an outlier ejection or a kernel-only change publishes nothing).
+                if let Some(config) = publish_if_changed(&self.l7_tx, &l7.config) {
+                    p.listeners.apply_l7(config);
+                }
                 p.listeners.open_missing(&assigned).0
             }
             None => {
@@ -302,6 +306,23 @@ impl Reconciler {
     }
 }
 
+/// Publishes `config` on `tx` when it differs from the value there; returns what was published.
+fn publish_if_changed(
+    tx: &watch::Sender<Arc<L7Config>>,
+    config: &L7Config,
+) -> Option<Arc<L7Config>> {
+    let mut published = None;
+    tx.send_if_modified(|cur| {
+        if **cur == *config {
+            return false;
+        }
+        *cur = Arc::new(config.clone());
+        published = Some(cur.clone());
+        true
+    });
+    published
+}
+
 /// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
 /// applied per connection, never through the proxy), without the pods outlier detection
 /// ejected (`meshpath_compile::ejection`).
@@ -344,4 +365,33 @@ fn tcp_weights(
             (*addr, weights)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_routing_table_is_not_published_again() {
+        let (tx, rx) = watch::channel(Arc::new(L7Config::default()));
+        assert!(publish_if_changed(&tx, &L7Config::default()).is_none());
+        assert!(!rx.has_changed().unwrap());
+        let mut changed = L7Config::default();
+        changed.clusters.insert(
+            meshpath_model::l7::ClusterKey {
+                service: meshpath_model::ObjectRef::new("default", "svc"),
+                port: 80,
+                subset: None,
+                view: None,
+            },
+            meshpath_model::l7::Cluster {
+                endpoints: vec![],
+                policy: Default::default(),
+            },
+        );
+        assert!(publish_if_changed(&tx, &changed).is_some());
+        assert!(rx.has_changed().unwrap());
+        // A pass that rebuilt an equal table (e.g. for an outlier ejection): nothing new.
+        assert!(publish_if_changed(&tx, &changed.clone()).is_none());
+    }
 }

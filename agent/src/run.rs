@@ -123,7 +123,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 ejected = Some(proxy.ejected_endpoints());
                 let socks =
                     meshpath_datapath::proxy_socks::ProxySockets::open_pinned(&cfg.pin_dir)?;
-                ProxyListeners::new(p.ip, p.netns.clone(), proxy, socks)?
+                ProxyListeners::new(
+                    p.ip,
+                    p.netns.clone(),
+                    proxy,
+                    socks,
+                    cfg.worker_threads.unwrap_or(2),
+                )?
             },
         }),
         None => None,

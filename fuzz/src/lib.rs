@@ -10,7 +10,7 @@ use meshpath_compile::l7::{compile_l7, L7Compiled};
 use meshpath_compile::{compile, CompileOptions, Compiled};
 use meshpath_model::ClusterModel;
 use meshpath_proxy::fuzzing::Routes;
-use meshpath_source::{parse_file, ParsedObject};
+use meshpath_source::parse_file;
 
 /// An HTTP/1 request head parsed as hyper parses one (httparse, then the `http` types; what
 /// either rejects hyper answers 400 and never routes). `None` for such heads.
@@ -58,15 +58,7 @@ pub fn h2(head: &Parts) -> Option<Parts> {
 pub fn model(text: &str) -> Option<ClusterModel> {
     let mut m = ClusterModel::default();
     for object in parse_file(Path::new("fuzz.yaml"), text).ok()? {
-        match object {
-            ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s)),
-            ParsedObject::ExternalName(id, n) => drop(m.external_names.insert(id, n)),
-            ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
-            ParsedObject::Pod(p) => drop(m.pods.insert(p.id.clone(), p)),
-            ParsedObject::VirtualService(v) => drop(m.virtual_services.insert(v.id.clone(), v)),
-            ParsedObject::DestinationRule(d) => drop(m.destination_rules.insert(d.id.clone(), d)),
-            ParsedObject::Namespace(n) => drop(m.namespaces.insert(n.id.clone(), n)),
-        }
+        object.insert_into(&mut m);
     }
     Some(m)
 }

@@ -21,7 +21,7 @@ pub use export::{Export, RuleView};
 pub use locality::{LocalityDistribute, LocalityLb};
 
 /// Everything the proxy needs, swapped atomically on every change (`Arc<L7Config>`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct L7Config {
     /// Keyed by the ClusterIP:port a client connected to (the original destination the kernel
     /// recorded when it steered the connection to the proxy).
@@ -34,7 +34,7 @@ pub struct L7Config {
 }
 
 /// A service port the proxy serves: the VirtualService routes that apply to it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceRoutes {
     pub service: ObjectRef,
     /// Part of the table's identity; read by logs and tests, not by routing.
@@ -74,7 +74,7 @@ impl ClusterKey {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {
     /// Ready endpoints (already filtered by the subset's labels).
     pub endpoints: Vec<Endpoint>,
@@ -89,7 +89,7 @@ pub struct Endpoint {
     pub locality: crate::Locality,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct HttpRoute {
     /// Istio's route name, kept for access logs and per-route stats.
     pub name: Option<String>,
@@ -112,7 +112,7 @@ pub struct HttpRoute {
 }
 
 /// AND of every condition present.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct HttpMatch {
     pub uri: Option<StringMatch>,
     pub method: Option<StringMatch>,
@@ -128,6 +128,7 @@ pub struct HttpMatch {
     pub ignore_uri_case: bool,
 }
 
+/// Compared by pattern (a compiled `Regex` has no equality): see the `PartialEq` below.
 #[derive(Clone, Debug)]
 pub enum StringMatch {
     Exact(String),
@@ -136,7 +137,7 @@ pub enum StringMatch {
     Regex(Arc<regex::Regex>),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RouteAction {
     /// Weighted destinations, each drawn with its weight's share of their sum, as Envoy draws
     /// them (a single destination has weight 100).
@@ -154,7 +155,7 @@ impl Default for RouteAction {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WeightedCluster {
     pub cluster: ClusterKey,
     pub weight: u32,
@@ -175,7 +176,7 @@ impl WeightedCluster {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Fault {
     /// (delay, percentage 0.0..=100.0)
     pub delay: Option<(Duration, f64)>,
@@ -192,14 +193,14 @@ pub enum Abort {
     Grpc(u8),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Mirror {
     pub cluster: ClusterKey,
     /// 0.0..=100.0 (`mirrorPercentage.value`, or the deprecated integer `mirrorPercent`).
     pub percentage: f64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
@@ -226,7 +227,7 @@ pub struct Rewrite {
     pub uri_regex: Option<(Arc<regex::Regex>, String)>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Redirect {
     pub uri: Option<String>,
     pub authority: Option<String>,
@@ -239,7 +240,7 @@ pub struct Redirect {
     pub status: u16,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct HeaderOps {
     pub set: Vec<(String, String)>,
     pub add: Vec<(String, String)>,
@@ -247,7 +248,7 @@ pub struct HeaderOps {
 }
 
 /// A DestinationRule `trafficPolicy`, already merged (subset policy over service policy).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct TrafficPolicy {
     pub load_balancer: LoadBalancer,
     pub connection_pool: ConnectionPool,
@@ -261,7 +262,7 @@ pub struct TrafficPolicy {
 
 /// Envoy's slow start: an endpoint that joins a cluster gets weight
 /// `max(min_weight, (age / window)^(1 / aggression))` until it is `window` old.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SlowStart {
     pub window: Duration,
     /// 0.0..=1.0 (Istio's `minimumPercent` / 100; 10 % by default).
@@ -270,7 +271,7 @@ pub struct SlowStart {
     pub aggression: f64,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub enum LoadBalancer {
     /// Istio's default.
     #[default]
@@ -286,7 +287,7 @@ pub enum LoadBalancer {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum HashKey {
     Header(String),
     /// Cookie name, path, ttl; a ttl makes the proxy issue the cookie when absent.
@@ -299,14 +300,14 @@ pub enum HashKey {
     QueryParameter(String),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum HashAlgorithm {
     RingHash { minimum_ring_size: u64 },
     Maglev { table_size: u64 },
 }
 
 /// `connectionPool` (enforced by the proxy; issue "circuit breaking" adds the kernel side).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct ConnectionPool {
     pub max_connections: Option<u32>,
     pub connect_timeout: Option<Duration>,
@@ -317,7 +318,7 @@ pub struct ConnectionPool {
     pub idle_timeout: Option<Duration>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct OutlierDetection {
     pub consecutive_5xx_errors: Option<u32>,
     pub consecutive_gateway_errors: Option<u32>,
@@ -325,4 +326,58 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+}
+
+// Equality of configs decides whether the proxy rebuilds its routing tables: two regexes are
+// the same condition when their patterns are the same text.
+impl PartialEq for StringMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (StringMatch::Exact(a), StringMatch::Exact(b)) => a == b,
+            (StringMatch::Prefix(a), StringMatch::Prefix(b)) => a == b,
+            (StringMatch::Regex(a), StringMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for Rewrite {
+    fn eq(&self, other: &Self) -> bool {
+        let re = |r: &Option<(Arc<regex::Regex>, String)>| {
+            r.as_ref()
+                .map(|(re, with)| (re.as_str().to_owned(), with.clone()))
+        };
+        self.uri == other.uri
+            && self.authority == other.authority
+            && re(&self.uri_regex) == re(&other.uri_regex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_regex(pattern: &str, weight: u32) -> HttpRoute {
+        HttpRoute {
+            matches: vec![HttpMatch {
+                uri: Some(StringMatch::Regex(Arc::new(
+                    regex::Regex::new(pattern).unwrap(),
+                ))),
+                ..HttpMatch::default()
+            }],
+            action: RouteAction::Route(vec![WeightedCluster::new(
+                ClusterKey::new(ObjectRef::new("default", "svc"), 80, None),
+                weight,
+            )]),
+            ..HttpRoute::default()
+        }
+    }
+
+    #[test]
+    fn routes_compare_by_content_and_regexes_by_pattern() {
+        // Separately compiled, same pattern: the same route (no rebuild for a no-op change).
+        assert_eq!(with_regex("/a.*", 100), with_regex("/a.*", 100));
+        assert_ne!(with_regex("/a.*", 100), with_regex("/b.*", 100));
+        assert_ne!(with_regex("/a.*", 100), with_regex("/a.*", 50));
+    }
 }

@@ -3,7 +3,6 @@
 //! the router (redirect, direct response, or upstream with rewrite, header operations, mirror,
 //! and `forward`'s per-attempt layers).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,13 +22,14 @@ use super::headers::{self, finalize_head, strip_hop_by_hop};
 use super::istio_metrics;
 use super::layers::{self, route::Selected};
 use super::matching::Matcher;
+use super::snapshot::ClusterId;
 use super::snapshot::DestOps;
 use super::snapshot::{ClusterRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
 use super::workload::Workload;
 use super::{operation, redirect, rewrite, upgrade, Proxy};
-use meshpath_model::l7::{ClusterKey, LoadBalancer, RouteAction};
+use meshpath_model::l7::{LoadBalancer, RouteAction};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -39,7 +39,7 @@ pub(crate) struct ConnCtx {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub original_dst: Option<SocketAddr>,
-    pub source_labels: BTreeMap<String, String>,
+    pub source_labels: super::Labels,
     pub source: Option<Arc<Workload>>,
     /// Finds the workload of an upstream endpoint too (destination labels of the metrics).
     pub resolver: Arc<dyn super::OriginalDst>,
@@ -50,7 +50,7 @@ pub(crate) struct ConnCtx {
 struct Routed<'a> {
     /// The route and which of its matches selected it (the span's operation name).
     route: Option<(&'a RouteRt, Option<&'a Matcher>)>,
-    cluster: Option<&'a ClusterKey>,
+    cluster: Option<&'a ClusterId>,
     upstream: Option<SocketAddr>,
     /// Envoy's response flag for a reply the proxy made itself, `None` for `-`.
     flags: Option<&'static str>,
@@ -138,7 +138,7 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     proxy.metrics.observe(&istio_metrics::Observation {
         source: &source,
         destination: &destination,
-        cluster: routed.cluster,
+        cluster: routed.cluster.map(|c| c.labels()),
         status: resp.status().as_u16(),
         flags: routed.flags.unwrap_or("-"),
         duration_ms: elapsed.as_secs_f64() * 1000.0,
@@ -148,7 +148,7 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     if let (Some(mut span), Some(exporter)) = (span, &proxy.exporter) {
         span.duration = elapsed;
         span.status = resp.status().as_u16();
-        span.upstream_cluster = routed.cluster.map(crate::breaker::envoy_cluster_name);
+        span.upstream_cluster = routed.cluster.map(|c| c.envoy_name().to_string());
         span.operation = match (routed.route, conn.original_dst) {
             (Some((route, matcher)), Some(d)) => operation::of(route, matcher, d.port()),
             _ => operation::undecorated(&span.authority),

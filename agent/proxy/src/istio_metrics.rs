@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use meshpath_model::l7::ClusterKey;
 
+use crate::istio_series::{Key, Series, SeriesCache};
 use crate::workload::Workload;
 
 /// A label value shared between series.
@@ -40,9 +41,45 @@ impl EncodeLabelValue for V {
     }
 }
 
-/// One side's workload labels, built once per workload.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Side {
+/// A cluster's `destination_service*` labels, built once per snapshot (see `ClusterId`).
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterLabels(Arc<ClusterValues>);
+
+#[derive(Debug)]
+struct ClusterValues {
+    service: V,
+    name: V,
+    namespace: V,
+}
+
+impl ClusterLabels {
+    pub(crate) fn of(k: &ClusterKey) -> ClusterLabels {
+        ClusterLabels(Arc::new(ClusterValues {
+            service: V(format!(
+                "{}.{}.svc.cluster.local",
+                k.service.name, k.service.namespace
+            )
+            .into()),
+            name: V::of(&k.service.name),
+            namespace: V::of(&k.service.namespace),
+        }))
+    }
+
+    pub(crate) fn same(&self, other: &ClusterLabels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    pub(crate) fn ptr(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
+
+/// One side's workload labels, built once per workload and shared by its requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Side(Arc<SideValues>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct SideValues {
     workload: V,
     namespace: V,
     app: V,
@@ -54,14 +91,22 @@ pub struct Side {
 impl Side {
     fn build(w: Option<&Workload>) -> Side {
         let v = |f: fn(&Workload) -> &str| V::of(w.map_or("unknown", f));
-        Side {
+        Side(Arc::new(SideValues {
             workload: v(|w| &w.name),
             namespace: v(|w| &w.namespace),
             app: v(|w| &w.app),
             version: v(|w| &w.version),
             canonical_service: v(|w| &w.canonical_service),
             canonical_revision: v(|w| &w.canonical_revision),
-        }
+        }))
+    }
+
+    pub(crate) fn same(&self, other: &Side) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    pub(crate) fn ptr(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
     }
 }
 
@@ -99,7 +144,7 @@ pub struct IstioLabels {
 pub(crate) struct Observation<'a> {
     pub source: &'a Side,
     pub destination: &'a Side,
-    pub cluster: Option<&'a ClusterKey>,
+    pub cluster: Option<&'a ClusterLabels>,
     pub status: u16,
     pub flags: &'static str,
     pub duration_ms: f64,
@@ -131,6 +176,8 @@ pub struct IstioMetrics {
     none: V,
     empty: V,
     unknown_side: Side,
+    /// Each label set's series, by a key cheaper to hash than the labels.
+    series: SeriesCache,
 }
 
 impl Default for IstioMetrics {
@@ -149,6 +196,7 @@ impl Default for IstioMetrics {
             none: V::of("none"),
             empty: V::of(""),
             unknown_side: Side::build(None),
+            series: SeriesCache::default(),
         }
     }
 }
@@ -187,21 +235,28 @@ impl IstioMetrics {
     }
 
     pub(crate) fn observe(&self, o: &Observation<'_>) {
+        let key = Key {
+            source: o.source.clone(),
+            destination: o.destination.clone(),
+            cluster: o.cluster.cloned(),
+            status: o.status,
+            flags: o.flags,
+        };
+        let series = self.series.get(key, || self.series_of(o));
+        series.requests.inc();
+        series.duration.observe(o.duration_ms);
+        series.request_bytes.observe(o.request_bytes as f64);
+        series.response_bytes.observe(o.response_bytes as f64);
+    }
+
+    /// The families' series for `o`'s label set, created when new.
+    fn series_of(&self, o: &Observation<'_>) -> Series {
         let unknown = self.unknown.clone();
         let (svc, svc_name, svc_ns) = match o.cluster {
-            Some(k) => (
-                V(format!(
-                    "{}.{}.svc.cluster.local",
-                    k.service.name, k.service.namespace
-                )
-                .into()),
-                V::of(&k.service.name),
-                V::of(&k.service.namespace),
-            ),
+            Some(c) => (c.0.service.clone(), c.0.name.clone(), c.0.namespace.clone()),
             None => (unknown.clone(), unknown.clone(), unknown.clone()),
         };
-        let s = o.source;
-        let d = o.destination;
+        let (s, d) = (&o.source.0, &o.destination.0);
         let labels = IstioLabels {
             reporter: self.source.clone(),
             source_workload: s.workload.clone(),
@@ -231,13 +286,11 @@ impl IstioMetrics {
             // The node proxy speaks plain text to both sides (no mTLS yet).
             connection_security_policy: self.none.clone(),
         };
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(o.duration_ms);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(o.request_bytes as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(o.response_bytes as f64);
+        Series {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        }
     }
 }

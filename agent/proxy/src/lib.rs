@@ -9,7 +9,8 @@
 //! let (tx, rx) = tokio::sync::watch::channel(Arc::new(L7Config::default()));
 //! let proxy = Proxy::new(rx);
 //! tokio::spawn(proxy::serve(listener, Arc::new(BpfOriginalDst::new(..)), proxy));
-//! tx.send(Arc::new(compiled_l7_config))?; // atomic swap; in-flight requests keep the old one
+//! tx.send(Arc::new(compiled_l7_config))?; // built off the request path, then swapped in
+//! proxy.apply(config);                      // or at once, on the caller's thread
 //! ```
 //!
 //! A request goes through named layers (route, fault, mirror, then per attempt admission,
@@ -43,7 +44,9 @@ mod hash;
 mod hashkey;
 mod headers;
 mod idle;
+mod idle_h2;
 pub mod istio_metrics;
+mod istio_series;
 mod layers;
 mod lb;
 mod locality;
@@ -70,8 +73,9 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, Weak};
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -82,15 +86,25 @@ pub use server::{serve, serve_until, Stop};
 pub use trace::{Span, SpanExporter};
 pub use workload::Workload;
 
+/// A pod's labels, shared by all its connections.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
+/// The labels of a client that is not a known pod (one allocation for the process).
+pub fn no_labels() -> Labels {
+    static NONE: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::default);
+    NONE.clone()
+}
+
 /// Where a steered connection was originally going, and who opened it.
 pub trait OriginalDst: Send + Sync {
     /// The ClusterIP:port the client connected to (recorded by the kernel when it redirected
     /// the connect to the proxy), `None` if unknown. Called once per accepted connection.
     fn original_dst(&self, stream: &TcpStream, peer: SocketAddr) -> Option<SocketAddr>;
 
-    /// Labels of the pod at `peer`, for `sourceLabels` matches. Called once per connection.
-    fn source_labels(&self, _peer: SocketAddr) -> BTreeMap<String, String> {
-        BTreeMap::new()
+    /// Labels of the pod at `peer`, for `sourceLabels` matches. Called once per connection:
+    /// shared, so that an accepted connection costs no copy of them.
+    fn source_labels(&self, _peer: SocketAddr) -> Labels {
+        no_labels()
     }
 
     /// The workload of the pod at `peer`, for span names, tags and per-workload sampling.
@@ -125,10 +139,11 @@ impl Default for ProxyOptions {
 
 /// The proxy: routing state shared by all connections.
 pub struct Proxy {
-    config: watch::Receiver<Arc<L7Config>>,
-    /// The runtime form of the config `config` held when it was last looked at.
-    current: RwLock<Arc<snapshot::Snapshot>>,
-    registry: Mutex<snapshot::Registry>,
+    /// The routing snapshot requests start from: read without a lock, replaced whole (see
+    /// [`Proxy::apply`]), so no request ever waits for a rebuild.
+    current: ArcSwap<snapshot::Snapshot>,
+    /// What only a rebuild touches; requests never take it.
+    builder: Mutex<snapshot::Registry>,
     /// Per-cluster stats, kept across config swaps.
     stats: Arc<Mutex<breaker::StatsMap>>,
     /// Stats of requests that reached no cluster.
@@ -152,6 +167,8 @@ impl Proxy {
         Proxy::with_options(config, ProxyOptions::default(), None)
     }
 
+    /// A proxy serving `config`'s current value. Later values are applied by a task watching
+    /// the channel (when called inside a tokio runtime), or at once by [`Proxy::apply`].
     pub fn with_options(
         config: watch::Receiver<Arc<L7Config>>,
         opts: ProxyOptions,
@@ -167,14 +184,13 @@ impl Proxy {
             &outliers,
         );
         let none = |k: &meshpath_model::l7::ClusterKey| snapshot::Dest {
-            key: k.clone(),
+            key: snapshot::ClusterId::new(k),
             cluster: None,
             ops: None,
         };
-        Arc::new(Proxy {
-            config,
-            current: RwLock::new(Arc::new(first)),
-            registry: Mutex::new(registry),
+        let proxy = Arc::new(Proxy {
+            current: ArcSwap::from_pointee(first),
+            builder: Mutex::new(registry),
             stats: Arc::new(Mutex::new(stats)),
             router_stats: Arc::default(),
             outliers,
@@ -183,35 +199,64 @@ impl Proxy {
             opts,
             exporter,
             metrics: istio_metrics::IstioMetrics::default(),
-        })
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(follow(config, Arc::downgrade(&proxy)));
+        }
+        proxy
     }
 
-    /// The snapshot for a new request: rebuilt here, once, when the channel holds a newer
-    /// config. Locks are held only for pointer copies (and the rebuild itself), never across
-    /// an await.
+    /// Serves `config` from now on if it differs from the one served: the routing snapshot
+    /// (matchers, balancer tables) is built here, on the caller's thread, then swapped in
+    /// whole. Requests in flight keep the snapshot they started with; new ones take the new
+    /// one without waiting. A config equal to the served one (a reconcile that changed only
+    /// the kernel side, e.g. an outlier ejection) costs one comparison. Returns whether it
+    /// was applied.
+    pub fn apply(&self, config: Arc<L7Config>) -> bool {
+        self.apply_with(|| config)
+    }
+
+    /// [`apply`](Self::apply) of what `latest` returns under the build lock: the channel
+    /// follower reads the channel's value there, so a value it was woken for long ago can
+    /// never replace a newer one applied directly meanwhile (senders publish before they
+    /// apply).
+    fn apply_with(&self, latest: impl FnOnce() -> Arc<L7Config>) -> bool {
+        // One rebuild at a time, so the last config applied is the last one served.
+        let mut registry = self.builder.lock().unwrap_or_else(|p| p.into_inner());
+        let config = latest();
+        let served = self.current.load();
+        if Arc::ptr_eq(&served.config, &config) || *served.config == *config {
+            return false;
+        }
+        let started = std::time::Instant::now();
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let next = snapshot::build(config, &mut registry, &mut stats, &self.outliers);
+        drop(stats);
+        tracing::info!(
+            listeners = next.listeners.len(),
+            clusters = next.config.clusters.len(),
+            build_us = started.elapsed().as_micros() as u64,
+            "proxy config applied"
+        );
+        self.current.store(Arc::new(next));
+        true
+    }
+
+    /// Waits until `config` (or an equal one) is served.
+    #[cfg(test)]
+    pub(crate) async fn wait_applied(&self, config: &Arc<L7Config>) {
+        for _ in 0..2000 {
+            if *self.current.load().config == **config {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("config not applied within 2 s");
+    }
+
+    /// The snapshot for a new request: a lock-free load of the published one.
     fn snapshot(&self) -> Arc<snapshot::Snapshot> {
-        let snap = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let latest = self.config.borrow().clone();
-        if Arc::ptr_eq(&snap.config, &latest) {
-            return snap;
-        }
-        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if !Arc::ptr_eq(&cur.config, &latest) {
-            let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            let next = snapshot::build(latest, &mut registry, &mut stats, &self.outliers);
-            tracing::info!(
-                listeners = next.listeners.len(),
-                clusters = next.config.clusters.len(),
-                "proxy config applied"
-            );
-            *cur = Arc::new(next);
-        }
-        cur.clone()
+        self.current.load_full()
     }
 
     /// Istio's standard metrics, live: register them once in the admin's registry.
@@ -241,12 +286,25 @@ impl Proxy {
         if map.len() >= MAX_PASSTHROUGH {
             map.clear();
         }
-        let ep = snapshot::endpoint(
-            &mut self.registry.lock().unwrap_or_else(|p| p.into_inner()),
-            addr,
-        );
+        // Passthrough destinations are in no cluster: this map alone shares their pools.
+        let ep = Arc::new(upstream::Endpoint::new(addr, None));
         map.insert(addr, ep.clone());
         ep
+    }
+}
+
+/// Applies every new value of the config channel, off the request path: the build runs on
+/// the blocking pool, so the runtime's workers keep serving requests meanwhile. Ends with
+/// the channel or the proxy.
+async fn follow(mut config: watch::Receiver<Arc<L7Config>>, proxy: Weak<Proxy>) {
+    while config.changed().await.is_ok() {
+        config.mark_unchanged();
+        let Some(proxy) = proxy.upgrade() else { return };
+        let channel = config.clone();
+        let build = move || proxy.apply_with(|| channel.borrow().clone());
+        if tokio::task::spawn_blocking(build).await.is_err() {
+            tracing::error!("proxy config build panicked; the previous config stays served");
+        }
     }
 }
 

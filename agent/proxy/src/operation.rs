@@ -94,7 +94,7 @@ mod tests {
             ..HttpRoute::default()
         };
         route_rt(&route, &|k| Dest {
-            key: k.clone(),
+            key: crate::snapshot::ClusterId::new(k),
             cluster: None,
             ops: None,
         })

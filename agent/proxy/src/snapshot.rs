@@ -16,6 +16,7 @@ use super::breaker::{self, Breaker, StatsMap};
 use super::forward::RetryRt;
 use super::headers::CompiledOps;
 use super::idle::DEFAULT_IDLE_TIMEOUT;
+use super::istio_metrics::ClusterLabels;
 use super::layers::cors::CorsRt;
 use super::lb::LbState;
 use super::locality::LocalityRt;
@@ -64,11 +65,56 @@ impl ListenerRt {
     }
 }
 
+/// A cluster's key, interned when a snapshot is built: requests share it (and the names and
+/// metric labels derived from it) by pointer instead of copying its strings.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterId(Arc<Interned>);
+
+#[derive(Debug)]
+struct Interned {
+    key: ClusterKey,
+    /// Envoy's cluster name (`outbound|port|subset|host`), for spans and stats.
+    envoy_name: Arc<str>,
+    labels: ClusterLabels,
+}
+
+impl ClusterId {
+    pub(crate) fn new(key: &ClusterKey) -> ClusterId {
+        ClusterId(Arc::new(Interned {
+            key: key.clone(),
+            envoy_name: breaker::envoy_cluster_name(key).into(),
+            labels: ClusterLabels::of(key),
+        }))
+    }
+
+    pub(crate) fn envoy_name(&self) -> &Arc<str> {
+        &self.0.envoy_name
+    }
+
+    /// Istio's `destination_service*` labels of the cluster.
+    pub(crate) fn labels(&self) -> &ClusterLabels {
+        &self.0.labels
+    }
+}
+
+impl std::ops::Deref for ClusterId {
+    type Target = ClusterKey;
+    fn deref(&self) -> &ClusterKey {
+        &self.0.key
+    }
+}
+
+impl PartialEq<ClusterKey> for ClusterId {
+    fn eq(&self, other: &ClusterKey) -> bool {
+        self.0.key == *other
+    }
+}
+
 /// A route's destination; `cluster` is `None` when the config names a cluster it does not
 /// define (Envoy: 503, cluster not found).
 #[derive(Clone)]
 pub(crate) struct Dest {
-    pub key: ClusterKey,
+    pub key: ClusterId,
     pub cluster: Option<Arc<ClusterRt>>,
     /// The destination's own header operations (`route[].headers`), if it has any.
     pub ops: Option<Arc<DestOps>>,
@@ -113,7 +159,7 @@ impl RouteRt {
 }
 
 pub(crate) struct ClusterRt {
-    pub key: ClusterKey,
+    pub key: ClusterId,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub policy: TrafficPolicy,
     pub lb: LbState,
@@ -158,13 +204,9 @@ pub(crate) fn cluster_name(key: &ClusterKey) -> String {
 
 /// Endpoint state by cluster and address, weakly held so that it lives exactly as long as some
 /// snapshot lists it: a config swap keeps pools and in-flight counts. Each cluster has its own
-/// pools (as Envoy's), so its connections can be counted and capped (`maxConnections`);
-/// passthrough destinations use cluster `None`.
+/// pools (as Envoy's), so its connections can be counted and capped (`maxConnections`).
+/// Passthrough destinations are in no snapshot: the proxy keeps them apart.
 pub(crate) type Registry = HashMap<(Option<ClusterKey>, SocketAddr), Weak<Endpoint>>;
-
-pub(crate) fn endpoint(registry: &mut Registry, addr: SocketAddr) -> Arc<Endpoint> {
-    cluster_endpoint(registry, None, addr, false)
-}
 
 /// The endpoint's state in `cluster`, created when new; `joins` records a new one's join time
 /// (it joins a cluster the proxy already had, for slow start).
@@ -222,7 +264,7 @@ pub(crate) fn build(
         });
         let rt = ClusterRt {
             locality,
-            key: key.clone(),
+            key: ClusterId::new(key),
             endpoints,
             lb: LbState::build(&c.policy.load_balancer, &addrs),
             connect_timeout: c
@@ -241,10 +283,18 @@ pub(crate) fn build(
         };
         clusters.insert(key, Arc::new(rt));
     }
-    let dest = |key: &ClusterKey| Dest {
-        key: key.clone(),
-        cluster: clusters.get(key).cloned(),
-        ops: None,
+    let dest = |key: &ClusterKey| match clusters.get(key) {
+        Some(c) => Dest {
+            key: c.key.clone(),
+            cluster: Some(c.clone()),
+            ops: None,
+        },
+        // Not defined: its name is interned for the 503's metrics and span alone.
+        None => Dest {
+            key: ClusterId::new(key),
+            cluster: None,
+            ops: None,
+        },
     };
     let listeners = config
         .listeners

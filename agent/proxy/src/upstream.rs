@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -24,6 +24,7 @@ use tracing::debug;
 use super::body::UpBody;
 use super::breaker::{ClusterStats, CxGuard};
 use super::idle::IdlePool;
+use super::idle_h2::H2Slot;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
@@ -78,7 +79,8 @@ pub(crate) struct Endpoint {
     pub active: AtomicU32,
     /// Idle HTTP/1 connections (`idle.rs`).
     pub(crate) idle_h1: IdlePool,
-    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+    /// The shared HTTP/2 connection (`idle_h2.rs`).
+    pub(crate) h2: H2Slot,
     /// The owning cluster's stats (`None` for passthrough): connections are counted there.
     stats: Option<Arc<ClusterStats>>,
     /// When it joined a cluster the proxy already had (slow start); unset otherwise.
@@ -91,7 +93,7 @@ impl Endpoint {
             addr,
             active: AtomicU32::new(0),
             idle_h1: IdlePool::default(),
-            h2: Mutex::new(None),
+            h2: H2Slot::default(),
             stats,
             joined: std::sync::OnceLock::new(),
         }
@@ -121,7 +123,8 @@ pub(crate) struct SendOpts {
     pub max_requests_per_connection: u32,
     /// `maxConnections` of the cluster; `u32::MAX` is unlimited.
     pub max_connections: u32,
-    /// `idleTimeout`: how long an HTTP/1 connection stays in the pool unused.
+    /// `idleTimeout`: how long an HTTP/1 connection stays in the pool unused, and an HTTP/2
+    /// one open without a request.
     pub idle_timeout: Duration,
 }
 
@@ -284,16 +287,13 @@ async fn send_h2(
     req: Request<UpBody>,
     opts: SendOpts,
 ) -> Result<Sent, SendFailure> {
-    let shared = {
-        let slot = ep.h2.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
-    };
+    let shared = ep.h2.checkout();
     let reused = shared.is_some();
     let mut sender = match shared {
         Some(s) => s,
         None => match connect_h2(ep, opts.connect_timeout).await {
             Ok(s) => {
-                *ep.h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
+                H2Slot::install(ep, s.clone(), opts.idle_timeout);
                 s
             }
             Err(e) => return Err((e, Some(req))),

@@ -274,3 +274,23 @@ fn socket_redirect_scopes() {
         );
     }
 }
+
+#[test]
+fn worker_threads_flag() {
+    assert_eq!(agent(&[]).worker_threads, None);
+    assert_eq!(
+        agent(&["--worker-threads", "3"]).worker_threads,
+        Some(3usize)
+    );
+    let zero = parse_args([
+        "meshpath",
+        "agent",
+        "--manifests",
+        "/m",
+        "--cgroup",
+        "/x",
+        "--worker-threads",
+        "0",
+    ]);
+    assert!(zero.is_err(), "0 workers is refused");
+}

@@ -54,9 +54,12 @@ pub struct DnsServer {
     open: BTreeMap<SocketAddrV4, Listener>,
 }
 
+/// DNS answers are small and few: two workers, whatever the node's size.
+const DNS_WORKERS: usize = 2;
+
 impl DnsServer {
     pub fn new(cfg: DnsConfig, metrics: DnsMetrics) -> Result<Self, NetnsError> {
-        let rt = crate::netns::runtime_in(cfg.netns.as_deref(), "meshpath-dns")?;
+        let rt = crate::netns::runtime_in(cfg.netns.as_deref(), "meshpath-dns", DNS_WORKERS)?;
         Ok(Self {
             rt: Some(rt),
             cfg,

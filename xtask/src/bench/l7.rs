@@ -6,7 +6,8 @@
 //!
 //! meshpath's proxy runs inside the agent process (runtime threads `meshpath-proxy`), so its CPU
 //! and RSS are the agent's: the whole process, nothing subtracted. Under load the agent does
-//! nothing else (no manifest changes), so its CPU is the proxy's.
+//! nothing else (no manifest changes), so its CPU is the proxy's. After those runs, l7-meshpath
+//! also measures a config change under load (`l7change.rs`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use meshpath_tests::Node;
 use serde_json::json;
 
 use super::fortio::{self, Load};
+use super::l7change;
 use super::model::{
     ProxyUsage, RunRecord, Scenario, Test, LATENCY_CONNS, LATENCY_QPS, MAXQPS_CONNS,
 };
@@ -197,8 +199,28 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
         }
         Hop::Direct => {}
     }
+    // After the measured runs and their figures, so its manifest rewrites stay out of them.
+    let change = (sc == Scenario::L7Meshpath).then(|| {
+        let dir = node.work_dir().join("manifests");
+        let write = |i: u32| {
+            let vs = match i {
+                0 => virtual_service(HTTP_SVC),
+                i => l7change::virtual_service(HTTP_SVC, i),
+            };
+            l7change::write_manifests(&dir, &bench_yaml(upstream, vs))
+        };
+        l7change::measure(client, cfg.fortio, &url, cfg.duration, &write)
+    });
     drop(sampler);
     let mut problems = Vec::new();
+    match change {
+        Some(Ok(v)) => evidence["config_change"] = v,
+        Some(Err(e)) => problems.push(format!(
+            "({}) repeat {repeat}: config change under load: {e:#}",
+            sc.key()
+        )),
+        None => {}
+    }
     if let Err(e) = tear_down(hop, &node) {
         problems.push(format!("({}) repeat {repeat}: cleanup: {e:#}", sc.key()));
     }
@@ -215,24 +237,7 @@ fn set_up(sc: Scenario, node: &Node, upstream: SocketAddrV4) -> Result<(Hop, Soc
         Scenario::L7Meshpath | Scenario::L7Trace1 | Scenario::L7Trace100 => {
             let dir = node.work_dir().join("manifests");
             std::fs::create_dir_all(&dir).context("creating the manifests dir")?;
-            let yaml = manifests::docs(&[
-                manifests::service(
-                    HTTP_SVC,
-                    &HTTP_CLUSTER_IP.to_string(),
-                    HTTP_SVC_PORT,
-                    &fortio::HTTP_PORT.to_string(),
-                    "TCP",
-                    "",
-                ),
-                manifests::endpoint_slice(
-                    HTTP_SVC,
-                    fortio::HTTP_PORT,
-                    "TCP",
-                    &[Ep::ready(*upstream.ip())],
-                ),
-                virtual_service(HTTP_SVC),
-            ]);
-            manifests::write(&dir, "bench.yaml", &yaml)?;
+            l7change::write_manifests(&dir, &bench_yaml(upstream, virtual_service(HTTP_SVC)))?;
             let netns = format!("/var/run/netns/{}", node.node_netns_name());
             let gw = GATEWAY.to_string();
             let mut extra = vec!["--proxy-ip", &gw, "--proxy-netns", &netns];
@@ -288,6 +293,27 @@ fn set_up(sc: Scenario, node: &Node, upstream: SocketAddrV4) -> Result<(Hop, Soc
         }
         _ => Ok((Hop::Direct, upstream)),
     }
+}
+
+/// The bench's manifests: the service, its one endpoint (the fortio server) and `vs`.
+fn bench_yaml(upstream: SocketAddrV4, vs: String) -> String {
+    manifests::docs(&[
+        manifests::service(
+            HTTP_SVC,
+            &HTTP_CLUSTER_IP.to_string(),
+            HTTP_SVC_PORT,
+            &fortio::HTTP_PORT.to_string(),
+            "TCP",
+            "",
+        ),
+        manifests::endpoint_slice(
+            HTTP_SVC,
+            fortio::HTTP_PORT,
+            "TCP",
+            &[Ep::ready(*upstream.ip())],
+        ),
+        vs,
+    ])
 }
 
 /// The VirtualService that makes the service L7 (one http route to itself: the minimal rule

@@ -223,6 +223,9 @@ impl L7Section {
                     Value::Array(v.clone())
                 ));
             }
+            if let Some(d) = super::l7change::describe(&ev["config_change"]) {
+                parts.push(d);
+            }
             if let Some(n) = ev["upstream_conns_established"].as_u64() {
                 parts.push(format!("upstream connections open after the runs: {n}"));
             }
@@ -246,10 +249,11 @@ impl L7Section {
     pub fn summary(&self) -> String {
         format!(
             "\n\nL7 hop (latency: added µs over l7-direct; qps: ratio to it):\n\n{}\n{}\nL7 \
-             targets:\n{}",
+             targets:\n{}{}",
             self.table_md(),
             self.resources_md(),
-            self.checks_text()
+            self.checks_text(),
+            super::l7change::section(&self.evidence).unwrap_or_default()
         )
     }
 
@@ -292,6 +296,9 @@ impl L7Section {
         s.push_str("\n### Targets (from the issue)\n\n```\n");
         s.push_str(&self.checks_text());
         s.push_str("```\n");
+        if let Some(change) = super::l7change::section(&self.evidence) {
+            s.push_str(&change);
+        }
         let errors = self.errors_md();
         if !errors.is_empty() {
             s.push_str("\n### Errors\n\n");

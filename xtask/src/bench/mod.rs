@@ -7,6 +7,7 @@ mod iptables;
 mod jaeger;
 mod kcost;
 mod l7;
+mod l7change;
 mod l7checks;
 mod l7report;
 mod model;
@@ -68,6 +69,23 @@ pub struct BenchArgs {
     /// observability results.
     #[arg(long)]
     pub note: Option<String>,
+}
+
+/// Which copy beside the run folders a run replaces: `latest.md` holds the kernel-path tables
+/// (with the L7 section when both ran), `l7-latest.md` a run of the L7 hop alone; a run of the
+/// observability rows only, or an interrupted one, replaces neither.
+fn latest_copy(
+    interrupted: bool,
+    obs_only: bool,
+    no_core: bool,
+    has_l7: bool,
+) -> Option<&'static str> {
+    match (interrupted || obs_only, no_core, has_l7) {
+        (true, _, _) => None,
+        (false, true, true) => Some("l7-latest.md"),
+        (false, true, false) => None,
+        (false, false, _) => Some("latest.md"),
+    }
 }
 
 /// `5s`, `1500ms`, `1m`, or plain seconds.
@@ -318,11 +336,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         workspace_root().join(&args.out)
     };
     let dir = out_root.join(&folder);
-    // An interrupted run still leaves its folder, but latest.md keeps the last complete run.
+    // An interrupted run still leaves its folder, but the latest copies keep the last complete
+    // run of their kind.
     let interrupted = proc::check_interrupted().is_err();
-    // A run of the observability rows only does not replace the full tables in latest.md.
     let obs_run = scenarios.iter().all(|s| OBS.contains(s));
-    rep.write(&dir, !interrupted && !obs_run)
+    let latest_name = latest_copy(interrupted, obs_run, core.is_empty(), l7_section.is_some());
+    rep.write(&dir, latest_name)
         .context("writing the results")?;
     if let Some(o) = &obs {
         o.write(&dir, &out_root, &meta, args.note.as_deref(), !interrupted)?;
@@ -364,10 +383,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for p in &problems {
         summary.push_str(&format!("PROBLEM  {p}\n"));
     }
-    let latest = if interrupted || obs_run {
-        String::new()
-    } else {
-        format!(" (copied to {})", out_root.join("latest.md").display())
+    let latest = match latest_name {
+        None => String::new(),
+        Some(name) => format!(" (copied to {})", out_root.join(name).display()),
     };
     summary.push_str(&format!(
         "\nresults: {}: results.md{latest}, results.json, {}; took {:.0} s\n",
@@ -394,8 +412,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{latest_copy, parse_duration};
     use std::time::Duration;
+
+    #[test]
+    fn an_l7_run_keeps_the_kernel_figures() {
+        // (interrupted, obs only, no core scenario, L7 section)
+        assert_eq!(latest_copy(false, false, true, true), Some("l7-latest.md"));
+        assert_eq!(latest_copy(false, false, false, false), Some("latest.md"));
+        assert_eq!(latest_copy(false, false, false, true), Some("latest.md"));
+        assert_eq!(latest_copy(true, false, true, true), None);
+        assert_eq!(latest_copy(false, true, false, true), None);
+    }
 
     #[test]
     fn durations() {

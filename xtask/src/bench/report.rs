@@ -235,8 +235,8 @@ impl Report<'_> {
         })
     }
 
-    /// Write the folder and (if `update_latest`) `latest.md` next to it.
-    pub fn write(&self, dir: &Path, update_latest: bool) -> Result<()> {
+    /// Write the folder and (if `latest` names one, e.g. `latest.md`) that copy next to it.
+    pub fn write(&self, dir: &Path, latest: Option<&str>) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let md = self.markdown();
         let put = |name: &str, text: &str| {
@@ -275,8 +275,8 @@ impl Report<'_> {
                 ),
             )?;
         }
-        if let Some(parent) = dir.parent().filter(|_| update_latest) {
-            let latest = parent.join("latest.md");
+        if let (Some(parent), Some(name)) = (dir.parent(), latest) {
+            let latest = parent.join(name);
             std::fs::write(&latest, &md)
                 .with_context(|| format!("writing {}", latest.display()))?;
         }

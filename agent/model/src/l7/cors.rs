@@ -4,7 +4,7 @@
 
 use super::StringMatch;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CorsPolicy {
     /// `allowOrigins` (and the deprecated `allowOrigin`, as exact matches). An origin is
     /// allowed when a matcher matches it, or matches the literal `*`.

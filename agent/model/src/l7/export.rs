@@ -7,7 +7,7 @@ use super::ServiceRoutes;
 use crate::ObjectRef;
 
 /// Where a [`ServiceRoutes`] comes from and whom it is for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Export {
     /// The VirtualService the routes are compiled from (`None`: plain forwarding).
     pub virtual_service: Option<ObjectRef>,

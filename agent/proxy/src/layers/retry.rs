@@ -49,7 +49,7 @@ impl<'a> Retry<'a> {
         Retry {
             policy,
             budget: match target {
-                Target::Cluster(c) => Some((&c.breaker, &c.key)),
+                Target::Cluster(c) => Some((&c.breaker, &*c.key)),
                 Target::Passthrough(..) => None,
             },
             idempotent: matches!(

@@ -44,7 +44,8 @@ pub(super) async fn counting_backend(delay: Duration) -> CountingBackend {
                     tokio::time::sleep(delay).await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 });
-                let _ = http1::Builder::new()
+                // HTTP/1.1 and h2c alike, for the upstream protocol's own limits.
+                let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
                 open.fetch_sub(1, Ordering::SeqCst);
@@ -78,6 +79,7 @@ pub(super) async fn start_stats(cfg: L7Config) -> (Arc<Harness>, ProxyStats) {
         dst: Some(VIP),
         labels: BTreeMap::new(),
     };
+    let tx = ConfigTx::new(tx, proxy.clone());
     let task = tokio::spawn(serve(listener, Arc::new(dst), proxy));
     let h = Harness {
         addr,

@@ -44,7 +44,7 @@ async fn answers_503_nc_until_the_cluster_exists() {
         dst: Some(VIP),
         labels: BTreeMap::new(),
     };
-    let task = tokio::spawn(serve(listener, Arc::new(dst), proxy));
+    let task = tokio::spawn(serve(listener, Arc::new(dst), proxy.clone()));
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let send = |version: &str| {
@@ -104,7 +104,10 @@ async fn answers_503_nc_until_the_cluster_exists() {
     // The DestinationRule gains v2: the same routes, now with the cluster.
     let mut both = only_v1;
     both.push((subset("v2"), cluster(&[v2.addr], RoundRobin)));
-    tx.send(Arc::new(config(by_version(), both))).unwrap();
+    // Published, then waited for: the proxy's channel follower builds it off the request path.
+    let both = Arc::new(config(by_version(), both));
+    tx.send(both.clone()).unwrap();
+    proxy.wait_applied(&both).await;
     assert_eq!(send("v2").await, (200, "v2".to_owned()));
     assert_eq!(send("v1").await, (200, "v1".to_owned()));
     assert_eq!((v1.count(), v2.count()), (2, 1));

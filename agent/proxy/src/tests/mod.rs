@@ -4,6 +4,7 @@
 mod actions;
 mod bench;
 mod circuit_breaking;
+mod config_swap;
 mod cors;
 mod export;
 mod faults;
@@ -13,6 +14,7 @@ mod lb;
 mod matching;
 mod missing_cluster;
 mod outlier;
+mod profile;
 mod request_limits;
 mod retries;
 mod route_features;
@@ -178,14 +180,41 @@ impl OriginalDst for FixedDst {
     fn original_dst(&self, _stream: &TcpStream, _peer: SocketAddr) -> Option<SocketAddr> {
         self.dst
     }
-    fn source_labels(&self, _peer: SocketAddr) -> BTreeMap<String, String> {
-        self.labels.clone()
+    fn source_labels(&self, _peer: SocketAddr) -> crate::Labels {
+        Arc::new(self.labels.clone())
+    }
+}
+
+/// The config channel of a test's proxy. A new config is applied at once (as the agent does
+/// with `Proxy::apply`), so the request a test sends next sees it; the proxy's own channel
+/// follower then finds nothing left to do.
+pub(super) struct ConfigTx {
+    tx: watch::Sender<Arc<L7Config>>,
+    pub proxy: Arc<Proxy>,
+}
+
+impl ConfigTx {
+    pub fn new(tx: watch::Sender<Arc<L7Config>>, proxy: Arc<Proxy>) -> ConfigTx {
+        ConfigTx { tx, proxy }
+    }
+
+    pub fn send(&self, cfg: Arc<L7Config>) -> Result<(), watch::error::SendError<Arc<L7Config>>> {
+        // Published first, as the agent does, so the follower never reverts to an older one.
+        let sent = self.tx.send(cfg.clone());
+        self.proxy.apply(cfg);
+        sent
+    }
+
+    pub fn send_replace(&self, cfg: Arc<L7Config>) -> Arc<L7Config> {
+        let old = self.tx.send_replace(cfg.clone());
+        self.proxy.apply(cfg);
+        old
     }
 }
 
 pub(super) struct Harness {
     pub addr: SocketAddr,
-    pub tx: watch::Sender<Arc<L7Config>>,
+    pub tx: ConfigTx,
     client: Client<HttpConnector, Full<Bytes>>,
     h2: Client<HttpConnector, Full<Bytes>>,
     task: JoinHandle<()>,
@@ -220,6 +249,7 @@ pub(super) async fn start_with(
         ..ProxyOptions::default()
     };
     let proxy = Proxy::with_options(rx, opts, exporter);
+    let tx = ConfigTx::new(tx, proxy.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(serve(listener, Arc::new(dst), proxy));

@@ -35,6 +35,7 @@ async fn start_od(cfg: L7Config) -> (Harness, ProxyStats, watch::Receiver<Ejecte
         dst: Some(VIP),
         labels: BTreeMap::new(),
     };
+    let tx = ConfigTx::new(tx, proxy.clone());
     let task = tokio::spawn(serve(listener, Arc::new(dst), proxy));
     let h = Harness {
         addr,

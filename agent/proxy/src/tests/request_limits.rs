@@ -215,6 +215,36 @@ async fn idle_timeout_closes_idle_upstream_connections() {
 }
 
 #[tokio::test]
+async fn idle_timeout_closes_an_idle_upstream_http2_connection() {
+    let b = counting_backend(Duration::ZERO).await;
+    let pool = ConnectionPool {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ConnectionPool::default()
+    };
+    let (h, stats) = start_stats(limited(b.addr, pool)).await;
+    let h2 = || {
+        let mut req = Request::get("/").body(Bytes::new()).unwrap();
+        *req.version_mut() = Version::HTTP_2;
+        h.send(req)
+    };
+    assert_eq!(h2().await.status, 200);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(h2().await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        1,
+        "one shared h2c connection"
+    );
+    assert_eq!(b.open.load(Ordering::SeqCst), 1, "not idle for 300 ms yet");
+    assert!(eventually(|| b.open.load(Ordering::SeqCst) == 0).await);
+    assert_eq!(stat(&stats, "upstream_cx_idle_timeout"), 1);
+    // The next request opens a new one.
+    assert_eq!(h2().await.status, 200);
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn idle_connections_stay_open_under_the_default_timeout() {
     let b = counting_backend(Duration::ZERO).await;
     let (h, stats) = start_stats(limited(b.addr, ConnectionPool::default())).await;

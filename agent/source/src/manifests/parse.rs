@@ -32,6 +32,22 @@ pub enum ParsedObject {
 }
 
 impl ParsedObject {
+    /// Adds the object to `model` (replacing one with its key).
+    pub fn insert_into(self, model: &mut meshpath_model::ClusterModel) {
+        match self {
+            ParsedObject::Service(s) => drop(model.services.insert(s.id.clone(), s)),
+            ParsedObject::ExternalName(id, name) => drop(model.external_names.insert(id, name)),
+            ParsedObject::EndpointSlice(s) => drop(model.endpoint_slices.insert(s.id.clone(), s)),
+            ParsedObject::Pod(p) => drop(model.pods.insert(p.id.clone(), p)),
+            ParsedObject::Namespace(n) => drop(model.namespaces.insert(n.id.clone(), n)),
+            ParsedObject::Node(n) => drop(model.nodes.insert(n.id.clone(), n)),
+            ParsedObject::VirtualService(v) => drop(model.virtual_services.insert(v.id.clone(), v)),
+            ParsedObject::DestinationRule(d) => {
+                drop(model.destination_rules.insert(d.id.clone(), *d))
+            }
+        }
+    }
+
     pub fn key(&self) -> ObjectKey {
         match self {
             ParsedObject::Service(s) => ObjectKey::new(ObjectKind::Service, s.id.clone()),

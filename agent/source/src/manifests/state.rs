@@ -198,34 +198,12 @@ fn build(
             if owners.get(&object.key()) != Some(file) {
                 continue;
             }
-            match object.clone() {
-                ParsedObject::Service(mut s) => {
-                    s.origin = Some(file.display().to_string());
-                    model.services.insert(s.id.clone(), s);
-                }
-                ParsedObject::ExternalName(id, name) => {
-                    model.external_names.insert(id, name);
-                }
-                ParsedObject::EndpointSlice(s) => {
-                    model.endpoint_slices.insert(s.id.clone(), s);
-                }
-                ParsedObject::Pod(p) => {
-                    model.pods.insert(p.id.clone(), p);
-                }
-                ParsedObject::Namespace(n) => {
-                    model.namespaces.insert(n.id.clone(), n);
-                }
-                ParsedObject::Node(n) => {
-                    model.nodes.insert(n.id.clone(), n);
-                }
-                // Their origin (file:line) was set when parsing.
-                ParsedObject::VirtualService(v) => {
-                    model.virtual_services.insert(v.id.clone(), v);
-                }
-                ParsedObject::DestinationRule(d) => {
-                    model.destination_rules.insert(d.id.clone(), *d);
-                }
+            let mut object = object.clone();
+            if let ParsedObject::Service(s) = &mut object {
+                s.origin = Some(file.display().to_string());
             }
+            // VirtualServices and DestinationRules got their origin (file:line) when parsed.
+            object.insert_into(&mut model);
         }
     }
     model

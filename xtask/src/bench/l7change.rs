@@ -1,0 +1,158 @@
+//! "Config change under load" (l7-meshpath only): the same 1000 qps latency run twice, once
+//! steady and once while the VirtualService is rewritten every [`CHANGE_EVERY`] (its route
+//! timeout alternates, so every rewrite is a real routing change the proxy must rebuild and
+//! swap in). The p99 of the second against the first shows whether a rule change stalls
+//! requests; the target is within [`TARGET_RATIO`] of the steady p99.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use meshpath_tests::manifests;
+use meshpath_tests::Pod;
+use serde_json::{json, Value};
+
+use super::fortio::{self, Fortio, Load};
+use super::model::LATENCY_QPS;
+
+/// Client connections of both runs.
+pub const CONNS: u32 = 16;
+/// How often the VirtualService is rewritten during the second run.
+pub const CHANGE_EVERY: Duration = Duration::from_millis(250);
+/// p99 with changes ÷ p99 without: at most this.
+pub const TARGET_RATIO: f64 = 1.10;
+
+/// Both runs; `write(i)` writes the manifests of variant `i` (an alternating route timeout).
+pub fn measure(
+    client: &Pod,
+    fortio: &Fortio,
+    url: &str,
+    duration: Duration,
+    write: &(dyn Fn(u32) -> Result<()> + Sync),
+) -> Result<Value> {
+    let load = Load {
+        url,
+        qps: LATENCY_QPS,
+        connections: CONNS,
+        duration,
+    };
+    let steady = fortio::load(client, fortio, &load).context("steady run")?;
+    let stop = AtomicBool::new(false);
+    let changes = AtomicU32::new(0);
+    let changing = std::thread::scope(|s| {
+        let writer = s.spawn(|| -> Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                let i = changes.load(Ordering::Relaxed) + 1;
+                write(i)?;
+                changes.store(i, Ordering::Relaxed);
+                std::thread::sleep(CHANGE_EVERY);
+            }
+            Ok(())
+        });
+        let res = fortio::load(client, fortio, &load);
+        stop.store(true, Ordering::Relaxed);
+        let wrote = writer.join().expect("manifest writer does not panic");
+        res.and_then(|r| wrote.map(|()| r))
+    })
+    .context("run under config changes")?;
+    // Back to the first variant, so later runs see the config they started with.
+    write(0)?;
+    Ok(json!({
+        "connections": CONNS,
+        "qps": LATENCY_QPS,
+        "change_every_ms": CHANGE_EVERY.as_millis() as u64,
+        "changes": changes.load(Ordering::Relaxed),
+        "p99_steady_us": steady.p99_us,
+        "p99_changing_us": changing.p99_us,
+        "failed_steady": steady.failed,
+        "failed_changing": changing.failed,
+        "qps_changing": changing.actual_qps,
+    }))
+}
+
+/// The VirtualService of variant `i`: the bench's one route, with a timeout that differs
+/// between consecutive variants (a routing change that sends every request the same way).
+pub fn virtual_service(host: &str, i: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: {host}\n  \
+         namespace: default\nspec:\n  hosts: [{host}]\n  http:\n  - timeout: {}s\n    route:\n    \
+         - destination:\n        host: {host}\n",
+        30 + i % 2
+    )
+}
+
+/// Writes `yaml` as the bench's manifest file (atomically: the agent never reads half a file).
+pub fn write_manifests(dir: &Path, yaml: &str) -> Result<()> {
+    manifests::write(dir, "bench.yaml", yaml)
+}
+
+/// One line for the evidence and the report, from the JSON of [`measure`].
+pub fn describe(v: &Value) -> Option<String> {
+    let steady = v["p99_steady_us"].as_f64()?;
+    let changing = v["p99_changing_us"].as_f64()?;
+    Some(format!(
+        "config change under load ({} qps, c={}, VirtualService rewritten every {} ms, {} \
+         changes): p99 {:.0} µs steady, {:.0} µs while changing = {:.2}× (failed requests {} / {})",
+        v["qps"],
+        v["connections"],
+        v["change_every_ms"],
+        v["changes"],
+        steady,
+        changing,
+        changing / steady,
+        v["failed_steady"],
+        v["failed_changing"]
+    ))
+}
+
+/// The report's section: medians over the repeats that measured it, and the target's verdict.
+pub fn section(evidence: &[(u32, Value)]) -> Option<String> {
+    let runs: Vec<&Value> = evidence
+        .iter()
+        .map(|(_, ev)| &ev["config_change"])
+        .filter(|v| v.is_object())
+        .collect();
+    let median = |key: &str| {
+        let mut v: Vec<f64> = runs.iter().filter_map(|r| r[key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let (steady, changing) = (median("p99_steady_us")?, median("p99_changing_us")?);
+    let ratio = changing / steady;
+    let verdict = if ratio <= TARGET_RATIO {
+        "PASS"
+    } else {
+        "MISS"
+    };
+    Some(format!(
+        "\n### Config change under load (l7-meshpath)\n\n{LATENCY_QPS} qps, c={CONNS}, one run \
+         steady and one while the VirtualService's route timeout is rewritten every {} ms (each \
+         a routing change the proxy rebuilds and swaps in); median over {} repeats.\n\n```\n\
+         {verdict}  p99 during a config change within {:.0} % of p99 without: {changing:.0} µs \
+         vs {steady:.0} µs = {ratio:.2}×\n```\n",
+        CHANGE_EVERY.as_millis(),
+        runs.len(),
+        (TARGET_RATIO - 1.0) * 100.0
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_variants_differ_and_alternate() {
+        assert_ne!(virtual_service("s", 1), virtual_service("s", 2));
+        assert_eq!(virtual_service("s", 0), virtual_service("s", 2));
+        assert!(virtual_service("s", 1).contains("timeout: 31s"));
+    }
+
+    #[test]
+    fn describes_the_ratio() {
+        let v = json!({"qps": 1000, "connections": 16, "change_every_ms": 250, "changes": 20,
+            "p99_steady_us": 400.0, "p99_changing_us": 440.0, "failed_steady": 0,
+            "failed_changing": 0});
+        assert!(describe(&v).unwrap().contains("= 1.10×"));
+    }
+}

@@ -11,11 +11,13 @@
 //!   compiler (nor its map types), and because the Istio model already shares its retry
 //!   conditions.
 
+pub mod changes;
 pub mod cluster;
 pub mod error;
 pub mod istio;
 pub mod l7;
 
+pub use changes::{ChangeSet, Changes};
 pub use cluster::{
     ClusterModel, ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
     LbPolicy, Namespace, ObjectRef, Pod, PodPlacement, Protocol, Service, ServicePort,

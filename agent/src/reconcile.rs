@@ -12,13 +12,15 @@ use meshpath_compile::l7::{compile_l7, kernel_connection_limits, L7Compiled};
 use meshpath_compile::lb::{self, steer_reasons, ProxyPart};
 use meshpath_compile::limits::{route_limits, RouteLimits};
 use meshpath_compile::steer::ProxyPorts;
-use meshpath_compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
+use meshpath_compile::{compile, CompileOptions, Compiled, FrontendAddr};
 use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
 
 use crate::proxy_listeners::{pod_labels, ProxyListeners};
+
+mod scoped;
 
 /// Where the node proxy listens; `None` keeps every service on the kernel path.
 pub struct ProxySetup {
@@ -58,6 +60,9 @@ pub struct Reconciler {
     conn_reset: Option<crate::conn_reset::ConnResetter>,
     /// Backends off the kernel path whose connections wait until no slice lists them.
     reset_pending: std::collections::BTreeSet<std::net::SocketAddrV4>,
+    /// What the per-Service pass needs (`scoped`); `None` until a full pass leaves a state it
+    /// can continue from.
+    scoped: Option<scoped::ScopedState>,
 }
 
 impl Reconciler {
@@ -83,6 +88,7 @@ impl Reconciler {
             redirect_opt_in: false,
             conn_reset: None,
             reset_pending: Default::default(),
+            scoped: None,
         }
     }
 
@@ -117,6 +123,11 @@ impl Reconciler {
 
     pub fn reconcile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
         self.redirect_scope(model, maps);
+        match self.reconcile_scoped(model, maps) {
+            Ok(()) => return,
+            Err(why) => tracing::debug!(why, "compiling every Service"),
+        }
+        self.scoped = None;
         let started = std::time::Instant::now();
         let (mut next, errors) = compile(model, &self.opts, &self.compiled);
         let compiled_at = started.elapsed();
@@ -125,15 +136,26 @@ impl Reconciler {
         }
         // `--connection-limits false`: no limit reaches the maps, service-wide or per route
         // destination, so connect4 counts nothing (sock_ops, which releases, may be detached).
-        if self.connection_limits {
+        // Without DestinationRules there is no limit nor policy to apply, and without them,
+        // VirtualServices and a proxy the routing table has nothing for the kernel: skipped, as
+        // at 10 000 Services it costs as much as the compile.
+        let rules_present = !model.destination_rules.is_empty();
+        let l7_needed = self.proxy.is_some() || rules_present || !model.virtual_services.is_empty();
+        if self.connection_limits && rules_present {
             let limits = kernel_connection_limits(model, &next);
             for fe in next.frontends.values_mut() {
                 fe.max_connections = limits.get(&fe.service).copied();
             }
         }
-        let rules = lb::rule_policies(model, &next);
-        lb::apply_rules(&mut next, &rules);
-        let (l7, l7_errors) = compile_l7(model, &next, &self.l7);
+        if rules_present {
+            let rules = lb::rule_policies(model, &next);
+            lb::apply_rules(&mut next, &rules);
+        }
+        let (l7, l7_errors) = if l7_needed {
+            compile_l7(model, &next, &self.l7)
+        } else {
+            (L7Compiled::default(), Vec::new())
+        };
         let l7_at = started.elapsed();
         for e in &l7_errors {
             if e.is_warning() {
@@ -188,7 +210,7 @@ impl Reconciler {
             .unwrap_or_default();
         lb::mark_proxy(&mut next, &wanted, &targets.keys().copied().collect());
         let ejected = meshpath_compile::ejection::ejected_ips(&l7.config, &self.ejected);
-        let weighted = tcp_weights(&l7, &next, &ejected);
+        let weighted = meshpath_compile::tcp_weights::tcp_weights(&l7, &next, &ejected);
         // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).
         let healthy = meshpath_compile::ejection::exclude_ejected(&next, &ejected);
         let rendered_from = healthy.as_ref().unwrap_or(&next);
@@ -247,6 +269,20 @@ impl Reconciler {
                     self.reset_pending = std::mem::take(&mut plan.pending);
                     resetter.reset(plan);
                 }
+                // The per-Service pass continues from here when nothing global is in play.
+                let plain = self.needs_full(model).is_none()
+                    && errors.is_empty()
+                    && next.allocated_ips.is_empty()
+                    && targets.is_empty()
+                    && weighted.is_empty()
+                    && route_limits.groups.is_empty();
+                self.scoped = match (&model.changes, plain) {
+                    (Some(changes), true) => Some(scoped::ScopedState {
+                        seq: changes.seq,
+                        ids: meshpath_compile::incremental::State::new(&next),
+                    }),
+                    _ => None,
+                };
                 self.compiled = next;
                 self.l7 = l7;
                 self.ports = ports;
@@ -285,48 +321,4 @@ impl Reconciler {
             }
         }
     }
-}
-
-/// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
-/// applied per connection, never through the proxy), without the pods outlier detection
-/// ejected (`meshpath_compile::ejection`).
-fn tcp_weights(
-    l7: &L7Compiled,
-    compiled: &Compiled,
-    ejected: &meshpath_compile::ejection::EjectedIps,
-) -> std::collections::BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>> {
-    l7.tcp_routes
-        .iter()
-        .filter(|(addr, _)| compiled.frontends.contains_key(addr))
-        .map(|(addr, routes)| {
-            let weights = routes
-                .iter()
-                .map(|(cluster, weight)| {
-                    let endpoints = l7
-                        .config
-                        .clusters
-                        .get(cluster)
-                        .map(|c| {
-                            c.endpoints
-                                .iter()
-                                .filter_map(|e| match e.addr {
-                                    std::net::SocketAddr::V4(a) => Some(BackendAddr {
-                                        ip: *a.ip(),
-                                        port: a.port(),
-                                        protocol: meshpath_model::Protocol::Tcp,
-                                    }),
-                                    std::net::SocketAddr::V6(_) => None,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let endpoints = meshpath_compile::ejection::healthy_endpoints(
-                        ejected, &l7.config, cluster, endpoints,
-                    );
-                    (endpoints, *weight)
-                })
-                .collect();
-            (*addr, weights)
-        })
-        .collect()
 }

@@ -141,8 +141,13 @@ impl Reconciler {
         // at 10 000 Services it costs as much as the compile.
         let rules_present = !model.destination_rules.is_empty();
         let l7_needed = self.proxy.is_some() || rules_present || !model.virtual_services.is_empty();
-        if self.connection_limits && rules_present {
-            let limits = kernel_connection_limits(model, &next);
+        if self.connection_limits {
+            // Set on every frontend, also to none: a service's last good frontends keep the
+            // limit of a rule that may be gone now.
+            let limits = match rules_present {
+                true => kernel_connection_limits(model, &next),
+                false => Default::default(),
+            };
             for fe in next.frontends.values_mut() {
                 fe.max_connections = limits.get(&fe.service).copied();
             }

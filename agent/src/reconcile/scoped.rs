@@ -1,8 +1,9 @@
 //! The per-Service pass: when a snapshot says which Services changed and nothing global is in
 //! play, only those Services are compiled and rendered, and only their map entries are diffed
 //! and written. Everything else (the first pass, a relist, an Istio object, the node proxy, DNS
-//! capture, connection resets) takes the full pass, which also rebuilds the state kept here.
+//! capture) takes the full pass, which also rebuilds the state kept here.
 
+use meshpath_compile::conn_reset::conn_resets_scoped;
 use meshpath_compile::incremental::{compile_changed, touched_services, Scoped, State};
 use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
@@ -26,8 +27,6 @@ impl Reconciler {
             Some("the node proxy's routing table is rebuilt whole")
         } else if self.dns.is_some() {
             Some("DNS capture reads every Service")
-        } else if self.conn_reset.is_some() {
-            Some("connection resets compare whole results")
         } else if !model.virtual_services.is_empty() || !model.destination_rules.is_empty() {
             Some("VirtualServices or DestinationRules are present")
         } else if !self.ejected.is_empty() {
@@ -80,6 +79,17 @@ impl Reconciler {
             Ok(stats) => {
                 contents.patch(applied);
                 scoped.seq = changes.seq;
+                // The maps send new connects the new way; now the old ones may go.
+                if let Some(resetter) = &self.conn_reset {
+                    let mut plan = conn_resets_scoped(
+                        delta.old.values(),
+                        &self.compiled.backend_ids,
+                        model,
+                        &self.reset_pending,
+                    );
+                    self.reset_pending = std::mem::take(&mut plan.pending);
+                    resetter.reset(plan);
+                }
                 debug!(
                     services = changed.len(),
                     compile_us = compiled_at.as_micros() as u64,

@@ -14,6 +14,7 @@ use meshpath_source::{parse_file, ObjectKind, ParsedObject};
 use proptest::prelude::*;
 
 use super::*;
+use crate::conn_reset::{conn_resets, conn_resets_scoped, ConnResets};
 use crate::l7::{compile_l7, kernel_connection_limits, L7Compiled};
 use crate::limits::{route_limits, RouteLimits};
 use crate::{compile, lb};
@@ -234,20 +235,26 @@ struct Full {
     compiled: Compiled,
     l7: L7Compiled,
     limits: RouteLimits,
+    /// Connection resets waiting for their endpoints to leave the slices.
+    pending: BTreeSet<std::net::SocketAddrV4>,
 }
 
 impl Full {
-    /// The map contents, and whether the pass leaves a state the per-Service pass may continue.
-    fn pass(&mut self, model: &ClusterModel, always_l7: bool) -> (MapContents, bool) {
+    /// The map contents, whether the pass leaves a state the per-Service pass may continue, and
+    /// the connections to reset.
+    fn pass(&mut self, model: &ClusterModel, always_l7: bool) -> (MapContents, bool, ConnResets) {
         let opts = CompileOptions::default();
         let (mut next, errors) = compile(model, &opts, &self.compiled);
         let rules_present = !model.destination_rules.is_empty();
         let l7_needed = always_l7 || rules_present || !model.virtual_services.is_empty();
+        let limits = match always_l7 || rules_present {
+            true => kernel_connection_limits(model, &next),
+            false => Default::default(),
+        };
+        for fe in next.frontends.values_mut() {
+            fe.max_connections = limits.get(&fe.service).copied();
+        }
         if always_l7 || rules_present {
-            let limits = kernel_connection_limits(model, &next);
-            for fe in next.frontends.values_mut() {
-                fe.max_connections = limits.get(&fe.service).copied();
-            }
             let rules = lb::rule_policies(model, &next);
             lb::apply_rules(&mut next, &rules);
         }
@@ -269,10 +276,14 @@ impl Full {
             && next.allocated_ips.is_empty()
             && weighted.is_empty()
             && limits.groups.is_empty();
+        let none = BTreeSet::new();
+        let listed = crate::conn_reset::listed_ips(model);
+        let mut resets = conn_resets(&self.compiled, &none, &next, &none, &listed, &self.pending);
+        self.pending = std::mem::take(&mut resets.pending);
         self.compiled = next;
         self.l7 = l7;
         self.limits = limits;
-        (contents, plain)
+        (contents, plain, resets)
     }
 }
 
@@ -286,7 +297,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn pass(&mut self, model: &ClusterModel) {
+    fn pass(&mut self, model: &ClusterModel) -> ConnResets {
         let changes = model
             .changes
             .as_ref()
@@ -304,13 +315,18 @@ impl Agent {
                     scoped.patch(&mut self.applied);
                     *seq = changes.seq;
                     self.scoped_passes += 1;
-                    return;
+                    let all = &self.full.compiled.backend_ids;
+                    let mut resets =
+                        conn_resets_scoped(delta.old.values(), all, model, &self.full.pending);
+                    self.full.pending = std::mem::take(&mut resets.pending);
+                    return resets;
                 }
             }
         }
-        let (contents, plain) = self.full.pass(model, false);
+        let (contents, plain, resets) = self.full.pass(model, false);
         self.applied = contents;
         self.scoped = plain.then(|| (changes.seq, State::new(&self.full.compiled)));
+        resets
     }
 }
 
@@ -355,8 +371,8 @@ fn run(batches: &[(Vec<Op>, bool)]) -> Result<(), TestCaseError> {
         }
         let mut model = aggregate.model().clone();
         model.changes = Some(changes.clone());
-        let (want, _) = reference.pass(&model, true);
-        agent.pass(&model);
+        let (want, _, want_resets) = reference.pass(&model, true);
+        let resets = agent.pass(&model);
         prop_assert_eq!(
             &agent.applied,
             &want,
@@ -364,6 +380,8 @@ fn run(batches: &[(Vec<Op>, bool)]) -> Result<(), TestCaseError> {
             i,
             ops
         );
+        prop_assert_eq!(&resets, &want_resets, "connection resets after batch {}", i);
+        prop_assert_eq!(&agent.full.pending, &reference.pending);
         prop_assert_eq!(
             &agent.full.compiled.frontends,
             &reference.compiled.frontends

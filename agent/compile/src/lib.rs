@@ -8,7 +8,8 @@
 //!
 //! Also pure, on the compiled result: [`l7`] (the proxy's routing table), [`limits`]
 //! (connection-limit groups), [`steer`] (which frontends go to the proxy) and [`ejection`]
-//! (outlier ejections in the kernel's selection).
+//! (outlier ejections in the kernel's selection). [`incremental`] recompiles only the Services a
+//! change touched, to the same result.
 
 mod alloc;
 pub mod conn_reset;

@@ -12,13 +12,15 @@ use meshpath_compile::l7::{compile_l7, kernel_connection_limits, L7Compiled};
 use meshpath_compile::lb::{self, steer_reasons, ProxyPart};
 use meshpath_compile::limits::{route_limits, RouteLimits};
 use meshpath_compile::steer::ProxyPorts;
-use meshpath_compile::{compile, BackendAddr, CompileOptions, Compiled, FrontendAddr};
+use meshpath_compile::{compile, CompileOptions, Compiled, FrontendAddr};
 use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
 
 use crate::proxy_listeners::{pod_labels, ProxyListeners};
+
+mod scoped;
 
 /// Where the node proxy listens; `None` keeps every service on the kernel path.
 pub struct ProxySetup {
@@ -60,6 +62,9 @@ pub struct Reconciler {
     reset_pending: std::collections::BTreeSet<std::net::SocketAddrV4>,
     /// The tc path's frontends, when it is on.
     tc: Option<crate::tc_path::TcPath>,
+    /// What the per-Service pass needs (`scoped`); `None` until a full pass leaves a state it
+    /// can continue from.
+    scoped: Option<scoped::ScopedState>,
 }
 
 impl Reconciler {
@@ -86,6 +91,7 @@ impl Reconciler {
             conn_reset: None,
             reset_pending: Default::default(),
             tc: None,
+            scoped: None,
         }
     }
 
@@ -127,6 +133,11 @@ impl Reconciler {
 
     pub fn reconcile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) {
         self.redirect_scope(model, maps);
+        match self.reconcile_scoped(model, maps) {
+            Ok(()) => return,
+            Err(why) => tracing::debug!(why, "compiling every Service"),
+        }
+        self.scoped = None;
         let started = std::time::Instant::now();
         let (mut next, errors) = compile(model, &self.opts, &self.compiled);
         let compiled_at = started.elapsed();
@@ -135,15 +146,31 @@ impl Reconciler {
         }
         // `--connection-limits false`: no limit reaches the maps, service-wide or per route
         // destination, so connect4 counts nothing (sock_ops, which releases, may be detached).
+        // Without DestinationRules there is no limit nor policy to apply, and without them,
+        // VirtualServices and a proxy the routing table has nothing for the kernel: skipped, as
+        // at 10 000 Services it costs as much as the compile.
+        let rules_present = !model.destination_rules.is_empty();
+        let l7_needed = self.proxy.is_some() || rules_present || !model.virtual_services.is_empty();
         if self.connection_limits {
-            let limits = kernel_connection_limits(model, &next);
+            // Set on every frontend, also to none: a service's last good frontends keep the
+            // limit of a rule that may be gone now.
+            let limits = match rules_present {
+                true => kernel_connection_limits(model, &next),
+                false => Default::default(),
+            };
             for fe in next.frontends.values_mut() {
                 fe.max_connections = limits.get(&fe.service).copied();
             }
         }
-        let rules = lb::rule_policies(model, &next);
-        lb::apply_rules(&mut next, &rules);
-        let (mut l7, l7_errors) = compile_l7(model, &next, &self.l7);
+        if rules_present {
+            let rules = lb::rule_policies(model, &next);
+            lb::apply_rules(&mut next, &rules);
+        }
+        let (mut l7, l7_errors) = if l7_needed {
+            compile_l7(model, &next, &self.l7)
+        } else {
+            (L7Compiled::default(), Vec::new())
+        };
         l7.config.locality =
             meshpath_compile::l7::node_locality(model, self.opts.node_name.as_deref());
         let l7_at = started.elapsed();
@@ -204,7 +231,7 @@ impl Reconciler {
             .unwrap_or_default();
         lb::mark_proxy(&mut next, &wanted, &targets.keys().copied().collect());
         let ejected = meshpath_compile::ejection::ejected_ips(&l7.config, &self.ejected);
-        let weighted = tcp_weights(&l7, &next, &ejected);
+        let weighted = meshpath_compile::tcp_weights::tcp_weights(&l7, &next, &ejected);
         // Filtered in a copy: `next` stays the compile step's memory (ids, last good state).
         let healthy = meshpath_compile::ejection::exclude_ejected(&next, &ejected);
         let rendered_from = healthy.as_ref().unwrap_or(&next);
@@ -266,6 +293,20 @@ impl Reconciler {
                 if let Some(tc) = &self.tc {
                     tc.sync(model, &next, maps);
                 }
+                // The per-Service pass continues from here when nothing global is in play.
+                let plain = self.needs_full(model).is_none()
+                    && errors.is_empty()
+                    && next.allocated_ips.is_empty()
+                    && targets.is_empty()
+                    && weighted.is_empty()
+                    && route_limits.groups.is_empty();
+                self.scoped = match (&model.changes, plain) {
+                    (Some(changes), true) => Some(scoped::ScopedState {
+                        seq: changes.seq,
+                        ids: meshpath_compile::incremental::State::new(&next),
+                    }),
+                    _ => None,
+                };
                 self.compiled = next;
                 self.l7 = l7;
                 self.ports = ports;
@@ -321,50 +362,6 @@ fn publish_if_changed(
         true
     });
     published
-}
-
-/// The `tcp:` routes of the routing table as weighted endpoint lists, for the kernel (an L4 rule:
-/// applied per connection, never through the proxy), without the pods outlier detection
-/// ejected (`meshpath_compile::ejection`).
-fn tcp_weights(
-    l7: &L7Compiled,
-    compiled: &Compiled,
-    ejected: &meshpath_compile::ejection::EjectedIps,
-) -> std::collections::BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>> {
-    l7.tcp_routes
-        .iter()
-        .filter(|(addr, _)| compiled.frontends.contains_key(addr))
-        .map(|(addr, routes)| {
-            let weights = routes
-                .iter()
-                .map(|(cluster, weight)| {
-                    let endpoints = l7
-                        .config
-                        .clusters
-                        .get(cluster)
-                        .map(|c| {
-                            c.endpoints
-                                .iter()
-                                .filter_map(|e| match e.addr {
-                                    std::net::SocketAddr::V4(a) => Some(BackendAddr {
-                                        ip: *a.ip(),
-                                        port: a.port(),
-                                        protocol: meshpath_model::Protocol::Tcp,
-                                    }),
-                                    std::net::SocketAddr::V6(_) => None,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let endpoints = meshpath_compile::ejection::healthy_endpoints(
-                        ejected, &l7.config, cluster, endpoints,
-                    );
-                    (endpoints, *weight)
-                })
-                .collect();
-            (*addr, weights)
-        })
-        .collect()
 }
 
 #[cfg(test)]

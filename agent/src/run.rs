@@ -264,6 +264,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             sync.change_to_programmed.observe(latency.as_secs_f64());
             tracing::debug!(latency_us = latency.as_micros() as u64, "change programmed");
         }
+        // Not held while waiting: the source edits the snapshot in place when no one else
+        // holds it, and copies the whole model when someone does.
+        drop(model);
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() {
                 warn!("source stopped");

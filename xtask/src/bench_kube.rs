@@ -8,9 +8,16 @@
 //! - **event → map latency**: `--changes` EndpointSlice patches, one at a time; for each, the
 //!   agent's `change programmed latency_us`, which runs from the watch event's arrival at the
 //!   agent to the maps written (the API server's own write→watch delay is not included);
-//! - **agent RSS**: the peak (VmHWM) after both.
+//! - **churn**: `--churn-rate` EndpointSlice patches per second for `--churn-seconds` (through
+//!   [`churn`]), each to another Service; event → map latency over them, whether the agent keeps
+//!   up (its latency does not grow over the phase, and it is done soon after the last patch),
+//!   and its CPU over the phase;
+//! - **agent RSS**: after the full sync (VmRSS) and the peak (VmHWM) at the end.
 //!
-//! Medians and p99 go to stdout and to bench-results/kube-latest.{md,json}.
+//! Medians and p99 go to stdout and to bench-results/kube-latest.md, with the load average.
+
+mod churn;
+mod report;
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -31,6 +38,12 @@ pub struct BenchKubeArgs {
     /// EndpointSlice changes to time at each size.
     #[arg(long, default_value_t = 100)]
     pub changes: u32,
+    /// Churn phase: EndpointSlice patches per second (0: no churn phase).
+    #[arg(long, default_value_t = 200)]
+    pub churn_rate: u32,
+    /// Churn phase: how long, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub churn_seconds: u64,
     /// Use the existing release binaries.
     #[arg(long)]
     pub no_build: bool,
@@ -44,7 +57,31 @@ struct Row {
     listed_ms: f64,
     programmed_ms: f64,
     latency_us: Vec<u64>,
+    synced_rss_kib: u64,
+    churn: Option<Churn>,
     rss_kib: u64,
+}
+
+struct Churn {
+    sent: churn::Sent,
+    latency_us: Vec<u64>,
+    /// Last patch answered → the agent's last change programmed.
+    drain_ms: f64,
+    /// p99 over the first and the second half of the phase.
+    halves_p99_us: (f64, f64),
+    /// Agent CPU time over the phase and its drain, as a share of one core.
+    cpu_share: f64,
+}
+
+impl Churn {
+    /// Whether the agent kept up: its latency did not grow over the phase (a growing queue
+    /// would make the second half slower), no change waited a second, and it was done within a
+    /// second of the last patch.
+    fn kept_up(&self) -> bool {
+        let (first, second) = self.halves_p99_us;
+        let max = self.latency_us.iter().max().copied().unwrap_or(0);
+        second <= 2.0 * first + 5_000.0 && max < 1_000_000 && self.drain_ms < 1_000.0
+    }
 }
 
 pub fn run(args: BenchKubeArgs) -> anyhow::Result<()> {
@@ -60,9 +97,9 @@ pub fn run(args: BenchKubeArgs) -> anyhow::Result<()> {
     std::env::set_var("MESHPATH_BIN", &meshpath);
     let mut rows = Vec::new();
     for &n in &args.services {
-        rows.push(one_size(n, args.changes)?);
+        rows.push(one_size(n, &args)?);
     }
-    let report = render(&rows, args.changes);
+    let report = report::render(&rows, &args);
     println!("{report}");
     let dir = workspace_root().join("bench-results");
     std::fs::create_dir_all(&dir)?;
@@ -70,7 +107,8 @@ pub fn run(args: BenchKubeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn one_size(n: u32, changes: u32) -> anyhow::Result<Row> {
+fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
+    let changes = args.changes;
     eprintln!("bench-kube: {n} Services × {ENDPOINTS} endpoints");
     let kube = KubeCluster::start_with(KubeOptions {
         service_cidr: "10.96.0.0/12".into(),
@@ -93,6 +131,8 @@ fn one_size(n: u32, changes: u32) -> anyhow::Result<Row> {
     let text = agent.log();
     let listed_ms = (log_time_us(&text, "Kubernetes state listed")? - started) as f64 / 1e3;
     let programmed_ms = (log_time_us(&text, "programmed")? - started) as f64 / 1e3;
+    let pid = agent.pid().context("agent not running")?;
+    let synced_rss_kib = churn::status_kib(pid, "VmRSS:")?;
 
     let mut latency_us = Vec::new();
     for i in 0..changes {
@@ -122,7 +162,12 @@ fn one_size(n: u32, changes: u32) -> anyhow::Result<Row> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let rss_kib = agent.pid().map(vm_hwm_kib).transpose()?.unwrap_or(0);
+    let churn = if args.churn_rate > 0 && args.churn_seconds > 0 {
+        Some(churn_phase(&kube, &agent, pid, n, args)?)
+    } else {
+        None
+    };
+    let rss_kib = churn::status_kib(pid, "VmHWM:")?;
     agent.stop()?;
     Ok(Row {
         services: n,
@@ -130,7 +175,84 @@ fn one_size(n: u32, changes: u32) -> anyhow::Result<Row> {
         listed_ms,
         programmed_ms,
         latency_us,
+        synced_rss_kib,
+        churn,
         rss_kib,
+    })
+}
+
+fn churn_phase(
+    kube: &KubeCluster,
+    agent: &Agent,
+    pid: u32,
+    n: u32,
+    args: &BenchKubeArgs,
+) -> anyhow::Result<Churn> {
+    eprintln!(
+        "bench-kube: churn, {} patches/s for {} s",
+        args.churn_rate, args.churn_seconds
+    );
+    let proxy = churn::Proxy::start(kube)?;
+    let before = agent.log().matches("change programmed").count();
+    let cpu_before = churn::cpu_time(pid)?;
+    let wall = Instant::now();
+    let sent = churn::run(
+        proxy.port,
+        n,
+        args.churn_rate,
+        Duration::from_secs(args.churn_seconds),
+    )?;
+    let sent_done = unix_now_us();
+    // Drained: no new change programmed for a second, or for twice the slowest pass so far if
+    // that is longer (a slow agent is quiet while it compiles), or 60 s passed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = agent.log().matches("change programmed").count();
+    let mut quiet_since = Instant::now();
+    loop {
+        let text = agent.log();
+        let slowest = text
+            .lines()
+            .filter(|l| l.contains("change programmed"))
+            .skip(before)
+            .filter_map(|l| latency_of(l).ok())
+            .max()
+            .unwrap_or(0);
+        let quiet = Duration::from_secs(1).max(Duration::from_micros(2 * slowest));
+        if Instant::now() > deadline || quiet_since.elapsed() >= quiet {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let now = text.matches("change programmed").count();
+        if now != seen {
+            seen = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let cpu = churn::cpu_time(pid)?.saturating_sub(cpu_before);
+    let cpu_share = cpu.as_secs_f64() / wall.elapsed().as_secs_f64();
+    let text = agent.log();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("change programmed"))
+        .skip(before)
+        .collect();
+    let latency_us: Vec<u64> = lines.iter().filter_map(|l| latency_of(l).ok()).collect();
+    let last_us = match lines.last() {
+        Some(l) => rfc3339_us(l.split_whitespace().next().unwrap_or_default())?,
+        None => bail!("no change programmed during the churn phase"),
+    };
+    let half = latency_us.len() / 2;
+    let p99_of = |part: &[u64]| {
+        let mut v = part.to_vec();
+        v.sort_unstable();
+        percentile(&v, 99.0)
+    };
+    Ok(Churn {
+        halves_p99_us: (p99_of(&latency_us[..half]), p99_of(&latency_us[half..])),
+        drain_ms: last_us.saturating_sub(sent_done) as f64 / 1e3,
+        sent,
+        latency_us,
+        cpu_share,
     })
 }
 
@@ -193,6 +315,10 @@ fn last_latency_us(log: &str) -> anyhow::Result<u64> {
         .rev()
         .find(|l| l.contains("change programmed"))
         .context("no change programmed line")?;
+    latency_of(line)
+}
+
+fn latency_of(line: &str) -> anyhow::Result<u64> {
     let v = line
         .split("latency_us=")
         .nth(1)
@@ -219,56 +345,10 @@ fn unix_now_us() -> u64 {
     d.as_micros() as u64
 }
 
-fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM value")?
-        .parse()?)
-}
-
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1] as f64
-}
-
-fn render(rows: &[Row], changes: u32) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "meshpath bench-kube ({}; release agent, kube-apiserver and etcd on loopback, {} cores)\n",
-        std::process::Command::new("uname")
-            .arg("-r")
-            .output()
-            .map(|o| format!("kernel {}", String::from_utf8_lossy(&o.stdout).trim()))
-            .unwrap_or_default(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let _ = writeln!(s, "| Services × 10 endpoints | objects created in | agent start → listed | → maps programmed | event → map p50 | p99 | max ({changes} changes) | agent RSS peak |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-    for r in rows {
-        let mut l = r.latency_us.clone();
-        l.sort_unstable();
-        let _ = writeln!(
-            s,
-            "| {} | {:.1} s | {:.0} ms | {:.0} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} MiB |",
-            r.services,
-            r.create_s,
-            r.listed_ms,
-            r.programmed_ms,
-            percentile(&l, 50.0) / 1e3,
-            percentile(&l, 99.0) / 1e3,
-            l.last().copied().unwrap_or(0) as f64 / 1e3,
-            r.rss_kib as f64 / 1024.0
-        );
-    }
-    s
 }

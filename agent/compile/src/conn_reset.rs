@@ -98,6 +98,53 @@ pub fn conn_resets(
     out
 }
 
+/// [`conn_resets`] for a per-Service pass (`incremental`), where nothing is steered to the
+/// proxy: the TCP backends the changed services' frontends balanced to before (`old`), and
+/// those pending, that no frontend balances to now (`now`: every backend with an id). The
+/// backends of the other frontends are all still balanced to, so this is the full answer.
+pub fn conn_resets_scoped<'a>(
+    old: impl IntoIterator<Item = &'a crate::Frontend>,
+    now: &std::collections::BTreeMap<crate::BackendAddr, u32>,
+    model: &ClusterModel,
+    pending: &BTreeSet<SocketAddrV4>,
+) -> ConnResets {
+    let tcp = |b: SocketAddrV4| crate::BackendAddr {
+        ip: *b.ip(),
+        port: b.port(),
+        protocol: Protocol::Tcp,
+    };
+    let left: BTreeSet<SocketAddrV4> = old
+        .into_iter()
+        .flat_map(|fe| &fe.backends)
+        .filter(|b| b.protocol == Protocol::Tcp)
+        .map(|b| SocketAddrV4::new(b.ip, b.port))
+        .chain(pending.iter().copied())
+        .filter(|b| !now.contains_key(&tcp(*b)))
+        .collect();
+    let mut out = ConnResets::default();
+    if left.is_empty() {
+        return out;
+    }
+    // Only the few addresses that left are looked for: collecting every listed address (as
+    // the full pass does) costs milliseconds at 10 000 Services.
+    let wanted: BTreeSet<Ipv4Addr> = left.iter().map(|b| *b.ip()).collect();
+    let listed: BTreeSet<Ipv4Addr> = model
+        .endpoint_slices
+        .values()
+        .flat_map(|s| &s.endpoints)
+        .flat_map(|e| e.addresses.iter().copied())
+        .filter(|ip| wanted.contains(ip))
+        .collect();
+    for b in left {
+        if listed.contains(b.ip()) {
+            out.pending.insert(b);
+        } else {
+            out.backend_removed.insert(b);
+        }
+    }
+    out
+}
+
 /// Every endpoint address of every EndpointSlice, whatever its conditions.
 pub fn listed_ips(model: &ClusterModel) -> BTreeSet<Ipv4Addr> {
     model

@@ -8,19 +8,23 @@
 //!
 //! Also pure, on the compiled result: [`l7`] (the proxy's routing table), [`limits`]
 //! (connection-limit groups), [`steer`] (which frontends go to the proxy) and [`ejection`]
-//! (outlier ejections in the kernel's selection).
+//! (outlier ejections in the kernel's selection). [`incremental`] recompiles only the Services a
+//! change touched, to the same result.
 
 mod alloc;
 pub mod conn_reset;
 pub mod ejection;
 mod error;
 pub mod external;
+pub mod incremental;
 pub mod l7;
 pub mod lb;
 pub mod limits;
 pub mod redirect;
+mod render;
 mod resolve;
 pub mod steer;
+pub mod tcp_weights;
 #[cfg(test)]
 mod tests;
 mod weighted;
@@ -30,10 +34,12 @@ use std::net::Ipv4Addr;
 
 use meshpath_common::{
     ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, MAX_SLOTS, PROTO_TCP,
-    PROTO_UDP, SVC_FLAG_AFFINITY, SVC_FLAG_FAIL_CLOSED, SVC_FLAG_ROUND_ROBIN, SVC_FLAG_STEERED,
+    PROTO_UDP,
 };
 
 use meshpath_model::{ClusterModel, LbPolicy, ObjectRef, Protocol, Service};
+
+pub use render::service_key;
 
 pub use error::CompileError;
 
@@ -290,122 +296,5 @@ pub fn proto_number(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => PROTO_TCP,
         Protocol::Udp => PROTO_UDP,
-    }
-}
-
-impl Compiled {
-    /// Renders the result into map entries: slot 0 per frontend, one slot per backend.
-    #[cfg(test)]
-    pub fn map_contents(&self) -> MapContents {
-        self.map_contents_steered(&BTreeMap::new(), &BTreeMap::new(), &steer::FailClosed::None)
-    }
-
-    /// As [`Compiled::map_contents`], but each frontend in `steer` is flagged `SVC_FLAG_STEERED`
-    /// with the given address (a node proxy listener) in its header: connect4 sends connections
-    /// there while the proxy listens, and balances them over the slots (or refuses them, for
-    /// the services `fail_closed` names) while it does not.
-    ///
-    /// Each frontend in `weighted` (a VirtualService `tcp:` route, an L4 rule) gets its slots
-    /// from the weighted clusters instead of its own backends: 100 slots, each cluster's weight
-    /// spread over its endpoints, so picking a slot per connection honours the weights.
-    pub fn map_contents_steered(
-        &self,
-        steer: &BTreeMap<FrontendAddr, std::net::SocketAddrV4>,
-        weighted: &BTreeMap<FrontendAddr, Vec<(Vec<BackendAddr>, u32)>>,
-        fail_closed: &steer::FailClosed,
-    ) -> MapContents {
-        let mut services = BTreeMap::new();
-        let mut names = BTreeMap::new();
-        let mut proxy_backends = BTreeMap::new();
-        let mut conn_limits = BTreeMap::new();
-        for (addr, fe) in &self.frontends {
-            names.insert(fe.svc_id, ServiceName::new(&fe.display_name(addr)));
-            if let (Some(max), false) = (fe.max_connections, steer.contains_key(addr)) {
-                conn_limits.insert(fe.svc_id, max);
-            }
-            // A steered frontend keeps its own endpoints in its slots (connect4's fallback while
-            // the proxy is down) and names the proxy listener in its header.
-            let mut proxy_id = 0;
-            let mut proxy = Backend::NONE;
-            let mut steer_flags = 0;
-            if let Some(target) = steer.get(addr) {
-                let proxy_addr = BackendAddr {
-                    ip: *target.ip(),
-                    port: target.port(),
-                    protocol: addr.protocol,
-                };
-                // Proxy backends get ids above every real backend id, so they never collide.
-                let next = self.backend_ids.values().max().copied().unwrap_or(0)
-                    + 1
-                    + proxy_backends.len() as u32;
-                proxy_id = *proxy_backends.entry(proxy_addr).or_insert(next);
-                proxy = backend_value(&proxy_addr);
-                steer_flags = SVC_FLAG_STEERED;
-                if fail_closed.refuses(&fe.service) {
-                    steer_flags |= SVC_FLAG_FAIL_CLOSED;
-                }
-            }
-            let base = ServiceKey::new(
-                ipv4_be(addr.ip.octets()),
-                port_be(addr.port),
-                proto_number(addr.protocol),
-                0,
-            );
-            let mut flags = 0;
-            if fe.lb_policy == LbPolicy::RoundRobin {
-                flags |= SVC_FLAG_ROUND_ROBIN;
-            }
-            if fe.affinity_timeout_sec.is_some() {
-                flags |= SVC_FLAG_AFFINITY;
-            }
-            let slots: Vec<Option<&BackendAddr>> = match weighted.get(addr) {
-                Some(w) => weighted::slots(w, &self.backend_ids)
-                    .into_iter()
-                    .map(|(_, b)| b)
-                    .collect(),
-                None => fe.backends.iter().map(Some).collect(),
-            };
-            let header = ServiceValue {
-                backend_id: proxy_id,
-                backend: proxy,
-                count: slots.len() as u16,
-                flags: flags | steer_flags,
-                policy: lb::policy_code(fe),
-                svc_id: fe.svc_id,
-                affinity_timeout_sec: fe.affinity_timeout_sec.unwrap_or(0),
-            };
-            services.insert(base, header);
-            for (i, b) in slots.iter().enumerate() {
-                let backend_id = b.map_or(meshpath_common::NO_ENDPOINT_BACKEND_ID, |b| {
-                    self.backend_ids[b]
-                });
-                services.insert(
-                    base.with_slot(i as u16 + 1),
-                    ServiceValue {
-                        backend_id,
-                        // A destination without endpoints: no address, refused by connect4.
-                        backend: b.map_or(Backend::NONE, backend_value),
-                        ..header
-                    },
-                );
-            }
-        }
-        let mut backends: BTreeMap<u32, Backend> = self
-            .backend_ids
-            .iter()
-            .map(|(addr, id)| (*id, backend_value(addr)))
-            .collect();
-        backends.extend(
-            proxy_backends
-                .iter()
-                .map(|(addr, id)| (*id, backend_value(addr))),
-        );
-        MapContents {
-            services,
-            backends,
-            names,
-            conn_limits,
-            ..MapContents::default()
-        }
     }
 }

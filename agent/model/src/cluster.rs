@@ -262,6 +262,9 @@ pub struct ClusterModel {
     /// it; the agent measures change → programmed latency from it). Not part of the cluster's
     /// state: sources compare snapshots before setting it.
     pub received: Option<std::time::Instant>,
+    /// What changed since the source's previous snapshots, when it knows (`None`: unknown, as
+    /// from the manifests source). Not part of the cluster's state, like `received`.
+    pub changes: Option<crate::changes::Changes>,
 }
 
 /// EndpointSlices by the Service they serve, built once per compilation: asking the model per
@@ -282,6 +285,35 @@ impl<'a> SliceIndex<'a> {
                 .entry(slice.service_name.as_str())
                 .or_default()
                 .push(slice);
+        }
+        Self { by_service }
+    }
+
+    /// As [`SliceIndex::new`], for the slices of `services` only: one pass over the slices
+    /// without building the whole index, for a change that touched a few Services.
+    pub fn for_services(
+        model: &'a ClusterModel,
+        services: &std::collections::BTreeSet<ObjectRef>,
+    ) -> Self {
+        let mut wanted: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        for s in services {
+            wanted
+                .entry(s.namespace.as_str())
+                .or_default()
+                .insert(s.name.as_str());
+        }
+        let mut by_service: HashMap<&str, HashMap<&str, Vec<_>>> = HashMap::new();
+        for slice in model.endpoint_slices.values() {
+            let ns = slice.id.namespace.as_str();
+            let svc = slice.service_name.as_str();
+            if wanted.get(ns).is_some_and(|names| names.contains(svc)) {
+                by_service
+                    .entry(ns)
+                    .or_default()
+                    .entry(svc)
+                    .or_default()
+                    .push(slice);
+            }
         }
         Self { by_service }
     }

@@ -1,5 +1,7 @@
 //! The cluster as meshpath understands it, between the sources and the compiler.
 //!
+//! - [`changes`]: which Services and Pods changed between a source's snapshots, so that the agent
+//!   compiles only what a change touched.
 //! - [`cluster`] (re-exported here): Services, EndpointSlices, Pods and the [`ClusterModel`] that
 //!   holds them, well-formed by construction (sources validate while they convert).
 //! - [`istio`]: VirtualService and DestinationRule as routing rules, what can be wrong with one
@@ -11,12 +13,14 @@
 //!   compiler (nor its map types), and because the Istio model already shares its retry
 //!   conditions.
 
+pub mod changes;
 pub mod cluster;
 pub mod error;
 pub mod istio;
 pub mod l7;
 pub mod locality;
 
+pub use changes::{ChangeSet, Changes};
 pub use cluster::{
     ClusterModel, ContainerPort, Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
     ExternalAccess, ExternalTrafficPolicy, LbPolicy, Namespace, ObjectRef, Pod, PodPlacement,

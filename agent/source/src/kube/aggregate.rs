@@ -15,8 +15,9 @@
 //!   installed): a model with Services but not yet their EndpointSlices would flush backends.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use meshpath_model::{ClusterModel, ObjectRef};
+use meshpath_model::{ChangeSet, ClusterModel, ObjectRef};
 
 use crate::error::{ObjectKind, SourceError};
 use crate::manifests::ParsedObject;
@@ -66,9 +67,14 @@ struct KindState {
 #[derive(Debug, Default)]
 pub struct Aggregate {
     kinds: BTreeMap<ObjectKind, KindState>,
-    model: ClusterModel,
+    /// Shared with the published snapshot when the publisher lends it back
+    /// ([`Aggregate::model_arc`]): edited in place while no one else holds it, copied first
+    /// otherwise. An event that changes nothing copies nothing.
+    model: Arc<ClusterModel>,
     /// Whether the model changed since [`Aggregate::take_dirty`] was last called.
     dirty: bool,
+    /// What changed since [`Aggregate::take_changes`] was last called.
+    changes: ChangeSet,
 }
 
 impl Aggregate {
@@ -111,9 +117,19 @@ impl Aggregate {
         &self.model
     }
 
+    /// The model's handle, for the publisher to swap with the published snapshot's.
+    pub fn model_arc(&mut self) -> &mut Arc<ClusterModel> {
+        &mut self.model
+    }
+
     /// Whether the model changed since the last call.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// What changed in the model since the last call.
+    pub fn take_changes(&mut self) -> ChangeSet {
+        std::mem::take(&mut self.changes)
     }
 
     /// The current errors, by kind then object.
@@ -185,53 +201,168 @@ impl Aggregate {
         }
     }
 
+    /// Whether the model holds `object` as it is (a resync, or an event for a version seen).
+    fn unchanged(&self, object: &ParsedObject) -> bool {
+        let m = &*self.model;
+        match object {
+            ParsedObject::Service(s) => {
+                !m.external_names.contains_key(&s.id) && m.services.get(&s.id) == Some(s)
+            }
+            ParsedObject::ExternalName(id, name) => {
+                !m.services.contains_key(id) && m.external_names.get(id) == Some(name)
+            }
+            ParsedObject::EndpointSlice(s) => m.endpoint_slices.get(&s.id) == Some(s),
+            ParsedObject::Pod(p) => m.pods.get(&p.id) == Some(p),
+            ParsedObject::Namespace(n) => m.namespaces.get(&n.id) == Some(n),
+            ParsedObject::Node(n) => m.nodes.get(&n.id) == Some(n),
+            ParsedObject::VirtualService(v) => m.virtual_services.get(&v.id) == Some(v),
+            ParsedObject::DestinationRule(d) => m.destination_rules.get(&d.id) == Some(&**d),
+        }
+    }
+
+    fn contains(&self, kind: ObjectKind, id: &ObjectRef) -> bool {
+        let m = &*self.model;
+        match kind {
+            ObjectKind::Service => m.services.contains_key(id) || m.external_names.contains_key(id),
+            ObjectKind::EndpointSlice => m.endpoint_slices.contains_key(id),
+            ObjectKind::Pod => m.pods.contains_key(id),
+            ObjectKind::Namespace => m.namespaces.contains_key(id),
+            ObjectKind::Node => m.nodes.contains_key(id),
+            ObjectKind::VirtualService => m.virtual_services.contains_key(id),
+            ObjectKind::DestinationRule => m.destination_rules.contains_key(id),
+        }
+    }
+
     fn insert(&mut self, object: ParsedObject) {
-        let m = &mut self.model;
+        // Checked first: taking the model for writing copies it if a snapshot still holds it.
+        if self.unchanged(&object) {
+            return;
+        }
+        let m = Arc::make_mut(&mut self.model);
+        let c = &mut self.changes;
         let changed = match object {
             ParsedObject::Service(s) => {
                 // A Service may change type: drop what it was before.
                 let was_alias = m.external_names.remove(&s.id).is_some();
-                replace(&mut m.services, s.id.clone(), s) | was_alias
+                c.everything |= was_alias;
+                let id = s.id.clone();
+                let changed = replace(&mut m.services, s.id.clone(), s).is_some() | was_alias;
+                if changed {
+                    c.services.insert(id);
+                }
+                changed
             }
             ParsedObject::ExternalName(id, name) => {
                 let was_service = m.services.remove(&id).is_some();
-                replace(&mut m.external_names, id, name) | was_service
+                if was_service {
+                    c.services.insert(id.clone());
+                }
+                let changed = replace(&mut m.external_names, id, name).is_some() | was_service;
+                // Only the DNS proxy answers for these: not scoped to Services.
+                c.everything |= changed;
+                changed
             }
-            ParsedObject::EndpointSlice(s) => replace(&mut m.endpoint_slices, s.id.clone(), s),
-            ParsedObject::Pod(p) => replace(&mut m.pods, p.id.clone(), p),
-            ParsedObject::Namespace(n) => replace(&mut m.namespaces, n.id.clone(), n),
-            ParsedObject::Node(n) => replace(&mut m.nodes, n.id.clone(), n),
-            ParsedObject::VirtualService(v) => replace(&mut m.virtual_services, v.id.clone(), v),
-            ParsedObject::DestinationRule(d) => replace(&mut m.destination_rules, d.id.clone(), *d),
+            ParsedObject::EndpointSlice(s) => {
+                let service = ObjectRef::new(&s.id.namespace, &s.service_name);
+                match replace(&mut m.endpoint_slices, s.id.clone(), s) {
+                    Some(old) => {
+                        // The slice may have moved to another Service: both change.
+                        if let Some(old) = old {
+                            c.services
+                                .insert(ObjectRef::new(old.id.namespace, old.service_name));
+                        }
+                        c.services.insert(service);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            ParsedObject::Pod(p) => {
+                let id = p.id.clone();
+                let changed = replace(&mut m.pods, p.id.clone(), p).is_some();
+                if changed {
+                    c.pods.insert(id);
+                }
+                changed
+            }
+            ParsedObject::Namespace(n) => unscoped(c, replace(&mut m.namespaces, n.id.clone(), n)),
+            ParsedObject::VirtualService(v) => {
+                unscoped(c, replace(&mut m.virtual_services, v.id.clone(), v))
+            }
+            ParsedObject::DestinationRule(d) => {
+                unscoped(c, replace(&mut m.destination_rules, d.id.clone(), *d))
+            }
+            // A node's labels are its endpoints' locality: every Service may change.
+            ParsedObject::Node(n) => unscoped(c, replace(&mut m.nodes, n.id.clone(), n)),
         };
         self.dirty |= changed;
     }
 
     fn remove(&mut self, kind: ObjectKind, id: &ObjectRef) {
-        let m = &mut self.model;
+        if !self.contains(kind, id) {
+            return;
+        }
+        let m = Arc::make_mut(&mut self.model);
+        let c = &mut self.changes;
         let removed = match kind {
             ObjectKind::Service => {
-                m.services.remove(id).is_some() | m.external_names.remove(id).is_some()
+                let service = m.services.remove(id).is_some();
+                let alias = m.external_names.remove(id).is_some();
+                if service {
+                    c.services.insert(id.clone());
+                }
+                c.everything |= alias;
+                service | alias
             }
-            ObjectKind::EndpointSlice => m.endpoint_slices.remove(id).is_some(),
-            ObjectKind::Pod => m.pods.remove(id).is_some(),
+            ObjectKind::EndpointSlice => match m.endpoint_slices.remove(id) {
+                Some(old) => {
+                    c.services
+                        .insert(ObjectRef::new(old.id.namespace, old.service_name));
+                    true
+                }
+                None => false,
+            },
+            ObjectKind::Pod => {
+                let removed = m.pods.remove(id).is_some();
+                if removed {
+                    c.pods.insert(id.clone());
+                }
+                removed
+            }
             ObjectKind::Namespace => m.namespaces.remove(id).is_some(),
             ObjectKind::Node => m.nodes.remove(id).is_some(),
             ObjectKind::VirtualService => m.virtual_services.remove(id).is_some(),
             ObjectKind::DestinationRule => m.destination_rules.remove(id).is_some(),
         };
+        if matches!(
+            kind,
+            ObjectKind::Namespace
+                | ObjectKind::Node
+                | ObjectKind::VirtualService
+                | ObjectKind::DestinationRule
+        ) {
+            c.everything |= removed;
+        }
         self.dirty |= removed;
     }
 }
 
-/// Inserts `value`; whether the map changed (an unchanged resync is not a change).
-fn replace<V: PartialEq>(map: &mut BTreeMap<ObjectRef, V>, id: ObjectRef, value: V) -> bool {
+/// A change the agent cannot scope to Services yet.
+fn unscoped<V>(changes: &mut ChangeSet, replaced: Option<Option<V>>) -> bool {
+    changes.everything |= replaced.is_some();
+    replaced.is_some()
+}
+
+/// Inserts `value`: `None` when the map already held it (an unchanged resync is not a change),
+/// else `Some` of the version it replaced, if any.
+fn replace<V: PartialEq>(
+    map: &mut BTreeMap<ObjectRef, V>,
+    id: ObjectRef,
+    value: V,
+) -> Option<Option<V>> {
     match map.get(&id) {
-        Some(old) if *old == value => false,
-        _ => {
-            map.insert(id, value);
-            true
-        }
+        Some(old) if *old == value => None,
+        _ => Some(map.insert(id, value)),
     }
 }
 

@@ -47,6 +47,7 @@ fn publisher(
         debounce,
         aggregate: Aggregate::default(),
         published_once: false,
+        changes: Default::default(),
         started: Instant::now(),
         metrics: Default::default(),
     };
@@ -124,4 +125,32 @@ async fn an_unchanged_relist_publishes_nothing() {
         .unwrap();
     let again = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
     assert!(again.is_err(), "an identical relist was published");
+}
+
+#[tokio::test]
+async fn snapshots_say_what_changed_since_the_ones_before_and_edit_in_place() {
+    let (tx, mut rx, _task) = publisher(Duration::from_millis(1));
+    for kind in KINDS {
+        tx.send(msg(kind, Change::Absent)).unwrap();
+    }
+    snapshots_until(&mut rx, 0).await;
+    let first = rx.borrow().changes.clone().expect("numbered").seq;
+    for i in 0..2 {
+        tx.send(msg(ObjectKind::EndpointSlice, Change::Apply(slice(i))))
+            .unwrap();
+        snapshots_until(&mut rx, i as usize + 1).await;
+    }
+    let held = rx.borrow_and_update().clone();
+    let changes = held.changes.clone().expect("numbered");
+    // Two snapshots since the first, whichever the reader saw; both changed web's slices.
+    assert_eq!(changes.seq, first + 2);
+    let since = changes.since(first).expect("kept");
+    assert!(!since.everything);
+    assert_eq!(since.services, [ObjectRef::new("default", "web")].into());
+    // A snapshot a reader holds is never edited under it: the next change is made in a copy.
+    tx.send(msg(ObjectKind::EndpointSlice, Change::Apply(slice(2))))
+        .unwrap();
+    snapshots_until(&mut rx, 3).await;
+    assert_eq!(held.endpoint_slices.len(), 2);
+    assert_eq!(rx.borrow().endpoint_slices.len(), 3);
 }

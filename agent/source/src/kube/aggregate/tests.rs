@@ -229,3 +229,90 @@ fn external_name_services_are_aliases_and_a_type_change_moves_them() {
     a.apply(ObjectKind::Service, Change::InitDone);
     assert!(a.model().external_names.is_empty());
 }
+
+fn slice(name: &str, service: &str, ip: [u8; 4]) -> Item {
+    let id = ObjectRef::new("default", name);
+    let slice = meshpath_model::EndpointSlice {
+        id: id.clone(),
+        service_name: service.into(),
+        ports: Vec::new(),
+        endpoints: vec![meshpath_model::Endpoint {
+            addresses: vec![ip.into()],
+            conditions: Default::default(),
+            pod_name: None,
+            zone: None,
+            node_name: None,
+        }],
+    };
+    Item {
+        id,
+        result: Ok(Some(ParsedObject::EndpointSlice(slice))),
+    }
+}
+
+#[test]
+fn changes_name_the_services_a_slice_served_and_serves() {
+    let mut a = synced_with(vec![svc("web", 80), svc("db", 5432)]);
+    a.take_changes();
+    a.apply(
+        ObjectKind::EndpointSlice,
+        Change::Apply(slice("s1", "web", [10, 1, 0, 1])),
+    );
+    let c = a.take_changes();
+    assert_eq!(c.services, [ObjectRef::new("default", "web")].into());
+    assert!(!c.everything);
+    // A resync of the same version is no change.
+    a.apply(
+        ObjectKind::EndpointSlice,
+        Change::Apply(slice("s1", "web", [10, 1, 0, 1])),
+    );
+    assert!(a.take_changes().is_empty());
+    // Relabelled to another Service: both change.
+    a.apply(
+        ObjectKind::EndpointSlice,
+        Change::Apply(slice("s1", "db", [10, 1, 0, 1])),
+    );
+    let both = [
+        ObjectRef::new("default", "db"),
+        ObjectRef::new("default", "web"),
+    ];
+    assert_eq!(a.take_changes().services, both.into());
+    a.apply(
+        ObjectKind::EndpointSlice,
+        Change::Delete(ObjectRef::new("default", "s1")),
+    );
+    assert_eq!(
+        a.take_changes().services,
+        [ObjectRef::new("default", "db")].into()
+    );
+    a.apply(
+        ObjectKind::Service,
+        Change::Delete(ObjectRef::new("default", "web")),
+    );
+    assert_eq!(
+        a.take_changes().services,
+        [ObjectRef::new("default", "web")].into()
+    );
+}
+
+#[test]
+fn namespaces_and_istio_objects_are_not_scoped() {
+    let mut a = synced_with(vec![svc("web", 80)]);
+    a.take_changes();
+    let ns = meshpath_model::Namespace {
+        id: ObjectRef::new("default", "team"),
+        name: "team".into(),
+        socket_redirect: Some(true),
+    };
+    let item = Item {
+        id: ns.id.clone(),
+        result: Ok(Some(ParsedObject::Namespace(ns))),
+    };
+    a.apply(ObjectKind::Namespace, Change::Apply(item));
+    assert!(a.take_changes().everything);
+    a.apply(
+        ObjectKind::Namespace,
+        Change::Delete(ObjectRef::new("default", "team")),
+    );
+    assert!(a.take_changes().everything);
+}

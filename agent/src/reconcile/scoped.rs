@@ -1,0 +1,123 @@
+//! The per-Service pass: when a snapshot says which Services changed and nothing global is in
+//! play, only those Services are compiled and rendered, and only their map entries are diffed
+//! and written. Everything else (the first pass, a relist, an Istio object, the node proxy, DNS
+//! capture) takes the full pass, which also rebuilds the state kept here.
+
+use meshpath_compile::conn_reset::conn_resets_scoped;
+use meshpath_compile::incremental::{compile_changed, touched_services, Scoped, State};
+use meshpath_datapath::apply::apply;
+use meshpath_datapath::DatapathMaps;
+use meshpath_model::ClusterModel;
+use tracing::{debug, error, info};
+
+use super::Reconciler;
+
+/// What the per-Service pass keeps between passes.
+pub(super) struct ScopedState {
+    /// The source's snapshot number the maps were last written for.
+    pub seq: u64,
+    pub ids: State,
+}
+
+impl Reconciler {
+    /// Why this reconciler's configuration or this model needs the full pass whatever changed,
+    /// if it does. The full pass runs the same checks before keeping a [`ScopedState`].
+    pub(super) fn needs_full(&self, model: &ClusterModel) -> Option<&'static str> {
+        if self.proxy.is_some() {
+            Some("the node proxy's routing table is rebuilt whole")
+        } else if self.dns.is_some() {
+            Some("DNS capture reads every Service")
+        } else if !model.virtual_services.is_empty() || !model.destination_rules.is_empty() {
+            Some("VirtualServices or DestinationRules are present")
+        } else if !self.ejected.is_empty() {
+            Some("outlier ejections are in effect")
+        } else if self.tc.is_some() {
+            Some("the tc path renders every external frontend")
+        } else {
+            None
+        }
+    }
+
+    /// Programs the Services `model` says changed, or says why the full pass must run.
+    pub(super) fn reconcile_scoped(
+        &mut self,
+        model: &ClusterModel,
+        maps: &mut DatapathMaps,
+    ) -> Result<(), &'static str> {
+        if let Some(why) = self.needs_full(model) {
+            return Err(why);
+        }
+        let scoped = self.scoped.as_mut().ok_or("no per-Service state yet")?;
+        let changes = model
+            .changes
+            .as_ref()
+            .ok_or("the source does not say what changed")?;
+        let set = changes
+            .since(scoped.seq)
+            .ok_or("more snapshots skipped than change sets kept")?;
+        if set.everything {
+            return Err("a change not scoped to Services (Namespace, Istio object, relist)");
+        }
+        let applied = self.applied.as_mut().ok_or("the last write failed")?;
+        let started = std::time::Instant::now();
+        let changed = touched_services(model, &set);
+        let delta = match compile_changed(
+            model,
+            &self.opts,
+            &mut self.compiled,
+            &mut scoped.ids,
+            &changed,
+        ) {
+            Ok(delta) => delta,
+            Err(e) => {
+                debug!(reason = %e, "change not compiled per Service");
+                return Err("the changed Services need the full compile");
+            }
+        };
+        let compiled_at = started.elapsed();
+        let contents = Scoped::new(&self.compiled, applied, &delta);
+        let rendered_at = started.elapsed();
+        match apply(maps, &contents.desired, Some(&contents.previous)) {
+            Ok(stats) => {
+                contents.patch(applied);
+                scoped.seq = changes.seq;
+                // The maps send new connects the new way; now the old ones may go.
+                if let Some(resetter) = &self.conn_reset {
+                    let mut plan = conn_resets_scoped(
+                        delta.old.values(),
+                        &self.compiled.backend_ids,
+                        model,
+                        &self.reset_pending,
+                    );
+                    self.reset_pending = std::mem::take(&mut plan.pending);
+                    resetter.reset(plan);
+                }
+                debug!(
+                    services = changed.len(),
+                    compile_us = compiled_at.as_micros() as u64,
+                    rendered_us = rendered_at.as_micros() as u64,
+                    applied_us = started.elapsed().as_micros() as u64,
+                    "reconcile timing"
+                );
+                info!(
+                    services_changed = changed.len(),
+                    frontends = self.compiled.frontends.len(),
+                    backends = applied.backends.len(),
+                    upserts = stats.upserts,
+                    deletes = stats.deletes,
+                    members_added = stats.members_added,
+                    members_removed = stats.members_removed,
+                    "programmed"
+                );
+            }
+            // The compiled state is ahead of the maps now: the next pass compiles everything
+            // and diffs against what the maps really hold.
+            Err(e) => {
+                self.applied = None;
+                self.scoped = None;
+                error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed");
+            }
+        }
+        Ok(())
+    }
+}

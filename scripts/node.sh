@@ -88,7 +88,9 @@ up() {
 
   # The bridge exists before the kubelet: its address is the node IP the kubelet checks for, and
   # the CNI bridge plugin adopts a bridge that is already there.
-  ip link add "$BRIDGE" type bridge
+  # A MAC of its own: otherwise the bridge takes its lowest port's, which changes as pods come
+  # and go and leaves the pods' neighbour entry for the node IP pointing nowhere for 15-45 s.
+  ip link add "$BRIDGE" address 02:00:0a:d5:00:01 type bridge
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   cni_conf

@@ -66,10 +66,18 @@ pub(crate) fn list_netns() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The bridge's own MAC address (locally administered). Without one set, Linux gives a bridge
+/// the lowest MAC of its ports and changes it as pods come and go: the pods' neighbour entries
+/// for the gateway (the node proxy's and DNS listeners' address) then point at a MAC nobody
+/// answers for until they expire, 15-45 s of lost packets.
+pub const BRIDGE_MAC: &str = "02:00:0a:f4:00:01";
+
 /// Create the bridge `br0` with the gateway address in the node namespace.
 pub(crate) fn setup_bridge(node_ns: &str) -> Result<()> {
     let cidr = format!("{BRIDGE_IP}/{PREFIX_LEN}");
-    ip(&["-n", node_ns, "link", "add", "br0", "type", "bridge"])?;
+    ip(&[
+        "-n", node_ns, "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge",
+    ])?;
     ip(&["-n", node_ns, "addr", "add", &cidr, "dev", "br0"])?;
     ip(&["-n", node_ns, "link", "set", "br0", "up"])
 }

@@ -329,6 +329,7 @@ async fn respond(
     let reply = match answer::handle(query, &table, client_ip(peer), !tcp) {
         Action::Reply(bytes) => {
             m.answered.inc();
+            tracing::trace!(%peer, question = %question(query), "DNS query answered");
             bytes
         }
         Action::Forward => match forward::forward(query, upstreams, tcp, &shared.relaying).await {

@@ -5,11 +5,9 @@
 //! switched on for the test's duration through a `BPF_ENABLE_STATS` descriptor, which leaves the
 //! `kernel.bpf_stats_enabled` sysctl as it is and switches them off again when dropped.
 
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use meshpath_tests::bpf_stats;
 use meshpath_tests::fortio::{Load, PORT};
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
 use meshpath_tests::{skip_unless, Cluster, Feature, AGENT};
@@ -25,64 +23,6 @@ fn needs() -> Vec<Feature> {
     let mut f = AGENT.to_vec();
     f.push(Feature::Fortio);
     f
-}
-
-/// Keeps the kernel's BPF run statistics on while it lives.
-fn enable_stats() -> OwnedFd {
-    /// `union bpf_attr` for `BPF_ENABLE_STATS`: `type` = `BPF_STATS_RUN_TIME` (0).
-    #[repr(C)]
-    struct Attr {
-        kind: u32,
-    }
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    let mut attr = Attr { kind: 0 };
-    // SAFETY: a valid attr of the size given; the command returns a new descriptor.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_ENABLE_STATS,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>() as libc::c_uint,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_ENABLE_STATS: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a new descriptor we own.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
-
-fn bpftool(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "bpftool {args:?}: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
-}
-
-/// The id of the sock_ops program attached to `cgroup` (this test's agent's, no other's).
-fn sockops_id(cgroup: &Path) -> u64 {
-    let progs = bpftool(&["cgroup", "show", &cgroup.to_string_lossy()]);
-    progs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "mp_sockops")
-        .and_then(|p| p["id"].as_u64())
-        .unwrap_or_else(|| panic!("no mp_sockops on {}: {progs}", cgroup.display()))
-}
-
-/// (run_cnt, run_time_ns) of program `id`.
-fn run_stats(id: u64) -> (u64, u64) {
-    let p = bpftool(&["prog", "show", "id", &id.to_string()]);
-    (
-        p["run_cnt"].as_u64().unwrap_or(0),
-        p["run_time_ns"].as_u64().unwrap_or(0),
-    )
 }
 
 #[test]
@@ -101,9 +41,19 @@ fn tcp_metrics_cost_sock_ops_a_bounded_number_of_runs_per_connection() {
     c.wait_status("web programmed", Duration::from_secs(10), |s| {
         meshpath_tests::agent::service(s, "default/web:").is_some()
     });
-    let _stats = enable_stats();
-    let id = sockops_id(c.node.cgroup_path());
-    let before = run_stats(id);
+    let _stats = bpf_stats::enable().expect("BPF run statistics");
+    let progs: Vec<(String, u64)> = bpf_stats::programs(c.node.cgroup_path(), c.node.pin_dir())
+        .expect("the node's programs")
+        .into_iter()
+        .filter(|(name, _)| name == "mp_sockops")
+        .collect();
+    assert_eq!(
+        progs.len(),
+        1,
+        "one mp_sockops on the node's cgroup: {progs:?}"
+    );
+    let run_stats = || bpf_stats::sample(&progs).expect("run statistics")["mp_sockops"];
+    let before = run_stats();
     let load = Load {
         url: format!("http://{VIP}/echo"),
         qps: 0,
@@ -118,7 +68,7 @@ fn tcp_metrics_cost_sock_ops_a_bounded_number_of_runs_per_connection() {
         .expect("fortio")
         .finish()
         .expect("fortio");
-    let after = run_stats(id);
+    let after = run_stats();
     assert_eq!(report.ok, u64::from(REQUESTS), "{report:?}");
     let runs = after.0 - before.0;
     let ns = after.1 - before.1;

@@ -41,9 +41,10 @@ all_present() {
 # shellcheck source=lib/go.sh
 source scripts/lib/go.sh
 
-# bridge/host-local/loopback for pod networking; umoci and busybox-static for the local images;
+# bridge/host-local/loopback for pod networking; umoci, busybox-static and debootstrap (the agent
+# image's base) for the local images;
 # libseccomp-dev and pkg-config so runc is built with seccomp support, as released.
-deb_install containernetworking-plugins umoci busybox-static libseccomp-dev pkg-config gcc libc6-dev openssl
+deb_install containernetworking-plugins umoci busybox-static debootstrap libseccomp-dev pkg-config gcc libc6-dev openssl
 
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"

@@ -203,3 +203,31 @@ impl Measured {
             .collect()
     }
 }
+
+/// What a cost test needs: the agent's features and fortio.
+pub fn needs() -> Vec<crate::Feature> {
+    let mut f = crate::AGENT.to_vec();
+    f.push(crate::Feature::Fortio);
+    f
+}
+
+/// A two-pod cluster (agent with `agent_args`) whose Service `web` at `vip`:80 is pod 1's fortio
+/// server, once the agent has programmed it: the set-up the kernel cost tests share.
+pub fn fortio_service(vip: &str, agent_args: &[&str]) -> crate::Cluster {
+    use crate::fortio::PORT;
+    use crate::manifests::{docs, endpoint_slice, service, Ep};
+    let c = crate::Cluster::start(2, &[], agent_args);
+    c.node.spawn_fortio_server(1).expect("fortio server");
+    let web_ip = c.node.pod(1).ip();
+    c.write(
+        "web.yaml",
+        &docs(&[
+            service("web", vip, 80, &PORT.to_string(), "TCP", ""),
+            endpoint_slice("web", PORT, "TCP", &[Ep::ready(web_ip)]),
+        ]),
+    );
+    c.wait_status("web programmed", Duration::from_secs(10), |s| {
+        crate::agent::service(s, "default/web:").is_some()
+    });
+    c
+}

@@ -5,12 +5,8 @@
 //! (each connect ran connect4 once, sock_ops a bounded number of times per connection, the
 //! messages were redirected), not the timings, which depend on the machine's load.
 
-use std::time::Duration;
-
 use meshpath_tests::bpf_stats;
-use meshpath_tests::fortio::PORT;
-use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
-use meshpath_tests::{skip_unless, Cluster, Feature, AGENT};
+use meshpath_tests::skip_unless;
 
 const VIP: &str = "10.96.0.42";
 const CONNECTIONS: u32 = 3000;
@@ -18,28 +14,10 @@ const CONNECTIONS: u32 = 3000;
 /// (timeout, window, ECN, base RTT), connect and establishment, and one per state change.
 const SOCK_OPS_BOUND: f64 = 24.0;
 
-fn needs() -> Vec<Feature> {
-    let mut f = AGENT.to_vec();
-    f.push(Feature::Fortio);
-    f
-}
-
 #[test]
 fn kernel_cost_per_program_over_short_connections_with_redirection() {
-    skip_unless!(&needs());
-    let c = Cluster::start(2, &[], &["--socket-redirect", "all"]);
-    c.node.spawn_fortio_server(1).expect("fortio server");
-    let web_ip = c.node.pod(1).ip();
-    c.write(
-        "web.yaml",
-        &docs(&[
-            service("web", VIP, 80, &PORT.to_string(), "TCP", ""),
-            endpoint_slice("web", PORT, "TCP", &[Ep::ready(web_ip)]),
-        ]),
-    );
-    c.wait_status("web programmed", Duration::from_secs(10), |s| {
-        meshpath_tests::agent::service(s, "default/web:").is_some()
-    });
+    skip_unless!(&bpf_stats::needs());
+    let c = bpf_stats::fortio_service(VIP, &["--socket-redirect", "all"]);
     let url = format!("http://{VIP}/echo");
     let redirected_before = meshpath_tests::agent::counter(&c.status(), "msg_redirected");
     let m = bpf_stats::measure(&c.node, 0, &url, CONNECTIONS).expect("measuring");

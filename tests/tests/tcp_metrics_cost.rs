@@ -8,9 +8,8 @@
 use std::time::Duration;
 
 use meshpath_tests::bpf_stats;
-use meshpath_tests::fortio::{Load, PORT};
-use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
-use meshpath_tests::{skip_unless, Cluster, Feature, AGENT};
+use meshpath_tests::fortio::Load;
+use meshpath_tests::skip_unless;
 
 const VIP: &str = "10.96.0.41";
 const REQUESTS: u32 = 4000;
@@ -19,28 +18,10 @@ const CONNECTIONS: u32 = 4;
 /// setup callbacks and one per state change. Any per-packet callback would exceed it by far.
 const PER_CONNECTION_BOUND: u64 = 50;
 
-fn needs() -> Vec<Feature> {
-    let mut f = AGENT.to_vec();
-    f.push(Feature::Fortio);
-    f
-}
-
 #[test]
 fn tcp_metrics_cost_sock_ops_a_bounded_number_of_runs_per_connection() {
-    skip_unless!(&needs());
-    let c = Cluster::start(2, &[], &["--tcp-metrics", "true"]);
-    c.node.spawn_fortio_server(1).expect("fortio server");
-    let web_ip = c.node.pod(1).ip();
-    c.write(
-        "web.yaml",
-        &docs(&[
-            service("web", VIP, 80, &PORT.to_string(), "TCP", ""),
-            endpoint_slice("web", PORT, "TCP", &[Ep::ready(web_ip)]),
-        ]),
-    );
-    c.wait_status("web programmed", Duration::from_secs(10), |s| {
-        meshpath_tests::agent::service(s, "default/web:").is_some()
-    });
+    skip_unless!(&bpf_stats::needs());
+    let c = bpf_stats::fortio_service(VIP, &["--tcp-metrics", "true"]);
     let _stats = bpf_stats::enable().expect("BPF run statistics");
     let progs: Vec<(String, u64)> = bpf_stats::programs(c.node.cgroup_path(), c.node.pin_dir())
         .expect("the node's programs")

@@ -3,16 +3,18 @@
 //! ClusterIP frontend of that port has (so a frontend shares its ClusterIP frontend's service id,
 //! name and ready endpoints), rendered into `MP_TC_SVC` entries.
 //!
-//! Only the node's own endpoints are rendered, whatever the `externalTrafficPolicy`: reaching
-//! another node's endpoint needs SNAT to the node's address (or its reply would go straight
-//! from the other node to the client, with the wrong source), which the tc path does not do
-//! yet. For `Local` that is exactly kube-proxy's behaviour; for `Cluster` a node without a local
-//! endpoint drops the packet (counted) instead of forwarding it, which the README says.
+//! `externalTrafficPolicy: Local` frontends hold the node's own endpoints only (a node without
+//! one refuses the client, and the client's address is kept); `Cluster` frontends hold every
+//! endpoint, those of other nodes flagged [`TC_FLAG_REMOTE`] so their flows are source-NATed to
+//! the node's address, as kube-proxy does (kube-proxy masquerades local ones too; meshpath keeps
+//! the client's address where the reply passes back through this node anyway).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use meshpath_common::tc::{TcSlot, TC_ANY_NODE_IP, TC_FLAG_LOCAL, TC_FLAG_NODE_PORT};
+use meshpath_common::tc::{
+    TcSlot, TC_ANY_NODE_IP, TC_FLAG_LOCAL, TC_FLAG_NODE_PORT, TC_FLAG_REMOTE,
+};
 use meshpath_common::{ipv4_be, port_be, ServiceKey};
 use meshpath_model::{ClusterModel, ExternalTrafficPolicy, ObjectRef, Protocol};
 
@@ -28,16 +30,21 @@ pub enum LocalEndpoints {
 }
 
 impl LocalEndpoints {
-    /// The pods of `model` whose `spec.nodeName` is `node`.
+    /// The pods of `model` whose `spec.nodeName` is `node`, and the EndpointSlice endpoints
+    /// whose `nodeName` is (an endpoint that names no node and no known pod counts as remote).
     pub fn of_node(model: &ClusterModel, node: &str) -> Self {
-        LocalEndpoints::Only(
-            model
-                .pods
-                .values()
-                .filter(|p| p.placement.node_name.as_deref() == Some(node))
-                .filter_map(|p| p.ip)
-                .collect(),
-        )
+        let pods = model
+            .pods
+            .values()
+            .filter(|p| p.placement.node_name.as_deref() == Some(node))
+            .filter_map(|p| p.ip);
+        let endpoints = model
+            .endpoint_slices
+            .values()
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.node_name.as_deref() == Some(node))
+            .flat_map(|e| e.addresses.iter().copied());
+        LocalEndpoints::Only(pods.chain(endpoints).collect())
     }
 
     fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -101,10 +108,12 @@ pub fn render(
             let Some(fe) = compiled.frontends.get(&addr).filter(|f| &f.service == id) else {
                 continue;
             };
-            let backends: Vec<&BackendAddr> = fe
+            let only_local = svc.external.traffic_policy == ExternalTrafficPolicy::Local;
+            let backends: Vec<(&BackendAddr, bool)> = fe
                 .backends
                 .iter()
-                .filter(|b| local.contains(b.ip))
+                .map(|b| (b, !local.contains(b.ip)))
+                .filter(|(_, remote)| !only_local || !remote)
                 .collect();
             let mut frontends: Vec<(ServiceKey, u8, String)> = addresses
                 .iter()
@@ -151,7 +160,7 @@ fn insert_frontend(
     key: ServiceKey,
     flags: u8,
     svc_id: u32,
-    backends: &[&BackendAddr],
+    backends: &[(&BackendAddr, bool)],
 ) {
     let header = TcSlot {
         backend_ip_be: 0,
@@ -162,12 +171,13 @@ fn insert_frontend(
         _pad: [0; 3],
     };
     out.services.insert(key, header);
-    for (i, b) in backends.iter().enumerate() {
+    for (i, (b, remote)) in backends.iter().enumerate() {
         out.services.insert(
             key.with_slot(i as u16 + 1),
             TcSlot {
                 backend_ip_be: ipv4_be(b.ip.octets()),
                 backend_port_be: port_be(b.port),
+                flags: if *remote { flags | TC_FLAG_REMOTE } else { flags },
                 ..header
             },
         );

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use meshpath_common::tc::{TC_ANY_NODE_IP, TC_FLAG_LOCAL, TC_FLAG_NODE_PORT};
+use meshpath_common::tc::{TC_ANY_NODE_IP, TC_FLAG_LOCAL, TC_FLAG_NODE_PORT, TC_FLAG_REMOTE};
 use meshpath_common::{ipv4_be, port_be, ServiceKey, PROTO_TCP, PROTO_UDP};
 use meshpath_model::*;
 
@@ -147,7 +147,7 @@ fn only_local_endpoints_are_rendered_and_local_policy_is_flagged() {
     let slot = tc.services[&key(TC_ANY_NODE_IP, 30080, PROTO_TCP, 1)];
     assert_eq!(slot.backend_ip_be, ipv4_be([10, 244, 1, 10]));
     // A node with none of the endpoints keeps the frontend with no slot: its packets are
-    // dropped and counted rather than passed to whatever listens on the node.
+    // refused and counted rather than passed to whatever listens on the node.
     let none = LocalEndpoints::Only(BTreeSet::new());
     let (tc, _) = rendered(&m, &none);
     assert_eq!(
@@ -157,6 +157,40 @@ fn only_local_endpoints_are_rendered_and_local_policy_is_flagged() {
     assert!(!tc
         .services
         .contains_key(&key(TC_ANY_NODE_IP, 30080, PROTO_TCP, 1)));
+}
+
+#[test]
+fn cluster_policy_renders_every_endpoint_and_flags_the_remote_ones() {
+    let m = model(
+        vec![service("web", [10, 96, 0, 10], Some(30080), Default::default())],
+        vec![slice("web", &[[10, 244, 1, 10], [10, 244, 2, 10]])],
+    );
+    let local = LocalEndpoints::Only(BTreeSet::from([Ipv4Addr::new(10, 244, 1, 10)]));
+    let (tc, _) = rendered(&m, &local);
+    let header = tc.services[&key(TC_ANY_NODE_IP, 30080, PROTO_TCP, 0)];
+    assert_eq!(header.count, 2);
+    assert_eq!(header.flags, TC_FLAG_NODE_PORT);
+    let flags: BTreeMap<u32, u8> = (1..=2)
+        .map(|i| tc.services[&key(TC_ANY_NODE_IP, 30080, PROTO_TCP, i)])
+        .map(|s| (s.backend_ip_be, s.flags))
+        .collect();
+    assert_eq!(flags[&ipv4_be([10, 244, 1, 10])], TC_FLAG_NODE_PORT);
+    assert_eq!(
+        flags[&ipv4_be([10, 244, 2, 10])],
+        TC_FLAG_NODE_PORT | TC_FLAG_REMOTE
+    );
+}
+
+#[test]
+fn an_endpoint_naming_the_node_is_local_without_a_pod_object() {
+    let mut s = slice("web", &[[10, 244, 1, 10], [10, 244, 2, 10]]);
+    s.endpoints[0].node_name = Some("n1".into());
+    s.endpoints[1].node_name = Some("n2".into());
+    let m = model(Vec::new(), vec![s]);
+    assert_eq!(
+        LocalEndpoints::of_node(&m, "n1"),
+        LocalEndpoints::Only(BTreeSet::from([Ipv4Addr::new(10, 244, 1, 10)]))
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-use meshpath_common::tc::{TcReason, TcSlot, MAP_TC_COUNTERS, MAP_TC_NODE_IPS, MAP_TC_SERVICES};
+use meshpath_common::tc::{
+    TcReason, TcSlot, MAP_TC_COUNTERS, MAP_TC_NODE_IPS, MAP_TC_SERVICES, TC_ANY_NODE_IP,
+};
 use meshpath_common::{ipv4_be, ServiceKey};
 use meshpath_compile::external::TcContents;
 
@@ -59,7 +61,9 @@ impl TcMaps {
             .collect()
     }
 
-    /// Makes the node-address set exactly `ips`.
+    /// Makes the node-address set exactly `ips`; the first is the primary address, which
+    /// flows to another node's endpoint through an external IP are source-NATed to (stored
+    /// under `TC_ANY_NODE_IP`, a key no packet carries).
     pub fn set_node_ips(&mut self, ips: &[Ipv4Addr]) -> Result<(), TcMapError> {
         let wanted: Vec<u32> = ips.iter().map(|ip| ipv4_be(ip.octets())).collect();
         for ip in &wanted {
@@ -67,11 +71,16 @@ impl TcMaps {
                 .insert(ip, 1, 0)
                 .map_err(err(MAP_TC_NODE_IPS, "insert"))?;
         }
+        if let Some(primary) = wanted.first() {
+            self.node_ips
+                .insert(TC_ANY_NODE_IP, primary, 0)
+                .map_err(err(MAP_TC_NODE_IPS, "insert"))?;
+        }
         let stale: Vec<u32> = self
             .node_ips
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| *k != TC_ANY_NODE_IP && !wanted.contains(k))
             .collect();
         for k in stale {
             self.node_ips

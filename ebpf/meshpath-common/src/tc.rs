@@ -33,11 +33,21 @@ pub const MAX_TC_NODE_IPS: u32 = 64;
 pub const MAX_TC_CT: u32 = 65_536;
 
 /// [`TcSlot::flags`] of a header: `externalTrafficPolicy: Local` (slots hold local endpoints only
-/// and the client's address is kept). Informational for `meshpath status`; the program treats
-/// both policies alike because the agent renders only local endpoints today.
+/// and the client's address is kept). `Cluster` frontends hold every endpoint; the remote ones
+/// carry [`TC_FLAG_REMOTE`].
 pub const TC_FLAG_LOCAL: u8 = 1 << 0;
 /// [`TcSlot::flags`]: the frontend is a NodePort (else an external or load-balancer IP).
 pub const TC_FLAG_NODE_PORT: u8 = 1 << 1;
+/// [`TcSlot::flags`] of a backend slot: the endpoint runs on another node. Its flows are
+/// source-NATed to the node's address (the address the client sent to), so the replies come
+/// back through this node, and forwarded straight out (`bpf_redirect_neigh`): the stack would
+/// drop a packet arriving with one of its own addresses as the source.
+pub const TC_FLAG_REMOTE: u8 = 1 << 2;
+
+/// SNAT source ports are taken from this range, outside Linux's default ephemeral range
+/// (32768-60999) and the NodePort range, so they do not shadow a local socket's replies.
+pub const TC_SNAT_PORT_MIN: u16 = 61_000;
+pub const TC_SNAT_PORT_MAX: u16 = 65_535;
 
 /// Slot 0 of a frontend: `count` and `svc_id` (the ClusterIP frontend's id, so its name and
 /// stats are shared); slots `1..=count`: the backend address, inline so a packet needs one
@@ -74,8 +84,13 @@ pub struct CtKey {
 
 /// [`CtValue::state`] values.
 pub const CT_STATE_OPEN: u8 = 0;
-/// A FIN or RST was seen: the entry is left to age out of the LRU.
+/// A FIN or RST was seen: the userspace GC removes the entry after a grace period (else the
+/// LRU ages it out).
 pub const CT_STATE_CLOSING: u8 = 1;
+
+/// [`CtValue::flags`]: the flow is source-NATed (its backend is on another node); `nat_*` hold
+/// the node's address and port (original direction) or the client's (reply direction).
+pub const CT_FLAG_SNAT: u8 = 1 << 0;
 
 /// For an original-direction key: the backend to send to. For a reply key: the frontend
 /// address to write back as the source.
@@ -85,14 +100,21 @@ pub struct CtValue {
     pub addr_be: u32,
     pub port_be: u16,
     pub state: u8,
-    pub _pad: u8,
+    pub flags: u8,
     pub svc_id: u32,
+    /// With [`CT_FLAG_SNAT`]: original direction, the source written over the client's
+    /// (node address, allocated port); reply direction, the destination written back (client).
+    pub nat_addr_be: u32,
+    pub nat_port_be: u16,
+    pub _pad: u16,
     pub _pad1: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet: the userspace GC's idle clock.
+    pub last_seen_ns: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<TcSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
-const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 
 /// What the tc programs did. Each value indexes one slot of [`MAP_TC_COUNTERS`]; every failure
 /// path bumps exactly one.
@@ -105,7 +127,7 @@ pub enum TcReason {
     FlowTranslated = 1,
     /// A backend's reply translated back to the frontend's address.
     ReplyReversed = 2,
-    /// A frontend with no (local) endpoint: the packet was dropped.
+    /// A frontend with no (local) endpoint: refused (see `ResetSent`, `UnreachableSent`).
     NoBackend = 3,
     /// Slot 0 said N but a slot in 1..=N was absent (a concurrent update): dropped.
     SlotMissing = 4,
@@ -119,9 +141,26 @@ pub enum TcReason {
     Truncated = 8,
     /// A FIN or RST of a tracked TCP flow: the entry was marked closing.
     FlowClosing = 9,
+    /// A packet of a flow to another node's endpoint, source-NATed and forwarded out.
+    SnatForwarded = 10,
+    /// A reply from another node's endpoint, un-NATed and sent back to the client.
+    SnatReplyReversed = 11,
+    /// No free SNAT port towards that backend: dropped.
+    SnatPortsExhausted = 12,
+    /// No route (FIB lookup) towards a remote backend or back to a client: dropped.
+    FibFailed = 13,
+    /// A TCP packet refused with a RST (no endpoint, or a flow whose backend is gone).
+    ResetSent = 14,
+    /// A UDP datagram refused with an ICMP port unreachable (no endpoint).
+    UnreachableSent = 15,
+    /// A refusal (RST or ICMP) could not be built or sent: the packet was dropped.
+    RefusalFailed = 16,
+    /// A TCP packet other than a SYN to a frontend with no tracked flow (its backend was
+    /// removed, or the entry aged out): refused with a RST instead of starting a new flow.
+    StaleFlow = 17,
 }
 
-pub const TC_REASON_COUNT: u32 = 10;
+pub const TC_REASON_COUNT: u32 = 18;
 
 impl TcReason {
     pub const ALL: [TcReason; TC_REASON_COUNT as usize] = [
@@ -135,6 +174,14 @@ impl TcReason {
         TcReason::Fragment,
         TcReason::Truncated,
         TcReason::FlowClosing,
+        TcReason::SnatForwarded,
+        TcReason::SnatReplyReversed,
+        TcReason::SnatPortsExhausted,
+        TcReason::FibFailed,
+        TcReason::ResetSent,
+        TcReason::UnreachableSent,
+        TcReason::RefusalFailed,
+        TcReason::StaleFlow,
     ];
 
     /// Stable snake_case name, with a `tc_` prefix so it never collides with a socket-path
@@ -151,6 +198,14 @@ impl TcReason {
             TcReason::Fragment => "tc_fragment",
             TcReason::Truncated => "tc_truncated",
             TcReason::FlowClosing => "tc_flow_closing",
+            TcReason::SnatForwarded => "tc_snat_forwarded",
+            TcReason::SnatReplyReversed => "tc_snat_reply_reversed",
+            TcReason::SnatPortsExhausted => "tc_snat_ports_exhausted",
+            TcReason::FibFailed => "tc_fib_failed",
+            TcReason::ResetSent => "tc_reset_sent",
+            TcReason::UnreachableSent => "tc_unreachable_sent",
+            TcReason::RefusalFailed => "tc_refusal_failed",
+            TcReason::StaleFlow => "tc_stale_flow",
         }
     }
 }

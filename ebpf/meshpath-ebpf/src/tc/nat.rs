@@ -5,7 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use meshpath_common::{tc::TcReason, PROTO_TCP, PROTO_UDP};
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
@@ -15,6 +15,8 @@ const TCP_FLAGS: usize = 13;
 const UDP_CSUM: usize = 6;
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 /// Non-zero fragment offset: a later fragment, which carries no L4 header.
 const IP_FRAG_OFFSET_MASK: u16 = 0x1fff;
 
@@ -32,7 +34,9 @@ pub struct Packet {
     pub proto: u8,
     /// TCP FIN or RST set.
     pub closing: bool,
-    l4_off: usize,
+    /// TCP SYN without ACK: the only segment that may start a flow (UDP: always true).
+    pub opening: bool,
+    pub l4_off: usize,
 }
 
 /// `Ok(None)`: not an IPv4 TCP/UDP packet we can key (left alone, not counted: most traffic).
@@ -63,13 +67,16 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, TcReason> {
     let daddr_be: u32 = ctx.load(IP_DST_OFF).map_err(|_| TcReason::Truncated)?;
     let sport_be: u16 = ctx.load(l4_off).map_err(|_| TcReason::Truncated)?;
     let dport_be: u16 = ctx.load(l4_off + 2).map_err(|_| TcReason::Truncated)?;
-    let closing = if proto == PROTO_TCP {
+    let (closing, opening) = if proto == PROTO_TCP {
         let flags: u8 = ctx
             .load(l4_off + TCP_FLAGS)
             .map_err(|_| TcReason::Truncated)?;
-        flags & (TCP_FIN | TCP_RST) != 0
+        (
+            flags & (TCP_FIN | TCP_RST) != 0,
+            flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
+        )
     } else {
-        false
+        (false, true)
     };
     Ok(Some(Packet {
         saddr_be,
@@ -78,6 +85,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, TcReason> {
         dport_be,
         proto,
         closing,
+        opening,
         l4_off,
     }))
 }

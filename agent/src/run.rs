@@ -238,7 +238,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             tc_attached = true;
             // Not fatal: the socket path serves the pods whatever happens on the uplink.
             match datapath.attach_uplink(cfg.tc_uplink.as_ref(), &cfg.pin_dir) {
-                Ok(links) => _tc_links = links,
+                Ok(links) => {
+                    if links.is_some() {
+                        crate::tc_path::spawn_sweeper(cfg.pin_dir.clone());
+                    }
+                    _tc_links = links
+                }
                 Err(error) => {
                     warn!(%error, source = ?std::error::Error::source(&error), "tc path not attached: NodePorts and external IPs are not served")
                 }

@@ -5,7 +5,7 @@ use meshpath_compile::external::{self, LocalEndpoints};
 use meshpath_compile::Compiled;
 use meshpath_datapath::DatapathMaps;
 use meshpath_model::ClusterModel;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 /// What the tc path needs from the agent's configuration.
 #[derive(Clone, Debug, Default)]
@@ -36,8 +36,58 @@ impl TcPath {
                 changes, "tc frontends programmed"
             ),
             Err(e) => {
-                error!(error = %e, source = ?std::error::Error::source(&e), "writing the tc frontends failed")
+                error!(error = %e, source = ?std::error::Error::source(&e), "writing the tc frontends failed");
+                return;
+            }
+        }
+        match tc.forget_departed(&contents) {
+            Ok(s) if s.backend_gone + s.closed + s.idle > 0 => info!(
+                backend_gone = s.backend_gone,
+                closed = s.closed,
+                idle = s.idle,
+                kept = s.kept,
+                "tc conntrack swept"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                error!(error = %e, source = ?std::error::Error::source(&e), "sweeping the tc conntrack failed")
             }
         }
     }
+}
+
+/// How often the closed and idle flows of the tc conntrack are swept between changes.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sweeps the pinned conntrack of `pin_dir` every [`SWEEP_EVERY`] (closed and idle flows; the
+/// reconciler's sync forgets departed backends' flows). Runs until the agent exits.
+pub fn spawn_sweeper(pin_dir: std::path::PathBuf) {
+    use meshpath_datapath::tc_ct;
+    tokio::spawn(async move {
+        let mut ct = match tc_ct::open_pinned(&pin_dir) {
+            Ok(ct) => ct,
+            Err(e) => {
+                warn!(error = %e, source = ?std::error::Error::source(&e), "tc conntrack not swept: closed flows wait for the LRU");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            match tc_ct::sweep(&mut ct, tc_ct::monotonic_ns(), &Default::default(), None) {
+                Ok(s) if s.closed + s.idle > 0 => {
+                    debug!(
+                        closed = s.closed,
+                        idle = s.idle,
+                        kept = s.kept,
+                        "tc conntrack swept"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, source = ?std::error::Error::source(&e), "sweeping the tc conntrack failed")
+                }
+            }
+        }
+    });
 }

@@ -37,7 +37,11 @@ impl Node {
     /// Start `mp-testpod hold --addr ADDR` in `at` and wait for its first line, which tells
     /// which server answered and what getpeername() returned.
     pub fn hold(&self, at: impl Into<Target>, addr: SocketAddr) -> Result<Hold<'_>> {
-        let pod = self.target(at.into());
+        self.hold_in(self.target(at.into()), addr)
+    }
+
+    /// [`Node::hold`] from any pod-like place, e.g. a client namespace outside the nodes.
+    pub fn hold_in(&self, pod: &crate::Pod, addr: SocketAddr) -> Result<Hold<'_>> {
         let mut cmd = pod.command(testpod_bin()?)?;
         cmd.args(["hold", "--addr", &addr.to_string()])
             .stdin(Stdio::piped())

@@ -11,8 +11,11 @@
 //!   client      mpt-<id>-c: eth0 192.168.77.100/24 (on the lan) — "the internet"
 //! ```
 //!
-//! Node 2 takes part as a peer on the uplink segment only: reaching a backend on node 2 needs
-//! SNAT on node 1, which the tc path does not do yet.
+//! `remote`: NodePorts over node 2's endpoints (SNAT), `Local` policy, refusals, and flows whose
+//! backend leaves.
+
+#[path = "tc_nodeport/remote.rs"]
+mod remote;
 
 use std::io::Write;
 use std::net::Ipv4Addr;

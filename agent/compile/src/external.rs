@@ -177,7 +177,11 @@ fn insert_frontend(
             TcSlot {
                 backend_ip_be: ipv4_be(b.ip.octets()),
                 backend_port_be: port_be(b.port),
-                flags: if *remote { flags | TC_FLAG_REMOTE } else { flags },
+                flags: if *remote {
+                    flags | TC_FLAG_REMOTE
+                } else {
+                    flags
+                },
                 ..header
             },
         );

@@ -162,7 +162,12 @@ fn only_local_endpoints_are_rendered_and_local_policy_is_flagged() {
 #[test]
 fn cluster_policy_renders_every_endpoint_and_flags_the_remote_ones() {
     let m = model(
-        vec![service("web", [10, 96, 0, 10], Some(30080), Default::default())],
+        vec![service(
+            "web",
+            [10, 96, 0, 10],
+            Some(30080),
+            Default::default(),
+        )],
         vec![slice("web", &[[10, 244, 1, 10], [10, 244, 2, 10]])],
     );
     let local = LocalEndpoints::Only(BTreeSet::from([Ipv4Addr::new(10, 244, 1, 10)]));

@@ -17,6 +17,7 @@ pub mod redirect;
 pub mod redirect_scope;
 pub mod sock_diag;
 pub mod status;
+pub mod tc_ct;
 pub mod tc_maps;
 pub mod tc_uplink;
 pub mod tcp_metrics;

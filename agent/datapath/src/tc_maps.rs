@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use meshpath_common::tc::{
-    TcReason, TcSlot, MAP_TC_COUNTERS, MAP_TC_NODE_IPS, MAP_TC_SERVICES, TC_ANY_NODE_IP,
+    CtKey, CtValue, TcReason, TcSlot, MAP_TC_COUNTERS, MAP_TC_CT, MAP_TC_NODE_IPS, MAP_TC_SERVICES,
+    TC_ANY_NODE_IP,
 };
 use meshpath_common::{ipv4_be, ServiceKey};
 use meshpath_compile::external::TcContents;
@@ -30,6 +31,8 @@ fn err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> TcMapErr
 
 pub struct TcMaps {
     pub services: HashMap<MapData, ServiceKey, TcSlot>,
+    /// `MP_TC_CT`: `None` in pins older than the userspace sweep.
+    pub ct: Option<HashMap<MapData, CtKey, CtValue>>,
     pub node_ips: HashMap<MapData, u32, u32>,
     pub counters: PerCpuArray<MapData, u64>,
 }
@@ -42,6 +45,7 @@ impl TcMaps {
     ) -> Option<Self> {
         Some(Self {
             services: get(MAP_TC_SERVICES).ok()?.try_into().ok()?,
+            ct: get(MAP_TC_CT).ok().and_then(|m| m.try_into().ok()),
             node_ips: get(MAP_TC_NODE_IPS).ok()?.try_into().ok()?,
             counters: get(MAP_TC_COUNTERS).ok()?.try_into().ok()?,
         })
@@ -88,6 +92,29 @@ impl TcMaps {
                 .map_err(err(MAP_TC_NODE_IPS, "remove"))?;
         }
         Ok(())
+    }
+
+    /// Forgets the flows whose backend `desired` no longer has (and closed or idle ones):
+    /// their next segment is refused by the program (see [`crate::tc_ct`]).
+    pub fn forget_departed(
+        &mut self,
+        desired: &TcContents,
+    ) -> Result<crate::tc_ct::Swept, crate::tc_ct::TcCtError> {
+        let Some(ct) = self.ct.as_mut() else {
+            return Ok(Default::default());
+        };
+        let live: crate::tc_ct::LiveBackends = desired
+            .services
+            .iter()
+            .filter(|(k, _)| k.slot != 0)
+            .map(|(_, s)| (s.svc_id, s.backend_ip_be, s.backend_port_be))
+            .collect();
+        crate::tc_ct::sweep(
+            ct,
+            crate::tc_ct::monotonic_ns(),
+            &Default::default(),
+            Some(&live),
+        )
     }
 
     /// Makes `MP_TC_SVC` hold exactly `desired`, in an order a packet can never see a header

@@ -175,13 +175,15 @@ fn snat_reply(ctx: &TcContext, p: &Packet) -> Option<Result<i32, i32>> {
     if let Err(reason) = translated {
         return Some(shot(reason));
     }
-    Some(match forward::to_fib_nexthop(ctx, ct.addr_be, ct.nat_addr_be) {
-        Ok(verdict) => {
-            bump(TcReason::SnatReplyReversed);
-            Ok(verdict)
-        }
-        Err(reason) => shot(reason),
-    })
+    Some(
+        match forward::to_fib_nexthop(ctx, ct.addr_be, ct.nat_addr_be) {
+            Ok(verdict) => {
+                bump(TcReason::SnatReplyReversed);
+                Ok(verdict)
+            }
+            Err(reason) => shot(reason),
+        },
+    )
 }
 
 /// A client's first packet to a remote backend: claims a SNAT port (the reply entry), then the

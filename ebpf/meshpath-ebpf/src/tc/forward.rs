@@ -19,7 +19,8 @@ const TC_ACT_REDIRECT: i64 = 7;
 
 /// Redirects the packet (already addressed `saddr_be` → `daddr_be`) out of the FIB's egress
 /// interface towards `daddr_be`, the neighbour filled in by the kernel. Returns the verdict.
-#[inline(always)]
+/// Not inlined: the lookup's parameters then take stack only while it runs.
+#[inline(never)]
 pub fn to_fib_nexthop(ctx: &TcContext, saddr_be: u32, daddr_be: u32) -> Result<i32, TcReason> {
     // SAFETY: a plain-data struct; all-zero is a valid (empty) lookup.
     let mut params: FibParams = unsafe { core::mem::zeroed() };

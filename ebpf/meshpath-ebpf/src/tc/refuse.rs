@@ -23,7 +23,9 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// Answers `p` with a RST (TCP) or an ICMP port unreachable (UDP). `Ok` carries the verdict.
-#[inline(always)]
+/// Not inlined: its stack frame is apart from the per-packet path's (the verifier limits the
+/// combined depth).
+#[inline(never)]
 pub fn refuse(ctx: &TcContext, p: &Packet) -> Result<i32, TcReason> {
     if p.l4_off != ETH_HLEN + IP_HLEN {
         // IP options: not worth a variable-length rebuild; the packet is dropped, counted.
@@ -50,26 +52,31 @@ fn failed<E>(_: E) -> TcReason {
 /// Ethernet addresses swapped: the answer goes back to whoever handed us the packet.
 #[inline(always)]
 fn swap_macs(ctx: &TcContext) -> Result<(), TcReason> {
-    let macs: [u8; 12] = ctx.load(0).map_err(failed)?;
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &swapped, 0).map_err(failed)
+    let dst: [u8; 6] = ctx.load(0).map_err(failed)?;
+    let src: [u8; 6] = ctx.load(6).map_err(failed)?;
+    ctx.store(0, &src, 0).map_err(failed)?;
+    ctx.store(6, &dst, 0).map_err(failed)
 }
 
-/// A fresh IPv4 header from `p`'s destination back to its source.
+/// Four bytes in wire order, as the `u32` whose memory holds them.
 #[inline(always)]
-fn ip_header(p: &Packet, proto: u8, total: u16) -> [u8; IP_HLEN] {
-    let mut h = [0u8; IP_HLEN];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[6] = 0x40; // don't fragment
-    h[8] = 64;
-    h[9] = proto;
-    h[12..16].copy_from_slice(&p.daddr_be.to_ne_bytes());
-    h[16..20].copy_from_slice(&p.saddr_be.to_ne_bytes());
-    let c = fold(sum(&h, 0));
-    h[10..12].copy_from_slice(&c.to_ne_bytes());
+fn wire(bytes: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(bytes)
+}
+
+/// A fresh IPv4 header from `p`'s destination back to its source, as five wire-order words.
+#[inline(always)]
+fn ip_header(p: &Packet, proto: u8, total: u16) -> [u32; 5] {
+    let t = total.to_be_bytes();
+    let mut h = [
+        wire([0x45, 0, t[0], t[1]]),
+        wire([0, 0, 0x40, 0]), // id 0, don't fragment
+        wire([64, proto, 0, 0]),
+        p.daddr_be,
+        p.saddr_be,
+    ];
+    let c = fold(sum(&h, 0)).to_ne_bytes();
+    h[2] = wire([64, proto, c[0], c[1]]);
     h
 }
 
@@ -90,25 +97,26 @@ fn reset(ctx: &TcContext, p: &Packet) -> Result<(), TcReason> {
     let (rst_seq, rst_ack, rst_flags) = if flags & TCP_ACK != 0 {
         (ack, 0, TCP_RST)
     } else {
-        let occupied =
-            payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+        let occupied = payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
         (0, seq.wrapping_add(occupied), TCP_RST | TCP_ACK)
     };
-    let mut t = [0u8; TCP_HLEN];
-    t[0..2].copy_from_slice(&p.dport_be.to_ne_bytes());
-    t[2..4].copy_from_slice(&p.sport_be.to_ne_bytes());
-    t[4..8].copy_from_slice(&rst_seq.to_be_bytes());
-    t[8..12].copy_from_slice(&rst_ack.to_be_bytes());
-    t[12] = (TCP_HLEN as u8 / 4) << 4;
-    t[13] = rst_flags;
+    let sport = p.dport_be.to_ne_bytes();
+    let dport = p.sport_be.to_ne_bytes();
+    let mut t = [
+        wire([sport[0], sport[1], dport[0], dport[1]]),
+        wire(rst_seq.to_be_bytes()),
+        wire(rst_ack.to_be_bytes()),
+        wire([(TCP_HLEN as u8 / 4) << 4, rst_flags, 0, 0]),
+        0,
+    ];
     // The pseudo-header: addresses, protocol, TCP length.
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&p.daddr_be.to_ne_bytes());
-    pseudo[4..8].copy_from_slice(&p.saddr_be.to_ne_bytes());
-    pseudo[9] = PROTO_TCP;
-    pseudo[10..12].copy_from_slice(&(TCP_HLEN as u16).to_be_bytes());
-    let c = fold(sum(&t, sum(&pseudo, 0)));
-    t[16..18].copy_from_slice(&c.to_ne_bytes());
+    let pseudo = [
+        p.daddr_be,
+        p.saddr_be,
+        wire([0, PROTO_TCP, 0, TCP_HLEN as u8]),
+    ];
+    let c = fold(sum(&t, sum(&pseudo, 0))).to_ne_bytes();
+    t[4] = wire([c[0], c[1], 0, 0]);
     let ip = ip_header(p, PROTO_TCP, (IP_HLEN + TCP_HLEN) as u16);
     resize(ctx, ETH_HLEN + IP_HLEN + TCP_HLEN)?;
     swap_macs(ctx)?;
@@ -120,16 +128,15 @@ fn reset(ctx: &TcContext, p: &Packet) -> Result<(), TcReason> {
 /// and first 8 bytes: 28 bytes of room are opened after the Ethernet header for the new IP and
 /// ICMP headers, and the rest cut.
 fn unreachable(ctx: &TcContext, p: &Packet) -> Result<(), TcReason> {
-    let quoted: [u8; IP_HLEN + 8] = ctx.load(ETH_HLEN).map_err(failed)?;
+    let quoted: [u32; 7] = ctx.load(ETH_HLEN).map_err(failed)?;
     ctx.adjust_room((IP_HLEN + ICMP_HLEN) as i32, BPF_ADJ_ROOM_MAC, 0)
         .map_err(failed)?;
-    let total = IP_HLEN + ICMP_HLEN + quoted.len();
+    let total = IP_HLEN + ICMP_HLEN + 28;
     resize(ctx, ETH_HLEN + total)?;
-    let mut icmp = [0u8; ICMP_HLEN];
-    icmp[0] = 3; // destination unreachable
-    icmp[1] = 3; // port unreachable
-    let c = fold(sum(&icmp, sum(&quoted, 0)));
-    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    // Type 3 (destination unreachable), code 3 (port unreachable), checksum, 4 unused bytes.
+    let mut icmp = [wire([3, 3, 0, 0]), 0];
+    let c = fold(sum(&icmp, sum(&quoted, 0))).to_ne_bytes();
+    icmp[0] = wire([3, 3, c[0], c[1]]);
     let ip = ip_header(p, PROTO_ICMP, total as u16);
     swap_macs(ctx)?;
     ctx.store(ETH_HLEN, &ip, 0).map_err(failed)?;
@@ -146,15 +153,13 @@ fn resize(ctx: &TcContext, len: usize) -> Result<(), TcReason> {
     Ok(())
 }
 
-/// One's-complement sum of `bytes` (even length) as the wire's 16-bit words. Summing the words
-/// in host order and storing the folded result in host order gives the right bytes on the wire
-/// (the one's-complement sum commutes with byte swapping).
+/// One's-complement sum of wire-order words, as 16-bit halves. Summing the halves in host order
+/// and storing the folded result in host order gives the right bytes on the wire (the
+/// one's-complement sum commutes with byte swapping).
 #[inline(always)]
-fn sum(bytes: &[u8], mut acc: u32) -> u32 {
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        acc += u16::from_ne_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
+fn sum(words: &[u32], mut acc: u32) -> u32 {
+    for w in words {
+        acc += (w & 0xffff) + (w >> 16);
     }
     acc
 }

@@ -144,7 +144,7 @@ struct HttpOpts {
     name: Arc<str>,
     status: u16,
     delay: Duration,
-    /// One JSON line per request (`{"host", "path", "headers"}`), written when the request head is read,
+    /// One JSON line per request (`{"host", "path", "headers", "peer"}`), written when the request head is read,
     /// before any delay: a slow server still shows the request at once.
     log: Option<Mutex<File>>,
 }
@@ -154,6 +154,7 @@ struct HttpOpts {
 /// are not supported (the connection is closed after answering such a request).
 fn http_conn(s: TcpStream, o: &HttpOpts) -> io::Result<()> {
     let name = &*o.name;
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
     let mut line = String::new();
@@ -197,7 +198,8 @@ fn http_conn(s: TcpStream, o: &HttpOpts) -> io::Result<()> {
         }
         io::copy(&mut (&mut r).take(body_len), &mut io::sink())?;
         if let Some(log) = &o.log {
-            let entry = serde_json::json!({ "host": host, "path": target, "headers": seen });
+            let entry =
+                serde_json::json!({ "host": host, "path": target, "headers": seen, "peer": peer });
             let line = format!("{entry}\n");
             let _ = log.lock().map(|mut f| f.write_all(line.as_bytes()));
         }

@@ -148,7 +148,8 @@ pub fn render(
                     continue;
                 }
                 owners.insert(key, id.clone());
-                insert_frontend(&mut out, key, flags, fe.svc_id, &backends);
+                let affinity_sec = fe.affinity_timeout_sec.unwrap_or(0);
+                insert_frontend(&mut out, key, flags, fe.svc_id, affinity_sec, &backends);
             }
         }
     }
@@ -160,6 +161,7 @@ fn insert_frontend(
     key: ServiceKey,
     flags: u8,
     svc_id: u32,
+    affinity_sec: u32,
     backends: &[(&BackendAddr, bool)],
 ) {
     let header = TcSlot {
@@ -169,6 +171,7 @@ fn insert_frontend(
         svc_id,
         flags,
         _pad: [0; 3],
+        affinity_sec,
     };
     out.services.insert(key, header);
     for (i, (b, remote)) in backends.iter().enumerate() {

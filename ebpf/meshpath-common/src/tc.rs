@@ -61,6 +61,32 @@ pub struct TcSlot {
     pub svc_id: u32,
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// `sessionAffinity: ClientIP` timeout in seconds (0: none), read from the header.
+    pub affinity_sec: u32,
+}
+
+/// `sessionAffinity: ClientIP` on the tc path: `{frontend (slot 0), client address}` → the
+/// backend its last new flow went to. An LRU: a client that stopped coming ages out.
+pub const MAP_TC_AFFINITY: &str = "MP_TC_AFFINITY";
+pub const MAX_TC_AFFINITY: u32 = 16_384;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcAffinityKey {
+    pub frontend: crate::ServiceKey,
+    pub client_be: u32,
+}
+
+/// The backend, and the slot it was in: a new flow checks that slot still holds it (one
+/// lookup), so an affinity to a departed backend is never followed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcAffinityValue {
+    pub backend_ip_be: u32,
+    pub backend_port_be: u16,
+    pub slot: u16,
+    /// `bpf_ktime_get_ns()` of the client's last new flow.
+    pub last_ns: u64,
 }
 
 /// [`CtKey::dir`]: a client's packet towards a frontend, seen on uplink ingress.
@@ -112,7 +138,9 @@ pub struct CtValue {
     pub last_seen_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TcSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<TcSlot>() == 20);
+const _: () = assert!(core::mem::size_of::<TcAffinityKey>() == 16);
+const _: () = assert!(core::mem::size_of::<TcAffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 
@@ -158,9 +186,13 @@ pub enum TcReason {
     /// A TCP packet other than a SYN to a frontend with no tracked flow (its backend was
     /// removed, or the entry aged out): refused with a RST instead of starting a new flow.
     StaleFlow = 17,
+    /// A client's new flow followed its `sessionAffinity: ClientIP` backend.
+    AffinityHit = 18,
+    /// The affinity entry could not be written (map error): the flow went on without it.
+    AffinityUpdateFailed = 19,
 }
 
-pub const TC_REASON_COUNT: u32 = 18;
+pub const TC_REASON_COUNT: u32 = 20;
 
 impl TcReason {
     pub const ALL: [TcReason; TC_REASON_COUNT as usize] = [
@@ -182,6 +214,8 @@ impl TcReason {
         TcReason::UnreachableSent,
         TcReason::RefusalFailed,
         TcReason::StaleFlow,
+        TcReason::AffinityHit,
+        TcReason::AffinityUpdateFailed,
     ];
 
     /// Stable snake_case name, with a `tc_` prefix so it never collides with a socket-path
@@ -206,6 +240,8 @@ impl TcReason {
             TcReason::UnreachableSent => "tc_unreachable_sent",
             TcReason::RefusalFailed => "tc_refusal_failed",
             TcReason::StaleFlow => "tc_stale_flow",
+            TcReason::AffinityHit => "tc_affinity_hit",
+            TcReason::AffinityUpdateFailed => "tc_affinity_update_failed",
         }
     }
 }
@@ -221,6 +257,10 @@ mod pod_impls {
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TcAffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TcAffinityValue {}
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ const LOCAL_TCP: u16 = 30082;
 const LOCAL_ONLY_REMOTE: u16 = 30083;
 const NO_ENDPOINT_UDP: u16 = 30085;
 const HOLD_PORT: u16 = 30090;
+const STICKY_PORT: u16 = 30091;
 
 /// A NodePort Service `name` with `ports` (`name`, protocol, nodePort, targetPort) over
 /// `endpoints` (address, node name).
@@ -95,6 +96,15 @@ fn manifest(local_pod: Ipv4Addr, hold_endpoints: &[(Ipv4Addr, &str)]) -> String 
             &[("UDP", "dns", NO_ENDPOINT_UDP, 5353)],
             &[],
         ),
+        // Over both nodes' endpoints: only affinity keeps a client on one of them.
+        node_port_service(
+            "sticky",
+            "10.96.0.26",
+            "Cluster",
+            &[("TCP", "echo", STICKY_PORT, 9090)],
+            &[(local_pod, "n1"), (REMOTE_POD, "n2")],
+        )
+        .replacen("  ports:\n", "  sessionAffinity: ClientIP\n  ports:\n", 1),
         node_port_service(
             "hold",
             "10.96.0.25",
@@ -281,6 +291,14 @@ fn tc_nodeport_cluster_reaches_remote_endpoints_local_keeps_the_client_and_refus
         "{r:?}"
     );
 
+    // sessionAffinity: ClientIP: every connection of the client goes to the same backend.
+    let r = run(&["tcp", "--addr", &at(STICKY_PORT), "--count", "20"]);
+    assert!(
+        r.count("web-n1") == 20 || r.count("web-n2") == 20,
+        "{r:?}\n{}",
+        tc_counters(&agent)
+    );
+
     // A long-lived connection survives a change to another endpoint, and is reset once its
     // own endpoint leaves.
     let mut hold = node1
@@ -328,6 +346,7 @@ fn tc_nodeport_cluster_reaches_remote_endpoints_local_keeps_the_client_and_refus
         ("tc_reset_sent", 4),
         ("tc_unreachable_sent", 3),
         ("tc_stale_flow", 1),
+        ("tc_affinity_hit", 19),
     ] {
         assert!(counter(&s, name) >= at_least, "{name}: {s}");
     }
@@ -338,6 +357,7 @@ fn tc_nodeport_cluster_reaches_remote_endpoints_local_keeps_the_client_and_refus
         "tc_snat_ports_exhausted",
         "tc_fib_failed",
         "tc_refusal_failed",
+        "tc_affinity_update_failed",
     ] {
         assert_eq!(counter(&s, failure), 0, "{failure}: {s}");
     }

@@ -20,7 +20,7 @@ use meshpath_common::{
 
 use super::maps::{bump, MP_TC_CT, MP_TC_NODE_IPS, MP_TC_SVC};
 use super::nat::{self, End, Packet};
-use super::{forward, refuse, snat, TC_ACT_OK, TC_ACT_SHOT};
+use super::{affinity, forward, refuse, snat, TC_ACT_OK, TC_ACT_SHOT};
 
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
@@ -53,12 +53,25 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
     if count == 0 {
         return refused(ctx, &p, TcReason::NoBackend);
     }
-    // SAFETY: no preconditions.
-    let slot = (unsafe { bpf_get_prandom_u32() } % count) as u16 + 1;
-    // SAFETY: the value is copied out at once.
-    let Some(backend) = (unsafe { MP_TC_SVC.get(&frontend.with_slot(slot)) }).copied() else {
-        return shot(TcReason::SlotMissing);
+    let sticky = header.affinity_sec != 0;
+    let (slot, backend) = match sticky
+        .then(|| affinity::lookup(&frontend, &header, p.saddr_be))
+        .flatten()
+    {
+        Some(found) => found,
+        None => {
+            // SAFETY: no preconditions.
+            let slot = (unsafe { bpf_get_prandom_u32() } % count) as u16 + 1;
+            // SAFETY: the value is copied out at once.
+            match (unsafe { MP_TC_SVC.get(&frontend.with_slot(slot)) }).copied() {
+                Some(backend) => (slot, backend),
+                None => return shot(TcReason::SlotMissing),
+            }
+        }
     };
+    if sticky {
+        affinity::remember(&frontend, p.saddr_be, slot, &backend);
+    }
     if backend.flags & TC_FLAG_REMOTE != 0 {
         return new_snat_flow(ctx, &p, &key, &frontend, &backend);
     }

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use meshpath_common::{
     tc::{
-        CtKey, CtValue, TcReason, TcSlot, MAX_TC_CT, MAX_TC_NODE_IPS, MAX_TC_SERVICE_ENTRIES,
-        TC_REASON_COUNT,
+        CtKey, CtValue, TcAffinityKey, TcAffinityValue, TcReason, TcSlot, MAX_TC_AFFINITY,
+        MAX_TC_CT, MAX_TC_NODE_IPS, MAX_TC_SERVICE_ENTRIES, TC_REASON_COUNT,
     },
     ServiceKey,
 };
@@ -30,6 +30,11 @@ pub static MP_TC_NODE_IPS: HashMap<u32, u32> = HashMap::pinned(MAX_TC_NODE_IPS, 
 /// flow, which has none) ages out instead of filling the table.
 #[map]
 pub static MP_TC_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_TC_CT, 0);
+
+/// `sessionAffinity: ClientIP`: {frontend, client} → its backend (see `affinity`).
+#[map]
+pub static MP_TC_AFFINITY: LruHashMap<TcAffinityKey, TcAffinityValue> =
+    LruHashMap::pinned(MAX_TC_AFFINITY, 0);
 
 /// TcReason → count, per CPU.
 #[map]

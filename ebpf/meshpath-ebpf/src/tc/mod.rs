@@ -5,6 +5,7 @@
 //!
 //! Entry points stay thin: each calls a function whose `Ok` and `Err` both carry the verdict.
 
+mod affinity;
 mod flow;
 mod forward;
 mod maps;

@@ -46,7 +46,11 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
     };
     if !p.opening {
         // A segment of a flow this node no longer tracks (its backend was removed, or the
-        // entry aged out): a new backend would only answer it with a RST, so answer it here.
+        // entry aged out): a new backend would only answer it with a RST, so answer it here
+        // (a RST itself gets no answer).
+        if p.reset {
+            return shot(TcReason::StaleFlow);
+        }
         return refused(ctx, &p, TcReason::StaleFlow);
     }
     let count = header.count as u32;

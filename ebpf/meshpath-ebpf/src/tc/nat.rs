@@ -34,6 +34,8 @@ pub struct Packet {
     pub proto: u8,
     /// TCP FIN or RST set.
     pub closing: bool,
+    /// TCP RST set.
+    pub reset: bool,
     /// TCP SYN without ACK: the only segment that may start a flow (UDP: always true).
     pub opening: bool,
     pub l4_off: usize,
@@ -67,16 +69,17 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, TcReason> {
     let daddr_be: u32 = ctx.load(IP_DST_OFF).map_err(|_| TcReason::Truncated)?;
     let sport_be: u16 = ctx.load(l4_off).map_err(|_| TcReason::Truncated)?;
     let dport_be: u16 = ctx.load(l4_off + 2).map_err(|_| TcReason::Truncated)?;
-    let (closing, opening) = if proto == PROTO_TCP {
+    let (closing, reset, opening) = if proto == PROTO_TCP {
         let flags: u8 = ctx
             .load(l4_off + TCP_FLAGS)
             .map_err(|_| TcReason::Truncated)?;
         (
             flags & (TCP_FIN | TCP_RST) != 0,
+            flags & TCP_RST != 0,
             flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
         )
     } else {
-        (false, true)
+        (false, false, true)
     };
     Ok(Some(Packet {
         saddr_be,
@@ -85,6 +88,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, TcReason> {
         dport_be,
         proto,
         closing,
+        reset,
         opening,
         l4_off,
     }))

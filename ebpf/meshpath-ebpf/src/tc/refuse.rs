@@ -83,10 +83,6 @@ fn ip_header(p: &Packet, proto: u8, total: u16) -> [u32; 5] {
 fn reset(ctx: &TcContext, p: &Packet) -> Result<(), TcReason> {
     let l4 = p.l4_off;
     let flags: u8 = ctx.load(l4 + 13).map_err(failed)?;
-    if flags & TCP_RST != 0 {
-        // Never answer a RST with a RST.
-        return Err(TcReason::RefusalFailed);
-    }
     let seq = u32::from_be(ctx.load::<u32>(l4 + 4).map_err(failed)?);
     let ack = u32::from_be(ctx.load::<u32>(l4 + 8).map_err(failed)?);
     let ip_total = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).map_err(failed)?) as u32;

@@ -3,6 +3,7 @@
 //! (10.244.2.0/24, routed by node 1 via node 2's uplink address) because both harness nodes
 //! number their pods alike.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -144,7 +145,11 @@ fn tc_nodeport_cluster_reaches_remote_endpoints_local_keeps_the_client_and_refus
     skip_unless!(AGENT);
     if !tcx_supported() {
         let reason = "needs TCX links (Linux 6.6+); the clsact fallback is covered by tc_nodeport's first test";
-        println!("{}", skip_line("tc_nodeport remote", reason));
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            skip_line("tc_nodeport remote", reason)
+        );
         return;
     }
     let node1 = Node::new(1).expect("node 1");

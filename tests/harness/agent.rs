@@ -109,7 +109,9 @@ impl Agent {
             log: log.to_path_buf(),
             admin_addr,
         };
-        agent.wait_log("programmed", Duration::from_secs(10))?;
+        // A readiness wait, not a bound: on a busy 2-core machine under software emulation (the
+        // Linux 6.1 VM) a debug agent takes 8-15 s to load and verify every program.
+        agent.wait_log("programmed", Duration::from_secs(30))?;
         Ok(agent)
     }
 

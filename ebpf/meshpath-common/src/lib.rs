@@ -26,8 +26,7 @@ pub use sticky::{
 };
 pub use tcp_metrics::{
     TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS, GLOBAL_OFF_BYTES_ACKED,
-    GLOBAL_OFF_BYTES_RECEIVED, GLOBAL_OFF_STATE, MAP_TCP_CONNS, MAP_TCP_FLOWS, MAX_TCP_CONNS,
-    MAX_TCP_FLOWS, PROG_TCP_SAMPLE,
+    GLOBAL_OFF_BYTES_RECEIVED, GLOBAL_OFF_STATE, MAP_TCP_FLOWS, MAX_TCP_FLOWS, PROG_TCP_SAMPLE,
 };
 
 /// IP protocol numbers as stored in [`ServiceKey::proto`] and [`Backend::proto`].
@@ -62,6 +61,8 @@ pub const MAP_BACKENDS: &str = "MP_BACKENDS";
 pub const MAP_RR: &str = "MP_RR";
 pub const MAP_AFFINITY: &str = "MP_AFFINITY";
 pub const MAP_REVNAT: &str = "MP_REVNAT";
+/// What a translated TCP socket carries in its own storage ([`TcpSock`]), freed with the socket.
+pub const MAP_TCP_SK: &str = "MP_TCP_SK";
 pub const MAP_COUNTERS: &str = "MP_COUNTERS";
 pub const MAP_SVC_STATS: &str = "MP_SVC_STATS";
 pub const MAP_SVC_NAMES: &str = "MP_SVC_NAMES";
@@ -258,6 +259,33 @@ pub struct RevNatValue {
     pub _pad1: u32,
 }
 
+/// Reverse translation of a translated TCP socket (see [`TcpSock`]). The backend is kept to check
+/// that the peer a program sees is the one connect() chose. Unconnected and connected UDP sockets
+/// keep [`RevNatKey`] entries instead: one socket may talk to several services.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNatSk {
+    pub backend_ip_be: u32,
+    pub backend_port_be: u16,
+    pub vip_port_be: u16,
+    pub vip_be: u32,
+    pub svc_id: u32,
+}
+
+/// The state of a TCP socket whose connect() was translated, in the socket's own storage
+/// (`MP_TCP_SK`, a `BPF_MAP_TYPE_SK_STORAGE`): written by connect4, read by getpeername and by
+/// sock_ops, which fills `conn` in place when the connection is established and counted for the
+/// TCP metrics. One value per socket, reached from the socket without hashing or bucket locks,
+/// and freed by the kernel with the socket: nothing ages it out, nothing prunes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcpSock {
+    pub revnat: RevNatSk,
+    /// `conn.flow.svc_id` is 0 while the connection is not counted (not established yet, TCP
+    /// metrics off, or closed and already reported).
+    pub conn: TcpConn,
+}
+
 /// One end of a TCP connection, as sock_ops and sk_msg see it: addresses in network order,
 /// ports in host order (the two contexts encode ports differently; both are normalised to this).
 /// The peer of `{l, r, lp, rp}` is `{r, l, rp, lp}`.
@@ -330,6 +358,8 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<RevNatKey>() == 16);
 const _: () = assert!(core::mem::size_of::<RevNatValue>() == 16);
+const _: () = assert!(core::mem::size_of::<RevNatSk>() == 16);
+const _: () = assert!(core::mem::size_of::<TcpSock>() == 56);
 const _: () = assert!(core::mem::size_of::<RoundRobinState>() == 8);
 const _: () = assert!(core::mem::size_of::<SockKey>() == 12);
 

@@ -21,13 +21,9 @@ pub const GLOBAL_OFF_BYTES_RECEIVED: &str = "MP_TCP_OFF_BYTES_RECEIVED";
 
 /// Map names (at most 15 characters, see `MAP_SERVICES`).
 pub const MAP_TCP_FLOWS: &str = "MP_TCP_FLOWS";
-pub const MAP_TCP_CONNS: &str = "MP_TCP_CONNS";
 
 /// Capacity of the per-CPU workload-pair table.
 pub const MAX_TCP_FLOWS: u32 = 65_536;
-/// Capacity of the live-connection table (client ends of translated TCP connections). A regular
-/// hash, not LRU: an evicted connection would never report its bytes or its close.
-pub const MAX_TCP_CONNS: u32 = 262_144;
 
 /// One workload pair: the client's address, the frontend it asked for, the backend it got.
 #[repr(C)]
@@ -52,7 +48,7 @@ pub struct TcpFlowStats {
     pub received_bytes: u64,
 }
 
-/// A live connection (by socket cookie): its pair, and the kernel's byte counters as already
+/// A live connection (in its socket's storage, see `TcpSock`): its pair, and the kernel's byte counters as already
 /// added to the pair, so a sample taken before the close and the close itself never count a byte
 /// twice (both run under the socket's lock, so they see and move these one at a time). The kernel's counters advance with the sequence space, so they include the SYN (in
 /// `bytes_acked` at establishment, taken as already reported) and each FIN (subtracted at close

@@ -51,7 +51,7 @@ pub fn target(key: &ServiceKey, svc: &ServiceValue, slot: u16) -> SockLimit {
 // Each branch looks its two maps up and returns: an `Option` pair carried across both branches
 // made LLVM spill an undefined register, which the verifier rejects ("R1 !read_ok").
 #[inline(always)]
-pub fn admit(limit: SockLimit, cookie: u64) -> Admission {
+pub fn admit(limit: SockLimit, cookie: impl FnOnce() -> u64) -> Admission {
     if limit.group_id != 0 {
         let Some(max) = MP_GRP_MAX.get(limit.group_id) else {
             bump(Reason::ConnLimitIdInvalid);
@@ -88,10 +88,12 @@ pub fn admit(limit: SockLimit, cookie: u64) -> Admission {
 
 /// Takes a slot of `active` (the counter `limit` names) if fewer than `max` are taken.
 #[inline(always)]
-fn count(max: u32, active: *mut u64, limit: SockLimit, cookie: u64) -> Admission {
+fn count(max: u32, active: *mut u64, limit: SockLimit, cookie: impl FnOnce() -> u64) -> Admission {
     if max == 0 {
         return Admission::Unlimited;
     }
+    // Only limited connects pay for the cookie.
+    let cookie = cookie();
     // SAFETY: presence check only.
     if unsafe { MP_SOCK_LIMIT.get(cookie) }.is_some() {
         // This socket already holds a slot (a second connect() on it): count it once.
@@ -151,10 +153,11 @@ pub fn on_connect(ctx: &SockOpsContext, cookie: impl FnOnce() -> u64) {
 
 /// The sock_ops half, at TCP_CLOSE: release the socket's slot, if it holds one.
 #[inline(always)]
-pub fn on_close(cookie: u64) {
+pub fn on_close(cookie: impl FnOnce() -> u64) {
     if live::empty(LIVE_TRACKED_SOCKS) {
         return;
     }
+    let cookie = cookie();
     // SAFETY: the value is copied out at once.
     let Some(limit) = (unsafe { MP_SOCK_LIMIT.get(cookie) }).copied() else {
         return;

@@ -9,7 +9,8 @@ use core::intrinsics::AtomicOrdering;
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, Reason, ServiceKey, ServiceValue, SvcBackendKey,
-    UdpStickyKey, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN, SVC_FLAG_ROUTE_LIMITS, NO_ENDPOINT_BACKEND_ID,
+    UdpStickyKey, NO_ENDPOINT_BACKEND_ID, SVC_FLAG_AFFINITY, SVC_FLAG_ROUND_ROBIN,
+    SVC_FLAG_ROUTE_LIMITS,
 };
 
 use crate::counters::{bump, bump_service, ServiceCounter};

@@ -15,6 +15,8 @@ mod log;
 mod maps;
 mod proxy;
 mod redirect;
+mod revnat;
+mod sk_storage;
 mod sockops;
 mod tc;
 mod tcp_metrics;
@@ -27,14 +29,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use meshpath_common::live::LIVE_TRACKED_SOCKS;
-use meshpath_common::{
-    Reason, RevNatKey, RevNatValue, ServiceKey, CONFIG_UDP_STICKY_SEC, PROTO_TCP, PROTO_UDP,
-    SVC_FLAG_DNS,
-};
+use meshpath_common::{Reason, CONFIG_UDP_STICKY_SEC, PROTO_TCP, PROTO_UDP, SVC_FLAG_DNS};
 
 use addr::Family;
 use counters::{bump, bump_service, ServiceCounter};
-use maps::{MP_CONFIG, MP_REVNAT, MP_SERVICES};
+use maps::MP_CONFIG;
 
 /// sock_addr return values: let the syscall proceed, or fail it (with the retval we set).
 const ALLOW: i32 = 1;
@@ -71,7 +70,7 @@ pub fn mp_sendmsg4(ctx: SockAddrContext) -> i32 {
 /// recvmsg() on UDP sockets: a reply from a backend shows the ClusterIP as its source.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn mp_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Family::V4, Reason::RecvmsgReversed);
+    revnat::reverse(&ctx, Family::V4, Reason::RecvmsgReversed);
     // recvmsg and getpeername programs must return 1.
     ALLOW
 }
@@ -79,7 +78,7 @@ pub fn mp_recvmsg4(ctx: SockAddrContext) -> i32 {
 /// getpeername(): a translated socket reports the ClusterIP:port it asked for, as with kube-proxy.
 #[cgroup_sock_addr(getpeername4)]
 pub fn mp_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Family::V4, Reason::GetpeernameReversed);
+    revnat::reverse(&ctx, Family::V4, Reason::GetpeernameReversed);
     ALLOW
 }
 
@@ -111,13 +110,13 @@ pub fn mp_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn mp_recvmsg6(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Family::V4MappedV6, Reason::RecvmsgReversed);
+    revnat::reverse(&ctx, Family::V4MappedV6, Reason::RecvmsgReversed);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn mp_getpeername6(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Family::V4MappedV6, Reason::GetpeernameReversed);
+    revnat::reverse(&ctx, Family::V4MappedV6, Reason::GetpeernameReversed);
     ALLOW
 }
 
@@ -197,12 +196,16 @@ fn try_translate(
     };
     // SAFETY: the context pointer is valid for the helper.
     let netns_cookie = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // UDP needs the socket cookie (stickiness, reverse translation): fetched once. A TCP connect
+    // needs it only for a connection limit, and fetches it then.
     // SAFETY: the context pointer is valid for the helper.
-    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let fetch_cookie = || unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let udp_cookie = (proto == PROTO_UDP).then(fetch_cookie);
+    let socket_cookie = || udp_cookie.unwrap_or_else(fetch_cookie);
     let udp_sticky = if translated == Reason::SendmsgTranslated {
         match MP_CONFIG.get(CONFIG_UDP_STICKY_SEC).copied() {
             Some(timeout_sec) if timeout_sec != 0 => Some(lb::UdpSticky {
-                socket_cookie,
+                socket_cookie: socket_cookie(),
                 timeout_sec,
             }),
             _ => None,
@@ -234,23 +237,17 @@ fn try_translate(
             return Err(refuse());
         }
     }
-    let rev_key = RevNatKey {
+    revnat::remember(
+        ctx,
+        proto,
         socket_cookie,
-        backend_ip_be: backend.ip_be,
-        backend_port_be: backend.port_be,
-        _pad0: 0,
-    };
-    let rev = RevNatValue {
-        vip_be,
-        vip_port_be: port_be,
-        _pad0: 0,
-        svc_id: svc.svc_id,
-        _pad1: 0,
-    };
-    if MP_REVNAT.insert(&rev_key, &rev, 0).is_err() {
-        // The connection still works; only getpeername()/recvmsg() will show the backend.
-        bump(Reason::RevNatUpdateFailed);
-    }
+        &backend,
+        revnat::Frontend {
+            vip_be,
+            port_be,
+            svc_id: svc.svc_id,
+        },
+    );
     addr::write_ip(sa, family, backend.ip_be);
     // SAFETY: connect/sendmsg programs may write user_port (4-byte write).
     unsafe { (*sa).user_port = backend.port_be as u32 };
@@ -271,44 +268,6 @@ fn refuse() -> i32 {
         bump(Reason::SetRetvalFailed);
     }
     REJECT
-}
-
-#[inline(always)]
-fn reverse(ctx: &SockAddrContext, family: Family, reason: Reason) {
-    let sa = ctx.sock_addr;
-    let Some(backend_ip_be) = addr::read_ip(sa, family) else {
-        return;
-    };
-    // SAFETY: the context pointer is valid for the helper and for reads of user_port/protocol.
-    let (key, proto) = unsafe {
-        (
-            RevNatKey {
-                socket_cookie: bpf_get_socket_cookie(ctx.as_ptr()),
-                backend_ip_be,
-                backend_port_be: (*sa).user_port as u16,
-                _pad0: 0,
-            },
-            (*sa).protocol as u8,
-        )
-    };
-    // SAFETY: the value is copied out at once.
-    let Some(rev) = (unsafe { MP_REVNAT.get(&key) }).copied() else {
-        return;
-    };
-    // Shown only while the frontend is still the same service: a frontend deleted (or its
-    // address given to another service) must not be reported as this socket's peer.
-    let frontend = ServiceKey::new(rev.vip_be, rev.vip_port_be, proto, 0);
-    // SAFETY: the value is copied out at once.
-    let live = unsafe { MP_SERVICES.get(&frontend) }.is_some_and(|s| s.svc_id == rev.svc_id);
-    if !live {
-        let _ = MP_REVNAT.remove(&key);
-        bump(Reason::RevNatStale);
-        return;
-    }
-    addr::write_ip(sa, family, rev.vip_be);
-    // SAFETY: recvmsg/getpeername programs may write user_port.
-    unsafe { (*sa).user_port = rev.vip_port_be as u32 };
-    bump(reason);
 }
 
 #[cfg(not(test))]

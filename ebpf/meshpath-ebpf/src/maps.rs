@@ -6,14 +6,16 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
 };
 use meshpath_common::live::LIVE_SLOTS;
+
+use crate::sk_storage::SkStorage;
 use meshpath_common::{
     AffinityKey, AffinityValue, Backend, RevNatKey, RevNatValue, RoundRobinState, ServiceKey,
-    ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, SvcBackendKey, TcpConn,
-    TcpFlowKey, TcpFlowStats, UdpStickyKey, CONFIG_SLOTS, MAX_AFFINITY, MAX_BACKENDS,
+    ServiceName, ServiceStats, ServiceValue, SockKey, SockLimit, SvcBackendKey, TcpFlowKey,
+    TcpFlowStats, TcpSock, UdpStickyKey, CONFIG_SLOTS, MAX_AFFINITY, MAX_BACKENDS,
     MAX_LIMIT_GROUPS, MAX_PROXY_SOCKS, MAX_REDIRECT_CGROUPS, MAX_REDIRECT_COOKIES,
     MAX_REDIRECT_PODS, MAX_REVNAT, MAX_SERVICE_ENTRIES, MAX_SERVICE_IDS, MAX_SLOT_LIMITS,
-    MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_SVC_BACKENDS, MAX_TCP_CONNS, MAX_TCP_FLOWS,
-    MAX_TRACKED_SOCKS, MAX_UDP_STICKY, REASON_COUNT, REDIRECT_PROXY_SLOTS,
+    MAX_SOCKS, MAX_SOCK_FALLBACK, MAX_SVC_BACKENDS, MAX_TCP_FLOWS, MAX_TRACKED_SOCKS,
+    MAX_UDP_STICKY, REASON_COUNT, REDIRECT_PROXY_SLOTS,
 };
 
 /// {vip, port, proto, slot} → slot 0: header; slots 1..=count: backend ids.
@@ -33,9 +35,16 @@ pub static MP_RR: Array<RoundRobinState> = Array::pinned(MAX_SERVICE_IDS, 0);
 pub static MP_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(MAX_AFFINITY, 0);
 
-/// {socket cookie, backend address} → the frontend the application asked for.
+/// UDP: {socket cookie, backend address} → the frontend the application asked for.
 #[map]
 pub static MP_REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(MAX_REVNAT, 0);
+
+/// TCP: the translated socket's own state, reverse translation and TCP metrics (see `TcpSock`).
+/// A BTF map (the kernel wants the key and value types of socket storage), so it lives in
+/// `.maps`, not in aya's `maps` section.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "MP_TCP_SK")]
+pub static MP_TCP_SK: SkStorage<TcpSock> = SkStorage::new();
 
 /// Reason → count, per CPU.
 #[map]
@@ -102,10 +111,6 @@ pub static MP_GRP_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(MAX_LIMIT_G
 #[map]
 pub static MP_TCP_FLOWS: PerCpuHashMap<TcpFlowKey, TcpFlowStats> =
     PerCpuHashMap::pinned(MAX_TCP_FLOWS, 0);
-
-/// socket cookie → the live client connection's pair and the bytes already reported.
-#[map]
-pub static MP_TCP_CONNS: HashMap<u64, TcpConn> = HashMap::pinned(MAX_TCP_CONNS, 0);
 
 /// {socket cookie, service id} → the backend an unconnected UDP socket's datagrams go to, and
 /// when it last sent one (see `meshpath_common::sticky`).

@@ -3,7 +3,7 @@
 //! (connection limits, TCP metrics, redirection) asked for state callbacks, for every state change
 //! of the socket: about sixteen runs per short connection, of which a handful need work. Those
 //! return after reading `op` (and the state), before any other context field or helper; the
-//! socket cookie is fetched once per callback and handed to whoever needs it.
+//! socket cookie is fetched at most once per callback, and only when a connection limit needs it.
 
 use aya_ebpf::bindings::{
     BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
@@ -54,9 +54,8 @@ pub fn dispatch(ctx: &SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
             TCP_CLOSE => {
-                let c = cookie(ctx);
-                connlimit::on_close(c);
-                tcp_metrics::closed(ctx, ctx.arg(0), c);
+                connlimit::on_close(|| cookie(ctx));
+                tcp_metrics::closed(ctx, ctx.arg(0));
                 redirect::on_close(ctx);
             }
             TCP_FIN_WAIT2 => tcp_metrics::fin_wait2(ctx),

@@ -1,23 +1,21 @@
 //! Istio's TCP metrics for kernel-path services (see `meshpath_common::tcp_metrics`). sock_ops acts
-//! when the client end is established (counts the open, remembers the connection by socket
-//! cookie, asks for state callbacks) and when it reaches TCP_CLOSE (adds the bytes not yet
-//! reported, counts the close, forgets the connection). Both are per connection, never per
+//! when the client end is established (counts the open, remembers the connection in the socket's
+//! own storage next to its reverse translation, asks for state callbacks) and when it reaches
+//! TCP_CLOSE (adds the bytes not yet reported, counts the close, marks the connection reported). Both are per connection, never per
 //! packet: no callback that runs on every ACK (such as the RTT one) is asked for.
 //!
 //! Long-lived connections are sampled by a TCP socket iterator the agent runs on a timer
 //! (`tcp_sample`), which adds the bytes moved since the last report and moves the connection's
 //! `*_reported` marks, so the close adds only the remainder.
-//! Only client ends whose connect() was translated are counted: their reverse-translation entry
-//! names the frontend, so the pair is (client IP, frontend, backend address).
+//! Only client ends whose connect() was translated are counted: their reverse translation (in
+//! the socket's storage) names the frontend, so the pair is (client IP, frontend, backend address).
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_RTT_CB_FLAG};
-use aya_ebpf::helpers::bpf_get_socket_cookie;
+use aya_ebpf::bindings::{BPF_NOEXIST, BPF_SOCK_OPS_RTT_CB_FLAG};
 use aya_ebpf::programs::SockOpsContext;
-use aya_ebpf::EbpfContext;
-use meshpath_common::{Reason, RevNatKey, TcpConn, TcpFlowKey, TcpFlowStats, CONFIG_TCP_METRICS};
+use meshpath_common::{Reason, TcpConn, TcpFlowKey, TcpFlowStats, TcpSock, CONFIG_TCP_METRICS};
 
 use crate::counters::bump;
-use crate::maps::{MP_CONFIG, MP_REVNAT, MP_TCP_CONNS, MP_TCP_FLOWS};
+use crate::maps::{MP_CONFIG, MP_TCP_FLOWS, MP_TCP_SK};
 
 /// TCP states (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u32 = 1;
@@ -41,50 +39,58 @@ pub fn drop_rtt_cb(ctx: &SockOpsContext) {
     let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
 }
 
+/// This socket's storage, if connect4 gave it one (it translated the connect).
+#[inline(always)]
+fn tcp_sock(ctx: &SockOpsContext) -> Option<*mut TcpSock> {
+    // SAFETY: sock_ops hands a valid context; `sk` may be null and is checked.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: the context's own socket, non-null.
+    unsafe { MP_TCP_SK.get(sk) }
+}
+
 #[inline(always)]
 fn opened(ctx: &SockOpsContext) -> bool {
-    // SAFETY: the context pointer is valid for the helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let backend_ip_be = ctx.remote_ip4();
     // The remote port is the network-order u16 in the upper half (see redirect.rs).
     let backend_port_be = (ctx.remote_port() >> 16) as u16;
-    let rev_key = RevNatKey {
-        socket_cookie: cookie,
-        backend_ip_be,
-        backend_port_be,
-        _pad0: 0,
-    };
-    // SAFETY: the value is copied out at once.
-    let Some(rev) = (unsafe { MP_REVNAT.get(&rev_key) }).copied() else {
+    // Translated by connect4, to this very peer.
+    let Some(s) = tcp_sock(ctx).filter(|&s| {
+        // SAFETY: a socket storage value, valid for this run.
+        let r = unsafe { (*s).revnat };
+        r.svc_id != 0 && r.backend_ip_be == backend_ip_be && r.backend_port_be == backend_port_be
+    }) else {
         bump(Reason::TcpMetricsNoRevNat);
         return false;
     };
     let flow = TcpFlowKey {
         client_ip_be: ctx.local_ip4(),
         backend_ip_be,
-        svc_id: rev.svc_id,
+        // SAFETY: as above.
+        svc_id: unsafe { (*s).revnat.svc_id },
         backend_port_be,
         _pad0: 0,
     };
+    let Some(stats) = flow_stats(&flow) else {
+        return false;
+    };
     // SAFETY: sock_ops hands a valid context; established sockets are full TCP sockets.
     let (acked, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
-    let conn = TcpConn {
-        flow,
-        // The SYN (acknowledged by now) is not a byte the application sent.
-        sent_reported: acked,
-        received_reported: received,
-        fin_wait2_received: u64::MAX,
-    };
-    if MP_TCP_CONNS.insert(&cookie, &conn, BPF_ANY as u64).is_err() {
-        bump(Reason::TcpMetricsConnTableFull);
-        return false;
+    // SAFETY: the socket's storage, written only under the socket's lock (this callback, the
+    // close, the sampling iterator; connect() before any of them). `flow` last: a non-zero
+    // service id is what makes the connection counted.
+    unsafe {
+        (*s).conn = TcpConn {
+            flow,
+            // The SYN (acknowledged by now) is not a byte the application sent.
+            sent_reported: acked,
+            received_reported: received,
+            fin_wait2_received: u64::MAX,
+        };
+        (*stats).opened += 1;
     }
-    let Some(stats) = flow_stats(&flow) else {
-        let _ = MP_TCP_CONNS.remove(&cookie);
-        return false;
-    };
-    // SAFETY: a per-CPU value, written only by this CPU (see counters::add).
-    unsafe { (*stats).opened += 1 };
     bump(Reason::TcpMetricsOpened);
     true
 }
@@ -92,24 +98,31 @@ fn opened(ctx: &SockOpsContext) -> bool {
 /// Remembers what was received when our FIN was acknowledged (see `TcpConn::fin_wait2_received`).
 #[inline(always)]
 pub fn fin_wait2(ctx: &SockOpsContext) {
-    // SAFETY: the context pointer is valid for the helper.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(conn) = MP_TCP_CONNS.get_ptr_mut(&cookie) {
-        // SAFETY: the value lives while the entry does; this socket's callbacks and the sampling
-        // iterator run under the socket's lock, one at a time. The context field read is plain.
-        unsafe { (*conn).fin_wait2_received = (*ctx.ops).bytes_received };
+    if let Some(s) = tcp_sock(ctx) {
+        // SAFETY: as in `opened`. The context field read is plain.
+        unsafe {
+            if (*s).conn.flow.svc_id != 0 {
+                (*s).conn.fin_wait2_received = (*ctx.ops).bytes_received;
+            }
+        }
     }
 }
 
 /// `from` is the state the socket closes from: it tells which FINs the counters include. A
 /// reset in LAST_ACK or CLOSING (our FIN never acknowledged) counts one byte short.
 #[inline(always)]
-pub fn closed(ctx: &SockOpsContext, from: u32, cookie: u64) {
-    // SAFETY: the value is copied out at once.
-    let Some(conn) = (unsafe { MP_TCP_CONNS.get(&cookie) }).copied() else {
+pub fn closed(ctx: &SockOpsContext, from: u32) {
+    let Some(s) = tcp_sock(ctx) else {
         return;
     };
-    let _ = MP_TCP_CONNS.remove(&cookie);
+    // SAFETY: as in `opened`.
+    let conn = unsafe { (*s).conn };
+    if conn.flow.svc_id == 0 {
+        return;
+    }
+    // Reported once: the iterator and a second close see it closed.
+    // SAFETY: as in `opened`.
+    unsafe { (*s).conn.flow.svc_id = 0 };
     // SAFETY: sock_ops hands a valid context; at TCP_CLOSE the socket is a full TCP socket, whose
     // byte counters the kernel exposes through it.
     let (acked, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };

@@ -1,6 +1,6 @@
 //! Sampling of live connections for Istio's TCP metrics: a TCP socket iterator (`iter/tcp`) the
 //! agent runs on a timer, in each network namespace of the managed pods. For every socket it is
-//! shown that sock_ops tracks (`MP_TCP_CONNS`, by cookie) and that is still established, it adds
+//! shown that sock_ops counts (in the socket's storage, `MP_TCP_SK`) and that is still established, it adds
 //! `bytes_acked` / `bytes_received` moved since the last report to the connection's pair and
 //! moves the connection's marks, so the close (in sock_ops) adds only the remainder.
 //!
@@ -15,10 +15,10 @@
 use core::ffi::c_void;
 use core::intrinsics::AtomicOrdering;
 
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_skc_to_tcp_sock};
 use meshpath_common::Reason;
 
-use crate::maps::{MP_COUNTERS, MP_TCP_CONNS};
+use crate::maps::{MP_COUNTERS, MP_TCP_SK};
 use crate::tcp_metrics::{flow_stats, TCP_ESTABLISHED};
 
 #[unsafe(no_mangle)]
@@ -69,11 +69,16 @@ pub fn sample(ctx: *mut c_void) {
     if tp.is_null() {
         return;
     }
-    // SAFETY: a valid socket pointer, checked non-null (the helper wants the `sock_common` one).
-    let cookie = unsafe { bpf_get_socket_cookie(skc) };
-    let Some(conn) = MP_TCP_CONNS.get_ptr_mut(&cookie) else {
+    // SAFETY: a full TCP socket (a `struct sock` first), checked non-null.
+    let Some(s) = (unsafe { MP_TCP_SK.get(tp.cast()) }) else {
         return;
     };
+    // SAFETY: the socket's storage, valid for this run.
+    let conn = unsafe { &mut (*s).conn };
+    // Not counted, or closed and reported.
+    if conn.flow.svc_id == 0 {
+        return;
+    }
     let Some((state, acked, received)) = read_counters(tp.cast()) else {
         count(Reason::TcpMetricsSampleReadFailed);
         return;
@@ -83,9 +88,7 @@ pub fn sample(ctx: *mut c_void) {
     if u32::from(state) != TCP_ESTABLISHED {
         return;
     }
-    // SAFETY: the value lives while the entry does; only this socket's callbacks and this
-    // program write it, all under the socket's lock.
-    let conn = unsafe { &mut *conn };
+    // Only this socket's callbacks and this program write `conn`, all under the socket's lock.
     let sent = acked.saturating_sub(conn.sent_reported);
     let recv = received.saturating_sub(conn.received_reported);
     if sent == 0 && recv == 0 {

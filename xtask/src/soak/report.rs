@@ -12,7 +12,8 @@ use super::SoakArgs;
 
 /// The maps whose entries follow the configuration or live connections: with the manifests as
 /// they started and no load, they hold what they held at the start. The LRU maps (affinity,
-/// reverse NAT, fallback sockets) keep entries until evicted, and the statistics maps count.
+/// reverse NAT, fallback sockets) keep entries until evicted, and the statistics maps count. A
+/// socket's own storage (`MP_TCP_SK`) is freed with the socket and cannot be listed.
 const MUST_RETURN: &[&str] = &[
     "MP_SERVICES",
     "MP_BACKENDS",
@@ -26,7 +27,6 @@ const MUST_RETURN: &[&str] = &[
     "MP_GRP_MAX",
     "MP_GRP_ACTIVE",
     "MP_GRP_NAMES",
-    "MP_TCP_CONNS",
 ];
 
 #[derive(Default)]

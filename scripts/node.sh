@@ -6,6 +6,7 @@
 #   scripts/node.sh up       build/check the binaries, import the local images, start everything
 #   scripts/node.sh deploy   build the agent's image, `kubectl apply -f deploy/`, wait until Ready
 #   scripts/node.sh status   what runs, the node and its pods
+#   scripts/node.sh tag-agent TAG   meshpath:latest also as meshpath:TAG (a rolling update's image)
 #   scripts/node.sh down     stop what `up` started (by pid) and remove its mounts, cgroups,
 #                            network namespaces, bridge, pins and directories
 #   scripts/node.sh env      KUBECONFIG=... and the node's settings, for `eval`
@@ -202,6 +203,15 @@ step() { log "down: $1 ($((SECONDS - t0)) s)"; }
 
 no_running_tasks() { ! ctr -n k8s.io tasks ls 2>/dev/null | grep -q RUNNING; }
 
+# A second tag of the agent's image, for a rolling update without rebuilding it:
+# `kubectl -n meshpath-system set image ds/meshpath agent=meshpath:TAG mount-bpffs=meshpath:TAG`.
+tag_agent() {
+  load_state || die "no node at $DIR"
+  [ -n "${1:-}" ] || die "usage: scripts/node.sh tag-agent TAG"
+  ctr -n k8s.io images tag --force docker.io/library/meshpath:latest "docker.io/library/meshpath:$1" >/dev/null
+  log "tagged docker.io/library/meshpath:$1"
+}
+
 status() {
   load_state || { log "no node at $DIR"; return 1; }
   local n
@@ -217,6 +227,7 @@ up) up ;;
 deploy) deploy ;;
 down) down_all ;;
 status) status ;;
+tag-agent) tag_agent "${2:-}" ;;
 env)
   load_state || die "no node at $DIR"
   printf 'export KUBECONFIG=%q MESHPATH_NODE_DIR=%q MESHPATH_NODE_NAME=%q MESHPATH_NODE_IP=%q\n' \
@@ -224,5 +235,5 @@ env)
   printf 'export PATH=%q:%q:$PATH\n' "$KUBE_BINS" "$NODE_BINS"
   printf 'export CONTAINERD_ADDRESS=%q\n' "$DIR/containerd/containerd.sock"
   ;;
-*) die "usage: scripts/node.sh up|deploy|down|status|env (MESHPATH_NODE_DIR=$DIR)" ;;
+*) die "usage: scripts/node.sh up|deploy|down|status|tag-agent TAG|env (MESHPATH_NODE_DIR=$DIR)" ;;
 esac

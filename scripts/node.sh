@@ -6,6 +6,8 @@
 #   scripts/node.sh up       build/check the binaries, import the local images, start everything
 #   scripts/node.sh deploy   build the agent's image, `kubectl apply -f deploy/`, wait until Ready
 #   scripts/node.sh status   what runs, the node and its pods
+#   scripts/node.sh seed-images  the seed apps' images (wardenlym/<app>:v1, ...), so that
+#                            `kubectl apply -f examples/seed/artifacts/apps` runs them unchanged
 #   scripts/node.sh tag-agent TAG   meshpath:latest also as meshpath:TAG (a rolling update's image)
 #   scripts/node.sh down     stop what `up` started (by pid) and remove its mounts, cgroups,
 #                            network namespaces, bridge, pins and directories
@@ -159,7 +161,9 @@ down_all() {
 # The agent's DaemonSet from deploy/, as a user applies it, with what this machine needs changed:
 # the cgroup v2 tree's place (hybrid machines mount it at unified/), a pin directory of this node's
 # own, and the API server's loopback address (no kube-proxy or endpoint reconciler here gives the
-# `kubernetes` Service an endpoint). The image is built from this tree (node-images.sh).
+# `kubernetes` Service an endpoint). DNS capture is on: there is no cluster DNS here, and the
+# pods (the seed's apps) resolve Service names through the agent. The image is built from this
+# tree (node-images.sh).
 deploy() {
   load_state || die "no node at $DIR"
   bash scripts/node-images.sh import-agent "$DIR"
@@ -176,7 +180,7 @@ deploy() {
     if [ "$(basename "$f")" = 30-daemonset.yaml ]; then
       sed -e "s#--cgroup-mount=/host/cgroup\$#--cgroup-mount=$mnt#" -e "s#--pin-dir=/sys/fs/bpf/meshpath#--pin-dir=$PIN_DIR#" "$f" |
         kc set env --local -f - -o yaml KUBERNETES_SERVICE_HOST=127.0.0.1 \
-          KUBERNETES_SERVICE_PORT="$APISERVER_PORT" MESHPATH_PIN_DIR="$PIN_DIR" |
+          KUBERNETES_SERVICE_PORT="$APISERVER_PORT" MESHPATH_PIN_DIR="$PIN_DIR" MESHPATH_DNS_CAPTURE=true |
         kc apply -f -
     else
       kc apply -f "$f"
@@ -227,6 +231,10 @@ up) up ;;
 deploy) deploy ;;
 down) down_all ;;
 status) status ;;
+seed-images)
+  load_state || die "no node at $DIR"
+  bash scripts/node-images.sh import-seed "$DIR"
+  ;;
 tag-agent) tag_agent "${2:-}" ;;
 env)
   load_state || die "no node at $DIR"
@@ -235,5 +243,5 @@ env)
   printf 'export PATH=%q:%q:$PATH\n' "$KUBE_BINS" "$NODE_BINS"
   printf 'export CONTAINERD_ADDRESS=%q\n' "$DIR/containerd/containerd.sock"
   ;;
-*) die "usage: scripts/node.sh up|deploy|down|status|tag-agent TAG|env (MESHPATH_NODE_DIR=$DIR)" ;;
+*) die "usage: scripts/node.sh up|deploy|down|status|seed-images|tag-agent TAG|env (MESHPATH_NODE_DIR=$DIR)" ;;
 esac

@@ -22,6 +22,8 @@ use meshpath_tests::{cgroup2_root, poll, skip_unless, RunId, AGENT};
 mod node;
 #[path = "real_node/rollout.rs"]
 mod rollout;
+#[path = "real_node/seed.rs"]
+mod seed;
 #[path = "real_node/uninstall.rs"]
 mod uninstall;
 
@@ -29,22 +31,25 @@ use node::{repo, skip, RealNode};
 
 const BODY: &str = "served by a real pod";
 
-/// All of `server`'s HTTP traffic to `server2`: the node's L7 proxy must route it.
+/// All of `web`'s HTTP traffic to `web2`: the node's L7 proxy must route it.
 const VIRTUAL_SERVICE: &str = "\
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: server}
+metadata: {name: web}
 spec:
-  hosts: [server]
+  hosts: [web]
   http:
   - route:
-    - destination: {host: server2}
+    - destination: {host: web2}
 ";
 
+/// Not called `server`: the kubelet gives every pod of the namespace `<SERVICE>_PORT` variables
+/// (`enableServiceLinks`), and Spring Boot reads `SERVER_PORT=tcp://...` as its `server.port`,
+/// so the seed's springboot-app, applied unchanged beside them, would exit at start.
 const PODS: &str = "\
 apiVersion: v1
 kind: Pod
-metadata: {name: server, labels: {app: server}}
+metadata: {name: web, labels: {app: web}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
@@ -57,28 +62,28 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: server}
+metadata: {name: web}
 spec:
-  selector: {app: server}
+  selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: server2, labels: {app: server2}}
+metadata: {name: web2, labels: {app: web2}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: httpd
     image: meshpath.local/busybox:1
     imagePullPolicy: Never
-    command: [/bin/sh, -c, 'echo server2 > /www/index.html && exec httpd -f -p 8080 -h /www']
+    command: [/bin/sh, -c, 'echo web2 > /www/index.html && exec httpd -f -p 8080 -h /www']
     readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: server2}
+metadata: {name: web2}
 spec:
-  selector: {app: server2}
+  selector: {app: web2}
   ports: [{port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
@@ -135,18 +140,18 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     node.kubectl_ok(&[
         "wait",
         "--for=condition=Ready",
-        "pod/server",
-        "pod/server2",
+        "pod/web",
+        "pod/web2",
         "pod/client",
         "--timeout=120s",
     ]);
     let ips = node.kubectl_ok(&["get", "pods", "-o", "jsonpath={.items[*].status.podIP}"]);
     assert_eq!(ips.split_whitespace().count(), 3, "pod IPs: {ips:?}");
-    let cluster_ip = node.kubectl_ok(&["get", "svc", "server", "-o", "jsonpath={.spec.clusterIP}"]);
+    let cluster_ip = node.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let url = format!("{cluster_ip}:80");
 
     // Pod to pod works on the bridge; the ClusterIP does not, as nothing translates it yet.
-    let server_ip = node.kubectl_ok(&["get", "pod", "server", "-o", "jsonpath={.status.podIP}"]);
+    let server_ip = node.kubectl_ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
     let direct = node.get(&format!("{server_ip}:8080"));
     assert_eq!(direct.as_deref(), Ok(format!("{BODY}\n").as_str()));
     let before = node.get(&url);
@@ -175,15 +180,15 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     let deployed = t_deploy.elapsed();
 
     // A VirtualService applied with kubectl sends the Service's requests through the node's
-    // proxy to server2; deleting it brings the kernel path back.
+    // proxy to web2; deleting it brings the kernel path back.
     let t_vs = Instant::now();
     node.apply(VIRTUAL_SERVICE);
     let routed = poll(Duration::from_secs(60), || {
         last = node.get(&url);
-        (last.as_deref() == Ok("server2\n")).then_some(())
+        (last.as_deref() == Ok("web2\n")).then_some(())
     });
     assert!(routed.is_some(), "{url} after the VirtualService: {last:?}");
-    node.kubectl_ok(&["delete", "virtualservice", "server"]);
+    node.kubectl_ok(&["delete", "virtualservice", "web"]);
     let back = poll(Duration::from_secs(60), || {
         last = node.get(&url);
         (last.as_deref() == Ok(format!("{BODY}\n").as_str())).then_some(())
@@ -207,6 +212,15 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     assert!(
         status.contains(cluster_ip.trim()),
         "meshpath status does not show {cluster_ip}:\n{status}"
+    );
+
+    // The seed's apps as containers, applied with kubectl unchanged; a request through the
+    // gateway reaches springboot-app and golang-app-data.
+    let seed = seed::seed_apps_through_the_gateway(&node);
+    eprintln!(
+        "real node: seed apps: images built and imported {:?}, Deployments available {:?}, \
+         gateway and springboot-app v2 answered {:?}: {:?}; python-app-anticaptcha: {:?}",
+        seed.images, seed.ready, seed.answered, seed.gateway_body, seed.python
     );
 
     // A rolling update of the DaemonSet (another image tag) while the client sends 10 requests a

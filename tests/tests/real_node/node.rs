@@ -107,24 +107,37 @@ impl RealNode {
         );
     }
 
-    /// An HTTP/1.0 GET of `/` at `addr` (Host: server) from the client pod, with busybox's `nc`
-    /// through `kubectl exec` (the kubelet's and containerd's streaming): the response body, or
-    /// the error. (Debian's busybox-static `wget` segfaults, on the host too.) The request's
-    /// write side stays open a second: nc half-closes at the end of its input, and the L7 proxy
-    /// closes a half-closed connection without answering.
+    /// An HTTP/1.0 GET of `/` at `addr` (Host: web) from the client pod: the body of a 200,
+    /// or the error.
     pub fn get(&self, addr: &str) -> Result<String, String> {
+        match self.http(addr, "/", 1)? {
+            (200, body) => Ok(body),
+            (status, body) => Err(format!("{status}: {body:?}")),
+        }
+    }
+
+    /// An HTTP/1.0 GET of `path` at `addr` (Host: web) from the client pod, with busybox's
+    /// `nc` through `kubectl exec` (the kubelet's and containerd's streaming): the status and
+    /// body, or the error. (Debian's busybox-static `wget` segfaults, on the host too.) The
+    /// request's write side stays open until nc exits or `hold` seconds pass, as nc half-closes
+    /// at the end of its input and Go's server cancels a request whose client half-closed.
+    pub fn http(&self, addr: &str, path: &str, hold: u32) -> Result<(u16, String), String> {
         let (host, port) = addr.rsplit_once(':').expect("host:port");
         let script = format!(
-            "(printf 'GET / HTTP/1.0\\r\\nHost: server\\r\\n\\r\\n'; sleep 1) | nc -w 3 {host} {port}"
+            "f=/tmp/nc-done.$$; rm -f $f; \
+             (printf 'GET {path} HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n'; i=0; \
+              while [ $i -lt {} ] && [ ! -e $f ]; do usleep 100000; i=$((i+1)); done) | \
+             (nc -w {} {host} {port}; s=$?; touch $f; exit $s); s=$?; rm -f $f; exit $s",
+            hold * 10,
+            hold + 2
         );
         let out = self.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
         let response = String::from_utf8_lossy(&out.stdout).into_owned();
-        match response.split_once("\r\n\r\n") {
-            Some((head, body))
-                if out.status.success() && head.split_whitespace().nth(1) == Some("200") =>
-            {
-                Ok(body.to_owned())
-            }
+        let status = response
+            .split_once("\r\n\r\n")
+            .and_then(|(head, body)| Some((head.split_whitespace().nth(1)?.parse().ok()?, body)));
+        match status {
+            Some((status, body)) if out.status.success() => Ok((status, body.to_owned())),
             _ => Err(format!(
                 "{}: {response:?} {}",
                 out.status,

@@ -15,7 +15,7 @@ use crate::node::{kubectl_path, RealNode};
 /// goes, the totals on stdout when /tmp/stop appears.
 const LOAD: &str = r#"ok=0; fail=0; rm -f /tmp/stop
 while [ ! -e /tmp/stop ]; do
-  if printf 'GET / HTTP/1.0\r\nHost: server\r\n\r\n' | nc -w 2 HOST PORT | head -n1 | grep -q ' 200 '; then
+  if printf 'GET / HTTP/1.0\r\nHost: web\r\n\r\n' | nc -w 2 HOST PORT | head -n1 | grep -q ' 200 '; then
     ok=$((ok+1))
   else
     fail=$((fail+1)); echo "failed at $(date +%T)"

@@ -4,7 +4,8 @@
 //! DaemonSet is deployed (this node has no kube-proxy: nothing else translates ClusterIPs) and
 //! succeed once `kubectl apply -f deploy/` has made it Ready; a VirtualService applied with kubectl
 //! then routes the Service's requests through the node's L7 proxy to another Service, and
-//! deleting it brings the kernel path back. A rolling update of the DaemonSet under load must
+//! deleting it brings the kernel path back. The seed's apps run as containers from
+//! examples/seed/artifacts/apps, applied unchanged, and answer through the gateway. A rolling update of the DaemonSet under load must
 //! fail no request, and `kubectl delete -f deploy/` must leave none of the agent's programs,
 //! maps or pins in the kernel.
 //!

@@ -8,6 +8,7 @@
 #   scripts/node-images.sh import NODE_DIR          pause + busybox images
 #   scripts/node-images.sh import-agent NODE_DIR    meshpath:latest (needs the agent built:
 #                                                   cargo xtask build-ebpf && cargo build -p meshpath)
+#   scripts/node-images.sh import-seed NODE_DIR     the seed apps' images (scripts/lib/seed-images.sh)
 #
 # umoci (Debian's package, the OCI project's own image tool) rather than buildah or docker: it
 # needs no daemon, no registry and no base image; it writes exactly the layout ctr imports.
@@ -173,6 +174,9 @@ import() {
   log "imported $3"
 }
 
+# shellcheck source=lib/seed-images.sh
+source "$REPO/scripts/lib/seed-images.sh"
+
 command -v umoci >/dev/null || die "umoci missing: bash scripts/node-bins.sh installs it"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
@@ -190,5 +194,9 @@ import-agent)
   build_agent
   import "$2" agent "$AGENT_IMAGE"
   ;;
-*) die "usage: $0 import|import-agent NODE_DIR" ;;
+import-seed)
+  [ -n "${2:-}" ] || die "usage: $0 import-seed NODE_DIR"
+  import_seed "$2"
+  ;;
+*) die "usage: $0 import|import-agent|import-seed NODE_DIR" ;;
 esac

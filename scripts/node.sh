@@ -6,6 +6,9 @@
 #   scripts/node.sh up       build/check the binaries, import the local images, start everything
 #   scripts/node.sh deploy   build the agent's image, `kubectl apply -f deploy/`, wait until Ready
 #   scripts/node.sh status   what runs, the node and its pods
+#   scripts/node.sh seed-images  the seed apps' images (wardenlym/<app>:v1, ...), so that
+#                            `kubectl apply -f examples/seed/artifacts/apps` runs them unchanged
+#   scripts/node.sh tag-agent TAG   meshpath:latest also as meshpath:TAG (a rolling update's image)
 #   scripts/node.sh down     stop what `up` started (by pid) and remove its mounts, cgroups,
 #                            network namespaces, bridge, pins and directories
 #   scripts/node.sh env      KUBECONFIG=... and the node's settings, for `eval`
@@ -158,7 +161,9 @@ down_all() {
 # The agent's DaemonSet from deploy/, as a user applies it, with what this machine needs changed:
 # the cgroup v2 tree's place (hybrid machines mount it at unified/), a pin directory of this node's
 # own, and the API server's loopback address (no kube-proxy or endpoint reconciler here gives the
-# `kubernetes` Service an endpoint). The image is built from this tree (node-images.sh).
+# `kubernetes` Service an endpoint). DNS capture is on: there is no cluster DNS here, and the
+# pods (the seed's apps) resolve Service names through the agent. The image is built from this
+# tree (node-images.sh).
 deploy() {
   load_state || die "no node at $DIR"
   bash scripts/node-images.sh import-agent "$DIR"
@@ -175,7 +180,7 @@ deploy() {
     if [ "$(basename "$f")" = 30-daemonset.yaml ]; then
       sed -e "s#--cgroup-mount=/host/cgroup\$#--cgroup-mount=$mnt#" -e "s#--pin-dir=/sys/fs/bpf/meshpath#--pin-dir=$PIN_DIR#" "$f" |
         kc set env --local -f - -o yaml KUBERNETES_SERVICE_HOST=127.0.0.1 \
-          KUBERNETES_SERVICE_PORT="$APISERVER_PORT" MESHPATH_PIN_DIR="$PIN_DIR" |
+          KUBERNETES_SERVICE_PORT="$APISERVER_PORT" MESHPATH_PIN_DIR="$PIN_DIR" MESHPATH_DNS_CAPTURE=true |
         kc apply -f -
     else
       kc apply -f "$f"
@@ -202,6 +207,15 @@ step() { log "down: $1 ($((SECONDS - t0)) s)"; }
 
 no_running_tasks() { ! ctr -n k8s.io tasks ls 2>/dev/null | grep -q RUNNING; }
 
+# A second tag of the agent's image, for a rolling update without rebuilding it:
+# `kubectl -n meshpath-system set image ds/meshpath agent=meshpath:TAG mount-bpffs=meshpath:TAG`.
+tag_agent() {
+  load_state || die "no node at $DIR"
+  [ -n "${1:-}" ] || die "usage: scripts/node.sh tag-agent TAG"
+  ctr -n k8s.io images tag --force docker.io/library/meshpath:latest "docker.io/library/meshpath:$1" >/dev/null
+  log "tagged docker.io/library/meshpath:$1"
+}
+
 status() {
   load_state || { log "no node at $DIR"; return 1; }
   local n
@@ -217,6 +231,11 @@ up) up ;;
 deploy) deploy ;;
 down) down_all ;;
 status) status ;;
+seed-images)
+  load_state || die "no node at $DIR"
+  bash scripts/node-images.sh import-seed "$DIR"
+  ;;
+tag-agent) tag_agent "${2:-}" ;;
 env)
   load_state || die "no node at $DIR"
   printf 'export KUBECONFIG=%q MESHPATH_NODE_DIR=%q MESHPATH_NODE_NAME=%q MESHPATH_NODE_IP=%q\n' \
@@ -224,5 +243,5 @@ env)
   printf 'export PATH=%q:%q:$PATH\n' "$KUBE_BINS" "$NODE_BINS"
   printf 'export CONTAINERD_ADDRESS=%q\n' "$DIR/containerd/containerd.sock"
   ;;
-*) die "usage: scripts/node.sh up|deploy|down|status|env (MESHPATH_NODE_DIR=$DIR)" ;;
+*) die "usage: scripts/node.sh up|deploy|down|status|seed-images|tag-agent TAG|env (MESHPATH_NODE_DIR=$DIR)" ;;
 esac

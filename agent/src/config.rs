@@ -20,6 +20,9 @@ pub const ENV_CGROUP_MOUNT: &str = "MESHPATH_CGROUP_MOUNT";
 pub const CGROUP_AUTO: &str = "auto";
 pub const ENV_KUBECONFIG: &str = "MESHPATH_KUBECONFIG";
 pub const ENV_NODE_NAME: &str = "NODE_NAME";
+pub const ENV_POD_NAME: &str = "MESHPATH_POD_NAME";
+pub const ENV_POD_NAMESPACE: &str = "MESHPATH_POD_NAMESPACE";
+pub const ENV_UNINSTALL_CLEANUP: &str = "MESHPATH_UNINSTALL_CLEANUP";
 pub const ENV_KUBE_DEBOUNCE_MS: &str = "MESHPATH_KUBE_DEBOUNCE_MS";
 pub const DEFAULT_KUBE_DEBOUNCE_MS: u64 = 2;
 pub const ENV_BPF_OBJECT: &str = "MESHPATH_BPF_OBJECT";
@@ -219,6 +222,18 @@ pub struct AgentArgs {
     /// This node's name (the DaemonSet sets it from `spec.nodeName`): which pods are local.
     #[arg(long, env = ENV_NODE_NAME)]
     pub node_name: Option<String>,
+    /// The agent's own pod (the DaemonSet sets both from the downward API), for
+    /// --uninstall-cleanup: the pod's controlling DaemonSet is found from it.
+    #[arg(long, env = ENV_POD_NAME, requires = "pod_namespace")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = ENV_POD_NAMESPACE, requires = "pod_name")]
+    pub pod_namespace: Option<String>,
+    /// With `--source kube` and the pod's name: on SIGTERM, when the pod's DaemonSet or its
+    /// namespace is deleted (an uninstall, `kubectl delete -f deploy/`), detach the programs and
+    /// remove the pins, as `meshpath cleanup`. Otherwise (a rolling update, a deleted pod, an
+    /// unreachable API server) they stay attached for the next agent.
+    #[arg(long, env = ENV_UNINSTALL_CLEANUP, default_value_t = true, action = clap::ArgAction::Set)]
+    pub uninstall_cleanup: bool,
     /// With `--source kube`: milliseconds to wait after a change for more before programming
     /// them together (a burst of endpoint changes costs one map update).
     #[arg(long, env = ENV_KUBE_DEBOUNCE_MS, default_value_t = DEFAULT_KUBE_DEBOUNCE_MS)]
@@ -438,6 +453,9 @@ pub struct AgentConfig {
     pub agent_cgroup: Option<PathBuf>,
     /// `--reset-connections`.
     pub reset_connections: bool,
+    /// Whose DaemonSet's deletion makes a stopping agent remove its programs
+    /// (`--uninstall-cleanup` with `--pod-name`/`--pod-namespace` and `--source kube`).
+    pub uninstall_cleanup: Option<meshpath_source::kube::lifecycle::PodRef>,
     /// `None`: DNS capture off. Empty `upstreams`: the agent's /etc/resolv.conf decides at start.
     pub dns: Option<crate::dns::DnsConfig>,
     /// `--dns-capture true` given without `--proxy-ip`: reported at start.
@@ -490,6 +508,15 @@ impl From<&AgentArgs> for AgentConfig {
             }),
             _ => None,
         };
+        let uninstall_cleanup = match (&source, &a.pod_name, &a.pod_namespace) {
+            (SourceConfig::Kube(_), Some(name), Some(namespace)) if a.uninstall_cleanup => {
+                Some(meshpath_source::kube::lifecycle::PodRef {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+            }
+            _ => None,
+        };
         Self {
             dns,
             dns_without_proxy: a.dns_capture == Some(true) && a.proxy_ip.is_none(),
@@ -513,6 +540,7 @@ impl From<&AgentArgs> for AgentConfig {
             },
             agent_cgroup: a.agent_cgroup.clone(),
             reset_connections: a.reset_connections,
+            uninstall_cleanup,
             tc_uplink: match (a.tc_nodeport, &a.tc_uplink) {
                 (true, Some(iface)) => Some(meshpath_datapath::tc_uplink::Uplink {
                     iface: iface.clone(),

@@ -1,6 +1,7 @@
 //! `meshpath agent`: source → compile → apply, again on every change, until SIGINT/SIGTERM.
 //! The programs stay attached after the agent exits (their links are pinned): traffic keeps
-//! flowing through a restart, as with kube-proxy's rules. `meshpath cleanup` removes them.
+//! flowing through a restart, as with kube-proxy's rules. `meshpath cleanup` removes them, and so
+//! does an agent stopped because its DaemonSet is deleted (`--uninstall-cleanup`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use meshpath_datapath::{Datapath, DatapathError, EMBEDDED_OBJECT};
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
 use meshpath_proxy::{Proxy, ProxyOptions};
-use meshpath_source::kube::{KubeSource, KubeSourceError};
+use meshpath_source::kube::{lifecycle, KubeSource, KubeSourceError};
 use meshpath_source::{ManifestWatcher, SourceError, SourceStatus};
 
 use crate::config::{AgentConfig, SourceConfig};
@@ -170,6 +171,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let cause = std::error::Error::source(&e).map(ToString::to_string);
         warn!(error = %e, cause = cause.as_deref().unwrap_or(""), "admin listener not started");
     }
+    // Before the source: the uninstall that may stop this agent is seen from the start.
+    let lifecycle = start_lifecycle(&cfg).await;
     // After the admin listener: its probes answer while the first list is awaited.
     let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
     let _source = match &cfg.source {
@@ -183,13 +186,19 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             // Until every kind is listed, what is pinned (from a previous run) stays as is: an
             // empty or partial model would flush it.
             info!("waiting for the first complete list from the Kubernetes API");
-            tokio::select! {
-                changed = model_rx.changed() => if changed.is_err() {
-                    warn!("Kubernetes source stopped");
-                    return Ok(());
+            let signalled = tokio::select! {
+                changed = model_rx.changed() => {
+                    if changed.is_err() {
+                        warn!("Kubernetes source stopped");
+                        return Ok(());
+                    }
+                    false
                 },
-                _ = term.recv() => { info!("SIGTERM: exiting; programs stay attached"); return Ok(()); }
-                _ = int.recv() => { info!("SIGINT: exiting; programs stay attached"); return Ok(()); }
+                _ = term.recv() => { info!("SIGTERM: exiting"); true }
+                _ = int.recv() => { info!("SIGINT: exiting"); true }
+            };
+            if signalled {
+                return remove_if_uninstalled(lifecycle, datapath, &cfg.pin_dir).await;
             }
             RunningSource::Kube(source)
         }
@@ -225,6 +234,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     // The tc path attaches once, after the first reconcile filled its maps.
     let mut tc_attached = false;
     let mut _tc_links = None;
+    let mut signalled = false;
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
@@ -279,15 +289,68 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             },
             // Outlier-detection ejections also leave the kernel's selection.
             _ = ejections_changed(&mut ejected) => {}
-            _ = term.recv() => { info!("SIGTERM: draining, then exiting; programs stay attached"); break; }
-            _ = int.recv() => { info!("SIGINT: draining, then exiting; programs stay attached"); break; }
+            _ = term.recv() => { info!("SIGTERM: draining, then exiting"); signalled = true; break; }
+            _ = int.recv() => { info!("SIGINT: draining, then exiting"); signalled = true; break; }
         }
     }
     if let (Some(listeners), Some(p)) = (reconciler.proxy_listeners(), &cfg.proxy) {
         listeners.drain(p.drain_timeout).await;
     }
+    if !signalled {
+        return Ok(());
+    }
+    drop(reconciler);
+    drop(_tc_links);
+    remove_if_uninstalled(lifecycle, datapath, &cfg.pin_dir).await
+}
+
+/// Follows the agent's DaemonSet when `--uninstall-cleanup` applies. Not fatal: without it the
+/// pins stay when the agent stops, as they always did.
+async fn start_lifecycle(cfg: &AgentConfig) -> Option<lifecycle::Lifecycle> {
+    let (SourceConfig::Kube(options), Some(pod)) = (&cfg.source, &cfg.uninstall_cleanup) else {
+        return None;
+    };
+    match lifecycle::Lifecycle::start(options, pod.clone()).await {
+        Ok(l) => Some(l),
+        Err(error) => {
+            warn!(%error, "the agent's DaemonSet is not followed: its pins stay when it stops");
+            None
+        }
+    }
+}
+
+/// At a stop by signal: the programs stay attached for the next agent (a rolling update, a
+/// restarted pod), unless the agent's DaemonSet or namespace is being deleted, when they are
+/// detached and the pins removed, as `meshpath cleanup` does.
+async fn remove_if_uninstalled(
+    lifecycle: Option<lifecycle::Lifecycle>,
+    datapath: Datapath,
+    pin_dir: &std::path::Path,
+) -> Result<(), AgentError> {
+    let Some(lifecycle) = lifecycle else {
+        info!("programs stay attached");
+        return Ok(());
+    };
+    match lifecycle.fate(STOP_READ_TIMEOUT).await {
+        lifecycle::Fate::Uninstalled => {
+            // Its link and map handles first, so that unpinning releases the last reference.
+            drop(datapath);
+            meshpath_datapath::cleanup(pin_dir)?;
+            info!(pin_dir = %pin_dir.display(), "uninstalled: programs detached, pins removed");
+        }
+        lifecycle::Fate::Replaced => {
+            info!("the DaemonSet stays: programs stay attached for the next agent")
+        }
+        lifecycle::Fate::Unknown => warn!(
+            "the DaemonSet's fate is unknown: programs stay attached (`meshpath cleanup` removes them)"
+        ),
+    }
     Ok(())
 }
+
+/// How long each read of the DaemonSet and the namespace may take at a stop; the kubelet's
+/// grace period (30 s in deploy/) also covers the proxy's drain.
+const STOP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Resolves when the proxy's ejected set changes; never without a proxy (or once it is gone).
 async fn ejections_changed(rx: &mut Option<watch::Receiver<meshpath_proxy::EjectedSet>>) {

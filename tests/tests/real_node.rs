@@ -4,206 +4,53 @@
 //! DaemonSet is deployed (this node has no kube-proxy: nothing else translates ClusterIPs) and
 //! succeed once `kubectl apply -f deploy/` has made it Ready; a VirtualService applied with kubectl
 //! then routes the Service's requests through the node's L7 proxy to another Service, and
-//! deleting it brings the kernel path back.
+//! deleting it brings the kernel path back. The seed's apps run as containers from
+//! examples/seed/artifacts/apps, applied unchanged, and answer through the gateway. A rolling update of the DaemonSet under load must
+//! fail no request, and `kubectl delete -f deploy/` must leave none of the agent's programs,
+//! maps or pins in the kernel.
 //!
 //! Out of the default suite: a cold run builds kubelet, kube-scheduler, containerd and runc
 //! (many minutes on two cores). `MESHPATH_REAL_NODE=1 cargo xtask test real_node` runs it; it is
 //! skipped with the reason when the tools cannot be built or the machine lacks what the node needs.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshpath_tests::{cgroup2_root, poll, skip_line, skip_unless, RunId, AGENT};
+use meshpath_tests::{cgroup2_root, poll, skip_unless, RunId, AGENT};
+
+#[path = "real_node/node.rs"]
+mod node;
+#[path = "real_node/rollout.rs"]
+mod rollout;
+#[path = "real_node/seed.rs"]
+mod seed;
+#[path = "real_node/uninstall.rs"]
+mod uninstall;
+
+use node::{repo, skip, RealNode};
 
 const BODY: &str = "served by a real pod";
 
-/// All of `server`'s HTTP traffic to `server2`: the node's L7 proxy must route it.
+/// All of `web`'s HTTP traffic to `web2`: the node's L7 proxy must route it.
 const VIRTUAL_SERVICE: &str = "\
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: server}
+metadata: {name: web}
 spec:
-  hosts: [server]
+  hosts: [web]
   http:
   - route:
-    - destination: {host: server2}
+    - destination: {host: web2}
 ";
 
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-fn skip(reason: &str) {
-    let current = std::thread::current();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{}",
-        skip_line(current.name().unwrap_or("<test>"), reason)
-    );
-    let _ = out.flush();
-}
-
-/// The node of one test run; `scripts/node.sh down` when dropped, also while a failure unwinds.
-struct RealNode {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl RealNode {
-    fn script(&self, script: &str, args: &[&str]) -> Output {
-        let mut cmd = Command::new("bash");
-        cmd.arg(repo().join("scripts").join(script))
-            .args(args)
-            .env("MESHPATH_NODE_DIR", &self.dir)
-            .stdin(Stdio::null());
-        // The agent the image is made of: the one `cargo xtask test` has just built.
-        if let Some(bin) = std::env::var_os("MESHPATH_BIN") {
-            cmd.env("MESHPATH_AGENT_BIN", bin);
-        }
-        cmd.output().expect("running bash")
-    }
-
-    /// A variable of the node's state file (scripts/lib/node-proc.sh writes `NAME=value`).
-    fn state(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.join("state")).expect("node state file");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} missing from the node's state"))
-            .to_owned()
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        let bins = std::env::var_os("MESHPATH_KUBE_BIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                repo()
-                    .join("target/kube")
-                    .join(meshpath_tests::kube::KUBE_VERSION)
-            });
-        Command::new(bins.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
-    }
-
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let mut child = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "\"$0\" --kubeconfig {} apply -f -",
-                self.kubeconfig.display()
-            ))
-            .arg(kubectl_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl apply");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(yaml.as_bytes())
-            .expect("writing manifest");
-        let out = child.wait_with_output().expect("kubectl apply");
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// An HTTP/1.0 GET of `/` at `addr` (Host: server) from the client pod, with busybox's `nc`
-    /// through `kubectl exec` (the kubelet's and containerd's streaming): the response body, or
-    /// the error. (Debian's busybox-static `wget` segfaults, on the host too.) The request's
-    /// write side stays open a second: nc half-closes at the end of its input, and the L7 proxy
-    /// closes a half-closed connection without answering.
-    fn get(&self, addr: &str) -> Result<String, String> {
-        let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let script = format!(
-            "(printf 'GET / HTTP/1.0\\r\\nHost: server\\r\\n\\r\\n'; sleep 1) | nc -w 3 {host} {port}"
-        );
-        let out = self.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
-        let response = String::from_utf8_lossy(&out.stdout).into_owned();
-        match response.split_once("\r\n\r\n") {
-            Some((head, body))
-                if out.status.success() && head.split_whitespace().nth(1) == Some("200") =>
-            {
-                Ok(body.to_owned())
-            }
-            _ => Err(format!(
-                "{}: {response:?} {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-        }
-    }
-}
-
-fn kubectl_path() -> PathBuf {
-    std::env::var_os("MESHPATH_KUBE_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            repo()
-                .join("target/kube")
-                .join(meshpath_tests::kube::KUBE_VERSION)
-        })
-        .join("kubectl")
-}
-
-impl Drop for RealNode {
-    fn drop(&mut self) {
-        // The test's own `down` has run.
-        if !self.dir.exists() {
-            return;
-        }
-        if std::thread::panicking() {
-            let st = self.script("node.sh", &["status"]);
-            eprintln!("{}", String::from_utf8_lossy(&st.stdout));
-            for log in ["kubelet", "containerd"] {
-                let path = self.dir.join("logs").join(format!("{log}.log"));
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("--- {} ---", path.display());
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        let t0 = Instant::now();
-        let out = self.script("node.sh", &["down"]);
-        eprintln!("real node: down in {:?}", t0.elapsed());
-        if !out.status.success() || self.dir.exists() {
-            eprintln!(
-                "meshpath-tests: node.sh down: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
+/// Not called `server`: the kubelet gives every pod of the namespace `<SERVICE>_PORT` variables
+/// (`enableServiceLinks`), and Spring Boot reads `SERVER_PORT=tcp://...` as its `server.port`,
+/// so the seed's springboot-app, applied unchanged beside them, would exit at start.
 const PODS: &str = "\
 apiVersion: v1
 kind: Pod
-metadata: {name: server, labels: {app: server}}
+metadata: {name: web, labels: {app: web}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
@@ -216,28 +63,28 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: server}
+metadata: {name: web}
 spec:
-  selector: {app: server}
+  selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: server2, labels: {app: server2}}
+metadata: {name: web2, labels: {app: web2}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: httpd
     image: meshpath.local/busybox:1
     imagePullPolicy: Never
-    command: [/bin/sh, -c, 'echo server2 > /www/index.html && exec httpd -f -p 8080 -h /www']
+    command: [/bin/sh, -c, 'echo web2 > /www/index.html && exec httpd -f -p 8080 -h /www']
     readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: server2}
+metadata: {name: web2}
 spec:
-  selector: {app: server2}
+  selector: {app: web2}
   ports: [{port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
@@ -294,18 +141,18 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     node.kubectl_ok(&[
         "wait",
         "--for=condition=Ready",
-        "pod/server",
-        "pod/server2",
+        "pod/web",
+        "pod/web2",
         "pod/client",
         "--timeout=120s",
     ]);
     let ips = node.kubectl_ok(&["get", "pods", "-o", "jsonpath={.items[*].status.podIP}"]);
     assert_eq!(ips.split_whitespace().count(), 3, "pod IPs: {ips:?}");
-    let cluster_ip = node.kubectl_ok(&["get", "svc", "server", "-o", "jsonpath={.spec.clusterIP}"]);
+    let cluster_ip = node.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let url = format!("{cluster_ip}:80");
 
     // Pod to pod works on the bridge; the ClusterIP does not, as nothing translates it yet.
-    let server_ip = node.kubectl_ok(&["get", "pod", "server", "-o", "jsonpath={.status.podIP}"]);
+    let server_ip = node.kubectl_ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
     let direct = node.get(&format!("{server_ip}:8080"));
     assert_eq!(direct.as_deref(), Ok(format!("{BODY}\n").as_str()));
     let before = node.get(&url);
@@ -334,15 +181,15 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
     let deployed = t_deploy.elapsed();
 
     // A VirtualService applied with kubectl sends the Service's requests through the node's
-    // proxy to server2; deleting it brings the kernel path back.
+    // proxy to web2; deleting it brings the kernel path back.
     let t_vs = Instant::now();
     node.apply(VIRTUAL_SERVICE);
     let routed = poll(Duration::from_secs(60), || {
         last = node.get(&url);
-        (last.as_deref() == Ok("server2\n")).then_some(())
+        (last.as_deref() == Ok("web2\n")).then_some(())
     });
     assert!(routed.is_some(), "{url} after the VirtualService: {last:?}");
-    node.kubectl_ok(&["delete", "virtualservice", "server"]);
+    node.kubectl_ok(&["delete", "virtualservice", "web"]);
     let back = poll(Duration::from_secs(60), || {
         last = node.get(&url);
         (last.as_deref() == Ok(format!("{BODY}\n").as_str())).then_some(())
@@ -367,16 +214,59 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
         status.contains(cluster_ip.trim()),
         "meshpath status does not show {cluster_ip}:\n{status}"
     );
+
+    // The seed's apps as containers, applied with kubectl unchanged; a request through the
+    // gateway reaches springboot-app and golang-app-data.
+    let seed = seed::seed_apps_through_the_gateway(&node);
+    eprintln!(
+        "real node: seed apps: images built and imported {:?}, Deployments available {:?}, \
+         gateway and springboot-app v2 answered {:?}: {:?}; python-app-anticaptcha: {:?}",
+        seed.images, seed.ready, seed.answered, seed.gateway_body, seed.python
+    );
+
+    // A rolling update of the DaemonSet (another image tag) while the client sends 10 requests a
+    // second through the ClusterIP: the pinned programs serve while no agent runs.
+    let rollout = rollout::rolling_update_under_load(&node, &url, "rollout");
+    eprintln!(
+        "real node: rolling update under load: {} requests, {} failed, rollout {:?}\n{}",
+        rollout.ok + rollout.failed,
+        rollout.failed,
+        rollout.rollout,
+        rollout.log.trim()
+    );
+    assert_eq!(
+        rollout.failed, 0,
+        "requests failed during the rolling update"
+    );
+    assert!(
+        rollout.ok >= 40,
+        "too few requests to measure: {}",
+        rollout.ok
+    );
+    let after = node.get(&url);
+    assert_eq!(after.as_deref(), Ok(format!("{BODY}\n").as_str()));
+
+    // `kubectl delete -f deploy/`: the agent sees its DaemonSet go and removes its programs,
+    // maps and pins.
+    let (pin_dir, bridge) = (node.state("PIN_DIR"), node.state("BRIDGE"));
+    let kubepods = cgroup2_root().expect("cgroup v2").join("kubepods");
+    let uninstalled =
+        uninstall::uninstall_leaves_kernel_clean(&node, &kubepods, Path::new(&pin_dir));
+    let gone = node.get(&url);
+    assert!(
+        gone.is_err(),
+        "{url} still answered after the uninstall: {gone:?}"
+    );
     eprintln!(
         "real node: tools {tools:?}, node up {node_up:?}, DaemonSet deploy until the Service \
-         answers {deployed:?}, VirtualService applied and deleted {routing:?}, total {:?}",
+         answers {deployed:?}, VirtualService applied and deleted {routing:?}, rolling update \
+         {:?}, kubectl delete -f deploy/ {uninstalled:?}, total {:?}",
+        rollout.rollout,
         t0.elapsed()
     );
 
-    // Teardown leaves nothing of the node: processes' cgroups, the agent's pins, the bridge.
-    let (pin_dir, bridge) = (node.state("PIN_DIR"), node.state("BRIDGE"));
-    let kubepods = cgroup2_root().expect("cgroup v2").join("kubepods");
-    assert!(kubepods.is_dir() && Path::new(&pin_dir).is_dir());
+    // Teardown leaves nothing of the node: processes' cgroups, the bridge.
+    assert!(kubepods.is_dir());
     let t_down = Instant::now();
     let down = node.script("node.sh", &["down"]);
     assert!(

@@ -294,3 +294,38 @@ fn worker_threads_flag() {
     ]);
     assert!(zero.is_err(), "0 workers is refused");
 }
+
+#[test]
+fn uninstall_cleanup_needs_the_kube_source_and_the_pod() {
+    let kube = ["--source", "kube", "--node-name", "n1"];
+    let pod = [
+        "--pod-name",
+        "meshpath-x",
+        "--pod-namespace",
+        "meshpath-system",
+    ];
+    let with_pod = agent(&[&kube[..], &pod[..]].concat());
+    assert_eq!(
+        with_pod.uninstall_cleanup,
+        Some(meshpath_source::kube::lifecycle::PodRef {
+            namespace: "meshpath-system".into(),
+            name: "meshpath-x".into(),
+        })
+    );
+    assert_eq!(agent(&kube).uninstall_cleanup, None);
+    let off = agent(&[&kube[..], &pod[..], &["--uninstall-cleanup", "false"]].concat());
+    assert_eq!(off.uninstall_cleanup, None);
+    // The manifests source has no DaemonSet to ask about.
+    assert_eq!(agent(&pod).uninstall_cleanup, None);
+    let half = parse_args([
+        "meshpath",
+        "agent",
+        "--manifests",
+        "/m",
+        "--cgroup",
+        "/c",
+        "--pod-name",
+        "p",
+    ]);
+    assert!(half.is_err(), "--pod-name without --pod-namespace");
+}

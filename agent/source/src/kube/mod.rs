@@ -5,6 +5,7 @@
 //! - [`watch`]: one task per kind (list + watch, relist and backoff on errors);
 //! - [`objects`]: API objects → model objects, with the manifests source's conversions;
 //! - [`aggregate`]: the objects received so far, last good versions, atomic relists;
+//! - [`lifecycle`]: whether a stopping agent is replaced or uninstalled (its DaemonSet's fate);
 //! - this module: the client, the tasks, and the publisher that coalesces bursts of events into
 //!   one snapshot (an endpoint storm rebuilds the maps once per burst, not once per event).
 //!
@@ -13,6 +14,7 @@
 //! server outages the last published model simply stays.
 
 pub mod aggregate;
+pub mod lifecycle;
 mod objects;
 mod watch;
 

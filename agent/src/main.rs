@@ -9,6 +9,7 @@ mod coverage;
 mod cpus;
 mod dns;
 mod graph;
+mod heap;
 mod kernel_metrics;
 mod netns;
 mod proxy_listeners;

@@ -85,6 +85,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
     let cgroup = attach_cgroup(&cfg)?;
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cgroup, cfg.features)?;
+    // Loading parsed the kernel's BTF (freed now, resident until trimmed).
+    crate::heap::release_free();
     info!(pin_dir = %cfg.pin_dir.display(), cgroup = %cgroup.display(), features = ?cfg.features, "datapath loaded");
     if let Some(log) = datapath.take_log() {
         if let Err(error) = crate::bpf_log::spawn(log) {
@@ -235,12 +237,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut tc_attached = false;
     let mut _tc_links = None;
     let mut signalled = false;
+    let mut first_pass = true;
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
             reconciler.set_ejected(rx.borrow_and_update().clone());
         }
         reconciler.reconcile(&model, &mut datapath.maps);
+        if first_pass {
+            // The first pass compiled everything, with its intermediate state freed now.
+            first_pass = false;
+            crate::heap::release_free();
+        }
         // Attached only now, over maps that hold the model: after an upgrade that replaced a map
         // (another definition), the previous programs keep serving from the old maps until here.
         datapath.attach()?;

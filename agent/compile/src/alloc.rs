@@ -88,7 +88,7 @@ pub fn cluster_ips(
         origin: model
             .services
             .get(id)
-            .map(super::error::origin_of)
+            .map(|s| super::error::origin_of(s))
             .unwrap_or_default(),
         service: id.clone(),
     };

@@ -65,8 +65,14 @@ fn slice(service: &str, ips: &[[u8; 4]]) -> EndpointSlice {
 
 fn model(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterModel {
     ClusterModel {
-        services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
-        endpoint_slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
+        services: services
+            .into_iter()
+            .map(|s| (s.id.clone(), s.into()))
+            .collect(),
+        endpoint_slices: slices
+            .into_iter()
+            .map(|s| (s.id.clone(), s.into()))
+            .collect(),
         ..ClusterModel::default()
     }
 }

@@ -59,8 +59,14 @@ fn slice(service: &str, port_name: &str, port: u16, endpoints: Vec<Endpoint>) ->
 
 fn model(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterModel {
     ClusterModel {
-        services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
-        endpoint_slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
+        services: services
+            .into_iter()
+            .map(|s| (s.id.clone(), s.into()))
+            .collect(),
+        endpoint_slices: slices
+            .into_iter()
+            .map(|s| (s.id.clone(), s.into()))
+            .collect(),
         pods: BTreeMap::new(),
         ..ClusterModel::default()
     }

@@ -144,21 +144,26 @@ impl Datapath {
         } else {
             None
         };
-        let mut loader = EbpfLoader::new();
-        loader
-            .default_map_pin_directory(pin_dir)
-            // Not required to exist: an object built without aya-log (`--bpf-object`) still loads.
-            .override_global(bpf_log::LEVEL_GLOBAL, &level, false);
-        if let Some(o) = &offsets {
+        // The loader holds the kernel's BTF as aya parsed it (about 15 MB of heap for 6.18's
+        // vmlinux): dropped as soon as the object is loaded, before the TCP sampler parses it
+        // again, so that no two parsed copies are alive at once.
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
             loader
-                .override_global(GLOBAL_OFF_STATE, &o.state, false)
-                .override_global(GLOBAL_OFF_BYTES_ACKED, &o.bytes_acked, false)
-                .override_global(GLOBAL_OFF_BYTES_RECEIVED, &o.bytes_received, false);
-        }
-        let mut ebpf = loader.load(object).map_err(|source| DatapathError::Load {
-            pin_dir: pin_dir.to_path_buf(),
-            source: Box::new(source),
-        })?;
+                .default_map_pin_directory(pin_dir)
+                // Not required to exist: an object built without aya-log (`--bpf-object`) still loads.
+                .override_global(bpf_log::LEVEL_GLOBAL, &level, false);
+            if let Some(o) = &offsets {
+                loader
+                    .override_global(GLOBAL_OFF_STATE, &o.state, false)
+                    .override_global(GLOBAL_OFF_BYTES_ACKED, &o.bytes_acked, false)
+                    .override_global(GLOBAL_OFF_BYTES_RECEIVED, &o.bytes_received, false);
+            }
+            loader.load(object).map_err(|source| DatapathError::Load {
+                pin_dir: pin_dir.to_path_buf(),
+                source: Box::new(source),
+            })?
+        };
         pins::init_live(&mut ebpf, &live_before)?;
         let log = if features.bpf_log {
             Some(bpf_log::BpfLog::init(&mut ebpf)?)

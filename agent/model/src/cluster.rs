@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 /// namespace/name of an object; namespace defaults to `default` as in Kubernetes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -244,13 +245,17 @@ pub struct PodPlacement {
 }
 
 /// One snapshot of everything a source knows.
+///
+/// Services and EndpointSlices, the bulk of a large cluster, are shared (`Arc`): a source that
+/// must copy the model while a consumer still holds the previous snapshot (copy on write)
+/// copies the maps' keys and pointers, not every object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterModel {
-    pub services: BTreeMap<ObjectRef, Service>,
+    pub services: BTreeMap<ObjectRef, Arc<Service>>,
     /// ExternalName Services: namespace/name → `spec.externalName`. Apart from `services`: they
     /// have no ClusterIP and nothing in the kernel; only the DNS proxy answers for them (CNAME).
     pub external_names: BTreeMap<ObjectRef, String>,
-    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    pub endpoint_slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub namespaces: BTreeMap<ObjectRef, Namespace>,
     /// Nodes, for their locality (keyed like other cluster-scoped objects).
@@ -284,7 +289,7 @@ impl<'a> SliceIndex<'a> {
                 .or_default()
                 .entry(slice.service_name.as_str())
                 .or_default()
-                .push(slice);
+                .push(&**slice);
         }
         Self { by_service }
     }
@@ -312,7 +317,7 @@ impl<'a> SliceIndex<'a> {
                     .or_default()
                     .entry(svc)
                     .or_default()
-                    .push(slice);
+                    .push(&**slice);
             }
         }
         Self { by_service }

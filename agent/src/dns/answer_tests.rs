@@ -18,7 +18,7 @@ fn table() -> NameTable {
         origin: None,
         external: Default::default(),
     };
-    m.services.insert(svc.id.clone(), svc);
+    m.services.insert(svc.id.clone(), svc.into());
     m.external_names
         .insert(ObjectRef::new("default", "db"), "db.example.com".into());
     NameTable::build(&m, &Compiled::default(), "cluster.local")

@@ -135,7 +135,7 @@ mod tests {
             service("shop", "Cart", Some([10, 96, 0, 21])),
             service("shop", "allocated", None),
         ] {
-            m.services.insert(s.id.clone(), s);
+            m.services.insert(s.id.clone(), s.into());
         }
         m.external_names.insert(
             ObjectRef::new("shop", "db"),

@@ -40,9 +40,11 @@ pub(super) fn model(files: &[(&str, &str)]) -> ClusterModel {
         });
         for object in objects {
             match object {
-                ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s)),
+                ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s.into())),
                 ParsedObject::ExternalName(id, n) => drop(m.external_names.insert(id, n)),
-                ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
+                ParsedObject::EndpointSlice(s) => {
+                    drop(m.endpoint_slices.insert(s.id.clone(), s.into()))
+                }
                 ParsedObject::Pod(p) => drop(m.pods.insert(p.id.clone(), p)),
                 ParsedObject::Namespace(n) => drop(m.namespaces.insert(n.id.clone(), n)),
                 ParsedObject::Node(n) => drop(m.nodes.insert(n.id.clone(), n)),

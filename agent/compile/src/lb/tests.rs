@@ -35,8 +35,10 @@ fn model(
     let mut m = ClusterModel::default();
     for object in parse_file(Path::new("web.yaml"), &text).expect("valid manifests") {
         match object {
-            ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s)),
-            ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
+            ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s.into())),
+            ParsedObject::EndpointSlice(s) => {
+                drop(m.endpoint_slices.insert(s.id.clone(), s.into()))
+            }
             ParsedObject::DestinationRule(d) => drop(m.destination_rules.insert(d.id.clone(), *d)),
             _ => {}
         }

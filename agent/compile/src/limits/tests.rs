@@ -32,9 +32,11 @@ fn model(dr: &str, vs: &str) -> ClusterModel {
     for (name, text) in [("base.yaml", base), ("dr.yaml", dr), ("vs.yaml", vs)] {
         for object in parse_file(Path::new(name), text).expect("parses") {
             match object {
-                ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s)),
+                ParsedObject::Service(s) => drop(m.services.insert(s.id.clone(), s.into())),
                 ParsedObject::ExternalName(id, n) => drop(m.external_names.insert(id, n)),
-                ParsedObject::EndpointSlice(s) => drop(m.endpoint_slices.insert(s.id.clone(), s)),
+                ParsedObject::EndpointSlice(s) => {
+                    drop(m.endpoint_slices.insert(s.id.clone(), s.into()))
+                }
                 ParsedObject::Pod(p) => drop(m.pods.insert(p.id.clone(), p)),
                 ParsedObject::Namespace(n) => drop(m.namespaces.insert(n.id.clone(), n)),
                 ParsedObject::Node(n) => drop(m.nodes.insert(n.id.clone(), n)),

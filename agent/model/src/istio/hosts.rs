@@ -15,7 +15,7 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub fn resolve<'a>(
     host: &str,
     namespace: &str,
-    services: &'a BTreeMap<ObjectRef, Service>,
+    services: &'a BTreeMap<ObjectRef, std::sync::Arc<Service>>,
 ) -> Option<&'a ObjectRef> {
     let id = candidate(host, namespace)?;
     services.get_key_value(&id).map(|(k, _)| k)
@@ -52,7 +52,7 @@ pub fn specificity(host: &str) -> usize {
 /// The Services a wildcard host covers (compared against their FQDN).
 pub fn wildcard_matches<'a>(
     host: &'a str,
-    services: &'a BTreeMap<ObjectRef, Service>,
+    services: &'a BTreeMap<ObjectRef, std::sync::Arc<Service>>,
 ) -> impl Iterator<Item = &'a ObjectRef> + 'a {
     let tail = host.strip_prefix('*').unwrap_or(host);
     services
@@ -68,7 +68,7 @@ pub fn fqdn(id: &ObjectRef) -> String {
 mod tests {
     use super::*;
 
-    fn services(ids: &[(&str, &str)]) -> BTreeMap<ObjectRef, Service> {
+    fn services(ids: &[(&str, &str)]) -> BTreeMap<ObjectRef, std::sync::Arc<Service>> {
         ids.iter()
             .map(|(ns, name)| {
                 let id = ObjectRef::new(*ns, *name);
@@ -83,7 +83,7 @@ mod tests {
                     origin: None,
                     external: Default::default(),
                 };
-                (id, svc)
+                (id, std::sync::Arc::new(svc))
             })
             .collect()
     }

@@ -84,7 +84,7 @@ pub fn endpoint_slice(
                 .map(|(j, a)| ctx.ipv4(format!("endpoints[{i}].addresses[{j}]"), a))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Endpoint {
-                addresses,
+                addresses: exact(addresses),
                 conditions: conditions(e.conditions.as_ref()),
                 pod_name: e
                     .target_ref
@@ -101,9 +101,17 @@ pub fn endpoint_slice(
     Ok(Converted::Accepted(EndpointSlice {
         id: ctx.id(),
         service_name: service_name.clone(),
-        ports,
-        endpoints,
+        ports: exact(ports),
+        endpoints: exact(endpoints),
     }))
+}
+
+/// `v` without spare capacity. Collecting through `Result` cannot size the vector up front, so
+/// it grows by doubling: 10 endpoints would hold room for 16, and the model keeps every slice of
+/// the cluster for the agent's life.
+fn exact<T>(mut v: Vec<T>) -> Vec<T> {
+    v.shrink_to_fit();
+    v
 }
 
 /// Absent conditions: `ready` true, `terminating` false, and `serving` the same as `ready` (the

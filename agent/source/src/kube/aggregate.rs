@@ -206,12 +206,13 @@ impl Aggregate {
         let m = &*self.model;
         match object {
             ParsedObject::Service(s) => {
-                !m.external_names.contains_key(&s.id) && m.services.get(&s.id) == Some(s)
+                !m.external_names.contains_key(&s.id)
+                    && m.services.get(&s.id).map(|v| &**v) == Some(s)
             }
             ParsedObject::ExternalName(id, name) => {
                 !m.services.contains_key(id) && m.external_names.get(id) == Some(name)
             }
-            ParsedObject::EndpointSlice(s) => m.endpoint_slices.get(&s.id) == Some(s),
+            ParsedObject::EndpointSlice(s) => m.endpoint_slices.get(&s.id).map(|v| &**v) == Some(s),
             ParsedObject::Pod(p) => m.pods.get(&p.id) == Some(p),
             ParsedObject::Namespace(n) => m.namespaces.get(&n.id) == Some(n),
             ParsedObject::Node(n) => m.nodes.get(&n.id) == Some(n),
@@ -246,7 +247,8 @@ impl Aggregate {
                 let was_alias = m.external_names.remove(&s.id).is_some();
                 c.everything |= was_alias;
                 let id = s.id.clone();
-                let changed = replace(&mut m.services, s.id.clone(), s).is_some() | was_alias;
+                let changed =
+                    replace(&mut m.services, s.id.clone(), Arc::new(s)).is_some() | was_alias;
                 if changed {
                     c.services.insert(id);
                 }
@@ -264,12 +266,12 @@ impl Aggregate {
             }
             ParsedObject::EndpointSlice(s) => {
                 let service = ObjectRef::new(&s.id.namespace, &s.service_name);
-                match replace(&mut m.endpoint_slices, s.id.clone(), s) {
+                match replace(&mut m.endpoint_slices, s.id.clone(), Arc::new(s)) {
                     Some(old) => {
                         // The slice may have moved to another Service: both change.
                         if let Some(old) = old {
                             c.services
-                                .insert(ObjectRef::new(old.id.namespace, old.service_name));
+                                .insert(ObjectRef::new(&old.id.namespace, &old.service_name));
                         }
                         c.services.insert(service);
                         true
@@ -317,7 +319,7 @@ impl Aggregate {
             ObjectKind::EndpointSlice => match m.endpoint_slices.remove(id) {
                 Some(old) => {
                     c.services
-                        .insert(ObjectRef::new(old.id.namespace, old.service_name));
+                        .insert(ObjectRef::new(&old.id.namespace, &old.service_name));
                     true
                 }
                 None => false,

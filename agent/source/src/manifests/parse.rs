@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -35,9 +36,11 @@ impl ParsedObject {
     /// Adds the object to `model` (replacing one with its key).
     pub fn insert_into(self, model: &mut meshpath_model::ClusterModel) {
         match self {
-            ParsedObject::Service(s) => drop(model.services.insert(s.id.clone(), s)),
+            ParsedObject::Service(s) => drop(model.services.insert(s.id.clone(), Arc::new(s))),
             ParsedObject::ExternalName(id, name) => drop(model.external_names.insert(id, name)),
-            ParsedObject::EndpointSlice(s) => drop(model.endpoint_slices.insert(s.id.clone(), s)),
+            ParsedObject::EndpointSlice(s) => {
+                drop(model.endpoint_slices.insert(s.id.clone(), Arc::new(s)))
+            }
             ParsedObject::Pod(p) => drop(model.pods.insert(p.id.clone(), p)),
             ParsedObject::Namespace(n) => drop(model.namespaces.insert(n.id.clone(), n)),
             ParsedObject::Node(n) => drop(model.nodes.insert(n.id.clone(), n)),

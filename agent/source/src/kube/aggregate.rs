@@ -123,6 +123,11 @@ impl Aggregate {
         &mut self.model
     }
 
+    /// Whether the model changed since [`Aggregate::take_dirty`] was last called.
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Whether the model changed since the last call.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)

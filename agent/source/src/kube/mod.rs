@@ -244,16 +244,23 @@ impl Publisher {
         self.with_published(false, |a| a.apply(msg.kind, msg.change));
     }
 
+    /// Whether the model changed since it was last published.
+    fn dirty(&self) -> bool {
+        self.aggregate.dirty()
+    }
+
     /// Whether someone besides the channel holds the published snapshot.
     fn snapshot_held(&self) -> bool {
         self.published_once && Arc::strong_count(&self.model.borrow()) > 1
     }
 
     /// Applies the held events once the snapshot is let go (or [`HOLD_LIMIT`] passed), with
-    /// the events that arrive meanwhile; returns how many of those there were.
+    /// the events that arrive meanwhile; returns how many of those there were. Waits too when
+    /// nothing is held but the snapshot is, and the model changed: publishing stamps it, which
+    /// would copy it as well (the agent may have taken it between an event and its publishing).
     async fn apply_held(&mut self) -> usize {
         let mut more = 0;
-        if self.held.is_empty() {
+        if self.held.is_empty() && !(self.dirty() && self.snapshot_held()) {
             return more;
         }
         let since = Instant::now();

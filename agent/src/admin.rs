@@ -81,7 +81,12 @@ pub struct AdminState {
     pub programmed: Arc<AtomicBool>,
     /// Recent samples of the Istio metrics, for the service graph's rates.
     pub graph: crate::ui::SharedHistory,
+    /// Asks the reconcile loop for a full recompile (`POST /debug/recompile`).
+    pub recompile: Option<tokio::sync::mpsc::Sender<RecompileReply>>,
 }
+
+/// Where the reconcile loop answers a recompile request.
+pub type RecompileReply = tokio::sync::oneshot::Sender<crate::reconcile::RecompileReport>;
 
 impl AdminState {
     pub fn new(sources: Sources) -> Self {
@@ -106,6 +111,7 @@ impl AdminState {
             kernel,
             programmed: Default::default(),
             graph: Default::default(),
+            recompile: None,
         }
     }
 
@@ -171,6 +177,17 @@ async fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<By
             return r;
         }
         "/healthz" => ("text/plain", "ok\n".to_owned()),
+        // It writes the maps: not on a GET.
+        "/debug/recompile" if req.method() == http::Method::POST => match recompile(state).await {
+            Some(report) => ("text/plain", report.to_string()),
+            None => {
+                let mut r = Response::new(Full::new(Bytes::from_static(
+                    b"the agent is not reconciling\n",
+                )));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return r;
+            }
+        },
         "/stats" => ("text/plain", envoy_stats(state).await),
         "/metrics" => (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -207,6 +224,13 @@ async fn envoy_stats(state: &AdminState) -> String {
     out
 }
 
+/// A full recompile by the reconcile loop, once it is between passes.
+async fn recompile(state: &AdminState) -> Option<crate::reconcile::RecompileReport> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.recompile.as_ref()?.send(tx).await.ok()?;
+    rx.await.ok()
+}
+
 /// Prometheus text of the one registry (the kernel collectors read maps: off the workers).
 async fn metrics(state: &AdminState) -> String {
     let state = state.clone();
@@ -218,13 +242,18 @@ async fn metrics(state: &AdminState) -> String {
 /// `GET path` (e.g. `/stats`) from a running agent's admin listener: the body of a 200 answer.
 /// Plain HTTP/1.0, so no client stack is needed.
 pub async fn fetch(addr: SocketAddr, path: &str) -> Result<String, AdminError> {
+    request(addr, "GET", path).await
+}
+
+/// As [`fetch`], with another method (`POST /debug/recompile`).
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Result<String, AdminError> {
     let io = |source| AdminError::Fetch {
         addr,
         path: path.to_owned(),
         source,
     };
     let mut s = TcpStream::connect(addr).await.map_err(io)?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: meshpath\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: meshpath\r\n\r\n");
     s.write_all(request.as_bytes()).await.map_err(io)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.map_err(io)?;

@@ -101,6 +101,10 @@ pub enum Command {
     /// workload) requests, 5xx, requests/s, 5xx rate and p99 for HTTP, connections and bytes
     /// for TCP on the kernel path (the figures `/ui` draws).
     Top(TopArgs),
+    /// Make a running agent compile everything as at start and compare with what its
+    /// per-change passes left in the kernel maps (admin `POST /debug/recompile`): prints what
+    /// differed, which the full compile then wrote; exit status 1 if anything did.
+    Recompile(AdminAddrArg),
 }
 
 #[derive(Debug, Args)]

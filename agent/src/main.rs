@@ -103,6 +103,21 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", admin::filter_lines(&stats, args.filter.as_deref()));
             }
         }
+        Command::Recompile(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt
+                .block_on(admin::request(args.admin_addr, "POST", "/debug/recompile"))
+                .context("meshpath recompile")?;
+            #[allow(clippy::print_stdout)] // CLI output
+            {
+                print!("{report}");
+            }
+            if !report.starts_with("full recompile: same") {
+                std::process::exit(1);
+            }
+        }
         Command::Top(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -20,7 +20,10 @@ use meshpath_model::ClusterModel;
 
 use crate::proxy_listeners::{pod_labels, ProxyListeners};
 
+mod recompile;
 mod scoped;
+
+pub use recompile::RecompileReport;
 
 /// Where the node proxy listens; `None` keeps every service on the kernel path.
 pub struct ProxySetup {
@@ -137,6 +140,15 @@ impl Reconciler {
             Ok(()) => return,
             Err(why) => tracing::debug!(why, "compiling every Service"),
         }
+        self.reconcile_full(model, maps);
+    }
+
+    /// Compiles, renders and writes everything; what the write changed, when it succeeded.
+    fn reconcile_full(
+        &mut self,
+        model: &ClusterModel,
+        maps: &mut DatapathMaps,
+    ) -> Option<meshpath_datapath::apply::ApplyStats> {
         self.scoped = None;
         let started = std::time::Instant::now();
         let (mut next, errors) = compile(model, &self.opts, &self.compiled);
@@ -312,11 +324,13 @@ impl Reconciler {
                 self.ports = ports;
                 self.limits = route_limits;
                 self.applied = Some(contents);
+                Some(stats)
             }
             // The next change retries; apply diffs against what the maps really hold.
             Err(e) => {
                 self.applied = None;
-                error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed")
+                error!(error = %e, source = ?std::error::Error::source(&e), "applying to the maps failed");
+                None
             }
         }
     }

@@ -167,6 +167,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         conn_resets: conn_reset_metrics.clone(),
     });
     admin.programmed = programmed.clone();
+    // `meshpath recompile`: the admin listener asks the loop below, which owns the maps.
+    let (recompile_tx, mut recompile_rx) = tokio::sync::mpsc::channel(1);
+    admin.recompile = Some(recompile_tx);
     // Not fatal: traffic matters more than stats, and several agents (tests, a restart
     // overlapping the old process) may contend for the default port.
     if let Err(e) = crate::admin::start(cfg.admin_addr, admin).await {
@@ -233,6 +236,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     // A hash of the pods the coverage was last looked up for: the lookup stats cgroup
     // directories, so it runs only when the pods changed, not on every endpoint change.
     let mut covered_for: Option<u64> = None;
+    // The snapshot the coverage was last checked at: when the source says no pod changed
+    // since, not even the hash (a pass over every pod) is needed.
+    let mut covered_at: Option<u64> = None;
     // The tc path attaches once, after the first reconcile filled its maps.
     let mut tc_attached = false;
     let mut _tc_links = None;
@@ -243,7 +249,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         if let Some(rx) = ejected.as_mut() {
             reconciler.set_ejected(rx.borrow_and_update().clone());
         }
+        let pass_started = std::time::Instant::now();
         reconciler.reconcile(&model, &mut datapath.maps);
+        let pass = pass_started.elapsed();
         if first_pass {
             // The first pass compiled everything, with its intermediate state freed now.
             first_pass = false;
@@ -268,7 +276,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         }
         programmed.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let (SourceConfig::Kube(_), Some(node)) = (&cfg.source, &cfg.node_name) {
+        let pods_may_have_changed = match (&model.changes, covered_at) {
+            (Some(changes), Some(seq)) => changes
+                .since(seq)
+                .is_none_or(|set| set.everything || !set.pods.is_empty()),
+            _ => true,
+        };
+        if let (SourceConfig::Kube(_), Some(node), true) =
+            (&cfg.source, &cfg.node_name, pods_may_have_changed)
+        {
+            covered_at = model.changes.as_ref().map(|c| c.seq);
             let pods_hash = {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -285,7 +302,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             // Change seen by the source → maps (and proxy routes) written.
             let latency = received.elapsed();
             sync.change_to_programmed.observe(latency.as_secs_f64());
-            tracing::debug!(latency_us = latency.as_micros() as u64, "change programmed");
+            // The pass's share of it; the rest is the source's coalescing, its wait for the
+            // previous pass to let go of the snapshot, and this loop's wake-up.
+            tracing::debug!(
+                latency_us = latency.as_micros() as u64,
+                pass_us = pass.as_micros() as u64,
+                "change programmed"
+            );
         }
         // Not held while waiting: the source edits the snapshot in place when no one else
         // holds it, and copies the whole model when someone does.
@@ -297,6 +320,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             },
             // Outlier-detection ejections also leave the kernel's selection.
             _ = ejections_changed(&mut ejected) => {}
+            Some(reply) = recompile_rx.recv() => {
+                let model = model_rx.borrow_and_update().clone();
+                let report = reconciler.recompile(&model, &mut datapath.maps);
+                let _ = reply.send(report);
+            }
             _ = term.recv() => { info!("SIGTERM: draining, then exiting"); signalled = true; break; }
             _ = int.recv() => { info!("SIGINT: draining, then exiting"); signalled = true; break; }
         }

@@ -233,6 +233,17 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
     let r = tcp(&node, WEB_VIP, 10);
     assert_eq!(r.errors.get("ECONNREFUSED"), Some(&10), "{r:?}");
 
+    // The per-change passes left the maps as a full compile writes them: `meshpath recompile`
+    // (exit status 1 on a difference) finds none.
+    let admin = a.admin_addr().expect("admin listener").to_owned();
+    let report = agent::meshpath(["recompile", "--admin-addr", &admin])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", a.log()));
+    assert!(report.starts_with("full recompile: same"), "{report}");
+    assert!(
+        report.contains("continued from: per-Service passes"),
+        "{report}"
+    );
+
     // Deleting the Service removes its frontend.
     kube.kubectl_ok(["delete", "service", "web"])
         .expect("delete");

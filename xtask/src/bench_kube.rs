@@ -168,6 +168,12 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         None
     };
     let rss_kib = churn::status_kib(pid, "VmHWM:")?;
+    // Kept for a look at where a slow change went (the node's directory goes with it).
+    let kept = workspace_root().join(format!("target/bench-kube/agent-{n}.log"));
+    if let Some(dir) = kept.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&kept, agent.log())?;
     agent.stop()?;
     Ok(Row {
         services: n,

@@ -126,15 +126,19 @@ pub fn conn_resets_scoped<'a>(
         return out;
     }
     // Only the few addresses that left are looked for: collecting every listed address (as
-    // the full pass does) costs milliseconds at 10 000 Services.
+    // the full pass does) costs milliseconds at 10 000 Services. The model's index counts
+    // them; without one, one pass over every endpoint.
     let wanted: BTreeSet<Ipv4Addr> = left.iter().map(|b| *b.ip()).collect();
-    let listed: BTreeSet<Ipv4Addr> = model
-        .endpoint_slices
-        .values()
-        .flat_map(|s| &s.endpoints)
-        .flat_map(|e| e.addresses.iter().copied())
-        .filter(|ip| wanted.contains(ip))
-        .collect();
+    let listed: BTreeSet<Ipv4Addr> = match &model.index {
+        Some(index) => wanted.into_iter().filter(|ip| index.lists(ip)).collect(),
+        None => model
+            .endpoint_slices
+            .values()
+            .flat_map(|s| &s.endpoints)
+            .flat_map(|e| e.addresses.iter().copied())
+            .filter(|ip| wanted.contains(ip))
+            .collect(),
+    };
     for b in left {
         if listed.contains(b.ip()) {
             out.pending.insert(b);

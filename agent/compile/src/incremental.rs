@@ -94,6 +94,8 @@ impl FreeIds {
 pub struct State {
     /// How many frontends name each backend: its id is freed when none does.
     backend_refs: HashMap<BackendAddr, u32>,
+    /// Each Service's frontends, so that a pass finds the changed ones without a scan.
+    by_service: HashMap<ObjectRef, Vec<FrontendAddr>>,
     svc_ids: FreeIds,
     backend_ids: FreeIds,
 }
@@ -101,11 +103,16 @@ pub struct State {
 impl State {
     pub fn new(compiled: &Compiled) -> Self {
         let mut backend_refs: HashMap<BackendAddr, u32> = HashMap::new();
-        for b in compiled.frontends.values().flat_map(|f| &f.backends) {
-            *backend_refs.entry(*b).or_default() += 1;
+        let mut by_service: HashMap<ObjectRef, Vec<FrontendAddr>> = HashMap::new();
+        for (addr, f) in &compiled.frontends {
+            for b in &f.backends {
+                *backend_refs.entry(*b).or_default() += 1;
+            }
+            by_service.entry(f.service.clone()).or_default().push(*addr);
         }
         Self {
             backend_refs,
+            by_service,
             svc_ids: FreeIds::from_used(
                 compiled.frontends.values().map(|f| f.svc_id),
                 meshpath_common::MAX_SERVICE_IDS - 1,
@@ -199,11 +206,11 @@ pub fn compile_changed(
             fresh.push((addr, fe));
         }
     }
-    let old_addrs: Vec<FrontendAddr> = compiled
-        .frontends
+    let old_addrs: Vec<FrontendAddr> = changed
         .iter()
-        .filter(|(_, f)| changed.contains(&f.service))
-        .map(|(a, _)| *a)
+        .filter_map(|s| state.by_service.get(s))
+        .flatten()
+        .copied()
         .collect();
     let new_svc_ids = fresh
         .iter()
@@ -253,12 +260,20 @@ pub fn compile_changed(
     }
     // As the full compile: a frontend keeps its address's id, a new one takes the lowest id
     // free, and ids of frontends removed now stay taken until the next pass.
+    for id in changed {
+        state.by_service.remove(id);
+    }
     for (addr, mut fe) in fresh {
         fe.svc_id = match delta.old.get(&addr) {
             Some(before) => before.svc_id,
             None => state.svc_ids.take().expect("counted above"),
         };
         delta.new.insert(addr);
+        state
+            .by_service
+            .entry(fe.service.clone())
+            .or_default()
+            .push(addr);
         compiled.frontends.insert(addr, fe);
     }
     for (addr, fe) in &delta.old {

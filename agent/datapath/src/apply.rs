@@ -98,7 +98,18 @@ pub fn apply(
     stats.members_added = crate::members::add(maps, &desired_members, &current_members)?;
 
     // 1b. Route-destination limits before the slots and headers that use them (`limits.rs`).
-    let current_slot_limits = upsert_route_limits(maps, desired, &mut stats)?;
+    // Skipped when none were written before (by the caller's record) nor are wanted now:
+    // walking even an empty hash map visits all its buckets, which costs a per-Service pass
+    // more than its own writes.
+    let limits_in_use = previous
+        .is_none_or(|p| !p.slot_limits.is_empty() || !p.group_names.is_empty())
+        || !desired.slot_limits.is_empty()
+        || !desired.group_names.is_empty()
+        || !desired.group_limits.is_empty();
+    let current_slot_limits = match limits_in_use {
+        true => upsert_route_limits(maps, desired, &mut stats)?,
+        false => BTreeMap::new(),
+    };
 
     // 2. Per frontend: slots, then the header, then slots beyond the new count.
     let current_ids: BTreeSet<u32> = current_services
@@ -190,7 +201,9 @@ pub fn apply(
                 .map_err(err(MAP_CONN_MAX, "set"))?;
         }
     }
-    remove_stale_groups(maps, desired)?;
+    if limits_in_use {
+        remove_stale_groups(maps, desired)?;
+    }
     Ok(stats)
 }
 

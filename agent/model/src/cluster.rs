@@ -270,6 +270,9 @@ pub struct ClusterModel {
     /// What changed since the source's previous snapshots, when it knows (`None`: unknown, as
     /// from the manifests source). Not part of the cluster's state, like `received`.
     pub changes: Option<crate::changes::Changes>,
+    /// Lookups by Service, when the source keeps them in step with the maps above (the
+    /// Kubernetes source does); `None`: readers scan. Not part of the cluster's state either.
+    pub index: Option<crate::index::ModelIndex>,
 }
 
 /// EndpointSlices by the Service they serve, built once per compilation: asking the model per
@@ -294,8 +297,8 @@ impl<'a> SliceIndex<'a> {
         Self { by_service }
     }
 
-    /// As [`SliceIndex::new`], for the slices of `services` only: one pass over the slices
-    /// without building the whole index, for a change that touched a few Services.
+    /// As [`SliceIndex::new`], for the slices of `services` only, for a change that touched a
+    /// few Services: from the model's index when it has one, else one pass over the slices.
     pub fn for_services(
         model: &'a ClusterModel,
         services: &std::collections::BTreeSet<ObjectRef>,
@@ -308,6 +311,19 @@ impl<'a> SliceIndex<'a> {
                 .insert(s.name.as_str());
         }
         let mut by_service: HashMap<&str, HashMap<&str, Vec<_>>> = HashMap::new();
+        if let Some(index) = &model.index {
+            for s in services {
+                let Some((service, ids)) = index.slices_of(s) else {
+                    continue;
+                };
+                let slices = ids.filter_map(|id| model.endpoint_slices.get(id));
+                by_service
+                    .entry(service.namespace.as_str())
+                    .or_default()
+                    .insert(service.name.as_str(), slices.collect());
+            }
+            return Self { by_service };
+        }
         for slice in model.endpoint_slices.values() {
             let ns = slice.id.namespace.as_str();
             let svc = slice.service_name.as_str();

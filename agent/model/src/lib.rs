@@ -16,6 +16,7 @@
 pub mod changes;
 pub mod cluster;
 pub mod error;
+pub mod index;
 pub mod istio;
 pub mod l7;
 pub mod locality;

@@ -52,6 +52,11 @@ impl Reconciler {
             .changes
             .as_ref()
             .ok_or("the source does not say what changed")?;
+        if changes.seq == scoped.seq {
+            // Woken for something else (a recompile, an ejection set that stayed empty): the
+            // model is the one the maps were written for.
+            return Ok(());
+        }
         let set = changes
             .since(scoped.seq)
             .ok_or("more snapshots skipped than change sets kept")?;

@@ -69,7 +69,8 @@ pub struct Aggregate {
     kinds: BTreeMap<ObjectKind, KindState>,
     /// Shared with the published snapshot when the publisher lends it back
     /// ([`Aggregate::model_arc`]): edited in place while no one else holds it, copied first
-    /// otherwise. An event that changes nothing copies nothing.
+    /// otherwise. An event that changes nothing copies nothing. Every slice goes in and out
+    /// through here, so the model's index (created with the first slice) lists them all.
     model: Arc<ClusterModel>,
     /// Whether the model changed since [`Aggregate::take_dirty`] was last called.
     dirty: bool,
@@ -120,6 +121,11 @@ impl Aggregate {
     /// The model's handle, for the publisher to swap with the published snapshot's.
     pub fn model_arc(&mut self) -> &mut Arc<ClusterModel> {
         &mut self.model
+    }
+
+    /// Whether the model changed since [`Aggregate::take_dirty`] was last called.
+    pub fn dirty(&self) -> bool {
+        self.dirty
     }
 
     /// Whether the model changed since the last call.
@@ -266,13 +272,17 @@ impl Aggregate {
             }
             ParsedObject::EndpointSlice(s) => {
                 let service = ObjectRef::new(&s.id.namespace, &s.service_name);
+                let id = s.id.clone();
                 match replace(&mut m.endpoint_slices, s.id.clone(), Arc::new(s)) {
                     Some(old) => {
+                        let index = m.index.get_or_insert_with(Default::default);
                         // The slice may have moved to another Service: both change.
                         if let Some(old) = old {
+                            index.slice_removed(&old);
                             c.services
                                 .insert(ObjectRef::new(&old.id.namespace, &old.service_name));
                         }
+                        index.slice_added(&m.endpoint_slices[&id]);
                         c.services.insert(service);
                         true
                     }
@@ -318,6 +328,9 @@ impl Aggregate {
             }
             ObjectKind::EndpointSlice => match m.endpoint_slices.remove(id) {
                 Some(old) => {
+                    m.index
+                        .get_or_insert_with(Default::default)
+                        .slice_removed(&old);
                     c.services
                         .insert(ObjectRef::new(&old.id.namespace, &old.service_name));
                     true

@@ -50,6 +50,7 @@ fn publisher(
         changes: Default::default(),
         started: Instant::now(),
         metrics: Default::default(),
+        held: Vec::new(),
     };
     (tx, model_rx, tokio::spawn(p.run()))
 }
@@ -153,4 +154,24 @@ async fn snapshots_say_what_changed_since_the_ones_before_and_edit_in_place() {
     snapshots_until(&mut rx, 3).await;
     assert_eq!(held.endpoint_slices.len(), 2);
     assert_eq!(rx.borrow().endpoint_slices.len(), 3);
+}
+
+#[tokio::test]
+async fn events_wait_for_a_held_snapshot_instead_of_copying_it() {
+    let (tx, mut rx, _task) = publisher(Duration::from_millis(1));
+    for kind in KINDS {
+        tx.send(msg(kind, Change::Absent)).unwrap();
+    }
+    snapshots_until(&mut rx, 0).await;
+    let held = rx.borrow_and_update().clone();
+    let at = Arc::as_ptr(&held);
+    tx.send(msg(ObjectKind::EndpointSlice, Change::Apply(slice(0))))
+        .unwrap();
+    // Well within the hold limit: nothing is published while the agent holds the snapshot.
+    let early = tokio::time::timeout(HOLD_LIMIT / 5, rx.changed()).await;
+    assert!(early.is_err(), "published while the snapshot was held");
+    assert!(held.endpoint_slices.is_empty());
+    drop(held);
+    snapshots_until(&mut rx, 1).await;
+    assert_eq!(Arc::as_ptr(&rx.borrow()), at, "the model was copied");
 }

@@ -97,7 +97,12 @@ pub(crate) struct SeriesCache(Arc<RwLock<Map>>);
 impl SeriesCache {
     /// Runs `f` on the series of `ptrs`, made by `make` (the values it points at, and the
     /// families' series) the first time.
-    pub(crate) fn with(&self, ptrs: Ptrs, make: impl FnOnce() -> (Held, Series), f: impl Fn(&Series)) {
+    pub(crate) fn with(
+        &self,
+        ptrs: Ptrs,
+        make: impl FnOnce() -> (Held, Series),
+        f: impl Fn(&Series),
+    ) {
         if let Some((_, s)) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&ptrs) {
             return f(s);
         }

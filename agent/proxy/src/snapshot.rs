@@ -314,10 +314,7 @@ pub(crate) fn build(
         .iter()
         .map(|(addr, sr)| (*addr, listener(sr, &dest)))
         .collect();
-    let clusters = clusters
-        .into_iter()
-        .map(|(k, c)| (k.clone(), c))
-        .collect();
+    let clusters = clusters.into_iter().map(|(k, c)| (k.clone(), c)).collect();
     Snapshot {
         config: config.clone(),
         listeners,

@@ -93,7 +93,11 @@ pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> bool {
     }
     if continuing {
         // Continue the caller's trace: its span is our parent.
-        match has.span_id.then(|| headers.get(&X_B3_SPANID).cloned()).flatten() {
+        match has
+            .span_id
+            .then(|| headers.get(&X_B3_SPANID).cloned())
+            .flatten()
+        {
             Some(parent) => {
                 headers.insert(X_B3_PARENTSPANID.clone(), parent);
             }

@@ -84,7 +84,11 @@ async fn a_routing_change_keeps_unchanged_clusters_and_their_connections() {
     let after = served_cluster(&h.tx.proxy, &key("svc"));
     assert!(Arc::ptr_eq(&before, &after), "the cluster was rebuilt");
     assert_eq!(h.get("/").await.status, 200);
-    assert_eq!(upstream_connections(&h.tx.proxy), 1, "the pooled connection was reused");
+    assert_eq!(
+        upstream_connections(&h.tx.proxy),
+        1,
+        "the pooled connection was reused"
+    );
     // A change to the cluster itself rebuilds it (its endpoints' pools still carry over).
     let mut changed = with_timeout(31);
     let c = changed.clusters.get_mut(&key("svc")).unwrap();

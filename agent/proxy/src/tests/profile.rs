@@ -41,10 +41,8 @@ async fn lean_backend(name: &'static str) -> Lean {
                 let svc = service_fn(move |req: Request<Incoming>| async move {
                     let _ = req.into_body().collect().await;
                     let mut resp = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
-                    resp.headers_mut().insert(
-                        "x-backend",
-                        http::HeaderValue::from_static(name),
-                    );
+                    resp.headers_mut()
+                        .insert("x-backend", http::HeaderValue::from_static(name));
                     Ok::<_, Infallible>(resp)
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())

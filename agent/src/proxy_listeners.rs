@@ -36,19 +36,30 @@ pub struct PodInfo {
 /// Pods by IP; swapped whole on every model change.
 pub type PodLabels = Arc<BTreeMap<Ipv4Addr, PodInfo>>;
 
-pub fn pod_labels(model: &ClusterModel) -> PodLabels {
+/// The pods of `model`. A pod that `previous` has with the same labels and workload keeps its
+/// entry: the proxy's per-workload metric labels are interned in the `Workload`, so a new one
+/// on every reconcile pass would make each request after it build its series again.
+pub fn pod_labels(model: &ClusterModel, previous: &BTreeMap<Ipv4Addr, PodInfo>) -> PodLabels {
     Arc::new(
         model
             .pods
             .values()
             .filter_map(|p| {
-                Some((
-                    p.ip?,
-                    PodInfo {
+                let ip = p.ip?;
+                let w = workload(p);
+                let info = match previous.get(&ip) {
+                    Some(old) if *old.labels == p.labels && old.workload.same_identity(&w) => {
+                        PodInfo {
+                            labels: old.labels.clone(),
+                            workload: old.workload.clone(),
+                        }
+                    }
+                    _ => PodInfo {
                         labels: Arc::new(p.labels.clone()),
-                        workload: Arc::new(workload(p)),
+                        workload: Arc::new(w),
                     },
-                ))
+                };
+                Some((ip, info))
             })
             .collect(),
     )
@@ -168,9 +179,12 @@ impl ProxyListeners {
         self.proxy.apply(config);
     }
 
-    pub fn set_pod_labels(&self, labels: PodLabels) {
+    /// The pods of `model` from now on (entries of unchanged pods kept, see [`pod_labels`]).
+    pub fn update_pods(&self, model: &ClusterModel) {
+        let previous = self.pods.read().map(|p| Arc::clone(&p)).unwrap_or_default();
+        let next = pod_labels(model, &previous);
         if let Ok(mut p) = self.pods.write() {
-            *p = labels;
+            *p = next;
         }
     }
 
@@ -309,5 +323,39 @@ impl Drop for ProxyListeners {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpath_model::ObjectRef;
+
+    fn model(app: &str) -> ClusterModel {
+        let mut m = ClusterModel::default();
+        let p = Pod {
+            id: ObjectRef::new("shop", "client-1"),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            ip: Some(Ipv4Addr::new(10, 244, 0, 9)),
+            container_ports: vec![],
+            placement: Default::default(),
+            workload: "client".to_owned(),
+            trace_sampling_hundredths: None,
+            socket_redirect: None,
+        };
+        m.pods.insert(p.id.clone(), p);
+        m
+    }
+
+    #[test]
+    fn an_unchanged_pod_keeps_its_entry() {
+        let ip = Ipv4Addr::new(10, 244, 0, 9);
+        let first = pod_labels(&model("web"), &BTreeMap::new());
+        let same = pod_labels(&model("web"), &first);
+        assert!(Arc::ptr_eq(&first[&ip].workload, &same[&ip].workload));
+        assert!(Arc::ptr_eq(&first[&ip].labels, &same[&ip].labels));
+        let relabelled = pod_labels(&model("shop"), &same);
+        assert!(!Arc::ptr_eq(&same[&ip].workload, &relabelled[&ip].workload));
+        assert_eq!(relabelled[&ip].workload.app, "shop");
     }
 }

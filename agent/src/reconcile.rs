@@ -18,7 +18,7 @@ use meshpath_datapath::DatapathMaps;
 use meshpath_model::l7::L7Config;
 use meshpath_model::ClusterModel;
 
-use crate::proxy_listeners::{pod_labels, ProxyListeners};
+use crate::proxy_listeners::ProxyListeners;
 
 mod recompile;
 mod scoped;
@@ -220,7 +220,7 @@ impl Reconciler {
                 for e in &out_of_ports {
                     warn!(error = %e, "frontend not steered to the proxy");
                 }
-                p.listeners.set_pod_labels(pod_labels(model));
+                p.listeners.update_pods(model);
                 // The proxy serves the new table before any connection can be steered to it:
                 // built here, off its request path, and only when the routing really changed
                 // (a pass for an outlier ejection or a kernel-only change publishes nothing).

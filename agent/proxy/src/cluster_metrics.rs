@@ -14,6 +14,9 @@ use prometheus_client::metrics::MetricType;
 use crate::breaker::envoy_cluster_name;
 use crate::ProxyStats;
 
+/// The label of one router stat: its HTTP connection manager's prefix.
+type PrefixLabel<'a> = [(&'a str, String); 1];
+
 /// The metric family of an Envoy stat: dots become underscores, and a counter's own `_total`
 /// is dropped because the encoder appends one.
 fn family_name(stat: &str, is_counter: bool) -> String {
@@ -65,7 +68,7 @@ impl Collector for ProxyStats {
             }
         }
         // Router stats (`http.<prefix>.<stat>`), tagged as Istio's stats config does.
-        let mut by_stat: BTreeMap<&'static str, Vec<([(&str, String); 1], u64)>> = BTreeMap::new();
+        let mut by_stat: BTreeMap<&'static str, Vec<(PrefixLabel, u64)>> = BTreeMap::new();
         for (prefix, stat, v) in self.router_values() {
             by_stat
                 .entry(stat)

@@ -28,6 +28,7 @@ impl Routes {
     pub fn new(config: L7Config) -> Routes {
         Routes(snapshot::build(
             Arc::new(config),
+            None,
             &mut Registry::new(),
             &mut StatsMap::new(),
             &Outliers::new(),

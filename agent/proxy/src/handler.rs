@@ -136,8 +136,8 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
         .and_then(|a| conn.resolver.source_workload(a));
     let destination = proxy.metrics.side(dest_workload.as_deref());
     proxy.metrics.observe(&istio_metrics::Observation {
-        source: &source,
-        destination: &destination,
+        source,
+        destination,
         cluster: routed.cluster.map(|c| c.labels()),
         status: resp.status().as_u16(),
         flags: routed.flags.unwrap_or("-"),
@@ -385,10 +385,10 @@ pub(crate) fn prepare_head(
         o.req.apply(&mut head.headers);
     }
     route.req_ops.apply(&mut head.headers);
-    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
-        head.headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    // One lookup: kept when the client set it, added otherwise.
+    head.headers
+        .entry(X_FORWARDED_PROTO.clone())
+        .or_insert_with(|| HeaderValue::from_static("http"));
     upgrade
 }
 

@@ -92,6 +92,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `upgrade` keeps `Connection: upgrade` and `Upgrade` for a WebSocket handshake. `te:
 /// trailers` stays: gRPC needs it.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of them: one pass over the names (a length switch and a short
+    // compare each) instead of a hashed lookup per hop-by-hop name.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.get(CONNECTION).cloned() {
         if let Ok(list) = conn.to_str() {
             for token in list.split(',').map(str::trim) {
@@ -118,6 +123,13 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     if h.get(TE).is_some_and(|v| v.as_bytes() != b"trailers") {
         h.remove(TE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te"
+    )
 }
 
 /// The request's authority: `:authority` (HTTP/2, absolute-form) or `Host`.

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use meshpath_model::l7::ClusterKey;
 
-use crate::istio_series::{Key, Series, SeriesCache};
+use crate::istio_series::{Held, Ptrs, Series, SeriesCache};
 use crate::workload::Workload;
 
 /// A label value shared between series.
@@ -65,10 +65,6 @@ impl ClusterLabels {
         }))
     }
 
-    pub(crate) fn same(&self, other: &ClusterLabels) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-
     pub(crate) fn ptr(&self) -> usize {
         Arc::as_ptr(&self.0) as usize
     }
@@ -99,10 +95,6 @@ impl Side {
             canonical_service: v(|w| &w.canonical_service),
             canonical_revision: v(|w| &w.canonical_revision),
         }))
-    }
-
-    pub(crate) fn same(&self, other: &Side) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
     }
 
     pub(crate) fn ptr(&self) -> usize {
@@ -227,26 +219,29 @@ impl IstioMetrics {
     }
 
     /// The workload's interned labels (`unknown` everywhere when not known).
-    pub(crate) fn side(&self, w: Option<&Workload>) -> Side {
+    pub(crate) fn side<'a>(&'a self, w: Option<&'a Workload>) -> &'a Side {
         match w {
-            Some(w) => w.metric_labels.get_or_init(|| Side::build(Some(w))).clone(),
-            None => self.unknown_side.clone(),
+            Some(w) => w.metric_labels.get_or_init(|| Side::build(Some(w))),
+            None => &self.unknown_side,
         }
     }
 
     pub(crate) fn observe(&self, o: &Observation<'_>) {
-        let key = Key {
-            source: o.source.clone(),
-            destination: o.destination.clone(),
-            cluster: o.cluster.cloned(),
-            status: o.status,
-            flags: o.flags,
+        let ptrs = Ptrs::new(o.source, o.destination, o.cluster, o.status, o.flags);
+        let make = || {
+            let held = Held {
+                _source: o.source.clone(),
+                _destination: o.destination.clone(),
+                _cluster: o.cluster.cloned(),
+            };
+            (held, self.series_of(o))
         };
-        let series = self.series.get(key, || self.series_of(o));
-        series.requests.inc();
-        series.duration.observe(o.duration_ms);
-        series.request_bytes.observe(o.request_bytes as f64);
-        series.response_bytes.observe(o.response_bytes as f64);
+        self.series.with(ptrs, make, |series| {
+            series.requests.inc();
+            series.duration.observe(o.duration_ms);
+            series.request_bytes.observe(o.request_bytes as f64);
+            series.response_bytes.observe(o.response_bytes as f64);
+        });
     }
 
     /// The families' series for `o`'s label set, created when new.

@@ -6,7 +6,7 @@
 //! metrics are handles), so a scrape sees the same numbers.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
@@ -26,58 +26,92 @@ pub(crate) struct Series {
     pub response_bytes: Histogram,
 }
 
-/// Holds its interned values, so a pointer it compares can never be reused for another
-/// value while it is cached.
-#[derive(Clone)]
-pub(crate) struct Key {
-    pub source: Side,
-    pub destination: Side,
-    pub cluster: Option<ClusterLabels>,
-    pub status: u16,
-    pub flags: &'static str,
+/// The interned values a cached entry's addresses point at, held so that an address it
+/// compares can never be reused for another value while it is cached.
+pub(crate) struct Held {
+    pub _source: Side,
+    pub _destination: Side,
+    pub _cluster: Option<ClusterLabels>,
 }
 
-impl PartialEq for Key {
-    fn eq(&self, o: &Key) -> bool {
-        self.source.same(&o.source)
-            && self.destination.same(&o.destination)
-            && match (&self.cluster, &o.cluster) {
-                (Some(a), Some(b)) => a.same(b),
-                (None, None) => true,
-                _ => false,
-            }
-            && self.status == o.status
-            && self.flags == o.flags
+/// What a lookup compares: the interned values' addresses, copied without touching their
+/// reference counts. `flags` by address too: equal flags at two addresses make two entries
+/// for the same series, which the families share.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Ptrs {
+    source: usize,
+    destination: usize,
+    cluster: usize,
+    flags: usize,
+    status: u16,
+}
+
+impl Ptrs {
+    pub(crate) fn new(
+        source: &Side,
+        destination: &Side,
+        cluster: Option<&ClusterLabels>,
+        status: u16,
+        flags: &'static str,
+    ) -> Ptrs {
+        Ptrs {
+            source: source.ptr(),
+            destination: destination.ptr(),
+            cluster: cluster.map_or(0, ClusterLabels::ptr),
+            flags: flags.as_ptr() as usize,
+            status,
+        }
     }
 }
 
-impl Eq for Key {}
+/// A multiply-rotate hash over a few words (FxHash's): the keys are addresses, which need
+/// no protection against chosen collisions, and SipHash cost more than the rest of a lookup.
+#[derive(Default)]
+pub(crate) struct WordHasher(u64);
 
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.source.ptr().hash(h);
-        self.destination.ptr().hash(h);
-        self.cluster.as_ref().map(ClusterLabels::ptr).hash(h);
-        self.status.hash(h);
-        self.flags.hash(h);
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
+
+type Map = HashMap<Ptrs, (Held, Series), BuildHasherDefault<WordHasher>>;
 
 #[derive(Clone, Default)]
-pub(crate) struct SeriesCache(Arc<RwLock<HashMap<Key, Arc<Series>>>>);
+pub(crate) struct SeriesCache(Arc<RwLock<Map>>);
 
 impl SeriesCache {
-    /// The series of `key`, made by `make` (from the families) the first time.
-    pub(crate) fn get(&self, key: Key, make: impl FnOnce() -> Series) -> Arc<Series> {
-        if let Some(s) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return s.clone();
+    /// Runs `f` on the series of `ptrs`, made by `make` (the values it points at, and the
+    /// families' series) the first time.
+    pub(crate) fn with(
+        &self,
+        ptrs: Ptrs,
+        make: impl FnOnce() -> (Held, Series),
+        f: impl Fn(&Series),
+    ) {
+        if let Some((_, s)) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&ptrs) {
+            return f(s);
         }
-        let series = Arc::new(make());
+        let (held, series) = make();
+        f(&series);
         let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(key, series.clone());
-        series
+        map.insert(ptrs, (held, series));
     }
 }

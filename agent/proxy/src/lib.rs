@@ -179,6 +179,7 @@ impl Proxy {
         let outliers = outlier::Outliers::new();
         let first = snapshot::build(
             config.borrow().clone(),
+            None,
             &mut registry,
             &mut stats,
             &outliers,
@@ -230,7 +231,13 @@ impl Proxy {
         }
         let started = std::time::Instant::now();
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let next = snapshot::build(config, &mut registry, &mut stats, &self.outliers);
+        let next = snapshot::build(
+            config,
+            Some(&served),
+            &mut registry,
+            &mut stats,
+            &self.outliers,
+        );
         drop(stats);
         tracing::info!(
             listeners = next.listeners.len(),

@@ -103,7 +103,10 @@ fn builder() -> auto::Builder<TokioExecutor> {
         // A client may shut down its write side once its request is sent (`nc -N`, some
         // health checkers): answer it, as nginx and Envoy do, instead of closing at the EOF.
         .half_close(true)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Heads and small bodies copied into one buffer and written at once: fewer
+        // instructions per request than queueing them for a vectored write (callgrind).
+        .writev(false);
     builder.http2().timer(TokioTimer::new());
     builder
 }

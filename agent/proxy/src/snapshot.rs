@@ -34,6 +34,8 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Snapshot {
     pub config: Arc<L7Config>,
     pub listeners: HashMap<SocketAddr, ListenerRt>,
+    /// Every defined cluster's state, for the next build to take over what did not change.
+    pub clusters: HashMap<ClusterKey, Arc<ClusterRt>>,
 }
 
 pub(crate) struct ListenerRt {
@@ -228,8 +230,13 @@ fn cluster_endpoint(
     ep
 }
 
+/// The snapshot of `config`. A cluster whose definition is the same in `previous` (and, when
+/// its balancing depends on it, the node's locality too) is taken over whole: its balancer
+/// state, breaker, interned names and metric labels stay as they were, so a routing-only change
+/// (a VirtualService edit) rebuilds only the routes.
 pub(crate) fn build(
     config: Arc<L7Config>,
+    previous: Option<&Snapshot>,
     registry: &mut Registry,
     stats: &mut StatsMap,
     outliers: &Arc<Outliers>,
@@ -238,6 +245,12 @@ pub(crate) fn build(
     let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
         HashMap::with_capacity(config.clusters.len());
     for (key, c) in &config.clusters {
+        if let Some(same) = previous.and_then(|p| unchanged(p, &config, key, c)) {
+            // Keeps its stats entry, as a rebuilt cluster would.
+            breaker::stats_for(stats, key);
+            clusters.insert(key, same);
+            continue;
+        }
         let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
         // Stats outlive snapshots: a cluster they know is one the proxy already had.
         let known = stats.contains_key(key);
@@ -301,10 +314,28 @@ pub(crate) fn build(
         .iter()
         .map(|(addr, sr)| (*addr, listener(sr, &dest)))
         .collect();
+    let clusters = clusters.into_iter().map(|(k, c)| (k.clone(), c)).collect();
     Snapshot {
         config: config.clone(),
         listeners,
+        clusters,
     }
+}
+
+/// `previous`'s state of cluster `key` when `c` defines it as `previous` did.
+fn unchanged(
+    previous: &Snapshot,
+    config: &L7Config,
+    key: &ClusterKey,
+    c: &meshpath_model::l7::Cluster,
+) -> Option<Arc<ClusterRt>> {
+    if previous.config.clusters.get(key) != Some(c) {
+        return None;
+    }
+    if c.policy.locality_lb.is_some() && previous.config.locality != config.locality {
+        return None;
+    }
+    previous.clusters.get(key).cloned()
 }
 
 fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> ListenerRt {

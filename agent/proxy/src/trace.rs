@@ -77,35 +77,55 @@ pub trait SpanExporter: Send + Sync {
 pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> bool {
     // Room for what this and the router add, so the map grows once instead of per insert.
     headers.reserve(8);
-    let had_b3 = headers.contains_key(&B3);
-    if had_b3 && !headers.contains_key(&X_B3_TRACEID) {
+    // Which trace headers the request has, in one pass over its names: most have none, and
+    // each absent one would otherwise cost a hashed lookup.
+    let mut has = Present::of(headers);
+    if has.b3 && !has.trace_id {
         if let Some(v) = headers.get(&B3).cloned() {
             expand_b3(headers, v.as_bytes());
+            has = Present::of(headers);
         }
     }
-    let continuing = headers.contains_key(&X_B3_TRACEID);
-    let fresh = Fresh::new(!headers.contains_key(&X_REQUEST_ID), !continuing);
+    let continuing = has.trace_id;
+    let fresh = Fresh::new(!has.request_id, !continuing);
     if let Some(rid) = fresh.request_id {
         headers.insert(X_REQUEST_ID.clone(), rid);
     }
     if continuing {
         // Continue the caller's trace: its span is our parent.
-        match headers.get(&X_B3_SPANID).cloned() {
-            Some(parent) => headers.insert(X_B3_PARENTSPANID.clone(), parent),
-            None => headers.remove(&X_B3_PARENTSPANID),
-        };
+        match has
+            .span_id
+            .then(|| headers.get(&X_B3_SPANID).cloned())
+            .flatten()
+        {
+            Some(parent) => {
+                headers.insert(X_B3_PARENTSPANID.clone(), parent);
+            }
+            None if has.parent => {
+                headers.remove(&X_B3_PARENTSPANID);
+            }
+            None => {}
+        }
     } else {
         // A stale parent without a trace id means nothing: drop it.
-        headers.remove(&X_B3_PARENTSPANID);
+        if has.parent {
+            headers.remove(&X_B3_PARENTSPANID);
+        }
         if let Some(trace_id) = fresh.trace_id {
             headers.insert(X_B3_TRACEID.clone(), trace_id);
         }
     }
     headers.insert(X_B3_SPANID.clone(), fresh.span_id);
-    let debug = headers
-        .get(&X_B3_FLAGS)
-        .is_some_and(|v| v.as_bytes() == b"1");
-    let sampled = match headers.get(&X_B3_SAMPLED) {
+    let debug = has.flags
+        && headers
+            .get(&X_B3_FLAGS)
+            .is_some_and(|v| v.as_bytes() == b"1");
+    let incoming = if has.sampled {
+        headers.get(&X_B3_SAMPLED)
+    } else {
+        None
+    };
+    let sampled = match incoming {
         _ if debug => true,
         Some(v) => v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"),
         None => {
@@ -117,10 +137,41 @@ pub(crate) fn ensure_headers(headers: &mut HeaderMap, sampling: f64) -> bool {
             s
         }
     };
-    if had_b3 {
+    if has.b3 {
         rewrite_b3(headers, sampled, debug);
     }
     sampled
+}
+
+/// The trace headers a request carries.
+#[derive(Default)]
+struct Present {
+    request_id: bool,
+    trace_id: bool,
+    span_id: bool,
+    parent: bool,
+    sampled: bool,
+    flags: bool,
+    b3: bool,
+}
+
+impl Present {
+    fn of(headers: &HeaderMap) -> Present {
+        let mut p = Present::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "x-request-id" => p.request_id = true,
+                "x-b3-traceid" => p.trace_id = true,
+                "x-b3-spanid" => p.span_id = true,
+                "x-b3-parentspanid" => p.parent = true,
+                "x-b3-sampled" => p.sampled = true,
+                "x-b3-flags" => p.flags = true,
+                "b3" => p.b3 = true,
+                _ => {}
+            }
+        }
+        p
+    }
 }
 
 /// `b3: {traceid}-{spanid}[-{sampling}[-{parentspanid}]]` or a bare sampling state (`0`, `1`,

@@ -347,7 +347,9 @@ async fn connect_h1(
     let addr = ep.addr;
     let stream = connect(addr, timeout).await?;
     let cx = ep.stats.clone().map(CxGuard::new);
+    // One buffer per write, as on the downstream side (`server::builder`).
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| UpstreamError::Handshake { addr, source })?;

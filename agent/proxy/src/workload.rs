@@ -24,6 +24,18 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The same identity (every field but the interned metric labels): a pod whose workload
+    /// did not change keeps its `Arc<Workload>`, and with it the proxy's metric series.
+    pub fn same_identity(&self, o: &Workload) -> bool {
+        self.name == o.name
+            && self.namespace == o.namespace
+            && self.app == o.app
+            && self.version == o.version
+            && self.canonical_service == o.canonical_service
+            && self.canonical_revision == o.canonical_revision
+            && self.trace_sampling == o.trace_sampling
+    }
+
     /// Envoy's `localEndpoint.serviceName` under Istio: `<app label>.<namespace>` (the
     /// canonical service when the pod has no app label, as istio-agent's service cluster).
     pub fn service_name(&self) -> String {

@@ -209,7 +209,13 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
             };
             l7change::write_manifests(&dir, &bench_yaml(upstream, vs))
         };
-        l7change::measure(client, cfg.fortio, &url, cfg.duration, &write)
+        let cpu_s = || (usage::cpu_seconds(&pids), proxy_thread_cpu(&hop));
+        let log = || agent_log(&hop);
+        let agent = l7change::AgentProbe {
+            cpu_s: &cpu_s,
+            log: &log,
+        };
+        l7change::measure(client, cfg.fortio, &url, cfg.duration, &write, &agent)
     });
     drop(sampler);
     let mut problems = Vec::new();

@@ -23,6 +23,13 @@ pub const CHANGE_EVERY: Duration = Duration::from_millis(250);
 /// p99 with changes ÷ p99 without: at most this.
 pub const TARGET_RATIO: f64 = 1.10;
 
+/// What the agent spent, read before and after each run: CPU seconds of the whole process
+/// and of the proxy's worker threads, and its log.
+pub struct AgentProbe<'a> {
+    pub cpu_s: &'a dyn Fn() -> (f64, f64),
+    pub log: &'a dyn Fn() -> String,
+}
+
 /// Both runs; `write(i)` writes the manifests of variant `i` (an alternating route timeout).
 pub fn measure(
     client: &Pod,
@@ -30,6 +37,7 @@ pub fn measure(
     url: &str,
     duration: Duration,
     write: &(dyn Fn(u32) -> Result<()> + Sync),
+    agent: &AgentProbe<'_>,
 ) -> Result<Value> {
     let load = Load {
         url,
@@ -37,7 +45,10 @@ pub fn measure(
         connections: CONNS,
         duration,
     };
+    let cpu0 = (agent.cpu_s)();
     let steady = fortio::load(client, fortio, &load).context("steady run")?;
+    let cpu1 = (agent.cpu_s)();
+    let log_from = (agent.log)().len();
     let stop = AtomicBool::new(false);
     let changes = AtomicU32::new(0);
     let changing = std::thread::scope(|s| {
@@ -56,6 +67,12 @@ pub fn measure(
         res.and_then(|r| wrote.map(|()| r))
     })
     .context("run under config changes")?;
+    let cpu2 = (agent.cpu_s)();
+    let log = (agent.log)();
+    let during = log.get(log_from..).unwrap_or_default();
+    // Outside the proxy's workers: the source, reconcile and snapshot builds. The proxy's
+    // workers serve the same load in both runs.
+    let other = |a: (f64, f64), b: (f64, f64)| (b.0 - b.1) - (a.0 - a.1);
     // Back to the first variant, so later runs see the config they started with.
     write(0)?;
     Ok(json!({
@@ -68,7 +85,33 @@ pub fn measure(
         "failed_steady": steady.failed,
         "failed_changing": changing.failed,
         "qps_changing": changing.actual_qps,
+        "agent_other_cpu_s_steady": other(cpu0, cpu1),
+        "agent_other_cpu_s_changing": other(cpu1, cpu2),
+        "proxy_cpu_s_steady": cpu1.1 - cpu0.1,
+        "proxy_cpu_s_changing": cpu2.1 - cpu1.1,
+        "reconcile_applied_us": field_stats(during, "applied_us="),
+        "snapshot_build_us": field_stats(during, "build_us="),
     }))
+}
+
+/// Count, median and max of the numbers after `key` in the agent's log lines.
+fn field_stats(log: &str, key: &str) -> Value {
+    let mut v: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(key)? + key.len()..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+        .collect();
+    v.sort_unstable();
+    json!({
+        "count": v.len(),
+        "median": v.get(v.len() / 2),
+        "max": v.last(),
+    })
 }
 
 /// The VirtualService of variant `i`: the bench's one route, with a timeout that differs
@@ -93,7 +136,9 @@ pub fn describe(v: &Value) -> Option<String> {
     let changing = v["p99_changing_us"].as_f64()?;
     Some(format!(
         "config change under load ({} qps, c={}, VirtualService rewritten every {} ms, {} \
-         changes): p99 {:.0} µs steady, {:.0} µs while changing = {:.2}× (failed requests {} / {})",
+         changes): p99 {:.0} µs steady, {:.0} µs while changing = {:.2}× (failed requests {} / {}); \
+         agent CPU outside the proxy's workers {:.3} s steady, {:.3} s changing; reconcile passes \
+         {} (applied_us median {} max {}), snapshot builds {} (build_us median {} max {})",
         v["qps"],
         v["connections"],
         v["change_every_ms"],
@@ -102,7 +147,15 @@ pub fn describe(v: &Value) -> Option<String> {
         changing,
         changing / steady,
         v["failed_steady"],
-        v["failed_changing"]
+        v["failed_changing"],
+        v["agent_other_cpu_s_steady"].as_f64().unwrap_or(f64::NAN),
+        v["agent_other_cpu_s_changing"].as_f64().unwrap_or(f64::NAN),
+        v["reconcile_applied_us"]["count"],
+        v["reconcile_applied_us"]["median"],
+        v["reconcile_applied_us"]["max"],
+        v["snapshot_build_us"]["count"],
+        v["snapshot_build_us"]["median"],
+        v["snapshot_build_us"]["max"],
     ))
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn snapshot_of(cfg: L7Config) -> (Snapshot, Arc<Outliers>) {
     let outliers = Outliers::new();
     let snap = snapshot::build(
         Arc::new(cfg),
+        None,
         &mut Registry::new(),
         &mut StatsMap::new(),
         &outliers,

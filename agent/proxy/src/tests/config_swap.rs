@@ -53,3 +53,49 @@ async fn requests_keep_flowing_while_configs_change() {
     swapper.await.unwrap();
     assert!(a.count() + b.count() >= 50);
 }
+
+/// The state of cluster `k` in the served snapshot.
+fn served_cluster(p: &Proxy, k: &ClusterKey) -> Arc<crate::snapshot::ClusterRt> {
+    p.current.load().clusters[k].clone()
+}
+
+fn upstream_connections(p: &Proxy) -> u64 {
+    p.stats()
+        .values()
+        .iter()
+        .find(|(_, stat, _, _)| *stat == "upstream_cx_total")
+        .map(|v| v.2)
+        .expect("the cluster has stats")
+}
+
+#[tokio::test]
+async fn a_routing_change_keeps_unchanged_clusters_and_their_connections() {
+    let a = backend("a").await;
+    let with_timeout = |secs: u64| {
+        let mut r = route(vec![], to(&key("svc")));
+        r.timeout = Some(std::time::Duration::from_secs(secs));
+        config(vec![r], vec![(key("svc"), cluster(&[a.addr], RoundRobin))])
+    };
+    let h = start(with_timeout(30)).await;
+    assert_eq!(h.get("/").await.status, 200);
+    let before = served_cluster(&h.tx.proxy, &key("svc"));
+    // A VirtualService edit: new routes, the same cluster.
+    assert!(h.tx.proxy.apply(Arc::new(with_timeout(31))));
+    let after = served_cluster(&h.tx.proxy, &key("svc"));
+    assert!(Arc::ptr_eq(&before, &after), "the cluster was rebuilt");
+    assert_eq!(h.get("/").await.status, 200);
+    assert_eq!(
+        upstream_connections(&h.tx.proxy),
+        1,
+        "the pooled connection was reused"
+    );
+    // A change to the cluster itself rebuilds it (its endpoints' pools still carry over).
+    let mut changed = with_timeout(31);
+    let c = changed.clusters.get_mut(&key("svc")).unwrap();
+    c.policy.connection_pool.max_retries = Some(7);
+    assert!(h.tx.proxy.apply(Arc::new(changed)));
+    let rebuilt = served_cluster(&h.tx.proxy, &key("svc"));
+    assert!(!Arc::ptr_eq(&after, &rebuilt));
+    assert_eq!(h.get("/").await.status, 200);
+    assert_eq!(upstream_connections(&h.tx.proxy), 1);
+}

@@ -225,6 +225,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     // The tc path attaches once, after the first reconcile filled its maps.
     let mut tc_attached = false;
     let mut _tc_links = None;
+    // The pod veths' programs read the ClusterIP frontends: started after the first reconcile.
+    let mut veth_started = false;
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
@@ -243,6 +245,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     warn!(%error, source = ?std::error::Error::source(&error), "tc path not attached: NodePorts and external IPs are not served")
                 }
             }
+        }
+        if !veth_started {
+            veth_started = true;
+            start_veth_path(&cfg, &mut datapath, &cgroup);
         }
         programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         if let (SourceConfig::Kube(_), Some(node)) = (&cfg.source, &cfg.node_name) {
@@ -282,6 +288,27 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         listeners.drain(p.drain_timeout).await;
     }
     Ok(())
+}
+
+/// The pod-veth tc path when switched on, else whatever a previous agent pinned is detached.
+/// Not fatal: the socket path serves the pods whatever happens on their veths.
+fn start_veth_path(cfg: &AgentConfig, datapath: &mut Datapath, cgroup: &std::path::Path) {
+    let Some(veth) = &cfg.tc_veth else {
+        if let Err(error) = meshpath_datapath::tc_veth::detach_all(&cfg.pin_dir) {
+            warn!(%error, "pod veth links of a previous agent not detached");
+        }
+        return;
+    };
+    let path = match datapath.take_veth_path(&cfg.pin_dir) {
+        Ok(path) => path,
+        Err(error) => {
+            warn!(%error, source = ?std::error::Error::source(&error), "pod veth path not started: ClusterIPs from outside the managed cgroups are not served");
+            return;
+        }
+    };
+    if let Err(error) = crate::tc_veth::spawn(path, veth, cgroup.to_path_buf()) {
+        warn!(%error, source = ?std::error::Error::source(&error), "pod veth path not started: ClusterIPs from outside the managed cgroups are not served");
+    }
 }
 
 /// Resolves when the proxy's ejected set changes; never without a proxy (or once it is gone).

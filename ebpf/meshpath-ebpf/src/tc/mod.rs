@@ -6,8 +6,10 @@
 //! Entry points stay thin: each calls a function whose `Ok` and `Err` both carry the verdict.
 
 mod flow;
+mod forward;
 mod maps;
 mod nat;
+mod veth;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

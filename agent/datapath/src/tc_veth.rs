@@ -109,7 +109,8 @@ impl VethPath {
                 .map_err(|source| VethError::Program { name, source })?;
             prog.load()
                 .map_err(|source| VethError::Program { name, source })?;
-            let pin = pin_dir.join(format!(".{name}.prog"));
+            // bpffs refuses names with a dot.
+            let pin = pin_dir.join(format!("handover_{name}"));
             let _ = std::fs::remove_file(&pin);
             prog.pin(&pin).map_err(|source| VethError::ProgPin { name, source })?;
             let owned = SchedClassifier::from_pin(&pin);

@@ -262,3 +262,81 @@ fn pod_to_pod_packets_skip_the_bridge_with_forwarding_on_and_cross_it_with_forwa
     assert_eq!(counter(&s, "tc_veth_redirect_peer"), before, "{s}");
     agent.stop().expect("agent stops");
 }
+
+/// `IpForwDatagrams` of namespace `ns`: packets its routing forwarded.
+fn forwarded(ns: &str) -> u64 {
+    let snmp = run("ip", &["netns", "exec", ns, "cat", "/proc/net/snmp"]).expect("snmp");
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().expect("Ip header"), ip.next().expect("Ip values"));
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "ForwDatagrams")
+        .expect("ForwDatagrams");
+    values.split_whitespace().nth(i).expect("value").parse().expect("number")
+}
+
+/// A namespace routed through the node, standing for another node's pods, removed on drop.
+struct Remote(String);
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Err(e) = run("ip", &["netns", "del", &self.0]) {
+            eprintln!("tc_veth: removing netns {}: {e:#}", self.0);
+        }
+    }
+}
+
+#[test]
+fn replies_to_a_forwarded_network_leave_through_the_fib_not_the_host_routing() {
+    skip_unless!(AGENT);
+    let Some(node) = node() else { return };
+    let ns = node.node_netns_name().to_owned();
+    let remote = Remote(format!("{}-r", node.id().base()));
+    run("ip", &["netns", "add", &remote.0]).expect("remote netns");
+    let r = remote.0.as_str();
+    for args in [
+        vec!["-n", r, "link", "set", "lo", "up"],
+        vec!["-n", &ns, "link", "add", "rm", "type", "veth", "peer", "name", "eth0", "netns", r],
+        vec!["-n", &ns, "addr", "add", "192.168.90.1/24", "dev", "rm"],
+        vec!["-n", &ns, "link", "set", "rm", "up"],
+        vec!["-n", r, "addr", "add", "192.168.90.2/24", "dev", "eth0"],
+        vec!["-n", r, "link", "set", "eth0", "up"],
+        vec!["-n", r, "route", "add", "10.244.0.0/24", "via", "192.168.90.1"],
+    ] {
+        run("ip", &args).expect("remote wiring");
+    }
+    let client = node
+        .outside()
+        .in_netns("remote", r, "192.168.90.2".parse().unwrap());
+    let target = addr(&node.pod(1).ip().to_string(), 8080).to_string();
+    let tcp = |n: u32| -> meshpath_tests::ClientReport {
+        let v = node
+            .run_client_in(&client, &["tcp", "--addr", &target, "--count", &n.to_string()])
+            .expect("tcp client");
+        serde_json::from_value(v).expect("report")
+    };
+    let round = |agent: &Agent| -> (u64, u64) {
+        tcp(2); // neighbours warm
+        let before = (forwarded(&ns), counter(&agent.status().unwrap(), "tc_veth_redirect_neigh"));
+        let rep = tcp(20);
+        assert_eq!(rep.count("web-p1"), 20, "{rep:?}");
+        let after = (forwarded(&ns), counter(&agent.status().unwrap(), "tc_veth_redirect_neigh"));
+        (after.0 - before.0, after.1 - before.1)
+    };
+
+    let mut agent = start(&node, &["--tc-pod-forward-cidr", "192.168.90.0/24"]);
+    let (routed_on, neigh) = round(&agent);
+    agent.stop().expect("agent stops");
+    let mut agent = start(&node, &["--tc-pod-forward", "false"]);
+    let (routed_off, neigh_off) = round(&agent);
+    agent.stop().expect("agent stops");
+    eprintln!(
+        "routed by the node: {routed_on} (forwarding on, {neigh} via bpf_redirect_neigh), \
+         {routed_off} (off)"
+    );
+    // Requests towards the pod are routed by the node either way; pod 1's answers (at least
+    // the SYN-ACK, data and FIN of each connection) only with forwarding off.
+    assert!(neigh >= 40, "{neigh} answers through the FIB");
+    assert_eq!(neigh_off, 0);
+    assert!(routed_off >= routed_on + 40, "on {routed_on}, off {routed_off}");
+}

@@ -48,7 +48,9 @@ pub struct VethArgs {
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s.split_once('/').ok_or_else(|| format!("{s}: expected ADDRESS/LEN"))?;
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s}: expected ADDRESS/LEN"))?;
     let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s}: {e}"))?;
     let len: u8 = len.parse().map_err(|e| format!("{s}: {e}"))?;
     if len > 32 {
@@ -91,11 +93,7 @@ pub enum VethThreadError {
 }
 
 /// Starts the thread that follows the pods below `cgroup` for as long as the agent runs.
-pub fn spawn(
-    mut path: VethPath,
-    cfg: &VethConfig,
-    cgroup: PathBuf,
-) -> Result<(), VethThreadError> {
+pub fn spawn(mut path: VethPath, cfg: &VethConfig, cgroup: PathBuf) -> Result<(), VethThreadError> {
     let ns = match &cfg.netns {
         Some(p) => Some(File::open(p).map_err(|source| VethThreadError::Netns {
             path: p.clone(),

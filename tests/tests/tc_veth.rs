@@ -81,17 +81,47 @@ fn node() -> Option<Node> {
     let node = Node::new(2).expect("node");
     let ns = node.node_netns_name().to_owned();
     if !tcx_supported() {
-        if run("ip", &["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "vp0", "clsact"]).is_err() {
-            let test = std::thread::current().name().unwrap_or("tc_veth").to_owned();
+        if run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "vp0", "clsact",
+            ],
+        )
+        .is_err()
+        {
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("tc_veth")
+                .to_owned();
             let reason = "no TCX (Linux 6.6+) and no clsact qdisc on this kernel";
-            let _ = writeln!(std::io::stdout(), "{}", meshpath_tests::skip_line(&test, reason));
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                meshpath_tests::skip_line(&test, reason)
+            );
             return None;
         }
-        run("ip", &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "vp0", "clsact"])
-            .expect("tc qdisc del");
+        run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "vp0", "clsact",
+            ],
+        )
+        .expect("tc qdisc del");
     }
     // With forwarding off, a translated packet (addressed to the bridge's MAC) is routed.
-    run("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]).expect("sysctl");
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    )
+    .expect("sysctl");
     node.spawn_server(1, "web-p1", &[8080], &[5353], &[])
         .expect("server in pod 1");
     node.spawn_server(0, "p0", &[8081], &[], &[])
@@ -132,7 +162,10 @@ fn start(node: &Node, extra: &[&str]) -> Agent {
 }
 
 fn unpin_veth_links(node: &Node) {
-    for e in std::fs::read_dir(node.pin_dir().join("links")).expect("links dir").flatten() {
+    for e in std::fs::read_dir(node.pin_dir().join("links"))
+        .expect("links dir")
+        .flatten()
+    {
         if e.file_name().to_string_lossy().starts_with("mp_tc_veth_") {
             std::fs::remove_file(e.path()).expect("unpin veth link");
         }
@@ -161,7 +194,9 @@ fn an_unmanaged_sender_in_a_pod_namespace_reaches_a_cluster_ip_through_the_veth_
     let r = node.tcp(Target::Outside, web, 20).expect("unmanaged tcp");
     assert_eq!(r.count("web-p1"), 20, "{r:?}");
     assert_eq!(r.first_peer.as_deref(), Some("10.96.0.10:80"));
-    let r = node.udp_connected(Target::Outside, dns, 20).expect("unmanaged udp");
+    let r = node
+        .udp_connected(Target::Outside, dns, 20)
+        .expect("unmanaged udp");
     assert_eq!(r.count("web-p1"), 20, "{r:?}");
 
     let s = agent.status().expect("status");
@@ -189,12 +224,21 @@ fn an_unmanaged_sender_in_a_pod_namespace_reaches_a_cluster_ip_through_the_veth_
     let short = |n: u32| {
         node.run_client(
             Target::Outside,
-            &["tcp", "--addr", &web.to_string(), "--count", &n.to_string(), "--timeout-ms", "500"],
+            &[
+                "tcp",
+                "--addr",
+                &web.to_string(),
+                "--count",
+                &n.to_string(),
+                "--timeout-ms",
+                "500",
+            ],
         )
         .and_then(|v| Ok(serde_json::from_value::<meshpath_tests::ClientReport>(v)?))
     };
     assert!(
-        wait_until(Duration::from_secs(5), || short(1).is_ok_and(|r| r.ok() == 0)),
+        wait_until(Duration::from_secs(5), || short(1)
+            .is_ok_and(|r| r.ok() == 0)),
         "the ClusterIP still answers the unmanaged sender after the veth links were unpinned"
     );
     let r = short(5).expect("tcp, detached");
@@ -202,7 +246,15 @@ fn an_unmanaged_sender_in_a_pod_namespace_reaches_a_cluster_ip_through_the_veth_
     let v = node
         .run_client(
             Target::Outside,
-            &["udp-connected", "--addr", &dns.to_string(), "--count", "5", "--timeout-ms", "500"],
+            &[
+                "udp-connected",
+                "--addr",
+                &dns.to_string(),
+                "--count",
+                "5",
+                "--timeout-ms",
+                "500",
+            ],
         )
         .expect("udp, detached");
     let r: meshpath_tests::ClientReport = serde_json::from_value(v).expect("report");
@@ -223,7 +275,9 @@ fn pod_to_pod_packets_skip_the_bridge_with_forwarding_on_and_cross_it_with_forwa
         let before_pod = packets(&pod1_ns, "eth0");
         let r = node.tcp(Target::Outside, direct_tcp, 20).expect("tcp");
         assert_eq!(r.count("web-p1"), 20, "{r:?}");
-        let r = node.udp_connected(Target::Outside, direct_udp, 20).expect("udp");
+        let r = node
+            .udp_connected(Target::Outside, direct_udp, 20)
+            .expect("udp");
         assert_eq!(r.count("web-p1"), 20, "{r:?}");
         let after_host = packets(&ns, "vp1");
         let after_pod = packets(&pod1_ns, "eth0");
@@ -246,9 +300,15 @@ fn pod_to_pod_packets_skip_the_bridge_with_forwarding_on_and_cross_it_with_forwa
     assert!(pod_rx >= 80, "pod 1 received {pod_rx}");
     // ... and none of them left the host through pod 1's veth: bpf_redirect_peer put them
     // straight into pod 1's namespace (a neighbour probe may still cross the bridge).
-    assert!(host_tx <= 4, "vp1 transmitted {host_tx} packets: the bridge forwarded them");
+    assert!(
+        host_tx <= 4,
+        "vp1 transmitted {host_tx} packets: the bridge forwarded them"
+    );
     // Both directions: pod 1's answers were redirected into pod 0 the same way.
-    assert!(counter(&s, "tc_veth_redirect_peer") - before >= pod_rx + pod_tx - 8, "{s}");
+    assert!(
+        counter(&s, "tc_veth_redirect_peer") - before >= pod_rx + pod_tx - 8,
+        "{s}"
+    );
     agent.stop().expect("agent stops");
 
     // The off switch: the same traffic crosses the bridge.
@@ -258,7 +318,10 @@ fn pod_to_pod_packets_skip_the_bridge_with_forwarding_on_and_cross_it_with_forwa
     let s = agent.status().expect("status");
     eprintln!("forwarding off: vp1 tx {host_tx}, pod 1 eth0 rx {pod_rx}");
     assert!(pod_rx >= 80, "pod 1 received {pod_rx}");
-    assert!(host_tx >= pod_rx - 4, "vp1 transmitted {host_tx} of {pod_rx}");
+    assert!(
+        host_tx >= pod_rx - 4,
+        "vp1 transmitted {host_tx} of {pod_rx}"
+    );
     assert_eq!(counter(&s, "tc_veth_redirect_peer"), before, "{s}");
     agent.stop().expect("agent stops");
 }
@@ -272,7 +335,12 @@ fn forwarded(ns: &str) -> u64 {
         .split_whitespace()
         .position(|n| n == "ForwDatagrams")
         .expect("ForwDatagrams");
-    values.split_whitespace().nth(i).expect("value").parse().expect("number")
+    values
+        .split_whitespace()
+        .nth(i)
+        .expect("value")
+        .parse()
+        .expect("number")
 }
 
 /// A namespace routed through the node, standing for another node's pods, removed on drop.
@@ -296,12 +364,22 @@ fn replies_to_a_forwarded_network_leave_through_the_fib_not_the_host_routing() {
     let r = remote.0.as_str();
     for args in [
         vec!["-n", r, "link", "set", "lo", "up"],
-        vec!["-n", &ns, "link", "add", "rm", "type", "veth", "peer", "name", "eth0", "netns", r],
+        vec![
+            "-n", &ns, "link", "add", "rm", "type", "veth", "peer", "name", "eth0", "netns", r,
+        ],
         vec!["-n", &ns, "addr", "add", "192.168.90.1/24", "dev", "rm"],
         vec!["-n", &ns, "link", "set", "rm", "up"],
         vec!["-n", r, "addr", "add", "192.168.90.2/24", "dev", "eth0"],
         vec!["-n", r, "link", "set", "eth0", "up"],
-        vec!["-n", r, "route", "add", "10.244.0.0/24", "via", "192.168.90.1"],
+        vec![
+            "-n",
+            r,
+            "route",
+            "add",
+            "10.244.0.0/24",
+            "via",
+            "192.168.90.1",
+        ],
     ] {
         run("ip", &args).expect("remote wiring");
     }
@@ -311,16 +389,25 @@ fn replies_to_a_forwarded_network_leave_through_the_fib_not_the_host_routing() {
     let target = addr(&node.pod(1).ip().to_string(), 8080).to_string();
     let tcp = |n: u32| -> meshpath_tests::ClientReport {
         let v = node
-            .run_client_in(&client, &["tcp", "--addr", &target, "--count", &n.to_string()])
+            .run_client_in(
+                &client,
+                &["tcp", "--addr", &target, "--count", &n.to_string()],
+            )
             .expect("tcp client");
         serde_json::from_value(v).expect("report")
     };
     let round = |agent: &Agent| -> (u64, u64) {
         tcp(2); // neighbours warm
-        let before = (forwarded(&ns), counter(&agent.status().unwrap(), "tc_veth_redirect_neigh"));
+        let before = (
+            forwarded(&ns),
+            counter(&agent.status().unwrap(), "tc_veth_redirect_neigh"),
+        );
         let rep = tcp(20);
         assert_eq!(rep.count("web-p1"), 20, "{rep:?}");
-        let after = (forwarded(&ns), counter(&agent.status().unwrap(), "tc_veth_redirect_neigh"));
+        let after = (
+            forwarded(&ns),
+            counter(&agent.status().unwrap(), "tc_veth_redirect_neigh"),
+        );
         (after.0 - before.0, after.1 - before.1)
     };
 
@@ -338,5 +425,8 @@ fn replies_to_a_forwarded_network_leave_through_the_fib_not_the_host_routing() {
     // the SYN-ACK, data and FIN of each connection) only with forwarding off.
     assert!(neigh >= 40, "{neigh} answers through the FIB");
     assert_eq!(neigh_off, 0);
-    assert!(routed_off >= routed_on + 40, "on {routed_on}, off {routed_off}");
+    assert!(
+        routed_off >= routed_on + 40,
+        "on {routed_on}, off {routed_off}"
+    );
 }

@@ -271,7 +271,10 @@ impl Datapath {
     }
 
     /// The veth programs, taken out of the object for the agent's pod-veth thread.
-    pub fn take_veth_path(&mut self, pin_dir: &Path) -> Result<tc_veth::VethPath, tc_veth::VethError> {
+    pub fn take_veth_path(
+        &mut self,
+        pin_dir: &Path,
+    ) -> Result<tc_veth::VethPath, tc_veth::VethError> {
         tc_veth::VethPath::load(&mut self._ebpf, pin_dir)
     }
 }

@@ -112,7 +112,8 @@ impl VethPath {
             // bpffs refuses names with a dot.
             let pin = pin_dir.join(format!("handover_{name}"));
             let _ = std::fs::remove_file(&pin);
-            prog.pin(&pin).map_err(|source| VethError::ProgPin { name, source })?;
+            prog.pin(&pin)
+                .map_err(|source| VethError::ProgPin { name, source })?;
             let owned = SchedClassifier::from_pin(&pin);
             let _ = std::fs::remove_file(&pin);
             progs.push(owned.map_err(|source| VethError::Program { name, source })?);
@@ -228,20 +229,25 @@ impl VethPath {
             };
             let pin = pin_path(&self.pin_dir, name, ifindex);
             let perr = |source| VethError::Program { name, source };
-            match prog.attach_with_options(&iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default())) {
+            match prog.attach_with_options(
+                &iface,
+                dir,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
                 Ok(id) => {
-                    let link: FdLink = prog
-                        .take_link(id)
-                        .map_err(perr)?
-                        .try_into()
-                        .map_err(|source| VethError::Pin {
+                    let link: FdLink =
+                        prog.take_link(id)
+                            .map_err(perr)?
+                            .try_into()
+                            .map_err(|source| VethError::Pin {
+                                path: pin.clone(),
+                                source: Box::new(crate::DatapathError::Link { name, source }),
+                            })?;
+                    let pinned =
+                        links::pin_replacing(link, &pin).map_err(|source| VethError::Pin {
                             path: pin.clone(),
-                            source: Box::new(crate::DatapathError::Link { name, source }),
+                            source: Box::new(source),
                         })?;
-                    let pinned = links::pin_replacing(link, &pin).map_err(|source| VethError::Pin {
-                        path: pin.clone(),
-                        source: Box::new(source),
-                    })?;
                     self._links.push(pinned);
                 }
                 Err(error) => {
@@ -252,7 +258,11 @@ impl VethPath {
                     }
                     let _ = tc::qdisc_detach_program(&iface, dir, name);
                     let id = prog
-                        .attach_with_options(&iface, dir, TcAttachOptions::Netlink(NlOptions::default()))
+                        .attach_with_options(
+                            &iface,
+                            dir,
+                            TcAttachOptions::Netlink(NlOptions::default()),
+                        )
                         .map_err(perr)?;
                     // Kept when the agent exits, like the pinned links.
                     std::mem::forget(prog.take_link(id).map_err(perr)?);

@@ -299,7 +299,12 @@ pub fn targets(rows: &[Row], t: &Table, missing: &BTreeMap<Scenario, String>) ->
         out.push(match (med(i, Scenario::E), med(i, Scenario::C)) {
             (Some(e), Some(c)) => Check {
                 pass: Some(e / c >= 1.1),
-                text: format!("{what}: {} vs {} = {:.2}×", row.format(e), row.format(c), e / c),
+                text: format!(
+                    "{what}: {} vs {} = {:.2}×",
+                    row.format(e),
+                    row.format(c),
+                    e / c
+                ),
             },
             (None, _) => Check {
                 pass: None,

@@ -36,8 +36,7 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Pod networks reached through `bpf_fib_lookup` + `bpf_redirect_neigh`.
 #[map]
-pub static MP_TC_FWD_NETS: LpmTrie<u32, u32> =
-    LpmTrie::pinned(MAX_TC_FWD_NETS, BPF_F_NO_PREALLOC);
+pub static MP_TC_FWD_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_TC_FWD_NETS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static MP_TC_VETH_CFG: Array<u32> = Array::pinned(VETH_CFG_SLOTS, 0);

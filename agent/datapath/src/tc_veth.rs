@@ -56,8 +56,8 @@ pub enum VethError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("interface {iface} (ifindex {ifindex}) has no name any more")]
-    Gone { iface: String, ifindex: u32 },
+    #[error("interface {ifindex} is gone")]
+    Gone { ifindex: u32 },
 }
 
 /// A pod's address and the ifindex of its veth's host end.
@@ -331,10 +331,7 @@ fn if_name(ifindex: u32) -> Result<String, VethError> {
     // SAFETY: `buf` has IF_NAMESIZE bytes, as the call requires.
     let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
     if p.is_null() {
-        return Err(VethError::Gone {
-            iface: String::new(),
-            ifindex,
-        });
+        return Err(VethError::Gone { ifindex });
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };

@@ -315,6 +315,8 @@ pub struct AgentArgs {
     /// agent's own.
     #[arg(long, env = ENV_TC_UPLINK_NETNS)]
     pub tc_uplink_netns: Option<PathBuf>,
+    #[command(flatten)]
+    pub tc_veth: crate::tc_veth::VethArgs,
     /// Load-balancing policy for services without a `meshpath.io/lb-policy` annotation.
     #[arg(long, env = ENV_DEFAULT_LB_POLICY, value_enum, default_value_t = PolicyArg::Random)]
     pub default_lb_policy: PolicyArg,
@@ -467,6 +469,8 @@ pub struct AgentConfig {
     pub trace: TraceConfig,
     /// Where the tc path attaches; `None`: off (`--tc-nodeport false` or no `--tc-uplink`).
     pub tc_uplink: Option<meshpath_datapath::tc_uplink::Uplink>,
+    /// The pods' veths' tc path; `None`: off (`--tc-pod-veths false`).
+    pub tc_veth: Option<crate::tc_veth::VethConfig>,
     /// `--worker-threads`; `None`: from the CPUs the process may use.
     pub worker_threads: Option<usize>,
 }
@@ -552,6 +556,7 @@ impl From<&AgentArgs> for AgentConfig {
                 }),
                 _ => None,
             },
+            tc_veth: a.tc_veth.config(),
             worker_threads: a.worker_threads.map(usize::from),
             trace: TraceConfig {
                 sampling_hundredths: a.trace_sampling,

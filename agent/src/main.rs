@@ -16,6 +16,7 @@ mod proxy_listeners;
 mod reconcile;
 mod run;
 mod tc_path;
+mod tc_veth;
 mod tcp_metrics;
 mod tcp_sample;
 mod top;

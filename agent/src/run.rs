@@ -244,6 +244,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut _tc_links = None;
     let mut signalled = false;
     let mut first_pass = true;
+    // The pod veths' programs read the ClusterIP frontends: started after the first reconcile.
+    let mut veth_started = false;
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
@@ -274,6 +276,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     warn!(%error, source = ?std::error::Error::source(&error), "tc path not attached: NodePorts and external IPs are not served")
                 }
             }
+        }
+        if !veth_started {
+            veth_started = true;
+            start_veth_path(&cfg, &mut datapath, &cgroup);
         }
         programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         let pods_may_have_changed = match (&model.changes, covered_at) {
@@ -387,6 +393,27 @@ async fn remove_if_uninstalled(
 /// How long each read of the DaemonSet and the namespace may take at a stop; the kubelet's
 /// grace period (30 s in deploy/) also covers the proxy's drain.
 const STOP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The pod-veth tc path when switched on, else whatever a previous agent pinned is detached.
+/// Not fatal: the socket path serves the pods whatever happens on their veths.
+fn start_veth_path(cfg: &AgentConfig, datapath: &mut Datapath, cgroup: &std::path::Path) {
+    let Some(veth) = &cfg.tc_veth else {
+        if let Err(error) = meshpath_datapath::tc_veth::detach_all(&cfg.pin_dir) {
+            warn!(%error, "pod veth links of a previous agent not detached");
+        }
+        return;
+    };
+    let path = match datapath.take_veth_path(&cfg.pin_dir) {
+        Ok(path) => path,
+        Err(error) => {
+            warn!(%error, source = ?std::error::Error::source(&error), "pod veth path not started: ClusterIPs from outside the managed cgroups are not served");
+            return;
+        }
+    };
+    if let Err(error) = crate::tc_veth::spawn(path, veth, cgroup.to_path_buf()) {
+        warn!(%error, source = ?std::error::Error::source(&error), "pod veth path not started: ClusterIPs from outside the managed cgroups are not served");
+    }
+}
 
 /// Resolves when the proxy's ejected set changes; never without a proxy (or once it is gone).
 async fn ejections_changed(rx: &mut Option<watch::Receiver<meshpath_proxy::EjectedSet>>) {

@@ -15,11 +15,14 @@ mod pins;
 pub mod proxy_socks;
 pub mod redirect;
 pub mod redirect_scope;
+pub mod rtnl_links;
 pub mod sock_diag;
 pub mod status;
 pub mod tc_ct;
 pub mod tc_maps;
 pub mod tc_uplink;
+pub mod tc_veth;
+pub mod tc_veth_pods;
 pub mod tcp_metrics;
 pub mod tcp_sample;
 
@@ -271,6 +274,14 @@ impl Datapath {
         maps.set_node_ips(&attached.node_ips)?;
         info!(iface = %uplink.iface, mode = attached.mode, node_ips = ?attached.node_ips, "tc path attached");
         Ok(Some(attached))
+    }
+
+    /// The veth programs, taken out of the object for the agent's pod-veth thread.
+    pub fn take_veth_path(
+        &mut self,
+        pin_dir: &Path,
+    ) -> Result<tc_veth::VethPath, tc_veth::VethError> {
+        tc_veth::VethPath::load(&mut self._ebpf, pin_dir)
     }
 }
 

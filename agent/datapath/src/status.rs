@@ -208,6 +208,10 @@ pub fn from_maps(maps: &DatapathMaps, pin_dir: &Path) -> Result<Status, Datapath
             counters.extend(tc_counts.into_iter().map(|(r, n)| (r.name(), n)));
         }
     }
+    // The pod veths' reasons (`tc_veth_*`), likewise.
+    if let Some(veth_counts) = crate::tc_veth::reason_counts(pin_dir) {
+        counters.extend(veth_counts.into_iter().map(|(r, n)| (r.name(), n)));
+    }
     let mode = maps
         .config
         .get(&meshpath_common::CONFIG_REDIRECT, 0)

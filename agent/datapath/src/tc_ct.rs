@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, MapError};
-use meshpath_common::tc::{CtKey, CtValue, CT_DIR_ORIGINAL, CT_STATE_CLOSING, MAP_TC_CT};
+use meshpath_common::tc::{
+    CtKey, CtValue, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_STATE_CLOSING, MAP_TC_CT,
+};
 use meshpath_common::PROTO_TCP;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,11 @@ fn verdict(
     policy: &GcPolicy,
     live: Option<&LiveBackends>,
 ) -> Option<fn(&mut Swept)> {
+    // The pod veths' flows share the table but not this clock: their programs do not stamp
+    // `last_seen_ns` per packet, so the LRU alone ages them out.
+    if key.dir != CT_DIR_ORIGINAL && key.dir != CT_DIR_REPLY {
+        return None;
+    }
     if live.is_some_and(|l| !l.contains(&backend_of(key, value))) {
         return Some(|s| s.backend_gone += 1);
     }
@@ -152,7 +159,8 @@ pub fn open_pinned(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshpath_common::tc::{CT_DIR_REPLY, CT_STATE_OPEN};
+    use meshpath_common::tc::CT_STATE_OPEN;
+    use meshpath_common::tc_veth::CT_DIR_VETH_ORIGINAL;
     use meshpath_common::PROTO_UDP;
 
     fn entry(dir: u8, proto: u8, state: u8, last_seen_ns: u64) -> (CtKey, CtValue) {
@@ -203,6 +211,9 @@ mod tests {
         let (k, v) = entry(CT_DIR_REPLY, PROTO_TCP, CT_STATE_OPEN, now);
         assert!(verdict(&k, &v, now, &p, Some(&live)).is_some());
         let live: LiveBackends = [(3, 7, 9)].into();
+        assert!(verdict(&k, &v, now, &p, Some(&live)).is_none());
+        // A pod veth's flow is never this sweep's, however old or orphaned.
+        let (k, v) = entry(CT_DIR_VETH_ORIGINAL, PROTO_UDP, CT_STATE_CLOSING, now - 1000 * S);
         assert!(verdict(&k, &v, now, &p, Some(&live)).is_none());
     }
 }

@@ -310,13 +310,13 @@ impl<'a> SliceIndex<'a> {
                 .or_default()
                 .insert(s.name.as_str());
         }
-        let mut by_service: HashMap<&str, HashMap<&str, Vec<_>>> = HashMap::new();
+        let mut by_service: HashMap<&str, HashMap<&str, Vec<&EndpointSlice>>> = HashMap::new();
         if let Some(index) = &model.index {
             for s in services {
                 let Some((service, ids)) = index.slices_of(s) else {
                     continue;
                 };
-                let slices = ids.filter_map(|id| model.endpoint_slices.get(id));
+                let slices = ids.filter_map(|id| model.endpoint_slices.get(id).map(|s| &**s));
                 by_service
                     .entry(service.namespace.as_str())
                     .or_default()

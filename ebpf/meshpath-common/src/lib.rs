@@ -13,6 +13,7 @@ pub mod live;
 pub mod policy;
 pub mod sticky;
 pub mod tc;
+pub mod tc_veth;
 pub mod tcp_metrics;
 
 pub use counters::{Reason, ServiceStats, REASON_COUNT};

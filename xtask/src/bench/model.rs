@@ -15,6 +15,10 @@ pub enum Scenario {
     C,
     /// The same with sock_ops + sk_msg socket redirection on.
     D,
+    /// (c) with the tc programs on the pods' veths: pod-to-pod packets go straight into the
+    /// destination pod with `bpf_redirect_peer` instead of through the bridge (socket
+    /// redirection off, so the packets are what is compared).
+    E,
     /// L7 rows' baseline: direct pod IP, no proxy, nothing loaded (interleaved with the three
     /// L7 hops, so its numbers come from the same stretch of time as theirs).
     #[value(name = "l7-direct")]
@@ -48,7 +52,13 @@ pub enum Scenario {
 }
 
 /// The kernel-path comparison (the main table).
-pub const CORE: [Scenario; 4] = [Scenario::A, Scenario::B, Scenario::C, Scenario::D];
+pub const CORE: [Scenario; 5] = [
+    Scenario::A,
+    Scenario::B,
+    Scenario::C,
+    Scenario::D,
+    Scenario::E,
+];
 /// The L7-hop comparison (its own section, ratios against [`Scenario::L7Direct`]).
 pub const L7: [Scenario; 4] = [
     Scenario::L7Direct,
@@ -73,6 +83,7 @@ impl Scenario {
             Scenario::B => "b",
             Scenario::C => "c",
             Scenario::D => "d",
+            Scenario::E => "e",
             Scenario::L7Direct => "l7-direct",
             Scenario::L7Meshpath => "l7-meshpath",
             Scenario::L7Nginx => "l7-nginx",
@@ -112,6 +123,7 @@ impl Scenario {
             Scenario::B => "(b) iptables",
             Scenario::C => "(c) meshpath LB",
             Scenario::D => "(d) meshpath LB+redirect",
+            Scenario::E => "(e) meshpath LB+redirect_peer",
             Scenario::L7Direct => "direct",
             Scenario::L7Meshpath => "meshpath proxy",
             Scenario::L7Nginx => "nginx",
@@ -135,6 +147,10 @@ impl Scenario {
             Scenario::D => {
                 "ClusterIP via meshpath connect-time LB with sock_ops + sk_msg socket redirection \
                  (--socket-redirect true)"
+            }
+            Scenario::E => {
+                "as (c), with the tc programs on the pods' veths (--tc-pod-veths true): packets \
+                 between the pods skip the bridge and netfilter via bpf_redirect_peer"
             }
             Scenario::L7Direct => {
                 "direct pod IP, no proxy, meshpath not loaded (the L7 rows' baseline)"
@@ -181,7 +197,7 @@ pub fn parse_picks(s: &str) -> Result<Picks, String> {
         "obs" => OBS.to_vec(),
         one => vec![Scenario::from_str(one, true).map_err(|_| {
             format!(
-                "unknown scenario {one:?} (a, b, c, d, l7-direct, l7-meshpath, l7-nginx, \
+                "unknown scenario {one:?} (a, b, c, d, e, l7-direct, l7-meshpath, l7-nginx, \
                  l7-haproxy, c-tcpm-off, l7-trace1, l7-trace100, or a group: core, l7, obs, all)"
             )
         })?],

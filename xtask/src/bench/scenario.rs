@@ -102,6 +102,10 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
     let (backend, client) = (node.pod(0), node.pod(1));
     fortio::spawn_server(&node, backend, cfg.fortio, cfg.listen)?;
     stream::spawn_server(&node, backend)?;
+    if sc == Scenario::E {
+        // A process that outlives every fortio run, so the client pod stays a pod to the agent.
+        stream::spawn_server_logged(&node, client, "client-pod-holder.log")?;
+    }
 
     let (http_addr, stream_addr) = match sc {
         Scenario::A => (
@@ -249,7 +253,7 @@ fn set_up_path(
                 KubeProxyRules::install(node.node_netns_name(), tag, CLUSTER_CIDR, &services)?;
             Ok(DataPath::Iptables(rules))
         }
-        Scenario::C | Scenario::D | Scenario::CTcpMetricsOff => {
+        Scenario::C | Scenario::D | Scenario::E | Scenario::CTcpMetricsOff => {
             let dir = node.work_dir().join("manifests");
             std::fs::create_dir_all(&dir).context("creating the manifests dir")?;
             let ep = [Ep::ready(backend)];
@@ -285,14 +289,35 @@ fn set_up_path(
             if sc == Scenario::CTcpMetricsOff {
                 extra.extend(["--tcp-metrics", "false"]);
             }
+            let veth_netns = format!("/var/run/netns/{}", node.node_netns_name());
+            if sc == Scenario::E {
+                extra.extend(["--tc-pod-veths", "true", "--tc-veth-netns", &veth_netns]);
+            }
             let log = node.work_dir().join("agent.log");
             match Agent::start(&dir, node.cgroup_path(), node.pin_dir(), &log, &extra) {
+                Ok(a) if sc == Scenario::E => veth_ready(a),
                 Ok(a) => Ok(DataPath::Meshpath(a)),
                 Err(e) if sc == Scenario::D => Err(Failure::Unavailable(agent_error(&e))),
                 Err(e) => Err(Failure::Failed(e.context("starting the meshpath agent"))),
             }
         }
     }
+}
+
+/// (e) measures only once both pods' veths carry the programs (the agent finds pods from
+/// their processes: the client pod holds one for the whole scenario, see `run`).
+fn veth_ready(a: Agent) -> Result<DataPath, Failure> {
+    let attached = || a.log().matches("pod veth attached").count() >= 2;
+    if meshpath_tests::wait_until(std::time::Duration::from_secs(10), attached) {
+        return Ok(DataPath::Meshpath(a));
+    }
+    let why = a
+        .log()
+        .lines()
+        .find(|l| l.contains("pod veth") && l.contains("WARN"))
+        .unwrap_or("the pods' veths were not attached within 10 s")
+        .to_owned();
+    Err(Failure::Unavailable(why))
 }
 
 /// The agent's own complaint out of `Agent::start`'s error (which embeds the whole log).

@@ -290,6 +290,32 @@ pub fn targets(rows: &[Row], t: &Table, missing: &BTreeMap<Scenario, String>) ->
             },
         });
     }
+    // (e) against (c): the same connect-time LB, bpf_redirect_peer instead of the bridge.
+    for (i, row) in rows.iter().enumerate() {
+        if row.test != Test::MaxQps {
+            continue;
+        }
+        let what = format!("(e) {} ≥ 1.1× (c)", row.label);
+        out.push(match (med(i, Scenario::E), med(i, Scenario::C)) {
+            (Some(e), Some(c)) => Check {
+                pass: Some(e / c >= 1.1),
+                text: format!(
+                    "{what}: {} vs {} = {:.2}×",
+                    row.format(e),
+                    row.format(c),
+                    e / c
+                ),
+            },
+            (None, _) => Check {
+                pass: None,
+                text: format!("{what}: not measured: {}", why_missing(Scenario::E)),
+            },
+            (_, None) => Check {
+                pass: None,
+                text: format!("{what}: not measured: {}", why_missing(Scenario::C)),
+            },
+        });
+    }
     out
 }
 

@@ -15,9 +15,14 @@ use super::proc::{self, ReadyOn};
 pub const PORT: u16 = 9000;
 
 pub fn spawn_server(node: &Node, pod: &Pod) -> Result<()> {
+    spawn_server_logged(node, pod, "stream-server.log")
+}
+
+/// [`spawn_server`] with its own log file (a second server on another pod).
+pub fn spawn_server_logged(node: &Node, pod: &Pod, log: &str) -> Result<()> {
     let mut cmd = pod.command(testpod_bin()?)?;
     cmd.args(["stream", "--listen", &PORT.to_string()]);
-    let log = node.work_dir().join("stream-server.log");
+    let log = node.work_dir().join(log);
     proc::spawn_server(
         node,
         pod,

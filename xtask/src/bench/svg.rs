@@ -22,6 +22,7 @@ fn color(sc: Scenario) -> &'static str {
         Scenario::B => "#d95f02",
         Scenario::C => "#1b9e77",
         Scenario::D => "#7570b3",
+        Scenario::E => "#1f78b4",
         Scenario::L7Direct => "#444444",
         Scenario::L7Meshpath => "#1b9e77",
         Scenario::L7Nginx => "#e7298a",

@@ -20,7 +20,7 @@ use meshpath_common::{
 
 use super::maps::{bump, MP_TC_CT, MP_TC_NODE_IPS, MP_TC_SVC};
 use super::nat::{self, End, Packet};
-use super::{affinity, forward, refuse, snat, TC_ACT_OK, TC_ACT_SHOT};
+use super::{affinity, fib_out, refuse, snat, TC_ACT_OK, TC_ACT_SHOT};
 
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
@@ -164,7 +164,7 @@ fn snat_forward(ctx: &TcContext, p: &Packet, ct: &CtValue) -> Result<i32, i32> {
     if let Err(reason) = translated {
         return shot(reason);
     }
-    match forward::to_fib_nexthop(ctx, ct.nat_addr_be, ct.addr_be) {
+    match fib_out::to_fib_nexthop(ctx, ct.nat_addr_be, ct.addr_be) {
         Ok(verdict) => {
             bump(TcReason::SnatForwarded);
             Ok(verdict)
@@ -193,7 +193,7 @@ fn snat_reply(ctx: &TcContext, p: &Packet) -> Option<Result<i32, i32>> {
         return Some(shot(reason));
     }
     Some(
-        match forward::to_fib_nexthop(ctx, ct.addr_be, ct.nat_addr_be) {
+        match fib_out::to_fib_nexthop(ctx, ct.addr_be, ct.nat_addr_be) {
             Ok(verdict) => {
                 bump(TcReason::SnatReplyReversed);
                 Ok(verdict)

@@ -1,50 +1,90 @@
-//! Sending a rewritten packet straight out of the interface the FIB names, past the stack's
-//! forwarding: a source-NATed packet carries one of the node's own addresses as its source,
-//! which the stack's input path would drop as a martian, and a reply already translated back
-//! to the client needs no second routing decision.
+//! Forwarding a pod's packet past the host stack: into a local pod with `bpf_redirect_peer`
+//! (straight to the peer's ingress in the pod's namespace: no bridge, no routing, no netfilter,
+//! no second pass through the host-side veth), or towards a configured pod network with
+//! `bpf_fib_lookup` + `bpf_redirect_neigh` (the kernel's route and neighbour tables, but not its
+//! forwarding path or netfilter). Anything else is left to the host stack.
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams,
-    helpers::{bpf_fib_lookup, bpf_redirect_neigh},
+    bindings::{bpf_fib_lookup as FibParams, bpf_redir_neigh},
+    helpers::{bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer},
+    maps::lpm_trie::Key,
     programs::TcContext,
+    EbpfContext,
 };
-use meshpath_common::tc::TcReason;
+use meshpath_common::tc_veth::VethReason;
 
+use super::nat::Packet;
+use super::veth::{bump, MP_TC_FWD_NETS, MP_TC_PODS};
+use super::TC_ACT_OK;
+
+const TC_ACT_REDIRECT: i32 = 7;
 const AF_INET: u8 = 2;
-const FIB_SUCCESS: i64 = 0;
-/// The route is known but the neighbour is not resolved: `bpf_redirect_neigh` resolves it.
-const FIB_NO_NEIGH: i64 = 7;
-/// `bpf_redirect_neigh`'s answer when the redirect is queued.
-const TC_ACT_REDIRECT: i64 = 7;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const ETH_HLEN: usize = 14;
 
-/// Redirects the packet (already addressed `saddr_be` → `daddr_be`) out of the FIB's egress
-/// interface towards `daddr_be`, the neighbour filled in by the kernel. Returns the verdict.
-/// Not inlined: the lookup's parameters then take stack only while it runs.
-#[inline(never)]
-pub fn to_fib_nexthop(ctx: &TcContext, saddr_be: u32, daddr_be: u32) -> Result<i32, TcReason> {
-    // SAFETY: a plain-data struct; all-zero is a valid (empty) lookup.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    // SAFETY: the context's skb pointer is valid for this program run.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_3.ipv4_src = saddr_be;
-    params.__bindgen_anon_4.ipv4_dst = daddr_be;
-    // SAFETY: `params` lives on this stack frame, its size is passed along.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, daddr_be: u32, p: &Packet) -> i32 {
+    // SAFETY: the value is copied out at once.
+    if let Some(ifindex) = unsafe { MP_TC_PODS.get(&daddr_be) }.copied() {
+        // SAFETY: no pointer arguments.
+        let r = unsafe { bpf_redirect_peer(ifindex, 0) };
+        return redirected(r, VethReason::RedirectPeer);
+    }
+    if MP_TC_FWD_NETS.get(Key::new(32, daddr_be)).is_none() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain old data; zero is a valid value of every field.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = p.proto;
+    fib.sport = p.sport_be;
+    fib.dport = p.dport_be;
+    // SAFETY: `ctx.skb.skb` is the program's live context.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    fib.__bindgen_anon_1.tot_len = (len as usize).saturating_sub(ETH_HLEN) as u16;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_3.ipv4_src = p.saddr_be;
+    fib.__bindgen_anon_4.ipv4_dst = daddr_be;
+    // SAFETY: `fib` is a live stack value of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut params,
+            ctx.as_ptr(),
+            &mut fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
-    if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
-        return Err(TcReason::FibFailed);
+    if rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == ifindex {
+        bump(VethReason::FibPassed);
+        return TC_ACT_OK;
     }
-    // SAFETY: no params: the kernel looks the nexthop up itself on `params.ifindex`.
-    let verdict = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
-    if verdict != TC_ACT_REDIRECT {
-        return Err(TcReason::FibFailed);
+    // The lookup wrote the next hop (the gateway, or the destination itself) over `ipv4_dst`.
+    let mut nh = bpf_redir_neigh {
+        nh_family: AF_INET as u32,
+        // SAFETY: reading the union member the lookup wrote.
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        },
+    };
+    // SAFETY: `nh` is a live stack value of the size passed.
+    let r = unsafe {
+        bpf_redirect_neigh(
+            fib.ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    };
+    redirected(r, VethReason::RedirectNeigh)
+}
+
+#[inline(always)]
+fn redirected(r: i64, reason: VethReason) -> i32 {
+    if r as i32 == TC_ACT_REDIRECT {
+        bump(reason);
+        TC_ACT_REDIRECT
+    } else {
+        bump(VethReason::RedirectFailed);
+        TC_ACT_OK
     }
-    Ok(verdict as i32)
 }

@@ -7,11 +7,13 @@
 
 mod affinity;
 mod flow;
+mod fib_out;
 mod forward;
 mod maps;
 mod nat;
 mod refuse;
 mod snat;
+mod veth;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

@@ -1,0 +1,229 @@
+//! The pods' host-side veths. Ingress (packets a pod sends): a backend's reply of a tracked flow
+//! gets its ClusterIP back as the source; a packet to a ClusterIP (which a translated socket
+//! never carries: its destination is already the backend) is translated and tracked; then the
+//! packet is forwarded past the host stack when the switch is on (`forward`). Egress (packets
+//! the host stack hands the pod): replies of tracked flows that arrived another way (a backend
+//! on another node, forwarding off) are reversed there.
+
+use aya_ebpf::{
+    helpers::bpf_get_prandom_u32,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    programs::TcContext,
+};
+use meshpath_common::{
+    tc::{CtKey, CtValue, TcReason, CT_STATE_CLOSING, CT_STATE_OPEN},
+    tc_veth::{
+        VethReason, CT_DIR_VETH_ORIGINAL, CT_DIR_VETH_REPLY, MAX_TC_FWD_NETS, MAX_TC_PODS,
+        VETH_CFG_FORWARD, VETH_CFG_SLOTS, VETH_REASON_COUNT,
+    },
+    NO_ENDPOINT_BACKEND_ID, SVC_FLAG_STEERED,
+};
+
+use super::forward;
+use super::maps::MP_TC_CT;
+use super::nat::{self, End, Packet};
+use super::{TC_ACT_OK, TC_ACT_SHOT};
+use crate::lb;
+use crate::maps::MP_SERVICES;
+
+/// Local pod address → its host-side veth's ifindex.
+#[map]
+pub static MP_TC_PODS: HashMap<u32, u32> = HashMap::pinned(MAX_TC_PODS, 0);
+
+/// LPM trie tries must not be preallocated (`BPF_F_NO_PREALLOC`).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Pod networks reached through `bpf_fib_lookup` + `bpf_redirect_neigh`.
+#[map]
+pub static MP_TC_FWD_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_TC_FWD_NETS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static MP_TC_VETH_CFG: Array<u32> = Array::pinned(VETH_CFG_SLOTS, 0);
+
+#[map]
+pub static MP_TC_VETH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(VETH_REASON_COUNT, 0);
+
+#[inline(always)]
+pub fn bump(reason: VethReason) {
+    if let Some(p) = MP_TC_VETH_COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot is only written by this CPU and programs do not preempt each
+        // other on one CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[classifier]
+pub fn mp_tc_veth_in(ctx: TcContext) -> i32 {
+    match from_pod(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[classifier]
+pub fn mp_tc_veth_eg(ctx: TcContext) -> i32 {
+    match to_pod(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn from_pod(ctx: &TcContext) -> Result<i32, i32> {
+    let Some(p) = parsed(ctx) else {
+        return Ok(TC_ACT_OK);
+    };
+    let daddr_be = if reverse(ctx, &p)? {
+        p.daddr_be
+    } else {
+        translate(ctx, &p)?
+    };
+    if MP_TC_VETH_CFG.get(VETH_CFG_FORWARD).copied().unwrap_or(0) == 0 {
+        return Ok(TC_ACT_OK);
+    }
+    Ok(forward::forward(ctx, daddr_be, &p))
+}
+
+#[inline(always)]
+fn to_pod(ctx: &TcContext) -> Result<i32, i32> {
+    let Some(p) = parsed(ctx) else {
+        return Ok(TC_ACT_OK);
+    };
+    reverse(ctx, &p)?;
+    Ok(TC_ACT_OK)
+}
+
+#[inline(always)]
+fn parsed(ctx: &TcContext) -> Option<Packet> {
+    match nat::parse(ctx) {
+        Ok(p) => p,
+        Err(reason) => {
+            bump(match reason {
+                TcReason::Fragment => VethReason::Fragment,
+                _ => VethReason::Truncated,
+            });
+            None
+        }
+    }
+}
+
+/// A backend's reply of a tracked flow: the ClusterIP back as its source. `Ok(true)`: it was one.
+#[inline(always)]
+fn reverse(ctx: &TcContext, p: &Packet) -> Result<bool, i32> {
+    let key = ct_key(p, CT_DIR_VETH_REPLY);
+    let Some(entry) = MP_TC_CT.get_ptr_mut(&key) else {
+        return Ok(false);
+    };
+    // SAFETY: a value pointer from a successful lookup, valid for this program run.
+    let ct = unsafe { *entry };
+    closing(entry, &ct, p);
+    rewrite(ctx, p, End::Source, ct.addr_be, ct.port_be)?;
+    bump(VethReason::ReplyReversed);
+    Ok(true)
+}
+
+/// A packet to a ClusterIP: its flow's backend, or a new one. Returns the destination the
+/// packet now has.
+#[inline(always)]
+fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
+    let key = ct_key(p, CT_DIR_VETH_ORIGINAL);
+    if let Some(entry) = MP_TC_CT.get_ptr_mut(&key) {
+        // SAFETY: as in `reverse`.
+        let ct = unsafe { *entry };
+        closing(entry, &ct, p);
+        rewrite(ctx, p, End::Destination, ct.addr_be, ct.port_be)?;
+        bump(VethReason::FlowTranslated);
+        return Ok(ct.addr_be);
+    }
+    let Some((frontend, svc)) = lb::lookup_frontend(p.daddr_be, p.dport_be, p.proto) else {
+        return Ok(p.daddr_be);
+    };
+    if svc.flags & SVC_FLAG_STEERED != 0 {
+        bump(VethReason::Steered);
+        return Ok(p.daddr_be);
+    }
+    let count = svc.count as u32;
+    if count == 0 {
+        return Err(shot(VethReason::NoBackend));
+    }
+    // SAFETY: no preconditions.
+    let slot = (unsafe { bpf_get_prandom_u32() } % count) as u16 + 1;
+    // SAFETY: the value is copied out at once.
+    let Some(slot_val) = (unsafe { MP_SERVICES.get(&frontend.with_slot(slot)) }).copied() else {
+        return Err(shot(VethReason::SlotMissing));
+    };
+    if slot_val.backend_id == NO_ENDPOINT_BACKEND_ID || slot_val.backend.ip_be == 0 {
+        return Err(shot(VethReason::NoBackend));
+    }
+    let backend = slot_val.backend;
+    // The reply entry first: the answer may come back on another CPU before this returns.
+    let reply = CtKey {
+        saddr_be: backend.ip_be,
+        daddr_be: p.saddr_be,
+        sport_be: backend.port_be,
+        dport_be: p.sport_be,
+        proto: p.proto,
+        dir: CT_DIR_VETH_REPLY,
+        _pad: 0,
+    };
+    let to_frontend = ct_value(p.daddr_be, p.dport_be, svc.svc_id);
+    let to_backend = ct_value(backend.ip_be, backend.port_be, svc.svc_id);
+    if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err()
+        || MP_TC_CT.insert(&key, &to_backend, 0).is_err()
+    {
+        return Err(shot(VethReason::CtUpdateFailed));
+    }
+    rewrite(ctx, p, End::Destination, backend.ip_be, backend.port_be)?;
+    bump(VethReason::NewFlow);
+    Ok(backend.ip_be)
+}
+
+#[inline(always)]
+fn closing(entry: *mut CtValue, ct: &CtValue, p: &Packet) {
+    if p.closing && ct.state != CT_STATE_CLOSING {
+        // SAFETY: a live value pointer; a 1-byte store another CPU can only race with the same
+        // value.
+        unsafe { (*entry).state = CT_STATE_CLOSING };
+        bump(VethReason::FlowClosing);
+    }
+}
+
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &Packet, end: End, ip_be: u32, port_be: u16) -> Result<(), i32> {
+    nat::rewrite(ctx, p, end, ip_be, port_be).map_err(|_| shot(VethReason::RewriteFailed))
+}
+
+#[inline(always)]
+fn ct_key(p: &Packet, dir: u8) -> CtKey {
+    CtKey {
+        saddr_be: p.saddr_be,
+        daddr_be: p.daddr_be,
+        sport_be: p.sport_be,
+        dport_be: p.dport_be,
+        proto: p.proto,
+        dir,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn ct_value(addr_be: u32, port_be: u16, svc_id: u32) -> CtValue {
+    CtValue {
+        addr_be,
+        port_be,
+        state: CT_STATE_OPEN,
+        flags: 0,
+        svc_id,
+        nat_addr_be: 0,
+        nat_port_be: 0,
+        _pad: 0,
+        _pad1: 0,
+        // Stamped once: the userspace sweep leaves these flows to the LRU.
+        last_seen_ns: 0,
+    }
+}
+
+#[inline(always)]
+fn shot(reason: VethReason) -> i32 {
+    bump(reason);
+    TC_ACT_SHOT
+}

@@ -37,7 +37,7 @@ fi
 
 START=$SECONDS
 go_resolve "$GO_MIN_MINOR" "$GO_TOOLCHAIN" "$WORK"
-export GOFLAGS="-buildvcs=false -p=1" CGO_ENABLED=0 GOWORK=off
+export GOFLAGS="-buildvcs=false -p=$GO_P" CGO_ENABLED=0 GOWORK=off
 
 # A small tool module: `go get -tool` records jaeger's whole dependency graph at this version, so
 # the build resolves exactly what Jaeger's own go.mod asks for.
@@ -52,7 +52,7 @@ fi
 # The same variables Jaeger's Makefile sets, so `jaeger version` reports the release.
 pkg=github.com/jaegertracing/jaeger/internal/version
 ldflags="-X $pkg.latestVersion=$JAEGER_VERSION -X $pkg.commitSHA=release -X $pkg.date=1970-01-01T00:00:00Z"
-log "building jaeger $JAEGER_VERSION (nice, -p=1; cold: ~6 min)"
+log "building jaeger $JAEGER_VERSION (nice, -p=$GO_P; cold: ~6 min)"
 low "$go_bin" build -ldflags "$ldflags" -o "$BIN.tmp" github.com/jaegertracing/jaeger/cmd/jaeger
 mv -f "$BIN.tmp" "$BIN"
 cd - >/dev/null

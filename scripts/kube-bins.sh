@@ -59,9 +59,9 @@ go_resolve "$GO_MIN_MINOR" "$GO_TOOLCHAIN" "$WORK"
 # GOMODCACHE and GOCACHE stay at Go's defaults (~/go/pkg/mod, ~/.cache/go-build): they are shared
 # with other Go builds on the machine and survive `cargo clean`, so wiping target/ costs only the
 # link of these binaries (about a minute), not the 12-minute compile. About 1.3 GB of modules and
-# 3.3 GB of build cache. -p=1 and nice/ionice: the machine's two cores are shared with others.
+# 3.3 GB of build cache. nice/ionice, and -p=1 outside CI (lib/go.sh): the cores are shared.
 # CGO_ENABLED=0 as in Kubernetes' and etcd's release builds: static binaries, no C compiler needed.
-export GOFLAGS="-buildvcs=false -p=1" CGO_ENABLED=0 GOWORK=off
+export GOFLAGS="-buildvcs=false -p=$GO_P" CGO_ENABLED=0 GOWORK=off
 
 # --- Kubernetes ---------------------------------------------------------------------------------
 # One wrapper module for the three commands: k8s.io/kubernetes replaces its staging modules with
@@ -97,7 +97,7 @@ if ! have_kube kube-apiserver || ! have_kube kube-controller-manager || ! have_k
   for cmd in kube-apiserver kube-controller-manager kubectl; do
     if [ "$cmd" = kubectl ]; then have_kubectl && continue; else have_kube "$cmd" && continue; fi
     t=$SECONDS
-    log "building $cmd $K8S_VERSION (nice, -p=1; cold: ~7 min for the first, ~2 min for each other)"
+    log "building $cmd $K8S_VERSION (nice, -p=$GO_P; cold: ~7 min for the first, ~2 min for each other)"
     low "$go_bin" build -ldflags "$ldflags" -o "$OUT/.$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
     mv -f "$OUT/.$cmd.tmp" "$OUT/$cmd"
     log "built $cmd in $(elapsed "$t")"

@@ -55,13 +55,13 @@ if all_present; then
 fi
 
 go_resolve "$GO_MIN_MINOR" "$GO_TOOLCHAIN" "$WORK"
-export GOFLAGS="-buildvcs=false -p=1" GOWORK=off
+export GOFLAGS="-buildvcs=false -p=$GO_P" GOWORK=off
 
 # build NAME DIR PKG TAGS LDFLAGS CGO: one binary, written under a temporary name first so an
 # interrupted build never leaves a binary that looks complete.
 build() {
   local name=$1 dir=$2 pkg=$3 tags=$4 ldflags=$5 cgo=$6 t=$SECONDS
-  log "building $name (nice, -p=1)"
+  log "building $name (nice, -p=$GO_P)"
   (cd "$dir" && CGO_ENABLED=$cgo low "$go_bin" build -tags "$tags" -ldflags "$ldflags" -o "$OUT/.$name.tmp" "$pkg")
   mv -f "$OUT/.$name.tmp" "$OUT/$name"
   log "built $name in $((SECONDS - t)) s"

@@ -40,6 +40,11 @@ go_resolve() {
   log "using $("$go_bin" version)"
 }
 
+# Go's package-level build parallelism: 1 where the machine's cores are shared with other work,
+# every core in CI (nothing else runs there, and a cold build of the tools is most of a cold run).
+# MESHPATH_GO_PARALLEL overrides.
+GO_P=${MESHPATH_GO_PARALLEL:-$(if [ -n "${CI:-}" ]; then nproc; else echo 1; fi)}
+
 # Runs a build at the lowest CPU and I/O priority: the machine's two cores are shared.
 low() {
   if command -v ionice >/dev/null 2>&1; then nice -n 19 ionice -c3 "$@"; else nice -n 19 "$@"; fi

@@ -48,7 +48,7 @@ pub fn admit(svc_id: u32) -> Admission {
     if before >= u64::from(max) {
         // SAFETY: as above.
         unsafe { core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::SeqCst }>(active, 1) };
-        bump(TcReason::ConnLimitRefused);
+        // Counted by the caller, which refuses the packet.
         return Admission::Refused;
     }
     Admission::Admitted

@@ -390,7 +390,17 @@ fn original_of(p: &Packet, client_be: u32, client_port_be: u16, front: (u32, u16
 #[inline(always)]
 fn refused(ctx: &TcContext, p: &Packet, why: TcReason) -> Result<i32, i32> {
     bump(why);
-    refuse::refuse(ctx, p).or_else(shot)
+    match refuse::refuse(ctx, p) {
+        Ok(verdict) => {
+            bump(if p.proto == PROTO_TCP {
+                TcReason::ResetSent
+            } else {
+                TcReason::UnreachableSent
+            });
+            Ok(verdict)
+        }
+        Err(reason) => shot(reason),
+    }
 }
 
 #[inline(always)]

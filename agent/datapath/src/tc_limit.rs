@@ -52,6 +52,9 @@ struct TestRunAttr {
     ctx_out: u64,
 }
 
+// The kernel reads `size_of` bytes: the fields up to `ctx_out`, laid out as in the uapi header.
+const _: () = assert!(size_of::<TestRunAttr>() == 64);
+
 /// `BPF_PROG_TEST_RUN` (`enum bpf_cmd`).
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 

@@ -1,7 +1,7 @@
 //! `connectionPool.tcp.maxConnections` on the uplink: NodePort flows from the outside client
 //! take slots of the Service's kernel connection counter (the one connect4 counts sockets
 //! against). Two held connections fill a limit of 2, a third is refused with a RST, a close
-//! gives its slot back, a flow whose conntrack entry the agent removed is released by the
+//! by either end gives its slot back, a flow whose conntrack entry the agent removed is released by the
 //! sweep, and after everything closed the count is 0 again. With `--connection-limits false`
 //! nothing is counted.
 
@@ -73,7 +73,7 @@ fn tc_nodeport_flows_count_against_max_connections_and_give_their_slots_back() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    node1.spawn_ready(0, "lim", &args).expect("server");
+    let server = node1.spawn_ready(0, "lim", &args).expect("server");
     let pod = node1.pod(0).ip();
     let dir = node1
         .write_manifests(&[("svc.yaml", manifest(&[(pod, "n1")]))])
@@ -144,6 +144,34 @@ fn tc_nodeport_flows_count_against_max_connections_and_give_their_slots_back() {
     wait_active(&agent, 0, Duration::from_secs(5), "after every close");
     let s = agent.status().expect("status");
     assert_eq!(counter(&s, "tc_conn_released"), 3, "{s}");
+
+    // The backend closes first (its server killed): its FIN, seen on the uplink's egress, gives
+    // the slot back, well before the sweep would (its entries stay, closing, for 10 s).
+    let args_for = |name: &str| -> Vec<String> {
+        ["serve", "--name", name, "--tcp", "9090"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let mut e = hold().expect("a connection the backend closes");
+    assert_eq!(e.echo("e").expect("echo"), "e");
+    assert_eq!(active(&agent), 1);
+    // SAFETY: kill(2) on the server this test spawned; the harness reaps it.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
+    wait_active(
+        &agent,
+        0,
+        Duration::from_secs(3),
+        "after the backend closed",
+    );
+    let s = agent.status().expect("status");
+    assert_eq!(counter(&s, "tc_conn_released"), 4, "{s}");
+    assert_eq!(counter(&s, "tc_conn_released_swept"), 0, "{s}");
+    assert!(e.echo("f").is_err(), "a killed server still answers");
+    drop(e);
+    node1
+        .spawn_ready(0, "lim-b", &args_for("lim-b"))
+        .expect("second server");
 
     // A flow whose conntrack entries the agent removes (its backend left) never sends a FIN
     // the programs see: the sweep gives its slot back (within its 10 s period).

@@ -18,44 +18,10 @@ use meshpath_common::{
     ServiceKey, PROTO_TCP,
 };
 
-use super::limit::{self, Admission};
+use super::limit::{self, Admission, Slot};
 use super::maps::{bump, MP_TC_CT, MP_TC_NODE_IPS, MP_TC_SVC};
 use super::nat::{self, End, Packet};
 use super::{affinity, fib_out, refuse, snat, TC_ACT_OK, TC_ACT_SHOT};
-
-/// A new flow's place in its Service's connection limit: the slot it took, if any.
-#[derive(Clone, Copy)]
-struct Slot {
-    svc_id: u32,
-    counted: bool,
-}
-
-impl Slot {
-    /// The flow was not created: its slot goes back.
-    #[inline(always)]
-    fn undo(self) {
-        if self.counted {
-            limit::undo(self.svc_id);
-        }
-    }
-
-    /// The flow's entries are written: record it, so its close or the sweep releases it.
-    #[inline(always)]
-    fn track(self, original: &CtKey) {
-        if self.counted {
-            limit::track(original, self.svc_id);
-        }
-    }
-
-    #[inline(always)]
-    fn flags(self) -> u8 {
-        if self.counted {
-            CT_FLAG_COUNTED
-        } else {
-            0
-        }
-    }
-}
 
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {

@@ -11,7 +11,7 @@
 use core::intrinsics::AtomicOrdering;
 
 use meshpath_common::{
-    tc::{CtKey, TcReason},
+    tc::{CtKey, TcReason, CT_FLAG_COUNTED},
     SockLimit,
 };
 
@@ -26,6 +26,40 @@ pub enum Admission {
     /// A slot was taken: [`track`] it once the flow exists, or [`undo`] it.
     Admitted,
     Refused,
+}
+
+/// A new flow's place in its Service's connection limit: the slot it took, if any.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub svc_id: u32,
+    pub counted: bool,
+}
+
+impl Slot {
+    /// The flow was not created: its slot goes back.
+    #[inline(always)]
+    pub fn undo(self) {
+        if self.counted {
+            undo(self.svc_id);
+        }
+    }
+
+    /// The flow's entries are written: record it, so its close or the sweep releases it.
+    #[inline(always)]
+    pub fn track(self, original: &CtKey) {
+        if self.counted {
+            track(original, self.svc_id);
+        }
+    }
+
+    #[inline(always)]
+    pub fn flags(self) -> u8 {
+        if self.counted {
+            CT_FLAG_COUNTED
+        } else {
+            0
+        }
+    }
 }
 
 /// Takes a slot of `svc_id`'s counter if fewer than its limit are taken.

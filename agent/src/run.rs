@@ -266,9 +266,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             tc_attached = true;
             // Not fatal: the socket path serves the pods whatever happens on the uplink.
             match datapath.attach_uplink(cfg.tc_uplink.as_ref(), &cfg.pin_dir) {
-                Ok(links) => {
-                    if links.is_some() {
-                        crate::tc_path::spawn_sweeper(cfg.pin_dir.clone());
+                Ok(mut links) => {
+                    if let Some(attached) = links.as_mut() {
+                        crate::tc_path::spawn_sweeper(
+                            cfg.pin_dir.clone(),
+                            attached.releaser.take(),
+                        );
                     }
                     _tc_links = links
                 }

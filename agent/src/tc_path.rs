@@ -60,9 +60,14 @@ impl TcPath {
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sweeps the pinned conntrack of `pin_dir` every [`SWEEP_EVERY`] (closed and idle flows; the
-/// reconciler's sync forgets departed backends' flows). Runs until the agent exits.
-pub fn spawn_sweeper(pin_dir: std::path::PathBuf) {
-    use meshpath_datapath::tc_ct;
+/// reconciler's sync forgets departed backends' flows), then gives back the connection slots of
+/// counted flows whose entries are gone, whoever removed them (this sweep, the reconciler's, or
+/// the LRU). Runs until the agent exits.
+pub fn spawn_sweeper(
+    pin_dir: std::path::PathBuf,
+    releaser: Option<meshpath_datapath::tc_limit::Releaser>,
+) {
+    use meshpath_datapath::{tc_ct, tc_limit};
     tokio::spawn(async move {
         let mut ct = match tc_ct::open_pinned(&pin_dir) {
             Ok(ct) => ct,
@@ -71,6 +76,14 @@ pub fn spawn_sweeper(pin_dir: std::path::PathBuf) {
                 return;
             }
         };
+        let counted = match tc_limit::open_pinned(&pin_dir) {
+            Ok(counted) => counted,
+            Err(e) => {
+                warn!(error = %e, source = ?std::error::Error::source(&e), "tc counted flows not swept: evicted flows keep their connection slots");
+                None
+            }
+        };
+        let limits = counted.zip(releaser);
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         loop {
             tick.tick().await;
@@ -86,6 +99,16 @@ pub fn spawn_sweeper(pin_dir: std::path::PathBuf) {
                 Ok(_) => {}
                 Err(e) => {
                     warn!(error = %e, source = ?std::error::Error::source(&e), "sweeping the tc conntrack failed")
+                }
+            }
+            let Some((counted, releaser)) = limits.as_ref() else {
+                continue;
+            };
+            match tc_limit::release_vanished(counted, &ct, releaser) {
+                Ok(0) => {}
+                Ok(released) => info!(released, "connection slots of vanished tc flows given back"),
+                Err(e) => {
+                    warn!(error = %e, source = ?std::error::Error::source(&e), "releasing vanished tc flows failed")
                 }
             }
         }

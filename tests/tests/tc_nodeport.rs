@@ -12,8 +12,10 @@
 //! ```
 //!
 //! `remote`: NodePorts over node 2's endpoints (SNAT), `Local` policy, refusals, and flows whose
-//! backend leaves.
+//! backend leaves. `maxconn`: NodePort flows against a DestinationRule's `maxConnections`.
 
+#[path = "tc_nodeport/maxconn.rs"]
+mod maxconn;
 #[path = "tc_nodeport/remote.rs"]
 mod remote;
 

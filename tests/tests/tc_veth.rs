@@ -5,6 +5,7 @@
 //!   see it) reaches a ClusterIP whose endpoint is pod 1, over TCP and UDP, translated per
 //!   packet on pod 0's veth; a managed pod's own connect is translated by the socket hook and
 //!   never a second time; with the programs detached the same requests fail;
+//! - a ClusterIP without endpoints is refused to that sender (RST, ICMP port unreachable);
 //! - pod-to-pod packets go straight into the destination pod with `bpf_redirect_peer`: the
 //!   destination's host-side veth transmits nothing (the bridge never forwarded them), while
 //!   with `--tc-pod-forward false` the same traffic crosses the bridge.
@@ -20,6 +21,9 @@ use meshpath_tests::{addr, skip_unless, wait_until, Node, Proxy, Source, Target,
 
 const WEB_VIP: &str = "10.96.0.10";
 const DNS_VIP: &str = "10.96.0.53";
+/// ClusterIPs of Services without endpoints (TCP, UDP).
+const EMPTY_TCP_VIP: &str = "10.96.0.60";
+const EMPTY_UDP_VIP: &str = "10.96.0.61";
 
 fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
@@ -46,7 +50,8 @@ fn packets(ns: &str, dev: &str) -> (u64, u64) {
     (n("rx"), n("tx"))
 }
 
-/// A ClusterIP Service on TCP and one on UDP, both with pod 1 as their one endpoint.
+/// A ClusterIP Service on TCP and one on UDP, both with pod 1 as their one endpoint, and one of
+/// each without endpoints.
 fn manifest(node: &Node) -> String {
     let backend = node.pod(1).ip();
     let svc = |name: &str, vip: &str, port: u16, target: u16, proto: &str| {
@@ -61,6 +66,10 @@ fn manifest(node: &Node) -> String {
         endpoint_slice("web", 8080, "TCP", &[Ep::ready(backend)]),
         svc("dns", DNS_VIP, 53, 5353, "UDP"),
         endpoint_slice("dns", 5353, "UDP", &[Ep::ready(backend)]),
+        svc("empty-tcp", EMPTY_TCP_VIP, 80, 8080, "TCP"),
+        endpoint_slice("empty-tcp", 8080, "TCP", &[]),
+        svc("empty-udp", EMPTY_UDP_VIP, 53, 5353, "UDP"),
+        endpoint_slice("empty-udp", 5353, "UDP", &[]),
     ])
 }
 
@@ -272,6 +281,50 @@ fn an_unmanaged_sender_in_a_pod_namespace_reaches_a_cluster_ip_through_the_veth_
         .expect("udp, detached");
     let r: meshpath_tests::ClientReport = serde_json::from_value(v).expect("report");
     assert_eq!(r.ok(), 0, "{r:?}");
+}
+
+#[test]
+fn a_cluster_ip_without_endpoints_is_refused_on_the_veth_path() {
+    skip_unless!(AGENT);
+    let Some(node) = node() else { return };
+    let agent = start(&node, &[]);
+    // From the unmanaged sender (only the veth program sees it): refused at once, as the
+    // socket path refuses a managed pod's connect, instead of timing out into a drop.
+    let refused = |kind: &str, vip: &str, port: u16| {
+        let v = node
+            .run_client(
+                Target::Outside,
+                &[
+                    kind,
+                    "--addr",
+                    &addr(vip, port).to_string(),
+                    "--count",
+                    "3",
+                    "--timeout-ms",
+                    "2000",
+                ],
+            )
+            .expect("client");
+        let r: meshpath_tests::ClientReport = serde_json::from_value(v).expect("report");
+        assert_eq!(
+            (r.ok(), r.errors.get("ECONNREFUSED").copied()),
+            (0, Some(3)),
+            "{kind} {vip}: {r:?}\n{}",
+            agent.status().map(|s| s.to_string()).unwrap_or_default()
+        );
+    };
+    refused("tcp", EMPTY_TCP_VIP, 80);
+    refused("udp-connected", EMPTY_UDP_VIP, 53);
+    let s = agent.status().expect("status");
+    for (name, want) in [
+        ("tc_veth_no_backend", 6),
+        ("tc_veth_reset_sent", 3),
+        ("tc_veth_unreachable_sent", 3),
+        ("tc_veth_refusal_failed", 0),
+        ("tc_veth_new_flow", 0),
+    ] {
+        assert_eq!(counter(&s, name), want, "{name}: {s}");
+    }
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub mod rtnl_links;
 pub mod sock_diag;
 pub mod status;
 pub mod tc_ct;
+pub mod tc_limit;
 pub mod tc_maps;
 pub mod tc_uplink;
 pub mod tc_veth;

@@ -56,8 +56,32 @@ pub fn unpin_incompatible(object: &[u8], pin_dir: &Path) -> Result<Vec<Replaced>
             wanted,
         });
     }
+    forget_counted_flows(pin_dir, &replaced)?;
     replaced.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(replaced)
+}
+
+/// The tc path's record of counted flows holds slots of `MP_CONN_ACTIVE`: next to a fresh
+/// counter (a replaced one starts at 0), releasing them would take it below 0, which wraps and
+/// refuses every later connection of the Service. The records go with the counter.
+fn forget_counted_flows(pin_dir: &Path, replaced: &[Replaced]) -> Result<(), DatapathError> {
+    use meshpath_common::{tc::MAP_TC_COUNTED, MAP_CONN_ACTIVE};
+    if !replaced.iter().any(|r| r.name == MAP_CONN_ACTIVE) {
+        return Ok(());
+    }
+    let path = pin_dir.join(MAP_TC_COUNTED);
+    if !path.exists() {
+        return Ok(());
+    }
+    std::fs::remove_file(&path).map_err(|source| DatapathError::Unpin {
+        path: path.clone(),
+        source,
+    })?;
+    warn!(
+        map = MAP_TC_COUNTED,
+        "connection counter replaced: the tc path's counted flows start afresh with it"
+    );
+    Ok(())
 }
 
 /// Which per-socket maps were pinned before this load, for [`init_live`]; call after

@@ -213,7 +213,12 @@ mod tests {
         let live: LiveBackends = [(3, 7, 9)].into();
         assert!(verdict(&k, &v, now, &p, Some(&live)).is_none());
         // A pod veth's flow is never this sweep's, however old or orphaned.
-        let (k, v) = entry(CT_DIR_VETH_ORIGINAL, PROTO_UDP, CT_STATE_CLOSING, now - 1000 * S);
+        let (k, v) = entry(
+            CT_DIR_VETH_ORIGINAL,
+            PROTO_UDP,
+            CT_STATE_CLOSING,
+            now - 1000 * S,
+        );
         assert!(verdict(&k, &v, now, &p, Some(&live)).is_none());
     }
 }

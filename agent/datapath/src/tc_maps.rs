@@ -51,16 +51,15 @@ impl TcMaps {
         })
     }
 
-    /// Every tc reason's count, summed over CPUs.
+    /// Every tc reason's count, summed over CPUs. Reasons past the end of the pinned array (an
+    /// older agent's, until the next start replaces it) are left out, not an error.
     pub fn reason_counts(&self) -> Result<Vec<(TcReason, u64)>, TcMapError> {
         TcReason::ALL
             .iter()
-            .map(|r| {
-                let per_cpu = self
-                    .counters
-                    .get(&(*r as u32), 0)
-                    .map_err(err(MAP_TC_COUNTERS, "read"))?;
-                Ok((*r, per_cpu.iter().sum()))
+            .filter_map(|r| match self.counters.get(&(*r as u32), 0) {
+                Ok(per_cpu) => Some(Ok((*r, per_cpu.iter().sum()))),
+                Err(MapError::OutOfBounds { .. }) => None,
+                Err(e) => Some(Err(err(MAP_TC_COUNTERS, "read")(e))),
             })
             .collect()
     }

@@ -9,14 +9,14 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::FdLink;
 use aya::programs::tc::{self, NlOptions, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
-use meshpath_common::tc::{PROG_TC_EGRESS, PROG_TC_INGRESS};
+use meshpath_common::tc::{PROG_TC_CT_RELEASE, PROG_TC_EGRESS, PROG_TC_INGRESS};
 use tracing::{info, warn};
 
 use crate::links;
@@ -68,6 +68,9 @@ pub enum UplinkError {
 pub struct Attached {
     pub node_ips: Vec<Ipv4Addr>,
     pub mode: &'static str,
+    /// Gives back the connection slots of counted flows whose conntrack entry is gone (see
+    /// [`crate::tc_limit`]); `None` with an object older than the tc connection limit.
+    pub releaser: Option<crate::tc_limit::Releaser>,
     /// Pinned TCX links (kept so drop order is explicit; the pins hold them).
     _pinned: Vec<aya::programs::links::PinnedLink>,
 }
@@ -79,6 +82,13 @@ pub fn attach(ebpf: &mut Ebpf, uplink: &Uplink, pin_dir: &Path) -> Result<Attach
             .load()
             .map_err(|source| UplinkError::Program { name, source })?;
     }
+    let releaser = match load_releaser(ebpf) {
+        Ok(r) => Some(r),
+        Err(error) => {
+            warn!(%error, source = ?std::error::Error::source(&error), "no release program: the slots of tc flows the conntrack evicts are not given back");
+            None
+        }
+    };
     let ns = match &uplink.netns {
         Some(path) => Some(File::open(path).map_err(|source| UplinkError::Netns {
             path: path.clone(),
@@ -103,6 +113,28 @@ pub fn attach(ebpf: &mut Ebpf, uplink: &Uplink, pin_dir: &Path) -> Result<Attach
         .join()
         .map_err(|_| UplinkError::Thread)?
     })
+    .map(|mut attached| {
+        attached.releaser = releaser;
+        attached
+    })
+}
+
+/// Loads `mp_tc_ct_release` (never attached) and keeps a descriptor of it.
+fn load_releaser(ebpf: &mut Ebpf) -> Result<crate::tc_limit::Releaser, UplinkError> {
+    let name = PROG_TC_CT_RELEASE;
+    let prog = program(ebpf, name)?;
+    prog.load()
+        .map_err(|source| UplinkError::Program { name, source })?;
+    let fd = prog
+        .fd()
+        .map_err(|source| UplinkError::Program { name, source })?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| UplinkError::Program {
+            name,
+            source: aya::programs::ProgramError::IOError(source),
+        })?;
+    Ok(crate::tc_limit::Releaser::new(fd))
 }
 
 fn attach_here(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Attached, UplinkError> {
@@ -169,6 +201,7 @@ fn attach_here(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Attached,
     Ok(Attached {
         node_ips,
         mode,
+        releaser: None,
         _pinned: pinned,
     })
 }

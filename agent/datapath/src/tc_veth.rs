@@ -339,14 +339,15 @@ fn if_name(ifindex: u32) -> Result<String, VethError> {
 }
 
 /// Every veth reason's count, summed over CPUs, from the pinned counters (`None`: an object
-/// without the veth path).
+/// without the veth path). Reasons past the end of an older agent's array are left out.
 pub fn reason_counts(pin_dir: &Path) -> Option<Vec<(VethReason, u64)>> {
     let counters: PerCpuArray<MapData, u64> = map(pin_dir, MAP_TC_VETH_COUNTERS).ok()?;
     VethReason::ALL
         .iter()
-        .map(|r| {
-            let per_cpu = counters.get(&(*r as u32), 0).ok()?;
-            Some((*r, per_cpu.iter().sum()))
+        .filter_map(|r| match counters.get(&(*r as u32), 0) {
+            Ok(per_cpu) => Some(Some((*r, per_cpu.iter().sum()))),
+            Err(aya::maps::MapError::OutOfBounds { .. }) => None,
+            Err(_) => Some(None),
         })
         .collect()
 }

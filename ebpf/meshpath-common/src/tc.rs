@@ -20,6 +20,21 @@ pub const MAP_TC_COUNTERS: &str = "MP_TC_COUNTERS";
 
 pub const PROG_TC_INGRESS: &str = "mp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "mp_tc_egress";
+/// Never attached: the agent runs it (`BPF_PROG_TEST_RUN`) with a counted flow's original
+/// [`CtKey`] after [`ETH_PAD`] bytes, to give back the connection slot of a flow whose conntrack
+/// entry is gone (see [`MAP_TC_COUNTED`]). Returns 1 when it released one.
+pub const PROG_TC_CT_RELEASE: &str = "mp_tc_ct_release";
+/// Bytes before the key in [`PROG_TC_CT_RELEASE`]'s input: the test run wants an Ethernet header.
+pub const ETH_PAD: usize = 14;
+
+/// `connectionPool.tcp.maxConnections` on the uplink: original-direction [`CtKey`] of every TCP
+/// flow counted against a limit → the counter it holds a slot of ([`crate::SockLimit`]). A
+/// plain hash, not an LRU: an entry leaves only when its slot is given back (the flow's first
+/// FIN or RST, or the agent's sweep once the flow's conntrack entry is gone), so a flow the
+/// conntrack LRU evicts is still known and released.
+pub const MAP_TC_COUNTED: &str = "MP_TC_COUNTED";
+/// As many as the conntrack can hold flows.
+pub const MAX_TC_COUNTED: u32 = MAX_TC_CT / 2;
 
 /// `vip_be` of a NodePort frontend: any of the node's addresses.
 pub const TC_ANY_NODE_IP: u32 = 0;
@@ -117,6 +132,9 @@ pub const CT_STATE_CLOSING: u8 = 1;
 /// [`CtValue::flags`]: the flow is source-NATed (its backend is on another node); `nat_*` hold
 /// the node's address and port (original direction) or the client's (reply direction).
 pub const CT_FLAG_SNAT: u8 = 1 << 0;
+/// [`CtValue::flags`], both directions: the flow holds a connection slot (an entry in
+/// [`MAP_TC_COUNTED`]), so its first FIN or RST gives it back. Flows without it skip that map.
+pub const CT_FLAG_COUNTED: u8 = 1 << 1;
 
 /// For an original-direction key: the backend to send to. For a reply key: the frontend
 /// address to write back as the source.
@@ -190,9 +208,20 @@ pub enum TcReason {
     AffinityHit = 18,
     /// The affinity entry could not be written (map error): the flow went on without it.
     AffinityUpdateFailed = 19,
+    /// A new TCP flow over its Service's `maxConnections` (the count the socket path shares):
+    /// refused with a RST.
+    ConnLimitRefused = 20,
+    /// A counted flow's record could not be written (`MP_TC_COUNTED` full): the flow went on
+    /// uncounted.
+    ConnLimitUntracked = 21,
+    /// A counted flow's slot given back at its first FIN or RST.
+    ConnReleased = 22,
+    /// A counted flow's slot given back by the agent's sweep: its conntrack entry was evicted
+    /// by the LRU or removed by the sweep before a FIN or RST was seen.
+    ConnReleasedSwept = 23,
 }
 
-pub const TC_REASON_COUNT: u32 = 20;
+pub const TC_REASON_COUNT: u32 = 24;
 
 impl TcReason {
     pub const ALL: [TcReason; TC_REASON_COUNT as usize] = [
@@ -216,6 +245,10 @@ impl TcReason {
         TcReason::StaleFlow,
         TcReason::AffinityHit,
         TcReason::AffinityUpdateFailed,
+        TcReason::ConnLimitRefused,
+        TcReason::ConnLimitUntracked,
+        TcReason::ConnReleased,
+        TcReason::ConnReleasedSwept,
     ];
 
     /// Stable snake_case name, with a `tc_` prefix so it never collides with a socket-path
@@ -242,6 +275,10 @@ impl TcReason {
             TcReason::StaleFlow => "tc_stale_flow",
             TcReason::AffinityHit => "tc_affinity_hit",
             TcReason::AffinityUpdateFailed => "tc_affinity_update_failed",
+            TcReason::ConnLimitRefused => "tc_conn_limit_refused",
+            TcReason::ConnLimitUntracked => "tc_conn_limit_untracked",
+            TcReason::ConnReleased => "tc_conn_released",
+            TcReason::ConnReleasedSwept => "tc_conn_released_swept",
         }
     }
 }

@@ -48,7 +48,7 @@ pub enum VethReason {
     ReplyReversed = 2,
     /// A FIN or RST of a tracked flow: the entry was marked closing.
     FlowClosing = 3,
-    /// A ClusterIP with no endpoint: dropped.
+    /// A ClusterIP with no endpoint: refused (see `ResetSent`, `UnreachableSent`).
     NoBackend = 4,
     /// Slot 0 said N but a slot in 1..=N was absent (a concurrent update): dropped.
     SlotMissing = 5,
@@ -71,9 +71,15 @@ pub enum VethReason {
     FibPassed = 13,
     /// A redirect helper refused (the target vanished): left to the host stack.
     RedirectFailed = 14,
+    /// A TCP segment to a ClusterIP with no endpoint answered with a RST into the pod.
+    ResetSent = 15,
+    /// A UDP datagram to a ClusterIP with no endpoint answered with an ICMP port unreachable.
+    UnreachableSent = 16,
+    /// The refusal could not be built (IP options, a helper failed): the packet was dropped.
+    RefusalFailed = 17,
 }
 
-pub const VETH_REASON_COUNT: u32 = 15;
+pub const VETH_REASON_COUNT: u32 = 18;
 
 impl VethReason {
     pub const ALL: [VethReason; VETH_REASON_COUNT as usize] = [
@@ -92,6 +98,9 @@ impl VethReason {
         VethReason::RedirectNeigh,
         VethReason::FibPassed,
         VethReason::RedirectFailed,
+        VethReason::ResetSent,
+        VethReason::UnreachableSent,
+        VethReason::RefusalFailed,
     ];
 
     /// Stable snake_case name; `tc_veth_` keeps it apart from the other reasons in one label.
@@ -112,6 +121,9 @@ impl VethReason {
             VethReason::RedirectNeigh => "tc_veth_redirect_neigh",
             VethReason::FibPassed => "tc_veth_fib_passed",
             VethReason::RedirectFailed => "tc_veth_redirect_failed",
+            VethReason::ResetSent => "tc_veth_reset_sent",
+            VethReason::UnreachableSent => "tc_veth_unreachable_sent",
+            VethReason::RefusalFailed => "tc_veth_refusal_failed",
         }
     }
 }

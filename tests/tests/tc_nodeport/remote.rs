@@ -27,7 +27,7 @@ const STICKY_PORT: u16 = 30091;
 
 /// A NodePort Service `name` with `ports` (`name`, protocol, nodePort, targetPort) over
 /// `endpoints` (address, node name).
-fn node_port_service(
+pub(super) fn node_port_service(
     name: &str,
     cluster_ip: &str,
     policy: &str,
@@ -117,7 +117,7 @@ fn manifest(local_pod: Ipv4Addr, hold_endpoints: &[(Ipv4Addr, &str)]) -> String 
 }
 
 /// The tc counters that moved, for failure messages.
-fn tc_counters(agent: &meshpath_tests::agent::Agent) -> String {
+pub(super) fn tc_counters(agent: &meshpath_tests::agent::Agent) -> String {
     let Ok(s) = agent.status() else {
         return "no status".into();
     };

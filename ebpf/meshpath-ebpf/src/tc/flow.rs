@@ -12,12 +12,13 @@ use aya_ebpf::{
 };
 use meshpath_common::{
     tc::{
-        CtKey, CtValue, TcReason, TcSlot, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_SNAT,
-        CT_STATE_CLOSING, CT_STATE_OPEN, TC_ANY_NODE_IP, TC_FLAG_REMOTE, TC_SNAT_PORT_MIN,
+        CtKey, CtValue, TcReason, TcSlot, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_COUNTED,
+        CT_FLAG_SNAT, CT_STATE_CLOSING, CT_STATE_OPEN, TC_ANY_NODE_IP, TC_FLAG_REMOTE, TC_SNAT_PORT_MIN,
     },
-    ServiceKey,
+    ServiceKey, PROTO_TCP,
 };
 
+use super::limit::{self, Admission, Slot};
 use super::maps::{bump, MP_TC_CT, MP_TC_NODE_IPS, MP_TC_SVC};
 use super::nat::{self, End, Packet};
 use super::{affinity, fib_out, refuse, snat, TC_ACT_OK, TC_ACT_SHOT};
@@ -35,7 +36,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
     };
     let key = ct_key(&p, CT_DIR_ORIGINAL);
     if let Some(entry) = MP_TC_CT.get_ptr_mut(&key) {
-        let ct = touch(entry, &p);
+        let ct = touch(entry, &p, &key);
         return original(ctx, &p, &ct);
     }
     if let Some(verdict) = snat_reply(ctx, &p) {
@@ -57,6 +58,20 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
     if count == 0 {
         return refused(ctx, &p, TcReason::NoBackend);
     }
+    // TCP flows only, as the socket path counts connects (UDP has no close to release at).
+    let counted = if p.proto == PROTO_TCP {
+        match limit::admit(header.svc_id) {
+            Admission::Refused => return refused(ctx, &p, TcReason::ConnLimitRefused),
+            Admission::Admitted => true,
+            Admission::Unlimited => false,
+        }
+    } else {
+        false
+    };
+    let held = Slot {
+        svc_id: header.svc_id,
+        counted,
+    };
     let sticky = header.affinity_sec != 0;
     let (slot, backend) = match sticky
         .then(|| affinity::lookup(&frontend, &header, p.saddr_be))
@@ -69,7 +84,10 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
             // SAFETY: the value is copied out at once.
             match (unsafe { MP_TC_SVC.get(&frontend.with_slot(slot)) }).copied() {
                 Some(backend) => (slot, backend),
-                None => return shot(TcReason::SlotMissing),
+                None => {
+                    held.undo();
+                    return shot(TcReason::SlotMissing);
+                }
             }
         }
     };
@@ -77,7 +95,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
         affinity::remember(&frontend, p.saddr_be, slot, &backend);
     }
     if backend.flags & TC_FLAG_REMOTE != 0 {
-        return new_snat_flow(ctx, &p, &key, &frontend, &backend);
+        return new_snat_flow(ctx, &p, &key, &frontend, &backend, held);
     }
     // The reply entry first: once the client's packet is on its way, the answer may come back
     // on another CPU before this program returns.
@@ -90,17 +108,21 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
         dir: CT_DIR_REPLY,
         _pad: 0,
     };
-    let to_frontend = ct_value(p.daddr_be, p.dport_be, header.svc_id);
-    let to_backend = ct_value(
+    let mut to_frontend = ct_value(p.daddr_be, p.dport_be, header.svc_id);
+    to_frontend.flags = held.flags();
+    let mut to_backend = ct_value(
         backend.backend_ip_be,
         backend.backend_port_be,
         header.svc_id,
     );
+    to_backend.flags = held.flags();
     if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err()
         || MP_TC_CT.insert(&key, &to_backend, 0).is_err()
     {
+        held.undo();
         return shot(TcReason::CtUpdateFailed);
     }
+    held.track(&key);
     match nat::rewrite(
         ctx,
         &p,
@@ -130,7 +152,11 @@ pub fn egress(ctx: &TcContext) -> Result<i32, i32> {
     let Some(entry) = MP_TC_CT.get_ptr_mut(&key) else {
         return Ok(TC_ACT_OK);
     };
-    let ct = touch(entry, &p);
+    // SAFETY: a value pointer from a successful lookup, valid for this program run.
+    let front = unsafe { ((*entry).addr_be, (*entry).port_be) };
+    // The client's own tuple: this reply goes to it unchanged (no SNAT on this side).
+    let original_key = original_of(&p, p.daddr_be, p.dport_be, front);
+    let ct = touch(entry, &p, &original_key);
     match nat::rewrite(ctx, &p, End::Source, ct.addr_be, ct.port_be) {
         Ok(()) => {
             bump(TcReason::ReplyReversed);
@@ -183,7 +209,11 @@ fn snat_reply(ctx: &TcContext, p: &Packet) -> Option<Result<i32, i32>> {
     // SAFETY: presence check only.
     unsafe { MP_TC_NODE_IPS.get(&p.daddr_be) }?;
     let entry = MP_TC_CT.get_ptr_mut(&ct_key(p, CT_DIR_REPLY))?;
-    let ct = touch(entry, p);
+    // SAFETY: a value pointer from a successful lookup, valid for this program run.
+    let v = unsafe { *entry };
+    // The client is what the SNAT wrote over: the entry's `nat_*`.
+    let original_key = original_of(p, v.nat_addr_be, v.nat_port_be, (v.addr_be, v.port_be));
+    let ct = touch(entry, p, &original_key);
     if ct.flags & CT_FLAG_SNAT == 0 {
         return None;
     }
@@ -212,6 +242,7 @@ fn new_snat_flow(
     key: &CtKey,
     frontend: &ServiceKey,
     backend: &TcSlot,
+    held: Slot,
 ) -> Result<i32, i32> {
     // A NodePort answers as the address the client used; an external IP is not the node's, so
     // the flow takes the node's primary address (written by the agent under TC_ANY_NODE_IP).
@@ -221,7 +252,10 @@ fn new_snat_flow(
         // SAFETY: the value is copied out at once.
         match unsafe { MP_TC_NODE_IPS.get(&TC_ANY_NODE_IP) } {
             Some(ip) => *ip,
-            None => return shot(TcReason::FibFailed),
+            None => {
+                held.undo();
+                return shot(TcReason::FibFailed);
+            }
         }
     };
     let mut reply = CtKey {
@@ -234,25 +268,30 @@ fn new_snat_flow(
         _pad: 0,
     };
     let mut to_client = ct_value(p.daddr_be, p.dport_be, backend.svc_id);
-    to_client.flags = CT_FLAG_SNAT;
+    to_client.flags = CT_FLAG_SNAT | held.flags();
     to_client.nat_addr_be = p.saddr_be;
     to_client.nat_port_be = p.sport_be;
     let nat_port_be = match snat::claim_port(&mut reply, &to_client) {
         Ok(port) => port,
-        Err(reason) => return shot(reason),
+        Err(reason) => {
+            held.undo();
+            return shot(reason);
+        }
     };
     let mut to_backend = ct_value(
         backend.backend_ip_be,
         backend.backend_port_be,
         backend.svc_id,
     );
-    to_backend.flags = CT_FLAG_SNAT;
+    to_backend.flags = CT_FLAG_SNAT | held.flags();
     to_backend.nat_addr_be = snat_addr;
     to_backend.nat_port_be = nat_port_be;
     if MP_TC_CT.insert(key, &to_backend, 0).is_err() {
         let _ = MP_TC_CT.remove(&reply);
+        held.undo();
         return shot(TcReason::CtUpdateFailed);
     }
+    held.track(key);
     bump(TcReason::NewFlow);
     snat_forward(ctx, p, &to_backend)
 }
@@ -275,8 +314,10 @@ fn frontend(p: &Packet) -> Option<(ServiceKey, TcSlot)> {
 }
 
 /// Marks the entry seen now (the GC's idle clock) and closing on a FIN or RST; returns a copy.
+/// A counted flow's first FIN or RST (either direction) gives its connection slot back;
+/// `original` is the flow's client-side key, which its record is filed under.
 #[inline(always)]
-fn touch(entry: *mut CtValue, p: &Packet) -> CtValue {
+fn touch(entry: *mut CtValue, p: &Packet, original: &CtKey) -> CtValue {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a value pointer from a successful lookup, valid for this program run; an 8-byte
@@ -289,15 +330,43 @@ fn touch(entry: *mut CtValue, p: &Packet) -> CtValue {
         // SAFETY: as above; a 1-byte store another CPU can only race with the same value.
         unsafe { (*entry).state = CT_STATE_CLOSING };
         bump(TcReason::FlowClosing);
+        if ct.flags & CT_FLAG_COUNTED != 0 && limit::release(original) {
+            bump(TcReason::ConnReleased);
+        }
     }
     ct
+}
+
+/// The original-direction key of the flow a reply belongs to: the client (`client_be`,
+/// `client_port_be`) towards the frontend it sent to (`front`, from the reply entry).
+#[inline(always)]
+fn original_of(p: &Packet, client_be: u32, client_port_be: u16, front: (u32, u16)) -> CtKey {
+    CtKey {
+        saddr_be: client_be,
+        daddr_be: front.0,
+        sport_be: client_port_be,
+        dport_be: front.1,
+        proto: p.proto,
+        dir: CT_DIR_ORIGINAL,
+        _pad: 0,
+    }
 }
 
 /// Counts why the packet is refused, then answers it (RST or ICMP), or drops it counted.
 #[inline(always)]
 fn refused(ctx: &TcContext, p: &Packet, why: TcReason) -> Result<i32, i32> {
     bump(why);
-    refuse::refuse(ctx, p).or_else(shot)
+    match refuse::refuse(ctx, p) {
+        Ok(verdict) => {
+            bump(if p.proto == PROTO_TCP {
+                TcReason::ResetSent
+            } else {
+                TcReason::UnreachableSent
+            });
+            Ok(verdict)
+        }
+        Err(reason) => shot(reason),
+    }
 }
 
 #[inline(always)]

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use meshpath_common::{
     tc::{
         CtKey, CtValue, TcAffinityKey, TcAffinityValue, TcReason, TcSlot, MAX_TC_AFFINITY,
-        MAX_TC_CT, MAX_TC_NODE_IPS, MAX_TC_SERVICE_ENTRIES, TC_REASON_COUNT,
+        MAX_TC_COUNTED, MAX_TC_CT, MAX_TC_NODE_IPS, MAX_TC_SERVICE_ENTRIES, TC_REASON_COUNT,
     },
-    ServiceKey,
+    ServiceKey, SockLimit,
 };
 
 /// `BPF_F_NO_PREALLOC`: entries are allocated as the agent writes them (rarely), not all at
@@ -30,6 +30,12 @@ pub static MP_TC_NODE_IPS: HashMap<u32, u32> = HashMap::pinned(MAX_TC_NODE_IPS, 
 /// flow, which has none) ages out instead of filling the table.
 #[map]
 pub static MP_TC_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_TC_CT, 0);
+
+/// Counted flows (see `limit`): apart from the LRU, so an evicted flow's slot is still found.
+/// Not preallocated: idle without limits.
+#[map]
+pub static MP_TC_COUNTED: HashMap<CtKey, SockLimit> =
+    HashMap::pinned(MAX_TC_COUNTED, BPF_F_NO_PREALLOC);
 
 /// `sessionAffinity: ClientIP`: {frontend, client} → its backend (see `affinity`).
 #[map]

@@ -9,6 +9,7 @@ mod affinity;
 mod flow;
 mod fib_out;
 mod forward;
+mod limit;
 mod maps;
 mod nat;
 mod refuse;
@@ -33,5 +34,16 @@ pub fn mp_tc_ingress(ctx: TcContext) -> i32 {
 pub fn mp_tc_egress(ctx: TcContext) -> i32 {
     match flow::egress(&ctx) {
         Ok(v) | Err(v) => v,
+    }
+}
+
+/// Run by the agent (`BPF_PROG_TEST_RUN`), never attached: releases the connection slot of the
+/// counted flow whose original key follows the Ethernet-sized pad, if its conntrack entry is
+/// gone (see `limit`). Returns 1 when it released one, else 0.
+#[classifier]
+pub fn mp_tc_ct_release(ctx: TcContext) -> i32 {
+    match ctx.load::<meshpath_common::tc::CtKey>(meshpath_common::tc::ETH_PAD) {
+        Ok(key) => limit::release_vanished(&key) as i32,
+        Err(_) => 0,
     }
 }

@@ -22,23 +22,23 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// Answers `p` with a RST (TCP) or an ICMP port unreachable (UDP). `Ok` carries the verdict.
-/// Not inlined: its stack frame is apart from the per-packet path's (the verifier limits the
-/// combined depth).
+/// Answers `p` with a RST (TCP) or an ICMP port unreachable (UDP). `Ok` carries the verdict;
+/// what was sent follows from `p.proto`, and the caller counts it (the uplink and the veths
+/// count apart). `Err`: nothing could be sent (the packet is to be dropped, counted by the
+/// caller). Not inlined: its stack frame is apart from the per-packet path's (the verifier
+/// limits the combined depth). Returns a plain `Result<i32, TcReason>`: a tuple in it made
+/// BTF the kernel rejects (a union member at a bit offset).
 #[inline(never)]
 pub fn refuse(ctx: &TcContext, p: &Packet) -> Result<i32, TcReason> {
     if p.l4_off != ETH_HLEN + IP_HLEN {
         // IP options: not worth a variable-length rebuild; the packet is dropped, counted.
         return Err(TcReason::RefusalFailed);
     }
-    let reason = if p.proto == PROTO_TCP {
+    if p.proto == PROTO_TCP {
         reset(ctx, p)?;
-        TcReason::ResetSent
     } else {
         unreachable(ctx, p)?;
-        TcReason::UnreachableSent
-    };
-    super::maps::bump(reason);
+    }
     // SAFETY: the context's skb pointer is valid for this program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: no preconditions; egress of the interface the packet arrived on.

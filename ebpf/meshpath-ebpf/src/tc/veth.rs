@@ -17,10 +17,11 @@ use meshpath_common::{
         VethReason, CT_DIR_VETH_ORIGINAL, CT_DIR_VETH_REPLY, MAX_TC_FWD_NETS, MAX_TC_PODS,
         VETH_CFG_FORWARD, VETH_CFG_SLOTS, VETH_REASON_COUNT,
     },
-    NO_ENDPOINT_BACKEND_ID, SVC_FLAG_STEERED,
+    NO_ENDPOINT_BACKEND_ID, PROTO_TCP, SVC_FLAG_STEERED,
 };
 
 use super::forward;
+use super::refuse;
 use super::maps::MP_TC_CT;
 use super::nat::{self, End, Packet};
 use super::{TC_ACT_OK, TC_ACT_SHOT};
@@ -143,7 +144,7 @@ fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
     }
     let count = svc.count as u32;
     if count == 0 {
-        return Err(shot(VethReason::NoBackend));
+        return Err(refused(ctx, p));
     }
     // SAFETY: no preconditions.
     let slot = (unsafe { bpf_get_prandom_u32() } % count) as u16 + 1;
@@ -152,7 +153,7 @@ fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
         return Err(shot(VethReason::SlotMissing));
     };
     if slot_val.backend_id == NO_ENDPOINT_BACKEND_ID || slot_val.backend.ip_be == 0 {
-        return Err(shot(VethReason::NoBackend));
+        return Err(refused(ctx, p));
     }
     let backend = slot_val.backend;
     // The reply entry first: the answer may come back on another CPU before this returns.
@@ -175,6 +176,28 @@ fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
     rewrite(ctx, p, End::Destination, backend.ip_be, backend.port_be)?;
     bump(VethReason::NewFlow);
     Ok(backend.ip_be)
+}
+
+/// A ClusterIP with no endpoint: answered as the uplink answers (a RST, an ICMP port
+/// unreachable), sent back into the pod, so its connect fails at once instead of retrying into
+/// a drop. A RST itself gets no answer.
+#[inline(always)]
+fn refused(ctx: &TcContext, p: &Packet) -> i32 {
+    bump(VethReason::NoBackend);
+    if p.reset {
+        return TC_ACT_SHOT;
+    }
+    match refuse::refuse(ctx, p) {
+        Ok(verdict) => {
+            bump(if p.proto == PROTO_TCP {
+                VethReason::ResetSent
+            } else {
+                VethReason::UnreachableSent
+            });
+            verdict
+        }
+        Err(_) => shot(VethReason::RefusalFailed),
+    }
 }
 
 #[inline(always)]

@@ -409,13 +409,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(name) => format!(" (copied to {})", out_root.join(name).display()),
     };
     summary.push_str(&format!(
-        "\nresults: {}: results.md{latest}, results.json, {}; took {:.0} s\n",
+        "\nresults: {}: results.md{latest}, results.json{}; took {:.0} s\n",
         dir.display(),
-        match (core.is_empty(), l7_section.is_none()) {
-            (false, true) => "latency.svg",
-            (true, false) => "latency-l7.svg",
-            _ => "latency.svg, latency-l7.svg",
-        },
+        [
+            (!core.is_empty(), "latency.svg"),
+            (l7_section.is_some(), "latency-l7.svg"),
+            (obs.is_some(), "obs.md"),
+            (xnode.is_some(), "xnode.md, xnode.json"),
+        ]
+        .iter()
+        .filter(|(ran, _)| *ran)
+        .fold(String::new(), |s, (_, f)| s + ", " + f),
         t0.elapsed().as_secs_f64()
     ));
     #[allow(clippy::print_stdout)] // the table is the command's output

@@ -1,4 +1,5 @@
-//! The cross-node section (`xnode.md` in the run folder, copied to `cross-node-latest.md`):
+//! The cross-node section (`xnode.md` and `xnode.json` in the run folder, the first copied to
+//! `cross-node-latest.md`):
 //! NodePort and ClusterIP across two nodes, each meshpath row beside the iptables row of the
 //! same kind, with the targets: meshpath ≥ 1.2× iptables max qps and p99 ≤ iptables'
 //! p99; misses say by how much.
@@ -260,6 +261,36 @@ impl XnodeSection {
         let md = self.markdown(&header, note);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("xnode.md"), &md).context("writing xnode.md")?;
+        // The medians, targets and evidence; every raw run is in results.json's "runs".
+        let parts: Vec<Value> = self
+            .parts
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "title": p.title,
+                    "ratios_against": p.iptables().key(),
+                    "summary": stats::table_json(&self.rows, &p.scenarios, &p.table),
+                })
+            })
+            .collect();
+        let evidence: Vec<Value> = self
+            .evidence
+            .iter()
+            .map(|(repeat, ev)| {
+                let mut ev = ev.clone();
+                ev["repeat"] = (*repeat).into();
+                ev
+            })
+            .collect();
+        let json = serde_json::json!({
+            "meta": meta,
+            "note": note,
+            "parts": parts,
+            "targets": self.checks,
+            "evidence": evidence,
+        });
+        std::fs::write(dir.join("xnode.json"), serde_json::to_string_pretty(&json)?)
+            .context("writing xnode.json")?;
         if update_latest {
             std::fs::write(out_root.join("cross-node-latest.md"), &md)
                 .context("writing cross-node-latest.md")?;

@@ -123,19 +123,23 @@ impl XnodeSection {
                         } else {
                             r >= factor
                         };
-                        let miss = if pass {
-                            String::new()
-                        } else {
-                            format!(
-                                " (missed by {:.2}×, {:.0} % of the target)",
-                                (r - factor).abs(),
-                                (r - factor).abs() / factor * 100.0
-                            )
+                        // Three decimals on a miss: 1.198× must not read as the 1.20× it
+                        // missed.
+                        let verdict = match (pass, row.better) {
+                            (true, _) => format!("{r:.2}×"),
+                            (false, Better::Higher) => format!(
+                                "{r:.3}×, {:.1} % short of {factor}×",
+                                (factor - r) / factor * 100.0
+                            ),
+                            (false, Better::Lower) => format!(
+                                "{r:.3}×, {:.1} % over {factor}×",
+                                (r - factor) / factor * 100.0
+                            ),
                         };
                         Check {
                             pass: Some(pass),
                             text: format!(
-                                "{what}: {} vs {} = {r:.2}×{miss}",
+                                "{what}: {} vs {} = {verdict}",
                                 row.format(m),
                                 row.format(b)
                             ),
@@ -336,8 +340,7 @@ mod tests {
         let qps = find("(x-c) max qps, c=16 ");
         assert_eq!(qps.pass, Some(false));
         assert!(
-            qps.text
-                .contains("= 1.10× (missed by 0.10×, 8 % of the target)"),
+            qps.text.ends_with("= 1.100×, 8.3 % short of 1.2×"),
             "{}",
             qps.text
         );

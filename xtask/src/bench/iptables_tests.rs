@@ -47,8 +47,7 @@ fn node_port_shape() {
     // The node-port jump is the last rule of KUBE-SERVICES.
     let last = text
         .lines()
-        .filter(|l| l.starts_with("-A KUBE-SERVICES-abc123 "))
-        .last()
+        .rfind(|l| l.starts_with("-A KUBE-SERVICES-abc123 "))
         .unwrap();
     assert!(
         last.ends_with("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS-abc123"),

@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// cross-node-latest.md; not in the default set): x-a (outside client → pod IP via node 1),
     /// x-b (NodePort, iptables DNAT + MASQUERADE), x-c (NodePort, meshpath's tc uplink path),
     /// x-pod (node-1 pod → pod IP), x-cip-ipt / x-cip-mp (node-1 pod → ClusterIP through
-    /// iptables / meshpath); group xnode = all six.
+    /// iptables / meshpath); group xnode = all six. x-cip-mp-notc (x-cip-mp without the tc
+    /// uplink programs) only when named.
     #[arg(long, value_delimiter = ',', default_value = "core,l7", value_parser = model::parse_picks)]
     pub scenarios: Vec<model::Picks>,
     /// How the fortio echo server listens: `wildcard` is fortio's (Go's) default dual-stack

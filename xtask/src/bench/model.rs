@@ -75,6 +75,11 @@ pub enum Scenario {
     #[value(name = "x-cip-mp")]
     #[serde(rename = "x-cip-mp")]
     XClusterIpMeshpath,
+    /// x-cip-mp with the agent's tc uplink programs off: what they cost traffic that only
+    /// passes the uplink (not in the `xnode` group; name it).
+    #[value(name = "x-cip-mp-notc")]
+    #[serde(rename = "x-cip-mp-notc")]
+    XClusterIpMeshpathNoTc,
 }
 
 /// The kernel-path comparison (the main table).
@@ -123,12 +128,13 @@ impl Scenario {
             Scenario::XPodDirect => "x-pod",
             Scenario::XClusterIpIptables => "x-cip-ipt",
             Scenario::XClusterIpMeshpath => "x-cip-mp",
+            Scenario::XClusterIpMeshpathNoTc => "x-cip-mp-notc",
         }
     }
 
     /// Run by xnode.rs on the two-node topology; reported in xnode.md only.
     pub fn is_xnode(self) -> bool {
-        XNODE.contains(&self)
+        XNODE.contains(&self) || self == Scenario::XClusterIpMeshpathNoTc
     }
 
     /// Run by l7.rs (an HTTP hop in front of the backend).
@@ -174,6 +180,7 @@ impl Scenario {
             Scenario::XPodDirect => "(x-pod) pod → pod IP",
             Scenario::XClusterIpIptables => "(x-cip-ipt) ClusterIP, iptables",
             Scenario::XClusterIpMeshpath => "(x-cip-mp) ClusterIP, meshpath",
+            Scenario::XClusterIpMeshpathNoTc => "(x-cip-mp-notc) ClusterIP, meshpath, no tc",
         }
     }
 
@@ -250,6 +257,10 @@ impl Scenario {
                 "the node-1 pod → ClusterIP through meshpath's connect-time LB (cgroup \
                  connect4), the agent started as for x-c (tc uplink on, socket redirection off)"
             }
+            Scenario::XClusterIpMeshpathNoTc => {
+                "as x-cip-mp with the tc uplink programs off (no --tc-uplink): the same \
+                 connect-time LB, nothing attached to node 1's uplink"
+            }
         }
     }
 }
@@ -280,7 +291,7 @@ pub fn parse_picks(s: &str) -> Result<Picks, String> {
             format!(
                 "unknown scenario {one:?} (a, b, c, d, e, l7-direct, l7-meshpath, l7-nginx, \
                  l7-haproxy, c-tcpm-off, l7-trace1, l7-trace100, x-a, x-b, x-c, x-pod, \
-                 x-cip-ipt, x-cip-mp, or a group: core, l7, obs, xnode, all)"
+                 x-cip-ipt, x-cip-mp, x-cip-mp-notc, or a group: core, l7, obs, xnode, all)"
             )
         })?],
     };

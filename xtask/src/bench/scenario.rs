@@ -239,7 +239,8 @@ fn set_up_path(
         | Scenario::XNodePortMeshpath
         | Scenario::XPodDirect
         | Scenario::XClusterIpIptables
-        | Scenario::XClusterIpMeshpath => Err(Failure::Failed(anyhow::anyhow!(
+        | Scenario::XClusterIpMeshpath
+        | Scenario::XClusterIpMeshpathNoTc => Err(Failure::Failed(anyhow::anyhow!(
             "({}) is a cross-node scenario: run by xnode.rs",
             sc.key()
         ))),

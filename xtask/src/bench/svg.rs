@@ -34,6 +34,7 @@ fn color(sc: Scenario) -> &'static str {
         Scenario::XDirect | Scenario::XPodDirect => "#444444",
         Scenario::XNodePortIptables | Scenario::XClusterIpIptables => "#d95f02",
         Scenario::XNodePortMeshpath | Scenario::XClusterIpMeshpath => "#1b9e77",
+        Scenario::XClusterIpMeshpathNoTc => "#66a61e",
     }
 }
 

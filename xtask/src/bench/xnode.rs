@@ -70,7 +70,9 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
             (&topo.client, SocketAddrV4::new(NODE1_IP, NODE_PORT))
         }
         Scenario::XPodDirect => (topo.client_pod(), pod_ip),
-        Scenario::XClusterIpIptables | Scenario::XClusterIpMeshpath => {
+        Scenario::XClusterIpIptables
+        | Scenario::XClusterIpMeshpath
+        | Scenario::XClusterIpMeshpathNoTc => {
             (topo.client_pod(), SocketAddrV4::new(CLUSTER_IP, SVC_PORT))
         }
         other => {
@@ -154,21 +156,18 @@ fn set_up(sc: Scenario, topo: &TwoNodes) -> Result<XPath, Failure> {
             std::fs::create_dir_all(&dir).context("creating the manifests dir")?;
             manifests::write(&dir, "bench-x.yaml", &manifest())?;
             let netns = format!("/var/run/netns/{}", node1.node_netns_name());
-            let extra = [
-                "--socket-redirect",
-                "false",
-                "--tc-uplink",
-                "ul",
-                "--tc-uplink-netns",
-                &netns,
-                "--node-name",
-                "n1",
-            ];
+            let mut extra = vec!["--socket-redirect", "false", "--node-name", "n1"];
+            let tc = sc != Scenario::XClusterIpMeshpathNoTc;
+            if tc {
+                extra.extend(["--tc-uplink", "ul", "--tc-uplink-netns", &netns]);
+            }
             let log = node1.work_dir().join("agent.log");
             let mut a = Agent::start(&dir, node1.cgroup_path(), node1.pin_dir(), &log, &extra)
                 .context("starting the meshpath agent")?;
-            a.wait_log("tc path attached", std::time::Duration::from_secs(10))
-                .context("the agent's tc programs on node 1's uplink")?;
+            if tc {
+                a.wait_log("tc path attached", std::time::Duration::from_secs(10))
+                    .context("the agent's tc programs on node 1's uplink")?;
+            }
             Ok(XPath::Meshpath(a))
         }
     }

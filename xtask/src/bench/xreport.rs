@@ -19,8 +19,9 @@ const QPS_FACTOR: f64 = 1.2;
 
 struct Part {
     title: &'static str,
-    /// Baseline without any translation, then iptables (the ratios' base), then meshpath.
-    scenarios: [Scenario; 3],
+    /// Baseline without any translation, then iptables (the ratios' base), then meshpath (the
+    /// targets' subject), then variants of it that ran.
+    scenarios: Vec<Scenario>,
     table: Table,
 }
 
@@ -64,7 +65,7 @@ impl XnodeSection {
         let groups = [
             (
                 "NodePort: outside client → node 1 → pod on node 2",
-                [
+                vec![
                     Scenario::XDirect,
                     Scenario::XNodePortIptables,
                     Scenario::XNodePortMeshpath,
@@ -72,20 +73,29 @@ impl XnodeSection {
             ),
             (
                 "ClusterIP: pod on node 1 → pod on node 2",
-                [
+                vec![
                     Scenario::XPodDirect,
                     Scenario::XClusterIpIptables,
                     Scenario::XClusterIpMeshpath,
+                    Scenario::XClusterIpMeshpathNoTc,
                 ],
             ),
         ];
         let parts = groups
             .into_iter()
             .filter(|(_, scs)| scs.iter().any(|s| ran.contains(s)))
-            .map(|(title, scenarios)| Part {
-                title,
-                table: stats::summarize_vs(&rows, records, &scenarios, scenarios[1]),
-                scenarios,
+            .map(|(title, mut scenarios)| {
+                // The first three always (a dash where one did not run), variants if they ran.
+                let mut i = 0;
+                scenarios.retain(|s| {
+                    i += 1;
+                    i <= 3 || ran.contains(s)
+                });
+                Part {
+                    title,
+                    table: stats::summarize_vs(&rows, records, &scenarios, scenarios[1]),
+                    scenarios,
+                }
             })
             .collect();
         let mut s = XnodeSection {
@@ -182,13 +192,15 @@ impl XnodeSection {
         for p in &self.parts {
             let _ = writeln!(md, "### {}\n", p.title);
             md.push_str("| metric |");
-            for sc in p.scenarios {
+            for &sc in &p.scenarios {
                 let _ = write!(md, " {} |", sc.short());
             }
-            md.push_str("\n|---|---:|---:|---:|\n");
+            md.push_str("\n|---|");
+            md.push_str(&"---:|".repeat(p.scenarios.len()));
+            md.push('\n');
             for i in 0..self.rows.len() {
                 let _ = write!(md, "| {} |", self.rows[i].label);
-                for sc in p.scenarios {
+                for &sc in &p.scenarios {
                     let _ = write!(md, " {} |", self.cell(p, i, sc));
                 }
                 md.push('\n');
@@ -212,7 +224,7 @@ impl XnodeSection {
              cross node 1 and node 2 both ways; node 1 sends no ICMP redirects.\n\n",
         );
         for p in &self.parts {
-            for sc in p.scenarios {
+            for &sc in &p.scenarios {
                 let _ = writeln!(md, "- **{}** ({}): {}", sc.short(), sc.key(), sc.describe());
             }
         }
@@ -351,5 +363,28 @@ mod tests {
             .tables_md()
             .contains("11000 qps [11000 qps–11000 qps] (1.10×)"));
         assert!(XnodeSection::build(&recs, &[Scenario::A], Vec::new()).is_none());
+    }
+
+    #[test]
+    fn a_variant_gets_a_column_only_when_it_ran() {
+        let variant = Scenario::XClusterIpMeshpathNoTc;
+        let recs = vec![
+            rec(Scenario::XClusterIpIptables, Test::MaxQps, 1, 10_000.0),
+            rec(variant, Test::MaxQps, 1, 9_000.0),
+        ];
+        let with = XnodeSection::build(&recs, &[Scenario::XClusterIpIptables, variant], vec![]);
+        let md = with.unwrap().tables_md();
+        assert!(
+            md.contains(
+                "| (x-cip-mp-notc) ClusterIP, meshpath, no tc |\n|---|---:|---:|---:|---:|"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("9000 qps [9000 qps–9000 qps] (0.90×) |"),
+            "{md}"
+        );
+        let without = XnodeSection::build(&recs, &[Scenario::XClusterIpIptables], vec![]);
+        assert!(!without.unwrap().tables_md().contains("no tc"));
     }
 }

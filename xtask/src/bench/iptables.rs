@@ -1,4 +1,5 @@
-//! Scenario (b): ClusterIPs through kube-proxy-style iptables rules in the NODE network namespace.
+//! Scenario (b): ClusterIPs through kube-proxy-style iptables rules in the NODE network namespace
+//! (and the cross-node rows' NodePort, `KUBE-NODEPORTS` → `KUBE-EXT-*`, see xnode.rs).
 //!
 //! The rules are the nat-table rules kube-proxy's iptables mode writes (pkg/proxy/iptables):
 //! `PREROUTING`/`OUTPUT` → `KUBE-SERVICES` → per service `KUBE-SVC-*` (masquerade mark for
@@ -36,6 +37,9 @@ pub struct Service {
     pub name: String,
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
+    /// A NodePort (externalTrafficPolicy Cluster): `KUBE-NODEPORTS` → `KUBE-EXT-*`, which marks
+    /// every such connection for masquerade before the service chain, as kube-proxy does.
+    pub node_port: Option<u16>,
     pub endpoints: Vec<SocketAddrV4>,
 }
 
@@ -72,6 +76,7 @@ fn rule(chain: &str, before: &str, comment: Option<&str>, after: &str) -> Rule {
 /// Build kube-proxy's nat rules for `services` with chain-name suffix `sfx`.
 fn build(sfx: &str, cluster_cidr: &str, services: &[Service]) -> RuleSet {
     let services_chain = format!("KUBE-SERVICES-{sfx}");
+    let node_ports = format!("KUBE-NODEPORTS-{sfx}");
     let mark_masq = format!("KUBE-MARK-MASQ-{sfx}");
     let postrouting = format!("KUBE-POSTROUTING-{sfx}");
     let mut chains = vec![
@@ -131,6 +136,19 @@ fn build(sfx: &str, cluster_cidr: &str, services: &[Service]) -> RuleSet {
             Some(&comment),
             &format!("{dport} -j {mark_masq}"),
         ));
+        if let Some(np) = svc.node_port {
+            let ext_chain = format!("KUBE-EXT-{sfx}-{i}");
+            chains.push(ext_chain.clone());
+            rules.push(rule(
+                &node_ports,
+                "-p tcp",
+                Some(&svc.name),
+                &format!("-m tcp --dport {np} -j {ext_chain}"),
+            ));
+            let why = format!("masquerade traffic for {} external destinations", svc.name);
+            rules.push(rule(&ext_chain, "", Some(&why), &format!("-j {mark_masq}")));
+            rules.push(rule(&ext_chain, "", None, &format!("-j {svc_chain}")));
+        }
         let n = svc.endpoints.len();
         for (j, ep) in svc.endpoints.iter().enumerate() {
             let sep_chain = format!("KUBE-SEP-{sfx}-{i}-{j}");
@@ -161,6 +179,17 @@ fn build(sfx: &str, cluster_cidr: &str, services: &[Service]) -> RuleSet {
                 &format!("-m tcp -j DNAT --to-destination {ep}"),
             ));
         }
+    }
+    if services.iter().any(|s| s.node_port.is_some()) {
+        chains.push(node_ports.clone());
+        // Last in KUBE-SERVICES, as kube-proxy keeps it: ClusterIPs first, then anything
+        // addressed to one of the node's own addresses.
+        rules.push(rule(
+            &services_chain,
+            "",
+            Some("kubernetes service nodeports; NOTE: this must be the last rule in this chain"),
+            &format!("-m addrtype --dst-type LOCAL -j {node_ports}"),
+        ));
     }
     RuleSet {
         chains,
@@ -351,33 +380,5 @@ impl Drop for KubeProxyRules {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kube_proxy_shape() {
-        let svc = Service {
-            name: "default/web:p".into(),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
-            port: 80,
-            endpoints: vec![
-                "10.244.0.10:8080".parse().unwrap(),
-                "10.244.0.11:8080".parse().unwrap(),
-            ],
-        };
-        let text = restore_text(&build("abc123", "10.244.0.0/16", &[svc]));
-        assert!(text.starts_with("*nat\n:KUBE-SERVICES-abc123 - [0:0]\n"));
-        assert!(text.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES-abc123\n"));
-        assert!(text.contains("-A OUTPUT -m comment"));
-        // First of two endpoints: probability 1/2; the last one unconditional.
-        assert!(text.contains("--comment \"default/web:p -> 10.244.0.10:8080\" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-abc123-0-0\n"));
-        assert!(text
-            .contains("--comment \"default/web:p -> 10.244.0.11:8080\" -j KUBE-SEP-abc123-0-1\n"));
-        assert!(text.contains("-A KUBE-SEP-abc123-0-1 -p tcp -m comment --comment default/web:p -m tcp -j DNAT --to-destination 10.244.0.11:8080\n"));
-        assert!(text.ends_with("COMMIT\n"));
-        for line in text.lines().filter(|l| l.starts_with(':')) {
-            let name = line[1..].split(' ').next().unwrap();
-            assert!(name.len() <= 28, "{name} too long for iptables");
-        }
-    }
-}
+#[path = "iptables_tests.rs"]
+mod tests;

@@ -21,6 +21,9 @@ mod stream;
 mod svg;
 pub mod sysinfo;
 mod usage;
+mod xnode;
+mod xreport;
+mod xtopo;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -50,7 +53,12 @@ pub struct BenchArgs {
     /// 100 % sampling), against c and l7-meshpath (obs.md, copied to observability-latest.md).
     /// Groups: core = a,b,c,d; l7 = the four L7 ones; obs = c, c-tcpm-off, l7-meshpath,
     /// l7-trace1, l7-trace100; all = core and l7. Ratios need a. A run of obs scenarios only
-    /// leaves latest.md as it was.
+    /// leaves latest.md as it was. Cross-node (two nodes; xnode.md, copied to
+    /// cross-node-latest.md; not in the default set): x-a (outside client → pod IP via node 1),
+    /// x-b (NodePort, iptables DNAT + MASQUERADE), x-c (NodePort, meshpath's tc uplink path),
+    /// x-pod (node-1 pod → pod IP), x-cip-ipt / x-cip-mp (node-1 pod → ClusterIP through
+    /// iptables / meshpath); group xnode = all six. x-cip-mp-notc (x-cip-mp without the tc
+    /// uplink programs) only when named.
     #[arg(long, value_delimiter = ',', default_value = "core,l7", value_parser = model::parse_picks)]
     pub scenarios: Vec<model::Picks>,
     /// How the fortio echo server listens: `wildcard` is fortio's (Go's) default dual-stack
@@ -172,7 +180,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let runs_per_repeat: f64 = scenarios
         .iter()
         .map(|s| {
-            if s.is_l7() {
+            if s.is_l7() || s.is_xnode() {
                 fortio_runs
             } else {
                 fortio_runs + 1.0
@@ -237,6 +245,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             let result = if sc.is_l7() {
                 l7::run(sc, repeat, &cfg)
+            } else if sc.is_xnode() {
+                xnode::run(sc, repeat, &cfg)
             } else {
                 scenario::run(sc, repeat, &cfg)
             };
@@ -296,11 +306,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .into_iter()
         .filter(|(_, ev)| !obs_only(ev))
         .collect();
+    let (x_evidence, evidence): (Vec<_>, Vec<_>) = evidence
+        .into_iter()
+        .partition(|(_, ev)| ev["xnode"] == true);
+    let xnode = xreport::XnodeSection::build(&records, &scenarios, x_evidence);
     let (l7_evidence, evidence): (Vec<_>, Vec<_>) =
         evidence.into_iter().partition(|(_, ev)| ev["l7"] == true);
     let (l7_scenarios, core): (Vec<Scenario>, Vec<Scenario>) = scenarios
         .iter()
-        .filter(|s| !s.is_obs_only())
+        .filter(|s| !s.is_obs_only() && !s.is_xnode())
         .partition(|s| s.is_l7());
     let l7_section = (!l7_scenarios.is_empty()).then(|| {
         let l7_missing = missing
@@ -346,6 +360,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(o) = &obs {
         o.write(&dir, &out_root, &meta, args.note.as_deref(), !interrupted)?;
     }
+    if let Some(x) = &xnode {
+        x.write(&dir, &out_root, &meta, args.note.as_deref(), !interrupted)?;
+    }
 
     let mut summary = String::new();
     summary.push_str(&format!(
@@ -377,6 +394,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         summary.push_str("\nObservability cost (obs.md):\n");
         summary.push_str(&o.checks_text());
     }
+    if let Some(x) = &xnode {
+        summary.push_str("\nCross-node rows (xnode.md):\n\n");
+        summary.push_str(&x.tables_md());
+        summary.push_str(&x.checks_text());
+    }
     for n in &notes {
         summary.push_str(&format!("NOTE  {n}\n"));
     }
@@ -388,13 +410,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(name) => format!(" (copied to {})", out_root.join(name).display()),
     };
     summary.push_str(&format!(
-        "\nresults: {}: results.md{latest}, results.json, {}; took {:.0} s\n",
+        "\nresults: {}: results.md{latest}, results.json{}; took {:.0} s\n",
         dir.display(),
-        match (core.is_empty(), l7_section.is_none()) {
-            (false, true) => "latency.svg",
-            (true, false) => "latency-l7.svg",
-            _ => "latency.svg, latency-l7.svg",
-        },
+        [
+            (!core.is_empty(), "latency.svg"),
+            (l7_section.is_some(), "latency-l7.svg"),
+            (obs.is_some(), "obs.md"),
+            (xnode.is_some(), "xnode.md, xnode.json"),
+        ]
+        .iter()
+        .filter(|(ran, _)| *ran)
+        .fold(String::new(), |s, (_, f)| s + ", " + f),
         t0.elapsed().as_secs_f64()
     ));
     #[allow(clippy::print_stdout)] // the table is the command's output

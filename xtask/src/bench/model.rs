@@ -49,6 +49,37 @@ pub enum Scenario {
     #[value(name = "l7-trace100")]
     #[serde(rename = "l7-trace100")]
     L7Trace100,
+    /// Cross-node rows (two nodes, see xnode.rs): an outside client to the node-2 pod's own
+    /// address, routed via node 1 both ways, nothing translated (the NodePort rows' baseline).
+    #[value(name = "x-a")]
+    #[serde(rename = "x-a")]
+    XDirect,
+    /// The outside client to a NodePort on node 1, kube-proxy-style iptables DNAT + MASQUERADE
+    /// to the pod on node 2.
+    #[value(name = "x-b")]
+    #[serde(rename = "x-b")]
+    XNodePortIptables,
+    /// The same NodePort through meshpath's tc path on node 1's uplink (Cluster policy, SNAT).
+    #[value(name = "x-c")]
+    #[serde(rename = "x-c")]
+    XNodePortMeshpath,
+    /// A pod on node 1 to the node-2 pod's address, nothing loaded (the ClusterIP rows' baseline).
+    #[value(name = "x-pod")]
+    #[serde(rename = "x-pod")]
+    XPodDirect,
+    /// The node-1 pod to a ClusterIP whose endpoint is on node 2, iptables DNAT in node 1.
+    #[value(name = "x-cip-ipt")]
+    #[serde(rename = "x-cip-ipt")]
+    XClusterIpIptables,
+    /// The same ClusterIP through meshpath's connect-time LB (the agent as in x-c).
+    #[value(name = "x-cip-mp")]
+    #[serde(rename = "x-cip-mp")]
+    XClusterIpMeshpath,
+    /// x-cip-mp with the agent's tc uplink programs off: what they cost traffic that only
+    /// passes the uplink (not in the `xnode` group; name it).
+    #[value(name = "x-cip-mp-notc")]
+    #[serde(rename = "x-cip-mp-notc")]
+    XClusterIpMeshpathNoTc,
 }
 
 /// The kernel-path comparison (the main table).
@@ -91,7 +122,19 @@ impl Scenario {
             Scenario::CTcpMetricsOff => "c-tcpm-off",
             Scenario::L7Trace1 => "l7-trace1",
             Scenario::L7Trace100 => "l7-trace100",
+            Scenario::XDirect => "x-a",
+            Scenario::XNodePortIptables => "x-b",
+            Scenario::XNodePortMeshpath => "x-c",
+            Scenario::XPodDirect => "x-pod",
+            Scenario::XClusterIpIptables => "x-cip-ipt",
+            Scenario::XClusterIpMeshpath => "x-cip-mp",
+            Scenario::XClusterIpMeshpathNoTc => "x-cip-mp-notc",
         }
+    }
+
+    /// Run by xnode.rs on the two-node topology; reported in xnode.md only.
+    pub fn is_xnode(self) -> bool {
+        XNODE.contains(&self) || self == Scenario::XClusterIpMeshpathNoTc
     }
 
     /// Run by l7.rs (an HTTP hop in front of the backend).
@@ -131,6 +174,13 @@ impl Scenario {
             Scenario::CTcpMetricsOff => "(c) TCP metrics off",
             Scenario::L7Trace1 => "meshpath proxy, tracing 1 %",
             Scenario::L7Trace100 => "meshpath proxy, tracing 100 %",
+            Scenario::XDirect => "(x-a) pod IP via node 1",
+            Scenario::XNodePortIptables => "(x-b) NodePort, iptables",
+            Scenario::XNodePortMeshpath => "(x-c) NodePort, meshpath tc",
+            Scenario::XPodDirect => "(x-pod) pod → pod IP",
+            Scenario::XClusterIpIptables => "(x-cip-ipt) ClusterIP, iptables",
+            Scenario::XClusterIpMeshpath => "(x-cip-mp) ClusterIP, meshpath",
+            Scenario::XClusterIpMeshpathNoTc => "(x-cip-mp-notc) ClusterIP, meshpath, no tc",
         }
     }
 
@@ -180,9 +230,50 @@ impl Scenario {
                 "as l7-meshpath, spans exported as Zipkin v2 JSON to a real Jaeger (all-in-one, \
                  in memory, on loopback), --trace-sampling 100"
             }
+            Scenario::XDirect => {
+                "outside client → the node-2 pod's own address 10.244.2.10, routed via node 1 in \
+                 both directions (node 2 routes the client's address back via node 1), nothing \
+                 translated, meshpath not loaded"
+            }
+            Scenario::XNodePortIptables => {
+                "outside client → NodePort on node 1's uplink address; kube-proxy-style nat rules \
+                 in node 1 (KUBE-SERVICES → KUBE-NODEPORTS → KUBE-EXT (mark) → KUBE-SVC → \
+                 KUBE-SEP DNAT to 10.244.2.10, MASQUERADE --random-fully to node 1's address)"
+            }
+            Scenario::XNodePortMeshpath => {
+                "the same NodePort through meshpath's tc programs on node 1's uplink \
+                 (--tc-uplink, externalTrafficPolicy Cluster: DNAT + SNAT to node 1's address, \
+                 forwarded with a FIB lookup and bpf_redirect, no netfilter rule anywhere)"
+            }
+            Scenario::XPodDirect => {
+                "pod on node 1 (own address 10.244.1.10) → the node-2 pod's address, meshpath \
+                 not loaded"
+            }
+            Scenario::XClusterIpIptables => {
+                "the node-1 pod → ClusterIP, kube-proxy-style DNAT in node 1's PREROUTING to \
+                 10.244.2.10 (source in the cluster CIDR: not masqueraded)"
+            }
+            Scenario::XClusterIpMeshpath => {
+                "the node-1 pod → ClusterIP through meshpath's connect-time LB (cgroup \
+                 connect4), the agent started as for x-c (tc uplink on, socket redirection off)"
+            }
+            Scenario::XClusterIpMeshpathNoTc => {
+                "as x-cip-mp with the tc uplink programs off (no --tc-uplink): the same \
+                 connect-time LB, nothing attached to node 1's uplink"
+            }
         }
     }
 }
+
+/// The cross-node comparison (its own report, xnode.md): NodePort rows first, then ClusterIP.
+pub const XNODE: [Scenario; 6] = [
+    Scenario::XDirect,
+    Scenario::XNodePortIptables,
+    Scenario::XNodePortMeshpath,
+    Scenario::XPodDirect,
+    Scenario::XClusterIpIptables,
+    Scenario::XClusterIpMeshpath,
+];
 
 /// Scenarios named by one `--scenarios` item (a group names several).
 #[derive(Clone, Debug)]
@@ -195,10 +286,12 @@ pub fn parse_picks(s: &str) -> Result<Picks, String> {
         "l7" => L7.to_vec(),
         "all" => CORE.iter().chain(&L7).copied().collect(),
         "obs" => OBS.to_vec(),
+        "xnode" => XNODE.to_vec(),
         one => vec![Scenario::from_str(one, true).map_err(|_| {
             format!(
                 "unknown scenario {one:?} (a, b, c, d, e, l7-direct, l7-meshpath, l7-nginx, \
-                 l7-haproxy, c-tcpm-off, l7-trace1, l7-trace100, or a group: core, l7, obs, all)"
+                 l7-haproxy, c-tcpm-off, l7-trace1, l7-trace100, x-a, x-b, x-c, x-pod, \
+                 x-cip-ipt, x-cip-mp, x-cip-mp-notc, or a group: core, l7, obs, xnode, all)"
             )
         })?],
     };

@@ -34,7 +34,7 @@ const STREAM_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Unrecorded fortio run before the measurements: checks the path end to end and warms caches,
 /// conntrack and the CPU frequency.
-const WARMUP: Duration = Duration::from_secs(1);
+pub(super) const WARMUP: Duration = Duration::from_secs(1);
 
 /// What is fixed for the whole benchmark.
 pub struct Config<'a> {
@@ -189,7 +189,7 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
     })
 }
 
-fn fortio_run(
+pub(super) fn fortio_run(
     sc: Scenario,
     repeat: u32,
     test: Test,
@@ -234,12 +234,23 @@ fn set_up_path(
             "({}) is an L7 scenario: run by l7.rs",
             sc.key()
         ))),
+        Scenario::XDirect
+        | Scenario::XNodePortIptables
+        | Scenario::XNodePortMeshpath
+        | Scenario::XPodDirect
+        | Scenario::XClusterIpIptables
+        | Scenario::XClusterIpMeshpath
+        | Scenario::XClusterIpMeshpathNoTc => Err(Failure::Failed(anyhow::anyhow!(
+            "({}) is a cross-node scenario: run by xnode.rs",
+            sc.key()
+        ))),
         Scenario::A => Ok(DataPath::Direct),
         Scenario::B => {
             let svc = |name: &str, ip, port, target| iptables::Service {
                 name: format!("default/{name}:p"),
                 cluster_ip: ip,
                 port,
+                node_port: None,
                 endpoints: vec![SocketAddrV4::new(backend, target)],
             };
             let services = [
@@ -365,7 +376,7 @@ pub(super) fn loadavg() -> f64 {
 
 /// Counter changes between two snapshots; only counters that moved (the full list is long and
 /// mostly zero), plus the path's own keys (DNAT hits, service connects) even when zero.
-fn deltas(before: &Map<String, Value>, after: &Map<String, Value>) -> Value {
+pub(super) fn deltas(before: &Map<String, Value>, after: &Map<String, Value>) -> Value {
     let mut delta = Map::new();
     for (k, v) in after {
         let d = v

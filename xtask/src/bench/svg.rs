@@ -30,6 +30,11 @@ fn color(sc: Scenario) -> &'static str {
         Scenario::CTcpMetricsOff => "#66a61e",
         Scenario::L7Trace1 => "#a6761d",
         Scenario::L7Trace100 => "#e41a1c",
+        // Not drawn (xnode.md has tables only); colours as their same-node counterparts.
+        Scenario::XDirect | Scenario::XPodDirect => "#444444",
+        Scenario::XNodePortIptables | Scenario::XClusterIpIptables => "#d95f02",
+        Scenario::XNodePortMeshpath | Scenario::XClusterIpMeshpath => "#1b9e77",
+        Scenario::XClusterIpMeshpathNoTc => "#66a61e",
     }
 }
 

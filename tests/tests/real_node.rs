@@ -277,6 +277,10 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
             counts.log.trim()
         );
     }
+    eprintln!(
+        "real node: the rolling update's handover:\n{}",
+        rollout.timeline
+    );
     // No agent runs between the old one's exit and the new one's start: connects to web go
     // straight to its endpoints then (the proxy's fallback) and are answered by web, not web2.
     // None may fail, and none may miss the route once the new agent is ready.

@@ -59,6 +59,9 @@ pub struct Rollout {
     pub loads: Vec<Counts>,
     /// From the image change until `kubectl rollout status` saw the new pod ready.
     pub rollout: Duration,
+    /// The old agent's log from its SIGTERM on and the new agent's first lines until its proxy
+    /// listened, with the kubelet's timestamps: where the handover's time went.
+    pub timeline: String,
 }
 
 impl RealNode {
@@ -129,6 +132,25 @@ pub fn rolling_update_under_load(node: &RealNode, loads: &[Load], tag: &str) -> 
         String::from_utf8_lossy(&tagged.stderr)
     );
     let old_pod = node.kubectl_ok(&["-n", "meshpath-system", "get", "pods", "-o", "name"]);
+    // The old agent's log, followed until its container ends (pods are gone with their logs).
+    let old_log = Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(&node.kubeconfig)
+        .args([
+            "-n",
+            "meshpath-system",
+            "logs",
+            "-f",
+            "--timestamps",
+            "-c",
+            "agent",
+        ])
+        .arg(old_pod.trim())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
     let t0 = Instant::now();
     let image = format!("meshpath:{tag}");
     node.kubectl_ok(&[
@@ -209,5 +231,56 @@ pub fn rolling_update_under_load(node: &RealNode, loads: &[Load], tag: &str) -> 
             }
         })
         .collect();
-    Rollout { loads, rollout }
+    let timeline = timeline(node, old_log, new_pod.trim());
+    Rollout {
+        loads,
+        rollout,
+        timeline,
+    }
+}
+
+/// The old agent's lines from SIGTERM on, then the new agent's up to its first open proxy
+/// listener (and the programmed state after it).
+fn timeline(node: &RealNode, mut old_log: std::process::Child, new_pod: &str) -> String {
+    // The stream ends with the old container; it has ended by now, or it is cut.
+    let ended = poll(Duration::from_secs(10), || {
+        old_log.try_wait().ok().flatten()
+    });
+    if ended.is_none() {
+        let _ = old_log.kill();
+    }
+    let out = old_log.wait_with_output().expect("kubectl logs -f");
+    let old = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines: Vec<String> = old
+        .lines()
+        .skip_while(|l| !l.contains("SIGTERM"))
+        .map(|l| format!("old {l}"))
+        .collect();
+    let new = node.kubectl(&[
+        "-n",
+        "meshpath-system",
+        "logs",
+        "--timestamps",
+        "-c",
+        "agent",
+        new_pod,
+    ]);
+    let new = String::from_utf8_lossy(&new.stdout).into_owned();
+    let mut new_lines = new.lines();
+    lines.extend(new_lines.next().map(|l| format!("new {l}")));
+    let mut listening = false;
+    for l in new_lines {
+        let open = l.contains("proxy listener open");
+        if open && listening {
+            continue;
+        }
+        if open || l.contains(" programmed") || l.contains("attached") {
+            lines.push(format!("new {l}"));
+        }
+        listening |= open;
+        if listening && l.contains(" programmed") {
+            break;
+        }
+    }
+    lines.join("\n")
 }

@@ -48,7 +48,8 @@ fn programmed(node: &RealNode) -> usize {
         "agent",
     ]);
     String::from_utf8_lossy(&out.stdout)
-        .matches(" programmed")
+        .lines()
+        .filter(|l| l.contains("programmed") && l.contains("frontends"))
         .count()
 }
 

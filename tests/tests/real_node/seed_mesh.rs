@@ -1,7 +1,7 @@
 //! The seed's Istio YAML on the real node, applied with kubectl unchanged over the seed's apps
 //! (seed.rs): `examples/seed/artifacts/mesh/routes.yaml` steers the four apps' Services to the
-//! node's proxy, which then balances each of the gateway's requests to springboot-app (the
-//! gateway's keep-alive connection no longer pins one pod); the seed's 20/80 VirtualService with
+//! node's proxy, which then balances each of the gateway's requests to springboot-app over v1 and
+//! v2 (about half each); the seed's 20/80 VirtualService with
 //! its subsets (`examples/seed/artifacts/sample`) splits the gateway's answers by weight; and the
 //! seed's captcha upload (a multipart POST of a PNG, as `seed_apps.rs` and the walk-through send
 //! it) is answered through the gateway and directly, through the proxy. The Istio CRDs come with
@@ -20,7 +20,7 @@ mod png;
 pub struct MeshRun {
     /// From `kubectl apply` of routes.yaml until the gateway's answers came from both versions.
     pub steered: Duration,
-    /// (v1, v2) answers of 40 gateway requests with routes.yaml.
+    /// (v1, v2) answers of 40 gateway requests with routes.yaml, once both versions answered.
     pub balanced: (usize, usize),
     /// (v1, v2) answers of 100 gateway requests with the seed's 20/80 VirtualService.
     pub weighted: (usize, usize),
@@ -126,9 +126,9 @@ pub fn seed_mesh_routes(node: &RealNode) -> MeshRun {
         b"GET / HTTP/1.0\r\nHost: golang-app-gateway-svc\r\n\r\n",
     );
 
-    // routes.yaml: each Service to itself through the proxy. Before it, the gateway's
-    // keep-alive connection stays on one springboot-app pod; after it, the proxy balances each
-    // request over v1 and v2.
+    // routes.yaml: each Service to itself through the proxy, which balances each request over
+    // v1 and v2. The gateway's keep-alive connection opened before it still goes straight to one
+    // pod until it closes, so the split is counted once both versions have answered.
     let t0 = Instant::now();
     apply_programmed(node, &["examples/seed/artifacts/mesh/routes.yaml"]);
     let mut last = (0, 0);
@@ -136,8 +136,14 @@ pub fn seed_mesh_routes(node: &RealNode) -> MeshRun {
         last = gateway_versions(node, &gateway, 40);
         (last.0 > 0 && last.1 > 0).then_some(last)
     });
-    let balanced = both.unwrap_or_else(|| panic!("gateway answers with routes.yaml: {last:?}"));
+    both.unwrap_or_else(|| panic!("gateway answers with routes.yaml: {last:?}"));
     let steered = t0.elapsed();
+    // 40 requests: v1 is Binomial(40, 0.5), 20 ± 3.2; 5σ either side is 5..=35.
+    let balanced = gateway_versions(node, &gateway, 40);
+    assert!(
+        (5..=35).contains(&balanced.0),
+        "v1 share of 40 through the proxy with routes.yaml: {balanced:?}"
+    );
     let status = node.kubectl_ok(&[
         "exec",
         "-n",

@@ -127,8 +127,8 @@ pub fn seed_mesh_routes(node: &RealNode) -> MeshRun {
     );
 
     // routes.yaml: each Service to itself through the proxy, which balances each request over
-    // v1 and v2. The gateway's keep-alive connection opened before it still goes straight to one
-    // pod until it closes, so the split is counted once both versions have answered.
+    // v1 and v2. A keep-alive connection the gateway opened before it may still go straight to
+    // one pod, so the split is counted on a batch after both versions have answered.
     let t0 = Instant::now();
     apply_programmed(node, &["examples/seed/artifacts/mesh/routes.yaml"]);
     let mut last = (0, 0);

@@ -8,9 +8,10 @@
 //! examples/seed/artifacts/apps, applied unchanged, and answer through the gateway; the seed's
 //! VirtualServices (examples/seed/artifacts/mesh, the seed's 20/80 weights) route them through
 //! the node's proxy, and its captcha upload is answered. A rolling update of the DaemonSet under
-//! load, on the kernel path and through a VirtualService's route, must fail no request and miss
-//! no route, and `kubectl delete -f deploy/` must leave none of the agent's programs, maps or
-//! pins in the kernel.
+//! load, on the kernel path and through a VirtualService's route, must fail no request, and the
+//! route must be back once the new agent is ready (the requests that took the fallback while no
+//! agent ran are counted); `kubectl delete -f deploy/` must leave none of the agent's programs,
+//! maps or pins in the kernel.
 //!
 //! Out of the default suite: a cold run builds kubelet, kube-scheduler, containerd and runc
 //! (many minutes on two cores). `MESHPATH_REAL_NODE=1 cargo xtask test real_node` runs it; it is
@@ -241,8 +242,8 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
 
     // A rolling update of the DaemonSet (another image tag) while the client sends 10 requests a
     // second to web2's ClusterIP (kernel path) and 10 to web's, which the VirtualService steers
-    // through the node's proxy to web2: the pinned programs serve while no agent runs, and the
-    // L7 route must hold across the handover from the old agent's proxy to the new one's.
+    // through the node's proxy to web2: the pinned programs serve while no agent runs; the L7
+    // route is counted across the handover from the old agent's proxy to the new one's.
     node.apply(VIRTUAL_SERVICE);
     let routed = poll(Duration::from_secs(60), || {
         last = node.get(&url);

@@ -148,8 +148,33 @@ impl RealNode {
 }
 
 impl RealNode {
-    /// Writes `bytes` to `path` in the client pod (`kubectl exec -i`, through stdin).
+    /// Writes `bytes` to `path` in the client pod, and checks its size there: `kubectl exec -i`
+    /// has been seen to end the stream early (a request file cut short makes the server wait for
+    /// the rest of its body), so a short file is written again, up to three times.
     pub fn put(&self, path: &str, bytes: &[u8]) {
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            self.put_once(path, bytes);
+            let size = self.kubectl_ok(&[
+                "exec",
+                "client",
+                "--",
+                "sh",
+                "-c",
+                &format!("wc -c < {path}"),
+            ]);
+            if size.trim() == bytes.len().to_string() {
+                return;
+            }
+            sizes.push(size.trim().to_owned());
+        }
+        panic!(
+            "{path} in the client pod: {sizes:?} bytes of {}",
+            bytes.len()
+        );
+    }
+
+    fn put_once(&self, path: &str, bytes: &[u8]) {
         let mut child = Command::new(kubectl_path())
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)

@@ -178,7 +178,23 @@ pub fn seed_mesh_routes(node: &RealNode) -> MeshRun {
             Ok((200, body)) if body.trim_end() == CAPTCHA_ANSWER => {
                 captcha.push(body.trim_end().to_owned())
             }
-            other => panic!("captcha upload to {addr}: {other:?}"),
+            other => {
+                for app in ["golang-app-gateway-v1", "python-app-anticaptcha-v1"] {
+                    let out = node.kubectl(&["logs", &format!("deploy/{app}"), "--tail=10"]);
+                    eprintln!("--- {app} ---\n{}", String::from_utf8_lossy(&out.stdout));
+                }
+                let agent = node.kubectl(&[
+                    "-n",
+                    "meshpath-system",
+                    "logs",
+                    "ds/meshpath",
+                    "-c",
+                    "agent",
+                    "--tail=20",
+                ]);
+                eprintln!("--- agent ---\n{}", String::from_utf8_lossy(&agent.stdout));
+                panic!("captcha upload to {addr}: {other:?}")
+            }
         }
     }
 

@@ -148,9 +148,9 @@ impl RealNode {
 }
 
 impl RealNode {
-    /// Writes `bytes` to `path` in the client pod, and checks its size there: `kubectl exec -i`
-    /// has been seen to end the stream early (a request file cut short makes the server wait for
-    /// the rest of its body), so a short file is written again, up to three times.
+    /// Writes `bytes` to `path` in the client pod, and checks its size there: a request file cut
+    /// short would leave the server waiting for the rest of its body and look like a hung
+    /// server. A short file is reported and written again, up to three times.
     pub fn put(&self, path: &str, bytes: &[u8]) {
         let mut sizes = Vec::new();
         for _ in 0..3 {
@@ -166,6 +166,11 @@ impl RealNode {
             if size.trim() == bytes.len().to_string() {
                 return;
             }
+            eprintln!(
+                "real node: {path} in the client pod has {} of {} bytes; writing it again",
+                size.trim(),
+                bytes.len()
+            );
             sizes.push(size.trim().to_owned());
         }
         panic!(

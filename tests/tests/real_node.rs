@@ -5,8 +5,12 @@
 //! succeed once `kubectl apply -f deploy/` has made it Ready; a VirtualService applied with kubectl
 //! then routes the Service's requests through the node's L7 proxy to another Service, and
 //! deleting it brings the kernel path back. The seed's apps run as containers from
-//! examples/seed/artifacts/apps, applied unchanged, and answer through the gateway. A rolling update of the DaemonSet under load must
-//! fail no request, and `kubectl delete -f deploy/` must leave none of the agent's programs,
+//! examples/seed/artifacts/apps, applied unchanged, and answer through the gateway; the seed's
+//! VirtualServices (examples/seed/artifacts/mesh, the seed's 20/80 weights) route them through
+//! the node's proxy, and its captcha upload is answered. A rolling update of the DaemonSet under
+//! load, on the kernel path and through a VirtualService's route, must fail no request, and the
+//! route must be back once the new agent is ready (the requests that took the fallback while no
+//! agent ran are counted); `kubectl delete -f deploy/` must leave none of the agent's programs,
 //! maps or pins in the kernel.
 //!
 //! Out of the default suite: a cold run builds kubelet, kube-scheduler, containerd and runc
@@ -25,6 +29,8 @@ mod node;
 mod rollout;
 #[path = "real_node/seed.rs"]
 mod seed;
+#[path = "real_node/seed_mesh.rs"]
+mod seed_mesh;
 #[path = "real_node/uninstall.rs"]
 mod uninstall;
 
@@ -224,27 +230,94 @@ fn a_pod_reaches_a_service_through_the_daemonset_on_a_real_node() {
         seed.images, seed.ready, seed.answered, seed.gateway_body, seed.python
     );
 
-    // A rolling update of the DaemonSet (another image tag) while the client sends 10 requests a
-    // second through the ClusterIP: the pinned programs serve while no agent runs.
-    let rollout = rollout::rolling_update_under_load(&node, &url, "rollout");
+    // The seed's VirtualServices over its apps, applied with kubectl: every app through the
+    // node's proxy, the seed's 20/80 weights, and its captcha upload.
+    let mesh = seed_mesh::seed_mesh_routes(&node);
     eprintln!(
-        "real node: rolling update under load: {} requests, {} failed, rollout {:?}\n{}",
-        rollout.ok + rollout.failed,
-        rollout.failed,
-        rollout.rollout,
-        rollout.log.trim()
+        "real node: seed mesh: routes.yaml steered the gateway's requests over v1 and v2 in \
+         {:?} (v1, v2 of 40: {:?}); the seed's 20/80 VirtualService: v1, v2 of 100: {:?}; \
+         captcha upload through the gateway {:?}, directly {:?}",
+        mesh.steered, mesh.balanced, mesh.weighted, mesh.captcha.0, mesh.captcha.1
+    );
+
+    // A rolling update of the DaemonSet (another image tag) while the client sends 10 requests a
+    // second to web2's ClusterIP (kernel path) and 10 to web's, which the VirtualService steers
+    // through the node's proxy to web2: the pinned programs serve while no agent runs; the L7
+    // route is counted across the handover from the old agent's proxy to the new one's.
+    node.apply(VIRTUAL_SERVICE);
+    let routed = poll(Duration::from_secs(60), || {
+        last = node.get(&url);
+        (last.as_deref() == Ok("web2\n")).then_some(())
+    });
+    assert!(routed.is_some(), "{url} after the VirtualService: {last:?}");
+    let web2_ip = node.kubectl_ok(&["get", "svc", "web2", "-o", "jsonpath={.spec.clusterIP}"]);
+    let web2_url = format!("{}:80", web2_ip.trim());
+    let loads = [
+        rollout::Load {
+            name: "kernel",
+            addr: &web2_url,
+            want: "web2",
+        },
+        rollout::Load {
+            name: "l7",
+            addr: &url,
+            want: "web2",
+        },
+    ];
+    let rollout = rollout::rolling_update_under_load(&node, &loads, "rollout");
+    for (load, counts) in loads.iter().zip(&rollout.loads) {
+        eprintln!(
+            "real node: rolling update under load ({}, {}): {} requests, {} failed, {} answered \
+             without the expected route, rollout {:?}\n{}",
+            load.name,
+            load.addr,
+            counts.total(),
+            counts.failed,
+            counts.other,
+            rollout.rollout,
+            counts.log.trim()
+        );
+    }
+    eprintln!(
+        "real node: the rolling update's handover:\n{}",
+        rollout.timeline
+    );
+    // No agent runs between the old one's exit and the new one's start: connects to web go
+    // straight to its endpoints then (the proxy's fallback) and are answered by web, not web2.
+    // None may fail, and none may miss the route once the new agent is ready.
+    let [kernel, l7] = &rollout.loads[..] else {
+        unreachable!("two loads")
+    };
+    assert_eq!(
+        (kernel.failed, kernel.other),
+        (0, 0),
+        "kernel-path load: requests failed during the rolling update"
     );
     assert_eq!(
-        rollout.failed, 0,
-        "requests failed during the rolling update"
+        l7.failed, 0,
+        "L7 load: requests failed during the rolling update"
     );
+    assert_eq!(
+        l7.after_ready, 0,
+        "L7 load: requests missed the route after the new agent was ready"
+    );
+    for (load, counts) in loads.iter().zip(&rollout.loads) {
+        assert!(
+            counts.ok >= 40,
+            "{} load: too few requests to measure: {}",
+            load.name,
+            counts.ok
+        );
+    }
+    node.kubectl_ok(&["delete", "virtualservice", "web"]);
+    let back = poll(Duration::from_secs(60), || {
+        last = node.get(&url);
+        (last.as_deref() == Ok(format!("{BODY}\n").as_str())).then_some(())
+    });
     assert!(
-        rollout.ok >= 40,
-        "too few requests to measure: {}",
-        rollout.ok
+        back.is_some(),
+        "{url} after the rollout's VirtualService: {last:?}"
     );
-    let after = node.get(&url);
-    assert_eq!(after.as_deref(), Ok(format!("{BODY}\n").as_str()));
 
     // `kubectl delete -f deploy/`: the agent sees its DaemonSet go and removes its programs,
     // maps and pins.

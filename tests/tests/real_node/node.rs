@@ -147,6 +147,119 @@ impl RealNode {
     }
 }
 
+impl RealNode {
+    /// Writes `bytes` to `path` in the client pod, and checks its size there: a request file cut
+    /// short would leave the server waiting for the rest of its body and look like a hung
+    /// server. A short file is reported and written again, up to three times.
+    pub fn put(&self, path: &str, bytes: &[u8]) {
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            self.put_once(path, bytes);
+            let size = self.kubectl_ok(&[
+                "exec",
+                "client",
+                "--",
+                "sh",
+                "-c",
+                &format!("wc -c < {path}"),
+            ]);
+            if size.trim() == bytes.len().to_string() {
+                return;
+            }
+            eprintln!(
+                "real node: {path} in the client pod has {} of {} bytes; writing it again",
+                size.trim(),
+                bytes.len()
+            );
+            sizes.push(size.trim().to_owned());
+        }
+        panic!(
+            "{path} in the client pod: {sizes:?} bytes of {}",
+            bytes.len()
+        );
+    }
+
+    fn put_once(&self, path: &str, bytes: &[u8]) {
+        let mut child = Command::new(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "exec",
+                "-i",
+                "client",
+                "--",
+                "sh",
+                "-c",
+                &format!("cat > {path}"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl exec -i");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(bytes)
+            .expect("writing to the pod");
+        let out = child.wait_with_output().expect("kubectl exec -i");
+        assert!(
+            out.status.success(),
+            "writing {path} in the client pod: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `n` times, the HTTP request in the client pod's file `request` sent to `addr` over a new
+    /// connection, one after the other in one `kubectl exec` (one exec per request would cost
+    /// more than the requests): each the status and body, or what nc printed. The write side is
+    /// held open as in [`RealNode::http`], up to `hold` seconds per request.
+    pub fn requests(
+        &self,
+        addr: &str,
+        request: &str,
+        n: u32,
+        hold: u32,
+    ) -> Vec<Result<(u16, String), String>> {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let script = format!(
+            "req() {{ f=/tmp/nc-done.$$; rm -f $f; \
+               (cat {request}; i=0; \
+                while [ $i -lt {} ] && [ ! -e $f ]; do usleep 100000; i=$((i+1)); done) | \
+               (nc -w {} {host} {port}; touch $f); }}; \
+             n=0; while [ $n -lt {n} ]; do req; printf '\n{END}\n'; n=$((n+1)); done",
+            hold * 10,
+            hold + 2
+        );
+        let out = self.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{n} requests to {addr}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let marker = format!("\n{END}\n");
+        text.split(&marker)
+            .take(n as usize)
+            .map(|response| {
+                response
+                    .split_once("\r\n\r\n")
+                    .and_then(|(head, body)| {
+                        Some((
+                            head.split_whitespace().nth(1)?.parse().ok()?,
+                            body.to_owned(),
+                        ))
+                    })
+                    .ok_or_else(|| format!("{response:?}"))
+            })
+            .collect()
+    }
+}
+
+/// Ends each response in the output of [`RealNode::requests`].
+const END: &str = "@@meshpath-end@@";
+
 pub fn kubectl_path() -> PathBuf {
     std::env::var_os("MESHPATH_KUBE_BIN_DIR")
         .map(PathBuf::from)

@@ -185,6 +185,12 @@ fn assert_no_netfilter_rules(ns: &str) {
     if let Ok(nft) = netns_exec(ns, &["nft", "list", "ruleset"]) {
         assert!(nft.trim().is_empty(), "nftables rules in {ns}: {nft}");
     }
+    // And no connection tracked by netfilter: the namespace's conntrack table (what
+    // `conntrack -L` lists) is empty, so no NAT of the kernel's own saw these flows.
+    // Missing when the kernel has no nf_conntrack: then nothing could have tracked them.
+    if let Ok(table) = netns_exec(ns, &["cat", "/proc/net/nf_conntrack"]) {
+        assert!(table.trim().is_empty(), "netfilter conntrack entries in {ns}: {table}");
+    }
 }
 
 #[test]

@@ -13,11 +13,14 @@
 //!
 //! `remote`: NodePorts over node 2's endpoints (SNAT), `Local` policy, refusals, and flows whose
 //! backend leaves. `maxconn`: NodePort flows against a DestinationRule's `maxConnections`.
+//! `sockmap`: socket redirection on both nodes never hands bytes from one node to the other.
 
 #[path = "tc_nodeport/maxconn.rs"]
 mod maxconn;
 #[path = "tc_nodeport/remote.rs"]
 mod remote;
+#[path = "tc_nodeport/sockmap.rs"]
+mod sockmap;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -189,7 +192,10 @@ fn assert_no_netfilter_rules(ns: &str) {
     // `conntrack -L` lists) is empty, so no NAT of the kernel's own saw these flows.
     // Missing when the kernel has no nf_conntrack: then nothing could have tracked them.
     if let Ok(table) = netns_exec(ns, &["cat", "/proc/net/nf_conntrack"]) {
-        assert!(table.trim().is_empty(), "netfilter conntrack entries in {ns}: {table}");
+        assert!(
+            table.trim().is_empty(),
+            "netfilter conntrack entries in {ns}: {table}"
+        );
     }
 }
 

@@ -16,7 +16,7 @@ use meshpath_tests::{
 use super::{assert_no_netfilter_rules, ip, tcx_supported, Outside, CLIENT_IP, NODE1_IP, NODE2_IP};
 
 /// Node 2's pod, as the cluster knows it.
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+pub(super) const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
 const CLUSTER_TCP: u16 = 30081;
 const CLUSTER_UDP: u16 = 30054;
 const LOCAL_TCP: u16 = 30082;
@@ -116,6 +116,51 @@ fn manifest(local_pod: Ipv4Addr, hold_endpoints: &[(Ipv4Addr, &str)]) -> String 
     ])
 }
 
+/// Gives node 2's pod [`REMOTE_POD`] as a second address, its answers that source, and routes
+/// it: node 2 to its bridge, node 1 via node 2's uplink address.
+pub(super) fn route_remote_pod(node1: &Node, node2: &Node) {
+    // Node 2's pod answers on REMOTE_POD too; node 1 routes that range via node 2.
+    let remote_cidr = format!("{REMOTE_POD}/32");
+    let pod2 = node2.pod(0).netns_name();
+    ip(&["-n", pod2, "addr", "add", &remote_cidr, "dev", "eth0"]).expect("pod address");
+    // Its answers leave from that address too (a UDP server's source is the route's).
+    let src = REMOTE_POD.to_string();
+    ip(&[
+        "-n",
+        pod2,
+        "route",
+        "replace",
+        "default",
+        "via",
+        "10.244.0.1",
+        "dev",
+        "eth0",
+        "src",
+        &src,
+    ])
+    .expect("pod source address");
+    ip(&[
+        "-n",
+        node2.node_netns_name(),
+        "route",
+        "add",
+        &remote_cidr,
+        "dev",
+        "br0",
+    ])
+    .expect("node 2 route");
+    ip(&[
+        "-n",
+        node1.node_netns_name(),
+        "route",
+        "add",
+        "10.244.2.0/24",
+        "via",
+        NODE2_IP,
+    ])
+    .expect("node 1 route");
+}
+
 /// The tc counters that moved, for failure messages.
 pub(super) fn tc_counters(agent: &meshpath_tests::agent::Agent) -> String {
     let Ok(s) = agent.status() else {
@@ -159,46 +204,7 @@ fn tc_nodeport_cluster_reaches_remote_endpoints_local_keeps_the_client_and_refus
         &[(&node1, NODE1_IP), (&node2, NODE2_IP)],
     )
     .expect("lan, uplinks and client");
-    // Node 2's pod answers on REMOTE_POD too; node 1 routes that range via node 2.
-    let remote_cidr = format!("{REMOTE_POD}/32");
-    let pod2 = node2.pod(0).netns_name();
-    ip(&["-n", pod2, "addr", "add", &remote_cidr, "dev", "eth0"]).expect("pod address");
-    // Its answers leave from that address too (a UDP server's source is the route's).
-    let src = REMOTE_POD.to_string();
-    ip(&[
-        "-n",
-        pod2,
-        "route",
-        "replace",
-        "default",
-        "via",
-        "10.244.0.1",
-        "dev",
-        "eth0",
-        "src",
-        &src,
-    ])
-    .expect("pod source address");
-    ip(&[
-        "-n",
-        node2.node_netns_name(),
-        "route",
-        "add",
-        &remote_cidr,
-        "dev",
-        "br0",
-    ])
-    .expect("node 2 route");
-    ip(&[
-        "-n",
-        node1.node_netns_name(),
-        "route",
-        "add",
-        "10.244.2.0/24",
-        "via",
-        NODE2_IP,
-    ])
-    .expect("node 1 route");
+    route_remote_pod(&node1, &node2);
 
     let serve = |node: &Node, name: &str| -> std::path::PathBuf {
         let log = node.work_dir().join(format!("{name}.requests"));

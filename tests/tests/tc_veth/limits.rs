@@ -124,6 +124,22 @@ fn connect_once(node: &Node) -> (u64, u64) {
     (r.ok() as u64, refused as u64)
 }
 
+/// Waits until the veth programs saw no packet for half a second (a delayed ACK of the last
+/// echo would re-create an entry the test is about to delete).
+fn wait_quiet(agent: &Agent) {
+    let seen = || {
+        let s = agent.status().expect("status");
+        counter(&s, "tc_veth_flow_translated") + counter(&s, "tc_veth_reply_reversed")
+    };
+    let mut last = seen();
+    let quiet = wait_until(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = seen();
+        std::mem::replace(&mut last, now) == now
+    });
+    assert!(quiet, "the veth flows never went quiet");
+}
+
 /// Deletes the veth flows' conntrack entries (both directions), as an LRU eviction would:
 /// no FIN or RST of them is ever seen again by the programs.
 fn evict_veth_flows(node: &Node) -> usize {
@@ -212,15 +228,38 @@ fn max_connections_refuses_an_unmanaged_senders_third_connection_and_gives_slots
     let s = agent.status().expect("status");
     assert_eq!(counter(&s, "tc_veth_conn_released"), 3, "{s}");
 
-    // A flow whose conntrack entries vanish (evicted) before any FIN: the agent's sweep gives
-    // its slot back (within its 10 s period), through the uplink's release program.
+    // A flow whose conntrack entries vanish (evicted) while it goes on: its next segment is
+    // tracked again under the slot its record still holds (no second one), and its close
+    // gives that back.
+    let mut e = node
+        .hold(Target::Outside, target)
+        .expect("a flow to evict and resume");
+    assert_eq!(e.echo("e").expect("echo"), "e");
+    wait_quiet(&agent);
+    assert!(evict_veth_flows(&node) >= 2, "no veth conntrack entries");
+    assert_eq!(e.echo("e2").expect("echo after the eviction"), "e2");
+    assert_eq!(active(&agent), 1);
+    e.close().expect("closing the resumed flow");
+    wait_active(
+        &agent,
+        0,
+        Duration::from_secs(5),
+        "after the resumed flow closed",
+    );
+    let s = agent.status().expect("status");
+    assert_eq!(counter(&s, "tc_veth_conn_released"), 4, "{s}");
+
+    // A flow whose conntrack entries vanish with no packet after: the agent's sweep gives its
+    // slot back (within its 10 s period), through the uplink's release program.
     let mut d = node.hold(Target::Outside, target).expect("a flow to evict");
     assert_eq!(d.echo("d").expect("echo"), "d");
     assert_eq!(active(&agent), 1);
+    wait_quiet(&agent);
     assert!(evict_veth_flows(&node) >= 2, "no veth conntrack entries");
     wait_active(&agent, 0, Duration::from_secs(25), "after the eviction");
     let s = agent.status().expect("status");
     assert_eq!(counter(&s, "tc_conn_released_swept"), 1, "{s}");
+    assert_eq!(counter(&s, "tc_veth_conn_released"), 4, "{s}");
     drop(d);
     for failure in [
         "tc_conn_limit_untracked",

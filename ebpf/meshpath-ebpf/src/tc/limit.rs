@@ -113,6 +113,15 @@ pub fn track(original: &CtKey, svc_id: u32) -> bool {
     true
 }
 
+/// Whether the flow `original` still holds a slot: a flow whose conntrack entries were evicted
+/// is tracked again from a later segment without taking a second one (the veth path, which
+/// picks up flows mid-stream).
+#[inline(always)]
+pub fn holds(original: &CtKey) -> bool {
+    // SAFETY: presence check only.
+    unsafe { MP_TC_COUNTED.get(original) }.is_some()
+}
+
 /// Gives back the slot of the flow `original`, if it still holds one. `true`: this call did.
 #[inline(always)]
 pub fn release(original: &CtKey) -> bool {

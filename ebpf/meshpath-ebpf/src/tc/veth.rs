@@ -160,20 +160,30 @@ fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
         return Ok(p.daddr_be);
     }
     let (slot, backend) = pick(ctx, p, &frontend, &svc)?;
-    // TCP flows only, as the socket path and the uplink count connects (UDP has no close).
-    let counted = if p.proto == PROTO_TCP {
+    // TCP flows only, as the socket path and the uplink count connects (UDP has no close), and
+    // only from their SYN. A later segment with no entry is a flow the LRU evicted: it keeps
+    // the slot its record still holds (no second one; its close gives that back), else it goes
+    // on uncounted (an uncounted flow, or one the sweep already released).
+    let mut flags = 0;
+    let counted = if p.proto != PROTO_TCP {
+        false
+    } else if !p.opening {
+        if limit::holds(&key) {
+            flags = CT_FLAG_COUNTED;
+        }
+        false
+    } else {
         match limit::admit(svc.svc_id) {
             Admission::Refused => return Err(refused(ctx, p, VethReason::ConnLimitRefused)),
             Admission::Admitted => true,
             Admission::Unlimited => false,
         }
-    } else {
-        false
     };
     let held = Slot {
         svc_id: svc.svc_id,
         counted,
     };
+    flags |= held.flags();
     if svc.flags & SVC_FLAG_AFFINITY != 0
         && !affinity::remember_backend(&frontend, p.saddr_be, slot, backend.ip_be, backend.port_be)
     {
@@ -189,8 +199,8 @@ fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
         dir: CT_DIR_VETH_REPLY,
         _pad: 0,
     };
-    let to_frontend = ct_value(p.daddr_be, p.dport_be, svc.svc_id, held.flags());
-    let to_backend = ct_value(backend.ip_be, backend.port_be, svc.svc_id, held.flags());
+    let to_frontend = ct_value(p.daddr_be, p.dport_be, svc.svc_id, flags);
+    let to_backend = ct_value(backend.ip_be, backend.port_be, svc.svc_id, flags);
     if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err()
         || MP_TC_CT.insert(&key, &to_backend, 0).is_err()
     {

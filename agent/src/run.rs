@@ -246,6 +246,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut first_pass = true;
     // The pod veths' programs read the ClusterIP frontends: started after the first reconcile.
     let mut veth_started = false;
+    // The tc conntrack sweeper (closed flows, and the slots of vanished counted flows): one,
+    // started by whichever of the uplink and the veth path comes up.
+    let mut sweeper_started = false;
     loop {
         let model = model_rx.borrow_and_update().clone();
         if let Some(rx) = ejected.as_mut() {
@@ -268,6 +271,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             match datapath.attach_uplink(cfg.tc_uplink.as_ref(), &cfg.pin_dir) {
                 Ok(mut links) => {
                     if let Some(attached) = links.as_mut() {
+                        sweeper_started = true;
                         crate::tc_path::spawn_sweeper(
                             cfg.pin_dir.clone(),
                             attached.releaser.take(),
@@ -282,7 +286,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }
         if !veth_started {
             veth_started = true;
-            start_veth_path(&cfg, &mut datapath, &cgroup);
+            start_veth_path(&cfg, &mut datapath, &cgroup, !sweeper_started);
         }
         programmed.store(true, std::sync::atomic::Ordering::Relaxed);
         let pods_may_have_changed = match (&model.changes, covered_at) {
@@ -399,13 +403,30 @@ const STOP_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3)
 
 /// The pod-veth tc path when switched on, else whatever a previous agent pinned is detached.
 /// Not fatal: the socket path serves the pods whatever happens on their veths.
-fn start_veth_path(cfg: &AgentConfig, datapath: &mut Datapath, cgroup: &std::path::Path) {
+/// `sweeper`: no uplink started the tc conntrack sweeper, so this path does (its counted flows
+/// share the uplink's record, whose vanished entries only the sweeper releases).
+fn start_veth_path(
+    cfg: &AgentConfig,
+    datapath: &mut Datapath,
+    cgroup: &std::path::Path,
+    sweeper: bool,
+) {
     let Some(veth) = &cfg.tc_veth else {
         if let Err(error) = meshpath_datapath::tc_veth::detach_all(&cfg.pin_dir) {
             warn!(%error, "pod veth links of a previous agent not detached");
         }
         return;
     };
+    if sweeper {
+        let releaser = match datapath.tc_releaser() {
+            Ok(r) => Some(r),
+            Err(error) => {
+                warn!(%error, source = ?std::error::Error::source(&error), "no release program: the slots of veth flows the conntrack evicts are not given back");
+                None
+            }
+        };
+        crate::tc_path::spawn_sweeper(cfg.pin_dir.clone(), releaser);
+    }
     let path = match datapath.take_veth_path(&cfg.pin_dir) {
         Ok(path) => path,
         Err(error) => {

@@ -8,7 +8,11 @@
 //! - a ClusterIP without endpoints is refused to that sender (RST, ICMP port unreachable);
 //! - pod-to-pod packets go straight into the destination pod with `bpf_redirect_peer`: the
 //!   destination's host-side veth transmits nothing (the bridge never forwarded them), while
-//!   with `--tc-pod-forward false` the same traffic crosses the bridge.
+//!   with `--tc-pod-forward false` the same traffic crosses the bridge;
+//! - `sessionAffinity: ClientIP` and `maxConnections` on that path (`tc_veth/limits.rs`).
+
+#[path = "tc_veth/limits.rs"]
+mod limits;
 
 use std::io::Write;
 use std::process::Command;
@@ -87,7 +91,12 @@ fn tcx_supported() -> bool {
 /// A node with two pods, servers in both (pod 0's keeps its namespace among the managed
 /// cgroup's), routing on; `None` (skip printed) where neither TCX nor clsact exists.
 fn node() -> Option<Node> {
-    let node = Node::new(2).expect("node");
+    node_with(2)
+}
+
+/// [`node`] with `pods` pods (servers in pods 0 and 1 only).
+fn node_with(pods: usize) -> Option<Node> {
+    let node = Node::new(pods).expect("node");
     let ns = node.node_netns_name().to_owned();
     // With forwarding off, a translated packet (addressed to the bridge's MAC) is routed.
     run(
@@ -145,8 +154,13 @@ fn node() -> Option<Node> {
 
 /// The agent with the veth path, once it has loaded both programs (before any attach).
 fn start_loaded(node: &Node, extra: &[&str]) -> Agent {
+    start_loaded_with(node, manifest(node), extra)
+}
+
+/// [`start_loaded`] over the manifest `yaml`.
+fn start_loaded_with(node: &Node, yaml: String, extra: &[&str]) -> Agent {
     let dir = node
-        .write_manifests(&[("svc.yaml", manifest(node))])
+        .write_manifests(&[("svc.yaml", yaml)])
         .expect("manifests");
     let netns = format!("/var/run/netns/{}", node.node_netns_name());
     let mut args = vec![
@@ -170,14 +184,19 @@ fn start_loaded(node: &Node, extra: &[&str]) -> Agent {
 
 /// The agent with the veth path attached to both pods' veths.
 fn start(node: &Node, extra: &[&str]) -> Agent {
-    let agent = start_loaded(node, extra);
+    start_with(node, 2, manifest(node), extra)
+}
+
+/// The agent over the manifest `yaml`, with the veth path attached to all `pods` pods' veths.
+fn start_with(node: &Node, pods: usize, yaml: String, extra: &[&str]) -> Agent {
+    let agent = start_loaded_with(node, yaml, extra);
     assert!(
         wait_until(Duration::from_secs(10), || agent
             .log()
             .matches("pod veth attached")
             .count()
-            >= 2),
-        "both pods' veths attached: {}",
+            >= pods),
+        "every pod's veth attached: {}",
         agent.log()
     );
     agent

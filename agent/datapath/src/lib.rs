@@ -277,6 +277,13 @@ impl Datapath {
         Ok(Some(attached))
     }
 
+    /// The program that gives back the connection slots of counted tc flows whose conntrack
+    /// entry is gone (see [`tc_limit`]), for a sweeper started without the uplink (the pod
+    /// veths' flows are counted in the same record).
+    pub fn tc_releaser(&mut self) -> Result<tc_limit::Releaser, tc_uplink::UplinkError> {
+        tc_uplink::load_releaser(&mut self._ebpf)
+    }
+
     /// The veth programs, taken out of the object for the agent's pod-veth thread.
     pub fn take_veth_path(
         &mut self,

@@ -79,7 +79,8 @@ fn verdict(
     live: Option<&LiveBackends>,
 ) -> Option<fn(&mut Swept)> {
     // The pod veths' flows share the table but not this clock: their programs do not stamp
-    // `last_seen_ns` per packet, so the LRU alone ages them out.
+    // `last_seen_ns` per packet, so the LRU alone ages them out. Their counted flows are still
+    // released once gone: `tc_limit::release_vanished` walks every record, whatever its `dir`.
     if key.dir != CT_DIR_ORIGINAL && key.dir != CT_DIR_REPLY {
         return None;
     }

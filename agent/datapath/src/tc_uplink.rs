@@ -119,12 +119,14 @@ pub fn attach(ebpf: &mut Ebpf, uplink: &Uplink, pin_dir: &Path) -> Result<Attach
     })
 }
 
-/// Loads `mp_tc_ct_release` (never attached) and keeps a descriptor of it.
-fn load_releaser(ebpf: &mut Ebpf) -> Result<crate::tc_limit::Releaser, UplinkError> {
+/// Loads `mp_tc_ct_release` (never attached; once per object) and keeps a descriptor of it.
+pub(crate) fn load_releaser(ebpf: &mut Ebpf) -> Result<crate::tc_limit::Releaser, UplinkError> {
     let name = PROG_TC_CT_RELEASE;
     let prog = program(ebpf, name)?;
-    prog.load()
-        .map_err(|source| UplinkError::Program { name, source })?;
+    if prog.fd().is_err() {
+        prog.load()
+            .map_err(|source| UplinkError::Program { name, source })?;
+    }
     let fd = prog
         .fd()
         .map_err(|source| UplinkError::Program { name, source })?

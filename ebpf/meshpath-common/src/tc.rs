@@ -27,9 +27,9 @@ pub const PROG_TC_CT_RELEASE: &str = "mp_tc_ct_release";
 /// Bytes before the key in [`PROG_TC_CT_RELEASE`]'s input: the test run wants an Ethernet header.
 pub const ETH_PAD: usize = 14;
 
-/// `connectionPool.tcp.maxConnections` on the uplink: original-direction [`CtKey`] of every TCP
-/// flow counted against a limit → the counter it holds a slot of ([`crate::SockLimit`]). A
-/// plain hash, not an LRU: an entry leaves only when its slot is given back (the flow's first
+/// `connectionPool.tcp.maxConnections` on the uplink and the pod veths: original-direction
+/// [`CtKey`] of every TCP flow counted against a limit → the counter it holds a slot of
+/// ([`crate::SockLimit`]). A plain hash, not an LRU: an entry leaves only when its slot is given back (the flow's first
 /// FIN or RST, or the agent's sweep once the flow's conntrack entry is gone), so a flow the
 /// conntrack LRU evicts is still known and released.
 pub const MAP_TC_COUNTED: &str = "MP_TC_COUNTED";

@@ -77,9 +77,21 @@ pub enum VethReason {
     UnreachableSent = 16,
     /// The refusal could not be built (IP options, a helper failed): the packet was dropped.
     RefusalFailed = 17,
+    /// A sender's new flow followed its `sessionAffinity: ClientIP` backend (the uplink's
+    /// affinity table, `MP_TC_AFFINITY`).
+    AffinityHit = 18,
+    /// The affinity entry could not be written: the flow went on without it.
+    AffinityUpdateFailed = 19,
+    /// A new TCP flow over its Service's `maxConnections` (the counter the socket path and the
+    /// uplink share): refused with a RST into the pod.
+    ConnLimitRefused = 20,
+    /// A counted flow's slot given back at its first FIN or RST (either direction). Slots of
+    /// flows whose conntrack entry went first come back through the agent's sweep, counted as
+    /// the uplink's `tc_conn_released_swept`.
+    ConnReleased = 21,
 }
 
-pub const VETH_REASON_COUNT: u32 = 18;
+pub const VETH_REASON_COUNT: u32 = 22;
 
 impl VethReason {
     pub const ALL: [VethReason; VETH_REASON_COUNT as usize] = [
@@ -101,6 +113,10 @@ impl VethReason {
         VethReason::ResetSent,
         VethReason::UnreachableSent,
         VethReason::RefusalFailed,
+        VethReason::AffinityHit,
+        VethReason::AffinityUpdateFailed,
+        VethReason::ConnLimitRefused,
+        VethReason::ConnReleased,
     ];
 
     /// Stable snake_case name; `tc_veth_` keeps it apart from the other reasons in one label.
@@ -124,6 +140,10 @@ impl VethReason {
             VethReason::ResetSent => "tc_veth_reset_sent",
             VethReason::UnreachableSent => "tc_veth_unreachable_sent",
             VethReason::RefusalFailed => "tc_veth_refusal_failed",
+            VethReason::AffinityHit => "tc_veth_affinity_hit",
+            VethReason::AffinityUpdateFailed => "tc_veth_affinity_update_failed",
+            VethReason::ConnLimitRefused => "tc_veth_conn_limit_refused",
+            VethReason::ConnReleased => "tc_veth_conn_released",
         }
     }
 }

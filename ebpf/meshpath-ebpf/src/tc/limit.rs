@@ -1,6 +1,7 @@
-//! `connectionPool.tcp.maxConnections` for flows the uplink program creates: a new TCP flow
-//! takes a slot of the same counter connect4 counts the Service's sockets against
-//! (`MP_CONN_ACTIVE`, limit in `MP_CONN_MAX`), so one limit covers both paths.
+//! `connectionPool.tcp.maxConnections` for flows the tc programs create (the uplink's, and the
+//! pod veths' ClusterIP flows, filed under their own `dir` values): a new TCP flow takes a
+//! slot of the same counter connect4 counts the Service's sockets against (`MP_CONN_ACTIVE`,
+//! limit in `MP_CONN_MAX`), so one limit covers every path.
 //!
 //! The conntrack is an LRU that evicts silently, so the record of which flows hold a slot is a
 //! plain hash of its own (`MP_TC_COUNTED`, original-direction key → counter). A slot is given
@@ -111,6 +112,15 @@ pub fn track(original: &CtKey, svc_id: u32) -> bool {
         return false;
     }
     true
+}
+
+/// Whether the flow `original` still holds a slot: a flow whose conntrack entries were evicted
+/// is tracked again from a later segment without taking a second one (the veth path, which
+/// picks up flows mid-stream).
+#[inline(always)]
+pub fn holds(original: &CtKey) -> bool {
+    // SAFETY: presence check only.
+    unsafe { MP_TC_COUNTED.get(original) }.is_some()
 }
 
 /// Gives back the slot of the flow `original`, if it still holds one. `true`: this call did.

@@ -15,19 +15,34 @@ pub(crate) static NETNS_ADD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Run `ip <args>` and fail with its stderr if it does not succeed.
 pub(crate) fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
+    run_checked("ip", args)
+        .map(drop)
+        .context("is iproute2 installed?")
+}
+
+/// Runs `program args` and returns its stdout; fails naming the command, its status and its
+/// stderr if it does not succeed.
+pub fn run_checked(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .context("running `ip` (is iproute2 installed?)")?;
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
         bail!(
-            "`ip {}` failed ({}): {}",
+            "`{program} {}` failed ({}): {}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd` inside the named network namespace `ns` (`ip netns exec`), returning its stdout.
+pub fn netns_exec(ns: &str, cmd: &[&str]) -> Result<String> {
+    let mut args = vec!["netns", "exec", ns];
+    args.extend(cmd);
+    run_checked("ip", &args)
 }
 
 /// Mount points from /proc/self/mounts as (fstype, mountpoint).

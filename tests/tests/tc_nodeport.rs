@@ -24,13 +24,14 @@ mod sockmap;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use meshpath_tests::agent::counter;
 use meshpath_tests::manifests::{docs, endpoint_slice, Ep};
-use meshpath_tests::{addr, skip_unless, wait_until, Node, Proxy, Source, AGENT};
+use meshpath_tests::{
+    addr, netns_exec, run_checked as run, skip_unless, wait_until, Node, Proxy, Source, AGENT,
+};
 
 const NODE1_IP: &str = "192.168.77.1";
 const NODE2_IP: &str = "192.168.77.2";
@@ -119,28 +120,6 @@ impl Drop for Outside {
 
 fn ip(args: &[&str]) -> Result<()> {
     run("ip", args).map(drop)
-}
-
-fn netns_exec(ns: &str, cmd: &[&str]) -> Result<String> {
-    let mut args = vec!["netns", "exec", ns];
-    args.extend(cmd);
-    run("ip", &args)
-}
-
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A NodePort Service (TCP and UDP ports) whose one endpoint is pod 0 of node 1.

@@ -15,35 +15,19 @@
 mod limits;
 
 use std::io::Write;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use meshpath_tests::agent::{counter, Agent};
 use meshpath_tests::manifests::{docs, endpoint_slice, Ep};
-use meshpath_tests::{addr, skip_unless, wait_until, Node, Proxy, Source, Target, AGENT};
+use meshpath_tests::{
+    addr, run_checked as run, skip_unless, wait_until, Node, Proxy, Source, Target, AGENT,
+};
 
 const WEB_VIP: &str = "10.96.0.10";
 const DNS_VIP: &str = "10.96.0.53";
 /// ClusterIPs of Services without endpoints (TCP, UDP).
 const EMPTY_TCP_VIP: &str = "10.96.0.60";
 const EMPTY_UDP_VIP: &str = "10.96.0.61";
-
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// (rx, tx) packets of `dev` in namespace `ns`.
 fn packets(ns: &str, dev: &str) -> (u64, u64) {

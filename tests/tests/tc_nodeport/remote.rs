@@ -116,18 +116,15 @@ fn manifest(local_pod: Ipv4Addr, hold_endpoints: &[(Ipv4Addr, &str)]) -> String 
     ])
 }
 
-/// Gives node 2's pod [`REMOTE_POD`] as a second address, its answers that source, and routes
-/// it: node 2 to its bridge, node 1 via node 2's uplink address.
-pub(super) fn route_remote_pod(node1: &Node, node2: &Node) {
-    // Node 2's pod answers on REMOTE_POD too; node 1 routes that range via node 2.
-    let remote_cidr = format!("{REMOTE_POD}/32");
-    let pod2 = node2.pod(0).netns_name();
-    ip(&["-n", pod2, "addr", "add", &remote_cidr, "dev", "eth0"]).expect("pod address");
+/// Gives pod 0 of `home` the address `pod_ip` (besides the one both harness nodes hand out
+/// alike), as the source of its answers too, and routes it: `home` to its bridge, `other` via
+/// `home`'s uplink address `home_uplink` (the whole `/24`).
+pub(super) fn route_pod_address(home: &Node, pod_ip: Ipv4Addr, other: &Node, home_uplink: &str) {
+    let (host, src) = (format!("{pod_ip}/32"), pod_ip.to_string());
+    let pod = home.pod(0).netns_name();
+    ip(&["-n", pod, "addr", "add", &host, "dev", "eth0"]).expect("pod address");
     // Its answers leave from that address too (a UDP server's source is the route's).
-    let src = REMOTE_POD.to_string();
-    ip(&[
-        "-n",
-        pod2,
+    let default = [
         "route",
         "replace",
         "default",
@@ -135,30 +132,21 @@ pub(super) fn route_remote_pod(node1: &Node, node2: &Node) {
         "10.244.0.1",
         "dev",
         "eth0",
-        "src",
-        &src,
-    ])
-    .expect("pod source address");
-    ip(&[
-        "-n",
-        node2.node_netns_name(),
-        "route",
-        "add",
-        &remote_cidr,
-        "dev",
-        "br0",
-    ])
-    .expect("node 2 route");
-    ip(&[
-        "-n",
-        node1.node_netns_name(),
-        "route",
-        "add",
-        "10.244.2.0/24",
-        "via",
-        NODE2_IP,
-    ])
-    .expect("node 1 route");
+    ];
+    let mut args = vec!["-n", pod];
+    args.extend(default);
+    args.extend(["src", &src]);
+    ip(&args).expect("pod source address");
+    let home_ns = home.node_netns_name();
+    ip(&["-n", home_ns, "route", "add", &host, "dev", "br0"]).expect("home node route");
+    let net = format!("{}.0/24", src.rsplit_once('.').expect("an IPv4 address").0);
+    let other_ns = other.node_netns_name();
+    ip(&["-n", other_ns, "route", "add", &net, "via", home_uplink]).expect("other node route");
+}
+
+/// Node 2's pod answers on [`REMOTE_POD`] too; node 1 routes that range via node 2.
+pub(super) fn route_remote_pod(node1: &Node, node2: &Node) {
+    route_pod_address(node2, REMOTE_POD, node1, NODE2_IP);
 }
 
 /// The tc counters that moved, for failure messages.

@@ -9,8 +9,8 @@ use meshpath_tests::agent::counter;
 use meshpath_tests::manifests::docs;
 use meshpath_tests::{addr, skip_unless, Node, Proxy, Source, Target, AGENT};
 
-use super::remote::{node_port_service, route_remote_pod, REMOTE_POD};
-use super::{ip, netns_exec, Outside, NODE1_IP, NODE2_IP};
+use super::remote::{node_port_service, route_pod_address, route_remote_pod, REMOTE_POD};
+use super::{netns_exec, Outside, NODE1_IP, NODE2_IP};
 
 /// Node 1's client pod, on an address of its own (both harness nodes number their pods alike).
 const CLIENT_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
@@ -38,44 +38,7 @@ fn socket_redirection_never_hands_bytes_across_nodes() {
     )
     .expect("lan and uplinks");
     route_remote_pod(&node1, &node2);
-    let (pod1, client) = (node1.pod(0).netns_name(), CLIENT_POD.to_string());
-    ip(&[
-        "-n",
-        pod1,
-        "addr",
-        "add",
-        &format!("{client}/32"),
-        "dev",
-        "eth0",
-    ])
-    .expect("address");
-    ip(&[
-        "-n",
-        pod1,
-        "route",
-        "replace",
-        "default",
-        "via",
-        "10.244.0.1",
-        "dev",
-        "eth0",
-        "src",
-        &client,
-    ])
-    .expect("client source address");
-    let n1 = node1.node_netns_name();
-    ip(&[
-        "-n",
-        n1,
-        "route",
-        "add",
-        &format!("{client}/32"),
-        "dev",
-        "br0",
-    ])
-    .expect("node 1 route");
-    let n2 = node2.node_netns_name();
-    ip(&["-n", n2, "route", "add", "10.244.1.0/24", "via", NODE1_IP]).expect("node 2 route");
+    route_pod_address(&node1, CLIENT_POD, &node2, NODE1_IP);
 
     node2
         .spawn_ready(

@@ -34,7 +34,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
             return Ok(TC_ACT_OK);
         }
     };
-    let key = ct_key(&p, CT_DIR_ORIGINAL);
+    let key = p.ct_key(CT_DIR_ORIGINAL);
     if let Some(entry) = MP_TC_CT.get_ptr_mut(&key) {
         let ct = touch(entry, &p, &key);
         return original(ctx, &p, &ct);
@@ -148,7 +148,7 @@ pub fn egress(ctx: &TcContext) -> Result<i32, i32> {
             return Ok(TC_ACT_OK);
         }
     };
-    let key = ct_key(&p, CT_DIR_REPLY);
+    let key = p.ct_key(CT_DIR_REPLY);
     let Some(entry) = MP_TC_CT.get_ptr_mut(&key) else {
         return Ok(TC_ACT_OK);
     };
@@ -208,7 +208,7 @@ fn snat_reply(ctx: &TcContext, p: &Packet) -> Option<Result<i32, i32>> {
     }
     // SAFETY: presence check only.
     unsafe { MP_TC_NODE_IPS.get(&p.daddr_be) }?;
-    let entry = MP_TC_CT.get_ptr_mut(&ct_key(p, CT_DIR_REPLY))?;
+    let entry = MP_TC_CT.get_ptr_mut(&p.ct_key(CT_DIR_REPLY))?;
     // SAFETY: a value pointer from a successful lookup, valid for this program run.
     let v = unsafe { *entry };
     // The client is what the SNAT wrote over: the entry's `nat_*`.
@@ -366,19 +366,6 @@ fn refused(ctx: &TcContext, p: &Packet, why: TcReason) -> Result<i32, i32> {
             Ok(verdict)
         }
         Err(reason) => shot(reason),
-    }
-}
-
-#[inline(always)]
-fn ct_key(p: &Packet, dir: u8) -> CtKey {
-    CtKey {
-        saddr_be: p.saddr_be,
-        daddr_be: p.daddr_be,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        dir,
-        _pad: 0,
     }
 }
 

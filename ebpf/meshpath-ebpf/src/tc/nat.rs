@@ -3,7 +3,10 @@
 //! direct packet access: the IP header length varies, and the helper checks bounds for us.
 
 use aya_ebpf::programs::TcContext;
-use meshpath_common::{tc::TcReason, PROTO_TCP, PROTO_UDP};
+use meshpath_common::{
+    tc::{CtKey, TcReason},
+    PROTO_TCP, PROTO_UDP,
+};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -39,6 +42,23 @@ pub struct Packet {
     /// TCP SYN without ACK: the only segment that may start a flow (UDP: always true).
     pub opening: bool,
     pub l4_off: usize,
+}
+
+impl Packet {
+    /// The conntrack key of this packet's 5-tuple in direction `dir` (both tc paths share the
+    /// table; `dir` tells their entries apart).
+    #[inline(always)]
+    pub fn ct_key(&self, dir: u8) -> CtKey {
+        CtKey {
+            saddr_be: self.saddr_be,
+            daddr_be: self.daddr_be,
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            dir,
+            _pad: 0,
+        }
+    }
 }
 
 /// `Ok(None)`: not an IPv4 TCP/UDP packet we can key (left alone, not counted: most traffic).

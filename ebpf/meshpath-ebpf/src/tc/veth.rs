@@ -117,7 +117,7 @@ fn parsed(ctx: &TcContext) -> Option<Packet> {
 /// A backend's reply of a tracked flow: the ClusterIP back as its source. `Ok(true)`: it was one.
 #[inline(always)]
 fn reverse(ctx: &TcContext, p: &Packet) -> Result<bool, i32> {
-    let key = ct_key(p, CT_DIR_VETH_REPLY);
+    let key = p.ct_key(CT_DIR_VETH_REPLY);
     let Some(entry) = MP_TC_CT.get_ptr_mut(&key) else {
         return Ok(false);
     };
@@ -143,7 +143,7 @@ fn reverse(ctx: &TcContext, p: &Packet) -> Result<bool, i32> {
 /// packet now has.
 #[inline(always)]
 fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
-    let key = ct_key(p, CT_DIR_VETH_ORIGINAL);
+    let key = p.ct_key(CT_DIR_VETH_ORIGINAL);
     if let Some(entry) = MP_TC_CT.get_ptr_mut(&key) {
         // SAFETY: as in `reverse`.
         let ct = unsafe { *entry };
@@ -300,19 +300,6 @@ fn closing(entry: *mut CtValue, ct: &CtValue, p: &Packet, original: &CtKey) {
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &Packet, end: End, ip_be: u32, port_be: u16) -> Result<(), i32> {
     nat::rewrite(ctx, p, end, ip_be, port_be).map_err(|_| shot(VethReason::RewriteFailed))
-}
-
-#[inline(always)]
-fn ct_key(p: &Packet, dir: u8) -> CtKey {
-    CtKey {
-        saddr_be: p.saddr_be,
-        daddr_be: p.daddr_be,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        dir,
-        _pad: 0,
-    }
 }
 
 #[inline(always)]

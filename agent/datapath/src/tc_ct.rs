@@ -78,13 +78,11 @@ fn verdict(
     policy: &GcPolicy,
     live: Option<&LiveBackends>,
 ) -> Option<fn(&mut Swept)> {
-    // The pod veths' flows share the table but not this clock: their programs do not stamp
-    // `last_seen_ns` per packet, so the LRU alone ages them out. Their counted flows are still
+    // The pod veths' flows (their own `dir`s) age by the same clocks, but `live` holds only the
+    // uplink's backends: a ClusterIP backend is not judged by it. Their counted flows are
     // released once gone: `tc_limit::release_vanished` walks every record, whatever its `dir`.
-    if key.dir != CT_DIR_ORIGINAL && key.dir != CT_DIR_REPLY {
-        return None;
-    }
-    if live.is_some_and(|l| !l.contains(&backend_of(key, value))) {
+    let uplink = key.dir == CT_DIR_ORIGINAL || key.dir == CT_DIR_REPLY;
+    if uplink && live.is_some_and(|l| !l.contains(&backend_of(key, value))) {
         return Some(|s| s.backend_gone += 1);
     }
     let idle = Duration::from_nanos(now_ns.saturating_sub(value.last_seen_ns));
@@ -161,7 +159,7 @@ pub fn open_pinned(
 mod tests {
     use super::*;
     use meshpath_common::tc::CT_STATE_OPEN;
-    use meshpath_common::tc_veth::CT_DIR_VETH_ORIGINAL;
+    use meshpath_common::tc_veth::{CT_DIR_VETH_ORIGINAL, CT_DIR_VETH_REPLY};
     use meshpath_common::PROTO_UDP;
 
     fn entry(dir: u8, proto: u8, state: u8, last_seen_ns: u64) -> (CtKey, CtValue) {
@@ -213,13 +211,17 @@ mod tests {
         assert!(verdict(&k, &v, now, &p, Some(&live)).is_some());
         let live: LiveBackends = [(3, 7, 9)].into();
         assert!(verdict(&k, &v, now, &p, Some(&live)).is_none());
-        // A pod veth's flow is never this sweep's, however old or orphaned.
+        // A pod veth's flow ages like the uplink's, but is not judged by the uplink's backends.
+        let (k, v) = entry(CT_DIR_VETH_ORIGINAL, PROTO_UDP, CT_STATE_OPEN, now - 5 * S);
+        assert!(verdict(&k, &v, now, &p, Some(&live)).is_none());
         let (k, v) = entry(
             CT_DIR_VETH_ORIGINAL,
-            PROTO_UDP,
+            PROTO_TCP,
             CT_STATE_CLOSING,
-            now - 1000 * S,
+            now - 11 * S,
         );
-        assert!(verdict(&k, &v, now, &p, Some(&live)).is_none());
+        assert!(verdict(&k, &v, now, &p, Some(&live)).is_some());
+        let (k, v) = entry(CT_DIR_VETH_REPLY, PROTO_UDP, CT_STATE_OPEN, now - 121 * S);
+        assert!(verdict(&k, &v, now, &p, None).is_some());
     }
 }

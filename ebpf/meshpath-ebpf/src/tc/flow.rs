@@ -116,9 +116,12 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, i32> {
         header.svc_id,
     );
     to_backend.flags = held.flags();
-    if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err()
-        || MP_TC_CT.insert(&key, &to_backend, 0).is_err()
-    {
+    if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err() {
+        held.undo();
+        return shot(TcReason::CtUpdateFailed);
+    }
+    if MP_TC_CT.insert(&key, &to_backend, 0).is_err() {
+        let _ = MP_TC_CT.remove(&reply);
         held.undo();
         return shot(TcReason::CtUpdateFailed);
     }
@@ -211,12 +214,13 @@ fn snat_reply(ctx: &TcContext, p: &Packet) -> Option<Result<i32, i32>> {
     let entry = MP_TC_CT.get_ptr_mut(&p.ct_key(CT_DIR_REPLY))?;
     // SAFETY: a value pointer from a successful lookup, valid for this program run.
     let v = unsafe { *entry };
+    // Not a source-NATed flow's: left to the other paths, untouched.
+    if v.flags & CT_FLAG_SNAT == 0 {
+        return None;
+    }
     // The client is what the SNAT wrote over: the entry's `nat_*`.
     let original_key = original_of(p, v.nat_addr_be, v.nat_port_be, (v.addr_be, v.port_be));
     let ct = touch(entry, p, &original_key);
-    if ct.flags & CT_FLAG_SNAT == 0 {
-        return None;
-    }
     let translated = nat::rewrite(ctx, p, End::Source, ct.addr_be, ct.port_be)
         .and_then(|()| nat::rewrite(ctx, p, End::Destination, ct.nat_addr_be, ct.nat_port_be));
     if let Err(reason) = translated {

@@ -10,7 +10,7 @@
 //! affinity table, one counter per Service, one record of counted flows.
 
 use aya_ebpf::{
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
     programs::TcContext,
@@ -201,9 +201,12 @@ fn translate(ctx: &TcContext, p: &Packet) -> Result<u32, i32> {
     };
     let to_frontend = ct_value(p.daddr_be, p.dport_be, svc.svc_id, flags);
     let to_backend = ct_value(backend.ip_be, backend.port_be, svc.svc_id, flags);
-    if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err()
-        || MP_TC_CT.insert(&key, &to_backend, 0).is_err()
-    {
+    if MP_TC_CT.insert(&reply, &to_frontend, 0).is_err() {
+        held.undo();
+        return Err(shot(VethReason::CtUpdateFailed));
+    }
+    if MP_TC_CT.insert(&key, &to_backend, 0).is_err() {
+        let _ = MP_TC_CT.remove(&reply);
         held.undo();
         return Err(shot(VethReason::CtUpdateFailed));
     }
@@ -282,10 +285,14 @@ fn refused(ctx: &TcContext, p: &Packet, why: VethReason) -> i32 {
     }
 }
 
-/// Marks the entry closing on a FIN or RST; a counted flow's first one (either direction) gives
-/// its connection slot back. `original` is the flow's sender-side key, its record's key.
+/// Marks the entry seen now (the userspace sweep's idle clock) and closing on a FIN or RST; a
+/// counted flow's first one (either direction) gives its connection slot back. `original` is the
+/// flow's sender-side key, its record's key.
 #[inline(always)]
 fn closing(entry: *mut CtValue, ct: &CtValue, p: &Packet, original: &CtKey) {
+    // SAFETY: a value pointer from a successful lookup, valid for this program run; an 8-byte
+    // store another CPU can only race with a similar timestamp.
+    unsafe { (*entry).last_seen_ns = bpf_ktime_get_ns() };
     if p.closing && ct.state != CT_STATE_CLOSING {
         // SAFETY: a live value pointer; a 1-byte store another CPU can only race with the same
         // value.
@@ -314,8 +321,8 @@ fn ct_value(addr_be: u32, port_be: u16, svc_id: u32, flags: u8) -> CtValue {
         nat_port_be: 0,
         _pad: 0,
         _pad1: 0,
-        // Stamped once: the userspace sweep leaves these flows to the LRU.
-        last_seen_ns: 0,
+        // SAFETY: no preconditions.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
     }
 }
 

@@ -246,8 +246,8 @@ pub(crate) fn build(
         HashMap::with_capacity(config.clusters.len());
     for (key, c) in &config.clusters {
         if let Some(same) = previous.and_then(|p| unchanged(p, &config, key, c)) {
-            // Keeps its stats entry, as a rebuilt cluster would.
-            breaker::stats_for(stats, key);
+            // Its stats entry is there already: it was made when the cluster was first built,
+            // and entries outlive snapshots.
             clusters.insert(key, same);
             continue;
         }

@@ -84,11 +84,10 @@ impl Reconciler {
     /// Forces the full pass over `model`, diffing against the maps as read back.
     pub fn recompile(&mut self, model: &ClusterModel, maps: &mut DatapathMaps) -> RecompileReport {
         let was_scoped = self.scoped.is_some();
-        let compiled = std::mem::take(&mut self.compiled);
+        // The full pass compiles from the previous result (ids, last good state), which stays
+        // in place; this copy is what it is compared with.
+        let compiled = self.compiled.clone();
         let recorded = self.applied.take();
-        // The full pass compiles from the previous result (ids, last good state): give it the
-        // same one it would have had.
-        self.compiled = compiled.clone();
         let written = self.reconcile_full(model, maps);
         let report = RecompileReport {
             written,

@@ -35,12 +35,12 @@ for ((r = 1; r <= rounds; r++)); do
 		# OBJECT[@VAR=value...]: agent settings by environment, e.g. @MESHPATH_TCP_METRICS=false.
 		IFS=@ read -r -a parts <<<"$spec"
 		obj=${parts[0]}
-		vars=("${parts[@]:1}")
 		if [[ $obj == embedded ]]; then
-			vars+=(-u MESHPATH_BPF_OBJECT)
+			vars=(-u MESHPATH_BPF_OBJECT) # env's options come before its assignments
 		else
-			vars+=("MESHPATH_BPF_OBJECT=$(realpath "$obj")")
+			vars=("MESHPATH_BPF_OBJECT=$(realpath "$obj")")
 		fi
+		vars+=("${parts[@]:1}")
 		load=$(cut -d' ' -f1 /proc/loadavg)
 		out=$(env "${vars[@]}" "$bin" --nocapture 2>&1) || {
 			echo "$out" | tail -30

@@ -31,6 +31,7 @@ pub const ENV_UDP_DATAGRAM_LB: &str = "MESHPATH_UDP_DATAGRAM_LB";
 pub const ENV_SOCKET_REDIRECT: &str = "MESHPATH_SOCKET_REDIRECT";
 pub const ENV_CONNECTION_LIMITS: &str = "MESHPATH_CONNECTION_LIMITS";
 pub const ENV_TCP_METRICS: &str = "MESHPATH_TCP_METRICS";
+pub const ENV_TCP_GETPEERNAME: &str = "MESHPATH_TCP_GETPEERNAME";
 pub const ENV_UDP_STICKY_TIMEOUT: &str = "MESHPATH_UDP_STICKY_TIMEOUT";
 pub const ENV_CONN_LIMIT_SOCK_RELEASE: &str = "MESHPATH_CONN_LIMIT_SOCK_RELEASE";
 pub const ENV_BPF_LOG: &str = "MESHPATH_BPF_LOG";
@@ -291,6 +292,12 @@ pub struct AgentArgs {
     /// TCP socket iterator. Off: sock_ops records nothing for them, the iterator is not loaded.
     #[arg(long, env = ENV_TCP_METRICS, default_value_t = true, action = clap::ArgAction::Set)]
     pub tcp_metrics: bool,
+    /// getpeername() of a TCP socket connected through a ClusterIP shows the ClusterIP:port, as
+    /// kube-proxy's DNAT does. Off: it shows the backend the connect went to, and connect4 gives
+    /// the socket no storage unless the TCP metrics need it (creating that storage is most of
+    /// what a translated connect costs in the kernel). UDP sockets keep their reversal.
+    #[arg(long, env = ENV_TCP_GETPEERNAME, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tcp_getpeername: bool,
     /// How often live connections' bytes reach `istio_tcp_*_bytes_total` (milliseconds): the
     /// agent runs the kernel's TCP socket iterator over the pods' namespaces this often; closes
     /// always report at once.
@@ -542,6 +549,7 @@ impl From<&AgentArgs> for AgentConfig {
                 connection_limits: a.connection_limits,
                 tcp_metrics: a.tcp_metrics,
                 tcp_metrics_sample_ms: a.tcp_metrics_sample_ms,
+                tcp_getpeername: a.tcp_getpeername,
                 udp_sticky_timeout_sec: a.udp_sticky_timeout,
                 conn_limit_sock_release: a.conn_limit_sock_release,
                 bpf_log: a.bpf_log,

@@ -63,6 +63,35 @@ fn tcp_connect_to_cluster_ip_reaches_a_backend_and_getpeername_shows_the_cluster
     assert!(counter(&s, "getpeername_reversed") >= 1);
 }
 
+/// `--tcp-getpeername false`: TCP sockets see the backend they reached (with the TCP metrics on,
+/// which still give the socket its storage, and off, which leave it none); connected UDP keeps
+/// its reversal.
+#[test]
+fn tcp_getpeername_off_shows_the_backend_and_keeps_udp_reversal() {
+    skip_unless!(AGENT);
+    for metrics in ["true", "false"] {
+        let c = cluster_with(&["--tcp-getpeername", "false", "--tcp-metrics", metrics]);
+        let backends: Vec<String> = (1..=3)
+            .map(|i| format!("{}:8080", c.node.pod(i).ip()))
+            .collect();
+        let r = c.node.tcp(0, addr(VIP, 80), 10).expect("tcp client");
+        assert_eq!(r.ok(), 10, "{r:?}");
+        let peer = r.first_peer.clone().unwrap_or_default();
+        assert!(
+            backends.contains(&peer),
+            "metrics {metrics}: getpeername showed {peer:?}, not one of {backends:?}"
+        );
+        let u = c
+            .node
+            .udp_connected(0, addr("10.96.0.53", 53), 5)
+            .expect("udp client");
+        assert_eq!(u.ok(), 5, "{u:?}");
+        assert_eq!(u.first_peer.as_deref(), Some("10.96.0.53:53"));
+        let s = c.status();
+        assert!(counter(&s, "connect_translated") >= 10);
+    }
+}
+
 #[test]
 fn connected_udp_is_translated_and_getpeername_shows_the_cluster_ip() {
     skip_unless!(AGENT);

@@ -19,10 +19,25 @@ fn kernel_cost_per_program_over_short_connections_with_redirection() {
     skip_unless!(&bpf_stats::needs());
     let c = bpf_stats::fortio_service(VIP, &["--socket-redirect", "all"]);
     let url = format!("http://{VIP}/echo");
-    let redirected_before = meshpath_tests::agent::counter(&c.status(), "msg_redirected");
+    let before = c.status();
     let m = bpf_stats::measure(&c.node, 0, &url, CONNECTIONS).expect("measuring");
-    let redirected =
-        meshpath_tests::agent::counter(&c.status(), "msg_redirected") - redirected_before;
+    let after = c.status();
+    let counter = |name: &str| {
+        meshpath_tests::agent::counter(&after, name) - meshpath_tests::agent::counter(&before, name)
+    };
+    let redirected = counter("msg_redirected");
+    // What the programs did, per connection: tells a cheap early return from a full run.
+    if let Some(names) = after["counters"].as_object() {
+        for name in names.keys() {
+            let n = counter(name);
+            if n > 0 {
+                eprintln!(
+                    "EVENTS {name}: {:.2} per connection",
+                    n as f64 / f64::from(CONNECTIONS)
+                );
+            }
+        }
+    }
     for p in &m.programs {
         eprintln!(
             "RESULT {}: {} runs, {:.2} per connection, {:.0} ns per run",

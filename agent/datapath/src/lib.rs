@@ -82,6 +82,10 @@ pub struct Features {
     pub tcp_metrics: bool,
     /// How often the agent samples live connections' bytes into their pairs (milliseconds, ≥ 1).
     pub tcp_metrics_sample_ms: u32,
+    /// getpeername() of a TCP socket connected through a ClusterIP shows the ClusterIP:port (as
+    /// kube-proxy's DNAT does). Off: it shows the backend, and connect4 gives the socket no
+    /// storage unless `tcp_metrics` needs it (that storage is most of a translated connect's cost).
+    pub tcp_getpeername: bool,
     /// How long an unconnected UDP socket keeps its backend after its last datagram (seconds);
     /// 0: one pick per datagram. Needs `udp_datagram_lb`.
     pub udp_sticky_timeout_sec: u32,
@@ -189,6 +193,7 @@ impl Datapath {
         }
         let mut maps = DatapathMaps::from_ebpf(&mut ebpf)?;
         write_udp_sticky(&mut maps, features)?;
+        write_tcp_getpeername(&mut maps, features)?;
         redirect::setup(
             &mut ebpf,
             &mut maps,
@@ -316,6 +321,21 @@ fn write_udp_sticky(maps: &mut DatapathMaps, features: Features) -> Result<(), D
     };
     maps.config
         .set(meshpath_common::CONFIG_UDP_STICKY_SEC, timeout, 0)
+        .map_err(|source| DatapathError::Map {
+            name: meshpath_common::MAP_CONFIG,
+            source,
+        })
+}
+
+/// The TCP getpeername switch (`CONFIG_TCP_GETPEERNAME_OFF`, 0 = on so a never-written slot keeps
+/// the default), read by connect4 and getpeername on every call.
+fn write_tcp_getpeername(maps: &mut DatapathMaps, features: Features) -> Result<(), DatapathError> {
+    maps.config
+        .set(
+            meshpath_common::CONFIG_TCP_GETPEERNAME_OFF,
+            u32::from(!features.tcp_getpeername),
+            0,
+        )
         .map_err(|source| DatapathError::Map {
             name: meshpath_common::MAP_CONFIG,
             source,

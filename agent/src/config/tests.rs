@@ -31,6 +31,7 @@ fn defaults() {
             tcp_metrics_sample_ms: 5_000,
             udp_sticky_timeout_sec: 120,
             conn_limit_sock_release: true,
+            tcp_getpeername: true,
             bpf_log: false
         }
     );
@@ -84,6 +85,7 @@ fn off_switches_and_policy() {
         "--udp-sticky-timeout",
         "0",
         "--conn-limit-sock-release=false",
+        "--tcp-getpeername=false",
         "--default-lb-policy",
         "round-robin",
     ]);
@@ -98,6 +100,7 @@ fn off_switches_and_policy() {
             tcp_metrics_sample_ms: 5_000,
             udp_sticky_timeout_sec: 0,
             conn_limit_sock_release: false,
+            tcp_getpeername: false,
             bpf_log: false
         }
     );

@@ -96,6 +96,12 @@ pub const CONFIG_SLOTS: u32 = 4;
 /// per-connection switch (read when a connection is established), never per message: switching a
 /// live connection between the TCP path and the redirect path could reorder its bytes.
 pub const CONFIG_REDIRECT: u32 = 0;
+/// `MP_CONFIG[CONFIG_TCP_GETPEERNAME_OFF]`: 1 when getpeername() of a TCP socket connected through
+/// a ClusterIP shows the backend (`--tcp-getpeername false`); 0, the default (and what a slot
+/// never written holds), shows the ClusterIP:port as kube-proxy's DNAT does. Off, connect4 gives a
+/// TCP socket no storage (`TcpSock`) unless the TCP metrics need it: creating it is most of what
+/// a translated connect costs.
+pub const CONFIG_TCP_GETPEERNAME_OFF: u32 = 3;
 /// [`CONFIG_REDIRECT`] values: the feature is off (agent flag), on, or paused at run time.
 pub const REDIRECT_OFF: u32 = 0;
 pub const REDIRECT_ON: u32 = 1;

@@ -10,11 +10,14 @@ use aya_ebpf::bindings::bpf_sock_addr;
 use aya_ebpf::helpers::bpf_get_socket_cookie;
 use aya_ebpf::programs::SockAddrContext;
 use aya_ebpf::EbpfContext;
-use meshpath_common::{Backend, Reason, RevNatKey, RevNatSk, RevNatValue, ServiceKey, PROTO_TCP};
+use meshpath_common::{
+    Backend, Reason, RevNatKey, RevNatSk, RevNatValue, ServiceKey, CONFIG_TCP_GETPEERNAME_OFF,
+    CONFIG_TCP_METRICS, PROTO_TCP,
+};
 
 use crate::addr::{self, Family};
 use crate::counters::bump;
-use crate::maps::{MP_REVNAT, MP_SERVICES, MP_TCP_SK};
+use crate::maps::{MP_CONFIG, MP_REVNAT, MP_SERVICES, MP_TCP_SK};
 use crate::tcp_metrics::TCP_CLOSE;
 
 /// The frontend a translated socket asked for.
@@ -43,6 +46,11 @@ pub fn remember(
     frontend: Frontend,
 ) {
     if proto == PROTO_TCP {
+        // The socket's storage serves getpeername() and the TCP metrics; with both off it is not
+        // created (two array reads, against an allocation).
+        if !tcp_getpeername() && MP_CONFIG.get(CONFIG_TCP_METRICS).copied().unwrap_or(0) == 0 {
+            return;
+        }
         let sk = sk(ctx.sock_addr);
         // SAFETY: the context's own socket.
         let Some(v) = (unsafe { MP_TCP_SK.get_or_create(sk) }) else {
@@ -86,6 +94,13 @@ pub fn remember(
     }
 }
 
+/// Whether getpeername() of a translated TCP socket shows the frontend (see
+/// `CONFIG_TCP_GETPEERNAME_OFF`).
+#[inline(always)]
+fn tcp_getpeername() -> bool {
+    MP_CONFIG.get(CONFIG_TCP_GETPEERNAME_OFF).copied().unwrap_or(0) == 0
+}
+
 /// At getpeername()/recvmsg(): shows the frontend instead of the backend, while the frontend is
 /// still the same service (a frontend deleted, or its address given to another service, must
 /// not be reported as this socket's peer).
@@ -98,6 +113,9 @@ pub fn reverse(ctx: &SockAddrContext, family: Family, reason: Reason) {
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let (backend_port_be, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
     let found = if proto == PROTO_TCP {
+        if !tcp_getpeername() {
+            return;
+        }
         tcp_frontend(sa, backend_ip_be, backend_port_be)
     } else {
         udp_frontend(ctx, backend_ip_be, backend_port_be)

@@ -4,7 +4,7 @@
 //! to the client needs no second routing decision.
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams,
+    bindings::{bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -41,8 +41,23 @@ pub fn to_fib_nexthop(ctx: &TcContext, saddr_be: u32, daddr_be: u32) -> Result<i
     if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
         return Err(TcReason::FibFailed);
     }
-    // SAFETY: no params: the kernel looks the nexthop up itself on `params.ifindex`.
-    let verdict = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
+    // On success the lookup wrote the next hop (the gateway, or the destination itself) over
+    // `ipv4_dst`: handed to the redirect, the kernel does not route the packet a second time.
+    // Without a resolved neighbour, no next hop: the kernel routes it again and resolves it.
+    let mut nh = bpf_redir_neigh {
+        nh_family: u32::from(AF_INET),
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            // SAFETY: reading the union member the lookup wrote.
+            ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
+        },
+    };
+    let (nh_ptr, nh_len) = if rc == FIB_SUCCESS {
+        (&raw mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32)
+    } else {
+        (core::ptr::null_mut(), 0)
+    };
+    // SAFETY: `nh` lives on this stack frame, its size is passed along (or no params at all).
+    let verdict = unsafe { bpf_redirect_neigh(params.ifindex, nh_ptr, nh_len, 0) };
     if verdict != TC_ACT_REDIRECT {
         return Err(TcReason::FibFailed);
     }

@@ -17,9 +17,10 @@
 //! Medians and p99 go to stdout and to bench-results/kube-latest.md, with the load average.
 
 mod churn;
+mod create;
+mod http;
 mod report;
 
-use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -90,11 +91,15 @@ pub fn run(args: BenchKubeArgs) -> anyhow::Result<()> {
         crate::build_ebpf::run()?;
         crate::test::cargo(&["build", "--release", "-p", "meshpath", "--bins"])?;
     }
-    let meshpath = workspace_root().join("target/release/meshpath");
-    if !meshpath.is_file() {
-        bail!("{} missing: run without --no-build", meshpath.display());
+    // MESHPATH_BIN, when set, is run instead: e.g. a script that execs the release agent under
+    // a profiler (keeping its pid, which the RSS and CPU figures read).
+    if std::env::var_os("MESHPATH_BIN").is_none() {
+        let meshpath = workspace_root().join("target/release/meshpath");
+        if !meshpath.is_file() {
+            bail!("{} missing: run without --no-build", meshpath.display());
+        }
+        std::env::set_var("MESHPATH_BIN", &meshpath);
     }
-    std::env::set_var("MESHPATH_BIN", &meshpath);
     let mut rows = Vec::new();
     for &n in &args.services {
         rows.push(one_size(n, &args)?);
@@ -114,9 +119,16 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         service_cidr: "10.96.0.0/12".into(),
     })?;
     let t0 = Instant::now();
-    create_objects(&kube, n)?;
+    {
+        let proxy = churn::Proxy::start(&kube)?;
+        create::run(proxy.port, n)?;
+    }
     let create_s = t0.elapsed().as_secs_f64();
-    eprintln!("bench-kube: created {} objects in {create_s:.1} s", 2 * n);
+    eprintln!(
+        "bench-kube: created {} objects in {create_s:.1} s ({:.0}/s)",
+        2 * n,
+        f64::from(2 * n) / create_s
+    );
 
     let node = Node::new(1)?;
     let log = node.work_dir().join("agent.log");
@@ -260,49 +272,6 @@ fn churn_phase(
         latency_us,
         cpu_share,
     })
-}
-
-/// Services without selectors and their EndpointSlices, created by four kubectl processes at
-/// once (the API server takes one object per request).
-fn create_objects(kube: &KubeCluster, n: u32) -> anyhow::Result<()> {
-    let parts = 4;
-    let mut files = Vec::new();
-    for part in 0..parts {
-        let file = kube.run_dir().join(format!("objects-{part}.yaml"));
-        let mut yaml = String::new();
-        for i in (part..n).step_by(parts as usize) {
-            write_service(&mut yaml, i);
-        }
-        std::fs::write(&file, yaml)?;
-        files.push(file.display().to_string());
-    }
-    std::thread::scope(|s| {
-        let workers: Vec<_> = files
-            .iter()
-            .map(|f| s.spawn(move || kube.kubectl_ok(["create", "-o", "name", "-f", f.as_str()])))
-            .collect();
-        for w in workers {
-            w.join().expect("kubectl thread")?;
-        }
-        Ok(())
-    })
-}
-
-fn write_service(yaml: &mut String, i: u32) {
-    let _ = write!(
-        yaml,
-        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i}-1\n  labels:\n    kubernetes.io/service-name: svc-{i}\naddressType: IPv4\nports:\n- name: http\n  port: 8080\n  protocol: TCP\nendpoints:\n"
-    );
-    for j in 0..ENDPOINTS {
-        let a = i * ENDPOINTS + j + 1;
-        let _ = writeln!(
-            yaml,
-            "- addresses: [\"10.{}.{}.{}\"]",
-            128 + (a >> 16),
-            (a >> 8) & 255,
-            a & 255
-        );
-    }
 }
 
 /// Unix µs of the first agent log line containing `needle` (tracing's RFC 3339 UTC stamp).

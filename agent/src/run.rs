@@ -84,6 +84,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         join_cgroup(cgroup).map_err(|e| *e)?;
     }
     let cgroup = attach_cgroup(&cfg)?;
+    meshpath_datapath::batch::set_enabled(cfg.map_batch_writes);
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cgroup, cfg.features)?;
     // Loading parsed the kernel's BTF (freed now, resident until trimmed).
     crate::heap::release_free();

@@ -54,14 +54,9 @@ pub fn add(
     desired: &BTreeSet<SvcBackendKey>,
     current: &BTreeSet<SvcBackendKey>,
 ) -> Result<usize, ApplyError> {
-    let mut n = 0;
-    for pair in desired.difference(current) {
-        maps.svc_backends
-            .insert(pair, 1, 0)
-            .map_err(map_err("insert"))?;
-        n += 1;
-    }
-    Ok(n)
+    let added: Vec<(SvcBackendKey, u8)> = desired.difference(current).map(|p| (*p, 1)).collect();
+    crate::batch::insert_all(&mut maps.svc_backends, &added).map_err(map_err("insert"))?;
+    Ok(added.len())
 }
 
 /// Removes the pairs `current` has and `desired` lacks.

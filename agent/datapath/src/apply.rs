@@ -84,14 +84,13 @@ pub fn apply(
     };
 
     // 1. Backends first: slots written below may name them.
-    let changed: Vec<(u32, meshpath_common::Backend)> = desired
+    let changed = desired
         .backends
         .iter()
         .filter(|(id, b)| current_backends.get(id) != Some(b))
-        .map(|(id, b)| (*id, *b))
-        .collect();
-    insert_all(&mut maps.backends, &changed).map_err(err(MAP_BACKENDS, "insert"))?;
-    stats.upserts += changed.len();
+        .map(|(id, b)| (*id, *b));
+    stats.upserts +=
+        insert_all(&mut maps.backends, changed).map_err(err(MAP_BACKENDS, "insert"))?;
 
     // 1a. Membership pairs before the slots that name them (`members.rs`).
     let desired_members = crate::members::pairs(desired);
@@ -118,22 +117,24 @@ pub fn apply(
         .filter(|(k, _)| k.slot == 0)
         .map(|(_, v)| v.svc_id)
         .collect();
-    // Written in order, all slots before any header: a batch holds the same order.
-    let (changed_headers, changed_slots): (Vec<(ServiceKey, ServiceValue)>, Vec<_>) = desired
-        .services
-        .iter()
-        .filter(|(k, v)| current_services.get(k) != Some(v))
-        .map(|(k, v)| (*k, *v))
-        .partition(|(k, _)| k.slot == 0);
-    insert_all(&mut maps.services, &changed_slots).map_err(err(MAP_SERVICES, "insert"))?;
-    for (_, value) in &changed_headers {
+    // All slots before any header (a batch writes its entries in order).
+    let changed = |slots: bool| {
+        desired
+            .services
+            .iter()
+            .filter(move |(k, v)| (k.slot != 0) == slots && current_services.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+    };
+    stats.upserts +=
+        insert_all(&mut maps.services, changed(true)).map_err(err(MAP_SERVICES, "insert"))?;
+    for (_, value) in changed(false) {
         if !current_ids.contains(&value.svc_id) {
             // A service id new to the maps may have been used by a frontend removed earlier.
             reset_service_stats(maps, value.svc_id)?;
         }
     }
-    insert_all(&mut maps.services, &changed_headers).map_err(err(MAP_SERVICES, "insert"))?;
-    stats.upserts += changed_slots.len() + changed_headers.len();
+    stats.upserts +=
+        insert_all(&mut maps.services, changed(false)).map_err(err(MAP_SERVICES, "insert"))?;
     // 3. Stale entries: headers before their slots, so a reader sees "no service" or a full one.
     let mut stale: Vec<&ServiceKey> = current_services
         .keys()
@@ -161,13 +162,12 @@ pub fn apply(
         stats.deletes += 1;
     }
     // 5. Names, for `meshpath status`.
-    let changed: Vec<(u32, ServiceName)> = desired
+    let changed = desired
         .names
         .iter()
         .filter(|(id, name)| current_names.get(id) != Some(name))
-        .map(|(id, name)| (*id, *name))
-        .collect();
-    insert_all(&mut maps.names, &changed).map_err(err(MAP_SVC_NAMES, "insert"))?;
+        .map(|(id, name)| (*id, *name));
+    insert_all(&mut maps.names, changed).map_err(err(MAP_SVC_NAMES, "insert"))?;
     for id in current_names
         .keys()
         .filter(|id| !desired.names.contains_key(id))

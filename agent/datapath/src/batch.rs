@@ -36,29 +36,33 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Writes every `(key, value)` into `map`, in order, in as few syscalls as the kernel allows.
+/// Writes every `(key, value)` into `map`, in order, in as few syscalls as the kernel allows;
+/// returns how many. Entries are taken [`CHUNK`] at a time, so no copy of them all is made.
 pub fn insert_all<K: Pod, V: Pod>(
     map: &mut HashMap<MapData, K, V>,
-    entries: &[(K, V)],
-) -> Result<(), MapError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if ENABLED.load(Ordering::Relaxed) {
-        let fd = map.map().fd().as_fd();
-        let mut keys = Vec::with_capacity(entries.len().min(CHUNK));
-        let mut values = Vec::with_capacity(entries.len().min(CHUNK));
-        let mut done = 0;
-        for chunk in entries.chunks(CHUNK) {
-            keys.clear();
-            values.clear();
-            keys.extend(chunk.iter().map(|(k, _)| *k));
-            values.extend(chunk.iter().map(|(_, v)| *v));
-            match update_batch(fd, &keys, &values) {
-                Ok(()) => done += chunk.len(),
-                // No batch update here: the rest one by one (rewriting a chunk's written head
-                // is harmless, the values are the same).
-                Err(e) if done == 0 && unsupported(&e) => break,
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> Result<usize, MapError> {
+    let mut batch = ENABLED.load(Ordering::Relaxed);
+    let mut entries = entries.into_iter();
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    loop {
+        keys.clear();
+        values.clear();
+        for (k, v) in entries.by_ref().take(CHUNK) {
+            keys.push(k);
+            values.push(v);
+        }
+        if keys.is_empty() {
+            return Ok(n);
+        }
+        n += keys.len();
+        if batch {
+            match update_batch(map.map().fd().as_fd(), &keys, &values) {
+                Ok(()) => continue,
+                // No batch update here: this chunk and the rest one by one (rewriting what
+                // the call may have written is harmless, the values are the same).
+                Err(e) if unsupported(&e) => batch = false,
                 Err(io_error) => {
                     return Err(MapError::SyscallError(aya::sys::SyscallError {
                         call: "bpf_map_update_batch",
@@ -67,14 +71,10 @@ pub fn insert_all<K: Pod, V: Pod>(
                 }
             }
         }
-        if done == entries.len() {
-            return Ok(());
+        for (k, v) in keys.iter().zip(&values) {
+            map.insert(k, v, 0)?;
         }
     }
-    for (k, v) in entries {
-        map.insert(k, v, 0)?;
-    }
-    Ok(())
 }
 
 fn unsupported(e: &std::io::Error) -> bool {

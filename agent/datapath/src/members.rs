@@ -54,9 +54,8 @@ pub fn add(
     desired: &BTreeSet<SvcBackendKey>,
     current: &BTreeSet<SvcBackendKey>,
 ) -> Result<usize, ApplyError> {
-    let added: Vec<(SvcBackendKey, u8)> = desired.difference(current).map(|p| (*p, 1)).collect();
-    crate::batch::insert_all(&mut maps.svc_backends, &added).map_err(map_err("insert"))?;
-    Ok(added.len())
+    let added = desired.difference(current).map(|p| (*p, 1));
+    crate::batch::insert_all(&mut maps.svc_backends, added).map_err(map_err("insert"))
 }
 
 /// Removes the pairs `current` has and `desired` lacks.

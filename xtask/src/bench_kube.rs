@@ -154,11 +154,13 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         let programmed_ms = (log_time_us(&text, "programmed")? - started) as f64 / 1e3;
         let pid = agent.pid().context("agent not running")?;
         let rss_kib = churn::status_kib(pid, "VmRSS:")?;
+        let peak_kib = churn::status_kib(pid, "VmHWM:")?;
         eprintln!(
             "bench-kube: start {}: listed {listed_ms:.0} ms, programmed {programmed_ms:.0} ms, \
-             RSS {:.1} MiB ({})",
+             RSS {:.1} MiB (peak so far {:.1} MiB; {})",
             starts.len() + 1,
             rss_kib as f64 / 1024.0,
+            peak_kib as f64 / 1024.0,
             text.lines()
                 .find(|l| l.contains("reconcile timing"))
                 .and_then(|l| l.split("reconcile timing").nth(1))

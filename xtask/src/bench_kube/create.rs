@@ -3,9 +3,11 @@
 //! object per request, one request at a time, under kubectl's client-side rate limit).
 //!
 //! What bounds the rate at 10 000 Services and beyond is the API server itself: each Service's
-//! ClusterIP allocation counts every IPAddress object for its metrics (a `perf` of
-//! kube-apiserver 1.36 at ~9 500 Services: two thirds of its CPU in `ipallocator.Used`), so a
-//! create costs time in proportion to the Services already there.
+//! ClusterIP allocation counts every IPAddress object for its metrics (`ipallocator.Used`, which
+//! lists them by label and parses each name), so a create costs time in proportion to the
+//! Services already there. A `perf` of kube-apiserver 1.36 at ~9 500 Services: `Used` 13 % of
+//! the samples, and string compares, map lookups, `IPAddress.GetLabels` and `netip.ParseAddr`
+//! (what that loop does) another 55 %.
 
 use std::fmt::Write as _;
 use std::net::TcpStream;

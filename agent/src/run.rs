@@ -84,6 +84,29 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         join_cgroup(cgroup).map_err(|e| *e)?;
     }
     let cgroup = attach_cgroup(&cfg)?;
+    meshpath_datapath::batch::set_enabled(cfg.map_batch_writes);
+    let sync = meshpath_source::sync_metrics::SyncMetrics::default();
+    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
+    let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
+    // Before the source: the uninstall that may stop this agent is seen from the start.
+    let lifecycle = start_lifecycle(&cfg).await;
+    // The Kubernetes list runs while the programs load (the kernel verifier's work on this
+    // thread, the list's on the runtime's other): at 10 000 Services each takes about half a
+    // second. Nothing is programmed before both are done.
+    let mut model_tx = Some(model_tx);
+    let mut status_tx = Some(status_tx);
+    let mut kube_source = match &cfg.source {
+        SourceConfig::Kube(options) => Some(
+            KubeSource::start(
+                options,
+                model_tx.take().expect("model sender"),
+                status_tx.take().expect("status sender"),
+                sync.clone(),
+            )
+            .await?,
+        ),
+        SourceConfig::Manifests(_) => None,
+    };
     let mut datapath = Datapath::load(object, &cfg.pin_dir, &cgroup, cfg.features)?;
     // Loading parsed the kernel's BTF (freed now, resident until trimmed).
     crate::heap::release_free();
@@ -141,8 +164,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let conn_reset_metrics = crate::conn_reset::ConnResetMetrics::default();
     let dns = start_dns(&cfg, &dns_metrics)?;
     let programmed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sync = meshpath_source::sync_metrics::SyncMetrics::default();
-    let (model_tx, mut model_rx) = watch::channel(Arc::new(ClusterModel::default()));
     let tcp_metrics = if cfg.features.tcp_metrics {
         match meshpath_datapath::tcp_metrics::TcpMetricsReader::open_pinned(&cfg.pin_dir) {
             Ok(reader) => Some(Arc::new(crate::tcp_metrics::KernelTcpMetrics::new(
@@ -176,18 +197,21 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let cause = std::error::Error::source(&e).map(ToString::to_string);
         warn!(error = %e, cause = cause.as_deref().unwrap_or(""), "admin listener not started");
     }
-    // Before the source: the uninstall that may stop this agent is seen from the start.
-    let lifecycle = start_lifecycle(&cfg).await;
     // After the admin listener: its probes answer while the first list is awaited.
-    let (status_tx, _status_rx) = watch::channel(Arc::new(SourceStatus::default()));
     let _source = match &cfg.source {
         SourceConfig::Manifests(dir) => {
-            let watcher = ManifestWatcher::start(dir, model_tx, status_tx)?;
+            let watcher = ManifestWatcher::start(
+                dir,
+                model_tx.take().expect("model sender"),
+                status_tx.take().expect("status sender"),
+            )?;
             info!(dir = %dir.display(), "watching manifests");
             RunningSource::Manifests(watcher)
         }
-        SourceConfig::Kube(options) => {
-            let source = KubeSource::start(options, model_tx, status_tx, sync.clone()).await?;
+        SourceConfig::Kube(_) => {
+            let source = kube_source
+                .take()
+                .expect("started before the datapath loaded");
             // Until every kind is listed, what is pinned (from a previous run) stays as is: an
             // empty or partial model would flush it.
             info!("waiting for the first complete list from the Kubernetes API");

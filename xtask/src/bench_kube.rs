@@ -17,9 +17,10 @@
 //! Medians and p99 go to stdout and to bench-results/kube-latest.md, with the load average.
 
 mod churn;
+mod create;
+mod http;
 mod report;
 
-use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,10 @@ pub struct BenchKubeArgs {
     /// Churn phase: how long, in seconds.
     #[arg(long, default_value_t = 30)]
     pub churn_seconds: u64,
+    /// Agent starts over the same objects at each size: the full-sync figures are the median
+    /// over them (each start also printed); the changes and churn run on the last.
+    #[arg(long, default_value_t = 1)]
+    pub agent_starts: u32,
     /// Use the existing release binaries.
     #[arg(long)]
     pub no_build: bool,
@@ -90,11 +95,15 @@ pub fn run(args: BenchKubeArgs) -> anyhow::Result<()> {
         crate::build_ebpf::run()?;
         crate::test::cargo(&["build", "--release", "-p", "meshpath", "--bins"])?;
     }
-    let meshpath = workspace_root().join("target/release/meshpath");
-    if !meshpath.is_file() {
-        bail!("{} missing: run without --no-build", meshpath.display());
+    // MESHPATH_BIN, when set, is run instead: e.g. a script that execs the release agent under
+    // a profiler (keeping its pid, which the RSS and CPU figures read).
+    if std::env::var_os("MESHPATH_BIN").is_none() {
+        let meshpath = workspace_root().join("target/release/meshpath");
+        if !meshpath.is_file() {
+            bail!("{} missing: run without --no-build", meshpath.display());
+        }
+        std::env::set_var("MESHPATH_BIN", &meshpath);
     }
-    std::env::set_var("MESHPATH_BIN", &meshpath);
     let mut rows = Vec::new();
     for &n in &args.services {
         rows.push(one_size(n, &args)?);
@@ -114,25 +123,65 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         service_cidr: "10.96.0.0/12".into(),
     })?;
     let t0 = Instant::now();
-    create_objects(&kube, n)?;
+    {
+        let proxy = churn::Proxy::start(&kube)?;
+        create::run(proxy.port, n)?;
+    }
     let create_s = t0.elapsed().as_secs_f64();
-    eprintln!("bench-kube: created {} objects in {create_s:.1} s", 2 * n);
+    eprintln!(
+        "bench-kube: created {} objects in {create_s:.1} s ({:.0}/s)",
+        2 * n,
+        f64::from(2 * n) / create_s
+    );
 
-    let node = Node::new(1)?;
-    let log = node.work_dir().join("agent.log");
-    let started = unix_now_us();
-    let mut agent = Agent::start_kube(
-        kube.kubeconfig(),
-        node.cgroup_path(),
-        node.pin_dir(),
-        &log,
-        &["--admin-addr", "127.0.0.1:0"],
-    )?;
-    let text = agent.log();
-    let listed_ms = (log_time_us(&text, "Kubernetes state listed")? - started) as f64 / 1e3;
-    let programmed_ms = (log_time_us(&text, "programmed")? - started) as f64 / 1e3;
+    let mut starts = Vec::new();
+    let (_node, mut agent) = loop {
+        let node = Node::new(1)?;
+        let log = node.work_dir().join("agent.log");
+        let started = unix_now_us();
+        let mut agent = Agent::start_kube(
+            kube.kubeconfig(),
+            node.cgroup_path(),
+            node.pin_dir(),
+            &log,
+            &["--admin-addr", "127.0.0.1:0"],
+        )?;
+        // The first pass logs its own `change programmed` after `programmed`: counted before
+        // the first timed change, not as it.
+        agent.wait_log("change programmed", Duration::from_secs(10))?;
+        let text = agent.log();
+        let listed_ms = (log_time_us(&text, "Kubernetes state listed")? - started) as f64 / 1e3;
+        let programmed_ms = (log_time_us(&text, "programmed")? - started) as f64 / 1e3;
+        let pid = agent.pid().context("agent not running")?;
+        let rss_kib = churn::status_kib(pid, "VmRSS:")?;
+        let peak_kib = churn::status_kib(pid, "VmHWM:")?;
+        eprintln!(
+            "bench-kube: start {}: listed {listed_ms:.0} ms, programmed {programmed_ms:.0} ms, \
+             RSS {:.1} MiB (peak so far {:.1} MiB; {})",
+            starts.len() + 1,
+            rss_kib as f64 / 1024.0,
+            peak_kib as f64 / 1024.0,
+            text.lines()
+                .find(|l| l.contains("reconcile timing"))
+                .and_then(|l| l.split("reconcile timing").nth(1))
+                .unwrap_or("")
+                .trim()
+        );
+        starts.push((listed_ms, programmed_ms, rss_kib));
+        if starts.len() >= args.agent_starts.max(1) as usize {
+            break (node, agent);
+        }
+        agent.stop()?;
+    };
+    let median = |f: fn(&(f64, f64, u64)) -> f64| {
+        let mut v: Vec<f64> = starts.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let listed_ms = median(|s| s.0);
+    let programmed_ms = median(|s| s.1);
+    let synced_rss_kib = median(|s| s.2 as f64) as u64;
     let pid = agent.pid().context("agent not running")?;
-    let synced_rss_kib = churn::status_kib(pid, "VmRSS:")?;
 
     let mut latency_us = Vec::new();
     for i in 0..changes {
@@ -260,49 +309,6 @@ fn churn_phase(
         latency_us,
         cpu_share,
     })
-}
-
-/// Services without selectors and their EndpointSlices, created by four kubectl processes at
-/// once (the API server takes one object per request).
-fn create_objects(kube: &KubeCluster, n: u32) -> anyhow::Result<()> {
-    let parts = 4;
-    let mut files = Vec::new();
-    for part in 0..parts {
-        let file = kube.run_dir().join(format!("objects-{part}.yaml"));
-        let mut yaml = String::new();
-        for i in (part..n).step_by(parts as usize) {
-            write_service(&mut yaml, i);
-        }
-        std::fs::write(&file, yaml)?;
-        files.push(file.display().to_string());
-    }
-    std::thread::scope(|s| {
-        let workers: Vec<_> = files
-            .iter()
-            .map(|f| s.spawn(move || kube.kubectl_ok(["create", "-o", "name", "-f", f.as_str()])))
-            .collect();
-        for w in workers {
-            w.join().expect("kubectl thread")?;
-        }
-        Ok(())
-    })
-}
-
-fn write_service(yaml: &mut String, i: u32) {
-    let _ = write!(
-        yaml,
-        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\nspec:\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i}-1\n  labels:\n    kubernetes.io/service-name: svc-{i}\naddressType: IPv4\nports:\n- name: http\n  port: 8080\n  protocol: TCP\nendpoints:\n"
-    );
-    for j in 0..ENDPOINTS {
-        let a = i * ENDPOINTS + j + 1;
-        let _ = writeln!(
-            yaml,
-            "- addresses: [\"10.{}.{}.{}\"]",
-            128 + (a >> 16),
-            (a >> 8) & 255,
-            a & 255
-        );
-    }
 }
 
 /// Unix µs of the first agent log line containing `needle` (tracing's RFC 3339 UTC stamp).

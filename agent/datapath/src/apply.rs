@@ -13,6 +13,7 @@ use meshpath_common::{
 
 use meshpath_compile::MapContents;
 
+use crate::batch::insert_all;
 use crate::DatapathMaps;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +84,13 @@ pub fn apply(
     };
 
     // 1. Backends first: slots written below may name them.
-    for (id, b) in &desired.backends {
-        if current_backends.get(id) != Some(b) {
-            maps.backends
-                .insert(id, b, 0)
-                .map_err(err(MAP_BACKENDS, "insert"))?;
-            stats.upserts += 1;
-        }
-    }
+    let changed = desired
+        .backends
+        .iter()
+        .filter(|(id, b)| current_backends.get(id) != Some(b))
+        .map(|(id, b)| (*id, *b));
+    stats.upserts +=
+        insert_all(&mut maps.backends, changed).map_err(err(MAP_BACKENDS, "insert"))?;
 
     // 1a. Membership pairs before the slots that name them (`members.rs`).
     let desired_members = crate::members::pairs(desired);
@@ -117,27 +117,24 @@ pub fn apply(
         .filter(|(k, _)| k.slot == 0)
         .map(|(_, v)| v.svc_id)
         .collect();
-    for (key, value) in desired.services.iter().filter(|(k, _)| k.slot != 0) {
-        if current_services.get(key) != Some(value) {
-            maps.services
-                .insert(key, value, 0)
-                .map_err(err(MAP_SERVICES, "insert"))?;
-            stats.upserts += 1;
-        }
-    }
-    for (key, value) in desired.services.iter().filter(|(k, _)| k.slot == 0) {
-        if current_services.get(key) == Some(value) {
-            continue;
-        }
+    // All slots before any header (a batch writes its entries in order).
+    let changed = |slots: bool| {
+        desired
+            .services
+            .iter()
+            .filter(move |(k, v)| (k.slot != 0) == slots && current_services.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+    };
+    stats.upserts +=
+        insert_all(&mut maps.services, changed(true)).map_err(err(MAP_SERVICES, "insert"))?;
+    for (_, value) in changed(false) {
         if !current_ids.contains(&value.svc_id) {
             // A service id new to the maps may have been used by a frontend removed earlier.
             reset_service_stats(maps, value.svc_id)?;
         }
-        maps.services
-            .insert(key, value, 0)
-            .map_err(err(MAP_SERVICES, "insert"))?;
-        stats.upserts += 1;
     }
+    stats.upserts +=
+        insert_all(&mut maps.services, changed(false)).map_err(err(MAP_SERVICES, "insert"))?;
     // 3. Stale entries: headers before their slots, so a reader sees "no service" or a full one.
     let mut stale: Vec<&ServiceKey> = current_services
         .keys()
@@ -165,13 +162,12 @@ pub fn apply(
         stats.deletes += 1;
     }
     // 5. Names, for `meshpath status`.
-    for (id, name) in &desired.names {
-        if current_names.get(id) != Some(name) {
-            maps.names
-                .insert(id, name, 0)
-                .map_err(err(MAP_SVC_NAMES, "insert"))?;
-        }
-    }
+    let changed = desired
+        .names
+        .iter()
+        .filter(|(id, name)| current_names.get(id) != Some(name))
+        .map(|(id, name)| (*id, *name));
+    insert_all(&mut maps.names, changed).map_err(err(MAP_SVC_NAMES, "insert"))?;
     for id in current_names
         .keys()
         .filter(|id| !desired.names.contains_key(id))

@@ -3,6 +3,7 @@
 //! compiler's map contents into them ([`apply`]) and reading them back ([`status`]).
 
 pub mod apply;
+pub mod batch;
 pub mod bpf_log;
 pub mod conn_reset;
 mod error;

@@ -54,14 +54,8 @@ pub fn add(
     desired: &BTreeSet<SvcBackendKey>,
     current: &BTreeSet<SvcBackendKey>,
 ) -> Result<usize, ApplyError> {
-    let mut n = 0;
-    for pair in desired.difference(current) {
-        maps.svc_backends
-            .insert(pair, 1, 0)
-            .map_err(map_err("insert"))?;
-        n += 1;
-    }
-    Ok(n)
+    let added = desired.difference(current).map(|p| (*p, 1));
+    crate::batch::insert_all(&mut maps.svc_backends, added).map_err(map_err("insert"))
 }
 
 /// Removes the pairs `current` has and `desired` lacks.

@@ -2,12 +2,12 @@
 //! keep-alive connections through `kubectl proxy` (a kubectl process per patch would cost more
 //! CPU than the agent under test), and the agent's CPU over the same window.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use meshpath_tests::kube::KubeCluster;
 
 /// Parallel connections the patches are spread over: one request at a time on each.
@@ -109,54 +109,13 @@ pub fn run(port: u16, services: u32, per_second: u32, duration: Duration) -> any
     })
 }
 
-/// One JSON patch over a keep-alive HTTP/1.1 connection; whether the API server accepted it.
+/// One JSON patch; whether the API server accepted it.
 fn patch(conn: &mut TcpStream, svc: u32, ip: &str) -> anyhow::Result<bool> {
     let body = format!(
         "[{{\"op\":\"replace\",\"path\":\"/endpoints/0/addresses/0\",\"value\":\"{ip}\"}}]"
     );
-    write!(
-        conn,
-        "PATCH /apis/discovery.k8s.io/v1/namespaces/default/endpointslices/svc-{svc}-1 HTTP/1.1\r\n\
-         Host: 127.0.0.1\r\nContent-Type: application/json-patch+json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut reader = BufReader::new(conn);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let ok = status.split_whitespace().nth(1) == Some("200");
-    let mut length = None;
-    let mut chunked = false;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("connection closed");
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse::<usize>().ok();
-        }
-        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
-    }
-    if chunked {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim(), 16)?;
-            let mut chunk = vec![0; n + 2];
-            reader.read_exact(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-        }
-    } else {
-        let mut rest = vec![0; length.context("response without a length")?];
-        reader.read_exact(&mut rest)?;
-    }
-    Ok(ok)
+    let path = format!("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/svc-{svc}-1");
+    Ok(super::http::request(conn, "PATCH", &path, "application/json-patch+json", &body)? == 200)
 }
 
 /// The process's user + system CPU time, from /proc.

@@ -548,3 +548,99 @@ fn a_destination_rule_edit_takes_the_per_service_pass() {
     assert_eq!(agent.scoped_passes, 1);
     assert_eq!(limits(&agent), 1, "s0's 5 connections");
 }
+
+/// A one-Service change at 1 000 Services with VirtualServices and DestinationRules present:
+/// what the full pass (compile, rules, L7 compile, render) and the per-Service pass take.
+/// `cargo test -p meshpath-compile --release one_service_change_timing -- --ignored --nocapture`
+#[test]
+#[ignore = "a timing, not a check"]
+fn one_service_change_timing() {
+    let services = 1000;
+    let mut setup = Vec::new();
+    for s in 0..services {
+        let svc = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: a}}\nspec:\n  clusterIP: 10.96.{}.{}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n", s / 250, s % 250 + 1);
+        let mut slice = format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{s}-1, namespace: a, labels: {{kubernetes.io/service-name: svc-{s}}}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n");
+        for e in 0..10u32 {
+            let a = s * 10 + e + 1;
+            slice += &format!(
+                "- addresses: [\"10.{}.{}.{}\"]\n",
+                128 + (a >> 16),
+                (a >> 8) & 255,
+                a & 255
+            );
+        }
+        setup.push((ObjectKind::Service, svc));
+        setup.push((ObjectKind::EndpointSlice, slice));
+    }
+    // 20 VirtualServices (TCP splits and HTTP routes) and 20 DestinationRules.
+    for i in 0..20u32 {
+        let vs = match i % 2 {
+            0 => format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{i}, namespace: a}}\nspec:\n  hosts: [svc-{i}]\n  tcp:\n  - route:\n    - {{destination: {{host: svc-{i}}}, weight: 30}}\n    - {{destination: {{host: svc-{}}}, weight: 70}}\n", i + 100),
+            _ => format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{i}, namespace: a}}\nspec:\n  hosts: [svc-{i}]\n  http:\n  - route:\n    - destination: {{host: svc-{}}}\n", i + 100),
+        };
+        let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r{i}, namespace: a}}\nspec:\n  host: svc-{}\n  trafficPolicy: {{loadBalancer: {{simple: {}}}, connectionPool: {{tcp: {{maxConnections: 50}}}}}}\n", 200 + i, if i % 2 == 0 { "ROUND_ROBIN" } else { "LEAST_REQUEST" });
+        setup.push((ObjectKind::VirtualService, vs));
+        setup.push((ObjectKind::DestinationRule, dr));
+    }
+    let mut aggregate = Aggregate::default();
+    for kind in meshpath_source::kube::aggregate::KINDS {
+        aggregate.apply(kind, Change::Init);
+        aggregate.apply(kind, Change::InitDone);
+    }
+    let apply = |aggregate: &mut Aggregate, kind, yaml: &str| {
+        let object = parse_file(Path::new("bench.yaml"), yaml)
+            .expect("valid")
+            .remove(0);
+        let id = match &object {
+            ParsedObject::Service(s) => s.id.clone(),
+            ParsedObject::EndpointSlice(s) => s.id.clone(),
+            ParsedObject::VirtualService(v) => v.id.clone(),
+            ParsedObject::DestinationRule(d) => d.id.clone(),
+            _ => unreachable!(),
+        };
+        aggregate.apply(
+            kind,
+            Change::Apply(meshpath_source::kube::aggregate::Item {
+                id,
+                result: Ok(Some(object)),
+            }),
+        );
+    };
+    for (kind, yaml) in &setup {
+        apply(&mut aggregate, *kind, yaml);
+    }
+    let mut changes = Changes::default().next(aggregate.take_changes());
+    let mut model = aggregate.model().clone();
+    model.changes = Some(changes.clone());
+    let mut agent = Agent::default();
+    agent.pass(&model);
+    let (mut full, mut scoped) = (Vec::new(), Vec::new());
+    for round in 0..20u32 {
+        // One endpoint of svc-500 moves.
+        let s = 500;
+        let slice = format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{s}-1, namespace: a, labels: {{kubernetes.io/service-name: svc-{s}}}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n- addresses: [\"10.250.0.{}\"]\n", round + 1);
+        apply(&mut aggregate, ObjectKind::EndpointSlice, &slice);
+        changes = changes.next(aggregate.take_changes());
+        model = aggregate.model().clone();
+        model.changes = Some(changes.clone());
+        let mut reference = Full {
+            compiled: agent.full.compiled.clone(),
+            ..Full::default()
+        };
+        let t = std::time::Instant::now();
+        reference.pass(&model, false);
+        full.push(t.elapsed());
+        let before = agent.scoped_passes;
+        let t = std::time::Instant::now();
+        agent.pass(&model);
+        scoped.push(t.elapsed());
+        assert_eq!(agent.scoped_passes, before + 1, "took the per-Service pass");
+    }
+    full.sort();
+    scoped.sort();
+    println!(
+        "{services} Services, 20 VirtualServices, 20 DestinationRules, one Service's slice edited: full pass median {:?}, per-Service pass median {:?}",
+        full[full.len() / 2],
+        scoped[scoped.len() / 2]
+    );
+}

@@ -554,6 +554,7 @@ fn a_destination_rule_edit_takes_the_per_service_pass() {
 /// `cargo test -p meshpath-compile --release one_service_change_timing -- --ignored --nocapture`
 #[test]
 #[ignore = "a timing, not a check"]
+#[allow(clippy::print_stdout)] // the timing is its output
 fn one_service_change_timing() {
     let services = 1000;
     let mut setup = Vec::new();

@@ -64,7 +64,9 @@ impl Reconciler {
             .since(scoped.seq)
             .ok_or("more snapshots skipped than change sets kept")?;
         if set.everything {
-            return Err("a change not scoped to Services (Namespace, Istio object, relist)");
+            return Err(
+                "a change not scoped to Services (Namespace, Node, VirtualService, wildcard DestinationRule, relist)",
+            );
         }
         let changed = touched_services(model, &set);
         if let Err(e) = scoped.rules.check(model, &changed) {

@@ -306,17 +306,23 @@ impl Reconciler {
                     tc.sync(model, &next, maps);
                 }
                 // The per-Service pass continues from here when nothing global is in play.
-                let plain = self.needs_full(model).is_none()
+                // `tcp:` weights and route limits belong to Services VirtualServices name,
+                // which the per-Service pass leaves to this one.
+                let plain = self.needs_full().is_none()
                     && errors.is_empty()
                     && next.allocated_ips.is_empty()
-                    && targets.is_empty()
-                    && weighted.is_empty()
-                    && route_limits.groups.is_empty();
-                self.scoped = match (&model.changes, plain) {
-                    (Some(changes), true) => Some(scoped::ScopedState {
+                    && targets.is_empty();
+                let rules = meshpath_compile::incremental::istio::IstioScope::new(model);
+                self.scoped = match (&model.changes, plain, rules) {
+                    (Some(changes), true, Ok(rules)) => Some(scoped::ScopedState {
                         seq: changes.seq,
                         ids: meshpath_compile::incremental::State::new(&next),
+                        rules,
                     }),
+                    (_, _, Err(e)) => {
+                        tracing::debug!(reason = %e, "the next change compiles every Service too");
+                        None
+                    }
                     _ => None,
                 };
                 self.compiled = next;

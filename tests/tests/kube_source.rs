@@ -134,11 +134,13 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
             .expect("server");
     }
     let kube = KubeCluster::start().expect("kube cluster");
+    install_istio_crds(&kube);
     let kubelet = kube.kubelet(NODE).expect("kubelet");
     kube.apply_yaml(&format!(
-        "{}---\n{}",
+        "{}---\n{}---\n{}",
         deployment("web", "app: web", 2),
-        service("web", WEB_VIP, 80, "app: web")
+        service("web", WEB_VIP, 80, "app: web"),
+        web_rules(7)
     ))
     .expect("apply web");
     let two = kubelet
@@ -243,6 +245,21 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
         report.contains("continued from: per-Service passes"),
         "{report}"
     );
+    // So does an edit of web's DestinationRule, which changes web alone.
+    kube.apply_yaml(&web_rules(9)).expect("edit the rule");
+    let limit = || {
+        let status = a.status().expect("meshpath status");
+        agent::service(&status, "default/web:").map(|s| s["max_connections"].clone())
+    };
+    let nine = wait_until(Duration::from_secs(10), || limit() == Some(9.into()));
+    assert!(nine, "web's limit is {:?}:\n{}", limit(), a.log());
+    let report = agent::meshpath(["recompile", "--admin-addr", &admin])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", a.log()));
+    assert!(report.starts_with("full recompile: same"), "{report}");
+    assert!(
+        report.contains("continued from: per-Service passes"),
+        "{report}"
+    );
 
     // Deleting the Service removes its frontend.
     kube.kubectl_ok(["delete", "service", "web"])
@@ -251,6 +268,30 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
         backends_of(&a, "default/web:").is_none()
     });
     assert!(gone, "default/web still programmed:\n{}", a.log());
+}
+
+/// meshpath's copy of Istio's CRDs, as `kubectl apply -f deploy/` installs them.
+fn install_istio_crds(kube: &KubeCluster) {
+    let crds = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/10-crds-istio.yaml"
+    ))
+    .expect("deploy/10-crds-istio.yaml");
+    kube.apply_yaml(&crds).expect("CRDs");
+    kube.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/virtualservices.networking.istio.io",
+        "crd/destinationrules.networking.istio.io",
+    ])
+    .expect("CRDs established");
+}
+
+/// A DestinationRule for web (round robin, `max` connections) and a VirtualService for another
+/// Service: present, so the per-Service pass applies web's rule itself.
+fn web_rules(max: u32) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: web\nspec:\n  host: web\n  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    connectionPool: {{tcp: {{maxConnections: {max}}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: other\nspec:\n  hosts: [other]\n  tcp:\n  - route:\n    - destination: {{host: other}}\n")
 }
 
 /// Routes `end-user: jason` to v2 and everything else to v3 (the seed's reviews example).
@@ -282,21 +323,7 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
             .expect("server");
     }
     let kube = KubeCluster::start().expect("kube cluster");
-    // meshpath's copy of Istio's CRDs, as `kubectl apply -f deploy/` installs them.
-    let crds = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/10-crds-istio.yaml"
-    ))
-    .expect("deploy/10-crds-istio.yaml");
-    kube.apply_yaml(&crds).expect("CRDs");
-    kube.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/virtualservices.networking.istio.io",
-        "crd/destinationrules.networking.istio.io",
-    ])
-    .expect("CRDs established");
+    install_istio_crds(&kube);
     let kubelet = kube.kubelet(NODE).expect("kubelet");
     let mut objects = vec![service("reviews", REVIEWS_VIP, 80, "app: reviews")];
     for v in 1..=3 {

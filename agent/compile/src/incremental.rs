@@ -10,7 +10,8 @@
 //!
 //! What depends on more than a Service's own objects is not scoped, and the caller compiles
 //! everything instead ([`Unscoped`]): allocated ClusterIPs (they depend on every Service's),
-//! frontend conflicts and compile errors (last good state and who wins depend on name order).
+//! frontend conflicts and compile errors (last good state and who wins depend on name order),
+//! and the Istio cases [`istio`] lists.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -41,6 +42,12 @@ pub enum Unscoped {
     },
     #[error("no free {what} id")]
     OutOfIds { what: &'static str },
+    #[error("VirtualService {vs} names Services by a wildcard host")]
+    WildcardHost { vs: ObjectRef },
+    #[error("{service} is named by a VirtualService")]
+    NamedByVirtualService { service: ObjectRef },
+    #[error("clients of some namespace see another DestinationRule for {service}")]
+    RulePerClient { service: ObjectRef },
 }
 
 /// Lowest-free-first ids, as [`super::alloc::IdAllocator`] hands them out, kept across passes.
@@ -372,5 +379,6 @@ impl Scoped {
     }
 }
 
+pub mod istio;
 #[cfg(test)]
 mod tests;

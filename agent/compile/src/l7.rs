@@ -25,7 +25,7 @@ mod delegate;
 mod error;
 mod export;
 mod routes;
-mod rule_scope;
+pub(crate) mod rule_scope;
 #[cfg(test)]
 mod tests;
 

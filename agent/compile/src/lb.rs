@@ -70,7 +70,7 @@ pub enum ProxyPart {
 }
 
 impl RuleLb {
-    fn of(lb: &LoadBalancer) -> RuleLb {
+    pub(crate) fn of(lb: &LoadBalancer) -> RuleLb {
         match lb {
             LoadBalancer::RoundRobin => RuleLb::RoundRobin,
             LoadBalancer::Random => RuleLb::Random,
@@ -144,14 +144,19 @@ pub fn mark_proxy(
     steered: &BTreeSet<FrontendAddr>,
 ) {
     for (addr, fe) in compiled.frontends.iter_mut() {
-        fe.proxy = match wanted.get(addr) {
-            Some(_) if !steered.contains(addr) => ProxyPart::Unavailable,
-            Some(why) => *why,
-            None if matches!(fe.lb_origin, LbOrigin::Rule(lb) if lb.needs_proxy()) => {
-                ProxyPart::NotHttp
-            }
-            None => ProxyPart::None,
-        };
+        fe.proxy = proxy_part(fe, wanted.get(addr).copied(), steered.contains(addr));
+    }
+}
+
+/// [`mark_proxy`] for one frontend: `wanted` is why it needs the proxy, if it does.
+pub(crate) fn proxy_part(fe: &Frontend, wanted: Option<ProxyPart>, steered: bool) -> ProxyPart {
+    match wanted {
+        Some(_) if !steered => ProxyPart::Unavailable,
+        Some(why) => why,
+        None if matches!(fe.lb_origin, LbOrigin::Rule(lb) if lb.needs_proxy()) => {
+            ProxyPart::NotHttp
+        }
+        None => ProxyPart::None,
     }
 }
 
@@ -199,7 +204,7 @@ pub fn steer_reasons(config: &L7Config) -> BTreeMap<FrontendAddr, ProxyPart> {
 }
 
 /// What `istio::model::TrafficPolicy::needs_proxy` decides, on the merged routing-table policy.
-fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
+pub(crate) fn policy_needs_proxy(p: &meshpath_model::l7::TrafficPolicy) -> bool {
     use meshpath_model::l7::LoadBalancer as Lb;
     let lb = matches!(
         p.load_balancer,

@@ -1,6 +1,6 @@
 //! Which objects changed between two snapshots of a source, so that the agent compiles and writes
-//! only what they touch. A snapshot whose changes are unknown (the manifests source, a relist, an
-//! Istio object edited) says so, and the agent compiles everything.
+//! only what they touch. A snapshot whose changes are unknown (the manifests source, a relist, a
+//! VirtualService edited) says so, and the agent compiles everything.
 //!
 //! The agent may skip snapshots (the source publishes through a channel that keeps only the
 //! newest), so a snapshot carries the change sets of the last few snapshots before it too: the
@@ -16,12 +16,14 @@ use crate::ObjectRef;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeSet {
     /// Services (by namespace/name) whose Service object or one of whose EndpointSlices was
-    /// added, edited or deleted. An EndpointSlice counts for the Service it names.
+    /// added, edited or deleted. An EndpointSlice counts for the Service it names, a
+    /// DestinationRule for the Service its host names (before and after the change).
     pub services: BTreeSet<ObjectRef>,
     /// Pods added, edited or deleted.
     pub pods: BTreeSet<ObjectRef>,
     /// Something was changed that cannot be scoped to Services: a Namespace, an ExternalName
-    /// Service, a VirtualService or DestinationRule, or a whole kind relisted.
+    /// Service, a VirtualService, a DestinationRule with a wildcard host, or a whole kind
+    /// relisted.
     pub everything: bool,
 }
 

@@ -1,9 +1,12 @@
 //! The per-Service pass: when a snapshot says which Services changed and nothing global is in
 //! play, only those Services are compiled and rendered, and only their map entries are diffed
-//! and written. Everything else (the first pass, a relist, an Istio object, the node proxy, DNS
-//! capture) takes the full pass, which also rebuilds the state kept here.
+//! and written. VirtualServices and DestinationRules may be present as long as they are
+//! unchanged and no VirtualService names a changed Service (`incremental::istio`). Everything
+//! else (the first pass, a relist, an Istio object edited, the node proxy, DNS capture) takes
+//! the full pass, which also rebuilds the state kept here.
 
 use meshpath_compile::conn_reset::conn_resets_scoped;
+use meshpath_compile::incremental::istio::{apply_rules, IstioScope};
 use meshpath_compile::incremental::{compile_changed, touched_services, Scoped, State};
 use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
@@ -17,18 +20,18 @@ pub(super) struct ScopedState {
     /// The source's snapshot number the maps were last written for.
     pub seq: u64,
     pub ids: State,
+    /// The Services the (unchanged) VirtualServices name.
+    pub rules: IstioScope,
 }
 
 impl Reconciler {
-    /// Why this reconciler's configuration or this model needs the full pass whatever changed,
+    /// Why this reconciler's configuration needs the full pass whatever changed,
     /// if it does. The full pass runs the same checks before keeping a [`ScopedState`].
-    pub(super) fn needs_full(&self, model: &ClusterModel) -> Option<&'static str> {
+    pub(super) fn needs_full(&self) -> Option<&'static str> {
         if self.proxy.is_some() {
             Some("the node proxy's routing table is rebuilt whole")
         } else if self.dns.is_some() {
             Some("DNS capture reads every Service")
-        } else if !model.virtual_services.is_empty() || !model.destination_rules.is_empty() {
-            Some("VirtualServices or DestinationRules are present")
         } else if !self.ejected.is_empty() {
             Some("outlier ejections are in effect")
         } else if self.tc.is_some() {
@@ -44,7 +47,7 @@ impl Reconciler {
         model: &ClusterModel,
         maps: &mut DatapathMaps,
     ) -> Result<(), &'static str> {
-        if let Some(why) = self.needs_full(model) {
+        if let Some(why) = self.needs_full() {
             return Err(why);
         }
         let scoped = self.scoped.as_mut().ok_or("no per-Service state yet")?;
@@ -61,11 +64,17 @@ impl Reconciler {
             .since(scoped.seq)
             .ok_or("more snapshots skipped than change sets kept")?;
         if set.everything {
-            return Err("a change not scoped to Services (Namespace, Istio object, relist)");
+            return Err(
+                "a change not scoped to Services (Namespace, Node, VirtualService, wildcard DestinationRule, relist)",
+            );
+        }
+        let changed = touched_services(model, &set);
+        if let Err(e) = scoped.rules.check(model, &changed) {
+            debug!(reason = %e, "change not compiled per Service");
+            return Err("a changed Service is routed by VirtualServices or sees DestinationRules per client");
         }
         let applied = self.applied.as_mut().ok_or("the last write failed")?;
         let started = std::time::Instant::now();
-        let changed = touched_services(model, &set);
         let delta = match compile_changed(
             model,
             &self.opts,
@@ -79,6 +88,7 @@ impl Reconciler {
                 return Err("the changed Services need the full compile");
             }
         };
+        apply_rules(model, &mut self.compiled, &delta, self.connection_limits);
         let compiled_at = started.elapsed();
         let contents = Scoped::new(&self.compiled, applied, &delta);
         let rendered_at = started.elapsed();

@@ -47,8 +47,12 @@ enum Op {
     DeleteSlice(usize, usize),
     Pod(usize, usize, u16),
     DeletePod(usize, usize),
-    /// 0: a DestinationRule for `service` (round robin, 5 connections), 1: a VirtualService
-    /// splitting its TCP traffic with `other`.
+    /// Even kinds are the DestinationRule `r<service>`, odd ones the VirtualService
+    /// `v<service>`: 0: round robin, 5 connections; 1: its TCP traffic split with `other`;
+    /// 2: least request (the proxy's), random on port 443; 3: an `http:` route to `other`;
+    /// 4: round robin exported to its own namespace only (clients elsewhere see no rule);
+    /// 5: a wildcard host routed to `other`; 6: 7 connections for every Service of the
+    /// namespace (a wildcard host).
     Istio(usize, usize, u8, usize),
     DeleteIstio(usize, usize, u8),
 }
@@ -72,7 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (ns.clone(), 0..9usize).prop_map(|(n, s)| Op::DeleteSlice(n, s)),
         2 => (ns.clone(), 0..3usize, prop::sample::select(vec![7070u16, 7171])).prop_map(|(n, p, port)| Op::Pod(n, p, port)),
         1 => (ns.clone(), 0..3usize).prop_map(|(n, p)| Op::DeletePod(n, p)),
-        1 => (ns.clone(), 0..6usize, 0..2u8, 0..6usize).prop_map(|(n, s, k, o)| Op::Istio(n, s, k, o)),
+        3 => (ns.clone(), 0..6usize, prop::sample::select(vec![0u8, 0, 1, 1, 2, 3, 4, 5, 6]), 0..6usize).prop_map(|(n, s, k, o)| Op::Istio(n, s, k, o)),
         2 => (ns, 0..6usize, 0..2u8).prop_map(|(n, s, k)| Op::DeleteIstio(n, s, k)),
     ]
 }
@@ -201,15 +205,29 @@ fn change(op: &Op) -> (ObjectKind, Change) {
         Op::DeletePod(ns, pod) => (ObjectKind::Pod, Change::Delete(id(*ns, &format!("p{pod}")))),
         Op::Istio(ns, service, kind, other) => {
             let ns_name = NAMESPACES[*ns];
-            let yaml = if *kind == 0 {
-                format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r{service}, namespace: {ns_name}}}\nspec:\n  host: s{service}\n  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}, connectionPool: {{tcp: {{maxConnections: 5}}}}}}\n")
-            } else {
-                format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{service}, namespace: {ns_name}}}\nspec:\n  hosts: [s{service}]\n  tcp:\n  - route:\n    - {{destination: {{host: s{service}}}, weight: 30}}\n    - {{destination: {{host: s{other}}}, weight: 70}}\n")
+            let host = match kind {
+                6 => format!("\"*.{ns_name}.svc.cluster.local\""),
+                _ => format!("s{service}"),
+            };
+            let dr = |spec: String| {
+                format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r{service}, namespace: {ns_name}}}\nspec:\n  host: {host}\n{spec}")
+            };
+            let vs = |spec: String| {
+                format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{service}, namespace: {ns_name}}}\nspec:\n{spec}")
+            };
+            let yaml = match kind {
+                0 => dr("  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, connectionPool: {tcp: {maxConnections: 5}}}\n".into()),
+                1 => vs(format!("  hosts: [s{service}]\n  tcp:\n  - route:\n    - {{destination: {{host: s{service}}}, weight: 30}}\n    - {{destination: {{host: s{other}}}, weight: 70}}\n")),
+                2 => dr("  trafficPolicy:\n    loadBalancer: {simple: LEAST_REQUEST}\n    portLevelSettings:\n    - {port: {number: 443}, loadBalancer: {simple: RANDOM}}\n".into()),
+                3 => vs(format!("  hosts: [s{service}]\n  http:\n  - route:\n    - destination: {{host: s{other}}}\n")),
+                4 => dr("  exportTo: [\".\"]\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n".into()),
+                6 => dr("  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}\n".into()),
+                _ => vs(format!("  hosts: [\"*.{ns_name}.svc.cluster.local\"]\n  tcp:\n  - route:\n    - {{destination: {{host: s{other}}}}}\n")),
             };
             let object = parse_file(Path::new("istio.yaml"), &yaml)
                 .expect("valid")
                 .remove(0);
-            let kind = if *kind == 0 {
+            let kind = if *kind % 2 == 0 {
                 ObjectKind::DestinationRule
             } else {
                 ObjectKind::VirtualService
@@ -274,12 +292,7 @@ impl Full {
         let none = crate::steer::FailClosed::None;
         let mut contents = next.map_contents_steered(&BTreeMap::new(), &weighted, &none);
         limits.render(&mut contents, &next, &weighted);
-        let plain = model.virtual_services.is_empty()
-            && model.destination_rules.is_empty()
-            && errors.is_empty()
-            && next.allocated_ips.is_empty()
-            && weighted.is_empty()
-            && limits.groups.is_empty();
+        let plain = errors.is_empty() && next.allocated_ips.is_empty();
         let none = BTreeSet::new();
         let listed = crate::conn_reset::listed_ips(model);
         let mut resets = conn_resets(&self.compiled, &none, &next, &none, &listed, &self.pending);
@@ -296,7 +309,7 @@ impl Full {
 struct Agent {
     full: Full,
     applied: MapContents,
-    scoped: Option<(u64, State)>,
+    scoped: Option<(u64, State, super::istio::IstioScope)>,
     scoped_passes: usize,
 }
 
@@ -306,14 +319,16 @@ impl Agent {
             .changes
             .as_ref()
             .expect("the aggregate's snapshots say");
-        let istio = !model.virtual_services.is_empty() || !model.destination_rules.is_empty();
-        if let (Some((seq, ids)), false) = (self.scoped.as_mut(), istio) {
+        if let Some((seq, ids, rules)) = self.scoped.as_mut() {
             if let Some(set) = changes.since(*seq).filter(|s| !s.everything) {
                 let changed = touched_services(model, &set);
                 let opts = CompileOptions::default();
-                if let Ok(delta) =
-                    compile_changed(model, &opts, &mut self.full.compiled, ids, &changed)
+                let compiled = &mut self.full.compiled;
+                if let Ok(delta) = rules
+                    .check(model, &changed)
+                    .and_then(|()| compile_changed(model, &opts, compiled, ids, &changed))
                 {
+                    super::istio::apply_rules(model, compiled, &delta, true);
                     let scoped = Scoped::new(&self.full.compiled, &self.applied, &delta);
                     written_only_for(&scoped, &delta);
                     scoped.patch(&mut self.applied);
@@ -329,7 +344,10 @@ impl Agent {
         }
         let (contents, plain, resets) = self.full.pass(model, false);
         self.applied = contents;
-        self.scoped = plain.then(|| (changes.seq, State::new(&self.full.compiled)));
+        self.scoped = match (plain, super::istio::IstioScope::new(model)) {
+            (true, Ok(rules)) => Some((changes.seq, State::new(&self.full.compiled), rules)),
+            _ => None,
+        };
         resets
     }
 }
@@ -416,24 +434,8 @@ proptest! {
     }
 }
 
-#[test]
-fn endpoint_changes_take_the_per_service_pass() {
-    let slice = |endpoints: Vec<(u8, u8, Option<usize>)>| Op::Slice {
-        ns: 0,
-        slice: 0,
-        service: 0,
-        port_name: 1,
-        port: 8080,
-        endpoints,
-    };
-    let service = Op::Service {
-        ns: 0,
-        name: 0,
-        ip: 1,
-        ports: vec![(80, false, true, false)],
-        round_robin: false,
-        affinity: false,
-    };
+/// The agent after each batch of `batches`, in order.
+fn agent_after(batches: Vec<Vec<Op>>) -> Agent {
     let mut aggregate = Aggregate::default();
     for kind in meshpath_source::kube::aggregate::KINDS {
         aggregate.apply(kind, Change::Init);
@@ -441,11 +443,7 @@ fn endpoint_changes_take_the_per_service_pass() {
     }
     let mut changes = Changes::default();
     let mut agent = Agent::default();
-    for ops in [
-        vec![service, slice(vec![(1, 0, None)])],
-        vec![slice(vec![(2, 0, None)])],
-        vec![slice(vec![])],
-    ] {
+    for ops in batches {
         for op in &ops {
             let (kind, change) = change(op);
             aggregate.apply(kind, change);
@@ -455,10 +453,195 @@ fn endpoint_changes_take_the_per_service_pass() {
         model.changes = Some(changes.clone());
         agent.pass(&model);
     }
+    agent
+}
+
+fn slice(service: usize, endpoints: Vec<(u8, u8, Option<usize>)>) -> Op {
+    Op::Slice {
+        ns: 0,
+        slice: service,
+        service,
+        port_name: 1,
+        port: 8080,
+        endpoints,
+    }
+}
+
+fn http_service(name: usize, ip: u8) -> Op {
+    Op::Service {
+        ns: 0,
+        name,
+        ip,
+        ports: vec![(80, false, true, false)],
+        round_robin: false,
+        affinity: false,
+    }
+}
+
+#[test]
+fn endpoint_changes_take_the_per_service_pass() {
+    let agent = agent_after(vec![
+        vec![http_service(0, 1), slice(0, vec![(1, 0, None)])],
+        vec![slice(0, vec![(2, 0, None)])],
+        vec![slice(0, vec![])],
+    ]);
     assert_eq!(
         agent.scoped_passes, 2,
         "the first pass is full, the endpoint edits are not"
     );
     assert_eq!(agent.applied.services.len(), 1, "the header alone, no slot");
     assert!(agent.applied.backends.is_empty());
+}
+
+#[test]
+fn unchanged_istio_objects_leave_other_services_to_the_per_service_pass() {
+    let setup = vec![
+        http_service(0, 1),
+        http_service(1, 2),
+        http_service(2, 3),
+        // s1 split with s2; s0's rule balances by least request (the proxy's).
+        Op::Istio(0, 1, 1, 2),
+        Op::Istio(0, 0, 2, 0),
+    ];
+    let agent = agent_after(vec![
+        setup.clone(),
+        vec![slice(0, vec![(1, 0, None)])],
+        vec![slice(0, vec![(1, 0, None), (2, 0, None)])],
+    ]);
+    assert_eq!(agent.scoped_passes, 2, "s0 is named by no VirtualService");
+    let (_, fe) = agent
+        .full
+        .compiled
+        .frontends
+        .iter()
+        .find(|(_, f)| f.service == id(0, "s0"))
+        .expect("s0 compiled");
+    assert_eq!(fe.lb_origin, lb::LbOrigin::Rule(lb::RuleLb::LeastRequest));
+    assert_eq!(fe.proxy, lb::ProxyPart::Unavailable, "no proxy to steer to");
+    assert_eq!(fe.backends.len(), 2);
+
+    // A VirtualService names s2 (a destination) and s1 (a host): theirs take the full pass.
+    let agent = agent_after(vec![
+        setup.clone(),
+        vec![slice(2, vec![(3, 0, None)])],
+        vec![slice(1, vec![(4, 0, None)])],
+    ]);
+    assert_eq!(agent.scoped_passes, 0);
+}
+
+#[test]
+fn a_destination_rule_edit_takes_the_per_service_pass() {
+    let agent = agent_after(vec![
+        vec![http_service(0, 1), http_service(1, 2)],
+        // s0 gets a rule, which changes to another, then goes.
+        vec![Op::Istio(0, 0, 0, 0)],
+        vec![Op::Istio(0, 0, 2, 0)],
+        vec![Op::DeleteIstio(0, 0, 0)],
+    ]);
+    assert_eq!(agent.scoped_passes, 3);
+    let limits = |a: &Agent| a.applied.conn_limits.len();
+    assert_eq!(limits(&agent), 0, "the rule and its limit are gone");
+    let agent = agent_after(vec![
+        vec![http_service(0, 1), http_service(1, 2)],
+        vec![Op::Istio(0, 0, 0, 0)],
+    ]);
+    assert_eq!(agent.scoped_passes, 1);
+    assert_eq!(limits(&agent), 1, "s0's 5 connections");
+}
+
+/// A one-Service change at 1 000 Services with VirtualServices and DestinationRules present:
+/// what the full pass (compile, rules, L7 compile, render) and the per-Service pass take.
+/// `cargo test -p meshpath-compile --release one_service_change_timing -- --ignored --nocapture`
+#[test]
+#[ignore = "a timing, not a check"]
+#[allow(clippy::print_stdout)] // the timing is its output
+fn one_service_change_timing() {
+    let services = 1000;
+    let mut setup = Vec::new();
+    for s in 0..services {
+        let svc = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: a}}\nspec:\n  clusterIP: 10.96.{}.{}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n", s / 250, s % 250 + 1);
+        let mut slice = format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{s}-1, namespace: a, labels: {{kubernetes.io/service-name: svc-{s}}}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n");
+        for e in 0..10u32 {
+            let a = s * 10 + e + 1;
+            slice += &format!(
+                "- addresses: [\"10.{}.{}.{}\"]\n",
+                128 + (a >> 16),
+                (a >> 8) & 255,
+                a & 255
+            );
+        }
+        setup.push((ObjectKind::Service, svc));
+        setup.push((ObjectKind::EndpointSlice, slice));
+    }
+    // 20 VirtualServices (TCP splits and HTTP routes) and 20 DestinationRules.
+    for i in 0..20u32 {
+        let vs = match i % 2 {
+            0 => format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{i}, namespace: a}}\nspec:\n  hosts: [svc-{i}]\n  tcp:\n  - route:\n    - {{destination: {{host: svc-{i}}}, weight: 30}}\n    - {{destination: {{host: svc-{}}}, weight: 70}}\n", i + 100),
+            _ => format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v{i}, namespace: a}}\nspec:\n  hosts: [svc-{i}]\n  http:\n  - route:\n    - destination: {{host: svc-{}}}\n", i + 100),
+        };
+        let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r{i}, namespace: a}}\nspec:\n  host: svc-{}\n  trafficPolicy: {{loadBalancer: {{simple: {}}}, connectionPool: {{tcp: {{maxConnections: 50}}}}}}\n", 200 + i, if i % 2 == 0 { "ROUND_ROBIN" } else { "LEAST_REQUEST" });
+        setup.push((ObjectKind::VirtualService, vs));
+        setup.push((ObjectKind::DestinationRule, dr));
+    }
+    let mut aggregate = Aggregate::default();
+    for kind in meshpath_source::kube::aggregate::KINDS {
+        aggregate.apply(kind, Change::Init);
+        aggregate.apply(kind, Change::InitDone);
+    }
+    let apply = |aggregate: &mut Aggregate, kind, yaml: &str| {
+        let object = parse_file(Path::new("bench.yaml"), yaml)
+            .expect("valid")
+            .remove(0);
+        let id = match &object {
+            ParsedObject::Service(s) => s.id.clone(),
+            ParsedObject::EndpointSlice(s) => s.id.clone(),
+            ParsedObject::VirtualService(v) => v.id.clone(),
+            ParsedObject::DestinationRule(d) => d.id.clone(),
+            _ => unreachable!(),
+        };
+        aggregate.apply(
+            kind,
+            Change::Apply(meshpath_source::kube::aggregate::Item {
+                id,
+                result: Ok(Some(object)),
+            }),
+        );
+    };
+    for (kind, yaml) in &setup {
+        apply(&mut aggregate, *kind, yaml);
+    }
+    let mut changes = Changes::default().next(aggregate.take_changes());
+    let mut model = aggregate.model().clone();
+    model.changes = Some(changes.clone());
+    let mut agent = Agent::default();
+    agent.pass(&model);
+    let (mut full, mut scoped) = (Vec::new(), Vec::new());
+    for round in 0..20u32 {
+        // One endpoint of svc-500 moves.
+        let s = 500;
+        let slice = format!("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{s}-1, namespace: a, labels: {{kubernetes.io/service-name: svc-{s}}}}}\naddressType: IPv4\nports:\n- {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n- addresses: [\"10.250.0.{}\"]\n", round + 1);
+        apply(&mut aggregate, ObjectKind::EndpointSlice, &slice);
+        changes = changes.next(aggregate.take_changes());
+        model = aggregate.model().clone();
+        model.changes = Some(changes.clone());
+        let mut reference = Full {
+            compiled: agent.full.compiled.clone(),
+            ..Full::default()
+        };
+        let t = std::time::Instant::now();
+        reference.pass(&model, false);
+        full.push(t.elapsed());
+        let before = agent.scoped_passes;
+        let t = std::time::Instant::now();
+        agent.pass(&model);
+        scoped.push(t.elapsed());
+        assert_eq!(agent.scoped_passes, before + 1, "took the per-Service pass");
+    }
+    full.sort();
+    scoped.sort();
+    println!(
+        "{services} Services, 20 VirtualServices, 20 DestinationRules, one Service's slice edited: full pass median {:?}, per-Service pass median {:?}",
+        full[full.len() / 2],
+        scoped[scoped.len() / 2]
+    );
 }

@@ -210,7 +210,7 @@ pub fn node_locality(model: &ClusterModel, name: Option<&str>) -> Locality {
 }
 
 /// A port Istio would treat as HTTP (see [`NOT_HTTP`]).
-fn http_capable(port: &ServicePort) -> bool {
+pub(crate) fn http_capable(port: &ServicePort) -> bool {
     let name = port
         .name
         .as_deref()

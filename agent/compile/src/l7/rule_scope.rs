@@ -130,6 +130,40 @@ impl<'a> Scopes<'a> {
     }
 }
 
+/// The rule clients without a view of their own see for `service` (as [`Scopes::new`] finds
+/// it, for this one Service: O(rules)), and whether clients of some namespace see another one.
+pub fn service_rule<'a>(
+    model: &'a ClusterModel,
+    service: &ObjectRef,
+) -> (Option<&'a DestinationRule>, bool) {
+    let fqdn = hosts::fqdn(service);
+    let mut namespaces: BTreeSet<&str> = BTreeSet::new();
+    let mut candidates = Vec::new();
+    for rule in model.destination_rules.values() {
+        namespaces.insert(&rule.id.namespace);
+        namespaces.extend(rule.export_to.iter().flatten().map(String::as_str));
+        let wildcard = hosts::is_wildcard(&rule.host);
+        let names = if wildcard {
+            let tail = rule.host.strip_prefix('*').unwrap_or(&rule.host);
+            model.services.contains_key(service) && (tail.is_empty() || fqdn.ends_with(tail))
+        } else {
+            hosts::resolve(&rule.host, &rule.id.namespace, &model.services) == Some(service)
+        };
+        if names {
+            candidates.push(Candidate {
+                wildcard,
+                specificity: hosts::specificity(&rule.host),
+                rule,
+            });
+        }
+    }
+    let default = lookup(service, &candidates, None);
+    let views = namespaces
+        .iter()
+        .any(|ns| lookup(service, &candidates, Some(ns)).map(|r| &r.id) != default.map(|r| &r.id));
+    (default, views)
+}
+
 /// Istio's lookup (see the module doc) among the rules naming `service`.
 fn lookup<'a>(
     service: &ObjectRef,

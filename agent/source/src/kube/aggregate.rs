@@ -302,7 +302,14 @@ impl Aggregate {
                 unscoped(c, replace(&mut m.virtual_services, v.id.clone(), v))
             }
             ParsedObject::DestinationRule(d) => {
-                unscoped(c, replace(&mut m.destination_rules, d.id.clone(), *d))
+                let new = rule_target(&d);
+                match replace(&mut m.destination_rules, d.id.clone(), *d) {
+                    Some(old) => {
+                        rule_changed(c, new, old.as_ref().map(rule_target));
+                        true
+                    }
+                    None => false,
+                }
             }
             // A node's labels are its endpoints' locality: every Service may change.
             ParsedObject::Node(n) => unscoped(c, replace(&mut m.nodes, n.id.clone(), n)),
@@ -347,18 +354,50 @@ impl Aggregate {
             ObjectKind::Namespace => m.namespaces.remove(id).is_some(),
             ObjectKind::Node => m.nodes.remove(id).is_some(),
             ObjectKind::VirtualService => m.virtual_services.remove(id).is_some(),
-            ObjectKind::DestinationRule => m.destination_rules.remove(id).is_some(),
+            ObjectKind::DestinationRule => match m.destination_rules.remove(id) {
+                Some(old) => {
+                    rule_changed(c, rule_target(&old), None);
+                    true
+                }
+                None => false,
+            },
         };
         if matches!(
             kind,
-            ObjectKind::Namespace
-                | ObjectKind::Node
-                | ObjectKind::VirtualService
-                | ObjectKind::DestinationRule
+            ObjectKind::Namespace | ObjectKind::Node | ObjectKind::VirtualService
         ) {
             c.everything |= removed;
         }
         self.dirty |= removed;
+    }
+}
+
+/// The Service a DestinationRule's host names (whether or not it exists); `Err` for a
+/// wildcard host, which names every Service it covers, those created later too.
+fn rule_target(
+    rule: &meshpath_model::istio::model::DestinationRule,
+) -> Result<Option<ObjectRef>, ()> {
+    use meshpath_model::istio::hosts;
+    match hosts::is_wildcard(&rule.host) {
+        true => Err(()),
+        false => Ok(hosts::candidate(&rule.host, &rule.id.namespace)),
+    }
+}
+
+/// A DestinationRule added, edited or deleted: the Services its old and new hosts name change
+/// (the rule that applies to them, and with it their policy, limit and steering). Which rule
+/// another Service's clients see does not depend on this one. A wildcard host changes
+/// everything.
+fn rule_changed(
+    changes: &mut ChangeSet,
+    new: Result<Option<ObjectRef>, ()>,
+    old: Option<Result<Option<ObjectRef>, ()>>,
+) {
+    for target in std::iter::once(new).chain(old) {
+        match target {
+            Ok(service) => changes.services.extend(service),
+            Err(()) => changes.everything = true,
+        }
     }
 }
 

@@ -316,3 +316,49 @@ fn namespaces_and_istio_objects_are_not_scoped() {
     );
     assert!(a.take_changes().everything);
 }
+
+fn rule(name: &str, host: &str) -> Item {
+    let yaml = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: \"{host}\"\n  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}\n");
+    let object = crate::parse_file(std::path::Path::new("dr.yaml"), &yaml)
+        .expect("valid")
+        .remove(0);
+    Item {
+        id: ObjectRef::new("default", name),
+        result: Ok(Some(object)),
+    }
+}
+
+#[test]
+fn a_destination_rule_changes_the_services_its_hosts_name() {
+    let mut a = synced_with(vec![svc("web", 80), svc("db", 5432)]);
+    a.take_changes();
+    let web = ObjectRef::new("default", "web");
+    let db = ObjectRef::new("default", "db");
+    a.apply(ObjectKind::DestinationRule, Change::Apply(rule("r", "web")));
+    let c = a.take_changes();
+    assert_eq!(c.services, [web.clone()].into());
+    assert!(!c.everything);
+    // Moved to another host: the one it named and the one it names.
+    a.apply(
+        ObjectKind::DestinationRule,
+        Change::Apply(rule("r", "db.default.svc.cluster.local")),
+    );
+    assert_eq!(a.take_changes().services, [db.clone(), web].into());
+    // The same again: no change.
+    a.apply(
+        ObjectKind::DestinationRule,
+        Change::Apply(rule("r", "db.default.svc.cluster.local")),
+    );
+    assert!(a.take_changes().is_empty());
+    a.apply(
+        ObjectKind::DestinationRule,
+        Change::Delete(ObjectRef::new("default", "r")),
+    );
+    assert_eq!(a.take_changes().services, [db].into());
+    // A wildcard host names Services not created yet: everything.
+    a.apply(
+        ObjectKind::DestinationRule,
+        Change::Apply(rule("all", "*.default.svc.cluster.local")),
+    );
+    assert!(a.take_changes().everything);
+}

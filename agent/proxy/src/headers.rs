@@ -185,17 +185,22 @@ pub(crate) fn set_path_and_query(uri: &mut Uri, pq: &str) {
 /// Shapes the head for the upstream protocol: HTTP/1.1 wants origin-form and `Host`; HTTP/2
 /// wants an absolute URI (its `:authority`) and no `Host`.
 pub(crate) fn finalize_head(head: &mut Parts, authority: &HeaderValue, proto: Proto) {
-    let pq = head
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = |uri: &Uri| {
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
     match proto {
         Proto::Http1 => {
             head.version = Version::HTTP_11;
-            head.headers.insert(HOST, authority.clone());
+            // Usually the client's own single `Host` already is the authority (no rewrite): a
+            // lookup then costs less than replacing it with a copy of itself.
+            let mut hosts = head.headers.get_all(HOST).iter();
+            if hosts.next() != Some(authority) || hosts.next().is_some() {
+                head.headers.insert(HOST, authority.clone());
+            }
             if head.uri.scheme().is_some() || head.uri.authority().is_some() {
-                head.uri = Uri::from(pq);
+                head.uri = Uri::from(pq(&head.uri));
             }
         }
         Proto::Http2 => {
@@ -210,7 +215,7 @@ pub(crate) fn finalize_head(head: &mut Parts, authority: &HeaderValue, proto: Pr
                 parts.scheme = Some(head.uri.scheme().cloned().unwrap_or(Scheme::HTTP));
                 parts.authority =
                     Authority::from_maybe_shared(Bytes::copy_from_slice(authority.as_bytes())).ok();
-                parts.path_and_query = Some(pq);
+                parts.path_and_query = Some(pq(&head.uri));
                 if let Ok(u) = Uri::from_parts(parts) {
                     head.uri = u;
                 }

@@ -8,6 +8,7 @@
 //! each attempt and carried across snapshots by cluster key like endpoints are by address.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::forward::RetryRt;
 use super::headers::CompiledOps;
 use super::idle::DEFAULT_IDLE_TIMEOUT;
 use super::istio_metrics::ClusterLabels;
+use super::istio_series::WordHasher;
 use super::layers::cors::CorsRt;
 use super::lb::LbState;
 use super::locality::LocalityRt;
@@ -33,7 +35,9 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Snapshot {
     pub config: Arc<L7Config>,
-    pub listeners: HashMap<SocketAddr, ListenerRt>,
+    /// Looked up once per request by original destination: a word hash, as the keys come
+    /// from the config (a client picks which one it asks for, but cannot add colliding ones).
+    pub listeners: HashMap<SocketAddr, ListenerRt, BuildHasherDefault<WordHasher>>,
     /// Every defined cluster's state, for the next build to take over what did not change.
     pub clusters: HashMap<ClusterKey, Arc<ClusterRt>>,
 }

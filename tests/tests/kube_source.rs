@@ -238,13 +238,16 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
     // The per-change passes left the maps as a full compile writes them: `meshpath recompile`
     // (exit status 1 on a difference) finds none.
     let admin = a.admin_addr().expect("admin listener").to_owned();
-    let report = agent::meshpath(["recompile", "--admin-addr", &admin])
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", a.log()));
-    assert!(report.starts_with("full recompile: same"), "{report}");
-    assert!(
-        report.contains("continued from: per-Service passes"),
-        "{report}"
-    );
+    let recompile_finds_no_drift = || {
+        let report = agent::meshpath(["recompile", "--admin-addr", &admin])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", a.log()));
+        assert!(report.starts_with("full recompile: same"), "{report}");
+        assert!(
+            report.contains("continued from: per-Service passes"),
+            "{report}"
+        );
+    };
+    recompile_finds_no_drift();
     // So does an edit of web's DestinationRule, which changes web alone.
     kube.apply_yaml(&web_rules(9)).expect("edit the rule");
     let limit = || {
@@ -253,13 +256,7 @@ fn kernel_maps_follow_deployments_scaling_and_an_apiserver_restart() {
     };
     let nine = wait_until(Duration::from_secs(10), || limit() == Some(9.into()));
     assert!(nine, "web's limit is {:?}:\n{}", limit(), a.log());
-    let report = agent::meshpath(["recompile", "--admin-addr", &admin])
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", a.log()));
-    assert!(report.starts_with("full recompile: same"), "{report}");
-    assert!(
-        report.contains("continued from: per-Service passes"),
-        "{report}"
-    );
+    recompile_finds_no_drift();
 
     // Deleting the Service removes its frontend.
     kube.kubectl_ok(["delete", "service", "web"])

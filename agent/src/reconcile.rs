@@ -307,11 +307,11 @@ impl Reconciler {
                 }
                 // The per-Service pass continues from here when nothing global is in play.
                 // `tcp:` weights and route limits belong to Services VirtualServices name,
-                // which the per-Service pass leaves to this one.
+                // and steered frontends stay as they are, which the per-Service pass leaves to
+                // this one.
                 let plain = self.needs_full().is_none()
                     && errors.is_empty()
-                    && next.allocated_ips.is_empty()
-                    && targets.is_empty();
+                    && next.allocated_ips.is_empty();
                 let rules = meshpath_compile::incremental::istio::IstioScope::new(model);
                 self.scoped = match (&model.changes, plain, rules) {
                     (Some(changes), true, Ok(rules)) => Some(scoped::ScopedState {

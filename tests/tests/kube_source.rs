@@ -403,6 +403,50 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
         steered,
         "reviews with no endpoint should stay with the proxy for its 503"
     );
+
+    // A pod back: reviews leaves the proxy (the full pass, which closes its listener).
+    let scale_up = |v: usize| {
+        let name = format!("reviews-v{v}");
+        kube.kubectl_ok(["scale", "deployment", &name, "--replicas=1"])
+            .expect("scale up");
+        let selector = format!("app=reviews,version=v{v}");
+        kubelet
+            .run_pods(
+                "default",
+                &selector,
+                &ips(&node, &[v]),
+                Duration::from_secs(30),
+            )
+            .expect("pods run");
+    };
+    scale_up(1);
+    wait_http(&a, "v1 again", || {
+        http(&node, None, 10).count("reviews-v1") == 10
+    });
+    let unsteered = wait_until(Duration::from_secs(10), || {
+        let s = a.status().expect("meshpath status");
+        agent::service(&s, "default/reviews:").is_some_and(|r| r.get("proxy").is_none())
+    });
+    assert!(unsteered, "reviews has endpoints again:\n{}", a.log());
+    // The next one is a per-Service pass with the proxy on: it replaces reviews' entry in the
+    // proxy's routing table too, which a full recompile then finds as it would build it.
+    let scoped_before = a.log().matches("services_changed").count();
+    scale_up(2);
+    let both = eps(&node, &[1, 2], 8080);
+    wait_backends(&a, "default/reviews:", both, Duration::from_secs(10));
+    assert!(
+        a.log().matches("services_changed").count() > scoped_before,
+        "no per-Service pass:\n{}",
+        a.log()
+    );
+    let admin = a.admin_addr().expect("admin listener").to_owned();
+    let report = agent::meshpath(["recompile", "--admin-addr", &admin])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", a.log()));
+    assert!(report.starts_with("full recompile: same"), "{report}");
+    assert!(
+        report.contains("node proxy's routing table: same"),
+        "{report}"
+    );
 }
 
 /// `meshpath.io/socket-redirect` from the API: a Namespace annotation opts its pods in, a pod's

@@ -14,6 +14,8 @@
 //!   and its CPU over the phase;
 //! - **agent RSS**: after the full sync (VmRSS) and the peak (VmHWM) at the end.
 //!
+//! `--proxy` runs the agent with its node proxy, as the DaemonSet does.
+//!
 //! Medians and p99 go to stdout and to bench-results/kube-latest.md, with the load average.
 
 mod churn;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use meshpath_tests::agent::Agent;
 use meshpath_tests::kube::{KubeCluster, KubeOptions};
-use meshpath_tests::Node;
+use meshpath_tests::{Node, PROXY_IP};
 
 use crate::paths::workspace_root;
 
@@ -49,6 +51,10 @@ pub struct BenchKubeArgs {
     /// over them (each start also printed); the changes and churn run on the last.
     #[arg(long, default_value_t = 1)]
     pub agent_starts: u32,
+    /// Run the agent with its node proxy (`--proxy-ip` on the node's bridge, as the DaemonSet
+    /// in deploy/ does): every Service's HTTP port then has an entry in the proxy's routing table.
+    #[arg(long)]
+    pub proxy: bool,
     /// Use the existing release binaries.
     #[arg(long)]
     pub no_build: bool,
@@ -139,12 +145,17 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         let node = Node::new(1)?;
         let log = node.work_dir().join("agent.log");
         let started = unix_now_us();
+        let netns = format!("/var/run/netns/{}", node.node_netns_name());
+        let mut extra = vec!["--admin-addr", "127.0.0.1:0"];
+        if args.proxy {
+            extra.extend(["--proxy-ip", PROXY_IP, "--proxy-netns", &netns]);
+        }
         let mut agent = Agent::start_kube(
             kube.kubeconfig(),
             node.cgroup_path(),
             node.pin_dir(),
             &log,
-            &["--admin-addr", "127.0.0.1:0"],
+            &extra,
         )?;
         // The first pass logs its own `change programmed` after `programmed`: counted before
         // the first timed change, not as it.

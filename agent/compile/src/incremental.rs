@@ -48,6 +48,10 @@ pub enum Unscoped {
     NamedByVirtualService { service: ObjectRef },
     #[error("clients of some namespace see another DestinationRule for {service}")]
     RulePerClient { service: ObjectRef },
+    #[error("{service}'s port {port} is or would be steered to the node proxy")]
+    Steered { service: ObjectRef, port: u16 },
+    #[error("Pod {pod} is gone: which Services' endpoints carried its labels is not known")]
+    PodGone { pod: ObjectRef },
 }
 
 /// Lowest-free-first ids, as [`super::alloc::IdAllocator`] hands them out, kept across passes.
@@ -175,6 +179,31 @@ pub fn compile_changed(
     state: &mut State,
     changed: &BTreeSet<ObjectRef>,
 ) -> Result<Delta, Unscoped> {
+    let plan = plan_changed(model, opts, compiled, state, changed)?;
+    Ok(plan.apply(compiled, state, changed))
+}
+
+/// The changed Services compiled and checked against everything that could make the full
+/// compile decide differently, not applied yet: a caller may still decline (e.g. when the node
+/// proxy would have to take one of them) and leave every state as it was.
+#[derive(Debug)]
+pub struct Plan {
+    fresh: Vec<(FrontendAddr, Frontend)>,
+    old_addrs: Vec<FrontendAddr>,
+    /// Backend references after the pass, for the backends whose count changes.
+    refs: BTreeMap<BackendAddr, u32>,
+    gone: Vec<(u32, BackendAddr)>,
+    added: Vec<BackendAddr>,
+}
+
+/// The first half of [`compile_changed`]: nothing is changed, whatever it returns.
+pub fn plan_changed(
+    model: &ClusterModel,
+    opts: &CompileOptions,
+    compiled: &Compiled,
+    state: &State,
+    changed: &BTreeSet<ObjectRef>,
+) -> Result<Plan, Unscoped> {
     if !compiled.allocated_ips.is_empty() {
         return Err(Unscoped::AllocatedClusterIp);
     }
@@ -258,56 +287,90 @@ pub fn compile_changed(
     if added.len() as u64 > state.backend_ids.available() + gone.len() as u64 {
         return Err(Unscoped::OutOfIds { what: "backend" });
     }
+    Ok(Plan {
+        fresh,
+        old_addrs,
+        refs,
+        gone,
+        added,
+    })
+}
 
-    // 2. Apply: nothing below fails.
-    let mut delta = Delta::default();
-    for addr in old_addrs {
-        let fe = compiled.frontends.remove(&addr).expect("listed above");
-        delta.old.insert(addr, fe);
+impl Plan {
+    /// The changed Services' frontends as they compile now (ids not assigned yet).
+    pub fn fresh(&self) -> &[(FrontendAddr, Frontend)] {
+        &self.fresh
     }
-    // As the full compile: a frontend keeps its address's id, a new one takes the lowest id
-    // free, and ids of frontends removed now stay taken until the next pass.
-    for id in changed {
-        state.by_service.remove(id);
+
+    /// The frontends the changed Services had before.
+    pub fn old_addrs(&self) -> &[FrontendAddr] {
+        &self.old_addrs
     }
-    for (addr, mut fe) in fresh {
-        fe.svc_id = match delta.old.get(&addr) {
-            Some(before) => before.svc_id,
-            None => state.svc_ids.take().expect("counted above"),
-        };
-        delta.new.insert(addr);
-        state
-            .by_service
-            .entry(fe.service.clone())
-            .or_default()
-            .push(addr);
-        compiled.frontends.insert(addr, fe);
-    }
-    for (addr, fe) in &delta.old {
-        if !delta.new.contains(addr) {
-            state.svc_ids.give_back(fe.svc_id);
+
+    /// The second half of [`compile_changed`], which cannot fail: `compiled` and `state` must
+    /// be the ones [`plan_changed`] read, and `changed` the same set.
+    pub fn apply(
+        self,
+        compiled: &mut Compiled,
+        state: &mut State,
+        changed: &BTreeSet<ObjectRef>,
+    ) -> Delta {
+        let Plan {
+            fresh,
+            old_addrs,
+            refs,
+            gone,
+            added,
+        } = self;
+        let mut delta = Delta::default();
+        for addr in old_addrs {
+            let fe = compiled.frontends.remove(&addr).expect("listed above");
+            delta.old.insert(addr, fe);
         }
-    }
-    // Backends: freed ids first, so that new backends (in address order) reuse them, as the
-    // full compile, which keeps the ids of used backends only, would.
-    for (id, b) in &gone {
-        compiled.backend_ids.remove(b);
-        state.backend_ids.give_back(*id);
-    }
-    for b in added {
-        let id = state.backend_ids.take().expect("counted above");
-        compiled.backend_ids.insert(b, id);
-        delta.backends_new.push((id, b));
-    }
-    for (b, n) in refs {
-        if n == 0 {
-            state.backend_refs.remove(&b);
-        } else {
-            state.backend_refs.insert(b, n);
+        // As the full compile: a frontend keeps its address's id, a new one takes the lowest id
+        // free, and ids of frontends removed now stay taken until the next pass.
+        for id in changed {
+            state.by_service.remove(id);
         }
+        for (addr, mut fe) in fresh {
+            fe.svc_id = match delta.old.get(&addr) {
+                Some(before) => before.svc_id,
+                None => state.svc_ids.take().expect("counted above"),
+            };
+            delta.new.insert(addr);
+            state
+                .by_service
+                .entry(fe.service.clone())
+                .or_default()
+                .push(addr);
+            compiled.frontends.insert(addr, fe);
+        }
+        for (addr, fe) in &delta.old {
+            if !delta.new.contains(addr) {
+                state.svc_ids.give_back(fe.svc_id);
+            }
+        }
+        // Backends: freed ids first, so that new backends (in address order) reuse them, as the
+        // full compile, which keeps the ids of used backends only, would.
+        for (id, b) in &gone {
+            compiled.backend_ids.remove(b);
+            state.backend_ids.give_back(*id);
+        }
+        for b in added {
+            let id = state.backend_ids.take().expect("counted above");
+            compiled.backend_ids.insert(b, id);
+            delta.backends_new.push((id, b));
+        }
+        for (b, n) in refs {
+            if n == 0 {
+                state.backend_refs.remove(&b);
+            } else {
+                state.backend_refs.insert(b, n);
+            }
+        }
+        delta.backends_gone = gone;
+        delta
     }
-    delta.backends_gone = gone;
-    Ok(delta)
 }
 
 /// The map entries of one scoped pass: `previous` is what the maps hold for the touched
@@ -380,5 +443,6 @@ impl Scoped {
 }
 
 pub mod istio;
+pub mod l7;
 #[cfg(test)]
 mod tests;

@@ -140,21 +140,10 @@ pub fn compile_l7(
             if !rule.traffic_policy.for_port(addr.port).needs_proxy() {
                 continue;
             }
-            let default_cluster = ClusterKey {
-                service: service.clone(),
-                port: addr.port,
-                subset: None,
-                view: None,
-            };
             out.config.listeners.entry(socket(addr)).or_insert_with(|| {
-                keys.insert(default_cluster.clone());
-                ServiceRoutes {
-                    service: service.clone(),
-                    port: addr.port,
-                    http: Vec::new(),
-                    default_cluster,
-                    export: Export::default(),
-                }
+                let routes = plain_forwarding(service, addr.port);
+                keys.insert(routes.default_cluster.clone());
+                routes
             });
         }
     }
@@ -162,21 +151,10 @@ pub fn compile_l7(
     // Plain forwarding for every other HTTP frontend (not steered; see `needs_proxy`).
     for service in model.services.keys() {
         for (addr, _) in ctx.http_frontends(service) {
-            let default_cluster = ClusterKey {
-                service: service.clone(),
-                port: addr.port,
-                subset: None,
-                view: None,
-            };
             out.config.listeners.entry(socket(addr)).or_insert_with(|| {
-                keys.insert(default_cluster.clone());
-                ServiceRoutes {
-                    service: service.clone(),
-                    port: addr.port,
-                    http: Vec::new(),
-                    default_cluster,
-                    export: Export::default(),
-                }
+                let routes = plain_forwarding(service, addr.port);
+                keys.insert(routes.default_cluster.clone());
+                routes
             });
         }
     }
@@ -306,8 +284,25 @@ fn compile_vs(
     }
 }
 
-fn socket(addr: FrontendAddr) -> SocketAddr {
+pub(crate) fn socket(addr: FrontendAddr) -> SocketAddr {
     SocketAddr::from((addr.ip, addr.port))
+}
+
+/// The entry of an HTTP frontend no VirtualService routes: forwarding to the Service's own
+/// cluster for the port.
+pub(crate) fn plain_forwarding(service: &ObjectRef, port: u16) -> ServiceRoutes {
+    ServiceRoutes {
+        service: service.clone(),
+        port,
+        http: Vec::new(),
+        default_cluster: ClusterKey {
+            service: service.clone(),
+            port,
+            subset: None,
+            view: None,
+        },
+        export: Export::default(),
+    }
 }
 
 /// `connectionPool.tcp.maxConnections` of each Service's DestinationRule (the service-wide

@@ -22,6 +22,9 @@ pub struct RecompileReport {
     pub compiled_same: bool,
     /// Whether the map contents the agent recorded as written equal the full compile's.
     pub recorded_same: bool,
+    /// Whether the node proxy's routing table equals the full compile's (`None`: no proxy, and
+    /// the per-Service pass keeps no table).
+    pub routing_same: Option<bool>,
     /// The pass the agent was continuing from: per-Service or full.
     pub was_scoped: bool,
     pub frontends: usize,
@@ -33,7 +36,10 @@ impl RecompileReport {
         let written_nothing = self
             .written
             .is_some_and(|s| s.upserts == 0 && s.deletes == 0);
-        written_nothing && self.compiled_same && self.recorded_same
+        written_nothing
+            && self.compiled_same
+            && self.recorded_same
+            && self.routing_same != Some(false)
     }
 }
 
@@ -76,6 +82,15 @@ impl fmt::Display for RecompileReport {
             } else {
                 "different"
             }
+        )?;
+        writeln!(
+            f,
+            "node proxy's routing table: {}",
+            match self.routing_same {
+                Some(true) => "same",
+                Some(false) => "different",
+                None => "no proxy",
+            }
         )
     }
 }
@@ -87,6 +102,7 @@ impl Reconciler {
         // The full pass compiles from the previous result (ids, last good state), which stays
         // in place; this copy is what it is compared with.
         let compiled = self.compiled.clone();
+        let routing = self.l7.config.clone();
         let recorded = self.applied.take();
         let written = self.reconcile_full(model, maps);
         let report = RecompileReport {
@@ -94,6 +110,7 @@ impl Reconciler {
             compiled_same: self.compiled.frontends == compiled.frontends
                 && self.compiled.backend_ids == compiled.backend_ids,
             recorded_same: recorded.is_some() && recorded == self.applied,
+            routing_same: self.proxy.as_ref().map(|_| routing == self.l7.config),
             was_scoped,
             frontends: self.compiled.frontends.len(),
         };

@@ -1,13 +1,18 @@
 //! The per-Service pass: when a snapshot says which Services changed and nothing global is in
 //! play, only those Services are compiled and rendered, and only their map entries are diffed
 //! and written. VirtualServices and DestinationRules may be present as long as they are
-//! unchanged and no VirtualService names a changed Service (`incremental::istio`). Everything
-//! else (the first pass, a relist, an Istio object edited, the node proxy, DNS capture) takes
-//! the full pass, which also rebuilds the state kept here.
+//! unchanged and no VirtualService names a changed Service (`incremental::istio`). With the node
+//! proxy on, the changed Services' entries of its routing table are replaced too, as long as the
+//! proxy neither starts nor stops taking one of them (`incremental::l7`). Everything else (the
+//! first pass, a relist, an Istio object edited, DNS capture) takes the full pass, which also
+//! rebuilds the state kept here.
 
 use meshpath_compile::conn_reset::conn_resets_scoped;
+use std::sync::Arc;
+
 use meshpath_compile::incremental::istio::{apply_rules, IstioScope};
-use meshpath_compile::incremental::{compile_changed, touched_services, Scoped, State};
+use meshpath_compile::incremental::l7::{plan_l7, services_of_pods};
+use meshpath_compile::incremental::{plan_changed, touched_services, Scoped, State};
 use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
 use meshpath_model::ClusterModel;
@@ -28,9 +33,7 @@ impl Reconciler {
     /// Why this reconciler's configuration needs the full pass whatever changed,
     /// if it does. The full pass runs the same checks before keeping a [`ScopedState`].
     pub(super) fn needs_full(&self) -> Option<&'static str> {
-        if self.proxy.is_some() {
-            Some("the node proxy's routing table is rebuilt whole")
-        } else if self.dns.is_some() {
+        if self.dns.is_some() {
             Some("DNS capture reads every Service")
         } else if !self.ejected.is_empty() {
             Some("outlier ejections are in effect")
@@ -68,26 +71,51 @@ impl Reconciler {
                 "a change not scoped to Services (Namespace, Node, VirtualService, wildcard DestinationRule, relist)",
             );
         }
-        let changed = touched_services(model, &set);
+        let mut changed = touched_services(model, &set);
+        if self.proxy.is_some() {
+            // The proxy's clusters carry the labels of the Pods behind their endpoints.
+            match services_of_pods(model, &self.compiled, &set.pods) {
+                Ok(more) => changed.extend(more),
+                Err(e) => {
+                    debug!(reason = %e, "change not compiled per Service");
+                    return Err("a Pod the node proxy's routing table may name is gone");
+                }
+            }
+        }
         if let Err(e) = scoped.rules.check(model, &changed) {
             debug!(reason = %e, "change not compiled per Service");
             return Err("a changed Service is routed by VirtualServices or sees DestinationRules per client");
         }
         let applied = self.applied.as_mut().ok_or("the last write failed")?;
         let started = std::time::Instant::now();
-        let delta = match compile_changed(
-            model,
-            &self.opts,
-            &mut self.compiled,
-            &mut scoped.ids,
-            &changed,
-        ) {
-            Ok(delta) => delta,
+        let plan = match plan_changed(model, &self.opts, &self.compiled, &scoped.ids, &changed) {
+            Ok(plan) => plan,
             Err(e) => {
                 debug!(reason = %e, "change not compiled per Service");
                 return Err("the changed Services need the full compile");
             }
         };
+        let l7_patch = match &self.proxy {
+            Some(p) => {
+                let steered = |a: &_| self.ports.by_frontend.contains_key(a);
+                match plan_l7(
+                    model,
+                    &self.compiled,
+                    &plan,
+                    &changed,
+                    steered,
+                    p.http_no_endpoint_503,
+                ) {
+                    Ok(patch) => Some(patch),
+                    Err(e) => {
+                        debug!(reason = %e, "change not compiled per Service");
+                        return Err("the node proxy starts or stops taking a changed Service");
+                    }
+                }
+            }
+            None => None,
+        };
+        let delta = plan.apply(&mut self.compiled, &mut scoped.ids, &changed);
         apply_rules(model, &mut self.compiled, &delta, self.connection_limits);
         let compiled_at = started.elapsed();
         let contents = Scoped::new(&self.compiled, applied, &delta);
@@ -107,11 +135,25 @@ impl Reconciler {
                     self.reset_pending = std::mem::take(&mut plan.pending);
                     resetter.reset(plan);
                 }
+                let applied_at = started.elapsed();
+                // Not steered, so the maps need not wait for the proxy's table: it follows.
+                if let (Some(patch), Some(p)) = (l7_patch, self.proxy.as_mut()) {
+                    if !set.pods.is_empty() {
+                        p.listeners.update_pods(model);
+                    }
+                    if patch.changes(&self.l7.config) {
+                        patch.apply(&mut self.l7.config, &changed);
+                        let config = Arc::new(self.l7.config.clone());
+                        self.l7_tx.send_replace(Arc::clone(&config));
+                        p.listeners.apply_l7(config);
+                    }
+                }
                 debug!(
                     services = changed.len(),
                     compile_us = compiled_at.as_micros() as u64,
                     rendered_us = rendered_at.as_micros() as u64,
-                    applied_us = started.elapsed().as_micros() as u64,
+                    applied_us = applied_at.as_micros() as u64,
+                    l7_us = started.elapsed().as_micros() as u64,
                     "reconcile timing"
                 );
                 info!(

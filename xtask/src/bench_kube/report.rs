@@ -10,13 +10,14 @@ pub fn render(rows: &[Row], args: &BenchKubeArgs) -> String {
     let _ =
         writeln!(
         s,
-        "meshpath bench-kube ({}; release agent, kube-apiserver and etcd on loopback, {} cores; \
+        "meshpath bench-kube ({}; release agent{}, kube-apiserver and etcd on loopback, {} cores; \
          load average at the end {})\n",
         std::process::Command::new("uname")
             .arg("-r")
             .output()
             .map(|o| format!("kernel {}", String::from_utf8_lossy(&o.stdout).trim()))
             .unwrap_or_default(),
+        if args.proxy { " with its node proxy (--proxy-ip)" } else { " without the node proxy" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );

@@ -189,7 +189,8 @@ fn change(op: &Op) -> (ObjectKind, Change) {
             ObjectKind::Pod,
             ParsedObject::Pod(Pod {
                 id: id(*ns, &format!("p{pod}")),
-                labels: BTreeMap::new(),
+                // Labels that change with the Pod: the proxy's clusters carry them.
+                labels: BTreeMap::from([("version".to_owned(), format!("v{port}"))]),
                 ip: Some(Ipv4Addr::new(10, 1, 0, *pod as u8)),
                 container_ports: vec![ContainerPort {
                     name: Some("web".into()),
@@ -311,6 +312,9 @@ struct Agent {
     applied: MapContents,
     scoped: Option<(u64, State, super::istio::IstioScope)>,
     scoped_passes: usize,
+    /// As the agent with its node proxy: the routing table is compiled on every full pass and
+    /// kept per Service by the per-Service one; the proxy takes every frontend that wants it.
+    proxy: bool,
 }
 
 impl Agent {
@@ -319,36 +323,54 @@ impl Agent {
             .changes
             .as_ref()
             .expect("the aggregate's snapshots say");
-        if let Some((seq, ids, rules)) = self.scoped.as_mut() {
-            if let Some(set) = changes.since(*seq).filter(|s| !s.everything) {
-                let changed = touched_services(model, &set);
-                let opts = CompileOptions::default();
-                let compiled = &mut self.full.compiled;
-                if let Ok(delta) = rules
-                    .check(model, &changed)
-                    .and_then(|()| compile_changed(model, &opts, compiled, ids, &changed))
-                {
-                    super::istio::apply_rules(model, compiled, &delta, true);
-                    let scoped = Scoped::new(&self.full.compiled, &self.applied, &delta);
-                    written_only_for(&scoped, &delta);
-                    scoped.patch(&mut self.applied);
-                    *seq = changes.seq;
-                    self.scoped_passes += 1;
-                    let all = &self.full.compiled.backend_ids;
-                    let mut resets =
-                        conn_resets_scoped(delta.old.values(), all, model, &self.full.pending);
-                    self.full.pending = std::mem::take(&mut resets.pending);
-                    return resets;
-                }
-            }
+        if let Some(resets) = self.scoped_pass(model, changes) {
+            return resets;
         }
-        let (contents, plain, resets) = self.full.pass(model, false);
+        let (contents, plain, resets) = self.full.pass(model, self.proxy);
         self.applied = contents;
         self.scoped = match (plain, super::istio::IstioScope::new(model)) {
             (true, Ok(rules)) => Some((changes.seq, State::new(&self.full.compiled), rules)),
             _ => None,
         };
         resets
+    }
+}
+
+impl Agent {
+    /// The per-Service pass, or `None` when the full pass must run.
+    fn scoped_pass(&mut self, model: &ClusterModel, changes: &Changes) -> Option<ConnResets> {
+        let (seq, ids, rules) = self.scoped.as_mut()?;
+        let set = changes.since(*seq).filter(|s| !s.everything)?;
+        let mut changed = touched_services(model, &set);
+        let compiled = &mut self.full.compiled;
+        if self.proxy {
+            changed.extend(super::l7::services_of_pods(model, compiled, &set.pods).ok()?);
+        }
+        rules.check(model, &changed).ok()?;
+        let opts = CompileOptions::default();
+        let plan = plan_changed(model, &opts, compiled, ids, &changed).ok()?;
+        let patch = match self.proxy {
+            true => {
+                let wanted = lb::steer_reasons(&self.full.l7.config);
+                let steered = |a: &FrontendAddr| wanted.contains_key(a);
+                Some(super::l7::plan_l7(model, compiled, &plan, &changed, steered, false).ok()?)
+            }
+            false => None,
+        };
+        let delta = plan.apply(compiled, ids, &changed);
+        super::istio::apply_rules(model, compiled, &delta, true);
+        if let Some(patch) = patch {
+            patch.apply(&mut self.full.l7.config, &changed);
+        }
+        let scoped = Scoped::new(&self.full.compiled, &self.applied, &delta);
+        written_only_for(&scoped, &delta);
+        scoped.patch(&mut self.applied);
+        *seq = changes.seq;
+        self.scoped_passes += 1;
+        let all = &self.full.compiled.backend_ids;
+        let mut resets = conn_resets_scoped(delta.old.values(), all, model, &self.full.pending);
+        self.full.pending = std::mem::take(&mut resets.pending);
+        Some(resets)
     }
 }
 
@@ -373,7 +395,7 @@ fn written_only_for(scoped: &Scoped, delta: &Delta) {
     }
 }
 
-fn run(batches: &[(Vec<Op>, bool)]) -> Result<(), TestCaseError> {
+fn run(batches: &[(Vec<Op>, bool)], proxy: bool) -> Result<(), TestCaseError> {
     let mut aggregate = Aggregate::default();
     for kind in meshpath_source::kube::aggregate::KINDS {
         aggregate.apply(kind, Change::Init);
@@ -381,6 +403,7 @@ fn run(batches: &[(Vec<Op>, bool)]) -> Result<(), TestCaseError> {
     }
     let mut changes = Changes::default();
     let (mut reference, mut agent) = (Full::default(), Agent::default());
+    agent.proxy = proxy;
     for (i, (ops, skipped)) in batches.iter().enumerate() {
         for op in ops {
             let (kind, change) = change(op);
@@ -412,6 +435,11 @@ fn run(batches: &[(Vec<Op>, bool)]) -> Result<(), TestCaseError> {
             &agent.full.compiled.backend_ids,
             &reference.compiled.backend_ids
         );
+        if proxy {
+            let (got, want) = (&agent.full.l7.config, &reference.l7.config);
+            prop_assert_eq!(&got.listeners, &want.listeners, "routes after batch {}", i);
+            prop_assert_eq!(&got.clusters, &want.clusters, "clusters after batch {}", i);
+        }
     }
     Ok(())
 }
@@ -430,19 +458,33 @@ proptest! {
     fn per_service_passes_write_what_full_passes_write(
         batches in prop::collection::vec((prop::collection::vec(op(), 1..4), prop::bool::weighted(0.1)), 1..250)
     ) {
-        run(&batches)?;
+        run(&batches, false)?;
+    }
+
+    #[test]
+    fn per_service_passes_keep_the_proxy_table_full_passes_build(
+        batches in prop::collection::vec((prop::collection::vec(op(), 1..4), prop::bool::weighted(0.1)), 1..250)
+    ) {
+        run(&batches, true)?;
     }
 }
 
 /// The agent after each batch of `batches`, in order.
 fn agent_after(batches: Vec<Vec<Op>>) -> Agent {
+    agent_with_proxy_after(false, batches)
+}
+
+fn agent_with_proxy_after(proxy: bool, batches: Vec<Vec<Op>>) -> Agent {
     let mut aggregate = Aggregate::default();
     for kind in meshpath_source::kube::aggregate::KINDS {
         aggregate.apply(kind, Change::Init);
         aggregate.apply(kind, Change::InitDone);
     }
     let mut changes = Changes::default();
-    let mut agent = Agent::default();
+    let mut agent = Agent {
+        proxy,
+        ..Agent::default()
+    };
     for ops in batches {
         for op in &ops {
             let (kind, change) = change(op);
@@ -491,6 +533,90 @@ fn endpoint_changes_take_the_per_service_pass() {
     );
     assert_eq!(agent.applied.services.len(), 1, "the header alone, no slot");
     assert!(agent.applied.backends.is_empty());
+}
+
+#[test]
+fn with_the_proxy_endpoint_changes_take_the_per_service_pass() {
+    let endpoints = |agent: &Agent| {
+        let key = meshpath_model::l7::ClusterKey::new(id(0, "s0"), 80, None);
+        agent.full.l7.config.clusters[&key].endpoints.len()
+    };
+    let agent = agent_with_proxy_after(
+        true,
+        vec![
+            vec![http_service(0, 1), slice(0, vec![(1, 0, None)])],
+            vec![slice(0, vec![(1, 0, None), (2, 0, None)])],
+            // A label of a Pod behind an endpoint: the cluster changes, the maps do not.
+            vec![Op::Pod(0, 1, 7070)],
+            vec![Op::Pod(0, 1, 7171)],
+        ],
+    );
+    assert_eq!(agent.scoped_passes, 3);
+    assert_eq!(endpoints(&agent), 2);
+    let key = meshpath_model::l7::ClusterKey::new(id(0, "s0"), 80, None);
+    let labels = &agent.full.l7.config.clusters[&key].endpoints[0].labels;
+    assert_eq!(labels.get("version").map(String::as_str), Some("v7171"));
+
+    // The Pod deleted: whose endpoints carried its labels is not known any more.
+    let agent = agent_with_proxy_after(
+        true,
+        vec![
+            vec![http_service(0, 1), slice(0, vec![(1, 0, None)])],
+            vec![Op::Pod(0, 1, 7070)],
+            vec![Op::DeletePod(0, 1)],
+        ],
+    );
+    assert_eq!(agent.scoped_passes, 1);
+}
+
+#[test]
+fn the_proxy_taking_a_service_declines_the_per_service_pass() {
+    // s0's rule balances by least request, which only the proxy does.
+    let agent = agent_with_proxy_after(
+        true,
+        vec![
+            vec![
+                http_service(0, 1),
+                http_service(1, 2),
+                Op::Istio(0, 0, 2, 0),
+            ],
+            vec![slice(0, vec![(1, 0, None)])],
+            vec![slice(1, vec![(2, 0, None)])],
+        ],
+    );
+    assert_eq!(agent.scoped_passes, 1, "s1's change only");
+
+    // With `--http-no-endpoint-503`, an HTTP port losing its last endpoint is steered.
+    let mut model = ClusterModel::default();
+    for op in [http_service(0, 1), slice(0, vec![])] {
+        let (_, Change::Apply(item)) = change(&op) else {
+            unreachable!()
+        };
+        match item.result.expect("valid").expect("an object") {
+            ParsedObject::Service(s) => {
+                model.services.insert(s.id.clone(), s.into());
+            }
+            ParsedObject::EndpointSlice(s) => {
+                model.endpoint_slices.insert(s.id.clone(), s.into());
+            }
+            _ => unreachable!(),
+        }
+    }
+    let (compiled, _) = compile(&model, &CompileOptions::default(), &Compiled::default());
+    let state = State::new(&Compiled::default());
+    let changed = BTreeSet::from([id(0, "s0")]);
+    let opts = CompileOptions::default();
+    let plan = plan_changed(&model, &opts, &Compiled::default(), &state, &changed).expect("plan");
+    assert_eq!(plan.fresh().len(), 1);
+    let none = |_: &FrontendAddr| false;
+    let empty = Compiled::default();
+    let declined = super::l7::plan_l7(&model, &empty, &plan, &changed, none, true);
+    assert!(
+        matches!(declined, Err(Unscoped::Steered { port: 80, .. })),
+        "{declined:?}"
+    );
+    assert!(super::l7::plan_l7(&model, &empty, &plan, &changed, none, false).is_ok());
+    assert_eq!(compiled.frontends.len(), 1);
 }
 
 #[test]

@@ -45,6 +45,35 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// As [`Ctx::new`], for `services` only, with `frontends` their frontends as a per-Service
+    /// pass compiled them (`incremental::Plan::fresh`): what their clusters need and no more.
+    pub fn for_services(
+        model: &'a ClusterModel,
+        frontends: &'a [(FrontendAddr, Frontend)],
+        services: &std::collections::BTreeSet<ObjectRef>,
+    ) -> Self {
+        let mut by_service: BTreeMap<&ObjectRef, Vec<_>> = BTreeMap::new();
+        let mut ips = std::collections::HashSet::new();
+        for (addr, fe) in frontends {
+            by_service.entry(&fe.service).or_default().push((*addr, fe));
+            ips.extend(fe.backends.iter().map(|b| b.ip));
+        }
+        // The same winner as `new` where two Pods claim one IP: the model's order, filtered.
+        let pods_by_ip = model
+            .pods
+            .values()
+            .filter_map(|p| Some((p.ip?, &p.labels)))
+            .filter(|(ip, _)| ips.contains(ip))
+            .collect();
+        Self {
+            model,
+            frontends: by_service,
+            scopes: Scopes::new(model),
+            pods_by_ip,
+            slices: meshpath_model::SliceIndex::for_services(model, services),
+        }
+    }
+
     pub fn model(&self) -> &'a ClusterModel {
         self.model
     }

@@ -1,0 +1,190 @@
+//! The node proxy's routing table in the per-Service pass.
+//!
+//! A Service no VirtualService names has, in the table `compile_l7` builds, a plain-forwarding
+//! entry per HTTP frontend and its own cluster per such port, made of its frontends, its
+//! EndpointSlices, its DestinationRule and the labels of the Pods behind its endpoints. Nothing
+//! else in the table depends on it, so a change to it replaces those entries and no others.
+//!
+//! The pass declines ([`Unscoped`]) when the proxy has to start or stop taking one of the
+//! changed Services' frontends (a listener opens or closes, the kernel's entry is steered): a
+//! DestinationRule policy only the proxy enforces, an HTTP port without ready endpoints (with
+//! `--http-no-endpoint-503`), or a frontend steered now. And when a Pod was deleted,
+//! since its labels, which may have been on some Service's endpoints, are gone with it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use meshpath_model::l7::{Cluster, ClusterKey, L7Config, ServiceRoutes};
+use meshpath_model::{ClusterModel, ObjectRef, Protocol};
+
+use super::{Plan, Unscoped};
+use crate::l7::{clusters::Ctx, plain_forwarding, socket};
+use crate::lb::policy_needs_proxy;
+use crate::{Compiled, FrontendAddr};
+
+/// The Services whose clusters carry the labels of `pods` (by an endpoint's `targetRef`, or by
+/// a backend at the Pod's IP): a Pod edit changes their routing-table entries, not their map
+/// entries. `Err` when one of `pods` is gone.
+pub fn services_of_pods(
+    model: &ClusterModel,
+    compiled: &Compiled,
+    pods: &BTreeSet<ObjectRef>,
+) -> Result<BTreeSet<ObjectRef>, Unscoped> {
+    let mut out = BTreeSet::new();
+    if pods.is_empty() {
+        return Ok(out);
+    }
+    let mut ips = BTreeSet::new();
+    for id in pods {
+        let pod = model
+            .pods
+            .get(id)
+            .ok_or_else(|| Unscoped::PodGone { pod: id.clone() })?;
+        ips.extend(pod.ip);
+    }
+    for fe in compiled.frontends.values() {
+        if fe.backends.iter().any(|b| ips.contains(&b.ip)) {
+            out.insert(fe.service.clone());
+        }
+    }
+    for slice in model.endpoint_slices.values() {
+        let ns = &slice.id.namespace;
+        let names_one = slice.endpoints.iter().any(|ep| {
+            ep.pod_name
+                .as_ref()
+                .is_some_and(|name| pods.contains(&ObjectRef::new(ns, name)))
+        });
+        if names_one {
+            out.insert(ObjectRef::new(ns, &slice.service_name));
+        }
+    }
+    Ok(out)
+}
+
+/// The routing-table entries of the changed Services after a per-Service pass, built from its
+/// [`Plan`] before anything is applied.
+#[derive(Debug, Default)]
+pub struct L7Patch {
+    /// Where the changed Services' entries were (their former frontends).
+    old: Vec<SocketAddr>,
+    listeners: Vec<(SocketAddr, ServiceRoutes)>,
+    clusters: Vec<(ClusterKey, Cluster)>,
+}
+
+/// What `compile_l7` would give `changed` (Services the caller checked no VirtualService names
+/// and no client sees another DestinationRule for), or `Err` when the proxy would have to take
+/// one of their frontends. `steered` is whether a frontend is steered to the proxy now;
+/// `no_endpoint_503` whether HTTP ports without endpoints are.
+pub fn plan_l7(
+    model: &ClusterModel,
+    compiled: &Compiled,
+    plan: &Plan,
+    changed: &BTreeSet<ObjectRef>,
+    steered: impl Fn(&FrontendAddr) -> bool,
+    no_endpoint_503: bool,
+) -> Result<L7Patch, Unscoped> {
+    for addr in plan.old_addrs() {
+        if steered(addr) {
+            return Err(Unscoped::Steered {
+                service: compiled.frontends[addr].service.clone(),
+                port: addr.port,
+            });
+        }
+    }
+    let ctx = Ctx::for_services(model, plan.fresh(), changed);
+    let mut patch = L7Patch {
+        old: plan
+            .old_addrs()
+            .iter()
+            .filter(|a| a.protocol == Protocol::Tcp)
+            .map(|a| socket(*a))
+            .collect(),
+        ..L7Patch::default()
+    };
+    for service in changed {
+        for (addr, _) in ctx.http_frontends(service) {
+            let routes = plain_forwarding(service, addr.port);
+            // `compile_l7` leaves a cluster out when its Service is gone; the frontend is too.
+            let Some(cluster) = ctx.cluster(&routes.default_cluster) else {
+                continue;
+            };
+            if policy_needs_proxy(&cluster.policy) {
+                return Err(Unscoped::Steered {
+                    service: service.clone(),
+                    port: addr.port,
+                });
+            }
+            patch
+                .clusters
+                .push((routes.default_cluster.clone(), cluster));
+            patch.listeners.push((socket(addr), routes));
+        }
+    }
+    if no_endpoint_503 {
+        for (addr, fe) in plan.fresh() {
+            let declared_http = model.services.get(&fe.service).is_some_and(|s| {
+                s.ports
+                    .iter()
+                    .any(|p| p.port == addr.port && p.declared_http())
+            });
+            if addr.protocol == Protocol::Tcp && fe.backends.is_empty() && declared_http {
+                return Err(Unscoped::Steered {
+                    service: fe.service.clone(),
+                    port: addr.port,
+                });
+            }
+        }
+    }
+    Ok(patch)
+}
+
+impl L7Patch {
+    /// Replaces `changed`'s entries in `config` (the table the last pass left) with this patch's.
+    pub fn apply(self, config: &mut L7Config, changed: &BTreeSet<ObjectRef>) {
+        for addr in &self.old {
+            if config
+                .listeners
+                .get(addr)
+                .is_some_and(|r| changed.contains(&r.service))
+            {
+                config.listeners.remove(addr);
+            }
+        }
+        for service in changed {
+            let first = ClusterKey {
+                service: service.clone(),
+                port: 0,
+                subset: None,
+                view: None,
+            };
+            let keys: Vec<ClusterKey> = config
+                .clusters
+                .range(first..)
+                .take_while(|(k, _)| k.service == *service)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                config.clusters.remove(&k);
+            }
+        }
+        config.listeners.extend(self.listeners);
+        config.clusters.extend(self.clusters);
+    }
+
+    /// Whether the patch leaves the table as it was for these Services (e.g. a Pod edit that
+    /// changed no label on their endpoints), given the table before [`L7Patch::apply`].
+    pub fn changes(&self, config: &L7Config) -> bool {
+        let listeners: BTreeMap<&SocketAddr, &ServiceRoutes> =
+            self.listeners.iter().map(|(a, r)| (a, r)).collect();
+        let same_listeners = self.old.iter().all(|a| listeners.contains_key(a))
+            && self
+                .listeners
+                .iter()
+                .all(|(a, r)| config.listeners.get(a) == Some(r));
+        let same_clusters = self
+            .clusters
+            .iter()
+            .all(|(k, c)| config.clusters.get(k) == Some(c));
+        !(same_listeners && same_clusters)
+    }
+}

@@ -318,6 +318,10 @@ impl Reconciler {
                         seq: changes.seq,
                         ids: meshpath_compile::incremental::State::new(&next),
                         rules,
+                        pod_ips: match self.proxy {
+                            Some(_) => meshpath_compile::incremental::l7::PodIps::new(model),
+                            None => Default::default(),
+                        },
                     }),
                     (_, _, Err(e)) => {
                         tracing::debug!(reason = %e, "the next change compiles every Service too");

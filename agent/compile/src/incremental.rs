@@ -50,8 +50,6 @@ pub enum Unscoped {
     RulePerClient { service: ObjectRef },
     #[error("{service}'s port {port} is or would be steered to the node proxy")]
     Steered { service: ObjectRef, port: u16 },
-    #[error("Pod {pod} is gone: which Services' endpoints carried its labels is not known")]
-    PodGone { pod: ObjectRef },
 }
 
 /// Lowest-free-first ids, as [`super::alloc::IdAllocator`] hands them out, kept across passes.

@@ -11,7 +11,7 @@ use meshpath_compile::conn_reset::conn_resets_scoped;
 use std::sync::Arc;
 
 use meshpath_compile::incremental::istio::{apply_rules, IstioScope};
-use meshpath_compile::incremental::l7::{plan_l7, services_of_pods};
+use meshpath_compile::incremental::l7::{plan_l7, services_of_pods, PodIps};
 use meshpath_compile::incremental::{plan_changed, touched_services, Scoped, State};
 use meshpath_datapath::apply::apply;
 use meshpath_datapath::DatapathMaps;
@@ -27,6 +27,9 @@ pub(super) struct ScopedState {
     pub ids: State,
     /// The Services the (unchanged) VirtualServices name.
     pub rules: IstioScope,
+    /// With the node proxy: the Pods' addresses, for the routing-table entries a Pod change
+    /// touches.
+    pub pod_ips: PodIps,
 }
 
 impl Reconciler {
@@ -74,13 +77,8 @@ impl Reconciler {
         let mut changed = touched_services(model, &set);
         if self.proxy.is_some() {
             // The proxy's clusters carry the labels of the Pods behind their endpoints.
-            match services_of_pods(model, &self.compiled, &set.pods) {
-                Ok(more) => changed.extend(more),
-                Err(e) => {
-                    debug!(reason = %e, "change not compiled per Service");
-                    return Err("a Pod the node proxy's routing table may name is gone");
-                }
-            }
+            let known = &scoped.pod_ips;
+            changed.extend(services_of_pods(model, &self.compiled, &set.pods, known));
         }
         if let Err(e) = scoped.rules.check(model, &changed) {
             debug!(reason = %e, "change not compiled per Service");
@@ -140,6 +138,7 @@ impl Reconciler {
                 if let (Some(patch), Some(p)) = (l7_patch, self.proxy.as_mut()) {
                     if !set.pods.is_empty() {
                         p.listeners.update_pods(model);
+                        scoped.pod_ips.update(model, &set.pods);
                     }
                     if patch.changes(&self.l7.config) {
                         patch.apply(&mut self.l7.config, &changed);

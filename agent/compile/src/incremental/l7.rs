@@ -8,11 +8,10 @@
 //! The pass declines ([`Unscoped`]) when the proxy has to start or stop taking one of the
 //! changed Services' frontends (a listener opens or closes, the kernel's entry is steered): a
 //! DestinationRule policy only the proxy enforces, an HTTP port without ready endpoints (with
-//! `--http-no-endpoint-503`), or a frontend steered now. And when a Pod was deleted,
-//! since its labels, which may have been on some Service's endpoints, are gone with it.
+//! `--http-no-endpoint-503`), or a frontend steered now.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use meshpath_model::l7::{Cluster, ClusterKey, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef, Protocol};
@@ -22,25 +21,50 @@ use crate::l7::{clusters::Ctx, plain_forwarding, socket};
 use crate::lb::policy_needs_proxy;
 use crate::{Compiled, FrontendAddr};
 
-/// The Services whose clusters carry the labels of `pods` (by an endpoint's `targetRef`, or by
-/// a backend at the Pod's IP): a Pod edit changes their routing-table entries, not their map
-/// entries. `Err` when one of `pods` is gone.
+/// The Pods' addresses as of the last pass: a Pod deleted or moved to another address took its
+/// labels away from the endpoints at its former one.
+#[derive(Clone, Debug, Default)]
+pub struct PodIps(HashMap<ObjectRef, Ipv4Addr>);
+
+impl PodIps {
+    pub fn new(model: &ClusterModel) -> Self {
+        Self(
+            model
+                .pods
+                .iter()
+                .filter_map(|(id, p)| Some((id.clone(), p.ip?)))
+                .collect(),
+        )
+    }
+
+    /// Brings the addresses of `pods` to what `model` says.
+    pub fn update(&mut self, model: &ClusterModel, pods: &BTreeSet<ObjectRef>) {
+        for id in pods {
+            match model.pods.get(id).and_then(|p| p.ip) {
+                Some(ip) => self.0.insert(id.clone(), ip),
+                None => self.0.remove(id),
+            };
+        }
+    }
+}
+
+/// The Services whose clusters carry (or carried) the labels of `pods`: by an endpoint's
+/// `targetRef`, or by a backend at the Pod's address, now or as of the last pass (`known`). A
+/// Pod edit changes their routing-table entries, not their map entries.
 pub fn services_of_pods(
     model: &ClusterModel,
     compiled: &Compiled,
     pods: &BTreeSet<ObjectRef>,
-) -> Result<BTreeSet<ObjectRef>, Unscoped> {
+    known: &PodIps,
+) -> BTreeSet<ObjectRef> {
     let mut out = BTreeSet::new();
     if pods.is_empty() {
-        return Ok(out);
+        return out;
     }
     let mut ips = BTreeSet::new();
     for id in pods {
-        let pod = model
-            .pods
-            .get(id)
-            .ok_or_else(|| Unscoped::PodGone { pod: id.clone() })?;
-        ips.extend(pod.ip);
+        ips.extend(model.pods.get(id).and_then(|p| p.ip));
+        ips.extend(known.0.get(id));
     }
     for fe in compiled.frontends.values() {
         if fe.backends.iter().any(|b| ips.contains(&b.ip)) {
@@ -58,7 +82,7 @@ pub fn services_of_pods(
             out.insert(ObjectRef::new(ns, &slice.service_name));
         }
     }
-    Ok(out)
+    out
 }
 
 /// The routing-table entries of the changed Services after a per-Service pass, built from its

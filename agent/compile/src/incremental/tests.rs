@@ -310,7 +310,7 @@ impl Full {
 struct Agent {
     full: Full,
     applied: MapContents,
-    scoped: Option<(u64, State, super::istio::IstioScope)>,
+    scoped: Option<(u64, State, super::istio::IstioScope, super::l7::PodIps)>,
     scoped_passes: usize,
     /// As the agent with its node proxy: the routing table is compiled on every full pass and
     /// kept per Service by the per-Service one; the proxy takes every frontend that wants it.
@@ -329,7 +329,10 @@ impl Agent {
         let (contents, plain, resets) = self.full.pass(model, self.proxy);
         self.applied = contents;
         self.scoped = match (plain, super::istio::IstioScope::new(model)) {
-            (true, Ok(rules)) => Some((changes.seq, State::new(&self.full.compiled), rules)),
+            (true, Ok(rules)) => {
+                let ids = State::new(&self.full.compiled);
+                Some((changes.seq, ids, rules, super::l7::PodIps::new(model)))
+            }
             _ => None,
         };
         resets
@@ -339,12 +342,14 @@ impl Agent {
 impl Agent {
     /// The per-Service pass, or `None` when the full pass must run.
     fn scoped_pass(&mut self, model: &ClusterModel, changes: &Changes) -> Option<ConnResets> {
-        let (seq, ids, rules) = self.scoped.as_mut()?;
+        let (seq, ids, rules, pod_ips) = self.scoped.as_mut()?;
         let set = changes.since(*seq).filter(|s| !s.everything)?;
         let mut changed = touched_services(model, &set);
         let compiled = &mut self.full.compiled;
         if self.proxy {
-            changed.extend(super::l7::services_of_pods(model, compiled, &set.pods).ok()?);
+            changed.extend(super::l7::services_of_pods(
+                model, compiled, &set.pods, pod_ips,
+            ));
         }
         rules.check(model, &changed).ok()?;
         let opts = CompileOptions::default();
@@ -361,6 +366,7 @@ impl Agent {
         super::istio::apply_rules(model, compiled, &delta, true);
         if let Some(patch) = patch {
             patch.apply(&mut self.full.l7.config, &changed);
+            pod_ips.update(model, &set.pods);
         }
         let scoped = Scoped::new(&self.full.compiled, &self.applied, &delta);
         written_only_for(&scoped, &delta);
@@ -557,7 +563,7 @@ fn with_the_proxy_endpoint_changes_take_the_per_service_pass() {
     let labels = &agent.full.l7.config.clusters[&key].endpoints[0].labels;
     assert_eq!(labels.get("version").map(String::as_str), Some("v7171"));
 
-    // The Pod deleted: whose endpoints carried its labels is not known any more.
+    // The Pod deleted: its labels leave the endpoint at its former address.
     let agent = agent_with_proxy_after(
         true,
         vec![
@@ -566,7 +572,10 @@ fn with_the_proxy_endpoint_changes_take_the_per_service_pass() {
             vec![Op::DeletePod(0, 1)],
         ],
     );
-    assert_eq!(agent.scoped_passes, 1);
+    assert_eq!(agent.scoped_passes, 2);
+    assert!(agent.full.l7.config.clusters[&key].endpoints[0]
+        .labels
+        .is_empty());
 }
 
 #[test]

@@ -20,6 +20,7 @@ use meshpath_model::ClusterModel;
 
 use crate::proxy_listeners::ProxyListeners;
 
+mod publisher;
 mod recompile;
 mod scoped;
 
@@ -68,6 +69,8 @@ pub struct Reconciler {
     /// What the per-Service pass needs (`scoped`); `None` until a full pass leaves a state it
     /// can continue from.
     scoped: Option<scoped::ScopedState>,
+    /// With the node proxy: publishes the per-Service passes' routing-table changes.
+    publisher: Option<publisher::TablePublisher>,
 }
 
 impl Reconciler {
@@ -77,6 +80,9 @@ impl Reconciler {
         proxy: Option<ProxySetup>,
         l7_tx: watch::Sender<Arc<L7Config>>,
     ) -> Self {
+        let publisher = proxy
+            .as_ref()
+            .map(|_| publisher::TablePublisher::start(l7_tx.clone()));
         Self {
             opts,
             connection_limits,
@@ -95,6 +101,7 @@ impl Reconciler {
             reset_pending: Default::default(),
             tc: None,
             scoped: None,
+            publisher,
         }
     }
 
@@ -224,8 +231,14 @@ impl Reconciler {
                 // The proxy serves the new table before any connection can be steered to it:
                 // built here, off its request path, and only when the routing really changed
                 // (a pass for an outlier ejection or a kernel-only change publishes nothing).
+                if let Some(publisher) = &self.publisher {
+                    publisher.pause();
+                }
                 if let Some(config) = publish_if_changed(&self.l7_tx, &l7.config) {
                     p.listeners.apply_l7(config);
+                }
+                if let Some(publisher) = &self.publisher {
+                    publisher.rebase(self.l7_tx.borrow().clone());
                 }
                 p.listeners.open_missing(&assigned).0
             }

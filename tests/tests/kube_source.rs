@@ -431,6 +431,8 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
     // The next one is a per-Service pass with the proxy on: it replaces reviews' entry in the
     // proxy's routing table too, which a full recompile then finds as it would build it.
     let scoped_before = a.log().matches("services_changed").count();
+    let full_before = a.log().matches("compiling every Service").count();
+    let applied_before = a.log().matches("proxy config applied").count();
     scale_up(2);
     let both = eps(&node, &[1, 2], 8080);
     wait_backends(&a, "default/reviews:", both, Duration::from_secs(10));
@@ -439,6 +441,17 @@ fn istio_routes_from_the_api_follow_virtual_service_changes_and_scale_to_zero_an
         "no per-Service pass:\n{}",
         a.log()
     );
+    assert_eq!(
+        a.log().matches("compiling every Service").count(),
+        full_before,
+        "a full pass ran:\n{}",
+        a.log()
+    );
+    // The proxy got the new table (its publication follows the maps, off the pass).
+    let applied = wait_until(Duration::from_secs(5), || {
+        a.log().matches("proxy config applied").count() > applied_before
+    });
+    assert!(applied, "the proxy's table did not follow:\n{}", a.log());
     let admin = a.admin_addr().expect("admin listener").to_owned();
     let report = agent::meshpath(["recompile", "--admin-addr", &admin])
         .unwrap_or_else(|e| panic!("{e:#}\n{}", a.log()));

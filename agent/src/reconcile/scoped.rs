@@ -8,8 +8,6 @@
 //! rebuilds the state kept here.
 
 use meshpath_compile::conn_reset::conn_resets_scoped;
-use std::sync::Arc;
-
 use meshpath_compile::incremental::istio::{apply_rules, IstioScope};
 use meshpath_compile::incremental::l7::{plan_l7, services_of_pods, PodIps};
 use meshpath_compile::incremental::{plan_changed, touched_services, Scoped, State};
@@ -134,17 +132,18 @@ impl Reconciler {
                     resetter.reset(plan);
                 }
                 let applied_at = started.elapsed();
-                // Not steered, so the maps need not wait for the proxy's table: it follows.
+                // Not steered, so the maps need not wait for the proxy's table: it follows, off
+                // this path (`publisher`).
                 if let (Some(patch), Some(p)) = (l7_patch, self.proxy.as_mut()) {
                     if !set.pods.is_empty() {
                         p.listeners.update_pods(model);
                         scoped.pod_ips.update(model, &set.pods);
                     }
                     if patch.changes(&self.l7.config) {
+                        if let Some(publisher) = &self.publisher {
+                            publisher.patch(patch.clone(), changed.clone());
+                        }
                         patch.apply(&mut self.l7.config, &changed);
-                        let config = Arc::new(self.l7.config.clone());
-                        self.l7_tx.send_replace(Arc::clone(&config));
-                        p.listeners.apply_l7(config);
                     }
                 }
                 debug!(

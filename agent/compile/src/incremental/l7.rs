@@ -87,7 +87,7 @@ pub fn services_of_pods(
 
 /// The routing-table entries of the changed Services after a per-Service pass, built from its
 /// [`Plan`] before anything is applied.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct L7Patch {
     /// Where the changed Services' entries were (their former frontends).
     old: Vec<SocketAddr>,

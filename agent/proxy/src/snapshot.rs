@@ -37,7 +37,8 @@ pub(crate) struct Snapshot {
     pub config: Arc<L7Config>,
     /// Looked up once per request by original destination: a word hash, as the keys come
     /// from the config (a client picks which one it asks for, but cannot add colliding ones).
-    pub listeners: HashMap<SocketAddr, ListenerRt, BuildHasherDefault<WordHasher>>,
+    /// Shared with the next snapshot when neither its routes nor their clusters change.
+    pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, BuildHasherDefault<WordHasher>>,
     /// Every defined cluster's state, for the next build to take over what did not change.
     pub clusters: HashMap<ClusterKey, Arc<ClusterRt>>,
 }
@@ -248,11 +249,13 @@ pub(crate) fn build(
     registry.retain(|_, w| w.strong_count() > 0);
     let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
         HashMap::with_capacity(config.clusters.len());
+    let mut taken_over: std::collections::HashSet<&ClusterKey> = Default::default();
     for (key, c) in &config.clusters {
         if let Some(same) = previous.and_then(|p| unchanged(p, &config, key, c)) {
             // Its stats entry is there already: it was made when the cluster was first built,
             // and entries outlive snapshots.
             clusters.insert(key, same);
+            taken_over.insert(key);
             continue;
         }
         let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.addr).collect();
@@ -313,10 +316,26 @@ pub(crate) fn build(
             ops: None,
         },
     };
+    // A listener whose routes are the same and whose clusters were all taken over (or are
+    // undefined in both) is taken over too: a change to one Service's endpoints rebuilds its
+    // own listener, not the other 10 000.
+    let reused = |addr: &SocketAddr, sr: &ServiceRoutes| -> Option<Arc<ListenerRt>> {
+        let p = previous?;
+        if p.config.listeners.get(addr) != Some(sr) {
+            return None;
+        }
+        let same = cluster_refs(sr).into_iter().all(|k| {
+            taken_over.contains(k) || (!clusters.contains_key(k) && !p.clusters.contains_key(k))
+        });
+        same.then(|| p.listeners.get(addr).cloned()).flatten()
+    };
     let listeners = config
         .listeners
         .iter()
-        .map(|(addr, sr)| (*addr, listener(sr, &dest)))
+        .map(|(addr, sr)| {
+            let rt = reused(addr, sr).unwrap_or_else(|| Arc::new(listener(sr, &dest)));
+            (*addr, rt)
+        })
         .collect();
     let clusters = clusters.into_iter().map(|(k, c)| (k.clone(), c)).collect();
     Snapshot {
@@ -340,6 +359,21 @@ fn unchanged(
         return None;
     }
     previous.clusters.get(key).cloned()
+}
+
+/// Every cluster a listener's routes (its chain's included) send or mirror to.
+fn cluster_refs(sr: &ServiceRoutes) -> Vec<&ClusterKey> {
+    let mut out = vec![&sr.default_cluster];
+    for r in &sr.http {
+        if let RouteAction::Route(wcs) = &r.action {
+            out.extend(wcs.iter().map(|w| &w.cluster));
+        }
+        out.extend(r.mirrors.iter().map(|m| &m.cluster));
+    }
+    if let Some(next) = &sr.export.otherwise {
+        out.extend(cluster_refs(next));
+    }
+    out
 }
 
 fn listener(sr: &ServiceRoutes, dest: &impl Fn(&ClusterKey) -> Dest) -> ListenerRt {

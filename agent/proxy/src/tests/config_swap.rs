@@ -99,3 +99,39 @@ async fn a_routing_change_keeps_unchanged_clusters_and_their_connections() {
     assert_eq!(h.get("/").await.status, 200);
     assert_eq!(upstream_connections(&h.tx.proxy), 1);
 }
+
+/// Two plain-forwarding listeners, `svc` at [`VIP`] and `other` at another address.
+fn two_services(svc: SocketAddr, other: SocketAddr) -> L7Config {
+    let mut c = config(vec![], vec![(key("svc"), cluster(&[svc], RoundRobin))]);
+    let other_vip: SocketAddr = "10.96.0.2:80".parse().unwrap();
+    c.listeners.insert(
+        other_vip,
+        ServiceRoutes {
+            service: ObjectRef::new("default", "other"),
+            port: 80,
+            http: vec![],
+            default_cluster: key("other"),
+            export: Export::default(),
+        },
+    );
+    c.clusters
+        .insert(key("other"), cluster(&[other], RoundRobin));
+    c
+}
+
+#[tokio::test]
+async fn an_endpoint_change_rebuilds_that_services_listener_only() {
+    let (a, b, o) = (backend("a").await, backend("b").await, backend("o").await);
+    let h = start(two_services(a.addr, o.addr)).await;
+    let listener = |vip: SocketAddr| h.tx.proxy.current.load().listeners[&vip].clone();
+    let other_vip: SocketAddr = "10.96.0.2:80".parse().unwrap();
+    let (svc_before, other_before) = (listener(VIP), listener(other_vip));
+    assert!(h.tx.proxy.apply(Arc::new(two_services(b.addr, o.addr))));
+    assert!(
+        Arc::ptr_eq(&other_before, &listener(other_vip)),
+        "the unchanged Service's listener is shared"
+    );
+    assert!(!Arc::ptr_eq(&svc_before, &listener(VIP)));
+    // The rebuilt listener sends to the new endpoint.
+    assert_eq!(h.get("/").await.body, "b");
+}

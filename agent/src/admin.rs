@@ -364,7 +364,8 @@ mod tests {
                 Cluster {
                     endpoints: vec![],
                     policy: Default::default(),
-                },
+                }
+                .into(),
             )]
             .into_iter()
             .collect(),

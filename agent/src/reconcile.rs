@@ -421,7 +421,8 @@ mod tests {
             meshpath_model::l7::Cluster {
                 endpoints: vec![],
                 policy: Default::default(),
-            },
+            }
+            .into(),
         );
         assert!(publish_if_changed(&tx, &changed).is_some());
         assert!(rx.has_changed().unwrap());

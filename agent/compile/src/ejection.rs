@@ -169,7 +169,9 @@ mod tests {
             ..TrafficPolicy::default()
         };
         L7Config {
-            clusters: [(key, Cluster { endpoints, policy })].into_iter().collect(),
+            clusters: [(key, Cluster { endpoints, policy }.into())]
+                .into_iter()
+                .collect(),
             ..L7Config::default()
         }
     }
@@ -242,7 +244,7 @@ mod tests {
                 ..TrafficPolicy::default()
             },
         };
-        cfg.clusters.insert(subset("v1"), v1_cluster);
+        cfg.clusters.insert(subset("v1"), v1_cluster.into());
         let drop = ejected_ips(&cfg, &BTreeSet::from([a]));
         assert_eq!(
             healthy_endpoints(&drop, &cfg, &subset("v1"), v1.clone()),

@@ -31,9 +31,10 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use meshpath_model::istio::VirtualService;
-use meshpath_model::l7::{ClusterKey, Export, L7Config, ServiceRoutes};
+use meshpath_model::l7::{Cluster, ClusterKey, Export, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef};
 
 use super::{Compiled, FrontendAddr};
@@ -174,19 +175,34 @@ pub fn compile_l7(
     // until a DestinationRule defines it, as Envoy does for a cluster it was not sent.
     for key in &keys {
         if let Some(cluster) = ctx.cluster(key) {
-            out.config.clusters.insert(key.clone(), cluster);
+            let shared = shared(previous, key, cluster);
+            out.config.clusters.insert(key.clone(), shared);
         }
     }
     // A kept VirtualService keeps its clusters too, the last good one when the subset is gone.
     for key in kept.difference(&keys) {
-        if let Some(cluster) = ctx
-            .cluster(key)
-            .or_else(|| previous.config.clusters.get(key).cloned())
-        {
-            out.config.clusters.insert(key.clone(), cluster);
+        match ctx.cluster(key) {
+            Some(cluster) => {
+                let shared = shared(previous, key, cluster);
+                out.config.clusters.insert(key.clone(), shared);
+            }
+            None => {
+                if let Some(last) = previous.config.clusters.get(key) {
+                    out.config.clusters.insert(key.clone(), Arc::clone(last));
+                }
+            }
         }
     }
     (out, errors)
+}
+
+/// `cluster`, as the previous table's allocation when that one is equal: tables share what a
+/// change did not touch (and the proxy then compares it by pointer).
+fn shared(previous: &L7Compiled, key: &ClusterKey, cluster: Cluster) -> Arc<Cluster> {
+    match previous.config.clusters.get(key) {
+        Some(last) if **last == cluster => Arc::clone(last),
+        _ => Arc::new(cluster),
+    }
 }
 
 /// The services each VirtualService routes (it is in their chain, see [`export::chains`]),

@@ -226,7 +226,7 @@ impl Proxy {
         let mut registry = self.builder.lock().unwrap_or_else(|p| p.into_inner());
         let config = latest();
         let served = self.current.load();
-        if Arc::ptr_eq(&served.config, &config) || *served.config == *config {
+        if Arc::ptr_eq(&served.config, &config) || served.config.same_as(&config) {
             return false;
         }
         let started = std::time::Instant::now();

@@ -250,8 +250,18 @@ pub(crate) fn build(
     let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
         HashMap::with_capacity(config.clusters.len());
     let mut taken_over: std::collections::HashSet<&ClusterKey> = Default::default();
+    // Both tables are ordered by key: walked side by side, each cluster meets its previous
+    // definition after a comparison or two instead of a tree search (at 10 000 clusters the
+    // searches' string comparisons were most of a rebuild).
+    let mut before = previous.map(|p| p.config.clusters.iter().peekable());
     for (key, c) in &config.clusters {
-        if let Some(same) = previous.and_then(|p| unchanged(p, &config, key, c)) {
+        let old = before.as_mut().and_then(|it| {
+            while it.peek().is_some_and(|(k, _)| *k < key) {
+                it.next();
+            }
+            it.peek().filter(|(k, _)| *k == key).map(|(_, old)| *old)
+        });
+        if let Some(same) = previous.and_then(|p| unchanged(p, &config, key, c, old)) {
             // Its stats entry is there already: it was made when the cluster was first built,
             // and entries outlive snapshots.
             clusters.insert(key, same);
@@ -345,14 +355,16 @@ pub(crate) fn build(
     }
 }
 
-/// `previous`'s state of cluster `key` when `c` defines it as `previous` did.
+/// `previous`'s state of cluster `key` when `c` defines it as `previous` did (`old`, its
+/// definition there).
 fn unchanged(
     previous: &Snapshot,
     config: &L7Config,
     key: &ClusterKey,
-    c: &meshpath_model::l7::Cluster,
+    c: &Arc<meshpath_model::l7::Cluster>,
+    old: Option<&Arc<meshpath_model::l7::Cluster>>,
 ) -> Option<Arc<ClusterRt>> {
-    if previous.config.clusters.get(key) != Some(c) {
+    if !old.is_some_and(|old| meshpath_model::l7::same_cluster(old, c)) {
         return None;
     }
     if c.policy.locality_lb.is_some() && previous.config.locality != config.locality {

@@ -127,7 +127,7 @@ mod tests {
                 endpoints: vec![],
                 policy: Default::default(),
             };
-            c.clusters.insert(key, cluster);
+            c.clusters.insert(key, cluster.into());
         }
         c
     }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use meshpath_model::l7::{Cluster, ClusterKey, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef, Protocol};
@@ -92,7 +93,7 @@ pub struct L7Patch {
     /// Where the changed Services' entries were (their former frontends).
     old: Vec<SocketAddr>,
     listeners: Vec<(SocketAddr, ServiceRoutes)>,
-    clusters: Vec<(ClusterKey, Cluster)>,
+    clusters: Vec<(ClusterKey, Arc<Cluster>)>,
 }
 
 /// What `compile_l7` would give `changed` (Services the caller checked no VirtualService names
@@ -140,7 +141,7 @@ pub fn plan_l7(
             }
             patch
                 .clusters
-                .push((routes.default_cluster.clone(), cluster));
+                .push((routes.default_cluster.clone(), Arc::new(cluster)));
             patch.listeners.push((socket(addr), routes));
         }
     }
@@ -165,6 +166,7 @@ pub fn plan_l7(
 impl L7Patch {
     /// Replaces `changed`'s entries in `config` (the table the last pass left) with this patch's.
     pub fn apply(self, config: &mut L7Config, changed: &BTreeSet<ObjectRef>) {
+        let mut removed: BTreeMap<ClusterKey, Arc<Cluster>> = BTreeMap::new();
         for addr in &self.old {
             if config
                 .listeners
@@ -188,11 +190,20 @@ impl L7Patch {
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in keys {
-                config.clusters.remove(&k);
+                if let Some(c) = config.clusters.remove(&k) {
+                    removed.insert(k, c);
+                }
             }
         }
         config.listeners.extend(self.listeners);
-        config.clusters.extend(self.clusters);
+        // A cluster the change left as it was stays the same allocation (see `shared`).
+        for (k, c) in self.clusters {
+            let c = match removed.remove(&k) {
+                Some(old) if *old == *c => old,
+                _ => c,
+            };
+            config.clusters.insert(k, c);
+        }
     }
 
     /// Whether the patch leaves the table as it was for these Services (e.g. a Pod edit that
@@ -208,7 +219,7 @@ impl L7Patch {
         let same_clusters = self
             .clusters
             .iter()
-            .all(|(k, c)| config.clusters.get(k) == Some(c));
+            .all(|(k, c)| config.clusters.get(k).is_some_and(|old| **old == **c));
         !(same_listeners && same_clusters)
     }
 }

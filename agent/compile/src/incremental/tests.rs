@@ -780,3 +780,49 @@ fn one_service_change_timing() {
         scoped[scoped.len() / 2]
     );
 }
+
+#[test]
+fn routing_tables_share_the_clusters_a_change_left_alone() {
+    let agent = agent_with_proxy_after(
+        true,
+        vec![vec![
+            http_service(0, 1),
+            http_service(1, 2),
+            slice(0, vec![(1, 0, None)]),
+            slice(1, vec![(2, 0, None)]),
+        ]],
+    );
+    let before = agent.full.l7.config.clone();
+    let agent = {
+        let mut agent = agent;
+        // A full pass over a changed s0: s1's cluster is the previous allocation.
+        let mut aggregate = Aggregate::default();
+        for kind in meshpath_source::kube::aggregate::KINDS {
+            aggregate.apply(kind, Change::Init);
+            aggregate.apply(kind, Change::InitDone);
+        }
+        for op in [
+            http_service(0, 1),
+            http_service(1, 2),
+            slice(0, vec![(3, 0, None)]),
+            slice(1, vec![(2, 0, None)]),
+        ] {
+            let (kind, change) = change(&op);
+            aggregate.apply(kind, change);
+        }
+        agent.full.pass(aggregate.model(), true);
+        agent
+    };
+    let after = &agent.full.l7.config;
+    let s = |name| meshpath_model::l7::ClusterKey::new(id(0, name), 80, None);
+    assert!(std::sync::Arc::ptr_eq(
+        &before.clusters[&s("s1")],
+        &after.clusters[&s("s1")]
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &before.clusters[&s("s0")],
+        &after.clusters[&s("s0")]
+    ));
+    assert!(before.same_as(&before.clone()));
+    assert!(!before.same_as(after));
+}

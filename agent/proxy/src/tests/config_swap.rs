@@ -92,7 +92,7 @@ async fn a_routing_change_keeps_unchanged_clusters_and_their_connections() {
     // A change to the cluster itself rebuilds it (its endpoints' pools still carry over).
     let mut changed = with_timeout(31);
     let c = changed.clusters.get_mut(&key("svc")).unwrap();
-    c.policy.connection_pool.max_retries = Some(7);
+    Arc::make_mut(c).policy.connection_pool.max_retries = Some(7);
     assert!(h.tx.proxy.apply(Arc::new(changed)));
     let rebuilt = served_cluster(&h.tx.proxy, &key("svc"));
     assert!(!Arc::ptr_eq(&after, &rebuilt));
@@ -115,7 +115,7 @@ fn two_services(svc: SocketAddr, other: SocketAddr) -> L7Config {
         },
     );
     c.clusters
-        .insert(key("other"), cluster(&[other], RoundRobin));
+        .insert(key("other"), cluster(&[other], RoundRobin).into());
     c
 }
 

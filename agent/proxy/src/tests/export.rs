@@ -55,7 +55,7 @@ fn chained(only_restricted: bool) -> L7Config {
 fn with_backends(mut cfg: L7Config, a: &Backend, b: &Backend, svc: &Backend) -> L7Config {
     for (name, be) in [("a", a), ("b", b), ("svc", svc)] {
         cfg.clusters
-            .insert(key(name), cluster(&[be.addr], RoundRobin));
+            .insert(key(name), cluster(&[be.addr], RoundRobin).into());
     }
     cfg
 }

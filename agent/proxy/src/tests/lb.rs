@@ -89,7 +89,7 @@ async fn passthrough_goes_to_the_original_destination() {
         listeners: [(direct.addr, sr)].into(),
         clusters: [(
             key("svc"),
-            cluster(&[listed.addr], LoadBalancer::Passthrough),
+            cluster(&[listed.addr], LoadBalancer::Passthrough).into(),
         )]
         .into(),
         ..L7Config::default()

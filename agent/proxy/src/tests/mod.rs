@@ -379,7 +379,7 @@ pub(super) fn config(routes: Vec<HttpRoute>, clusters: Vec<(ClusterKey, Cluster)
     };
     L7Config {
         listeners: [(VIP, sr)].into_iter().collect(),
-        clusters: clusters.into_iter().collect(),
+        clusters: clusters.into_iter().map(|(k, c)| (k, c.into())).collect(),
         ..L7Config::default()
     }
 }

@@ -123,6 +123,7 @@ pub fn compile_l7(
             }
         }
     }
+    let mut listeners: BTreeMap<SocketAddr, ServiceRoutes> = BTreeMap::new();
     for (addr, by_vs) in by_addr {
         let Some(service) = by_vs.values().next().map(|r| r.service.clone()) else {
             continue;
@@ -131,7 +132,7 @@ pub fn compile_l7(
         if let Some(routes) = export::assemble(addr, &service, chain, by_vs) {
             // The plain forwarding a chain may end with.
             keys.extend(routes::cluster_keys(&routes));
-            out.config.listeners.insert(addr, routes);
+            listeners.insert(addr, routes);
         }
     }
 
@@ -141,7 +142,7 @@ pub fn compile_l7(
             if !rule.traffic_policy.for_port(addr.port).needs_proxy() {
                 continue;
             }
-            out.config.listeners.entry(socket(addr)).or_insert_with(|| {
+            listeners.entry(socket(addr)).or_insert_with(|| {
                 let routes = plain_forwarding(service, addr.port);
                 keys.insert(routes.default_cluster.clone());
                 routes
@@ -152,7 +153,7 @@ pub fn compile_l7(
     // Plain forwarding for every other HTTP frontend (not steered; see `needs_proxy`).
     for service in model.services.keys() {
         for (addr, _) in ctx.http_frontends(service) {
-            out.config.listeners.entry(socket(addr)).or_insert_with(|| {
+            listeners.entry(socket(addr)).or_insert_with(|| {
                 let routes = plain_forwarding(service, addr.port);
                 keys.insert(routes.default_cluster.clone());
                 routes
@@ -163,13 +164,23 @@ pub fn compile_l7(
     // Clients that see other DestinationRules (`exportTo`, rules of their own namespace) get
     // entries of their own in each listener's chain, with clusters that follow their rule.
     if !ctx.scopes().is_empty() {
-        let listeners = std::mem::take(&mut out.config.listeners);
-        for (addr, routes) in listeners {
+        for (addr, routes) in std::mem::take(&mut listeners) {
             let routes = rule_scope::expand(routes, ctx.scopes());
             keys.extend(routes::cluster_keys(&routes));
-            out.config.listeners.insert(addr, routes);
+            listeners.insert(addr, routes);
         }
     }
+
+    out.config.listeners = listeners
+        .into_iter()
+        .map(|(addr, routes)| {
+            let shared = match previous.config.listeners.get(&addr) {
+                Some(last) if **last == routes => Arc::clone(last),
+                _ => Arc::new(routes),
+            };
+            (addr, shared)
+        })
+        .collect();
 
     // A cluster whose subset is not defined stays out of the table: its routes answer 503 `NC`
     // until a DestinationRule defines it, as Envoy does for a cluster it was not sent.

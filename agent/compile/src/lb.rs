@@ -167,7 +167,7 @@ pub fn steer_reasons(config: &L7Config) -> BTreeMap<FrontendAddr, ProxyPart> {
         .iter()
         .filter_map(|(addr, routes)| {
             // Every entry of the chain (clients see different routes and rules) counts.
-            let chain = std::iter::successors(Some(routes), |r| r.export.otherwise.as_deref());
+            let chain = std::iter::successors(Some(&**routes), |r| r.export.otherwise.as_deref());
             let mut why = ProxyPart::None;
             for r in chain {
                 if !r.http.is_empty() {

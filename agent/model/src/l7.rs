@@ -25,7 +25,8 @@ pub use locality::{LocalityDistribute, LocalityLb};
 pub struct L7Config {
     /// Keyed by the ClusterIP:port a client connected to (the original destination the kernel
     /// recorded when it steered the connection to the proxy).
-    pub listeners: BTreeMap<SocketAddr, ServiceRoutes>,
+    /// Shared between tables, as `clusters` are.
+    pub listeners: BTreeMap<SocketAddr, std::sync::Arc<ServiceRoutes>>,
     /// Endpoints of every (service, port) a route can send to, with pod labels for subsets.
     /// Shared between tables: a copy of the table copies pointers, and a cluster a change left
     /// alone is the same allocation in the next table ([`L7Config::same_as`]).
@@ -40,7 +41,14 @@ impl L7Config {
     /// (at 10 000 clusters reading them is most of the comparison).
     pub fn same_as(&self, other: &L7Config) -> bool {
         self.locality == other.locality
-            && self.listeners == other.listeners
+            && self.listeners.len() == other.listeners.len()
+            && self
+                .listeners
+                .iter()
+                .zip(&other.listeners)
+                .all(|((a1, r1), (a2, r2))| {
+                    a1 == a2 && (std::sync::Arc::ptr_eq(r1, r2) || r1 == r2)
+                })
             && self.clusters.len() == other.clusters.len()
             && self
                 .clusters

@@ -329,9 +329,10 @@ pub(crate) fn build(
     // A listener whose routes are the same and whose clusters were all taken over (or are
     // undefined in both) is taken over too: a change to one Service's endpoints rebuilds its
     // own listener, not the other 10 000.
-    let reused = |addr: &SocketAddr, sr: &ServiceRoutes| -> Option<Arc<ListenerRt>> {
+    let reused = |addr: &SocketAddr, sr: &Arc<ServiceRoutes>| -> Option<Arc<ListenerRt>> {
         let p = previous?;
-        if p.config.listeners.get(addr) != Some(sr) {
+        let old = p.config.listeners.get(addr)?;
+        if !(Arc::ptr_eq(old, sr) || old == sr) {
             return None;
         }
         let same = cluster_refs(sr).into_iter().all(|k| {

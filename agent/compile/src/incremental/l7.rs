@@ -92,7 +92,7 @@ pub fn services_of_pods(
 pub struct L7Patch {
     /// Where the changed Services' entries were (their former frontends).
     old: Vec<SocketAddr>,
-    listeners: Vec<(SocketAddr, ServiceRoutes)>,
+    listeners: Vec<(SocketAddr, Arc<ServiceRoutes>)>,
     clusters: Vec<(ClusterKey, Arc<Cluster>)>,
 }
 
@@ -142,7 +142,7 @@ pub fn plan_l7(
             patch
                 .clusters
                 .push((routes.default_cluster.clone(), Arc::new(cluster)));
-            patch.listeners.push((socket(addr), routes));
+            patch.listeners.push((socket(addr), Arc::new(routes)));
         }
     }
     if no_endpoint_503 {
@@ -167,13 +167,16 @@ impl L7Patch {
     /// Replaces `changed`'s entries in `config` (the table the last pass left) with this patch's.
     pub fn apply(self, config: &mut L7Config, changed: &BTreeSet<ObjectRef>) {
         let mut removed: BTreeMap<ClusterKey, Arc<Cluster>> = BTreeMap::new();
+        let mut removed_listeners: BTreeMap<SocketAddr, Arc<ServiceRoutes>> = BTreeMap::new();
         for addr in &self.old {
             if config
                 .listeners
                 .get(addr)
                 .is_some_and(|r| changed.contains(&r.service))
             {
-                config.listeners.remove(addr);
+                if let Some(r) = config.listeners.remove(addr) {
+                    removed_listeners.insert(*addr, r);
+                }
             }
         }
         for service in changed {
@@ -195,8 +198,14 @@ impl L7Patch {
                 }
             }
         }
-        config.listeners.extend(self.listeners);
-        // A cluster the change left as it was stays the same allocation (see `shared`).
+        // What the change left as it was stays the same allocation (see `l7::shared`).
+        for (a, r) in self.listeners {
+            let r = match removed_listeners.remove(&a) {
+                Some(old) if *old == *r => old,
+                _ => r,
+            };
+            config.listeners.insert(a, r);
+        }
         for (k, c) in self.clusters {
             let c = match removed.remove(&k) {
                 Some(old) if *old == *c => old,
@@ -210,12 +219,12 @@ impl L7Patch {
     /// changed no label on their endpoints), given the table before [`L7Patch::apply`].
     pub fn changes(&self, config: &L7Config) -> bool {
         let listeners: BTreeMap<&SocketAddr, &ServiceRoutes> =
-            self.listeners.iter().map(|(a, r)| (a, r)).collect();
+            self.listeners.iter().map(|(a, r)| (a, &**r)).collect();
         let same_listeners = self.old.iter().all(|a| listeners.contains_key(a))
             && self
                 .listeners
                 .iter()
-                .all(|(a, r)| config.listeners.get(a) == Some(r));
+                .all(|(a, r)| config.listeners.get(a).is_some_and(|old| **old == **r));
         let same_clusters = self
             .clusters
             .iter()

@@ -823,6 +823,11 @@ fn routing_tables_share_the_clusters_a_change_left_alone() {
         &before.clusters[&s("s0")],
         &after.clusters[&s("s0")]
     ));
+    let vip = |ip| std::net::SocketAddr::from((Ipv4Addr::new(10, 96, 0, ip), 80));
+    assert!(std::sync::Arc::ptr_eq(
+        &before.listeners[&vip(2)],
+        &after.listeners[&vip(2)]
+    ));
     assert!(before.same_as(&before.clone()));
     assert!(!before.same_as(after));
 }

@@ -181,7 +181,7 @@ mod tests {
             cluster: key("n"),
             percentage: 30.0,
         });
-        cfg.listeners.values_mut().next().unwrap().http[0] = r;
+        std::sync::Arc::make_mut(cfg.listeners.values_mut().next().unwrap()).http[0] = r;
         let (snap, _) = snapshot_of(cfg);
         let r = &snap.listeners[&VIP].routes[0];
         let mut to_n = 0;

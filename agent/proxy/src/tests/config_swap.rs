@@ -112,7 +112,8 @@ fn two_services(svc: SocketAddr, other: SocketAddr) -> L7Config {
             http: vec![],
             default_cluster: key("other"),
             export: Export::default(),
-        },
+        }
+        .into(),
     );
     c.clusters
         .insert(key("other"), cluster(&[other], RoundRobin).into());

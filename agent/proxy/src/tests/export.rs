@@ -34,7 +34,7 @@ fn chained(only_restricted: bool) -> L7Config {
             (key("svc"), cluster(&[], RoundRobin)),
         ],
     );
-    let head = cfg.listeners.get_mut(&VIP).expect("listener");
+    let head = std::sync::Arc::make_mut(cfg.listeners.get_mut(&VIP).expect("listener"));
     let next = ServiceRoutes {
         http: if only_restricted {
             Vec::new()
@@ -42,7 +42,7 @@ fn chained(only_restricted: bool) -> L7Config {
             vec![route(vec![], to(&key("b")))]
         },
         export: Export::default(),
-        ..head.clone()
+        ..(*head).clone()
     };
     head.export = Export {
         virtual_service: Some(ObjectRef::new("team", "a")),

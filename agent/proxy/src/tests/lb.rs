@@ -86,7 +86,7 @@ async fn passthrough_goes_to_the_original_destination() {
         export: Export::default(),
     };
     let cfg = L7Config {
-        listeners: [(direct.addr, sr)].into(),
+        listeners: [(direct.addr, sr.into())].into(),
         clusters: [(
             key("svc"),
             cluster(&[listed.addr], LoadBalancer::Passthrough).into(),

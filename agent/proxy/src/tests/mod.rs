@@ -378,7 +378,7 @@ pub(super) fn config(routes: Vec<HttpRoute>, clusters: Vec<(ClusterKey, Cluster)
         export: Export::default(),
     };
     L7Config {
-        listeners: [(VIP, sr)].into_iter().collect(),
+        listeners: [(VIP, sr.into())].into_iter().collect(),
         clusters: clusters.into_iter().map(|(k, c)| (k, c.into())).collect(),
         ..L7Config::default()
     }

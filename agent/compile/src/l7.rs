@@ -317,20 +317,7 @@ pub(crate) fn socket(addr: FrontendAddr) -> SocketAddr {
 
 /// The entry of an HTTP frontend no VirtualService routes: forwarding to the Service's own
 /// cluster for the port.
-pub(crate) fn plain_forwarding(service: &ObjectRef, port: u16) -> ServiceRoutes {
-    ServiceRoutes {
-        service: service.clone(),
-        port,
-        http: Vec::new(),
-        default_cluster: ClusterKey {
-            service: service.clone(),
-            port,
-            subset: None,
-            view: None,
-        },
-        export: Export::default(),
-    }
-}
+pub(crate) use export::plain as plain_forwarding;
 
 /// `connectionPool.tcp.maxConnections` of each Service's DestinationRule (the service-wide
 /// policy), for the kernel's connection limit on frontends that stay on the kernel path.

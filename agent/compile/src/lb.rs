@@ -123,17 +123,24 @@ pub fn http_without_endpoints(model: &ClusterModel, compiled: &Compiled) -> BTre
     compiled
         .frontends
         .iter()
-        .filter(|(addr, fe)| {
-            addr.protocol == Protocol::Tcp
-                && fe.backends.is_empty()
-                && model.services.get(&fe.service).is_some_and(|s| {
-                    s.ports
-                        .iter()
-                        .any(|p| p.port == addr.port && p.declared_http())
-                })
-        })
+        .filter(|(addr, fe)| http_without_endpoint(model, addr, fe))
         .map(|(addr, _)| *addr)
         .collect()
+}
+
+/// One frontend of [`http_without_endpoints`].
+pub(crate) fn http_without_endpoint(
+    model: &ClusterModel,
+    addr: &FrontendAddr,
+    fe: &Frontend,
+) -> bool {
+    addr.protocol == Protocol::Tcp
+        && fe.backends.is_empty()
+        && model.services.get(&fe.service).is_some_and(|s| {
+            s.ports
+                .iter()
+                .any(|p| p.port == addr.port && p.declared_http())
+        })
 }
 
 /// Records on each frontend whether the proxy handles it: `wanted` are the frontends that need

@@ -147,12 +147,7 @@ pub fn plan_l7(
     }
     if no_endpoint_503 {
         for (addr, fe) in plan.fresh() {
-            let declared_http = model.services.get(&fe.service).is_some_and(|s| {
-                s.ports
-                    .iter()
-                    .any(|p| p.port == addr.port && p.declared_http())
-            });
-            if addr.protocol == Protocol::Tcp && fe.backends.is_empty() && declared_http {
+            if crate::lb::http_without_endpoint(model, addr, fe) {
                 return Err(Unscoped::Steered {
                     service: fe.service.clone(),
                     port: addr.port,

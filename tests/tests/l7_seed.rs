@@ -355,6 +355,49 @@ fn deleting_the_virtual_service_keeps_serving_open_connections() {
     );
 }
 
+/// A VirtualService without subsets on a Service no DestinationRule names.
+const PLAIN_VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: springboot-app-svc\n  namespace: default\nspec:\n  hosts:\n  - springboot-app-svc\n  http:\n  - route:\n    - destination:\n        host: springboot-app-svc\n    timeout: 5s\n";
+
+/// As above for a Service no DestinationRule names: once its VirtualService is gone the proxy's
+/// routing table has no entry for it at all, so the open connection is served by the listener it
+/// last used and asked to close; the client's next connection goes to the pods by the kernel.
+#[test]
+fn deleting_the_virtual_service_of_a_service_without_a_rule_fails_no_request() {
+    skip_unless!(AGENT);
+    let (_serial, c) = start_serial();
+    let members = [(1, "v1"), (2, "v2"), (3, "v3")];
+    for (i, v) in members {
+        serve(&c, i, v, 0);
+    }
+    let app_yaml = app(&c, "springboot-app-svc", APP, &members);
+    c.write("app.yaml", &app_yaml);
+    c.write("vs.yaml", PLAIN_VS);
+    wait_steered(&c, "default/springboot-app-svc:");
+    let (r, at) = traffic_during(&c, &[], 100, || {
+        std::fs::remove_file(c.manifests.join("vs.yaml")).expect("rm vs.yaml")
+    });
+    let after = settled(&r, at);
+    assert!(
+        !after.is_empty() && after.keys().all(|k| k.starts_with("200 v")),
+        "{after:?}\n{}",
+        c.agent.log()
+    );
+    assert_eq!(
+        r.failed(),
+        0,
+        "{:?} {:?}\n{}",
+        r.errors,
+        r.answers,
+        c.agent.log()
+    );
+    // Served by the dropped listener, then the client reconnected.
+    let proxy_log = c.agent.log();
+    assert!(
+        proxy_log.contains("served by the listener a config dropped"),
+        "{proxy_log}"
+    );
+}
+
 /// No VirtualService, jason's requests flowing (with `extra` client arguments); the seed's abort
 /// VirtualService is written. Istio applies a route change to the next request on every
 /// connection: from one request on, all of jason's are aborted, within 1 s, with nothing else in

@@ -14,7 +14,9 @@
 //!   and its CPU over the phase;
 //! - **agent RSS**: after the full sync (VmRSS) and the peak (VmHWM) at the end.
 //!
-//! `--proxy` runs the agent with its node proxy, as the DaemonSet does.
+//! `--agents plain,proxy` measures both agents over the same objects (creating 50 000 Services
+//! takes the API server half an hour): `proxy` runs the agent with its node proxy, as the
+//! DaemonSet does.
 //!
 //! Medians and p99 go to stdout and to bench-results/kube-latest.md, with the load average.
 
@@ -51,9 +53,13 @@ pub struct BenchKubeArgs {
     /// over them (each start also printed); the changes and churn run on the last.
     #[arg(long, default_value_t = 1)]
     pub agent_starts: u32,
-    /// Run the agent with its node proxy (`--proxy-ip` on the node's bridge, as the DaemonSet
-    /// in deploy/ does): every Service's HTTP port then has an entry in the proxy's routing table.
-    #[arg(long)]
+    /// Agents to measure over the same objects, in turn: `plain` (no node proxy) and `proxy`
+    /// (`--proxy-ip` on the node's bridge, as the DaemonSet in deploy/ runs it: every Service's
+    /// HTTP port then has an entry in the proxy's routing table).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "plain")]
+    pub agents: Vec<AgentKind>,
+    /// Shorthand for `--agents proxy`.
+    #[arg(long, conflicts_with = "agents")]
     pub proxy: bool,
     /// Use the existing release binaries.
     #[arg(long)]
@@ -62,8 +68,36 @@ pub struct BenchKubeArgs {
 
 const ENDPOINTS: u32 = 10;
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentKind {
+    /// The agent without its node proxy.
+    Plain,
+    /// The agent with its node proxy (`--proxy-ip`).
+    Proxy,
+}
+
+impl AgentKind {
+    fn label(self) -> &'static str {
+        match self {
+            AgentKind::Plain => "without the node proxy",
+            AgentKind::Proxy => "with the node proxy (--proxy-ip)",
+        }
+    }
+}
+
+impl BenchKubeArgs {
+    fn agent_kinds(&self) -> Vec<AgentKind> {
+        if self.proxy {
+            vec![AgentKind::Proxy]
+        } else {
+            self.agents.clone()
+        }
+    }
+}
+
 struct Row {
     services: u32,
+    agent: AgentKind,
     create_s: f64,
     listed_ms: f64,
     programmed_ms: f64,
@@ -112,7 +146,7 @@ pub fn run(args: BenchKubeArgs) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for &n in &args.services {
-        rows.push(one_size(n, &args)?);
+        rows.extend(one_size(n, &args)?);
     }
     let report = report::render(&rows, &args);
     println!("{report}");
@@ -122,8 +156,7 @@ pub fn run(args: BenchKubeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
-    let changes = args.changes;
+fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Vec<Row>> {
     eprintln!("bench-kube: {n} Services × {ENDPOINTS} endpoints");
     let kube = KubeCluster::start_with(KubeOptions {
         service_cidr: "10.96.0.0/12".into(),
@@ -139,7 +172,22 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         2 * n,
         f64::from(2 * n) / create_s
     );
+    args.agent_kinds()
+        .into_iter()
+        .map(|kind| one_agent(&kube, n, create_s, kind, args))
+        .collect()
+}
 
+/// Full syncs, changes one at a time and the churn phase of one agent over the `n` Services.
+fn one_agent(
+    kube: &KubeCluster,
+    n: u32,
+    create_s: f64,
+    kind: AgentKind,
+    args: &BenchKubeArgs,
+) -> anyhow::Result<Row> {
+    let changes = args.changes;
+    eprintln!("bench-kube: {n} Services, the agent {}", kind.label());
     let mut starts = Vec::new();
     let (_node, mut agent) = loop {
         let node = Node::new(1)?;
@@ -147,7 +195,7 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         let started = unix_now_us();
         let netns = format!("/var/run/netns/{}", node.node_netns_name());
         let mut extra = vec!["--admin-addr", "127.0.0.1:0"];
-        if args.proxy {
+        if kind == AgentKind::Proxy {
             extra.extend(["--proxy-ip", PROXY_IP, "--proxy-netns", &netns]);
         }
         let mut agent = Agent::start_kube(
@@ -223,13 +271,20 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
         }
     }
     let churn = if args.churn_rate > 0 && args.churn_seconds > 0 {
-        Some(churn_phase(&kube, &agent, pid, n, args)?)
+        Some(churn_phase(kube, &agent, pid, n, args)?)
     } else {
         None
     };
     let rss_kib = churn::status_kib(pid, "VmHWM:")?;
     // Kept for a look at where a slow change went (the node's directory goes with it).
-    let kept = workspace_root().join(format!("target/bench-kube/agent-{n}.log"));
+    let kept = workspace_root().join(format!(
+        "target/bench-kube/agent-{n}{}.log",
+        if kind == AgentKind::Proxy {
+            "-proxy"
+        } else {
+            ""
+        }
+    ));
     if let Some(dir) = kept.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -237,6 +292,7 @@ fn one_size(n: u32, args: &BenchKubeArgs) -> anyhow::Result<Row> {
     agent.stop()?;
     Ok(Row {
         services: n,
+        agent: kind,
         create_s,
         listed_ms,
         programmed_ms,

@@ -55,9 +55,11 @@ pub struct L7Compiled {
 
 /// The frontends whose connections the kernel must hand to the proxy: listeners with `http:`
 /// routes, or whose service policy only the proxy can enforce. The routing table also holds a
-/// plain forwarding entry for every other HTTP frontend, so connections the proxy already holds
-/// keep being served (through the service's endpoints) after their service stops being steered,
-/// e.g. when its VirtualService is deleted.
+/// plain forwarding entry for each HTTP port of a Service some DestinationRule names and for
+/// each HTTP port without endpoints (steered for its 503 with `--http-no-endpoint-503`), and no
+/// entry for any other frontend: the connections the proxy still holds for a frontend that left
+/// it (its VirtualService deleted) are served by the entry they last used, which the proxy
+/// keeps for them (`meshpath_proxy`'s retired listeners).
 pub fn needs_proxy(config: &L7Config) -> BTreeSet<FrontendAddr> {
     crate::lb::steer_reasons(config).into_keys().collect()
 }
@@ -136,12 +138,13 @@ pub fn compile_l7(
         }
     }
 
-    // Services steered only for a DestinationRule policy: plain forwarding, balanced by the proxy.
-    for (service, rule) in ctx.rules() {
+    // Plain forwarding for the other HTTP ports of a Service some DestinationRule names (the
+    // proxy takes them when a rule's policy or a client namespace's own rule needs it:
+    // `lb::steer_reasons` reads this table), and for an HTTP port without endpoints (steered for
+    // its 503 with `--http-no-endpoint-503`). Other frontends have no entry: the proxy holds only
+    // what it may be sent.
+    for service in ctx.scopes().named() {
         for (addr, _) in ctx.http_frontends(service) {
-            if !rule.traffic_policy.for_port(addr.port).needs_proxy() {
-                continue;
-            }
             listeners.entry(socket(addr)).or_insert_with(|| {
                 let routes = plain_forwarding(service, addr.port);
                 keys.insert(routes.default_cluster.clone());
@@ -149,12 +152,10 @@ pub fn compile_l7(
             });
         }
     }
-
-    // Plain forwarding for every other HTTP frontend (not steered; see `needs_proxy`).
-    for service in model.services.keys() {
-        for (addr, _) in ctx.http_frontends(service) {
-            listeners.entry(socket(addr)).or_insert_with(|| {
-                let routes = plain_forwarding(service, addr.port);
+    for (addr, fe) in &compiled.frontends {
+        if crate::lb::http_without_endpoint(model, addr, fe) {
+            listeners.entry(socket(*addr)).or_insert_with(|| {
+                let routes = plain_forwarding(&fe.service, addr.port);
                 keys.insert(routes.default_cluster.clone());
                 routes
             });

@@ -58,6 +58,7 @@ impl Routes {
         let mut authority = headers::authority(&head);
         let selected = route::select(
             &self.0,
+            None,
             Some(original_dst),
             local,
             &Client { labels, namespace },

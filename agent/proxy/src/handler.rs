@@ -24,7 +24,7 @@ use super::layers::{self, route::Selected};
 use super::matching::Matcher;
 use super::snapshot::ClusterId;
 use super::snapshot::DestOps;
-use super::snapshot::{ClusterRt, RouteRt, Snapshot};
+use super::snapshot::{ClusterRt, ListenerRt, RouteRt, Snapshot};
 use super::trace::{self, Span};
 use super::upstream::Proto;
 use super::workload::Workload;
@@ -43,6 +43,36 @@ pub(crate) struct ConnCtx {
     pub source: Option<Arc<Workload>>,
     /// Finds the workload of an upstream endpoint too (destination labels of the metrics).
     pub resolver: Arc<dyn super::OriginalDst>,
+    /// The listener of the connection's last request: it keeps serving the connection (as
+    /// plain forwarding) after a config drops it, as long as the client keeps the connection.
+    pub last_listener: arc_swap::ArcSwapOption<ListenerRt>,
+    /// Asks the connection to close once its requests are answered (HTTP/2: GOAWAY).
+    pub close: tokio::sync::Notify,
+    /// Whether it was asked to (logged once).
+    pub closing: std::sync::atomic::AtomicBool,
+}
+
+impl ConnCtx {
+    /// The listener that serves a request when `snap` has none for the connection's original
+    /// destination (it was dropped): the one retired in `snap`, else the connection's last.
+    /// Remembers the current listener otherwise (a pointer comparison per request).
+    fn dropped_listener(&self, snap: &Snapshot) -> Option<Arc<ListenerRt>> {
+        let orig = self.original_dst?;
+        match snap.listeners.get(&orig) {
+            Some(current) => {
+                let last = self.last_listener.load();
+                if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, current)) {
+                    self.last_listener.store(Some(current.clone()));
+                }
+                None
+            }
+            None => snap
+                .retired
+                .get(&orig)
+                .map(|r| r.listener.clone())
+                .or_else(|| self.last_listener.load_full()),
+        }
+    }
 }
 
 /// What routing decided, for the span (borrowed from the snapshot: no copy unless exported).
@@ -118,8 +148,26 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
     let request_bytes = content_length(&head.headers);
     let t0 = Instant::now();
     let snap = proxy.snapshot();
+    let dropped = conn.dropped_listener(&snap);
+    let http2 = head.version == Version::HTTP_2;
     let mut routed = Routed::default();
-    let mut resp = route(conn, &snap, head, body, &mut routed).await;
+    let mut resp = route(conn, &snap, dropped.as_deref(), head, body, &mut routed).await;
+    if dropped.is_some() {
+        // Its frontend is not steered here any more: the client's next connection goes where
+        // the kernel sends it now.
+        if !http2 {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if !conn
+            .closing
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::debug!(peer = %conn.peer, original_dst = ?conn.original_dst,
+                "served by the listener a config dropped; asking the client to reconnect");
+        }
+        conn.close.notify_one();
+    }
     if let Some((cors, origin)) = routed.cors.take() {
         cors.decorate(origin, resp.headers_mut());
     }
@@ -166,6 +214,7 @@ pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<P
 async fn route<'a>(
     conn: &ConnCtx,
     snap: &'a Snapshot,
+    dropped: Option<&'a ListenerRt>,
     head: Parts,
     body: Incoming,
     routed: &mut Routed<'a>,
@@ -178,6 +227,7 @@ async fn route<'a>(
     };
     let selected = layers::route::select(
         snap,
+        dropped,
         conn.original_dst,
         conn.local,
         &client,

@@ -125,6 +125,9 @@ pub struct ProxyOptions {
     /// keeps them all; a cap below the client concurrency makes the proxy open a new upstream
     /// connection for most requests (the L7 benchmark saw ~11 000 per 5 s at 64 clients with 32).
     pub max_idle_per_endpoint: usize,
+    /// How long a listener a config dropped keeps serving connections that had no request on
+    /// it yet (plain forwarding); the connections it served keep it as long as they last.
+    pub retired_listener_grace: std::time::Duration,
 }
 
 impl Default for ProxyOptions {
@@ -133,6 +136,7 @@ impl Default for ProxyOptions {
             trace_sampling: 1.0,
             max_buffered_body: 1 << 20,
             max_idle_per_endpoint: 1024,
+            retired_listener_grace: snapshot::RETIRED_GRACE,
         }
     }
 }
@@ -233,7 +237,7 @@ impl Proxy {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         let next = snapshot::build(
             config,
-            Some(&served),
+            Some((&served, self.opts.retired_listener_grace)),
             &mut registry,
             &mut stats,
             &self.outliers,

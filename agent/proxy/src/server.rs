@@ -142,10 +142,14 @@ async fn accept_one(
         proxy: proxy.clone(),
         peer,
         local,
+        last_listener: Default::default(),
+        close: tokio::sync::Notify::new(),
+        closing: Default::default(),
     });
     let builder = builder.clone();
     let mut stop = stop.clone();
     conns.spawn(async move {
+        let ctx = conn.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(handle(&conn, req).await) }
@@ -160,6 +164,11 @@ async fn accept_one(
                     std::future::pending::<()>().await;
                 }
             } => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+            // Served by a listener the config dropped (`handler`).
+            () = ctx.close.notified() => {
                 served.as_mut().graceful_shutdown();
                 served.await
             }

@@ -41,6 +41,22 @@ pub(crate) struct Snapshot {
     pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, BuildHasherDefault<WordHasher>>,
     /// Every defined cluster's state, for the next build to take over what did not change.
     pub clusters: HashMap<ClusterKey, Arc<ClusterRt>>,
+    /// Listeners a config dropped (their frontend stopped being steered here), for a grace
+    /// period ([`RETIRED_GRACE`] by default): a connection the kernel steered here just before it wrote the change
+    /// still gets its Service's plain forwarding (see [`ListenerRt::plain`]).
+    pub retired: HashMap<SocketAddr, Retired, BuildHasherDefault<WordHasher>>,
+}
+
+/// How long a dropped listener keeps serving connections that never used it (the default of
+/// `ProxyOptions::retired_listener_grace`): the agent writes the kernel's maps right after it
+/// publishes a table, so milliseconds would do for new ones; this also covers a connection
+/// accepted then and idle for a while before its first request.
+pub(crate) const RETIRED_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub(crate) struct Retired {
+    pub listener: Arc<ListenerRt>,
+    pub since: std::time::Instant,
 }
 
 pub(crate) struct ListenerRt {
@@ -55,6 +71,13 @@ pub(crate) struct ListenerRt {
 }
 
 impl ListenerRt {
+    /// Plain forwarding to the listener's own Service (its catch-all route), for a client the
+    /// listener was dropped under: its frontend is not steered here any more, so its routes no
+    /// longer apply, but the connection still reached the proxy.
+    pub(crate) fn plain(&self, namespace: Option<&str>) -> &RouteRt {
+        &self.for_client(namespace).default_route
+    }
+
     /// The routes for a client in `namespace` (`None`: not a known pod): the first of the
     /// chain exported to it.
     pub(crate) fn for_client(&self, namespace: Option<&str>) -> &ListenerRt {
@@ -241,12 +264,16 @@ fn cluster_endpoint(
 /// (a VirtualService edit) rebuilds only the routes.
 pub(crate) fn build(
     config: Arc<L7Config>,
-    previous: Option<&Snapshot>,
+    previous: Option<(&Snapshot, Duration)>,
     registry: &mut Registry,
     stats: &mut StatsMap,
     outliers: &Arc<Outliers>,
 ) -> Snapshot {
     registry.retain(|_, w| w.strong_count() > 0);
+    let (previous, grace) = match previous {
+        Some((p, grace)) => (Some(p), grace),
+        None => (None, RETIRED_GRACE),
+    };
     let mut clusters: HashMap<&ClusterKey, Arc<ClusterRt>> =
         HashMap::with_capacity(config.clusters.len());
     let mut taken_over: std::collections::HashSet<&ClusterKey> = Default::default();
@@ -349,11 +376,46 @@ pub(crate) fn build(
         })
         .collect();
     let clusters = clusters.into_iter().map(|(k, c)| (k.clone(), c)).collect();
+    let retired = previous
+        .map(|p| retire(p, &config, std::time::Instant::now(), grace))
+        .unwrap_or_default();
     Snapshot {
         config: config.clone(),
         listeners,
         clusters,
+        retired,
     }
+}
+
+/// `previous`'s listeners that `config` drops, and those it had retired less than `grace` ago
+/// and `config` still does not define.
+fn retire(
+    previous: &Snapshot,
+    config: &L7Config,
+    now: std::time::Instant,
+    grace: Duration,
+) -> HashMap<SocketAddr, Retired, BuildHasherDefault<WordHasher>> {
+    let mut out: HashMap<SocketAddr, Retired, BuildHasherDefault<WordHasher>> = previous
+        .retired
+        .iter()
+        .filter(|(addr, r)| {
+            !config.listeners.contains_key(*addr) && now.duration_since(r.since) < grace
+        })
+        .map(|(addr, r)| (*addr, r.clone()))
+        .collect();
+    for (addr, listener) in &previous.listeners {
+        if !config.listeners.contains_key(addr) {
+            let listener = listener.clone();
+            out.insert(
+                *addr,
+                Retired {
+                    listener,
+                    since: now,
+                },
+            );
+        }
+    }
+    out
 }
 
 /// `previous`'s state of cluster `key` when `c` defines it as `previous` did (`old`, its

@@ -139,7 +139,7 @@ impl Reconciler {
                         p.listeners.update_pods(model);
                         scoped.pod_ips.update(model, &set.pods);
                     }
-                    if patch.changes(&self.l7.config) {
+                    if patch.changes(&self.l7.config, &changed) {
                         if let Some(publisher) = &self.publisher {
                             publisher.patch(patch.clone(), changed.clone());
                         }

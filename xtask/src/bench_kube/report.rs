@@ -10,26 +10,25 @@ pub fn render(rows: &[Row], args: &BenchKubeArgs) -> String {
     let _ =
         writeln!(
         s,
-        "meshpath bench-kube ({}; release agent{}, kube-apiserver and etcd on loopback, {} cores; \
+        "meshpath bench-kube ({}; release agent, kube-apiserver and etcd on loopback, {} cores; \
          load average at the end {})\n",
         std::process::Command::new("uname")
             .arg("-r")
             .output()
             .map(|o| format!("kernel {}", String::from_utf8_lossy(&o.stdout).trim()))
             .unwrap_or_default(),
-        if args.proxy { " with its node proxy (--proxy-ip)" } else { " without the node proxy" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     let ms = |us: f64| format!("{:.2} ms", us / 1e3);
     let _ = writeln!(
         s,
-        "| Services × 10 endpoints | objects created in | start → listed | → maps programmed | RSS after sync | one change at a time ({}): p50 | p99 | max | churn {}/s × {} s: sent | p50 | p99 | max | keeps up | agent CPU | RSS peak |",
+        "| Services × 10 endpoints | agent | objects created in | start → listed | → maps programmed | RSS after sync | one change at a time ({}): p50 | p99 | max | churn {}/s × {} s: sent | p50 | p99 | max | keeps up | agent CPU | RSS peak |",
         args.changes, args.churn_rate, args.churn_seconds
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in rows {
         let mut l = r.latency_us.clone();
@@ -58,8 +57,9 @@ pub fn render(rows: &[Row], args: &BenchKubeArgs) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {:.1} s | {:.0} ms | {:.0} ms | {:.1} MiB | {} | {} | {} | {} | {:.1} MiB |",
+            "| {} | {} | {:.1} s | {:.0} ms | {:.0} ms | {:.1} MiB | {} | {} | {} | {} | {:.1} MiB |",
             r.services,
+            r.agent.label(),
             r.create_s,
             r.listed_ms,
             r.programmed_ms,

@@ -1,9 +1,10 @@
 //! The node proxy's routing table in the per-Service pass.
 //!
 //! A Service no VirtualService names has, in the table `compile_l7` builds, a plain-forwarding
-//! entry per HTTP frontend and its own cluster per such port, made of its frontends, its
-//! EndpointSlices, its DestinationRule and the labels of the Pods behind its endpoints. Nothing
-//! else in the table depends on it, so a change to it replaces those entries and no others.
+//! entry and its own cluster for each HTTP port when a DestinationRule names it, and for an
+//! HTTP port without endpoints; usually nothing. The entries are made of its frontends,
+//! EndpointSlices, DestinationRule and the labels of the Pods behind its endpoints. Nothing else
+//! in the table depends on it, so a change to it replaces those entries and no others.
 //!
 //! The pass declines ([`Unscoped`]) when the proxy has to start or stop taking one of the
 //! changed Services' frontends (a listener opens or closes, the kernel's entry is steered): a
@@ -126,8 +127,25 @@ pub fn plan_l7(
             .collect(),
         ..L7Patch::default()
     };
+    // Their entries in the full table: plain forwarding for every HTTP port when some
+    // DestinationRule names the Service, and for an HTTP port without endpoints (which the
+    // proxy takes, so the pass declines, with `--http-no-endpoint-503`). Usually none.
     for service in changed {
+        let named = ctx.scopes().names(service);
         for (addr, _) in ctx.http_frontends(service) {
+            let no_endpoint = plan
+                .fresh()
+                .iter()
+                .any(|(a, fe)| *a == addr && crate::lb::http_without_endpoint(model, a, fe));
+            if no_endpoint && no_endpoint_503 {
+                return Err(Unscoped::Steered {
+                    service: service.clone(),
+                    port: addr.port,
+                });
+            }
+            if !named && !no_endpoint {
+                continue;
+            }
             let routes = plain_forwarding(service, addr.port);
             // `compile_l7` leaves a cluster out when its Service is gone; the frontend is too.
             let Some(cluster) = ctx.cluster(&routes.default_cluster) else {
@@ -143,16 +161,6 @@ pub fn plan_l7(
                 .clusters
                 .push((routes.default_cluster.clone(), Arc::new(cluster)));
             patch.listeners.push((socket(addr), Arc::new(routes)));
-        }
-    }
-    if no_endpoint_503 {
-        for (addr, fe) in plan.fresh() {
-            if crate::lb::http_without_endpoint(model, addr, fe) {
-                return Err(Unscoped::Steered {
-                    service: fe.service.clone(),
-                    port: addr.port,
-                });
-            }
         }
     }
     Ok(patch)
@@ -175,16 +183,7 @@ impl L7Patch {
             }
         }
         for service in changed {
-            let first = ClusterKey {
-                service: service.clone(),
-                port: 0,
-                subset: None,
-                view: None,
-            };
-            let keys: Vec<ClusterKey> = config
-                .clusters
-                .range(first..)
-                .take_while(|(k, _)| k.service == *service)
+            let keys: Vec<ClusterKey> = clusters_of(config, service)
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in keys {
@@ -210,20 +209,50 @@ impl L7Patch {
         }
     }
 
-    /// Whether the patch leaves the table as it was for these Services (e.g. a Pod edit that
-    /// changed no label on their endpoints), given the table before [`L7Patch::apply`].
-    pub fn changes(&self, config: &L7Config) -> bool {
-        let listeners: BTreeMap<&SocketAddr, &ServiceRoutes> =
+    /// Whether applying the patch would change `config` (the table before [`L7Patch::apply`])
+    /// for `changed`: e.g. a Pod edit that changed no label on their endpoints, or a change to a
+    /// Service with endpoints (no entry before or after) leaves it as it was.
+    pub fn changes(&self, config: &L7Config, changed: &BTreeSet<ObjectRef>) -> bool {
+        let new: BTreeMap<&SocketAddr, &ServiceRoutes> =
             self.listeners.iter().map(|(a, r)| (a, &**r)).collect();
-        let same_listeners = self.old.iter().all(|a| listeners.contains_key(a))
+        let old_entry = |a: &SocketAddr| {
+            config
+                .listeners
+                .get(a)
+                .filter(|r| changed.contains(&r.service))
+                .map(|r| &**r)
+        };
+        let same_listeners = self.old.iter().all(|a| old_entry(a) == new.get(a).copied())
             && self
                 .listeners
                 .iter()
                 .all(|(a, r)| config.listeners.get(a).is_some_and(|old| **old == **r));
-        let same_clusters = self
+        let new_clusters: BTreeMap<&ClusterKey, &Cluster> =
+            self.clusters.iter().map(|(k, c)| (k, &**c)).collect();
+        let same_clusters = changed.iter().all(|service| {
+            clusters_of(config, service).all(|(k, c)| new_clusters.get(k) == Some(&&**c))
+        }) && self
             .clusters
             .iter()
             .all(|(k, c)| config.clusters.get(k).is_some_and(|old| **old == **c));
         !(same_listeners && same_clusters)
     }
+}
+
+/// `service`'s clusters in `config` (keyed by Service first, so one range).
+fn clusters_of<'c>(
+    config: &'c L7Config,
+    service: &ObjectRef,
+) -> impl Iterator<Item = (&'c ClusterKey, &'c Arc<Cluster>)> + 'c {
+    let first = ClusterKey {
+        service: service.clone(),
+        port: 0,
+        subset: None,
+        view: None,
+    };
+    let service = service.clone();
+    config
+        .clusters
+        .range(first..)
+        .take_while(move |(k, _)| k.service == service)
 }

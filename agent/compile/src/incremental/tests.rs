@@ -547,10 +547,15 @@ fn with_the_proxy_endpoint_changes_take_the_per_service_pass() {
         let key = meshpath_model::l7::ClusterKey::new(id(0, "s0"), 80, None);
         agent.full.l7.config.clusters[&key].endpoints.len()
     };
+    // s0's DestinationRule (a policy the kernel enforces) gives it entries in the table.
     let agent = agent_with_proxy_after(
         true,
         vec![
-            vec![http_service(0, 1), slice(0, vec![(1, 0, None)])],
+            vec![
+                http_service(0, 1),
+                slice(0, vec![(1, 0, None)]),
+                Op::Istio(0, 0, 0, 0),
+            ],
             vec![slice(0, vec![(1, 0, None), (2, 0, None)])],
             // A label of a Pod behind an endpoint: the cluster changes, the maps do not.
             vec![Op::Pod(0, 1, 7070)],
@@ -567,7 +572,11 @@ fn with_the_proxy_endpoint_changes_take_the_per_service_pass() {
     let agent = agent_with_proxy_after(
         true,
         vec![
-            vec![http_service(0, 1), slice(0, vec![(1, 0, None)])],
+            vec![
+                http_service(0, 1),
+                slice(0, vec![(1, 0, None)]),
+                Op::Istio(0, 0, 0, 0),
+            ],
             vec![Op::Pod(0, 1, 7070)],
             vec![Op::DeletePod(0, 1)],
         ],
@@ -576,6 +585,35 @@ fn with_the_proxy_endpoint_changes_take_the_per_service_pass() {
     assert!(agent.full.l7.config.clusters[&key].endpoints[0]
         .labels
         .is_empty());
+}
+
+#[test]
+fn with_the_proxy_a_service_no_istio_object_names_has_no_entry() {
+    let agent = agent_with_proxy_after(
+        true,
+        vec![
+            vec![http_service(0, 1), slice(0, vec![(1, 0, None)])],
+            vec![slice(0, vec![(1, 0, None), (2, 0, None)])],
+            vec![Op::Pod(0, 1, 7070)],
+        ],
+    );
+    assert_eq!(agent.scoped_passes, 2);
+    let table = &agent.full.l7.config;
+    assert!(table.listeners.is_empty(), "{:?}", table.listeners);
+    assert!(table.clusters.is_empty(), "{:?}", table.clusters);
+
+    // Its last endpoint gone: a plain-forwarding entry (the 503 the proxy answers when the
+    // port is steered), added by the per-Service pass without `--http-no-endpoint-503`.
+    let agent = agent_with_proxy_after(
+        true,
+        vec![
+            vec![http_service(0, 1), slice(0, vec![(1, 0, None)])],
+            vec![slice(0, vec![])],
+        ],
+    );
+    assert_eq!(agent.scoped_passes, 1);
+    let vip = std::net::SocketAddr::from((Ipv4Addr::new(10, 96, 0, 1), 80));
+    assert!(agent.full.l7.config.listeners.contains_key(&vip));
 }
 
 #[test]
@@ -790,6 +828,9 @@ fn routing_tables_share_the_clusters_a_change_left_alone() {
             http_service(1, 2),
             slice(0, vec![(1, 0, None)]),
             slice(1, vec![(2, 0, None)]),
+            // Named by a DestinationRule each: they have entries in the table.
+            Op::Istio(0, 0, 0, 0),
+            Op::Istio(0, 1, 0, 0),
         ]],
     );
     let before = agent.full.l7.config.clone();
@@ -806,6 +847,8 @@ fn routing_tables_share_the_clusters_a_change_left_alone() {
             http_service(1, 2),
             slice(0, vec![(3, 0, None)]),
             slice(1, vec![(2, 0, None)]),
+            Op::Istio(0, 0, 0, 0),
+            Op::Istio(0, 1, 0, 0),
         ] {
             let (kind, change) = change(&op);
             aggregate.apply(kind, change);

@@ -117,6 +117,17 @@ impl<'a> Scopes<'a> {
         self.default.iter().map(|(s, r)| (s, *r))
     }
 
+    /// Whether some client sees a rule for `service` (its default, or a namespace's own).
+    pub fn names(&self, service: &ObjectRef) -> bool {
+        self.default.contains_key(service) || self.views.contains_key(service)
+    }
+
+    /// Every Service some client sees a rule for.
+    pub fn named(&self) -> impl Iterator<Item = &ObjectRef> + '_ {
+        let views = self.views.keys().filter(|s| !self.default.contains_key(*s));
+        self.default.keys().chain(views)
+    }
+
     /// The view of clients in `namespace`, when it is not the default.
     fn view(&self, service: &ObjectRef, namespace: &str) -> Option<&RuleView> {
         self.views.get(service)?.get(namespace)

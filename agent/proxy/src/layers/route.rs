@@ -18,7 +18,7 @@ use http::request::Parts;
 
 use super::super::forward::Target;
 use super::super::matching::{Matcher, RequestView};
-use super::super::snapshot::{Dest, RouteRt, Snapshot};
+use super::super::snapshot::{Dest, ListenerRt, RouteRt, Snapshot};
 use super::super::upstream::Endpoint;
 use super::Reply;
 use meshpath_model::l7::LoadBalancer;
@@ -42,9 +42,11 @@ pub(crate) struct Client<'a> {
     pub namespace: Option<&'a str>,
 }
 
-/// The route for a request to `original_dst` that reached the proxy at `local`.
+/// The route for a request to `original_dst` that reached the proxy at `local`; `dropped` is
+/// the listener that serves it (plain forwarding) when `snap` has none there any more.
 pub(crate) fn select<'s>(
     snap: &'s Snapshot,
+    dropped: Option<&'s ListenerRt>,
     original_dst: Option<SocketAddr>,
     local: SocketAddr,
     client: &Client<'_>,
@@ -56,6 +58,13 @@ pub(crate) fn select<'s>(
         return Err(Reply::NoRoute);
     };
     let Some(listener) = snap.listeners.get(&orig) else {
+        if let Some(dropped) = dropped {
+            return Ok(Selected::Route {
+                route: dropped.plain(client.namespace),
+                matcher: None,
+                original_dst: orig,
+            });
+        }
         if orig == local {
             return Err(Reply::NoRoute);
         }
@@ -168,7 +177,7 @@ mod tests {
             labels,
             namespace: None,
         };
-        match select(snap, Some(VIP), local(), &client, &head, &authority)? {
+        match select(snap, None, Some(VIP), local(), &client, &head, &authority)? {
             Selected::Passthrough(a) => Ok((format!("passthrough {a}"), None)),
             Selected::Route { route, matcher, .. } => Ok((
                 route.dests[0].0.key.service.name.clone(),
@@ -248,11 +257,27 @@ mod tests {
             namespace: None,
         };
         let elsewhere: SocketAddr = "10.96.0.99:8080".parse().unwrap();
-        let got = select(&snap, Some(elsewhere), local(), &labels, &head, &authority);
+        let got = select(
+            &snap,
+            None,
+            Some(elsewhere),
+            local(),
+            &labels,
+            &head,
+            &authority,
+        );
         assert!(matches!(got, Ok(Selected::Passthrough(a)) if a == elsewhere));
-        let own = select(&snap, Some(local()), local(), &labels, &head, &authority);
+        let own = select(
+            &snap,
+            None,
+            Some(local()),
+            local(),
+            &labels,
+            &head,
+            &authority,
+        );
         assert_eq!(own.err(), Some(Reply::NoRoute));
-        let unknown = select(&snap, None, local(), &labels, &head, &authority);
+        let unknown = select(&snap, None, None, local(), &labels, &head, &authority);
         assert_eq!(unknown.err(), Some(Reply::NoRoute));
     }
 

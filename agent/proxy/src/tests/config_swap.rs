@@ -136,3 +136,106 @@ async fn an_endpoint_change_rebuilds_that_services_listener_only() {
     // The rebuilt listener sends to the new endpoint.
     assert_eq!(h.get("/").await.body, "b");
 }
+
+/// A config with VIP's listener routing everything to `other`, its own cluster `svc` at `own`.
+fn routed_elsewhere(own: SocketAddr, other: SocketAddr) -> L7Config {
+    config(
+        vec![route(vec![], to(&key("other")))],
+        vec![
+            (key("svc"), cluster(&[own], RoundRobin)),
+            (key("other"), cluster(&[other], RoundRobin)),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_dropped_listener_serves_its_connections_as_plain_forwarding_and_closes_them() {
+    let (own, other) = (backend("own").await, backend("other").await);
+    let h = start(routed_elsewhere(own.addr, other.addr)).await;
+    assert_eq!(h.get("/").await.body, "other");
+    // The frontend stops being steered here: the table no longer has its listener.
+    h.tx.send(Arc::new(L7Config::default())).unwrap();
+    // The connection the client holds: its Service's plain forwarding, and asked to close.
+    let got = h.get("/").await;
+    assert_eq!((got.status, got.body.as_str()), (200, "own"), "{got:?}");
+    assert_eq!(got.header("connection"), Some("close"));
+    // A new connection the kernel steered before its maps changed: the retired listener.
+    let got = h.get("/").await;
+    assert_eq!((got.status, got.body.as_str()), (200, "own"), "{got:?}");
+    // HTTP/2: the same, and GOAWAY instead of a header.
+    let req = |v| {
+        http::Request::get("/")
+            .version(v)
+            .body(bytes::Bytes::new())
+            .unwrap()
+    };
+    let got = h.send(req(http::Version::HTTP_2)).await;
+    assert_eq!((got.status, got.body.as_str()), (200, "own"), "{got:?}");
+    assert_eq!(got.header("connection"), None);
+}
+
+#[tokio::test]
+async fn past_the_grace_only_the_connections_that_used_a_dropped_listener_keep_it() {
+    let (own, other) = (backend("own").await, backend("other").await);
+    let (tx, rx) = watch::channel(Arc::new(routed_elsewhere(own.addr, other.addr)));
+    let opts = crate::ProxyOptions {
+        retired_listener_grace: std::time::Duration::ZERO,
+        ..crate::ProxyOptions::default()
+    };
+    let proxy = Proxy::with_options(rx, opts, None);
+    let tx = ConfigTx::new(tx, proxy.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dst = FixedDst {
+        dst: Some(VIP),
+        labels: Default::default(),
+    };
+    let task = tokio::spawn(crate::serve(listener, Arc::new(dst), proxy.clone()));
+    let mut held = raw_connect(addr).await;
+    assert!(raw_get(&mut held).await.ends_with("other"));
+    // Dropped, then another table: the retired entry is past its (zero) grace.
+    tx.send(Arc::new(L7Config::default())).unwrap();
+    let mut unrelated = L7Config::default();
+    unrelated.locality.region = "elsewhere".into();
+    tx.send(Arc::new(unrelated)).unwrap();
+    assert!(proxy.current.load().retired.is_empty());
+    let answer = raw_get(&mut held).await;
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.ends_with("own"), "{answer}");
+    task.abort();
+}
+
+async fn raw_connect(addr: SocketAddr) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// One keep-alive GET on `conn`: the response head (lower case) and body, read up to the
+/// body's Content-Length.
+async fn raw_get(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: svc.default\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}

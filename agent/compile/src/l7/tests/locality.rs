@@ -29,7 +29,13 @@ fn locality(region: &str, zone: &str) -> Locality {
 
 #[test]
 fn endpoints_carry_their_nodes_locality_else_their_zone() {
-    let out = ok(&[("cluster.yaml", CLUSTER), ("geo.yaml", SVC)]);
+    // A rule naming the Service gives it its cluster in the table.
+    let rule = dr("      simple: ROUND_ROBIN\n");
+    let out = ok(&[
+        ("cluster.yaml", CLUSTER),
+        ("geo.yaml", SVC),
+        ("dr.yaml", &rule),
+    ]);
     let cluster = &out.config.clusters[&key("geo", 80, None)];
     let by_addr = |a: [u8; 4]| {
         let addr = SocketAddr::from((a, 80));

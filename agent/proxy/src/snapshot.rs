@@ -26,6 +26,11 @@ use super::matching::Matcher;
 use super::outlier::{OutlierRt, Outliers};
 use super::upstream::{Endpoint, Proto, SendOpts};
 use super::warmup::SlowStartRt;
+mod retired;
+
+use retired::retire;
+pub(crate) use retired::{Retired, RETIRED_GRACE};
+
 use meshpath_model::l7::{
     ClusterKey, HttpRoute, L7Config, RouteAction, ServiceRoutes, TrafficPolicy, WeightedCluster,
 };
@@ -45,18 +50,6 @@ pub(crate) struct Snapshot {
     /// period ([`RETIRED_GRACE`] by default): a connection the kernel steered here just before it wrote the change
     /// still gets its Service's plain forwarding (see [`ListenerRt::plain`]).
     pub retired: HashMap<SocketAddr, Retired, BuildHasherDefault<WordHasher>>,
-}
-
-/// How long a dropped listener keeps serving connections that never used it (the default of
-/// `ProxyOptions::retired_listener_grace`): the agent writes the kernel's maps right after it
-/// publishes a table, so milliseconds would do for new ones; this also covers a connection
-/// accepted then and idle for a while before its first request.
-pub(crate) const RETIRED_GRACE: Duration = Duration::from_secs(30);
-
-#[derive(Clone)]
-pub(crate) struct Retired {
-    pub listener: Arc<ListenerRt>,
-    pub since: std::time::Instant,
 }
 
 pub(crate) struct ListenerRt {
@@ -385,37 +378,6 @@ pub(crate) fn build(
         clusters,
         retired,
     }
-}
-
-/// `previous`'s listeners that `config` drops, and those it had retired less than `grace` ago
-/// and `config` still does not define.
-fn retire(
-    previous: &Snapshot,
-    config: &L7Config,
-    now: std::time::Instant,
-    grace: Duration,
-) -> HashMap<SocketAddr, Retired, BuildHasherDefault<WordHasher>> {
-    let mut out: HashMap<SocketAddr, Retired, BuildHasherDefault<WordHasher>> = previous
-        .retired
-        .iter()
-        .filter(|(addr, r)| {
-            !config.listeners.contains_key(*addr) && now.duration_since(r.since) < grace
-        })
-        .map(|(addr, r)| (*addr, r.clone()))
-        .collect();
-    for (addr, listener) in &previous.listeners {
-        if !config.listeners.contains_key(addr) {
-            let listener = listener.clone();
-            out.insert(
-                *addr,
-                Retired {
-                    listener,
-                    since: now,
-                },
-            );
-        }
-    }
-    out
 }
 
 /// `previous`'s state of cluster `key` when `c` defines it as `previous` did (`old`, its

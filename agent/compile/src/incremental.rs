@@ -110,6 +110,11 @@ pub struct State {
 }
 
 impl State {
+    /// The frontends `service` had at the last pass.
+    pub fn frontends_of(&self, service: &ObjectRef) -> &[FrontendAddr] {
+        self.by_service.get(service).map_or(&[], Vec::as_slice)
+    }
+
     pub fn new(compiled: &Compiled) -> Self {
         let mut backend_refs: HashMap<BackendAddr, u32> = HashMap::new();
         let mut by_service: HashMap<ObjectRef, Vec<FrontendAddr>> = HashMap::new();

@@ -76,7 +76,14 @@ impl Reconciler {
         if self.proxy.is_some() {
             // The proxy's clusters carry the labels of the Pods behind their endpoints.
             let known = &scoped.pod_ips;
-            changed.extend(services_of_pods(model, &self.compiled, &set.pods, known));
+            changed.extend(services_of_pods(
+                model,
+                &self.compiled,
+                &scoped.ids,
+                &self.l7.config,
+                &set.pods,
+                known,
+            ));
         }
         if let Err(e) = scoped.rules.check(model, &changed) {
             debug!(reason = %e, "change not compiled per Service");

@@ -52,15 +52,19 @@ impl PodIps {
 
 /// The Services whose clusters carry (or carried) the labels of `pods`: by an endpoint's
 /// `targetRef`, or by a backend at the Pod's address, now or as of the last pass (`known`). A
-/// Pod edit changes their routing-table entries, not their map entries.
+/// Pod edit changes their routing-table entries, not their map entries. Only Services with
+/// entries in `table` (the routing table the last pass left) are looked at: a Pod's labels
+/// reach no other, so the cost is the table's, not the cluster's.
 pub fn services_of_pods(
     model: &ClusterModel,
     compiled: &Compiled,
+    state: &super::State,
+    table: &L7Config,
     pods: &BTreeSet<ObjectRef>,
     known: &PodIps,
 ) -> BTreeSet<ObjectRef> {
     let mut out = BTreeSet::new();
-    if pods.is_empty() {
+    if pods.is_empty() || table.clusters.is_empty() {
         return out;
     }
     let mut ips = BTreeSet::new();
@@ -68,20 +72,35 @@ pub fn services_of_pods(
         ips.extend(model.pods.get(id).and_then(|p| p.ip));
         ips.extend(known.0.get(id));
     }
-    for fe in compiled.frontends.values() {
-        if fe.backends.iter().any(|b| ips.contains(&b.ip)) {
-            out.insert(fe.service.clone());
+    // Keyed by Service first: each Service once.
+    let mut in_table: BTreeSet<ObjectRef> = BTreeSet::new();
+    for key in table.clusters.keys() {
+        if in_table.last() != Some(&key.service) {
+            in_table.insert(key.service.clone());
         }
     }
-    for slice in model.endpoint_slices.values() {
-        let ns = &slice.id.namespace;
-        let names_one = slice.endpoints.iter().any(|ep| {
-            ep.pod_name
-                .as_ref()
-                .is_some_and(|name| pods.contains(&ObjectRef::new(ns, name)))
+    for service in &in_table {
+        let at_pod = state.frontends_of(service).iter().any(|addr| {
+            compiled
+                .frontends
+                .get(addr)
+                .is_some_and(|fe| fe.backends.iter().any(|b| ips.contains(&b.ip)))
+        });
+        if at_pod {
+            out.insert(service.clone());
+        }
+    }
+    let slices = meshpath_model::SliceIndex::for_services(model, &in_table);
+    for service in &in_table {
+        let names_one = slices.slices_for(service).any(|slice| {
+            slice.endpoints.iter().any(|ep| {
+                ep.pod_name
+                    .as_ref()
+                    .is_some_and(|name| pods.contains(&ObjectRef::new(&slice.id.namespace, name)))
+            })
         });
         if names_one {
-            out.insert(ObjectRef::new(ns, &slice.service_name));
+            out.insert(service.clone());
         }
     }
     out

@@ -348,7 +348,12 @@ impl Agent {
         let compiled = &mut self.full.compiled;
         if self.proxy {
             changed.extend(super::l7::services_of_pods(
-                model, compiled, &set.pods, pod_ips,
+                model,
+                compiled,
+                ids,
+                &self.full.l7.config,
+                &set.pods,
+                pod_ips,
             ));
         }
         rules.check(model, &changed).ok()?;

@@ -18,10 +18,15 @@
 //!
 //! Behaviour where Envoy/Istio leave a choice:
 //! - no original destination for a connection: every request gets 404 (Envoy's "no route");
-//! - an original destination with no `listeners` entry: passthrough to that address (Istio's
-//!   `PassthroughCluster`, `outboundTrafficPolicy: ALLOW_ANY`), unless it is the proxy's own
-//!   address (404). The proxy's own upstream connections must therefore NOT be steered back
-//!   to it by the kernel;
+//! - an original destination whose listener a config dropped (its frontend stopped being
+//!   steered here): the connections that used it keep it, and for a grace period
+//!   (`ProxyOptions::retired_listener_grace`) new ones get it too, as plain forwarding to its
+//!   Service (the routes no longer apply); each such answer asks the client to reconnect
+//!   (`Connection: close`, or GOAWAY on HTTP/2), which the kernel then balances itself;
+//! - an original destination with no `listeners` entry otherwise: passthrough to that address
+//!   (Istio's `PassthroughCluster`, `outboundTrafficPolicy: ALLOW_ANY`), unless it is the
+//!   proxy's own address (404). The proxy's own upstream connections must therefore NOT be
+//!   steered back to it by the kernel;
 //! - routes present but none matches: 404, empty body (Istio adds no fallback route to a
 //!   service that has a VirtualService); no routes at all: everything to `default_cluster`;
 //! - `retries: None` is Istio's mesh default (2 retries on connect-failure and 503); an empty

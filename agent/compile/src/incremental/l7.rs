@@ -136,7 +136,6 @@ pub fn plan_l7(
             });
         }
     }
-    let ctx = Ctx::for_services(model, plan.fresh(), changed);
     let mut patch = L7Patch {
         old: plan
             .old_addrs()
@@ -146,6 +145,13 @@ pub fn plan_l7(
             .collect(),
         ..L7Patch::default()
     };
+    // No rule names them and each HTTP port has endpoints: no entries, and nothing to build
+    // (the context scans the cluster's Pods and rules).
+    let no_endpoint = |(a, fe): &(FrontendAddr, _)| crate::lb::http_without_endpoint(model, a, fe);
+    if model.destination_rules.is_empty() && !plan.fresh().iter().any(no_endpoint) {
+        return Ok(patch);
+    }
+    let ctx = Ctx::for_services(model, plan.fresh(), changed);
     // Their entries in the full table: plain forwarding for every HTTP port when some
     // DestinationRule names the Service, and for an HTTP port without endpoints (which the
     // proxy takes, so the pass declines, with `--http-no-endpoint-503`). Usually none.

@@ -3,8 +3,9 @@
 //! For each size (default 1 000 and 10 000 Services with 10 endpoints each, in a fresh
 //! kube-apiserver + etcd from scripts/kube-bins.sh):
 //! - **full sync**: agent start → every object listed (the agent's `Kubernetes state listed`
-//!   log line) → maps programmed (its first `programmed` line), from the agent's own log
-//!   timestamps;
+//!   log line) → maps programmed (its first `programmed frontends=` line; the bench stops if
+//!   there is none, e.g. when the maps cannot hold that many Services), from the agent's own
+//!   log timestamps;
 //! - **event → map latency**: `--changes` EndpointSlice patches, one at a time; for each, the
 //!   agent's `change programmed latency_us`, which runs from the watch event's arrival at the
 //!   agent to the maps written (the API server's own write→watch delay is not included);
@@ -67,6 +68,9 @@ pub struct BenchKubeArgs {
 }
 
 const ENDPOINTS: u32 = 10;
+
+/// The agent's log line for a pass that wrote the maps (its `frontends=` field follows).
+const PROGRAMMED: &str = "programmed frontends=";
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AgentKind {
@@ -209,8 +213,13 @@ fn one_agent(
         // the first timed change, not as it.
         agent.wait_log("change programmed", Duration::from_secs(10))?;
         let text = agent.log();
+        if !text.contains(PROGRAMMED) {
+            // E.g. more Services than the datapath's maps hold: the write fails, every pass.
+            let error = text.lines().find(|l| l.contains(" ERROR ")).unwrap_or("no ERROR line");
+            bail!("the agent did not program the maps at {n} Services: {error}");
+        }
         let listed_ms = (log_time_us(&text, "Kubernetes state listed")? - started) as f64 / 1e3;
-        let programmed_ms = (log_time_us(&text, "programmed")? - started) as f64 / 1e3;
+        let programmed_ms = (log_time_us(&text, PROGRAMMED)? - started) as f64 / 1e3;
         let pid = agent.pid().context("agent not running")?;
         let rss_kib = churn::status_kib(pid, "VmRSS:")?;
         let peak_kib = churn::status_kib(pid, "VmHWM:")?;

@@ -38,11 +38,12 @@ pub fn render(rows: &[Row], args: &BenchKubeArgs) -> String {
                 let mut l = c.latency_us.clone();
                 l.sort_unstable();
                 format!(
-                    "{} in {:.1} s ({} failed; {} snapshots) | {} | {} | {} | {} (p99 halves {} / {}, drained in {:.0} ms) | {:.0} % of a core",
+                    "{} in {:.1} s ({} failed; {} snapshots, longest gap {:.0} ms) | {} | {} | {} | {} (p99 halves {} / {}, drained in {:.0} ms) | {:.0} % of a core",
                     c.sent.patches,
                     c.sent.elapsed.as_secs_f64(),
                     c.sent.failed,
                     l.len(),
+                    c.longest_gap_ms,
                     ms(percentile(&l, 50.0)),
                     ms(percentile(&l, 99.0)),
                     ms(l.last().copied().unwrap_or(0) as f64),

@@ -51,6 +51,9 @@ pub const ENV_DRAIN_TIMEOUT_MS: &str = "MESHPATH_DRAIN_TIMEOUT_MS";
 pub const ENV_RESET_CONNECTIONS: &str = "MESHPATH_RESET_CONNECTIONS";
 pub const ENV_AGENT_CGROUP: &str = "MESHPATH_AGENT_CGROUP";
 pub const ENV_MAP_BATCH_WRITES: &str = "MESHPATH_MAP_BATCH_WRITES";
+pub const ENV_MAX_FRONTENDS: &str = "MESHPATH_MAX_FRONTENDS";
+pub const ENV_MAX_BACKENDS: &str = "MESHPATH_MAX_BACKENDS";
+pub const ENV_MAX_SERVICE_ENTRIES: &str = "MESHPATH_MAX_SERVICE_ENTRIES";
 pub const DEFAULT_PROXY_PORTS: &str = "15100-15999";
 pub const ENV_DNS_CAPTURE: &str = "MESHPATH_DNS_CAPTURE";
 pub const ENV_DNS_UPSTREAM: &str = "MESHPATH_DNS_UPSTREAM";
@@ -378,6 +381,22 @@ pub struct AgentArgs {
     /// 300 000. Off: one `BPF_MAP_UPDATE_ELEM` per entry.
     #[arg(long, env = ENV_MAP_BATCH_WRITES, default_value_t = true, action = clap::ArgAction::Set)]
     pub map_batch_writes: bool,
+    /// Frontends (ClusterIP:port pairs, one service id each) the kernel maps hold: the size of
+    /// the per-service arrays, which cost their whole size in kernel memory (the per-CPU
+    /// service stats 40 B × this × CPUs). The default fits 10 000 single-port Services.
+    #[arg(long, env = ENV_MAX_FRONTENDS, default_value_t = meshpath_common::MAX_SERVICE_IDS,
+          value_parser = clap::value_parser!(u32).range(2..=16_777_216))]
+    pub max_frontends: u32,
+    /// Backends (pod address:port) the kernel's backend map holds (preallocated, about 100 B
+    /// each). The default fits 10 000 Services of 10 endpoints.
+    #[arg(long, env = ENV_MAX_BACKENDS, default_value_t = meshpath_common::MAX_BACKENDS,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_backends: u32,
+    /// Entries of the kernel's service map (and of the map of each frontend's backends): one per
+    /// frontend plus one per backend slot of each frontend (preallocated, about 100 B each).
+    #[arg(long, env = ENV_MAX_SERVICE_ENTRIES, default_value_t = meshpath_common::MAX_SERVICE_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(2..=67_108_864))]
+    pub max_service_entries: u32,
     /// CIDR to allocate ClusterIPs from for Services whose manifest has no `spec.clusterIP`.
     #[arg(long, env = ENV_SERVICE_CIDR, default_value = DEFAULT_SERVICE_CIDR, value_parser = parse_cidr)]
     pub service_cidr: (Ipv4Addr, u8),
@@ -561,6 +580,11 @@ impl From<&AgentArgs> for AgentConfig {
                 udp_sticky_timeout_sec: a.udp_sticky_timeout,
                 conn_limit_sock_release: a.conn_limit_sock_release,
                 bpf_log: a.bpf_log,
+                capacity: meshpath_datapath::MapCapacity {
+                    frontends: a.max_frontends,
+                    backends: a.max_backends,
+                    service_entries: a.max_service_entries,
+                },
             },
             agent_cgroup: a.agent_cgroup.clone(),
             reset_connections: a.reset_connections,
@@ -596,6 +620,8 @@ impl From<&AgentArgs> for AgentConfig {
                 },
                 service_cidr: a.service_cidr,
                 node_name: a.node_name.clone(),
+                max_frontends: a.max_frontends,
+                max_backends: a.max_backends,
             },
         }
     }

@@ -272,7 +272,7 @@ impl Reconciler {
             Some(dns) => dns.update(model, &next),
             None => crate::dns::DnsSteering::default(),
         };
-        crate::dns::render(&mut contents, &dns_steering);
+        crate::dns::render(&mut contents, &dns_steering, self.opts.max_frontends);
         let rendered_at = started.elapsed();
         match apply(maps, &contents, self.applied.as_ref()) {
             Ok(stats) => {
@@ -329,7 +329,7 @@ impl Reconciler {
                 self.scoped = match (&model.changes, plain, rules) {
                     (Some(changes), true, Ok(rules)) => Some(scoped::ScopedState {
                         seq: changes.seq,
-                        ids: meshpath_compile::incremental::State::new(&next),
+                        ids: meshpath_compile::incremental::State::new(&next, &self.opts),
                         rules,
                         pod_ips: match self.proxy {
                             Some(_) => meshpath_compile::incremental::l7::PodIps::new(model),

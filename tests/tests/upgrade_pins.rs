@@ -71,3 +71,72 @@ fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
         .expect("tcp client");
     assert_eq!(r.count("web-1"), 5, "{r:?}");
 }
+
+/// `--max-frontends`, `--max-backends` and `--max-service-entries` size the kernel maps at load;
+/// an agent restarted with other capacities replaces the maps of the old ones, and the Service
+/// is served by either.
+#[test]
+fn map_capacities_come_from_the_flags_and_a_restart_with_others_resizes_the_maps() {
+    skip_unless!(AGENT);
+    let node = Node::new(2).expect("node");
+    node.spawn_server(1, "web-1", &[8080], &[], &[])
+        .expect("server");
+    let yaml = docs(&[
+        service("web", VIP, 80, "8080", "TCP", ""),
+        endpoint_slice("web", 8080, "TCP", &[Ep::ready(node.pod(1).ip())]),
+    ]);
+    let dir = node
+        .write_manifests(&[("web.yaml", yaml)])
+        .expect("manifests");
+    let sizes = |frontends: u64, backends: u64, entries: u64| {
+        for (map, want) in [
+            ("MP_RR", frontends),
+            ("MP_SVC_STATS", frontends),
+            ("MP_CONN_MAX", frontends),
+            ("MP_BACKENDS", backends),
+            ("MP_SERVICES", entries),
+            ("MP_SVC_BACKENDS", entries),
+        ] {
+            assert_eq!(max_entries(&node.pin_dir().join(map)), want, "{map}");
+        }
+    };
+    let served = || {
+        let r = node
+            .tcp(0, format!("{VIP}:80").parse().expect("addr"), 5)
+            .expect("tcp client");
+        assert_eq!(r.count("web-1"), 5, "{r:?}");
+    };
+    let small = [
+        "--max-frontends",
+        "64",
+        "--max-backends",
+        "128",
+        "--max-service-entries",
+        "256",
+    ];
+    let mut agent = node
+        .start_agent(Source::Manifests(&dir), Proxy::Off, &small)
+        .expect("agent");
+    sizes(64, 128, 256);
+    served();
+    agent.stop().expect("stop");
+
+    let big = [
+        "--max-frontends",
+        "65536",
+        "--max-backends",
+        "524288",
+        "--max-service-entries",
+        "1048576",
+    ];
+    let agent = node
+        .start_agent(Source::Manifests(&dir), Proxy::Off, &big)
+        .expect("agent");
+    sizes(65_536, 524_288, 1_048_576);
+    served();
+    assert!(
+        agent.log().contains("pinned map had another definition"),
+        "{}",
+        agent.log()
+    );
+}

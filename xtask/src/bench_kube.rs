@@ -202,7 +202,9 @@ fn one_agent(
         let log = node.work_dir().join("agent.log");
         let started = unix_now_us();
         let netns = format!("/var/run/netns/{}", node.node_netns_name());
+        let capacity = capacity_args(n);
         let mut extra = vec!["--admin-addr", "127.0.0.1:0"];
+        extra.extend(capacity.iter().map(String::as_str));
         if kind == AgentKind::Proxy {
             extra.extend(["--proxy-ip", PROXY_IP, "--proxy-netns", &netns]);
         }
@@ -406,6 +408,23 @@ fn churn_phase(
     })
 }
 
+/// Map capacities for `n` Services of [`ENDPOINTS`] endpoints when the agent's defaults (sized
+/// for 10 000) are too small: powers of two above what they need.
+fn capacity_args(n: u32) -> Vec<String> {
+    if n <= 10_000 {
+        return Vec::new();
+    }
+    let pow2 = |x: u32| x.next_power_of_two().to_string();
+    vec![
+        "--max-frontends".into(),
+        pow2(n + 2),
+        "--max-backends".into(),
+        pow2(n * ENDPOINTS + 1),
+        "--max-service-entries".into(),
+        pow2(n * (ENDPOINTS + 1) + 1),
+    ]
+}
+
 /// µs since midnight of a tracing stamp (`2026-11-26T08:06:37.235166Z`).
 fn time_of_day_us(stamp: &str) -> Option<u64> {
     let time = stamp.split('T').nth(1)?.trim_end_matches('Z');
@@ -472,6 +491,22 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capacities_grow_past_ten_thousand_services() {
+        assert!(super::capacity_args(10_000).is_empty());
+        assert_eq!(
+            super::capacity_args(50_000),
+            [
+                "--max-frontends",
+                "65536",
+                "--max-backends",
+                "524288",
+                "--max-service-entries",
+                "1048576"
+            ]
+        );
+    }
+
     #[test]
     fn time_of_day_of_a_tracing_stamp() {
         let us = super::time_of_day_us("2026-12-05T12:11:47.511013Z");

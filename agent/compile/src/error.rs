@@ -41,13 +41,14 @@ pub enum CompileError {
         port: u16,
         protocol: Protocol,
     },
-    #[error("{origin}: Service {service}: no service id left (the datapath holds at most {} frontends)", meshpath_common::MAX_SERVICE_IDS - 1)]
-    OutOfServiceIds { origin: String, service: ObjectRef },
-    #[error(
-        "backend {ip}:{port}: no backend id left (the datapath holds at most {} backends)",
-        meshpath_common::MAX_BACKENDS
-    )]
-    OutOfBackendIds { ip: Ipv4Addr, port: u16 },
+    #[error("{origin}: Service {service}: no service id left (the datapath holds at most {limit} frontends: --max-frontends)")]
+    OutOfServiceIds {
+        origin: String,
+        service: ObjectRef,
+        limit: u32,
+    },
+    #[error("backend {ip}:{port}: no backend id left (the datapath holds at most {limit} backends: --max-backends)")]
+    OutOfBackendIds { ip: Ipv4Addr, port: u16, limit: u32 },
     #[error(
         "{origin}: Service {service}: spec.clusterIP: the service CIDR has no free address left"
     )]

@@ -115,7 +115,8 @@ impl State {
         self.by_service.get(service).map_or(&[], Vec::as_slice)
     }
 
-    pub fn new(compiled: &Compiled) -> Self {
+    /// The state of `compiled`, with the id spaces `opts` gives the datapath.
+    pub fn new(compiled: &Compiled, opts: &CompileOptions) -> Self {
         let mut backend_refs: HashMap<BackendAddr, u32> = HashMap::new();
         let mut by_service: HashMap<ObjectRef, Vec<FrontendAddr>> = HashMap::new();
         for (addr, f) in &compiled.frontends {
@@ -129,11 +130,11 @@ impl State {
             by_service,
             svc_ids: FreeIds::from_used(
                 compiled.frontends.values().map(|f| f.svc_id),
-                meshpath_common::MAX_SERVICE_IDS - 1,
+                opts.max_frontends.saturating_sub(1),
             ),
             backend_ids: FreeIds::from_used(
                 compiled.backend_ids.values().copied(),
-                meshpath_common::MAX_BACKENDS,
+                opts.max_backends,
             ),
         }
     }

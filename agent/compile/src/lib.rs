@@ -52,6 +52,10 @@ pub struct CompileOptions {
     pub service_cidr: (Ipv4Addr, u8),
     /// The node this agent runs on: its locality is the proxy's (`localityLbSetting`).
     pub node_name: Option<String>,
+    /// Frontends the datapath's maps hold (its service-id arrays' size; ids `1..max`).
+    pub max_frontends: u32,
+    /// Backends the datapath's backend map holds (ids `1..=max`).
+    pub max_backends: u32,
 }
 
 impl Default for CompileOptions {
@@ -60,6 +64,8 @@ impl Default for CompileOptions {
             default_lb_policy: LbPolicy::Random,
             service_cidr: (Ipv4Addr::new(10, 96, 0, 0), 12),
             node_name: None,
+            max_frontends: meshpath_common::MAX_SERVICE_IDS,
+            max_backends: meshpath_common::MAX_BACKENDS,
         }
     }
 }
@@ -146,7 +152,7 @@ pub fn compile(
     let cluster_ips = alloc::cluster_ips(model, opts, previous, &mut errors);
     let mut svc_ids = alloc::IdAllocator::new(
         previous.frontends.iter().map(|(addr, f)| (*addr, f.svc_id)),
-        meshpath_common::MAX_SERVICE_IDS - 1,
+        opts.max_frontends.saturating_sub(1),
     );
 
     let mut frontends: BTreeMap<FrontendAddr, Frontend> = BTreeMap::new();
@@ -175,6 +181,7 @@ pub fn compile(
                             errors.push(CompileError::OutOfServiceIds {
                                 origin: error::origin_of(svc),
                                 service: id.clone(),
+                                limit: opts.max_frontends.saturating_sub(1),
                             });
                             continue;
                         }
@@ -203,7 +210,7 @@ pub fn compile(
             .iter()
             .filter(|(addr, _)| used.contains(addr))
             .map(|(a, id)| (*a, *id)),
-        meshpath_common::MAX_BACKENDS,
+        opts.max_backends,
     );
     let mut backend_ids = BTreeMap::new();
     for addr in used {
@@ -214,6 +221,7 @@ pub fn compile(
             None => errors.push(CompileError::OutOfBackendIds {
                 ip: addr.ip,
                 port: addr.port,
+                limit: opts.max_backends,
             }),
         }
     }

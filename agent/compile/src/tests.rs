@@ -452,3 +452,44 @@ fn weighted_tcp_routes_become_slots_in_proportion() {
     let count = |b: BackendAddr| per_backend[&c.backend_ids[&b]];
     assert_eq!((count(be(11)), count(be(12)), count(be(13))), (20, 40, 40));
 }
+
+#[test]
+fn the_datapath_capacities_bound_the_ids_and_the_error_names_the_flag() {
+    let opts = CompileOptions {
+        max_frontends: 3,
+        max_backends: 2,
+        ..Default::default()
+    };
+    let m = model(
+        vec![
+            svc("a", Some([10, 96, 0, 1]), 80, TargetPort::Number(80)),
+            svc("b", Some([10, 96, 0, 2]), 80, TargetPort::Number(80)),
+            svc("c", Some([10, 96, 0, 3]), 80, TargetPort::Number(80)),
+        ],
+        vec![slice(
+            "a",
+            "",
+            80,
+            vec![
+                ep([10, 0, 0, 1], true, false),
+                ep([10, 0, 0, 2], true, false),
+                ep([10, 0, 0, 3], true, false),
+            ],
+        )],
+    );
+    let (c, errors) = compile(&m, &opts, &Compiled::default());
+    assert_eq!(c.frontends.len(), 2, "ids 1 and 2");
+    assert!(c.frontends.values().all(|f| f.svc_id < 3));
+    assert_eq!(c.backend_ids.len(), 2);
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.contains("at most 2 frontends: --max-frontends")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|e| e.contains("at most 2 backends: --max-backends")),
+        "{text:?}"
+    );
+}

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod batch;
 pub mod bpf_log;
+mod capacity;
 pub mod conn_reset;
 mod error;
 pub mod kernel_btf;
@@ -40,6 +41,7 @@ use meshpath_common::{
 };
 use tracing::{info, warn};
 
+pub use capacity::MapCapacity;
 pub use error::DatapathError;
 pub use maps::DatapathMaps;
 
@@ -95,6 +97,8 @@ pub struct Features {
     pub conn_limit_sock_release: bool,
     /// The programs' aya-log debug events (`--bpf-log`); off, the verifier drops their code.
     pub bpf_log: bool,
+    /// How many frontends, backends and service entries the maps hold.
+    pub capacity: MapCapacity,
 }
 
 impl Features {
@@ -138,7 +142,7 @@ impl Datapath {
         features: Features,
     ) -> Result<Self, DatapathError> {
         ensure_bpffs_dir(pin_dir)?;
-        pins::unpin_incompatible(object, pin_dir)?;
+        pins::unpin_incompatible(object, pin_dir, &features.capacity)?;
         let live_before = pins::live_before(pin_dir);
         let level = if features.bpf_log {
             bpf_log::LEVEL_DEBUG
@@ -162,6 +166,9 @@ impl Datapath {
                 .default_map_pin_directory(pin_dir)
                 // Not required to exist: an object built without aya-log (`--bpf-object`) still loads.
                 .override_global(bpf_log::LEVEL_GLOBAL, &level, false);
+            for (name, size) in features.capacity.sizes() {
+                loader.map_max_entries(name, size);
+            }
             if let Some(o) = &offsets {
                 loader
                     .override_global(GLOBAL_OFF_STATE, &o.state, false)

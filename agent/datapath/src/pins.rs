@@ -12,7 +12,7 @@ use aya::maps::MapInfo;
 use aya_obj::maps::PinningType;
 use tracing::warn;
 
-use super::DatapathError;
+use super::{DatapathError, MapCapacity};
 
 /// One pinned map that did not match the object's definition and was unpinned.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,8 +23,13 @@ pub struct Replaced {
     pub wanted: (u32, u32, u32),
 }
 
-/// Unpins every map under `pin_dir` whose definition differs from the one in `object`.
-pub fn unpin_incompatible(object: &[u8], pin_dir: &Path) -> Result<Vec<Replaced>, DatapathError> {
+/// Unpins every map under `pin_dir` whose definition differs from the one in `object` with the
+/// sizes of `capacity`.
+pub fn unpin_incompatible(
+    object: &[u8],
+    pin_dir: &Path,
+    capacity: &MapCapacity,
+) -> Result<Vec<Replaced>, DatapathError> {
     let parsed = aya_obj::Object::parse(object).map_err(|source| DatapathError::Parse {
         source: Box::new(source),
     })?;
@@ -41,7 +46,8 @@ pub fn unpin_incompatible(object: &[u8], pin_dir: &Path) -> Result<Vec<Replaced>
             continue; // not a map, or unreadable: loading will report it
         };
         let pinned = (info.key_size(), info.value_size(), info.max_entries());
-        let wanted = (map.key_size(), map.value_size(), map.max_entries());
+        let size = capacity.size_of(name, map.max_entries());
+        let wanted = (map.key_size(), map.value_size(), size);
         if pinned == wanted {
             continue;
         }

@@ -32,7 +32,8 @@ fn defaults() {
             udp_sticky_timeout_sec: 120,
             conn_limit_sock_release: true,
             tcp_getpeername: true,
-            bpf_log: false
+            bpf_log: false,
+            capacity: meshpath_datapath::MapCapacity::default(),
         }
     );
     assert_eq!(c.compile.default_lb_policy, LbPolicy::Random);
@@ -101,7 +102,8 @@ fn off_switches_and_policy() {
             udp_sticky_timeout_sec: 0,
             conn_limit_sock_release: false,
             tcp_getpeername: false,
-            bpf_log: false
+            bpf_log: false,
+            capacity: meshpath_datapath::MapCapacity::default(),
         }
     );
     assert_eq!(c.compile.default_lb_policy, LbPolicy::RoundRobin);
@@ -331,4 +333,38 @@ fn uninstall_cleanup_needs_the_kube_source_and_the_pod() {
         "p",
     ]);
     assert!(half.is_err(), "--pod-name without --pod-namespace");
+}
+
+#[test]
+fn map_capacities_size_the_kernel_maps_and_the_id_spaces() {
+    let c = agent(&[
+        "--max-frontends",
+        "65536",
+        "--max-backends",
+        "524288",
+        "--max-service-entries",
+        "1048576",
+    ]);
+    let capacity = meshpath_datapath::MapCapacity {
+        frontends: 65_536,
+        backends: 524_288,
+        service_entries: 1_048_576,
+    };
+    assert_eq!(c.features.capacity, capacity);
+    assert_eq!(
+        (c.compile.max_frontends, c.compile.max_backends),
+        (65_536, 524_288)
+    );
+    let base = [
+        "meshpath",
+        "agent",
+        "--manifests",
+        "/m",
+        "--cgroup",
+        "/sys/fs/cgroup/unified/x",
+    ];
+    let with = |n: &'static str| parse_args(base.iter().copied().chain(["--max-frontends", n]));
+    assert!(with("2").is_ok());
+    let err = with("1").expect_err("id 0 is none: one frontend needs 2");
+    assert!(err.to_string().contains("max-frontends"), "{err}");
 }

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 
 use meshpath_common::{
-    ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, MAX_SERVICE_IDS, PROTO_TCP,
-    PROTO_UDP, SVC_FLAG_DNS,
+    ipv4_be, port_be, Backend, ServiceKey, ServiceName, ServiceValue, PROTO_TCP, PROTO_UDP,
+    SVC_FLAG_DNS,
 };
 
 use meshpath_compile::MapContents;
@@ -24,14 +24,12 @@ pub struct DnsSteering {
 }
 
 /// Adds the steering entries to `contents` (after the Services were rendered into it).
-pub fn render(contents: &mut MapContents, steering: &DnsSteering) {
+pub fn render(contents: &mut MapContents, steering: &DnsSteering, max_frontends: u32) {
     let mut used_ids: BTreeSet<u32> = contents.services.values().map(|v| v.svc_id).collect();
     used_ids.extend(contents.names.keys().copied());
     let mut next_backend = contents.backends.keys().max().copied().unwrap_or(0) + 1;
     // Fresh ids from the top of the id space down: compile allocates from the bottom up.
-    let mut free_ids = (1..MAX_SERVICE_IDS)
-        .rev()
-        .filter(|id| !used_ids.contains(id));
+    let mut free_ids = (1..max_frontends).rev().filter(|id| !used_ids.contains(id));
     for (resolver, listener) in &steering.by_resolver {
         for proto in [PROTO_UDP, PROTO_TCP] {
             let base = ServiceKey::new(
@@ -114,7 +112,7 @@ mod tests {
                 _pad0: 0,
             },
         );
-        render(&mut c, &steering());
+        render(&mut c, &steering(), meshpath_common::MAX_SERVICE_IDS);
         for proto in [PROTO_UDP, PROTO_TCP] {
             let header = c.services[&key(proto, 0)];
             assert_eq!(header.count, 1);
@@ -156,7 +154,7 @@ mod tests {
             );
         }
         c.conn_limits.insert(5, 10);
-        render(&mut c, &steering());
+        render(&mut c, &steering(), meshpath_common::MAX_SERVICE_IDS);
         assert_eq!(c.services[&key(PROTO_UDP, 0)].svc_id, 5);
         assert_eq!(c.services[&key(PROTO_UDP, 0)].count, 1);
         assert!(
@@ -169,7 +167,11 @@ mod tests {
     #[test]
     fn nothing_to_steer_changes_nothing() {
         let mut c = MapContents::default();
-        render(&mut c, &DnsSteering::default());
+        render(
+            &mut c,
+            &DnsSteering::default(),
+            meshpath_common::MAX_SERVICE_IDS,
+        );
         assert_eq!(c, MapContents::default());
     }
 }

@@ -330,7 +330,7 @@ impl Agent {
         self.applied = contents;
         self.scoped = match (plain, super::istio::IstioScope::new(model)) {
             (true, Ok(rules)) => {
-                let ids = State::new(&self.full.compiled);
+                let ids = State::new(&self.full.compiled, &CompileOptions::default());
                 Some((changes.seq, ids, rules, super::l7::PodIps::new(model)))
             }
             _ => None,
@@ -655,7 +655,7 @@ fn the_proxy_taking_a_service_declines_the_per_service_pass() {
         }
     }
     let (compiled, _) = compile(&model, &CompileOptions::default(), &Compiled::default());
-    let state = State::new(&Compiled::default());
+    let state = State::new(&Compiled::default(), &CompileOptions::default());
     let changed = BTreeSet::from([id(0, "s0")]);
     let opts = CompileOptions::default();
     let plan = plan_changed(&model, &opts, &Compiled::default(), &state, &changed).expect("plan");

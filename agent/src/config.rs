@@ -622,6 +622,7 @@ impl From<&AgentArgs> for AgentConfig {
                 node_name: a.node_name.clone(),
                 max_frontends: a.max_frontends,
                 max_backends: a.max_backends,
+                max_service_entries: a.max_service_entries,
             },
         }
     }

@@ -274,6 +274,15 @@ impl Reconciler {
         };
         crate::dns::render(&mut contents, &dns_steering, self.opts.max_frontends);
         let rendered_at = started.elapsed();
+        if contents.services.len() > self.opts.max_service_entries as usize {
+            // Written anyway, the batch would fail part-way with E2BIG.
+            error!(
+                entries = contents.services.len(),
+                capacity = self.opts.max_service_entries,
+                "the service map cannot hold every frontend and its backend slots (--max-service-entries): nothing written; the last programmed state stays live"
+            );
+            return None;
+        }
         match apply(maps, &contents, self.applied.as_ref()) {
             Ok(stats) => {
                 // Where a reconcile's time goes (cumulative µs since it started).

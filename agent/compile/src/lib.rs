@@ -56,6 +56,8 @@ pub struct CompileOptions {
     pub max_frontends: u32,
     /// Backends the datapath's backend map holds (ids `1..=max`).
     pub max_backends: u32,
+    /// Entries the datapath's service map holds (a frontend's header and its backend slots).
+    pub max_service_entries: u32,
 }
 
 impl Default for CompileOptions {
@@ -66,6 +68,7 @@ impl Default for CompileOptions {
             node_name: None,
             max_frontends: meshpath_common::MAX_SERVICE_IDS,
             max_backends: meshpath_common::MAX_BACKENDS,
+            max_service_entries: meshpath_common::MAX_SERVICE_ENTRIES,
         }
     }
 }

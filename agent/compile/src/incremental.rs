@@ -50,6 +50,8 @@ pub enum Unscoped {
     RulePerClient { service: ObjectRef },
     #[error("{service}'s port {port} is or would be steered to the node proxy")]
     Steered { service: ObjectRef, port: u16 },
+    #[error("the routing table routes to {service}'s cluster {port} from another entry (e.g. a VirtualService's last good routes)")]
+    RoutedTo { service: ObjectRef, port: u16 },
 }
 
 /// Lowest-free-first ids, as [`super::alloc::IdAllocator`] hands them out, kept across passes.

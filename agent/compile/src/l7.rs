@@ -24,7 +24,7 @@ mod cors;
 mod delegate;
 mod error;
 mod export;
-mod routes;
+pub(crate) mod routes;
 pub(crate) mod rule_scope;
 #[cfg(test)]
 mod tests;

@@ -106,6 +106,7 @@ impl Reconciler {
                     &self.compiled,
                     &plan,
                     &changed,
+                    &self.l7,
                     steered,
                     p.http_no_endpoint_503,
                 ) {

@@ -19,7 +19,7 @@ use meshpath_model::l7::{Cluster, ClusterKey, L7Config, ServiceRoutes};
 use meshpath_model::{ClusterModel, ObjectRef, Protocol};
 
 use super::{Plan, Unscoped};
-use crate::l7::{clusters::Ctx, plain_forwarding, socket};
+use crate::l7::{clusters::Ctx, plain_forwarding, socket, L7Compiled};
 use crate::lb::policy_needs_proxy;
 use crate::{Compiled, FrontendAddr};
 
@@ -118,9 +118,51 @@ pub struct L7Patch {
 
 /// What `compile_l7` would give `changed` (Services the caller checked no VirtualService names
 /// and no client sees another DestinationRule for), or `Err` when the proxy would have to take
-/// one of their frontends. `steered` is whether a frontend is steered to the proxy now;
+/// one of their frontends, or when `table` (the last pass's) holds a cluster of theirs that
+/// their own entries do not account for: another entry routes to it (a VirtualService whose
+/// edit did not compile keeps its last good routes, which may name a Service its current
+/// version does not). `steered` is whether a frontend is steered to the proxy now;
 /// `no_endpoint_503` whether HTTP ports without endpoints are.
 pub fn plan_l7(
+    model: &ClusterModel,
+    compiled: &Compiled,
+    plan: &Plan,
+    changed: &BTreeSet<ObjectRef>,
+    table: &L7Compiled,
+    steered: impl Fn(&FrontendAddr) -> bool,
+    no_endpoint_503: bool,
+) -> Result<L7Patch, Unscoped> {
+    let patch = plan_entries(model, compiled, plan, changed, steered, no_endpoint_503)?;
+    // The clusters the patch drops: fine when only the changed Services' own entries name them.
+    let kept: BTreeSet<&ClusterKey> = patch.clusters.iter().map(|(k, _)| k).collect();
+    let dropped: BTreeSet<&ClusterKey> = changed
+        .iter()
+        .flat_map(|s| clusters_of(&table.config, s).map(|(k, _)| k))
+        .filter(|k| !kept.contains(k))
+        .collect();
+    if dropped.is_empty() {
+        return Ok(patch);
+    }
+    let own_entry = |addr: &SocketAddr, r: &ServiceRoutes| {
+        patch.old.contains(addr) && changed.contains(&r.service)
+    };
+    let from_listeners = table
+        .config
+        .listeners
+        .iter()
+        .filter(|(addr, r)| !own_entry(addr, r))
+        .flat_map(|(_, r)| crate::l7::routes::cluster_keys(r));
+    let from_tcp = table.tcp_routes.values().flatten().map(|(k, _)| k.clone());
+    if let Some(key) = from_listeners.chain(from_tcp).find(|k| dropped.contains(k)) {
+        return Err(Unscoped::RoutedTo {
+            service: key.service.clone(),
+            port: key.port,
+        });
+    }
+    Ok(patch)
+}
+
+fn plan_entries(
     model: &ClusterModel,
     compiled: &Compiled,
     plan: &Plan,

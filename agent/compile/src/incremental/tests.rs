@@ -363,7 +363,18 @@ impl Agent {
             true => {
                 let wanted = lb::steer_reasons(&self.full.l7.config);
                 let steered = |a: &FrontendAddr| wanted.contains_key(a);
-                Some(super::l7::plan_l7(model, compiled, &plan, &changed, steered, false).ok()?)
+                Some(
+                    super::l7::plan_l7(
+                        model,
+                        compiled,
+                        &plan,
+                        &changed,
+                        &self.full.l7,
+                        steered,
+                        false,
+                    )
+                    .ok()?,
+                )
             }
             false => None,
         };
@@ -662,12 +673,29 @@ fn the_proxy_taking_a_service_declines_the_per_service_pass() {
     assert_eq!(plan.fresh().len(), 1);
     let none = |_: &FrontendAddr| false;
     let empty = Compiled::default();
-    let declined = super::l7::plan_l7(&model, &empty, &plan, &changed, none, true);
+    let declined = super::l7::plan_l7(
+        &model,
+        &empty,
+        &plan,
+        &changed,
+        &Default::default(),
+        none,
+        true,
+    );
     assert!(
         matches!(declined, Err(Unscoped::Steered { port: 80, .. })),
         "{declined:?}"
     );
-    assert!(super::l7::plan_l7(&model, &empty, &plan, &changed, none, false).is_ok());
+    assert!(super::l7::plan_l7(
+        &model,
+        &empty,
+        &plan,
+        &changed,
+        &Default::default(),
+        none,
+        false
+    )
+    .is_ok());
     assert_eq!(compiled.frontends.len(), 1);
 }
 

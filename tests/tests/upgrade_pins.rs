@@ -49,13 +49,7 @@ fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
     assert!(status.success());
     assert_eq!(max_entries(&pin), 65_536);
 
-    let yaml = docs(&[
-        service("web", VIP, 80, "8080", "TCP", ""),
-        endpoint_slice("web", 8080, "TCP", &[Ep::ready(node.pod(1).ip())]),
-    ]);
-    let dir = node
-        .write_manifests(&[("web.yaml", yaml)])
-        .expect("manifests");
+    let dir = web_manifests(&node);
     let agent = node
         .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
         .expect("agent");
@@ -78,16 +72,7 @@ fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
 #[test]
 fn map_capacities_come_from_the_flags_and_a_restart_with_others_resizes_the_maps() {
     skip_unless!(AGENT);
-    let node = Node::new(2).expect("node");
-    node.spawn_server(1, "web-1", &[8080], &[], &[])
-        .expect("server");
-    let yaml = docs(&[
-        service("web", VIP, 80, "8080", "TCP", ""),
-        endpoint_slice("web", 8080, "TCP", &[Ep::ready(node.pod(1).ip())]),
-    ]);
-    let dir = node
-        .write_manifests(&[("web.yaml", yaml)])
-        .expect("manifests");
+    let (node, dir) = web_node();
     let sizes = |frontends: u64, backends: u64, entries: u64| {
         for (map, want) in [
             ("MP_RR", frontends),
@@ -139,4 +124,22 @@ fn map_capacities_come_from_the_flags_and_a_restart_with_others_resizes_the_maps
         "{}",
         agent.log()
     );
+}
+
+/// A node whose pod 1 serves `web-1` on 8080, and the manifests of Service `web` at [`VIP`].
+fn web_node() -> (Node, std::path::PathBuf) {
+    let node = Node::new(2).expect("node");
+    node.spawn_server(1, "web-1", &[8080], &[], &[])
+        .expect("server");
+    let dir = web_manifests(&node);
+    (node, dir)
+}
+
+fn web_manifests(node: &Node) -> std::path::PathBuf {
+    let yaml = docs(&[
+        service("web", VIP, 80, "8080", "TCP", ""),
+        endpoint_slice("web", 8080, "TCP", &[Ep::ready(node.pod(1).ip())]),
+    ]);
+    node.write_manifests(&[("web.yaml", yaml)])
+        .expect("manifests")
 }

@@ -1,14 +1,17 @@
 use super::*;
 
+/// The least an agent command line needs.
+const AGENT_ARGS: [&str; 6] = [
+    "meshpath",
+    "agent",
+    "--manifests",
+    "/m",
+    "--cgroup",
+    "/sys/fs/cgroup/unified/x",
+];
+
 fn agent(extra: &[&str]) -> AgentConfig {
-    let mut args = vec![
-        "meshpath",
-        "agent",
-        "--manifests",
-        "/m",
-        "--cgroup",
-        "/sys/fs/cgroup/unified/x",
-    ];
+    let mut args = AGENT_ARGS.to_vec();
     args.extend_from_slice(extra);
     match parse_args(args).expect("parses").command {
         Command::Agent(a) => AgentConfig::from(&*a),
@@ -355,15 +358,7 @@ fn map_capacities_size_the_kernel_maps_and_the_id_spaces() {
         (c.compile.max_frontends, c.compile.max_backends),
         (65_536, 524_288)
     );
-    let base = [
-        "meshpath",
-        "agent",
-        "--manifests",
-        "/m",
-        "--cgroup",
-        "/sys/fs/cgroup/unified/x",
-    ];
-    let with = |n: &'static str| parse_args(base.iter().copied().chain(["--max-frontends", n]));
+    let with = |n: &'static str| parse_args(AGENT_ARGS.into_iter().chain(["--max-frontends", n]));
     assert!(with("2").is_ok());
     let err = with("1").expect_err("id 0 is none: one frontend needs 2");
     assert!(err.to_string().contains("max-frontends"), "{err}");

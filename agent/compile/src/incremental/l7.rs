@@ -3,8 +3,10 @@
 //! A Service no VirtualService names has, in the table `compile_l7` builds, a plain-forwarding
 //! entry and its own cluster for each HTTP port when a DestinationRule names it, and for an
 //! HTTP port without endpoints; usually nothing. The entries are made of its frontends,
-//! EndpointSlices, DestinationRule and the labels of the Pods behind its endpoints. Nothing else
-//! in the table depends on it, so a change to it replaces those entries and no others.
+//! EndpointSlices, DestinationRule and the labels of the Pods behind its endpoints. Usually
+//! nothing else in the table depends on it, so a change to it replaces those entries and no
+//! others; when another entry still routes to one of its clusters (a VirtualService's last good
+//! routes), the pass declines ([`plan_l7`]).
 //!
 //! The pass declines ([`Unscoped`]) when the proxy has to start or stop taking one of the
 //! changed Services' frontends (a listener opens or closes, the kernel's entry is steered): a

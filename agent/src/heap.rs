@@ -26,7 +26,7 @@ mod tests {
         // A large block's worth of small allocations, freed below one that stays alive: the
         // case the top-of-heap trim cannot reach.
         let blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 1024]).collect();
-        let keep = vec![2u8; 64];
+        let keep = Box::new([2u8; 64]); // on the heap, above the freed blocks
         drop(blocks);
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         assert!(super::release_free());

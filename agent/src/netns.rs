@@ -33,6 +33,11 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the proxy's worker threads")]
+    Workers {
+        #[source]
+        source: meshpath_proxy::WorkersError,
+    },
     #[error("putting the proxy listener {addr} in the kernel's proxy sockhash")]
     Register {
         addr: SocketAddr,
@@ -80,8 +85,8 @@ fn bind_in<S: Send>(
 
 /// A tokio runtime whose threads all live in `netns` (when given): new threads inherit the network
 /// namespace of the thread that creates them, so the runtime is built on a thread that entered it
-/// first. The node proxy runs there, so its upstream connections to pods are made from where the
-/// pods are reachable, not from the agent's namespace.
+/// first. The DNS responder runs there (the node proxy's threads enter the namespace
+/// themselves, [`workers_in`]).
 pub fn runtime_in(
     netns: Option<&Path>,
     name: &str,
@@ -120,6 +125,32 @@ pub fn runtime_in(
         .join()
         .expect("runtime builder thread does not panic")
     })
+}
+
+/// The proxy's worker threads (`meshpath_proxy::Workers`), each of which first enters `netns`
+/// when given: its upstream connections to pods are made from where the pods are reachable.
+pub fn workers_in(
+    netns: Option<&Path>,
+    name: &str,
+    count: usize,
+) -> Result<std::sync::Arc<meshpath_proxy::Workers>, NetnsError> {
+    let file = match netns {
+        Some(path) => Some(
+            std::fs::File::open(path).map_err(|source| NetnsError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    meshpath_proxy::Workers::start(count, name, move || match &file {
+        // SAFETY: setns on a namespace fd we own; it changes only the calling worker thread.
+        Some(f) if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 => {
+            Err(std::io::Error::last_os_error())
+        }
+        _ => Ok(()),
+    })
+    .map_err(|source| NetnsError::Workers { source })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use meshpath_compile::steer::ProxyPorts;
 use meshpath_compile::FrontendAddr;
 use meshpath_datapath::proxy_socks::ProxySockets;
 use meshpath_model::{ClusterModel, Pod};
-use meshpath_proxy::{serve_until, OriginalDst, Proxy, Stop, Workload};
+use meshpath_proxy::{serve_on, OriginalDst, Proxy, Stop, Workers, Workload};
 
 use crate::netns::{bind_tcp, NetnsError};
 
@@ -124,9 +124,8 @@ impl OriginalDst for FixedDst {
 }
 
 pub struct ProxyListeners {
-    /// `Option` only so `Drop` can take it: a runtime dropped inside the agent's async context
-    /// would panic, so it is shut down in the background instead.
-    rt: Option<tokio::runtime::Runtime>,
+    /// The proxy's threads; dropping the last reference stops them.
+    workers: Arc<Workers>,
     ip: Ipv4Addr,
     netns: Option<PathBuf>,
     proxy: Arc<Proxy>,
@@ -148,8 +147,8 @@ struct Open {
 const ACCEPT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl ProxyListeners {
-    /// The proxy runs on a runtime of its own with `workers` threads, in `netns` when given
-    /// (see `netns::runtime_in`).
+    /// The proxy runs on `workers` threads of its own, one single-threaded runtime each
+    /// (`meshpath_proxy::Workers`), in `netns` when given (see `netns::workers_in`).
     pub fn new(
         ip: Ipv4Addr,
         netns: Option<PathBuf>,
@@ -157,9 +156,9 @@ impl ProxyListeners {
         socks: ProxySockets,
         workers: usize,
     ) -> Result<Self, NetnsError> {
-        let rt = crate::netns::runtime_in(netns.as_deref(), "meshpath-proxy", workers)?;
+        let workers = crate::netns::workers_in(netns.as_deref(), "meshpath-proxy", workers)?;
         Ok(Self {
-            rt: Some(rt),
+            workers,
             ip,
             netns,
             proxy,
@@ -167,10 +166,6 @@ impl ProxyListeners {
             open: BTreeMap::new(),
             socks,
         })
-    }
-
-    fn rt(&self) -> &tokio::runtime::Runtime {
-        self.rt.as_ref().expect("runtime present until drop")
     }
 
     /// Serves `config` from now on (the proxy builds its routing snapshot on this thread and
@@ -216,7 +211,10 @@ impl ProxyListeners {
             });
             match bound {
                 Ok(std_listener) => {
-                    let _in_rt = self.rt().enter();
+                    // The accept loops are dealt over the workers too; each hands the
+                    // connections it accepts round-robin to all of them.
+                    let (_, runtime) = self.workers.next();
+                    let _in_rt = runtime.enter();
                     let task = std_listener
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::TcpListener::from_std(std_listener));
@@ -227,12 +225,17 @@ impl ProxyListeners {
                                 pods: Arc::clone(&self.pods),
                             });
                             let (drain, drained) = tokio::sync::oneshot::channel::<Stop>();
-                            let serving =
-                                serve_until(listener, dst, Arc::clone(&self.proxy), async {
+                            let serving = serve_on(
+                                Arc::clone(&self.workers),
+                                listener,
+                                dst,
+                                Arc::clone(&self.proxy),
+                                async {
                                     // A listener dropped without a word leaves its connections be.
                                     drained.await.unwrap_or(Stop::Detach)
-                                });
-                            let task = self.rt().spawn(serving);
+                                },
+                            );
+                            let task = runtime.spawn(serving);
                             info!(%frontend.ip, frontend.port, proxy_port = port, "proxy listener open");
                             self.open.insert(
                                 *port,
@@ -320,9 +323,8 @@ impl ProxyListeners {
 
 impl Drop for ProxyListeners {
     fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+        // The accept loops hold the pool too: stop it explicitly, with every connection.
+        self.workers.stop();
     }
 }
 

@@ -111,7 +111,9 @@ impl Agent {
         };
         // A readiness wait, not a bound: on a busy 2-core machine under software emulation (the
         // Linux 6.1 VM) a debug agent takes 8-15 s to load and verify every program.
-        agent.wait_log("programmed", Duration::from_secs(30))?;
+        // The full pass's line: "service not (re)programmed" (an error) would match a bare
+        // "programmed".
+        agent.wait_log("programmed frontends=", Duration::from_secs(30))?;
         Ok(agent)
     }
 

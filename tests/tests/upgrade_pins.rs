@@ -1,11 +1,13 @@
 //! An agent starting over pins an older build left with another map definition (here a backends
 //! map of the former capacity, 65 536 entries) replaces that map instead of reusing it: aya would
-//! otherwise load the new programs against the old, smaller map.
+//! otherwise load the new programs against the old, smaller map. The capacities themselves come
+//! from flags, and a cluster that outgrows them leaves what is programmed in place.
 
 use std::process::Command;
+use std::time::Duration;
 
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
-use meshpath_tests::{skip_unless, Node, Proxy, Source, AGENT};
+use meshpath_tests::{skip_unless, wait_until, Node, Proxy, Source, AGENT};
 
 const VIP: &str = "10.96.0.91";
 
@@ -142,4 +144,62 @@ fn web_manifests(node: &Node) -> std::path::PathBuf {
     ]);
     node.write_manifests(&[("web.yaml", yaml)])
         .expect("manifests")
+}
+
+/// A cluster that outgrows `--max-service-entries` is reported and not written (a batch would
+/// fail part-way): what is programmed stays served, and the Service is programmed again once it
+/// fits.
+#[test]
+fn a_service_map_that_would_overfill_is_not_written_and_the_last_state_stays_served() {
+    skip_unless!(AGENT);
+    let node = Node::new(4).expect("node");
+    for pod in 1..=3 {
+        node.spawn_server(pod, &format!("web-{pod}"), &[8080], &[], &[])
+            .expect("server");
+    }
+    let manifest = |pods: &[usize]| {
+        let eps: Vec<Ep> = pods.iter().map(|p| Ep::ready(node.pod(*p).ip())).collect();
+        let yaml = docs(&[
+            service("web", VIP, 80, "8080", "TCP", ""),
+            endpoint_slice("web", 8080, "TCP", &eps),
+        ]);
+        node.write_manifests(&[("web.yaml", yaml)])
+            .expect("manifests")
+    };
+    // Which backends 30 connections reached; none may fail.
+    let served_by = || {
+        let r = node
+            .tcp(0, format!("{VIP}:80").parse().expect("addr"), 30)
+            .expect("tcp client");
+        assert_eq!(r.failed(), 0, "{r:?}");
+        let mut names: Vec<String> = r.counts.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    // One frontend and its two backend slots: 3 entries, the capacity.
+    let dir = manifest(&[1, 2]);
+    let mut agent = node
+        .start_agent(
+            Source::Manifests(&dir),
+            Proxy::Off,
+            &["--max-service-entries", "3"],
+        )
+        .expect("agent");
+    assert_eq!(served_by(), ["web-1", "web-2"]);
+
+    // A third endpoint needs a fourth entry.
+    manifest(&[1, 2, 3]);
+    agent
+        .wait_log("cannot hold every frontend", Duration::from_secs(30))
+        .expect("the overfill is reported");
+    assert_eq!(served_by(), ["web-1", "web-2"], "the last state stays");
+
+    // Back within the capacity: programmed again, with the endpoints of now.
+    manifest(&[1, 3]);
+    let reprogrammed = wait_until(Duration::from_secs(30), || {
+        node.tcp(0, format!("{VIP}:80").parse().expect("addr"), 10)
+            .is_ok_and(|r| r.count("web-3") > 0 && r.count("web-2") == 0)
+    });
+    assert!(reprogrammed, "{}", agent.log());
+    assert_eq!(served_by(), ["web-1", "web-3"]);
 }

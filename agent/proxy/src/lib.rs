@@ -70,6 +70,7 @@ mod trace;
 mod upgrade;
 mod upstream;
 mod warmup;
+mod workers;
 mod workload;
 mod zipkin;
 
@@ -87,8 +88,9 @@ use tokio::sync::watch;
 use meshpath_model::l7::{HttpRoute, L7Config};
 
 pub use outlier::EjectedSet;
-pub use server::{serve, serve_until, Stop};
+pub use server::{serve, serve_on, serve_until, Stop};
 pub use trace::{Span, SpanExporter};
+pub use workers::{Workers, WorkersError};
 pub use workload::Workload;
 
 /// A pod's labels, shared by all its connections.
@@ -126,7 +128,8 @@ pub struct ProxyOptions {
     /// Largest request body kept in memory so a retry or a mirror can replay it (Envoy's
     /// default buffer limit, 1 MiB).
     pub max_buffered_body: usize,
-    /// Idle HTTP/1 connections kept per endpoint; more are closed when they come back. Envoy
+    /// Idle HTTP/1 connections kept per endpoint and worker thread; more are closed when they
+    /// come back. Envoy
     /// keeps them all; a cap below the client concurrency makes the proxy open a new upstream
     /// connection for most requests (the L7 benchmark saw ~11 000 per 5 s at 64 clients with 32).
     pub max_idle_per_endpoint: usize,

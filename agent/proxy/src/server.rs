@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use super::handler::{handle, ConnCtx};
+use super::workers::{self, Workers};
 use super::{OriginalDst, Proxy};
 
 /// How [`serve_until`] stops.
@@ -53,6 +54,28 @@ pub async fn serve_until(
     proxy: Arc<Proxy>,
     drain: impl std::future::Future<Output = Stop>,
 ) {
+    serve_with(listener, original_dst, proxy, None, drain).await
+}
+
+/// As [`serve_until`], each accepted connection served on one of `workers` in turn (and the
+/// upstream connections its requests open with it) instead of the caller's runtime.
+pub async fn serve_on(
+    workers: Arc<Workers>,
+    listener: TcpListener,
+    original_dst: Arc<dyn OriginalDst>,
+    proxy: Arc<Proxy>,
+    drain: impl std::future::Future<Output = Stop>,
+) {
+    serve_with(listener, original_dst, proxy, Some(workers), drain).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    original_dst: Arc<dyn OriginalDst>,
+    proxy: Arc<Proxy>,
+    workers: Option<Arc<Workers>>,
+    drain: impl std::future::Future<Output = Stop>,
+) {
     let builder = Arc::new(builder());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
@@ -65,6 +88,7 @@ pub async fn serve_until(
                 &original_dst,
                 &proxy,
                 &stop_rx,
+                workers.as_deref(),
                 &mut conns,
             )
             .await;
@@ -119,6 +143,7 @@ async fn accept_one(
     original_dst: &Arc<dyn OriginalDst>,
     proxy: &Arc<Proxy>,
     stop: &tokio::sync::watch::Receiver<bool>,
+    workers: Option<&Workers>,
     conns: &mut tokio::task::JoinSet<()>,
 ) {
     let (stream, peer) = match listener.accept().await {
@@ -147,34 +172,70 @@ async fn accept_one(
         closing: Default::default(),
     });
     let builder = builder.clone();
-    let mut stop = stop.clone();
-    conns.spawn(async move {
-        let ctx = conn.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(handle(&conn, req).await) }
-        });
-        let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        tokio::pin!(served);
-        let result = tokio::select! {
-            r = served.as_mut() => r,
-            () = async {
-                // A dropped sender is a detached listener: serve on, no shutdown.
-                if stop.wait_for(|s| *s).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            } => {
-                served.as_mut().graceful_shutdown();
-                served.await
-            }
-            // Served by a listener the config dropped (`handler`).
-            () = ctx.close.notified() => {
-                served.as_mut().graceful_shutdown();
-                served.await
-            }
-        };
-        if let Err(error) = result {
-            debug!(%peer, %error, "proxy connection ended with an error");
+    let stop = stop.clone();
+    let Some(workers) = workers else {
+        conns.spawn(serve_connection(stream, conn, builder, stop));
+        return;
+    };
+    let (worker, runtime) = workers.next();
+    if workers::current() == Some(worker) {
+        conns.spawn(serve_connection(stream, conn, builder, stop));
+        return;
+    }
+    // A socket is registered with the runtime that created it: hand it over unregistered, to
+    // be registered with the worker's own.
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(error) => {
+            debug!(%peer, %error, "handing a proxy connection to a worker failed");
+            return;
         }
+    };
+    conns.spawn_on(
+        async move {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => serve_connection(stream, conn, builder, stop).await,
+                Err(error) => debug!(%peer, %error, "registering a proxy connection failed"),
+            }
+        },
+        runtime,
+    );
+}
+
+/// Serves one accepted connection until it ends, shutting it down gracefully once `stop`
+/// turns true or the proxy asks it to close.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    conn: Arc<ConnCtx>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let peer = conn.peer;
+    let ctx = conn.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&conn, req).await) }
     });
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = served.as_mut() => r,
+        () = async {
+            // A dropped sender is a detached listener: serve on, no shutdown.
+            if stop.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+        // Served by a listener the config dropped (`handler`).
+        () = ctx.close.notified() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%peer, %error, "proxy connection ended with an error");
+    }
 }

@@ -99,12 +99,18 @@ impl Endpoint {
         }
     }
 
-    fn pop_idle(&self) -> Option<(http1::SendRequest<UpBody>, u32)> {
+    fn pop_idle(&self) -> Option<(http1::SendRequest<UpBody>, u32, usize)> {
         self.idle_h1.pop()
     }
 
-    fn put_idle(self: &Arc<Self>, sender: http1::SendRequest<UpBody>, uses: u32, opts: SendOpts) {
-        IdlePool::push(self, sender, uses, opts.max_idle, opts.idle_timeout);
+    fn put_idle(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<UpBody>,
+        uses: u32,
+        home: usize,
+        opts: SendOpts,
+    ) {
+        IdlePool::push(self, sender, uses, home, opts.max_idle, opts.idle_timeout);
     }
 
     /// The owning cluster's stats.
@@ -133,6 +139,8 @@ pub(crate) struct PoolReturn {
     sender: http1::SendRequest<UpBody>,
     /// Requests this connection has carried, this one included.
     uses: u32,
+    /// The idle stack of the worker whose runtime runs the connection (`idle.rs`).
+    home: usize,
     ep: Arc<Endpoint>,
     opts: SendOpts,
     /// The cluster's request slot (`maxConnections`): released only once the connection is
@@ -145,6 +153,7 @@ impl PoolReturn {
         let PoolReturn {
             mut sender,
             uses,
+            home,
             ep,
             opts,
             _slot,
@@ -159,13 +168,13 @@ impl PoolReturn {
             return;
         }
         if sender.is_ready() {
-            ep.put_idle(sender, uses, opts);
+            ep.put_idle(sender, uses, home, opts);
         } else if !sender.is_closed() {
             // The connection task has not yet seen the end of the response (it runs on its own
             // task): wait for it rather than lose a warm connection.
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    ep.put_idle(sender, uses, opts);
+                    ep.put_idle(sender, uses, home, opts);
                 }
                 drop(_slot);
             });
@@ -204,12 +213,12 @@ async fn send_h1(
     slot: Option<OwnedSemaphorePermit>,
     siblings: &[Arc<Endpoint>],
 ) -> Result<Sent, SendFailure> {
-    while let Some((mut sender, uses)) = ep.pop_idle() {
+    while let Some((mut sender, uses, home)) = ep.pop_idle() {
         if !sender.is_ready() {
             continue; // closed by the peer while idle
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(sent_h1(resp, sender, uses + 1, ep, opts, slot)),
+            Ok(resp) => return Ok(sent_h1(resp, sender, uses + 1, home, ep, opts, slot)),
             Err(mut e) => match e.take_message() {
                 // Never written: the idle connection was stale. Try the next one.
                 Some(r) => req = r,
@@ -231,8 +240,9 @@ async fn send_h1(
         Ok(s) => s,
         Err(e) => return Err((e, Some(req))),
     };
+    let home = ep.idle_h1.here();
     match sender.try_send_request(req).await {
-        Ok(resp) => Ok(sent_h1(resp, sender, 1, ep, opts, slot)),
+        Ok(resp) => Ok(sent_h1(resp, sender, 1, home, ep, opts, slot)),
         Err(mut e) => {
             let req = e.take_message();
             Err((
@@ -265,6 +275,7 @@ fn sent_h1(
     resp: Response<Incoming>,
     sender: http1::SendRequest<UpBody>,
     uses: u32,
+    home: usize,
     ep: &Arc<Endpoint>,
     opts: SendOpts,
     slot: Option<OwnedSemaphorePermit>,
@@ -272,6 +283,7 @@ fn sent_h1(
     let give_back = PoolReturn {
         sender,
         uses,
+        home,
         ep: ep.clone(),
         opts,
         _slot: slot,

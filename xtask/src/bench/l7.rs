@@ -32,7 +32,7 @@ const HTTP_SVC: &str = "bench-http";
 const HTTP_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const HTTP_SVC_PORT: u16 = 80;
 const WARMUP: Duration = Duration::from_secs(1);
-/// The tokio thread name of meshpath's node proxy runtime.
+/// The names of meshpath's node proxy worker threads start so (`meshpath-proxy-<i>`).
 const PROXY_THREADS: &str = "meshpath-proxy";
 
 /// The hop under test; dropping it stops whatever was started.

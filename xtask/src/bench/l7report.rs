@@ -347,7 +347,8 @@ const METHOD: &str = "
   (`meshpath status` shows that as the service's backend; evidence below); nginx and HAProxy
   listen on 10.244.0.1:15180/15181 in the node netns. meshpath is not loaded in the direct,
   nginx and HAProxy scenarios.
-- Equal footing: meshpath's proxy runs 2 tokio worker threads, so nginx gets
+- Equal footing: meshpath's proxy runs 2 worker threads (one single-threaded tokio runtime
+  each, as nginx runs one event loop per worker), so nginx gets
   `worker_processes 2` and HAProxy `nbthread 2`. All three keep client and upstream connections
   alive (nginx: `upstream { keepalive 64; }`, `proxy_http_version 1.1`, `Connection \"\"`,
   `keepalive_requests 1000000` both sides; HAProxy: `mode http`, `option http-keep-alive`,

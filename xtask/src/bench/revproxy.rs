@@ -4,9 +4,9 @@
 //! the pods' gateway 10.244.0.1 like meshpath's proxy, and forwarding to the fortio echo server
 //! over keep-alive upstream connections.
 //!
-//! Equivalence with meshpath's proxy (2 tokio worker threads): nginx `worker_processes 2`,
-//! HAProxy `nbthread 2`; HTTP/1.1 keep-alive on both sides, no access log, no request or
-//! response rewriting beyond what each does by default. Everything (config, pid file, logs,
+//! Equivalence with meshpath's proxy (2 worker threads, one event loop each): nginx
+//! `worker_processes 2`, HAProxy `nbthread 2`; HTTP/1.1 keep-alive on both sides, no access
+//! log, no request or response rewriting beyond what each does by default. Everything (config, pid file, logs,
 //! temp dirs) lives in the run's scratch directory; the process is stopped by pid on drop,
 //! including when the scenario fails.
 

@@ -49,8 +49,8 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
-/// CPU seconds of the threads of `pid` whose name is `comm` (live threads only).
-pub fn thread_cpu_seconds(pid: u32, comm: &str) -> f64 {
+/// CPU seconds of the threads of `pid` whose name starts with `prefix` (live threads only).
+pub fn thread_cpu_seconds(pid: u32, prefix: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
     };
@@ -60,7 +60,7 @@ pub fn thread_cpu_seconds(pid: u32, comm: &str) -> f64 {
             let stat = t.path().join("stat");
             let text = std::fs::read_to_string(&stat).ok()?;
             let (c, _) = stat_fields(&text)?;
-            (c == comm).then(|| cpu_of(&stat)).flatten()
+            c.starts_with(prefix).then(|| cpu_of(&stat)).flatten()
         })
         .sum()
 }

@@ -43,7 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{serve, OriginalDst, Proxy, ProxyOptions, Span, SpanExporter};
+use super::{serve, serve_on, OriginalDst, Proxy, ProxyOptions, Span, SpanExporter, Workers};
 use meshpath_model::l7::*;
 use meshpath_model::ObjectRef;
 
@@ -218,11 +218,13 @@ pub(super) struct Harness {
     client: Client<HttpConnector, Full<Bytes>>,
     h2: Client<HttpConnector, Full<Bytes>>,
     task: JoinHandle<()>,
+    workers: Arc<Workers>,
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
         self.task.abort();
+        self.workers.stop();
     }
 }
 
@@ -250,19 +252,35 @@ pub(super) async fn start_with(
     };
     let proxy = Proxy::with_options(rx, opts, exporter);
     let tx = ConfigTx::new(tx, proxy.clone());
+    serve_harness(proxy, tx, dst).await
+}
+
+/// Serves `proxy` on a loopback port as the agent runs it: connections dealt over worker
+/// threads of their own, the accept loop on the test's runtime.
+pub(super) async fn serve_harness(
+    proxy: Arc<Proxy>,
+    tx: ConfigTx,
+    dst: impl OriginalDst + 'static,
+) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(serve(listener, Arc::new(dst), proxy));
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let h2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+    let workers = Workers::start(2, "test-proxy", || Ok(())).unwrap();
+    let task = tokio::spawn(serve_on(
+        workers.clone(),
+        listener,
+        Arc::new(dst),
+        proxy,
+        std::future::pending(),
+    ));
     Harness {
         addr,
         tx,
-        client,
-        h2,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        h2: Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http(),
         task,
+        workers,
     }
 }
 

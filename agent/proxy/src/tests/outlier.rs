@@ -29,23 +29,12 @@ async fn start_od(cfg: L7Config) -> (Harness, ProxyStats, watch::Receiver<Ejecte
     let (tx, rx) = watch::channel(Arc::new(cfg));
     let proxy = Proxy::with_options(rx, ProxyOptions::default(), None);
     let (stats, ejected) = (proxy.stats(), proxy.ejected_endpoints());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let dst = FixedDst {
         dst: Some(VIP),
         labels: BTreeMap::new(),
     };
     let tx = ConfigTx::new(tx, proxy.clone());
-    let task = tokio::spawn(serve(listener, Arc::new(dst), proxy));
-    let h = Harness {
-        addr,
-        tx,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        h2: Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http(),
-        task,
-    };
+    let h = serve_harness(proxy, tx, dst).await;
     (h, stats, ejected)
 }
 

@@ -37,13 +37,18 @@ pub fn render(rows: &[Row], args: &BenchKubeArgs) -> String {
             Some(c) => {
                 let mut l = c.latency_us.clone();
                 l.sort_unstable();
+                let repeated = match c.repeated_after_stall_ms {
+                    Some(gap) => format!("; repeated: the first run's watch stalled {gap:.0} ms"),
+                    None => String::new(),
+                };
                 format!(
-                    "{} in {:.1} s ({} failed; {} snapshots, longest gap {:.0} ms) | {} | {} | {} | {} (p99 halves {} / {}, drained in {:.0} ms) | {:.0} % of a core",
+                    "{} in {:.1} s ({} failed; {} snapshots, longest gap {:.0} ms{}) | {} | {} | {} | {} (p99 halves {} / {}, drained in {:.0} ms) | {:.0} % of a core",
                     c.sent.patches,
                     c.sent.elapsed.as_secs_f64(),
                     c.sent.failed,
                     l.len(),
                     c.longest_gap_ms,
+                    repeated,
                     ms(percentile(&l, 50.0)),
                     ms(percentile(&l, 99.0)),
                     ms(l.last().copied().unwrap_or(0) as f64),

@@ -116,7 +116,8 @@ struct Churn {
     latency_us: Vec<u64>,
     /// Last patch answered → the agent's last change programmed.
     drain_ms: f64,
-    /// The longest time between two snapshots the agent programmed during the phase: at 200
+    /// The longest time without a snapshot programmed while patches went out (edges of the
+    /// phase included, [`longest_gap_us`]): at 200
     /// patches per second, a gap of seconds while the agent is idle is the API server not
     /// delivering the watch (seen on this 2-core machine), not the agent falling behind.
     longest_gap_ms: f64,
@@ -357,6 +358,7 @@ fn churn_phase(
     let before = agent.log().matches("change programmed").count();
     let cpu_before = churn::cpu_time(pid)?;
     let wall = Instant::now();
+    let sending_from = unix_now_us();
     let sent = churn::run(
         proxy.port,
         n,
@@ -407,12 +409,8 @@ fn churn_phase(
         .iter()
         .filter_map(|l| time_of_day_us(l.split_whitespace().next()?))
         .collect();
-    let longest_gap_ms = stamps
-        .windows(2)
-        .map(|w| w[1].saturating_sub(w[0]))
-        .max()
-        .unwrap_or(0) as f64
-        / 1e3;
+    let longest_gap_ms =
+        longest_gap_us(sending_from % DAY_US, &stamps, sent_done % DAY_US) as f64 / 1e3;
     let half = latency_us.len() / 2;
     let p99_of = |part: &[u64]| {
         let mut v = part.to_vec();
@@ -445,6 +443,23 @@ fn capacity_args(n: u32) -> Vec<String> {
         "--max-service-entries".into(),
         pow2(n * (ENDPOINTS + 1) + 1),
     ]
+}
+
+const DAY_US: u64 = 86_400 * 1_000_000;
+
+/// The longest time without a snapshot while patches went out (`from`..`to`, µs of the day),
+/// the stretches before the first and after the last one included: a watch that delivered
+/// nothing for the whole phase has one snapshot, or none, and no gap between two.
+fn longest_gap_us(from: u64, stamps: &[u64], to: u64) -> u64 {
+    let mut edges = Vec::with_capacity(stamps.len() + 2);
+    edges.push(from);
+    edges.extend(stamps.iter().copied().filter(|t| (from..=to).contains(t)));
+    edges.push(to);
+    edges
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0)
 }
 
 /// µs since midnight of a tracing stamp (`2026-11-26T08:06:37.235166Z`).
@@ -548,6 +563,16 @@ mod tests {
         assert!(!churn(2_400.0).watch_stalled(200));
         assert!(churn(2_600.0).watch_stalled(200));
         assert!(churn(600.0).watch_stalled(1_000));
+    }
+
+    #[test]
+    fn the_longest_gap_counts_the_phase_edges() {
+        assert_eq!(super::longest_gap_us(0, &[100, 150, 900], 1_000), 750);
+        // One snapshot, or none, in the whole phase: the phase itself is the gap.
+        assert_eq!(super::longest_gap_us(0, &[50], 20_000), 19_950);
+        assert_eq!(super::longest_gap_us(0, &[], 20_000), 20_000);
+        // Snapshots of the drain after the last patch are not in the phase.
+        assert_eq!(super::longest_gap_us(0, &[400, 800, 5_000], 1_000), 400);
     }
 
     #[test]

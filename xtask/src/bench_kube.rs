@@ -117,9 +117,9 @@ struct Churn {
     /// Last patch answered → the agent's last change programmed.
     drain_ms: f64,
     /// The longest time without a snapshot programmed while patches went out (edges of the
-    /// phase included, [`longest_gap_us`]): at 200
-    /// patches per second, a gap of seconds while the agent is idle is the API server not
-    /// delivering the watch (seen on this 2-core machine), not the agent falling behind.
+    /// phase included, [`longest_gap_us`]): at 200 patches per second, a gap of seconds while
+    /// the agent is idle is the API server not delivering the watch (seen on this 2-core
+    /// machine), not the agent falling behind.
     longest_gap_ms: f64,
     /// Set when the phase was run a second time because the first one's watch stalled
     /// ([`Churn::watch_stalled`]): that phase's longest gap.

@@ -107,7 +107,8 @@ struct Row {
     programmed_ms: f64,
     latency_us: Vec<u64>,
     synced_rss_kib: u64,
-    churn: Option<Churn>,
+    /// `None` without a churn phase; `Err` with why it measured nothing.
+    churn: Option<Result<Churn, String>>,
     rss_kib: u64,
 }
 
@@ -300,18 +301,14 @@ fn one_agent(
         }
     }
     let churn = if args.churn_rate > 0 && args.churn_seconds > 0 {
-        let mut churn = churn_phase(kube, &agent, pid, n, args)?;
-        if churn.watch_stalled(args.churn_rate) {
-            eprintln!(
-                "bench-kube: no snapshot for {:.0} ms while patches went out (the API server \
-                 held the watch back); the churn phase is run once more",
-                churn.longest_gap_ms
-            );
-            let stalled_gap_ms = churn.longest_gap_ms;
-            churn = churn_phase(kube, &agent, pid, n, args)?;
-            churn.repeated_after_stall_ms = Some(stalled_gap_ms);
-        }
-        Some(churn)
+        // A phase that measured nothing is reported as such: the rows measured before it and
+        // the other columns of this one are kept.
+        Some(
+            churn_with_a_repeat(kube, &agent, pid, n, args).map_err(|e| {
+                eprintln!("bench-kube: churn not measured: {e:#}");
+                format!("{e:#}")
+            }),
+        )
     } else {
         None
     };
@@ -341,6 +338,33 @@ fn one_agent(
         churn,
         rss_kib,
     })
+}
+
+/// The churn phase, run once more when the first one's watch stalled ([`Churn::watch_stalled`]).
+fn churn_with_a_repeat(
+    kube: &KubeCluster,
+    agent: &Agent,
+    pid: u32,
+    n: u32,
+    args: &BenchKubeArgs,
+) -> anyhow::Result<Churn> {
+    let churn = churn_phase(kube, agent, pid, n, args)?;
+    if !churn.watch_stalled(args.churn_rate) {
+        return Ok(churn);
+    }
+    eprintln!(
+        "bench-kube: no snapshot for {:.0} ms while patches went out (the API server held the \
+         watch back); the churn phase is run once more",
+        churn.longest_gap_ms
+    );
+    let mut again = churn_phase(kube, agent, pid, n, args).with_context(|| {
+        format!(
+            "the repeat of a phase whose watch stalled {:.0} ms",
+            churn.longest_gap_ms
+        )
+    })?;
+    again.repeated_after_stall_ms = Some(churn.longest_gap_ms);
+    Ok(again)
 }
 
 fn churn_phase(

@@ -34,7 +34,8 @@ pub fn render(rows: &[Row], args: &BenchKubeArgs) -> String {
         let mut l = r.latency_us.clone();
         l.sort_unstable();
         let churn = match &r.churn {
-            Some(c) => {
+            Some(Err(why)) => format!("not measured: {why} | – | – | – | – | –"),
+            Some(Ok(c)) => {
                 let mut l = c.latency_us.clone();
                 l.sort_unstable();
                 let repeated = match c.repeated_after_stall_ms {

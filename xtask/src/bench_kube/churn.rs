@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,6 +13,21 @@ use meshpath_tests::kube::KubeCluster;
 
 /// Parallel connections the patches are spread over: one request at a time on each.
 const SENDERS: u32 = 4;
+
+/// Patches sent by earlier phases of this process. A phase's patches are numbered on from
+/// there: a phase that sent the same patches as one before it (the next agent's, on the same
+/// cluster) would only write values the slices already hold, which the API server accepts
+/// without a change and so without a watch event, and the agent would have nothing to do.
+static PATCHES_BEFORE: AtomicU64 = AtomicU64::new(0);
+
+/// Patch number `g`: the Service whose slice it changes and the address it writes there.
+/// Successive numbers write different addresses to the same slice (and no two numbers below
+/// 62 500 the same address).
+fn patch_of(g: u64, services: u32) -> (u32, String) {
+    let svc = (g % u64::from(services)) as u32;
+    let ip = format!("10.251.{}.{}", (g / 250) % 250, g % 250 + 1);
+    (svc, ip)
+}
 
 /// What was sent.
 pub struct Sent {
@@ -64,6 +80,7 @@ impl Proxy {
 pub fn run(port: u16, services: u32, per_second: u32, duration: Duration) -> anyhow::Result<Sent> {
     let started = Instant::now();
     let total = u64::from(per_second) * duration.as_secs();
+    let first = PATCHES_BEFORE.fetch_add(total, Ordering::Relaxed);
     let interval = Duration::from_secs_f64(f64::from(SENDERS) / f64::from(per_second));
     let results = std::thread::scope(|s| {
         let workers: Vec<_> = (0..SENDERS)
@@ -80,8 +97,7 @@ pub fn run(port: u16, services: u32, per_second: u32, duration: Duration) -> any
                         if let Some(wait) = due.checked_duration_since(Instant::now()) {
                             std::thread::sleep(wait);
                         }
-                        let svc = (i % u64::from(services)) as u32;
-                        let ip = format!("10.251.{}.{}", (i / 250) % 250, i % 250 + 1);
+                        let (svc, ip) = patch_of(first + i, services);
                         match patch(&mut conn, svc, &ip) {
                             Ok(true) => {}
                             Ok(false) => failed += 1,
@@ -143,4 +159,24 @@ pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .nth(1)
         .with_context(|| format!("{field} value"))?
         .parse()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::patch_of;
+
+    #[test]
+    fn the_next_phase_writes_other_addresses_to_the_same_slices() {
+        let services = 10_000;
+        let per_phase = 4_000;
+        for i in 0..per_phase {
+            let (svc, ip) = patch_of(i, services);
+            let (svc2, ip2) = patch_of(per_phase + i, services);
+            assert_eq!((svc, svc2), (i as u32, (per_phase + i) as u32));
+            let (same_svc, again) = patch_of(u64::from(services) + i, services);
+            assert_eq!(same_svc, svc);
+            assert_ne!(again, ip, "slice {svc} would get the same address twice");
+            assert_ne!(ip, ip2);
+        }
+    }
 }

@@ -119,8 +119,7 @@ struct Churn {
     drain_ms: f64,
     /// The longest time without a snapshot programmed while patches went out (edges of the
     /// phase included, [`longest_gap_us`]): at 200 patches per second, a gap of seconds while
-    /// the agent is idle is the API server not delivering the watch (seen on this 2-core
-    /// machine), not the agent falling behind.
+    /// the agent is idle is no watch event reaching it, not the agent falling behind.
     longest_gap_ms: f64,
     /// Set when the phase was run a second time because the first one's watch stalled
     /// ([`Churn::watch_stalled`]): that phase's longest gap.
@@ -353,8 +352,8 @@ fn churn_with_a_repeat(
         return Ok(churn);
     }
     eprintln!(
-        "bench-kube: no snapshot for {:.0} ms while patches went out (the API server held the \
-         watch back); the churn phase is run once more",
+        "bench-kube: no snapshot for {:.0} ms while patches went out (no watch event reached \
+         the agent); the churn phase is run once more",
         churn.longest_gap_ms
     );
     let mut again = churn_phase(kube, agent, pid, n, args).with_context(|| {

@@ -302,12 +302,11 @@ fn one_agent(
     let churn = if args.churn_rate > 0 && args.churn_seconds > 0 {
         // A phase that measured nothing is reported as such: the rows measured before it and
         // the other columns of this one are kept.
-        Some(
-            churn_with_a_repeat(kube, &agent, pid, n, args).map_err(|e| {
-                eprintln!("bench-kube: churn not measured: {e:#}");
-                format!("{e:#}")
-            }),
-        )
+        let phase = || churn_phase(kube, &agent, pid, n, args);
+        Some(churn_with_a_repeat(args.churn_rate, phase).map_err(|e| {
+            eprintln!("bench-kube: churn not measured: {e:#}");
+            format!("{e:#}")
+        }))
     } else {
         None
     };
@@ -339,16 +338,14 @@ fn one_agent(
     })
 }
 
-/// The churn phase, run once more when the first one's watch stalled ([`Churn::watch_stalled`]).
+/// `phase` (the churn phase at `rate` patches a second), run once more when the first one's
+/// watch stalled ([`Churn::watch_stalled`]).
 fn churn_with_a_repeat(
-    kube: &KubeCluster,
-    agent: &Agent,
-    pid: u32,
-    n: u32,
-    args: &BenchKubeArgs,
+    rate: u32,
+    mut phase: impl FnMut() -> anyhow::Result<Churn>,
 ) -> anyhow::Result<Churn> {
-    let churn = churn_phase(kube, agent, pid, n, args)?;
-    if !churn.watch_stalled(args.churn_rate) {
+    let churn = phase()?;
+    if !churn.watch_stalled(rate) {
         return Ok(churn);
     }
     eprintln!(
@@ -356,7 +353,7 @@ fn churn_with_a_repeat(
          the agent); the churn phase is run once more",
         churn.longest_gap_ms
     );
-    let mut again = churn_phase(kube, agent, pid, n, args).with_context(|| {
+    let mut again = phase().with_context(|| {
         format!(
             "the repeat of a phase whose watch stalled {:.0} ms",
             churn.longest_gap_ms
@@ -567,9 +564,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_gap_of_500_patches_without_a_snapshot_is_a_watch_stall() {
-        let churn = |gap_ms: f64| super::Churn {
+    fn churn(gap_ms: f64) -> super::Churn {
+        super::Churn {
             sent: super::churn::Sent {
                 patches: 6000,
                 failed: 0,
@@ -581,7 +577,26 @@ mod tests {
             repeated_after_stall_ms: None,
             halves_p99_us: (3_000.0, 3_000.0),
             cpu_share: 0.05,
-        };
+        }
+    }
+
+    #[test]
+    fn only_a_stalled_phase_is_repeated_and_the_repeat_says_so() {
+        let mut runs = 0;
+        let ok = super::churn_with_a_repeat(200, || {
+            runs += 1;
+            Ok(churn(40.0))
+        })
+        .unwrap();
+        assert_eq!((runs, ok.repeated_after_stall_ms), (1, None));
+        let mut gaps = vec![40.0, 19_974.0];
+        let again = super::churn_with_a_repeat(200, || Ok(churn(gaps.pop().unwrap()))).unwrap();
+        assert_eq!(again.repeated_after_stall_ms, Some(19_974.0));
+        assert!(gaps.is_empty());
+    }
+
+    #[test]
+    fn a_gap_of_500_patches_without_a_snapshot_is_a_watch_stall() {
         assert!(!churn(40.0).watch_stalled(200));
         assert!(!churn(2_400.0).watch_stalled(200));
         assert!(churn(2_600.0).watch_stalled(200));

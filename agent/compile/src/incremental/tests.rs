@@ -673,29 +673,24 @@ fn the_proxy_taking_a_service_declines_the_per_service_pass() {
     assert_eq!(plan.fresh().len(), 1);
     let none = |_: &FrontendAddr| false;
     let empty = Compiled::default();
-    let declined = super::l7::plan_l7(
-        &model,
-        &empty,
-        &plan,
-        &changed,
-        &Default::default(),
-        none,
-        true,
-    );
+    // The same plan with and without the 503 for HTTP ports that have no endpoint.
+    let plan_l7 = |http_no_endpoint_503| {
+        super::l7::plan_l7(
+            &model,
+            &empty,
+            &plan,
+            &changed,
+            &Default::default(),
+            none,
+            http_no_endpoint_503,
+        )
+    };
+    let declined = plan_l7(true);
     assert!(
         matches!(declined, Err(Unscoped::Steered { port: 80, .. })),
         "{declined:?}"
     );
-    assert!(super::l7::plan_l7(
-        &model,
-        &empty,
-        &plan,
-        &changed,
-        &Default::default(),
-        none,
-        false
-    )
-    .is_ok());
+    assert!(plan_l7(false).is_ok());
     assert_eq!(compiled.frontends.len(), 1);
 }
 

@@ -12,46 +12,50 @@ use meshpath_tests::{skip_unless, wait_until, Node, Proxy, Source, AGENT};
 const VIP: &str = "10.96.0.91";
 
 fn max_entries(pin: &std::path::Path) -> u64 {
+    map_show(pin)["max_entries"].as_u64().expect("max_entries")
+}
+
+/// `bpftool map show` of a pinned map, as JSON.
+fn map_show(pin: &std::path::Path) -> serde_json::Value {
     let out = Command::new("bpftool")
         .args(["-j", "map", "show", "pinned"])
         .arg(pin)
         .output()
         .expect("bpftool");
     assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    v["max_entries"].as_u64().expect("max_entries")
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
+}
+
+/// Pins a preallocated hash map named after its pin, as an older build did.
+fn create_hash_map(pin: &std::path::Path, key: u32, value: u32, entries: u32) {
+    let name = pin.file_name().expect("pin name").to_str().expect("utf-8");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(pin)
+        .args([
+            "type",
+            "hash",
+            "key",
+            &key.to_string(),
+            "value",
+            &value.to_string(),
+        ])
+        .args(["entries", &entries.to_string(), "name", name])
+        .status()
+        .expect("bpftool map create");
+    assert!(status.success());
 }
 
 #[test]
 fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
     skip_unless!(AGENT);
-    let node = Node::new(2).expect("node");
-    node.spawn_server(1, "web-1", &[8080], &[], &[])
-        .expect("server");
+    let (node, dir) = web_node();
     std::fs::create_dir_all(node.pin_dir()).expect("pin dir");
     let pin = node.pin_dir().join("MP_BACKENDS");
     // What an agent built with the former capacity pinned: key u32, value Backend (8 bytes).
-    let status = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&pin)
-        .args([
-            "type",
-            "hash",
-            "key",
-            "4",
-            "value",
-            "8",
-            "entries",
-            "65536",
-            "name",
-            "MP_BACKENDS",
-        ])
-        .status()
-        .expect("bpftool map create");
-    assert!(status.success());
+    create_hash_map(&pin, 4, 8, 65_536);
     assert_eq!(max_entries(&pin), 65_536);
 
-    let dir = web_manifests(&node);
     let agent = node
         .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
         .expect("agent");
@@ -66,6 +70,60 @@ fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
         .tcp(0, format!("{VIP}:80").parse().expect("addr"), 5)
         .expect("tcp client");
     assert_eq!(r.count("web-1"), 5, "{r:?}");
+}
+
+/// The maps the agent writes rarely allocate their entries as it inserts them: a preallocated
+/// one an older build pinned, of the same size, is replaced (its memory freed), and a restart
+/// over this build's own pins replaces nothing (the flags the kernel reports match the object's).
+#[test]
+fn a_preallocated_pod_map_is_replaced_and_a_restart_keeps_this_builds_maps() {
+    skip_unless!(AGENT);
+    let (node, dir) = web_node();
+    std::fs::create_dir_all(node.pin_dir()).expect("pin dir");
+    // The opted-in pods (key and value u32), at this build's capacity.
+    let pin = node.pin_dir().join("MP_REDIR_PODS");
+    create_hash_map(&pin, 4, 4, 65_536);
+    let old = map_show(&pin);
+    let memlock = |v: &serde_json::Value| v["bytes_memlock"].as_u64().expect("bytes_memlock");
+    let served = || {
+        let r = node
+            .tcp(0, format!("{VIP}:80").parse().expect("addr"), 5)
+            .expect("tcp client");
+        assert_eq!(r.count("web-1"), 5, "{r:?}");
+    };
+
+    let mut agent = node
+        .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
+        .expect("agent");
+    assert!(
+        agent.log().contains("pinned map had another definition"),
+        "{}",
+        agent.log()
+    );
+    let new = map_show(&pin);
+    assert_eq!(new["max_entries"], old["max_entries"], "same capacity");
+    assert_ne!(new["id"], old["id"], "a new map was pinned");
+    // BPF_F_NO_PREALLOC is 1.
+    assert_eq!(new["flags"].as_u64(), Some(1), "{new}");
+    assert!(
+        memlock(&new) * 4 < memlock(&old),
+        "allocate-on-insert map {} B against preallocated {} B",
+        memlock(&new),
+        memlock(&old)
+    );
+    served();
+    agent.stop().expect("stop");
+
+    let agent = node
+        .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
+        .expect("agent");
+    served();
+    assert!(
+        !agent.log().contains("pinned map had another definition"),
+        "a restart over this build's pins replaced a map: {}",
+        agent.log()
+    );
+    assert_eq!(map_show(&pin)["id"], new["id"], "the restart kept the map");
 }
 
 /// `--max-frontends`, `--max-backends` and `--max-service-entries` size the kernel maps at load;

@@ -1,5 +1,5 @@
 //! Pinned maps left by an agent whose maps were defined differently (an upgrade that changed a
-//! capacity, a key or a value): aya reuses a pinned map by name without comparing its
+//! capacity, a key, a value or the map's flags, such as preallocation): aya reuses a pinned map by name without comparing its
 //! definition, so the new programs would run against a map of the wrong size. Such pins are
 //! unpinned before loading, so fresh maps are created in their place. Programs of the previous
 //! agent keep their own references to the old maps and keep serving until the new programs
@@ -14,13 +14,23 @@ use tracing::warn;
 
 use super::{DatapathError, MapCapacity};
 
+/// What must match for a pinned map to be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapShape {
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// `BPF_F_*` creation flags: a preallocated map pinned by an older build is replaced by
+    /// this build's allocate-on-insert one (and so frees its memory).
+    pub flags: u32,
+}
+
 /// One pinned map that did not match the object's definition and was unpinned.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Replaced {
     pub name: String,
-    /// (key size, value size, max entries) pinned, then wanted.
-    pub pinned: (u32, u32, u32),
-    pub wanted: (u32, u32, u32),
+    pub pinned: MapShape,
+    pub wanted: MapShape,
 }
 
 /// Unpins every map under `pin_dir` whose definition differs from the one in `object` with the
@@ -45,9 +55,18 @@ pub fn unpin_incompatible(
         let Ok(info) = MapInfo::from_pin(&path) else {
             continue; // not a map, or unreadable: loading will report it
         };
-        let pinned = (info.key_size(), info.value_size(), info.max_entries());
-        let size = capacity.size_of(name, map.max_entries());
-        let wanted = (map.key_size(), map.value_size(), size);
+        let pinned = MapShape {
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        };
+        let wanted = MapShape {
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            max_entries: capacity.size_of(name, map.max_entries()),
+            flags: map.map_flags(),
+        };
         if pinned == wanted {
             continue;
         }
@@ -55,7 +74,7 @@ pub fn unpin_incompatible(
             path: path.clone(),
             source,
         })?;
-        warn!(map = %name, ?pinned, ?wanted, "pinned map had another definition (key, value, entries): unpinned, a new one replaces it");
+        warn!(map = %name, ?pinned, ?wanted, "pinned map had another definition (key, value, entries or flags): unpinned, a new one replaces it");
         replaced.push(Replaced {
             name: name.clone(),
             pinned,

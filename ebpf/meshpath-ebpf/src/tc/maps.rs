@@ -13,18 +13,16 @@ use meshpath_common::{
     ServiceKey, SockLimit,
 };
 
-/// `BPF_F_NO_PREALLOC`: entries are allocated as the agent writes them (rarely), not all at
-/// map creation, which every agent start pays (seconds on an emulated CPU).
-const BPF_F_NO_PREALLOC: u32 = 1;
+use crate::maps::NO_PREALLOC;
 
 /// {external IP or any-node-IP, port, proto, slot} → header or backend.
 #[map]
 pub static MP_TC_SVC: HashMap<ServiceKey, TcSlot> =
-    HashMap::pinned(MAX_TC_SERVICE_ENTRIES, BPF_F_NO_PREALLOC);
+    HashMap::pinned(MAX_TC_SERVICE_ENTRIES, NO_PREALLOC);
 
 /// The node's own addresses → 1: where NodePorts answer.
 #[map]
-pub static MP_TC_NODE_IPS: HashMap<u32, u32> = HashMap::pinned(MAX_TC_NODE_IPS, 0);
+pub static MP_TC_NODE_IPS: HashMap<u32, u32> = HashMap::pinned(MAX_TC_NODE_IPS, NO_PREALLOC);
 
 /// Both directions of every translated flow. LRU: a flow whose FIN or RST was missed (or a UDP
 /// flow, which has none) ages out instead of filling the table.
@@ -34,8 +32,7 @@ pub static MP_TC_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_TC_CT, 
 /// Counted flows (see `limit`): apart from the LRU, so an evicted flow's slot is still found.
 /// Not preallocated: idle without limits.
 #[map]
-pub static MP_TC_COUNTED: HashMap<CtKey, SockLimit> =
-    HashMap::pinned(MAX_TC_COUNTED, BPF_F_NO_PREALLOC);
+pub static MP_TC_COUNTED: HashMap<CtKey, SockLimit> = HashMap::pinned(MAX_TC_COUNTED, NO_PREALLOC);
 
 /// `sessionAffinity: ClientIP`: {frontend, client} → its backend (see `affinity`).
 #[map]

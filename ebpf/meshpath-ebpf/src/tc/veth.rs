@@ -29,22 +29,20 @@ use super::affinity;
 use super::forward;
 use super::limit::{self, Admission, Slot};
 use super::maps::MP_TC_CT;
-use super::refuse;
 use super::nat::{self, End, Packet};
+use super::refuse;
 use super::{TC_ACT_OK, TC_ACT_SHOT};
 use crate::lb;
-use crate::maps::MP_SERVICES;
+use crate::maps::{MP_SERVICES, NO_PREALLOC};
 
 /// Local pod address → its host-side veth's ifindex.
 #[map]
-pub static MP_TC_PODS: HashMap<u32, u32> = HashMap::pinned(MAX_TC_PODS, 0);
+pub static MP_TC_PODS: HashMap<u32, u32> = HashMap::pinned(MAX_TC_PODS, NO_PREALLOC);
 
-/// LPM trie tries must not be preallocated (`BPF_F_NO_PREALLOC`).
-const BPF_F_NO_PREALLOC: u32 = 1;
-
-/// Pod networks reached through `bpf_fib_lookup` + `bpf_redirect_neigh`.
+/// Pod networks reached through `bpf_fib_lookup` + `bpf_redirect_neigh`. (An LPM trie must
+/// not be preallocated.)
 #[map]
-pub static MP_TC_FWD_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_TC_FWD_NETS, BPF_F_NO_PREALLOC);
+pub static MP_TC_FWD_NETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_TC_FWD_NETS, NO_PREALLOC);
 
 #[map]
 pub static MP_TC_VETH_CFG: Array<u32> = Array::pinned(VETH_CFG_SLOTS, 0);

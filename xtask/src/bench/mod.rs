@@ -10,6 +10,7 @@ mod l7;
 mod l7change;
 mod l7checks;
 mod l7report;
+mod merge;
 mod model;
 mod obsreport;
 pub(crate) mod proc;

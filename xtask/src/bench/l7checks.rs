@@ -156,13 +156,21 @@ impl L7Section {
             });
         }
         for c in MAXQPS_CONNS {
-            let what = format!("meshpath proxy max qps, c={c} ≥ nginx's");
+            let what = format!("meshpath proxy max qps, c={c} ≥ the better of nginx and HAProxy");
             let i = self.row_index(Test::MaxQps, c, Field::Qps);
             let get = |sc| self.median(i?, sc);
-            out.push(match (get(mp), get(Scenario::L7Nginx)) {
-                (Some(m), Some(n)) => Check {
+            let better = [Scenario::L7Nginx, Scenario::L7Haproxy]
+                .into_iter()
+                .filter_map(|p| Some((get(p)?, p)))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            out.push(match (get(mp), better) {
+                (Some(m), Some((n, peer))) => Check {
                     pass: Some(m >= n),
-                    text: format!("{what}: {m:.0} qps vs {n:.0} qps = {:.2}×", m / n),
+                    text: format!(
+                        "{what}: {m:.0} qps vs {} {n:.0} qps = {:.2}×",
+                        peer.short(),
+                        m / n
+                    ),
                 },
                 (None, _) => Check {
                     pass: None,

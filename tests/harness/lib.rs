@@ -48,7 +48,7 @@ pub use skip::{
     first_missing, privileged, skip_line, skipped_test, Feature, Privileged, AGENT, KUBE,
     KUBE_AGENT, NODE,
 };
-pub use sys::{bpffs_root, cgroup2_root, netns_exec, run_checked};
+pub use sys::{bpffs_root, cgroup2_root, kernel_at_least, netns_exec, run_checked};
 pub use wait::{poll, wait_until};
 
 /// Prefix of every name (netns, cgroup, pin dir, temp dir) the harness creates. Stale-run cleanup

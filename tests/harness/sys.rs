@@ -210,3 +210,14 @@ pub(crate) fn require_root() -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether the running kernel is at least `major.minor` (from `/proc/sys/kernel/osrelease`;
+/// `false` when it cannot be read).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || -> u32 { parts.next().and_then(|p| p.parse().ok()).unwrap_or(0) };
+    (next(), next()) >= (major, minor)
+}

@@ -30,7 +30,8 @@ use anyhow::Result;
 use meshpath_tests::agent::counter;
 use meshpath_tests::manifests::{docs, endpoint_slice, Ep};
 use meshpath_tests::{
-    addr, netns_exec, run_checked as run, skip_unless, wait_until, Node, Proxy, Source, AGENT,
+    addr, kernel_at_least, netns_exec, run_checked as run, skip_unless, wait_until, Node, Proxy,
+    Source, AGENT,
 };
 
 const NODE1_IP: &str = "192.168.77.1";
@@ -147,13 +148,7 @@ fn manifest(backend: Ipv4Addr) -> String {
 
 /// Whether TCX links can be made here (Linux ≥ 6.6).
 fn tcx_supported() -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return false;
-    };
-    let mut parts = release.trim().split(['.', '-']);
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) >= (6, 6)
+    kernel_at_least(6, 6)
 }
 
 /// No packet filter rule in `ns`: whatever translated the packets, it was not netfilter.

@@ -20,7 +20,8 @@ use std::time::Duration;
 use meshpath_tests::agent::{counter, Agent};
 use meshpath_tests::manifests::{docs, endpoint_slice, Ep};
 use meshpath_tests::{
-    addr, run_checked as run, skip_unless, wait_until, Node, Proxy, Source, Target, AGENT,
+    addr, kernel_at_least, run_checked as run, skip_unless, wait_until, Node, Proxy, Source,
+    Target, AGENT,
 };
 
 const WEB_VIP: &str = "10.96.0.10";
@@ -63,13 +64,7 @@ fn manifest(node: &Node) -> String {
 
 /// Whether TCX links can be made here (Linux ≥ 6.6).
 fn tcx_supported() -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return false;
-    };
-    let mut parts = release.trim().split(['.', '-']);
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) >= (6, 6)
+    kernel_at_least(6, 6)
 }
 
 /// A node with two pods, servers in both (pod 0's keeps its namespace among the managed

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
-use meshpath_tests::{skip_unless, wait_until, Node, Proxy, Source, AGENT};
+use meshpath_tests::{kernel_at_least, skip_unless, wait_until, Node, Proxy, Source, AGENT};
 
 const VIP: &str = "10.96.0.91";
 
@@ -105,12 +105,15 @@ fn a_preallocated_pod_map_is_replaced_and_a_restart_keeps_this_builds_maps() {
     assert_ne!(new["id"], old["id"], "a new map was pinned");
     // BPF_F_NO_PREALLOC is 1.
     assert_eq!(new["flags"].as_u64(), Some(1), "{new}");
-    assert!(
-        memlock(&new) * 4 < memlock(&old),
-        "allocate-on-insert map {} B against preallocated {} B",
-        memlock(&new),
-        memlock(&old)
-    );
+    // Kernels before 6.4 report a hash map's nominal size whatever it holds.
+    if kernel_at_least(6, 4) {
+        assert!(
+            memlock(&new) * 4 < memlock(&old),
+            "allocate-on-insert map {} B against preallocated {} B",
+            memlock(&new),
+            memlock(&old)
+        );
+    }
     served();
     agent.stop().expect("stop");
 

@@ -1,5 +1,6 @@
-//! The L7 section's resource figures (proxy CPU per 1000 rps, RSS) and the issue's three
-//! targets as PASS/MISS checks.
+//! The L7 section's resource figures (proxy CPU per 1000 rps, RSS) and the issue's targets
+//! as PASS/MISS checks: added latency (p90 ≤ 100 µs; p50, p90 and p99 at or below the better
+//! of nginx and HAProxy), max qps and CPU against the better peer, RSS.
 
 use std::fmt::Write as _;
 
@@ -7,7 +8,7 @@ use serde_json::json;
 
 use super::l7report::L7Section;
 use super::model::{Scenario, Test, LATENCY_CONNS, LATENCY_QPS, MAXQPS_CONNS};
-use super::stats::{self, Check, Field};
+use super::stats::{self, Better, Check, Field};
 
 /// The targets from the issue.
 const ADDED_P90_MAX_US: f64 = 100.0;
@@ -155,32 +156,45 @@ impl L7Section {
                 },
             });
         }
-        for c in MAXQPS_CONNS {
-            let what = format!("meshpath proxy max qps, c={c} ≥ the better of nginx and HAProxy");
-            let i = self.row_index(Test::MaxQps, c, Field::Qps);
-            let get = |sc| self.median(i?, sc);
-            let better = [Scenario::L7Nginx, Scenario::L7Haproxy]
-                .into_iter()
-                .filter_map(|p| Some((get(p)?, p)))
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            out.push(match (get(mp), better) {
-                (Some(m), Some((n, peer))) => Check {
-                    pass: Some(m >= n),
-                    text: format!(
-                        "{what}: {m:.0} qps vs {} {n:.0} qps = {:.2}×",
-                        peer.short(),
-                        m / n
+        for (field, name) in [
+            (Field::P50, "p50"),
+            (Field::P90, "p90"),
+            (Field::P99, "p99"),
+        ] {
+            for c in LATENCY_CONNS {
+                let i = self.row_index(Test::Latency, c, field);
+                let added = |sc| Some(self.median(i?, sc)? - self.median(i?, Scenario::L7Direct)?);
+                out.push(against_peers(
+                    format!(
+                        "meshpath proxy added {name} @{LATENCY_QPS} qps, c={c} ≤ the better peer's"
                     ),
-                },
-                (None, _) => Check {
-                    pass: None,
-                    text: format!("{what}: not measured: {}", why(mp)),
-                },
-                (_, None) => Check {
-                    pass: None,
-                    text: format!("{what}: not measured: {}", why(Scenario::L7Nginx)),
-                },
-            });
+                    added,
+                    Better::Lower,
+                    |v| format!("{v:+.0} µs"),
+                    &why,
+                ));
+            }
+        }
+        for c in MAXQPS_CONNS {
+            let i = self.row_index(Test::MaxQps, c, Field::Qps);
+            out.push(against_peers(
+                format!("meshpath proxy max qps, c={c} ≥ the better peer's"),
+                |sc| self.median(i?, sc),
+                Better::Higher,
+                |v| format!("{v:.0} qps"),
+                &why,
+            ));
+        }
+        for c in LATENCY_CONNS {
+            out.push(against_peers(
+                format!(
+                    "meshpath proxy CPU per 1000 rps @{LATENCY_QPS} qps, c={c} ≤ the better peer's"
+                ),
+                |sc| self.cpu(sc, Test::Latency, c),
+                Better::Lower,
+                |v| format!("{v:.1} % core"),
+                &why,
+            ));
         }
         let what = "meshpath proxy RSS ≤ 15 MB (15 × 10⁶ B = 14.3 MiB)";
         out.push(
@@ -202,5 +216,127 @@ impl L7Section {
             },
         );
         out
+    }
+}
+
+/// The better of nginx's and HAProxy's figure, and whose it is.
+fn better_peer(get: impl Fn(Scenario) -> Option<f64>, better: Better) -> Option<(f64, Scenario)> {
+    [Scenario::L7Nginx, Scenario::L7Haproxy]
+        .into_iter()
+        .filter_map(|p| Some((get(p)?, p)))
+        .reduce(|a, b| {
+            let b_wins = match better {
+                Better::Lower => b.0 < a.0,
+                Better::Higher => b.0 > a.0,
+            };
+            if b_wins {
+                b
+            } else {
+                a
+            }
+        })
+}
+
+/// meshpath's figure against the better peer's: met when at least as good, and by how much.
+fn against_peers(
+    what: String,
+    get: impl Fn(Scenario) -> Option<f64>,
+    better: Better,
+    show: impl Fn(f64) -> String,
+    why: &dyn Fn(Scenario) -> String,
+) -> Check {
+    let mp = Scenario::L7Meshpath;
+    match (get(mp), better_peer(&get, better)) {
+        (Some(m), Some((p, peer))) => {
+            let pass = match better {
+                Better::Lower => m <= p,
+                Better::Higher => m >= p,
+            };
+            let ratio = if p != 0.0 {
+                format!(" = {:.2}×", m / p)
+            } else {
+                String::new()
+            };
+            Check {
+                pass: Some(pass),
+                text: format!("{what}: {} vs {} {}{ratio}", show(m), peer.short(), show(p)),
+            }
+        }
+        (None, _) => Check {
+            pass: None,
+            text: format!("{what}: not measured: {}", why(mp)),
+        },
+        (_, None) => Check {
+            pass: None,
+            text: format!("{what}: not measured: {}", why(Scenario::L7Nginx)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(
+        nginx: Option<f64>,
+        haproxy: Option<f64>,
+        mp: Option<f64>,
+    ) -> impl Fn(Scenario) -> Option<f64> {
+        move |sc| match sc {
+            Scenario::L7Nginx => nginx,
+            Scenario::L7Haproxy => haproxy,
+            Scenario::L7Meshpath => mp,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_better_peer_depends_on_the_direction() {
+        let get = figures(Some(5.0), Some(7.0), None);
+        assert_eq!(
+            better_peer(&get, Better::Lower),
+            Some((5.0, Scenario::L7Nginx))
+        );
+        assert_eq!(
+            better_peer(&get, Better::Higher),
+            Some((7.0, Scenario::L7Haproxy))
+        );
+        let only = figures(None, Some(7.0), None);
+        assert_eq!(
+            better_peer(&only, Better::Lower),
+            Some((7.0, Scenario::L7Haproxy))
+        );
+    }
+
+    #[test]
+    fn meshpath_passes_only_when_as_good_as_the_better_peer() {
+        let why = |_| "absent".to_string();
+        let show = |v: f64| format!("{v:.0}");
+        let lower = |mp| {
+            against_peers(
+                "x".into(),
+                figures(Some(100.0), Some(120.0), mp),
+                Better::Lower,
+                show,
+                &why,
+            )
+        };
+        assert_eq!(lower(Some(100.0)).pass, Some(true));
+        assert_eq!(lower(Some(110.0)).pass, Some(false));
+        assert!(
+            lower(Some(110.0)).text.contains("vs nginx 100 = 1.10×"),
+            "{}",
+            lower(Some(110.0)).text
+        );
+        assert_eq!(lower(None).pass, None);
+        let higher = against_peers(
+            "y".into(),
+            figures(Some(100.0), Some(120.0), Some(110.0)),
+            Better::Higher,
+            show,
+            &why,
+        );
+        assert_eq!(higher.pass, Some(false));
+        assert!(higher.text.contains("HAProxy 120"), "{}", higher.text);
     }
 }

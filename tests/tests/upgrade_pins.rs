@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use meshpath_tests::agent::Agent;
 use meshpath_tests::manifests::{docs, endpoint_slice, service, Ep};
 use meshpath_tests::{kernel_at_least, skip_unless, wait_until, Node, Proxy, Source, AGENT};
 
@@ -59,17 +60,10 @@ fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
     let agent = node
         .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
         .expect("agent");
-    assert!(
-        agent.log().contains("pinned map had another definition"),
-        "{}",
-        agent.log()
-    );
+    assert!(replaced_a_map(&agent), "{}", agent.log());
     // This build's backends map is larger (131 072 entries): the old pin was not reused.
     assert!(max_entries(&pin) > 65_536, "the new definition is pinned");
-    let r = node
-        .tcp(0, format!("{VIP}:80").parse().expect("addr"), 5)
-        .expect("tcp client");
-    assert_eq!(r.count("web-1"), 5, "{r:?}");
+    assert_served(&node);
 }
 
 /// The maps the agent writes rarely allocate their entries as it inserts them: a preallocated
@@ -85,21 +79,11 @@ fn a_preallocated_pod_map_is_replaced_and_a_restart_keeps_this_builds_maps() {
     create_hash_map(&pin, 4, 4, 65_536);
     let old = map_show(&pin);
     let memlock = |v: &serde_json::Value| v["bytes_memlock"].as_u64().expect("bytes_memlock");
-    let served = || {
-        let r = node
-            .tcp(0, format!("{VIP}:80").parse().expect("addr"), 5)
-            .expect("tcp client");
-        assert_eq!(r.count("web-1"), 5, "{r:?}");
-    };
 
     let mut agent = node
         .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
         .expect("agent");
-    assert!(
-        agent.log().contains("pinned map had another definition"),
-        "{}",
-        agent.log()
-    );
+    assert!(replaced_a_map(&agent), "{}", agent.log());
     let new = map_show(&pin);
     assert_eq!(new["max_entries"], old["max_entries"], "same capacity");
     assert_ne!(new["id"], old["id"], "a new map was pinned");
@@ -114,15 +98,15 @@ fn a_preallocated_pod_map_is_replaced_and_a_restart_keeps_this_builds_maps() {
             memlock(&old)
         );
     }
-    served();
+    assert_served(&node);
     agent.stop().expect("stop");
 
     let agent = node
         .start_agent(Source::Manifests(&dir), Proxy::Off, &[])
         .expect("agent");
-    served();
+    assert_served(&node);
     assert!(
-        !agent.log().contains("pinned map had another definition"),
+        !replaced_a_map(&agent),
         "a restart over this build's pins replaced a map: {}",
         agent.log()
     );
@@ -148,12 +132,6 @@ fn map_capacities_come_from_the_flags_and_a_restart_with_others_resizes_the_maps
             assert_eq!(max_entries(&node.pin_dir().join(map)), want, "{map}");
         }
     };
-    let served = || {
-        let r = node
-            .tcp(0, format!("{VIP}:80").parse().expect("addr"), 5)
-            .expect("tcp client");
-        assert_eq!(r.count("web-1"), 5, "{r:?}");
-    };
     let small = [
         "--max-frontends",
         "64",
@@ -166,7 +144,7 @@ fn map_capacities_come_from_the_flags_and_a_restart_with_others_resizes_the_maps
         .start_agent(Source::Manifests(&dir), Proxy::Off, &small)
         .expect("agent");
     sizes(64, 128, 256);
-    served();
+    assert_served(&node);
     agent.stop().expect("stop");
 
     let big = [
@@ -181,12 +159,21 @@ fn map_capacities_come_from_the_flags_and_a_restart_with_others_resizes_the_maps
         .start_agent(Source::Manifests(&dir), Proxy::Off, &big)
         .expect("agent");
     sizes(65_536, 524_288, 1_048_576);
-    served();
-    assert!(
-        agent.log().contains("pinned map had another definition"),
-        "{}",
-        agent.log()
-    );
+    assert_served(&node);
+    assert!(replaced_a_map(&agent), "{}", agent.log());
+}
+
+/// Service `web` at [`VIP`] reaches `web-1`, every one of 5 connections.
+fn assert_served(node: &Node) {
+    let r = node
+        .tcp(0, format!("{VIP}:80").parse().expect("addr"), 5)
+        .expect("tcp client");
+    assert_eq!(r.count("web-1"), 5, "{r:?}");
+}
+
+/// Whether the agent said it replaced a pinned map.
+fn replaced_a_map(agent: &Agent) -> bool {
+    agent.log().contains("pinned map had another definition")
 }
 
 /// A node whose pod 1 serves `web-1` on 8080, and the manifests of Service `web` at [`VIP`].

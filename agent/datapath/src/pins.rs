@@ -1,6 +1,7 @@
 //! Pinned maps left by an agent whose maps were defined differently (an upgrade that changed a
-//! capacity, a key, a value or the map's flags, such as preallocation): aya reuses a pinned map by name without comparing its
-//! definition, so the new programs would run against a map of the wrong size. Such pins are
+//! capacity, a key, a value or the map's flags, such as preallocation): aya reuses a pinned map
+//! by name without comparing its definition, so the new programs would run against a map of
+//! the wrong size (or keep an old build's preallocated memory). Such pins are
 //! unpinned before loading, so fresh maps are created in their place. Programs of the previous
 //! agent keep their own references to the old maps and keep serving until the new programs
 //! replace their links (`links::attach_replacing`); what the old maps held (counters,

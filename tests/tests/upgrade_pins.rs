@@ -3,6 +3,7 @@
 //! otherwise load the new programs against the old, smaller map. The capacities themselves come
 //! from flags, and a cluster that outgrows them leaves what is programmed in place.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,12 +28,13 @@ fn map_show(pin: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("bpftool json")
 }
 
-/// Pins a preallocated hash map named after its pin, as an older build did.
-fn create_hash_map(pin: &std::path::Path, key: u32, value: u32, entries: u32) {
-    let name = pin.file_name().expect("pin name").to_str().expect("utf-8");
+/// Pins a preallocated hash map `name` in the node's pin dir, as an older build did.
+fn pin_old_map(node: &Node, name: &str, key: u32, value: u32, entries: u32) -> PathBuf {
+    std::fs::create_dir_all(node.pin_dir()).expect("pin dir");
+    let pin = node.pin_dir().join(name);
     let status = Command::new("bpftool")
         .args(["map", "create"])
-        .arg(pin)
+        .arg(&pin)
         .args([
             "type",
             "hash",
@@ -45,16 +47,15 @@ fn create_hash_map(pin: &std::path::Path, key: u32, value: u32, entries: u32) {
         .status()
         .expect("bpftool map create");
     assert!(status.success());
+    pin
 }
 
 #[test]
 fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
     skip_unless!(AGENT);
     let (node, dir) = web_node();
-    std::fs::create_dir_all(node.pin_dir()).expect("pin dir");
-    let pin = node.pin_dir().join("MP_BACKENDS");
     // What an agent built with the former capacity pinned: key u32, value Backend (8 bytes).
-    create_hash_map(&pin, 4, 8, 65_536);
+    let pin = pin_old_map(&node, "MP_BACKENDS", 4, 8, 65_536);
     assert_eq!(max_entries(&pin), 65_536);
 
     let agent = node
@@ -73,10 +74,8 @@ fn a_pinned_map_with_an_old_definition_is_replaced_not_reused() {
 fn a_preallocated_pod_map_is_replaced_and_a_restart_keeps_this_builds_maps() {
     skip_unless!(AGENT);
     let (node, dir) = web_node();
-    std::fs::create_dir_all(node.pin_dir()).expect("pin dir");
     // The opted-in pods (key and value u32), at this build's capacity.
-    let pin = node.pin_dir().join("MP_REDIR_PODS");
-    create_hash_map(&pin, 4, 4, 65_536);
+    let pin = pin_old_map(&node, "MP_REDIR_PODS", 4, 4, 65_536);
     let old = map_show(&pin);
     let memlock = |v: &serde_json::Value| v["bytes_memlock"].as_u64().expect("bytes_memlock");
 
@@ -177,7 +176,7 @@ fn replaced_a_map(agent: &Agent) -> bool {
 }
 
 /// A node whose pod 1 serves `web-1` on 8080, and the manifests of Service `web` at [`VIP`].
-fn web_node() -> (Node, std::path::PathBuf) {
+fn web_node() -> (Node, PathBuf) {
     let node = Node::new(2).expect("node");
     node.spawn_server(1, "web-1", &[8080], &[], &[])
         .expect("server");
@@ -185,7 +184,7 @@ fn web_node() -> (Node, std::path::PathBuf) {
     (node, dir)
 }
 
-fn web_manifests(node: &Node) -> std::path::PathBuf {
+fn web_manifests(node: &Node) -> PathBuf {
     let yaml = docs(&[
         service("web", VIP, 80, "8080", "TCP", ""),
         endpoint_slice("web", 8080, "TCP", &[Ep::ready(node.pod(1).ip())]),

@@ -5,6 +5,7 @@
 #   proxy_request  raw HTTP/1 request heads through the proxy's request path (matching, rewrites,
 #                  header operations, hashing, redirects, retry decisions) over a fixed table
 #   proxy_routes   a routing table compiled from fuzzed YAML, and a request through it
+#   upstream_response  raw bytes as an upstream's HTTP/1 response, read by the proxy's client
 # Each corpus (fuzz/corpus/<target>, kept between runs) is seeded from the repository's YAML.
 # Installs what is missing, idempotently: the nightly toolchain (rustup) and cargo-fuzz, built
 # once into a cache and kept while it reports the pinned version.
@@ -20,7 +21,7 @@ CARGO_FUZZ_VERSION=0.13.2
 SECONDS_PER_TARGET=${1:-40}
 shift || true
 TARGETS=("$@")
-[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(manifests istio proxy_request proxy_routes)
+[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(manifests istio proxy_request proxy_routes upstream_response)
 TOOLS=${MESHPATH_TOOLS_DIR:-$HOME/.cache/meshpath/tools}
 OUT=$TOOLS/cargo-fuzz-$CARGO_FUZZ_VERSION
 
@@ -56,6 +57,7 @@ seed() {
         while IFS= read -r -d '' f; do cp -n "$f" "$dir/$(printf '%s' "$f" | tr '/' '_')"; done
       ;;
     proxy_request) cp -n fuzz/seeds/proxy_request/* "$dir/" ;;
+    upstream_response) cp -n fuzz/seeds/upstream_response/* "$dir/" ;;
     proxy_routes)
       local testdata=agent/source/src/istio/testdata head
       for f in "$testdata"/*.yaml; do

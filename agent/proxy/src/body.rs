@@ -14,7 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::breaker::RqGuard;
-use super::upstream::{Endpoint, PoolReturn};
+use super::h1;
+use super::upstream::Endpoint;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -81,20 +82,72 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// An upstream response body: from the proxy's HTTP/1 client, or hyper's HTTP/2 one.
+pub(crate) enum UpResp {
+    Http1(h1::Body),
+    Http2(Incoming),
+}
+
+impl UpResp {
+    /// No body (a `101` answer, whose connection went to the tunnel).
+    pub(crate) fn empty() -> UpResp {
+        UpResp::Http1(h1::Body::empty())
+    }
+
+    /// Stops reading: an HTTP/1 connection closes instead of going back to its pool.
+    fn abandon(&mut self) {
+        if let UpResp::Http1(b) = self {
+            b.abandon();
+        }
+    }
+}
+
+impl Body for UpResp {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match self.get_mut() {
+            UpResp::Http1(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(Into::into)),
+            UpResp::Http2(b) => ready!(Pin::new(b).poll_frame(cx)).map(|f| f.map_err(Into::into)),
+        };
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpResp::Http1(b) => b.is_end_stream(),
+            UpResp::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpResp::Http1(b) => b.size_hint(),
+            UpResp::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The downstream response body.
 pub(crate) struct ProxyBody(Inner);
 
+// The upstream variant holds an HTTP/1 connection while it streams; boxing it would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
 }
 
 /// An upstream response body streamed to the client. It keeps the endpoint's in-flight count
-/// up and its HTTP/1 connection checked out until the last byte, and enforces what is left of
+/// up (and an HTTP/1 connection checked out) until the last byte, and enforces what is left of
 /// the route timeout (Envoy's route timeout covers the whole response).
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
-    give_back: Option<PoolReturn>,
+    inner: UpResp,
     _active: Option<ActiveGuard>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -110,23 +163,16 @@ impl ProxyBody {
     }
 
     pub(crate) fn upstream(
-        inner: Incoming,
-        give_back: Option<PoolReturn>,
+        inner: UpResp,
         active: Option<ActiveGuard>,
         deadline: Option<tokio::time::Instant>,
     ) -> ProxyBody {
         let mut body = UpstreamBody {
             inner,
-            give_back,
             _active: active,
             deadline: None,
         };
-        if body.inner.is_end_stream() {
-            // Nothing will poll an empty body: release the connection now.
-            if let Some(g) = body.give_back.take() {
-                g.give_back();
-            }
-        } else if let Some(d) = deadline {
+        if let Some(d) = deadline.filter(|_| !body.inner.is_end_stream()) {
             body.deadline = Some(Box::pin(tokio::time::sleep_until(d)));
         }
         ProxyBody(Inner::Upstream(body))
@@ -146,23 +192,15 @@ impl Body for ProxyBody {
             Inner::Upstream(up) => {
                 if let Some(d) = up.deadline.as_mut() {
                     if d.as_mut().poll(cx).is_ready() {
-                        up.give_back = None; // a half-read HTTP/1 response cannot be reused
+                        up.inner.abandon(); // a half-read HTTP/1 response cannot be reused
                         return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
                     }
                 }
                 let frame = ready!(Pin::new(&mut up.inner).poll_frame(cx));
-                match &frame {
-                    Some(Ok(_)) if !up.inner.is_end_stream() => {}
-                    Some(Err(_)) => up.give_back = None,
-                    // Done (the last frame, or the end): the connection can serve another.
-                    _ => {
-                        if let Some(g) = up.give_back.take() {
-                            g.give_back();
-                        }
-                        up.deadline = None;
-                    }
+                if !matches!(frame, Some(Ok(_))) || up.inner.is_end_stream() {
+                    up.deadline = None;
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
         }
     }

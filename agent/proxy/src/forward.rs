@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
@@ -190,21 +190,22 @@ async fn attempts(
             // Unreachable: a consumed streaming body ends the attempts (retry sees it).
             return (local_reply(StatusCode::SERVICE_UNAVAILABLE, RESET), None);
         };
-        // Set before the copy, which then has room for it.
         head.headers
             .insert(X_ENVOY_ATTEMPT_COUNT.clone(), number(attempt.into()));
-        let this_head = if retry.may_retry() {
-            head.clone()
-        } else {
-            std::mem::replace(head, Request::new(()).into_parts().0)
-        };
-        let req = Request::from_parts(this_head, up_body);
         // Counts the request on its endpoint, and among the cluster's active requests until
         // the response ends.
         let waited = admitted.waited;
         let guard = ActiveGuard::new(picked.ep.clone()).with_request(admitted.request);
         let started = Instant::now();
-        let outcome = send(&picked, req, admitted.slot, retry.per_try_timeout(), body).await;
+        let outcome = send(
+            &picked,
+            head,
+            up_body,
+            admitted.slot,
+            retry.per_try_timeout(),
+            body,
+        )
+        .await;
         if matches!(&outcome, Outcome::Failed(e) if e.is_connect_failure()) {
             admission::connect_failed(target, waited);
         }
@@ -230,10 +231,7 @@ async fn attempts(
                 parts
                     .headers
                     .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), number(ms));
-                Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(inc, sent.give_back, Some(guard), deadline),
-                )
+                Response::from_parts(parts, ProxyBody::upstream(inc, Some(guard), deadline))
             }
             Outcome::Failed(e) => {
                 debug!(endpoint = %addr, error = %e, "upstream request failed");
@@ -260,12 +258,20 @@ async fn attempts(
 /// reached a connection gives its body back, so even a streamed one can be retried.
 async fn send(
     picked: &Picked<'_>,
-    req: Request<UpBody>,
+    head: &Parts,
+    up_body: UpBody,
     slot: Option<OwnedSemaphorePermit>,
     per_try_timeout: Option<Duration>,
     body: &mut ReqBody,
 ) -> Outcome {
-    let send = upstream::send(&picked.ep, req, picked.opts, slot, picked.siblings);
+    let send = upstream::send(
+        &picked.ep,
+        head,
+        up_body,
+        picked.opts,
+        slot,
+        picked.siblings,
+    );
     let sent = match per_try_timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
@@ -276,8 +282,8 @@ async fn send(
     match sent {
         Ok(s) => Outcome::Sent(s),
         Err((e, unsent)) => {
-            if let Some(req) = unsent {
-                body.put_back(req.into_body());
+            if let Some(b) = unsent {
+                body.put_back(b);
             }
             Outcome::Failed(e)
         }

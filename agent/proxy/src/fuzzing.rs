@@ -1,7 +1,8 @@
 //! The request path's pure steps over one request head, for the fuzz targets in `fuzz/`: route
 //! selection (every match kind), the route's rewrite and header operations, the shaping of the
 //! head for HTTP/1.1 and HTTP/2, the consistent-hash key, redirects and direct responses, the
-//! retry decisions and the span's operation name. No socket is opened and no task spawned.
+//! retry decisions and the span's operation name; and an upstream HTTP/1 response read by the
+//! proxy's client ([`upstream_response`]). No socket is opened and no task spawned.
 //! Built only with the `fuzzing` feature; not an API.
 
 use std::collections::BTreeMap;
@@ -103,4 +104,20 @@ impl Routes {
         route.resp_ops.apply(resp.headers_mut());
         resp.status().as_u16()
     }
+}
+
+/// An upstream HTTP/1 response read from `wire` delivered in pieces ending at `cuts`, as the
+/// proxy's client reads it; `Ok(None)` when the bytes end before the response, `Err` with the
+/// protocol error the client would report.
+pub fn upstream_response(
+    wire: &[u8],
+    head_request: bool,
+    cuts: &[usize],
+) -> Result<Option<crate::h1::replay::Decoded>, String> {
+    let method = if head_request {
+        http::Method::HEAD
+    } else {
+        http::Method::GET
+    };
+    crate::h1::replay::read(wire, &method, cuts).map_err(|e| e.to_string())
 }

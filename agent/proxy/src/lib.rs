@@ -40,6 +40,7 @@ mod breaker;
 mod cluster_metrics;
 pub mod export;
 mod forward;
+mod h1;
 // The fuzz targets' entry point (fuzz/), never part of a normal build.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

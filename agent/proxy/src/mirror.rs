@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::request::Parts;
-use http::Request;
 use http_body_util::BodyExt;
 use tracing::debug;
 
@@ -41,15 +40,12 @@ pub(crate) fn spawn_shadow(
         let opts = cluster.send_opts(proto, max_idle);
         let shadow = async {
             let _active = ActiveGuard::new(ep.clone());
-            let req = Request::from_parts(head, UpBody::Full(body));
             // No breaker slot: Envoy's shadows bypass the mirror cluster's pending queue.
-            match upstream::send(&ep, req, opts, None, &[]).await {
+            match upstream::send(&ep, &head, UpBody::Full(body), opts, None, &[]).await {
                 Ok(sent) => {
                     // Read the answer through so the connection goes back to the pool.
                     let (_, inc) = sent.resp.into_parts();
-                    let _ = ProxyBody::upstream(inc, sent.give_back, None, None)
-                        .collect()
-                        .await;
+                    let _ = ProxyBody::upstream(inc, None, None).collect().await;
                 }
                 Err((error, _)) => debug!(endpoint = %ep.addr, %error, "mirrored request failed"),
             }

@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::body::ProxyBody;
+use super::h1::Upgraded;
 
 pub(crate) fn is_upgrade(head: &Parts) -> bool {
     head.version == Version::HTTP_11
@@ -23,13 +24,17 @@ pub(crate) fn is_upgrade(head: &Parts) -> bool {
 
 /// Splices the client's upgraded connection to the upstream one once both sides switched.
 pub(crate) fn tunnel(downstream: OnUpgrade, resp: &mut Response<ProxyBody>) {
-    let Some(upstream) = resp.extensions_mut().remove::<OnUpgrade>() else {
+    let Some(mut up) = resp
+        .extensions_mut()
+        .remove::<Upgraded>()
+        .and_then(|u| u.take())
+    else {
         return;
     };
     tokio::spawn(async move {
-        match tokio::try_join!(downstream, upstream) {
-            Ok((down, up)) => {
-                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        match downstream.await {
+            Ok(down) => {
+                let mut down = TokioIo::new(down);
                 if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
                     debug!(%error, "upgraded connection ended with an error");
                 }

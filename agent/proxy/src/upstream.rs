@@ -1,8 +1,8 @@
 //! Upstream connections: one keep-alive pool per endpoint address, shared by every cluster
 //! and config snapshot that lists the address (a config swap keeps warm connections).
 //!
-//! HTTP/1.1 connections are checked out exclusively and given back when the response body
-//! ends; an HTTP/2 connection (h2c, prior knowledge) is shared by all requests to the
+//! HTTP/1.1 connections (the proxy's own client, `h1`) are checked out exclusively and given
+//! back when the response body ends; an HTTP/2 connection (h2c, prior knowledge) is shared by all requests to the
 //! endpoint. The upstream protocol follows the downstream one, like Istio's
 //! `useClientProtocol`: gRPC and other h2 traffic stays h2 end to end.
 //!
@@ -13,16 +13,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
-use super::body::UpBody;
+use super::body::{UpBody, UpResp};
 use super::breaker::{ClusterStats, CxGuard};
+use super::h1;
 use super::idle::IdlePool;
 use super::idle_h2::H2Slot;
 
@@ -36,7 +37,7 @@ pub(crate) enum UpstreamError {
     },
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
-    #[error("HTTP handshake with {addr}")]
+    #[error("HTTP/2 handshake with {addr}")]
     Handshake {
         addr: SocketAddr,
         #[source]
@@ -48,8 +49,17 @@ pub(crate) enum UpstreamError {
         /// Sent on a pooled keep-alive connection (not a fresh one).
         reused: bool,
         #[source]
-        source: hyper::Error,
+        source: ResetSource,
     },
+}
+
+/// What ended an exchange before its response head.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResetSource {
+    #[error(transparent)]
+    Http1(#[from] h1::SendError),
+    #[error(transparent)]
+    Http2(#[from] hyper::Error),
 }
 
 impl UpstreamError {
@@ -61,7 +71,17 @@ impl UpstreamError {
     /// The peer closed an idle keep-alive connection just as the request went out on it
     /// (nothing came back): the request most likely never reached the application.
     pub(crate) fn is_stale_connection(&self) -> bool {
-        matches!(self, UpstreamError::Reset { reused: true, source, .. } if source.is_incomplete_message())
+        match self {
+            UpstreamError::Reset {
+                reused: true,
+                source,
+                ..
+            } => match source {
+                ResetSource::Http1(e) => matches!(e, h1::SendError::Closed),
+                ResetSource::Http2(e) => e.is_incomplete_message(),
+            },
+            _ => false,
+        }
     }
 }
 
@@ -99,18 +119,8 @@ impl Endpoint {
         }
     }
 
-    fn pop_idle(&self) -> Option<(http1::SendRequest<UpBody>, u32, usize)> {
+    fn pop_idle(&self) -> Option<h1::Conn> {
         self.idle_h1.pop()
-    }
-
-    fn put_idle(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<UpBody>,
-        uses: u32,
-        home: usize,
-        opts: SendOpts,
-    ) {
-        IdlePool::push(self, sender, uses, home, opts.max_idle, opts.idle_timeout);
     }
 
     /// The owning cluster's stats.
@@ -134,13 +144,8 @@ pub(crate) struct SendOpts {
     pub idle_timeout: Duration,
 }
 
-/// An HTTP/1 connection lent to one response; back to the pool when its body ends.
-pub(crate) struct PoolReturn {
-    sender: http1::SendRequest<UpBody>,
-    /// Requests this connection has carried, this one included.
-    uses: u32,
-    /// The idle stack of the worker whose runtime runs the connection (`idle.rs`).
-    home: usize,
+/// Where an HTTP/1 connection goes once its response is read: back to its endpoint's pool.
+pub(crate) struct GiveBack {
     ep: Arc<Endpoint>,
     opts: SendOpts,
     /// The cluster's request slot (`maxConnections`): released only once the connection is
@@ -148,112 +153,93 @@ pub(crate) struct PoolReturn {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
-impl PoolReturn {
-    pub(crate) fn give_back(self) {
-        let PoolReturn {
-            mut sender,
-            uses,
-            home,
-            ep,
-            opts,
-            _slot,
-        } = self;
+impl GiveBack {
+    pub(crate) fn give_back(self, conn: h1::Conn) {
+        let GiveBack { ep, opts, _slot } = self;
         let max_rq = opts.max_requests_per_connection;
-        if max_rq > 0 && uses >= max_rq {
-            // Dropping the last sender closes the connection (Envoy's `upstream_cx_max_requests`).
+        if max_rq > 0 && conn.uses >= max_rq {
+            // Dropping it closes the connection (Envoy's `upstream_cx_max_requests`).
             if let Some(st) = &ep.stats {
                 st.upstream_cx_max_requests.fetch_add(1, Ordering::Relaxed);
             }
-            debug!(endpoint = %ep.addr, uses, "closing upstream connection: maxRequestsPerConnection");
+            debug!(endpoint = %ep.addr, uses = conn.uses, "closing upstream connection: maxRequestsPerConnection");
             return;
         }
-        if sender.is_ready() {
-            ep.put_idle(sender, uses, home, opts);
-        } else if !sender.is_closed() {
-            // The connection task has not yet seen the end of the response (it runs on its own
-            // task): wait for it rather than lose a warm connection.
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    ep.put_idle(sender, uses, home, opts);
-                }
-                drop(_slot);
-            });
-        }
+        IdlePool::push(&ep, conn, opts.max_idle, opts.idle_timeout);
     }
 }
 
 pub(crate) struct Sent {
-    pub resp: Response<Incoming>,
-    pub give_back: Option<PoolReturn>,
+    pub resp: Response<UpResp>,
 }
 
-/// A failed send, with the request when it never reached a connection (so it can be retried
-/// even if its body streams).
-pub(crate) type SendFailure = (UpstreamError, Option<Request<UpBody>>);
+/// A failed send, with the request's body when it never reached a connection (so it can be
+/// retried even if its body streams).
+pub(crate) type SendFailure = (UpstreamError, Option<UpBody>);
 
 /// `slot` is the cluster's circuit-breaker permit and `siblings` the cluster's endpoints (idle
 /// connections there may be closed to stay within `maxConnections`).
+/// The head is borrowed: HTTP/1 writes it from there, so a request that may be retried needs
+/// no copy of it.
 pub(crate) async fn send(
     ep: &Arc<Endpoint>,
-    req: Request<UpBody>,
+    head: &Parts,
+    body: UpBody,
     opts: SendOpts,
     slot: Option<OwnedSemaphorePermit>,
     siblings: &[Arc<Endpoint>],
 ) -> Result<Sent, SendFailure> {
     match opts.proto {
-        Proto::Http1 => send_h1(ep, req, opts, slot, siblings).await,
-        Proto::Http2 => send_h2(ep, req, opts).await,
+        Proto::Http1 => send_h1(ep, head, body, opts, slot, siblings).await,
+        Proto::Http2 => send_h2(ep, Request::from_parts(head.clone(), body), opts).await,
     }
 }
 
 async fn send_h1(
     ep: &Arc<Endpoint>,
-    mut req: Request<UpBody>,
+    head: &Parts,
+    mut body: UpBody,
     opts: SendOpts,
     slot: Option<OwnedSemaphorePermit>,
     siblings: &[Arc<Endpoint>],
 ) -> Result<Sent, SendFailure> {
-    while let Some((mut sender, uses, home)) = ep.pop_idle() {
-        if !sender.is_ready() {
+    while let Some(mut conn) = ep.pop_idle() {
+        if !conn.is_usable() {
             continue; // closed by the peer while idle
         }
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(sent_h1(resp, sender, uses + 1, home, ep, opts, slot)),
-            Err(mut e) => match e.take_message() {
-                // Never written: the idle connection was stale. Try the next one.
-                Some(r) => req = r,
-                None => {
-                    return Err((
-                        UpstreamError::Reset {
-                            addr: ep.addr,
-                            reused: true,
-                            source: e.into_error(),
-                        },
-                        None,
-                    ))
-                }
-            },
+        match h1::send(conn, head, body).await {
+            Ok(answer) => return Ok(sent_h1(answer, ep, opts, slot)),
+            // Never written: the idle connection was stale. Try the next one.
+            Err(h1::Failed {
+                unsent: Some(b), ..
+            }) => body = b,
+            Err(h1::Failed { error, .. }) => {
+                return Err((
+                    UpstreamError::Reset {
+                        addr: ep.addr,
+                        reused: true,
+                        source: error.into(),
+                    },
+                    None,
+                ))
+            }
         }
     }
     make_room(ep, siblings, opts.max_connections);
-    let mut sender = match connect_h1(ep, opts.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => return Err((e, Some(req))),
+    let conn = match connect_h1(ep, opts.connect_timeout).await {
+        Ok(c) => c,
+        Err(e) => return Err((e, Some(body))),
     };
-    let home = ep.idle_h1.here();
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok(sent_h1(resp, sender, 1, home, ep, opts, slot)),
-        Err(mut e) => {
-            let req = e.take_message();
-            Err((
-                UpstreamError::Reset {
-                    addr: ep.addr,
-                    reused: false,
-                    source: e.into_error(),
-                },
-                req,
-            ))
-        }
+    match h1::send(conn, head, body).await {
+        Ok(answer) => Ok(sent_h1(answer, ep, opts, slot)),
+        Err(h1::Failed { error, unsent }) => Err((
+            UpstreamError::Reset {
+                addr: ep.addr,
+                reused: false,
+                source: error.into(),
+            },
+            unsent,
+        )),
     }
 }
 
@@ -272,25 +258,33 @@ fn make_room(ep: &Arc<Endpoint>, siblings: &[Arc<Endpoint>], max_connections: u3
 }
 
 fn sent_h1(
-    resp: Response<Incoming>,
-    sender: http1::SendRequest<UpBody>,
-    uses: u32,
-    home: usize,
+    answer: h1::Answer,
     ep: &Arc<Endpoint>,
     opts: SendOpts,
     slot: Option<OwnedSemaphorePermit>,
 ) -> Sent {
-    let give_back = PoolReturn {
-        sender,
-        uses,
-        home,
+    let h1::Answer {
+        head,
+        conn,
+        request_sent,
+    } = answer;
+    let (mut parts, ()) = head.response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // The socket now belongs to the tunnel (`upgrade`).
+        parts.extensions.insert(h1::Upgraded::new(conn));
+        return Sent {
+            resp: Response::from_parts(parts, UpResp::empty()),
+        };
+    }
+    let back = GiveBack {
         ep: ep.clone(),
         opts,
         _slot: slot,
     };
+    let reusable = head.keep_alive && request_sent;
+    let body = h1::Body::new(head.framing, reusable, conn, back);
     Sent {
-        resp,
-        give_back: Some(give_back),
+        resp: Response::from_parts(parts, UpResp::Http1(body)),
     }
 }
 
@@ -308,7 +302,7 @@ async fn send_h2(
                 H2Slot::install(ep, s.clone(), opts.idle_timeout);
                 s
             }
-            Err(e) => return Err((e, Some(req))),
+            Err(e) => return Err((e, Some(req.into_body()))),
         },
     };
     if let Err(source) = sender.ready().await {
@@ -316,25 +310,24 @@ async fn send_h2(
             UpstreamError::Reset {
                 addr: ep.addr,
                 reused,
-                source,
+                source: source.into(),
             },
-            Some(req),
+            Some(req.into_body()),
         ));
     }
     match sender.try_send_request(req).await {
         Ok(resp) => Ok(Sent {
-            resp,
-            give_back: None,
+            resp: resp.map(UpResp::Http2),
         }),
         Err(mut e) => {
-            let req = e.take_message();
+            let body = e.take_message().map(Request::into_body);
             Err((
                 UpstreamError::Reset {
                     addr: ep.addr,
                     reused,
-                    source: e.into_error(),
+                    source: e.into_error().into(),
                 },
-                req,
+                body,
             ))
         }
     }
@@ -352,28 +345,10 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Upstr
     }
 }
 
-async fn connect_h1(
-    ep: &Endpoint,
-    timeout: Duration,
-) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
-    let addr = ep.addr;
-    let stream = connect(addr, timeout).await?;
+async fn connect_h1(ep: &Endpoint, timeout: Duration) -> Result<h1::Conn, UpstreamError> {
+    let stream = connect(ep.addr, timeout).await?;
     let cx = ep.stats.clone().map(CxGuard::new);
-    // One buffer per write, as on the downstream side (`server::builder`).
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| UpstreamError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        // The connection counts as open (per cluster) while this task runs.
-        let _cx = cx;
-        // `with_upgrades`: a 101 answer (WebSocket) hands the socket over to the tunnel.
-        if let Err(error) = conn.with_upgrades().await {
-            debug!(%addr, %error, "upstream HTTP/1 connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(h1::Conn::new(stream, ep.idle_h1.here(), cx))
 }
 
 async fn connect_h2(

@@ -5,10 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -69,21 +66,25 @@ pub(crate) async fn stale_error() -> UpstreamError {
         let _ = s.read(&mut buf).await;
     });
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("/")
+    let conn = crate::h1::Conn::new(stream, 0, None);
+    let (head, ()) = Request::get("/")
         .header("host", "a")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let source = sender.send_request(req).await.unwrap_err();
+        .body(())
+        .unwrap()
+        .into_parts();
+    let Err(failed) = crate::h1::send(conn, &head, crate::body::UpBody::Full(None)).await else {
+        panic!("a peer that hangs up gave an answer");
+    };
     peer.await.unwrap();
-    assert!(source.is_incomplete_message(), "{source:?}");
+    assert!(
+        matches!(failed.error, crate::h1::SendError::Closed),
+        "{:?}",
+        failed.error
+    );
     UpstreamError::Reset {
         addr,
         reused: true,
-        source,
+        source: failed.error.into(),
     }
 }
 

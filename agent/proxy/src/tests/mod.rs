@@ -21,6 +21,8 @@ mod route_features;
 mod routing;
 mod span_export;
 mod tracing_ids;
+mod upstream_h1;
+mod upstream_h1_conn;
 mod warmup;
 
 use std::collections::BTreeMap;

@@ -215,6 +215,31 @@ async fn idle_timeout_closes_idle_upstream_connections() {
 }
 
 #[tokio::test]
+async fn an_idle_upstream_connection_its_peer_closed_is_dropped_from_the_pool() {
+    use super::upstream_h1::{ok, raw_backend, Step};
+    // Answers with keep-alive, then closes the connection while the proxy holds it idle.
+    let b = raw_backend(|_, _| {
+        vec![
+            ok("bye"),
+            Step::Pause(Duration::from_millis(200)),
+            Step::Close,
+        ]
+    })
+    .await;
+    let (h, stats) = start_stats(limited(b.addr, ConnectionPool::default())).await;
+    assert_eq!(h.get("/").await.status, 200);
+    // No request comes to check it out: only the pool's sweep can see the close.
+    let dropped = eventually(|| stat(&stats, "upstream_cx_active") == 0).await;
+    assert!(
+        dropped,
+        "still counted {:?} after the peer closed it",
+        crate::idle::SWEEP
+    );
+    assert_eq!(stat(&stats, "upstream_cx_idle_timeout"), 0, "not a timeout");
+    assert_eq!(h.get("/").await.status, 200);
+}
+
+#[tokio::test]
 async fn idle_timeout_closes_an_idle_upstream_http2_connection() {
     let b = counting_backend(Duration::ZERO).await;
     let pool = ConnectionPool {

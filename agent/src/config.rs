@@ -39,6 +39,7 @@ pub const ENV_TCP_METRICS_SAMPLE_MS: &str = "MESHPATH_TCP_METRICS_SAMPLE_MS";
 pub const ENV_DEFAULT_LB_POLICY: &str = "MESHPATH_DEFAULT_LB_POLICY";
 pub const ENV_SERVICE_CIDR: &str = "MESHPATH_SERVICE_CIDR";
 pub const ENV_HTTP_NO_ENDPOINT_503: &str = "MESHPATH_HTTP_NO_ENDPOINT_503";
+pub const ENV_PROXY_OWN_HTTP1: &str = "MESHPATH_PROXY_OWN_HTTP1";
 /// Unset: as many workers as CPUs the process may use (`cpus::detect`).
 pub const ENV_WORKER_THREADS: &str = "MESHPATH_WORKER_THREADS";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -348,6 +349,11 @@ pub struct AgentArgs {
     /// instead of the kernel refusing the connection. Needs --proxy-ip.
     #[arg(long, env = ENV_HTTP_NO_ENDPOINT_503, default_value_t = true, action = clap::ArgAction::Set)]
     pub http_no_endpoint_503: bool,
+    /// The proxy serves plain HTTP/1.1 requests (a body of at most 64 KiB with its length, no
+    /// upgrade, no `Expect`) with its own lean server, and hands a connection to hyper's server
+    /// at its first other request; `false`: hyper's server for every connection.
+    #[arg(long, env = ENV_PROXY_OWN_HTTP1, default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_own_http1: bool,
     /// Worker threads of the agent's runtime and of the proxy's. Default: the CPUs this
     /// process may use, the smaller of its scheduler affinity and its cgroup's `cpu.max`
     /// quota (rounded up).
@@ -522,6 +528,8 @@ pub struct ProxyConfig {
     pub ports: (u16, u16),
     /// `--http-no-endpoint-503`.
     pub http_no_endpoint_503: bool,
+    /// `--proxy-own-http1`.
+    pub own_http1: bool,
     pub fail_closed: meshpath_compile::steer::FailClosed,
     pub drain_timeout: std::time::Duration,
 }
@@ -610,6 +618,7 @@ impl From<&AgentArgs> for AgentConfig {
                 netns: a.proxy_netns.clone(),
                 ports: a.proxy_ports,
                 http_no_endpoint_503: a.http_no_endpoint_503,
+                own_http1: a.proxy_own_http1,
                 fail_closed: meshpath_compile::steer::FailClosed::from_names(&a.proxy_fail_closed),
                 drain_timeout: std::time::Duration::from_millis(a.drain_timeout_ms),
             }),

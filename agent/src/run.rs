@@ -140,6 +140,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     l7_rx.clone(),
                     ProxyOptions {
                         trace_sampling: f64::from(cfg.trace.sampling_hundredths) / 100.0,
+                        own_http1: p.own_http1,
                         ..ProxyOptions::default()
                     },
                     span_exporter(&cfg, p.ip)?,

@@ -19,6 +19,14 @@ use super::upstream::Endpoint;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client's request body: streamed by hyper's server, or read whole with its head by the
+/// proxy's own HTTP/1 server (`h1::serve`).
+#[derive(Debug)]
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Whole(Option<Bytes>),
+}
+
 /// A request body sent upstream: buffered (replayable for retries and mirrors) or streamed
 /// straight from the client.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::body::{local_reply, ActiveGuard, ProxyBody, UpBody};
+use super::body::{local_reply, ActiveGuard, ClientBody, ProxyBody, UpBody};
 use super::layers::balance::Picked;
 use super::layers::retry::{Next, Retry};
 use super::layers::{admission, balance, outlier, Attempted};
@@ -47,11 +47,16 @@ pub(crate) enum ReqBody {
 
 impl ReqBody {
     pub(crate) async fn new(
-        body: Incoming,
+        body: ClientBody,
         replay: bool,
         max_buffered: usize,
     ) -> Result<ReqBody, hyper::Error> {
         use http_body::Body as _;
+        let body = match body {
+            // Already in memory: replayable at no cost.
+            ClientBody::Whole(b) => return Ok(ReqBody::Replay(b)),
+            ClientBody::Hyper(inc) => inc,
+        };
         if body.is_end_stream() {
             return Ok(ReqBody::Replay(None));
         }

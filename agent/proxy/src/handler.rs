@@ -11,11 +11,10 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, SET_COOKIE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::body::{local_reply, ProxyBody};
+use super::body::{local_reply, ClientBody, ProxyBody};
 use super::forward::{forward, Forward, ReqBody, RetryRt, Target};
 use super::hashkey::{request_hash, RequestHash};
 use super::headers::{self, finalize_head, strip_hop_by_hop};
@@ -95,7 +94,7 @@ impl Routed<'_> {
     }
 }
 
-pub(crate) async fn handle(conn: &ConnCtx, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(conn: &ConnCtx, req: Request<ClientBody>) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
     let (mut head, body) = req.into_parts();
     let sampling = conn
@@ -216,7 +215,7 @@ async fn route<'a>(
     snap: &'a Snapshot,
     dropped: Option<&'a ListenerRt>,
     head: Parts,
-    body: Incoming,
+    body: ClientBody,
     routed: &mut Routed<'a>,
 ) -> Response<ProxyBody> {
     let proxy = &*conn.proxy;
@@ -316,7 +315,7 @@ async fn send(
     dest_ops: Option<&DestOps>,
     target: Target,
     mut head: Parts,
-    body: Incoming,
+    body: ClientBody,
     mut authority: HeaderValue,
     routed: &mut Routed<'_>,
 ) -> Response<ProxyBody> {

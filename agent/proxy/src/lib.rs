@@ -137,6 +137,9 @@ pub struct ProxyOptions {
     /// How long a listener a config dropped keeps serving connections that had no request on
     /// it yet (plain forwarding); the connections it served keep it as long as they last.
     pub retired_listener_grace: std::time::Duration,
+    /// Plain HTTP/1.1 requests served by the proxy's own server (`h1::serve`); `false`: hyper's
+    /// server for every connection.
+    pub own_http1: bool,
 }
 
 impl Default for ProxyOptions {
@@ -146,6 +149,7 @@ impl Default for ProxyOptions {
             max_buffered_body: 1 << 20,
             max_idle_per_endpoint: 1024,
             retired_listener_grace: snapshot::RETIRED_GRACE,
+            own_http1: true,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
@@ -13,6 +14,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use super::body::ClientBody;
+use super::h1::{self, Served, Switched};
 use super::handler::{handle, ConnCtx};
 use super::workers::{self, Workers};
 use super::{OriginalDst, Proxy};
@@ -211,10 +214,18 @@ async fn serve_connection(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let peer = conn.peer;
+    let stream = if conn.proxy.opts.own_http1 {
+        match h1::serve(stream, &conn, &mut stop).await {
+            Served::Closed => return,
+            Served::HandOver(io) => io,
+        }
+    } else {
+        Switched::new(stream, Bytes::new())
+    };
     let ctx = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(&conn, req).await) }
+        async move { Ok::<_, Infallible>(handle(&conn, req.map(ClientBody::Hyper)).await) }
     });
     let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(served);

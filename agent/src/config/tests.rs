@@ -123,6 +123,7 @@ fn proxy_settings() {
             netns: None,
             ports: (20000, 20010),
             http_no_endpoint_503: true,
+            own_http1: true,
             fail_closed: meshpath_compile::steer::FailClosed::None,
             drain_timeout: std::time::Duration::from_millis(3000),
         })
@@ -134,6 +135,8 @@ fn proxy_settings() {
         "false",
     ]);
     assert!(!off.proxy.unwrap().http_no_endpoint_503);
+    let hyper_only = agent(&["--proxy-ip", "10.244.0.1", "--proxy-own-http1", "false"]);
+    assert!(!hyper_only.proxy.unwrap().own_http1);
     assert!(parse_port_range("9-1")
         .unwrap_err()
         .contains("FIRST <= LAST"));

@@ -25,14 +25,21 @@ impl Upgraded {
     pub(crate) fn take(&self) -> Option<Switched> {
         let conn = self.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
         let (io, rest) = conn.into_upgraded();
-        Some(Switched { io, rest })
+        Some(Switched::new(io, rest))
     }
 }
 
-/// The tunnel's upstream side.
+/// A socket whose first bytes were already read: those come first. The tunnel's upstream
+/// side, and a client connection handed to hyper's server (`serve`).
 pub(crate) struct Switched {
     io: TcpStream,
     rest: Bytes,
+}
+
+impl Switched {
+    pub(crate) fn new(io: TcpStream, rest: Bytes) -> Switched {
+        Switched { io, rest }
+    }
 }
 
 impl AsyncRead for Switched {

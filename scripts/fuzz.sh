@@ -3,7 +3,8 @@
 #   manifests      a manifest file through the manifests source (YAML, Kubernetes, Istio kinds)
 #   istio          every document as a VirtualService and a DestinationRule: validation, conversion
 #   proxy_request  raw HTTP/1 request heads through the proxy's request path (matching, rewrites,
-#                  header operations, hashing, redirects, retry decisions) over a fixed table
+#                  header operations, hashing, redirects, retry decisions) over a fixed table;
+#                  a head the proxy's own HTTP/1.1 server takes must parse as hyper parses it
 #   proxy_routes   a routing table compiled from fuzzed YAML, and a request through it
 #   upstream_response  raw bytes as an upstream's HTTP/1 response, read by the proxy's client
 # Each corpus (fuzz/corpus/<target>, kept between runs) is seeded from the repository's YAML.

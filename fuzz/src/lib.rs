@@ -13,9 +13,10 @@ use meshpath_proxy::fuzzing::Routes;
 use meshpath_source::parse_file;
 
 /// An HTTP/1 request head parsed as hyper parses one (httparse, then the `http` types; what
-/// either rejects hyper answers 400 and never routes). `None` for such heads.
+/// either rejects hyper answers 400 and never routes; at most hyper's 100 headers). `None` for
+/// such heads.
 pub fn head(bytes: &[u8]) -> Option<Parts> {
-    let mut raw = [httparse::EMPTY_HEADER; 64];
+    let mut raw = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut raw);
     req.parse(bytes).ok()?;
     let mut builder = http::Request::builder()

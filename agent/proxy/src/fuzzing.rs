@@ -121,3 +121,17 @@ pub fn upstream_response(
     };
     crate::h1::replay::read(wire, &method, cuts).map_err(|e| e.to_string())
 }
+
+/// What the proxy's own HTTP/1.1 server makes of `bytes` at the front of a client connection:
+/// the head of a request it serves itself, or `None` when it needs more bytes or leaves them to
+/// hyper's server (then checked to be untouched).
+pub fn own_server_head(bytes: &[u8]) -> Option<Parts> {
+    let mut buf = bytes::BytesMut::from(bytes);
+    match crate::h1::parse_request(&mut buf, crate::h1::MAX_WHOLE_BODY) {
+        crate::h1::Parsed::Request { parts, .. } => Some(parts),
+        crate::h1::Parsed::Partial | crate::h1::Parsed::HandOver => {
+            assert_eq!(&buf[..], bytes, "bytes left to hyper must be untouched");
+            None
+        }
+    }
+}

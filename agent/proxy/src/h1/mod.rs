@@ -23,3 +23,5 @@ pub(crate) use conn::{send, Answer, Conn, Failed};
 pub(crate) use error::SendError;
 pub(crate) use serve::{serve, Served};
 pub(crate) use tunnel::{Switched, Upgraded};
+#[cfg(feature = "fuzzing")]
+pub(crate) use {request::parse as parse_request, request::Parsed, serve::MAX_WHOLE_BODY};

@@ -6,6 +6,8 @@ mod bench;
 mod circuit_breaking;
 mod config_swap;
 mod cors;
+mod downstream_h1;
+mod downstream_h1_more;
 mod export;
 mod faults;
 mod istio_metrics;

@@ -12,7 +12,7 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
-use super::wire::MAX_HEADERS;
+use super::wire::{note_spans, Span, MAX_HEADERS};
 
 /// The largest head read before giving the connection to hyper (which answers 431 past its
 /// own limit).
@@ -37,22 +37,13 @@ pub(crate) enum Parsed {
 
 /// Parses the request at the front of `buf`; `max_body` is the largest body read whole.
 pub(crate) fn parse(buf: &mut BytesMut, max_body: usize) -> Parsed {
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let (len, count, method, target) = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) if req.version == Some(1) => {
+            note_spans(buf, req.headers, &mut spans);
             let base = buf.as_ptr() as usize;
-            for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                *span = (
-                    name as u32,
-                    (name + h.name.len()) as u32,
-                    value as u32,
-                    (value + h.value.len()) as u32,
-                );
-            }
             let path = req.path.unwrap_or_default();
             let target = path.as_ptr() as usize - base;
             let Ok(method) = Method::from_bytes(req.method.unwrap_or_default().as_bytes()) else {

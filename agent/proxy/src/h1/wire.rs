@@ -15,6 +15,25 @@ use super::error::WireError;
 pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
+/// Where a header's name and value lie in the parsed buffer (name start, end, value start,
+/// end), so both can be cut out of the head once it is frozen, without a copy.
+pub(crate) type Span = (u32, u32, u32, u32);
+
+/// Records the spans of `headers`, which httparse parsed out of `buf`.
+pub(crate) fn note_spans(buf: &[u8], headers: &[httparse::Header<'_>], spans: &mut [Span]) {
+    let base = buf.as_ptr() as usize;
+    for (span, h) in spans.iter_mut().zip(headers) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+    }
+}
+
 /// How the message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -111,24 +130,14 @@ pub(crate) struct Head {
 /// `method` is the request's (a HEAD response has no body).
 pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, WireError> {
     // Where each header's name and value lie in `buf`, to cut them out of the frozen head.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let (len, count, code, minor) = match httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut res, buf, &mut headers)
     {
         Ok(httparse::Status::Complete(len)) => {
-            let base = buf.as_ptr() as usize;
-            for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                *span = (
-                    name as u32,
-                    (name + h.name.len()) as u32,
-                    value as u32,
-                    (value + h.value.len()) as u32,
-                );
-            }
+            note_spans(buf, res.headers, &mut spans);
             let code = res.code.unwrap_or(0);
             (len, res.headers.len(), code, res.version.unwrap_or(1))
         }

@@ -6,7 +6,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::upstream_h1::{ok, raw_backend, w, Raw};
+use super::upstream_h1::{head_backend, ok, raw_backend, Raw};
 use super::*;
 use meshpath_model::l7::LoadBalancer::RoundRobin;
 
@@ -330,14 +330,7 @@ async fn connection_close_is_answered_with_connection_close_then_eof() {
 
 /// HEAD: the backend's content-length, no body; a GET after it on the connection.
 pub(super) async fn head_then_get(own_http1: bool) {
-    let b = raw_backend(|r, _| {
-        if r.line().starts_with("HEAD ") {
-            vec![w("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")]
-        } else {
-            vec![ok("after head")]
-        }
-    })
-    .await;
+    let b = head_backend().await;
     let h = proxy(b.addr, own_http1).await;
     let mut c = Wire::connect(&h).await;
     c.send("HEAD /doc HTTP/1.1\r\nhost: svc.default\r\n\r\n")

@@ -255,16 +255,22 @@ async fn close_delimited_http10_response_arrives_whole_and_the_next_uses_a_new_c
     assert_eq!(b.accepted(), 2);
 }
 
-#[tokio::test]
-async fn head_response_has_content_length_but_no_body_and_the_connection_is_reused() {
-    let b = raw_backend(|r, _| {
+/// A backend that answers HEAD with `content-length: 1000` and no body, anything else with
+/// `after head`.
+pub(super) async fn head_backend() -> Raw {
+    raw_backend(|r, _| {
         if r.line().starts_with("HEAD ") {
             vec![w("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")]
         } else {
             vec![ok("after head")]
         }
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn head_response_has_content_length_but_no_body_and_the_connection_is_reused() {
+    let b = head_backend().await;
     let h = proxy_to(&b).await;
     let got = call(&h, Request::head("/doc").body(Bytes::new()).unwrap()).await;
     assert_eq!(got.status, 200);

@@ -7,19 +7,21 @@
 use std::pin::Pin;
 
 use bytes::BytesMut;
-use http::{Method, Request};
+use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::request::{self, Parsed};
 use super::respond;
 use super::tunnel::Switched;
-use crate::body::ClientBody;
+use crate::body::{ClientBody, ProxyBody};
 use crate::handler::{handle, ConnCtx};
 
 /// The largest request body read whole with its head; a larger one streams through hyper.
 pub(crate) const MAX_WHOLE_BODY: usize = 64 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
+/// The most read ahead of the request being handled (a pipelining client's next ones).
+const MAX_PIPELINED: usize = MAX_WHOLE_BODY + 64 * 1024;
 
 pub(crate) enum Served {
     /// The connection is done (the client closed it, asked to, or the proxy is draining).
@@ -71,13 +73,41 @@ pub(crate) async fn serve(
         let body = (body_len > 0).then(|| buf.split_to(body_len).freeze());
         let head_request = parts.method == Method::HEAD;
         let req = Request::from_parts(parts, ClientBody::Whole(body));
-        let resp = handle(conn, req).await;
+        let Some(resp) = handle_watching(&mut io, &mut buf, conn, req).await else {
+            return Served::Closed; // the client reset the connection: its request is dropped
+        };
         match respond::write(&mut io, resp, head_request, close, &mut out).await {
             Ok(true) if !*stop.borrow() => {}
             _ => return Served::Closed,
         }
         if out.capacity() > 64 * 1024 {
             out = Vec::with_capacity(1024); // a large response's buffer is not kept
+        }
+    }
+}
+
+/// Handles `req` while watching the client's socket, as Envoy does: a reset (a read error)
+/// abandons the request, whose upstream exchange ends with it. A client's end of writing is no
+/// reason to stop (it may half-close once its request is sent); bytes a pipelining client sends
+/// meanwhile are kept, up to a bound.
+async fn handle_watching(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    conn: &ConnCtx,
+    req: Request<ClientBody>,
+) -> Option<Response<ProxyBody>> {
+    let handling = handle(conn, req);
+    tokio::pin!(handling);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            resp = &mut handling => return Some(resp),
+            read = fill(io, buf), if watching => match read {
+                Ok(0) => watching = false,
+                Ok(_) => watching = buf.len() < MAX_PIPELINED,
+                Err(_) => return None,
+            },
         }
     }
 }

@@ -5,8 +5,11 @@
 use super::downstream_h1::{echo_line, get, head_then_get, pipelined, proxy, Wire};
 use super::upstream_h1::{ok, raw_backend, w, Step};
 use super::*;
+use crate::layers::testing::eventually;
 use meshpath_model::l7::Abort;
 use meshpath_model::l7::LoadBalancer::RoundRobin;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn chunked_upstream_response_arrives_whole_and_the_connection_serves_on() {
@@ -215,4 +218,50 @@ async fn proxys_own_404_and_fault_abort_are_framed_on_the_wire() {
     let r = c.response(false).await;
     assert_eq!((r.status, r.text()), (200, "a".to_owned()));
     assert_eq!(a.count(), 1, "only /ok reached the backend");
+}
+
+/// A client that resets its connection while its request waits on a backend that never
+/// answers: the proxy's own server abandons the request and closes its upstream connection, as
+/// Envoy does. (hyper's server does not notice the reset while its handler runs.)
+#[tokio::test]
+async fn a_client_reset_abandons_its_request_upstream() {
+    use std::sync::atomic::AtomicBool;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got, given_up) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (g, u) = (got.clone(), given_up.clone());
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        g.store(true, Ordering::SeqCst);
+        // No answer; the read ends when the proxy closes the connection.
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await
+        {
+            u.store(true, Ordering::SeqCst);
+        }
+    });
+    let h = proxy(addr, true).await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /never HTTP/1.1\r\nhost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        eventually(|| got.load(Ordering::SeqCst)).await,
+        "the request reached the backend"
+    );
+    // SO_LINGER 0: closing sends a reset (and blocks nothing: there is no linger time).
+    #[allow(deprecated)]
+    s.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+    let abandoned = eventually(|| given_up.load(Ordering::SeqCst)).await;
+    backend.abort();
+    assert!(
+        abandoned,
+        "the upstream connection still open 2 s after the client's reset"
+    );
 }

@@ -21,7 +21,7 @@ use crate::body::UpBody;
 use crate::breaker::CxGuard;
 
 /// Read buffer growth: enough for a typical response head and a small body in one read.
-const READ_CHUNK: usize = 8 * 1024;
+pub(super) const READ_CHUNK: usize = 8 * 1024;
 /// The most a body read asks for at once.
 const MAX_READ: usize = 64 * 1024;
 
@@ -95,7 +95,9 @@ impl Conn {
     }
 }
 
-fn poll_fill<R: AsyncRead>(
+/// Reads what `io` has into `buf` (through tokio's `poll_read`, which marks a drained socket
+/// without a further `EAGAIN` read), growing `buf` by about `want`; 0 is the end.
+pub(super) fn poll_fill<R: AsyncRead>(
     io: Pin<&mut R>,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,

@@ -12,7 +12,7 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
-use super::wire::{note_spans, Span, MAX_HEADERS};
+use super::wire::{decimal, note_spans, Span, MAX_HEADERS};
 
 /// The largest head read before giving the connection to hyper (which answers 431 past its
 /// own limit).
@@ -72,7 +72,10 @@ pub(crate) fn parse(buf: &mut BytesMut, max_body: usize) -> Parsed {
         let value = &buf[v0 as usize..v1 as usize];
         let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
         if is(&CONTENT_LENGTH) {
-            match (body_len, content_length(value)) {
+            match (
+                body_len,
+                decimal(value).and_then(|n| usize::try_from(n).ok()),
+            ) {
                 (None, Some(n)) if n <= max_body => body_len = Some(n),
                 _ => return Parsed::HandOver, // repeated, invalid or large: streamed by hyper
             }
@@ -121,14 +124,6 @@ pub(crate) fn parse(buf: &mut BytesMut, max_body: usize) -> Parsed {
         body_len: body_len.unwrap_or(0),
         close,
     }
-}
-
-fn content_length(v: &[u8]) -> Option<usize> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    usize::try_from(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))).ok()
 }
 
 #[cfg(test)]

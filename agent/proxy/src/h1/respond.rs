@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::wire::{chunk_head, Framing, INLINE_BODY, LAST_CHUNK};
+use super::wire::{chunk_head, decimal, put_decimal, Framing, INLINE_BODY, LAST_CHUNK};
 use crate::body::ProxyBody;
 
 /// Writes `resp` (its body as it comes) to `io`. `head_request`: the request was HEAD;
@@ -41,9 +41,7 @@ pub(crate) async fn write<W: AsyncWrite + Unpin>(
     for (name, value) in &parts.headers {
         let v = value.as_bytes();
         if name == CONTENT_LENGTH {
-            length = std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok());
+            length = decimal(v);
         } else if name == TRANSFER_ENCODING {
             chunked = true;
         } else if name == DATE {
@@ -70,7 +68,7 @@ pub(crate) async fn write<W: AsyncWrite + Unpin>(
         Framing::Length(n)
     } else if let Some(n) = http_body::Body::size_hint(&body).exact() {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
+        put_decimal(n, out);
         out.extend_from_slice(b"\r\n");
         Framing::Length(n)
     } else {

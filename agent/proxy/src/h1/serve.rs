@@ -11,6 +11,7 @@ use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::conn::poll_fill;
 use super::request::{self, Parsed};
 use super::respond;
 use super::tunnel::Switched;
@@ -19,7 +20,6 @@ use crate::handler::{handle, ConnCtx};
 
 /// The largest request body read whole with its head; a larger one streams through hyper.
 pub(crate) const MAX_WHOLE_BODY: usize = 64 * 1024;
-const READ_CHUNK: usize = 8 * 1024;
 /// The most read ahead of the request being handled (a pipelining client's next ones).
 const MAX_PIPELINED: usize = MAX_WHOLE_BODY + 64 * 1024;
 
@@ -37,7 +37,7 @@ pub(crate) async fn serve(
     conn: &ConnCtx,
     stop: &mut watch::Receiver<bool>,
 ) -> Served {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(super::conn::READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     loop {
         let (parts, body_len, close) = loop {
@@ -113,10 +113,7 @@ async fn handle_watching(
 }
 
 async fn fill(io: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
-    }
-    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await
+    std::future::poll_fn(|cx| poll_fill(Pin::new(&mut *io), buf, cx, 0)).await
 }
 
 /// Resolves once `stop` turns true; never when its sender is gone (a detached listener serves

@@ -92,7 +92,7 @@ pub(crate) fn encode_head(req: &Parts, body_len: Option<u64>, out: &mut Vec<u8>)
         (None, Some(0)) => Framing::Empty,
         (None, Some(n)) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            put_decimal(n, out);
             out.extend_from_slice(b"\r\n");
             Framing::Length(n)
         }
@@ -103,6 +103,21 @@ pub(crate) fn encode_head(req: &Parts, body_len: Option<u64>, out: &mut Vec<u8>)
     };
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// A decimal length (`content-length`, one list element): digits only, surrounding spaces
+/// allowed, at most 19 digits so it fits.
+pub(crate) fn decimal(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn put_decimal(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa(n, &mut [0; 20]));
 }
 
 fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
@@ -205,11 +220,7 @@ impl Seen {
         } else if name == CONTENT_LENGTH {
             // Several values, or a list, must agree.
             for part in v.split(|b| *b == b',') {
-                let part = part.trim_ascii();
-                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                    return Err(WireError::ContentLength);
-                }
-                let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                let n = decimal(part).ok_or(WireError::ContentLength)?;
                 if self.content_length.is_some_and(|c| c != n) {
                     return Err(WireError::ContentLength);
                 }

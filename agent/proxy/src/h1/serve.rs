@@ -11,7 +11,7 @@ use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::conn::poll_fill;
+use super::conn::READ_CHUNK;
 use super::request::{self, Parsed};
 use super::respond;
 use super::tunnel::Switched;
@@ -37,7 +37,7 @@ pub(crate) async fn serve(
     conn: &ConnCtx,
     stop: &mut watch::Receiver<bool>,
 ) -> Served {
-    let mut buf = BytesMut::with_capacity(super::conn::READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     loop {
         let (parts, body_len, close) = loop {
@@ -113,7 +113,12 @@ async fn handle_watching(
 }
 
 async fn fill(io: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| poll_fill(Pin::new(&mut *io), buf, cx, 0)).await
+    // Room once per read here, not per poll as `conn::poll_fill` (a response body's reader)
+    // makes it: the watch while a request is handled polls this again and again.
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)).await
 }
 
 /// Resolves once `stop` turns true; never when its sender is gone (a detached listener serves

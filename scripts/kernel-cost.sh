@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The kernel programs' own cost, alone and quickly (about 30 s a run instead of a whole bench):
 # runs the `kernel_cost` test (3000 short connections through a ClusterIP with redirection on,
-# BPF run statistics on, in its own cgroup and network namespaces) and prints each program's
-# ns per run with the 1-min load average.
+# then 3000 requests on 4 kept-alive connections; BPF run statistics on, in its own cgroup and
+# network namespaces) and prints each program's ns per run with the 1-min load average.
 #
 #   scripts/kernel-cost.sh [-n ROUNDS] [OBJECT[@VAR=value...]...]
 #
@@ -47,6 +47,6 @@ for ((r = 1; r <= rounds; r++)); do
 			exit 1
 		}
 		echo "round $r $spec load $load"
-		echo "$out" | grep -E "^(RESULT|EVENTS)" | sed -E "s/^(RESULT|EVENTS) /  /"
+		echo "$out" | grep -E "^(RESULT|EVENTS|KEEPALIVE)" | sed -E "s/^(RESULT|EVENTS) /  /; s/^KEEPALIVE /  kept alive: /"
 	done
 done

@@ -1,7 +1,9 @@
 //! What meshpath's kernel programs cost, counted by the kernel: with BPF run statistics on, every
 //! program's `bpf_prog_info` carries `run_cnt` and `run_time_ns`. [`measure`] snapshots them for
 //! one node's programs around a batch of short connections through a ClusterIP and gives each
-//! program's runs per connection and nanoseconds per run.
+//! program's runs per connection and nanoseconds per run; [`measure_keepalive`] does the same
+//! over requests on a few kept-alive connections, where sk_msg runs once per message on sockets
+//! that have been in use a while, and the per-connection callbacks hardly at all.
 //!
 //! The statistics are switched on through a `BPF_ENABLE_STATS` descriptor, not the
 //! `kernel.bpf_stats_enabled` sysctl: the kernel counts the two separately and keeps the
@@ -147,6 +149,27 @@ pub fn cost(
 /// Per-program cost of `connections` short connections (one HTTP request each, fortio with
 /// keep-alive off) from pod `client` to `url`, with the statistics on only meanwhile.
 pub fn measure(node: &Node, client: usize, url: &str, connections: u32) -> Result<Measured> {
+    measure_load(node, client, url, connections, false)
+}
+
+/// Per-program cost of `requests` HTTP requests over [`CLIENT_CONNECTIONS`] kept-alive
+/// connections from pod `client` to `url`. The result's "per connection" figures are per
+/// request here.
+pub fn measure_keepalive(node: &Node, client: usize, url: &str, requests: u32) -> Result<Measured> {
+    measure_load(node, client, url, requests, true)
+}
+
+/// fortio's concurrent connections in both measurements (keep-alive off: each carries one
+/// request and is replaced).
+pub const CLIENT_CONNECTIONS: u32 = 4;
+
+fn measure_load(
+    node: &Node,
+    client: usize,
+    url: &str,
+    connections: u32,
+    keepalive: bool,
+) -> Result<Measured> {
     let progs = programs(node.cgroup_path(), node.pin_dir())?;
     if progs.is_empty() {
         bail!("no programs attached to {}", node.cgroup_path().display());
@@ -156,10 +179,10 @@ pub fn measure(node: &Node, client: usize, url: &str, connections: u32) -> Resul
     let load = Load {
         url: url.to_owned(),
         qps: 0,
-        connections: 4,
+        connections: CLIENT_CONNECTIONS,
         duration: Duration::from_secs(60),
         requests: Some(connections),
-        keepalive: false,
+        keepalive,
     };
     let report = node.start_fortio_load(client, &load)?.finish()?;
     let after = sample(&progs)?;
@@ -178,9 +201,10 @@ pub fn measure(node: &Node, client: usize, url: &str, connections: u32) -> Resul
     })
 }
 
-/// What [`measure`] saw.
+/// What [`measure`] (or [`measure_keepalive`]) saw.
 #[derive(Clone, Debug, Serialize)]
 pub struct Measured {
+    /// Connections, or requests for [`measure_keepalive`].
     pub connections: u64,
     pub programs: Vec<ProgramCost>,
 }

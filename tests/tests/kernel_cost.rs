@@ -1,9 +1,10 @@
 //! What the kernel programs themselves cost per connection, counted by the kernel's BPF run
 //! statistics (see `meshpath_tests::bpf_stats`): short connections (one request each) through a
-//! ClusterIP with socket redirection on for every socket. Prints each program's runs per
-//! connection and nanoseconds per run (`RESULT` lines); asserts what must hold on any machine
-//! (each connect ran connect4 once, sock_ops a bounded number of times per connection, the
-//! messages were redirected), not the timings, which depend on the machine's load.
+//! ClusterIP with socket redirection on for every socket, then requests on a few kept-alive
+//! connections. Prints each program's runs per connection and nanoseconds per run (`RESULT`
+//! lines; `KEEPALIVE` lines per request); asserts what must hold on any machine (each connect
+//! ran connect4 once, sock_ops a bounded number of times per connection and not per request,
+//! the messages were redirected), not the timings, which depend on the machine's load.
 
 use meshpath_tests::bpf_stats;
 use meshpath_tests::skip_unless;
@@ -61,5 +62,34 @@ fn kernel_cost_per_program_over_short_connections_with_redirection() {
         redirected >= u64::from(CONNECTIONS) && skmsg.runs >= redirected,
         "{redirected} messages redirected, sk_msg ran {} times, for {CONNECTIONS} requests",
         skmsg.runs
+    );
+
+    // The same requests on kept-alive connections: sk_msg per message on sockets in use a
+    // while, where a short connection's first messages find the peer's entry just written by
+    // another CPU.
+    let before = c.status();
+    let k = bpf_stats::measure_keepalive(&c.node, 0, &url, CONNECTIONS).expect("measuring");
+    let redirected = meshpath_tests::agent::counter(&c.status(), "msg_redirected")
+        - meshpath_tests::agent::counter(&before, "msg_redirected");
+    for p in &k.programs {
+        eprintln!(
+            "KEEPALIVE {}: {} runs, {:.2} per request, {:.0} ns per run",
+            p.name, p.runs, p.runs_per_connection, p.ns_per_run
+        );
+    }
+    let skmsg = k.get("mp_skmsg").expect("sk_msg did not run");
+    assert!(
+        redirected >= u64::from(CONNECTIONS) && skmsg.runs >= redirected,
+        "kept alive: {redirected} messages redirected, sk_msg ran {} times, for {CONNECTIONS} \
+         requests",
+        skmsg.runs
+    );
+    // Only the connections' own callbacks: none per request.
+    let per_connection = k.get("mp_sockops").map_or(0, |p| p.runs);
+    let bound = SOCK_OPS_BOUND * f64::from(bpf_stats::CLIENT_CONNECTIONS);
+    assert!(
+        per_connection as f64 <= bound,
+        "kept alive: sock_ops ran {per_connection} times over {} connections",
+        bpf_stats::CLIENT_CONNECTIONS
     );
 }

@@ -39,12 +39,7 @@ fn kernel_cost_per_program_over_short_connections_with_redirection() {
             }
         }
     }
-    for p in &m.programs {
-        eprintln!(
-            "RESULT {}: {} runs, {:.2} per connection, {:.0} ns per run",
-            p.name, p.runs, p.runs_per_connection, p.ns_per_run
-        );
-    }
+    print_programs("RESULT", "connection", &m);
     let connect4 = m.get("mp_connect4").expect("connect4 did not run");
     assert!(
         connect4.runs >= u64::from(CONNECTIONS),
@@ -57,12 +52,7 @@ fn kernel_cost_per_program_over_short_connections_with_redirection() {
         "sock_ops ran {:.1} times per connection",
         sockops.runs_per_connection
     );
-    let skmsg = m.get("mp_skmsg").expect("sk_msg did not run");
-    assert!(
-        redirected >= u64::from(CONNECTIONS) && skmsg.runs >= redirected,
-        "{redirected} messages redirected, sk_msg ran {} times, for {CONNECTIONS} requests",
-        skmsg.runs
-    );
+    assert_redirected("short connections", redirected, &m);
 
     // The same requests on kept-alive connections: sk_msg per message on sockets in use a
     // while, where a short connection's first messages find the peer's entry just written by
@@ -71,19 +61,8 @@ fn kernel_cost_per_program_over_short_connections_with_redirection() {
     let k = bpf_stats::measure_keepalive(&c.node, 0, &url, CONNECTIONS).expect("measuring");
     let redirected = meshpath_tests::agent::counter(&c.status(), "msg_redirected")
         - meshpath_tests::agent::counter(&before, "msg_redirected");
-    for p in &k.programs {
-        eprintln!(
-            "KEEPALIVE {}: {} runs, {:.2} per request, {:.0} ns per run",
-            p.name, p.runs, p.runs_per_connection, p.ns_per_run
-        );
-    }
-    let skmsg = k.get("mp_skmsg").expect("sk_msg did not run");
-    assert!(
-        redirected >= u64::from(CONNECTIONS) && skmsg.runs >= redirected,
-        "kept alive: {redirected} messages redirected, sk_msg ran {} times, for {CONNECTIONS} \
-         requests",
-        skmsg.runs
-    );
+    print_programs("KEEPALIVE", "request", &k);
+    assert_redirected("kept alive", redirected, &k);
     // Only the connections' own callbacks: none per request.
     let per_connection = k.get("mp_sockops").map_or(0, |p| p.runs);
     let bound = SOCK_OPS_BOUND * f64::from(bpf_stats::CLIENT_CONNECTIONS);
@@ -91,5 +70,25 @@ fn kernel_cost_per_program_over_short_connections_with_redirection() {
         per_connection as f64 <= bound,
         "kept alive: sock_ops ran {per_connection} times over {} connections",
         bpf_stats::CLIENT_CONNECTIONS
+    );
+}
+
+/// One line per program: `TAG name: runs, runs per `unit`, ns per run`.
+fn print_programs(tag: &str, unit: &str, m: &bpf_stats::Measured) {
+    for p in &m.programs {
+        eprintln!(
+            "{tag} {}: {} runs, {:.2} per {unit}, {:.0} ns per run",
+            p.name, p.runs, p.runs_per_connection, p.ns_per_run
+        );
+    }
+}
+
+/// Every request's messages went through sk_msg and were redirected.
+fn assert_redirected(what: &str, redirected: u64, m: &bpf_stats::Measured) {
+    let skmsg = m.get("mp_skmsg").expect("sk_msg did not run");
+    assert!(
+        redirected >= u64::from(CONNECTIONS) && skmsg.runs >= redirected,
+        "{what}: {redirected} messages redirected, sk_msg ran {} times, for {CONNECTIONS} requests",
+        skmsg.runs
     );
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -90,7 +90,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Removes connection-specific headers (RFC 9110 §7.6.1) before a message crosses the proxy;
 /// `upgrade` keeps `Connection: upgrade` and `Upgrade` for a WebSocket handshake. `te:
-/// trailers` stays: gRPC needs it.
+/// trailers` stays: gRPC needs it. Also `Expect: 100-continue`, as Envoy does: the proxy's
+/// server side answers the client's `100` itself when it first reads the body, so upstream
+/// the header would only ask for a second interim answer that nobody waits for.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none of them: one pass over the names (a length switch and a short
     // compare each) instead of a hashed lookup per hop-by-hop name.
@@ -123,12 +125,23 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     if h.get(TE).is_some_and(|v| v.as_bytes() != b"trailers") {
         h.remove(TE);
     }
+    if h.get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        h.remove(EXPECT);
+    }
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "expect"
     )
 }
 
@@ -221,5 +234,42 @@ pub(crate) fn finalize_head(head: &mut Parts, authority: &HeaderValue, proto: Pr
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stripped(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h, false);
+        h
+    }
+
+    #[test]
+    fn expect_100_continue_is_answered_here_and_not_sent_on() {
+        let h = stripped(&[("expect", "100-Continue"), ("x-a", "1")]);
+        assert_eq!(h.get(EXPECT), None);
+        assert_eq!(h.get("x-a").unwrap(), "1");
+        // An expectation the proxy did not meet travels on, for the upstream to refuse.
+        let h = stripped(&[("expect", "something-else")]);
+        assert_eq!(h.get(EXPECT).unwrap(), "something-else");
+    }
+
+    #[test]
+    fn connection_named_headers_go_and_te_trailers_stays() {
+        let h = stripped(&[
+            ("connection", "close, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["te", "x-kept"]);
     }
 }

@@ -167,7 +167,7 @@ fn measure_load(
     node: &Node,
     client: usize,
     url: &str,
-    connections: u32,
+    requests: u32,
     keepalive: bool,
 ) -> Result<Measured> {
     let progs = programs(node.cgroup_path(), node.pin_dir())?;
@@ -181,23 +181,23 @@ fn measure_load(
         qps: 0,
         connections: CLIENT_CONNECTIONS,
         duration: Duration::from_secs(60),
-        requests: Some(connections),
+        requests: Some(requests),
         keepalive,
     };
     let report = node.start_fortio_load(client, &load)?.finish()?;
     let after = sample(&progs)?;
     drop(stats);
-    if report.ok != u64::from(connections) {
+    if report.ok != u64::from(requests) {
         bail!(
-            "{} of {connections} requests answered 200 ({:?}): {}",
+            "{} of {requests} requests answered 200 ({:?}): {}",
             report.ok,
             report.codes,
             report.log_tail
         );
     }
     Ok(Measured {
-        connections: u64::from(connections),
-        programs: cost(&before, &after, u64::from(connections)),
+        connections: u64::from(requests),
+        programs: cost(&before, &after, u64::from(requests)),
     })
 }
 

@@ -90,9 +90,10 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Removes connection-specific headers (RFC 9110 §7.6.1) before a message crosses the proxy;
 /// `upgrade` keeps `Connection: upgrade` and `Upgrade` for a WebSocket handshake. `te:
-/// trailers` stays: gRPC needs it. Also `Expect: 100-continue`, as Envoy does: the proxy's
-/// server side answers the client's `100` itself when it first reads the body, so upstream
-/// the header would only ask for a second interim answer that nobody waits for.
+/// trailers` stays: gRPC needs it. Also `Expect: 100-continue`, as Envoy does by default:
+/// hyper's HTTP/1 server answers an HTTP/1 client's `100` itself when the body is first read,
+/// and an upstream's `1xx` is never relayed (the client skips it), so upstream the header
+/// would only ask for an interim answer nobody reads.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none of them: one pass over the names (a length switch and a short
     // compare each) instead of a hashed lookup per hop-by-hop name.

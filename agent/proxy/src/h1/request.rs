@@ -12,7 +12,7 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
-use super::wire::{decimal, note_spans, Span, MAX_HEADERS};
+use super::wire::{decimal, list, note_spans, Span, MAX_HEADERS};
 
 /// The largest head read before giving the connection to hyper (which answers 431 past its
 /// own limit).
@@ -82,7 +82,7 @@ pub(crate) fn parse(buf: &mut BytesMut, max_body: usize) -> Parsed {
         } else if is(&TRANSFER_ENCODING) || is(&EXPECT) || is(&UPGRADE) {
             return Parsed::HandOver;
         } else if is(&CONNECTION) {
-            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            for token in list(value) {
                 if token.eq_ignore_ascii_case(b"upgrade") {
                     return Parsed::HandOver;
                 }

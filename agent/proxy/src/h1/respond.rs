@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::wire::{chunk_head, decimal, put_decimal, Framing, INLINE_BODY, LAST_CHUNK};
+use super::wire::{chunk_head, decimal, list, put_decimal, Framing, INLINE_BODY, LAST_CHUNK};
 use crate::body::ProxyBody;
 
 /// Writes `resp` (its body as it comes) to `io`. `head_request`: the request was HEAD;
@@ -47,9 +47,7 @@ pub(crate) async fn write<W: AsyncWrite + Unpin>(
         } else if name == DATE {
             date = true;
         } else if name == CONNECTION {
-            says_close |= v
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            says_close |= list(v).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");

@@ -115,6 +115,11 @@ pub(crate) fn decimal(v: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// The elements of a comma-separated header value (RFC 9110 §5.6.1), spaces trimmed.
+pub(crate) fn list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Appends `n` in decimal.
 pub(crate) fn put_decimal(n: u64, out: &mut Vec<u8>) {
     out.extend_from_slice(itoa(n, &mut [0; 20]));
@@ -227,7 +232,7 @@ impl Seen {
                 self.content_length = Some(n);
             }
         } else if name == CONNECTION {
-            for token in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            for token in list(v) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }

@@ -10,6 +10,7 @@ mod build_ebpf;
 mod demo;
 mod node;
 mod paths;
+mod pgo;
 mod soak;
 mod test;
 mod vm;
@@ -48,6 +49,9 @@ enum Command {
     /// kube-proxy-style iptables, and its L7 proxy hop against nginx and HAProxy; medians,
     /// ratios, results in bench-results/<UTC time>/ (root; release build).
     Bench(bench::BenchArgs),
+    /// Build the agent with profile-guided optimisation, trained on the L7 benchmark's proxy
+    /// scenario, into target/pgo/use/release/meshpath (root; two release builds, ~25 min).
+    Pgo(pgo::PgoArgs),
     /// Benchmark `meshpath agent --source kube` against a real kube-apiserver: full sync time,
     /// watch event → map latency and agent RSS for 1 000 and 10 000 Services (root; release).
     BenchKube(bench_kube::BenchKubeArgs),
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchKube(args) => bench_kube::run(args),
+        Command::Pgo(args) => pgo::run(args),
         Command::VmTest(args) => vm::run(&args),
         Command::Soak(args) => soak::run(args),
         Command::Node(args) => node::run(args),

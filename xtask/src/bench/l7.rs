@@ -148,6 +148,12 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
 
     let cpu_total = usage::cpu_seconds(&pids) - cpu_before;
     let rss_after = usage::sum_status_kib(&pids, "VmRSS");
+    // VmRSS is RssAnon + RssFile + RssShmem: the file-backed part is the binary's and the
+    // libraries' pages that the process has touched, which the kernel can take back unwritten.
+    let (anon_after, file_after) = (
+        usage::sum_status_kib(&pids, "RssAnon"),
+        usage::sum_status_kib(&pids, "RssFile"),
+    );
     let hwm = usage::sum_status_kib(&pids, "VmHWM");
     let log_text = agent_log(&hop);
     let new_log = log_text.get(log_len_before..).unwrap_or("");
@@ -163,6 +169,8 @@ pub fn run(sc: Scenario, repeat: u32, cfg: &Config) -> Result<ScenarioRun, Failu
             "rss_idle_kib": rss_idle,
             "rss_peak_kib": s.overall_peak(),
             "rss_after_kib": rss_after,
+            "rss_after_anon_kib": anon_after,
+            "rss_after_file_kib": file_after,
             "vm_hwm_kib": hwm,
             "cpu_s_measurements": cpu_total,
         });

@@ -103,6 +103,11 @@ impl L7Section {
             ("rss_idle_kib", "RSS after warm-up, before the runs"),
             ("rss_peak_kib", "RSS peak during the runs (sampled)"),
             ("rss_after_kib", "RSS after the runs"),
+            ("rss_after_anon_kib", "of it anonymous (heap, stacks)"),
+            (
+                "rss_after_file_kib",
+                "of it file-backed (code and data of the binary and libraries)",
+            ),
             ("vm_hwm_kib", "VmHWM (lifetime peak, incl. start-up)"),
         ];
         for (key, label) in rss_rows {

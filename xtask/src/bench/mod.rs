@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// `cargo build --release` first.
     #[arg(long)]
     pub no_build: bool,
+    /// The meshpath binary to benchmark instead of target/release/meshpath, e.g. the
+    /// profile-guided build of `cargo xtask pgo` (target/pgo/use/release/meshpath).
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
     /// Directory for the result folders (relative paths are below the workspace root).
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
@@ -98,7 +102,7 @@ fn latest_copy(
 }
 
 /// `5s`, `1500ms`, `1m`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => s.split_at(i),
@@ -115,6 +119,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("duration must be at least 500ms".into());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+impl BenchArgs {
+    /// One repeat of the L7 proxy scenario with `agent`, already built (`cargo xtask pgo`'s
+    /// training run).
+    pub(crate) fn training(agent: PathBuf, duration: Duration, out: PathBuf) -> BenchArgs {
+        BenchArgs {
+            repeats: 1,
+            duration,
+            scenarios: vec![model::Picks(vec![Scenario::L7Meshpath])],
+            fortio_listen: fortio::Listen::Wildcard,
+            no_build: true,
+            agent: Some(agent),
+            out,
+            note: Some("training run of `cargo xtask pgo` (instrumented agent)".into()),
+        }
+    }
 }
 
 /// Fixed cost of one scenario instance beyond its runs: node set-up and teardown, servers,
@@ -148,7 +169,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ])?;
     }
     let release = workspace_root().join("target/release");
-    let (meshpath, testpod) = (release.join("meshpath"), release.join("mp-testpod"));
+    let meshpath = match &args.agent {
+        Some(p) => std::path::absolute(p).with_context(|| format!("--agent {}", p.display()))?,
+        None => release.join("meshpath"),
+    };
+    let testpod = release.join("mp-testpod");
     for b in [&meshpath, &testpod] {
         if !b.is_file() {
             bail!("{} missing: run without --no-build", b.display());
@@ -168,7 +193,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         cores: sysinfo::cores(),
         fortio_version: fortio.version.clone(),
         meshpath_commit: sysinfo::git_commit(),
-        build_profile: "release",
+        build_profile: match &args.agent {
+            Some(_) => format!("release build; agent binary {}", meshpath.display()),
+            None => "release build".into(),
+        },
         repeats: args.repeats,
         duration_s: args.duration.as_secs_f64(),
         payload: report::payload_description(),

@@ -125,7 +125,7 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
-            "- meshpath commit: `{}` ({} build)",
+            "- meshpath commit: `{}` ({})",
             m.meshpath_commit, m.build_profile
         );
         let _ = writeln!(s, "- iptables: {}", m.iptables_version);

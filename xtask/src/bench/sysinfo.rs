@@ -19,7 +19,8 @@ pub struct Meta {
     /// `git rev-parse --short HEAD`, with `-dirty` when the tree has uncommitted changes (the
     /// binaries were built from the working tree, not from the commit alone).
     pub meshpath_commit: String,
-    pub build_profile: &'static str,
+    /// "release build", or the binary given with `--agent` (e.g. the profile-guided build).
+    pub build_profile: String,
     pub repeats: u32,
     pub duration_s: f64,
     pub payload: String,

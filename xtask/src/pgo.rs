@@ -68,7 +68,9 @@ pub fn run(args: PgoArgs) -> Result<()> {
     }
     let status = Command::new(&profdata)
         .arg("merge")
-        // Functions the training never ran carry no counts: leave them out of the file.
+        // Functions the training never ran are left out rather than recorded at zero: with no
+        // profile LLVM optimises them as usual, where a zero count would compile them as cold
+        // (for size), and the features the training does not exercise would pay for it.
         .arg("--sparse")
         .arg("-o")
         .arg(&profile)

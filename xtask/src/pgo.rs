@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench;
 use crate::paths::workspace_root;
-use crate::test::{cargo, require_root};
+use crate::test::{cargo, cargo_with_env, require_root};
 
 #[derive(Debug, clap::Args)]
 pub struct PgoArgs {
@@ -97,19 +97,13 @@ pub fn run(args: PgoArgs) -> Result<()> {
 /// `cargo build --release -p meshpath` into its own target directory with `rustflags`: the two
 /// builds must not share (or thrash) the ordinary release build's artefacts.
 fn build_agent(target_dir: &Path, rustflags: &str) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--locked", "-p", "meshpath"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .env("RUSTFLAGS", rustflags)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release -p meshpath with RUSTFLAGS={rustflags} failed ({status})");
-    }
-    Ok(())
+    cargo_with_env(
+        &["build", "--release", "--locked", "-p", "meshpath"],
+        &[
+            ("CARGO_TARGET_DIR", target_dir.as_os_str()),
+            ("RUSTFLAGS", rustflags.as_ref()),
+        ],
+    )
 }
 
 fn recreate(dir: &Path) -> Result<()> {

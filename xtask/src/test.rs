@@ -155,13 +155,23 @@ impl Totals {
 }
 
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(cargo_bin())
-        .current_dir(workspace_root())
-        .args(args)
+    cargo_with_env(args, &[])
+}
+
+/// `cargo args` at the workspace root with `env` set for it (e.g. its own CARGO_TARGET_DIR and
+/// RUSTFLAGS; cargo's encoded flags, which would win over RUSTFLAGS, are removed then).
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
+    let mut cmd = Command::new(cargo_bin());
+    cmd.current_dir(workspace_root()).args(args);
+    if !env.is_empty() {
+        cmd.env_remove("CARGO_ENCODED_RUSTFLAGS");
+    }
+    let status = cmd
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
+        bail!("cargo {} with {env:?} failed ({status})", args.join(" "));
     }
     Ok(())
 }
@@ -181,7 +191,20 @@ pub fn require_root(why: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Totals;
+    use super::{cargo_with_env, Totals};
+
+    #[test]
+    fn cargo_runs_with_extra_env_and_reports_a_failure() {
+        let flags = std::ffi::OsStr::new("-Cdebuginfo=0");
+        cargo_with_env(&["--version"], &[("RUSTFLAGS", flags)]).unwrap();
+        let err = cargo_with_env(&["no-such-subcommand-here"], &[("RUSTFLAGS", flags)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no-such-subcommand-here") && err.contains("RUSTFLAGS"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn totals_add_up_cargo_test_result_lines() {

@@ -80,10 +80,14 @@ pub fn run(args: PgoArgs) -> Result<()> {
     if !status.success() {
         bail!("{} merge failed ({status})", profdata.display());
     }
-    build_agent(
-        &dir.join("use"),
-        &format!("-Cprofile-use={}", profile.display()),
-    )?;
+    // A second run with a new profile rebuilt only the agent crate here, not its dependencies:
+    // a fresh target directory keeps any crate from being built with the previous profile.
+    let use_dir = dir.join("use");
+    if use_dir.exists() {
+        std::fs::remove_dir_all(&use_dir)
+            .with_context(|| format!("removing {}", use_dir.display()))?;
+    }
+    build_agent(&use_dir, &format!("-Cprofile-use={}", profile.display()))?;
     println!(
         "xtask: profile-guided agent at {}/use/release/meshpath (profile {} from {} processes); \
          benchmark it with `cargo xtask bench --agent {PGO_DIR}/use/release/meshpath`",

@@ -65,9 +65,34 @@ pub fn run() -> anyhow::Result<()> {
         .join("release/meshpath-ebpf");
     let out = bpf_object();
     std::fs::create_dir_all(out.parent().expect("object path has a parent"))?;
-    std::fs::copy(&built, &out)
-        .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    strip_debug(&built, &out)?;
     eprintln!("xtask: eBPF object at {}", out.display());
+    Ok(())
+}
+
+/// Copies the object without its DWARF sections. bpf-linker needs debug info to emit BTF, but
+/// nothing loads the DWARF: maps and programs are described by `.BTF`/`.BTF.ext` (which keep the
+/// verifier's line info), and those stay. The DWARF and its relocations are about 85 % of the
+/// object's bytes, which the agent embeds and aya reads at start-up, so they would sit in the
+/// agent's resident memory. The unstripped object stays in the crate's target directory for
+/// `llvm-objdump -S`.
+fn strip_debug(built: &Path, out: &Path) -> anyhow::Result<()> {
+    let strip = Path::new(LLVM_BIN).join("llvm-strip");
+    let status = Command::new(&strip)
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(out)
+        .arg(built)
+        .status()
+        .with_context(|| format!("running {}", strip.display()))?;
+    if !status.success() {
+        bail!(
+            "{} --strip-debug -o {} {} failed ({status})",
+            strip.display(),
+            out.display(),
+            built.display()
+        );
+    }
     Ok(())
 }
 

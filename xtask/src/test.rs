@@ -177,7 +177,7 @@ pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow
 }
 
 /// The cargo that runs xtask (rustup's), not Debian's, for the host build.
-fn cargo_bin() -> String {
+pub(crate) fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 

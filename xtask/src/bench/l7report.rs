@@ -21,6 +21,10 @@ pub struct L7Section {
     pub evidence: Vec<(u32, Value)>,
     /// `nginx -v`, `haproxy -v`.
     pub versions: Vec<String>,
+    /// The proxy's instructions per request (`callgrind::measure`), when measured.
+    pub callgrind: Option<Value>,
+    /// The kernel programs' cost per repeat (`kcost::standalone`), when (d) did not run.
+    pub kernel_cost: Vec<(u32, Value)>,
 }
 
 impl L7Section {
@@ -50,6 +54,8 @@ impl L7Section {
             records,
             evidence,
             versions,
+            callgrind: None,
+            kernel_cost: Vec::new(),
         };
         s.checks = s.targets();
         s
@@ -249,12 +255,22 @@ impl L7Section {
     pub fn summary(&self) -> String {
         format!(
             "\n\nL7 hop (latency: added µs over l7-direct; qps: ratio to it):\n\n{}\n{}\nL7 \
-             targets:\n{}{}",
+             targets:\n{}{}{}",
             self.table_md(),
             self.resources_md(),
             self.checks_text(),
-            super::l7change::section(&self.evidence).unwrap_or_default()
+            super::l7change::section(&self.evidence).unwrap_or_default(),
+            self.extras_text()
         )
+    }
+
+    /// The callgrind and kernel-cost PASS/MISS lines, for the command's output.
+    fn extras_text(&self) -> String {
+        let mut lines: Vec<String> = self.callgrind.iter().map(super::callgrind::check).collect();
+        if !self.kernel_cost.is_empty() {
+            lines.extend(super::kcost::checks(&self.kernel_cost));
+        }
+        lines.iter().map(|l| format!("{l}\n")).collect()
     }
 
     pub fn markdown(&self) -> String {
@@ -299,6 +315,10 @@ impl L7Section {
         if let Some(change) = super::l7change::section(&self.evidence) {
             s.push_str(&change);
         }
+        if let Some(cg) = &self.callgrind {
+            s.push_str(&super::callgrind::markdown(cg));
+        }
+        s.push_str(&super::kcost::markdown(&self.kernel_cost));
         let errors = self.errors_md();
         if !errors.is_empty() {
             s.push_str("\n### Errors\n\n");
@@ -320,6 +340,12 @@ impl L7Section {
             "missing": self.missing.iter().map(|(k, v)| (k.key(), v)).collect::<BTreeMap<_, _>>(),
             "summary": summary,
             "targets": self.checks,
+            "callgrind": self.callgrind,
+            "kernel_cost": self.kernel_cost.iter().map(|(r, ev)| {
+                let mut ev = ev.clone();
+                ev["repeat"] = json!(r);
+                ev
+            }).collect::<Vec<_>>(),
             "evidence": self.evidence.iter().map(|(r, ev)| {
                 let mut ev = ev.clone();
                 ev["repeat"] = json!(r);

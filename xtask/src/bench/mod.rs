@@ -2,6 +2,7 @@
 //! side in one run, driven by fortio. See report.rs's METHOD text (copied into every results.md)
 //! for what exactly is measured, and scenario.rs for how each data path is set up.
 
+mod callgrind;
 mod fortio;
 mod iptables;
 mod jaeger;
@@ -9,6 +10,7 @@ mod kcost;
 mod l7;
 mod l7change;
 mod l7checks;
+mod l7extras;
 mod l7report;
 mod merge;
 mod model;
@@ -82,6 +84,11 @@ pub struct BenchArgs {
     /// observability results.
     #[arg(long)]
     pub note: Option<String>,
+    /// Only the L7 rows: skip what the L7 section measures beside them once the repeats are
+    /// done (the proxy's instructions per request under callgrind, about 2 min, and, without
+    /// (d), the kernel programs' own cost).
+    #[arg(long)]
+    pub l7_rows_only: bool,
 }
 
 /// Which copy beside the run folders a run replaces: `latest.md` holds the kernel-path tables
@@ -134,6 +141,7 @@ impl BenchArgs {
             agent: Some(agent),
             out,
             note: Some("training run of `cargo xtask pgo` (instrumented agent)".into()),
+            l7_rows_only: true,
         }
     }
 }
@@ -351,7 +359,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .filter(|(s, _)| l7_scenarios.contains(s))
             .map(|(s, w)| (*s, w.clone()))
             .collect();
-        l7report::L7Section::build(&records, l7_scenarios, l7_missing, l7_evidence, l7_versions)
+        let mut l7 = l7report::L7Section::build(
+            &records,
+            l7_scenarios,
+            l7_missing,
+            l7_evidence,
+            l7_versions,
+        );
+        let extras = l7extras::measure(&scenarios, args.repeats, !args.l7_rows_only);
+        l7.callgrind = extras.callgrind;
+        l7.kernel_cost = extras.kernel_cost;
+        l7
     });
     let rows = stats::rows();
     let table = stats::summarize(&rows, &records, &core);

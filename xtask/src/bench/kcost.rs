@@ -222,7 +222,18 @@ pub fn checks(evidence: &[(u32, Value)]) -> Vec<String> {
 fn check(s: &Series, prog: &str, target: f64, unit: &str, what: &str) -> String {
     let got = ["d", STANDALONE].iter().find_map(|label| {
         let (_, v) = s.iter().find(|((sc, p), _)| sc == label && p == prog)?;
-        Some((*label, median(v.iter().map(|x| x.0).collect())?))
+        let ns = median(v.iter().map(|x| x.0).collect())?;
+        // A connection makes one connect, but its client may run connect4 more often (fortio's
+        // UDP probe of the address, which is not translated): the whole connect4 time per
+        // connection is then charged to that one connect, an upper bound rather than an average
+        // that the cheap untranslated runs would flatter.
+        let per = median(v.iter().map(|x| x.1).collect()).unwrap_or(1.0);
+        Some(if prog == "mp_connect4" && per > 1.0 {
+            let how = format!("{label}; {per:.2} runs per connection, all charged to its connect");
+            (how, ns * per)
+        } else {
+            ((*label).to_owned(), ns)
+        })
     });
     match got {
         Some((label, ns)) if ns <= target => {
@@ -281,10 +292,19 @@ mod tests {
         // Without (d), the standalone measurement's figures are checked, and say so.
         let mut alone = ev(600.0, 150.0);
         alone["scenario"] = json!(STANDALONE);
-        let c = checks(&[(1, alone)]);
+        let c = checks(&[(1, alone.clone())]);
         assert_eq!(
             c[0],
             "MISS  mp_connect4 ≤ 500 ns per connect: 600 ns (kernel), 100 ns over"
+        );
+        // Two connect4 runs per connection: both charged to its one connect.
+        alone["kernel_cost"]["programs"][0]["runs_per_connection"] = json!(2.0);
+        alone["kernel_cost"]["programs"][0]["ns_per_run"] = json!(240.0);
+        let c = checks(&[(1, alone)]);
+        assert_eq!(
+            c[0],
+            "PASS  mp_connect4 ≤ 500 ns per connect: 480 ns (kernel; 2.00 runs per connection, \
+             all charged to its connect)"
         );
     }
 }

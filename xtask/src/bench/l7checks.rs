@@ -257,10 +257,13 @@ fn against_peers(
                 Better::Lower => m <= p,
                 Better::Higher => m >= p,
             };
-            let ratio = if p != 0.0 {
+            // A ratio reads right only between positive figures; an added latency can be zero
+            // or negative (a percentile below direct's), and then the difference says it.
+            let ratio = if p > 0.0 && m >= 0.0 {
                 format!(" = {:.2}×", m / p)
             } else {
-                String::new()
+                let side = if m >= p { "more" } else { "less" };
+                format!(" ({} {side})", show((m - p).abs()))
             };
             Check {
                 pass: Some(pass),
@@ -334,6 +337,20 @@ mod tests {
             lower(Some(110.0)).text
         );
         assert_eq!(lower(None).pass, None);
+        // Negative added latencies: no ratio, the difference.
+        let negative = against_peers(
+            "z".into(),
+            figures(Some(-26.0), Some(-16.0), Some(-10.0)),
+            Better::Lower,
+            show,
+            &why,
+        );
+        assert_eq!(negative.pass, Some(false));
+        assert!(
+            negative.text.ends_with("vs nginx -26 (16 more)"),
+            "{}",
+            negative.text
+        );
         let higher = against_peers(
             "y".into(),
             figures(Some(100.0), Some(120.0), Some(110.0)),

@@ -83,10 +83,7 @@ pub fn run(args: PgoArgs) -> Result<()> {
     // A second run with a new profile rebuilt only the agent crate here, not its dependencies:
     // a fresh target directory keeps any crate from being built with the previous profile.
     let use_dir = dir.join("use");
-    if use_dir.exists() {
-        std::fs::remove_dir_all(&use_dir)
-            .with_context(|| format!("removing {}", use_dir.display()))?;
-    }
+    recreate(&use_dir)?;
     build_agent(&use_dir, &format!("-Cprofile-use={}", profile.display()))?;
     println!(
         "xtask: profile-guided agent at {}/use/release/meshpath (profile {} from {} processes); \

@@ -22,7 +22,7 @@ pub fn measure(scenarios: &[Scenario], repeats: u32, wanted: bool) -> Extras {
         return extras;
     }
     if super::proc::check_interrupted().is_ok() {
-        eprintln!("bench: the proxy's instructions per request (callgrind, about 2 min)");
+        eprintln!("bench: the proxy's instructions per request (callgrind; the first build of the release test binary takes a few minutes)");
         let scratch =
             std::env::temp_dir().join(format!("meshpath-callgrind-{}", std::process::id()));
         extras.callgrind = Some(super::callgrind::measure(&scratch));

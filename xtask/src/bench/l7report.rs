@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::model::{RunRecord, Scenario, Test, LATENCY_QPS};
+use super::report::with_repeats;
 use super::stats::{self, Check, Field, Row, Table};
 use super::usage::SAMPLE_EVERY;
 
@@ -341,16 +342,8 @@ impl L7Section {
             "summary": summary,
             "targets": self.checks,
             "callgrind": self.callgrind,
-            "kernel_cost": self.kernel_cost.iter().map(|(r, ev)| {
-                let mut ev = ev.clone();
-                ev["repeat"] = json!(r);
-                ev
-            }).collect::<Vec<_>>(),
-            "evidence": self.evidence.iter().map(|(r, ev)| {
-                let mut ev = ev.clone();
-                ev["repeat"] = json!(r);
-                ev
-            }).collect::<Vec<_>>(),
+            "kernel_cost": with_repeats(&self.kernel_cost),
+            "evidence": with_repeats(&self.evidence),
         })
     }
 }

@@ -85,7 +85,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub note: Option<String>,
     /// Only the L7 rows: skip what the L7 section measures beside them once the repeats are
-    /// done (the proxy's instructions per request under callgrind, about 2 min, and, without
+    /// done (the proxy's instructions per request under callgrind, and, without
     /// (d), the kernel programs' own cost).
     #[arg(long)]
     pub l7_rows_only: bool,

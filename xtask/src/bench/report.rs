@@ -33,6 +33,18 @@ pub struct Report<'a> {
     pub notes: &'a [String],
 }
 
+/// Evidence entries for results.json, each with its repeat number inside.
+pub fn with_repeats(evidence: &[(u32, Value)]) -> Vec<Value> {
+    evidence
+        .iter()
+        .map(|(repeat, ev)| {
+            let mut ev = ev.clone();
+            ev["repeat"] = json!(repeat);
+            ev
+        })
+        .collect()
+}
+
 impl Report<'_> {
     fn cell(&self, i: usize, sc: Scenario) -> String {
         let Some(c) = self.table.get(&(i, sc)) else {
@@ -213,15 +225,7 @@ impl Report<'_> {
             .iter()
             .map(|sc| json!({ "key": sc.key(), "name": sc.short(), "description": sc.describe(), "missing": self.missing.get(sc) }))
             .collect();
-        let evidence: Vec<Value> = self
-            .evidence
-            .iter()
-            .map(|(repeat, ev)| {
-                let mut ev = ev.clone();
-                ev["repeat"] = json!(repeat);
-                ev
-            })
-            .collect();
+        let evidence = with_repeats(self.evidence);
         json!({
             "meta": self.meta,
             "scenarios": scenarios,

@@ -289,15 +289,7 @@ impl XnodeSection {
                 })
             })
             .collect();
-        let evidence: Vec<Value> = self
-            .evidence
-            .iter()
-            .map(|(repeat, ev)| {
-                let mut ev = ev.clone();
-                ev["repeat"] = (*repeat).into();
-                ev
-            })
-            .collect();
+        let evidence = super::report::with_repeats(&self.evidence);
         let json = serde_json::json!({
             "meta": meta,
             "note": note,
